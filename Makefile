@@ -1,0 +1,41 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install --constraint constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+## Install, then run the whole pipeline on the bundled quickstart config and print a report.
+demo: install
+	$(BIN)/rl-trading demo -c configs/quickstart.yaml
+
+## Install, then lint, check formatting and run the default test suite (not `slow`).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python benchmarks/env_throughput.py
+	$(BIN)/python benchmarks/training_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,32 @@
+"""Options and helpers shared by every CLI command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from rl_trading.config import AppConfig, load_config
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config (configs/*.yaml); built-in defaults if omitted."
+    ),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set ppo.lr=1e-4 (repeatable)."),
+]
+
+
+def cli_config(config: Path | None, sets: list[str] | None, **extra: object) -> AppConfig:
+    """Load the config file, then CLI overrides; `extra` holds dotted keys set by dedicated flags."""
+    overrides = list(sets or [])
+    overrides += [f"{k}={v}" for k, v in extra.items() if v is not None]
+    return load_config(config, overrides)

@@ -1,0 +1,399 @@
+"""The one typed configuration schema, loaded from ``configs/*.yaml`` with dotted CLI overrides.
+
+Every section is a strict pydantic model: an unknown key or a value of the wrong type raises
+:class:`~rl_trading.errors.ConfigError` naming the dotted key, so a typo never silently falls
+back to a default.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+
+from rl_trading.errors import ConfigError
+
+DEFAULT_SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "WTIUSD", "SPX500", "NAS100", "US30"]
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class SyntheticConfig(Section):
+    """Seeded synthetic market (GBM with volatility regimes), used where no real file exists."""
+
+    n_bars: int = Field(20_000, gt=0)
+    seed: int = 7
+    start: str = "2024-01-01 00:00:00+00:00"
+    correlation: float = Field(0.3, ge=-1.0, le=1.0)
+    regimes: bool = True
+    annual_vol: float = Field(0.15, gt=0)
+    # Strength of the planted, learnable signal (0 = none); used by learning tests.
+    signal_strength: float = Field(0.0, ge=0.0)
+
+
+class DataConfig(Section):
+    """Where bars come from, how instruments are aligned and how time is split."""
+
+    # auto: files from `paths` where given, seeded synthetic bars for the remaining symbols.
+    source: Literal["auto", "files", "sql", "synthetic", "sample"] = "auto"
+    symbols: list[str] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
+    paths: dict[str, str] = Field(default_factory=dict)
+    timeframe: str = "1m"
+    db_url: str | None = None  # SQLAlchemy URL; None -> embedded SQLite in the workspace
+    table: str = "historical_bars"
+    gap_policy: Literal["ffill", "drop", "inner"] = "ffill"
+    max_ffill_bars: int = Field(5, ge=0)
+    train_frac: float = Field(0.7, gt=0, lt=1)
+    val_frac: float = Field(0.15, gt=0, lt=1)
+    embargo_bars: int = Field(50, ge=0)
+    walk_forward_folds: int = Field(4, ge=1)
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class TrainingConfig(Section):
+    """Reference-design training knobs (single-instrument env, supervised NN, parallelism)."""
+
+    num_epochs: int = Field(100, gt=0)
+    batch_size: int = Field(64, gt=0)
+    learning_rate: float = Field(3e-4, gt=0, validation_alias=AliasChoices("learning_rate", "lr"))
+    gamma: float = Field(0.99, gt=0, le=1)
+    hidden_size: int = Field(256, gt=0)
+    num_parallel: int = Field(4, gt=0)
+    initial_balance: float = Field(10_000.0, gt=0)
+    trading_fee: float = Field(0.001, ge=0)
+    window_size: int = Field(20, gt=0)
+    tune_trials: int = Field(10, gt=0)
+    experiment_name: str = "trading_bot"
+
+
+class EnvironmentConfig(Section):
+    """Execution, cost and risk model shared by the single and hierarchical environments."""
+
+    episode_length: int = Field(1000, gt=0)
+    initial_capital: float = Field(100_000.0, gt=0)
+    transaction_cost: float = Field(0.003, ge=0)
+    slippage_bps: float = Field(1.0, ge=0)
+    spread_bps: float = Field(0.0, ge=0)
+    max_position_size: float = Field(0.1, gt=0)
+    stop_loss_pct: float = Field(0.02, ge=0)
+    max_portfolio_var: float = Field(0.02, gt=0)
+    var_confidence: float = Field(0.95, gt=0, lt=1)
+    risk_window: int = Field(60, gt=1)
+    max_correlation_exposure: float = Field(0.7, gt=0)
+    max_sector_allocation: float | None = Field(0.4, gt=0)
+    sectors: dict[str, str] = Field(default_factory=dict)
+    action_type: Literal["continuous", "discrete"] = "continuous"
+    allow_short: bool = True
+    meta_interval: int = Field(1, ge=1)
+    random_start: bool = True
+
+
+class RewardConfig(Section):
+    """Reward shaping; the terms themselves live in :mod:`rl_trading.metrics`."""
+
+    kind: Literal["log_return", "differential_sharpe", "sortino", "drawdown"] = "log_return"
+    risk_penalty_weight: float = Field(0.1, ge=0)
+    transaction_cost_weight: float = Field(1.0, ge=0)
+    diversification_bonus_weight: float = Field(0.01, ge=0)
+    drawdown_penalty_weight: float = Field(0.0, ge=0)
+    downside_penalty_weight: float = Field(0.0, ge=0)
+    dsr_eta: float = Field(0.01, gt=0, lt=1)
+    sharpe_target: float = 2.0
+    max_drawdown_target: float = Field(0.15, gt=0)
+    risk_free_rate: float = 0.02
+
+
+class PPOSettings(Section):
+    """PPO hyperparameters for the RL phases (RLlib new API stack)."""
+
+    lr: float = Field(3e-4, gt=0)
+    train_batch_size: int = Field(256, gt=0)
+    minibatch_size: int = Field(64, gt=0)
+    num_epochs: int = Field(10, gt=0)
+    gamma: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_param: float = Field(0.2, gt=0)
+    entropy_coeff: float = Field(0.0, ge=0)
+    vf_loss_coeff: float = Field(0.5, ge=0)
+    grad_clip: float | None = Field(0.5, gt=0)
+
+
+class PolicyConfig(Section):
+    """Which torch RLModule each policy uses, and its size."""
+
+    model: Literal["mlp", "transformer", "cnn_lstm"] = "mlp"
+    hidden_sizes: list[int] = Field(default_factory=lambda: [256, 256])
+    d_model: int = Field(64, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    cnn_channels: int = Field(32, gt=0)
+    lstm_hidden: int = Field(64, gt=0)
+    # Per-policy override of `model`, e.g. {"meta": "mlp", "specialist": "transformer"}.
+    per_policy: dict[str, Literal["mlp", "transformer", "cnn_lstm"]] = Field(default_factory=dict)
+
+
+class PhasesConfig(Section):
+    """The three training phases: budgets, cadence and what trains."""
+
+    algorithm: Literal["ppo", "sac"] = "ppo"
+    phase1_timesteps: int = Field(500_000, gt=0)
+    phase2_timesteps: int = Field(300_000, gt=0)
+    phase3_timesteps: int = Field(1_000_000, gt=0)
+    shared_specialist_policy: bool = False
+    eval_interval: int = Field(5, gt=0)
+    checkpoint_interval: int = Field(5, gt=0)
+    specialist_lr: float = Field(1e-4, gt=0)
+    meta_lr: float = Field(3e-4, gt=0)
+    curriculum: bool = False
+
+
+class ResourcesConfig(Section):
+    """Ray resources: local by default, an existing cluster via `address` / RAY_ADDRESS."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(None, gt=0)
+    num_env_runners: int = Field(1, ge=0)
+    num_envs_per_env_runner: int = Field(1, gt=0)
+    num_cpus_per_env_runner: float = Field(1.0, gt=0)
+    num_learners: int = Field(0, ge=0)
+    num_gpus_per_learner: float = Field(0.0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+
+
+class TrackingConfig(Section):
+    """MLflow tracking: embedded SQLite store in the workspace unless a URI is given."""
+
+    tracking_uri: str | None = None  # None -> MLFLOW_TRACKING_URI or sqlite:///mlflow.db
+    artifact_location: str | None = None
+    system_metrics: bool = True
+
+
+class SupervisedConfig(Section):
+    """Analyst (RandomForest), tactician (GradientBoosting) and CNN-LSTM models."""
+
+    models: list[Literal["analyst", "tactician", "cnn_lstm"]] = Field(
+        default_factory=lambda: ["analyst", "tactician", "cnn_lstm"]
+    )
+    timeframes: list[str] = Field(default_factory=lambda: ["1h", "15m", "5m", "1m"])
+    n_estimators: int = Field(100, gt=0)
+    max_depth: int = Field(10, gt=0)
+    test_size: float = Field(0.2, gt=0, lt=1)
+    random_state: int = 42
+    horizon: int = Field(1, gt=0)
+    dead_zone: float = Field(0.0, ge=0)
+    cv_splits: int = Field(5, ge=2)
+    signals_enabled: bool = False
+
+
+class TuningConfig(Section):
+    """Population-Based Training for the RL phases and search for the supervised models."""
+
+    population: int = Field(4, gt=0)
+    perturbation_interval: int = Field(2, gt=0)
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    lr: tuple[float, float] = (1e-5, 1e-3)
+    gamma: tuple[float, float] = (0.95, 0.999)
+    clip_param: tuple[float, float] = (0.1, 0.3)
+    gae_lambda: tuple[float, float] = (0.9, 1.0)
+    entropy_coeff: tuple[float, float] = (0.0, 0.01)
+    metric: str = "val_sharpe"
+    mode: Literal["max", "min"] = "max"
+    iterations: int = Field(10, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    n_trials: int = Field(10, gt=0)
+
+
+class EvaluationConfig(Section):
+    """Backtests, baselines and the grading benchmarks used by the registry."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    sharpe_excellent: float = 2.0
+    sharpe_poor: float = 0.5
+    max_drawdown_excellent: float = 0.05
+    max_drawdown_poor: float = 0.30
+    accuracy_excellent: float = 0.95
+    accuracy_poor: float = 0.50
+    win_rate_target: float = 0.5
+    var_compliance_target: float = 0.95
+
+
+class AppConfig(Section):
+    """The whole application configuration."""
+
+    run_dir: str = "runs/{timestamp}"
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainingConfig = Field(default_factory=TrainingConfig)
+    env: EnvironmentConfig = Field(default_factory=EnvironmentConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    ppo: PPOSettings = Field(default_factory=PPOSettings)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    supervised: SupervisedConfig = Field(default_factory=SupervisedConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    def resolved_run_dir(self, now: _dt.datetime | None = None) -> Path:
+        """`run_dir` with `{timestamp}` filled in (UTC, second resolution)."""
+        stamp = (now or _dt.datetime.now(_dt.UTC)).strftime("%Y%m%d-%H%M%S")
+        return Path(self.run_dir.replace("{timestamp}", stamp))
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened `{"section.key": value}` view, e.g. for MLflow params."""
+        return flatten(self.model_dump(mode="json"))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-4` as a float (PyYAML's YAML 1.1 reads it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_value(text: str) -> Any:
+    """Parse one CLI override value as YAML (`1e-4`, `true`, `[1h, 5m]`, `null`, strings)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError:
+        return text
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into dotted keys."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{dotted}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    given = first.get("input")
+    given_txt = "" if isinstance(given, dict) else f" (got {given!r})"
+    return f"config key '{key}': {first['msg'].lower()}{given_txt}"
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read one YAML config file into a dict; a clear error if missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
+    """Split `key.path=value` strings; a clear error for a malformed one."""
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, _, raw = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        pairs.append((key, parse_value(raw.strip())))
+    return pairs
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> AppConfig:
+    """Load `path` (or built-in defaults), apply `extra` then dotted `overrides`, validate.
+
+    A file may name a parent with a top-level `base: other.yaml` (relative to itself), so
+    `quickstart.yaml` only lists what it changes from `default.yaml`.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = _read_with_bases(Path(path))
+    if extra:
+        _deep_merge(tree, dict(extra))
+    for key, value in parse_overrides(overrides):
+        _set_dotted(tree, key, value)
+    try:
+        return AppConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base' reference")
+    tree = read_yaml(path)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    merged = _read_with_bases((path.parent / str(base)), seen + (path,))
+    return _deep_merge(merged, tree)
+
+
+def save_config(cfg: AppConfig, path: str | Path) -> Path:
+    """Write the fully-resolved config as YAML (what a run really used)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path

@@ -1,0 +1,48 @@
+"""Shared fixtures: one session-scoped Ray, the real-data folder, temporary workspaces."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MARKET_DIR = Path(os.environ.get("RL_TRADING_MARKET_DIR", REPO_ROOT.parent / "shared/data/market"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One Ray instance for the whole session (2 CPUs, no dashboard), started on first use."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def market_dir() -> Path:
+    """The real-market folder; tests that need it skip with a reason when it is absent."""
+    if not MARKET_DIR.is_dir():
+        pytest.skip(f"real market data not found at {MARKET_DIR} (set RL_TRADING_MARKET_DIR)")
+    return MARKET_DIR
+
+
+@pytest.fixture()
+def workspace(tmp_path, monkeypatch) -> Path:
+    """Run in a fresh workspace directory so embedded stores (MLflow, SQLite) stay isolated."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """URL of a real PostgreSQL server for SQL tests (set by .ci/run), else skip."""
+    url = os.environ.get("RL_TRADING_TEST_PG_URL")
+    if not url:
+        pytest.skip("no PostgreSQL server configured (RL_TRADING_TEST_PG_URL unset)")
+    return url
