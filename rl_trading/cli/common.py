@@ -26,7 +26,7 @@ SetOpt = Annotated[
 
 
 def cli_config(config: Path | None, sets: list[str] | None, **extra: object) -> AppConfig:
-    """Load the config file, then CLI overrides; `extra` holds dotted keys set by dedicated flags."""
+    """Load the config, then CLI overrides; `extra` maps dotted keys set by dedicated flags."""
     overrides = list(sets or [])
     overrides += [f"{k}={v}" for k, v in extra.items() if v is not None]
     return load_config(config, overrides)
