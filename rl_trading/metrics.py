@@ -1,0 +1,495 @@
+"""The one metrics module: performance ratios, risk measures and incremental reward terms.
+
+Everything here is plain numpy on 1-D arrays of per-period returns or equity values, so
+rewards (envs), Tune objectives (training / tuning) and reports (evaluation) agree exactly.
+
+Conventions
+-----------
+* ``returns`` are simple per-period returns (``equity[t] / equity[t-1] - 1``) unless a function
+  says otherwise; ``equity`` is a positive account-value curve, first value = starting equity.
+* Annualisation uses :func:`periods_per_year`. The default calendar is ``"24h"``: markets
+  trade 24 hours a day, 365 days a year (crypto / FX / CFD style), so ``"1m"`` is
+  ``365 * 24 * 60`` periods and ``"1d"`` is 365. ``calendar="equity"`` uses 252 days of
+  6.5 hours (``"1d"`` -> 252, ``"1h"`` -> 1638). A number overrides both.
+* Every function returns a finite float (never NaN / inf): degenerate inputs (fewer than two
+  points, zero volatility, no losses, ...) give the documented neutral value, usually 0.0.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "PROFIT_FACTOR_CAP",
+    "DifferentialSharpe",
+    "RollingSharpe",
+    "annualized_return",
+    "calmar_ratio",
+    "conditional_value_at_risk",
+    "diversification",
+    "downside_penalty",
+    "drawdown_penalty",
+    "herfindahl",
+    "log_returns",
+    "max_drawdown",
+    "periods_per_year",
+    "profit_factor",
+    "sharpe_ratio",
+    "simple_returns",
+    "sortino_ratio",
+    "summarize",
+    "total_return",
+    "turnover",
+    "value_at_risk",
+    "var_compliance_rate",
+    "volatility",
+    "win_rate",
+]
+
+#: Value reported by :func:`profit_factor` when there are gains but no losses (finite, JSON-safe).
+PROFIT_FACTOR_CAP = 100.0
+_EPS = 1e-12
+_TF_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|t|h|hr|d|day|w|wk|mo|mon)\s*$", re.I)
+_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "t": 60, "h": 3600, "hr": 3600}
+
+
+def periods_per_year(
+    timeframe: str | float | int, calendar: str = "24h", override: float | None = None
+) -> float:
+    """Number of bars of `timeframe` ("1m", "5m", "1h", "1d", "1w", ...) in one year.
+
+    `calendar="24h"` (default): 365 days of 24 hours. `calendar="equity"`: 252 days of 6.5 h.
+    `override` (or a number passed as `timeframe`) is returned unchanged.
+    """
+    if override is not None:
+        if override <= 0:
+            raise ValueError(f"periods_per_year override must be positive, got {override}")
+        return float(override)
+    if isinstance(timeframe, int | float):
+        if timeframe <= 0:
+            raise ValueError(f"periods_per_year must be positive, got {timeframe}")
+        return float(timeframe)
+    if calendar == "24h":
+        days, hours = 365.0, 24.0
+    elif calendar == "equity":
+        days, hours = 252.0, 6.5
+    else:
+        raise ValueError(f"unknown calendar '{calendar}' (use '24h' or 'equity')")
+    match = _TF_RE.match(str(timeframe))
+    if not match:
+        raise ValueError(f"cannot parse timeframe '{timeframe}' (expected e.g. 1m, 15m, 1h, 1d)")
+    qty, unit = float(match.group(1)), match.group(2).lower()
+    if qty <= 0:
+        raise ValueError(f"timeframe '{timeframe}' must be positive")
+    if unit in ("d", "day"):
+        return days / qty
+    if unit in ("w", "wk"):
+        return days / (7.0 * qty) if calendar == "24h" else 52.0 / qty
+    if unit in ("mo", "mon"):
+        return 12.0 / qty
+    seconds = qty * _SECONDS[unit]
+    return days * hours * 3600.0 / seconds
+
+
+def _ppy(value: float | str) -> float:
+    return periods_per_year(value) if isinstance(value, str) else float(value)
+
+
+def _arr(values: Any) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size and not np.all(np.isfinite(arr)):
+        arr = arr[np.isfinite(arr)]
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# Returns
+# --------------------------------------------------------------------------------------------
+
+
+def simple_returns(equity: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Per-period simple returns of an equity curve (length n-1; empty for < 2 points)."""
+    eq = _arr(equity)
+    if eq.size < 2:
+        return np.zeros(0)
+    prev = eq[:-1]
+    out = np.zeros(eq.size - 1)
+    np.divide(eq[1:], prev, out=out, where=prev > 0)
+    out -= 1.0
+    out[prev <= 0] = 0.0
+    return out
+
+
+def log_returns(equity: Sequence[float] | np.ndarray) -> np.ndarray:
+    """Per-period log returns of an equity curve; non-positive values are floored at 1e-12."""
+    eq = np.maximum(_arr(equity), _EPS)
+    if eq.size < 2:
+        return np.zeros(0)
+    return np.diff(np.log(eq))
+
+
+def total_return(equity: Sequence[float] | np.ndarray) -> float:
+    """Whole-period simple return `equity[-1] / equity[0] - 1` (0.0 for < 2 points)."""
+    eq = _arr(equity)
+    if eq.size < 2 or eq[0] <= 0:
+        return 0.0
+    return float(eq[-1] / eq[0] - 1.0)
+
+
+def annualized_return(equity: Sequence[float] | np.ndarray, periods_per_year: float | str) -> float:
+    """Geometric annualised return over the n-1 periods of the curve (0.0 for < 2 points).
+
+    The exponent is capped so very short, very profitable curves give a huge but finite value.
+    """
+    eq = _arr(equity)
+    if eq.size < 2 or eq[0] <= 0:
+        return 0.0
+    if eq[-1] <= 0:
+        return -1.0
+    growth = math.log(eq[-1] / eq[0]) * _ppy(periods_per_year) / (eq.size - 1)
+    return float(math.expm1(min(growth, 700.0)))
+
+
+def volatility(returns: Sequence[float] | np.ndarray, periods_per_year: float | str) -> float:
+    """Annualised volatility: sample std (ddof=1) x sqrt(periods_per_year); 0.0 for < 2."""
+    r = _arr(returns)
+    if r.size < 2:
+        return 0.0
+    return float(np.std(r, ddof=1) * math.sqrt(_ppy(periods_per_year)))
+
+
+# --------------------------------------------------------------------------------------------
+# Ratios
+# --------------------------------------------------------------------------------------------
+
+
+def sharpe_ratio(
+    returns: Sequence[float] | np.ndarray,
+    periods_per_year: float | str,
+    risk_free_rate: float = 0.0,
+) -> float:
+    """Annualised Sharpe: mean(r - rf/ppy) / std(r, ddof=1) x sqrt(ppy).
+
+    0.0 for fewer than two returns or zero standard deviation.
+    """
+    r = _arr(returns)
+    if r.size < 2:
+        return 0.0
+    ppy = _ppy(periods_per_year)
+    excess = r - risk_free_rate / ppy
+    std = float(np.std(excess, ddof=1))
+    if std <= _EPS:
+        return 0.0
+    return float(np.mean(excess) / std * math.sqrt(ppy))
+
+
+def sortino_ratio(
+    returns: Sequence[float] | np.ndarray,
+    periods_per_year: float | str,
+    risk_free_rate: float = 0.0,
+) -> float:
+    """Annualised Sortino: mean excess / downside deviation x sqrt(ppy).
+
+    Downside deviation = sqrt(mean(min(excess, 0)^2)) over all periods. 0.0 for fewer than two
+    returns or when there is no downside (no period below the risk-free rate).
+    """
+    r = _arr(returns)
+    if r.size < 2:
+        return 0.0
+    ppy = _ppy(periods_per_year)
+    excess = r - risk_free_rate / ppy
+    downside = math.sqrt(float(np.mean(np.minimum(excess, 0.0) ** 2)))
+    if downside <= _EPS:
+        return 0.0
+    return float(np.mean(excess) / downside * math.sqrt(ppy))
+
+
+def max_drawdown(equity: Sequence[float] | np.ndarray) -> float:
+    """Largest peak-to-trough fall as a positive fraction of the peak (0.0 if never below)."""
+    eq = _arr(equity)
+    if eq.size < 2:
+        return 0.0
+    peak = np.maximum.accumulate(eq)
+    dd = np.zeros_like(eq)
+    np.divide(eq, peak, out=dd, where=peak > 0)
+    dd = 1.0 - dd
+    dd[peak <= 0] = 0.0
+    return float(max(0.0, dd.max()))
+
+
+def calmar_ratio(equity: Sequence[float] | np.ndarray, periods_per_year: float | str) -> float:
+    """Annualised return / max drawdown (0.0 when there was no drawdown)."""
+    mdd = max_drawdown(equity)
+    if mdd <= _EPS:
+        return 0.0
+    return float(annualized_return(equity, periods_per_year) / mdd)
+
+
+def win_rate(returns: Sequence[float] | np.ndarray) -> float:
+    """Fraction of non-zero per-period returns that are positive (0.0 if none are non-zero).
+
+    Per period, not per trade: flat periods (zero return, e.g. no position) are ignored.
+    """
+    r = _arr(returns)
+    active = r[np.abs(r) > _EPS]
+    if active.size == 0:
+        return 0.0
+    return float(np.mean(active > 0))
+
+
+def profit_factor(returns: Sequence[float] | np.ndarray) -> float:
+    """Sum of gains / |sum of losses|; 0.0 with no gains, PROFIT_FACTOR_CAP with no losses."""
+    r = _arr(returns)
+    gains = float(r[r > 0].sum())
+    losses = float(-r[r < 0].sum())
+    if gains <= 0:
+        return 0.0
+    if losses <= _EPS:
+        return PROFIT_FACTOR_CAP
+    return float(min(gains / losses, PROFIT_FACTOR_CAP))
+
+
+def turnover(positions: Sequence[float] | np.ndarray) -> float:
+    """Mean per-period traded amount: mean of sum_i |pos_t,i - pos_t-1,i|, starting flat.
+
+    `positions` is 1-D (one instrument) or 2-D (time x instruments); units are those of the
+    positions (e.g. fractions of equity). 0.0 for an empty array.
+    """
+    pos = np.asarray(positions, dtype=np.float64)
+    if pos.size == 0:
+        return 0.0
+    if pos.ndim == 1:
+        pos = pos[:, None]
+    pos = np.nan_to_num(pos)
+    changes = np.abs(np.diff(pos, axis=0, prepend=np.zeros((1, pos.shape[1]))))
+    return float(changes.sum(axis=1).mean())
+
+
+# --------------------------------------------------------------------------------------------
+# Risk
+# --------------------------------------------------------------------------------------------
+
+
+def value_at_risk(returns: Sequence[float] | np.ndarray, confidence: float = 0.95) -> float:
+    """Historical one-period VaR as a positive loss: -quantile(r, 1 - confidence), floored at 0.
+
+    Uses numpy's default (linear interpolation) quantile. 0.0 for an empty series.
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    r = _arr(returns)
+    if r.size == 0:
+        return 0.0
+    return float(max(0.0, -np.quantile(r, 1.0 - confidence)))
+
+
+def conditional_value_at_risk(
+    returns: Sequence[float] | np.ndarray, confidence: float = 0.95
+) -> float:
+    """Historical expected shortfall: -mean of the returns at or below the VaR quantile (>= 0)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    r = _arr(returns)
+    if r.size == 0:
+        return 0.0
+    q = np.quantile(r, 1.0 - confidence)
+    tail = r[r <= q]
+    return float(max(0.0, -tail.mean())) if tail.size else 0.0
+
+
+def var_compliance_rate(
+    returns_or_breaches: Sequence[float] | np.ndarray,
+    var_estimates: Sequence[float] | np.ndarray | None = None,
+) -> float:
+    """Fraction of periods without a VaR breach (1.0 for no periods).
+
+    Either pass a boolean breach array, or realised returns with the positive VaR estimate
+    made before each period: a breach is a loss larger than the estimate (`-r > var`).
+    """
+    values = np.asarray(returns_or_breaches)
+    if values.size == 0:
+        return 1.0
+    if var_estimates is None:
+        breaches = values.astype(bool).reshape(-1)
+    else:
+        r = np.asarray(values, dtype=np.float64).reshape(-1)
+        var = np.asarray(var_estimates, dtype=np.float64).reshape(-1)
+        if var.size != r.size:
+            raise ValueError(f"returns ({r.size}) and var_estimates ({var.size}) differ in length")
+        breaches = -r > var
+    return float(1.0 - breaches.mean())
+
+
+def herfindahl(weights: Sequence[float] | np.ndarray) -> float:
+    """Herfindahl concentration of |weights| normalised to sum 1 (1/n .. 1; 0.0 if all zero)."""
+    w = np.abs(_arr(weights))
+    total = w.sum()
+    if total <= _EPS:
+        return 0.0
+    w = w / total
+    return float(np.dot(w, w))
+
+
+def diversification(weights: Sequence[float] | np.ndarray) -> float:
+    """Diversification term 1 - Herfindahl (0 for one position or none, up to 1 - 1/n)."""
+    h = herfindahl(weights)
+    return 0.0 if h == 0.0 else float(1.0 - h)
+
+
+# --------------------------------------------------------------------------------------------
+# Incremental reward terms (called once per env step: plain Python floats, no numpy overhead)
+# --------------------------------------------------------------------------------------------
+
+
+def downside_penalty(r: float, target: float = 0.0) -> float:
+    """Squared shortfall below `target`: max(target - r, 0)^2 (Sortino-style penalty)."""
+    short = target - r
+    return short * short if short > 0.0 else 0.0
+
+
+def drawdown_penalty(equity: float, peak: float) -> float:
+    """Current drawdown from the running peak as a positive fraction: max(0, 1 - equity/peak)."""
+    if peak <= 0.0:
+        return 0.0
+    dd = 1.0 - equity / peak
+    return dd if dd > 0.0 else 0.0
+
+
+class DifferentialSharpe:
+    """Moody & Saffell (1998) differential Sharpe ratio, an online Sharpe-gradient reward.
+
+    Keeps EMAs A (mean) and B (second moment) with rate `eta`; `update(r)` returns
+    D_t = (B dA - A dB / 2) / (B - A^2)^1.5 using the values before the update, then updates.
+    Returns 0.0 while the variance estimate is ~0; clipped to +-`clip` (None: no clip).
+    """
+
+    __slots__ = ("eta", "clip", "a", "b")
+
+    def __init__(self, eta: float = 0.01, clip: float | None = 10.0) -> None:
+        if not 0.0 < eta < 1.0:
+            raise ValueError(f"DifferentialSharpe eta must be in (0, 1), got {eta}")
+        self.eta = float(eta)
+        self.clip = clip
+        self.a = 0.0
+        self.b = 0.0
+
+    def reset(self) -> None:
+        """Forget the moment estimates (start of an episode)."""
+        self.a = 0.0
+        self.b = 0.0
+
+    def update(self, r: float) -> float:
+        """Differential Sharpe increment for return `r`, then update the moment estimates."""
+        a, b = self.a, self.b
+        da = r - a
+        db = r * r - b
+        var = b - a * a
+        d = 0.0
+        if var > 1e-16:
+            d = (b * da - 0.5 * a * db) / (var * math.sqrt(var))
+            if self.clip is not None:
+                d = max(-self.clip, min(self.clip, d))
+        self.a = a + self.eta * da
+        self.b = b + self.eta * db
+        return float(d)
+
+
+class RollingSharpe:
+    """Rolling-window return statistics for Sharpe-style specialist rewards.
+
+    `update(r)` adds `r` to a window of the last `window` returns and returns the
+    volatility-scaled return r / max(std, min_std) (std of the window, ddof=0), whose sum
+    over an episode approximates sqrt(n) x Sharpe. `sharpe()` is the window's mean / std.
+    """
+
+    __slots__ = ("window", "min_std", "_buf", "_i", "_n", "_s", "_ss")
+
+    def __init__(self, window: int = 60, min_std: float = 1e-4) -> None:
+        if window < 2:
+            raise ValueError(f"RollingSharpe window must be >= 2, got {window}")
+        self.window = int(window)
+        self.min_std = float(min_std)
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty the window."""
+        self._buf = [0.0] * self.window
+        self._i = 0
+        self._n = 0
+        self._s = 0.0
+        self._ss = 0.0
+
+    def std(self) -> float:
+        """Population std of the returns in the window (0.0 when fewer than two)."""
+        if self._n < 2:
+            return 0.0
+        mean = self._s / self._n
+        var = self._ss / self._n - mean * mean
+        return math.sqrt(var) if var > 0.0 else 0.0
+
+    def sharpe(self) -> float:
+        """Per-period (not annualised) Sharpe of the window; 0.0 when std is ~0."""
+        sd = self.std()
+        return (self._s / self._n) / sd if sd > _EPS else 0.0
+
+    def update(self, r: float) -> float:
+        """Add `r` to the window and return r / max(window std, min_std)."""
+        old = self._buf[self._i]
+        if self._n == self.window:
+            self._s -= old
+            self._ss -= old * old
+        else:
+            self._n += 1
+        self._buf[self._i] = r
+        self._s += r
+        self._ss += r * r
+        self._i = (self._i + 1) % self.window
+        sd = self.std()
+        return r / (sd if sd > self.min_std else self.min_std)
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+
+def summarize(
+    equity: Sequence[float] | np.ndarray,
+    positions: Sequence[float] | np.ndarray | None = None,
+    periods_per_year: float | str = "1m",
+    risk_free_rate: float = 0.0,
+    confidence: float = 0.95,
+) -> dict[str, float]:
+    """All headline metrics of an equity curve (and optional positions) as finite floats.
+
+    `periods_per_year` is a number or a timeframe string ("1m", "1d", ... 24h calendar).
+    Keys: total_return, annualized_return, volatility, sharpe_ratio, sortino_ratio,
+    calmar_ratio, max_drawdown, win_rate, profit_factor, value_at_risk,
+    conditional_value_at_risk, n_periods, final_equity (and turnover with positions).
+    """
+    eq = _arr(equity)
+    ppy = _ppy(periods_per_year)
+    r = simple_returns(eq)
+    out = {
+        "total_return": total_return(eq),
+        "annualized_return": annualized_return(eq, ppy),
+        "volatility": volatility(r, ppy),
+        "sharpe_ratio": sharpe_ratio(r, ppy, risk_free_rate),
+        "sortino_ratio": sortino_ratio(r, ppy, risk_free_rate),
+        "calmar_ratio": calmar_ratio(eq, ppy),
+        "max_drawdown": max_drawdown(eq),
+        "win_rate": win_rate(r),
+        "profit_factor": profit_factor(r),
+        "value_at_risk": value_at_risk(r, confidence),
+        "conditional_value_at_risk": conditional_value_at_risk(r, confidence),
+        "n_periods": float(r.size),
+        "final_equity": float(eq[-1]) if eq.size else 0.0,
+    }
+    if positions is not None:
+        out["turnover"] = turnover(positions)
+    return out

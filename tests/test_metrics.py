@@ -1,0 +1,167 @@
+"""rl_trading.metrics checked against values computed by hand on tiny series."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rl_trading import metrics as m
+
+
+def test_periods_per_year_conventions():
+    assert m.periods_per_year("1m") == 365 * 24 * 60
+    assert m.periods_per_year("5m") == 365 * 24 * 12
+    assert m.periods_per_year("1h") == 365 * 24
+    assert m.periods_per_year("1d") == 365
+    assert m.periods_per_year("1d", calendar="equity") == 252
+    assert m.periods_per_year("1h", calendar="equity") == pytest.approx(252 * 6.5)
+    assert m.periods_per_year("1m", override=1000) == 1000
+    assert m.periods_per_year(52) == 52
+    with pytest.raises(ValueError):
+        m.periods_per_year("fortnightly")
+
+
+def test_returns_and_total_return():
+    eq = np.array([100.0, 110.0, 99.0])
+    np.testing.assert_allclose(m.simple_returns(eq), [0.1, -0.1])
+    np.testing.assert_allclose(m.log_returns(eq), [math.log(1.1), math.log(0.9)])
+    assert m.total_return(eq) == pytest.approx(-0.01)
+    assert m.simple_returns([5.0]).size == 0
+    assert m.total_return([5.0]) == 0.0
+
+
+def test_sharpe_by_hand():
+    r = np.array([0.01, -0.02, 0.03])
+    mean = 0.02 / 3
+    std = math.sqrt(((0.01 - mean) ** 2 + (-0.02 - mean) ** 2 + (0.03 - mean) ** 2) / 2)
+    assert m.sharpe_ratio(r, 252) == pytest.approx(mean / std * math.sqrt(252))
+    # risk free per period = rf / ppy; the std is unchanged by a constant shift
+    rf = 0.05
+    assert m.sharpe_ratio(r, 252, rf) == pytest.approx((mean - rf / 252) / std * math.sqrt(252))
+    assert m.sharpe_ratio(r, "1d") == pytest.approx(mean / std * math.sqrt(365))
+
+
+def test_sortino_by_hand():
+    r = np.array([0.02, -0.01, 0.03, -0.02])
+    mean = 0.02 / 4
+    dd = math.sqrt((0.01**2 + 0.02**2) / 4)
+    assert m.sortino_ratio(r, 100) == pytest.approx(mean / dd * 10.0)
+    assert m.sortino_ratio([0.01, 0.02], 100) == 0.0  # no downside
+
+
+def test_max_drawdown_calmar_annualized():
+    eq = np.array([100.0, 120.0, 90.0, 130.0, 117.0])
+    assert m.max_drawdown(eq) == pytest.approx(0.25)
+    ann = (117.0 / 100.0) ** (10 / 4) - 1
+    assert m.annualized_return(eq, 10) == pytest.approx(ann)
+    assert m.calmar_ratio(eq, 10) == pytest.approx(ann / 0.25)
+    assert m.max_drawdown([100, 101, 102]) == 0.0
+    assert m.calmar_ratio([100, 101, 102], 10) == 0.0
+
+
+def test_volatility_win_rate_profit_factor():
+    r = np.array([0.01, 0.0, -0.02, 0.03, 0.0])
+    assert m.volatility(r, 4) == pytest.approx(np.std(r, ddof=1) * 2)
+    assert m.win_rate(r) == pytest.approx(2 / 3)  # zero returns ignored
+    assert m.profit_factor(r) == pytest.approx(0.04 / 0.02)
+    assert m.profit_factor([0.01, 0.02]) == m.PROFIT_FACTOR_CAP
+    assert m.profit_factor([-0.01]) == 0.0
+    assert m.win_rate([0.0, 0.0]) == 0.0
+
+
+def test_turnover():
+    assert m.turnover([0.0, 1.0, 1.0, -1.0]) == pytest.approx((0 + 1 + 0 + 2) / 4)
+    two = np.array([[0.5, 0.5], [0.0, 1.0]])
+    assert m.turnover(two) == pytest.approx((1.0 + 1.0) / 2)
+    assert m.turnover([]) == 0.0
+
+
+def test_var_cvar_and_compliance():
+    r = np.arange(-10, 10) / 100.0  # -0.10 .. 0.09, 20 values
+    q = np.quantile(r, 0.05)  # linear interpolation: -0.10 + 0.95 * 0.01
+    assert q == pytest.approx(-0.0905)
+    assert m.value_at_risk(r, 0.95) == pytest.approx(0.0905)
+    assert m.conditional_value_at_risk(r, 0.95) == pytest.approx(0.10)  # only -0.10 <= q
+    assert m.value_at_risk([0.01, 0.02], 0.95) == 0.0  # all gains: no loss at risk
+    assert m.var_compliance_rate([False, True, False, False]) == pytest.approx(0.75)
+    rets = np.array([-0.01, -0.05, 0.02])
+    var = np.array([0.02, 0.02, 0.02])
+    assert m.var_compliance_rate(rets, var) == pytest.approx(2 / 3)
+    assert m.var_compliance_rate([]) == 1.0
+
+
+def test_diversification():
+    assert m.herfindahl([0.5, 0.5]) == pytest.approx(0.5)
+    assert m.diversification([0.5, -0.5]) == pytest.approx(0.5)
+    assert m.diversification([1.0, 0.0, 0.0]) == 0.0
+    assert m.diversification([0.0, 0.0]) == 0.0
+    assert m.diversification([1, 1, 1, 1]) == pytest.approx(0.75)
+
+
+def test_penalties():
+    assert m.downside_penalty(-0.02) == pytest.approx(0.0004)
+    assert m.downside_penalty(0.01) == 0.0
+    assert m.drawdown_penalty(90.0, 100.0) == pytest.approx(0.1)
+    assert m.drawdown_penalty(110.0, 100.0) == 0.0
+
+
+def test_differential_sharpe_by_hand():
+    dsr = m.DifferentialSharpe(eta=0.5, clip=None)
+    assert dsr.update(0.1) == 0.0  # no variance yet
+    assert (dsr.a, dsr.b) == pytest.approx((0.05, 0.005))
+    # second step: A=0.05, B=0.005, r=0.2 -> dA=0.15, dB=0.035, var=0.0025
+    expected = (0.005 * 0.15 - 0.5 * 0.05 * 0.035) / 0.0025**1.5
+    assert dsr.update(0.2) == pytest.approx(expected)
+    dsr.reset()
+    assert dsr.update(0.3) == 0.0
+    assert expected == pytest.approx(-1.0)
+    clipped = m.DifferentialSharpe(eta=0.5, clip=0.5)
+    clipped.update(0.1)
+    assert clipped.update(0.2) == -0.5
+
+
+def test_rolling_sharpe():
+    rs = m.RollingSharpe(window=3, min_std=1e-3)
+    assert rs.update(0.01) == pytest.approx(0.01 / 1e-3)  # one value: std floored
+    rs.update(0.03)
+    val = rs.update(0.02)
+    sd = np.std([0.01, 0.03, 0.02])
+    assert val == pytest.approx(0.02 / sd)
+    assert rs.sharpe() == pytest.approx(0.02 / sd)
+    rs.update(-0.01)  # window now [0.03, 0.02, -0.01]
+    win = np.array([0.03, 0.02, -0.01])
+    assert rs.std() == pytest.approx(np.std(win))
+    assert rs.sharpe() == pytest.approx(win.mean() / np.std(win))
+
+
+def test_edge_cases_are_finite():
+    cases = {
+        "flat": np.full(10, 100.0),
+        "one bar": np.array([100.0]),
+        "empty": np.array([]),
+        "all losses": 100.0 * 0.99 ** np.arange(20),
+        "with nan": np.array([100.0, np.nan, 101.0, 102.0]),
+    }
+    for name, eq in cases.items():
+        summary = m.summarize(eq, positions=np.ones(max(eq.size, 1)), periods_per_year="1m")
+        for key, value in summary.items():
+            assert math.isfinite(value), (name, key, value)
+    flat = m.summarize(cases["flat"], periods_per_year=252)
+    assert flat["sharpe_ratio"] == 0.0 and flat["max_drawdown"] == 0.0
+    assert flat["volatility"] == 0.0 and flat["total_return"] == 0.0
+    losses = m.summarize(cases["all losses"], periods_per_year=252)
+    assert losses["win_rate"] == 0.0 and losses["profit_factor"] == 0.0
+    assert losses["max_drawdown"] == pytest.approx(1 - 0.99**19)
+    assert losses["sortino_ratio"] < 0 and losses["annualized_return"] < 0
+
+
+def test_summarize_keys_and_values():
+    eq = np.array([100.0, 102.0, 101.0, 104.0])
+    s = m.summarize(eq, positions=[0, 1, 1, 0], periods_per_year=252, risk_free_rate=0.01)
+    r = m.simple_returns(eq)
+    assert s["sharpe_ratio"] == pytest.approx(m.sharpe_ratio(r, 252, 0.01))
+    assert s["total_return"] == pytest.approx(0.04)
+    assert s["turnover"] == pytest.approx(0.5)
+    assert s["n_periods"] == 3 and s["final_equity"] == 104.0
