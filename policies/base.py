@@ -1,0 +1,113 @@
+"""Shared actor-critic plumbing for the torch RLModules: action heads, values, obs layout.
+
+Every module builds from its spaces alone (+ ``model_config``) and implements RLlib's
+``ValueFunctionAPI`` so PPO can use it. Box actions get a diagonal Gaussian
+(``[mean, log_std]`` in ``Columns.ACTION_DIST_INPUTS``, log_std state-independent), Discrete
+actions get categorical logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from torch import nn
+
+LOG_STD_INIT = -0.5
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+
+
+def mlp(in_dim: int, hidden: list[int], out_dim: int | None = None, act=nn.Tanh) -> nn.Sequential:
+    """A plain MLP; `out_dim=None` ends on the last hidden layer (an encoder)."""
+    layers: list[nn.Module] = []
+    last = in_dim
+    for size in hidden:
+        layers += [nn.Linear(last, size), act()]
+        last = size
+    if out_dim is not None:
+        layers.append(nn.Linear(last, out_dim))
+    return nn.Sequential(*layers)
+
+
+def obs_layout(obs_dim: int, model_config: dict[str, Any]) -> tuple[int, int, int]:
+    """(window, n_features, n_extra) of a flat obs `[window x n_features] + extra state`.
+
+    Without `window_size`/`n_features` in the model config the whole obs is one time step.
+    """
+    window = int(model_config.get("window_size") or 0)
+    n_feat = int(model_config.get("n_features") or 0)
+    if window <= 0 or n_feat <= 0 or window * n_feat > obs_dim:
+        return 1, obs_dim, 0
+    return window, n_feat, obs_dim - window * n_feat
+
+
+class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
+    """Base of the project's RLModules: subclasses build `_encode(obs) -> (pi_emb, vf_emb)`."""
+
+    def setup(self) -> None:
+        """Build the encoder (subclass), then the actor and critic heads."""
+        self.model_config = dict(self.model_config or {})
+        self._obs_dim = int(np.prod(self.observation_space.shape))
+        space = self.action_space
+        if isinstance(space, gym.spaces.Box):
+            self._act_dim = int(np.prod(space.shape))
+            self._continuous = True
+            pi_out = self._act_dim
+        elif isinstance(space, gym.spaces.Discrete):
+            self._continuous = False
+            pi_out = int(space.n)
+        else:
+            raise ValueError(f"unsupported action space {space} (Box or Discrete only)")
+        pi_dim, vf_dim = self.build_encoder()
+        head_hidden = list(self.model_config.get("head_hiddens", []))
+        self._pi_head = mlp(pi_dim, head_hidden, pi_out)
+        self._vf_head = mlp(vf_dim, head_hidden, 1)
+        nn.init.orthogonal_(self._pi_head[-1].weight, gain=0.01)
+        nn.init.zeros_(self._pi_head[-1].bias)
+        if self._continuous:
+            self.log_std = nn.Parameter(torch.full((self._act_dim,), LOG_STD_INIT))
+
+    # -- subclasses -------------------------------------------------------------------------
+    def build_encoder(self) -> tuple[int, int]:
+        """Create the encoder layers; return the actor and critic embedding sizes."""
+        raise NotImplementedError
+
+    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings for the actor and the critic from a `[B, obs_dim]` batch."""
+        raise NotImplementedError
+
+    # -- RLModule API -----------------------------------------------------------------------
+    def _flat_obs(self, batch: dict[str, Any]) -> torch.Tensor:
+        obs = batch[Columns.OBS]
+        return obs.reshape(obs.shape[0], -1).float()
+
+    def _dist_inputs(self, pi_emb: torch.Tensor) -> torch.Tensor:
+        out = self._pi_head(pi_emb)
+        if not self._continuous:
+            return out
+        log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(out)
+        return torch.cat([out, log_std], dim=-1)
+
+    def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        pi_emb, _ = self.encode(self._flat_obs(batch))
+        return {Columns.ACTION_DIST_INPUTS: self._dist_inputs(pi_emb)}
+
+    def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        pi_emb, vf_emb = self.encode(self._flat_obs(batch))
+        return {
+            Columns.ACTION_DIST_INPUTS: self._dist_inputs(pi_emb),
+            Columns.EMBEDDINGS: vf_emb,
+        }
+
+    def compute_values(
+        self, batch: dict[str, Any], embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """State values `[B]` (ValueFunctionAPI); reuses the critic embedding when given."""
+        if embeddings is None:
+            _, embeddings = self.encode(self._flat_obs(batch))
+        return self._vf_head(embeddings).squeeze(-1)

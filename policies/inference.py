@@ -1,0 +1,54 @@
+"""Acting with a trained RLModule outside RLlib's EnvRunners (validation, backtests, tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModule
+
+
+def compute_actions(
+    module: RLModule, obs: np.ndarray, explore: bool = False, seed: int | None = None
+) -> np.ndarray:
+    """Actions for a `[B, ...]` obs batch, mapped to the action space like RLlib's connectors.
+
+    `explore=False` is deterministic (Gaussian mean / arg-max); Box actions are unsquashed
+    from [-1, 1] to the space's bounds and clipped, as RLlib does with `normalize_actions`.
+    """
+    batch = {Columns.OBS: torch.as_tensor(np.asarray(obs, dtype=np.float32))}
+    with torch.no_grad():
+        if explore:
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = module.forward_exploration(batch)
+            dist = module.get_exploration_action_dist_cls().from_logits(
+                out[Columns.ACTION_DIST_INPUTS]
+            )
+        else:
+            out = module.forward_inference(batch)
+            dist = (
+                module.get_inference_action_dist_cls()
+                .from_logits(out[Columns.ACTION_DIST_INPUTS])
+                .to_deterministic()
+            )
+        actions = dist.sample().cpu().numpy()
+    return to_env_action(actions, module.action_space)
+
+
+def to_env_action(actions: np.ndarray, space: gym.Space) -> np.ndarray:
+    """Map module outputs to env actions (unsquash + clip bounded Boxes, ints for Discrete)."""
+    if isinstance(space, gym.spaces.Discrete):
+        return actions.astype(np.int64)
+    if isinstance(space, gym.spaces.Box) and np.all(space.bounded_below & space.bounded_above):
+        scaled = space.low + (np.clip(actions, -1.0, 1.0) + 1.0) * (space.high - space.low) / 2.0
+        return scaled.astype(space.dtype)
+    return actions.astype(getattr(space, "dtype", np.float32))
+
+
+def act_one(module: RLModule, obs: Any) -> np.ndarray:
+    """Deterministic action for a single observation."""
+    return compute_actions(module, np.asarray(obs, dtype=np.float32)[None])[0]
