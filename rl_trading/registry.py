@@ -1,0 +1,527 @@
+"""Model registry on the MLflow Model Registry: versions, grades, lineage and sha256 checks.
+
+Every registration logs the model's files (an RLlib checkpoint, RLModule dirs, a saved
+supervised model or an ensemble spec) as artifacts of an MLflow run, then creates a registered
+model whose name follows ``{model_type}_v{major.minor.patch}_grade_{grade}_{metric}_{value}``
+(e.g. ``hierarchical_ppo_v1.0.0_grade_B+_sharpe_1.23``) with one MLflow model version.
+
+Names: MLflow forbids ``/`` and ``:`` and names that are not their own normalised path
+(``..``, leading ``/``). :func:`sanitize_name` keeps ``[A-Za-z0-9_.+-]`` and turns anything
+else into ``_`` (and ``..`` into ``.``), so the pattern survives intact. The *family* of a model
+is its ``model_type`` (tag ``rl_trading.model_type``); ``resolve`` also accepts ``TYPE`` (the
+newest of that family) and ``TYPE@ALIAS`` / ``NAME@ALIAS`` (e.g. ``@production``).
+
+Semantic versions within one family (first registration is ``1.0.0``):
+
+* **major**: the model's *signature* changed (architecture, observation/action layout, feature
+  set or window) — old inference code cannot feed it;
+* **minor**: same signature, but trained on different data (fingerprint) or different config;
+* **patch**: same signature, data and config (re-registration, re-evaluation, metadata fix).
+
+An explicit ``bump=`` overrides the inferred part.
+
+Grades (see :func:`score_to_grade`): each benchmark maps linearly onto a score in [0, 1]
+(0 at or beyond *poor*, 1 at or beyond *excellent*); an RL policy's score is the *minimum* of
+its Sharpe and max-drawdown scores (a grade is only as good as its weakest benchmark, so a flat
+strategy with no drawdown but no return still grades F); a supervised model's score is its
+accuracy score. Score -> grade: S >= 1.0 (every benchmark excellent), A+ >= 0.9, A >= 0.8,
+A- >= 0.7, B+ >= 0.6, B >= 0.5, B- >= 0.4, C >= 0.25, D > 0, F = 0 (at or below poor).
+
+Integrity: the sha256 of every file is stored at registration (a model-version tag, held in
+the tracking database, plus a ``checksums.json`` artifact); :meth:`ModelRegistry.load_path`
+re-hashes the files and raises :class:`~rl_trading.errors.RegistryError` on any changed,
+missing or extra file — never a silent load.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from rl_trading.errors import RegistryError
+
+if TYPE_CHECKING:
+    from rl_trading.config import AppConfig, EvaluationConfig
+
+GRADES = ["S", "A+", "A", "A-", "B+", "B", "B-", "C", "D", "F"]
+# (minimum score, grade), best first; F is everything at score 0.
+GRADE_THRESHOLDS: list[tuple[float, str]] = [
+    (1.0, "S"),
+    (0.9, "A+"),
+    (0.8, "A"),
+    (0.7, "A-"),
+    (0.6, "B+"),
+    (0.5, "B"),
+    (0.4, "B-"),
+    (0.25, "C"),
+]
+TAG = "rl_trading."
+EXPERIMENT = "model_registry"
+PREPROCESSING_FILE = "preprocessing.json"
+Kind = Literal["rl", "supervised", "ensemble"]
+Bump = Literal["major", "minor", "patch"]
+_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.+\-]")
+
+
+# --------------------------------------------------------------------------------------------
+# Grades, names, versions, checksums (pure functions)
+# --------------------------------------------------------------------------------------------
+
+
+def linear_score(value: float, poor: float, excellent: float) -> float:
+    """Map `value` linearly onto [0, 1]: 0 at/beyond `poor`, 1 at/beyond `excellent`.
+
+    Works for higher-is-better (excellent > poor) and lower-is-better (excellent < poor)
+    benchmarks; NaN scores 0.
+    """
+    if value is None or not math.isfinite(float(value)):
+        return 0.0
+    if excellent == poor:
+        raise RegistryError("grading benchmark has excellent == poor")
+    frac = (float(value) - poor) / (excellent - poor)
+    return float(min(1.0, max(0.0, frac)))
+
+
+def score_to_grade(score: float) -> str:
+    """Grade for a score in [0, 1] (monotone: a higher score never gets a worse grade)."""
+    if not math.isfinite(score):
+        return "F"
+    for minimum, grade in GRADE_THRESHOLDS:
+        if score >= minimum - 1e-12:
+            return grade
+    return "D" if score > 0 else "F"
+
+
+def rl_score(sharpe: float, max_drawdown: float, ev: EvaluationConfig) -> float:
+    """RL policy score: the weaker of its Sharpe and max-drawdown benchmark scores."""
+    s = linear_score(sharpe, ev.sharpe_poor, ev.sharpe_excellent)
+    d = linear_score(abs(max_drawdown), ev.max_drawdown_poor, ev.max_drawdown_excellent)
+    return min(s, d)
+
+
+def supervised_score(accuracy: float, ev: EvaluationConfig) -> float:
+    """Supervised model score from its out-of-sample accuracy."""
+    return linear_score(accuracy, ev.accuracy_poor, ev.accuracy_excellent)
+
+
+def grade_rl(sharpe: float, max_drawdown: float, ev: EvaluationConfig) -> str:
+    """Grade of an RL policy from its backtest Sharpe and max drawdown."""
+    return score_to_grade(rl_score(sharpe, max_drawdown, ev))
+
+
+def grade_supervised(accuracy: float, ev: EvaluationConfig) -> str:
+    """Grade of a supervised model from its out-of-sample accuracy."""
+    return score_to_grade(supervised_score(accuracy, ev))
+
+
+def sanitize_name(text: str) -> str:
+    """Make `text` a valid MLflow registered-model name: keep [A-Za-z0-9_.+-], else `_`."""
+    out = _BAD_CHARS.sub("_", text.strip())
+    while ".." in out:
+        out = out.replace("..", ".")
+    out = out.strip(".") or "model"
+    return out
+
+
+def format_metric(value: float) -> str:
+    """Metric value as it appears in a model name (2 decimals, `nan` when undefined)."""
+    if value is None or not math.isfinite(float(value)):
+        return "nan"
+    return f"{float(value):.2f}"
+
+
+def model_name(model_type: str, version: str, grade: str, metric: str, value: float) -> str:
+    """`{model_type}_v{version}_grade_{grade}_{metric}_{value}`, sanitised for MLflow."""
+    if grade not in GRADES:
+        raise RegistryError(f"unknown grade '{grade}' (one of {', '.join(GRADES)})")
+    parse_version(version)
+    return sanitize_name(f"{model_type}_v{version}_grade_{grade}_{metric}_{format_metric(value)}")
+
+
+def parse_version(version: str) -> tuple[int, int, int]:
+    """`"1.2.3"` -> (1, 2, 3); RegistryError for anything else."""
+    m = _SEMVER.match(str(version))
+    if not m:
+        raise RegistryError(f"version '{version}' is not major.minor.patch")
+    return int(m[1]), int(m[2]), int(m[3])
+
+
+def bump_version(previous: str | None, part: Bump) -> str:
+    """Next semantic version: None -> 1.0.0; major resets minor+patch, minor resets patch."""
+    if previous is None:
+        return "1.0.0"
+    major, minor, patch = parse_version(previous)
+    if part == "major":
+        return f"{major + 1}.0.0"
+    if part == "minor":
+        return f"{major}.{minor + 1}.0"
+    if part == "patch":
+        return f"{major}.{minor}.{patch + 1}"
+    raise RegistryError(f"unknown version bump '{part}' (major, minor or patch)")
+
+
+def infer_bump(
+    previous_tags: Mapping[str, str],
+    signature: str,
+    data_fingerprint: str | None,
+    config_hash: str | None,
+) -> Bump:
+    """Which part to bump versus the family's newest model (rules in the module docstring)."""
+    if previous_tags.get(TAG + "signature", "") != signature:
+        return "major"
+    if (previous_tags.get(TAG + "data_fingerprint") or "") != (data_fingerprint or ""):
+        return "minor"
+    if (previous_tags.get(TAG + "config_hash") or "") != (config_hash or ""):
+        return "minor"
+    return "patch"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of one file, streamed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checksum_manifest(root: str | Path) -> dict[str, str]:
+    """`{relative posix path: sha256}` of every file under `root` (sorted)."""
+    root = Path(root)
+    if root.is_file():
+        return {root.name: sha256_file(root)}
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files}
+
+
+def verify_manifest(root: str | Path, manifest: Mapping[str, str], label: str = "model") -> None:
+    """Raise RegistryError unless the files under `root` match `manifest` exactly."""
+    actual = checksum_manifest(root)
+    missing = sorted(set(manifest) - set(actual))
+    extra = sorted(set(actual) - set(manifest))
+    changed = sorted(k for k in set(manifest) & set(actual) if manifest[k] != actual[k])
+    if changed:
+        raise RegistryError(f"{label}: sha256 mismatch for artifact '{changed[0]}' (tampered?)")
+    if missing:
+        raise RegistryError(f"{label}: artifact '{missing[0]}' is missing")
+    if extra:
+        raise RegistryError(f"{label}: unexpected artifact '{extra[0]}' (not registered)")
+
+
+def _manifest_digest(manifest: Mapping[str, str]) -> str:
+    return hashlib.sha256(json.dumps(dict(manifest), sort_keys=True).encode()).hexdigest()
+
+
+def config_hash(cfg: AppConfig | Mapping[str, Any] | None) -> str | None:
+    """Short sha256 of a resolved config (for the minor-version rule)."""
+    if cfg is None:
+        return None
+    tree = cfg if isinstance(cfg, Mapping) else cfg.model_dump(mode="json")
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelRecord:
+    """One registered model as the CLI shows it (read from MLflow tags)."""
+
+    name: str
+    model_type: str
+    kind: str
+    version: str
+    grade: str
+    metric_name: str
+    metric_value: float
+    mlflow_version: str
+    source: str
+    run_id: str | None
+    created: str
+    aliases: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str | None = None
+    signature: str = ""
+    stage: str = "none"
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def display_name(self) -> str:
+        """The pattern name (same as `name` unless sanitising changed it)."""
+        return self.tags.get(TAG + "display_name", self.name)
+
+
+def _semver_key(version: str) -> tuple[int, int, int]:
+    try:
+        return parse_version(version)
+    except RegistryError:
+        return (-1, -1, -1)
+
+
+class ModelRegistry:
+    """Register, list, resolve, verify-and-load and promote models in the MLflow registry."""
+
+    def __init__(self, tracking_uri: str | None = None, cfg: AppConfig | None = None) -> None:
+        from mlflow import MlflowClient
+
+        from rl_trading.config import AppConfig
+        from rl_trading.tracking import configure_mlflow
+
+        self.cfg = cfg or AppConfig()
+        self.uri = configure_mlflow(tracking_uri or self.cfg.tracking.tracking_uri)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _records(self) -> list[ModelRecord]:
+        out = []
+        for rm in self.client.search_registered_models(max_results=1000):
+            if TAG + "model_type" not in (rm.tags or {}):
+                continue  # not one of ours
+            rec = self._record(rm)
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def _record(self, rm: Any) -> ModelRecord | None:
+        versions = self.client.search_model_versions(f"name='{rm.name}'")
+        if not versions:
+            return None
+        mv = max(versions, key=lambda v: int(v.version))
+        tags = {**(rm.tags or {}), **(mv.tags or {})}
+        metrics = json.loads(tags.get(TAG + "metrics", "{}"))
+        lineage = json.loads(tags.get(TAG + "lineage", "{}"))
+        aliases = [a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version)]
+        return ModelRecord(
+            name=rm.name,
+            model_type=tags.get(TAG + "model_type", "?"),
+            kind=tags.get(TAG + "kind", "?"),
+            version=tags.get(TAG + "version", "0.0.0"),
+            grade=tags.get(TAG + "grade", "F"),
+            metric_name=tags.get(TAG + "metric_name", ""),
+            metric_value=float(tags.get(TAG + "metric_value", "nan")),
+            mlflow_version=str(mv.version),
+            source=mv.source,
+            run_id=mv.run_id,
+            created=tags.get(TAG + "created", ""),
+            aliases=sorted(aliases),
+            metrics={k: float(v) for k, v in metrics.items() if v is not None},
+            lineage=lineage,
+            data_fingerprint=tags.get(TAG + "data_fingerprint") or None,
+            signature=tags.get(TAG + "signature", ""),
+            stage=tags.get(TAG + "stage", "none"),
+            tags=tags,
+        )
+
+    def list(self, model_type: str | None = None, grade: str | None = None) -> list[ModelRecord]:
+        """Every registered rl-trading model, newest first, optionally filtered."""
+        recs = self._records()
+        if model_type:
+            recs = [r for r in recs if r.model_type == model_type]
+        if grade:
+            recs = [r for r in recs if r.grade == grade]
+        return sorted(recs, key=lambda r: r.created, reverse=True)
+
+    def resolve(self, name: str) -> ModelRecord:
+        """A model by full name, `TYPE` (newest of the family) or `NAME|TYPE@ALIAS`."""
+        base, _, alias = name.partition("@")
+        recs = self._records()
+        matches = [r for r in recs if base in (r.name, r.display_name)]
+        if not matches:
+            family = [r for r in recs if r.model_type == base]
+            if family:
+                matches = sorted(family, key=lambda r: _semver_key(r.version), reverse=True)
+                if alias:
+                    matches = [r for r in matches if alias in r.aliases or alias == r.stage]
+                    if not matches:
+                        raise RegistryError(f"no '{base}' model has alias '{alias}'")
+                return matches[0]
+        elif alias and alias not in matches[0].aliases:
+            raise RegistryError(f"model '{base}' has no alias '{alias}'")
+        if not matches:
+            raise RegistryError(f"unknown model '{name}' (see `rl-trading models list`)")
+        return matches[0]
+
+    def info(self, name: str) -> ModelRecord:
+        """Everything the registry knows about one model (unknown name -> RegistryError)."""
+        return self.resolve(name)
+
+    def load_path(self, name: str) -> Path:
+        """Local directory of a model's files after verifying every sha256 (RegistryError)."""
+        import mlflow
+
+        rec = self.resolve(name)
+        raw = rec.tags.get(TAG + "sha256_manifest")
+        if not raw:
+            raise RegistryError(f"model '{rec.name}' has no sha256 manifest; refusing to load")
+        manifest = json.loads(raw)
+        if rec.tags.get(TAG + "manifest_sha256") != _manifest_digest(manifest):
+            raise RegistryError(f"model '{rec.name}': checksum manifest was altered")
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=rec.source))
+        except Exception as exc:  # noqa: BLE001 - any store failure is a registry problem
+            raise RegistryError(f"model '{rec.name}': cannot fetch artifacts ({exc})") from None
+        verify_manifest(local, manifest, label=f"model '{rec.name}'")
+        return local
+
+    def load_preprocessing(self, name: str) -> dict[str, Any]:
+        """The verified preprocessing spec (features, window, scaler stats) of a model."""
+        path = self.load_path(name) / PREPROCESSING_FILE
+        if not path.is_file():
+            return {}
+        return json.loads(path.read_text())
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def register(
+        self,
+        path: str | Path,
+        *,
+        model_type: str,
+        kind: Kind = "rl",
+        metrics: Mapping[str, float] | None = None,
+        lineage: Mapping[str, Any] | None = None,
+        data_fingerprint: str | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        signature: Mapping[str, Any] | str | None = None,
+        config: AppConfig | Mapping[str, Any] | None = None,
+        bump: Bump | None = None,
+        run_id: str | None = None,
+        description: str = "",
+    ) -> ModelRecord:
+        """Log `path` as artifacts, grade it, version it and create the registered model.
+
+        `metrics` needs `sharpe` and `max_drawdown` (rl/ensemble) or `accuracy` (supervised).
+        `preprocessing` is stored next to the model files (and checksummed with them).
+        """
+        import mlflow
+
+        from rl_trading.tracking import ensure_experiment
+
+        src = Path(path)
+        if not src.exists():
+            raise RegistryError(f"nothing to register at {src}")
+        metrics = {k: float(v) for k, v in (metrics or {}).items()}
+        ev = self.cfg.evaluation
+        if kind == "supervised":
+            if "accuracy" not in metrics:
+                raise RegistryError("a supervised model needs an 'accuracy' metric to be graded")
+            score = supervised_score(metrics["accuracy"], ev)
+            metric_name = "accuracy"
+        else:
+            if "sharpe" not in metrics or "max_drawdown" not in metrics:
+                raise RegistryError("an RL policy needs 'sharpe' and 'max_drawdown' metrics")
+            score = rl_score(metrics["sharpe"], metrics["max_drawdown"], ev)
+            metric_name = "sharpe"
+        grade = score_to_grade(score)
+        sig = (
+            signature
+            if isinstance(signature, str)
+            else json.dumps(dict(signature or {}), sort_keys=True, default=str)
+        )
+        chash = config_hash(config)
+
+        family = self.list(model_type=sanitize_name(model_type))
+        previous = max(family, key=lambda r: _semver_key(r.version)) if family else None
+        if previous is None:
+            version = "1.0.0"
+        else:
+            part = bump or infer_bump(previous.tags, sig, data_fingerprint, chash)
+            version = bump_version(previous.version, part)
+        mtype = sanitize_name(model_type)
+        display = f"{model_type}_v{version}_grade_{grade}_{metric_name}_"
+        display += format_metric(metrics[metric_name])
+        name = model_name(mtype, version, grade, metric_name, metrics[metric_name])
+
+        with tempfile.TemporaryDirectory(prefix="rl_trading_reg_") as tmp:
+            staged = Path(tmp) / "model"
+            if src.is_dir():
+                shutil.copytree(src, staged)
+            else:
+                staged.mkdir()
+                shutil.copy2(src, staged / src.name)
+            if preprocessing is not None:
+                (staged / PREPROCESSING_FILE).write_text(
+                    json.dumps(dict(preprocessing), indent=2, sort_keys=True, default=str)
+                )
+            manifest = checksum_manifest(staged)
+            exp_id = ensure_experiment(EXPERIMENT)
+            run_ctx = (
+                mlflow.start_run(run_id=run_id)
+                if run_id
+                else mlflow.start_run(
+                    experiment_id=exp_id,
+                    run_name=f"register_{name}",
+                    nested=mlflow.active_run() is not None,
+                )
+            )
+            with run_ctx as run:
+                mlflow.log_artifacts(str(staged), artifact_path="model")
+                mlflow.log_dict(manifest, "checksums.json")
+                if metrics:
+                    mlflow.log_metrics(
+                        {f"registry_{k}": v for k, v in metrics.items() if math.isfinite(v)}
+                    )
+                artifact_uri = run.info.artifact_uri
+                rid = run.info.run_id
+
+        now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        tags = {
+            TAG + "model_type": mtype,
+            TAG + "kind": kind,
+            TAG + "version": version,
+            TAG + "grade": grade,
+            TAG + "grade_score": f"{score:.4f}",
+            TAG + "metric_name": metric_name,
+            TAG + "metric_value": repr(metrics[metric_name]),
+            TAG + "display_name": display,
+            TAG + "metrics": json.dumps(metrics),
+            TAG + "lineage": json.dumps(dict(lineage or {}), default=str),
+            TAG + "data_fingerprint": data_fingerprint or "",
+            TAG + "signature": sig,
+            TAG + "config_hash": chash or "",
+            TAG + "created": now,
+            TAG + "stage": "none",
+            TAG + "source_path": str(src.resolve()),
+        }
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, tags=tags, description=description)
+        except MlflowException as exc:
+            raise RegistryError(f"cannot register '{name}': {exc.message}") from None
+        self.client.create_model_version(
+            name,
+            source=f"{artifact_uri}/model",
+            run_id=rid,
+            tags={
+                TAG + "sha256_manifest": json.dumps(manifest, sort_keys=True),
+                TAG + "manifest_sha256": _manifest_digest(manifest),
+            },
+            description=description,
+        )
+        return self.resolve(name)
+
+    def promote(self, name: str, alias: str = "production") -> ModelRecord:
+        """Point `alias` at this model (removing it from others of its family); stage tag too."""
+        rec = self.resolve(name)
+        for other in self.list(model_type=rec.model_type):
+            if other.name != rec.name and alias in other.aliases:
+                self.client.delete_registered_model_alias(other.name, alias)
+                self.client.set_registered_model_tag(other.name, TAG + "stage", "archived")
+        self.client.set_registered_model_alias(rec.name, alias, rec.mlflow_version)
+        self.client.set_registered_model_tag(rec.name, TAG + "stage", alias)
+        return self.resolve(rec.name)

@@ -1,0 +1,199 @@
+"""Model registry: grading boundaries, names, versions, round trip and tamper detection."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from rl_trading.config import AppConfig, load_config
+from rl_trading.errors import RegistryError
+from rl_trading.registry import (
+    GRADES,
+    ModelRegistry,
+    bump_version,
+    grade_rl,
+    grade_supervised,
+    infer_bump,
+    model_name,
+    sanitize_name,
+    score_to_grade,
+)
+
+EV = AppConfig().evaluation
+NAME_RE = re.compile(
+    r"^[A-Za-z0-9_.+\-]+_v\d+\.\d+\.\d+_grade_(S|A\+|A|A-|B\+|B|B-|C|D|F)_\w+_-?[\d.]+$"
+)
+
+
+def test_score_to_grade_boundaries_and_monotone():
+    assert score_to_grade(1.0) == "S"
+    assert score_to_grade(0.9999) == "A+"
+    assert score_to_grade(0.9) == "A+"
+    assert score_to_grade(0.8999) == "A"
+    assert score_to_grade(0.5) == "B"
+    assert score_to_grade(0.25) == "C"
+    assert score_to_grade(0.2499) == "D"
+    assert score_to_grade(1e-6) == "D"
+    assert score_to_grade(0.0) == "F"
+    assert score_to_grade(float("nan")) == "F"
+    ranks = [GRADES.index(score_to_grade(i / 1000)) for i in range(1001)]
+    assert all(a >= b for a, b in zip(ranks, ranks[1:], strict=False)), "grade not monotone"
+    assert {score_to_grade(i / 1000) for i in range(1001)} == set(GRADES)
+
+
+def test_rl_grade_uses_configured_benchmarks():
+    # Both at excellent -> S; either at poor -> F.
+    assert grade_rl(2.0, 0.05, EV) == "S"
+    assert grade_rl(3.0, 0.01, EV) == "S"
+    assert grade_rl(0.5, 0.01, EV) == "F"
+    assert grade_rl(2.5, 0.30, EV) == "F"
+    assert grade_rl(float("nan"), 0.0, EV) == "F"  # flat strategy: no Sharpe -> F
+    # Sharpe 1.25 is half-way between poor (0.5) and excellent (2.0) -> B; drawdown sign-agnostic.
+    assert grade_rl(1.25, 0.05, EV) == "B"
+    assert grade_rl(1.25, -0.05, EV) == "B"
+    # Weakest link: excellent Sharpe, drawdown 0.175 (half-way) -> B.
+    assert grade_rl(2.5, 0.175, EV) == "B"
+    strict = load_config(overrides=["evaluation.sharpe_excellent=4.0"]).evaluation
+    assert grade_rl(2.0, 0.05, strict) != "S"
+
+
+def test_supervised_grade_boundaries():
+    assert grade_supervised(0.95, EV) == "S"
+    assert grade_supervised(0.50, EV) == "F"
+    assert grade_supervised(0.725, EV) == "B"
+    assert grade_supervised(0.40, EV) == "F"
+
+
+def test_name_pattern_and_sanitising():
+    name = model_name("hierarchical_ppo", "1.0.0", "B+", "sharpe", 1.2345)
+    assert name == "hierarchical_ppo_v1.0.0_grade_B+_sharpe_1.23"
+    assert NAME_RE.match(name)
+    assert NAME_RE.match(model_name("ppo", "2.1.3", "F", "sharpe", -0.456))
+    assert model_name("x", "1.0.0", "F", "sharpe", float("nan")).endswith("_sharpe_nan")
+    assert sanitize_name("my/model:v1 x") == "my_model_v1_x"
+    assert ".." not in sanitize_name("a..b/../c")
+    with pytest.raises(RegistryError):
+        model_name("x", "1.0", "A", "sharpe", 1.0)
+    with pytest.raises(RegistryError):
+        model_name("x", "1.0.0", "Z", "sharpe", 1.0)
+
+
+def test_version_bump_rules():
+    assert bump_version(None, "minor") == "1.0.0"
+    assert bump_version("1.2.3", "patch") == "1.2.4"
+    assert bump_version("1.2.3", "minor") == "1.3.0"
+    assert bump_version("1.2.3", "major") == "2.0.0"
+    prev = {
+        "rl_trading.signature": "sigA",
+        "rl_trading.data_fingerprint": "fp1",
+        "rl_trading.config_hash": "c1",
+    }
+    assert infer_bump(prev, "sigB", "fp1", "c1") == "major"
+    assert infer_bump(prev, "sigA", "fp2", "c1") == "minor"
+    assert infer_bump(prev, "sigA", "fp1", "c2") == "minor"
+    assert infer_bump(prev, "sigA", "fp1", "c1") == "patch"
+
+
+def _fake_model(root, payload=b"weights-1"):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "module_state.pt").write_bytes(payload)
+    (root / "sub").mkdir(exist_ok=True)
+    (root / "sub" / "meta.json").write_text(json.dumps({"k": 1}))
+    return root
+
+
+def test_register_list_info_promote_round_trip(workspace):
+    reg = ModelRegistry()
+    src = _fake_model(workspace / "ckpt")
+    pre = {"features": ["ret_1", "vol_20"], "window": 20, "scaler": {"mean": [0.1], "std": [2.0]}}
+    r1 = reg.register(
+        src,
+        model_type="hierarchical_ppo",
+        metrics={"sharpe": 1.3, "max_drawdown": 0.04},
+        lineage={"phase1": "runs/x/phase1", "phase2": "runs/x/phase2"},
+        data_fingerprint="fp1",
+        preprocessing=pre,
+        signature={"obs": 10, "act": 1},
+    )
+    assert r1.name == "hierarchical_ppo_v1.0.0_grade_B_sharpe_1.30"
+    assert r1.grade == "B" and r1.version == "1.0.0" and r1.kind == "rl"
+    # Same signature + data + config -> patch; new data -> minor; new signature -> major.
+    r2 = reg.register(
+        src,
+        model_type="hierarchical_ppo",
+        metrics={"sharpe": 2.1, "max_drawdown": 0.03},
+        data_fingerprint="fp1",
+        signature={"obs": 10, "act": 1},
+    )
+    assert r2.version == "1.0.1" and r2.grade == "S"
+    r3 = reg.register(
+        src,
+        model_type="hierarchical_ppo",
+        metrics={"sharpe": 0.2, "max_drawdown": 0.5},
+        data_fingerprint="fp2",
+        signature={"obs": 10, "act": 1},
+    )
+    assert r3.version == "1.1.0" and r3.grade == "F"
+    r4 = reg.register(
+        src,
+        model_type="hierarchical_ppo",
+        metrics={"sharpe": 1.0, "max_drawdown": 0.1},
+        signature={"obs": 12, "act": 1},
+    )
+    assert r4.version == "2.0.0"
+    sup = _fake_model(workspace / "sup", b"forest")
+    s1 = reg.register(sup, model_type="analyst_rf", kind="supervised", metrics={"accuracy": 0.65})
+    assert s1.name == "analyst_rf_v1.0.0_grade_C_accuracy_0.65"
+
+    # A second registry object (like a later CLI call in the same workspace) sees everything.
+    names = [r.name for r in ModelRegistry().list()]
+    assert len(names) == 5 and all(NAME_RE.match(n) for n in names)
+    assert len(reg.list(model_type="hierarchical_ppo")) == 4
+    assert [r.name for r in reg.list(grade="S")] == [r2.name]
+
+    info = reg.info(r1.name)
+    assert info.lineage["phase1"] == "runs/x/phase1"
+    assert info.data_fingerprint == "fp1"
+    assert info.metrics["sharpe"] == pytest.approx(1.3)
+    assert reg.resolve("hierarchical_ppo").name == r4.name  # newest semver of the family
+    assert reg.load_preprocessing(r1.name) == pre
+    loaded = reg.load_path(r1.name)
+    assert (loaded / "module_state.pt").read_bytes() == b"weights-1"
+
+    p = reg.promote(r2.name)
+    assert "production" in p.aliases and p.stage == "production"
+    assert reg.resolve("hierarchical_ppo@production").name == r2.name
+    reg.promote(r1.name)
+    assert reg.resolve("hierarchical_ppo@production").name == r1.name
+    assert "production" not in reg.info(r2.name).aliases
+    with pytest.raises(RegistryError, match="unknown model"):
+        reg.info("nope_v9.9.9")
+    with pytest.raises(RegistryError):
+        reg.register(
+            workspace / "missing", model_type="x", metrics={"sharpe": 1, "max_drawdown": 0}
+        )
+
+
+def test_tampered_artifact_raises(workspace):
+    reg = ModelRegistry()
+    rec = reg.register(
+        _fake_model(workspace / "ckpt"),
+        model_type="ppo",
+        metrics={"sharpe": 1.0, "max_drawdown": 0.1},
+    )
+    stored = reg.load_path(rec.name)
+    target = stored / "module_state.pt"
+    target.write_bytes(b"weights-2")
+    with pytest.raises(RegistryError, match="sha256 mismatch"):
+        reg.load_path(rec.name)
+    target.write_bytes(b"weights-1")
+    reg.load_path(rec.name)  # restored -> loads again
+    (stored / "sub" / "meta.json").unlink()
+    with pytest.raises(RegistryError, match="missing"):
+        reg.load_path(rec.name)
+    (stored / "sub" / "meta.json").write_text(json.dumps({"k": 1}))
+    (stored / "evil.py").write_text("print('x')")
+    with pytest.raises(RegistryError, match="unexpected"):
+        reg.load_path(rec.name)
