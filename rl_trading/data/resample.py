@@ -1,0 +1,112 @@
+"""Resampling to coarser bars and aligning several instruments on one index."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, pandas_freq, timeframe_delta
+from rl_trading.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_AGG = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+
+
+def resample(bars: pd.DataFrame, timeframe: str, offset: str | None = None) -> pd.DataFrame:
+    """Coarser OHLCV bars: left-closed, labelled by bin start (UTC; "1d" = UTC days).
+
+    Open is the first, high the max, low the min, close the last, volume the sum; bins with no
+    source bar are dropped. `offset` shifts the bin edges (e.g. "30min" for sessions that open
+    at half past the hour).
+    """
+    freq = pandas_freq(timeframe)
+    if len(bars) >= 2:
+        step = pd.Series(np.diff(bars.index.as_unit("ns").asi8)).min()
+        if pd.Timedelta(int(step), unit="ns") > timeframe_delta(timeframe):
+            raise DataError(f"cannot resample to {timeframe}: the bars are coarser already")
+    out = (
+        bars[BAR_COLUMNS]
+        .resample(freq, label="left", closed="left", offset=offset)
+        .agg(_AGG)
+        .dropna(subset=["open", "close"])
+    )
+    out.index = out.index.rename(INDEX_NAME)
+    return out.astype("float64")
+
+
+@dataclass
+class AlignReport:
+    """What `align` did: bars filled per symbol and timestamps dropped."""
+
+    policy: str
+    n_bars: int
+    filled: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+
+    def __str__(self) -> str:
+        filled = sum(self.filled.values())
+        return f"align[{self.policy}]: {self.n_bars} bars, {filled} filled, {self.dropped} dropped"
+
+
+def align(
+    bars_by_symbol: dict[str, pd.DataFrame],
+    policy: str = "ffill",
+    max_ffill: int = 5,
+    report: bool = False,
+) -> dict[str, pd.DataFrame] | tuple[dict[str, pd.DataFrame], AlignReport]:
+    """Put every instrument on one common index under an explicit gap policy.
+
+    ffill: union index; a missing bar repeats the last close as open/high/low/close with volume 0
+    for up to `max_ffill` consecutive bars; rows still missing for any symbol are dropped.
+    inner / drop: keep only timestamps every symbol has (identical results; two names kept for
+    configs). With `report=True` returns (bars, AlignReport).
+    """
+    if not bars_by_symbol:
+        raise DataError("no instruments to align")
+    if policy not in ("ffill", "drop", "inner"):
+        raise DataError(f"unknown gap policy '{policy}' (ffill, drop or inner)")
+    indexes = [df.index for df in bars_by_symbol.values()]
+    union = indexes[0]
+    for idx in indexes[1:]:
+        union = union.union(idx)
+    out: dict[str, pd.DataFrame] = {}
+    rep = AlignReport(policy, 0)
+    if policy == "ffill":
+        keep = np.ones(len(union), bool)
+        for symbol, df in bars_by_symbol.items():
+            frame = df[BAR_COLUMNS].reindex(union)
+            missing = frame["close"].isna().to_numpy()
+            close = frame["close"].ffill(limit=max_ffill) if max_ffill > 0 else frame["close"]
+            fill = missing & close.notna().to_numpy()
+            for col in ("open", "high", "low", "close"):
+                frame[col] = np.where(fill, close.to_numpy(), frame[col].to_numpy())
+            frame["volume"] = np.where(fill, 0.0, frame["volume"].to_numpy())
+            keep &= frame["close"].notna().to_numpy()
+            out[symbol] = frame
+            rep.filled[symbol] = int(fill.sum())
+        for symbol, frame in out.items():
+            rep.filled[symbol] = int(
+                (frame["close"].notna().to_numpy() & keep).sum()
+                - bars_by_symbol[symbol].index.isin(union[keep]).sum()
+            )
+            out[symbol] = frame[keep]
+        rep.dropped = int((~keep).sum())
+    else:
+        common = indexes[0]
+        for idx in indexes[1:]:
+            common = common.intersection(idx)
+        for symbol, df in bars_by_symbol.items():
+            out[symbol] = df[BAR_COLUMNS].loc[common]
+        rep.dropped = len(union) - len(common)
+    for symbol in out:
+        out[symbol] = out[symbol].astype("float64")
+        out[symbol].index = out[symbol].index.rename(INDEX_NAME)
+    rep.n_bars = len(next(iter(out.values())))
+    if rep.n_bars == 0:
+        raise DataError(f"no common bars left after aligning {', '.join(bars_by_symbol)}")
+    log.info("%s", rep)
+    return (out, rep) if report else out

@@ -1,0 +1,202 @@
+"""The bars schema: column names, timeframe strings, reading files and fingerprints.
+
+Bars are a DataFrame with a UTC ``DatetimeIndex`` named ``timestamp`` (sorted, unique) and
+float64 columns ``open, high, low, close, volume``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rl_trading.errors import DataError
+
+BAR_COLUMNS: list[str] = ["open", "high", "low", "close", "volume"]
+PRICE_COLUMNS: list[str] = ["open", "high", "low", "close"]
+INDEX_NAME = "timestamp"
+
+# Accepted spellings (compared lower-case, spaces/underscores removed) -> canonical name.
+COLUMN_ALIASES: dict[str, str] = {
+    "timestamp": "timestamp",
+    "time": "timestamp",
+    "date": "timestamp",
+    "datetime": "timestamp",
+    "datetimeutc": "timestamp",
+    "ts": "timestamp",
+    "open": "open",
+    "o": "open",
+    "high": "high",
+    "h": "high",
+    "low": "low",
+    "l": "low",
+    "close": "close",
+    "c": "close",
+    "adjclose": "adj_close",
+    "volume": "volume",
+    "vol": "volume",
+    "v": "volume",
+}
+
+_TF_RE = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|t|h|hr|d|day|w|wk)\s*$", re.IGNORECASE)
+_TF_UNITS = {
+    "s": "s",
+    "sec": "s",
+    "m": "min",
+    "min": "min",
+    "t": "min",
+    "h": "h",
+    "hr": "h",
+    "d": "D",
+    "day": "D",
+    "w": "W",
+    "wk": "W",
+}
+_TF_SHORT = {"s": "s", "min": "m", "h": "h", "D": "d", "W": "w"}
+
+
+def parse_timeframe(timeframe: str) -> tuple[int, str]:
+    """Split a timeframe like ``"5m"``/``"1h"``/``"1d"`` into (count, pandas unit)."""
+    match = _TF_RE.match(str(timeframe))
+    if not match:
+        raise DataError(
+            f"unknown timeframe '{timeframe}' (use e.g. 1m, 2m, 5m, 15m, 30m, 1h, 4h, 1d)"
+        )
+    count = int(match.group(1))
+    if count <= 0:
+        raise DataError(f"timeframe '{timeframe}' must be positive")
+    return count, _TF_UNITS[match.group(2).lower()]
+
+
+def pandas_freq(timeframe: str) -> str:
+    """Pandas frequency string for a timeframe (``"5m"`` -> ``"5min"``, ``"1d"`` -> ``"1D"``)."""
+    count, unit = parse_timeframe(timeframe)
+    return f"{count}{unit}"
+
+
+def timeframe_delta(timeframe: str) -> pd.Timedelta:
+    """Length of one bar of `timeframe` (a week is 7 days)."""
+    count, unit = parse_timeframe(timeframe)
+    if unit == "W":
+        return pd.Timedelta(days=7 * count)
+    return pd.Timedelta(count, unit=unit)
+
+
+def format_timeframe(delta: pd.Timedelta) -> str:
+    """Short timeframe name for a bar length (``5 minutes`` -> ``"5m"``)."""
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def guess_timeframe(index: pd.DatetimeIndex) -> str | None:
+    """Most common spacing between bars as a timeframe string (daily data with weekends: 1d)."""
+    if len(index) < 2:
+        return None
+    diffs = pd.Series(np.diff(pd.DatetimeIndex(index).as_unit("ns").asi8))
+    diffs = diffs[diffs > 0]
+    if diffs.empty:
+        return None
+    mode = pd.Timedelta(int(diffs.mode().iloc[0]), unit="ns")
+    return format_timeframe(mode)
+
+
+def empty_bars() -> pd.DataFrame:
+    """An empty, correctly typed bars frame."""
+    index = pd.DatetimeIndex([], tz="UTC", name=INDEX_NAME).as_unit("ns")
+    return pd.DataFrame({c: pd.Series([], dtype="float64") for c in BAR_COLUMNS}, index=index)
+
+
+def as_bars(df: pd.DataFrame) -> pd.DataFrame:
+    """Coerce a frame with a DatetimeIndex to the canonical schema (UTC, float64, column order)."""
+    out = df[BAR_COLUMNS].astype("float64")
+    index = pd.DatetimeIndex(out.index)
+    index = index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
+    out.index = index.as_unit("ns").rename(INDEX_NAME)
+    return out
+
+
+def canonical_column(name: object) -> str | None:
+    """Canonical bars column for a header spelling, or None if it is not one we know."""
+    key = re.sub(r"[\s_\-]", "", str(name)).lower()
+    return COLUMN_ALIASES.get(key)
+
+
+def read_raw(path: str | Path) -> pd.DataFrame:
+    """Read a CSV / CSV.gz / Parquet file as-is (timestamps left as text), with clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
+    name = path.name.lower()
+    try:
+        if name.endswith((".parquet", ".pq")):
+            raw = pd.read_parquet(path)
+            if isinstance(raw.index, pd.DatetimeIndex):
+                raw = raw.reset_index()
+        else:
+            raw = pd.read_csv(path, dtype=str, keep_default_na=True, skipinitialspace=True)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parser failure is a data problem
+        first = str(exc).strip().splitlines()
+        raise DataError(f"{path}: cannot read file ({first[0] if first else exc})") from None
+    return raw
+
+
+def read_bars(
+    path: str | Path,
+    *,
+    assume_utc: bool = False,
+    repair: bool = False,
+    validate: bool = True,
+) -> pd.DataFrame:
+    """Read and validate one bars file; `DataError` naming file, row and rule on a problem.
+
+    Time-zone-less timestamps with a time of day are an error unless `assume_utc`; plain dates
+    (daily files) are read as UTC days. With `repair`, safe fixes are applied first.
+    """
+    from rl_trading.data.validation import check_bars, parse_bars, repair_bars
+
+    source = str(path)
+    raw = read_raw(path)
+    bars = parse_bars(raw, source=source, assume_utc=assume_utc)
+    if repair:
+        bars, _ = repair_bars(bars)
+    if validate:
+        check_bars(bars, source=source)
+        return bars
+    return bars
+
+
+def write_bars(bars: pd.DataFrame, path: str | Path) -> Path:
+    """Write bars as CSV (``.csv``/``.csv.gz``, ISO-8601 UTC timestamps) or Parquet."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = as_bars(bars)
+    if path.name.lower().endswith((".parquet", ".pq")):
+        out.to_parquet(path)
+    else:
+        text = out.copy()
+        text.index = out.index.strftime("%Y-%m-%dT%H:%M:%SZ")
+        text.index.name = INDEX_NAME
+        text.to_csv(path, float_format="%.10g")
+    return path
+
+
+def fingerprint(bars: pd.DataFrame | dict[str, pd.DataFrame]) -> str:
+    """sha256 of the bars' index and values (dict: symbols in sorted order), for lineage."""
+    digest = hashlib.sha256()
+    frames = bars if isinstance(bars, dict) else {"": bars}
+    for symbol in sorted(frames):
+        frame = as_bars(frames[symbol])
+        digest.update(symbol.encode())
+        digest.update(np.ascontiguousarray(frame.index.asi8).tobytes())
+        digest.update(np.ascontiguousarray(frame.to_numpy(dtype="float64")).tobytes())
+    return digest.hexdigest()
