@@ -1,0 +1,146 @@
+"""ONNX export of an RLModule's deterministic inference path (Gaussian mean / arg-max).
+
+The exported graph maps a float32 observation batch ``[B, obs_dim]`` to env actions exactly
+like :func:`policies.inference.compute_actions` with ``explore=False``: for Box actions the
+mean is clipped to [-1, 1] and unsquashed to the space bounds; for Discrete actions the arg-max
+index (int64). Exported with the TorchScript-based ``torch.onnx.export(dynamo=False)`` (the
+dynamo exporter needs onnxscript, which is not a dependency); a TorchScript fallback is offered
+for modules ONNX cannot express.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rl_trading.errors import CheckpointError
+
+OPSET = 17
+
+
+def _deterministic_wrapper(module: Any) -> Any:
+    """A torch.nn.Module computing deterministic env actions from observations."""
+    import gymnasium as gym
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    space = module.action_space
+
+    class DeterministicPolicy(torch.nn.Module):
+        """obs [B, obs_dim] -> deterministic env action (what a backtest executes)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = module
+            self.discrete = isinstance(space, gym.spaces.Discrete)
+            if not self.discrete:
+                self.act_dim = int(np.prod(space.shape))
+                bounded = bool(np.all(space.bounded_below & space.bounded_above))
+                self.bounded = bounded
+                low = np.asarray(space.low, dtype=np.float32).reshape(-1)
+                high = np.asarray(space.high, dtype=np.float32).reshape(-1)
+                self.register_buffer("low", torch.as_tensor(low if bounded else low * 0))
+                self.register_buffer("high", torch.as_tensor(high if bounded else high * 0))
+
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            out = self.module.forward_inference({Columns.OBS: obs})
+            logits = out[Columns.ACTION_DIST_INPUTS]
+            if self.discrete:
+                return torch.argmax(logits, dim=-1)
+            mean = logits[:, : self.act_dim]
+            if not self.bounded:
+                return mean
+            return self.low + (torch.clamp(mean, -1.0, 1.0) + 1.0) * (self.high - self.low) / 2.0
+
+    return DeterministicPolicy().eval()
+
+
+def export_onnx(module: Any, out: str | Path, opset: int = OPSET) -> Path:
+    """Write `module`'s deterministic policy as ONNX (input `obs`, output `action`)."""
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _deterministic_wrapper(module)
+    obs_dim = int(np.prod(module.observation_space.shape))
+    example = torch.zeros((2, obs_dim), dtype=torch.float32)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # The fused transformer fast path has no ONNX symbolic; the math is the same without it.
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _export(torch, wrapper, example, out, opset)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    meta = {
+        "obs_dim": obs_dim,
+        "action_space": repr(module.action_space),
+        "module_class": type(module).__name__,
+        "opset": opset,
+    }
+    out.with_suffix(out.suffix + ".json").write_text(json.dumps(meta, indent=2))
+    return out
+
+
+def _export(torch: Any, wrapper: Any, example: Any, out: Path, opset: int) -> None:
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(out),
+            input_names=["obs"],
+            output_names=["action"],
+            dynamic_axes={"obs": {0: "batch"}, "action": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
+def export_torchscript(module: Any, out: str | Path) -> Path:
+    """TorchScript (traced) fallback of the same deterministic policy."""
+    import torch
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = _deterministic_wrapper(module)
+    obs_dim = int(np.prod(module.observation_space.shape))
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, torch.zeros((2, obs_dim), dtype=torch.float32))
+    traced.save(str(out))
+    return out
+
+
+def onnx_actions(path: str | Path, obs: np.ndarray) -> np.ndarray:
+    """Run an exported policy with onnxruntime on a `[B, obs_dim]` batch."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
+
+
+def load_module(path: str | Path, policy_id: str | None = None) -> Any:
+    """An RLModule from an RLModule dir, or from an algorithm checkpoint plus `policy_id`."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    path = Path(path)
+    candidates = [path]
+    if policy_id:
+        candidates = [
+            path / "learner_group" / "learner" / "rl_module" / policy_id,
+            path / "rl_module" / policy_id,
+            path / policy_id,
+            path,
+        ]
+    for cand in candidates:
+        if (cand / "class_and_ctor_args.pkl").is_file() or (cand / "module_state.pt").exists():
+            try:
+                module = RLModule.from_checkpoint(str(cand))
+            except Exception as exc:  # noqa: BLE001 - corrupt / wrong kind of checkpoint
+                raise CheckpointError(f"cannot restore RLModule from {cand}: {exc}") from None
+            if hasattr(module, "eval"):
+                module.eval()
+            return module
+    hint = f" policy '{policy_id}'" if policy_id else ""
+    raise CheckpointError(f"no RLModule{hint} found under {path}")
