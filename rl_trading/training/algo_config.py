@@ -1,0 +1,155 @@
+"""RLlib algorithm configs (new API stack) for the three phases of the hierarchy."""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
+from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from policies import module_spec
+from rl_trading.config import AppConfig
+from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
+from rl_trading.training.mapping import (
+    META,
+    PHASE_MODES,
+    is_specialist,
+    phase_number,
+    policy_ids,
+    policy_mapping_fn,
+)
+
+
+def phase_timesteps(cfg: AppConfig, phase: int) -> int:
+    """Env-step budget of a phase."""
+    return {
+        1: cfg.phases.phase1_timesteps,
+        2: cfg.phases.phase2_timesteps,
+        3: cfg.phases.phase3_timesteps,
+    }[phase]
+
+
+def phase_iterations(cfg: AppConfig, phase: int | str) -> int:
+    """Training iterations of a phase: its budget over the train batch (at least 1)."""
+    phase = phase_number(phase)
+    return max(1, math.ceil(phase_timesteps(cfg, phase) / cfg.ppo.train_batch_size))
+
+
+def phase_policies(factory: EnvFactory, phase: int) -> tuple[list[str], list[str]]:
+    """(all policy ids present, policy ids trained) in a phase."""
+    obs, _ = all_agent_spaces(factory)
+    specialists = [p for p in policy_ids(obs, factory.shared) if is_specialist(p)]
+    if phase == 1:
+        return specialists, specialists
+    everyone = [*specialists, META]
+    return everyone, ([META] if phase == 2 else everyone)
+
+
+def _module_specs(
+    cfg: AppConfig, factory: EnvFactory, pids: list[str], sac: bool
+) -> dict[str, RLModuleSpec]:
+    obs, act = all_agent_spaces(factory)
+    layout = factory.model_config("joint")
+    agent_of = {}
+    for aid in obs:
+        agent_of.setdefault(policy_mapping_fn(aid, shared=factory.shared), aid)
+    specs = {}
+    for pid in pids:
+        aid = agent_of[pid]
+        if sac:  # RLlib's default SAC module (twin-Q critic); sizes from the policy config
+            specs[pid] = RLModuleSpec(
+                observation_space=obs[aid],
+                action_space=act[aid],
+                model_config={"fcnet_hiddens": list(cfg.policy.hidden_sizes)},
+            )
+        else:
+            specs[pid] = module_spec(cfg, pid, obs[aid], act[aid], layout)
+    return specs
+
+
+def build_phase_config(
+    cfg: AppConfig,
+    phase: int | str,
+    factory: EnvFactory,
+    callbacks: type | None = None,
+) -> AlgorithmConfig:
+    """PPO (or SAC) config of phase 1 (specialists), 2 (meta, specialists frozen) or 3 (joint).
+
+    Phase 3 gives specialists `phases.specialist_lr` and meta `phases.meta_lr` through
+    per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`).
+    """
+    phase = phase_number(phase)
+    mode = PHASE_MODES[phase]
+    sac = cfg.phases.algorithm == "sac"
+    pids, trained = phase_policies(factory, phase)
+    mapping = functools.partial(policy_mapping_fn, shared=factory.shared)
+    res = cfg.resources
+    ppo = cfg.ppo
+
+    if sac:
+        from ray.rllib.algorithms.sac import SACConfig
+
+        config: AlgorithmConfig = SACConfig()
+    else:
+        from ray.rllib.algorithms.ppo import PPOConfig
+
+        config = PPOConfig()
+
+    config = (
+        config.environment(factory.rllib_env_name, env_config=factory.train_config(mode))
+        .framework("torch")
+        .env_runners(
+            num_env_runners=res.num_env_runners,
+            num_envs_per_env_runner=res.num_envs_per_env_runner,
+            num_cpus_per_env_runner=res.num_cpus_per_env_runner,
+        )
+        .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
+        .multi_agent(policies=set(pids), policy_mapping_fn=mapping, policies_to_train=trained)
+        .rl_module(
+            rl_module_spec=MultiRLModuleSpec(rl_module_specs=_module_specs(cfg, factory, pids, sac))
+        )
+        .debugging(seed=cfg.seed)
+        .reporting(metrics_num_episodes_for_smoothing=20)
+    )
+    base_lr = {1: ppo.lr, 2: cfg.phases.meta_lr, 3: ppo.lr}[phase]
+    if sac:
+        config = config.training(
+            actor_lr=base_lr,
+            critic_lr=base_lr,
+            gamma=ppo.gamma,
+            grad_clip=ppo.grad_clip,
+            train_batch_size_per_learner=ppo.minibatch_size,
+            num_steps_sampled_before_learning_starts=min(ppo.train_batch_size, 1000),
+            replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": 50_000},
+        )
+    else:
+        config = config.training(
+            lr=base_lr,
+            gamma=ppo.gamma,
+            lambda_=ppo.gae_lambda,
+            clip_param=ppo.clip_param,
+            entropy_coeff=ppo.entropy_coeff,
+            vf_loss_coeff=ppo.vf_loss_coeff,
+            grad_clip=ppo.grad_clip,
+            train_batch_size_per_learner=ppo.train_batch_size,
+            minibatch_size=ppo.minibatch_size,
+            num_epochs=ppo.num_epochs,
+        )
+        if res.precision == "bf16":
+            from rl_trading.training.bf16_learner import BF16PPOTorchLearner
+
+            config = config.training(learner_class=BF16PPOTorchLearner)
+    if phase == 3:
+        overrides: dict[str, Any] = {}
+        for pid in pids:
+            lr = cfg.phases.meta_lr if pid == META else cfg.phases.specialist_lr
+            overrides[pid] = (
+                config.overrides(actor_lr=lr, critic_lr=lr) if sac else config.overrides(lr=lr)
+            )
+        config = config.rl_module(algorithm_config_overrides_per_module=overrides)
+    if callbacks is not None:
+        config = config.callbacks(callbacks)
+    return config

@@ -1,0 +1,48 @@
+"""PPO torch learner that runs forward + loss under bfloat16 autocast (`resources.precision`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+
+logger = logging.getLogger(__name__)
+
+
+class BF16PPOTorchLearner(PPOTorchLearner):
+    """Forward pass and loss in bf16 autocast on GPU; gradients and the optimizer stay fp32.
+
+    On CPU bf16 autocast is usually slower than fp32 for these small nets, so it is skipped
+    with one log line.
+    """
+
+    _warned = False
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        device = getattr(self, "_device", None)
+        if device is not None and torch.device(device).type == "cuda":
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if not BF16PPOTorchLearner._warned:
+            logger.warning("precision=bf16 ignored: the learner runs on CPU (fp32 used)")
+            BF16PPOTorchLearner._warned = True
+        return contextlib.nullcontext()
+
+    def _uncompiled_update(self, batch: dict, **kwargs: Any):
+        """Same steps as TorchLearner's update, with forward + loss inside autocast."""
+        self._compute_off_policyness(batch)
+        with self._autocast():
+            fwd_out = self.module.forward_train(batch)
+            loss_per_module = self.compute_losses(fwd_out=fwd_out, batch=batch)
+        loss_per_module = {k: v.float() for k, v in loss_per_module.items()}
+        gradients = self.compute_gradients(loss_per_module)
+        with contextlib.ExitStack() as stack:
+            if self.config.num_learners > 1:
+                for mod in self.module.values():
+                    if isinstance(mod, torch.nn.Module):
+                        stack.enter_context(mod.no_sync())
+            postprocessed = self.postprocess_gradients(gradients)
+            self.apply_gradients(postprocessed)
+        return fwd_out, loss_per_module, {}

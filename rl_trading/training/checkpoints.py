@@ -1,0 +1,102 @@
+"""Saving, checking and restoring checkpoints: algorithms, single policies, weight transfer."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rl_trading.errors import CheckpointError
+
+MODULE_COMPONENT = "learner_group/learner/rl_module"
+
+
+def check_checkpoint(path: str | Path, policy_id: str | None = None) -> Path:
+    """Path of a readable algorithm checkpoint (or one policy in it); CheckpointError if not."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint is not a directory: {path}")
+    if policy_id is not None:
+        mod = path / MODULE_COMPONENT / policy_id
+        if not mod.is_dir():
+            raise CheckpointError(f"checkpoint {path} has no policy '{policy_id}'")
+        return mod
+    if (
+        not (path / "rllib_checkpoint.json").is_file()
+        and not (path / "class_and_ctor_args.pkl").is_file()
+    ):
+        raise CheckpointError(f"not an RLlib checkpoint (no rllib_checkpoint.json): {path}")
+    return path
+
+
+def checkpoint_policies(path: str | Path) -> list[str]:
+    """Policy ids stored in an algorithm checkpoint."""
+    mod_dir = check_checkpoint(path) / MODULE_COMPONENT
+    if not mod_dir.is_dir():
+        raise CheckpointError(f"checkpoint {path} holds no RL modules")
+    return sorted(p.name for p in mod_dir.iterdir() if p.is_dir())
+
+
+def save_algorithm(algo: Any, path: str | Path) -> Path:
+    """Save an algorithm to `path` (replacing what was there) atomically via a temp folder."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    algo.save_to_path(str(tmp.resolve()))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load_algorithm(path: str | Path) -> Any:
+    """`Algorithm.from_checkpoint` with a one-line CheckpointError for bad checkpoints."""
+    from ray.rllib.algorithms.algorithm import Algorithm
+
+    path = check_checkpoint(path)
+    try:
+        return Algorithm.from_checkpoint(str(path.resolve()))
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
+        raise CheckpointError(f"cannot restore algorithm from {path}: {_short(exc)}") from None
+
+
+def load_module(path: str | Path, policy_id: str) -> Any:
+    """One policy's RLModule from an algorithm checkpoint (`RLModule.from_checkpoint`)."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    mod_path = check_checkpoint(path, policy_id)
+    try:
+        return RLModule.from_checkpoint(str(mod_path.resolve()))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(
+            f"cannot restore policy '{policy_id}' from {path}: {_short(exc)}"
+        ) from None
+
+
+def restore_policies(algo: Any, path: str | Path, policy_ids: list[str]) -> None:
+    """Load these policies' weights from a checkpoint into `algo` (learners and env runners)."""
+    for pid in policy_ids:
+        mod_path = check_checkpoint(path, pid)
+        component = f"{MODULE_COMPONENT}/{pid}"
+        try:
+            algo.restore_from_path(str(mod_path.resolve()), component=component)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(
+                f"cannot load policy '{pid}' from {path}: {_short(exc)}"
+            ) from None
+
+
+def restore_algorithm_state(algo: Any, path: str | Path) -> None:
+    """Restore a whole algorithm state (resume) into an already-built `algo`."""
+    path = check_checkpoint(path)
+    try:
+        algo.restore_from_path(str(path.resolve()))
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"cannot resume from {path}: {_short(exc)}") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[-1] if text else ''}"[:300]
