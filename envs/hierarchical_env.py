@@ -1,0 +1,505 @@
+"""Hierarchical multi-instrument PettingZoo ParallelEnv: one specialist per instrument + a meta.
+
+Agents: ``specialist_<SYMBOL>`` for each instrument and ``meta``. One shared capital
+(cfg.env.initial_capital), fee cfg.env.transaction_cost, same execution model as TradingEnv
+(envs.execution: target chosen at bar t filled at bar t+1's open, marked at its close).
+
+* Specialist i observes its instrument's feature window (flattened) + ``[exposure / max
+  position, own proposal, unrealised P&L, bars in position / 100, meta weight]`` and acts
+  with a proposed position p_i in [-1, 1] (Box(-1, 1, (1,)), or Discrete(3) = {-1, 0, 1} when
+  cfg.env.action_type is "discrete"; [0, 1] / {0, 1} without shorting).
+* The meta observes ``[weights (n + 1, last = cash), exposures / max position (n),
+  equity / initial - 1, drawdown, annualised rolling vols (n), rolling correlations (upper
+  triangle), the specialists' current proposals (n)]`` and acts with Box(0, 1, (n + 1,)):
+  the env clips to [0, 1] and normalises to sum 1 (all ~0 -> all cash). Acting simultaneously,
+  it sees the proposals of the previous step.
+* Target exposure on i = w_i x p_i x max_position_size x equity, then the risk limits of
+  envs.risk (sector, correlation, VaR) scale orders down; every scale-down is counted.
+* Rewards: specialist i gets a Sharpe-style instrument-level reward: its per-unit-capital
+  return ``p_prev (open/close_prev - 1) + p (close/open - 1) - cost rate |p - p_prev|`` divided
+  by max(rolling std of its own returns, the instrument's causal rolling volatility)
+  (rl_trading.metrics.RollingSharpe). The meta gets the portfolio reward of envs.common.RewardShaper
+  (cfg.reward.kind, transaction_cost_weight) minus risk_penalty_weight x post-trade one-bar
+  VaR plus diversification_bonus_weight x (1 - Herfindahl of allocations) x mean per-bar
+  instrument volatility (so the bonus is in return units).
+* Modes: ``specialists`` (phase 1): fixed equal weights 1/n, the meta is not an agent at all;
+  ``meta`` and ``joint`` (phases 2/3): full hierarchy (what trains is the trainer's choice).
+* meta_interval k: the meta acts on steps 0, k, 2k, ... of an episode and its weights are held
+  in between. By default it still gets an observation every step (PettingZoo API); actions on
+  the other steps are ignored, its rewards accumulate and are paid (reward 0 otherwise) on the
+  step whose observation precedes its next decision, and at episode end. With
+  ``meta_obs_every_step=False`` (what RLlib training uses) the meta is simply left out of the
+  returned dicts on steps where it will not act (its reward still accumulates).
+* Episodes: random start and episode_length steps (training) or one full pass (eval_mode).
+  Missing actions keep the agent's previous action. `episode_summary()` returns equity curve,
+  weights / exposures history, costs, VaR estimates and breaches, and metrics.summarize.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+from pettingzoo.utils import parallel_to_aec
+
+from envs.common import RewardShaper, prepare_instrument, resolve_config
+from envs.execution import CostModel, stop_loss_hit
+from envs.risk import RiskModel, rolling_covariance
+from rl_trading import metrics
+from rl_trading.config import AppConfig
+from rl_trading.data.features import WARMUP_BARS, FeatureScaler
+from rl_trading.errors import ConfigError
+
+__all__ = ["META", "MODES", "HierarchicalTradingEnv", "env", "parallel_env", "specialist_id"]
+
+META = "meta"
+MODES = ("joint", "meta", "specialists")
+_SPEC_STATE = 5
+
+
+def specialist_id(symbol: str) -> str:
+    """Agent id of the specialist trading `symbol`."""
+    return f"specialist_{symbol}"
+
+
+class HierarchicalTradingEnv(ParallelEnv):
+    """Specialists propose positions per instrument; the meta allocates one shared capital."""
+
+    metadata = {"name": "rl_trading_hierarchical_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(
+        self,
+        cfg: AppConfig | None = None,
+        *,
+        bars: dict[str, pd.DataFrame],
+        mode: str = "joint",
+        eval_mode: bool = False,
+        seed: int | None = None,
+        scalers: dict[str, FeatureScaler] | None = None,
+        meta_obs_every_step: bool = True,
+        **overrides: Any,
+    ) -> None:
+        self.cfg = resolve_config(cfg, overrides, ("env", "train", "reward"))
+        ecfg, rcfg = self.cfg.env, self.cfg.reward
+        if mode not in MODES:
+            raise ConfigError(f"unknown hierarchical env mode '{mode}' (use one of {MODES})")
+        if not isinstance(bars, dict) or not bars:
+            raise ConfigError("HierarchicalTradingEnv needs at least one instrument in `bars`")
+        self.mode = mode
+        self.eval_mode = bool(eval_mode)
+        self.meta_obs_every_step = bool(meta_obs_every_step)
+        self.symbols = [str(s) for s in bars]
+        self.n = n = len(self.symbols)
+        first = next(iter(bars.values()))
+        for sym, frame in bars.items():
+            if len(frame) != len(first) or not frame.index.equals(first.index):
+                raise ConfigError(
+                    f"bars of '{sym}' are not aligned with '{self.symbols[0]}' "
+                    "(use rl_trading.data.align first)"
+                )
+        self.index = first.index
+        self.window = self.cfg.train.window_size
+        self.capital = float(ecfg.initial_capital)
+        self.max_position = float(ecfg.max_position_size)
+        self.stop_loss_pct = float(ecfg.stop_loss_pct)
+        self.episode_length = int(ecfg.episode_length)
+        self.random_start = bool(ecfg.random_start)
+        self.meta_interval = int(ecfg.meta_interval)
+        self.allow_short = bool(ecfg.allow_short)
+        self.discrete = ecfg.action_type == "discrete"
+        self.costs = CostModel(ecfg.transaction_cost, ecfg.slippage_bps, ecfg.spread_bps)
+        self._rate = self.costs.rate
+        self.risk_penalty = rcfg.risk_penalty_weight
+        self.div_bonus = rcfg.diversification_bonus_weight
+        self.reward_fn = RewardShaper(rcfg)
+
+        scalers = scalers or {}
+        arrays = [prepare_instrument(bars[s], scalers.get(s), symbol=s) for s in self.symbols]
+        self.scalers = {s: a.scaler for s, a in zip(self.symbols, arrays, strict=True)}
+        self._feats = [a.features for a in arrays]
+        self._open = np.ascontiguousarray(np.stack([a.open for a in arrays], axis=1))
+        self._close = np.ascontiguousarray(np.stack([a.close for a in arrays], axis=1))
+        self.n_bars = t_len = self._open.shape[0]
+        rets = np.zeros((t_len, n))
+        rets[1:] = self._close[1:] / self._close[:-1] - 1.0
+        risk_window = ecfg.risk_window
+        self.first_bar = max(WARMUP_BARS, self.window - 1, risk_window)
+        if self.first_bar >= t_len - 1:
+            raise ConfigError(
+                f"window_size {self.window} / risk_window {risk_window} (+ {WARMUP_BARS} "
+                f"warm-up bars) need more than the {t_len} bars given"
+            )
+        sector_ids = None
+        if ecfg.sectors and ecfg.max_sector_allocation is not None:
+            names = sorted(set(ecfg.sectors.values()))
+            sector_ids = np.array(
+                [names.index(ecfg.sectors[s]) if s in ecfg.sectors else -1 for s in self.symbols]
+            )
+        self.risk = RiskModel(
+            rolling_covariance(rets, risk_window),
+            self.max_position,
+            ecfg.max_portfolio_var,
+            ecfg.var_confidence,
+            ecfg.max_correlation_exposure,
+            ecfg.max_sector_allocation,
+            sector_ids,
+        )
+        ppy = metrics.periods_per_year(self.cfg.data.timeframe)
+        self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
+        iu = np.triu_indices(n, 1)
+        self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
+        self._mean_vol = self.risk.vol.mean(axis=1)
+
+        self.specialists = [specialist_id(s) for s in self.symbols]
+        self.possible_agents = list(self.specialists)
+        if mode != "specialists":
+            self.possible_agents.append(META)
+        n_feat = self._feats[0].shape[1]
+        self._spec_dim = self.window * n_feat + _SPEC_STATE
+        self._meta_dim = (n + 1) + n + 2 + n + n * (n - 1) // 2 + n
+        low = -1.0 if self.allow_short else 0.0
+        if self.discrete:
+            self._levels = np.array([-1.0, 0.0, 1.0] if self.allow_short else [0.0, 1.0])
+        self._obs_spaces: dict[str, spaces.Space] = {}
+        self._act_spaces: dict[str, spaces.Space] = {}
+        for agent in self.specialists:
+            self._obs_spaces[agent] = spaces.Box(-np.inf, np.inf, (self._spec_dim,), np.float32)
+            self._act_spaces[agent] = (
+                spaces.Discrete(len(self._levels))
+                if self.discrete
+                else spaces.Box(low, 1.0, (1,), np.float32)
+            )
+        if mode != "specialists":
+            self._obs_spaces[META] = spaces.Box(-np.inf, np.inf, (self._meta_dim,), np.float32)
+            self._act_spaces[META] = spaces.Box(0.0, 1.0, (n + 1,), np.float32)
+        self.agents: list[str] = []
+        self._np_random = np.random.default_rng(seed)
+        self._seed = seed
+        self._alloc_episode(self.first_bar, self._episode_end(self.first_bar))
+        self._clear_state()
+
+    # ------------------------------------------------------------------------------- spaces
+    def observation_space(self, agent: str) -> spaces.Space:
+        """Observation space of `agent` (the same object on every call)."""
+        return self._obs_spaces[agent]
+
+    def action_space(self, agent: str) -> spaces.Space:
+        """Action space of `agent` (the same object on every call)."""
+        return self._act_spaces[agent]
+
+    # ------------------------------------------------------------------------------- episode
+    def _episode_end(self, start: int) -> int:
+        if self.eval_mode:
+            return self.n_bars - 1
+        return min(self.n_bars - 1, start + self.episode_length)
+
+    def _alloc_episode(self, start: int, end: int) -> None:
+        self._start, self._end = start, end
+        steps = end - start
+        n = self.n
+        self._h_equity = np.empty(steps + 1)
+        self._h_weights = np.empty((steps + 1, n + 1))
+        self._h_expo = np.empty((steps + 1, n))
+        self._h_cost = np.zeros(steps + 1)
+        self._h_var = np.zeros(steps + 1)
+        self._h_breach = np.zeros(steps + 1, dtype=bool)
+
+    def _clear_state(self) -> None:
+        n = self.n
+        self._t = self._start
+        self._steps = 0
+        self._cash = self.capital
+        self._equity = self.capital
+        self._peak = self.capital
+        self._units = np.zeros(n)
+        self._entry = np.zeros(n)
+        self._bars_in = np.zeros(n)
+        self._target_x = np.zeros(n)
+        self._proposal = np.zeros(n)
+        self._weights = np.full(n + 1, 0.0)
+        if self.mode == "specialists":
+            self._weights[:n] = 1.0 / n
+        else:
+            self._weights[n] = 1.0  # all cash until the meta first acts
+        self._var_est = 0.0
+        self._meta_acc = 0.0
+        self._spec_stats = [metrics.RollingSharpe(self.cfg.env.risk_window) for _ in range(n)]
+        self._totals = {
+            "costs": 0.0,
+            "stop_losses": 0,
+            "sector_scaledowns": 0,
+            "correlation_scaledowns": 0,
+            "var_scaledowns": 0,
+            "var_breaches": 0,
+        }
+        self._h_equity[0] = self.capital
+        self._h_weights[0] = self._weights
+        self._h_expo[0] = 0.0
+
+    def reset(
+        self, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, dict[str, Any]]]:
+        """Start an episode (random start in training, the full pass in eval_mode)."""
+        if seed is not None:
+            self._np_random = np.random.default_rng(seed)
+        last_start = self.n_bars - 1 - self.episode_length
+        if self.eval_mode or not self.random_start or last_start <= self.first_bar:
+            start = self.first_bar
+        else:
+            start = int(self._np_random.integers(self.first_bar, last_start + 1))
+        self._alloc_episode(start, self._episode_end(start))
+        self._clear_state()
+        self.agents = list(self.possible_agents)
+        obs = self._observe(True)
+        info = self._portfolio_info(0.0)
+        return obs, {a: info for a in obs}
+
+    # ------------------------------------------------------------------------------- observe
+    def _spec_obs(self, i: int) -> np.ndarray:
+        t = self._t
+        out = np.empty(self._spec_dim, dtype=np.float32)
+        out[:-_SPEC_STATE] = self._feats[i][t - self.window + 1 : t + 1].reshape(-1)
+        units = self._units[i]
+        price = self._close[t, i]
+        eq = self._equity
+        out[-5] = units * price / (self.max_position * eq) if eq > 0 else 0.0
+        out[-4] = self._proposal[i]
+        if units != 0.0:
+            move = price / self._entry[i] - 1.0
+            out[-3] = move if units > 0 else -move
+        else:
+            out[-3] = 0.0
+        out[-2] = self._bars_in[i] / 100.0
+        out[-1] = self._weights[i]
+        return out
+
+    def _meta_obs(self) -> np.ndarray:
+        t = self._t
+        eq = self._equity
+        expo = self._units * self._close[t] / (self.max_position * eq) if eq > 0 else self._units
+        return np.concatenate(
+            (
+                self._weights,
+                expo,
+                (eq / self.capital - 1.0, 1.0 - eq / self._peak),
+                self._ann_vol[t],
+                self._corr_ut[t],
+                self._proposal,
+            ),
+            dtype=np.float32,
+        )
+
+    def _observe(self, meta_now: bool) -> dict[str, np.ndarray]:
+        obs = {agent: self._spec_obs(i) for i, agent in enumerate(self.specialists)}
+        if self.mode != "specialists" and (meta_now or self.meta_obs_every_step):
+            obs[META] = self._meta_obs()
+        return obs
+
+    def _portfolio_info(self, cost: float) -> dict[str, Any]:
+        steps = max(self._steps, 1)
+        info = dict(self._totals)
+        info.update(
+            equity=self._equity,
+            cost=cost,
+            var_estimate=self._var_est,
+            var_compliance=1.0 - self._totals["var_breaches"] / steps,
+            bar=self._t,
+        )
+        return info
+
+    # ------------------------------------------------------------------------------- step
+    def _read_actions(self, actions: dict[str, Any], meta_acts: bool) -> None:
+        low = -1.0 if self.allow_short else 0.0
+        prop = self._proposal
+        for i, agent in enumerate(self.specialists):
+            act = actions.get(agent)
+            if act is None:
+                continue
+            if self.discrete:
+                prop[i] = self._levels[int(act)]
+            else:
+                v = float(act[0]) if isinstance(act, np.ndarray | list | tuple) else float(act)
+                prop[i] = min(1.0, max(low, v)) if math.isfinite(v) else 0.0
+        if meta_acts and self.mode != "specialists":
+            act = actions.get(META)
+            if act is not None:
+                w = np.clip(np.asarray(act, dtype=np.float64).reshape(-1), 0.0, 1.0)
+                w = np.where(np.isfinite(w), w, 0.0)
+                total = w.sum()
+                if total > 1e-8:
+                    self._weights = w / total
+                else:
+                    self._weights = np.zeros(self.n + 1)
+                    self._weights[self.n] = 1.0
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        """Execute one bar for every agent (see the module docstring for the exact model)."""
+        if not self.agents:
+            raise RuntimeError("step() called on a finished episode; call reset()")
+        meta_acts = self._steps % self.meta_interval == 0
+        prev_prop = self._proposal.copy()
+        self._read_actions(actions, meta_acts)
+        t, t1 = self._t, self._t + 1
+        n = self.n
+        opn = self._open[t1]
+        cls = self._close[t1]
+        prev_close = self._close[t]
+        eq_prev = self._equity
+        units = self._units
+        cash = self._cash
+        rate = self._rate
+
+        # targets and risk limits (covariance known at bar t)
+        x = self._weights[:n] * self._proposal * self.max_position
+        x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x)
+        self._totals["sector_scaledowns"] += n_sec
+        self._totals["correlation_scaledowns"] += n_corr
+        self._totals["var_scaledowns"] += n_var
+
+        # execution at the next open: trade only instruments whose target changed
+        changed = x != self._target_x
+        cost = 0.0
+        if changed.any():
+            eq_open = cash + float(units @ opn)
+            new_units = np.where(changed, x * max(eq_open, 0.0) / opn, units)
+            delta = new_units - units
+            traded = np.abs(delta) * opn
+            cost = float(traded.sum()) * rate
+            cash -= float(delta @ opn) + cost
+            flip = changed & ((units == 0.0) | (np.sign(units) != np.sign(new_units)))
+            grow = changed & ~flip & (np.abs(new_units) > np.abs(units))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                avg = np.where(grow, (units * self._entry + delta * opn) / new_units, self._entry)
+            self._entry = np.where(flip, opn, avg)
+            self._entry[new_units == 0.0] = 0.0
+            self._bars_in[flip | (new_units == 0.0)] = 0.0
+            units = new_units
+            self._target_x = x
+
+        # stop-loss at the close
+        hit = stop_loss_hit(units, cls, self._entry, self.stop_loss_pct)
+        if hit.any():
+            sl_traded = np.abs(units[hit]) * cls[hit]
+            sl_cost = float(sl_traded.sum()) * rate
+            cash += float(units[hit] @ cls[hit]) - sl_cost
+            cost += sl_cost
+            units = units.copy()
+            units[hit] = 0.0
+            self._entry[hit] = 0.0
+            self._bars_in[hit] = 0.0
+            self._target_x = self._target_x.copy()
+            self._target_x[hit] = 0.0
+            self._totals["stop_losses"] += int(hit.sum())
+        self._bars_in[units != 0.0] += 1.0
+        self._units, self._cash = units, cash
+        equity = cash + float(units @ cls)
+        self._equity = equity
+        if equity > self._peak:
+            self._peak = equity
+        self._totals["costs"] += cost
+
+        # VaR compliance: realised loss before costs vs the VaR of the post-trade book
+        port_ret = (equity + cost) / eq_prev - 1.0 if eq_prev > 0 else -1.0
+        breach = -port_ret > var_after + 1e-12
+        self._var_est = var_after
+        self._totals["var_breaches"] += int(breach)
+
+        # rewards
+        gap = opn / prev_close - 1.0
+        intra = cls / opn - 1.0
+        prop = self._proposal
+        spec_ret = prev_prop * gap + prop * intra - rate * np.abs(prop - prev_prop)
+        vol_t = self.risk.vol[t]
+        rewards: dict[str, float] = {}
+        for i, agent in enumerate(self.specialists):
+            stat = self._spec_stats[i]
+            stat.min_std = max(float(vol_t[i]), 1e-8)
+            rewards[agent] = stat.update(float(spec_ret[i]))
+        if self.mode != "specialists":
+            meta_r = self.reward_fn(eq_prev, equity, cost)
+            if self.risk_penalty:
+                meta_r -= self.risk_penalty * var_after
+            if self.div_bonus:
+                alloc = np.abs(self._target_x)
+                meta_r += self.div_bonus * metrics.diversification(alloc) * self._mean_vol[t]
+            self._meta_acc += meta_r
+        else:
+            self.reward_fn(eq_prev, equity, cost)
+
+        # advance
+        self._t = t1
+        self._steps += 1
+        s = self._steps
+        self._h_equity[s] = equity
+        self._h_weights[s] = self._weights
+        self._h_expo[s] = units * cls / equity if equity > 0 else 0.0
+        self._h_cost[s] = cost
+        self._h_var[s] = self._var_est
+        self._h_breach[s] = breach
+
+        terminated = equity <= 0.0
+        truncated = (not terminated) and t1 >= self._end
+        done = terminated or truncated
+        meta_next = done or (s % self.meta_interval == 0)
+        obs = self._observe(meta_next)
+        if META in obs:
+            rewards[META] = self._meta_acc if meta_next else 0.0
+            if meta_next:
+                self._meta_acc = 0.0
+        info = self._portfolio_info(cost)
+        infos = {a: info for a in obs}
+        terms = dict.fromkeys(obs, terminated)
+        truncs = dict.fromkeys(obs, truncated)
+        if done:
+            self.agents = []
+        return obs, rewards, terms, truncs, infos
+
+    # ------------------------------------------------------------------------------- results
+    def episode_summary(self, periods_per_year: float | str | None = None) -> dict[str, Any]:
+        """The finished (or running) episode as arrays, plus metrics.summarize of its equity.
+
+        Keys: equity (steps+1,), weights (steps+1, n+1; last column cash), exposures
+        (steps+1, n; signed fractions of equity after each bar), costs (per step), var_estimates
+        and var_breaches (per step), timestamps, symbols, totals (costs, stop-losses,
+        scale-downs, breaches), var_compliance and metrics (periods_per_year defaults to
+        cfg.data.timeframe, 24h calendar).
+        """
+        s = self._steps + 1
+        equity = self._h_equity[:s].copy()
+        expo = self._h_expo[:s].copy()
+        ppy = periods_per_year if periods_per_year is not None else self.cfg.data.timeframe
+        return {
+            "equity": equity,
+            "weights": self._h_weights[:s].copy(),
+            "exposures": expo,
+            "costs": self._h_cost[:s].copy(),
+            "var_estimates": self._h_var[:s].copy(),
+            "var_breaches": self._h_breach[:s].copy(),
+            "timestamps": self.index[self._start : self._start + s],
+            "symbols": list(self.symbols),
+            "totals": dict(self._totals),
+            "var_compliance": metrics.var_compliance_rate(self._h_breach[1:s]),
+            "metrics": metrics.summarize(equity, expo, periods_per_year=ppy),
+        }
+
+    def render(self) -> None:
+        """No rendering (reports come from `episode_summary`)."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""
+        return None
+
+
+def parallel_env(**kwargs: Any) -> HierarchicalTradingEnv:
+    """PettingZoo-style constructor of the parallel env (keyword arguments of the class)."""
+    return HierarchicalTradingEnv(**kwargs)
+
+
+def env(**kwargs: Any) -> Any:
+    """AEC version of the env (pettingzoo.utils.parallel_to_aec)."""
+    return parallel_to_aec(parallel_env(**kwargs))

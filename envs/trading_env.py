@@ -1,0 +1,227 @@
+"""Single-instrument gymnasium trading environment (the reference design's `TradingEnv`).
+
+Observation at bar t (float32): the last `window_size` rows of scaled causal features
+(`rl_trading.data.features`), flattened, then own state ``[position, unrealised P&L,
+time in position]`` (position = exposure / (max_position_size x equity), so in [-1, 1];
+unrealised P&L as a fraction of entry notional; bars in position / 100).
+Action: discrete {short, flat, long} ({flat, long} without shorting) or a continuous target
+in [-1, 1] ([0, 1] without shorting). The target is filled at bar t+1's open (envs.execution):
+units = target x max_position_size x equity / open. The position is only traded when the
+target changes (or a stop-loss fired). After marking at bar t+1's close a position that lost
+`stop_loss_pct` of its entry notional is closed at that close (costs paid, info["stop_loss"]).
+Training episodes start at a random bar and last `episode_length` steps; eval_mode makes one
+sequential pass over all bars. Capital is cfg.train.initial_balance, fee cfg.train.trading_fee.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pandas as pd
+
+from envs.common import RewardShaper, prepare_instrument, resolve_config
+from envs.execution import CostModel, rebalance, stop_loss_hit
+from rl_trading import metrics
+from rl_trading.config import AppConfig
+from rl_trading.data.features import WARMUP_BARS, FeatureScaler
+from rl_trading.errors import ConfigError
+
+__all__ = ["TradingEnv"]
+
+_STATE_DIM = 3
+
+
+class TradingEnv(gym.Env):
+    """One instrument, next-open fills, proportional costs, stop-loss, pluggable rewards."""
+
+    metadata = {"name": "rl_trading_single_v0", "render_modes": []}
+
+    def __init__(
+        self,
+        cfg: AppConfig | None = None,
+        *,
+        bars: pd.DataFrame,
+        eval_mode: bool = False,
+        seed: int | None = None,
+        scaler: FeatureScaler | None = None,
+        **overrides: Any,
+    ) -> None:
+        super().__init__()
+        self.cfg = resolve_config(cfg, overrides, ("train", "env", "reward"))
+        tcfg, ecfg = self.cfg.train, self.cfg.env
+        self.eval_mode = bool(eval_mode)
+        self.window = tcfg.window_size
+        self.initial_balance = float(tcfg.initial_balance)
+        self.max_position = float(ecfg.max_position_size)
+        self.stop_loss_pct = float(ecfg.stop_loss_pct)
+        self.episode_length = int(ecfg.episode_length)
+        self.allow_short = bool(ecfg.allow_short)
+        self.action_type = ecfg.action_type
+        self.random_start = bool(ecfg.random_start)
+        self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
+        self._rate = self.costs.rate
+        self.reward_fn = RewardShaper(self.cfg.reward)
+
+        data = prepare_instrument(bars, scaler, symbol="bars")
+        self.scaler = data.scaler
+        self._open, self._close, self._feat = data.open, data.close, data.features
+        self.index = bars.index
+        self.n_bars = len(bars)
+        self.first_bar = max(WARMUP_BARS, self.window - 1)
+        if self.first_bar >= self.n_bars - 1:
+            raise ConfigError(
+                f"window_size {self.window} (+ {WARMUP_BARS} warm-up bars) needs more than "
+                f"{self.n_bars} bars"
+            )
+        n_feat = self._feat.shape[1]
+        self._obs_dim = self.window * n_feat + _STATE_DIM
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self._obs_dim,), np.float32)
+        if self.action_type == "discrete":
+            self._levels = (-1.0, 0.0, 1.0) if self.allow_short else (0.0, 1.0)
+            self.action_space = gym.spaces.Discrete(len(self._levels))
+        else:
+            low = -1.0 if self.allow_short else 0.0
+            self.action_space = gym.spaces.Box(low, 1.0, (1,), np.float32)
+        if seed is not None:
+            self.reset(seed=seed)
+        else:
+            self._start = self._t = self.first_bar
+            self._reset_state()
+
+    # ---------------------------------------------------------------------------------------
+    def _reset_state(self) -> None:
+        self._cash = self.initial_balance
+        self._units = 0.0
+        self._entry = 0.0
+        self._target = 0.0
+        self._bars_in_pos = 0
+        self._equity = self.initial_balance
+        self._steps = 0
+        self._total_costs = 0.0
+        self._stop_losses = 0
+        self._trades = 0
+        self._equity_hist = [self.initial_balance]
+        self._pos_hist = [0.0]
+        self.reward_fn.reset(self.initial_balance)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start an episode: random start and `episode_length` steps, or the full pass in eval."""
+        super().reset(seed=seed)
+        last_start = self.n_bars - 1 - self.episode_length
+        if self.eval_mode or not self.random_start or last_start <= self.first_bar:
+            self._start = self.first_bar
+        else:
+            self._start = int(self.np_random.integers(self.first_bar, last_start + 1))
+        if self.eval_mode:
+            self._end = self.n_bars - 1
+        else:
+            self._end = min(self.n_bars - 1, self._start + self.episode_length)
+        self._t = self._start
+        self._reset_state()
+        return self._obs(), self._info(0.0, False, 0.0)
+
+    def _obs(self) -> np.ndarray:
+        t = self._t
+        out = np.empty(self._obs_dim, dtype=np.float32)
+        out[:-_STATE_DIM] = self._feat[t - self.window + 1 : t + 1].reshape(-1)
+        price = self._close[t]
+        eq = self._equity
+        units = self._units
+        out[-3] = units * price / (self.max_position * eq) if eq > 0 else 0.0
+        out[-2] = (price / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
+        out[-1] = self._bars_in_pos / 100.0
+        return out
+
+    def _info(self, cost: float, stopped: bool, fill_units: float) -> dict[str, Any]:
+        return {
+            "equity": self._equity,
+            "position": self._units,
+            "target": self._target,
+            "fill_units": fill_units,
+            "cost": cost,
+            "total_costs": self._total_costs,
+            "stop_loss": stopped,
+            "stop_losses": self._stop_losses,
+            "bar": self._t,
+        }
+
+    def _target_of(self, action: Any) -> float:
+        if self.action_type == "discrete":
+            return self._levels[int(action)]
+        value = float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+        if not math.isfinite(value):
+            raise ValueError(f"TradingEnv: non-finite action {action!r}")
+        low = -1.0 if self.allow_short else 0.0
+        return min(1.0, max(low, value))
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Fill the target at the next open, mark at its close, apply stop-loss, reward."""
+        target = self._target_of(action)
+        t1 = self._t + 1
+        price_open = self._open[t1]
+        price_close = self._close[t1]
+        eq_prev = self._equity
+        units = self._units
+        cash = self._cash
+        cost = 0.0
+        fill = 0.0
+        if target != self._target:
+            eq_open = cash + units * price_open
+            new_units = target * self.max_position * max(eq_open, 0.0) / price_open
+            fill = new_units - units
+            _, cash, cost, _ = rebalance(units, cash, new_units, price_open, self._rate)
+            if new_units == 0.0:
+                self._entry, self._bars_in_pos = 0.0, 0
+            elif units == 0.0 or (units > 0) != (new_units > 0):
+                self._entry, self._bars_in_pos = price_open, 0
+            elif abs(new_units) > abs(units):
+                self._entry = (units * self._entry + fill * price_open) / new_units
+            units = new_units
+            self._target = target
+            self._trades += 1
+        stopped = False
+        if units != 0.0 and stop_loss_hit(units, price_close, self._entry, self.stop_loss_pct):
+            _, cash, sl_cost, _ = rebalance(units, cash, 0.0, price_close, self._rate)
+            cost += sl_cost
+            fill -= units
+            units, self._entry, self._bars_in_pos, self._target = 0.0, 0.0, 0, 0.0
+            stopped = True
+            self._stop_losses += 1
+        if units != 0.0:
+            self._bars_in_pos += 1
+        self._units, self._cash = units, cash
+        equity = cash + units * price_close
+        self._equity = equity
+        self._total_costs += cost
+        self._t = t1
+        self._steps += 1
+        self._equity_hist.append(equity)
+        self._pos_hist.append(units * price_close / equity if equity > 0 else 0.0)
+        reward = self.reward_fn(eq_prev, equity, cost)
+        terminated = equity <= 0.0
+        truncated = (not terminated) and t1 >= self._end
+        return self._obs(), float(reward), terminated, truncated, self._info(cost, stopped, fill)
+
+    # ---------------------------------------------------------------------------------------
+    def episode_summary(self, periods_per_year: float | str | None = None) -> dict[str, Any]:
+        """Equity curve, exposure history, costs and rl_trading.metrics.summarize of the episode.
+
+        `periods_per_year` defaults to cfg.data.timeframe on the 24h calendar.
+        """
+        equity = np.asarray(self._equity_hist)
+        positions = np.asarray(self._pos_hist)
+        ppy = periods_per_year if periods_per_year is not None else self.cfg.data.timeframe
+        return {
+            "equity": equity,
+            "positions": positions,
+            "timestamps": self.index[self._start : self._start + len(equity)],
+            "total_costs": self._total_costs,
+            "stop_losses": self._stop_losses,
+            "trades": self._trades,
+            "metrics": metrics.summarize(equity, positions, periods_per_year=ppy),
+        }
