@@ -1,0 +1,181 @@
+"""Saving and loading fitted supervised models, atomically, with a metadata JSON.
+
+Layout: ``<models_dir>/<model_type>_<timeframe>/<version>/`` holds the model files and
+``metadata.json``; ``current.json`` beside the versions names the live one. A version folder is
+written under a temporary name and renamed into place, then ``current.json`` is replaced with
+``os.replace``, so a crash at any moment leaves the previous model loadable and never a
+half-written one. The three newest versions are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rl_trading.errors import CheckpointError
+
+KEEP_VERSIONS = 3
+METADATA_FILE = "metadata.json"
+CURRENT_FILE = "current.json"
+
+
+def default_models_dir() -> Path:
+    """``<workspace>/models/supervised`` (the workspace is the current directory)."""
+    from rl_trading.tracking import workspace
+
+    return workspace() / "models" / "supervised"
+
+
+def model_dir(model_type: str, timeframe: str, models_dir: str | Path | None = None) -> Path:
+    """Folder of one model type at one timeframe (holds its versions)."""
+    root = Path(models_dir) if models_dir is not None else default_models_dir()
+    return root / f"{model_type}_{timeframe}"
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the libraries a saved model depends on."""
+    import numpy
+    import pandas
+    import sklearn
+    import torch
+
+    from rl_trading import __version__
+
+    return {
+        "rl_trading": __version__,
+        "scikit-learn": sklearn.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "pandas": pandas.__version__,
+    }
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _write_model_files(model: Any, model_type: str, folder: Path) -> None:
+    if model_type == "cnn_lstm":
+        import torch
+
+        torch.save(model.net.state_dict(), folder / "model.pt")
+        (folder / "scaler.json").write_text(json.dumps(model.scaler.to_dict()))
+        net_cfg = {"params": model.params, "seed": model.seed, "n_features": model.n_features}
+        (folder / "net_config.json").write_text(json.dumps(net_cfg))
+    else:
+        import joblib
+
+        joblib.dump(model, folder / "model.joblib")
+
+
+def save_model(
+    model: Any,
+    model_type: str,
+    timeframe: str,
+    metadata: dict[str, Any],
+    models_dir: str | Path | None = None,
+) -> Path:
+    """Save a fitted model + metadata as the new current version; returns its folder."""
+    base = model_dir(model_type, timeframe, models_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    now = _dt.datetime.now(_dt.UTC)
+    version = f"v-{now.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    tmp = base / f".tmp-{version}"
+    tmp.mkdir()
+    try:
+        _write_model_files(model, model_type, tmp)
+        meta = {
+            "model_type": model_type,
+            "timeframe": timeframe,
+            "version": version,
+            "created_at": now.isoformat(),
+            "package_versions": package_versions(),
+            **metadata,
+        }
+        meta["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        final = base / version
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_json_atomic(base / CURRENT_FILE, {"version": version})
+    versions = sorted(p for p in base.iterdir() if p.is_dir() and p.name.startswith("v-"))
+    for old in versions[:-KEEP_VERSIONS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+@dataclass
+class SavedModel:
+    """A loaded model: the sklearn-style estimator (``predict_proba``), metadata and folder."""
+
+    estimator: Any
+    metadata: dict[str, Any]
+    path: Path
+
+
+def current_version_dir(
+    model_type: str, timeframe: str, models_dir: str | Path | None = None
+) -> Path:
+    """Folder of the current version; CheckpointError when there is none."""
+    base = model_dir(model_type, timeframe, models_dir)
+    current = base / CURRENT_FILE
+    if not current.is_file():
+        raise CheckpointError(
+            f"no saved {model_type} model for timeframe {timeframe} in {base.parent} "
+            "(run `rl-trading train supervised` first)"
+        )
+    try:
+        version = json.loads(current.read_text())["version"]
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{current} is corrupt ({exc})") from None
+    folder = base / version
+    if not (folder / METADATA_FILE).is_file():
+        raise CheckpointError(f"saved model folder {folder} is missing or incomplete")
+    return folder
+
+
+def load_saved(model_type: str, timeframe: str, models_dir: str | Path | None = None) -> SavedModel:
+    """Load the current version, checking every file against its recorded sha256."""
+    folder = current_version_dir(model_type, timeframe, models_dir)
+    meta = json.loads((folder / METADATA_FILE).read_text())
+    for name, digest in meta.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise CheckpointError(f"{path} is missing or does not match its checksum")
+    if model_type == "cnn_lstm":
+        import torch
+
+        from rl_trading.data.features import FeatureScaler
+        from rl_trading.supervised.models import CNNLSTMClassifier, build_cnn_lstm_net
+
+        net_cfg = json.loads((folder / "net_config.json").read_text())
+        est = CNNLSTMClassifier(**net_cfg["params"], seed=net_cfg["seed"])
+        est.n_features = net_cfg["n_features"]
+        est.scaler = FeatureScaler.from_dict(json.loads((folder / "scaler.json").read_text()))
+        est.net = build_cnn_lstm_net(est.n_features, est.params["channels"], est.params["hidden"])
+        est.net.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+        est.net.eval()
+    else:
+        import joblib
+
+        est = joblib.load(folder / "model.joblib")
+    return SavedModel(est, meta, folder)

@@ -1,0 +1,414 @@
+"""The supervised stage on Ray Tune: one trial per model x timeframe, optional search.
+
+`train_supervised(cfg, ...)` prepares the feature frames once in the driver, hands them to the
+trials through the object store (`tune.with_parameters`), runs the trials in parallel (1 CPU
+each), and collects one record per model x timeframe (metrics, baselines, saved path, MLflow
+run id) into ``<run_dir>/results.json``.
+
+With ``optimize=True`` each model x timeframe first gets a search over its hyperparameters
+(OptunaSearch, `n_trials` samples) scored by time-series CV accuracy on the training part only;
+the best configuration is then refitted and saved like a normal run. The held-out test score
+never takes part in any choice.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rl_trading.config import AppConfig
+from rl_trading.errors import DataError, RLTradingError
+from rl_trading.supervised.dataset import TimeframeFrames, infer_timeframe, prepare_timeframes
+from rl_trading.supervised.models import MODEL_TYPES, default_params, search_space
+
+SEARCH_METRIC = "cv_accuracy_mean"
+# Metrics shown while trials run and in the final table.
+SHOWN_METRICS = [
+    "accuracy",
+    "f1",
+    "cv_accuracy_mean",
+    "majority_accuracy",
+    "prev_direction_accuracy",
+]
+
+
+@dataclass
+class SupervisedRecord:
+    """Outcome of one model x timeframe: status, metrics, where the model and run are."""
+
+    model_type: str
+    timeframe: str
+    status: str  # "ok", "skipped" or "error"
+    metrics: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    model_path: str | None = None
+    mlflow_run_id: str | None = None
+    note: str = ""
+
+
+@dataclass
+class SupervisedResults:
+    """All records of one `train supervised` run and where its `results.json` is."""
+
+    records: list[SupervisedRecord]
+    run_dir: Path
+    results_path: Path
+
+    def saved_models(self) -> dict[str, dict[str, Any]]:
+        """``{"<model>_<tf>": {"path": ..., "metrics": ..., "mlflow_run_id": ...}}`` of the
+        models that were saved (for the registry)."""
+        return {
+            f"{r.model_type}_{r.timeframe}": {
+                "path": r.model_path,
+                "metrics": r.metrics,
+                "mlflow_run_id": r.mlflow_run_id,
+            }
+            for r in self.records
+            if r.status == "ok" and r.model_path
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# The trial (runs in a Ray worker)
+# --------------------------------------------------------------------------------------------
+
+
+def _log_to_mlflow(
+    settings: dict[str, Any],
+    model_type: str,
+    timeframe: str,
+    params: dict[str, Any],
+    result: Any,
+    saved_path: Path | None,
+    stage: str,
+) -> str:
+    """One MLflow run per trial: params, metrics, importances, model folder; returns run id."""
+    import mlflow
+
+    from rl_trading.tracking import mlflow_run
+
+    last_exc: Exception | None = None
+    for attempt in range(4):  # SQLite may be briefly locked by a parallel trial
+        try:
+            with mlflow_run(
+                settings["experiment"],
+                run_name=f"{model_type}_{timeframe}",
+                params={"model_type": model_type, "timeframe": timeframe, **params},
+                tags={
+                    "stage": f"supervised_{stage}",
+                    "model_type": model_type,
+                    "timeframe": timeframe,
+                },
+                tracking_uri=settings["tracking_uri"],
+            ) as run:
+                mlflow.log_metrics({k: float(v) for k, v in result.metrics.items()})
+                if result.importances:
+                    mlflow.log_dict(result.importances, "feature_importances.json")
+                mlflow.log_dict(result.info, "lineage.json")
+                if saved_path is not None:
+                    mlflow.log_artifacts(str(saved_path), artifact_path="model")
+                return run.info.run_id
+        except Exception as exc:  # noqa: BLE001 - retried, then re-raised
+            last_exc = exc
+            time.sleep(1.0 + attempt)
+    raise RuntimeError(f"MLflow logging failed: {last_exc}") from last_exc
+
+
+def supervised_trial(
+    config: dict[str, Any], frames_by_tf: dict[str, TimeframeFrames], settings: dict[str, Any]
+) -> None:
+    """Tune function trainable: fit + score one model on one timeframe, save, log, report."""
+    import torch
+    from ray import tune
+
+    from rl_trading.supervised.fitting import fit_and_score
+    from rl_trading.supervised.storage import save_model
+
+    torch.set_num_threads(1)
+    job = config.get("job", config)  # final runs grid over "job"; searches are flat
+    model_type, timeframe = job["model_type"], job["timeframe"]
+    params = {**settings["params"][model_type], **job.get("hp", {})}
+    stage = job.get("stage", "final")
+    result = fit_and_score(
+        model_type,
+        frames_by_tf[timeframe],
+        params,
+        test_size=settings["test_size"],
+        cv_splits=settings["cv_splits"],
+        horizon=settings["horizon"],
+        seed=settings["seed"],
+    )
+    saved_path = None
+    if stage == "final":
+        metadata = {
+            **result.info,
+            "horizon": settings["horizon"],
+            "dead_zone": settings["dead_zone"],
+            "metrics": result.metrics,
+            "feature_importances": result.importances,
+        }
+        saved_path = save_model(
+            result.model, model_type, timeframe, metadata, settings["models_dir"]
+        )
+    run_id = ""
+    if settings.get("tracking_uri"):
+        run_id = _log_to_mlflow(settings, model_type, timeframe, params, result, saved_path, stage)
+    tune.report(
+        {
+            **result.metrics,
+            "model_path": str(saved_path) if saved_path else "",
+            "mlflow_run_id": run_id,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+
+
+def plan_jobs(
+    models: list[str], frames_by_tf: dict[str, TimeframeFrames]
+) -> tuple[list[tuple[str, str]], list[SupervisedRecord]]:
+    """(model, timeframe) pairs to train, and 'skipped' records for what cannot be trained.
+
+    Analyst: every usable timeframe. Tactician and CNN-LSTM: the finest usable timeframe.
+    """
+    from rl_trading.data.schema import timeframe_delta
+
+    usable = sorted((tf for tf, f in frames_by_tf.items() if f.frames), key=timeframe_delta)
+    skipped = [
+        SupervisedRecord(m, tf, "skipped", note=f.note)
+        for tf, f in frames_by_tf.items()
+        if not f.frames
+        for m in models
+        if m == "analyst"
+    ]
+    jobs: list[tuple[str, str]] = []
+    for model in models:
+        if model not in MODEL_TYPES:
+            raise RLTradingError(f"unknown model '{model}' (choose from {', '.join(MODEL_TYPES)})")
+        if not usable:
+            skipped.append(SupervisedRecord(model, "-", "skipped", note="no usable timeframe"))
+            continue
+        targets = usable if model == "analyst" else usable[:1]
+        jobs += [(model, tf) for tf in targets]
+    return jobs, skipped
+
+
+def _run_tuner(
+    trainable: Any,
+    param_space: dict[str, Any],
+    run_dir: Path,
+    name: str,
+    tune_config: Any,
+    verbose: int,
+) -> Any:
+    from ray import tune
+
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space=param_space,
+        tune_config=tune_config,
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=str((run_dir / "tune").resolve()),
+            verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    return tuner.fit()
+
+
+def _search_best(
+    trainable: Any,
+    model: str,
+    tf: str,
+    n_trials: int,
+    seed: int,
+    run_dir: Path,
+    verbose: int,
+) -> dict[str, Any]:
+    """Search `model`'s hyperparameters on `tf` by CV accuracy; the best `hp` dict."""
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = {
+        "model_type": model,
+        "timeframe": tf,
+        "stage": "search",
+        "hp": search_space(model),
+    }
+    grid = _run_tuner(
+        trainable,
+        space,
+        run_dir,
+        f"search_{model}_{tf}",
+        tune.TuneConfig(
+            search_alg=OptunaSearch(metric=SEARCH_METRIC, mode="max", seed=seed),
+            num_samples=n_trials,
+        ),
+        verbose,
+    )
+    best = grid.get_best_result(metric=SEARCH_METRIC, mode="max", filter_nan_and_inf=True)
+    if best is None or best.config is None:
+        raise RLTradingError(f"hyperparameter search for {model} {tf} produced no result")
+    return dict(best.config["hp"])
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def train_supervised(
+    cfg: AppConfig,
+    *,
+    models: list[str] | None = None,
+    timeframes: list[str] | None = None,
+    optimize: bool = False,
+    n_trials: int | None = None,
+    run_dir: str | Path | None = None,
+    bars: dict[str, pd.DataFrame] | None = None,
+    models_dir: str | Path | None = None,
+    tracking: bool = True,
+    verbose: int = 1,
+) -> SupervisedResults:
+    """Train (and optionally search) the supervised models as parallel Tune trials.
+
+    `bars` defaults to `load_market(cfg)`; models go to `models_dir` (default
+    ``<workspace>/models/supervised``); each trial is an MLflow run unless `tracking` is off.
+    """
+    from ray import tune
+
+    from rl_trading.ray_utils import init_ray
+    from rl_trading.supervised.storage import default_models_dir
+
+    sup = cfg.supervised
+    models = list(models or sup.models)
+    timeframes = list(timeframes or sup.timeframes)
+    if bars is None:
+        from rl_trading.data import load_market
+
+        bars = load_market(cfg)
+    if not bars:
+        raise DataError("no bars to train the supervised models on")
+    for symbol, frame in bars.items():
+        if len(frame) < 3:
+            raise DataError(f"{symbol}: too few bars ({len(frame)}) for supervised training")
+        infer_timeframe(frame)
+    run_dir = Path(run_dir) if run_dir is not None else cfg.resolved_run_dir()
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    models_dir = Path(models_dir).resolve() if models_dir else default_models_dir()
+
+    frames_by_tf = prepare_timeframes(bars, timeframes, sup.horizon, sup.dead_zone)
+    jobs, records = plan_jobs(models, frames_by_tf)
+
+    settings: dict[str, Any] = {
+        "params": {m: default_params(m, cfg) for m in MODEL_TYPES},
+        "test_size": sup.test_size,
+        "cv_splits": sup.cv_splits,
+        "horizon": sup.horizon,
+        "dead_zone": sup.dead_zone,
+        "seed": sup.random_state,
+        "models_dir": str(models_dir),
+        "tracking_uri": None,
+        "experiment": f"{cfg.train.experiment_name}-supervised",
+    }
+    if tracking:
+        from rl_trading.tracking import configure_mlflow, ensure_experiment
+
+        settings["tracking_uri"] = configure_mlflow(cfg.tracking.tracking_uri)
+        ensure_experiment(settings["experiment"])  # created once here, not racing in trials
+
+    if jobs:
+        init_ray(cfg.resources.address, cfg.resources.num_cpus)
+        used = {tf for _, tf in jobs}
+        trainable = tune.with_parameters(
+            supervised_trial,
+            frames_by_tf={tf: frames_by_tf[tf] for tf in used},
+            settings=settings,
+        )
+        hps: dict[tuple[str, str], dict[str, Any]] = {}
+        if optimize:
+            trials = n_trials or cfg.tuning.n_trials
+            for model, tf in jobs:
+                hps[(model, tf)] = _search_best(
+                    trainable, model, tf, trials, sup.random_state, run_dir, verbose
+                )
+        job_cfgs = [
+            {"model_type": m, "timeframe": tf, "stage": "final", "hp": hps.get((m, tf), {})}
+            for m, tf in jobs
+        ]
+        grid = _run_tuner(
+            trainable,
+            {"job": tune.grid_search(job_cfgs)},
+            run_dir,
+            "final",
+            tune.TuneConfig(),
+            verbose,
+        )
+        records += _collect(grid, settings)
+    results_path = run_dir / "results.json"
+    payload = {
+        "records": [_jsonable(r.__dict__) for r in records],
+        "optimize": optimize,
+        "config": cfg.supervised.model_dump(mode="json"),
+        "models_dir": str(models_dir),
+    }
+    results_path.write_text(json.dumps(payload, indent=2, default=str))
+    return SupervisedResults(records, run_dir, results_path)
+
+
+def _collect(grid: Any, settings: dict[str, Any]) -> list[SupervisedRecord]:
+    out = []
+    for res in grid:
+        job = (res.config or {}).get("job", {})
+        model, tf = job.get("model_type", "?"), job.get("timeframe", "?")
+        params = {**settings["params"].get(model, {}), **job.get("hp", {})}
+        if res.error is not None or not res.metrics:
+            msg = str(res.error).strip().splitlines()[-1] if res.error else "no result"
+            out.append(SupervisedRecord(model, tf, "error", params=params, note=msg[:300]))
+            continue
+        m = res.metrics
+        metrics = {
+            k: float(v)
+            for k, v in m.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k not in _TUNE_KEYS
+        }
+        out.append(
+            SupervisedRecord(
+                model,
+                tf,
+                "ok",
+                metrics=metrics,
+                params=params,
+                model_path=m.get("model_path") or None,
+                mlflow_run_id=m.get("mlflow_run_id") or None,
+            )
+        )
+    order = {name: i for i, name in enumerate(MODEL_TYPES)}
+    return sorted(out, key=lambda r: (order.get(r.model_type, 9), r.timeframe))
+
+
+_TUNE_KEYS = {
+    "timestamp",
+    "time_this_iter_s",
+    "time_total_s",
+    "training_iteration",
+    "pid",
+    "time_since_restore",
+    "iterations_since_restore",
+    "done",
+}
