@@ -303,9 +303,9 @@ class HierarchicalTradingEnv(ParallelEnv):
         steps = max(self._steps, 1)
         info = dict(self._totals)
         info.update(
-            equity=self._equity,
-            cost=cost,
-            var_estimate=self._var_est,
+            equity=float(self._equity),
+            cost=float(cost),
+            var_estimate=float(self._var_est),
             var_compliance=1.0 - self._totals["var_breaches"] / steps,
             bar=self._t,
         )
@@ -458,6 +458,15 @@ class HierarchicalTradingEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terms, truncs, infos
 
+    def obs_layout(self) -> dict[str, int]:
+        """Layout of a specialist observation: window_size x n_features, then state_dim."""
+        return {
+            "window_size": self.window,
+            "n_features": int(self._feats[0].shape[1]),
+            "state_dim": _SPEC_STATE,
+            "meta_dim": self._meta_dim,
+        }
+
     # ------------------------------------------------------------------------------- results
     def episode_summary(self, periods_per_year: float | str | None = None) -> dict[str, Any]:
         """The finished (or running) episode as arrays, plus metrics.summarize of its equity.
@@ -482,6 +491,8 @@ class HierarchicalTradingEnv(ParallelEnv):
             "timestamps": self.index[self._start : self._start + s],
             "symbols": list(self.symbols),
             "totals": dict(self._totals),
+            "total_costs": float(self._totals["costs"]),
+            "stop_losses": int(self._totals["stop_losses"]),
             "var_compliance": metrics.var_compliance_rate(self._h_breach[1:s]),
             "metrics": metrics.summarize(equity, expo, periods_per_year=ppy),
         }

@@ -139,11 +139,11 @@ class TradingEnv(gym.Env):
 
     def _info(self, cost: float, stopped: bool, fill_units: float) -> dict[str, Any]:
         return {
-            "equity": self._equity,
-            "position": self._units,
-            "target": self._target,
-            "fill_units": fill_units,
-            "cost": cost,
+            "equity": float(self._equity),
+            "position": float(self._units),
+            "target": float(self._target),
+            "fill_units": float(fill_units),
+            "cost": float(cost),
             "total_costs": self._total_costs,
             "stop_loss": stopped,
             "stop_losses": self._stop_losses,
@@ -206,6 +206,14 @@ class TradingEnv(gym.Env):
         terminated = equity <= 0.0
         truncated = (not terminated) and t1 >= self._end
         return self._obs(), float(reward), terminated, truncated, self._info(cost, stopped, fill)
+
+    def obs_layout(self) -> dict[str, int]:
+        """Layout of an observation: window_size x n_features, then state_dim."""
+        return {
+            "window_size": self.window,
+            "n_features": int(self._feat.shape[1]),
+            "state_dim": _STATE_DIM,
+        }
 
     # ---------------------------------------------------------------------------------------
     def episode_summary(self, periods_per_year: float | str | None = None) -> dict[str, Any]:
