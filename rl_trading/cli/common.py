@@ -11,7 +11,7 @@ from rich.console import Console
 from rl_trading.config import AppConfig, load_config
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one error line, never hard-wrapped
 
 ConfigOpt = Annotated[
     Path | None,

@@ -77,6 +77,7 @@ def align(
     rep = AlignReport(policy, 0)
     if policy == "ffill":
         keep = np.ones(len(union), bool)
+        fills: dict[str, np.ndarray] = {}
         for symbol, df in bars_by_symbol.items():
             frame = df[BAR_COLUMNS].reindex(union)
             missing = frame["close"].isna().to_numpy()
@@ -87,12 +88,9 @@ def align(
             frame["volume"] = np.where(fill, 0.0, frame["volume"].to_numpy())
             keep &= frame["close"].notna().to_numpy()
             out[symbol] = frame
-            rep.filled[symbol] = int(fill.sum())
+            fills[symbol] = fill
         for symbol, frame in out.items():
-            rep.filled[symbol] = int(
-                (frame["close"].notna().to_numpy() & keep).sum()
-                - bars_by_symbol[symbol].index.isin(union[keep]).sum()
-            )
+            rep.filled[symbol] = int((fills[symbol] & keep).sum())
             out[symbol] = frame[keep]
         rep.dropped = int((~keep).sum())
     else:

@@ -1,0 +1,189 @@
+"""`rl-trading data ...`: validate, repair, import, inspect and synthesise market bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.errors import DataError
+
+app = typer.Typer(
+    help="Market data: validate, repair, import, inspect, synthesise.", no_args_is_help=True
+)
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="SQLAlchemy URL (default: sqlite rl_trading.db in this directory)."),
+]
+AssumeUtcOpt = Annotated[
+    bool, typer.Option("--assume-utc", help="Read time-zone-less timestamps as UTC.")
+]
+
+
+def _ts(value) -> str:  # noqa: ANN001 - a pandas Timestamp or None
+    """Compact UTC timestamp for tables (date only at midnight)."""
+    if value is None:
+        return "-"
+    text = value.strftime("%Y-%m-%d %H:%M")
+    return text[:10] if text.endswith("00:00") else text
+
+
+def _summary_table(title: str, rows: list[tuple[str, str]]):  # noqa: ANN202 - rich Table
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _describe(bars) -> list[tuple[str, str]]:  # noqa: ANN001 - a bars DataFrame
+    from rl_trading.data import guess_timeframe, timeframe_delta
+
+    tf = guess_timeframe(bars.index)
+    gaps = 0
+    if tf is not None and len(bars) > 1:
+        gaps = int((bars.index.to_series().diff() > timeframe_delta(tf)).sum())
+    return [
+        ("rows", f"{len(bars):,}"),
+        ("first", _ts(bars.index[0]) if len(bars) else "-"),
+        ("last", _ts(bars.index[-1]) if len(bars) else "-"),
+        ("timeframe (guess)", tf or "-"),
+        ("gaps > 1 bar", f"{gaps:,}"),
+        ("zero-volume bars", f"{int((bars['volume'] == 0).sum()):,}"),
+    ]
+
+
+@app.command()
+def validate(
+    path: Annotated[Path, typer.Argument(help="CSV, CSV.gz or Parquet bars file.")],
+    repair: Annotated[
+        bool, typer.Option(help="Apply the safe fixes (sort, exact duplicates, high/low).")
+    ] = False,
+    out: Annotated[Path | None, typer.Option(help="Where --repair writes the fixed file.")] = None,
+    assume_utc: AssumeUtcOpt = False,
+) -> None:
+    """Check a bars file against every validation rule; optionally write a repaired copy."""
+    from rl_trading.data.schema import read_raw, write_bars
+    from rl_trading.data.validation import check_bars, repair_bars
+
+    if repair and out is None:
+        raise DataError("--repair needs --out PATH for the repaired file")
+    source = str(path)
+    raw = read_raw(path)
+    if repair:
+        from rl_trading.data.validation import parse_bars
+
+        fixed, changes = repair_bars(parse_bars(raw, source, assume_utc))
+        bars = check_bars(fixed, source=source)
+        write_bars(bars, out)
+        for change in changes or ["nothing to repair"]:
+            console.print(f"repaired: {change}")
+        console.print(f"wrote {out}")
+    else:
+        bars = check_bars(raw, source=source, assume_utc=assume_utc)
+    console.print(_summary_table(f"{path.name}: valid", _describe(bars)))
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="CSV, CSV.gz or Parquet bars file.")],
+    symbol: Annotated[str, typer.Option(help="Instrument symbol to store the bars under.")],
+    timeframe: Annotated[str, typer.Option(help="Bar timeframe, e.g. 1m, 5m, 1h, 1d.")],
+    db: DbOpt = None,
+    assume_utc: AssumeUtcOpt = False,
+) -> None:
+    """Validate a bars file and insert it into the SQL store (re-imports add nothing)."""
+    from rl_trading.data import parse_timeframe, read_bars
+    from rl_trading.data.store import BarStore
+
+    parse_timeframe(timeframe)
+    bars = read_bars(path, assume_utc=assume_utc)
+    store = BarStore(db)
+    new = store.write(bars, symbol, timeframe)
+    console.print(
+        f"imported {path.name} as {symbol} {timeframe}: {new:,} new of {len(bars):,} bars "
+        f"into {store.safe_url}",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def info(db: DbOpt = None) -> None:
+    """List the stored series: symbol, timeframe, rows and time range."""
+    from rich.table import Table
+
+    from rl_trading.data.store import BarStore
+
+    store = BarStore(db)
+    items = store.info()
+    table = Table(title=f"historical_bars in {store.safe_url}")
+    for col in ("symbol", "timeframe", "rows", "first", "last"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    for it in items:
+        table.add_row(it.symbol, it.timeframe, f"{it.rows:,}", _ts(it.first), _ts(it.last))
+    console.print(table if items else f"no bars stored in {store.safe_url}")
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="Output file (one symbol) or folder (several).")],
+    bars: Annotated[int, typer.Option(help="Bars per symbol.")] = 20_000,
+    symbols: Annotated[str, typer.Option(help="Comma-separated symbols.")] = "SYN",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    timeframe: Annotated[str, typer.Option(help="Bar timeframe.")] = "1m",
+    signal_strength: Annotated[
+        float, typer.Option(help="Planted trend drift in units of per-bar volatility (0 = none).")
+    ] = 0.0,
+    start: Annotated[str, typer.Option(help="First timestamp (UTC).")] = "2024-01-01",
+) -> None:
+    """Write seeded synthetic bars (GBM, volatility regimes, optional planted signal)."""
+    from rl_trading.data import synthetic_market, write_bars
+
+    names = [s.strip() for s in symbols.split(",") if s.strip()]
+    if not names:
+        raise DataError("--symbols is empty")
+    market = synthetic_market(
+        names,
+        n_bars=bars,
+        seed=seed,
+        timeframe=timeframe,
+        start=start,
+        signal_strength=signal_strength,
+    )
+    if len(names) == 1 and out.suffix:
+        paths = [write_bars(market[names[0]], out)]
+    else:
+        paths = [write_bars(market[s], out / f"{s.lower()}_{timeframe}.csv.gz") for s in names]
+    for p in paths:
+        console.print(f"wrote {p} ({bars:,} bars, seed {seed})")
+
+
+@app.command()
+def summary(config: ConfigOpt = None, sets: SetOpt = None) -> None:
+    """What `load_market` gives for a config: instruments, bars, range and fingerprint."""
+    from rich.table import Table
+
+    from rl_trading.data import fingerprint, load_market
+
+    cfg = cli_config(config, sets)
+    market = load_market(cfg)
+    table = Table(title=f"market: source={cfg.data.source}, timeframe={cfg.data.timeframe}")
+    for col in ("symbol", "bars", "first", "last", "last close", "fingerprint"):
+        table.add_column(col)
+    for symbol, bars in market.items():
+        table.add_row(
+            symbol,
+            f"{len(bars):,}",
+            _ts(bars.index[0]),
+            _ts(bars.index[-1]),
+            f"{bars['close'].iloc[-1]:.4g}",
+            fingerprint(bars)[:12],
+        )
+    console.print(table)
+    console.print(f"market fingerprint: {fingerprint(market)}", soft_wrap=True)
