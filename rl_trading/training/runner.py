@@ -193,12 +193,6 @@ def run_phase(
                 if ps.best_val_sharpe is not None:
                     metrics["best_val_sharpe"] = ps.best_val_sharpe
                 metrics["iteration"] = float(it)
-                if it % cfg.phases.checkpoint_interval == 0 or it == total or stop:
-                    last = save_algorithm(algo, ckpt_dir / f"iter_{it:06d}")
-                    _prune(ckpt_dir, last)
-                    ps.last_checkpoint = str(last)
-                state.save()
-                tracker.log(metrics, step=it)
                 if progress is not None:
                     done = it - start_iter
                     elapsed = time.monotonic() - t0
@@ -212,6 +206,12 @@ def run_phase(
                             "eta_s": elapsed / max(done, 1) * (total - it),
                         }
                     )
+                if it % cfg.phases.checkpoint_interval == 0 or it == total or stop:
+                    last = save_algorithm(algo, ckpt_dir / f"iter_{it:06d}")
+                    _prune(ckpt_dir, last)
+                    ps.last_checkpoint = str(last)
+                state.save()
+                tracker.log(metrics, step=it)
                 if stop and it < total:
                     raise TrainingInterrupted(name, it, ps.last_checkpoint)
             ps.status = "done"

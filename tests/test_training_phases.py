@@ -1,0 +1,127 @@
+"""The three RLlib phases end to end on a tiny stand-in env: checkpoints, frozen specialists,
+resume, restore round trip and corrupt checkpoints."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from training_standin import standin_factory
+
+from rl_trading.config import AppConfig
+from rl_trading.errors import CheckpointError
+from rl_trading.training.checkpoints import load_algorithm, load_module
+from rl_trading.training.runner import driver_modules, run_phase, run_pipeline
+from rl_trading.training.signals import StopFlag, TrainingInterrupted
+from rl_trading.training.state import RunState
+
+pytestmark = pytest.mark.rllib
+
+
+def tiny_cfg(**phases) -> AppConfig:
+    return AppConfig.model_validate(
+        {
+            "seed": 3,
+            "ppo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
+            "policy": {"hidden_sizes": [16, 16]},
+            "resources": {"num_env_runners": 0},
+            "phases": {
+                "phase1_timesteps": 384,
+                "phase2_timesteps": 256,
+                "phase3_timesteps": 256,
+                "eval_interval": 2,
+                "checkpoint_interval": 2,
+                **phases,
+            },
+        }
+    )
+
+
+def _weights(ckpt, pid):
+    return {k: v.clone() for k, v in load_module(ckpt, pid).state_dict().items()}
+
+
+def test_pipeline_runs_checkpoints_and_freezes_specialists(ray_session, tmp_path):
+    cfg = tiny_cfg()
+    factory = standin_factory(episode_length=32)
+    out = run_pipeline(cfg, factory, tmp_path, tracking=False)
+    assert [r.iterations for r in out.values()] == [3, 2, 2]
+    state = RunState.load(tmp_path)
+    assert all(state.phases[p].status == "done" for p in ("phase1", "phase2", "phase3"))
+    for res in out.values():
+        assert (tmp_path / res.phase / "best" / "rllib_checkpoint.json").is_file()
+        assert res.best_val_sharpe is not None and np.isfinite(res.metrics["val_sharpe"])
+    # Phase 2 starts from phase 1's best specialists and never changes them.
+    p1_best, p2_last = out["phase1"].best_checkpoint, out["phase2"].last_checkpoint
+    for pid in ("specialist_AAA", "specialist_BBB"):
+        before, after = _weights(p1_best, pid), _weights(p2_last, pid)
+        assert before.keys() == after.keys()
+        for key in before:
+            torch.testing.assert_close(before[key], after[key], rtol=0, atol=0)
+    # ...while meta trains in phase 2 and specialists train again in phase 3.
+    p2_meta, p3_meta = (
+        _weights(out["phase2"].best_checkpoint, "meta"),
+        _weights(out["phase3"].last_checkpoint, "meta"),
+    )
+    assert any(not torch.equal(p2_meta[k], p3_meta[k]) for k in p2_meta)
+    p3_spec = _weights(out["phase3"].last_checkpoint, "specialist_AAA")
+    p2_spec = _weights(p2_last, "specialist_AAA")
+    assert any(not torch.equal(p2_spec[k], p3_spec[k]) for k in p2_spec)
+
+
+def test_interrupt_then_resume_matches_uninterrupted(ray_session, tmp_path):
+    cfg = tiny_cfg(phase1_timesteps=512, eval_interval=1, checkpoint_interval=3)
+    factory = standin_factory(episode_length=32)
+    stop = StopFlag()
+
+    def stop_at_2(info):
+        if info["iteration"] == 2:
+            stop.set()
+
+    with pytest.raises(TrainingInterrupted) as err:
+        run_phase(cfg, 1, factory, tmp_path, stop=stop, progress=stop_at_2, tracking=False)
+    assert err.value.iteration == 2
+    ps = RunState.load(tmp_path).phases["phase1"]
+    assert ps.status == "running" and ps.iteration == 2 and ps.last_checkpoint.endswith("2")
+    seen = []
+    res = run_phase(
+        cfg, 1, factory, tmp_path, resume=True, tracking=False, progress=lambda i: seen.append(i)
+    )
+    assert [i["iteration"] for i in seen] == [3, 4]  # no repeated iteration
+    assert res.iterations == 4 and res.env_steps == 4 * 128
+    # Resuming a finished phase does nothing more.
+    again = run_phase(cfg, 1, factory, tmp_path, resume=True, tracking=False)
+    assert again.iterations == 4
+
+
+def test_restore_round_trip_and_bad_checkpoints(ray_session, tmp_path):
+    cfg = tiny_cfg(phase1_timesteps=128)
+    factory = standin_factory(episode_length=32)
+    res = run_phase(cfg, 1, factory, tmp_path, tracking=False)
+    obs = np.random.default_rng(0).normal(size=(5, 5)).astype(np.float32)
+    from policies import compute_actions
+
+    module = load_module(res.last_checkpoint, "specialist_AAA")
+    algo = load_algorithm(res.last_checkpoint)
+    try:
+        from_algo = algo.get_module("specialist_AAA")
+        np.testing.assert_array_equal(compute_actions(module, obs), compute_actions(from_algo, obs))
+    finally:
+        algo.stop()
+    mods = driver_modules(cfg, factory, 1)
+    mods["specialist_AAA"].set_state(module.get_state())
+    np.testing.assert_array_equal(
+        compute_actions(module, obs), compute_actions(mods["specialist_AAA"], obs)
+    )
+    with pytest.raises(CheckpointError, match="not found"):
+        load_algorithm(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no policy 'meta'"):
+        load_module(res.last_checkpoint, "meta")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "rllib_checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError) as err:
+        load_algorithm(broken)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match="phase1 first"):
+        run_phase(cfg, 2, factory, tmp_path / "empty", tracking=False)
