@@ -1,0 +1,409 @@
+"""Deterministic backtests of restored policies next to baselines, on the same bars and costs.
+
+A policy source is an RLModule (or a dir saved with ``save_to_path``), an RLlib algorithm
+checkpoint (every module under ``learner_group/learner/rl_module``), a registry model name, an
+:class:`~rl_trading.evaluation.ensemble.Ensemble`, or a ``{policy_id: RLModule}`` dict. One
+module on one instrument runs :class:`envs.TradingEnv`; specialists + ``meta`` run the full
+hierarchy in ``HierarchicalTradingEnv(mode="joint")``. Both in ``eval_mode`` (one sequential
+pass), stepped with the modules' ``forward_inference`` (Gaussian mean / arg-max): no Algorithm,
+no Ray workers.
+
+No look-ahead in normalisation: the feature scaler comes from the policy's stored
+preprocessing (``preprocessing.json``: FeatureScaler statistics fit on its training split);
+callers without one pass ``scaler_bars`` (e.g. the train split) to fit it on; only as the last
+resort is it fit on the evaluated bars, and the report says so (``scaler_origin``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from rl_trading.errors import CheckpointError, DataError
+from rl_trading.evaluation.baselines import StrategyRun, as_bar_dict, cost_rate, run_baselines
+
+if TYPE_CHECKING:
+    from rl_trading.config import AppConfig
+
+MODULE_COMPONENT = "learner_group/learner/rl_module"
+PREPROCESSING_FILE = "preprocessing.json"
+META = "meta"
+
+# metric -> (config attribute path, comparison); the targets every report checks.
+TARGETS = {
+    "sharpe_ratio": ("reward.sharpe_target", ">="),
+    "max_drawdown": ("reward.max_drawdown_target", "<="),
+    "win_rate": ("evaluation.win_rate_target", ">="),
+    "var_compliance": ("evaluation.var_compliance_target", ">="),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics of one strategy (every number comes from rl_trading.metrics)
+# --------------------------------------------------------------------------------------------
+
+
+def rolling_var_compliance(returns: np.ndarray, window: int, confidence: float) -> float:
+    """Share of bars whose loss stayed within the VaR estimated from the previous `window`.
+
+    The estimate for bar t uses returns before t only (metrics.value_at_risk); bars without a
+    full window are not scored.
+    """
+    from rl_trading import metrics
+
+    r = np.asarray(returns, dtype=np.float64)
+    if r.size <= window:
+        return metrics.var_compliance_rate(np.zeros(0, dtype=bool))
+    estimates = np.array(
+        [metrics.value_at_risk(r[t - window : t], confidence) for t in range(window, r.size)]
+    )
+    return metrics.var_compliance_rate(r[window:], estimates)
+
+
+def strategy_metrics(run: StrategyRun, cfg: AppConfig) -> dict[str, float]:
+    """metrics.summarize of the run + VaR compliance, costs and trades."""
+    from rl_trading import metrics
+
+    weights = run.weights if run.weights.ndim == 2 else run.weights[:, None]
+    out = metrics.summarize(
+        run.equity,
+        weights,
+        periods_per_year=cfg.data.timeframe,
+        risk_free_rate=cfg.reward.risk_free_rate,
+        confidence=cfg.env.var_confidence,
+    )
+    out["var_compliance"] = rolling_var_compliance(
+        run.returns, cfg.env.risk_window, cfg.env.var_confidence
+    )
+    out["total_costs"] = float(np.sum(run.costs))
+    out["exposure"] = float(np.mean(np.abs(weights).sum(axis=1)))
+    for key in ("risk_limit_compliance", "stop_losses", "trades"):
+        if key in run.extra:
+            out[key] = float(run.extra[key])
+    return out
+
+
+def _cfg_value(cfg: AppConfig, dotted: str) -> float:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return float(node)
+
+
+def check_targets(metrics_: dict[str, float], cfg: AppConfig) -> dict[str, dict[str, Any]]:
+    """Each target metric: value, configured target, comparison and pass/fail."""
+    out = {}
+    for metric, (key, op) in TARGETS.items():
+        target = _cfg_value(cfg, key)
+        value = float(metrics_.get(metric, float("nan")))
+        ok = value >= target if op == ">=" else value <= target
+        out[metric] = {"value": value, "target": target, "op": op, "pass": bool(ok)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Restoring policies
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PolicyBundle:
+    """Restored modules keyed by policy id + the preprocessing they were trained with."""
+
+    modules: dict[str, Any]
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def hierarchical(self) -> bool:
+        """Whether this is a specialists + meta hierarchy."""
+        return META in self.modules
+
+    @property
+    def shared_specialist(self) -> bool:
+        """One `specialist` policy for every instrument (obs carry a one-hot instrument id)."""
+        return "specialist" in self.modules
+
+    def act(self, policy_id: str, obs: np.ndarray) -> np.ndarray:
+        """Deterministic env actions of one policy for a `[B, obs_dim]` batch."""
+        from policies import compute_actions
+
+        module = self.modules[policy_id]
+        if hasattr(module, "act"):
+            return module.act(obs)
+        return compute_actions(module, obs)
+
+
+def _is_module_dir(path: Path) -> bool:
+    return (path / "class_and_ctor_args.pkl").is_file()
+
+
+def _read_preprocessing(*dirs: Path) -> dict[str, Any]:
+    for d in dirs:
+        for cand in (d / PREPROCESSING_FILE, d.parent / PREPROCESSING_FILE):
+            if cand.is_file():
+                return json.loads(cand.read_text())
+    return {}
+
+
+def load_policy(source: Any, cfg: AppConfig | None = None) -> PolicyBundle:
+    """Restore a policy source (see module docstring) into a PolicyBundle."""
+    from rl_trading.evaluation.export import load_module
+
+    if isinstance(source, PolicyBundle):
+        return source
+    if isinstance(source, dict):
+        return PolicyBundle(dict(source), source="modules")
+    if hasattr(source, "forward_inference") or hasattr(source, "act"):
+        pid = getattr(source, "policy_id", None) or "default_policy"
+        pre = getattr(source, "preprocessing", None) or {}
+        return PolicyBundle({pid: source}, preprocessing=pre, source=type(source).__name__)
+    path = Path(str(source)).expanduser()
+    if not path.exists():
+        from rl_trading.registry import ModelRegistry
+
+        registry = ModelRegistry(cfg=cfg)
+        rec = registry.resolve(str(source))
+        if rec.kind == "ensemble":
+            from rl_trading.evaluation.ensemble import Ensemble
+
+            return load_policy(Ensemble.from_registry(rec.name, registry), cfg)
+        bundle = load_policy(registry.load_path(rec.name), cfg)
+        bundle.source = rec.name
+        return bundle
+    if not path.is_dir():
+        raise CheckpointError(f"policy source is not a directory: {path}")
+    if (path / "ensemble.json").is_file():
+        from rl_trading.evaluation.ensemble import Ensemble
+
+        return load_policy(Ensemble.load(path, cfg), cfg)
+    if _is_module_dir(path):
+        return PolicyBundle(
+            {path.name: load_module(path)}, _read_preprocessing(path), source=str(path)
+        )
+    for root in (path / MODULE_COMPONENT, path / "rl_module", path):
+        if root.is_dir():
+            ids = sorted(p.name for p in root.iterdir() if p.is_dir() and _is_module_dir(p))
+            if ids:
+                modules = {pid: load_module(root / pid) for pid in ids}
+                return PolicyBundle(modules, _read_preprocessing(path, root), source=str(path))
+    raise CheckpointError(f"no RLModules found under {path}")
+
+
+def scalers_from(preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """FeatureScalers stored in a preprocessing spec: `{symbol: scaler}` (`*` = all)."""
+    from rl_trading.data.features import FeatureScaler
+
+    raw = preprocessing.get("scalers") or {}
+    if not raw and preprocessing.get("scaler"):
+        raw = {"*": preprocessing["scaler"]}
+    return {sym: FeatureScaler.from_dict(d) for sym, d in raw.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Running the policy in the env
+# --------------------------------------------------------------------------------------------
+
+
+def _fit_scalers(bars: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    from rl_trading.data.features import WARMUP_BARS, FeatureScaler, compute_features
+
+    return {
+        sym: FeatureScaler().fit(compute_features(frame).iloc[WARMUP_BARS:])
+        for sym, frame in bars.items()
+    }
+
+
+def _scaler_for(scalers: dict[str, Any], sym: str) -> Any:
+    return scalers.get(sym) or scalers.get("*")
+
+
+def _run_single(
+    bundle: PolicyBundle, symbol: str, frame: pd.DataFrame, cfg: AppConfig, scaler: Any, seed: int
+) -> StrategyRun:
+    from envs.trading_env import TradingEnv
+
+    pid = next(iter(bundle.modules))
+    env = TradingEnv(cfg, bars=frame, eval_mode=True, scaler=scaler)
+    obs, _ = env.reset(seed=seed)
+    done = False
+    while not done:
+        action = bundle.act(pid, obs[None])[0]
+        obs, _, term, trunc, _ = env.step(action)
+        done = term or trunc
+    summ = env.episode_summary()
+    equity = np.asarray(summ["equity"], dtype=np.float64)
+    index = pd.DatetimeIndex(summ["timestamps"])
+    weights = np.asarray(summ["positions"], dtype=np.float64).reshape(len(equity), -1)
+    costs = np.zeros(len(equity))
+    costs[-1] = float(summ.get("total_costs", 0.0))
+    extra = {k: summ[k] for k in ("stop_losses", "trades") if k in summ}
+    return StrategyRun("policy", index, [symbol], equity, weights, costs, extra)
+
+
+def _run_hierarchy(
+    bundle: PolicyBundle,
+    bars: dict[str, pd.DataFrame],
+    cfg: AppConfig,
+    scalers: dict[str, Any],
+    seed: int,
+) -> StrategyRun:
+    from envs import HierarchicalTradingEnv
+
+    kwargs: dict[str, Any] = {}
+    if scalers:
+        kwargs["scalers"] = {sym: _scaler_for(scalers, sym) for sym in bars}
+    env = HierarchicalTradingEnv(cfg, bars=bars, mode="joint", eval_mode=True, **kwargs)
+    shared = bundle.shared_specialist
+    agents = list(env.possible_agents)
+    specialists = sorted(a for a in agents if a != META)
+    one_hot = {a: np.eye(len(specialists), dtype=np.float32)[i] for i, a in enumerate(specialists)}
+    obs, _ = env.reset(seed=seed)
+    costs = []
+    while env.agents:
+        actions = {}
+        for agent, o in obs.items():
+            if agent == META:
+                pid = META
+            else:
+                pid = "specialist" if shared else agent
+                if shared:
+                    o = np.concatenate([np.asarray(o, np.float32).ravel(), one_hot[agent]])
+            if pid not in bundle.modules:
+                raise CheckpointError(f"policy has no module for agent '{agent}' ({pid})")
+            actions[agent] = bundle.act(pid, np.asarray(o, np.float32)[None])[0]
+        obs, _, terms, truncs, infos = env.step(actions)
+        info = next(iter(infos.values()), {}) if infos else {}
+        costs.append(float(info.get("cost", 0.0)) if isinstance(info, dict) else 0.0)
+        if all(terms.get(a, False) or truncs.get(a, False) for a in actions):
+            break
+    summ = env.episode_summary()
+    equity = np.asarray(summ["equity"], dtype=np.float64)
+    index = pd.DatetimeIndex(summ["timestamps"])
+    raw_w = summ.get("weights", summ.get("positions"))
+    weights = np.asarray(raw_w, dtype=np.float64).reshape(len(equity), -1)
+    cost_arr = np.zeros(len(equity))
+    cost_arr[-1] = float(summ.get("total_costs", sum(costs)))
+    extra: dict[str, Any] = {}
+    if "breaches" in summ:
+        breaches = np.asarray(summ["breaches"], dtype=bool)
+        extra["risk_limit_compliance"] = float(1.0 - breaches.mean()) if breaches.size else 1.0
+    for key in ("stop_losses", "trades"):
+        if key in summ:
+            extra[key] = summ[key]
+    symbols = list(summ.get("symbols", list(bars)))
+    return StrategyRun("policy", index, symbols, equity, weights, cost_arr, extra)
+
+
+def run_policy(
+    source: Any,
+    bars: pd.DataFrame | dict[str, pd.DataFrame],
+    cfg: AppConfig,
+    seed: int = 0,
+    scaler_bars: pd.DataFrame | dict[str, pd.DataFrame] | None = None,
+) -> tuple[StrategyRun, dict[str, Any]]:
+    """One deterministic eval pass of a policy; returns the run and how it was set up."""
+    bundle = load_policy(source, cfg)
+    data = as_bar_dict(bars)
+    scalers = scalers_from(bundle.preprocessing)
+    origin = "policy preprocessing"
+    if not scalers:
+        if scaler_bars is not None:
+            scalers, origin = _fit_scalers(as_bar_dict(scaler_bars)), "training bars"
+        else:
+            scalers, origin = _fit_scalers(data), "evaluated bars (no stored scaler)"
+    if bundle.hierarchical:
+        run = _run_hierarchy(bundle, data, cfg, scalers, seed)
+    else:
+        if len(data) != 1:
+            raise DataError(
+                f"a single-instrument policy needs one instrument, got {len(data)}: "
+                "pick one with --set data.symbols=[SYM]"
+            )
+        sym, frame = next(iter(data.items()))
+        run = _run_single(bundle, sym, frame, cfg, _scaler_for(scalers, sym), seed)
+    return run, {"source": bundle.source, "scaler_origin": origin, "policies": list(bundle.modules)}
+
+
+# --------------------------------------------------------------------------------------------
+# The backtest
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BacktestResult:
+    """Policy and baseline runs on the same bars, their metrics and target checks."""
+
+    runs: dict[str, StrategyRun]
+    metrics: dict[str, dict[str, float]]
+    targets: dict[str, dict[str, dict[str, Any]]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def policy(self) -> StrategyRun | None:
+        """The policy's run (None for a baselines-only backtest)."""
+        return self.runs.get("policy")
+
+
+def evaluate_runs(runs: dict[str, StrategyRun], cfg: AppConfig, **meta: Any) -> BacktestResult:
+    """Metrics and target checks for a set of runs."""
+    mets = {name: strategy_metrics(run, cfg) for name, run in runs.items()}
+    targets = {name: check_targets(m, cfg) for name, m in mets.items()}
+    return BacktestResult(runs, mets, targets, dict(meta))
+
+
+def backtest(
+    policy_source: Any,
+    bars: pd.DataFrame | dict[str, pd.DataFrame],
+    cfg: AppConfig,
+    seed: int = 0,
+    scaler_bars: pd.DataFrame | dict[str, pd.DataFrame] | None = None,
+    include_supervised: bool = True,
+) -> BacktestResult:
+    """Deterministic pass of the policy (None: baselines only) next to every baseline.
+
+    Baselines run on exactly the bars the policy traded (from its first decision bar, after
+    the feature warm-up) with the same costs and starting capital.
+    """
+    from rl_trading.data import fingerprint
+
+    data = as_bar_dict(bars)
+    runs: dict[str, StrategyRun] = {}
+    meta: dict[str, Any] = {"seed": seed, "symbols": list(data)}
+    if policy_source is not None:
+        run, info = run_policy(policy_source, data, cfg, seed=seed, scaler_bars=scaler_bars)
+        runs["policy"] = run
+        meta.update(info)
+        start = data[next(iter(data))].index.get_loc(run.index[0])
+        data = {s: f.iloc[start : start + len(run.equity)] for s, f in data.items()}
+        capital = float(run.equity[0])
+        single = len(info["policies"]) == 1 and META not in info["policies"]
+    else:
+        capital, single = None, False
+    runs.update(
+        run_baselines(
+            data,
+            cfg,
+            seed=seed,
+            include_supervised=include_supervised,
+            capital=capital,
+            rate=cost_rate(cfg, single=single),
+        )
+    )
+    meta["cost_rate"] = cost_rate(cfg, single=single)
+    first = data[next(iter(data))]
+    meta.update(
+        {
+            "start": str(first.index[0]),
+            "end": str(first.index[-1]),
+            "n_bars": len(first),
+            "timeframe": cfg.data.timeframe,
+            "data_fingerprint": fingerprint(data),
+        }
+    )
+    return evaluate_runs(runs, cfg, **meta)

@@ -1,0 +1,217 @@
+"""Baseline strategies as target-weight series, simulated with the environments' cost model.
+
+A strategy is a ``[T, n_instruments]`` array of target weights (fraction of equity, signed)
+decided *after* bar t closes; NaN means "no trade, keep the units held". The simulator uses
+the same timing and costs as the envs (:mod:`envs.execution`): the target is filled at bar
+t+1's open paying ``|traded notional| x (fee + (slippage + spread/2) bps)``, then marked at bar
+t+1's close. ``equity[0]`` is the starting capital at bar 0's close, so every strategy's curve
+has one point per bar and no look-ahead.
+
+Baselines (all on the same bars and cost model as the policy):
+
+* ``flat``: never trades -> zero return.
+* ``buy_and_hold``: 100% of capital split equally at the first fill, then held (drifting).
+* ``equal_weight``: 1/n of equity per instrument, rebalanced every ``rebalance_every`` bars.
+* ``random``: seeded; every bar with probability 1/``mean_hold`` a new uniform weight in
+  ``[-max_position_size, max_position_size]`` (``[0, max]`` without shorts) per instrument,
+  else hold, so its turnover is comparable to a trading policy rather than pure cost.
+* ``supervised``: sign of (P(up) - 0.5) x max_position_size from a saved supervised model
+  (only when :mod:`rl_trading.supervised` and a saved model exist).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from rl_trading.errors import DataError
+
+if TYPE_CHECKING:
+    from rl_trading.config import AppConfig
+
+BASELINES = ("buy_and_hold", "equal_weight", "flat", "random")
+
+
+@dataclass
+class StrategyRun:
+    """One simulated (or env-run) strategy over a block of bars: equity, weights, costs."""
+
+    name: str
+    index: pd.DatetimeIndex
+    symbols: list[str]
+    equity: np.ndarray  # [T], equity at each bar's close (equity[0] = starting capital)
+    weights: np.ndarray  # [T, n], weights held at each bar's close
+    costs: np.ndarray  # [T], trading costs paid during each bar
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def returns(self) -> np.ndarray:
+        """Per-bar simple returns of the equity curve ([T-1])."""
+        eq = np.asarray(self.equity, dtype=np.float64)
+        return eq[1:] / eq[:-1] - 1.0
+
+
+def as_bar_dict(bars: pd.DataFrame | dict[str, pd.DataFrame], name: str = "ASSET") -> dict:
+    """A dict of aligned frames from one frame or a dict (DataError if not aligned)."""
+    out = {name: bars} if isinstance(bars, pd.DataFrame) else dict(bars)
+    if not out:
+        raise DataError("no bars to backtest")
+    first = next(iter(out.values())).index
+    for sym, frame in out.items():
+        if not frame.index.equals(first):
+            raise DataError(f"instrument {sym} is not aligned with the others; align() first")
+        if len(frame) < 3:
+            raise DataError(f"too few bars ({len(frame)}) to backtest {sym}")
+    return out
+
+
+def cost_rate(cfg: AppConfig, single: bool = False) -> float:
+    """Cost per unit of traded notional, as the envs charge it (envs.execution.CostModel).
+
+    The single-instrument TradingEnv charges `train.trading_fee` (reference design); the
+    hierarchical env `env.transaction_cost`; both add slippage and half the spread.
+    """
+    from envs.execution import CostModel
+
+    env = cfg.env
+    fee = cfg.train.trading_fee if single else env.transaction_cost
+    return CostModel(fee, env.slippage_bps, env.spread_bps).rate
+
+
+def simulate_weights(
+    name: str,
+    bars: pd.DataFrame | dict[str, pd.DataFrame],
+    targets: np.ndarray,
+    capital: float,
+    rate: float,
+) -> StrategyRun:
+    """Simulate target weights (decided at close t, filled at open t+1) into an equity curve."""
+    data = as_bar_dict(bars)
+    symbols = list(data)
+    opens = np.column_stack([data[s]["open"].to_numpy(np.float64) for s in symbols])
+    closes = np.column_stack([data[s]["close"].to_numpy(np.float64) for s in symbols])
+    t_len, n = closes.shape
+    targets = np.asarray(targets, dtype=np.float64).reshape(t_len, -1)
+    if targets.shape[1] != n:
+        raise DataError(f"{name}: {targets.shape[1]} target columns for {n} instruments")
+    units = np.zeros(n)
+    cash = float(capital)
+    equity = np.empty(t_len)
+    weights = np.zeros((t_len, n))
+    costs = np.zeros(t_len)
+    equity[0] = cash
+    for t in range(1, t_len):
+        target = targets[t - 1]
+        trade = ~np.isnan(target)
+        if trade.any():
+            price = opens[t]
+            eq_open = cash + float(units @ price)
+            new_units = units.copy()
+            new_units[trade] = target[trade] * eq_open / price[trade]
+            delta = new_units - units
+            traded = np.abs(delta) * price
+            cost = float(traded.sum() * rate)
+            cash -= float(delta @ price) + cost
+            units = new_units
+            costs[t] = cost
+        equity[t] = cash + float(units @ closes[t])
+        if equity[t] > 0:
+            weights[t] = units * closes[t] / equity[t]
+    return StrategyRun(name, data[symbols[0]].index, symbols, equity, weights, costs)
+
+
+def _schedule(t_len: int, n: int) -> np.ndarray:
+    return np.full((t_len, n), np.nan)
+
+
+def flat_targets(t_len: int, n: int) -> np.ndarray:
+    """Never trade."""
+    return _schedule(t_len, n)
+
+
+def buy_and_hold_targets(t_len: int, n: int) -> np.ndarray:
+    """All capital split equally at the first fill, then held without rebalancing."""
+    out = _schedule(t_len, n)
+    out[0] = 1.0 / n
+    return out
+
+
+def equal_weight_targets(t_len: int, n: int, rebalance_every: int = 20) -> np.ndarray:
+    """1/n per instrument, rebalanced every `rebalance_every` bars."""
+    out = _schedule(t_len, n)
+    out[:: max(1, int(rebalance_every))] = 1.0 / n
+    return out
+
+
+def random_targets(
+    t_len: int, n: int, seed: int, max_weight: float, allow_short: bool, mean_hold: int = 20
+) -> np.ndarray:
+    """Seeded random weights, re-drawn with probability 1/`mean_hold` per bar, else held."""
+    rng = np.random.default_rng(seed)
+    low = -max_weight if allow_short else 0.0
+    draws = rng.uniform(low, max_weight, size=(t_len, n))
+    change = rng.random((t_len, n)) < 1.0 / max(1, mean_hold)
+    change[0] = True
+    out = np.where(change, draws, np.nan)
+    return out
+
+
+def supervised_targets(
+    bars: dict[str, pd.DataFrame], cfg: AppConfig, model_type: str | None = None
+) -> np.ndarray | None:
+    """Weights from a saved supervised model's P(up) (None when no such model is available)."""
+    try:
+        from rl_trading.supervised.api import predict_proba
+    except ImportError:
+        return None
+    models = [model_type] if model_type else [m for m in cfg.supervised.models if m != "cnn_lstm"]
+    timeframe = cfg.data.timeframe
+    max_w = cfg.env.max_position_size
+    for mtype in models:
+        cols = []
+        try:
+            for frame in bars.values():
+                proba = predict_proba(mtype, timeframe, frame).reindex(frame.index)
+                p = proba.to_numpy(np.float64)
+                w = np.where(p > 0.5, max_w, -max_w if cfg.env.allow_short else 0.0)
+                cols.append(np.where(np.isnan(p), 0.0, w))
+        except Exception:  # noqa: BLE001 - no saved model / incompatible bars: no baseline
+            continue
+        return np.column_stack(cols)
+    return None
+
+
+def run_baselines(
+    bars: pd.DataFrame | dict[str, pd.DataFrame],
+    cfg: AppConfig,
+    seed: int = 0,
+    include_supervised: bool = True,
+    rebalance_every: int = 20,
+    capital: float | None = None,
+    rate: float | None = None,
+) -> dict[str, StrategyRun]:
+    """Every baseline on the same bars and cost model (random seeded with `seed`).
+
+    `capital` / `rate` default to the hierarchical env's (env.initial_capital, cost_rate).
+    """
+    data = as_bar_dict(bars)
+    t_len, n = len(next(iter(data.values()))), len(data)
+    capital = cfg.env.initial_capital if capital is None else capital
+    rate = cost_rate(cfg) if rate is None else rate
+    schedules = {
+        "buy_and_hold": buy_and_hold_targets(t_len, n),
+        "equal_weight": equal_weight_targets(t_len, n, rebalance_every),
+        "flat": flat_targets(t_len, n),
+        "random": random_targets(t_len, n, seed, cfg.env.max_position_size, cfg.env.allow_short),
+    }
+    if include_supervised:
+        sup = supervised_targets(data, cfg)
+        if sup is not None:
+            schedules["supervised"] = sup
+    return {
+        name: simulate_weights(name, data, targets, capital, rate)
+        for name, targets in schedules.items()
+    }

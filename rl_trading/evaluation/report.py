@@ -1,0 +1,255 @@
+"""Backtest reports: a rich table, a JSON file and PNG plots (matplotlib Agg) in the run dir.
+
+``report.json`` keys: ``meta`` (bars, span, fingerprint, seed, policy source, scaler origin),
+``targets`` (each target metric's configured threshold and comparison), ``strategies``
+(every metric of the policy and each baseline), ``target_checks`` (strategy -> metric ->
+value/target/pass), ``policy_vs_baselines`` (policy minus each baseline on headline metrics)
+and, for walk-forward runs, ``walk_forward`` (folds, seeds, per-run rows and mean / 95% CI).
+Plots: ``equity.png`` (equity curves), ``drawdown.png``, ``positions.png`` (weights over time)
+and ``walk_forward.png`` (mean Sharpe with CI per strategy) when walk-forward ran.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rl_trading.evaluation.backtest import TARGETS, BacktestResult, _cfg_value
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from rl_trading.config import AppConfig
+    from rl_trading.evaluation.walk_forward import WalkForwardResult
+
+HEADLINE = [
+    "total_return",
+    "annualized_return",
+    "sharpe_ratio",
+    "sortino_ratio",
+    "max_drawdown",
+    "win_rate",
+    "profit_factor",
+    "var_compliance",
+    "turnover",
+    "total_costs",
+]
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: numpy scalars to Python, non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def report_dict(
+    result: BacktestResult, cfg: AppConfig, walk: WalkForwardResult | None = None
+) -> dict[str, Any]:
+    """Everything the JSON report holds (see module docstring)."""
+    targets = {m: {"target": _cfg_value(cfg, k), "op": op} for m, (k, op) in TARGETS.items()}
+    out: dict[str, Any] = {
+        "meta": result.meta,
+        "targets": targets,
+        "strategies": result.metrics,
+        "target_checks": result.targets,
+    }
+    if "policy" in result.metrics:
+        pol = result.metrics["policy"]
+        out["policy_vs_baselines"] = {
+            name: {k: pol.get(k, 0.0) - m.get(k, 0.0) for k in HEADLINE if k in pol}
+            for name, m in result.metrics.items()
+            if name != "policy"
+        }
+    if walk is not None:
+        out["walk_forward"] = {
+            "meta": walk.meta,
+            "folds": walk.folds,
+            "seeds": walk.seeds,
+            "n_runs": walk.n_runs,
+            "summary": walk.summary,
+            "rows": walk.rows,
+        }
+    return _clean(out)
+
+
+def _fmt(value: float | None, metric: str) -> str:
+    if value is None or not math.isfinite(value):
+        return "-"
+    if metric in ("total_costs",):
+        return f"{value:,.2f}"
+    return f"{value:.3f}"
+
+
+def render_table(result: BacktestResult, title: str = "Backtest") -> Table:
+    """Rich table: one row per strategy, headline metrics, pass/fail against the targets."""
+    from rich.table import Table
+
+    table = Table(title=title, header_style="bold")
+    table.add_column("strategy")
+    for metric in HEADLINE:
+        table.add_column(metric.replace("_", " "), justify="right")
+    table.add_column("targets", justify="center")
+    for name, mets in result.metrics.items():
+        checks = result.targets.get(name, {})
+        passed = sum(1 for c in checks.values() if c["pass"])
+        flag = "green" if passed == len(checks) else "red" if passed == 0 else "yellow"
+        row = [_fmt(mets.get(m), m) for m in HEADLINE]
+        label = f"[bold]{name}[/]" if name == "policy" else name
+        table.add_row(label, *row, f"[{flag}]{passed}/{len(checks)} pass[/]")
+    return table
+
+
+def render_targets(result: BacktestResult, strategy: str = "policy") -> Table:
+    """Rich table of one strategy's target checks (metric, value, target, PASS/FAIL)."""
+    from rich.table import Table
+
+    table = Table(title=f"{strategy} vs targets", header_style="bold")
+    for col in ("metric", "value", "target", "result"):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for metric, c in result.targets.get(strategy, {}).items():
+        verdict = "[green]PASS[/]" if c["pass"] else "[red]FAIL[/]"
+        table.add_row(metric, _fmt(c["value"], metric), f"{c['op']} {c['target']:g}", verdict)
+    return table
+
+
+def render_walk_forward(walk: WalkForwardResult, metrics: list[str] | None = None) -> Table:
+    """Rich table of mean [95% CI] per strategy over folds x seeds."""
+    from rich.table import Table
+
+    metrics = metrics or ["sharpe_ratio", "total_return", "max_drawdown", "win_rate"]
+    title = f"Walk-forward: {walk.meta.get('n_folds')} folds x {len(walk.seeds)} seeds"
+    table = Table(title=title, header_style="bold")
+    table.add_column("strategy")
+    for m in metrics:
+        table.add_column(f"{m} mean [95% CI]", justify="right")
+    for name, summ in walk.summary.items():
+        cells = []
+        for m in metrics:
+            s = summ.get(m, {})
+            cells.append(
+                f"{_fmt(s.get('mean'), m)} [{_fmt(s.get('ci_low'), m)}, {_fmt(s.get('ci_high'), m)}]"
+            )
+        table.add_row(name, *cells)
+    return table
+
+
+def _drawdown(equity: np.ndarray) -> np.ndarray:
+    peak = np.maximum.accumulate(equity)
+    return np.where(peak > 0, equity / peak - 1.0, 0.0)
+
+
+def write_plots(result: BacktestResult, out_dir: str | Path) -> dict[str, Path]:
+    """equity.png, drawdown.png and positions.png of every run (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for name, run in result.runs.items():
+        eq = np.asarray(run.equity, dtype=np.float64)
+        ax.plot(run.index[: len(eq)], eq / eq[0], label=name, lw=2.0 if name == "policy" else 1.0)
+    ax.set_title("Equity (normalised to 1.0 at start)")
+    ax.set_ylabel("equity / initial")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    paths["equity"] = out_dir / "equity.png"
+    fig.savefig(paths["equity"], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    for name, run in result.runs.items():
+        dd = _drawdown(np.asarray(run.equity, dtype=np.float64))
+        ax.plot(run.index[: len(dd)], dd, label=name, lw=2.0 if name == "policy" else 1.0)
+    ax.set_title("Drawdown")
+    ax.set_ylabel("fraction below peak")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    paths["drawdown"] = out_dir / "drawdown.png"
+    fig.savefig(paths["drawdown"], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    shown = {k: v for k, v in result.runs.items() if k in ("policy", "buy_and_hold", "random")}
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 2.6 * len(shown)), sharex=True)
+    axes = np.atleast_1d(axes)
+    for ax, (name, run) in zip(axes, shown.items(), strict=False):
+        w = np.asarray(run.weights, dtype=np.float64).reshape(len(run.equity), -1)
+        if w.shape[1] == len(run.symbols) and w.shape[1] > 1:
+            ax.stackplot(run.index[: len(w)], np.clip(w, 0, None).T, labels=run.symbols)
+            ax.plot(run.index[: len(w)], w.sum(axis=1), color="k", lw=0.8, label="net")
+        else:
+            for j in range(w.shape[1]):
+                label = run.symbols[j] if j < len(run.symbols) else f"w{j}"
+                ax.plot(run.index[: len(w)], w[:, j], lw=0.9, label=label)
+        ax.set_title(f"{name}: position / allocation (fraction of equity)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=7, ncol=4)
+    fig.autofmt_xdate()
+    paths["positions"] = out_dir / "positions.png"
+    fig.savefig(paths["positions"], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def write_walk_forward_plot(walk: WalkForwardResult, out_dir: str | Path) -> Path:
+    """walk_forward.png: mean Sharpe per strategy with its 95% CI as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    names = list(walk.summary)
+    means = [walk.summary[n]["sharpe_ratio"]["mean"] for n in names]
+    lows = [walk.summary[n]["sharpe_ratio"]["ci_low"] for n in names]
+    highs = [walk.summary[n]["sharpe_ratio"]["ci_high"] for n in names]
+    err = np.nan_to_num(np.array([np.subtract(means, lows), np.subtract(highs, means)]))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(
+        names, means, yerr=err, capsize=5, color=["C3" if n == "policy" else "C0" for n in names]
+    )
+    ax.axhline(0.0, color="k", lw=0.8)
+    ax.set_title(
+        f"Sharpe ratio, mean and 95% CI over {walk.meta.get('n_folds')} folds x "
+        f"{len(walk.seeds)} seeds"
+    )
+    path = Path(out_dir) / "walk_forward.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def write_report(
+    result: BacktestResult,
+    out_dir: str | Path,
+    cfg: AppConfig,
+    walk: WalkForwardResult | None = None,
+) -> dict[str, Path]:
+    """Write report.json and the PNG plots into `out_dir`; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = write_plots(result, out_dir)
+    if walk is not None:
+        paths["walk_forward"] = write_walk_forward_plot(walk, out_dir)
+    paths["report"] = out_dir / "report.json"
+    paths["report"].write_text(json.dumps(report_dict(result, cfg, walk), indent=2))
+    return paths
