@@ -139,9 +139,8 @@ def render_walk_forward(walk: WalkForwardResult, metrics: list[str] | None = Non
         cells = []
         for m in metrics:
             s = summ.get(m, {})
-            cells.append(
-                f"{_fmt(s.get('mean'), m)} [{_fmt(s.get('ci_low'), m)}, {_fmt(s.get('ci_high'), m)}]"
-            )
+            lo, hi = _fmt(s.get("ci_low"), m), _fmt(s.get("ci_high"), m)
+            cells.append(f"{_fmt(s.get('mean'), m)} [{lo}, {hi}]")
         table.add_row(name, *cells)
     return table
 
