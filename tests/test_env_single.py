@@ -1,0 +1,213 @@
+"""TradingEnv: gymnasium API, reward/P&L reconciliation, costs, stop-loss, no look-ahead."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from envs import TradingEnv
+from rl_trading.config import AppConfig
+from rl_trading.errors import ConfigError
+
+
+def make_bars(n: int = 400, seed: int = 0, vol: float = 0.01, flat: bool = False) -> pd.DataFrame:
+    """Tiny seeded random-walk bars (or constant prices when `flat`)."""
+    rng = np.random.default_rng(seed)
+    index = pd.date_range("2024-01-01", periods=n, freq="1min", tz="UTC", name="timestamp")
+    if flat:
+        close = np.full(n, 100.0)
+        open_ = close.copy()
+    else:
+        close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, vol, n)))
+        open_ = np.concatenate([[100.0], close[:-1]]) * np.exp(rng.normal(0.0, vol / 5, n))
+    high = np.maximum(open_, close) * (1.0 + (0.0 if flat else 0.001))
+    low = np.minimum(open_, close) * (1.0 - (0.0 if flat else 0.001))
+    volume = np.full(n, 1000.0) if flat else rng.uniform(500, 1500, n)
+    return pd.DataFrame(
+        {"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index
+    )
+
+
+def run(env: TradingEnv, actions, seed: int = 0):
+    """Step through `actions` (cycled); returns observations, rewards and infos."""
+    obs, info = env.reset(seed=seed)
+    observations, rewards, infos = [obs], [], [info]
+    for k in range(100_000):
+        obs, reward, term, trunc, info = env.step(actions[k % len(actions)])
+        observations.append(obs)
+        rewards.append(reward)
+        infos.append(info)
+        if term or trunc:
+            break
+    return observations, np.array(rewards), infos
+
+
+@pytest.mark.parametrize("action_type", ["continuous", "discrete"])
+@pytest.mark.parametrize("allow_short", [True, False])
+def test_gymnasium_check_env(action_type, allow_short):
+    env = TradingEnv(
+        bars=make_bars(), window_size=10, action_type=action_type, allow_short=allow_short
+    )
+    check_env(env, skip_render_check=True)
+    expected = (3 if allow_short else 2) if action_type == "discrete" else None
+    if expected is not None:
+        assert env.action_space.n == expected
+    assert env.observation_space.shape == (10 * env.obs_layout()["n_features"] + 3,)
+
+
+@pytest.mark.parametrize("action_type", ["continuous", "discrete"])
+def test_log_return_rewards_sum_to_log_equity_ratio(action_type):
+    env = TradingEnv(
+        bars=make_bars(600, seed=1, vol=0.02),
+        window_size=5,
+        action_type=action_type,
+        episode_length=300,
+        stop_loss_pct=0.03,
+        slippage_bps=2.0,
+        spread_bps=1.0,
+    )
+    env.action_space.seed(4)
+    actions = [env.action_space.sample() for _ in range(50)]
+    _, rewards, infos = run(env, actions)
+    final = infos[-1]["equity"]
+    assert len(rewards) == 300
+    assert infos[-1]["total_costs"] > 0
+    assert abs(rewards.sum() - math.log(final / env.initial_balance)) < 1e-9
+    summary = env.episode_summary()
+    assert summary["equity"][-1] == pytest.approx(final)
+    assert summary["metrics"]["total_return"] == pytest.approx(final / 10_000 - 1)
+
+
+def test_flat_prices_trading_costs_exactly_the_fees():
+    fee, slip, spread = 0.002, 3.0, 2.0
+    env = TradingEnv(
+        bars=make_bars(200, flat=True),
+        window_size=5,
+        trading_fee=fee,
+        slippage_bps=slip,
+        spread_bps=spread,
+        max_position_size=0.5,
+        stop_loss_pct=0.0,
+        random_start=False,
+        episode_length=50,
+    )
+    rate = fee + (slip + spread / 2) * 1e-4
+    # long, hold, flat, short, flat: four fills
+    _, rewards, infos = run(env, [np.array([1.0]), np.array([1.0]), np.array([0.0])] * 2)
+    costs = sum(i["cost"] for i in infos[1:])
+    assert costs > 0
+    equity = infos[-1]["equity"]
+    assert equity < env.initial_balance
+    assert env.initial_balance - equity == pytest.approx(costs, rel=1e-12, abs=1e-9)
+    # first fill: 0.5 x 10,000 notional
+    assert infos[1]["cost"] == pytest.approx(0.5 * 10_000 * rate, rel=1e-12)
+    assert infos[2]["cost"] == 0.0  # unchanged target: no trade
+    # doing nothing costs nothing
+    _, _, idle = run(env, [np.array([0.0])])
+    assert idle[-1]["equity"] == env.initial_balance
+
+
+def test_stop_loss_fires_and_is_reported():
+    bars = make_bars(200, flat=True)
+    crash_from = 120
+    bars.iloc[crash_from:, bars.columns.get_loc("close")] = 90.0
+    bars.iloc[crash_from + 1 :, bars.columns.get_loc("open")] = 90.0
+    bars.iloc[crash_from:, bars.columns.get_loc("low")] = 90.0
+    env = TradingEnv(
+        bars=bars,
+        window_size=5,
+        stop_loss_pct=0.05,
+        eval_mode=True,
+        action_type="discrete",
+        trading_fee=0.0,
+        slippage_bps=0.0,
+    )
+    _, rewards, infos = run(env, [2])  # always long
+    stops = [i for i in infos[1:] if i["stop_loss"]]
+    assert len(stops) >= 1
+    first = stops[0]
+    assert first["bar"] == crash_from
+    assert first["position"] == 0.0
+    # loss = 10% of the long exposure (max_position_size 0.1 of equity)
+    assert first["equity"] == pytest.approx(10_000 * (1 - 0.1 * 0.1), rel=1e-9)
+    assert infos[-1]["stop_losses"] == len(stops)
+    assert abs(rewards.sum() - math.log(infos[-1]["equity"] / 10_000)) < 1e-9
+
+
+def test_determinism_and_pickling():
+    bars = make_bars(500, seed=2)
+
+    def trajectory(env):
+        env.action_space.seed(9)
+        acts = [env.action_space.sample() for _ in range(40)]
+        obs, rew, infos = run(env, acts, seed=5)
+        return np.stack(obs), rew, [i["equity"] for i in infos]
+
+    a = trajectory(TradingEnv(bars=bars, window_size=8, episode_length=100))
+    b = trajectory(TradingEnv(bars=bars, window_size=8, episode_length=100))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+    env = TradingEnv(bars=bars, window_size=8, episode_length=100)
+    env.reset(seed=1)
+    env.step(np.array([0.5]))
+    clone = pickle.loads(pickle.dumps(env))
+    out1 = env.step(np.array([-0.3]))
+    out2 = clone.step(np.array([-0.3]))
+    np.testing.assert_array_equal(out1[0], out2[0])
+    assert out1[1] == out2[1] and out1[4]["equity"] == out2[4]["equity"]
+
+
+def test_no_look_ahead_when_future_bars_are_cut():
+    bars = make_bars(400, seed=3)
+    cut = 250
+    full = TradingEnv(bars=bars, window_size=10, eval_mode=True)
+    short = TradingEnv(bars=bars.iloc[:cut], window_size=10, eval_mode=True, scaler=full.scaler)
+    acts = [np.array([a]) for a in (1.0, 0.3, -0.7, 0.0, -1.0, 0.6)]
+    obs_f, rew_f, _ = run(full, acts)
+    obs_s, rew_s, _ = run(short, acts)
+    n = len(rew_s)
+    assert n == cut - 1 - full.first_bar
+    np.testing.assert_array_equal(np.stack(obs_f[: n + 1]), np.stack(obs_s))
+    np.testing.assert_array_equal(rew_f[:n], rew_s)
+
+
+@pytest.mark.parametrize("kind", ["differential_sharpe", "sortino", "drawdown"])
+def test_other_reward_kinds_are_finite_and_differ(kind):
+    bars = make_bars(400, seed=4)
+    acts = [np.array([a]) for a in (1.0, -1.0, 0.5)]
+    _, base, _ = run(TradingEnv(bars=bars, window_size=5, episode_length=100), acts)
+    _, rew, _ = run(TradingEnv(bars=bars, window_size=5, episode_length=100, reward=kind), acts)
+    assert np.isfinite(rew).all()
+    assert not np.allclose(rew, base)
+
+
+def test_transaction_cost_weight_zero_rewards_gross_pnl():
+    bars = make_bars(200, flat=True)
+    env = TradingEnv(bars=bars, window_size=5, transaction_cost_weight=0.0, episode_length=40)
+    _, rew, infos = run(env, [np.array([1.0]), np.array([-1.0])])
+    assert infos[-1]["total_costs"] > 0
+    assert np.abs(rew).max() < 1e-6  # flat prices: no gross P&L, costs not in the reward
+
+
+def test_config_object_and_bad_configuration():
+    cfg = AppConfig()
+    cfg.train.window_size = 7
+    env = TradingEnv(cfg, bars=make_bars())
+    assert env.window == 7 and cfg.train.window_size == 7
+    with pytest.raises(ConfigError):
+        TradingEnv(bars=make_bars(), reward="sharpe_of_dreams")
+    with pytest.raises(ConfigError):
+        TradingEnv(bars=make_bars(), no_such_option=1)
+    with pytest.raises(ConfigError):
+        TradingEnv(bars=make_bars(100), window_size=100)
+    nan_bars = make_bars()
+    nan_bars.iloc[50, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        TradingEnv(bars=nan_bars)
+    with pytest.raises(ValueError, match="lack columns"):
+        TradingEnv(bars=make_bars().drop(columns=["volume"]))
