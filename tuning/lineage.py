@@ -1,0 +1,127 @@
+"""PBT lineage: the exploit/explore log PBT writes, and a PNG of each hyperparameter over time.
+
+PBT appends one JSON line per exploit to `pbt_global.txt` in the experiment folder:
+`[target tag, source tag, target iteration, source iteration, source config, new config]`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuning.trainable import HPARAM_FIELDS, trial_index
+
+GLOBAL_LOG = "pbt_global.txt"
+
+
+def _tag_index(tag: str) -> int:
+    """Trial index from PBT's experiment tag (`"3_lr=0.001,..."` -> 3)."""
+    head = str(tag).split("_", 1)[0]
+    return int(head) if head.isdigit() else -1
+
+
+def find_global_log(experiment_path: str | Path) -> Path | None:
+    """`pbt_global.txt` of an experiment (searched below it as well), or None."""
+    root = Path(experiment_path)
+    direct = root / GLOBAL_LOG
+    if direct.is_file():
+        return direct
+    found = sorted(root.rglob(GLOBAL_LOG))
+    return found[0] if found else None
+
+
+def read_exploits(experiment_path: str | Path) -> pd.DataFrame:
+    """One row per exploit: target/source trial index, iterations, old and new hyperparameters."""
+    cols = ["target", "source", "target_iter", "source_iter"]
+    cols += [f"{p}_{k}" for k in HPARAM_FIELDS for p in ("old", "new")]
+    path = find_global_log(experiment_path)
+    if path is None:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        target, source, t_iter, s_iter, old_cfg, new_cfg = json.loads(line)
+        row: dict[str, Any] = {
+            "target": _tag_index(target),
+            "source": _tag_index(source),
+            "target_iter": int(t_iter),
+            "source_iter": int(s_iter),
+        }
+        for key in HPARAM_FIELDS:
+            row[f"old_{key}"] = old_cfg.get(key)
+            row[f"new_{key}"] = new_cfg.get(key)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def trial_histories(results: Any) -> dict[int, pd.DataFrame]:
+    """`{trial index: per-iteration dataframe}` from a Tune ResultGrid (progress.csv rows)."""
+    out: dict[int, pd.DataFrame] = {}
+    for result in results:
+        df = result.metrics_dataframe
+        if df is None or df.empty:
+            continue
+        trial_id = str((result.metrics or {}).get("trial_id", Path(result.path).name))
+        out[trial_index(trial_id)] = df.reset_index(drop=True)
+    return out
+
+
+def plot_lineage(
+    results: Any, exploits: pd.DataFrame, metric: str, path: str | Path
+) -> Path | None:
+    """PNG with one panel per hyperparameter (+ the objective) over iterations, per trial.
+
+    Exploits show as a marker where the target trial took over the source trial's weights.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histories = trial_histories(results)
+    if not histories:
+        return None
+    panels = [k for k in HPARAM_FIELDS if any(f"hp/{k}" in d for d in histories.values())]
+    panels.append(metric)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels)), sharex=True)
+    axes = list(axes) if len(panels) > 1 else [axes]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for idx, df in sorted(histories.items()):
+        color = colors[idx % len(colors)]
+        x = df["training_iteration"] if "training_iteration" in df else df.index + 1
+        for ax, key in zip(axes, panels, strict=True):
+            col = key if key == metric else f"hp/{key}"
+            if col not in df:
+                continue
+            ax.step(x, df[col], where="post", color=color, label=f"trial {idx}")
+            hits = exploits[exploits["target"] == idx] if not exploits.empty else exploits
+            for _, ev in hits.iterrows():
+                after = df[x > ev["source_iter"]]
+                if not after.empty and col in after:
+                    ax.plot(
+                        after.iloc[0]["training_iteration"]
+                        if "training_iteration" in after
+                        else ev["source_iter"] + 1,
+                        after.iloc[0][col],
+                        marker="o",
+                        color=color,
+                        markersize=6,
+                        markeredgecolor="black",
+                    )
+    for ax, key in zip(axes, panels, strict=True):
+        ax.set_ylabel(key)
+        if key == "lr":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=7, ncol=4)
+    axes[-1].set_xlabel("training iteration")
+    fig.suptitle(f"PBT lineage ({len(exploits)} exploits; dots: after an exploit)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

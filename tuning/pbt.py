@@ -1,0 +1,354 @@
+"""Population-Based Training of one RL phase with Ray Tune, and what it leaves behind.
+
+`run_pbt(cfg, phase, train_bars, val_bars)` runs a `tune.Tuner` over :class:`PhaseTrainable`
+with `PopulationBasedTraining` mutating lr, gamma, clip_param, lambda and entropy_coeff inside
+the ranges of `cfg.tuning`, logs every trial to MLflow, keeps the checkpoints PBT needs, can be
+resumed after an interruption, and writes `best.json`, `trials.csv` and `lineage.png` into the
+run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from rl_trading.config import AppConfig
+from rl_trading.errors import CheckpointError, ConfigError, RLTradingError
+from tuning.trainable import HPARAM_FIELDS, PhaseTrainable, RunnerFactory
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+EXPERIMENT_DIR = "tune"  # Tune experiment folder inside the run directory
+BEST_FILE = "best.json"
+TABLE_FILE = "trials.csv"
+LINEAGE_FILE = "lineage.png"
+LOG_SCALE = {"lr"}  # hyperparameters sampled / plotted on a log scale
+
+
+@dataclass
+class PBTResult:
+    """Outcome of a PBT run: best hyperparameters and checkpoint, trial table, lineage plot."""
+
+    best_config: dict[str, float]
+    best_checkpoint: str | None
+    table: pd.DataFrame
+    lineage_png: Path | None
+    run_dir: Path
+    metric: str
+    best_metric: float
+    best_trial: str
+    ppo_overrides: dict[str, float] = field(default_factory=dict)
+
+
+def hparam_ranges(cfg: AppConfig) -> dict[str, tuple[float, float]]:
+    """`{trial key: (low, high)}` from `cfg.tuning`, checked (low <= high, lr > 0)."""
+    tuning = cfg.tuning
+    ranges = {
+        "lr": tuning.lr,
+        "gamma": tuning.gamma,
+        "clip_param": tuning.clip_param,
+        "lambda": tuning.gae_lambda,
+        "entropy_coeff": tuning.entropy_coeff,
+    }
+    for key, (low, high) in ranges.items():
+        if low > high:
+            raise ConfigError(f"tuning range for '{key}' is empty: ({low}, {high})")
+        if key == "lr" and low <= 0:
+            raise ConfigError("tuning.lr range must be positive")
+        if key in ("gamma", "lambda") and high > 1.0:
+            raise ConfigError(f"tuning range for '{key}' must stay <= 1")
+    return {k: (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
+
+
+def search_space(ranges: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    """Tune domains for the initial population and for PBT's resampling."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, (low, high) in ranges.items():
+        if low == high:
+            space[key] = tune.choice([low])
+        elif key in LOG_SCALE:
+            space[key] = tune.loguniform(low, high)
+        else:
+            space[key] = tune.uniform(low, high)
+    return space
+
+
+class ClipToRanges:
+    """PBT `custom_explore_fn`: keep every perturbed value inside its configured range.
+
+    PBT multiplies values by 0.8 or 1.2, which could push gamma above 1 or lr out of range.
+    """
+
+    def __init__(self, ranges: Mapping[str, tuple[float, float]]) -> None:
+        self.ranges = dict(ranges)
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Clip the hyperparameters of `config` in place and return it."""
+        for key, (low, high) in self.ranges.items():
+            if key in config:
+                config[key] = float(min(max(float(config[key]), low), high))
+        return config
+
+
+def make_scheduler(cfg: AppConfig) -> Any:
+    """`PopulationBasedTraining` over the training iterations with the cfg.tuning knobs."""
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    ranges = hparam_ranges(cfg)
+    return PopulationBasedTraining(
+        time_attr="training_iteration",
+        perturbation_interval=cfg.tuning.perturbation_interval,
+        hyperparam_mutations=search_space(ranges),
+        quantile_fraction=cfg.tuning.quantile_fraction,
+        resample_probability=cfg.tuning.resample_probability,
+        custom_explore_fn=ClipToRanges(ranges),
+        log_config=True,
+        require_attrs=True,
+    )
+
+
+def ppo_overrides(hparams: Mapping[str, float]) -> dict[str, float]:
+    """Trial hyperparameters as `cfg.ppo` field names (`lambda` -> `gae_lambda`)."""
+    return {HPARAM_FIELDS[k]: float(v) for k, v in hparams.items() if k in HPARAM_FIELDS}
+
+
+def apply_hparams(cfg: AppConfig, hparams: Mapping[str, float]) -> AppConfig:
+    """A copy of `cfg` whose `ppo` section carries the trial's hyperparameters."""
+    ppo = cfg.ppo.model_copy(update=ppo_overrides(hparams))
+    return cfg.model_copy(update={"ppo": ppo})
+
+
+def default_run_dir(cfg: AppConfig, phase: int) -> Path:
+    """`<cfg.run_dir>/pbt_phase<N>` (timestamp filled in)."""
+    return cfg.resolved_run_dir() / f"pbt_phase{phase}"
+
+
+def _mlflow_callback(cfg: AppConfig, phase: int) -> Any:
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+    from rl_trading.tracking import configure_mlflow, ensure_experiment, standard_tags
+
+    uri = configure_mlflow(cfg.tracking.tracking_uri)  # absolute (workspace SQLite by default)
+    name = f"{cfg.train.experiment_name}_pbt_phase{phase}"
+    ensure_experiment(name)
+    tags = standard_tags({"kind": "pbt", "phase": str(phase), "metric": cfg.tuning.metric})
+    # Params are logged once, at trial end (the final config): PBT changes a trial's config on
+    # every exploit and MLflow params are immutable. The schedule itself is in the `hp/*` metrics.
+    return MLflowLoggerCallback(
+        tracking_uri=uri,
+        registry_uri=uri,
+        experiment_name=name,
+        tags=tags,
+        save_artifact=False,
+        log_params_on_trial_end=True,
+    )
+
+
+def run_pbt(
+    cfg: AppConfig,
+    phase: int,
+    train_bars: Mapping[str, Any] | None = None,
+    val_bars: Mapping[str, Any] | None = None,
+    *,
+    runner_factory: RunnerFactory | None = None,
+    run_dir: str | Path | None = None,
+    population: int | None = None,
+    iterations: int | None = None,
+    resume: bool = False,
+    phase1_checkpoint: str | None = None,
+    mlflow: bool = True,
+    verbose: int = 0,
+) -> PBTResult:
+    """Run (or resume) PBT for one phase and return the best config, checkpoint and reports.
+
+    `runner_factory(hparams, seed)` builds the phase runner; by default the RLlib phase from
+    :mod:`rl_trading.training` on `train_bars`, validated on `val_bars`.
+    """
+    from ray import tune
+
+    from rl_trading.ray_utils import init_ray
+
+    if phase not in (1, 2, 3):
+        raise ConfigError(f"phase must be 1, 2 or 3 (got {phase})")
+    population = population or cfg.tuning.population
+    iterations = iterations or cfg.tuning.iterations
+    if population < 2:
+        raise ConfigError("PBT needs a population of at least 2 trials")
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, phase)
+    run_dir = run_dir.resolve()
+    exp_path = run_dir / EXPERIMENT_DIR
+
+    if runner_factory is None:
+        from tuning.phase_runner import PhaseRunnerFactory
+
+        if train_bars is None or val_bars is None:
+            raise ConfigError("run_pbt needs train_bars and val_bars for the RLlib phase runner")
+        runner_factory = PhaseRunnerFactory(cfg, phase, train_bars, val_bars, phase1_checkpoint)
+
+    if resume and not (exp_path / "tuner.pkl").is_file():
+        raise CheckpointError(f"no resumable PBT run at {exp_path}")
+    if not resume and exp_path.exists() and any(exp_path.iterdir()):
+        raise ConfigError(f"{exp_path} already holds a PBT run; use --resume or a new run dir")
+
+    init_ray(cfg.resources.address, cfg.resources.num_cpus)
+    random.seed(cfg.seed)  # PBT's explore step draws from `random` and numpy's global RNG
+    np.random.seed(cfg.seed)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(PhaseTrainable, runner_factory=runner_factory),
+        {"cpu": cfg.tuning.cpus_per_trial},
+    )
+    if resume:
+        if not tune.Tuner.can_restore(str(exp_path)):
+            raise CheckpointError(f"no resumable PBT run at {exp_path}")
+        tuner = tune.Tuner.restore(
+            str(exp_path), trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tuner = _new_tuner(cfg, phase, trainable, run_dir, population, iterations, mlflow, verbose)
+    results = tuner.fit()
+    return summarize(results, cfg, phase, run_dir, population, iterations)
+
+
+def _new_tuner(
+    cfg: AppConfig,
+    phase: int,
+    trainable: Any,
+    run_dir: Path,
+    population: int,
+    iterations: int,
+    mlflow: bool,
+    verbose: int,
+) -> Any:
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    interval = cfg.tuning.perturbation_interval
+    param_space = {
+        **search_space(hparam_ranges(cfg)),
+        "seed": cfg.seed,
+        "metric": cfg.tuning.metric,
+        "phase": phase,
+    }
+    run_config = tune.RunConfig(
+        name=EXPERIMENT_DIR,
+        storage_path=str(run_dir),
+        stop={"training_iteration": iterations},
+        # PBT clones the latest checkpoint of a top trial: checkpoint on its interval, keep a
+        # few per trial (PBT warns below 3) and always the final one (the best checkpoint).
+        checkpoint_config=tune.CheckpointConfig(
+            num_to_keep=max(3, 2 + iterations // max(interval, 1) // 4),
+            checkpoint_frequency=interval,
+            checkpoint_at_end=True,
+        ),
+        failure_config=tune.FailureConfig(max_failures=1),
+        callbacks=[_mlflow_callback(cfg, phase)] if mlflow else [],
+        verbose=verbose,
+    )
+    tune_config = tune.TuneConfig(
+        scheduler=make_scheduler(cfg),
+        metric=cfg.tuning.metric,
+        mode=cfg.tuning.mode,
+        num_samples=population,
+        reuse_actors=True,
+        search_alg=BasicVariantGenerator(random_state=cfg.seed),
+    )
+    return tune.Tuner(
+        trainable, param_space=param_space, tune_config=tune_config, run_config=run_config
+    )
+
+
+def summarize(
+    results: Any,
+    cfg: AppConfig,
+    phase: int,
+    run_dir: Path,
+    population: int,
+    iterations: int,
+) -> PBTResult:
+    """Best trial, table (CSV), lineage PNG and `best.json` from a finished ResultGrid."""
+    from tuning.lineage import plot_lineage, read_exploits
+    from tuning.results import trials_table
+
+    metric, mode = cfg.tuning.metric, cfg.tuning.mode
+    exp_path = Path(results.experiment_path)
+    exploits = read_exploits(exp_path)
+    table = trials_table(results, metric, mode, exploits)
+    table.to_csv(run_dir / TABLE_FILE, index=False)
+    try:
+        best = results.get_best_result(metric=metric, mode=mode, scope="last")
+    except RuntimeError:
+        best = None
+    if best is None or best.metrics is None or metric not in best.metrics:
+        errors = "; ".join(str(e).splitlines()[0] for e in results.errors[:2])
+        detail = f": {errors}" if errors else ""
+        raise RLTradingError(f"PBT produced no trial with '{metric}'{detail}")
+    lineage_png = plot_lineage(results, exploits, metric, run_dir / LINEAGE_FILE)
+    hparams = {k: float(best.config[k]) for k in HPARAM_FIELDS if k in best.config}
+    checkpoint = best.checkpoint.path if best.checkpoint is not None else None
+    out = PBTResult(
+        best_config=hparams,
+        best_checkpoint=checkpoint,
+        table=table,
+        lineage_png=lineage_png,
+        run_dir=run_dir,
+        metric=metric,
+        best_metric=float(best.metrics[metric]),
+        best_trial=Path(best.path).name,
+        ppo_overrides=ppo_overrides(hparams),
+    )
+    write_best(out, cfg, phase, population, iterations, exp_path, len(exploits))
+    return out
+
+
+def write_best(
+    result: PBTResult,
+    cfg: AppConfig,
+    phase: int,
+    population: int,
+    iterations: int,
+    exp_path: Path,
+    n_exploits: int,
+) -> Path:
+    """Write `best.json` (picked up by the model registry) into the run directory."""
+    payload = {
+        "phase": phase,
+        "metric": result.metric,
+        "mode": cfg.tuning.mode,
+        "best_metric": result.best_metric,
+        "best_trial": result.best_trial,
+        "best_config": result.best_config,
+        "ppo_overrides": result.ppo_overrides,
+        "best_checkpoint": result.best_checkpoint,
+        "experiment_path": str(exp_path),
+        "trials_csv": str(result.run_dir / TABLE_FILE),
+        "lineage_png": str(result.lineage_png) if result.lineage_png else None,
+        "population": population,
+        "iterations": iterations,
+        "n_exploits": n_exploits,
+        "seed": cfg.seed,
+    }
+    path = result.run_dir / BEST_FILE
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def load_best(run_dir: str | Path) -> dict[str, Any]:
+    """Read `best.json` of a PBT run directory."""
+    path = Path(run_dir) / BEST_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no {BEST_FILE} in {run_dir}")
+    return json.loads(path.read_text())

@@ -1,0 +1,65 @@
+"""The table of PBT trials: one row per trial, as a DataFrame, a CSV and a rich table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tuning.trainable import HPARAM_FIELDS, trial_index
+
+
+def trials_table(results: Any, metric: str, mode: str, exploits: pd.DataFrame) -> pd.DataFrame:
+    """Final hyperparameters, final and best objective, iterations and exploits per trial."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = str(metrics.get("trial_id", Path(result.path).name))
+        idx = trial_index(trial_id)
+        history = result.metrics_dataframe
+        values = (
+            history[metric].dropna()
+            if history is not None and metric in history
+            else pd.Series(dtype=float)
+        )
+        best = (values.max() if mode == "max" else values.min()) if len(values) else math.nan
+        row: dict[str, Any] = {
+            "trial": idx,
+            "trial_id": trial_id,
+            "status": "error" if result.error else "done",
+            "iterations": int(metrics.get("training_iteration", 0)),
+            metric: float(metrics.get(metric, math.nan)),
+            f"best_{metric}": float(best),
+            "exploits": int((exploits["target"] == idx).sum()) if not exploits.empty else 0,
+        }
+        for key in HPARAM_FIELDS:
+            if key in (result.config or {}):
+                row[key] = float(result.config[key])
+        row["checkpoint"] = result.checkpoint.path if result.checkpoint is not None else ""
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        table = table.sort_values(metric, ascending=(mode == "min"), na_position="last")
+    return table.reset_index(drop=True)
+
+
+def render_table(table: pd.DataFrame, metric: str) -> Any:
+    """A rich Table of the trials (best first)."""
+    from rich.table import Table
+
+    out = Table(title=f"PBT trials (by {metric})")
+    shown = [c for c in table.columns if c not in ("trial_id", "checkpoint")]
+    for col in shown:
+        out.add_column(col, justify="right" if col != "status" else "left")
+    for _, row in table.iterrows():
+        cells = []
+        for col in shown:
+            value = row[col]
+            if isinstance(value, float):
+                cells.append(f"{value:.3g}" if col == "lr" else f"{value:.4f}")
+            else:
+                cells.append(str(value))
+        out.add_row(*cells)
+    return out
