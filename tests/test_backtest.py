@@ -168,3 +168,32 @@ def test_policy_backtest_single_instrument(cfg, bars, tmp_path):
     np.testing.assert_allclose(again.runs["policy"].equity, pol.equity, rtol=1e-12)
     out = report_dict(res, cfg)
     assert "policy_vs_baselines" in out and "buy_and_hold" in out["policy_vs_baselines"]
+
+
+def test_policy_backtest_hierarchy(cfg, bars, tmp_path):
+    from envs import HierarchicalTradingEnv
+    from policies import module_spec
+
+    env = HierarchicalTradingEnv(cfg, bars=bars, mode="joint", eval_mode=True)
+    root = tmp_path / "ckpt" / "learner_group" / "learner" / "rl_module"
+    torch.manual_seed(1)
+    for agent in env.possible_agents:
+        module = module_spec(
+            cfg, agent, env.observation_space(agent), env.action_space(agent)
+        ).build()
+        with torch.no_grad():
+            for p in module.parameters():
+                p.normal_(0.0, 0.3)
+        module.save_to_path(root / agent)
+    res = backtest(tmp_path / "ckpt", bars, cfg, seed=0, include_supervised=False)
+    pol = res.runs["policy"]
+    assert res.meta["env"] == "hierarchical"
+    assert pol.weights.shape == (len(pol.equity), 2)
+    assert pol.extra["mode"] == "joint"
+    assert 0.0 <= res.metrics["policy"]["risk_limit_compliance"] <= 1.0
+    assert res.runs["buy_and_hold"].equity[0] == pol.equity[0] == cfg.env.initial_capital
+    assert len(res.runs["equal_weight"].equity) == len(pol.equity)
+    # Phase-1 checkpoints (specialists only) run in "specialists" mode.
+    (root / "meta").rename(tmp_path / "meta_aside")
+    res1 = backtest(tmp_path / "ckpt", bars, cfg, seed=0, include_supervised=False)
+    assert res1.runs["policy"].extra["mode"] == "specialists"

@@ -121,8 +121,8 @@ class PolicyBundle:
 
     @property
     def hierarchical(self) -> bool:
-        """Whether this is a specialists + meta hierarchy."""
-        return META in self.modules
+        """Specialists (+ meta): run in the hierarchical env (phase 1 ids: specialists only)."""
+        return any(p == META or p.startswith("specialist") for p in self.modules)
 
     @property
     def shared_specialist(self) -> bool:
@@ -255,16 +255,15 @@ def _run_hierarchy(
 ) -> StrategyRun:
     from envs import HierarchicalTradingEnv
 
+    mode = "joint" if META in bundle.modules else "specialists"
     kwargs: dict[str, Any] = {}
     if scalers:
         kwargs["scalers"] = {sym: _scaler_for(scalers, sym) for sym in bars}
-    env = HierarchicalTradingEnv(cfg, bars=bars, mode="joint", eval_mode=True, **kwargs)
+    env = HierarchicalTradingEnv(cfg, bars=bars, mode=mode, eval_mode=True, **kwargs)
     shared = bundle.shared_specialist
-    agents = list(env.possible_agents)
-    specialists = sorted(a for a in agents if a != META)
+    specialists = sorted(a for a in env.possible_agents if a != META)
     one_hot = {a: np.eye(len(specialists), dtype=np.float32)[i] for i, a in enumerate(specialists)}
     obs, _ = env.reset(seed=seed)
-    costs = []
     while env.agents:
         actions = {}
         for agent, o in obs.items():
@@ -277,27 +276,22 @@ def _run_hierarchy(
             if pid not in bundle.modules:
                 raise CheckpointError(f"policy has no module for agent '{agent}' ({pid})")
             actions[agent] = bundle.act(pid, np.asarray(o, np.float32)[None])[0]
-        obs, _, terms, truncs, infos = env.step(actions)
-        info = next(iter(infos.values()), {}) if infos else {}
-        costs.append(float(info.get("cost", 0.0)) if isinstance(info, dict) else 0.0)
-        if all(terms.get(a, False) or truncs.get(a, False) for a in actions):
+        obs, _, terms, truncs, _ = env.step(actions)
+        if any(terms.values()) or all(truncs.values()):
             break
     summ = env.episode_summary()
     equity = np.asarray(summ["equity"], dtype=np.float64)
     index = pd.DatetimeIndex(summ["timestamps"])
-    raw_w = summ.get("weights", summ.get("positions"))
-    weights = np.asarray(raw_w, dtype=np.float64).reshape(len(equity), -1)
-    cost_arr = np.zeros(len(equity))
-    cost_arr[-1] = float(summ.get("total_costs", sum(costs)))
-    extra: dict[str, Any] = {}
-    if "breaches" in summ:
-        breaches = np.asarray(summ["breaches"], dtype=bool)
-        extra["risk_limit_compliance"] = float(1.0 - breaches.mean()) if breaches.size else 1.0
-    for key in ("stop_losses", "trades"):
-        if key in summ:
-            extra[key] = summ[key]
+    weights = np.asarray(summ["exposures"], dtype=np.float64).reshape(len(equity), -1)
+    costs = np.zeros(len(equity))
+    raw_costs = np.asarray(summ.get("costs", []), dtype=np.float64).reshape(-1)
+    costs[-len(raw_costs) :] = raw_costs[-len(equity) :] if raw_costs.size else 0.0
+    extra: dict[str, Any] = {"mode": mode}
+    if "var_compliance" in summ:
+        extra["risk_limit_compliance"] = float(summ["var_compliance"])
+    extra["stop_losses"] = summ.get("stop_losses", 0)
     symbols = list(summ.get("symbols", list(bars)))
-    return StrategyRun("policy", index, symbols, equity, weights, cost_arr, extra)
+    return StrategyRun("policy", index, symbols, equity, weights, costs, extra)
 
 
 def run_policy(
@@ -327,7 +321,12 @@ def run_policy(
             )
         sym, frame = next(iter(data.items()))
         run = _run_single(bundle, sym, frame, cfg, _scaler_for(scalers, sym), seed)
-    return run, {"source": bundle.source, "scaler_origin": origin, "policies": list(bundle.modules)}
+    return run, {
+        "source": bundle.source,
+        "scaler_origin": origin,
+        "policies": list(bundle.modules),
+        "env": "hierarchical" if bundle.hierarchical else "single",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,7 +381,7 @@ def backtest(
         start = data[next(iter(data))].index.get_loc(run.index[0])
         data = {s: f.iloc[start : start + len(run.equity)] for s, f in data.items()}
         capital = float(run.equity[0])
-        single = len(info["policies"]) == 1 and META not in info["policies"]
+        single = info["env"] == "single"
     else:
         capital, single = None, False
     runs.update(
