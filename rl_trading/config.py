@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rl_trading.errors import ConfigError
 
@@ -74,6 +74,15 @@ class TrainingConfig(Section):
     window_size: int = Field(20, gt=0)
     tune_trials: int = Field(10, gt=0)
     experiment_name: str = "trading_bot"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lr_alias_wins(cls, data: Any) -> Any:
+        """`train.lr` (e.g. from --set) replaces a `learning_rate` already in the YAML."""
+        if isinstance(data, dict) and "lr" in data:
+            data = {k: v for k, v in data.items() if k != "learning_rate"}
+            data["learning_rate"] = data.pop("lr")
+        return data
 
 
 class EnvironmentConfig(Section):

@@ -13,6 +13,11 @@ from rl_trading import __version__
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console, err_console
 from rl_trading.errors import RLTradingError
 
+try:  # typer >= 0.29 vendors click: its usage errors are not click.ClickException
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - older typer raises click's own exceptions
+    _TyperClickException = click.ClickException
+
 app = typer.Typer(
     name="rl-trading",
     help="Train, tune, evaluate and version hierarchical RL trading agents on Ray RLlib.",
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         rv = app(args=argv, prog_name="rl-trading", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
+    except (click.ClickException, _TyperClickException) as exc:
         exc.show()
         return exc.exit_code
     except click.exceptions.Abort:

@@ -1,0 +1,105 @@
+"""Config loading: reference numbers in default.yaml, quickstart, overrides and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from rl_trading.cli.common import cli_config
+from rl_trading.config import CONFIG_DIR, AppConfig, load_config
+from rl_trading.errors import ConfigError
+
+DEFAULT = CONFIG_DIR / "default.yaml"
+QUICKSTART = CONFIG_DIR / "quickstart.yaml"
+
+
+def test_default_yaml_equals_schema_defaults() -> None:
+    from_yaml, schema = load_config(DEFAULT).model_dump(), AppConfig().model_dump()
+    # the only deliberate difference: default.yaml groups its eight symbols into sectors
+    assert from_yaml["env"].pop("sectors")["SPX500"] == "equity_index"
+    assert schema["env"].pop("sectors") == {}
+    assert from_yaml == schema
+
+
+def test_default_yaml_reference_numbers() -> None:
+    cfg = load_config(DEFAULT)
+    t = cfg.train
+    assert (t.num_epochs, t.batch_size, t.learning_rate, t.gamma) == (100, 64, 3e-4, 0.99)
+    assert (t.hidden_size, t.num_parallel, t.initial_balance) == (256, 4, 10_000.0)
+    assert (t.trading_fee, t.window_size, t.tune_trials) == (0.001, 20, 10)
+    assert t.experiment_name == "trading_bot"
+    e = cfg.env
+    assert (e.initial_capital, e.transaction_cost, e.max_position_size) == (100_000.0, 0.003, 0.1)
+    assert (e.stop_loss_pct, e.max_portfolio_var, e.var_confidence) == (0.02, 0.02, 0.95)
+    assert (e.max_correlation_exposure, e.max_sector_allocation) == (0.7, 0.4)
+    assert cfg.data.symbols == [
+        "EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "WTIUSD", "SPX500", "NAS100", "US30"
+    ]  # fmt: skip
+    assert (cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars) == (0.7, 0.15, 50)
+    p = cfg.ppo
+    assert (p.lr, p.gamma, p.gae_lambda, p.clip_param, p.train_batch_size) == (
+        3e-4, 0.99, 0.95, 0.2, 256
+    )  # fmt: skip
+    ph = cfg.phases
+    assert (ph.phase1_timesteps, ph.phase2_timesteps, ph.phase3_timesteps) == (
+        500_000, 300_000, 1_000_000
+    )  # fmt: skip
+    assert (ph.specialist_lr, ph.meta_lr) == (1e-4, 3e-4)
+    assert cfg.tuning.lr == (1e-5, 1e-3) and cfg.tuning.population == 4
+    assert cfg.supervised.timeframes == ["1h", "15m", "5m", "1m"]
+    assert (cfg.evaluation.sharpe_excellent, cfg.evaluation.max_drawdown_poor) == (2.0, 0.30)
+
+
+def test_quickstart_loads_on_top_of_default() -> None:
+    cfg = load_config(QUICKSTART)
+    assert cfg.data.source == "sample" and cfg.data.symbols == ["MSFT", "GOOGL", "SP500"]
+    assert cfg.data.timeframe == "1d" and cfg.policy.hidden_sizes == [64, 64]
+    assert cfg.ppo.lr == 3e-4  # inherited from default.yaml
+    # mappings are deep-merged with default.yaml, so the default symbols' sectors remain too
+    assert {"MSFT": "tech", "GOOGL": "tech", "SP500": "index"}.items() <= cfg.env.sectors.items()
+
+
+def test_set_overrides_and_alias() -> None:
+    cfg = cli_config(DEFAULT, ["ppo.lr=1e-4", "train.lr=1e-4", "data.symbols=[A, B]"])
+    assert cfg.ppo.lr == pytest.approx(1e-4) and isinstance(cfg.ppo.lr, float)
+    assert cfg.train.learning_rate == pytest.approx(1e-4)
+    assert cfg.data.symbols == ["A", "B"]
+    cfg = load_config(None, ["data.synthetic.seed=3", "resources.address=null"])
+    assert cfg.data.synthetic.seed == 3 and cfg.resources.address is None
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("ppo.lrr=1e-4", "ppo.lrr"),
+        ("nosection.x=1", "nosection"),
+        ("data.synthetic.nbars=5", "data.synthetic.nbars"),
+    ],
+)
+def test_unknown_key_is_named(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+        load_config(DEFAULT, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("ppo.lr=fast", "ppo.lr"),
+        ("ppo.train_batch_size=-5", "ppo.train_batch_size"),
+        ("data.source=ftp", "data.source"),
+        ("env.allow_short=maybe", "env.allow_short"),
+    ],
+)
+def test_wrong_type_is_named(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config(DEFAULT, [override])
+
+
+def test_bad_files_and_overrides(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["ppo.lr"])
