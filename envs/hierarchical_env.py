@@ -458,6 +458,11 @@ class HierarchicalTradingEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terms, truncs, infos
 
+    @property
+    def target_exposures(self) -> np.ndarray:
+        """Target exposures (fractions of equity) after the risk limits, as last executed."""
+        return self._target_x.copy()
+
     def obs_layout(self) -> dict[str, int]:
         """Layout of a specialist observation: window_size x n_features, then state_dim."""
         return {
