@@ -173,3 +173,45 @@ def all_agent_spaces(factory: EnvFactory) -> tuple[dict[str, gym.Space], dict[st
     if META not in obs:
         raise ValueError("the joint-mode env has no 'meta' agent")
     return obs, act
+
+
+def fit_scalers(cfg: Any, bars: dict[str, Any]) -> dict[str, Any]:
+    """Feature scalers per instrument, fit on the training bars only."""
+    from envs.common import prepare_instrument
+
+    return {sym: prepare_instrument(frame, None, sym).scaler for sym, frame in bars.items()}
+
+
+def hierarchical_factory(
+    cfg: Any, train_bars: dict[str, Any], val_bars: dict[str, Any] | None = None
+) -> EnvFactory:
+    """EnvFactory of the project's HierarchicalTradingEnv; scalers fit on `train_bars`."""
+    from envs.registration import HIERARCHICAL_ENV_NAME, make_env_config, register_envs
+
+    register_envs()
+    scalers = fit_scalers(cfg, train_bars)
+    train = _ModeConfigs(make_env_config, cfg, train_bars, False, scalers)
+    val = _ModeConfigs(make_env_config, cfg, val_bars, True, scalers) if val_bars else None
+    return EnvFactory(
+        env_name=HIERARCHICAL_ENV_NAME,
+        train_config=train,
+        val_config=val,
+        timeframe=cfg.data.timeframe,
+        shared=cfg.phases.shared_specialist_policy,
+    )
+
+
+class _ModeConfigs:
+    """mode -> env_config, built once per mode (the packed bars are reused)."""
+
+    def __init__(self, make: Callable, cfg: Any, bars: Any, eval_mode: bool, scalers: Any):
+        self._make, self._cfg, self._bars = make, cfg, bars
+        self._eval, self._scalers = eval_mode, scalers
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, mode: str) -> dict[str, Any]:
+        if mode not in self._cache:
+            self._cache[mode] = self._make(
+                self._cfg, self._bars, mode=mode, eval_mode=self._eval, scalers=self._scalers
+            )
+        return self._cache[mode]

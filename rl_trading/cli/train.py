@@ -1,0 +1,150 @@
+"""`rl-trading train phase1|phase2|phase3|pipeline`: hierarchical RLlib training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+
+app = typer.Typer(
+    help="Train the hierarchical agents (phases 1-3) with RLlib PPO.", no_args_is_help=True
+)
+
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue the run in --run-dir (or the newest run).")
+]
+RunDirOpt = Annotated[
+    Path | None, typer.Option("--run-dir", help="Run directory (state, checkpoints).")
+]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Ray cluster address (default: local).")
+]
+TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")]
+FromCkptOpt = Annotated[
+    Path | None,
+    typer.Option("--from-checkpoint", help="Checkpoint of the previous phase (default: run dir)."),
+]
+
+
+def _run(
+    phases: tuple[int, ...], config, sets, resume, run_dir, address, tracking_uri, from_ckpt
+) -> None:
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from rl_trading.training.session import train
+    from rl_trading.training.signals import TrainingInterrupted
+
+    cfg = cli_config(config, sets)
+    tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("[bold]{task.fields[phase]}"),
+        BarColumn(),
+        TextColumn("it {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+
+        def progress(info: dict[str, Any]) -> None:
+            name = info["phase"]
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=info["total"], phase=name, info="")
+            val = info.get("val_sharpe")
+            reward = info.get("episode_return_mean", float("nan"))
+            text = f"steps {info.get('env_steps', 0):,.0f}  reward {reward:.3f}"
+            text += f"  val_sharpe {val:.2f}" if val is not None else ""
+            bar.update(tasks[name], completed=info["iteration"], info=text)
+
+        try:
+            out_dir, results = train(
+                cfg,
+                phases,
+                run_dir=run_dir,
+                resume=resume,
+                from_checkpoint=from_ckpt,
+                address=address,
+                tracking_uri=tracking_uri,
+                progress=progress,
+            )
+        except TrainingInterrupted as stop:
+            console.print(f"[yellow]{stop}[/]")
+            raise typer.Exit(130) from None
+    for name, res in results.items():
+        sharpe = "n/a" if res.best_val_sharpe is None else f"{res.best_val_sharpe:.3f}"
+        console.print(
+            f"[green]{name}[/] {res.iterations} iterations, {res.env_steps:,} env steps, "
+            f"best val Sharpe {sharpe}, best checkpoint {res.best_checkpoint}"
+        )
+    console.print(f"run dir: {out_dir}")
+
+
+@app.command()
+def phase1(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    resume: ResumeOpt = False,
+    run_dir: RunDirOpt = None,
+    address: AddressOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Phase 1: train the specialists (one per instrument, or one shared) on fixed equal weights."""
+    _run((1,), config, sets, resume, run_dir, address, tracking_uri, None)
+
+
+@app.command()
+def phase2(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    resume: ResumeOpt = False,
+    run_dir: RunDirOpt = None,
+    address: AddressOpt = None,
+    tracking_uri: TrackingOpt = None,
+    from_checkpoint: FromCkptOpt = None,
+) -> None:
+    """Phase 2: train the meta allocator over the frozen phase-1 specialists."""
+    _run((2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint)
+
+
+@app.command()
+def phase3(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    resume: ResumeOpt = False,
+    run_dir: RunDirOpt = None,
+    address: AddressOpt = None,
+    tracking_uri: TrackingOpt = None,
+    from_checkpoint: FromCkptOpt = None,
+) -> None:
+    """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates)."""
+    _run((3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint)
+
+
+@app.command()
+def pipeline(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    resume: ResumeOpt = False,
+    run_dir: RunDirOpt = None,
+    address: AddressOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Phases 1, 2 and 3 in one run directory (resumable)."""
+    _run((1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None)
+
+
+try:  # `train supervised` lives in its own module (written separately)
+    from rl_trading.cli.supervised import supervised as _supervised
+except ImportError:  # pragma: no cover - module not there yet
+    _supervised = None
+if _supervised is not None:
+    app.command("supervised")(_supervised)
