@@ -288,16 +288,22 @@ class ModelRegistry:
 
     def _records(self) -> list[ModelRecord]:
         out = []
-        for rm in self.client.search_registered_models(max_results=1000):
-            if TAG + "model_type" not in (rm.tags or {}):
-                continue  # not one of ours
-            rec = self._record(rm)
+        ours = [
+            rm
+            for rm in self.client.search_registered_models(max_results=1000)
+            if TAG + "model_type" in (rm.tags or {})  # not one of ours otherwise
+        ]
+        by_name: dict[str, list[Any]] = {}
+        if ours:
+            for mv in self.client.search_model_versions(max_results=10_000):
+                by_name.setdefault(mv.name, []).append(mv)
+        for rm in ours:
+            rec = self._record(rm, by_name.get(rm.name, []))
             if rec is not None:
                 out.append(rec)
         return out
 
-    def _record(self, rm: Any) -> ModelRecord | None:
-        versions = self.client.search_model_versions(f"name='{rm.name}'")
+    def _record(self, rm: Any, versions: list[Any]) -> ModelRecord | None:
         if not versions:
             return None
         mv = max(versions, key=lambda v: int(v.version))

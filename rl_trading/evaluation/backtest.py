@@ -159,6 +159,8 @@ def load_policy(source: Any, cfg: AppConfig | None = None) -> PolicyBundle:
         return source
     if isinstance(source, dict):
         return PolicyBundle(dict(source), source="modules")
+    if callable(getattr(source, "bundle", None)):  # an Ensemble
+        return source.bundle()
     if hasattr(source, "forward_inference") or hasattr(source, "act"):
         pid = getattr(source, "policy_id", None) or "default_policy"
         pre = getattr(source, "preprocessing", None) or {}
@@ -172,7 +174,9 @@ def load_policy(source: Any, cfg: AppConfig | None = None) -> PolicyBundle:
         if rec.kind == "ensemble":
             from rl_trading.evaluation.ensemble import Ensemble
 
-            return load_policy(Ensemble.from_registry(rec.name, registry), cfg)
+            bundle = load_policy(Ensemble.from_registry(rec.name, registry), cfg)
+            bundle.source = rec.name
+            return bundle
         bundle = load_policy(registry.load_path(rec.name), cfg)
         bundle.source = rec.name
         return bundle
