@@ -314,10 +314,27 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+def _section_type(model: type[BaseModel] | None, key: str) -> type[BaseModel] | None:
+    """The Section class of `model.key`, or None when that field is a plain value or mapping."""
+    field = model.model_fields.get(key) if model is not None else None
+    ann = field.annotation if field is not None else None
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _deep_merge(
+    base: dict[str, Any], extra: Mapping[str, Any], model: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """Merge `extra` into `base` section by section.
+
+    Only config sections are merged key by key; a user mapping such as `env.sectors` or
+    `data.paths` given in `extra` replaces the base one whole, so a child config never inherits
+    stale entries (e.g. the default symbols' sectors).
+    """
+    model = model or AppConfig
     for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
+        sub = _section_type(model, key)
+        if sub is not None and isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value, sub)
         else:
             base[key] = value
     return base

@@ -54,8 +54,8 @@ def test_quickstart_loads_on_top_of_default() -> None:
     assert cfg.data.source == "sample" and cfg.data.symbols == ["MSFT", "GOOGL", "SP500"]
     assert cfg.data.timeframe == "1d" and cfg.policy.hidden_sizes == [64, 64]
     assert cfg.ppo.lr == 3e-4  # inherited from default.yaml
-    # mappings are deep-merged with default.yaml, so the default symbols' sectors remain too
-    assert {"MSFT": "tech", "GOOGL": "tech", "SP500": "index"}.items() <= cfg.env.sectors.items()
+    # a mapping given in the child replaces the base one whole: no stale default sectors
+    assert cfg.env.sectors == {"MSFT": "tech", "GOOGL": "tech", "SP500": "index"}
 
 
 def test_set_overrides_and_alias() -> None:
