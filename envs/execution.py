@@ -73,15 +73,12 @@ def rebalance(units: Any, cash: float, target_units: Any, price: Any, rate: floa
 def stop_loss_hit(units: Any, price: Any, entry_price: Any, stop_loss_pct: float) -> Any:
     """Whether a position has lost at least `stop_loss_pct` of its entry notional.
 
-    The loss is ``sign(units) x (price / entry - 1)``; flat positions never hit. A 0 stop is off.
+    Tests ``sign(units) x (price / entry - 1) <= -stop_loss_pct`` without dividing, as
+    ``units x (price - entry) <= -stop x |units| x entry``; flat positions never hit, a 0 stop
+    is off. Floats in -> bool out; arrays in -> boolean array out.
     """
     if stop_loss_pct <= 0:
-        return np.zeros_like(units, dtype=bool) if isinstance(units, np.ndarray) else False
-    if isinstance(units, np.ndarray):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            move = np.where(entry_price > 0, price / entry_price - 1.0, 0.0)
-        return (units != 0) & (np.sign(units) * move <= -stop_loss_pct)
-    if units == 0 or entry_price <= 0:
-        return False
-    move = price / entry_price - 1.0
-    return (move if units > 0 else -move) <= -stop_loss_pct
+        return np.zeros(np.shape(units), dtype=bool) if isinstance(units, np.ndarray) else False
+    return (units * (price - entry_price) <= -stop_loss_pct * abs(units) * entry_price) & (
+        units != 0
+    )

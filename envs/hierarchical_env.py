@@ -120,7 +120,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         scalers = scalers or {}
         arrays = [prepare_instrument(bars[s], scalers.get(s), symbol=s) for s in self.symbols]
         self.scalers = {s: a.scaler for s, a in zip(self.symbols, arrays, strict=True)}
-        self._feats = [a.features for a in arrays]
+        self._feat_all = np.ascontiguousarray(np.stack([a.features for a in arrays], axis=0))
         self._open = np.ascontiguousarray(np.stack([a.open for a in arrays], axis=1))
         self._close = np.ascontiguousarray(np.stack([a.close for a in arrays], axis=1))
         self.n_bars = t_len = self._open.shape[0]
@@ -153,15 +153,19 @@ class HierarchicalTradingEnv(ParallelEnv):
         iu = np.triu_indices(n, 1)
         self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
         self._mean_vol = self.risk.vol.mean(axis=1)
+        self._vol_floor = np.maximum(self.risk.vol, 1e-8)
+        self._gap = np.zeros((t_len, n))
+        self._gap[1:] = self._open[1:] / self._close[:-1] - 1.0
+        self._intra = self._close / self._open - 1.0
 
         self.specialists = [specialist_id(s) for s in self.symbols]
         self.possible_agents = list(self.specialists)
         if mode != "specialists":
             self.possible_agents.append(META)
-        n_feat = self._feats[0].shape[1]
+        n_feat = self._feat_all.shape[2]
         self._spec_dim = self.window * n_feat + _SPEC_STATE
         self._meta_dim = (n + 1) + n + 2 + n + n * (n - 1) // 2 + n
-        low = -1.0 if self.allow_short else 0.0
+        low = self._low = -1.0 if self.allow_short else 0.0
         if self.discrete:
             self._levels = np.array([-1.0, 0.0, 1.0] if self.allow_short else [0.0, 1.0])
         self._obs_spaces: dict[str, spaces.Space] = {}
@@ -227,7 +231,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             self._weights[n] = 1.0  # all cash until the meta first acts
         self._var_est = 0.0
         self._meta_acc = 0.0
-        self._spec_stats = [metrics.RollingSharpe(self.cfg.env.risk_window) for _ in range(n)]
+        self._spec_stats = metrics.RollingSharpeArray(self.cfg.env.risk_window, n)
         self._totals = {
             "costs": 0.0,
             "stop_losses": 0,
@@ -259,22 +263,21 @@ class HierarchicalTradingEnv(ParallelEnv):
         return obs, {a: info for a in obs}
 
     # ------------------------------------------------------------------------------- observe
-    def _spec_obs(self, i: int) -> np.ndarray:
-        t = self._t
-        out = np.empty(self._spec_dim, dtype=np.float32)
-        out[:-_SPEC_STATE] = self._feats[i][t - self.window + 1 : t + 1].reshape(-1)
-        units = self._units[i]
-        price = self._close[t, i]
+    def _spec_obs_all(self) -> np.ndarray:
+        """(n, spec_dim) specialist observations of bar t in one array (rows go to agents)."""
+        t, n = self._t, self.n
+        out = np.empty((n, self._spec_dim), dtype=np.float32)
+        out[:, :-_SPEC_STATE] = self._feat_all[:, t - self.window + 1 : t + 1].reshape(n, -1)
+        units = self._units
+        price = self._close[t]
         eq = self._equity
-        out[-5] = units * price / (self.max_position * eq) if eq > 0 else 0.0
-        out[-4] = self._proposal[i]
-        if units != 0.0:
-            move = price / self._entry[i] - 1.0
-            out[-3] = move if units > 0 else -move
-        else:
-            out[-3] = 0.0
-        out[-2] = self._bars_in[i] / 100.0
-        out[-1] = self._weights[i]
+        entry = self._entry
+        out[:, -5] = units * price / (self.max_position * eq) if eq > 0 else 0.0
+        out[:, -4] = self._proposal
+        # unrealised P&L fraction: sign(units) x (price / entry - 1), 0 when flat
+        out[:, -3] = np.sign(units) * (price - entry) / np.where(entry > 0, entry, 1.0)
+        out[:, -2] = self._bars_in * 0.01
+        out[:, -1] = self._weights[:n]
         return out
 
     def _meta_obs(self) -> np.ndarray:
@@ -294,7 +297,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         )
 
     def _observe(self, meta_now: bool) -> dict[str, np.ndarray]:
-        obs = {agent: self._spec_obs(i) for i, agent in enumerate(self.specialists)}
+        rows = self._spec_obs_all()
+        obs = dict(zip(self.specialists, rows, strict=True))
         if self.mode != "specialists" and (meta_now or self.meta_obs_every_step):
             obs[META] = self._meta_obs()
         return obs
@@ -302,156 +306,170 @@ class HierarchicalTradingEnv(ParallelEnv):
     def _portfolio_info(self, cost: float) -> dict[str, Any]:
         steps = max(self._steps, 1)
         info = dict(self._totals)
-        info.update(
-            equity=float(self._equity),
-            cost=float(cost),
-            var_estimate=float(self._var_est),
-            var_compliance=1.0 - self._totals["var_breaches"] / steps,
-            bar=self._t,
-        )
+        info["equity"] = float(self._equity)
+        info["cost"] = float(cost)
+        info["var_estimate"] = float(self._var_est)
+        info["var_compliance"] = 1.0 - self._totals["var_breaches"] / steps
+        info["bar"] = self._t
         return info
 
     # ------------------------------------------------------------------------------- step
-    def _read_actions(self, actions: dict[str, Any], meta_acts: bool) -> None:
-        low = -1.0 if self.allow_short else 0.0
-        prop = self._proposal
-        for i, agent in enumerate(self.specialists):
-            act = actions.get(agent)
-            if act is None:
-                continue
+    def _read_proposals(self, actions: dict[str, Any]) -> None:
+        try:  # fast path: every specialist acted with a scalar or a (1,) array
+            vals = np.array([actions[a] for a in self.specialists], dtype=np.float64)
+            vals = vals.reshape(self.n)
+        except (KeyError, ValueError, TypeError):
+            vals = self._proposal.copy() if not self.discrete else None
             if self.discrete:
-                prop[i] = self._levels[int(act)]
+                vals = np.array(
+                    [
+                        np.asarray(actions[a]).reshape(-1)[0] if a in actions else np.nan
+                        for a in self.specialists
+                    ],
+                    dtype=np.float64,
+                )
             else:
-                v = float(act[0]) if isinstance(act, np.ndarray | list | tuple) else float(act)
-                prop[i] = min(1.0, max(low, v)) if math.isfinite(v) else 0.0
-        if meta_acts and self.mode != "specialists":
-            act = actions.get(META)
-            if act is not None:
-                w = np.clip(np.asarray(act, dtype=np.float64).reshape(-1), 0.0, 1.0)
-                w = np.where(np.isfinite(w), w, 0.0)
-                total = w.sum()
-                if total > 1e-8:
-                    self._weights = w / total
-                else:
-                    self._weights = np.zeros(self.n + 1)
-                    self._weights[self.n] = 1.0
+                for i, a in enumerate(self.specialists):
+                    if a in actions:
+                        vals[i] = float(np.asarray(actions[a], dtype=np.float64).reshape(-1)[0])
+        if self.discrete:
+            keep = ~np.isfinite(vals)
+            idx = np.where(keep, 0, vals).astype(np.int64)
+            self._proposal = np.where(keep, self._proposal, self._levels[idx])
+        else:
+            vals = np.clip(vals, self._low, 1.0)
+            self._proposal = np.where(vals == vals, vals, 0.0)  # NaN -> flat
+
+    def _read_meta(self, act: Any) -> None:
+        w = np.clip(np.asarray(act, dtype=np.float64).reshape(-1), 0.0, 1.0)
+        total = float(w.sum())
+        if total > 1e-8 and math.isfinite(total):
+            self._weights = w / total
+        else:
+            w = np.where(np.isfinite(w), w, 0.0)
+            total = float(w.sum())
+            if total > 1e-8:
+                self._weights = w / total
+            else:
+                self._weights = np.zeros(self.n + 1)
+                self._weights[self.n] = 1.0
 
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         """Execute one bar for every agent (see the module docstring for the exact model)."""
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset()")
-        meta_acts = self._steps % self.meta_interval == 0
-        prev_prop = self._proposal.copy()
-        self._read_actions(actions, meta_acts)
-        t, t1 = self._t, self._t + 1
+        steps = self._steps
+        prev_prop = self._proposal
+        self._read_proposals(actions)
+        prop = self._proposal
+        if self.mode != "specialists" and steps % self.meta_interval == 0:
+            act = actions.get(META)
+            if act is not None:
+                self._read_meta(act)
+        t = self._t
+        t1 = t + 1
         n = self.n
         opn = self._open[t1]
         cls = self._close[t1]
-        prev_close = self._close[t]
         eq_prev = self._equity
         units = self._units
+        entry = self._entry
         cash = self._cash
         rate = self._rate
+        totals = self._totals
 
         # targets and risk limits (covariance known at bar t)
-        x = self._weights[:n] * self._proposal * self.max_position
+        x = self._weights[:n] * prop * self.max_position
         x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x)
-        self._totals["sector_scaledowns"] += n_sec
-        self._totals["correlation_scaledowns"] += n_corr
-        self._totals["var_scaledowns"] += n_var
+        if n_sec or n_corr or n_var:
+            totals["sector_scaledowns"] += n_sec
+            totals["correlation_scaledowns"] += n_corr
+            totals["var_scaledowns"] += n_var
 
         # execution at the next open: trade only instruments whose target changed
         changed = x != self._target_x
         cost = 0.0
         if changed.any():
             eq_open = cash + float(units @ opn)
-            new_units = np.where(changed, x * max(eq_open, 0.0) / opn, units)
+            new_units = x * (max(eq_open, 0.0) / opn)
+            if not changed.all():
+                new_units = np.where(changed, new_units, units)
             delta = new_units - units
-            traded = np.abs(delta) * opn
-            cost = float(traded.sum()) * rate
+            cost = float(np.abs(delta) @ opn) * rate
             cash -= float(delta @ opn) + cost
-            flip = changed & ((units == 0.0) | (np.sign(units) != np.sign(new_units)))
-            grow = changed & ~flip & (np.abs(new_units) > np.abs(units))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                avg = np.where(grow, (units * self._entry + delta * opn) / new_units, self._entry)
-            self._entry = np.where(flip, opn, avg)
-            self._entry[new_units == 0.0] = 0.0
-            self._bars_in[flip | (new_units == 0.0)] = 0.0
+            same_side = units * new_units > 0.0
+            grow = same_side & (np.abs(new_units) > np.abs(units))
+            new_entry = np.where(same_side, entry, np.where(new_units != 0.0, opn, 0.0))
+            if grow.any():
+                np.divide(units * entry + delta * opn, new_units, out=new_entry, where=grow)
+            entry = new_entry
+            self._bars_in = np.where(same_side, self._bars_in, 0.0)
             units = new_units
             self._target_x = x
 
         # stop-loss at the close
-        hit = stop_loss_hit(units, cls, self._entry, self.stop_loss_pct)
-        if hit.any():
-            sl_traded = np.abs(units[hit]) * cls[hit]
-            sl_cost = float(sl_traded.sum()) * rate
-            cash += float(units[hit] @ cls[hit]) - sl_cost
-            cost += sl_cost
-            units = units.copy()
-            units[hit] = 0.0
-            self._entry[hit] = 0.0
-            self._bars_in[hit] = 0.0
-            self._target_x = self._target_x.copy()
-            self._target_x[hit] = 0.0
-            self._totals["stop_losses"] += int(hit.sum())
-        self._bars_in[units != 0.0] += 1.0
-        self._units, self._cash = units, cash
-        equity = cash + float(units @ cls)
+        if self.stop_loss_pct > 0:
+            hit = stop_loss_hit(units, cls, entry, self.stop_loss_pct)
+            if hit.any():
+                sl_cost = float(np.abs(units[hit]) @ cls[hit]) * rate
+                cash += float(units[hit] @ cls[hit]) - sl_cost
+                cost += sl_cost
+                units = np.where(hit, 0.0, units)
+                entry = np.where(hit, 0.0, entry)
+                self._bars_in = np.where(hit, 0.0, self._bars_in)
+                self._target_x = np.where(hit, 0.0, self._target_x)
+                totals["stop_losses"] += int(hit.sum())
+        self._bars_in = self._bars_in + (units != 0.0)
+        self._units, self._entry, self._cash = units, entry, cash
+        value = units * cls
+        equity = cash + float(value.sum())
         self._equity = equity
         if equity > self._peak:
             self._peak = equity
-        self._totals["costs"] += cost
+        totals["costs"] += cost
 
         # VaR compliance: realised loss before costs vs the VaR of the post-trade book
-        port_ret = (equity + cost) / eq_prev - 1.0 if eq_prev > 0 else -1.0
-        breach = -port_ret > var_after + 1e-12
+        breach = eq_prev > 0 and (eq_prev - equity - cost) / eq_prev > var_after + 1e-12
+        if breach:
+            totals["var_breaches"] += 1
         self._var_est = var_after
-        self._totals["var_breaches"] += int(breach)
 
-        # rewards
-        gap = opn / prev_close - 1.0
-        intra = cls / opn - 1.0
-        prop = self._proposal
-        spec_ret = prev_prop * gap + prop * intra - rate * np.abs(prop - prev_prop)
-        vol_t = self.risk.vol[t]
-        rewards: dict[str, float] = {}
-        for i, agent in enumerate(self.specialists):
-            stat = self._spec_stats[i]
-            stat.min_std = max(float(vol_t[i]), 1e-8)
-            rewards[agent] = stat.update(float(spec_ret[i]))
+        # rewards: specialists per unit of their own capital, vol-scaled (Sharpe-style)
+        spec_ret = prev_prop * self._gap[t1] + prop * self._intra[t1]
+        spec_ret -= rate * np.abs(prop - prev_prop)
+        spec_rew = self._spec_stats.update(spec_ret, self._vol_floor[t])
+        rewards = dict(zip(self.specialists, spec_rew.tolist(), strict=True))
+        meta_r = self.reward_fn(eq_prev, equity, cost)
         if self.mode != "specialists":
-            meta_r = self.reward_fn(eq_prev, equity, cost)
             if self.risk_penalty:
                 meta_r -= self.risk_penalty * var_after
             if self.div_bonus:
-                alloc = np.abs(self._target_x)
-                meta_r += self.div_bonus * metrics.diversification(alloc) * self._mean_vol[t]
+                div = metrics.diversification(self._target_x)
+                meta_r += self.div_bonus * div * self._mean_vol[t]
             self._meta_acc += meta_r
-        else:
-            self.reward_fn(eq_prev, equity, cost)
 
-        # advance
+        # advance and record
         self._t = t1
-        self._steps += 1
-        s = self._steps
-        self._h_equity[s] = equity
-        self._h_weights[s] = self._weights
-        self._h_expo[s] = units * cls / equity if equity > 0 else 0.0
-        self._h_cost[s] = cost
-        self._h_var[s] = self._var_est
-        self._h_breach[s] = breach
+        steps += 1
+        self._steps = steps
+        self._h_equity[steps] = equity
+        self._h_weights[steps] = self._weights
+        self._h_expo[steps] = value / equity if equity > 0 else 0.0
+        self._h_cost[steps] = cost
+        self._h_var[steps] = var_after
+        self._h_breach[steps] = breach
 
         terminated = equity <= 0.0
         truncated = (not terminated) and t1 >= self._end
         done = terminated or truncated
-        meta_next = done or (s % self.meta_interval == 0)
+        meta_next = done or (steps % self.meta_interval == 0)
         obs = self._observe(meta_next)
         if META in obs:
             rewards[META] = self._meta_acc if meta_next else 0.0
             if meta_next:
                 self._meta_acc = 0.0
         info = self._portfolio_info(cost)
-        infos = {a: info for a in obs}
+        infos = dict.fromkeys(obs, info)
         terms = dict.fromkeys(obs, terminated)
         truncs = dict.fromkeys(obs, truncated)
         if done:
@@ -467,7 +485,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         """Layout of a specialist observation: window_size x n_features, then state_dim."""
         return {
             "window_size": self.window,
-            "n_features": int(self._feats[0].shape[1]),
+            "n_features": int(self._feat_all.shape[2]),
             "state_dim": _SPEC_STATE,
             "meta_dim": self._meta_dim,
         }

@@ -68,6 +68,14 @@ class TradingEnv(gym.Env):
         data = prepare_instrument(bars, scaler, symbol="bars")
         self.scaler = data.scaler
         self._open, self._close, self._feat = data.open, data.close, data.features
+        # Python lists: scalar indexing gives Python floats (much faster arithmetic in step())
+        self._open_l, self._close_l = data.open.tolist(), data.close.tolist()
+        rc = self.cfg.reward
+        self._plain_log = (
+            rc.kind == "log_return"
+            and rc.transaction_cost_weight == 1.0
+            and not (rc.drawdown_penalty_weight or rc.downside_penalty_weight)
+        )
         self.index = bars.index
         self.n_bars = len(bars)
         self.first_bar = max(WARMUP_BARS, self.window - 1)
@@ -129,21 +137,23 @@ class TradingEnv(gym.Env):
         t = self._t
         out = np.empty(self._obs_dim, dtype=np.float32)
         out[:-_STATE_DIM] = self._feat[t - self.window + 1 : t + 1].reshape(-1)
-        price = self._close[t]
+        price = self._close_l[t]
         eq = self._equity
         units = self._units
-        out[-3] = units * price / (self.max_position * eq) if eq > 0 else 0.0
-        out[-2] = (price / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
-        out[-1] = self._bars_in_pos / 100.0
+        out[-3:] = (
+            units * price / (self.max_position * eq) if eq > 0 else 0.0,
+            (price / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0,
+            self._bars_in_pos * 0.01,
+        )
         return out
 
     def _info(self, cost: float, stopped: bool, fill_units: float) -> dict[str, Any]:
         return {
-            "equity": float(self._equity),
-            "position": float(self._units),
-            "target": float(self._target),
-            "fill_units": float(fill_units),
-            "cost": float(cost),
+            "equity": self._equity,
+            "position": self._units,
+            "target": self._target,
+            "fill_units": fill_units,
+            "cost": cost,
             "total_costs": self._total_costs,
             "stop_loss": stopped,
             "stop_losses": self._stop_losses,
@@ -163,8 +173,8 @@ class TradingEnv(gym.Env):
         """Fill the target at the next open, mark at its close, apply stop-loss, reward."""
         target = self._target_of(action)
         t1 = self._t + 1
-        price_open = self._open[t1]
-        price_close = self._close[t1]
+        price_open = self._open_l[t1]
+        price_close = self._close_l[t1]
         eq_prev = self._equity
         units = self._units
         cash = self._cash
@@ -202,10 +212,13 @@ class TradingEnv(gym.Env):
         self._steps += 1
         self._equity_hist.append(equity)
         self._pos_hist.append(units * price_close / equity if equity > 0 else 0.0)
-        reward = self.reward_fn(eq_prev, equity, cost)
+        if self._plain_log and equity > 0.0:
+            reward = math.log(equity / eq_prev)
+        else:
+            reward = self.reward_fn(eq_prev, equity, cost)
         terminated = equity <= 0.0
         truncated = (not terminated) and t1 >= self._end
-        return self._obs(), float(reward), terminated, truncated, self._info(cost, stopped, fill)
+        return self._obs(), reward, terminated, truncated, self._info(cost, stopped, fill)
 
     def obs_layout(self) -> dict[str, int]:
         """Layout of an observation: window_size x n_features, then state_dim."""

@@ -28,6 +28,7 @@ __all__ = [
     "PROFIT_FACTOR_CAP",
     "DifferentialSharpe",
     "RollingSharpe",
+    "RollingSharpeArray",
     "annualized_return",
     "calmar_ratio",
     "conditional_value_at_risk",
@@ -327,12 +328,14 @@ def var_compliance_rate(
 
 def herfindahl(weights: Sequence[float] | np.ndarray) -> float:
     """Herfindahl concentration of |weights| normalised to sum 1 (1/n .. 1; 0.0 if all zero)."""
-    w = np.abs(_arr(weights))
-    total = w.sum()
-    if total <= _EPS:
-        return 0.0
-    w = w / total
-    return float(np.dot(w, w))
+    w = np.abs(np.asarray(weights, dtype=np.float64).reshape(-1))
+    total = float(w.sum())
+    if not total > _EPS or not math.isfinite(total):
+        w = np.abs(_arr(weights))
+        total = float(w.sum())
+        if total <= _EPS:
+            return 0.0
+    return float(np.dot(w, w)) / (total * total)
 
 
 def diversification(weights: Sequence[float] | np.ndarray) -> float:
@@ -451,6 +454,58 @@ class RollingSharpe:
         self._i = (self._i + 1) % self.window
         sd = self.std()
         return r / (sd if sd > self.min_std else self.min_std)
+
+
+class RollingSharpeArray:
+    """:class:`RollingSharpe` for `size` parallel return streams at once (one per instrument).
+
+    `update(r, min_std)` takes an array of `size` returns (and a floor, scalar or per stream)
+    and returns r / max(window std, min_std) elementwise, with the same window semantics.
+    """
+
+    __slots__ = ("window", "size", "_buf", "_i", "_n", "_s", "_ss")
+
+    def __init__(self, window: int, size: int) -> None:
+        if window < 2:
+            raise ValueError(f"RollingSharpeArray window must be >= 2, got {window}")
+        self.window = int(window)
+        self.size = int(size)
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty the windows."""
+        self._buf = np.zeros((self.window, self.size))
+        self._i = 0
+        self._n = 0
+        self._s = np.zeros(self.size)
+        self._ss = np.zeros(self.size)
+
+    def std(self) -> np.ndarray:
+        """Population std of each stream's window (zeros when fewer than two returns)."""
+        if self._n < 2:
+            return np.zeros(self.size)
+        mean = self._s / self._n
+        return np.sqrt(np.maximum(self._ss / self._n - mean * mean, 0.0))
+
+    def sharpe(self) -> np.ndarray:
+        """Per-period Sharpe of each stream's window (0 where the std is ~0)."""
+        sd = self.std()
+        mean = self._s / max(self._n, 1)
+        return np.where(sd > _EPS, mean / np.where(sd > _EPS, sd, 1.0), 0.0)
+
+    def update(self, r: np.ndarray, min_std: float | np.ndarray) -> np.ndarray:
+        """Add one return per stream; return r / max(window std, min_std)."""
+        old = self._buf[self._i]
+        if self._n == self.window:
+            self._s -= old
+            self._ss -= old * old
+        else:
+            self._n += 1
+        self._buf[self._i] = r
+        self._s += r
+        self._ss += r * r
+        self._i = (self._i + 1) % self.window
+        return r / np.maximum(self.std(), min_std)
 
 
 # --------------------------------------------------------------------------------------------

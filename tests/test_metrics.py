@@ -136,6 +136,19 @@ def test_rolling_sharpe():
     assert rs.sharpe() == pytest.approx(win.mean() / np.std(win))
 
 
+def test_rolling_sharpe_array_matches_scalar():
+    rng = np.random.default_rng(0)
+    data = rng.normal(0, 0.01, (50, 3))
+    vec = m.RollingSharpeArray(window=7, size=3)
+    scalars = [m.RollingSharpe(window=7, min_std=0.004) for _ in range(3)]
+    for row in data:
+        got = vec.update(row, 0.004)
+        want = [s.update(float(x)) for s, x in zip(scalars, row, strict=True)]
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+    np.testing.assert_allclose(vec.sharpe(), [s.sharpe() for s in scalars], rtol=1e-9)
+    assert m.herfindahl([np.nan, 1.0, 1.0]) == pytest.approx(0.5)
+
+
 def test_edge_cases_are_finite():
     cases = {
         "flat": np.full(10, 100.0),
