@@ -251,3 +251,60 @@ def test_pbt_run_exploits_keeps_frozen_policy_and_reports(ray_session, workspace
     mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["pbt_test_pbt_phase2"])
     assert len(runs) == 2 and runs["metrics.policy_return/p0"].notna().all()
+
+
+class CrashingFactory(CartPoleRunnerFactory):
+    """Runners whose third `train()` fails while `flag` exists (an interrupted run)."""
+
+    def __init__(self, frozen_path: str, flag: str):
+        super().__init__(frozen_path)
+        self.flag = flag
+
+    def __call__(self, hparams: Mapping[str, float], seed: int):
+        runner = super().__call__(hparams, seed)
+        inner_train, flag = runner.train, self.flag
+
+        def train():
+            if Path(flag).exists() and runner.algo.iteration >= 2:
+                raise RuntimeError("simulated crash")
+            return inner_train()
+
+        runner.train = train
+        return runner
+
+
+@pytest.mark.rllib
+@pytest.mark.timeout(420)
+def test_pbt_resume_after_failure_finishes_the_run(ray_session, workspace):
+    import pandas as pd
+    from ray import cloudpickle
+
+    from rl_trading.errors import RLTradingError
+    from tuning.pbt import run_pbt
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    _frozen_module(workspace / "frozen_p1")
+    flag = workspace / "crash.flag"
+    flag.write_text("1")
+    cfg = load_config(
+        None, ["seed=5", "tuning.metric=episode_return_mean", "tuning.perturbation_interval=2"]
+    )
+    factory = CrashingFactory(str(workspace / "frozen_p1"), str(flag))
+    kwargs = dict(runner_factory=factory, run_dir=workspace / "run", population=2, iterations=3)
+    with pytest.raises(RLTradingError, match="--resume"):
+        run_pbt(cfg, 2, mlflow=False, **kwargs)
+    progress = [pd.read_csv(p) for p in (workspace / "run" / "tune").glob("*/progress.csv")]
+    assert progress and all(df["training_iteration"].max() == 2 for df in progress)
+    with pytest.raises(ConfigError, match="already holds"):
+        run_pbt(cfg, 2, mlflow=False, **kwargs)
+
+    flag.unlink()
+    result = run_pbt(cfg, 2, resume=True, mlflow=False, **kwargs)
+    assert len(result.table) == 2 and (result.table["iterations"] == 3).all()
+    assert (result.table["status"] == "done").all()
+    for csv in (workspace / "run" / "tune").glob("*/progress.csv"):
+        df = pd.read_csv(csv)
+        # Resumed from the iteration-2 checkpoint: iteration 3 follows, nothing restarted at 1.
+        assert df["training_iteration"].tolist()[-1] == 3
+        assert df["episode_return_mean"].notna().all()
+    assert (workspace / "run" / "best.json").is_file()

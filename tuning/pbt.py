@@ -167,7 +167,7 @@ def run_pbt(
     population: int | None = None,
     iterations: int | None = None,
     resume: bool = False,
-    phase1_checkpoint: str | None = None,
+    init_checkpoint: str | None = None,
     mlflow: bool = True,
     verbose: int = 0,
 ) -> PBTResult:
@@ -195,7 +195,7 @@ def run_pbt(
 
         if train_bars is None or val_bars is None:
             raise ConfigError("run_pbt needs train_bars and val_bars for the RLlib phase runner")
-        runner_factory = PhaseRunnerFactory(cfg, phase, train_bars, val_bars, phase1_checkpoint)
+        runner_factory = PhaseRunnerFactory(cfg, phase, train_bars, val_bars, init_checkpoint)
 
     if resume and not (exp_path / "tuner.pkl").is_file():
         raise CheckpointError(f"no resumable PBT run at {exp_path}")
@@ -220,6 +220,13 @@ def run_pbt(
         run_dir.mkdir(parents=True, exist_ok=True)
         tuner = _new_tuner(cfg, phase, trainable, run_dir, population, iterations, mlflow, verbose)
     results = tuner.fit()
+    if results.errors:
+        first = str(results.errors[0]).strip().splitlines()
+        raise RLTradingError(
+            f"{len(results.errors)} of {len(results)} PBT trials failed "
+            f"({first[-1][:200] if first else 'unknown error'}); fix the cause and continue "
+            f"with --resume --run-dir {run_dir}"
+        )
     return summarize(results, cfg, phase, run_dir, population, iterations)
 
 

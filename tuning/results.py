@@ -45,20 +45,31 @@ def trials_table(results: Any, metric: str, mode: str, exploits: pd.DataFrame) -
     return table.reset_index(drop=True)
 
 
+_SHORT = {
+    "iterations": "iter",
+    "clip_param": "clip",
+    "entropy_coeff": "entropy",
+    "exploits": "exploited",
+}
+
+
 def render_table(table: pd.DataFrame, metric: str) -> Any:
     """A rich Table of the trials (best first)."""
     from rich.table import Table
 
     out = Table(title=f"PBT trials (by {metric})")
-    shown = [c for c in table.columns if c not in ("trial_id", "checkpoint")]
+    hidden = {"trial_id", "checkpoint"}
+    if "status" in table and (table["status"] == "done").all():
+        hidden.add("status")
+    shown = [c for c in table.columns if c not in hidden]
     for col in shown:
-        out.add_column(col, justify="right" if col != "status" else "left")
+        out.add_column(_SHORT.get(col, col), justify="right" if col != "status" else "left")
     for _, row in table.iterrows():
         cells = []
         for col in shown:
             value = row[col]
             if isinstance(value, float):
-                cells.append(f"{value:.3g}" if col == "lr" else f"{value:.4f}")
+                cells.append(f"{value:.2e}" if col in ("lr", "entropy_coeff") else f"{value:.3f}")
             else:
                 cells.append(str(value))
         out.add_row(*cells)

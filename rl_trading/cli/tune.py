@@ -1,0 +1,78 @@
+"""`rl-trading tune`: Population-Based Training of an RL phase (`tune pbt`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.errors import ConfigError
+
+app = typer.Typer(help="Hyperparameter search: Population-Based Training of the RL phases.")
+
+
+@app.callback()
+def _group() -> None:
+    """Hyperparameter search: Population-Based Training of the RL phases."""
+
+
+@app.command()
+def pbt(
+    config: ConfigOpt = None,
+    phase: Annotated[int, typer.Option("--phase", "-p", help="RL phase to tune (1, 2 or 3).")] = 1,
+    population: Annotated[
+        int | None, typer.Option(help="Trials in the population (default tuning.population).")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option(help="Training iterations per trial (default tuning.iterations).")
+    ] = None,
+    sets: SetOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted run in --run-dir.")
+    ] = False,
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run folder (default <run_dir>/pbt_phase<N>).")
+    ] = None,
+    from_checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Phase 2: the phase-1 checkpoint; phase 3: the phase-2 checkpoint."),
+    ] = None,
+    mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
+) -> None:
+    """Population-Based Training of one phase; writes best.json, trials.csv and lineage.png."""
+    from rl_trading.data import load_market, split_by_time
+    from tuning.pbt import run_pbt
+    from tuning.results import render_table
+
+    cfg = cli_config(config, sets)
+    if phase not in (1, 2, 3):
+        raise ConfigError(f"--phase must be 1, 2 or 3 (got {phase})")
+    if resume and run_dir is None:
+        raise ConfigError("--resume needs --run-dir (the folder of the interrupted run)")
+    bars = load_market(cfg)
+    splits = split_by_time(bars, cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars)
+    console.print(
+        f"PBT phase {phase}: population {population or cfg.tuning.population}, "
+        f"{iterations or cfg.tuning.iterations} iterations, objective "
+        f"{cfg.tuning.metric} ({cfg.tuning.mode})"
+    )
+    result = run_pbt(
+        cfg,
+        phase,
+        splits.train,
+        splits.val,
+        run_dir=run_dir,
+        population=population,
+        iterations=iterations,
+        resume=resume,
+        init_checkpoint=str(from_checkpoint) if from_checkpoint else None,
+        mlflow=mlflow,
+        verbose=1,
+    )
+    console.print(render_table(result.table, result.metric))
+    best = ", ".join(f"{k}={v:.4g}" for k, v in result.best_config.items())
+    console.print(f"best {result.metric} = {result.best_metric:.4f} ({result.best_trial}): {best}")
+    console.print(f"best checkpoint: {result.best_checkpoint}")
+    console.print(f"run folder: {result.run_dir} (best.json, trials.csv, lineage.png)")
