@@ -111,6 +111,11 @@ def build_phase_config(
         .rl_module(
             rl_module_spec=MultiRLModuleSpec(rl_module_specs=_module_specs(cfg, factory, pids, sac))
         )
+        .fault_tolerance(
+            restart_failed_env_runners=res.restart_failed_env_runners,
+            max_num_env_runner_restarts=res.max_env_runner_restarts,
+            delay_between_env_runner_restarts_s=res.env_runner_restart_delay_s,
+        )
         .debugging(seed=cfg.seed)
         .reporting(metrics_num_episodes_for_smoothing=20)
     )

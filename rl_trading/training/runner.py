@@ -69,6 +69,14 @@ def iteration_metrics(result: Mapping[str, Any]) -> dict[str, float]:
         "episode_return_mean": float(runners.get("episode_return_mean", math.nan)),
         "episode_len_mean": float(runners.get("episode_len_mean", math.nan)),
     }
+    # Env-runner fault tolerance: healthy runners and restarts so far (lost samples show up as
+    # an iteration with fewer env steps / episodes while a runner was being recreated).
+    faults = result.get("fault_tolerance", {}) or {}
+    if faults:
+        out["num_healthy_env_runners"] = float(faults.get("num_healthy_workers", 0))
+        out["num_env_runner_restarts"] = float(faults.get("num_remote_worker_restarts", 0))
+    out["env_steps_this_iter"] = float(runners.get("num_env_steps_sampled", math.nan))
+    out["episodes_this_iter"] = float(runners.get("num_episodes", math.nan))
     for pid, value in (runners.get("module_episode_returns_mean") or {}).items():
         out[f"{pid}/episode_return_mean"] = float(value)
     for pid, stats in (result.get("learners", {}) or {}).items():
@@ -176,6 +184,7 @@ def run_phase(
             ps.mlflow_run_id = tracker.run_id
             t0 = time.monotonic()
             start_iter = ps.iteration
+            restarts_seen = 0
             metrics: dict[str, float] = {}
             while ps.iteration < total:
                 result = algo.train()
@@ -183,6 +192,18 @@ def run_phase(
                 it = ps.iteration
                 metrics = iteration_metrics(result)
                 ps.env_steps = int(metrics["env_steps"])
+                restarts = int(metrics.get("num_env_runner_restarts", 0))
+                if restarts > restarts_seen:
+                    logger.warning(
+                        "%s iteration %d: %d env runner(s) restarted, %d healthy; sampled %d "
+                        "env steps this iteration",
+                        name,
+                        it,
+                        restarts - restarts_seen,
+                        int(metrics.get("num_healthy_env_runners", 0)),
+                        int(metrics.get("env_steps_this_iter", 0) or 0),
+                    )
+                    restarts_seen = restarts
                 if it % cfg.phases.eval_interval == 0 or it == total:
                     sync_driver_modules(algo, modules)
                     ps.last_val = validate(factory, mode, modules, seed=cfg.seed)
