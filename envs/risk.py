@@ -94,17 +94,19 @@ class RiskModel:
         """
         n_sector = n_corr = n_var = 0
         mp = self.max_position
-        if self.sector_masks:
-            alloc = np.abs(x) / mp
+        alloc = np.abs(x) / mp
+        total = float(alloc.sum())  # bounds every sector sum and every correlated allocation
+        if self.sector_masks and total > self.max_sector:
             for mask in self.sector_masks:
-                total = alloc[mask].sum()
-                if total > self.max_sector + 1e-12:
-                    x[mask] *= self.max_sector / total
+                sector_total = alloc[mask].sum()
+                if sector_total > self.max_sector + 1e-12:
+                    x[mask] *= self.max_sector / sector_total
                     n_sector += 1
-        if self.use_corr:
             alloc = np.abs(x) / mp
+            total = float(alloc.sum())
+        if self.use_corr and total > self.max_corr:
             sign = np.sign(x)
-            aligned = np.maximum(self.corr[t] * sign[:, None] * sign[None, :], 0.0)
+            aligned = np.maximum(self.corr[t] * np.outer(sign, sign), 0.0)
             corr_alloc = aligned @ alloc
             over = corr_alloc > self.max_corr + 1e-12
             if over.any():
