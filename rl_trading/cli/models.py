@@ -37,7 +37,9 @@ def list_models(
     registry, _ = _registry(config, sets, tracking_uri)
     records = registry.list(model_type=model_type, grade=grade)
     table = Table(title=f"Registered models ({len(records)})", header_style="bold")
-    for col in ("name", "type", "kind", "version", "grade", "metric", "aliases", "created"):
+    width = max((len(r.display_name) for r in records), default=4)
+    table.add_column("name", no_wrap=True, min_width=width)  # names are copied: never cut
+    for col in ("type", "kind", "version", "grade", "metric", "aliases", "created"):
         table.add_column(col)
     for r in records:
         table.add_row(
