@@ -186,6 +186,7 @@ def run_pbt(
     iterations = iterations or cfg.tuning.iterations
     if population < 2:
         raise ConfigError("PBT needs a population of at least 2 trials")
+    hparam_ranges(cfg)  # config errors before any Ray work
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg, phase)
     run_dir = run_dir.resolve()
     exp_path = run_dir / EXPERIMENT_DIR
