@@ -140,7 +140,9 @@ class PolicyBundle:
 
 
 def _is_module_dir(path: Path) -> bool:
-    return (path / "class_and_ctor_args.pkl").is_file()
+    from rl_trading.evaluation.export import is_module_dir
+
+    return is_module_dir(path)
 
 
 def _read_preprocessing(*dirs: Path) -> dict[str, Any]:

@@ -120,6 +120,15 @@ def onnx_actions(path: str | Path, obs: np.ndarray) -> np.ndarray:
     return sess.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
 
 
+def is_module_dir(path: Path) -> bool:
+    """An RLModule saved with `save_to_path` (not a whole algorithm checkpoint)."""
+    return (
+        (path / "class_and_ctor_args.pkl").is_file()
+        and not (path / "learner_group").exists()
+        and not (path / "rllib_checkpoint.json").exists()
+    )
+
+
 def load_module(path: str | Path, policy_id: str | None = None) -> Any:
     """An RLModule from an RLModule dir, or from an algorithm checkpoint plus `policy_id`."""
     from ray.rllib.core.rl_module.rl_module import RLModule
@@ -134,7 +143,7 @@ def load_module(path: str | Path, policy_id: str | None = None) -> Any:
             path,
         ]
     for cand in candidates:
-        if (cand / "class_and_ctor_args.pkl").is_file() or (cand / "module_state.pt").exists():
+        if is_module_dir(cand):
             try:
                 module = RLModule.from_checkpoint(str(cand))
             except Exception as exc:  # noqa: BLE001 - corrupt / wrong kind of checkpoint
