@@ -197,3 +197,36 @@ def test_policy_backtest_hierarchy(cfg, bars, tmp_path):
     (root / "meta").rename(tmp_path / "meta_aside")
     res1 = backtest(tmp_path / "ckpt", bars, cfg, seed=0, include_supervised=False)
     assert res1.runs["policy"].extra["mode"] == "specialists"
+
+
+def test_supervised_signal_baseline_when_a_model_exists(workspace):
+    from rl_trading.supervised.dataset import prepare_timeframes
+    from rl_trading.supervised.fitting import fit_and_score
+    from rl_trading.supervised.models import default_params
+    from rl_trading.supervised.storage import save_model
+
+    cfg = load_config(
+        overrides=["data.timeframe=1h", "supervised.models=[analyst]", "supervised.n_estimators=20"]
+    )
+    bars = synthetic_market(["AAA"], n_bars=1500, seed=9, timeframe="1h", signal_strength=0.5)
+    train = {"AAA": bars["AAA"].iloc[:1000]}
+    test = {"AAA": bars["AAA"].iloc[1000:]}
+    assert "supervised" not in run_baselines(test, cfg, seed=0)  # no saved model yet
+    frames = prepare_timeframes(train, ["1h"], horizon=1, dead_zone=0.0)["1h"]
+    fit = fit_and_score(
+        "analyst",
+        frames,
+        default_params("analyst", cfg),
+        test_size=0.2,
+        cv_splits=2,
+        horizon=1,
+        seed=0,
+        run_cv=False,
+    )
+    save_model(fit.model, "analyst", "1h", {"metrics": fit.metrics})
+    runs = run_baselines(test, cfg, seed=0)
+    sup = runs["supervised"]
+    held = np.round(np.abs(sup.weights[2:, 0]) / cfg.env.max_position_size, 1)
+    assert set(np.unique(held)) <= {0.0, 0.9, 1.0, 1.1}  # +-max position (drifting), or flat
+    assert np.abs(sup.weights).max() > 0  # it traded on the signal
+    assert len(sup.equity) == len(runs["flat"].equity)
