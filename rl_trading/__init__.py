@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["DistributedTrainer", "TrainingConfig", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy exports, so `import rl_trading` stays light (no ray / torch)."""
+    if name == "DistributedTrainer":
+        from rl_trading.training.trainer import DistributedTrainer
+
+        return DistributedTrainer
+    if name == "TrainingConfig":
+        from rl_trading.config import TrainingConfig
+
+        return TrainingConfig
+    raise AttributeError(f"module 'rl_trading' has no attribute {name!r}")
