@@ -92,21 +92,22 @@ def plot_lineage(
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for idx, df in sorted(histories.items()):
         color = colors[idx % len(colors)]
-        x = df["training_iteration"] if "training_iteration" in df else df.index + 1
-        for ax, key in zip(axes, panels, strict=True):
-            col = key if key == metric else f"hp/{key}"
-            if col not in df:
-                continue
-            ax.step(x, df[col], where="post", color=color, label=f"trial {idx}")
-            hits = exploits[exploits["target"] == idx] if not exploits.empty else exploits
-            for _, ev in hits.iterrows():
-                after = df[x > ev["source_iter"]]
-                if not after.empty and col in after:
+        x = df["training_iteration"] if "training_iteration" in df else df.index.to_series() + 1
+        # An exploit restores the source trial's checkpoint: the iteration count restarts from
+        # the source's, so each jump begins a new segment (marked with a dot).
+        segment = (x.diff().fillna(1) != 1).cumsum()
+        for seg_id, part in df.groupby(segment):
+            xs = x[part.index]
+            for ax, key in zip(axes, panels, strict=True):
+                col = key if key == metric else f"hp/{key}"
+                if col not in part:
+                    continue
+                label = f"trial {idx}" if seg_id == 0 else None
+                ax.step(xs, part[col], where="post", color=color, label=label)
+                if seg_id > 0:
                     ax.plot(
-                        after.iloc[0]["training_iteration"]
-                        if "training_iteration" in after
-                        else ev["source_iter"] + 1,
-                        after.iloc[0][col],
+                        xs.iloc[0],
+                        part[col].iloc[0],
                         marker="o",
                         color=color,
                         markersize=6,
