@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from envs.common import RewardShaper, prepare_instrument, resolve_config
-from envs.execution import CostModel, rebalance, stop_loss_hit
+from envs.execution import CostModel
 from rl_trading import metrics
 from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler
@@ -60,6 +60,7 @@ class TradingEnv(gym.Env):
         self.episode_length = int(ecfg.episode_length)
         self.allow_short = bool(ecfg.allow_short)
         self.action_type = ecfg.action_type
+        self._discrete = self.action_type == "discrete"
         self.random_start = bool(ecfg.random_start)
         self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
@@ -67,7 +68,14 @@ class TradingEnv(gym.Env):
 
         data = prepare_instrument(bars, scaler, symbol="bars")
         self.scaler = data.scaler
-        self._open, self._close, self._feat = data.open, data.close, data.features
+        self._open, self._close = data.open, data.close
+        # features flattened with _STATE_DIM zeros of padding: the observation of bar t is one
+        # contiguous slice copy (window rows + _STATE_DIM slots overwritten with the state)
+        t_len, n_feat = data.features.shape
+        self._flat = np.zeros(t_len * n_feat + _STATE_DIM, dtype=np.float32)
+        self._flat[: t_len * n_feat] = data.features.reshape(-1)
+        self._feat = self._flat[: t_len * n_feat].reshape(t_len, n_feat)
+        self._n_feat = n_feat
         # Python lists: scalar indexing gives Python floats (much faster arithmetic in step())
         self._open_l, self._close_l = data.open.tolist(), data.close.tolist()
         rc = self.cfg.reward
@@ -88,7 +96,7 @@ class TradingEnv(gym.Env):
         self._obs_dim = self.window * n_feat + _STATE_DIM
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (self._obs_dim,), np.float32)
         if self.action_type == "discrete":
-            self._levels = (-1.0, 0.0, 1.0) if self.allow_short else (0.0, 1.0)
+            self._levels: tuple[float, ...] = (-1.0, 0.0, 1.0) if self.allow_short else (0.0, 1.0)
             self.action_space = gym.spaces.Discrete(len(self._levels))
         else:
             low = -1.0 if self.allow_short else 0.0
@@ -135,16 +143,14 @@ class TradingEnv(gym.Env):
 
     def _obs(self) -> np.ndarray:
         t = self._t
-        out = np.empty(self._obs_dim, dtype=np.float32)
-        out[:-_STATE_DIM] = self._feat[t - self.window + 1 : t + 1].reshape(-1)
+        stop = (t + 1) * self._n_feat
+        out = self._flat[stop - self._obs_dim + _STATE_DIM : stop + _STATE_DIM].copy()
+        units = self._units
         price = self._close_l[t]
         eq = self._equity
-        units = self._units
-        out[-3:] = (
-            units * price / (self.max_position * eq) if eq > 0 else 0.0,
-            (price / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0,
-            self._bars_in_pos * 0.01,
-        )
+        out[-3] = units * price / (self.max_position * eq) if eq > 0 else 0.0
+        out[-2] = (price / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
+        out[-1] = self._bars_in_pos * 0.01
         return out
 
     def _info(self, cost: float, stopped: bool, fill_units: float) -> dict[str, Any]:
@@ -171,7 +177,7 @@ class TradingEnv(gym.Env):
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Fill the target at the next open, mark at its close, apply stop-loss, reward."""
-        target = self._target_of(action)
+        target = self._levels[int(action)] if self._discrete else self._target_of(action)
         t1 = self._t + 1
         price_open = self._open_l[t1]
         price_close = self._close_l[t1]
@@ -184,7 +190,8 @@ class TradingEnv(gym.Env):
             eq_open = cash + units * price_open
             new_units = target * self.max_position * max(eq_open, 0.0) / price_open
             fill = new_units - units
-            _, cash, cost, _ = rebalance(units, cash, new_units, price_open, self._rate)
+            cost = abs(fill) * price_open * self._rate
+            cash = cash - fill * price_open - cost
             if new_units == 0.0:
                 self._entry, self._bars_in_pos = 0.0, 0
             elif units == 0.0 or (units > 0) != (new_units > 0):
@@ -195,8 +202,16 @@ class TradingEnv(gym.Env):
             self._target = target
             self._trades += 1
         stopped = False
-        if units != 0.0 and stop_loss_hit(units, price_close, self._entry, self.stop_loss_pct):
-            _, cash, sl_cost, _ = rebalance(units, cash, 0.0, price_close, self._rate)
+        sl = self.stop_loss_pct
+        # envs.execution.stop_loss_hit / rebalance inlined (same arithmetic, Python floats)
+        if (
+            units != 0.0
+            and sl > 0
+            and (units * (price_close - self._entry) <= -sl * abs(units) * self._entry)
+        ):
+            delta = 0.0 - units
+            sl_cost = abs(delta) * price_close * self._rate
+            cash = cash - delta * price_close - sl_cost
             cost += sl_cost
             fill -= units
             units, self._entry, self._bars_in_pos, self._target = 0.0, 0.0, 0, 0.0
@@ -218,7 +233,24 @@ class TradingEnv(gym.Env):
             reward = self.reward_fn(eq_prev, equity, cost)
         terminated = equity <= 0.0
         truncated = (not terminated) and t1 >= self._end
-        return self._obs(), reward, terminated, truncated, self._info(cost, stopped, fill)
+        info = {
+            "equity": equity,
+            "position": units,
+            "target": self._target,
+            "fill_units": fill,
+            "cost": cost,
+            "total_costs": self._total_costs,
+            "stop_loss": stopped,
+            "stop_losses": self._stop_losses,
+            "bar": t1,
+        }
+        # observation of bar t1 (as _obs(), inlined)
+        stop = (t1 + 1) * self._n_feat
+        obs = self._flat[stop - self._obs_dim + _STATE_DIM : stop + _STATE_DIM].copy()
+        obs[-3] = units * price_close / (self.max_position * equity) if equity > 0 else 0.0
+        obs[-2] = (price_close / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
+        obs[-1] = self._bars_in_pos * 0.01
+        return obs, reward, terminated, truncated, info
 
     def obs_layout(self) -> dict[str, int]:
         """Layout of an observation: window_size x n_features, then state_dim."""
