@@ -177,6 +177,10 @@ class ResourcesConfig(Section):
     num_learners: int = Field(0, ge=0)
     num_gpus_per_learner: float = Field(0.0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Env-runner fault tolerance: a crashed env runner is recreated and training continues.
+    restart_failed_env_runners: bool = True
+    max_env_runner_restarts: int = Field(100, ge=0)
+    env_runner_restart_delay_s: float = Field(5.0, ge=0)
 
 
 class TrackingConfig(Section):

@@ -146,7 +146,7 @@ def build_phase_config(
         if res.precision == "bf16":
             from rl_trading.training.bf16_learner import BF16PPOTorchLearner
 
-            config = config.training(learner_class=BF16PPOTorchLearner)
+            config = config.learners(learner_class=BF16PPOTorchLearner)
     if phase == 3:
         overrides: dict[str, Any] = {}
         for pid in pids:
