@@ -197,10 +197,12 @@ def sortino_ratio(
     """Annualised Sortino: mean excess / downside deviation x sqrt(ppy).
 
     Downside deviation = sqrt(mean(min(excess, 0)^2)) over all periods. 0.0 for fewer than two
-    returns or when there is no downside (no period below the risk-free rate).
+    returns, for flat equity (all returns zero: as Sharpe, a strategy that never trades scores 0
+    whatever the risk-free rate) or when there is no downside (no period below the risk-free
+    rate).
     """
     r = _arr(returns)
-    if r.size < 2:
+    if r.size < 2 or float(np.max(np.abs(r))) <= _EPS:
         return 0.0
     ppy = _ppy(periods_per_year)
     excess = r - risk_free_rate / ppy

@@ -163,6 +163,9 @@ def test_edge_cases_are_finite():
             assert math.isfinite(value), (name, key, value)
     flat = m.summarize(cases["flat"], periods_per_year=252)
     assert flat["sharpe_ratio"] == 0.0 and flat["max_drawdown"] == 0.0
+    # a strategy that never trades scores 0 on both ratios, even with a risk-free rate
+    flat_rf = m.summarize(cases["flat"], periods_per_year=252, risk_free_rate=0.02)
+    assert flat_rf["sharpe_ratio"] == 0.0 and flat_rf["sortino_ratio"] == 0.0
     assert flat["volatility"] == 0.0 and flat["total_return"] == 0.0
     losses = m.summarize(cases["all losses"], periods_per_year=252)
     assert losses["win_rate"] == 0.0 and losses["profit_factor"] == 0.0
