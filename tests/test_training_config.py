@@ -8,7 +8,9 @@ import logging
 import pickle
 import warnings
 
+import numpy as np
 import pytest
+import torch
 
 from rl_trading.config import AppConfig
 from rl_trading.data import split_by_time, synthetic_market
@@ -85,7 +87,11 @@ def test_phase_configs_build_without_deprecation_warnings(ray_session, bars):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             configs = {p: build_phase_config(cfg, p, factory) for p in (1, 2, 3)}
-            for c in configs.values():
+            variants = [
+                build_phase_config(small_cfg(resources={"precision": "bf16"}), 3, factory),
+                build_phase_config(small_cfg(phases={"algorithm": "sac"}), 3, factory),
+            ]
+            for c in [*configs.values(), *variants]:
                 c.validate()
             algo = configs[1].build_algo()
             try:
@@ -153,5 +159,31 @@ def test_shared_specialist_policy_and_sac(ray_session, bars):
     try:
         result = algo.train()
         assert result["env_runners"]["num_env_steps_sampled_lifetime"] > 0
+    finally:
+        algo.stop()
+
+
+@pytest.mark.rllib
+def test_bf16_learner_runs_forward_in_bfloat16(ray_session, bars):
+    from rl_trading.training.bf16_learner import BF16PPOTorchLearner
+
+    class CPUBF16(BF16PPOTorchLearner):
+        cpu_autocast = True  # no GPU here: force the autocast path on CPU
+
+    cfg = small_cfg(resources={"precision": "bf16"})
+    factory = hierarchical_factory(cfg, bars.train, bars.val)
+    config = build_phase_config(cfg, 1, factory)
+    assert config.learner_class is BF16PPOTorchLearner
+    algo = config.learners(learner_class=CPUBF16).build_algo()
+    try:
+        before = algo.learner_group.get_weights(["specialist_AAA"])["specialist_AAA"]
+        result = algo.train()
+        learner = algo.learner_group._learner
+        assert learner.last_forward_dtype == torch.bfloat16
+        stats = result["learners"]["specialist_AAA"]
+        assert np.isfinite(stats["total_loss"])
+        after = algo.learner_group.get_weights(["specialist_AAA"])["specialist_AAA"]
+        assert any(not np.array_equal(before[k], after[k]) for k in before)
+        assert all(np.asarray(v).dtype == np.float32 for v in after.values())
     finally:
         algo.stop()

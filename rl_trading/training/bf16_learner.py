@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
 
 logger = logging.getLogger(__name__)
 
@@ -20,11 +21,15 @@ class BF16PPOTorchLearner(PPOTorchLearner):
     """
 
     _warned = False
+    cpu_autocast = False  # True: also autocast on CPU (tests; slower than fp32 there)
+    last_forward_dtype: torch.dtype | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         device = getattr(self, "_device", None)
         if device is not None and torch.device(device).type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if self.cpu_autocast:
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
         if not BF16PPOTorchLearner._warned:
             logger.warning("precision=bf16 ignored: the learner runs on CPU (fp32 used)")
             BF16PPOTorchLearner._warned = True
@@ -36,6 +41,10 @@ class BF16PPOTorchLearner(PPOTorchLearner):
         with self._autocast():
             fwd_out = self.module.forward_train(batch)
             loss_per_module = self.compute_losses(fwd_out=fwd_out, batch=batch)
+        first = next(iter(fwd_out.values()), None)
+        if isinstance(first, dict):  # embeddings come straight out of a (autocast) matmul
+            first = first.get(Columns.EMBEDDINGS, first.get(Columns.ACTION_DIST_INPUTS))
+        self.last_forward_dtype = getattr(first, "dtype", None)
         loss_per_module = {k: v.float() for k, v in loss_per_module.items()}
         gradients = self.compute_gradients(loss_per_module)
         with contextlib.ExitStack() as stack:

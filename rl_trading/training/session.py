@@ -58,6 +58,10 @@ def train(
         train_bars, val_bars, fp = load_splits(cfg)
         factory = hierarchical_factory(cfg, train_bars, val_bars)
         tags["data_fingerprint"] = fp
+    if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
+        from rl_trading.tracking import check_tracking, resolve_tracking_uri
+
+        check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
     init_ray(address or cfg.resources.address, num_cpus=cfg.resources.num_cpus)
     run_dir.mkdir(parents=True, exist_ok=True)
     results = {}
