@@ -47,7 +47,7 @@ from pettingzoo import ParallelEnv
 from pettingzoo.utils import parallel_to_aec
 
 from envs.common import RewardShaper, prepare_instrument, resolve_config
-from envs.execution import CostModel, stop_loss_hit
+from envs.execution import CostModel
 from envs.risk import RiskModel, rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
@@ -121,6 +121,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         arrays = [prepare_instrument(bars[s], scalers.get(s), symbol=s) for s in self.symbols]
         self.scalers = {s: a.scaler for s, a in zip(self.symbols, arrays, strict=True)}
         self._feat_all = np.ascontiguousarray(np.stack([a.features for a in arrays], axis=0))
+        # (n, T x F) view: the window of bar t is one 2-D slice, copied once into the obs
+        self._feat_rows = self._feat_all.reshape(n, -1)
         self._open = np.ascontiguousarray(np.stack([a.open for a in arrays], axis=1))
         self._close = np.ascontiguousarray(np.stack([a.close for a in arrays], axis=1))
         self.n_bars = t_len = self._open.shape[0]
@@ -162,7 +164,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.possible_agents = list(self.specialists)
         if mode != "specialists":
             self.possible_agents.append(META)
-        n_feat = self._feat_all.shape[2]
+        n_feat = self._n_feat = self._feat_all.shape[2]
         self._spec_dim = self.window * n_feat + _SPEC_STATE
         self._meta_dim = (n + 1) + n + 2 + n + n * (n - 1) // 2 + n
         low = self._low = -1.0 if self.allow_short else 0.0
@@ -266,8 +268,10 @@ class HierarchicalTradingEnv(ParallelEnv):
     def _spec_obs_all(self) -> np.ndarray:
         """(n, spec_dim) specialist observations of bar t in one array (rows go to agents)."""
         t, n = self._t, self.n
+        n_feat = self._n_feat
         out = np.empty((n, self._spec_dim), dtype=np.float32)
-        out[:, :-_SPEC_STATE] = self._feat_all[:, t - self.window + 1 : t + 1].reshape(n, -1)
+        stop = (t + 1) * n_feat
+        out[:, :-_SPEC_STATE] = self._feat_rows[:, stop - self.window * n_feat : stop]
         units = self._units
         price = self._close[t]
         eq = self._equity
@@ -337,17 +341,23 @@ class HierarchicalTradingEnv(ParallelEnv):
             idx = np.where(keep, 0, vals).astype(np.int64)
             self._proposal = np.where(keep, self._proposal, self._levels[idx])
         else:
-            vals = np.clip(vals, self._low, 1.0)
-            self._proposal = np.where(vals == vals, vals, 0.0)  # NaN -> flat
+            # np.clip(vals, low, 1) with two in-place ufuncs (vals is a fresh array here)
+            # (maximum(low, v), not (v, low): np.clip keeps v = -0.0 at low = 0.0, so must we)
+            np.minimum(np.maximum(self._low, vals, out=vals), 1.0, out=vals)
+            total = np.add.reduce(vals)
+            if total != total:  # some NaN (inf was clipped): NaN -> flat
+                vals = np.where(vals == vals, vals, 0.0)
+            self._proposal = vals
 
     def _read_meta(self, act: Any) -> None:
-        w = np.clip(np.asarray(act, dtype=np.float64).reshape(-1), 0.0, 1.0)
-        total = float(w.sum())
+        w = np.maximum(0.0, np.asarray(act, dtype=np.float64).reshape(-1))
+        np.minimum(w, 1.0, out=w)  # = np.clip(act, 0, 1), on the fresh array
+        total = float(np.add.reduce(w))
         if total > 1e-8 and math.isfinite(total):
             self._weights = w / total
         else:
             w = np.where(np.isfinite(w), w, 0.0)
-            total = float(w.sum())
+            total = float(np.add.reduce(w))
             if total > 1e-8:
                 self._weights = w / total
             else:
@@ -388,29 +398,35 @@ class HierarchicalTradingEnv(ParallelEnv):
 
         # execution at the next open: trade only instruments whose target changed
         changed = x != self._target_x
+        n_changed = np.count_nonzero(changed)
         cost = 0.0
-        if changed.any():
+        if n_changed:
             eq_open = cash + float(units @ opn)
             new_units = x * (max(eq_open, 0.0) / opn)
-            if not changed.all():
+            if n_changed != n:
                 new_units = np.where(changed, new_units, units)
             delta = new_units - units
             cost = float(np.abs(delta) @ opn) * rate
             cash -= float(delta @ opn) + cost
             same_side = units * new_units > 0.0
-            grow = same_side & (np.abs(new_units) > np.abs(units))
-            new_entry = np.where(same_side, entry, np.where(new_units != 0.0, opn, 0.0))
-            if grow.any():
-                np.divide(units * entry + delta * opn, new_units, out=new_entry, where=grow)
+            # opn x (new != 0) = where(new != 0, opn, 0): prices are positive and finite
+            new_entry = opn * (new_units != 0.0)
+            if np.count_nonzero(same_side):
+                new_entry = np.where(same_side, entry, new_entry)
+                grow = same_side & (np.abs(new_units) > np.abs(units))
+                if np.count_nonzero(grow):
+                    np.divide(units * entry + delta * opn, new_units, out=new_entry, where=grow)
             entry = new_entry
-            self._bars_in = np.where(same_side, self._bars_in, 0.0)
+            self._bars_in = self._bars_in * same_side  # bar counts are >= 0: where(.., 0.0)
             units = new_units
             self._target_x = x
 
-        # stop-loss at the close
+        # stop-loss at the close (envs.execution.stop_loss_hit, inlined)
         if self.stop_loss_pct > 0:
-            hit = stop_loss_hit(units, cls, entry, self.stop_loss_pct)
-            if hit.any():
+            hit = (units * (cls - entry) <= -self.stop_loss_pct * np.abs(units) * entry) & (
+                units != 0
+            )
+            if np.count_nonzero(hit):
                 sl_cost = float(np.abs(units[hit]) @ cls[hit]) * rate
                 cash += float(units[hit] @ cls[hit]) - sl_cost
                 cost += sl_cost
@@ -422,7 +438,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._bars_in = self._bars_in + (units != 0.0)
         self._units, self._entry, self._cash = units, entry, cash
         value = units * cls
-        equity = cash + float(value.sum())
+        equity = cash + float(np.add.reduce(value))
         self._equity = equity
         if equity > self._peak:
             self._peak = equity
@@ -444,7 +460,14 @@ class HierarchicalTradingEnv(ParallelEnv):
             if self.risk_penalty:
                 meta_r -= self.risk_penalty * var_after
             if self.div_bonus:
-                div = metrics.diversification(self._target_x)
+                # metrics.diversification(target_x), inlined for the usual finite case
+                w_abs = np.abs(self._target_x)
+                w_tot = float(np.add.reduce(w_abs))
+                if w_tot > 1e-12 and math.isfinite(w_tot):
+                    h = float(np.dot(w_abs, w_abs)) / (w_tot * w_tot)
+                    div = 0.0 if h == 0.0 else float(1.0 - h)
+                else:
+                    div = metrics.diversification(self._target_x)
                 meta_r += self.div_bonus * div * self._mean_vol[t]
             self._meta_acc += meta_r
 
@@ -454,7 +477,10 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._steps = steps
         self._h_equity[steps] = equity
         self._h_weights[steps] = self._weights
-        self._h_expo[steps] = value / equity if equity > 0 else 0.0
+        if equity > 0:
+            np.divide(value, equity, out=self._h_expo[steps])
+        else:
+            self._h_expo[steps] = 0.0
         self._h_cost[steps] = cost
         self._h_var[steps] = var_after
         self._h_breach[steps] = breach

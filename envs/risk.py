@@ -95,7 +95,8 @@ class RiskModel:
         n_sector = n_corr = n_var = 0
         mp = self.max_position
         alloc = np.abs(x) / mp
-        total = float(alloc.sum())  # bounds every sector sum and every correlated allocation
+        # the total bounds every sector sum and every correlated allocation
+        total = float(np.add.reduce(alloc))
         if self.sector_masks and total > self.max_sector:
             for mask in self.sector_masks:
                 sector_total = alloc[mask].sum()
@@ -106,12 +107,12 @@ class RiskModel:
             total = float(alloc.sum())
         if self.use_corr and total > self.max_corr:
             sign = np.sign(x)
-            aligned = np.maximum(self.corr[t] * np.outer(sign, sign), 0.0)
+            aligned = np.maximum(self.corr[t] * (sign[:, None] * sign), 0.0)  # = outer
             corr_alloc = aligned @ alloc
             over = corr_alloc > self.max_corr + 1e-12
-            if over.any():
+            n_corr = int(np.count_nonzero(over))
+            if n_corr:
                 x[over] *= self.max_corr / corr_alloc[over]
-                n_corr = int(over.sum())
         var = self.var(t, x)
         if var > self.max_var:
             x *= self.max_var / var
