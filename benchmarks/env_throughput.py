@@ -4,7 +4,11 @@ Run: ``.venv/bin/python benchmarks/env_throughput.py [--bars 20000] [--steps 200
 Single thread (BLAS threads pinned to 1), actions pre-generated so only env code is timed.
 Prints steps/s for each env and the TradingEnv / StocksEnv ratio (target >= 1.0), and env
 steps/s and agent steps/s of the hierarchical env with 8 instruments (target >= 20,000 env
-steps/s). Not a test: figures depend on the machine and its load.
+steps/s). Each figure is given twice: per wall-clock second and per CPU second of this process
+(time.process_time); on a loaded machine the CPU figure is the one-core throughput, the wall
+figure what was left of it. The two single-instrument envs are timed alternately in the same
+run, so their ratio is fair. The load average is printed before and after to judge the noise.
+Not a test: figures depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -22,19 +26,26 @@ import numpy as np  # noqa: E402
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "WTIUSD", "SPX500", "NAS100", "US30"]
 
 
-def _timed(step, reset, actions, steps: int) -> float:
-    """Steps per second of `step(action)` over `steps` steps, resetting when an episode ends."""
+def _timed(step, reset, actions, steps: int) -> tuple[float, float]:
+    """(wall, CPU) steps per second of `step(action)` over `steps` steps, resetting at episode
+    ends (resets are part of the cost)."""
     reset()
     n_act = len(actions)
-    start = time.perf_counter()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for k in range(steps):
         if step(actions[k % n_act]):
             reset()
-    return steps / (time.perf_counter() - start)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return steps / wall, steps / max(cpu, 1e-9)
 
 
-def bench_single(bars, window: int, steps: int, repeats: int) -> tuple[float, float]:
-    """Best-of-`repeats` steps/s of TradingEnv and StocksEnv on the same bars."""
+def _best(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return max(a[0], b[0]), max(a[1], b[1])
+
+
+def bench_single(bars, window: int, steps: int, repeats: int) -> tuple[tuple, tuple, list]:
+    """Best-of-`repeats` (wall, CPU) steps/s of TradingEnv and StocksEnv on the same bars,
+    timed alternately, and the CPU ratio of each repeat."""
     import gym_anytrading  # noqa: F401 - registers the envs
     from gym_anytrading.envs import StocksEnv
 
@@ -55,17 +66,19 @@ def bench_single(bars, window: int, steps: int, repeats: int) -> tuple[float, fl
         _, _, term, trunc, _ = theirs.step(a)
         return term or trunc
 
-    best_ours = best_theirs = 0.0
+    best_ours = best_theirs = (0.0, 0.0)
+    ratios = []
     for _ in range(repeats):
-        best_ours = max(best_ours, _timed(step_ours, lambda: ours.reset(seed=0), acts3, steps))
-        best_theirs = max(
-            best_theirs, _timed(step_theirs, lambda: theirs.reset(seed=0), acts2, steps)
-        )
-    return best_ours, best_theirs
+        o = _timed(step_ours, lambda: ours.reset(seed=0), acts3, steps)
+        t = _timed(step_theirs, lambda: theirs.reset(seed=0), acts2, steps)
+        ratios.append(o[1] / t[1])
+        best_ours, best_theirs = _best(best_ours, o), _best(best_theirs, t)
+    return best_ours, best_theirs, ratios
 
 
-def bench_hierarchical(bars, window: int, steps: int, repeats: int) -> tuple[float, int]:
-    """Best-of-`repeats` env steps/s of the 8-instrument joint-mode env; also agents per step."""
+def bench_hierarchical(bars, window: int, steps: int, repeats: int) -> tuple[tuple, int]:
+    """Best-of-`repeats` (wall, CPU) env steps/s of the 8-instrument joint-mode env; also the
+    number of agents per step."""
     from envs import HierarchicalTradingEnv
 
     env = HierarchicalTradingEnv(bars=bars, mode="joint", window_size=window)
@@ -81,9 +94,9 @@ def bench_hierarchical(bars, window: int, steps: int, repeats: int) -> tuple[flo
         env.step(a)
         return not env.agents
 
-    best = 0.0
+    best = (0.0, 0.0)
     for _ in range(repeats):
-        best = max(best, _timed(step, lambda: env.reset(seed=0), pool, steps))
+        best = _best(best, _timed(step, lambda: env.reset(seed=0), pool, steps))
     return best, len(env.possible_agents)
 
 
@@ -102,15 +115,26 @@ def main() -> None:
         raise SystemExit(f"rl_trading.data.synthetic unavailable: {exc}") from None
 
     market = synthetic_market(SYMBOLS, n_bars=args.bars, seed=7)
-    ours, theirs = bench_single(market[SYMBOLS[0]], args.window, args.steps, args.repeats)
-    print(f"TradingEnv          : {ours:12,.0f} steps/s  (window {args.window}, discrete)")
-    print(f"gym-anytrading Stocks: {theirs:12,.0f} steps/s  (same bars, same window)")
-    print(f"ratio TradingEnv / StocksEnv: {ours / theirs:.2f}  (target >= 1.0)")
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} CPUs)")
+    ours, theirs, ratios = bench_single(market[SYMBOLS[0]], args.window, args.steps, args.repeats)
+    print("best of", args.repeats, "runs:              wall steps/s    CPU steps/s")
+    print(f"TradingEnv (discrete, window {args.window}): {ours[0]:12,.0f}  {ours[1]:12,.0f}")
+    print(f"gym-anytrading StocksEnv (same bars):  {theirs[0]:12,.0f}  {theirs[1]:12,.0f}")
+    print(
+        f"ratio TradingEnv / StocksEnv: wall {ours[0] / theirs[0]:.2f}, "
+        f"CPU {ours[1] / theirs[1]:.2f}"
+        f" (per-run CPU ratios {', '.join(f'{r:.2f}' for r in ratios)}; target >= 1.0)"
+    )
     env_sps, n_agents = bench_hierarchical(market, args.window, args.steps, args.repeats)
     print(
-        f"HierarchicalTradingEnv, {len(SYMBOLS)} instruments, joint: {env_sps:,.0f} env steps/s, "
-        f"{env_sps * n_agents:,.0f} agent steps/s ({n_agents} agents; target >= 20,000 env steps/s)"
+        f"HierarchicalTradingEnv, {len(SYMBOLS)} instruments, joint, {n_agents} agents: "
+        f"wall {env_sps[0]:,.0f} env steps/s ({env_sps[0] * n_agents:,.0f} agent steps/s), "
+        f"CPU {env_sps[1]:,.0f} env steps/s ({env_sps[1] * n_agents:,.0f} agent steps/s); "
+        "target >= 20,000 env steps/s on one core"
     )
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 if __name__ == "__main__":
