@@ -86,13 +86,15 @@ class DistributedTrainer:
         mode = "joint" if "meta" in modules else "specialists"
         return validate(factory, mode, modules, seed=self.cfg.seed)
 
-    def tune(self, train_data: dict[str, Any], val_data: dict[str, Any]) -> Any:
+    def tune(
+        self, train_data: dict[str, Any], val_data: dict[str, Any], phase: int = 1, **kwargs: Any
+    ) -> Any:
         """Population-Based Training of the phases (delegates to the `tuning` package)."""
         try:
             from tuning.pbt import run_pbt
         except ImportError:
             raise ConfigError("tuning is unavailable: the tuning.pbt module is missing") from None
-        return run_pbt(self.cfg, train_data, val_data)
+        return run_pbt(self.cfg, phase, train_data, val_data, **kwargs)
 
     def save_model(self, path: str | Path) -> Path:
         """Copy the final (phase 3 best, else latest) checkpoint to `path`."""
