@@ -165,6 +165,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         if mode != "specialists":
             self.possible_agents.append(META)
         n_feat = self._n_feat = self._feat_all.shape[2]
+        self._state_buf = np.empty((_SPEC_STATE, n))
         self._spec_dim = self.window * n_feat + _SPEC_STATE
         self._meta_dim = (n + 1) + n + 2 + n + n * (n - 1) // 2 + n
         low = self._low = -1.0 if self.allow_short else 0.0
@@ -276,12 +277,18 @@ class HierarchicalTradingEnv(ParallelEnv):
         price = self._close[t]
         eq = self._equity
         entry = self._entry
-        out[:, -5] = units * price / (self.max_position * eq) if eq > 0 else 0.0
-        out[:, -4] = self._proposal
+        st = self._state_buf  # (5, n) float64, written column-wise into `out` in one go
+        if eq > 0:
+            np.divide(np.multiply(units, price, out=st[0]), self.max_position * eq, out=st[0])
+        else:
+            st[0] = 0.0
+        st[1] = self._proposal
         # unrealised P&L fraction: sign(units) x (price / entry - 1), 0 when flat
-        out[:, -3] = np.sign(units) * (price - entry) / np.where(entry > 0, entry, 1.0)
-        out[:, -2] = self._bars_in * 0.01
-        out[:, -1] = self._weights[:n]
+        np.multiply(np.subtract(price, entry, out=st[2]), np.sign(units), out=st[2])
+        np.divide(st[2], np.where(entry > 0, entry, 1.0), out=st[2])
+        np.multiply(self._bars_in, 0.01, out=st[3])
+        st[4] = self._weights[:n]
+        out[:, -_SPEC_STATE:] = st.T
         return out
 
     def _meta_obs(self) -> np.ndarray:
