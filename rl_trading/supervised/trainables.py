@@ -252,6 +252,7 @@ def _search_best(
         tune.TuneConfig(
             search_alg=OptunaSearch(metric=SEARCH_METRIC, mode="max", seed=seed),
             num_samples=n_trials,
+            reuse_actors=True,
         ),
         verbose,
     )
@@ -356,7 +357,7 @@ def train_supervised(
             {"job": tune.grid_search(job_cfgs)},
             run_dir,
             "final",
-            tune.TuneConfig(),
+            tune.TuneConfig(reuse_actors=True),
             verbose,
         )
         records += _collect(grid, settings)
