@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import urllib.parse
@@ -33,13 +34,32 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     """Tracking URI: explicit value, else MLFLOW_TRACKING_URI, else the workspace SQLite store."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        return uri
+        return expand_env_vars(uri)
     return f"sqlite:///{workspace() / DEFAULT_DB_NAME}"
 
 
 def default_artifact_location() -> str:
     """Artifact root used for experiments created in the embedded store."""
     return (workspace() / DEFAULT_ARTIFACT_DIR).as_uri()
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env_vars(text: str) -> str:
+    """Fill `${VAR}` references (e.g. a password in a DB URL) from the environment at use time.
+
+    Configs keep the reference, so saved YAML, MLflow params and logs never hold the secret.
+    """
+    from rl_trading.errors import ConfigError
+
+    def sub(match: re.Match[str]) -> str:
+        value = os.environ.get(match.group(1))
+        if value is None:
+            raise ConfigError(f"environment variable {match.group(1)} is not set (used in a URL)")
+        return urllib.parse.quote(value, safe="") if "@" in text else value
+
+    return _ENV_REF.sub(sub, text)
 
 
 def redact(text: str) -> str:
@@ -130,7 +150,34 @@ def configure_mlflow(uri: str | None = None) -> str:
     check_tracking(resolved)
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
+    if resolved.startswith("sqlite:///"):
+        _init_sqlite_store(resolved)
     return resolved
+
+
+def _init_sqlite_store(uri: str) -> None:
+    """Create / migrate the SQLite schema under a file lock, once per process and store.
+
+    Two processes opening a fresh store at once would otherwise both run MLflow's schema
+    migrations and one would fail; after this, SQLite's own locking serialises the writes.
+    """
+    if uri in _INITIALISED:
+        return
+    import fcntl
+
+    import mlflow
+
+    db_path = Path(uri.split(":///", 1)[1].split("?", 1)[0])
+    with open(db_path.with_name(db_path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            mlflow.MlflowClient(uri).search_experiments(max_results=1)  # builds the schema
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _INITIALISED.add(uri)
+
+
+_INITIALISED: set[str] = set()
 
 
 def ensure_experiment(name: str) -> str:

@@ -6,6 +6,7 @@ same bars inserts nothing (ON CONFLICT DO NOTHING on the unique (symbol, timefra
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,15 +16,16 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 
 from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, as_bars, empty_bars
 from rl_trading.errors import ConnectionFailure, DataError
-from rl_trading.tracking import redact, workspace
+from rl_trading.tracking import expand_env_vars, redact, workspace
 
 DEFAULT_DB_NAME = "rl_trading.db"
 BATCH_ROWS = 5000
 
 
 def default_db_url() -> str:
-    """The embedded SQLite store in the workspace (the current directory)."""
-    return f"sqlite:///{workspace() / DEFAULT_DB_NAME}"
+    """RL_TRADING_DB_URL if set (keeps credentials out of configs), else the embedded SQLite
+    store in the workspace (the current directory)."""
+    return os.environ.get("RL_TRADING_DB_URL") or f"sqlite:///{workspace() / DEFAULT_DB_NAME}"
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class BarStore:
     """Bars in a SQL table keyed by (symbol, timeframe, timestamp)."""
 
     def __init__(self, url: str | None = None, table: str = "historical_bars") -> None:
-        self.url = url or default_db_url()
+        self.url = expand_env_vars(url or default_db_url())  # `${VAR}` filled at use time
         self.safe_url = redact(self.url)
         try:
             parsed = sa.engine.make_url(self.url)
