@@ -3,6 +3,9 @@ resume, restore round trip and corrupt checkpoints."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import torch
@@ -46,6 +49,7 @@ def test_pipeline_runs_checkpoints_and_freezes_specialists(ray_session, tmp_path
     factory = standin_factory(episode_length=32)
     out = run_pipeline(cfg, factory, tmp_path, tracking=False)
     assert [r.iterations for r in out.values()] == [3, 2, 2]
+    assert out["phase1"].metrics["portfolio_equity"] > 0  # logged by TradingCallbacks
     state = RunState.load(tmp_path)
     assert all(state.phases[p].status == "done" for p in ("phase1", "phase2", "phase3"))
     for res in out.values():
@@ -92,6 +96,25 @@ def test_interrupt_then_resume_matches_uninterrupted(ray_session, tmp_path):
     # Resuming a finished phase does nothing more.
     again = run_phase(cfg, 1, factory, tmp_path, resume=True, tracking=False)
     assert again.iterations == 4
+
+
+def test_sigterm_checkpoints_and_stops_cleanly(ray_session, tmp_path):
+    cfg = tiny_cfg(phase1_timesteps=384, checkpoint_interval=5)
+    factory = standin_factory(episode_length=32)
+
+    def send_sigterm(info):
+        if info["iteration"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as err:
+        run_phase(cfg, 1, factory, tmp_path, progress=send_sigterm, tracking=False)
+    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored
+    assert err.value.iteration == 1 and "--resume" in str(err.value)
+    ps = RunState.load(tmp_path).phases["phase1"]
+    assert ps.iteration == 1 and (tmp_path / "phase1/checkpoints/iter_000001").is_dir()
+    res = run_phase(cfg, 1, factory, tmp_path, resume=True, tracking=False)
+    assert res.iterations == 3
 
 
 def test_restore_round_trip_and_bad_checkpoints(ray_session, tmp_path):

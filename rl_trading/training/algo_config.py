@@ -155,6 +155,9 @@ def build_phase_config(
                 config.overrides(actor_lr=lr, critic_lr=lr) if sac else config.overrides(lr=lr)
             )
         config = config.rl_module(algorithm_config_overrides_per_module=overrides)
-    if callbacks is not None:
-        config = config.callbacks(callbacks)
+    if callbacks is None:
+        from rl_trading.training.callbacks import TradingCallbacks
+
+        callbacks = TradingCallbacks
+    config = config.callbacks(callbacks)
     return config

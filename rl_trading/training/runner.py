@@ -77,6 +77,9 @@ def iteration_metrics(result: Mapping[str, Any]) -> dict[str, float]:
         out["num_env_runner_restarts"] = float(faults.get("num_remote_worker_restarts", 0))
     out["env_steps_this_iter"] = float(runners.get("num_env_steps_sampled", math.nan))
     out["episodes_this_iter"] = float(runners.get("num_episodes", math.nan))
+    for key in ("portfolio_equity", "portfolio_costs", "var_compliance"):
+        if key in runners:
+            out[key] = float(runners[key])
     for pid, value in (runners.get("module_episode_returns_mean") or {}).items():
         out[f"{pid}/episode_return_mean"] = float(value)
     for pid, stats in (result.get("learners", {}) or {}).items():
