@@ -158,6 +158,14 @@ def test_cli_supervised_optimize_with_cnn_lstm(ray_session, workspace) -> None:
     # The search explored hyperparameters and the final model uses the chosen ones.
     assert (workspace / "run" / "tune" / "search_analyst_1m").is_dir()
     assert 50 <= recs["analyst"]["params"]["n_estimators"] < 300
+    rows = [
+        json.loads(f.read_text().strip().splitlines()[-1])
+        for f in (workspace / "run" / "tune" / "search_analyst_1m").glob("*/result.json")
+    ]
+    assert len(rows) == 2
+    best = max(rows, key=lambda r: r["cv_accuracy_mean"])  # chosen by CV, never by test score
+    for key, value in best["config"]["hp"].items():
+        assert recs["analyst"]["params"][key] == value
     net, scaler = load_model("cnn_lstm", "1m")
     assert net.head.out_features == 2 and scaler.fitted
     assert (
