@@ -1,0 +1,165 @@
+"""Faults seen from the `rl-trading` CLI (subprocesses): SIGTERM mid-phase checkpoints and
+`--resume` finishes with no lost iteration; a corrupt checkpoint, a missing data file and an
+unreachable Ray / MLflow each give one clear line (no traceback, exit != 0) and leave the run
+directory byte-for-byte unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.rllib
+
+CLI = str(Path(sys.executable).parent / "rl-trading")
+REPO = Path(__file__).resolve().parent.parent
+ITERS = 30  # phase1_timesteps / train_batch_size
+TINY = f"""\
+base: {REPO / "configs/default.yaml"}
+seed: 3
+data: {{source: synthetic, symbols: [AAA, BBB], timeframe: 1h, embargo_bars: 5,
+        synthetic: {{n_bars: 1500}}}}
+env: {{episode_length: 64, risk_window: 20, sectors: {{}}}}
+ppo: {{train_batch_size: 64, minibatch_size: 64, num_epochs: 1}}
+policy: {{hidden_sizes: [8]}}
+resources: {{num_env_runners: 0, num_cpus: 1}}
+phases: {{phase1_timesteps: {ITERS * 64}, eval_interval: 10, checkpoint_interval: 10}}
+tracking: {{system_metrics: false}}
+"""
+
+
+def _env(cwd: Path) -> dict[str, str]:
+    env = {**os.environ, "RL_TRADING_WORKSPACE": str(cwd), "PYTHONUNBUFFERED": "1"}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RL_TRADING_DEBUG"):
+        env.pop(key, None)
+    return env
+
+
+def _cli(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CLI, *args], cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _state(cwd: Path) -> dict:
+    path = cwd / "run" / "state.json"
+    return json.loads(path.read_text())["phases"]["phase1"] if path.is_file() else {}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """A workspace whose `run` was stopped by SIGTERM during phase 1 (kept pristine)."""
+    cwd = tmp_path_factory.mktemp("sigterm")
+    (cwd / "tiny.yaml").write_text(TINY)
+    proc = subprocess.Popen(
+        [CLI, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run"],
+        cwd=cwd,
+        env=_env(cwd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while _state(cwd).get("iteration", 0) < 2:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "training never reached iteration 2"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in out + err and "--resume" in out
+    return cwd
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    """The same workspace elsewhere (state.json holds paths relative to the workspace)."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_sigterm_checkpoints_and_resume_loses_no_iteration(interrupted, tmp_path):
+    import mlflow
+
+    cwd = _copy(interrupted, tmp_path / "ws")
+    ps = _state(cwd)
+    stopped = ps["iteration"]
+    assert ps["status"] == "running" and 2 <= stopped < ITERS
+    assert ps["last_checkpoint"].endswith(f"iter_{stopped:06d}")  # saved at the stop
+    assert (cwd / ps["last_checkpoint"] / "rllib_checkpoint.json").is_file()
+    first_run = ps["mlflow_run_id"]
+
+    res = _cli(cwd, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ps = _state(cwd)
+    # Same end as an uninterrupted run: every iteration once, the full step budget.
+    assert ps["status"] == "done" and ps["iteration"] == ps["total_iterations"] == ITERS
+    assert ps["env_steps"] == ITERS * 64
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    before = [m.step for m in client.get_metric_history(first_run, "iteration")]
+    after = [m.step for m in client.get_metric_history(ps["mlflow_run_id"], "iteration")]
+    assert sorted(before + after) == list(range(1, ITERS + 1))
+
+
+def _assert_one_line_failure(res: subprocess.CompletedProcess, code: int, needle: str) -> None:
+    err = res.stderr.strip()
+    assert res.returncode == code, (res.returncode, err[-2000:])
+    assert "Traceback" not in res.stdout + res.stderr
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and needle in lines[0], err[-2000:]
+
+
+def test_corrupt_checkpoint_fails_cleanly_and_damages_nothing(interrupted, tmp_path):
+    cwd = _copy(interrupted, tmp_path / "ws")
+    ckpt = cwd / _state(cwd)["last_checkpoint"]
+    modules = [p for p in (ckpt / "learner_group").rglob("*") if p.is_file() and p.stat().st_size]
+    assert modules
+    for path in modules:  # a checkpoint cut short mid-write
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    before = _checksums(cwd / "run")
+    res = _cli(cwd, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run", "--resume")
+    _assert_one_line_failure(res, 4, "cannot resume from")
+    assert _checksums(cwd / "run") == before
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["--set", "data.source=files", "--set", "data.paths={AAA: gone.csv, BBB: gone.csv}"],
+         3, "gone.csv"),
+        (["--address", "127.0.0.1:{port}"], 5, "Ray cluster unreachable"),
+        (["--tracking-uri", "http://127.0.0.1:{port}"], 5, "MLflow tracking server unreachable"),
+    ],
+    ids=["missing-data-file", "unreachable-ray", "unreachable-mlflow"],
+)  # fmt: skip
+def test_unavailable_inputs_fail_before_any_work(interrupted, tmp_path, args, code, needle):
+    cwd = _copy(interrupted, tmp_path / "ws")
+    before = _checksums(cwd)
+    port = str(_closed_port())
+    args = [a.replace("{port}", port) for a in args]
+    res = _cli(cwd, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run", "--resume", *args)
+    _assert_one_line_failure(res, code, needle)
+    assert _checksums(cwd) == before  # the run dir and the MLflow store are untouched
