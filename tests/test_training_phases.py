@@ -85,8 +85,14 @@ def test_interrupt_then_resume_matches_uninterrupted(ray_session, tmp_path):
     with pytest.raises(TrainingInterrupted) as err:
         run_phase(cfg, 1, factory, tmp_path, stop=stop, progress=stop_at_2, tracking=False)
     assert err.value.iteration == 2
-    ps = RunState.load(tmp_path).phases["phase1"]
+    state = RunState.load(tmp_path)
+    ps = state.phases["phase1"]
     assert ps.status == "running" and ps.iteration == 2 and ps.last_checkpoint.endswith("2")
+    assert ps.checkpoint_iteration == 2
+    # Simulate a crash during iteration 3 (counted in the state, never checkpointed): the
+    # resume restarts from the checkpoint's iteration and redoes iteration 3 only.
+    ps.iteration = 3
+    state.save()
     seen = []
     res = run_phase(
         cfg, 1, factory, tmp_path, resume=True, tracking=False, progress=lambda i: seen.append(i)

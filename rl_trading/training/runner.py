@@ -173,6 +173,7 @@ def run_phase(
         pids, trained = phase_policies(factory, num)
         if resume and ps.last_checkpoint:
             restore_algorithm_state(algo, ps.last_checkpoint)
+            ps.iteration = ps.checkpoint_iteration  # after a crash: redo what was not saved
         elif init_checkpoint is not None:
             to_load = [p for p in pids if is_specialist(p)] if num == 2 else pids
             restore_policies(algo, init_checkpoint, to_load)
@@ -234,6 +235,7 @@ def run_phase(
                     last = save_algorithm(algo, ckpt_dir / f"iter_{it:06d}")
                     _prune(ckpt_dir, last)
                     ps.last_checkpoint = str(last)
+                    ps.checkpoint_iteration = it
                 state.save()
                 tracker.log(metrics, step=it)
                 if stop and it < total:

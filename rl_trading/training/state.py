@@ -20,6 +20,7 @@ class PhaseState:
     total_iterations: int = 0
     env_steps: int = 0
     last_checkpoint: str | None = None
+    checkpoint_iteration: int = 0  # iteration the last checkpoint holds (resume point)
     best_checkpoint: str | None = None
     best_val_sharpe: float | None = None
     last_val: dict[str, float] = field(default_factory=dict)
