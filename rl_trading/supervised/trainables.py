@@ -201,6 +201,12 @@ def plan_jobs(
     return jobs, skipped
 
 
+def _trial_name(trial: Any) -> str:
+    """Readable trial names: ``<model>_<timeframe>_<trial id>``."""
+    job = trial.config.get("job", trial.config)
+    return f"{job.get('model_type')}_{job.get('timeframe')}_{trial.trial_id}"
+
+
 def _run_tuner(
     trainable: Any,
     param_space: dict[str, Any],
@@ -253,6 +259,8 @@ def _search_best(
             search_alg=OptunaSearch(metric=SEARCH_METRIC, mode="max", seed=seed),
             num_samples=n_trials,
             reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         verbose,
     )
@@ -357,7 +365,11 @@ def train_supervised(
             {"job": tune.grid_search(job_cfgs)},
             run_dir,
             "final",
-            tune.TuneConfig(reuse_actors=True),
+            tune.TuneConfig(
+                reuse_actors=True,
+                trial_name_creator=_trial_name,
+                trial_dirname_creator=_trial_name,
+            ),
             verbose,
         )
         records += _collect(grid, settings)
