@@ -13,7 +13,14 @@ from pydantic import ValidationError
 
 from rl_trading import metrics
 from rl_trading.config import AppConfig
-from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS, FeatureScaler, compute_features
+from rl_trading.data.features import (
+    FEATURE_COLUMNS,
+    SIGNAL_NEUTRAL,
+    WARMUP_BARS,
+    FeatureScaler,
+    compute_features,
+    signal_columns,
+)
 from rl_trading.errors import ConfigError
 
 __all__ = [
@@ -94,8 +101,14 @@ def prepare_instrument(
     feats = compute_features(bars)
     if scaler is None:
         scaler = FeatureScaler().fit(feats.iloc[WARMUP_BARS:])
-    scaled = np.ascontiguousarray(scaler.transform(feats[FEATURE_COLUMNS]), dtype=np.float32)
+    scaled = scaler.transform(feats[FEATURE_COLUMNS]).astype(np.float32, copy=False)
     scaled[:WARMUP_BARS] = 0.0
+    signals = signal_columns(bars)
+    if signals:
+        # out-of-sample model probabilities in [0, 1], centred on 'no opinion', not scaled
+        extra = bars[signals].to_numpy(dtype=np.float32) - np.float32(SIGNAL_NEUTRAL)
+        scaled = np.concatenate([scaled, np.nan_to_num(extra, nan=0.0)], axis=1)
+    scaled = np.ascontiguousarray(scaled, dtype=np.float32)
     return InstrumentArrays(
         symbol=symbol,
         open=bars["open"].to_numpy(dtype=np.float64).copy(),

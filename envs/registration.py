@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from rl_trading.config import AppConfig
-from rl_trading.data.features import FeatureScaler
+from rl_trading.data.features import FeatureScaler, signal_columns
 
 __all__ = [
     "HIERARCHICAL_ENV_NAME",
@@ -38,10 +38,12 @@ _COLUMNS = ["open", "high", "low", "close", "volume"]
 def _pack_bars(frame: pd.DataFrame) -> dict[str, Any]:
     index = pd.DatetimeIndex(frame.index)
     tz = str(index.tz) if index.tz is not None else None
+    columns = _COLUMNS + signal_columns(frame)
     return {
         "index": index.as_unit("ns").asi8.copy(),
         "tz": tz,
-        "values": np.ascontiguousarray(frame[_COLUMNS].to_numpy(dtype=np.float64)),
+        "columns": columns,
+        "values": np.ascontiguousarray(frame[columns].to_numpy(dtype=np.float64)),
     }
 
 
@@ -50,7 +52,8 @@ def _unpack_bars(packed: Mapping[str, Any]) -> pd.DataFrame:
     if packed.get("tz"):
         index = index.tz_localize("UTC").tz_convert(packed["tz"])
     index = index.rename("timestamp")
-    return pd.DataFrame(np.asarray(packed["values"]), index=index, columns=_COLUMNS)
+    columns = list(packed.get("columns") or _COLUMNS)
+    return pd.DataFrame(np.asarray(packed["values"]), index=index, columns=columns)
 
 
 def make_env_config(

@@ -36,6 +36,16 @@ FEATURE_COLUMNS: list[str] = [
 # Longest dependency chain: EMA26 + signal EMA9 (-1); 40 leaves the EMAs time to settle too.
 WARMUP_BARS: int = 40
 
+# Extra observation columns carried with the bars: out-of-sample supervised-model
+# probabilities (rl_trading.supervised.signals), already in [0, 1] and appended unscaled.
+SIGNAL_PREFIX = "sig_"
+SIGNAL_NEUTRAL = 0.5
+
+
+def signal_columns(frame: pd.DataFrame) -> list[str]:
+    """The supervised-signal columns (``sig_*``) of a bars frame, in order."""
+    return [c for c in frame.columns if str(c).startswith(SIGNAL_PREFIX)]
+
 
 def compute_features(bars: pd.DataFrame) -> pd.DataFrame:
     """Causal features of one instrument's bars: same index, float64, `FEATURE_COLUMNS` order.

@@ -24,16 +24,11 @@ import numpy as np
 import pandas as pd
 
 from rl_trading.config import AppConfig
+from rl_trading.data.features import SIGNAL_NEUTRAL, SIGNAL_PREFIX, signal_columns
 from rl_trading.supervised.models import default_params, make_model
 from rl_trading.supervised.targets import direction_target
 
-SIGNAL_PREFIX = "sig_"
-NO_OPINION = 0.5
-
-
-def signal_columns(frame: pd.DataFrame) -> list[str]:
-    """The signal columns (``sig_*``) of a frame, in order."""
-    return [c for c in frame.columns if str(c).startswith(SIGNAL_PREFIX)]
+NO_OPINION = SIGNAL_NEUTRAL
 
 
 class SignalProvider:
