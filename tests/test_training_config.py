@@ -187,3 +187,24 @@ def test_bf16_learner_runs_forward_in_bfloat16(ray_session, bars):
         assert all(np.asarray(v).dtype == np.float32 for v in after.values())
     finally:
         algo.stop()
+
+
+@pytest.mark.rllib
+def test_discrete_specialists_train_and_validate(ray_session, bars):
+    from rl_trading.training.runner import driver_modules, sync_driver_modules
+    from rl_trading.training.validation import validate
+
+    cfg = small_cfg(env={"action_type": "discrete"})
+    factory = hierarchical_factory(cfg, bars.train, bars.val)
+    _, act = factory.spaces("joint")
+    assert act["specialist_AAA"].n == 3
+    algo = build_phase_config(cfg, 1, factory).build_algo()
+    try:
+        result = algo.train()
+        assert np.isfinite(result["learners"]["specialist_AAA"]["total_loss"])
+        modules = driver_modules(cfg, factory, 1)
+        sync_driver_modules(algo, modules)
+        metrics = validate(factory, "specialists", modules)
+        assert metrics["val_steps"] > 50 and np.isfinite(metrics["val_sharpe"])
+    finally:
+        algo.stop()
