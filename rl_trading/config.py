@@ -177,6 +177,9 @@ class ResourcesConfig(Section):
     num_learners: int = Field(0, ge=0)
     num_gpus_per_learner: float = Field(0.0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Custom Ray resources each env runner needs, e.g. {"worker_node": 1} to place the env
+    # runners on nodes started with `ray start --resources '{"worker_node": 4}'`.
+    custom_resources_per_env_runner: dict[str, float] = Field(default_factory=dict)
     # Env-runner fault tolerance: a crashed env runner is recreated and training continues.
     restart_failed_env_runners: bool = True
     max_env_runner_restarts: int = Field(100, ge=0)

@@ -105,6 +105,7 @@ def build_phase_config(
             num_env_runners=res.num_env_runners,
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
+            custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
         )
         .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
         .multi_agent(policies=set(pids), policy_mapping_fn=mapping, policies_to_train=trained)
