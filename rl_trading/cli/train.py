@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,6 +46,8 @@ def _run(
     from rl_trading.training.signals import TrainingInterrupted
 
     cfg = cli_config(config, sets)
+    if os.environ.get("RL_TRADING_DEBUG") != "1":  # keep Ray's warnings off the progress bar
+        logging.getLogger("ray").setLevel(logging.ERROR)
     tasks: dict[str, Any] = {}
     with Progress(
         TextColumn("[bold]{task.fields[phase]}"),

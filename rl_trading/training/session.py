@@ -48,9 +48,10 @@ def train(
     progress: ProgressFn | None = None,
     factory: EnvFactory | None = None,
     stop: Any = None,
+    quiet_workers: bool = True,
 ) -> tuple[Path, dict[str, PhaseResult]]:
     """Run `phases` in order in one run dir; `from_checkpoint` seeds the first of them."""
-    from rl_trading.ray_utils import init_ray
+    from rl_trading.ray_utils import init_ray, resolve_address
 
     run_dir = find_run_dir(cfg, run_dir, resume)
     tags: dict[str, str] = {}
@@ -62,7 +63,9 @@ def train(
         from rl_trading.tracking import check_tracking, resolve_tracking_uri
 
         check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
-    init_ray(address or cfg.resources.address, num_cpus=cfg.resources.num_cpus)
+    addr = address or cfg.resources.address
+    quiet = {} if resolve_address(addr) else {"log_to_driver": not quiet_workers}
+    init_ray(addr, num_cpus=cfg.resources.num_cpus, **quiet)
     run_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for i, num in enumerate(phases):
