@@ -14,7 +14,12 @@ from training_standin import standin_factory
 from rl_trading.config import AppConfig
 from rl_trading.errors import CheckpointError
 from rl_trading.training.checkpoints import load_algorithm, load_module
-from rl_trading.training.runner import driver_modules, run_phase, run_pipeline
+from rl_trading.training.runner import (
+    driver_modules,
+    run_phase,
+    run_pipeline,
+    sync_driver_modules,
+)
 from rl_trading.training.signals import StopFlag, TrainingInterrupted
 from rl_trading.training.state import RunState
 
@@ -129,19 +134,27 @@ def test_restore_round_trip_and_bad_checkpoints(ray_session, tmp_path):
     res = run_phase(cfg, 1, factory, tmp_path, tracking=False)
     obs = np.random.default_rng(0).normal(size=(5, 5)).astype(np.float32)
     from policies import compute_actions
+    from rl_trading.training.algo_config import build_phase_config
+    from rl_trading.training.checkpoints import save_algorithm
 
-    module = load_module(res.last_checkpoint, "specialist_AAA")
-    algo = load_algorithm(res.last_checkpoint)
+    # Live algorithm -> save -> restore (whole algorithm and single policy): same actions.
+    live = build_phase_config(cfg, 1, factory).build_algo()
+    try:
+        live.train()
+        mods = driver_modules(cfg, factory, 1)
+        sync_driver_modules(live, mods)
+        before = compute_actions(mods["specialist_AAA"], obs)
+        saved = save_algorithm(live, tmp_path / "live")
+    finally:
+        live.stop()
+    module = load_module(saved, "specialist_AAA")
+    np.testing.assert_array_equal(before, compute_actions(module, obs))
+    algo = load_algorithm(saved)
     try:
         from_algo = algo.get_module("specialist_AAA")
-        np.testing.assert_array_equal(compute_actions(module, obs), compute_actions(from_algo, obs))
+        np.testing.assert_array_equal(before, compute_actions(from_algo, obs))
     finally:
         algo.stop()
-    mods = driver_modules(cfg, factory, 1)
-    mods["specialist_AAA"].set_state(module.get_state())
-    np.testing.assert_array_equal(
-        compute_actions(module, obs), compute_actions(mods["specialist_AAA"], obs)
-    )
     with pytest.raises(CheckpointError, match="not found"):
         load_algorithm(tmp_path / "nope")
     with pytest.raises(CheckpointError, match="no policy 'meta'"):
