@@ -24,8 +24,9 @@ from rl_trading.training.validation import equal_weight, validate
 pytestmark = pytest.mark.slow
 
 SPECS = ["specialist_AAA", "specialist_BBB"]
-# Thresholds from measurement (1m bars, annualised Sharpe): trained phase 1 132.7 on validation
-# (+0.77% over 839 bars), flat 0, three random policies -532..-573.
+# Thresholds from measurement (1m bars, annualised Sharpe; two runs): trained phase 1 132.7 and
+# 172.3 on validation (+0.77% / +0.95% over 839 bars), flat 0, three random policies -532..-573.
+# Runtime: 86 s on an idle 2-core machine, 350 s at load ~20, hence `slow`.
 PHASE1_MIN_SHARPE = 20.0
 
 
@@ -93,7 +94,8 @@ def test_phase1_learns_and_meta_beats_equal_weight(ray_session, tmp_path):
     meta = validate(test, "meta", modules, seed=1)
     equal = validate(test, "meta", modules, seed=1, meta_override=equal_weight(2))
     print(f"phase2 {time.monotonic() - t1:.0f}s meta={meta} equal={equal}")
-    # Measured (test split): meta Sharpe 189.7 vs equal weight 184.5, max drawdown 0.14% vs
-    # 0.20%; the meta keeps some cash, so its raw return is lower (1.1% vs 1.5%).
+    # Measured (test split, two runs): meta Sharpe 189.7 / 201.8 vs equal weight 184.5 / 175.0,
+    # max drawdown 0.14% / 0.09% vs 0.20% / 0.13%; the meta keeps some cash, so its raw return
+    # is lower (1.1% vs 1.5%, 0.85% vs 1.05%).
     assert meta["val_sharpe"] > equal["val_sharpe"]
     assert meta["val_max_drawdown"] <= equal["val_max_drawdown"]
