@@ -1,5 +1,5 @@
 """notebooks/analysis.ipynb: committed without outputs, and executed headless (nbclient, a kernel
-of this venv's python) on a tiny run the test trains through the CLI."""
+of this venv's python) on a tiny run the test trains through the CLI (+ a PBT folder)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_ops_analysis import make_pbt_dir
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
@@ -72,6 +73,7 @@ def test_notebook_executes_on_a_tiny_run(tmp_path, monkeypatch):
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    make_pbt_dir(ws / "run")  # a PBT result in the run dir (its format, hand-made: fast)
 
     kernel = _venv_kernel(tmp_path / "jupyter")
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
@@ -88,8 +90,8 @@ def test_notebook_executes_on_a_tiny_run(tmp_path, monkeypatch):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 2  # learning curves + equity/drawdown (no PBT in this run)
+    assert len(images) == 3  # learning curves, PBT lineage, equity/drawdown
     text = "\n".join(str(o.get("data", {}).get("text/plain", o.get("text", ""))) for o in outputs)
     assert "phase1" in text and "specialist_AAA" in text  # runs table, curves per policy
-    assert "0 PBT run(s) found" in text
+    assert "1 PBT run(s) found" in text
     assert "buy_and_hold" in text and "sharpe_ratio" in text  # the baselines' metrics table
