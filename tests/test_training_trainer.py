@@ -10,9 +10,8 @@ from rl_trading.config import AppConfig
 from rl_trading.data import split_by_time, synthetic_market
 from rl_trading.errors import CheckpointError, ConfigError
 
-pytestmark = pytest.mark.rllib
 
-
+@pytest.mark.rllib
 def test_distributed_trainer_end_to_end(ray_session, workspace):
     assert rl_trading.TrainingConfig().window_size == 20
     cfg = AppConfig.model_validate(
@@ -67,3 +66,29 @@ def test_distributed_trainer_end_to_end(ray_session, workspace):
     assert set(algo.config.policies) == {"specialist_AAA", "specialist_BBB"}
     assert trainer.evaluate(algo)["val_steps"] > 0
     trainer.cleanup()
+
+
+def test_tune_delegates_to_pbt_and_returns_best_config(monkeypatch):
+    """`DistributedTrainer.tune(train, val)` runs tuning.pbt.run_pbt and returns its best config."""
+    import tuning.pbt
+
+    calls = {}
+
+    class Result:
+        best_config = {"lr": 1e-4, "gamma": 0.97}
+
+    def fake_run_pbt(cfg, phase, train_bars, val_bars, **kwargs):
+        calls.update(phase=phase, train=train_bars, val=val_bars, kwargs=kwargs)
+        return Result()
+
+    monkeypatch.setattr(tuning.pbt, "run_pbt", fake_run_pbt)
+    trainer = rl_trading.DistributedTrainer(AppConfig())
+    best = trainer.tune({"AAA": "train"}, {"AAA": "val"}, population=2)
+    assert best == {"lr": 1e-4, "gamma": 0.97}
+    assert calls == {
+        "phase": 1,
+        "train": {"AAA": "train"},
+        "val": {"AAA": "val"},
+        "kwargs": {"population": 2},
+    }
+    assert trainer.last_tune is not None

@@ -28,6 +28,7 @@ class DistributedTrainer:
         self.run_dir = Path(run_dir) if run_dir else self.cfg.resolved_run_dir()
         self.factory: EnvFactory | None = None
         self.results: dict[str, Any] = {}
+        self.last_tune: Any = None
         self.modules: dict[str, Any] = {}
         self._algos: list[Any] = []
         self._train_bars: dict[str, Any] = {}
@@ -89,12 +90,16 @@ class DistributedTrainer:
     def tune(
         self, train_data: dict[str, Any], val_data: dict[str, Any], phase: int = 1, **kwargs: Any
     ) -> Any:
-        """Population-Based Training of the phases (delegates to the `tuning` package)."""
+        """Population-Based Training of a phase (the `tuning` package); returns the best config.
+
+        The full result (best checkpoint, trials table, lineage plot) is kept in `last_tune`.
+        """
         try:
             from tuning.pbt import run_pbt
         except ImportError:
             raise ConfigError("tuning is unavailable: the tuning.pbt module is missing") from None
-        return run_pbt(self.cfg, phase, train_data, val_data, **kwargs)
+        self.last_tune = run_pbt(self.cfg, phase, train_data, val_data, **kwargs)
+        return self.last_tune.best_config
 
     def save_model(self, path: str | Path) -> Path:
         """Copy the final (phase 3 best, else latest) checkpoint to `path`."""
