@@ -25,8 +25,9 @@ def select_bars(
     them; otherwise `split` (train / val / test) of the configured market, time-ordered with
     the configured embargo.
     """
-    from rl_trading.data import align, load_market, read_bars, split_by_time
+    from rl_trading.data import align, read_bars, split_by_time
     from rl_trading.errors import DataError
+    from rl_trading.supervised.signals import observed_market
 
     if data is not None:
         path = Path(data)
@@ -37,10 +38,10 @@ def select_bars(
         bars = {f.name.split(".")[0].split("_")[0].upper(): read_bars(f) for f in files}
         if len(bars) > 1:
             bars = align(bars, policy=cfg.data.gap_policy, max_ffill=cfg.data.max_ffill_bars)
-        return bars, None, f"{path} ({len(bars)} instrument(s))"
+        return observed_market(cfg, bars), None, f"{path} ({len(bars)} instrument(s))"
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split '{split}' (train, val or test)")
-    market = load_market(cfg)
+    market = observed_market(cfg)
     parts = split_by_time(market, cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars)
     return getattr(parts, split), parts.train, f"{split} split of {cfg.data.source} market"
 
@@ -53,9 +54,11 @@ def training_preprocessing(cfg: AppConfig, train_bars: dict[str, pd.DataFrame]) 
     """
     from envs.common import prepare_instrument
     from rl_trading.data import FEATURE_COLUMNS, WARMUP_BARS, fingerprint
+    from rl_trading.data.features import signal_columns
 
+    first = next(iter(train_bars.values()))
     return {
-        "features": list(FEATURE_COLUMNS),
+        "features": list(FEATURE_COLUMNS) + signal_columns(first),
         "warmup_bars": WARMUP_BARS,
         "window_size": cfg.train.window_size,
         "timeframe": cfg.data.timeframe,

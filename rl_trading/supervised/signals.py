@@ -179,3 +179,22 @@ def _with_signals(frame: pd.DataFrame, provider: SignalProvider) -> pd.DataFrame
     sig = provider.compute(frame)
     base = frame.drop(columns=signal_columns(frame))
     return pd.concat([base, sig], axis=1)
+
+
+def observed_market(
+    cfg: AppConfig, bars: dict[str, pd.DataFrame] | None = None
+) -> dict[str, pd.DataFrame]:
+    """The bars the RL agents observe: `load_market(cfg)` (or `bars`), plus the supervised
+    signal columns when `cfg.supervised.signals_enabled`.
+
+    Training and backtests both call this, so a policy is evaluated on the same observation
+    features it was trained on. Signals are leak-free by construction, so they are computed
+    once on the whole series, before any train/validation/test split.
+    """
+    if bars is None:
+        from rl_trading.data import load_market
+
+        bars = load_market(cfg)
+    if not cfg.supervised.signals_enabled:
+        return bars
+    return add_signal_features(bars, cfg)  # type: ignore[return-value]
