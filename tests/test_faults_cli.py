@@ -1,7 +1,7 @@
-"""Faults seen from the `rl-trading` CLI (subprocesses): SIGTERM mid-phase checkpoints and
-`--resume` finishes with no lost iteration; a corrupt checkpoint, a missing data file and an
-unreachable Ray / MLflow each give one clear line (no traceback, exit != 0) and leave the run
-directory byte-for-byte unchanged."""
+"""Faults seen from the `rl-trading` CLI (subprocesses): SIGTERM (or Ctrl+C to the process
+group) mid-phase checkpoints and `--resume` finishes with no lost iteration; a corrupt
+checkpoint, a missing data file and an unreachable Ray / MLflow each give one clear line (no
+traceback, exit != 0) and leave the run directory byte-for-byte unchanged."""
 
 from __future__ import annotations
 
@@ -69,10 +69,8 @@ def _state(cwd: Path) -> dict:
     return json.loads(path.read_text())["phases"]["phase1"] if path.is_file() else {}
 
 
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory) -> Path:
-    """A workspace whose `run` was stopped by SIGTERM during phase 1 (kept pristine)."""
-    cwd = tmp_path_factory.mktemp("sigterm")
+def _interrupt(cwd: Path, sig: int, group: bool) -> subprocess.CompletedProcess:
+    """Start phase 1 in `cwd/run`, send `sig` once iteration 2 is in state.json, wait."""
     (cwd / "tiny.yaml").write_text(TINY)
     proc = subprocess.Popen(
         [CLI, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run"],
@@ -81,17 +79,42 @@ def interrupted(tmp_path_factory) -> Path:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, like a job in a terminal
     )
     deadline = time.monotonic() + 240
     while _state(cwd).get("iteration", 0) < 2:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "training never reached iteration 2"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    if group:  # what Ctrl+C in a terminal does: the whole foreground group gets SIGINT
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert "Traceback" not in out + err and "--resume" in out
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _assert_stopped_cleanly(cwd: Path, res: subprocess.CompletedProcess) -> int:
+    assert res.returncode == 130, res.stderr[-3000:]
+    assert "Traceback" not in res.stdout + res.stderr and "--resume" in res.stdout
+    ps = _state(cwd)
+    stopped = ps["iteration"]
+    assert ps["status"] == "running" and 2 <= stopped < ITERS
+    assert ps["last_checkpoint"].endswith(f"iter_{stopped:06d}")  # saved at the stop
+    assert (cwd / ps["last_checkpoint"] / "rllib_checkpoint.json").is_file()
+    return stopped
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """A workspace whose `run` was stopped by SIGTERM during phase 1 (kept pristine)."""
+    cwd = tmp_path_factory.mktemp("sigterm")
+    _assert_stopped_cleanly(cwd, _interrupt(cwd, signal.SIGTERM, group=False))
     return cwd
+
+
+def test_ctrl_c_to_the_process_group_checkpoints(tmp_path):
+    _assert_stopped_cleanly(tmp_path, _interrupt(tmp_path, signal.SIGINT, group=True))
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -104,12 +127,7 @@ def test_sigterm_checkpoints_and_resume_loses_no_iteration(interrupted, tmp_path
     import mlflow
 
     cwd = _copy(interrupted, tmp_path / "ws")
-    ps = _state(cwd)
-    stopped = ps["iteration"]
-    assert ps["status"] == "running" and 2 <= stopped < ITERS
-    assert ps["last_checkpoint"].endswith(f"iter_{stopped:06d}")  # saved at the stop
-    assert (cwd / ps["last_checkpoint"] / "rllib_checkpoint.json").is_file()
-    first_run = ps["mlflow_run_id"]
+    first_run = _state(cwd)["mlflow_run_id"]
 
     res = _cli(cwd, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run", "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
