@@ -148,6 +148,10 @@ def build_phase_config(
             from rl_trading.training.bf16_learner import BF16PPOTorchLearner
 
             config = config.learners(learner_class=BF16PPOTorchLearner)
+        else:  # stock PPO learner, fused gradient finiteness check (identical updates)
+            from rl_trading.training.fast_learner import FastPPOTorchLearner
+
+            config = config.learners(learner_class=FastPPOTorchLearner)
     if phase == 3:
         overrides: dict[str, Any] = {}
         for pid in pids:

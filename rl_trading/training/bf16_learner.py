@@ -7,13 +7,14 @@ import logging
 from typing import Any
 
 import torch
-from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
+
+from rl_trading.training.fast_learner import FastPPOTorchLearner
 
 logger = logging.getLogger(__name__)
 
 
-class BF16PPOTorchLearner(PPOTorchLearner):
+class BF16PPOTorchLearner(FastPPOTorchLearner):
     """Forward pass and loss in bf16 autocast on GPU; gradients and the optimizer stay fp32.
 
     On CPU bf16 autocast is usually slower than fp32 for these small nets, so it is skipped
