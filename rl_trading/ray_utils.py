@@ -47,7 +47,8 @@ def init_ray(
     if addr is not None:
         check_address(addr)
         try:
-            ray.init(address=addr, log_to_driver=False, **kwargs)
+            kwargs.setdefault("log_to_driver", False)
+            ray.init(address=addr, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise ConnectionFailure(f"could not join Ray cluster at {addr}: {exc}") from None
     else:

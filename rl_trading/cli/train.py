@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -34,41 +32,12 @@ FromCkptOpt = Annotated[
 def _run(
     phases: tuple[int, ...], config, sets, resume, run_dir, address, tracking_uri, from_ckpt
 ) -> None:
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    from rl_trading.cli.progress import phase_progress
     from rl_trading.training.session import train
     from rl_trading.training.signals import TrainingInterrupted
 
     cfg = cli_config(config, sets)
-    if os.environ.get("RL_TRADING_DEBUG") != "1":  # keep Ray's warnings off the progress bar
-        logging.getLogger("ray").setLevel(logging.ERROR)
-    tasks: dict[str, Any] = {}
-    with Progress(
-        TextColumn("[bold]{task.fields[phase]}"),
-        BarColumn(),
-        TextColumn("it {task.completed:.0f}/{task.total:.0f}"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
-
-        def progress(info: dict[str, Any]) -> None:
-            name = info["phase"]
-            if name not in tasks:
-                tasks[name] = bar.add_task(name, total=info["total"], phase=name, info="")
-            val = info.get("val_sharpe")
-            reward = info.get("episode_return_mean", float("nan"))
-            text = f"steps {info.get('env_steps', 0):,.0f}  reward {reward:.3f}"
-            text += f"  val_sharpe {val:.2f}" if val is not None else ""
-            bar.update(tasks[name], completed=info["iteration"], info=text)
-
+    with phase_progress(console) as progress:
         try:
             out_dir, results = train(
                 cfg,

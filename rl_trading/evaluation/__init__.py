@@ -138,6 +138,48 @@ def register_policy(
     return rec, result
 
 
+def register_supervised(results: Any, cfg: AppConfig) -> list[ModelRecord]:
+    """Register every saved model of a `train_supervised` run, graded by held-out accuracy.
+
+    Lineage records the trial's MLflow run and model folder; the data fingerprint and the
+    preprocessing (features, horizon, scaler inside the pipeline) come from the saved metadata.
+    """
+    import json
+
+    from rl_trading.registry import ModelRegistry
+
+    registry = ModelRegistry(cfg=cfg)
+    records = []
+    for key, saved in results.saved_models().items():
+        path = Path(saved["path"])
+        meta_file = path / "metadata.json"
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        metrics = {k: float(v) for k, v in saved["metrics"].items() if _is_number(v)}
+        records.append(
+            registry.register(
+                path,
+                model_type=key,  # e.g. analyst_1h: each model x timeframe is its own series
+                kind="supervised",
+                metrics=metrics,
+                lineage={"model_dir": str(path.resolve()), "mlflow_run": saved["mlflow_run_id"]},
+                data_fingerprint=meta.get("data_fingerprint"),
+                signature={
+                    "model": key,
+                    "features": meta.get("features"),
+                    "timeframe": meta.get("timeframe"),
+                    "horizon": meta.get("horizon"),
+                },
+                config=cfg,
+                run_id=None,
+            )
+        )
+    return records
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _run_dir_of(checkpoint: Path) -> Path | None:
     for parent in [checkpoint, *checkpoint.resolve().parents][:5]:
         if (parent / "state.json").is_file():

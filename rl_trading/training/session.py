@@ -24,16 +24,17 @@ def load_splits(cfg: AppConfig) -> tuple[dict, dict, str]:
 
 
 def find_run_dir(cfg: AppConfig, run_dir: str | Path | None, resume: bool) -> Path:
-    """The run directory: given, else the newest with a state file (resume), else a new one."""
+    """The run directory (absolute, so checkpoint paths stay valid from any cwd): given, else
+    the newest with a state file (resume), else a new one."""
     if run_dir is not None:
-        return Path(run_dir)
+        return Path(run_dir).resolve()
     if resume:
         parent = cfg.resolved_run_dir().parent
         candidates = sorted(parent.glob(f"*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
         if not candidates:
             raise CheckpointError(f"--resume: no run with {STATE_FILE} under {parent}")
-        return candidates[-1].parent
-    return cfg.resolved_run_dir()
+        return candidates[-1].parent.resolve()
+    return cfg.resolved_run_dir().resolve()
 
 
 def train(

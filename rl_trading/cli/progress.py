@@ -1,0 +1,56 @@
+"""Rich progress display for training phases, shared by `train ...` and `demo`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+_NOISY = ("ray", "ray.rllib", "ray.tune", "ray.train", "ray.data", "mlflow", "alembic")
+
+
+def quiet_libraries() -> None:
+    """Keep Ray's, MLflow's and Alembic's info and warning chatter off the terminal (our own
+    progress and tables say what happens); RL_TRADING_DEBUG=1 keeps everything."""
+    if os.environ.get("RL_TRADING_DEBUG") == "1":
+        return
+    # both configure their loggers when first imported: import first, then set the levels
+    import mlflow  # noqa: F401
+    import ray  # noqa: F401
+
+    for name in _NOISY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def phase_progress(console: Console) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A progress callback for `rl_trading.training.session.train`: one bar per phase with
+    iteration, env steps, mean reward, validation Sharpe, elapsed time and ETA."""
+    quiet_libraries()
+    tasks: dict[str, Any] = {}
+    with Progress(
+        TextColumn("[bold]{task.fields[phase]}"),
+        BarColumn(),
+        TextColumn("it {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+
+        def progress(info: dict[str, Any]) -> None:
+            name = info["phase"]
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=info["total"], phase=name, info="")
+            val = info.get("val_sharpe")
+            reward = info.get("episode_return_mean", float("nan"))
+            text = f"steps {info.get('env_steps', 0):,.0f}  reward {reward:.3f}"
+            text += f"  val_sharpe {val:.2f}" if val is not None else ""
+            bar.update(tasks[name], completed=info["iteration"], info=text)
+
+        yield progress
