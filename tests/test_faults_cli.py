@@ -118,8 +118,10 @@ def test_ctrl_c_to_the_process_group_checkpoints(tmp_path):
 
 
 def _copy(src: Path, dst: Path) -> Path:
-    """The same workspace elsewhere (state.json holds paths relative to the workspace)."""
+    """The same workspace elsewhere, state.json's checkpoint paths pointing into the copy."""
     shutil.copytree(src, dst)
+    state = dst / "run" / "state.json"
+    state.write_text(state.read_text().replace(str(src.resolve()), str(dst.resolve())))
     return dst
 
 
@@ -153,6 +155,7 @@ def _assert_one_line_failure(res: subprocess.CompletedProcess, code: int, needle
 def test_corrupt_checkpoint_fails_cleanly_and_damages_nothing(interrupted, tmp_path):
     cwd = _copy(interrupted, tmp_path / "ws")
     ckpt = cwd / _state(cwd)["last_checkpoint"]
+    assert ckpt.resolve().is_relative_to(cwd.resolve())  # the copy's, not the pristine one
     modules = [p for p in (ckpt / "learner_group").rglob("*") if p.is_file() and p.stat().st_size]
     assert modules
     for path in modules:  # a checkpoint cut short mid-write

@@ -231,14 +231,17 @@ def run_phase(
                             "eta_s": elapsed / max(done, 1) * (total - it),
                         }
                     )
-                if it % cfg.phases.checkpoint_interval == 0 or it == total or stop:
+                # One look at the flag per iteration: a signal landing between the checkpoint
+                # and the stop check must not stop without a checkpoint (it waits one iteration).
+                stopping = bool(stop)
+                if it % cfg.phases.checkpoint_interval == 0 or it == total or stopping:
                     last = save_algorithm(algo, ckpt_dir / f"iter_{it:06d}")
                     _prune(ckpt_dir, last)
                     ps.last_checkpoint = str(last)
                     ps.checkpoint_iteration = it
                 state.save()
                 tracker.log(metrics, step=it)
-                if stop and it < total:
+                if stopping and it < total:
                     raise TrainingInterrupted(name, it, ps.last_checkpoint)
             ps.status = "done"
             state.save()
