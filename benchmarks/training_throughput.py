@@ -1,22 +1,36 @@
 """Training throughput: RLlib phase 1 (8 specialists) vs Stable-Baselines3 PPO (one instrument).
 
 Matched PPO hyperparameters (batch 4000, minibatch 256, 4 epochs, [64, 64] tanh MLPs,
-sampling in the driver process for both), same process, same synthetic market. Prints agent
-steps/s of each, their ratio, and an estimate of a default phase 1 (500k env steps, 8
-specialists, configs/default.yaml PPO settings) from a short run of that exact config;
+sampling in the driver process for both), same process, same synthetic market, interleaved
+repeats with a ratio per repeat. RLlib samples `--num-envs` copies of the hierarchical env in
+its (local) env runner (`resources.num_envs_per_env_runner`): one batched forward per policy
+for all copies instead of one per env step; what is learned per step is unchanged (same PPO,
+same batch size, independent episodes). `--baseline` adds the one-env row in the same run.
+
+Then a default phase 1 (500k env steps, 8 specialists, configs/default.yaml PPO: batch 256,
+minibatch 64, 10 epochs, [256, 256] MLPs) is estimated from a short run of that exact config
+(with 1 and with `--num-envs` envs), next to the pure-torch floor of its learner (forward +
+backward + Adam of the same MLPs on the same number of minibatches, no RLlib at all);
 `--full-default` runs the whole default phase 1 instead of estimating.
 
-    .venv/bin/python benchmarks/training_throughput.py [--iterations 3] [--full-default]
+    .venv/bin/python benchmarks/training_throughput.py [--iterations 3] [--repeats 2]
+        [--num-envs 8] [--baseline] [--shared] [--full-default]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import tempfile
 import time
 
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "WTIUSD", "SPX500", "NAS100", "US30"]
+MATCHED = {
+    "ppo": {"train_batch_size": 4000, "minibatch_size": 256, "num_epochs": 4},
+    "policy": {"hidden_sizes": [64, 64]},
+}
 
 
 def _cfg(overrides: dict):
@@ -33,10 +47,21 @@ def _cfg(overrides: dict):
     return load_config(None, extra=base)
 
 
+def _with(overrides: dict, **sections: dict) -> dict:
+    out = {k: dict(v) for k, v in overrides.items()}
+    for key, value in sections.items():
+        out.setdefault(key, {}).update(value)
+    return out
+
+
 def _bars(n_bars: int):
     from rl_trading.data import split_by_time, synthetic_market
 
     return split_by_time(synthetic_market(SYMBOLS, n_bars=n_bars, seed=7), 0.7, 0.15, 10)
+
+
+def _load() -> str:
+    return "load=" + "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def rllib_phase1(cfg, splits, iterations: int) -> dict:
@@ -46,6 +71,7 @@ def rllib_phase1(cfg, splits, iterations: int) -> dict:
 
     factory = hierarchical_factory(cfg, splits.train, splits.val)
     algo = build_phase_config(cfg, 1, factory).build_algo()
+    sample = learn = 0.0
     try:
         algo.train()  # warm-up (first sampling + learner build costs)
         t0 = time.perf_counter()
@@ -53,6 +79,9 @@ def rllib_phase1(cfg, splits, iterations: int) -> dict:
         for _ in range(iterations):
             res = algo.train()
             runners = res["env_runners"]
+            timers = res.get("timers", {})
+            sample += timers.get("env_runner_sampling_timer", math.nan)
+            learn += timers.get("learner_update_timer", math.nan)
             if steps0 is None:
                 steps0 = (
                     runners["num_env_steps_sampled_lifetime"] - runners["num_env_steps_sampled"]
@@ -67,6 +96,8 @@ def rllib_phase1(cfg, splits, iterations: int) -> dict:
         "agent_steps_per_s": env_steps * agents / wall,
         "wall_s": wall,
         "env_steps": env_steps,
+        "sample_s_per_iter": sample / iterations,
+        "learn_s_per_iter": learn / iterations,
     }
 
 
@@ -81,30 +112,183 @@ def sb3_single(cfg, splits, iterations: int) -> dict:
     model = PPO(
         "MlpPolicy",
         env,
-        n_steps=4000,
-        batch_size=256,
-        n_epochs=4,
+        n_steps=cfg.ppo.train_batch_size,
+        batch_size=cfg.ppo.minibatch_size,
+        n_epochs=cfg.ppo.num_epochs,
         learning_rate=cfg.ppo.lr,
         gamma=cfg.ppo.gamma,
         gae_lambda=cfg.ppo.gae_lambda,
         clip_range=cfg.ppo.clip_param,
-        policy_kwargs={"net_arch": [64, 64], "activation_fn": torch.nn.Tanh},
+        policy_kwargs={"net_arch": list(cfg.policy.hidden_sizes), "activation_fn": torch.nn.Tanh},
         device="cpu",
         seed=0,
         verbose=0,
     )
-    model.learn(4000)  # warm-up
+    n = cfg.ppo.train_batch_size
+    model.learn(n)  # warm-up
     t0 = time.perf_counter()
-    model.learn(4000 * iterations, reset_num_timesteps=False)
+    model.learn(n * iterations, reset_num_timesteps=False)
     wall = time.perf_counter() - t0
-    return {"agent_steps_per_s": 4000 * iterations / wall, "wall_s": wall}
+    return {"agent_steps_per_s": n * iterations / wall, "wall_s": wall}
+
+
+def learner_floor_s(cfg, obs_dim: int, act_dim: int, n_policies: int, steps: int = 20) -> float:
+    """Seconds per SGD step (all `n_policies` MLP actor-critics, one minibatch each) in bare
+    torch: forward, a PPO-shaped loss, backward, grad-norm clip and Adam. No RLlib."""
+    import torch
+    from torch import nn
+
+    from policies.base import mlp
+
+    hidden = list(cfg.policy.hidden_sizes)
+    mb = cfg.ppo.minibatch_size
+    nets, opts = [], []
+    for _ in range(n_policies):
+        net = nn.ModuleList([mlp(obs_dim, hidden, act_dim), mlp(obs_dim, hidden, 1)])
+        nets.append(net)
+        opts.append(torch.optim.Adam(net.parameters(), lr=cfg.ppo.lr))
+    obs = torch.randn(mb, obs_dim)
+    adv = torch.randn(mb)
+
+    def step() -> None:
+        for net, opt in zip(nets, opts, strict=True):
+            mean = net[0](obs)
+            value = net[1](obs).squeeze(-1)
+            logp = -(mean**2).sum(-1)
+            ratio = torch.exp(logp - logp.detach())
+            loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+            loss = loss + 0.5 * ((value - adv) ** 2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.ppo.grad_clip)
+            opt.step()
+
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def _describe(cfg) -> str:
+    res, ppo = cfg.resources, cfg.ppo
+    return (
+        f"ppo.train_batch_size={ppo.train_batch_size} ppo.minibatch_size={ppo.minibatch_size} "
+        f"ppo.num_epochs={ppo.num_epochs} policy.model={cfg.policy.model} "
+        f"policy.hidden_sizes={list(cfg.policy.hidden_sizes)} "
+        f"resources.num_env_runners={res.num_env_runners} "
+        f"resources.num_envs_per_env_runner={res.num_envs_per_env_runner} "
+        f"phases.shared_specialist_policy={cfg.phases.shared_specialist_policy} "
+        f"env.episode_length={cfg.env.episode_length} symbols={len(cfg.data.symbols)}"
+    )
+
+
+def _row(label: str, r: dict) -> str:
+    return (
+        f"  {label}: {r['agent_steps_per_s']:.0f} agent steps/s, {r['env_steps_per_s']:.0f} env "
+        f"steps/s ({r['env_steps']:.0f} env steps in {r['wall_s']:.1f}s; per iteration "
+        f"sample {r['sample_s_per_iter']:.2f}s learn {r['learn_s_per_iter']:.2f}s) {_load()}"
+    )
+
+
+def matched_comparison(args, splits) -> None:
+    """Interleaved RLlib / SB3 repeats with matched hyperparameters; ratio per repeat."""
+    fast = _cfg(_with(MATCHED, resources={"num_envs_per_env_runner": args.num_envs}))
+    variants = {"RLlib": fast}
+    if args.baseline:
+        variants["RLlib 1 env (baseline)"] = _cfg(MATCHED)
+    if args.shared:
+        variants["RLlib shared specialist"] = _cfg(
+            _with(
+                MATCHED,
+                resources={"num_envs_per_env_runner": args.num_envs},
+                phases={"shared_specialist_policy": True},
+            )
+        )
+    print(f"matched RLlib config: {_describe(fast)}")
+    print(
+        f"matched SB3 config: PPO MlpPolicy n_steps={fast.ppo.train_batch_size} "
+        f"batch_size={fast.ppo.minibatch_size} n_epochs={fast.ppo.num_epochs} "
+        f"net_arch={list(fast.policy.hidden_sizes)} tanh, 1 TradingEnv ({SYMBOLS[0]})"
+    )
+    ratios: dict[str, list[float]] = {k: [] for k in variants}
+    for rep in range(args.repeats):
+        print(f"repeat {rep + 1}/{args.repeats}:")
+        results = {k: rllib_phase1(c, splits, args.iterations) for k, c in variants.items()}
+        sb = sb3_single(fast, splits, args.iterations)
+        for label, r in results.items():
+            print(_row(label, r))
+        print(
+            f"  SB3 PPO, 1 instrument TradingEnv: {sb['agent_steps_per_s']:.0f} steps/s {_load()}"
+        )
+        for label, r in results.items():
+            ratio = r["agent_steps_per_s"] / sb["agent_steps_per_s"]
+            ratios[label].append(ratio)
+            print(f"  ratio {label} agent steps/s / SB3 steps/s: {ratio:.2f}")
+    for label, values in ratios.items():
+        print(
+            f"ratio {label} / SB3 over {len(values)} repeats: median "
+            f"{statistics.median(values):.2f} (min {min(values):.2f}, max {max(values):.2f})"
+        )
+
+
+def default_phase1(args, splits) -> None:
+    """Projected (or measured) wall time of a default phase 1, with its learner floor."""
+    from rl_trading.training.algo_config import phase_iterations
+    from rl_trading.training.env_bridge import hierarchical_factory
+
+    default = _cfg({})
+    total_steps = default.phases.phase1_timesteps
+    if args.full_default:
+        from rl_trading.training.runner import run_phase
+
+        cfg = _cfg({"resources": {"num_envs_per_env_runner": args.num_envs}})
+        print(f"full default phase 1 config: {_describe(cfg)}")
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            factory = hierarchical_factory(cfg, splits.train, splits.val)
+            run_phase(cfg, 1, factory, tmp, tracking=False)
+        print(f"default phase 1 ({total_steps:,} env steps): {time.perf_counter() - t0:.0f}s wall")
+        return
+    iters = max(args.iterations, 3) * 4
+    for envs in sorted({1, args.num_envs}):
+        cfg = _cfg({"resources": {"num_envs_per_env_runner": envs}})
+        est = rllib_phase1(cfg, splits, iters)
+        hours = total_steps / est["env_steps_per_s"] / 3600
+        print(f"default phase 1 config: {_describe(cfg)}")
+        print(_row(f"default PPO, {envs} env(s)", est))
+        print(
+            f"  -> projected {hours:.2f} h for {total_steps:,} env steps (training only; "
+            "validation every eval_interval adds ~1 episode per eval)"
+        )
+    factory = hierarchical_factory(default, splits.train, splits.val)
+    obs, act = factory.spaces("specialists")
+    aid = next(a for a in obs if a.startswith("specialist_"))
+    n_iter = phase_iterations(default, 1)
+    per_module = default.ppo.train_batch_size  # env steps per iteration = samples per policy
+    minibatches = math.ceil(per_module / default.ppo.minibatch_size) * default.ppo.num_epochs
+    step_s = learner_floor_s(default, obs[aid].shape[0], act[aid].shape[0], len(SYMBOLS), steps=20)
+    floor = n_iter * minibatches * step_s
+    print(
+        f"learner floor (bare torch, no RLlib): {step_s * 1000:.1f} ms per SGD step of "
+        f"{len(SYMBOLS)} policies x minibatch {default.ppo.minibatch_size} (obs {obs[aid].shape[0]}"
+        f", {list(default.policy.hidden_sizes)} actor+critic) x {minibatches} per iteration x "
+        f"{n_iter} iterations = {floor / 60:.1f} min for a default phase 1, before any sampling "
+        f"{_load()}"
+    )
 
 
 def main() -> None:
-    """Run both measurements and print the figures."""
+    """Run the measurements and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--num-envs", type=int, default=8)
     parser.add_argument("--n-bars", type=int, default=20_000)
+    parser.add_argument("--baseline", action="store_true", help="add the 1-env RLlib row")
+    parser.add_argument("--shared", action="store_true", help="add the shared-specialist row")
+    parser.add_argument("--skip-default", action="store_true")
     parser.add_argument("--full-default", action="store_true")
     args = parser.parse_args()
 
@@ -114,44 +298,10 @@ def main() -> None:
     torch.set_num_threads(1)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     splits = _bars(args.n_bars)
-    matched = _cfg(
-        {
-            "ppo": {"train_batch_size": 4000, "minibatch_size": 256, "num_epochs": 4},
-            "policy": {"hidden_sizes": [64, 64]},
-        }
-    )
-    print(f"cpus={os.cpu_count()} torch_threads=1 load={os.getloadavg()[0]:.1f}")
-    rl = rllib_phase1(matched, splits, args.iterations)
-    print(
-        f"RLlib phase 1, 8 specialists: {rl['agent_steps_per_s']:.0f} agent steps/s "
-        f"({rl['env_steps_per_s']:.0f} env steps/s, {rl['env_steps']} env steps "
-        f"in {rl['wall_s']:.1f}s)"
-    )
-    sb = sb3_single(matched, splits, args.iterations)
-    print(f"SB3 PPO, 1 instrument TradingEnv: {sb['agent_steps_per_s']:.0f} steps/s")
-    ratio = rl["agent_steps_per_s"] / sb["agent_steps_per_s"]
-    print(f"ratio RLlib agent steps/s / SB3 steps/s: {ratio:.2f}")
-
-    default = _cfg({})
-    if args.full_default:
-        from rl_trading.training.env_bridge import hierarchical_factory
-        from rl_trading.training.runner import run_phase
-
-        t0 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            run_phase(default, 1, hierarchical_factory(default, splits.train, splits.val), tmp,
-                      tracking=False)  # fmt: skip
-        print(f"default phase 1 (500k env steps): {time.perf_counter() - t0:.0f}s wall")
-    else:
-        est = rllib_phase1(default, splits, max(args.iterations, 3) * 4)
-        total = default.phases.phase1_timesteps / est["env_steps_per_s"]
-        print(
-            f"default phase 1 estimate: {est['env_steps_per_s']:.0f} env steps/s with "
-            f"configs/default.yaml PPO (batch {default.ppo.train_batch_size}, "
-            f"{default.ppo.num_epochs} epochs, {default.policy.hidden_sizes} MLP) -> "
-            f"{total / 3600:.1f} h for {default.phases.phase1_timesteps:,} env steps "
-            "(training only; validation every eval_interval adds ~1 episode per eval)"
-        )
+    print(f"cpus={os.cpu_count()} torch_threads=1 {_load()} (1/5/15 min)")
+    matched_comparison(args, splits)
+    if not args.skip_default:
+        default_phase1(args, splits)
     ray.shutdown()
 
 
