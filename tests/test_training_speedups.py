@@ -1,4 +1,5 @@
-"""FastPPOTorchLearner: the fused finiteness check gives exactly RLlib's updates."""
+"""Training speed-ups that must not change what is learned: the fused gradient finiteness
+check (bit-identical weights) and env-runner modules kept in eval mode."""
 
 from __future__ import annotations
 
@@ -79,3 +80,23 @@ def test_non_finite_gradients_take_the_stock_path():
     # NaN: the stock path zeroes the NaN entry (nan_to_num) and steps with the rest
     learner.apply_gradients({"p": torch.tensor([float("nan"), 1.0, 0.0])})
     np.testing.assert_allclose(param.detach().numpy(), [0.0, -2.0, -2.0])
+
+
+@pytest.mark.rllib
+def test_env_runner_modules_stay_in_eval_mode_learner_trains(ray_session):
+    cfg = _cfg()
+    splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=1), 0.7, 0.15, 5)
+    algo = build_phase_config(cfg, 1, hierarchical_factory(cfg, splits.train, splits.val))
+    algo = algo.build_algo()
+    try:
+        runner_module = algo.env_runner.module
+        assert len(runner_module) == len(SYMBOLS)
+        assert all(not m.training for mod in runner_module.values() for m in mod.modules())
+        result = algo.train()
+        assert result["env_runners"]["num_env_steps_sampled"] > 0
+        assert all(not m.training for mod in runner_module.values() for m in mod.modules())
+        learner_module = algo.learner_group._learner.module
+        assert learner_module is not runner_module
+        assert all(m.training for mod in learner_module.values() for m in mod.modules())
+    finally:
+        algo.stop()
