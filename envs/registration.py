@@ -116,11 +116,28 @@ def make_hierarchical_env(env_config: Mapping[str, Any]) -> Any:
     )
 
 
-def env_creator(env_config: Mapping[str, Any]) -> Any:
-    """RLlib creator: ParallelPettingZooEnv(HierarchicalTradingEnv(...)) from `env_config`."""
+def _ordered_pettingzoo(par_env: Any) -> Any:
+    """RLlib's ParallelPettingZooEnv with the agents in the env's own order.
+
+    The stock wrapper lists agents in `set` order, which changes with PYTHONHASHSEED and makes
+    sampling / batching order (and so training) differ between processes with the same seed.
+    """
     from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
 
-    return ParallelPettingZooEnv(make_hierarchical_env(env_config))
+    env = ParallelPettingZooEnv(par_env)
+    order = list(getattr(par_env, "possible_agents", None) or par_env.agents)
+    env.agents = list(par_env.agents or order)
+    env.possible_agents = list(order)
+    return env
+
+
+def env_creator(env_config: Mapping[str, Any]) -> Any:
+    """RLlib creator: ParallelPettingZooEnv(HierarchicalTradingEnv(...)) from `env_config`,
+    agents in a fixed order (see `_ordered_pettingzoo`)."""
+    from rl_trading.training.determinism import install
+
+    install()  # hash-seed independent agent order in this env runner's episodes
+    return _ordered_pettingzoo(make_hierarchical_env(env_config))
 
 
 def single_env_creator(env_config: Mapping[str, Any]) -> Any:

@@ -18,6 +18,12 @@ from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
+from rl_trading.training.determinism import install as _install_agent_order
+
+# every process building these modules (env runners, learners) samples / learns in a
+# hash-seed independent agent order
+_install_agent_order()
+
 LOG_STD_INIT = -0.5
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 

@@ -12,6 +12,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from policies import module_spec
 from rl_trading.config import AppConfig
+from rl_trading.training.determinism import install as install_agent_order
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
 from rl_trading.training.mapping import (
     META,
@@ -81,6 +82,7 @@ def build_phase_config(
     Phase 3 gives specialists `phases.specialist_lr` and meta `phases.meta_lr` through
     per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`).
     """
+    install_agent_order()  # the driver's local env runner / learner (see determinism.py)
     phase = phase_number(phase)
     mode = PHASE_MODES[phase]
     sac = cfg.phases.algorithm == "sac"
@@ -108,7 +110,8 @@ def build_phase_config(
             custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
         )
         .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
-        .multi_agent(policies=set(pids), policy_mapping_fn=mapping, policies_to_train=trained)
+        # a list, not a set: module build order (torch init draws) must not depend on hash seeds
+        .multi_agent(policies=list(pids), policy_mapping_fn=mapping, policies_to_train=trained)
         .rl_module(
             rl_module_spec=MultiRLModuleSpec(rl_module_specs=_module_specs(cfg, factory, pids, sac))
         )

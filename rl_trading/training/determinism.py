@@ -1,0 +1,55 @@
+"""Hash-seed independent agent ordering inside RLlib's multi-agent episodes.
+
+RLlib 2.60 returns agent ids as plain ``set`` s (``MultiAgentEpisode.agent_ids``,
+``get_agents_that_stepped``, ``get_agents_to_act``), and its connectors iterate them to build
+batches. With string agent ids, set order depends on PYTHONHASHSEED, so the order in which
+modules sample actions (torch RNG draws) and shuffle their minibatches (numpy RNG draws)
+differed between processes: same seed, different training. `install` makes those sets iterate
+in sorted order; it runs on import of the env registration, the policies and the algo config,
+so every process that samples, learns or builds the config (driver, env runners, learners)
+gets it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+_INSTALLED = False
+
+
+class SortedIterSet(set):
+    """A set that iterates its members in sorted order (falls back to set order if unsortable)."""
+
+    def __iter__(self):
+        items = list(set.__iter__(self))
+        with contextlib.suppress(TypeError):  # mixed, unorderable ids: keep the set order
+            items.sort()
+        return iter(items)
+
+
+def _sorted_method(orig: Any) -> Any:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> set:
+        return SortedIterSet(orig(self, *args, **kwargs))
+
+    wrapper.__name__ = getattr(orig, "__name__", "wrapper")
+    wrapper.__doc__ = getattr(orig, "__doc__", None)
+    wrapper._rl_trading_sorted = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def install() -> None:
+    """Patch RLlib's MultiAgentEpisode agent-id sets to iterate in sorted order (idempotent)."""
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
+
+    for name in ("get_agents_that_stepped", "get_agents_to_act"):
+        orig = getattr(MultiAgentEpisode, name)
+        if not getattr(orig, "_rl_trading_sorted", False):
+            setattr(MultiAgentEpisode, name, _sorted_method(orig))
+    prop = MultiAgentEpisode.__dict__.get("agent_ids")
+    if isinstance(prop, property) and not getattr(prop.fget, "_rl_trading_sorted", False):
+        MultiAgentEpisode.agent_ids = property(_sorted_method(prop.fget), doc=prop.__doc__)
+    _INSTALLED = True
