@@ -44,7 +44,7 @@ CHILD = textwrap.dedent(
         "ppo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
         "policy": {"hidden_sizes": [16, 16]},
         "resources": {"num_env_runners": runners},
-        "phases": {"phase1_timesteps": 384, "eval_interval": 1, "checkpoint_interval": 100},
+        "phases": {"phase1_timesteps": 256, "eval_interval": 1, "checkpoint_interval": 100},
     })
     splits = split_by_time(bars, 0.7, 0.15, 10)
     factory = hierarchical_factory(cfg, splits.train, splits.val)
@@ -94,8 +94,8 @@ def test_same_seed_same_training_across_processes(tmp_path, runners):
     import torch
 
     ma, mb, wa, wb = _train_twice(tmp_path, runners)
-    assert len(ma["iters"]) == 3
-    assert ma["iters"][-1]["env_steps"] >= 384
+    assert len(ma["iters"]) == 2  # episodes (50 steps) cross the 128-step batches
+    assert ma["iters"][-1]["env_steps"] >= 256
     # validation ran every iteration, on real numbers, identical bit for bit
     assert all("val_sharpe" in it for it in ma["iters"])
     assert ma["best"] is not None
