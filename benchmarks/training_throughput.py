@@ -71,7 +71,6 @@ def rllib_phase1(cfg, splits, iterations: int) -> dict:
 
     factory = hierarchical_factory(cfg, splits.train, splits.val)
     algo = build_phase_config(cfg, 1, factory).build_algo()
-    sample = learn = 0.0
     try:
         algo.train()  # warm-up (first sampling + learner build costs)
         t0 = time.perf_counter()
@@ -79,9 +78,6 @@ def rllib_phase1(cfg, splits, iterations: int) -> dict:
         for _ in range(iterations):
             res = algo.train()
             runners = res["env_runners"]
-            timers = res.get("timers", {})
-            sample += timers.get("env_runner_sampling_timer", math.nan)
-            learn += timers.get("learner_update_timer", math.nan)
             if steps0 is None:
                 steps0 = (
                     runners["num_env_steps_sampled_lifetime"] - runners["num_env_steps_sampled"]
@@ -96,8 +92,6 @@ def rllib_phase1(cfg, splits, iterations: int) -> dict:
         "agent_steps_per_s": env_steps * agents / wall,
         "wall_s": wall,
         "env_steps": env_steps,
-        "sample_s_per_iter": sample / iterations,
-        "learn_s_per_iter": learn / iterations,
     }
 
 
@@ -187,8 +181,7 @@ def _describe(cfg) -> str:
 def _row(label: str, r: dict) -> str:
     return (
         f"  {label}: {r['agent_steps_per_s']:.0f} agent steps/s, {r['env_steps_per_s']:.0f} env "
-        f"steps/s ({r['env_steps']:.0f} env steps in {r['wall_s']:.1f}s; per iteration "
-        f"sample {r['sample_s_per_iter']:.2f}s learn {r['learn_s_per_iter']:.2f}s) {_load()}"
+        f"steps/s ({r['env_steps']:.0f} env steps in {r['wall_s']:.1f}s) {_load()}"
     )
 
 
