@@ -2,7 +2,8 @@
 # Install (if needed) and start a throw-away PostgreSQL server on loopback for the SQL tests.
 # Prints the SQLAlchemy URL on stdout; prints nothing if no server could be started.
 set -u
-PORT="${PGPORT_TEST:-54329}"
+# a free loopback port unless PGPORT_TEST names one (a server left by an earlier run keeps its own)
+PORT="${PGPORT_TEST:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}"
 if [ "$(id -u)" != "0" ]; then
   echo "start_postgres: not root, PostgreSQL tests will skip" >&2
   exit 0
