@@ -404,7 +404,30 @@ class DifferentialSharpe:
         return float(d)
 
 
-class RollingSharpe:
+class _RollingWindow:
+    """Ring buffer of the last `window` returns with running sum and sum of squares.
+
+    Shared by :class:`RollingSharpe` (floats in a list) and :class:`RollingSharpeArray`
+    (one numpy row per step); subclasses set `_buf`, `_s`, `_ss` in their `reset()`.
+    """
+
+    __slots__ = ("window", "_buf", "_i", "_n", "_s", "_ss")
+
+    def _push(self, r: Any) -> None:
+        """Add `r` to the window, dropping the oldest entry once the window is full."""
+        old = self._buf[self._i]
+        if self._n == self.window:
+            self._s -= old
+            self._ss -= old * old
+        else:
+            self._n += 1
+        self._buf[self._i] = r
+        self._s += r
+        self._ss += r * r
+        self._i = (self._i + 1) % self.window
+
+
+class RollingSharpe(_RollingWindow):
     """Rolling-window return statistics for Sharpe-style specialist rewards.
 
     `update(r)` adds `r` to a window of the last `window` returns and returns the
@@ -412,7 +435,7 @@ class RollingSharpe:
     over an episode approximates sqrt(n) x Sharpe. `sharpe()` is the window's mean / std.
     """
 
-    __slots__ = ("window", "min_std", "_buf", "_i", "_n", "_s", "_ss")
+    __slots__ = ("min_std",)
 
     def __init__(self, window: int = 60, min_std: float = 1e-4) -> None:
         if window < 2:
@@ -444,28 +467,19 @@ class RollingSharpe:
 
     def update(self, r: float) -> float:
         """Add `r` to the window and return r / max(window std, min_std)."""
-        old = self._buf[self._i]
-        if self._n == self.window:
-            self._s -= old
-            self._ss -= old * old
-        else:
-            self._n += 1
-        self._buf[self._i] = r
-        self._s += r
-        self._ss += r * r
-        self._i = (self._i + 1) % self.window
+        self._push(r)
         sd = self.std()
         return r / (sd if sd > self.min_std else self.min_std)
 
 
-class RollingSharpeArray:
+class RollingSharpeArray(_RollingWindow):
     """:class:`RollingSharpe` for `size` parallel return streams at once (one per instrument).
 
     `update(r, min_std)` takes an array of `size` returns (and a floor, scalar or per stream)
     and returns r / max(window std, min_std) elementwise, with the same window semantics.
     """
 
-    __slots__ = ("window", "size", "_buf", "_i", "_n", "_s", "_ss")
+    __slots__ = ("size",)
 
     def __init__(self, window: int, size: int) -> None:
         if window < 2:
@@ -497,16 +511,7 @@ class RollingSharpeArray:
 
     def update(self, r: np.ndarray, min_std: float | np.ndarray) -> np.ndarray:
         """Add one return per stream; return r / max(window std, min_std)."""
-        old = self._buf[self._i]
-        if self._n == self.window:
-            self._s -= old
-            self._ss -= old * old
-        else:
-            self._n += 1
-        self._buf[self._i] = r
-        self._s += r
-        self._ss += r * r
-        self._i = (self._i + 1) % self.window
+        self._push(r)
         return r / np.maximum(self.std(), min_std)
 
 
