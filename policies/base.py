@@ -117,3 +117,31 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         if embeddings is None:
             _, embeddings = self.encode(self._flat_obs(batch))
         return self._vf_head(embeddings).squeeze(-1)
+
+
+class WindowedModule(ActorCriticModule):
+    """Base of the sequence encoders (transformer, CNN-LSTM) over `[window x n_features]`.
+
+    Subclasses encode the window into one vector per sample; the extra state is joined to it
+    and fed through separate actor and critic fusion MLPs (`_pi_fuse`, `_vf_fuse`).
+    """
+
+    def build_fusion(self, seq_dim: int, default_width: int) -> tuple[int, int]:
+        """Build the actor / critic fusion MLPs over `seq_dim + n_extra`; return their sizes.
+
+        Uses the last of `hidden_sizes` (default [64]); `default_width` when it is empty.
+        """
+        hidden = list(self.model_config.get("hidden_sizes", [64]))[-1:] or [default_width]
+        fused = seq_dim + self._n_extra
+        self._pi_fuse = mlp(fused, hidden)
+        self._vf_fuse = mlp(fused, hidden)
+        return hidden[-1], hidden[-1]
+
+    def split_window(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[B, obs_dim]` -> (window `[B, window, n_features]`, extra state `[B, n_extra]`)."""
+        n_win = self._window * self._n_feat
+        return obs[:, :n_win].reshape(-1, self._window, self._n_feat), obs[:, n_win:]
+
+    def fuse(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actor and critic embeddings from the joined sequence features and extra state."""
+        return self._pi_fuse(feats), self._vf_fuse(feats)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from policies.base import ActorCriticModule, mlp, obs_layout
+from policies.base import WindowedModule, obs_layout
 
 
-class CNNLSTMModule(ActorCriticModule):
+class CNNLSTMModule(WindowedModule):
     """Two Conv1d layers over time, an LSTM over their output, extra state joined at the end.
 
     model_config: window_size, n_features, cnn_channels, lstm_hidden, hidden_sizes.
@@ -27,17 +27,11 @@ class CNNLSTMModule(ActorCriticModule):
             nn.ReLU(),
         )
         self._lstm = nn.LSTM(ch, lstm_hidden, batch_first=True)
-        hidden = list(cfg.get("hidden_sizes", [64]))[-1:] or [lstm_hidden]
-        fused = lstm_hidden + self._n_extra
-        self._pi_fuse = mlp(fused, hidden)
-        self._vf_fuse = mlp(fused, hidden)
-        return hidden[-1], hidden[-1]
+        return self.build_fusion(lstm_hidden, default_width=lstm_hidden)
 
     def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Conv over time -> LSTM -> last hidden state, concatenated with the extra state."""
-        n_win = self._window * self._n_feat
-        seq = obs[:, :n_win].reshape(-1, self._window, self._n_feat)
+        seq, extra = self.split_window(obs)
         conv = self._conv(seq.transpose(1, 2)).transpose(1, 2)
         _, (h_n, _) = self._lstm(conv)
-        feats = torch.cat([h_n[-1], obs[:, n_win:]], dim=-1)
-        return self._pi_fuse(feats), self._vf_fuse(feats)
+        return self.fuse(torch.cat([h_n[-1], extra], dim=-1))

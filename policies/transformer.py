@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from policies.base import ActorCriticModule, mlp, obs_layout
+from policies.base import WindowedModule, obs_layout
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -20,7 +20,7 @@ def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
     return pe
 
 
-class TransformerModule(ActorCriticModule):
+class TransformerModule(WindowedModule):
     """Self-attention over `window_size` steps of `n_features`; extra state joins after pooling.
 
     model_config: window_size, n_features, d_model, num_layers, num_heads, hidden_sizes.
@@ -42,16 +42,10 @@ class TransformerModule(ActorCriticModule):
         self._encoder = nn.TransformerEncoder(
             layer, int(cfg.get("num_layers", 2)), enable_nested_tensor=False
         )
-        hidden = list(cfg.get("hidden_sizes", [64]))[-1:] or [d_model]
-        fused = 2 * d_model + self._n_extra
-        self._pi_fuse = mlp(fused, hidden)
-        self._vf_fuse = mlp(fused, hidden)
-        return hidden[-1], hidden[-1]
+        return self.build_fusion(2 * d_model, default_width=d_model)
 
     def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode the window; pool (mean + last step); concat the extra state."""
-        n_win = self._window * self._n_feat
-        seq = obs[:, :n_win].reshape(-1, self._window, self._n_feat)
+        seq, extra = self.split_window(obs)
         h = self._encoder(self._proj(seq) + self._pos)
-        feats = torch.cat([h.mean(dim=1), h[:, -1], obs[:, n_win:]], dim=-1)
-        return self._pi_fuse(feats), self._vf_fuse(feats)
+        return self.fuse(torch.cat([h.mean(dim=1), h[:, -1], extra], dim=-1))
