@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +151,35 @@ def _drawdown(equity: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, equity / peak - 1.0, 0.0)
 
 
+def _save_dated_figure(plt: Any, fig: Any, path: Path) -> Path:
+    """Tilt the date axis labels, write `path` (100 dpi) and free the figure."""
+    fig.autofmt_xdate()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _plot_equity_curves(
+    plt: Any,
+    result: BacktestResult,
+    transform: Callable[[np.ndarray], np.ndarray],
+    title: str,
+    ylabel: str,
+    path: Path,
+    height: float,
+) -> Path:
+    """One line per run of `transform(equity)` over time (the policy drawn thicker)."""
+    fig, ax = plt.subplots(figsize=(11, height))
+    for name, run in result.runs.items():
+        y = transform(np.asarray(run.equity, dtype=np.float64))
+        ax.plot(run.index[: len(y)], y, label=name, lw=2.0 if name == "policy" else 1.0)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    return _save_dated_figure(plt, fig, path)
+
+
 def write_plots(result: BacktestResult, out_dir: str | Path) -> dict[str, Path]:
     """equity.png, drawdown.png and positions.png of every run (matplotlib Agg)."""
     import matplotlib
@@ -161,31 +191,24 @@ def write_plots(result: BacktestResult, out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
 
-    fig, ax = plt.subplots(figsize=(11, 5))
-    for name, run in result.runs.items():
-        eq = np.asarray(run.equity, dtype=np.float64)
-        ax.plot(run.index[: len(eq)], eq / eq[0], label=name, lw=2.0 if name == "policy" else 1.0)
-    ax.set_title("Equity (normalised to 1.0 at start)")
-    ax.set_ylabel("equity / initial")
-    ax.legend(loc="best")
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    paths["equity"] = out_dir / "equity.png"
-    fig.savefig(paths["equity"], dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(11, 4))
-    for name, run in result.runs.items():
-        dd = _drawdown(np.asarray(run.equity, dtype=np.float64))
-        ax.plot(run.index[: len(dd)], dd, label=name, lw=2.0 if name == "policy" else 1.0)
-    ax.set_title("Drawdown")
-    ax.set_ylabel("fraction below peak")
-    ax.legend(loc="best")
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    paths["drawdown"] = out_dir / "drawdown.png"
-    fig.savefig(paths["drawdown"], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    paths["equity"] = _plot_equity_curves(
+        plt,
+        result,
+        lambda eq: eq / eq[0],
+        "Equity (normalised to 1.0 at start)",
+        "equity / initial",
+        out_dir / "equity.png",
+        height=5,
+    )
+    paths["drawdown"] = _plot_equity_curves(
+        plt,
+        result,
+        _drawdown,
+        "Drawdown",
+        "fraction below peak",
+        out_dir / "drawdown.png",
+        height=4,
+    )
 
     shown = {k: v for k, v in result.runs.items() if k in ("policy", "buy_and_hold", "random")}
     fig, axes = plt.subplots(len(shown), 1, figsize=(11, 2.6 * len(shown)), sharex=True)
@@ -202,10 +225,7 @@ def write_plots(result: BacktestResult, out_dir: str | Path) -> dict[str, Path]:
         ax.set_title(f"{name}: position / allocation (fraction of equity)")
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=7, ncol=4)
-    fig.autofmt_xdate()
-    paths["positions"] = out_dir / "positions.png"
-    fig.savefig(paths["positions"], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    paths["positions"] = _save_dated_figure(plt, fig, out_dir / "positions.png")
     return paths
 
 
