@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, cli_config, console
 
 
 def backtest_command(
@@ -18,10 +18,8 @@ def backtest_command(
     model: Annotated[
         str | None, typer.Option("--model", help="Registered model name (or TYPE, TYPE@alias).")
     ] = None,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="Bars file or folder (default: --split).")
-    ] = None,
-    split: Annotated[str, typer.Option("--split", help="train, val or test split.")] = "test",
+    data: DataOpt = None,
+    split: SplitOpt = "test",
     config: ConfigOpt = None,
     sets: SetOpt = None,
     out: Annotated[

@@ -24,6 +24,11 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config key, e.g. --set ppo.lr=1e-4 (repeatable)."),
 ]
 
+DataOpt = Annotated[
+    Path | None, typer.Option("--data", help="Bars file or folder (default: --split).")
+]
+SplitOpt = Annotated[str, typer.Option("--split", help="train, val or test split.")]
+
 
 def cli_config(config: Path | None, sets: list[str] | None, **extra: object) -> AppConfig:
     """Load the config, then CLI overrides; `extra` maps dotted keys set by dedicated flags."""

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, cli_config, console
 
 app = typer.Typer(help="Registered models: versions, grades, lineage.", no_args_is_help=True)
 TrackingOpt = Annotated[
@@ -122,10 +122,8 @@ def register_cmd(
 @app.command()
 def benchmark(
     models: Annotated[str, typer.Option("--models", help="Comma-separated model names.")],
-    data: Annotated[
-        Path | None, typer.Option("--data", help="Bars file or folder (default: --split).")
-    ] = None,
-    split: Annotated[str, typer.Option("--split", help="train, val or test split.")] = "test",
+    data: DataOpt = None,
+    split: SplitOpt = "test",
     config: ConfigOpt = None,
     sets: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write comparison JSON here.")] = None,
