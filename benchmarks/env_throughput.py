@@ -4,7 +4,8 @@ Run: ``.venv/bin/python benchmarks/env_throughput.py [--bars 20000] [--steps 200
 Single thread (BLAS threads pinned to 1), actions pre-generated so only env code is timed.
 Prints steps/s for each env and the TradingEnv / StocksEnv ratio (target >= 1.0), and env
 steps/s and agent steps/s of the hierarchical env with 8 instruments (target >= 20,000 env
-steps/s). Each figure is given twice: per wall-clock second and per CPU second of this process
+steps/s) on its numba-kernel path and on its numpy path, timed alternately, with their ratio.
+Each figure is given twice: per wall-clock second and per CPU second of this process
 (time.process_time); on a loaded machine the CPU figure is the one-core throughput, the wall
 figure what was left of it. The two single-instrument envs are timed alternately in the same
 run, so their ratio is fair. The load average is printed before and after to judge the noise.
@@ -76,12 +77,14 @@ def bench_single(bars, window: int, steps: int, repeats: int) -> tuple[tuple, tu
     return best_ours, best_theirs, ratios
 
 
-def bench_hierarchical(bars, window: int, steps: int, repeats: int) -> tuple[tuple, int]:
-    """Best-of-`repeats` (wall, CPU) env steps/s of the 8-instrument joint-mode env; also the
-    number of agents per step."""
+def bench_hierarchical(
+    bars, window: int, steps: int, repeats: int, kernels: bool | None = None
+) -> tuple[tuple, int]:
+    """Best-of-`repeats` (wall, CPU) env steps/s of the 8-instrument joint-mode env (`kernels`:
+    the numba path, the numpy path or the default); also the number of agents per step."""
     from envs import HierarchicalTradingEnv
 
-    env = HierarchicalTradingEnv(bars=bars, mode="joint", window_size=window)
+    env = HierarchicalTradingEnv(bars=bars, mode="joint", window_size=window, kernels=kernels)
     rng = np.random.default_rng(0)
     n = len(bars)
     pool = []
@@ -126,13 +129,27 @@ def main() -> None:
         f"CPU {ours[1] / theirs[1]:.2f}"
         f" (per-run CPU ratios {', '.join(f'{r:.2f}' for r in ratios)}; target >= 1.0)"
     )
-    env_sps, n_agents = bench_hierarchical(market, args.window, args.steps, args.repeats)
-    print(
-        f"HierarchicalTradingEnv, {len(SYMBOLS)} instruments, joint, {n_agents} agents: "
-        f"wall {env_sps[0]:,.0f} env steps/s ({env_sps[0] * n_agents:,.0f} agent steps/s), "
-        f"CPU {env_sps[1]:,.0f} env steps/s ({env_sps[1] * n_agents:,.0f} agent steps/s); "
-        "target >= 20,000 env steps/s on one core"
-    )
+    from envs import kernels
+
+    paths = [("numba kernels", True), ("numpy", False)] if kernels.AVAILABLE else [("numpy", False)]
+    best = {}
+    for _ in range(args.repeats):  # alternate the paths so that both see the same load
+        for name, flag in paths:
+            sps, n_agents = bench_hierarchical(market, args.window, args.steps, 1, flag)
+            best[name] = _best(best.get(name, (0.0, 0.0)), sps)
+    for name, sps in best.items():
+        print(
+            f"HierarchicalTradingEnv ({name}), {len(SYMBOLS)} instruments, joint, {n_agents} "
+            f"agents: wall {sps[0]:,.0f} env steps/s ({sps[0] * n_agents:,.0f} agent steps/s), "
+            f"CPU {sps[1]:,.0f} env steps/s ({sps[1] * n_agents:,.0f} agent steps/s); "
+            "target >= 20,000 env steps/s on one core"
+        )
+    if len(best) == 2:
+        fast, slow = best["numba kernels"], best["numpy"]
+        print(
+            f"ratio numba kernels / numpy: wall {fast[0] / slow[0]:.2f}, "
+            f"CPU {fast[1] / slow[1]:.2f}"
+        )
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

@@ -33,6 +33,9 @@ Agents: ``specialist_<SYMBOL>`` for each instrument and ``meta``. One shared cap
 * Episodes: random start and episode_length steps (training) or one full pass (eval_mode).
   Missing actions keep the agent's previous action. `episode_summary()` returns equity curve,
   weights / exposures history, costs, VaR estimates and breaches, and metrics.summarize.
+* Speed: with numba installed the per-step portfolio arithmetic runs in the compiled kernels
+  of envs.kernels (``kernels=None``: when available; False: the numpy path below, the
+  reference). Both give the same trajectories up to last-bit rounding of dot products.
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         seed: int | None = None,
         scalers: dict[str, FeatureScaler] | None = None,
         meta_obs_every_step: bool = True,
+        kernels: bool | None = None,
         **overrides: Any,
     ) -> None:
         self.cfg = resolve_config(cfg, overrides, ("env", "train", "reward"))
@@ -183,11 +187,47 @@ class HierarchicalTradingEnv(ParallelEnv):
         if mode != "specialists":
             self._obs_spaces[META] = spaces.Box(-np.inf, np.inf, (self._meta_dim,), np.float32)
             self._act_spaces[META] = spaces.Box(0.0, 1.0, (n + 1,), np.float32)
+        self.use_kernels = _use_kernels(kernels, n)
+        if self.use_kernels:
+            self._init_kernel_arrays(sector_ids)
         self.agents: list[str] = []
         self._np_random = np.random.default_rng(seed)
         self._seed = seed
         self._alloc_episode(self.first_bar, self._episode_end(self.first_bar))
         self._clear_state()
+
+    def _init_kernel_arrays(self, sector_ids: np.ndarray | None) -> None:
+        """Market arrays and parameters in the layouts of envs.kernels (built once)."""
+        k = _kernel_module()
+        n, risk = self.n, self.risk
+        mean_vol = np.broadcast_to(self._mean_vol[:, None], (self.n_bars, n))
+        parts = (self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol)
+        self._k_market = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
+        self._k_cov = np.ascontiguousarray(risk.cov, dtype=np.float64)
+        self._k_corr = np.ascontiguousarray(risk.corr, dtype=np.float64)
+        self._k_ann_vol = np.ascontiguousarray(self._ann_vol, dtype=np.float32)
+        self._k_feat = np.ascontiguousarray(self._feat_rows, dtype=np.float32)
+        ids = np.full(n, -1, dtype=np.int64)
+        n_sectors = 0
+        if risk.sector_masks:
+            ids[:] = np.asarray(sector_ids, dtype=np.int64)
+            n_sectors = int(ids.max()) + 1
+        self._k_sector_ids = ids
+        par = np.zeros(k.N_PAR)
+        par[k.P_MAX_POS] = self.max_position
+        par[k.P_STOP] = self.stop_loss_pct
+        par[k.P_RATE] = self._rate
+        par[k.P_MAX_VAR] = risk.max_var
+        par[k.P_Z] = risk.z
+        par[k.P_MAX_CORR] = risk.max_corr
+        par[k.P_MAX_SECTOR] = risk.max_sector if risk.max_sector is not None else math.inf
+        par[k.P_USE_CORR] = float(risk.use_corr)
+        par[k.P_N_SECTORS] = n_sectors
+        par[k.P_DIV_BONUS] = self.div_bonus
+        par[k.P_CAPITAL] = self.capital
+        par[k.P_META] = float(self.mode != "specialists")
+        self._k_par = par
+        self._k_no_meta = np.empty(0, dtype=np.float32)
 
     # ------------------------------------------------------------------------------- spaces
     def observation_space(self, agent: str) -> spaces.Space:
@@ -208,12 +248,15 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._start, self._end = start, end
         steps = end - start
         n = self.n
+        self._h_breach = np.zeros(steps + 1, dtype=bool)
+        if self.use_kernels:  # one (steps + 1, 3 + (n + 1) + n) table, see _history()
+            self._k_hist = np.zeros((steps + 1, 3 + (n + 1) + n))
+            return
         self._h_equity = np.empty(steps + 1)
         self._h_weights = np.empty((steps + 1, n + 1))
         self._h_expo = np.empty((steps + 1, n))
         self._h_cost = np.zeros(steps + 1)
         self._h_var = np.zeros(steps + 1)
-        self._h_breach = np.zeros(steps + 1, dtype=bool)
 
     def _clear_state(self) -> None:
         n = self.n
@@ -243,6 +286,16 @@ class HierarchicalTradingEnv(ParallelEnv):
             "var_scaledowns": 0,
             "var_breaches": 0,
         }
+        if self.use_kernels:
+            k = _kernel_module()
+            self._k_state = np.zeros((k.N_STATE, n))
+            self._k_sc = np.zeros(k.N_SC + n)
+            self._k_sc[[k.S_CASH, k.S_EQUITY, k.S_PEAK]] = self.capital
+            self._k_cnt = np.zeros(k.N_CNT, dtype=np.int64)
+            self._k_rs = np.zeros((self.cfg.env.risk_window + 2, n))
+            self._k_hist[0, 0] = self.capital
+            self._k_hist[0, 3 : 3 + n + 1] = self._weights
+            return
         self._h_equity[0] = self.capital
         self._h_weights[0] = self._weights
         self._h_expo[0] = 0.0
@@ -308,19 +361,64 @@ class HierarchicalTradingEnv(ParallelEnv):
         )
 
     def _observe(self, meta_now: bool) -> dict[str, np.ndarray]:
+        if self.use_kernels:
+            spec, meta = self._new_obs_buffers()
+            _kernel_module().observe(
+                self._t, self._k_market, self._k_feat, self._k_ann_vol, self._corr_ut,
+                self._k_par, self._k_state, self._proposal, self._weights, self._k_sc,
+                self.window, spec, meta,
+            )  # fmt: skip
+            return self._obs_dict(spec, meta, meta_now)
         rows = self._spec_obs_all()
         obs = dict(zip(self.specialists, rows, strict=True))
         if self.mode != "specialists" and (meta_now or self.meta_obs_every_step):
             obs[META] = self._meta_obs()
         return obs
 
+    def _new_obs_buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        spec = np.empty((self.n, self._spec_dim), dtype=np.float32)
+        if self.mode == "specialists":
+            return spec, self._k_no_meta
+        return spec, np.empty(self._meta_dim, dtype=np.float32)
+
+    def _obs_dict(self, spec: np.ndarray, meta: np.ndarray, meta_now: bool) -> dict:
+        obs = dict(zip(self.specialists, spec, strict=True))
+        if self.mode != "specialists" and (meta_now or self.meta_obs_every_step):
+            obs[META] = meta
+        return obs
+
+    def _current_totals(self) -> dict[str, Any]:
+        """The running totals (costs, stop-losses, scale-downs, breaches) as a new dict."""
+        if not self.use_kernels:
+            return dict(self._totals)
+        c = self._k_cnt.tolist()
+        return {
+            "costs": float(self._k_sc[5]),  # kernels.S_COSTS
+            "stop_losses": c[0],
+            "sector_scaledowns": c[1],
+            "correlation_scaledowns": c[2],
+            "var_scaledowns": c[3],
+            "var_breaches": c[4],
+        }
+
+    def _history(self, s: int) -> tuple[np.ndarray, ...]:
+        """Copies of the first `s` rows of equity, weights, exposures, costs, VaR estimates."""
+        if not self.use_kernels:
+            hist = (self._h_equity, self._h_weights, self._h_expo, self._h_cost, self._h_var)
+            return tuple(h[:s].copy() for h in hist)
+        h, n = self._k_hist[:s], self.n
+        return (
+            h[:, 0].copy(), h[:, 3 : 4 + n].copy(), h[:, 4 + n :].copy(),
+            h[:, 1].copy(), h[:, 2].copy(),
+        )  # fmt: skip
+
     def _portfolio_info(self, cost: float) -> dict[str, Any]:
         steps = max(self._steps, 1)
-        info = dict(self._totals)
+        info = self._current_totals()
         info["equity"] = float(self._equity)
         info["cost"] = float(cost)
         info["var_estimate"] = float(self._var_est)
-        info["var_compliance"] = 1.0 - self._totals["var_breaches"] / steps
+        info["var_compliance"] = 1.0 - info["var_breaches"] / steps
         info["bar"] = self._t
         return info
 
@@ -375,6 +473,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         """Execute one bar for every agent (see the module docstring for the exact model)."""
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset()")
+        if self.use_kernels:
+            return self._step_kernel(actions)
         steps = self._steps
         prev_prop = self._proposal
         self._read_proposals(actions)
@@ -509,9 +609,66 @@ class HierarchicalTradingEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terms, truncs, infos
 
+    def _step_kernel(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        """`step` with the portfolio arithmetic in envs.kernels.step (same results)."""
+        steps = self._steps
+        prev_prop = self._proposal
+        self._read_proposals(actions)
+        prop = self._proposal
+        if self.mode != "specialists" and steps % self.meta_interval == 0:
+            act = actions.get(META)
+            if act is not None:
+                self._read_meta(act)
+        t = self._t
+        eq_prev = self._equity
+        spec, meta = self._new_obs_buffers()
+        sc = self._k_sc
+        _kernel_module().step(
+            t, steps, self._k_market, self._k_cov, self._k_corr, self._k_ann_vol, self._corr_ut,
+            self._k_feat, self._k_sector_ids, self._k_par, self._k_state, prop, prev_prop,
+            self._weights, sc, self._k_cnt, self._k_rs, self._k_hist, self.window, spec, meta,
+        )  # fmt: skip
+        vals = sc.tolist()
+        _, equity, _, var_after, cost, _, div_term, breach = vals[:8]
+        self._equity = equity
+        self._var_est = var_after
+        rewards = dict(zip(self.specialists, vals[8:], strict=True))
+        meta_r = self.reward_fn(eq_prev, equity, cost)
+        if self.mode != "specialists":
+            if self.risk_penalty:
+                meta_r -= self.risk_penalty * var_after
+            if self.div_bonus:  # np.float64 like the numpy path's bonus x mean_vol[t]
+                meta_r += np.float64(div_term)
+            self._meta_acc += meta_r
+
+        t1 = t + 1
+        self._t = t1
+        steps += 1
+        self._steps = steps
+        self._h_breach[steps] = breach != 0.0
+        terminated = equity <= 0.0
+        truncated = (not terminated) and t1 >= self._end
+        done = terminated or truncated
+        meta_next = done or (steps % self.meta_interval == 0)
+        obs = dict(zip(self.specialists, spec, strict=True))
+        if self.mode != "specialists" and (meta_next or self.meta_obs_every_step):
+            obs[META] = meta
+            rewards[META] = self._meta_acc if meta_next else 0.0
+            if meta_next:
+                self._meta_acc = 0.0
+        info = self._portfolio_info(cost)
+        infos = dict.fromkeys(obs, info)
+        terms = dict.fromkeys(obs, terminated)
+        truncs = dict.fromkeys(obs, truncated)
+        if done:
+            self.agents = []
+        return obs, rewards, terms, truncs, infos
+
     @property
     def target_exposures(self) -> np.ndarray:
         """Target exposures (fractions of equity) after the risk limits, as last executed."""
+        if self.use_kernels:
+            return self._k_state[_kernel_module().R_TARGET].copy()
         return self._target_x.copy()
 
     def obs_layout(self) -> dict[str, int]:
@@ -534,21 +691,21 @@ class HierarchicalTradingEnv(ParallelEnv):
         cfg.data.timeframe, 24h calendar).
         """
         s = self._steps + 1
-        equity = self._h_equity[:s].copy()
-        expo = self._h_expo[:s].copy()
+        equity, weights, expo, costs, var_est = self._history(s)
+        totals = self._current_totals()
         ppy = periods_per_year if periods_per_year is not None else self.cfg.data.timeframe
         return {
             "equity": equity,
-            "weights": self._h_weights[:s].copy(),
+            "weights": weights,
             "exposures": expo,
-            "costs": self._h_cost[:s].copy(),
-            "var_estimates": self._h_var[:s].copy(),
+            "costs": costs,
+            "var_estimates": var_est,
             "var_breaches": self._h_breach[:s].copy(),
             "timestamps": self.index[self._start : self._start + s],
             "symbols": list(self.symbols),
-            "totals": dict(self._totals),
-            "total_costs": float(self._totals["costs"]),
-            "stop_losses": int(self._totals["stop_losses"]),
+            "totals": totals,
+            "total_costs": float(totals["costs"]),
+            "stop_losses": int(totals["stop_losses"]),
             "var_compliance": metrics.var_compliance_rate(self._h_breach[1:s]),
             "metrics": metrics.summarize(equity, expo, periods_per_year=ppy),
         }
@@ -560,6 +717,26 @@ class HierarchicalTradingEnv(ParallelEnv):
     def close(self) -> None:
         """Nothing to release."""
         return None
+
+
+def _kernel_module() -> Any:
+    """envs.kernels, imported on first use (numba's import and cache load cost ~1 s)."""
+    from envs import kernels
+
+    return kernels
+
+
+def _use_kernels(requested: bool | None, n: int) -> bool:
+    """Whether an env of `n` instruments runs the numba kernels (`requested`: None = if any)."""
+    if requested is False:
+        return False
+    k = _kernel_module()
+    ok = k.AVAILABLE and n <= k.MAX_INSTRUMENTS
+    if requested and not ok:
+        raise ConfigError(
+            "kernels=True needs numba (pip install numba) and at most 128 instruments"
+        )
+    return ok
 
 
 def parallel_env(**kwargs: Any) -> HierarchicalTradingEnv:
