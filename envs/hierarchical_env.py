@@ -277,6 +277,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             self._weights[n] = 1.0  # all cash until the meta first acts
         self._var_est = 0.0
         self._meta_acc = 0.0
+        self.reward_fn.reset(self.capital)  # the meta's reward state (peak, EMAs) is per episode
         self._spec_stats = metrics.RollingSharpeArray(self.cfg.env.risk_window, n)
         self._totals = {
             "costs": 0.0,

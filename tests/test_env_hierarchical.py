@@ -374,3 +374,23 @@ def inner_bars(env_config):
     from envs.registration import bars_from_config
 
     return bars_from_config(env_config)
+
+
+@pytest.mark.parametrize("kind", ["drawdown", "differential_sharpe", "sortino"])
+@pytest.mark.parametrize("kernels", [True, False])
+def test_meta_reward_state_starts_fresh_every_episode(kind, kernels):
+    """Stateful reward terms (peak, EMAs) belong to one episode: replaying the same episode
+    after another one gives exactly the same rewards as on a fresh env."""
+    if kernels:
+        pytest.importorskip("numba")
+    bars = make_market(n=200, seed=5)
+    kw = dict(SMALL, mode="joint", reward=kind, random_start=False, kernels=kernels)
+
+    def rewards(env: HierarchicalTradingEnv) -> list[float]:
+        pol = random_policy(env, seed=9)
+        return [r["meta"] for _, r, _ in play(env, pol, seed=1)[1:] if "meta" in r]
+
+    fresh = rewards(HierarchicalTradingEnv(bars=bars, **kw))
+    reused = HierarchicalTradingEnv(bars=bars, **kw)
+    rewards(reused)  # a first episode leaves a peak and EMAs behind
+    assert rewards(reused) == fresh
