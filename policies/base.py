@@ -26,6 +26,11 @@ _install_agent_order()
 
 LOG_STD_INIT = -0.5
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
+# model_config key: sample greedily even when exploring (frozen policies acting beside trained
+# ones, e.g. the specialists in phase 2, behave in training as they do in validation)
+GREEDY_KEY = "greedy_exploration"
+_GREEDY_LOG_STD = -20.0  # Gaussian std ~2e-9: the sample is the mean in float32
+_GREEDY_LOGIT_SCALE = 1e4  # categorical: logits x 1e4 -> the arg-max
 
 
 def mlp(in_dim: int, hidden: list[int], out_dim: int | None = None, act=nn.Tanh) -> nn.Sequential:
@@ -102,6 +107,18 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         pi_emb, _ = self.encode(self._flat_obs(batch))
         return {Columns.ACTION_DIST_INPUTS: self._dist_inputs(pi_emb)}
+
+    def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        out = self._forward(batch, **kwargs)
+        if self.model_config.get(GREEDY_KEY):
+            inputs = out[Columns.ACTION_DIST_INPUTS]
+            if self._continuous:
+                mean = inputs[..., : self._act_dim]
+                inputs = torch.cat([mean, torch.full_like(mean, _GREEDY_LOG_STD)], dim=-1)
+            else:
+                inputs = inputs * _GREEDY_LOGIT_SCALE
+            out[Columns.ACTION_DIST_INPUTS] = inputs
+        return out
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         pi_emb, vf_emb = self.encode(self._flat_obs(batch))

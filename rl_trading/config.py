@@ -163,6 +163,10 @@ class PhasesConfig(Section):
     checkpoint_interval: int = Field(5, gt=0)
     specialist_lr: float = Field(1e-4, gt=0)
     meta_lr: float = Field(3e-4, gt=0)
+    # Phase-2 discount / GAE lambda (None: ppo's). The meta's allocation only earns until its
+    # next decision, so a short horizon cuts the market noise of later bars from its advantages.
+    meta_gamma: float | None = Field(None, gt=0, le=1)
+    meta_gae_lambda: float | None = Field(None, ge=0, le=1)
     curriculum: bool = False
 
 

@@ -208,3 +208,30 @@ def test_discrete_specialists_train_and_validate(ray_session, bars):
         assert metrics["val_steps"] > 50 and np.isfinite(metrics["val_sharpe"])
     finally:
         algo.stop()
+
+
+def test_phase2_frozen_specialists_act_greedily_and_meta_horizon(ray_session, bars):
+    """Phase 2: frozen specialists sample their mean (as in validation), the meta explores;
+    phases.meta_gamma / meta_gae_lambda set phase 2's GAE, other phases keep ppo's."""
+    from ray.rllib.core.columns import Columns
+
+    from policies.base import GREEDY_KEY
+
+    cfg = small_cfg(phases={"meta_gamma": 0.5, "meta_gae_lambda": 0.0})
+    factory = hierarchical_factory(cfg, bars.train, bars.val)
+    c1, c2 = build_phase_config(cfg, 1, factory), build_phase_config(cfg, 2, factory)
+    assert (c1.gamma, c1.lambda_) == (cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    assert (c2.gamma, c2.lambda_) == (0.5, 0.0)
+    specs = c2.rl_module_spec.rl_module_specs
+    assert specs["specialist_AAA"].model_config[GREEDY_KEY] is True
+    assert not specs["meta"].model_config.get(GREEDY_KEY)
+    assert not c1.rl_module_spec.rl_module_specs["specialist_AAA"].model_config.get(GREEDY_KEY)
+    greedy, meta = specs["specialist_AAA"].build(), specs["meta"].build()
+    for module, dim in ((greedy, 1), (meta, 3)):
+        obs = torch.randn(4, module.observation_space.shape[0])
+        explore = module.forward_exploration({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        infer = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        torch.testing.assert_close(explore[:, :dim], infer[:, :dim])
+        dist = module.get_exploration_action_dist_cls().from_logits(explore)
+        spread = (dist.sample() - infer[:, :dim]).abs().max().item()
+        assert (spread < 1e-6) if module is greedy else (spread > 1e-3)

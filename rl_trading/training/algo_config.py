@@ -11,6 +11,7 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from policies import module_spec
+from policies.base import GREEDY_KEY
 from rl_trading.config import AppConfig
 from rl_trading.training.determinism import install as install_agent_order
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
@@ -50,7 +51,11 @@ def phase_policies(factory: EnvFactory, phase: int) -> tuple[list[str], list[str
 
 
 def _module_specs(
-    cfg: AppConfig, factory: EnvFactory, pids: list[str], sac: bool
+    cfg: AppConfig,
+    factory: EnvFactory,
+    pids: list[str],
+    sac: bool,
+    frozen: tuple[str, ...] | list[str] = (),
 ) -> dict[str, RLModuleSpec]:
     obs, act = all_agent_spaces(factory)
     layout = factory.model_config("joint")
@@ -67,7 +72,9 @@ def _module_specs(
                 model_config={"fcnet_hiddens": list(cfg.policy.hidden_sizes)},
             )
         else:
-            specs[pid] = module_spec(cfg, pid, obs[aid], act[aid], layout)
+            # frozen policies act greedily while the others explore, as they will in validation
+            extra = {GREEDY_KEY: True} if pid in frozen else {}
+            specs[pid] = module_spec(cfg, pid, obs[aid], act[aid], {**layout, **extra})
     return specs
 
 
@@ -113,7 +120,11 @@ def build_phase_config(
         # a list, not a set: module build order (torch init draws) must not depend on hash seeds
         .multi_agent(policies=list(pids), policy_mapping_fn=mapping, policies_to_train=trained)
         .rl_module(
-            rl_module_spec=MultiRLModuleSpec(rl_module_specs=_module_specs(cfg, factory, pids, sac))
+            rl_module_spec=MultiRLModuleSpec(
+                rl_module_specs=_module_specs(
+                    cfg, factory, pids, sac, [p for p in pids if p not in trained]
+                )
+            )
         )
         .fault_tolerance(
             restart_failed_env_runners=res.restart_failed_env_runners,
@@ -135,10 +146,15 @@ def build_phase_config(
             replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": 50_000},
         )
     else:
+        gamma, lam = ppo.gamma, ppo.gae_lambda
+        if phase == 2:  # only the meta trains: its own horizon (phases.meta_gamma / _lambda)
+            ph = cfg.phases
+            gamma = ph.meta_gamma if ph.meta_gamma is not None else gamma
+            lam = ph.meta_gae_lambda if ph.meta_gae_lambda is not None else lam
         config = config.training(
             lr=base_lr,
-            gamma=ppo.gamma,
-            lambda_=ppo.gae_lambda,
+            gamma=gamma,
+            lambda_=lam,
             clip_param=ppo.clip_param,
             entropy_coeff=ppo.entropy_coeff,
             vf_loss_coeff=ppo.vf_loss_coeff,
