@@ -28,6 +28,13 @@ SPECS = ["specialist_AAA", "specialist_BBB"]
 # 172.3 on validation (+0.77% / +0.95% over 839 bars), flat 0, three random policies -532..-573.
 # Runtime: 86 s on an idle 2-core machine, 350 s at load ~20, hence `slow`.
 PHASE1_MIN_SHARPE = 20.0
+# Phase 2 (meta every 10 bars, phase-2 gamma 0.1 / lambda 1, meta lr 3e-3, 16k steps), measured
+# on the phase-1 checkpoints of seeds 1/2/3 (phase-1 val Sharpe 172/98/39): validation Sharpe
+# meta 217/164/83 vs equal weight 172/98/39, max drawdown lower on every seed; held-out test
+# split meta 205/157/117 vs equal 175/116/92. Without the short horizon (k 10, gamma 0.99 /
+# lambda 0.95) the meta stays ~uniform (seed 1: 173 vs 172); with k 1 it is +28/+4 on seeds 2/3.
+# The whole test: 80 s on an idle 2-core machine (phase 1 29 s, phase 2 42 s), 155 s shared.
+META_MIN_MARGIN = 20.0
 
 
 def market() -> dict[str, pd.DataFrame]:
@@ -48,14 +55,21 @@ def learning_cfg() -> AppConfig:
                 "max_position_size": 1.0,
                 "sectors": {},
                 "max_sector_allocation": None,
+                # The meta decides every 10 bars: its reward then sums 10 bars of the allocation's
+                # edge (grows ~10x) against their noise (~sqrt(10)x); per bar the edge (~1e-5) is
+                # lost in 1e-4 noise and the meta stays at its initial uniform allocation.
+                "meta_interval": 10,
             },
             "ppo": {"train_batch_size": 1000, "minibatch_size": 250, "num_epochs": 6, "lr": 1e-3},
             "policy": {"hidden_sizes": [64, 64]},
             "resources": {"num_env_runners": 0},
             "phases": {
                 "phase1_timesteps": 10_000,
-                "phase2_timesteps": 8_000,
-                "meta_lr": 1e-3,
+                "phase2_timesteps": 16_000,
+                "meta_lr": 3e-3,
+                # An allocation's reward is in its own 10 bars: a short phase-2 horizon.
+                "meta_gamma": 0.1,
+                "meta_gae_lambda": 1.0,
                 "eval_interval": 2,
                 "checkpoint_interval": 100,
             },
@@ -89,13 +103,17 @@ def test_phase1_learns_and_meta_beats_equal_weight(ray_session, tmp_path):
 
     p2 = run_phase(cfg, 2, factory, tmp_path, tracking=False)
     modules = {**best, "meta": load_module(p2.best_checkpoint, "meta")}
-    # Judged on the held-out test split (the best checkpoint was picked on validation).
+    meta = validate(factory, "meta", modules, seed=1)
+    equal = validate(factory, "meta", modules, seed=1, meta_override=equal_weight(2))
+    # Also on the held-out test split (the best checkpoint was picked on validation).
     test = hierarchical_factory(cfg, splits.train, splits.test)
-    meta = validate(test, "meta", modules, seed=1)
-    equal = validate(test, "meta", modules, seed=1, meta_override=equal_weight(2))
-    print(f"phase2 {time.monotonic() - t1:.0f}s meta={meta} equal={equal}")
-    # Measured (test split, two runs): meta Sharpe 189.7 / 201.8 vs equal weight 184.5 / 175.0,
-    # max drawdown 0.14% / 0.09% vs 0.20% / 0.13%; the meta keeps some cash, so its raw return
-    # is lower (1.1% vs 1.5%, 0.85% vs 1.05%).
-    assert meta["val_sharpe"] > equal["val_sharpe"]
+    meta_test = validate(test, "meta", modules, seed=1)
+    equal_test = validate(test, "meta", modules, seed=1, meta_override=equal_weight(2))
+    print(
+        f"phase2 {time.monotonic() - t1:.0f}s val: meta={meta} equal={equal} "
+        f"test: meta={meta_test} equal={equal_test}"
+    )
+    assert meta["val_sharpe"] == pytest.approx(p2.best_val_sharpe)
+    assert meta["val_sharpe"] > equal["val_sharpe"] + META_MIN_MARGIN
     assert meta["val_max_drawdown"] <= equal["val_max_drawdown"]
+    assert meta_test["val_sharpe"] > equal_test["val_sharpe"]
