@@ -595,9 +595,21 @@ class HierarchicalTradingEnv(ParallelEnv):
 
         terminated = equity <= 0.0
         truncated = (not terminated) and t1 >= self._end
-        done = terminated or truncated
-        meta_next = done or (steps % self.meta_interval == 0)
+        meta_next = terminated or truncated or (steps % self.meta_interval == 0)
         obs = self._observe(meta_next)
+        return self._finish_step(obs, rewards, cost, terminated, truncated, meta_next)
+
+    def _finish_step(
+        self,
+        obs: dict[str, np.ndarray],
+        rewards: dict[str, float],
+        cost: float,
+        terminated: bool,
+        truncated: bool,
+        meta_next: bool,
+    ) -> tuple[dict, dict, dict, dict, dict]:
+        """The end of a step, shared by the numpy and kernel paths: deliver the meta's
+        accumulated reward when it observes at a decision step, build infos and flags."""
         if META in obs:
             rewards[META] = self._meta_acc if meta_next else 0.0
             if meta_next:
@@ -606,7 +618,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         infos = dict.fromkeys(obs, info)
         terms = dict.fromkeys(obs, terminated)
         truncs = dict.fromkeys(obs, truncated)
-        if done:
+        if terminated or truncated:
             self.agents = []
         return obs, rewards, terms, truncs, infos
 
@@ -649,21 +661,9 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._h_breach[steps] = breach != 0.0
         terminated = equity <= 0.0
         truncated = (not terminated) and t1 >= self._end
-        done = terminated or truncated
-        meta_next = done or (steps % self.meta_interval == 0)
-        obs = dict(zip(self.specialists, spec, strict=True))
-        if self.mode != "specialists" and (meta_next or self.meta_obs_every_step):
-            obs[META] = meta
-            rewards[META] = self._meta_acc if meta_next else 0.0
-            if meta_next:
-                self._meta_acc = 0.0
-        info = self._portfolio_info(cost)
-        infos = dict.fromkeys(obs, info)
-        terms = dict.fromkeys(obs, terminated)
-        truncs = dict.fromkeys(obs, truncated)
-        if done:
-            self.agents = []
-        return obs, rewards, terms, truncs, infos
+        meta_next = terminated or truncated or (steps % self.meta_interval == 0)
+        obs = self._obs_dict(spec, meta, meta_next)
+        return self._finish_step(obs, rewards, cost, terminated, truncated, meta_next)
 
     @property
     def target_exposures(self) -> np.ndarray:
