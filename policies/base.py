@@ -8,6 +8,7 @@ actions get categorical logits.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gymnasium as gym
@@ -31,6 +32,7 @@ LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 GREEDY_KEY = "greedy_exploration"
 _GREEDY_LOG_STD = -20.0  # Gaussian std ~2e-9: the sample is the mean in float32
 _GREEDY_LOGIT_SCALE = 1e4  # categorical: logits x 1e4 -> the arg-max
+_LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal.log_prob
 
 
 def mlp(in_dim: int, hidden: list[int], out_dim: int | None = None, act=nn.Tanh) -> nn.Sequential:
@@ -55,6 +57,23 @@ def obs_layout(obs_dim: int, model_config: dict[str, Any]) -> tuple[int, int, in
     if window <= 0 or n_feat <= 0 or window * n_feat > obs_dim:
         return 1, obs_dim, 0
     return window, n_feat, obs_dim - window * n_feat
+
+
+def sample_diag_gaussian(dist_inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Actions and their log-probabilities from `[mean, log_std]` inputs.
+
+    The same tensor operations (and torch RNG draws) as RLlib's `GetActions` connector with
+    `TorchDiagGaussian` (`Normal(mean, exp(log_std))`, `sample()`, `log_prob(a).sum(-1)`), so
+    the actions and logp are bit-identical; done in the module, it skips the distribution
+    objects built per policy and env step. `GetActions` keeps actions already present.
+    """
+    loc, log_std = dist_inputs.chunk(2, dim=-1)
+    scale = log_std.exp()
+    with torch.no_grad():
+        actions = torch.normal(loc, scale)
+    var = scale**2
+    logp = -((actions - loc) ** 2) / (2 * var) - scale.log() - _LOG_SQRT_2PI
+    return {Columns.ACTIONS: actions, Columns.ACTION_LOGP: logp.sum(-1)}
 
 
 class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
@@ -92,6 +111,10 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         """Embeddings for the actor and the critic from a `[B, obs_dim]` batch."""
         raise NotImplementedError
 
+    def encode_actor(self, obs: torch.Tensor) -> torch.Tensor:
+        """The actor's embedding alone (acting needs no critic); subclasses may skip work."""
+        return self.encode(obs)[0]
+
     # -- RLModule API -----------------------------------------------------------------------
     def _flat_obs(self, batch: dict[str, Any]) -> torch.Tensor:
         obs = batch[Columns.OBS]
@@ -105,10 +128,27 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         return torch.cat([out, log_std], dim=-1)
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        pi_emb, _ = self.encode(self._flat_obs(batch))
+        pi_emb = self.encode_actor(self._flat_obs(batch))
         return {Columns.ACTION_DIST_INPUTS: self._dist_inputs(pi_emb)}
 
+    def forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """RLlib's, minus its `eval()` walk over every submodule when already in eval mode.
+
+        The env runners' modules stay in eval mode (`TradingCallbacks.on_algorithm_init`).
+        """
+        if self.training:
+            return super().forward_exploration(batch, **kwargs)
+        return self._forward_exploration(batch, **kwargs)
+
+    def forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """RLlib's, minus its `eval()` walk when already in eval mode."""
+        if self.training:
+            return super().forward_inference(batch, **kwargs)
+        return self._forward_inference(batch, **kwargs)
+
+    @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # no autograd graph while acting (RLlib's default _forward_exploration is no-grad too)
         out = self._forward(batch, **kwargs)
         if self.model_config.get(GREEDY_KEY):
             inputs = out[Columns.ACTION_DIST_INPUTS]
@@ -118,6 +158,8 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
             else:
                 inputs = inputs * _GREEDY_LOGIT_SCALE
             out[Columns.ACTION_DIST_INPUTS] = inputs
+        if self._continuous:
+            out.update(sample_diag_gaussian(out[Columns.ACTION_DIST_INPUTS]))
         return out
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

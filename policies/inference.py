@@ -25,6 +25,8 @@ def compute_actions(
             if seed is not None:
                 torch.manual_seed(seed)
             out = module.forward_exploration(batch)
+            if Columns.ACTIONS in out:  # sampled by the module itself (Gaussian policies)
+                return to_env_action(out[Columns.ACTIONS].cpu().numpy(), module.action_space)
             dist = module.get_exploration_action_dist_cls().from_logits(
                 out[Columns.ACTION_DIST_INPUTS]
             )

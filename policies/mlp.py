@@ -21,3 +21,7 @@ class MLPModule(ActorCriticModule):
     def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Actor and critic embeddings."""
         return self._pi_enc(obs), self._vf_enc(obs)
+
+    def encode_actor(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actor embedding only: acting (sampling, inference) skips the critic tower."""
+        return self._pi_enc(obs)

@@ -121,3 +121,35 @@ def test_bad_head_config_is_rejected():
         )
     with pytest.raises(ValueError, match="unsupported action space"):
         MLPModule(observation_space=OBS, action_space=gym.spaces.MultiBinary(3), model_config={})
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("act", [BOX, ALLOC], ids=["box1", "alloc4"])
+def test_exploration_samples_like_rllib_get_actions(cls, act):
+    """Gaussian modules sample in forward_exploration: the same actions (same torch RNG
+    draws) and log-probabilities as RLlib's GetActions with TorchDiagGaussian, bit for bit;
+    no autograd graph; the same distribution inputs in train and eval mode."""
+    from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
+
+    torch.manual_seed(2)
+    module = cls(observation_space=OBS, action_space=act, model_config=dict(SMALL))
+    batch = _batch(n=16, seed=3)
+    module.eval()
+    torch.manual_seed(11)
+    out = module.forward_exploration(batch)
+    assert not out[Columns.ACTION_DIST_INPUTS].requires_grad
+    torch.manual_seed(11)
+    dist = TorchDiagGaussian.from_logits(out[Columns.ACTION_DIST_INPUTS])
+    actions = dist.sample()
+    assert torch.equal(out[Columns.ACTIONS], actions)
+    assert torch.equal(out[Columns.ACTION_LOGP], dist.logp(actions))
+    module.train()  # RLlib's own path (eval() walk, then back to train mode)
+    torch.manual_seed(11)
+    again = module.forward_exploration(batch)
+    assert module.training
+    assert torch.equal(again[Columns.ACTIONS], out[Columns.ACTIONS])
+    # acting runs only the actor: the same inputs as the training forward (the transformer's
+    # eval-mode fast path differs in the last float bits)
+    torch.testing.assert_close(
+        module.forward_train(batch)[Columns.ACTION_DIST_INPUTS], out[Columns.ACTION_DIST_INPUTS]
+    )

@@ -1,17 +1,26 @@
 """Training speed-ups that must not change what is learned: the fused gradient finiteness
-check (bit-identical weights) and env-runner modules kept in eval mode."""
+check, the env runner's batched counters and action connector, the module-side Gaussian
+sampling (all bit-identical to RLlib's stock path) and env-runner modules kept in eval mode."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.connectors.module_to_env.normalize_and_clip_actions import (
+    NormalizeAndClipActions,
+)
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 
 from rl_trading.config import AppConfig
 from rl_trading.data import split_by_time, synthetic_market
 from rl_trading.training.algo_config import build_phase_config
 from rl_trading.training.env_bridge import hierarchical_factory
+from rl_trading.training.fast_env_runner import FastMultiAgentEnvRunner
 from rl_trading.training.fast_learner import FastPPOTorchLearner
 
 SYMBOLS = ["AAA", "BBB"]
@@ -30,19 +39,34 @@ def _cfg() -> AppConfig:
     )
 
 
-def _weights_after_two_iterations(learner_class: type) -> dict:
+def _weights_after_two_iterations(
+    learner_class: type | None = None, env_runner_cls: type | None = None, num_envs: int = 1
+) -> tuple[dict, dict]:
+    """(weights, env-runner metrics) after two phase-1 iterations of the `_cfg()` setup."""
     cfg = _cfg()
+    cfg.resources.num_envs_per_env_runner = num_envs
     market = synthetic_market(SYMBOLS, n_bars=900, seed=1)
     splits = split_by_time(market, 0.7, 0.15, 5)
     factory = hierarchical_factory(cfg, splits.train, splits.val)
     config = build_phase_config(cfg, 1, factory)
-    algo = config.learners(learner_class=learner_class).build_algo()
+    if learner_class is not None:
+        config = config.learners(learner_class=learner_class)
+    if env_runner_cls is not None:
+        config = config.env_runners(env_runner_cls=env_runner_cls)
+    algo = config.build_algo()
     try:
         algo.train()
-        algo.train()
-        return algo.learner_group.get_weights()
+        runners = algo.train()["env_runners"]
+        return algo.learner_group.get_weights(), runners
     finally:
         algo.stop()
+
+
+def _assert_same_weights(fast: dict, stock: dict) -> None:
+    assert fast.keys() == stock.keys() and len(fast) == len(SYMBOLS)
+    for pid in fast:
+        for name, value in fast[pid].items():
+            np.testing.assert_array_equal(value, stock[pid][name], err_msg=f"{pid}/{name}")
 
 
 @pytest.mark.rllib
@@ -51,12 +75,82 @@ def test_fast_learner_is_default_and_bit_identical_to_stock(ray_session):
     splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=1), 0.7, 0.15, 5)
     config = build_phase_config(cfg, 1, hierarchical_factory(cfg, splits.train, splits.val))
     assert config.learner_class is FastPPOTorchLearner
-    fast = _weights_after_two_iterations(FastPPOTorchLearner)
-    stock = _weights_after_two_iterations(PPOTorchLearner)
-    assert fast.keys() == stock.keys() and len(fast) == len(SYMBOLS)
-    for pid in fast:
-        for name, value in fast[pid].items():
-            np.testing.assert_array_equal(value, stock[pid][name], err_msg=f"{pid}/{name}")
+    fast, _ = _weights_after_two_iterations(FastPPOTorchLearner)
+    stock, _ = _weights_after_two_iterations(PPOTorchLearner)
+    _assert_same_weights(fast, stock)
+
+
+@pytest.mark.rllib
+def test_fast_env_runner_is_default_and_bit_identical_to_stock(ray_session):
+    """Same weights and the same sampled step counters as RLlib's MultiAgentEnvRunner,
+    with 2 vectorised envs (the batched counters add up across sub-envs)."""
+    cfg = _cfg()
+    splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=1), 0.7, 0.15, 5)
+    config = build_phase_config(cfg, 1, hierarchical_factory(cfg, splits.train, splits.val))
+    assert config.env_runner_cls is FastMultiAgentEnvRunner
+    fast, fast_metrics = _weights_after_two_iterations(num_envs=2)
+    stock, stock_metrics = _weights_after_two_iterations(
+        env_runner_cls=MultiAgentEnvRunner, num_envs=2
+    )
+    _assert_same_weights(fast, stock)
+    for key in (
+        "num_agent_steps_sampled",
+        "num_agent_steps_sampled_lifetime",
+        "num_module_steps_sampled",
+        "num_module_steps_sampled_lifetime",
+    ):
+        assert fast_metrics[key] == stock_metrics[key] and len(fast_metrics[key]) == 2, key
+    for key in ("num_env_steps_sampled", "num_env_steps_sampled_lifetime", "num_episodes"):
+        assert fast_metrics[key] == stock_metrics[key], key
+
+
+def test_fast_action_connector_matches_rllib():
+    """Unsquash (normalize) and clip of Box(-1, 1), Box(0, 1) and Discrete actions: the same
+    values and dtypes as RLlib's connector, on copies (the sampled actions stay as they were)."""
+    from gymnasium import spaces
+
+    from rl_trading.training.fast_env_runner import FastNormalizeAndClipActions
+
+    act_space = spaces.Dict(
+        {
+            "spec": spaces.Box(-1.0, 1.0, (1,), np.float32),
+            "meta": spaces.Box(0.0, 1.0, (3,), np.float32),
+            "disc": spaces.Discrete(3),
+        }
+    )
+    obs_space = spaces.Dict({k: spaces.Box(-1.0, 1.0, (2,), np.float32) for k in act_space})
+    rng = np.random.default_rng(0)
+
+    def batch() -> dict:
+        return {
+            Columns.ACTIONS: {
+                ("e0", "spec", "m_spec"): [rng.normal(0, 2, 1).astype(np.float32)],
+                ("e0", "meta", "m_meta"): [rng.normal(0, 2, 3).astype(np.float32)],
+                ("e0", "disc", "m_disc"): [np.int64(2)],
+                ("e1", "spec", "m_spec"): [rng.normal(0, 2, 1).astype(np.float32)],
+            }
+        }
+
+    for normalize, clip in ((True, False), (False, True), (True, True)):
+        kwargs = {
+            "input_observation_space": obs_space,
+            "input_action_space": act_space,
+            "normalize_actions": normalize,
+            "clip_actions": clip,
+        }
+        stock_conn, fast_conn = (
+            NormalizeAndClipActions(**kwargs),
+            FastNormalizeAndClipActions(**kwargs),
+        )
+        b = batch()
+        sampled = {k: [np.copy(v[0])] for k, v in b[Columns.ACTIONS].items()}
+        stock = stock_conn(rl_module=None, batch=copy.deepcopy(b), episodes=[])
+        fast = fast_conn(rl_module=None, batch=b, episodes=[])
+        for key, items in stock[Columns.ACTIONS_FOR_ENV].items():
+            got = fast[Columns.ACTIONS_FOR_ENV][key][0]
+            assert np.asarray(got).dtype == np.asarray(items[0]).dtype, key
+            np.testing.assert_array_equal(got, items[0], err_msg=str(key))
+            np.testing.assert_array_equal(b[Columns.ACTIONS][key][0], sampled[key][0])
 
 
 def test_non_finite_gradients_take_the_stock_path():

@@ -15,6 +15,7 @@ from policies.base import GREEDY_KEY
 from rl_trading.config import AppConfig
 from rl_trading.training.determinism import install as install_agent_order
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
+from rl_trading.training.fast_env_runner import FastMultiAgentEnvRunner
 from rl_trading.training.mapping import (
     META,
     PHASE_MODES,
@@ -115,6 +116,8 @@ def build_phase_config(
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
             custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
+            # RLlib's runner with batched step counters (same episodes, see fast_env_runner)
+            env_runner_cls=FastMultiAgentEnvRunner,
         )
         .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
         # a list, not a set: module build order (torch init draws) must not depend on hash seeds
