@@ -147,6 +147,13 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         return self._forward_inference(batch, **kwargs)
 
     @torch.no_grad()
+    def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        out = self._forward(batch, **kwargs)
+        if self._continuous:  # the Gaussian mean, which RLlib's deterministic GetActions takes
+            out[Columns.ACTIONS] = out[Columns.ACTION_DIST_INPUTS][..., : self._act_dim]
+        return out
+
+    @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         # no autograd graph while acting (RLlib's default _forward_exploration is no-grad too)
         out = self._forward(batch, **kwargs)

@@ -32,6 +32,8 @@ def compute_actions(
             )
         else:
             out = module.forward_inference(batch)
+            if Columns.ACTIONS in out:  # the Gaussian mean, from the module itself
+                return to_env_action(out[Columns.ACTIONS].cpu().numpy(), module.action_space)
             dist = (
                 module.get_inference_action_dist_cls()
                 .from_logits(out[Columns.ACTION_DIST_INPUTS])
@@ -41,13 +43,28 @@ def compute_actions(
     return to_env_action(actions, module.action_space)
 
 
+_BOX_BOUNDS: dict[int, tuple[gym.spaces.Box, bool, np.ndarray]] = {}
+
+
+def _box_bounds(space: gym.spaces.Box) -> tuple[bool, np.ndarray]:
+    """(bounded on both sides, high - low) of a Box, computed once per space object."""
+    hit = _BOX_BOUNDS.get(id(space))
+    if hit is None or hit[0] is not space:
+        bounded = bool(np.all(space.bounded_below & space.bounded_above))
+        hit = (space, bounded, space.high - space.low)
+        _BOX_BOUNDS[id(space)] = hit
+    return hit[1], hit[2]
+
+
 def to_env_action(actions: np.ndarray, space: gym.Space) -> np.ndarray:
     """Map module outputs to env actions (unsquash + clip bounded Boxes, ints for Discrete)."""
     if isinstance(space, gym.spaces.Discrete):
         return actions.astype(np.int64)
-    if isinstance(space, gym.spaces.Box) and np.all(space.bounded_below & space.bounded_above):
-        scaled = space.low + (np.clip(actions, -1.0, 1.0) + 1.0) * (space.high - space.low) / 2.0
-        return scaled.astype(space.dtype)
+    if isinstance(space, gym.spaces.Box):
+        bounded, span = _box_bounds(space)
+        if bounded:
+            scaled = space.low + (np.clip(actions, -1.0, 1.0) + 1.0) * span / 2.0
+            return scaled.astype(space.dtype)
     return actions.astype(getattr(space, "dtype", np.float32))
 
 

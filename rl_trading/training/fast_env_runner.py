@@ -1,12 +1,14 @@
-"""RLlib's multi-agent env runner, minus two per-item costs that many small agents make large.
+"""RLlib's multi-agent env runner, minus per-item costs that many small agents make large.
 
 With 8 specialists x 8 vectorised envs, every env step RLlib's `MultiAgentEnvRunner`
-(a) logs four step counters per agent (32 `metrics.log_value` calls per sub-env step) and
-(b) deep-copies the actions and maps `unsquash_action` over every item through `dm-tree`.
+(a) logs four step counters per agent (32 `metrics.log_value` calls per sub-env step),
+(b) deep-copies the actions and maps `unsquash_action` over every item through `dm-tree`, and
+(c) unbatches module outputs with a linear search over the episodes per item and column.
 `FastMultiAgentEnvRunner` (a) counts agent and module steps in plain dicts and logs each
-counter once per `sample()` (the same sums), and (b) swaps RLlib's `NormalizeAndClipActions`
-for `FastNormalizeAndClipActions`, the same arithmetic per item without the tree machinery.
-Sampled episodes, env actions and metrics equal the stock runner's (tests/test_fast_env_runner.py).
+counter once per `sample()` (the same sums), (b) swaps in `FastNormalizeAndClipActions`, the
+same arithmetic per item without the tree machinery, and (c) `FastUnBatchToIndividualItems`,
+the same items and checks with the episodes looked up once. Sampled episodes, env actions,
+weights and counters equal the stock runner's (tests/test_training_speedups.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import numpy as np
 from ray.rllib.connectors.module_to_env.normalize_and_clip_actions import (
     NormalizeAndClipActions,
 )
+from ray.rllib.connectors.module_to_env.unbatch_to_individual_items import (
+    UnBatchToIndividualItems,
+)
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 from ray.rllib.utils.metrics import (
@@ -33,6 +38,7 @@ from ray.rllib.utils.metrics import (
     NUM_MODULE_STEPS_SAMPLED,
     NUM_MODULE_STEPS_SAMPLED_LIFETIME,
 )
+from ray.rllib.utils.spaces.space_utils import unbatch as unbatch_fn
 
 ItemFn = Callable[[Any], Any]
 
@@ -101,6 +107,57 @@ class FastNormalizeAndClipActions(NormalizeAndClipActions):
         )
 
 
+class FastUnBatchToIndividualItems(UnBatchToIndividualItems):
+    """`UnBatchToIndividualItems` with one episode lookup and live-agent check per item.
+
+    RLlib searches the episode list and re-checks the agent for every item of every column;
+    the multi-agent branch here builds the same `(eps_id, agent_id, module_id)`-keyed lists
+    and raises the same errors. Other cases take RLlib's path.
+    """
+
+    def __call__(self, *, batch: dict[str, Any], **kwargs: Any) -> Any:
+        """Split each module's batched columns into per-(episode, agent) item lists."""
+        shared = kwargs.get("shared_data") or {}
+        structure = shared.get("memorized_map_structure")
+        if not isinstance(structure, dict):
+            return super().__call__(batch=batch, **kwargs)
+        renamed = shared.get("vector_env_episodes_map", {})
+        by_id = {}
+        for eps in kwargs.get("episodes") or []:
+            by_id.setdefault(eps.id_, eps)
+        for module_id, module_data in batch.copy().items():
+            if module_id not in structure:
+                raise KeyError(f"ModuleID={module_id} not found in `memorized_map_structure`!")
+            keys = []
+            for eps_id, agent_id in structure[module_id]:
+                keys.append((eps_id, agent_id, module_id))
+                self._check_live(by_id, renamed.get(eps_id, eps_id), agent_id)
+            for column, column_data in module_data.items():
+                items = unbatch_fn(column_data)
+                new_column_data: dict = {}
+                for i, key in enumerate(keys):
+                    new_column_data.setdefault(key, []).append(items[i])
+                module_data[column] = new_column_data
+        return batch
+
+    @staticmethod
+    def _check_live(by_id: dict, eps_id: Any, agent_id: Any) -> None:
+        episode = by_id.get(eps_id)
+        if episode is None:
+            raise ValueError(
+                f"No episode found that matches the ID={eps_id}. Check "
+                "shared_data['vector_env_episodes_map'] for a missing mapping."
+            )
+        if episode.agent_episodes and not episode.is_done:
+            sa_episode = episode.agent_episodes.get(agent_id)
+            if sa_episode is None or sa_episode.is_done:
+                raise ValueError(
+                    f"Agent {agent_id!r} in `memorized_map_structure` is missing or already "
+                    f"done for episode {episode.id_!r}: only live agents should reach the "
+                    "module-to-env pipeline."
+                )
+
+
 class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
     """`MultiAgentEnvRunner` with batched step counters and the fast action connector."""
 
@@ -113,6 +170,11 @@ class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
             for i, conn in enumerate(pipeline.connectors):
                 if type(conn) is NormalizeAndClipActions:
                     pipeline.connectors[i] = FastNormalizeAndClipActions.like(conn)
+                elif type(conn) is UnBatchToIndividualItems:
+                    pipeline.connectors[i] = FastUnBatchToIndividualItems(
+                        input_observation_space=conn.input_observation_space,
+                        input_action_space=conn.input_action_space,
+                    )
 
     def _increase_sampled_metrics(self, num_steps: int, next_obs: dict, episode: Any) -> int:
         # env-step and episode counters as RLlib logs them; agent / module counts deferred
