@@ -112,6 +112,11 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.stop_loss_pct = float(ecfg.stop_loss_pct)
         self.episode_length = int(ecfg.episode_length)
         self.random_start = bool(ecfg.random_start)
+        # curriculum over episode difficulty (set_curriculum_level): off until a level is set
+        self._curriculum_order: np.ndarray | None = None
+        self._curriculum_starts: np.ndarray | None = None
+        self._curriculum_k = 0
+        self.curriculum_level = 1.0
         self.meta_interval = int(ecfg.meta_interval)
         self.allow_short = bool(ecfg.allow_short)
         self.discrete = ecfg.action_type == "discrete"
@@ -310,6 +315,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         last_start = self.n_bars - 1 - self.episode_length
         if self.eval_mode or not self.random_start or last_start <= self.first_bar:
             start = self.first_bar
+        elif self._curriculum_starts is not None:  # the easiest episodes so far
+            start = int(self._curriculum_starts[self._np_random.integers(0, self._curriculum_k)])
         else:
             start = int(self._np_random.integers(self.first_bar, last_start + 1))
         self._alloc_episode(start, self._episode_end(start))
@@ -318,6 +325,41 @@ class HierarchicalTradingEnv(ParallelEnv):
         obs = self._observe(True)
         info = self._portfolio_info(0.0)
         return obs, {a: info for a in obs}
+
+    # ---------------------------------------------------------------------------- curriculum
+    def episode_difficulty(self) -> np.ndarray:
+        """Difficulty of every training episode start `first_bar + i`: the realised volatility
+        of the equal-weight basket's open-to-open log returns over the episode's bars.
+
+        Used only to order training episodes (rl_trading.training.curriculum); observations
+        never see it.
+        """
+        last_start = self.n_bars - 1 - self.episode_length
+        if last_start < self.first_bar:
+            return np.zeros(0)
+        basket = np.log(self._open[1:] / self._open[:-1]).mean(axis=1)
+        csum = np.concatenate([[0.0], np.cumsum(basket**2)])
+        starts = np.arange(self.first_bar, last_start + 1)
+        ends = np.minimum(starts + self.episode_length, self.n_bars - 1)
+        return np.sqrt((csum[ends] - csum[starts]) / np.maximum(ends - starts, 1))
+
+    def set_curriculum_level(self, level: float | None) -> None:
+        """Draw training episodes from the easiest `level` fraction of starts (0 < level <= 1);
+        None or 1 restores uniform random starts (the same draws as without a curriculum)."""
+        if level is None or level >= 1.0:
+            self._curriculum_starts, self.curriculum_level = None, 1.0
+            return
+        if not level > 0.0:  # also NaN
+            raise ConfigError(f"curriculum level must be in (0, 1], got {level}")
+        if self._curriculum_order is None:
+            difficulty = self.episode_difficulty()
+            self._curriculum_order = self.first_bar + np.argsort(difficulty, kind="stable")
+        order = self._curriculum_order
+        if len(order) == 0:
+            return
+        self._curriculum_k = max(1, int(np.ceil(level * len(order))))
+        self._curriculum_starts = order
+        self.curriculum_level = float(level)
 
     # ------------------------------------------------------------------------------- observe
     def _spec_obs_all(self) -> np.ndarray:

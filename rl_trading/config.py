@@ -123,11 +123,16 @@ class RewardConfig(Section):
 
 
 class PPOSettings(Section):
-    """PPO hyperparameters for the RL phases (RLlib new API stack)."""
+    """PPO hyperparameters for the RL phases (RLlib new API stack).
+
+    The reference design's PPO numbers use Stable-Baselines3's names: its `batch_size` 256 is
+    the SGD minibatch (`minibatch_size`), `n_epochs` 10 the passes over each rollout; the
+    rollout (`train_batch_size`, env steps per iteration, SB3's `n_steps`) is RLlib's 4000.
+    """
 
     lr: float = Field(3e-4, gt=0)
-    train_batch_size: int = Field(256, gt=0)
-    minibatch_size: int = Field(64, gt=0)
+    train_batch_size: int = Field(4000, gt=0)
+    minibatch_size: int = Field(256, gt=0)
     num_epochs: int = Field(10, gt=0)
     gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
@@ -141,7 +146,7 @@ class PolicyConfig(Section):
     """Which torch RLModule each policy uses, and its size."""
 
     model: Literal["mlp", "transformer", "cnn_lstm"] = "mlp"
-    hidden_sizes: list[int] = Field(default_factory=lambda: [256, 256])
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64])
     d_model: int = Field(64, gt=0)
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
@@ -167,7 +172,13 @@ class PhasesConfig(Section):
     # next decision, so a short horizon cuts the market noise of later bars from its advantages.
     meta_gamma: float | None = Field(None, gt=0, le=1)
     meta_gae_lambda: float | None = Field(None, ge=0, le=1)
+    # Curriculum over episode difficulty (rl_trading/training/curriculum.py): training episodes
+    # come from the easiest `curriculum_start` fraction of starts (by realised volatility),
+    # widening linearly to all of them over the first `curriculum_ramp` of the phase.
     curriculum: bool = False
+    curriculum_phases: list[Literal[1, 2, 3]] = Field(default_factory=lambda: [3])
+    curriculum_start: float = Field(0.25, gt=0, le=1)
+    curriculum_ramp: float = Field(0.5, gt=0, le=1)
 
 
 class ResourcesConfig(Section):
@@ -176,7 +187,7 @@ class ResourcesConfig(Section):
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
     num_env_runners: int = Field(1, ge=0)
-    num_envs_per_env_runner: int = Field(1, gt=0)
+    num_envs_per_env_runner: int = Field(8, gt=0)
     num_cpus_per_env_runner: float = Field(1.0, gt=0)
     num_learners: int = Field(0, ge=0)
     num_gpus_per_learner: float = Field(0.0, ge=0)

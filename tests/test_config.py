@@ -36,8 +36,9 @@ def test_default_yaml_reference_numbers() -> None:
     ]  # fmt: skip
     assert (cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars) == (0.7, 0.15, 50)
     p = cfg.ppo
-    assert (p.lr, p.gamma, p.gae_lambda, p.clip_param, p.train_batch_size) == (
-        3e-4, 0.99, 0.95, 0.2, 256
+    # the reference "batch 256, n_epochs 10" in SB3's names: the SGD minibatch and the epochs
+    assert (p.lr, p.gamma, p.gae_lambda, p.clip_param, p.minibatch_size, p.num_epochs) == (
+        3e-4, 0.99, 0.95, 0.2, 256, 10
     )  # fmt: skip
     ph = cfg.phases
     assert (ph.phase1_timesteps, ph.phase2_timesteps, ph.phase3_timesteps) == (

@@ -148,6 +148,10 @@ def test_exploration_samples_like_rllib_get_actions(cls, act):
     again = module.forward_exploration(batch)
     assert module.training
     assert torch.equal(again[Columns.ACTIONS], out[Columns.ACTIONS])
+    # inference: the Gaussian mean, as RLlib's deterministic distribution gives it
+    inf = module.forward_inference(batch)
+    det = TorchDiagGaussian.from_logits(inf[Columns.ACTION_DIST_INPUTS]).to_deterministic()
+    assert torch.equal(inf[Columns.ACTIONS], det.sample())
     # acting runs only the actor: the same inputs as the training forward (the transformer's
     # eval-mode fast path differs in the last float bits)
     torch.testing.assert_close(

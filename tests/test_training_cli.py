@@ -29,7 +29,7 @@ TINY = {
     "env": {"episode_length": 64, "sectors": {}, "max_sector_allocation": None},
     "ppo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
     "policy": {"hidden_sizes": [16]},
-    "resources": {"num_env_runners": 0},
+    "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 2},
     "phases": {
         "phase1_timesteps": 256,
         "phase2_timesteps": 128,

@@ -32,7 +32,7 @@ def tiny_cfg(**phases) -> AppConfig:
             "seed": 3,
             "ppo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
             "policy": {"hidden_sizes": [16, 16]},
-            "resources": {"num_env_runners": 0},
+            "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 2},
             "phases": {
                 "phase1_timesteps": 384,
                 "phase2_timesteps": 256,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
@@ -21,23 +22,44 @@ def _eval_mode(env_runner: Any) -> None:
 
 
 class TradingCallbacks(RLlibCallback):
-    """Logs final equity, costs and VaR compliance (from the env infos) per episode."""
+    """Logs final equity, costs and VaR compliance (from the env infos) per episode, and
+    drives the episode-difficulty curriculum (rl_trading/training/curriculum.py)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._level: float | None = None
 
     def on_algorithm_init(self, *, algorithm: Any, metrics_logger: Any = None, **kwargs: Any):
-        """Put the env runners' modules in eval mode once.
+        """Put the env runners' modules in eval mode once; set the first curriculum level.
 
         RLlib's forward_exploration switches a module to eval and back to train on every call
-        (a recursive walk over all submodules, 8 policies x every env step: ~20% of sampling
-        time here); a module already in eval mode is switched only one way. Sampling always
+        (a recursive walk over all submodules, 8 policies x every env step); the project's
+        modules skip the walk when already in eval mode (policies/base.py). Sampling always
         ran in eval mode, so actions are unchanged. A recreated env runner just pays the walk.
         """
         group = getattr(algorithm, "env_runner_group", None)
         if group is None:
             return
-        try:
+        # a speed-up only: never fail the algorithm for it
+        with contextlib.suppress(Exception):
             group.foreach_env_runner(_eval_mode, local_env_runner=True)
-        except Exception:  # noqa: BLE001 - a speed-up only; never fail the algorithm for it
+        self._curriculum_step(algorithm, int(getattr(algorithm, "iteration", 0) or 0))
+
+    def on_train_result(self, *, algorithm: Any, result: dict, **kwargs: Any) -> None:
+        """Report the curriculum level the iteration trained at; set the next one."""
+        if self._level is not None:
+            result["curriculum_level"] = self._level
+        self._curriculum_step(algorithm, int(result.get("training_iteration", 0) or 0))
+
+    def _curriculum_step(self, algorithm: Any, iteration: int) -> None:
+        from rl_trading.training.curriculum import apply_level, level_from_env_config
+
+        env_config = getattr(getattr(algorithm, "config", None), "env_config", None) or {}
+        level = level_from_env_config(env_config, iteration)
+        if level is None or (self._level == 1.0 and level == 1.0):
             return
+        apply_level(algorithm, level)  # every iteration: a recreated env runner catches up
+        self._level = level
 
     def on_episode_end(self, *, episode: Any, metrics_logger: Any = None, **kwargs: Any) -> None:
         """Read the last info of any agent and log the portfolio figures (window-averaged)."""

@@ -101,7 +101,9 @@ def unwrap(env: Any) -> Any:
             env = env.inner
         elif hasattr(env, "par_env"):
             env = env.par_env
-        elif hasattr(env, "env") and not isinstance(env, gym.Env):
+        elif isinstance(env, gym.Wrapper) or (
+            hasattr(env, "env") and not isinstance(env, gym.Env)
+        ):  # gym wrappers (e.g. the checkers around a vector slot) and RLlib's wrappers
             env = env.env
         else:
             break

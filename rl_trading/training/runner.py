@@ -80,6 +80,8 @@ def iteration_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     for key in ("portfolio_equity", "portfolio_costs", "var_compliance"):
         if key in runners:
             out[key] = float(runners[key])
+    if "curriculum_level" in result:  # fraction of (easiest-first) episode starts in use
+        out["curriculum_level"] = float(result["curriculum_level"])
     for pid, value in (runners.get("module_episode_returns_mean") or {}).items():
         out[f"{pid}/episode_return_mean"] = float(value)
     for pid, stats in (result.get("learners", {}) or {}).items():
