@@ -7,11 +7,12 @@ its (local) env runner (`resources.num_envs_per_env_runner`): one batched forwar
 for all copies instead of one per env step; what is learned per step is unchanged (same PPO,
 same batch size, independent episodes). `--baseline` adds the one-env row in the same run.
 
-Then a default phase 1 (500k env steps, 8 specialists, configs/default.yaml PPO: batch 256,
-minibatch 64, 10 epochs, [256, 256] MLPs) is estimated from a short run of that exact config
-(with 1 and with `--num-envs` envs), next to the pure-torch floor of its learner (forward +
-backward + Adam of the same MLPs on the same number of minibatches, no RLlib at all);
-`--full-default` runs the whole default phase 1 instead of estimating.
+Then a default phase 1 (500k env steps, 8 specialists, configs/default.yaml as shipped: PPO
+rollout 4000, minibatch 256, 10 epochs, [64, 64] MLPs, 8 vectorised envs in 1 env runner) is
+projected from a short run of that exact config plus one validation pass, next to the
+bare-torch floor of its learner (forward + backward + Adam of the same MLPs on the same number
+of minibatches, no RLlib: one network per policy, and the 8 stacked into batched matmuls);
+`--full-default` instead runs `rl-trading train phase1` on the defaults and times it.
 
     .venv/bin/python benchmarks/training_throughput.py [--iterations 3] [--repeats 2]
         [--num-envs 8] [--baseline] [--shared] [--full-default]
@@ -126,9 +127,11 @@ def sb3_single(cfg, splits, iterations: int) -> dict:
     return {"agent_steps_per_s": n * iterations / wall, "wall_s": wall}
 
 
-def learner_floor_s(cfg, obs_dim: int, act_dim: int, n_policies: int, steps: int = 20) -> float:
+def learner_floor_s(cfg, obs_dim: int, act_dim: int, n_policies: int, steps: int = 20) -> dict:
     """Seconds per SGD step (all `n_policies` MLP actor-critics, one minibatch each) in bare
-    torch: forward, a PPO-shaped loss, backward, grad-norm clip and Adam. No RLlib."""
+    torch, no RLlib: forward, a PPO-shaped loss, backward, grad-norm clip and Adam. "loop": one
+    network per policy (as RLlib holds them); "grouped": the policies stacked into batched
+    matmuls (`baddbmm`), one Adam: the floor of a learner that updates them as one network."""
     import torch
     from torch import nn
 
@@ -140,29 +143,65 @@ def learner_floor_s(cfg, obs_dim: int, act_dim: int, n_policies: int, steps: int
     for _ in range(n_policies):
         net = nn.ModuleList([mlp(obs_dim, hidden, act_dim), mlp(obs_dim, hidden, 1)])
         nets.append(net)
-        opts.append(torch.optim.Adam(net.parameters(), lr=cfg.ppo.lr))
+        opts.append(torch.optim.Adam(net.parameters(), lr=cfg.ppo.lr, foreach=True))
     obs = torch.randn(mb, obs_dim)
     adv = torch.randn(mb)
 
-    def step() -> None:
+    def ppo_loss(mean, value, advantage):
+        logp = -(mean**2).sum(-1)
+        ratio = torch.exp(logp - logp.detach())
+        loss = -torch.min(ratio * advantage, ratio.clamp(0.8, 1.2) * advantage).mean(-1)
+        return loss + 0.5 * ((value - advantage) ** 2).mean(-1)
+
+    def loop_step() -> None:
         for net, opt in zip(nets, opts, strict=True):
-            mean = net[0](obs)
-            value = net[1](obs).squeeze(-1)
-            logp = -(mean**2).sum(-1)
-            ratio = torch.exp(logp - logp.detach())
-            loss = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
-            loss = loss + 0.5 * ((value - adv) ** 2).mean()
+            loss = ppo_loss(net[0](obs), net[1](obs).squeeze(-1), adv)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), cfg.ppo.grad_clip)
             opt.step()
 
-    for _ in range(3):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+    sizes = [obs_dim, *hidden]
+    towers = []
+    for out in (act_dim, 1):
+        dims = [*sizes, out]
+        towers.append(
+            [
+                (
+                    (torch.randn(n_policies, i, o) / i**0.5).requires_grad_(),
+                    torch.zeros(n_policies, 1, o, requires_grad=True),
+                )
+                for i, o in zip(dims[:-1], dims[1:], strict=True)
+            ]
+        )
+    params = [p for tower in towers for wb in tower for p in wb]
+    grouped_opt = torch.optim.Adam(params, lr=cfg.ppo.lr, foreach=True)
+    gx, gadv = obs.expand(n_policies, -1, -1).contiguous(), adv.expand(n_policies, -1)
+
+    def run_tower(tower, x):
+        for k, (w, b) in enumerate(tower):
+            x = torch.baddbmm(b, x, w)
+            if k < len(tower) - 1:
+                x = torch.tanh(x)
+        return x
+
+    def grouped_step() -> None:
+        mean = run_tower(towers[0], gx)
+        loss = ppo_loss(mean, run_tower(towers[1], gx).squeeze(-1), gadv).sum()
+        grouped_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, cfg.ppo.grad_clip)  # (a per-policy clip costs more)
+        grouped_opt.step()
+
+    out = {}
+    for name, step in (("loop", loop_step), ("grouped", grouped_step)):
+        for _ in range(3):
+            step()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        out[name] = (time.perf_counter() - t0) / steps
+    return out
 
 
 def _describe(cfg) -> str:
@@ -226,50 +265,104 @@ def matched_comparison(args, splits) -> None:
         )
 
 
-def default_phase1(args, splits) -> None:
-    """Projected (or measured) wall time of a default phase 1, with its learner floor."""
+def _default_cfg():
+    """configs/default.yaml as shipped (8 symbols, synthetic 1m bars), MLflow system metrics off."""
+    from rl_trading.config import CONFIG_DIR, load_config
+
+    return load_config(CONFIG_DIR / "default.yaml", ["tracking.system_metrics=false"])
+
+
+def default_phase1(args) -> None:
+    """Measured (`--full-default`) or projected wall time of a default phase 1, with its
+    breakdown and the bare-torch floor of its learner."""
+    import subprocess
+    import sys
+
+    from rl_trading.data import load_market
     from rl_trading.training.algo_config import phase_iterations
     from rl_trading.training.env_bridge import hierarchical_factory
+    from rl_trading.training.validation import validate
 
-    default = _cfg({})
+    default = _default_cfg()
     total_steps = default.phases.phase1_timesteps
+    n_iter = phase_iterations(default, 1)
+    print(f"default phase 1 config (configs/default.yaml): {_describe(default)}")
     if args.full_default:
-        from rl_trading.training.runner import run_phase
-
-        cfg = _cfg({"resources": {"num_envs_per_env_runner": args.num_envs}})
-        print(f"full default phase 1 config: {_describe(cfg)}")
-        t0 = time.perf_counter()
+        # the app itself, as a user runs it: `rl-trading train phase1` on the defaults, with
+        # validation, checkpoints and MLflow tracking, in a throw-away workspace
+        cli = os.path.join(os.path.dirname(sys.executable), "rl-trading")
         with tempfile.TemporaryDirectory() as tmp:
-            factory = hierarchical_factory(cfg, splits.train, splits.val)
-            run_phase(cfg, 1, factory, tmp, tracking=False)
-        print(f"default phase 1 ({total_steps:,} env steps): {time.perf_counter() - t0:.0f}s wall")
-        return
-    iters = max(args.iterations, 3) * 4
-    for envs in sorted({1, args.num_envs}):
-        cfg = _cfg({"resources": {"num_envs_per_env_runner": envs}})
-        est = rllib_phase1(cfg, splits, iters)
-        hours = total_steps / est["env_steps_per_s"] / 3600
-        print(f"default phase 1 config: {_describe(cfg)}")
-        print(_row(f"default PPO, {envs} env(s)", est))
+            env = {**os.environ, "RL_TRADING_WORKSPACE": tmp}
+            t0 = time.perf_counter()
+            proc = subprocess.run(
+                [cli, "train", "phase1", "--run-dir", "run", "--set",
+                 "tracking.system_metrics=false"],
+                cwd=tmp, env=env, text=True, capture_output=True,
+            )  # fmt: skip
+            wall = time.perf_counter() - t0
+        print(proc.stdout[-1500:])
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:])
+            raise SystemExit(proc.returncode)
         print(
-            f"  -> projected {hours:.2f} h for {total_steps:,} env steps (training only; "
-            "validation every eval_interval adds ~1 episode per eval)"
+            f"default phase 1, `rl-trading train phase1` ({total_steps:,} env steps, {n_iter} "
+            f"iterations, validation every {default.phases.eval_interval}): {wall:.0f}s wall = "
+            f"{wall / 60:.1f} min {_load()}"
         )
+        return
+
+    bars = load_market(default)
+    from rl_trading.data import split_by_time
+
+    splits = split_by_time(
+        bars, default.data.train_frac, default.data.val_frac, default.data.embargo_bars
+    )
     factory = hierarchical_factory(default, splits.train, splits.val)
+    from rl_trading.training.algo_config import build_phase_config
+
+    algo = build_phase_config(default, 1, factory).build_algo()
+    try:
+        algo.train()  # warm-up
+        sample, learn, walls = [], [], []
+        for _ in range(max(args.iterations, 3)):
+            t0 = time.perf_counter()
+            res = algo.train()
+            walls.append(time.perf_counter() - t0)
+            sample.append(res["timers"]["env_runner_sampling_timer"])
+            learn.append(res["timers"]["learner_update_timer"])
+        modules = {
+            pid: algo.get_module(pid) for pid in algo.config.policies if pid.startswith("spec")
+        }
+        t0 = time.perf_counter()
+        validate(factory, "specialists", modules)
+        val_s = time.perf_counter() - t0
+    finally:
+        algo.stop()
+    it_s = statistics.median(walls)
+    n_val = n_iter // default.phases.eval_interval
+    total = n_iter * it_s + n_val * val_s
+    print(
+        f"  per iteration ({default.ppo.train_batch_size} env steps): median {it_s:.2f}s "
+        f"(sampling ~{statistics.median(sample):.2f}s, learner ~{statistics.median(learn):.2f}s "
+        f"RLlib timers); one validation pass {val_s:.2f}s {_load()}"
+    )
+    print(
+        f"  -> projected {total / 60:.1f} min for {total_steps:,} env steps: {n_iter} iterations "
+        f"+ {n_val} validations (checkpoints and tracking not counted; --full-default measures)"
+    )
     obs, act = factory.spaces("specialists")
     aid = next(a for a in obs if a.startswith("specialist_"))
-    n_iter = phase_iterations(default, 1)
     per_module = default.ppo.train_batch_size  # env steps per iteration = samples per policy
     minibatches = math.ceil(per_module / default.ppo.minibatch_size) * default.ppo.num_epochs
-    step_s = learner_floor_s(default, obs[aid].shape[0], act[aid].shape[0], len(SYMBOLS), steps=20)
-    floor = n_iter * minibatches * step_s
-    print(
-        f"learner floor (bare torch, no RLlib): {step_s * 1000:.1f} ms per SGD step of "
-        f"{len(SYMBOLS)} policies x minibatch {default.ppo.minibatch_size} (obs {obs[aid].shape[0]}"
-        f", {list(default.policy.hidden_sizes)} actor+critic) x {minibatches} per iteration x "
-        f"{n_iter} iterations = {floor / 60:.1f} min for a default phase 1, before any sampling "
-        f"{_load()}"
-    )
+    floor = learner_floor_s(default, obs[aid].shape[0], act[aid].shape[0], len(SYMBOLS))
+    for name, step_s in floor.items():
+        print(
+            f"learner floor, bare torch ({name}): {step_s * 1000:.1f} ms per SGD step of "
+            f"{len(SYMBOLS)} policies x minibatch {default.ppo.minibatch_size} (obs "
+            f"{obs[aid].shape[0]}, {list(default.policy.hidden_sizes)} actor+critic) x "
+            f"{minibatches} per iteration x {n_iter} iterations = "
+            f"{n_iter * minibatches * step_s / 60:.1f} min, before any sampling {_load()}"
+        )
 
 
 def main() -> None:
@@ -282,20 +375,28 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="add the 1-env RLlib row")
     parser.add_argument("--shared", action="store_true", help="add the shared-specialist row")
     parser.add_argument("--skip-default", action="store_true")
+    parser.add_argument("--skip-matched", action="store_true", help="only the default phase 1")
     parser.add_argument("--full-default", action="store_true")
     args = parser.parse_args()
 
     import ray
     import torch
 
+    app_threads = torch.get_num_threads()  # what the app runs with (torch's default)
     torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    splits = _bars(args.n_bars)
-    print(f"cpus={os.cpu_count()} torch_threads=1 {_load()} (1/5/15 min)")
-    matched_comparison(args, splits)
+    print(f"cpus={os.cpu_count()} {_load()} (1/5/15 min)")
+    if not args.skip_matched:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        print("matched comparison: torch_threads=1 in both")
+        matched_comparison(args, _bars(args.n_bars))
+        ray.shutdown()
     if not args.skip_default:
-        default_phase1(args, splits)
-    ray.shutdown()
+        torch.set_num_threads(app_threads)
+        print(f"default phase 1: torch_threads={app_threads} (the app's default)")
+        if not args.full_default:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        default_phase1(args)
+        ray.shutdown()
 
 
 if __name__ == "__main__":
