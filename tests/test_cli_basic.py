@@ -86,3 +86,22 @@ def test_unknown_command_and_bad_config_are_one_line_errors(workspace) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "unknown config key 'ppo.lrr'" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_phase_progress_keeps_the_last_finished_episodes_reward():
+    """An iteration in which no episode finished reports NaN: the bar keeps the last reward."""
+    import io
+
+    from rich.console import Console
+
+    from rl_trading.cli.progress import phase_progress
+
+    out = io.StringIO()
+    console = Console(file=out, width=160, force_terminal=False)
+    with phase_progress(console) as progress:
+        progress({"phase": "phase1", "total": 3, "iteration": 1, "env_steps": 10,
+                  "episode_return_mean": -1.5})  # fmt: skip
+        progress({"phase": "phase1", "total": 3, "iteration": 2, "env_steps": 20,
+                  "episode_return_mean": float("nan"), "val_sharpe": 0.25})  # fmt: skip
+    text = out.getvalue()
+    assert "reward -1.500" in text and "val_sharpe 0.25" in text and "nan" not in text

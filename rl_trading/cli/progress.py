@@ -33,6 +33,9 @@ def phase_progress(console: Console) -> Iterator[Callable[[dict[str, Any]], None
     iteration, env steps, mean reward, validation Sharpe, elapsed time and ETA."""
     quiet_libraries()
     tasks: dict[str, Any] = {}
+    # RLlib reports NaN for an iteration in which no episode finished (long episodes, many
+    # vectorised envs): show the last finished episodes' mean reward instead
+    last_reward: dict[str, float] = {}
     with Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
@@ -49,6 +52,9 @@ def phase_progress(console: Console) -> Iterator[Callable[[dict[str, Any]], None
                 tasks[name] = bar.add_task(name, total=info["total"], phase=name, info="")
             val = info.get("val_sharpe")
             reward = info.get("episode_return_mean", float("nan"))
+            if reward == reward:  # not NaN
+                last_reward[name] = reward
+            reward = last_reward.get(name, reward)
             text = f"steps {info.get('env_steps', 0):,.0f}  reward {reward:.3f}"
             text += f"  val_sharpe {val:.2f}" if val is not None else ""
             bar.update(tasks[name], completed=info["iteration"], info=text)
