@@ -229,7 +229,9 @@ def matched_comparison(args, splits) -> None:
     fast = _cfg(_with(MATCHED, resources={"num_envs_per_env_runner": args.num_envs}))
     variants = {"RLlib": fast}
     if args.baseline:
-        variants["RLlib 1 env (baseline)"] = _cfg(MATCHED)
+        variants["RLlib 1 env (baseline)"] = _cfg(
+            _with(MATCHED, resources={"num_envs_per_env_runner": 1})
+        )
     if args.shared:
         variants["RLlib shared specialist"] = _cfg(
             _with(
