@@ -233,6 +233,9 @@ class TuningConfig(Section):
     perturbation_interval: int = Field(2, gt=0)
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)
     resample_probability: float = Field(0.25, ge=0, le=1)
+    # Synchronous PBT: exploit / explore once every trial reached the interval, so which trial
+    # clones which depends on the seeded results only, not on trial timing or free CPUs.
+    synch: bool = True
     lr: tuple[float, float] = (1e-5, 1e-3)
     gamma: tuple[float, float] = (0.95, 0.999)
     clip_param: tuple[float, float] = (0.1, 0.3)

@@ -308,3 +308,11 @@ def test_pbt_resume_after_failure_finishes_the_run(ray_session, workspace):
         assert df["training_iteration"].tolist()[-1] == 3
         assert df["episode_return_mean"].notna().all()
     assert (workspace / "run" / "best.json").is_file()
+
+
+def test_scheduler_is_synchronous_by_default():
+    """Exploit decisions wait for every trial (timing- and CPU-independent), unless disabled."""
+    from tuning.pbt import make_scheduler
+
+    assert make_scheduler(load_config(None))._synch is True
+    assert make_scheduler(load_config(None, ["tuning.synch=false"]))._synch is False

@@ -113,6 +113,7 @@ def make_scheduler(cfg: AppConfig) -> Any:
         hyperparam_mutations=search_space(ranges),
         quantile_fraction=cfg.tuning.quantile_fraction,
         resample_probability=cfg.tuning.resample_probability,
+        synch=cfg.tuning.synch,
         custom_explore_fn=ClipToRanges(ranges),
         log_config=True,
         require_attrs=True,
