@@ -7,7 +7,7 @@ usual PBT outputs (best.json, trials.csv, lineage.png) in the run folder.
 
     .venv/bin/python benchmarks/pbt_planted_signal.py --run-dir runs/pbt_planted_signal
 
-About 10 minutes on 2 CPU cores with the defaults (population 4, 12 iterations).
+About 2 minutes on 2 CPU cores with the defaults (population 4, 12 iterations).
 """
 
 from __future__ import annotations
