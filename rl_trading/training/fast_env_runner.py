@@ -31,10 +31,6 @@ from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 from ray.rllib.utils.metrics import (
     NUM_AGENT_STEPS_SAMPLED,
     NUM_AGENT_STEPS_SAMPLED_LIFETIME,
-    NUM_ENV_STEPS_SAMPLED,
-    NUM_ENV_STEPS_SAMPLED_LIFETIME,
-    NUM_EPISODES,
-    NUM_EPISODES_LIFETIME,
     NUM_MODULE_STEPS_SAMPLED,
     NUM_MODULE_STEPS_SAMPLED_LIFETIME,
 )
@@ -140,6 +136,14 @@ class FastUnBatchToIndividualItems(UnBatchToIndividualItems):
                 module_data[column] = new_column_data
         return batch
 
+    @classmethod
+    def like(cls, stock: UnBatchToIndividualItems) -> FastUnBatchToIndividualItems:
+        """A fast twin of a built stock connector (same spaces)."""
+        return cls(
+            input_observation_space=stock.input_observation_space,
+            input_action_space=stock.input_action_space,
+        )
+
     @staticmethod
     def _check_live(by_id: dict, eps_id: Any, agent_id: Any) -> None:
         episode = by_id.get(eps_id)
@@ -158,6 +162,13 @@ class FastUnBatchToIndividualItems(UnBatchToIndividualItems):
                 )
 
 
+# stock connector class -> its drop-in twin (same outputs), swapped in by the runner
+_FAST_TWINS: dict[type, Any] = {
+    NormalizeAndClipActions: FastNormalizeAndClipActions,
+    UnBatchToIndividualItems: FastUnBatchToIndividualItems,
+}
+
+
 class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
     """`MultiAgentEnvRunner` with batched step counters and the fast action connector."""
 
@@ -168,26 +179,14 @@ class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
         pipeline = getattr(self, "_module_to_env", None)
         if pipeline is not None:
             for i, conn in enumerate(pipeline.connectors):
-                if type(conn) is NormalizeAndClipActions:
-                    pipeline.connectors[i] = FastNormalizeAndClipActions.like(conn)
-                elif type(conn) is UnBatchToIndividualItems:
-                    pipeline.connectors[i] = FastUnBatchToIndividualItems(
-                        input_observation_space=conn.input_observation_space,
-                        input_action_space=conn.input_action_space,
-                    )
+                fast = _FAST_TWINS.get(type(conn))
+                if fast is not None:
+                    pipeline.connectors[i] = fast.like(conn)
 
     def _increase_sampled_metrics(self, num_steps: int, next_obs: dict, episode: Any) -> int:
-        # env-step and episode counters as RLlib logs them; agent / module counts deferred
-        self.metrics.log_value(NUM_ENV_STEPS_SAMPLED, num_steps, reduce="sum")
-        self.metrics.log_value(
-            NUM_ENV_STEPS_SAMPLED_LIFETIME,
-            num_steps,
-            reduce="lifetime_sum",
-            with_throughput=True,
-        )
-        if episode.is_done:
-            self.metrics.log_value(NUM_EPISODES, 1, reduce="sum")
-            self.metrics.log_value(NUM_EPISODES_LIFETIME, 1, reduce="lifetime_sum")
+        # RLlib logs the env-step and episode counters (no agents passed); agent / module
+        # counts are deferred to one log per sample() call
+        super()._increase_sampled_metrics(num_steps, {}, episode)
         for aid in next_obs:
             self._agent_steps[aid] += 1
             self._module_steps[episode.module_for(aid)] += 1
