@@ -25,22 +25,19 @@ def compute_actions(
             if seed is not None:
                 torch.manual_seed(seed)
             out = module.forward_exploration(batch)
-            if Columns.ACTIONS in out:  # sampled by the module itself (Gaussian policies)
-                return to_env_action(out[Columns.ACTIONS].cpu().numpy(), module.action_space)
-            dist = module.get_exploration_action_dist_cls().from_logits(
-                out[Columns.ACTION_DIST_INPUTS]
-            )
         else:
             out = module.forward_inference(batch)
-            if Columns.ACTIONS in out:  # the Gaussian mean, from the module itself
-                return to_env_action(out[Columns.ACTIONS].cpu().numpy(), module.action_space)
-            dist = (
-                module.get_inference_action_dist_cls()
-                .from_logits(out[Columns.ACTION_DIST_INPUTS])
-                .to_deterministic()
+        if Columns.ACTIONS in out:  # Gaussian policies act themselves (sample / mean)
+            actions = out[Columns.ACTIONS]
+        else:  # as RLlib's GetActions: the module's distribution, deterministic in inference
+            dist_cls = (
+                module.get_exploration_action_dist_cls()
+                if explore
+                else module.get_inference_action_dist_cls()
             )
-        actions = dist.sample().cpu().numpy()
-    return to_env_action(actions, module.action_space)
+            dist = dist_cls.from_logits(out[Columns.ACTION_DIST_INPUTS])
+            actions = (dist if explore else dist.to_deterministic()).sample()
+    return to_env_action(actions.cpu().numpy(), module.action_space)
 
 
 _BOX_BOUNDS: dict[int, tuple[gym.spaces.Box, bool, np.ndarray]] = {}
