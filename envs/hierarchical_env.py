@@ -113,9 +113,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.episode_length = int(ecfg.episode_length)
         self.random_start = bool(ecfg.random_start)
         # curriculum over episode difficulty (set_curriculum_level): off until a level is set
-        self._curriculum_order: np.ndarray | None = None
-        self._curriculum_starts: np.ndarray | None = None
-        self._curriculum_k = 0
+        self._curriculum_order: np.ndarray | None = None  # starts, easiest first (lazy)
+        self._curriculum_k = 0  # draw among the first k of them; 0: no curriculum
         self.curriculum_level = 1.0
         self.meta_interval = int(ecfg.meta_interval)
         self.allow_short = bool(ecfg.allow_short)
@@ -315,8 +314,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         last_start = self.n_bars - 1 - self.episode_length
         if self.eval_mode or not self.random_start or last_start <= self.first_bar:
             start = self.first_bar
-        elif self._curriculum_starts is not None:  # the easiest episodes so far
-            start = int(self._curriculum_starts[self._np_random.integers(0, self._curriculum_k)])
+        elif self._curriculum_k:  # the easiest `_curriculum_k` starts only
+            start = int(self._curriculum_order[self._np_random.integers(0, self._curriculum_k)])
         else:
             start = int(self._np_random.integers(self.first_bar, last_start + 1))
         self._alloc_episode(start, self._episode_end(start))
@@ -339,15 +338,15 @@ class HierarchicalTradingEnv(ParallelEnv):
             return np.zeros(0)
         basket = np.log(self._open[1:] / self._open[:-1]).mean(axis=1)
         csum = np.concatenate([[0.0], np.cumsum(basket**2)])
-        starts = np.arange(self.first_bar, last_start + 1)
-        ends = np.minimum(starts + self.episode_length, self.n_bars - 1)
-        return np.sqrt((csum[ends] - csum[starts]) / np.maximum(ends - starts, 1))
+        starts = np.arange(self.first_bar, last_start + 1)  # episodes end by bar n_bars - 1
+        length = self.episode_length
+        return np.sqrt((csum[starts + length] - csum[starts]) / length)
 
     def set_curriculum_level(self, level: float | None) -> None:
         """Draw training episodes from the easiest `level` fraction of starts (0 < level <= 1);
         None or 1 restores uniform random starts (the same draws as without a curriculum)."""
         if level is None or level >= 1.0:
-            self._curriculum_starts, self.curriculum_level = None, 1.0
+            self._curriculum_k, self.curriculum_level = 0, 1.0
             return
         if not level > 0.0:  # also NaN
             raise ConfigError(f"curriculum level must be in (0, 1], got {level}")
@@ -358,7 +357,6 @@ class HierarchicalTradingEnv(ParallelEnv):
         if len(order) == 0:
             return
         self._curriculum_k = max(1, int(np.ceil(level * len(order))))
-        self._curriculum_starts = order
         self.curriculum_level = float(level)
 
     # ------------------------------------------------------------------------------- observe
