@@ -510,20 +510,25 @@ class HierarchicalTradingEnv(ParallelEnv):
                 self._weights = np.zeros(self.n + 1)
                 self._weights[self.n] = 1.0
 
+    def _read_actions(self, actions: dict[str, Any]) -> tuple[int, np.ndarray, np.ndarray]:
+        """Take this bar's specialist proposals and, on its steps, the meta's weights; returns
+        (steps so far, previous proposals, new proposals) for both step paths."""
+        steps = self._steps
+        prev_prop = self._proposal
+        self._read_proposals(actions)
+        if self.mode != "specialists" and steps % self.meta_interval == 0:
+            act = actions.get(META)
+            if act is not None:
+                self._read_meta(act)
+        return steps, prev_prop, self._proposal
+
     def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         """Execute one bar for every agent (see the module docstring for the exact model)."""
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset()")
         if self.use_kernels:
             return self._step_kernel(actions)
-        steps = self._steps
-        prev_prop = self._proposal
-        self._read_proposals(actions)
-        prop = self._proposal
-        if self.mode != "specialists" and steps % self.meta_interval == 0:
-            act = actions.get(META)
-            if act is not None:
-                self._read_meta(act)
+        steps, prev_prop, prop = self._read_actions(actions)
         t = self._t
         t1 = t + 1
         n = self.n
@@ -664,14 +669,7 @@ class HierarchicalTradingEnv(ParallelEnv):
 
     def _step_kernel(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
         """`step` with the portfolio arithmetic in envs.kernels.step (same results)."""
-        steps = self._steps
-        prev_prop = self._proposal
-        self._read_proposals(actions)
-        prop = self._proposal
-        if self.mode != "specialists" and steps % self.meta_interval == 0:
-            act = actions.get(META)
-            if act is not None:
-                self._read_meta(act)
+        steps, prev_prop, prop = self._read_actions(actions)
         t = self._t
         eq_prev = self._equity
         spec, meta = self._new_obs_buffers()
