@@ -28,6 +28,8 @@ class TradingCallbacks(RLlibCallback):
     def __init__(self) -> None:
         super().__init__()
         self._level: float | None = None
+        self._schedule: tuple | None = None  # (cfg, phase) of a curriculum run
+        self._schedule_read = False
 
     def on_algorithm_init(self, *, algorithm: Any, metrics_logger: Any = None, **kwargs: Any):
         """Put the env runners' modules in eval mode once; set the first curriculum level.
@@ -52,11 +54,15 @@ class TradingCallbacks(RLlibCallback):
         self._curriculum_step(algorithm, int(result.get("training_iteration", 0) or 0))
 
     def _curriculum_step(self, algorithm: Any, iteration: int) -> None:
-        from rl_trading.training.curriculum import apply_level, level_from_env_config
+        from rl_trading.training.curriculum import apply_level, curriculum_level, schedule_of
 
-        env_config = getattr(getattr(algorithm, "config", None), "env_config", None) or {}
-        level = level_from_env_config(env_config, iteration)
-        if level is None or (self._level == 1.0 and level == 1.0):
+        if not self._schedule_read:  # the algorithm's config, parsed once
+            env_config = getattr(getattr(algorithm, "config", None), "env_config", None) or {}
+            self._schedule, self._schedule_read = schedule_of(env_config), True
+        if self._schedule is None:
+            return
+        level = curriculum_level(*self._schedule, iteration)
+        if self._level == 1.0 and level == 1.0:
             return
         apply_level(algorithm, level)  # every iteration: a recreated env runner catches up
         self._level = level

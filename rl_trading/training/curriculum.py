@@ -31,12 +31,14 @@ def curriculum_level(cfg: AppConfig, phase: int, iteration: int) -> float | None
     return min(1.0, ph.curriculum_start + (1.0 - ph.curriculum_start) * iteration / ramp)
 
 
-def level_from_env_config(env_config: Mapping[str, Any], iteration: int) -> float | None:
-    """`curriculum_level` for an algorithm's env_config (it carries the config and the mode)."""
+def schedule_of(env_config: Mapping[str, Any]) -> tuple[AppConfig, int] | None:
+    """(config, phase) of an algorithm's env_config (it carries both) when that phase runs a
+    curriculum; None otherwise."""
     phase = _PHASE_OF_MODE.get(env_config.get("mode", ""))
     if phase is None or not env_config.get("cfg"):
         return None
-    return curriculum_level(AppConfig.model_validate(env_config["cfg"]), phase, iteration)
+    cfg = AppConfig.model_validate(env_config["cfg"])
+    return (cfg, phase) if curriculum_level(cfg, phase, 0) is not None else None
 
 
 def _set_level(env_runner: Any, level: float) -> int:
