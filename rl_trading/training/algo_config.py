@@ -170,10 +170,10 @@ def build_phase_config(
             from rl_trading.training.bf16_learner import BF16PPOTorchLearner
 
             config = config.learners(learner_class=BF16PPOTorchLearner)
-        else:  # stock PPO learner, fused gradient finiteness check (identical updates)
-            from rl_trading.training.fast_learner import FastPPOTorchLearner
+        else:  # RLlib's PPO loss; same-shape MLP policies updated as one stacked network
+            from rl_trading.training.grouped_learner import GroupedPPOTorchLearner
 
-            config = config.learners(learner_class=FastPPOTorchLearner)
+            config = config.learners(learner_class=GroupedPPOTorchLearner)
     if phase == 3:
         overrides: dict[str, Any] = {}
         for pid in pids:

@@ -1,4 +1,4 @@
-"""PPO torch learner: one fused finiteness check per update, multi-tensor Adam.
+"""PPO torch learner: one fused finiteness check per update, one multi-tensor Adam step.
 
 RLlib's ``TorchLearner.apply_gradients`` runs ``torch.isfinite(grad).all()`` twice for every
 parameter tensor (8 specialists x 13 tensors = 208 small kernels + Python per minibatch), about
@@ -8,7 +8,10 @@ stock path would set the grads and step every optimizer, which is what we do. Ot
 (NaN/inf, or a norm overflowing) the stock ``apply_gradients`` runs unchanged, so the results
 are identical to RLlib's in every case. Its Adam optimizers use torch's multi-tensor
 (`foreach`) implementation, which CPU tensors do not get by default: the same arithmetic per
-element (bit-identical weights, tests/test_training_speedups.py) in a few ops per module.
+element (bit-identical weights, tests/test_training_speedups.py). The optimizers that share
+their hyperparameters (all specialists in phase 1) step together in one multi-tensor Adam call
+over all their tensors: Adam updates every tensor independently, so this is the same
+arithmetic as one `step()` per optimizer, in a tenth of the small ops.
 """
 
 from __future__ import annotations
@@ -17,6 +20,61 @@ from typing import Any
 
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from torch.optim import adam as torch_adam
+from torch.optim import optimizer as torch_optimizer
+
+# Adam param-group settings that must agree for optimizers to step in one call
+_ADAM_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+
+
+def _joinable(opt: torch.optim.Optimizer) -> bool:
+    """A plain multi-tensor Adam with one param group and no hooks (safe to step jointly)."""
+    if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1:
+        return False
+    group = opt.param_groups[0]
+    return (
+        bool(group.get("foreach"))
+        and not group.get("fused")
+        and not group.get("capturable")
+        and not group.get("differentiable")
+        and not isinstance(group["lr"], torch.Tensor)
+        and not opt._optimizer_step_pre_hooks
+        and not opt._optimizer_step_post_hooks
+    )
+
+
+def step_jointly(optimizers: list[torch.optim.Optimizer]) -> None:
+    """`opt.step()` for each optimizer, with same-setting Adams in one multi-tensor call."""
+    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
+        for opt in optimizers:
+            opt.step()
+        return
+    joint: dict[tuple, list[torch.optim.Adam]] = {}
+    for opt in optimizers:
+        if _joinable(opt):
+            group = opt.param_groups[0]
+            joint.setdefault(tuple(group[k] for k in _ADAM_KEYS), []).append(opt)
+        else:
+            opt.step()
+    for key, opts in joint.items():
+        if len(opts) == 1:
+            opts[0].step()
+            continue
+        settings = dict(zip(_ADAM_KEYS, key, strict=True))
+        lists: tuple[list, ...] = ([], [], [], [], [], [])
+        has_complex = False
+        with torch.no_grad():
+            for opt in opts:  # creates missing state exactly as step() would
+                has_complex |= opt._init_group(opt.param_groups[0], *lists)
+            beta1, beta2 = settings.pop("betas")
+            torch_adam.adam(
+                *lists,
+                foreach=True,
+                has_complex=has_complex,
+                beta1=beta1,
+                beta2=beta2,
+                **settings,
+            )
 
 
 class FastPPOTorchLearner(PPOTorchLearner):
@@ -47,7 +105,11 @@ class FastPPOTorchLearner(PPOTorchLearner):
             return super().apply_gradients(gradients_dict)
         for pid, grad in gradients_dict.items():
             self._params[pid].grad = grad
-        for module_id, optimizer_names in self._module_optimizers.items():
-            for optimizer_name in optimizer_names:
-                self.get_optimizer(module_id, optimizer_name).step()
+        step_jointly(
+            [
+                self.get_optimizer(module_id, name)
+                for module_id, names in self._module_optimizers.items()
+                for name in names
+            ]
+        )
         return None

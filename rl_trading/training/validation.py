@@ -7,8 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from policies import compute_actions
+from policies.inference import to_env_action
+from policies.stacked import StackedActor, stack_signature
 from rl_trading.training.env_bridge import EnvFactory, unwrap
 from rl_trading.training.mapping import policy_mapping_fn
 
@@ -40,6 +43,51 @@ def episode_equity(env: Any, equity_seen: list[float]) -> np.ndarray:
     raise ValueError("the environment reports no equity curve (episode_summary or infos)")
 
 
+class _PolicyActor:
+    """Deterministic actions per policy for one step's agents; same-shape MLP policies with
+    the same number of agents act as one stacked network (`policies.stacked.StackedActor`)."""
+
+    def __init__(self, modules: Any) -> None:
+        self._modules = modules
+        self._stacks: dict[tuple[str, ...], StackedActor] = {}
+        self._grouping: dict[tuple, list[tuple[str, ...]]] = {}
+
+    def _groups(self, by_policy: dict[str, list[str]]) -> list[tuple[str, ...]]:
+        layout = tuple((pid, len(aids)) for pid, aids in by_policy.items())
+        groups = self._grouping.get(layout)
+        if groups is None:
+            keyed: dict[tuple, list[str]] = {}
+            for pid, n_agents in layout:
+                sig = stack_signature(self._modules[pid])
+                if sig is not None:
+                    keyed.setdefault((sig, n_agents), []).append(pid)
+            groups = [tuple(pids) for pids in keyed.values() if len(pids) > 1]
+            self._grouping[layout] = groups
+        return groups
+
+    def act(self, obs: dict[str, Any], by_policy: dict[str, list[str]]) -> dict[str, Any]:
+        """Env actions for the agents in `by_policy` (policy id -> agent ids)."""
+        actions: dict[str, Any] = {}
+        done: set[str] = set()
+        for group in self._groups(by_policy):
+            stack = self._stacks.get(group)
+            if stack is None:
+                stack = self._stacks[group] = StackedActor([self._modules[p] for p in group])
+            rows = [[np.asarray(obs[a], np.float32).ravel() for a in by_policy[p]] for p in group]
+            batch = np.stack(rows)
+            means = stack(torch.from_numpy(batch)).numpy()
+            for pid, acts in zip(group, means, strict=True):
+                env_acts = to_env_action(acts, self._modules[pid].action_space)
+                actions.update({a: env_acts[i] for i, a in enumerate(by_policy[pid])})
+            done.update(group)
+        for pid, aids in by_policy.items():
+            if pid not in done:
+                batch = np.stack([np.asarray(obs[a], dtype=np.float32).ravel() for a in aids])
+                acts = compute_actions(self._modules[pid], batch)
+                actions.update({a: acts[i] for i, a in enumerate(aids)})
+        return actions
+
+
 def run_policies(
     factory: EnvFactory,
     mode: str,
@@ -57,6 +105,7 @@ def run_policies(
         overrides["meta"] = meta_override
     equity_seen: list[float] = []
     steps = 0
+    actor = _PolicyActor(modules)
     while steps < max_steps:
         actions: dict[str, Any] = {}
         by_policy: dict[str, list[str]] = {}
@@ -65,10 +114,7 @@ def run_policies(
                 actions[aid] = overrides[aid](np.asarray(obs[aid]))
             else:
                 by_policy.setdefault(policy_mapping_fn(aid, shared=factory.shared), []).append(aid)
-        for pid, aids in by_policy.items():
-            batch = np.stack([np.asarray(obs[a], dtype=np.float32).ravel() for a in aids])
-            acts = compute_actions(modules[pid], batch)
-            actions.update({a: acts[i] for i, a in enumerate(aids)})
+        actions.update(actor.act(obs, by_policy))
         obs, _rew, term, trunc, infos = env.step(actions)
         steps += 1
         for info in infos.values():

@@ -1,0 +1,189 @@
+"""Same-shape MLP policies run as one stacked network: in the learner (the default PPO
+learner), in validation, and the joint Adam step. Each must match the per-module path."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+
+from policies import module_spec
+from policies.stacked import StackedActor, stack_signature, stacked_forward_train
+from rl_trading.config import PolicyConfig
+from rl_trading.data import split_by_time, synthetic_market
+from rl_trading.training.algo_config import build_phase_config
+from rl_trading.training.env_bridge import hierarchical_factory
+from rl_trading.training.fast_learner import step_jointly
+from rl_trading.training.grouped_learner import GroupedPPOTorchLearner
+from rl_trading.training.validation import validate
+
+OBS = gym.spaces.Box(-5.0, 5.0, (12,), np.float32)
+ACT = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+
+def _modules(n: int, model: str = "mlp", hidden=(16, 8), act: gym.Space = ACT) -> list:
+    cfg = PolicyConfig(model=model, hidden_sizes=list(hidden))
+    torch.manual_seed(0)
+    out = []
+    for i in range(n):
+        module = module_spec(cfg, f"specialist_{i}", OBS, act).build()
+        with torch.no_grad():  # distinct log_std per module
+            if hasattr(module, "log_std"):
+                module.log_std.fill_(-0.5 + 0.1 * i)
+        out.append(module)
+    return out
+
+
+def test_stack_signature_only_groups_same_shape_gaussian_mlps():
+    a, b = _modules(2)
+    assert stack_signature(a) is not None and stack_signature(a) == stack_signature(b)
+    assert stack_signature(_modules(1, hidden=(16, 16))[0]) != stack_signature(a)
+    assert stack_signature(_modules(1, model="transformer")[0]) is None
+    assert stack_signature(_modules(1, model="cnn_lstm")[0]) is None
+    assert stack_signature(_modules(1, act=gym.spaces.Discrete(3))[0]) is None
+
+
+def test_stacked_forward_matches_each_module():
+    modules = _modules(3)
+    obs = torch.randn(3, 40, 12)
+    dist_inputs, values = stacked_forward_train(modules, obs)
+    for i, module in enumerate(modules):
+        out = module.forward_train({Columns.OBS: obs[i]})
+        torch.testing.assert_close(dist_inputs[i], out[Columns.ACTION_DIST_INPUTS])
+        want = module.compute_values({Columns.OBS: obs[i]}, out[Columns.EMBEDDINGS])
+        torch.testing.assert_close(values[i], want)
+    # gradients reach every module's own parameters
+    (dist_inputs.sum() + values.sum()).backward()
+    for module in modules:
+        assert all(p.grad is not None for p in module.parameters())
+
+
+def test_stacked_actor_matches_forward_inference():
+    modules = _modules(4)
+    for m in modules:
+        m.eval()
+    obs = torch.randn(4, 5, 12)
+    means = StackedActor(modules)(obs)
+    for i, module in enumerate(modules):
+        want = module.forward_inference({Columns.OBS: obs[i]})[Columns.ACTIONS]
+        torch.testing.assert_close(means[i], want)
+
+
+def test_joint_adam_step_is_bit_identical_to_separate_steps():
+    """Adams with equal settings step in one call; other settings in their own; results
+    equal to one `step()` each, bit for bit, from the first (state-creating) step on."""
+
+    def make() -> tuple[list, list]:
+        torch.manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(4)]
+        opts = [
+            torch.optim.Adam([params[0]], lr=1e-2, foreach=True),
+            torch.optim.Adam([params[1]], lr=1e-2, foreach=True),
+            torch.optim.Adam([params[2]], lr=3e-3, foreach=True),
+            torch.optim.SGD([params[3]], lr=0.1),
+        ]
+        return params, opts
+
+    joint_p, joint_o = make()
+    sep_p, sep_o = make()
+    for step in range(3):
+        torch.manual_seed(10 + step)
+        grads = [torch.randn(5, 3) for _ in range(4)]
+        for p, q, g in zip(joint_p, sep_p, grads, strict=True):
+            p.grad, q.grad = g.clone(), g.clone()
+        step_jointly(joint_o)
+        for opt in sep_o:
+            opt.step()
+        for p, q in zip(joint_p, sep_p, strict=True):
+            assert torch.equal(p, q)
+
+
+SYMBOLS = ["AAA", "BBB", "CCC"]
+
+
+def _phase1(learner_class: type, iterations: int = 1) -> tuple[dict, dict]:
+    from rl_trading.config import AppConfig
+
+    cfg = AppConfig.model_validate(
+        {
+            "seed": 5,
+            "data": {"symbols": SYMBOLS, "embargo_bars": 5},
+            "env": {"episode_length": 64, "sectors": {}, "max_sector_allocation": None},
+            "ppo": {"train_batch_size": 192, "minibatch_size": 64, "num_epochs": 3},
+            "policy": {"hidden_sizes": [16, 16]},
+            "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 2},
+        }
+    )
+    splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=2), 0.7, 0.15, 5)
+    config = build_phase_config(cfg, 1, hierarchical_factory(cfg, splits.train, splits.val))
+    assert config.learner_class is GroupedPPOTorchLearner  # the default
+    algo = config.learners(learner_class=learner_class).build_algo()
+    try:
+        for _ in range(iterations):
+            result = algo.train()
+        return algo.learner_group.get_weights(), result["learners"]
+    finally:
+        algo.stop()
+
+
+class _CountingGrouped(GroupedPPOTorchLearner):
+    stacked_calls = 0
+
+    def _stacked_ppo_losses(self, mids, batch):
+        type(self).stacked_calls += 1
+        assert sorted(mids) == [f"specialist_{s}" for s in SYMBOLS]
+        return super()._stacked_ppo_losses(mids, batch)
+
+
+@pytest.mark.rllib
+def test_grouped_learner_matches_rllib_ppo_learner(ray_session):
+    """Same weights (float32 rounding) and the same per-module learner stats as RLlib's
+    PPOTorchLearner after an iteration of minibatch updates, all of them stacked."""
+    grouped, g_stats = _phase1(_CountingGrouped)
+    stock, s_stats = _phase1(PPOTorchLearner)
+    # >= 192 steps / 64 x 3 epochs (PPO adds one bootstrap step per episode chunk)
+    assert _CountingGrouped.stacked_calls >= 9
+    assert grouped.keys() == stock.keys() and len(grouped) == len(SYMBOLS)
+    for pid in stock:
+        for name, value in stock[pid].items():
+            np.testing.assert_allclose(grouped[pid][name], value, rtol=1e-5, atol=1e-7)
+        for key, value in s_stats[pid].items():
+            if isinstance(value, float) and "timer" not in key and "throughput" not in key:
+                assert g_stats[pid][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    for key in ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "vf_explained_var"):
+        assert key in g_stats[f"specialist_{SYMBOLS[0]}"], key
+    assert "gradients_default_optimizer_global_norm" in g_stats[f"specialist_{SYMBOLS[0]}"]
+
+
+def test_stacked_validation_matches_per_policy_validation(monkeypatch):
+    from rl_trading.config import AppConfig
+    from rl_trading.training import validation
+    from rl_trading.training.env_bridge import all_agent_spaces
+
+    cfg = AppConfig.model_validate(
+        {
+            "data": {"symbols": SYMBOLS, "embargo_bars": 5},
+            "env": {"episode_length": 64, "sectors": {}, "max_sector_allocation": None},
+            "policy": {"hidden_sizes": [16, 16]},
+        }
+    )
+    splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=2), 0.7, 0.15, 5)
+    factory = hierarchical_factory(cfg, splits.train, splits.val)
+    obs, act = all_agent_spaces(factory)
+    torch.manual_seed(3)
+    modules = {
+        aid: module_spec(cfg, aid, obs[aid], act[aid], factory.model_config("joint")).build()
+        for aid in obs
+        if aid.startswith("specialist_")
+    }
+    for module in modules.values():
+        module.eval()
+    stacked = validate(factory, "specialists", modules)
+    monkeypatch.setattr(validation._PolicyActor, "_groups", lambda self, by_policy: [])
+    per_policy = validate(factory, "specialists", modules)
+    assert stacked["val_steps"] == per_policy["val_steps"] > 50
+    for key, value in per_policy.items():
+        assert stacked[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
