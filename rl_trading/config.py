@@ -186,7 +186,7 @@ class ResourcesConfig(Section):
 
     address: str | None = None
     num_cpus: int | None = Field(None, gt=0)
-    num_env_runners: int = Field(1, ge=0)
+    num_env_runners: int = Field(2, ge=0)
     num_envs_per_env_runner: int = Field(8, gt=0)
     num_cpus_per_env_runner: float = Field(1.0, gt=0)
     num_learners: int = Field(0, ge=0)

@@ -6,7 +6,7 @@ import os
 import socket
 from typing import Any
 
-from rl_trading.errors import ConnectionFailure
+from rl_trading.errors import ConfigError, ConnectionFailure
 
 
 def resolve_address(address: str | None = None) -> str | None:
@@ -55,3 +55,15 @@ def init_ray(
         kwargs.setdefault("include_dashboard", False)
         ray.init(num_cpus=num_cpus, **kwargs)
     return dict(ray.cluster_resources())
+
+
+def check_env_runner_cpus(num_env_runners: int, cpus_per_runner: float, cluster: dict) -> None:
+    """One-line error instead of a hang when a local Ray has too few CPUs for the env runners."""
+    need = num_env_runners * cpus_per_runner
+    have = float(cluster.get("CPU", 0.0))
+    if need > have:
+        fit = int(have // cpus_per_runner)
+        raise ConfigError(
+            f"{num_env_runners} env runners x {cpus_per_runner:g} CPU need {need:g} CPUs, Ray "
+            f"has {have:g}: --set resources.num_env_runners={fit} (0 samples in the driver)"
+        )

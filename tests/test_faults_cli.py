@@ -1,7 +1,8 @@
 """Faults seen from the `rl-trading` CLI (subprocesses): SIGTERM (or Ctrl+C to the process
 group) mid-phase checkpoints and `--resume` finishes with no lost iteration; a corrupt
-checkpoint, a missing data file and an unreachable Ray / MLflow each give one clear line (no
-traceback, exit != 0) and leave the run directory byte-for-byte unchanged."""
+checkpoint, a missing data file, an unreachable Ray / MLflow and more env runners than local
+CPUs each give one clear line (no traceback, exit != 0) and leave the run directory
+byte-for-byte unchanged."""
 
 from __future__ import annotations
 
@@ -173,8 +174,9 @@ def test_corrupt_checkpoint_fails_cleanly_and_damages_nothing(interrupted, tmp_p
          3, "gone.csv"),
         (["--address", "127.0.0.1:{port}"], 5, "Ray cluster unreachable"),
         (["--tracking-uri", "http://127.0.0.1:{port}"], 5, "MLflow tracking server unreachable"),
+        (["--set", "resources.num_env_runners=3"], 2, "need 3 CPUs, Ray has 1"),
     ],
-    ids=["missing-data-file", "unreachable-ray", "unreachable-mlflow"],
+    ids=["missing-data-file", "unreachable-ray", "unreachable-mlflow", "too-few-cpus"],
 )  # fmt: skip
 def test_unavailable_inputs_fail_before_any_work(interrupted, tmp_path, args, code, needle):
     cwd = _copy(interrupted, tmp_path / "ws")

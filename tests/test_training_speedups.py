@@ -191,3 +191,39 @@ def test_env_runner_modules_stay_in_eval_mode_learner_trains(ray_session):
         assert all(m.training for mod in learner_module.values() for m in mod.modules())
     finally:
         algo.stop()
+
+
+def test_fast_minibatch_iterator_yields_rllib_minibatches():
+    """Same rows, in the same order, over wrap-arounds and per-epoch shuffles."""
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+    from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
+
+    from rl_trading.training.fast_learner import FastMiniBatchCyclicIterator
+
+    def batch() -> MultiAgentBatch:
+        rng = np.random.default_rng(0)
+        return MultiAgentBatch(
+            {
+                mid: SampleBatch(
+                    {"obs": torch.as_tensor(rng.normal(size=(n, 3))), "a": np.arange(n)}
+                )
+                for mid, n in (("m0", 70), ("m1", 70), ("m2", 45))
+            },
+            env_steps=70,
+        )
+
+    def run(cls: type) -> list:
+        np.random.seed(4)
+        it = cls(batch(), num_epochs=3, minibatch_size=16, shuffle_batch_per_epoch=True)
+        return [
+            {mid: (b["obs"].numpy().copy(), b["a"].copy()) for mid, b in mb.policy_batches.items()}
+            for mb in it
+        ]
+
+    stock, fast = run(MiniBatchCyclicIterator), run(FastMiniBatchCyclicIterator)
+    assert len(fast) == len(stock) > 10
+    for got, want in zip(fast, stock, strict=True):
+        assert got.keys() == want.keys()
+        for mid in want:
+            np.testing.assert_array_equal(got[mid][0], want[mid][0])
+            np.testing.assert_array_equal(got[mid][1], want[mid][1])

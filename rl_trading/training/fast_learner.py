@@ -11,15 +11,21 @@ are identical to RLlib's in every case. Its Adam optimizers use torch's multi-te
 element (bit-identical weights, tests/test_training_speedups.py). The optimizers that share
 their hyperparameters (all specialists in phase 1) step together in one multi-tensor Adam call
 over all their tensors: Adam updates every tensor independently, so this is the same
-arithmetic as one `step()` per optimizer, in a tenth of the small ops.
+arithmetic as one `step()` per optimizer, in a tenth of the small ops. Minibatches come from
+RLlib's cyclic iterator, except that a minibatch that is one contiguous slice of a module's
+batch is taken as that slice instead of being sliced and then re-concatenated (a copy of every
+column) by generic SampleBatch code: the same rows, order and shuffles.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch, concat_samples
+from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 from torch.optim import adam as torch_adam
 from torch.optim import optimizer as torch_optimizer
 
@@ -77,8 +83,73 @@ def step_jointly(optimizers: list[torch.optim.Optimizer]) -> None:
             )
 
 
+def _plain(batch: SampleBatch) -> bool:
+    """A batch of flat tensor / array columns, no sequences or infos (safe to slice directly)."""
+    if batch._slice_seq_lens_in_B or SampleBatch.SEQ_LENS in batch or SampleBatch.INFOS in batch:
+        return False
+    return all(isinstance(v, torch.Tensor | np.ndarray) for v in batch.values())
+
+
+def _rows(batch: SampleBatch, start: int, end: int) -> SampleBatch:
+    """Rows [start, end) of a plain batch, as `concat_samples([batch[start:end]])` gives."""
+    return SampleBatch(
+        {k: v[start:end] for k, v in batch.items()},
+        _time_major=batch.time_major,
+        _zero_padded=batch.zero_padded,
+        _max_seq_len=batch.max_seq_len,
+        _num_grad_updates=float(batch.num_grad_updates or 0.0),
+    )
+
+
+class FastMiniBatchCyclicIterator(MiniBatchCyclicIterator):
+    """RLlib's cyclic minibatch iterator; contiguous minibatches skip the slice + concat copy."""
+
+    def __iter__(self):
+        """Same loop as `MiniBatchCyclicIterator.__iter__` (same rows, epochs and shuffles)."""
+        batches = self._batch.policy_batches.values()
+        if not all(len(b) > 0 and _plain(b) for b in batches):  # sequences, infos, empty
+            yield from MiniBatchCyclicIterator.__iter__(self)
+            return
+        while (
+            self._num_total_minibatches == 0
+            and min(self._num_covered_epochs.values()) < self._num_epochs
+        ) or (
+            self._num_total_minibatches > 0 and self._minibatch_count < self._num_total_minibatches
+        ):
+            minibatch = {}
+            for module_id, module_batch in self._batch.policy_batches.items():
+                start = self._start[module_id]
+                n_steps = self._minibatch_size
+                parts = []
+                while start + n_steps >= len(module_batch):
+                    part = module_batch[start:]
+                    parts.append(part)
+                    n_steps -= len(part)
+                    start = 0
+                    self._num_covered_epochs[module_id] += 1
+                    if self._shuffle_batch_per_epoch:
+                        module_batch.shuffle()
+                end = start + n_steps
+                if parts:
+                    if end > start:
+                        parts.append(module_batch[start:end])
+                    minibatch[module_id] = concat_samples(parts)
+                else:
+                    minibatch[module_id] = _rows(module_batch, start, end)
+                self._start[module_id] = end
+            yield MultiAgentBatch(minibatch, len(self._batch))
+            self._minibatch_count += 1
+
+
 class FastPPOTorchLearner(PPOTorchLearner):
     """PPOTorchLearner whose gradient application checks finiteness in one fused call."""
+
+    def _create_iterator_if_necessary(self, **kwargs: Any):
+        """RLlib's minibatch iterator; its cyclic one as `FastMiniBatchCyclicIterator`."""
+        batch_iter = super()._create_iterator_if_necessary(**kwargs)
+        if type(batch_iter) is MiniBatchCyclicIterator:
+            batch_iter.__class__ = FastMiniBatchCyclicIterator
+        return batch_iter
 
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
         """RLlib's default optimizer (Adam, `config.lr` schedule), multi-tensor."""

@@ -53,7 +53,7 @@ def train(
     quiet_workers: bool = True,
 ) -> tuple[Path, dict[str, PhaseResult]]:
     """Run `phases` in order in one run dir; `from_checkpoint` seeds the first of them."""
-    from rl_trading.ray_utils import init_ray, resolve_address
+    from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
 
     run_dir = find_run_dir(cfg, run_dir, resume)
     tags: dict[str, str] = {}
@@ -67,7 +67,10 @@ def train(
         check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
     addr = address or cfg.resources.address
     quiet = {} if resolve_address(addr) else {"log_to_driver": not quiet_workers}
-    init_ray(addr, num_cpus=cfg.resources.num_cpus, **quiet)
+    cluster = init_ray(addr, num_cpus=cfg.resources.num_cpus, **quiet)
+    if resolve_address(addr) is None:  # a cluster may add nodes; a local Ray cannot
+        res = cfg.resources
+        check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)
     run_dir.mkdir(parents=True, exist_ok=True)
     results = {}
     for i, num in enumerate(phases):
