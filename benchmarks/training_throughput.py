@@ -8,7 +8,7 @@ for all copies instead of one per env step; what is learned per step is unchange
 same batch size, independent episodes). `--baseline` adds the one-env row in the same run.
 
 Then a default phase 1 (500k env steps, 8 specialists, configs/default.yaml as shipped: PPO
-rollout 4000, minibatch 256, 10 epochs, [64, 64] MLPs, 8 vectorised envs in 1 env runner) is
+rollout 4000, minibatch 256, 10 epochs, [64, 64] MLPs, 2 env runners x 8 vectorised envs) is
 projected from a short run of that exact config plus one validation pass, next to the
 bare-torch floor of its learner (forward + backward + Adam of the same MLPs on the same number
 of minibatches, no RLlib: one network per policy, and the 8 stacked into batched matmuls);
@@ -274,6 +274,36 @@ def _default_cfg():
     return load_config(CONFIG_DIR / "default.yaml", ["tracking.system_metrics=false"])
 
 
+def _time_iterations(cfg, factory, n: int, learner_class: type | None = None) -> tuple:
+    """(iteration walls, sampling timers, learner timers, one validation pass in s) of `n`
+    phase-1 iterations after a warm-up one."""
+    from rl_trading.training.algo_config import build_phase_config
+    from rl_trading.training.validation import validate
+
+    config = build_phase_config(cfg, 1, factory)
+    if learner_class is not None:
+        config = config.learners(learner_class=learner_class)
+    algo = config.build_algo()
+    try:
+        algo.train()  # warm-up
+        sample, learn, walls = [], [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            res = algo.train()
+            walls.append(time.perf_counter() - t0)
+            sample.append(res["timers"]["env_runner_sampling_timer"])
+            learn.append(res["timers"]["learner_update_timer"])
+        modules = {
+            pid: algo.get_module(pid) for pid in algo.config.policies if pid.startswith("spec")
+        }
+        t0 = time.perf_counter()
+        validate(factory, "specialists", modules)
+        val_s = time.perf_counter() - t0
+    finally:
+        algo.stop()
+    return walls, sample, learn, val_s
+
+
 def default_phase1(args) -> None:
     """Measured (`--full-default`) or projected wall time of a default phase 1, with its
     breakdown and the bare-torch floor of its learner."""
@@ -283,7 +313,7 @@ def default_phase1(args) -> None:
     from rl_trading.data import load_market
     from rl_trading.training.algo_config import phase_iterations
     from rl_trading.training.env_bridge import hierarchical_factory
-    from rl_trading.training.validation import validate
+    from rl_trading.training.fast_learner import FastPPOTorchLearner
 
     default = _default_cfg()
     total_steps = default.phases.phase1_timesteps
@@ -320,26 +350,8 @@ def default_phase1(args) -> None:
         bars, default.data.train_frac, default.data.val_frac, default.data.embargo_bars
     )
     factory = hierarchical_factory(default, splits.train, splits.val)
-    from rl_trading.training.algo_config import build_phase_config
-
-    algo = build_phase_config(default, 1, factory).build_algo()
-    try:
-        algo.train()  # warm-up
-        sample, learn, walls = [], [], []
-        for _ in range(max(args.iterations, 3)):
-            t0 = time.perf_counter()
-            res = algo.train()
-            walls.append(time.perf_counter() - t0)
-            sample.append(res["timers"]["env_runner_sampling_timer"])
-            learn.append(res["timers"]["learner_update_timer"])
-        modules = {
-            pid: algo.get_module(pid) for pid in algo.config.policies if pid.startswith("spec")
-        }
-        t0 = time.perf_counter()
-        validate(factory, "specialists", modules)
-        val_s = time.perf_counter() - t0
-    finally:
-        algo.stop()
+    n_runs = max(args.iterations, 3)
+    walls, sample, learn, val_s = _time_iterations(default, factory, n_runs)
     it_s = statistics.median(walls)
     n_val = n_iter // default.phases.eval_interval
     total = n_iter * it_s + n_val * val_s
@@ -351,6 +363,14 @@ def default_phase1(args) -> None:
     print(
         f"  -> projected {total / 60:.1f} min for {total_steps:,} env steps: {n_iter} iterations "
         f"+ {n_val} validations (checkpoints and tracking not counted; --full-default measures)"
+    )
+    # the same phase with RLlib's per-module PPO update (FastPPOTorchLearner, identical to
+    # PPOTorchLearner bit for bit) instead of the default stacked one, in the same run
+    stock_s = statistics.median(_time_iterations(default, factory, n_runs, FastPPOTorchLearner)[0])
+    print(
+        f"  baseline, RLlib's per-module PPO update: median iteration {stock_s:.2f}s; "
+        f"default stacked learner (GroupedPPOTorchLearner) {it_s:.2f}s: ratio "
+        f"{stock_s / it_s:.2f} {_load()}"
     )
     obs, act = factory.spaces("specialists")
     aid = next(a for a in obs if a.startswith("specialist_"))
