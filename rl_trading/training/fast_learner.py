@@ -151,12 +151,14 @@ class FastPPOTorchLearner(PPOTorchLearner):
             batch_iter.__class__ = FastMiniBatchCyclicIterator
         return batch_iter
 
+    adam_kwargs: dict[str, bool] = {"foreach": True}  # multi-tensor Adam (CPU default: loop)
+
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
-        """RLlib's default optimizer (Adam, `config.lr` schedule), multi-tensor."""
+        """RLlib's default optimizer (Adam, `config.lr` schedule) with `adam_kwargs`."""
         params = self.get_parameters(self._module[module_id])
         self.register_optimizer(
             module_id=module_id,
-            optimizer=torch.optim.Adam(params, foreach=True),
+            optimizer=torch.optim.Adam(params, **self.adam_kwargs),
             params=params,
             lr_or_lr_schedule=config.lr,
         )
