@@ -89,7 +89,7 @@ def _load_weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-@pytest.mark.parametrize("runners", [0, 1])
+@pytest.mark.parametrize("runners", [0, 2])  # 2: the default, episodes from two processes
 def test_same_seed_same_training_across_processes(tmp_path, runners):
     import torch
 
