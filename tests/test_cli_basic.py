@@ -103,5 +103,9 @@ def test_phase_progress_keeps_the_last_finished_episodes_reward():
                   "episode_return_mean": -1.5})  # fmt: skip
         progress({"phase": "phase1", "total": 3, "iteration": 2, "env_steps": 20,
                   "episode_return_mean": float("nan"), "val_sharpe": 0.25})  # fmt: skip
+        # a phase whose episodes are all still running shows no number rather than NaN
+        progress({"phase": "phase2", "total": 3, "iteration": 1, "env_steps": 10,
+                  "episode_return_mean": float("nan")})  # fmt: skip
     text = out.getvalue()
     assert "reward -1.500" in text and "val_sharpe 0.25" in text and "nan" not in text
+    assert "reward n/a" in text

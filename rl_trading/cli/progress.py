@@ -55,7 +55,8 @@ def phase_progress(console: Console) -> Iterator[Callable[[dict[str, Any]], None
             if reward == reward:  # not NaN
                 last_reward[name] = reward
             reward = last_reward.get(name, reward)
-            text = f"steps {info.get('env_steps', 0):,.0f}  reward {reward:.3f}"
+            shown = f"{reward:.3f}" if reward == reward else "n/a"  # no episode done yet
+            text = f"steps {info.get('env_steps', 0):,.0f}  reward {shown}"
             text += f"  val_sharpe {val:.2f}" if val is not None else ""
             bar.update(tasks[name], completed=info["iteration"], info=text)
 
