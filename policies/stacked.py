@@ -49,38 +49,46 @@ def stack_signature(module: object) -> Hashable | None:
     return (sigs, tuple(module.log_std.shape), module._obs_dim)
 
 
-def _run(layers: Sequence[Sequence[nn.Module]], x: torch.Tensor) -> torch.Tensor:
-    """Apply the same-position layers of G towers to `x` `[G, B, in]`."""
-    for same in zip(*layers, strict=True):
-        if isinstance(same[0], nn.Linear):
-            weight = torch.stack([m.weight for m in same])  # [G, out, in]
-            bias = torch.stack([m.bias for m in same]).unsqueeze(1)  # [G, 1, out]
-            x = torch.baddbmm(bias, x, weight.transpose(1, 2))
+def stack_parameters(modules: Sequence[MLPModule]) -> dict[str, torch.Tensor]:
+    """`{parameter name: [G, ...]}` stacked from the modules' own parameters (differentiable:
+    gradients flow back to each module)."""
+    named = [dict(m.named_parameters()) for m in modules]
+    return {name: torch.stack([d[name] for d in named]) for name in named[0]}
+
+
+def _tower(module: MLPModule, name: str, params: dict, x: torch.Tensor, skip: int = 0):
+    """Apply the stacked layers of tower `name` (from layer `skip` on) to `x` `[G, B, in]`."""
+    for i, layer in enumerate(getattr(module, name)):
+        if i < skip:
+            continue
+        if isinstance(layer, nn.Linear):
+            weight, bias = params[f"{name}.{i}.weight"], params[f"{name}.{i}.bias"]
+            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
         else:
             x = torch.tanh(x)
     return x
 
 
 def stacked_forward_train(
-    modules: Sequence[MLPModule], obs: torch.Tensor
+    modules: Sequence[MLPModule],
+    obs: torch.Tensor,
+    params: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(action-distribution inputs `[G, B, 2A]`, values `[G, B]`) of G same-shape MLP modules.
 
-    `obs` is `[G, B, obs_dim]`. Matches each module's `_forward_train` + `compute_values`: the
-    actor and critic first layers read the same input, so they run as one matmul.
+    `obs` is `[G, B, obs_dim]`; `params` are stacked parameters by name (default: stacked from
+    the modules now). Matches each module's `_forward_train` + `compute_values`: the actor and
+    critic first layers read the same input, so they run as one matmul.
     """
-    first_pi = [m._pi_enc[0] for m in modules]
-    first_vf = [m._vf_enc[0] for m in modules]
-    pairs = list(zip(first_pi, first_vf, strict=True))
-    weight = torch.stack([torch.cat([a.weight, c.weight]) for a, c in pairs])
-    bias = torch.stack([torch.cat([a.bias, c.bias]) for a, c in pairs])
+    p = stack_parameters(modules) if params is None else params
+    shape = modules[0]
+    weight = torch.cat([p["_pi_enc.0.weight"], p["_vf_enc.0.weight"]], dim=1)
+    bias = torch.cat([p["_pi_enc.0.bias"], p["_vf_enc.0.bias"]], dim=1)
     hidden = torch.tanh(torch.baddbmm(bias.unsqueeze(1), obs, weight.transpose(1, 2)))
-    pi_x, vf_x = hidden.split([first_pi[0].out_features, first_vf[0].out_features], dim=-1)
-    pi_layers = [[*list(m._pi_enc)[2:], *m._pi_head] for m in modules]
-    vf_layers = [[*list(m._vf_enc)[2:], *m._vf_head] for m in modules]
-    mean = _run(pi_layers, pi_x)
-    values = _run(vf_layers, vf_x).squeeze(-1)
-    log_std = torch.stack([m.log_std for m in modules]).clamp(LOG_STD_MIN, LOG_STD_MAX)
+    pi_x, vf_x = hidden.split([shape._pi_enc[0].out_features, shape._vf_enc[0].out_features], -1)
+    mean = _tower(shape, "_pi_head", p, _tower(shape, "_pi_enc", p, pi_x, skip=2))
+    values = _tower(shape, "_vf_head", p, _tower(shape, "_vf_enc", p, vf_x, skip=2)).squeeze(-1)
+    log_std = p["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
     dist_inputs = torch.cat([mean, log_std.unsqueeze(1).expand_as(mean)], dim=-1)
     return dist_inputs, values
 
@@ -94,21 +102,12 @@ class StackedActor:
     """
 
     def __init__(self, modules: Sequence[MLPModule]) -> None:
+        self._shape = modules[0]
         with torch.no_grad():
-            layers = [[*m._pi_enc, *m._pi_head] for m in modules]
-            self._layers: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-            for same in zip(*layers, strict=True):
-                if isinstance(same[0], nn.Linear):
-                    weight = torch.stack([m.weight for m in same]).transpose(1, 2).contiguous()
-                    bias = torch.stack([m.bias for m in same]).unsqueeze(1)
-                    self._layers.append((weight, bias))
-                else:
-                    self._layers.append(None)
+            self._params = stack_parameters(modules)
 
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
         """Means `[G, B, A]` for observations `[G, B, obs_dim]`."""
-        x = obs
         with torch.no_grad():
-            for layer in self._layers:
-                x = torch.tanh(x) if layer is None else torch.baddbmm(layer[1], x, layer[0])
-        return x
+            emb = _tower(self._shape, "_pi_enc", self._params, obs)
+            return _tower(self._shape, "_pi_head", self._params, emb)

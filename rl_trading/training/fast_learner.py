@@ -178,11 +178,13 @@ class FastPPOTorchLearner(PPOTorchLearner):
             return super().apply_gradients(gradients_dict)
         for pid, grad in gradients_dict.items():
             self._params[pid].grad = grad
-        step_jointly(
-            [
-                self.get_optimizer(module_id, name)
-                for module_id, names in self._module_optimizers.items()
-                for name in names
-            ]
-        )
+        step_jointly(self._optimizers_to_step())
         return None
+
+    def _optimizers_to_step(self) -> list:
+        """The optimizers `apply_gradients` steps: all of them."""
+        return [
+            self.get_optimizer(module_id, name)
+            for module_id, names in self._module_optimizers.items()
+            for name in names
+        ]

@@ -15,6 +15,7 @@ distributed learner group) take RLlib's path. The loss is RLlib's PPO loss term 
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -33,8 +34,118 @@ from ray.rllib.utils.numpy import SMALL_NUMBER
 from policies.stacked import stack_signature, stacked_forward_train
 from rl_trading.training.fast_learner import FastPPOTorchLearner
 
+logger = logging.getLogger(__name__)
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal
 _NORM_CAP = 10e8  # RLlib's nan_to_num bound on gradient norms (torch_utils.compute_global_norm)
+
+_ADAM_SETTINGS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
+
+
+class HeldStack:
+    """One group's parameters and Adam state held stacked for the length of one update.
+
+    Stacking per minibatch copies every weight in and every gradient out again, and clipping
+    and Adam then run on G x 13 small tensors. Held stacked, the group trains as 13 leaves
+    `[G, ...]`: per-module global-norm clip from per-module norms of those, and one fused Adam
+    whose state was stacked from the modules' own optimizers (same element-wise update). At
+    the end of the update (or before any other use of these modules) `release()` writes the
+    weights and Adam state back into the modules and their optimizers.
+    """
+
+    def __init__(self, modules: list, optimizers: list, mids: list[str]) -> None:
+        self.mids = tuple(mids)
+        self.modules = modules
+        self.optimizers = optimizers
+        named = [dict(m.named_parameters()) for m in modules]
+        self.members = {name: [d[name] for d in named] for name in named[0]}
+        with torch.no_grad():
+            self.params = {
+                name: torch.stack([p.detach() for p in ps]).requires_grad_()
+                for name, ps in self.members.items()
+            }
+        group = optimizers[0].param_groups[0]
+        self.optimizer = torch.optim.Adam(
+            list(self.params.values()), **{k: group[k] for k in _ADAM_SETTINGS}, fused=True
+        )
+        for name, leaf in self.params.items():
+            pairs = zip(optimizers, self.members[name], strict=True)
+            states = [opt.state.get(p) for opt, p in pairs]
+            if states[0]:
+                self.optimizer.state[leaf] = {
+                    "step": states[0]["step"].detach().clone().to(leaf.device),
+                    "exp_avg": torch.stack([st["exp_avg"] for st in states]),
+                    "exp_avg_sq": torch.stack([st["exp_avg_sq"] for st in states]),
+                }
+
+    @staticmethod
+    def can_hold(optimizers: list, params_of: list) -> bool:
+        """Plain one-group Adams with equal settings over each module's parameters, in order,
+        whose state (if any) has one common step count."""
+        first = None
+        step = None
+        for opt, params in zip(optimizers, params_of, strict=True):
+            if not isinstance(opt, torch.optim.Adam) or len(opt.param_groups) != 1:
+                return False
+            group = opt.param_groups[0]
+            if isinstance(group["lr"], torch.Tensor) or group.get("capturable"):
+                return False
+            if group.get("differentiable") or group["amsgrad"]:
+                return False
+            if [id(p) for p in group["params"]] != [id(p) for p in params]:
+                return False
+            settings = tuple(group[k] for k in _ADAM_SETTINGS)
+            first = settings if first is None else first
+            if settings != first:
+                return False
+            for p in params:
+                st = opt.state.get(p)
+                value = float(st["step"]) if st else 0.0
+                step = value if step is None else step
+                if value != step or (st and not {"exp_avg", "exp_avg_sq"} <= st.keys()):
+                    return False
+        return True
+
+    def step(self, clip: float, log: Any) -> None:
+        """RLlib's per-module global-norm clip, its nan/inf handling, then one Adam step."""
+        grads = [leaf.grad for leaf in self.params.values() if leaf.grad is not None]
+        n = len(self.mids)
+        per_tensor = torch.stack(
+            [torch.linalg.vector_norm(g.detach().reshape(n, -1), dim=1) for g in grads]
+        ).nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
+        norms = torch.linalg.vector_norm(per_tensor, dim=0)
+        norms = norms.nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
+        coeff = torch.clamp(clip / torch.clamp(norms + 1e-6, min=clip), max=1.0)
+        for g in grads:
+            g.detach().mul_(coeff.view(n, *([1] * (g.dim() - 1))))
+        for i, mid in enumerate(self.mids):
+            log(key=(mid, "gradients_default_optimizer_global_norm"), value=norms[i], window=1)
+        for leaf in self.params.values():  # as TorchLearner.apply_gradients: nan/inf -> 0
+            if leaf.grad is not None and not bool(torch.isfinite(leaf.grad).all()):
+                logger.warning("Gradients of %s contain `nan/inf` values; set to zero.", self.mids)
+                leaf.grad = torch.nan_to_num(leaf.grad)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def release(self) -> None:
+        """Write the weights and Adam state back into the modules and their optimizers."""
+        with torch.no_grad():
+            for name, leaf in self.params.items():
+                state = self.optimizer.state.get(leaf)
+                for i, (opt, p) in enumerate(zip(self.optimizers, self.members[name], strict=True)):
+                    p.copy_(leaf[i])
+                    if not state:
+                        continue
+                    own = opt.state.get(p)
+                    if own:
+                        own["exp_avg"].copy_(state["exp_avg"][i])
+                        own["exp_avg_sq"].copy_(state["exp_avg_sq"][i])
+                        own["step"] = state["step"].clone().to(own["step"].device)
+                    else:
+                        opt.state[p] = {
+                            "step": state["step"].clone(),
+                            "exp_avg": state["exp_avg"][i].clone(),
+                            "exp_avg_sq": state["exp_avg_sq"][i].clone(),
+                        }
 
 
 class GroupedPPOTorchLearner(FastPPOTorchLearner):
@@ -70,15 +181,60 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
                 mcfg.vf_clip_param,
                 mcfg.vf_loss_coeff,
                 mcfg.use_kl_loss,
+                mcfg.grad_clip,
+                mcfg.grad_clip_by,
                 tuple(mb[Columns.OBS].shape),
                 Columns.LOSS_MASK in mb,
             )
             by_key.setdefault(key, []).append(mid)
         return [group for group in by_key.values() if len(group) > 1]
 
+    def update(self, *args: Any, **kwargs: Any) -> Any:
+        """RLlib's update; held stacks write their weights back at its end, come what may."""
+        try:
+            return super().update(*args, **kwargs)
+        finally:
+            self._release_held()
+
+    def _release_held(self, keep: list[list[str]] | None = None) -> None:
+        """Write back (and drop) the held stacks, except those of exactly the groups `keep`."""
+        held = getattr(self, "_held", None)
+        if not held:
+            return
+        kept = {tuple(group) for group in keep or []}
+        for key in [k for k in held if k not in kept]:
+            held.pop(key).release()
+
+    def _hold(self, group: list[str]) -> HeldStack | None:
+        """The group's held stack (created on first use), or None where it cannot be held."""
+        if not hasattr(self, "_held"):
+            self._held: dict[tuple[str, ...], HeldStack] = {}
+        key = tuple(group)
+        if key in self._held:
+            return self._held[key]
+        cfg = self.config.get_config_for_module(group[0])
+        if (
+            not cfg.grad_clip
+            or cfg.grad_clip_by != "global_norm"
+            or self.config.torch_skip_nan_gradients
+            or self._lr_scheduler_classes is not None
+            or any(len(self._module_optimizers.get(mid, [])) != 1 for mid in group)
+        ):
+            return None
+        modules = [self.module[mid].unwrapped() for mid in group]
+        optimizers = [self.get_optimizer(mid, self._module_optimizers[mid][0]) for mid in group]
+        if not HeldStack.can_hold(optimizers, [list(m.parameters()) for m in modules]):
+            return None
+        self._held[key] = HeldStack(modules, optimizers, group)
+        return self._held[key]
+
+    def _held_mids(self) -> set[str]:
+        return {mid for key in getattr(self, "_held", {}) for mid in key}
+
     def _uncompiled_update(self, batch: dict, **kwargs: Any):
         """TorchLearner's update step, with stackable modules forwarded and scored together."""
         groups = self._stack_groups(batch)
+        self._release_held(keep=groups)  # modules leaving a held group need their weights back
         if not groups:
             return super()._uncompiled_update(batch, **kwargs)
         self._compute_off_policyness(batch)
@@ -89,18 +245,37 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         if rest:
             fwd_out = self.module.forward_train(rest)
             loss_per_module = self.compute_losses(fwd_out=fwd_out, batch=rest)
+        stepping = []
         for group in groups:
-            out, losses = self._stacked_ppo_losses(group, batch)
+            held = self._hold(group)
+            params = None if held is None else held.params
+            out, losses = self._stacked_ppo_losses(group, batch, params)
             fwd_out.update(out)
             loss_per_module.update(losses)
+            if held is not None:
+                stepping.append(held)
         gradients = self.compute_gradients(loss_per_module)
+        for held in stepping:
+            clip = float(self.config.get_config_for_module(held.mids[0]).grad_clip)
+            held.step(clip, self.metrics.log_value)
         self.apply_gradients(self.postprocess_gradients(gradients))
         return fwd_out, loss_per_module, {}
 
+    def _optimizers_to_step(self) -> list:
+        """Every optimizer but those of held modules (their stack's Adam stepped already)."""
+        held = self._held_mids()
+        return [
+            self.get_optimizer(mid, name)
+            for mid, names in self._module_optimizers.items()
+            if mid not in held
+            for name in names
+        ]
+
     def _stacked_ppo_losses(
-        self, mids: list[str], batch: dict[str, Any]
+        self, mids: list[str], batch: dict[str, Any], params: dict | None = None
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """PPOTorchLearner.compute_loss_for_module for each of `mids`, on `[G, B]` tensors."""
+        """PPOTorchLearner.compute_loss_for_module for each of `mids`, on `[G, B]` tensors
+        (`params`: the group's held stacked parameters; default: stacked now)."""
         modules = [self.module[mid].unwrapped() for mid in mids]
         cfg = self.config.get_config_for_module(mids[0])
 
@@ -108,7 +283,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             return torch.stack([batch[mid][name] for mid in mids])
 
         obs = torch.stack([m._flat_obs(batch[mid]) for m, mid in zip(modules, mids, strict=True)])
-        dist_inputs, values = stacked_forward_train(modules, obs)
+        dist_inputs, values = stacked_forward_train(modules, obs, params)
 
         # Normal(loc, exp(log_std)) as TorchDiagGaussian.from_logits, summed over action dims
         loc, log_std = dist_inputs.chunk(2, dim=-1)
@@ -187,7 +362,10 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
     def postprocess_gradients(self, gradients_dict: dict) -> dict:
         """Per-module global-norm clipping as RLlib's, from one multi-tensor norm call."""
         entries = []  # (module id, optimizer name, clip value, gradient refs)
+        held = self._held_mids()  # clipped by their stack already
         for mid in list(self.module.keys()):
+            if mid in held:
+                continue
             mcfg = self.config.get_config_for_module(mid)
             optimizers = self.get_optimizers_for_module(mid)
             if not optimizers:
@@ -202,8 +380,12 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
                 ]
                 entries.append((mid, name, float(mcfg.grad_clip), refs))
         grads = [gradients_dict[ref] for *_, refs in entries for ref in refs]
-        if not grads:
-            return super().postprocess_gradients(gradients_dict)
+        if not grads:  # nothing to clip: RLlib logs a zero norm per optimizer
+            for mid, name, _, _ in entries:
+                self.metrics.log_value(
+                    key=(mid, f"gradients_{name}_global_norm"), value=torch.tensor(0.0), window=1
+                )
+            return {}
         norms = torch.stack(torch._foreach_norm([g.detach() for g in grads]))
         norms = norms.nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
         dev = norms.device
