@@ -193,3 +193,42 @@ def test_stacked_validation_matches_per_policy_validation(monkeypatch):
     assert stacked["val_steps"] == per_policy["val_steps"] > 50
     for key, value in per_policy.items():
         assert stacked[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
+
+
+def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
+    """A held stack's Adam step equals each module's own fused Adam step (same gradients,
+    state carried in and out); optimizers with other settings are not held together."""
+    from rl_trading.training.grouped_learner import HeldStack
+
+    def setup() -> tuple[list, list]:
+        modules = _modules(3)
+        opts = [torch.optim.Adam(list(m.parameters()), lr=1e-2, fused=True) for m in modules]
+        return modules, opts
+
+    def grads_for(modules: list, seed: int) -> list:
+        gen = torch.Generator().manual_seed(seed)
+        return [[torch.randn(p.shape, generator=gen) for p in m.parameters()] for m in modules]
+
+    sep_m, sep_o = setup()
+    held_m, held_o = setup()
+    params_of = [list(m.parameters()) for m in held_m]
+    for update in range(2):  # two updates of two steps: state goes in, out and in again
+        assert HeldStack.can_hold(held_o, params_of)
+        held = HeldStack(held_m, held_o, ["a", "b", "c"])
+        for step in range(2):
+            grads = grads_for(sep_m, 10 * update + step)
+            for m, opt, gs in zip(sep_m, sep_o, grads, strict=True):
+                for p, g in zip(m.parameters(), gs, strict=True):
+                    p.grad = g.clone()
+                opt.step()
+            for name, leaf in held.params.items():
+                names = [n for n, _ in held_m[0].named_parameters()]
+                leaf.grad = torch.stack([gs[names.index(name)] for gs in grads])
+            held.step(clip=1e9, log=lambda **kw: None)  # no clipping at this bound
+        held.release()
+        for a, b in zip(sep_m, held_m, strict=True):
+            for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+                torch.testing.assert_close(q, p, rtol=0, atol=1e-7, msg=name)
+    assert float(held_o[0].state[params_of[0][0]]["step"]) == 4.0
+    held_o[1].param_groups[0]["lr"] = 3e-3
+    assert not HeldStack.can_hold(held_o, params_of)

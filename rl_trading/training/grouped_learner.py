@@ -91,6 +91,8 @@ class HeldStack:
                 return False
             if group.get("differentiable") or group["amsgrad"]:
                 return False
+            if group.get("decoupled_weight_decay"):
+                return False
             if [id(p) for p in group["params"]] != [id(p) for p in params]:
                 return False
             settings = tuple(group[k] for k in _ADAM_SETTINGS)
