@@ -1,15 +1,17 @@
 """PPO learner that updates same-shape MLP policies as one stacked network (the default).
 
 Phase 1 trains eight specialist MLPs of identical shape, each on its own equal-sized
-minibatch. RLlib runs them one after another: forward, PPO loss, backward and gradient clip,
-each a few dozen small torch ops paid eight times per minibatch, which made the learner most
-of an iteration's time on CPU. Here such a group runs stacked (`policies/stacked.py`): one
-batched forward, the PPO loss on `[G, B]` tensors, one backward, and one global-norm clip per
-module computed from a single multi-tensor norm; Adam runs as torch's fused kernel. Every
-module still has its own parameters, optimizer, loss, KL coefficient and metrics, exactly as
-in `PPOTorchLearner`; modules that cannot be stacked (other architectures, the meta, a
+minibatch. RLlib runs them one after another: forward, PPO loss, backward, gradient clip and
+Adam, each a few dozen small torch ops paid eight times per minibatch, which made the learner
+most of an iteration's time on CPU. Here such a group runs stacked: its weights and Adam state
+are held as `[G, ...]` tensors for one update (`HeldStack`), the forward is one batched matmul
+per layer (`policies/stacked.py`), the PPO loss runs on `[G, B]` tensors, then one backward,
+each module's global-norm clip from its own norms, and one fused Adam step; at the end of the
+update everything is written back into the modules and their optimizers. Every module keeps
+its own parameters, optimizer, loss, KL coefficient and metrics, exactly as in
+`PPOTorchLearner`; modules that cannot be stacked (other architectures, the meta, a
 distributed learner group) take RLlib's path. The loss is RLlib's PPO loss term for term
-(tests/test_training_grouped.py compares the weights after an update with
+(tests/test_training_grouped.py compares the weights after two iterations with
 `PPOTorchLearner`'s within float32 rounding).
 """
 
