@@ -63,8 +63,25 @@ def _item_fn(space: Any, normalize: bool) -> ItemFn | None:
     return None
 
 
-class FastNormalizeAndClipActions(NormalizeAndClipActions):
+class _Twin:
+    """A drop-in twin of a stock connector, built from a built one by `like()`."""
+
+    twin_settings: tuple[str, ...] = ()  # constructor kwargs besides the two spaces
+
+    @classmethod
+    def like(cls, stock: Any) -> Any:
+        """A fast twin of a built stock connector (same spaces and settings)."""
+        return cls(
+            input_observation_space=stock.input_observation_space,
+            input_action_space=stock.input_action_space,
+            **{name: getattr(stock, name) for name in cls.twin_settings},
+        )
+
+
+class FastNormalizeAndClipActions(_Twin, NormalizeAndClipActions):
     """`NormalizeAndClipActions` for flat per-agent action spaces without tree mapping."""
+
+    twin_settings = ("normalize_actions", "clip_actions")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -92,18 +109,8 @@ class FastNormalizeAndClipActions(NormalizeAndClipActions):
         batch[Columns.ACTIONS_FOR_ENV] = out
         return batch
 
-    @classmethod
-    def like(cls, stock: NormalizeAndClipActions) -> FastNormalizeAndClipActions:
-        """A fast twin of a built stock connector (same spaces and settings)."""
-        return cls(
-            input_observation_space=stock.input_observation_space,
-            input_action_space=stock.input_action_space,
-            normalize_actions=stock.normalize_actions,
-            clip_actions=stock.clip_actions,
-        )
 
-
-class FastUnBatchToIndividualItems(UnBatchToIndividualItems):
+class FastUnBatchToIndividualItems(_Twin, UnBatchToIndividualItems):
     """`UnBatchToIndividualItems` with one episode lookup and live-agent check per item.
 
     RLlib searches the episode list and re-checks the agent for every item of every column;
@@ -135,14 +142,6 @@ class FastUnBatchToIndividualItems(UnBatchToIndividualItems):
                     new_column_data.setdefault(key, []).append(items[i])
                 module_data[column] = new_column_data
         return batch
-
-    @classmethod
-    def like(cls, stock: UnBatchToIndividualItems) -> FastUnBatchToIndividualItems:
-        """A fast twin of a built stock connector (same spaces)."""
-        return cls(
-            input_observation_space=stock.input_observation_space,
-            input_action_space=stock.input_action_space,
-        )
 
     @staticmethod
     def _check_live(by_id: dict, eps_id: Any, agent_id: Any) -> None:
