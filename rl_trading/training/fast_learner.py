@@ -30,23 +30,30 @@ from torch.optim import adam as torch_adam
 from torch.optim import optimizer as torch_optimizer
 
 # Adam param-group settings that must agree for optimizers to step in one call
-_ADAM_KEYS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay")
+ADAM_SETTINGS = (
+    "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay",
+)  # fmt: skip
 
 
-def _joinable(opt: torch.optim.Optimizer) -> bool:
-    """A plain multi-tensor Adam with one param group and no hooks (safe to step jointly)."""
+def plain_adam(opt: torch.optim.Optimizer) -> bool:
+    """A torch Adam with one param group, a float lr and no step hooks: its `step()` is just
+    the Adam arithmetic over its tensors, so another call may do that arithmetic for it."""
     if type(opt) is not torch.optim.Adam or len(opt.param_groups) != 1:
         return False
     group = opt.param_groups[0]
     return (
-        bool(group.get("foreach"))
-        and not group.get("fused")
-        and not group.get("capturable")
+        not group.get("capturable")
         and not group.get("differentiable")
         and not isinstance(group["lr"], torch.Tensor)
         and not opt._optimizer_step_pre_hooks
         and not opt._optimizer_step_post_hooks
     )
+
+
+def _joinable(opt: torch.optim.Optimizer) -> bool:
+    """A plain multi-tensor (not fused) Adam: safe to step jointly with its likes."""
+    group = opt.param_groups[0]
+    return plain_adam(opt) and bool(group.get("foreach")) and not group.get("fused")
 
 
 def step_jointly(optimizers: list[torch.optim.Optimizer]) -> None:
@@ -59,14 +66,14 @@ def step_jointly(optimizers: list[torch.optim.Optimizer]) -> None:
     for opt in optimizers:
         if _joinable(opt):
             group = opt.param_groups[0]
-            joint.setdefault(tuple(group[k] for k in _ADAM_KEYS), []).append(opt)
+            joint.setdefault(tuple(group[k] for k in ADAM_SETTINGS), []).append(opt)
         else:
             opt.step()
     for key, opts in joint.items():
         if len(opts) == 1:
             opts[0].step()
             continue
-        settings = dict(zip(_ADAM_KEYS, key, strict=True))
+        settings = dict(zip(ADAM_SETTINGS, key, strict=True))
         lists: tuple[list, ...] = ([], [], [], [], [], [])
         has_complex = False
         with torch.no_grad():
@@ -142,7 +149,10 @@ class FastMiniBatchCyclicIterator(MiniBatchCyclicIterator):
 
 
 class FastPPOTorchLearner(PPOTorchLearner):
-    """PPOTorchLearner whose gradient application checks finiteness in one fused call."""
+    """PPOTorchLearner with one fused finiteness check, joint multi-tensor Adam steps and
+    copy-free contiguous minibatches (bit-identical updates)."""
+
+    adam_kwargs: dict[str, bool] = {"foreach": True}  # multi-tensor Adam (CPU default: loop)
 
     def _create_iterator_if_necessary(self, **kwargs: Any):
         """RLlib's minibatch iterator; its cyclic one as `FastMiniBatchCyclicIterator`."""
@@ -150,8 +160,6 @@ class FastPPOTorchLearner(PPOTorchLearner):
         if type(batch_iter) is MiniBatchCyclicIterator:
             batch_iter.__class__ = FastMiniBatchCyclicIterator
         return batch_iter
-
-    adam_kwargs: dict[str, bool] = {"foreach": True}  # multi-tensor Adam (CPU default: loop)
 
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
         """RLlib's default optimizer (Adam, `config.lr` schedule) with `adam_kwargs`."""

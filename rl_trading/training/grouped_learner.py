@@ -34,13 +34,11 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.numpy import SMALL_NUMBER
 
 from policies.stacked import stack_signature, stacked_forward_train
-from rl_trading.training.fast_learner import FastPPOTorchLearner
+from rl_trading.training.fast_learner import ADAM_SETTINGS, FastPPOTorchLearner, plain_adam
 
 logger = logging.getLogger(__name__)
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal
 _NORM_CAP = 10e8  # RLlib's nan_to_num bound on gradient norms (torch_utils.compute_global_norm)
-
-_ADAM_SETTINGS = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
 
 
 class HeldStack:
@@ -67,7 +65,7 @@ class HeldStack:
             }
         group = optimizers[0].param_groups[0]
         self.optimizer = torch.optim.Adam(
-            list(self.params.values()), **{k: group[k] for k in _ADAM_SETTINGS}, fused=True
+            list(self.params.values()), **{k: group[k] for k in ADAM_SETTINGS}, fused=True
         )
         for name, leaf in self.params.items():
             pairs = zip(optimizers, self.members[name], strict=True)
@@ -86,18 +84,14 @@ class HeldStack:
         first = None
         step = None
         for opt, params in zip(optimizers, params_of, strict=True):
-            if not isinstance(opt, torch.optim.Adam) or len(opt.param_groups) != 1:
+            if not plain_adam(opt):
                 return False
             group = opt.param_groups[0]
-            if isinstance(group["lr"], torch.Tensor) or group.get("capturable"):
-                return False
-            if group.get("differentiable") or group["amsgrad"]:
-                return False
-            if group.get("decoupled_weight_decay"):
+            if group["amsgrad"] or group.get("decoupled_weight_decay"):
                 return False
             if [id(p) for p in group["params"]] != [id(p) for p in params]:
                 return False
-            settings = tuple(group[k] for k in _ADAM_SETTINGS)
+            settings = tuple(group[k] for k in ADAM_SETTINGS)
             first = settings if first is None else first
             if settings != first:
                 return False
