@@ -214,7 +214,8 @@ def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
     params_of = [list(m.parameters()) for m in held_m]
     for update in range(2):  # two updates of two steps: state goes in, out and in again
         assert HeldStack.can_hold(held_o, params_of)
-        held = HeldStack(held_m, held_o, ["a", "b", "c"])
+        mids = ["a", "b", "c"]
+        held = HeldStack(held_m, held_o, mids, ["default_optimizer"] * 3, clip=1e9)
         for step in range(2):
             grads = grads_for(sep_m, 10 * update + step)
             for m, opt, gs in zip(sep_m, sep_o, grads, strict=True):
@@ -224,7 +225,7 @@ def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
             for name, leaf in held.params.items():
                 names = [n for n, _ in held_m[0].named_parameters()]
                 leaf.grad = torch.stack([gs[names.index(name)] for gs in grads])
-            held.step(clip=1e9, log=lambda **kw: None)  # no clipping at this bound
+            held.step(log=lambda **kw: None)  # no clipping at this bound
         held.release()
         for a, b in zip(sep_m, held_m, strict=True):
             for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):

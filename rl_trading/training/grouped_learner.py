@@ -41,6 +41,16 @@ _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Norma
 _NORM_CAP = 10e8  # RLlib's nan_to_num bound on gradient norms (torch_utils.compute_global_norm)
 
 
+def _capped(norms: torch.Tensor) -> torch.Tensor:
+    """Gradient norms with nan/inf bounded as RLlib's `compute_global_norm` does."""
+    return norms.nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
+
+
+def _clip_coefficients(global_norms: torch.Tensor, clip: torch.Tensor | float) -> torch.Tensor:
+    """RLlib's global-norm clip factor per module (`torch_utils.clip_gradients`), at most 1."""
+    return torch.clamp(clip / torch.clamp(global_norms + 1e-6, min=clip), max=1.0)
+
+
 class HeldStack:
     """One group's parameters and Adam state held stacked for the length of one update.
 
@@ -52,10 +62,16 @@ class HeldStack:
     weights and Adam state back into the modules and their optimizers.
     """
 
-    def __init__(self, modules: list, optimizers: list, mids: list[str]) -> None:
+    def __init__(
+        self, modules: list, optimizers: list, mids: list[str], names: list[str], clip: float
+    ) -> None:
         self.mids = tuple(mids)
-        self.modules = modules
         self.optimizers = optimizers
+        self.clip = clip  # the group's `grad_clip` (global norm)
+        # metric key of each module's clipped norm, as RLlib's postprocess_gradients logs it
+        self.norm_keys = [
+            (mid, f"gradients_{name}_global_norm") for mid, name in zip(mids, names, strict=True)
+        ]
         named = [dict(m.named_parameters()) for m in modules]
         self.members = {name: [d[name] for d in named] for name in named[0]}
         with torch.no_grad():
@@ -103,20 +119,19 @@ class HeldStack:
                     return False
         return True
 
-    def step(self, clip: float, log: Any) -> None:
+    def step(self, log: Any) -> None:
         """RLlib's per-module global-norm clip, its nan/inf handling, then one Adam step."""
         grads = [leaf.grad for leaf in self.params.values() if leaf.grad is not None]
         n = len(self.mids)
         per_tensor = torch.stack(
             [torch.linalg.vector_norm(g.detach().reshape(n, -1), dim=1) for g in grads]
-        ).nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
-        norms = torch.linalg.vector_norm(per_tensor, dim=0)
-        norms = norms.nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
-        coeff = torch.clamp(clip / torch.clamp(norms + 1e-6, min=clip), max=1.0)
+        )
+        norms = _capped(torch.linalg.vector_norm(_capped(per_tensor), dim=0))
+        coeff = _clip_coefficients(norms, self.clip)
         for g in grads:
             g.detach().mul_(coeff.view(n, *([1] * (g.dim() - 1))))
-        for i, mid in enumerate(self.mids):
-            log(key=(mid, "gradients_default_optimizer_global_norm"), value=norms[i], window=1)
+        for key, norm in zip(self.norm_keys, norms, strict=True):
+            log(key=key, value=norm, window=1)
         for leaf in self.params.values():  # as TorchLearner.apply_gradients: nan/inf -> 0
             if leaf.grad is not None and not bool(torch.isfinite(leaf.grad).all()):
                 logger.warning("Gradients of %s contain `nan/inf` values; set to zero.", self.mids)
@@ -187,6 +202,11 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             by_key.setdefault(key, []).append(mid)
         return [group for group in by_key.values() if len(group) > 1]
 
+    def build(self) -> None:
+        """RLlib's build, plus the (empty) table of held stacks."""
+        super().build()
+        self._held: dict[tuple[str, ...], HeldStack] = {}
+
     def update(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's update; held stacks write their weights back at its end, come what may."""
         try:
@@ -196,17 +216,12 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
 
     def _release_held(self, keep: list[list[str]] | None = None) -> None:
         """Write back (and drop) the held stacks, except those of exactly the groups `keep`."""
-        held = getattr(self, "_held", None)
-        if not held:
-            return
         kept = {tuple(group) for group in keep or []}
-        for key in [k for k in held if k not in kept]:
-            held.pop(key).release()
+        for key in [k for k in self._held if k not in kept]:
+            self._held.pop(key).release()
 
     def _hold(self, group: list[str]) -> HeldStack | None:
         """The group's held stack (created on first use), or None where it cannot be held."""
-        if not hasattr(self, "_held"):
-            self._held: dict[tuple[str, ...], HeldStack] = {}
         key = tuple(group)
         if key in self._held:
             return self._held[key]
@@ -216,18 +231,20 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             or cfg.grad_clip_by != "global_norm"
             or self.config.torch_skip_nan_gradients
             or self._lr_scheduler_classes is not None
-            or any(len(self._module_optimizers.get(mid, [])) != 1 for mid in group)
         ):
             return None
+        named = [self.get_optimizers_for_module(mid) for mid in group]
+        if any(len(pairs) != 1 for pairs in named):
+            return None
+        names, optimizers = [pairs[0][0] for pairs in named], [pairs[0][1] for pairs in named]
         modules = [self.module[mid].unwrapped() for mid in group]
-        optimizers = [self.get_optimizer(mid, self._module_optimizers[mid][0]) for mid in group]
         if not HeldStack.can_hold(optimizers, [list(m.parameters()) for m in modules]):
             return None
-        self._held[key] = HeldStack(modules, optimizers, group)
+        self._held[key] = HeldStack(modules, optimizers, group, names, float(cfg.grad_clip))
         return self._held[key]
 
     def _held_mids(self) -> set[str]:
-        return {mid for key in getattr(self, "_held", {}) for mid in key}
+        return {mid for key in self._held for mid in key}
 
     def _uncompiled_update(self, batch: dict, **kwargs: Any):
         """TorchLearner's update step, with stackable modules forwarded and scored together."""
@@ -254,8 +271,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
                 stepping.append(held)
         gradients = self.compute_gradients(loss_per_module)
         for held in stepping:
-            clip = float(self.config.get_config_for_module(held.mids[0]).grad_clip)
-            held.step(clip, self.metrics.log_value)
+            held.step(self.metrics.log_value)
         self.apply_gradients(self.postprocess_gradients(gradients))
         return fwd_out, loss_per_module, {}
 
@@ -384,16 +400,15 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
                     key=(mid, f"gradients_{name}_global_norm"), value=torch.tensor(0.0), window=1
                 )
             return {}
-        norms = torch.stack(torch._foreach_norm([g.detach() for g in grads]))
-        norms = norms.nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
+        norms = _capped(torch.stack(torch._foreach_norm([g.detach() for g in grads])))
         dev = norms.device
         counts = torch.tensor([len(refs) for *_, refs in entries], device=dev)
         owner = torch.repeat_interleave(torch.arange(len(entries), device=dev), counts)
         squares = torch.zeros(len(entries), dtype=norms.dtype, device=dev)
         squares.index_add_(0, owner, norms**2)
-        global_norms = squares.sqrt().nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
+        global_norms = _capped(squares.sqrt())
         clip = torch.tensor([e[2] for e in entries], dtype=norms.dtype, device=dev)
-        coeff = torch.clamp(clip / torch.clamp(global_norms + 1e-6, min=clip), max=1.0)
+        coeff = _clip_coefficients(global_norms, clip)
         torch._foreach_mul_([g.detach() for g in grads], list(coeff[owner].unbind()))
         for i, (mid, name, _, _) in enumerate(entries):
             self.metrics.log_value(
