@@ -66,9 +66,10 @@ def train(
 
         check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
     addr = address or cfg.resources.address
-    quiet = {} if resolve_address(addr) else {"log_to_driver": not quiet_workers}
+    local = resolve_address(addr) is None
+    quiet = {"log_to_driver": not quiet_workers} if local else {}
     cluster = init_ray(addr, num_cpus=cfg.resources.num_cpus, **quiet)
-    if resolve_address(addr) is None:  # a cluster may add nodes; a local Ray cannot
+    if local:  # a cluster may add nodes; a local Ray cannot
         res = cfg.resources
         check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)
     run_dir.mkdir(parents=True, exist_ok=True)

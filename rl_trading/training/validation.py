@@ -43,6 +43,11 @@ def episode_equity(env: Any, equity_seen: list[float]) -> np.ndarray:
     raise ValueError("the environment reports no equity curve (episode_summary or infos)")
 
 
+def _obs_batch(obs: dict[str, Any], aids: list[str]) -> np.ndarray:
+    """`[len(aids), obs_dim]` float32 observations of these agents."""
+    return np.stack([np.asarray(obs[a], dtype=np.float32).ravel() for a in aids])
+
+
 class _PolicyActor:
     """Deterministic actions per policy for one step's agents; same-shape MLP policies with
     the same number of agents act as one stacked network (`policies.stacked.StackedActor`)."""
@@ -73,8 +78,7 @@ class _PolicyActor:
             stack = self._stacks.get(group)
             if stack is None:
                 stack = self._stacks[group] = StackedActor([self._modules[p] for p in group])
-            rows = [[np.asarray(obs[a], np.float32).ravel() for a in by_policy[p]] for p in group]
-            batch = np.stack(rows)
+            batch = np.stack([_obs_batch(obs, by_policy[p]) for p in group])
             means = stack(torch.from_numpy(batch)).numpy()
             for pid, acts in zip(group, means, strict=True):
                 env_acts = to_env_action(acts, self._modules[pid].action_space)
@@ -82,8 +86,7 @@ class _PolicyActor:
             done.update(group)
         for pid, aids in by_policy.items():
             if pid not in done:
-                batch = np.stack([np.asarray(obs[a], dtype=np.float32).ravel() for a in aids])
-                acts = compute_actions(self._modules[pid], batch)
+                acts = compute_actions(self._modules[pid], _obs_batch(obs, aids))
                 actions.update({a: acts[i] for i, a in enumerate(aids)})
         return actions
 
