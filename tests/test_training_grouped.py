@@ -187,7 +187,13 @@ def test_stacked_validation_matches_per_policy_validation(monkeypatch):
     }
     for module in modules.values():
         module.eval()
+    calls = []
+    stacked_call = StackedActor.__call__
+    monkeypatch.setattr(
+        StackedActor, "__call__", lambda self, obs: calls.append(1) or stacked_call(self, obs)
+    )
     stacked = validate(factory, "specialists", modules)
+    assert len(calls) == stacked["val_steps"]  # every step acted through the stacked network
     monkeypatch.setattr(validation._PolicyActor, "_groups", lambda self, by_policy: [])
     per_policy = validate(factory, "specialists", modules)
     assert stacked["val_steps"] == per_policy["val_steps"] > 50

@@ -220,6 +220,9 @@ def test_fast_minibatch_iterator_yields_rllib_minibatches():
             for mb in it
         ]
 
+    from rl_trading.training.fast_learner import _plain
+
+    assert all(_plain(b) for b in batch().policy_batches.values())  # the fast path runs
     stock, fast = run(MiniBatchCyclicIterator), run(FastMiniBatchCyclicIterator)
     assert len(fast) == len(stock) > 10
     for got, want in zip(fast, stock, strict=True):
