@@ -32,13 +32,16 @@ __all__ = [
     "annualized_return",
     "calmar_ratio",
     "conditional_value_at_risk",
+    "deflated_sharpe_ratio",
     "diversification",
     "downside_penalty",
     "drawdown_penalty",
     "herfindahl",
     "log_returns",
     "max_drawdown",
+    "expected_max_sharpe",
     "periods_per_year",
+    "probabilistic_sharpe_ratio",
     "profit_factor",
     "sharpe_ratio",
     "simple_returns",
@@ -513,6 +516,105 @@ class RollingSharpeArray(_RollingWindow):
         """Add one return per stream; return r / max(window std, min_std)."""
         self._push(r)
         return r / np.maximum(self.std(), min_std)
+
+
+# --------------------------------------------------------------------------------------------
+# Significance: Probabilistic and Deflated Sharpe Ratio (Bailey & Lopez de Prado 2012, 2014)
+# --------------------------------------------------------------------------------------------
+
+_EULER_GAMMA = 0.5772156649015329
+
+
+def _norm_cdf(x: float) -> float:
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _norm_ppf(p: float) -> float:
+    """Inverse standard normal CDF (Acklam's rational approximation, |error| < 1.2e-9)."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"probability must be in (0, 1), got {p}")
+    a = (-3.969683028665376e01, 2.209460984245205e02, -2.759285104469687e02,
+         1.383577518672690e02, -3.066479806614716e01, 2.506628277459239e00)  # fmt: skip
+    b = (-5.447609879822406e01, 1.615858368580409e02, -1.556989798598866e02,
+         6.680131188771972e01, -1.328068155288572e01)  # fmt: skip
+    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e00,
+         -2.549732539343734e00, 4.374664141464968e00, 2.938163982698783e00)  # fmt: skip
+    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e00,
+         3.754408661907416e00)  # fmt: skip
+    lo = 0.02425
+    if p < lo:
+        q = math.sqrt(-2.0 * math.log(p))
+        num = ((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]
+        return num / ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0)
+    if p > 1.0 - lo:
+        return -_norm_ppf(1.0 - p)
+    q = p - 0.5
+    r = q * q
+    num = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q
+    return num / (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0)
+
+
+def _sharpe_moments(r: np.ndarray) -> tuple[float, float, float]:
+    """Per-period (non-annualised) Sharpe, skewness and (non-excess) kurtosis of `r`."""
+    sd = float(np.std(r, ddof=1)) if r.size > 1 else 0.0
+    if sd <= _EPS:
+        return 0.0, 0.0, 3.0
+    z = (r - r.mean()) / np.std(r)
+    return float(r.mean() / sd), float(np.mean(z**3)), float(np.mean(z**4))
+
+
+def probabilistic_sharpe_ratio(
+    returns: Sequence[float] | np.ndarray, sr_benchmark: float = 0.0
+) -> float:
+    """P(true Sharpe > `sr_benchmark`) given the sample's length, skew and kurtosis.
+
+    Both Sharpes are per period (not annualised). PSR = Phi((SR - SR*) sqrt(T - 1) /
+    sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2)); 0.5 for fewer than three returns or zero variance.
+    """
+    r = _arr(returns)
+    if r.size < 3:
+        return 0.5
+    sr, skew, kurt = _sharpe_moments(r)
+    if sr == 0.0 and float(np.std(r)) <= _EPS:
+        return 0.5
+    denom = 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr * sr
+    denom = math.sqrt(max(denom, _EPS))
+    return float(_norm_cdf((sr - sr_benchmark) * math.sqrt(r.size - 1) / denom))
+
+
+def expected_max_sharpe(n_trials: int, sr_variance: float) -> float:
+    """Expected maximum of `n_trials` per-period Sharpe estimates with true Sharpe 0.
+
+    SR0 = sqrt(V) ((1 - gamma) Phi^-1(1 - 1/N) + gamma Phi^-1(1 - 1/(N e))); 0 for N <= 1.
+    """
+    if n_trials <= 1 or sr_variance <= 0:
+        return 0.0
+    n = float(n_trials)
+    z1 = _norm_ppf(1.0 - 1.0 / n)
+    z2 = _norm_ppf(1.0 - 1.0 / (n * math.e))
+    return float(math.sqrt(sr_variance) * ((1.0 - _EULER_GAMMA) * z1 + _EULER_GAMMA * z2))
+
+
+def deflated_sharpe_ratio(
+    returns: Sequence[float] | np.ndarray,
+    n_trials: int,
+    trial_sharpes: Sequence[float] | np.ndarray | None = None,
+) -> float:
+    """PSR against the Sharpe the best of `n_trials` null strategies would show by luck.
+
+    `trial_sharpes` are the per-period Sharpes of the trials tried (their variance estimates
+    V[SR]); without at least two, V is the null variance of the estimator, 1 / (T - 1).
+    With one trial the DSR equals the PSR against 0.
+    """
+    if n_trials < 1:
+        raise ValueError(f"n_trials must be >= 1, got {n_trials}")
+    r = _arr(returns)
+    if r.size < 3:
+        return 0.5
+    ts = None if trial_sharpes is None else _arr(trial_sharpes)
+    have_trials = ts is not None and ts.size >= 2
+    var = float(np.var(ts, ddof=1)) if have_trials else 1.0 / (r.size - 1)
+    return probabilistic_sharpe_ratio(r, expected_max_sharpe(n_trials, var))
 
 
 # --------------------------------------------------------------------------------------------

@@ -181,3 +181,34 @@ def test_summarize_keys_and_values():
     assert s["total_return"] == pytest.approx(0.04)
     assert s["turnover"] == pytest.approx(0.5)
     assert s["n_periods"] == 3 and s["final_equity"] == 104.0
+
+
+def test_psr_and_dsr_match_the_papers_formulas():
+    """PSR/DSR by hand from Bailey & Lopez de Prado's formulas; more trials deflate more."""
+    import math
+
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    r = rng.normal(0.001, 0.01, 500)
+    sr = r.mean() / r.std(ddof=1)
+    g3, g4 = stats.skew(r), stats.kurtosis(r, fisher=False)
+    want = stats.norm.cdf(
+        sr * math.sqrt(r.size - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr**2)
+    )
+    assert m.probabilistic_sharpe_ratio(r) == pytest.approx(want, rel=1e-9)
+    var = 0.002
+    e = 0.5772156649015329
+    sr0 = math.sqrt(var) * (
+        (1 - e) * stats.norm.ppf(1 - 1 / 100) + e * stats.norm.ppf(1 - 1 / (100 * math.e))
+    )
+    assert m.expected_max_sharpe(100, var) == pytest.approx(sr0, rel=1e-8)
+    trials = rng.normal(0, math.sqrt(var), 100)
+    dsr = m.deflated_sharpe_ratio(r, 100, trials)
+    v = np.var(trials, ddof=1)
+    assert dsr == pytest.approx(m.probabilistic_sharpe_ratio(r, m.expected_max_sharpe(100, v)))
+    assert m.deflated_sharpe_ratio(r, 1) == pytest.approx(m.probabilistic_sharpe_ratio(r))
+    assert m.deflated_sharpe_ratio(r, 1000) < m.deflated_sharpe_ratio(r, 10) < want
+    # a null strategy's DSR over many trials is far from significant
+    null = rng.normal(0, 0.01, 500)
+    assert m.deflated_sharpe_ratio(null, 50) < 0.95
