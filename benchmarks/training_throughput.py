@@ -313,7 +313,7 @@ def default_phase1(args) -> None:
     from rl_trading.data import load_market
     from rl_trading.training.algo_config import phase_iterations
     from rl_trading.training.env_bridge import hierarchical_factory
-    from rl_trading.training.fast_learner import FastPPOTorchLearner
+    from rl_trading.training.fast.learner import FastPPOTorchLearner
 
     default = _default_cfg()
     total_steps = default.phases.phase1_timesteps

@@ -19,7 +19,7 @@ from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
-from rl_trading.training.determinism import install as _install_agent_order
+from rl_trading.training.fast.determinism import install as _install_agent_order
 
 # every process building these modules (env runners, learners) samples / learns in a
 # hash-seed independent agent order

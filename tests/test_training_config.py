@@ -165,7 +165,7 @@ def test_shared_specialist_policy_and_sac(ray_session, bars):
 
 @pytest.mark.rllib
 def test_bf16_learner_runs_forward_in_bfloat16(ray_session, bars):
-    from rl_trading.training.bf16_learner import BF16PPOTorchLearner
+    from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
 
     class CPUBF16(BF16PPOTorchLearner):
         cpu_autocast = True  # no GPU here: force the autocast path on CPU

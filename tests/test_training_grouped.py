@@ -16,8 +16,8 @@ from rl_trading.config import PolicyConfig
 from rl_trading.data import split_by_time, synthetic_market
 from rl_trading.training.algo_config import build_phase_config
 from rl_trading.training.env_bridge import hierarchical_factory
-from rl_trading.training.fast_learner import step_jointly
-from rl_trading.training.grouped_learner import GroupedPPOTorchLearner
+from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
+from rl_trading.training.fast.learner import step_jointly
 from rl_trading.training.validation import validate
 
 OBS = gym.spaces.Box(-5.0, 5.0, (12,), np.float32)
@@ -204,7 +204,7 @@ def test_stacked_validation_matches_per_policy_validation(monkeypatch):
 def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
     """A held stack's Adam step equals each module's own fused Adam step (same gradients,
     state carried in and out); optimizers with other settings are not held together."""
-    from rl_trading.training.grouped_learner import HeldStack
+    from rl_trading.training.fast.grouped_learner import HeldStack
 
     def setup() -> tuple[list, list]:
         modules = _modules(3)

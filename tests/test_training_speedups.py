@@ -20,8 +20,8 @@ from rl_trading.config import AppConfig
 from rl_trading.data import split_by_time, synthetic_market
 from rl_trading.training.algo_config import build_phase_config
 from rl_trading.training.env_bridge import hierarchical_factory
-from rl_trading.training.fast_env_runner import FastMultiAgentEnvRunner
-from rl_trading.training.fast_learner import FastPPOTorchLearner
+from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner
+from rl_trading.training.fast.learner import FastPPOTorchLearner
 
 SYMBOLS = ["AAA", "BBB"]
 
@@ -106,7 +106,7 @@ def test_fast_action_connector_matches_rllib():
     values and dtypes as RLlib's connector, on copies (the sampled actions stay as they were)."""
     from gymnasium import spaces
 
-    from rl_trading.training.fast_env_runner import FastNormalizeAndClipActions
+    from rl_trading.training.fast.env_runner import FastNormalizeAndClipActions
 
     act_space = spaces.Dict(
         {
@@ -198,7 +198,7 @@ def test_fast_minibatch_iterator_yields_rllib_minibatches():
     from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
     from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 
-    from rl_trading.training.fast_learner import FastMiniBatchCyclicIterator
+    from rl_trading.training.fast.learner import FastMiniBatchCyclicIterator
 
     def batch() -> MultiAgentBatch:
         rng = np.random.default_rng(0)
@@ -220,7 +220,7 @@ def test_fast_minibatch_iterator_yields_rllib_minibatches():
             for mb in it
         ]
 
-    from rl_trading.training.fast_learner import _plain
+    from rl_trading.training.fast.learner import _plain
 
     assert all(_plain(b) for b in batch().policy_batches.values())  # the fast path runs
     stock, fast = run(MiniBatchCyclicIterator), run(FastMiniBatchCyclicIterator)

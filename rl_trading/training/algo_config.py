@@ -13,9 +13,9 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from policies import module_spec
 from policies.base import GREEDY_KEY
 from rl_trading.config import AppConfig
-from rl_trading.training.determinism import install as install_agent_order
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
-from rl_trading.training.fast_env_runner import FastMultiAgentEnvRunner
+from rl_trading.training.fast.determinism import install as install_agent_order
+from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner
 from rl_trading.training.mapping import (
     META,
     PHASE_MODES,
@@ -90,7 +90,7 @@ def build_phase_config(
     Phase 3 gives specialists `phases.specialist_lr` and meta `phases.meta_lr` through
     per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`).
     """
-    install_agent_order()  # the driver's local env runner / learner (see determinism.py)
+    install_agent_order()  # the driver's local env runner / learner (see fast/determinism.py)
     phase = phase_number(phase)
     mode = PHASE_MODES[phase]
     sac = cfg.phases.algorithm == "sac"
@@ -116,7 +116,7 @@ def build_phase_config(
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
             custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
-            # RLlib's runner with batched step counters (same episodes, see fast_env_runner)
+            # RLlib's runner with batched step counters (same episodes, see fast/env_runner.py)
             env_runner_cls=FastMultiAgentEnvRunner,
         )
         .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
@@ -167,11 +167,11 @@ def build_phase_config(
             num_epochs=ppo.num_epochs,
         )
         if res.precision == "bf16":
-            from rl_trading.training.bf16_learner import BF16PPOTorchLearner
+            from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
 
             config = config.learners(learner_class=BF16PPOTorchLearner)
         else:  # RLlib's PPO loss; same-shape MLP policies updated as one stacked network
-            from rl_trading.training.grouped_learner import GroupedPPOTorchLearner
+            from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
 
             config = config.learners(learner_class=GroupedPPOTorchLearner)
     if phase == 3:

@@ -34,7 +34,7 @@ from ray.rllib.evaluation.postprocessing import Postprocessing
 from ray.rllib.utils.numpy import SMALL_NUMBER
 
 from policies.stacked import stack_signature, stacked_forward_train
-from rl_trading.training.fast_learner import ADAM_SETTINGS, FastPPOTorchLearner, plain_adam
+from rl_trading.training.fast.learner import ADAM_SETTINGS, FastPPOTorchLearner, plain_adam
 
 logger = logging.getLogger(__name__)
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal

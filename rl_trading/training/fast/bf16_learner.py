@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from ray.rllib.core.columns import Columns
 
-from rl_trading.training.fast_learner import FastPPOTorchLearner
+from rl_trading.training.fast.learner import FastPPOTorchLearner
 
 logger = logging.getLogger(__name__)
 
