@@ -65,9 +65,10 @@ def align(
     """Put every instrument on one common index under an explicit gap policy.
 
     ffill: union index; a missing bar repeats the last close as open/high/low/close with volume 0
-    for up to `max_ffill` consecutive bars; rows still missing for any symbol are dropped. Every
-    frame then carries a bool column `filled` (FILLED_COLUMN), True on forward-filled bars (an
-    incoming `filled` column is kept, so aligning aligned bars again loses no mark).
+    for up to `max_ffill` consecutive bars; rows still missing for any symbol are dropped. A frame
+    with filled bars carries a bool column `filled` (FILLED_COLUMN), True on them; a frame
+    without the column has none (an incoming `filled` column is kept, so aligning aligned bars
+    again loses no mark).
     inner / drop: keep only timestamps every symbol has (identical results; two names kept for
     configs; an incoming `filled` column is kept). With `report=True` returns (bars,
     AlignReport).
@@ -102,7 +103,8 @@ def align(
         for symbol, frame in out.items():
             rep.filled[symbol] = int((fills[symbol] & keep).sum())
             out[symbol] = frame[keep].astype("float64")
-            out[symbol][FILLED_COLUMN] = marks[symbol][keep]
+            if marks[symbol][keep].any() or FILLED_COLUMN in bars_by_symbol[symbol].columns:
+                out[symbol][FILLED_COLUMN] = marks[symbol][keep]
         rep.dropped = int((~keep).sum())
     else:
         common = indexes[0]
