@@ -21,12 +21,14 @@ from rl_trading.data.features import (
     compute_features,
     signal_columns,
 )
+from rl_trading.data.resample import FILLED_COLUMN
 from rl_trading.errors import ConfigError
 
 __all__ = [
     "InstrumentArrays",
     "RewardShaper",
     "check_bars",
+    "env_periods_per_year",
     "prepare_instrument",
     "resolve_config",
 ]
@@ -87,6 +89,18 @@ class InstrumentArrays:
     close: np.ndarray  # (T,) float64
     features: np.ndarray  # (T, F) float32, C-contiguous; rows < WARMUP_BARS are 0
     scaler: FeatureScaler
+    low: np.ndarray  # (T,) float64
+    high: np.ndarray  # (T,) float64
+    real: np.ndarray  # (T,) bool: False on forward-filled bars (align's `filled`), no fills
+
+
+def env_periods_per_year(cfg: AppConfig) -> float:
+    """Bars per year both envs annualise with (volatility observations, borrow cost, summaries).
+
+    The one place the envs take their calendar from (today cfg.data.timeframe on
+    rl_trading.metrics' default calendar).
+    """
+    return metrics.periods_per_year(cfg.data.timeframe)
 
 
 def prepare_instrument(
@@ -109,12 +123,19 @@ def prepare_instrument(
         extra = bars[signals].to_numpy(dtype=np.float32) - np.float32(SIGNAL_NEUTRAL)
         scaled = np.concatenate([scaled, np.nan_to_num(extra, nan=0.0)], axis=1)
     scaled = np.ascontiguousarray(scaled, dtype=np.float32)
+    if FILLED_COLUMN in bars.columns:
+        real = ~bars[FILLED_COLUMN].to_numpy(dtype=bool)
+    else:
+        real = np.ones(len(bars), dtype=bool)
     return InstrumentArrays(
         symbol=symbol,
         open=bars["open"].to_numpy(dtype=np.float64).copy(),
         close=bars["close"].to_numpy(dtype=np.float64).copy(),
         features=scaled,
         scaler=scaler,
+        low=bars["low"].to_numpy(dtype=np.float64).copy(),
+        high=bars["high"].to_numpy(dtype=np.float64).copy(),
+        real=np.ascontiguousarray(real),
     )
 
 

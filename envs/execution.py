@@ -10,6 +10,21 @@ fill price is ``open x (1 +- (slippage_bps + spread_bps / 2) / 10_000)``). Posit
 in units; shorts hold negative units and receive the sale proceeds in cash, so
 ``equity = cash + sum(units x price)`` always holds. The functions work on Python floats (single
 env, fastest) and on numpy arrays (hierarchical env, one element per instrument).
+
+Forward-filled bars (align's ``filled`` column: no trade happened) never fill anything: an
+order for such a bar waits, unchanged, for the instrument's next real bar (the latest target
+is what fills there), and stop-losses do not fire on them. The position is still marked at
+their (repeated) close.
+
+Stop-losses (``stop_loss_pct`` s > 0) are resting orders at the level ``entry x (1 - s)`` for a
+long, ``entry x (1 + s)`` for a short (`stop_level`). After the open's fills, a position whose
+bar trades through the level (low <= level for a long, high >= level for a short) is closed at
+the level, or at the open when the bar gapped through it (the worse price for the holder:
+min(level, open) for a long, max(level, open) for a short), paying the same cost rate.
+
+Borrow cost (``borrow_bps_per_year`` b): every bar, short positions pay
+``|short notional at the open, after its fills| x b / 10_000 / periods_per_year`` in cash
+(`borrow_rate`), with periods_per_year from ``envs.common.env_periods_per_year``.
 """
 
 from __future__ import annotations
@@ -19,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CostModel", "rebalance", "stop_loss_hit"]
+__all__ = ["CostModel", "borrow_rate", "rebalance", "stop_level", "stop_loss_fill"]
 
 
 @dataclass(frozen=True)
@@ -70,15 +85,33 @@ def rebalance(units: Any, cash: float, target_units: Any, price: Any, rate: floa
     return target_units, new_cash, cost, traded
 
 
-def stop_loss_hit(units: Any, price: Any, entry_price: Any, stop_loss_pct: float) -> Any:
-    """Whether a position has lost at least `stop_loss_pct` of its entry notional.
+def stop_level(units: Any, entry_price: Any, stop_loss_pct: float) -> Any:
+    """The stop price of a position: entry x (1 - s) for a long, entry x (1 + s) for a short."""
+    return entry_price * (1.0 - stop_loss_pct * np.sign(units))
 
-    Tests ``sign(units) x (price / entry - 1) <= -stop_loss_pct`` without dividing, as
-    ``units x (price - entry) <= -stop x |units| x entry``; flat positions never hit, a 0 stop
-    is off. Floats in -> bool out; arrays in -> boolean array out.
+
+def stop_loss_fill(
+    units: Any, entry_price: Any, open_: Any, low: Any, high: Any, stop_loss_pct: float
+) -> tuple[Any, Any]:
+    """(hit, fill price) of the stop-loss within one bar (see the module docstring).
+
+    A long is hit when low <= level and fills at min(level, open); a short when high >= level
+    and fills at max(level, open). Flat positions never hit; a 0 stop is off. Floats in ->
+    (bool, float); arrays in -> (bool array, float array).
     """
+    level = stop_level(units, entry_price, stop_loss_pct)
     if stop_loss_pct <= 0:
-        return np.zeros(np.shape(units), dtype=bool) if isinstance(units, np.ndarray) else False
-    return (units * (price - entry_price) <= -stop_loss_pct * abs(units) * entry_price) & (
-        units != 0
-    )
+        hit = np.zeros(np.shape(units), dtype=bool) if isinstance(units, np.ndarray) else False
+        return hit, level
+    hit = ((units > 0) & (low <= level)) | ((units < 0) & (high >= level))
+    price = np.where(units > 0, np.minimum(level, open_), np.maximum(level, open_))
+    if not isinstance(units, np.ndarray):
+        return bool(hit), float(price)
+    return hit, price
+
+
+def borrow_rate(borrow_bps_per_year: float, periods_per_year: float) -> float:
+    """Borrow cost per bar as a fraction of the short notional: bps / 10_000 / bars per year."""
+    if borrow_bps_per_year < 0:
+        raise ValueError(f"borrow_bps_per_year must be >= 0, got {borrow_bps_per_year}")
+    return borrow_bps_per_year * 1e-4 / periods_per_year

@@ -2,7 +2,9 @@
 
 Agents: ``specialist_<SYMBOL>`` for each instrument and ``meta``. One shared capital
 (cfg.env.initial_capital), fee cfg.env.transaction_cost, same execution model as TradingEnv
-(envs.execution: target chosen at bar t filled at bar t+1's open, marked at its close).
+(envs.execution: target chosen at bar t filled at bar t+1's open, marked at its close; no fills
+on an instrument's forward-filled bars, its order waits for its next real bar; stop-losses on
+the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_per_year).
 
 * Specialist i observes its instrument's feature window (flattened) + ``[exposure / max
   position, own proposal, unrealised P&L, bars in position / 100, meta weight]`` and acts
@@ -49,8 +51,8 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from pettingzoo.utils import parallel_to_aec
 
-from envs.common import RewardShaper, prepare_instrument, resolve_config
-from envs.execution import CostModel
+from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
+from envs.execution import CostModel, borrow_rate
 from envs.risk import RiskModel, rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
@@ -133,6 +135,11 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._feat_rows = self._feat_all.reshape(n, -1)
         self._open = np.ascontiguousarray(np.stack([a.open for a in arrays], axis=1))
         self._close = np.ascontiguousarray(np.stack([a.close for a in arrays], axis=1))
+        self._lows = np.ascontiguousarray(np.stack([a.low for a in arrays], axis=1))
+        self._highs = np.ascontiguousarray(np.stack([a.high for a in arrays], axis=1))
+        # (T, n) bool: False on forward-filled bars (no fills, no stops there)
+        self._real = np.ascontiguousarray(np.stack([a.real for a in arrays], axis=1))
+        self._all_real = bool(self._real.all())
         self.n_bars = t_len = self._open.shape[0]
         rets = np.zeros((t_len, n))
         rets[1:] = self._close[1:] / self._close[:-1] - 1.0
@@ -158,7 +165,8 @@ class HierarchicalTradingEnv(ParallelEnv):
             ecfg.max_sector_allocation,
             sector_ids,
         )
-        ppy = metrics.periods_per_year(self.cfg.data.timeframe)
+        self.periods_per_year = ppy = env_periods_per_year(self.cfg)
+        self._borrow = borrow_rate(ecfg.borrow_bps_per_year, ppy)
         self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
         iu = np.triu_indices(n, 1)
         self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
@@ -205,7 +213,10 @@ class HierarchicalTradingEnv(ParallelEnv):
         k = _kernel_module()
         n, risk = self.n, self.risk
         mean_vol = np.broadcast_to(self._mean_vol[:, None], (self.n_bars, n))
-        parts = (self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol)
+        parts = (
+            self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol,
+            self._lows, self._highs, self._real.astype(np.float64),
+        )  # fmt: skip
         self._k_market = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
         self._k_cov = np.ascontiguousarray(risk.cov, dtype=np.float64)
         self._k_corr = np.ascontiguousarray(risk.corr, dtype=np.float64)
@@ -230,6 +241,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[k.P_DIV_BONUS] = self.div_bonus
         par[k.P_CAPITAL] = self.capital
         par[k.P_META] = float(self.mode != "specialists")
+        par[k.P_BORROW] = self._borrow
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
 
@@ -285,6 +297,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._spec_stats = metrics.RollingSharpeArray(self.cfg.env.risk_window, n)
         self._totals = {
             "costs": 0.0,
+            "borrow_costs": 0.0,
             "stop_losses": 0,
             "sector_scaledowns": 0,
             "correlation_scaledowns": 0,
@@ -433,8 +446,10 @@ class HierarchicalTradingEnv(ParallelEnv):
         if not self.use_kernels:
             return dict(self._totals)
         c = self._k_cnt.tolist()
+        k = _kernel_module()
         return {
-            "costs": float(self._k_sc[5]),  # kernels.S_COSTS
+            "costs": float(self._k_sc[k.S_COSTS]),
+            "borrow_costs": float(self._k_sc[k.S_BORROWS]),
             "stop_losses": c[0],
             "sector_scaledowns": c[1],
             "correlation_scaledowns": c[2],
@@ -549,8 +564,12 @@ class HierarchicalTradingEnv(ParallelEnv):
             totals["correlation_scaledowns"] += n_corr
             totals["var_scaledowns"] += n_var
 
-        # execution at the next open: trade only instruments whose target changed
+        # execution at the next open: trade only instruments whose target changed, on real bars
+        # (an order for a forward-filled bar waits: its target stays unexecuted)
         changed = x != self._target_x
+        real = self._real[t1]
+        if not self._all_real:
+            changed &= real
         n_changed = np.count_nonzero(changed)
         cost = 0.0
         if n_changed:
@@ -572,16 +591,29 @@ class HierarchicalTradingEnv(ParallelEnv):
             entry = new_entry
             self._bars_in = self._bars_in * same_side  # bar counts are >= 0: where(.., 0.0)
             units = new_units
-            self._target_x = x
+            self._target_x = x if self._all_real else np.where(real, x, self._target_x)
 
-        # stop-loss at the close (envs.execution.stop_loss_hit, inlined)
+        # borrow cost of the shorts held from this open (envs.execution.borrow_rate)
+        borrow = 0.0
+        if self._borrow:
+            short = np.minimum(units, 0.0)
+            if np.count_nonzero(short):
+                borrow = -float(short @ opn) * self._borrow
+                cash -= borrow
+                totals["borrow_costs"] += borrow
+
+        # stop-loss within the bar (envs.execution.stop_loss_fill, inlined): low / high
         if self.stop_loss_pct > 0:
-            hit = (units * (cls - entry) <= -self.stop_loss_pct * np.abs(units) * entry) & (
-                units != 0
+            level = entry * (1.0 - self.stop_loss_pct * np.sign(units))
+            hit = ((units > 0.0) & (self._lows[t1] <= level)) | (
+                (units < 0.0) & (self._highs[t1] >= level)
             )
+            if not self._all_real:
+                hit &= real
             if np.count_nonzero(hit):
-                sl_cost = float(np.abs(units[hit]) @ cls[hit]) * rate
-                cash += float(units[hit] @ cls[hit]) - sl_cost
+                px = np.where(units > 0.0, np.minimum(level, opn), np.maximum(level, opn))[hit]
+                sl_cost = float(np.abs(units[hit]) @ px) * rate
+                cash += float(units[hit] @ px) - sl_cost
                 cost += sl_cost
                 units = np.where(hit, 0.0, units)
                 entry = np.where(hit, 0.0, entry)
@@ -597,8 +629,8 @@ class HierarchicalTradingEnv(ParallelEnv):
             self._peak = equity
         totals["costs"] += cost
 
-        # VaR compliance: realised loss before costs vs the VaR of the post-trade book
-        breach = eq_prev > 0 and (eq_prev - equity - cost) / eq_prev > var_after + 1e-12
+        # VaR compliance: realised loss before costs (trading and borrow) vs the VaR of the book
+        breach = eq_prev > 0 and (eq_prev - equity - cost - borrow) / eq_prev > var_after + 1e-12
         if breach:
             totals["var_breaches"] += 1
         self._var_est = var_after
@@ -683,7 +715,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         _, equity, _, var_after, cost, _, div_term, breach = vals[:8]
         self._equity = equity
         self._var_est = var_after
-        rewards = dict(zip(self.specialists, vals[8:], strict=True))
+        rewards = dict(zip(self.specialists, vals[_kernel_module().N_SC :], strict=True))
         meta_r = self.reward_fn(eq_prev, equity, cost)
         if self.mode != "specialists":
             if self.risk_penalty:
@@ -726,13 +758,13 @@ class HierarchicalTradingEnv(ParallelEnv):
         Keys: equity (steps+1,), weights (steps+1, n+1; last column cash), exposures
         (steps+1, n; signed fractions of equity after each bar), costs (per step), var_estimates
         and var_breaches (per step), timestamps, symbols, totals (costs, stop-losses,
-        scale-downs, breaches), var_compliance and metrics (periods_per_year defaults to
-        cfg.data.timeframe, 24h calendar).
+        scale-downs, breaches, borrow costs), var_compliance and metrics (periods_per_year
+        defaults to the env's own, envs.common.env_periods_per_year).
         """
         s = self._steps + 1
         equity, weights, expo, costs, var_est = self._history(s)
         totals = self._current_totals()
-        ppy = periods_per_year if periods_per_year is not None else self.cfg.data.timeframe
+        ppy = periods_per_year if periods_per_year is not None else self.periods_per_year
         return {
             "equity": equity,
             "weights": weights,
@@ -744,6 +776,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             "symbols": list(self.symbols),
             "totals": totals,
             "total_costs": float(totals["costs"]),
+            "borrow_costs": float(totals["borrow_costs"]),
             "stop_losses": int(totals["stop_losses"]),
             "var_compliance": metrics.var_compliance_rate(self._h_breach[1:s]),
             "metrics": metrics.summarize(equity, expo, periods_per_year=ppy),

@@ -1,7 +1,9 @@
 """Numba kernels of the hierarchical env's per-step portfolio arithmetic (optional fast path).
 
 One call of :func:`step` does what ``HierarchicalTradingEnv.step`` does with ~100 small numpy
-calls: risk limits (envs.risk), fills and costs (envs.execution), stop-losses, equity, the
+calls: risk limits (envs.risk), fills and costs (envs.execution: no fills on forward-filled
+bars, borrow cost of shorts, stop-losses on the bar's low / high at the level or the gap open),
+equity, the
 specialists' rolling-Sharpe rewards (rl_trading.metrics.RollingSharpeArray), the
 diversification term of the meta reward, the history row and both observations, in place on
 preallocated float64 arrays. Sums use numpy's pairwise summation (bit-identical to
@@ -24,11 +26,15 @@ MAX_INSTRUMENTS = 128  # _pairwise reproduces numpy up to 128 items (one block)
 
 # par: float64 parameters
 P_MAX_POS, P_STOP, P_RATE, P_MAX_VAR, P_Z, P_MAX_CORR, P_MAX_SECTOR = 0, 1, 2, 3, 4, 5, 6
-P_USE_CORR, P_N_SECTORS, P_DIV_BONUS, P_CAPITAL, P_META = 7, 8, 9, 10, 11
-N_PAR = 12
+P_USE_CORR, P_N_SECTORS, P_DIV_BONUS, P_CAPITAL, P_META, P_BORROW = 7, 8, 9, 10, 11, 12
+N_PAR = 13
 # sc: float64 scalars, then the n specialist rewards of the last step
 S_CASH, S_EQUITY, S_PEAK, S_VAR, S_COST, S_COSTS, S_DIV, S_BREACH = 0, 1, 2, 3, 4, 5, 6, 7
-N_SC = 8
+S_BORROW, S_BORROWS = 8, 9
+N_SC = 10
+# mk: market rows of bar t (T, N_MK, n)
+M_OPEN, M_CLOSE, M_GAP, M_INTRA, M_VOL_FLOOR, M_MEAN_VOL, M_LOW, M_HIGH, M_REAL = range(9)
+N_MK = 9
 # cnt: int64 counters (the first five in the order of the env's totals) and ring-buffer state
 C_STOP, C_SECTOR, C_CORR, C_VAR, C_BREACH, C_RS_I, C_RS_N = 0, 1, 2, 3, 4, 5, 6
 N_CNT = 7
@@ -190,10 +196,10 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
         var_after = max_var
         cnt[C_VAR] += 1
 
-    # ---- execution at the next open (only instruments whose target changed)
+    # ---- execution at the next open (only instruments whose target changed, on real bars)
     n_changed = 0
     for i in range(n):
-        if x[i] != target[i]:
+        if x[i] != target[i] and mk[t1, M_REAL, i] != 0.0:
             n_changed += 1
     cost = 0.0
     if n_changed:
@@ -207,7 +213,8 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
         flow = 0.0
         for i in range(n):
             opn = mk[t1, 0, i]
-            new_units[i] = x[i] * (cap / opn) if x[i] != target[i] else units[i]
+            trade = x[i] != target[i] and mk[t1, M_REAL, i] != 0.0
+            new_units[i] = x[i] * (cap / opn) if trade else units[i]
             delta = new_units[i] - units[i]
             traded += abs(delta) * opn
             flow += delta * opn
@@ -223,9 +230,25 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
                 entry[i] = opn if nu != 0.0 else 0.0
                 bars[i] = bars[i] * 0.0
             units[i] = nu
-            target[i] = x[i]
+            if mk[t1, M_REAL, i] != 0.0:
+                target[i] = x[i]
 
-    # ---- stop-loss at the close
+    # ---- borrow cost of the shorts held from this open
+    borrow = 0.0
+    if par[P_BORROW] != 0.0:
+        n_short = 0
+        acc = 0.0
+        for i in range(n):
+            if units[i] < 0.0:
+                n_short += 1
+            acc += (units[i] if units[i] < 0.0 else 0.0) * mk[t1, 0, i]
+        if n_short:
+            borrow = -acc * par[P_BORROW]
+            cash -= borrow
+            sc[S_BORROWS] += borrow
+    sc[S_BORROW] = borrow
+
+    # ---- stop-loss within the bar: low / high reach the level; fill at it or the gap open
     stop = par[P_STOP]
     if stop > 0:
         n_hit = 0
@@ -233,11 +256,21 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
         sl_value = 0.0
         for i in range(n):
             u = units[i]
-            cls = mk[t1, 1, i]
-            if u * (cls - entry[i]) <= -stop * abs(u) * entry[i] and u != 0:
+            if u == 0.0 or mk[t1, M_REAL, i] == 0.0:
+                continue
+            opn = mk[t1, 0, i]
+            if u > 0.0:
+                level = entry[i] * (1.0 - stop)
+                hit = mk[t1, M_LOW, i] <= level
+                px = level if level <= opn else opn
+            else:
+                level = entry[i] * (1.0 + stop)
+                hit = mk[t1, M_HIGH, i] >= level
+                px = level if level >= opn else opn
+            if hit:
                 n_hit += 1
-                sl_traded += abs(u) * cls
-                sl_value += u * cls
+                sl_traded += abs(u) * px
+                sl_value += u * px
                 units[i] = 0.0
                 entry[i] = 0.0
                 bars[i] = 0.0
@@ -258,7 +291,7 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
         sc[S_PEAK] = equity
     sc[S_COSTS] += cost
     sc[S_COST] = cost
-    breach = eq_prev > 0 and (eq_prev - equity - cost) / eq_prev > var_after + 1e-12
+    breach = eq_prev > 0 and (eq_prev - equity - cost - borrow) / eq_prev > var_after + 1e-12
     if breach:
         cnt[C_BREACH] += 1
     sc[S_BREACH] = 1.0 if breach else 0.0

@@ -1,11 +1,12 @@
 """RLlib registration of the environments and the plain-data `env_config` they are built from.
 
 `make_env_config` packs everything an env runner needs into picklable plain data: the config
-as a dict, each instrument's bars as numpy arrays (int64 ns timestamps + float64 OHLCV, about
-40 bytes per bar and instrument: 8 instruments x 20,000 bars ~ 6.4 MB), the fitted feature
-scalers as dicts, the mode and flags. `env_creator` rebuilds the env from it. The hierarchical
-env is wrapped in RLlib's ParallelPettingZooEnv with ``meta_obs_every_step=False`` by default,
-so with meta_interval k > 1 the meta only appears on the steps where it acts.
+as a dict, each instrument's bars as numpy arrays (int64 ns timestamps + float64 OHLCV, then
+any `sig_*` columns and align's `filled` marks as 1.0 / 0.0; about 40 bytes per bar and
+instrument: 8 instruments x 20,000 bars ~ 6.4 MB), the fitted feature scalers as dicts, the
+mode and flags. `env_creator` rebuilds the env from it. The hierarchical env is wrapped in
+RLlib's ParallelPettingZooEnv with ``meta_obs_every_step=False`` by default, so with
+meta_interval k > 1 the meta only appears on the steps where it acts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 
 from rl_trading.config import AppConfig
 from rl_trading.data.features import FeatureScaler, signal_columns
+from rl_trading.data.resample import FILLED_COLUMN
 
 __all__ = [
     "HIERARCHICAL_ENV_NAME",
@@ -39,6 +41,8 @@ def _pack_bars(frame: pd.DataFrame) -> dict[str, Any]:
     index = pd.DatetimeIndex(frame.index)
     tz = str(index.tz) if index.tz is not None else None
     columns = _COLUMNS + signal_columns(frame)
+    if FILLED_COLUMN in frame.columns:  # forward-filled bars (no fills there): 1.0 / 0.0
+        columns.append(FILLED_COLUMN)
     return {
         "index": index.as_unit("ns").asi8.copy(),
         "tz": tz,
@@ -53,7 +57,10 @@ def _unpack_bars(packed: Mapping[str, Any]) -> pd.DataFrame:
         index = index.tz_localize("UTC").tz_convert(packed["tz"])
     index = index.rename("timestamp")
     columns = list(packed.get("columns") or _COLUMNS)
-    return pd.DataFrame(np.asarray(packed["values"]), index=index, columns=columns)
+    frame = pd.DataFrame(np.asarray(packed["values"]), index=index, columns=columns)
+    if FILLED_COLUMN in frame.columns:
+        frame[FILLED_COLUMN] = frame[FILLED_COLUMN].to_numpy() != 0.0
+    return frame
 
 
 def make_env_config(

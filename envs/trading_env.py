@@ -7,8 +7,11 @@ unrealised P&L as a fraction of entry notional; bars in position / 100).
 Action: discrete {short, flat, long} ({flat, long} without shorting) or a continuous target
 in [-1, 1] ([0, 1] without shorting). The target is filled at bar t+1's open (envs.execution):
 units = target x max_position_size x equity / open. The position is only traded when the
-target changes (or a stop-loss fired). After marking at bar t+1's close a position that lost
-`stop_loss_pct` of its entry notional is closed at that close (costs paid, info["stop_loss"]).
+target changes (or a stop-loss fired), and never on a forward-filled bar (the order waits for
+the next real bar). A stop-loss (`stop_loss_pct` of the entry price) fires when bar t+1's low
+(high for a short) reaches its level and fills at the level or the gap open, whichever is worse
+(costs paid, info["stop_loss"]). Shorts pay `borrow_bps_per_year` every bar (info
+"borrow_cost"). All of it: envs.execution.
 Training episodes start at a random bar and last `episode_length` steps; eval_mode makes one
 sequential pass over all bars. Capital is cfg.train.initial_balance, fee cfg.train.trading_fee.
 """
@@ -22,8 +25,8 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
-from envs.common import RewardShaper, prepare_instrument, resolve_config
-from envs.execution import CostModel
+from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
+from envs.execution import CostModel, borrow_rate
 from rl_trading import metrics
 from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler
@@ -64,6 +67,8 @@ class TradingEnv(gym.Env):
         self.random_start = bool(ecfg.random_start)
         self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
+        self.periods_per_year = env_periods_per_year(self.cfg)
+        self._borrow = borrow_rate(ecfg.borrow_bps_per_year, self.periods_per_year)
         self.reward_fn = RewardShaper(self.cfg.reward)
 
         data = prepare_instrument(bars, scaler, symbol="bars")
@@ -78,6 +83,8 @@ class TradingEnv(gym.Env):
         self._n_feat = n_feat
         # Python lists: scalar indexing gives Python floats (much faster arithmetic in step())
         self._open_l, self._close_l = data.open.tolist(), data.close.tolist()
+        self._low_l, self._high_l = data.low.tolist(), data.high.tolist()
+        self._real_l = data.real.tolist()
         rc = self.cfg.reward
         self._plain_log = (
             rc.kind == "log_return"
@@ -117,6 +124,7 @@ class TradingEnv(gym.Env):
         self._equity = self.initial_balance
         self._steps = 0
         self._total_costs = 0.0
+        self._total_borrow = 0.0
         self._stop_losses = 0
         self._trades = 0
         self._equity_hist = [self.initial_balance]
@@ -161,6 +169,8 @@ class TradingEnv(gym.Env):
             "fill_units": fill_units,
             "cost": cost,
             "total_costs": self._total_costs,
+            "borrow_cost": 0.0,
+            "total_borrow_costs": self._total_borrow,
             "stop_loss": stopped,
             "stop_losses": self._stop_losses,
             "bar": self._t,
@@ -186,7 +196,8 @@ class TradingEnv(gym.Env):
         cash = self._cash
         cost = 0.0
         fill = 0.0
-        if target != self._target:
+        real = self._real_l[t1]
+        if target != self._target and real:
             eq_open = cash + units * price_open
             new_units = target * self.max_position * max(eq_open, 0.0) / price_open
             fill = new_units - units
@@ -201,22 +212,22 @@ class TradingEnv(gym.Env):
             units = new_units
             self._target = target
             self._trades += 1
+        borrow = 0.0
+        if units < 0.0 and self._borrow:
+            borrow = -units * price_open * self._borrow
+            cash -= borrow
+            self._total_borrow += borrow
         stopped = False
-        sl = self.stop_loss_pct
-        # envs.execution.stop_loss_hit / rebalance inlined (same arithmetic, Python floats)
-        if (
-            units != 0.0
-            and sl > 0
-            and (units * (price_close - self._entry) <= -sl * abs(units) * self._entry)
-        ):
-            delta = 0.0 - units
-            sl_cost = abs(delta) * price_close * self._rate
-            cash = cash - delta * price_close - sl_cost
-            cost += sl_cost
-            fill -= units
-            units, self._entry, self._bars_in_pos, self._target = 0.0, 0.0, 0, 0.0
-            stopped = True
-            self._stop_losses += 1
+        if units != 0.0 and self.stop_loss_pct > 0 and real:
+            stop_px = self._stop_loss(units, t1)
+            if stop_px is not None:  # envs.execution.rebalance to flat, inlined
+                sl_cost = abs(units) * stop_px * self._rate
+                cash = cash + units * stop_px - sl_cost
+                cost += sl_cost
+                fill -= units
+                units, self._entry, self._bars_in_pos, self._target = 0.0, 0.0, 0, 0.0
+                stopped = True
+                self._stop_losses += 1
         if units != 0.0:
             self._bars_in_pos += 1
         self._units, self._cash = units, cash
@@ -240,6 +251,8 @@ class TradingEnv(gym.Env):
             "fill_units": fill,
             "cost": cost,
             "total_costs": self._total_costs,
+            "borrow_cost": borrow,
+            "total_borrow_costs": self._total_borrow,
             "stop_loss": stopped,
             "stop_losses": self._stop_losses,
             "bar": t1,
@@ -251,6 +264,20 @@ class TradingEnv(gym.Env):
         obs[-2] = (price_close / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
         obs[-1] = self._bars_in_pos * 0.01
         return obs, reward, terminated, truncated, info
+
+    def _stop_loss(self, units: float, t1: int) -> float | None:
+        """Fill price of the stop-loss of `units` within bar t1, None if it does not fire
+        (envs.execution.stop_loss_fill on floats, inlined)."""
+        entry = self._entry
+        if units > 0.0:
+            level = entry * (1.0 - self.stop_loss_pct)
+            if self._low_l[t1] <= level:
+                return min(level, self._open_l[t1])
+        else:
+            level = entry * (1.0 + self.stop_loss_pct)
+            if self._high_l[t1] >= level:
+                return max(level, self._open_l[t1])
+        return None
 
     def obs_layout(self) -> dict[str, int]:
         """Layout of an observation: window_size x n_features, then state_dim."""
@@ -264,16 +291,17 @@ class TradingEnv(gym.Env):
     def episode_summary(self, periods_per_year: float | str | None = None) -> dict[str, Any]:
         """Equity curve, exposure history, costs and rl_trading.metrics.summarize of the episode.
 
-        `periods_per_year` defaults to cfg.data.timeframe on the 24h calendar.
+        `periods_per_year` defaults to the env's own (envs.common.env_periods_per_year).
         """
         equity = np.asarray(self._equity_hist)
         positions = np.asarray(self._pos_hist)
-        ppy = periods_per_year if periods_per_year is not None else self.cfg.data.timeframe
+        ppy = periods_per_year if periods_per_year is not None else self.periods_per_year
         return {
             "equity": equity,
             "positions": positions,
             "timestamps": self.index[self._start : self._start + len(equity)],
             "total_costs": self._total_costs,
+            "borrow_costs": self._total_borrow,
             "stop_losses": self._stop_losses,
             "trades": self._trades,
             "metrics": metrics.summarize(equity, positions, periods_per_year=ppy),

@@ -95,6 +95,9 @@ class EnvironmentConfig(Section):
     spread_bps: float = Field(0.0, ge=0)
     max_position_size: float = Field(0.1, gt=0)
     stop_loss_pct: float = Field(0.02, ge=0)
+    # Yearly borrow fee of short positions in bps of their notional, charged every bar
+    # (envs/execution.py); 0 = free shorting.
+    borrow_bps_per_year: float = Field(0.0, ge=0)
     max_portfolio_var: float = Field(0.02, gt=0)
     var_confidence: float = Field(0.95, gt=0, lt=1)
     risk_window: int = Field(60, gt=1)

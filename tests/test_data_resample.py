@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rl_trading.data import align, read_bars, resample, synthetic_bars
+from rl_trading.data import BAR_COLUMNS, FILLED_COLUMN, align, read_bars, resample, synthetic_bars
 from rl_trading.errors import DataError
 
 PRICES = ["open", "high", "low", "close"]
@@ -99,7 +99,24 @@ def test_align_ffill_fills_up_to_limit_then_drops() -> None:
     filled_row = out["B"].loc[a.index[10]]
     prev_close = b["close"].loc[a.index[9]]
     assert filled_row[PRICES].tolist() == [prev_close] * 4 and filled_row["volume"] == 0.0
-    pd.testing.assert_frame_equal(out["A"], a.loc[out["A"].index])
+    pd.testing.assert_frame_equal(out["A"][BAR_COLUMNS], a.loc[out["A"].index])
+    # the filled bars are marked (what the envs use to refuse fills on them)
+    assert FILLED_COLUMN not in out["A"].columns  # no filled bars: no column
+    assert out["B"][FILLED_COLUMN].dtype == bool
+    marked = out["B"].index[out["B"][FILLED_COLUMN].to_numpy()]
+    assert list(marked) == [a.index[i] for i in (10, 20, 21, 22, 23, 24)]
+
+
+def test_align_keeps_the_marks_of_already_aligned_bars() -> None:
+    a, b = _pair()
+    once = align({"A": a, "B": b}, policy="ffill", max_ffill=5)
+    c = synthetic_bars("C", n_bars=50, seed=3).loc[once["A"].index]
+    again = align({**once, "C": c}, policy="ffill", max_ffill=5)
+    np.testing.assert_array_equal(again["B"][FILLED_COLUMN], once["B"][FILLED_COLUMN])
+    assert again["B"][FILLED_COLUMN].sum() == 6 and FILLED_COLUMN not in again["C"].columns
+    inner = align({**once, "C": c}, policy="inner")
+    np.testing.assert_array_equal(inner["B"][FILLED_COLUMN], once["B"][FILLED_COLUMN])
+    assert FILLED_COLUMN not in inner["C"].columns
 
 
 @pytest.mark.parametrize("policy", ["inner", "drop"])
@@ -108,5 +125,6 @@ def test_align_inner_and_drop(policy: str) -> None:
     out, rep = align({"A": a, "B": b}, policy=policy, report=True)
     assert len(out["A"]) == 41 and rep.dropped == 9
     assert np.isfinite(out["B"].to_numpy()).all()
+    assert FILLED_COLUMN not in out["B"].columns  # nothing is filled under these policies
     with pytest.raises(DataError, match="gap policy"):
         align({"A": a}, policy="nope")

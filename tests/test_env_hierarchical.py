@@ -113,9 +113,34 @@ def test_spaces_and_observation_contents():
     assert obs["specialist_CCC"][-5] == 0.0  # zero weight -> no exposure
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_meta_log_return_rewards_reconcile_portfolio_pnl(k):
+def with_gaps(bars: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
+    """About 15% of each instrument's bars forward-filled the way `align` does it."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for sym, frame in bars.items():
+        filled = rng.random(len(frame)) < 0.15
+        filled[0] = False
+        close = frame["close"].to_numpy().copy()
+        for t in np.flatnonzero(filled):
+            close[t] = close[t - 1]
+        g = frame.copy()
+        for name in ("open", "high", "low", "close"):
+            g[name] = np.where(filled, close, g[name].to_numpy())
+        g["volume"] = np.where(filled, 0.0, g["volume"].to_numpy())
+        g["filled"] = filled
+        out[sym] = g
+    return out
+
+
+RECONCILE = [(1, False, None), (3, False, None), (1, True, True), (3, True, False)]
+
+
+@pytest.mark.parametrize(("k", "realism", "kernels"), RECONCILE)
+def test_meta_log_return_rewards_reconcile_portfolio_pnl(k, realism, kernels):
     bars = make_market(n=300, seed=1, vol=0.02)
+    extra = {}
+    if realism:  # forward-filled bars and the borrow cost of shorts
+        bars, extra = with_gaps(bars, seed=5), {"borrow_bps_per_year": 2e5, "kernels": kernels}
     e = HierarchicalTradingEnv(
         bars=bars,
         window_size=5,
@@ -128,6 +153,7 @@ def test_meta_log_return_rewards_reconcile_portfolio_pnl(k):
         max_position_size=0.8,
         max_correlation_exposure=5.0,
         spread_bps=2.0,
+        **extra,
     )
     recs = play(e, random_policy(e, 3))
     meta_rewards = np.array([r.get(META, 0.0) for _, r, _ in recs[1:]])
@@ -139,6 +165,62 @@ def test_meta_log_return_rewards_reconcile_portfolio_pnl(k):
     np.testing.assert_allclose(summary["costs"].sum(), summary["total_costs"], rtol=1e-12)
     assert summary["metrics"]["final_equity"] == pytest.approx(eq[-1])
     assert recs[-1][2][META]["equity"] == pytest.approx(eq[-1])
+    if realism:
+        assert summary["borrow_costs"] > 0
+        # no position changed on an instrument's forward-filled bar
+        units_moved = np.diff(summary["exposures"] * eq[:, None], axis=0)  # marked values
+        filled = np.stack([f["filled"].to_numpy() for f in bars.values()], axis=1)
+        bars_idx = np.arange(e._start + 1, e._start + len(eq))
+        held = np.abs(units_moved[filled[bars_idx]]) < 1e-9  # flat repeated prices: no change
+        assert held.all() and filled[bars_idx].sum() > 10
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_fills_stops_and_borrow_on_both_paths(kernels):
+    """Filled bars: the order waits and fills at the next real open; a stop fires on the low at
+    the level, or at a gap open below it; a short pays borrow every bar (flat prices: exactly)."""
+    bars = make_market(("AAA", "BBB"), n=200, flat=True)
+    for f in bars.values():
+        f["filled"] = False
+        f["low"] = f["high"] = f["close"]
+    a, col = bars["AAA"], bars["AAA"].columns.get_loc
+    a.iloc[100:103, col("filled")] = True  # AAA's bars 100-102 forward-filled
+    a.iloc[103:, [col("open"), col("high"), col("low"), col("close")]] = 52.0
+    a.iloc[140, col("low")] = 49.0  # touches AAA's stop level 52 x 0.95 = 49.4
+    b, colb = bars["BBB"], bars["BBB"].columns.get_loc
+    b.iloc[120:, [colb("open"), colb("high"), colb("low"), colb("close")]] = 66.0  # gap up
+    kw = dict(mode="specialists", window_size=5, risk_window=10, eval_mode=True,
+              stop_loss_pct=0.05, transaction_cost=0.0, slippage_bps=0.0,
+              max_correlation_exposure=10.0, max_portfolio_var=10.0, max_position_size=0.5,
+              borrow_bps_per_year=1e4, kernels=kernels)  # fmt: skip
+    e = HierarchicalTradingEnv(bars=bars, **kw)
+    e.reset()
+    acts = {"specialist_AAA": np.array([0.0]), "specialist_BBB": np.array([-1.0])}
+    infos = []
+    while e.agents:
+        if e._t == 99:
+            acts["specialist_AAA"] = np.array([1.0])
+        if e._t == 120:  # after BBB's stop: stay flat (not re-enter)
+            acts["specialist_BBB"] = np.array([0.0])
+        infos.append(e.step(acts)[4]["specialist_AAA"])
+    s = e.episode_summary()
+    x = s["exposures"]
+    at = {i["bar"]: row for i, row in zip(infos, range(1, len(x)), strict=True)}
+    assert x[at[100], 0] == x[at[102], 0] == 0.0 and x[at[103], 0] > 0  # waited for bar 103
+    counts = [0] + [i["stop_losses"] for i in infos]
+    stops = [i["bar"] for j, i in enumerate(infos) if counts[j + 1] > counts[j]]
+    assert stops == [120, 140]  # BBB's gap at 120, AAA's low at 140
+    # BBB short 0.25 x 100,000 / 60 units from the first bar: stopped at the 66 open (not 63)
+    u_b = -0.25 * 100_000 / 60.0
+    borrow_bar = 0.25 * 100_000 * 1e4 * 1e-4 / e.periods_per_year
+    # held short over bars first_bar + 1 .. 120, charged at each open (66 / 60 on bar 120)
+    borrow = (120 - e.first_bar - 1 + 66.0 / 60.0) * borrow_bar
+    assert s["borrow_costs"] == pytest.approx(borrow, rel=1e-9)
+    eq_120 = s["equity"][at[120]]
+    assert eq_120 == pytest.approx(100_000 + u_b * (66.0 - 60.0) - borrow, rel=1e-12)
+    u_a = 0.25 * s["equity"][at[102]] / 52.0  # AAA long from bar 103's open at 52
+    loss_a = u_a * (52.0 * 0.95 - 52.0)  # stopped at the level, not at the 49 low
+    assert s["equity"][-1] == pytest.approx(eq_120 + loss_a, rel=1e-12)
 
 
 def test_flat_prices_costs_are_exactly_the_equity_lost():

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba not install
 SYMS = ("AAA", "BBB", "CCC", "DDD")
 
 
-def _market(n: int = 260, seed: int = 4) -> dict[str, pd.DataFrame]:
+def _market(n: int = 260, seed: int = 4, gaps: bool = False) -> dict[str, pd.DataFrame]:
+    """Correlated random walks; `gaps`: some bars of each instrument forward-filled like align."""
     rng = np.random.default_rng(seed)
     index = pd.date_range("2024-01-01", periods=n, freq="1min", tz="UTC", name="timestamp")
     common = rng.normal(0.0, 0.01, n)
@@ -36,6 +37,23 @@ def _market(n: int = 260, seed: int = 4) -> dict[str, pd.DataFrame]:
             },
             index=index,
         )
+        if gaps:
+            out[sym] = _with_gaps(out[sym], rng)
+    return out
+
+
+def _with_gaps(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    """About 15% of the bars forward-filled (OHLC = the last close, volume 0, `filled`)."""
+    filled = rng.random(len(frame)) < 0.15
+    filled[0] = False
+    close = frame["close"].to_numpy().copy()
+    for t in np.flatnonzero(filled):
+        close[t] = close[t - 1]
+    out = frame.copy()
+    for name in ("open", "high", "low", "close"):
+        out[name] = np.where(filled, close, out[name].to_numpy())
+    out["volume"] = np.where(filled, 0.0, out["volume"].to_numpy())
+    out["filled"] = filled
     return out
 
 
@@ -77,12 +95,16 @@ CONFIGS = [
     {"mode": "meta", "meta_interval": 3, "action_type": "discrete", "allow_short": False},
     {"mode": "specialists", "reward": "sortino", "spread_bps": 3.0, "stop_loss_pct": 0.003},
     {"mode": "joint", "meta_interval": 2, "meta_obs_every_step": False, "reward": "drawdown"},
+    # forward-filled bars, shorts paying borrow, stops on low / high and gap opens
+    {"mode": "joint", "gaps": True, "stop_loss_pct": 0.004, "borrow_bps_per_year": 3e5},
+    {"mode": "specialists", "gaps": True, "stop_loss_pct": 0.003, "borrow_bps_per_year": 1e5},
 ]
 
 
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_kernel_path_matches_numpy_path(cfg):
-    market = _market()
+    cfg = dict(cfg)
+    market = _market(gaps=cfg.pop("gaps", False))
     kw = {"window_size": 5, "risk_window": 12, "episode_length": 120, **cfg}
     fast = HierarchicalTradingEnv(bars=market, kernels=True, **kw)
     slow = HierarchicalTradingEnv(bars=market, kernels=False, **kw)
@@ -112,6 +134,9 @@ def test_kernel_path_matches_numpy_path(cfg):
     }
     assert totals_f["costs"] == pytest.approx(totals_s["costs"], rel=1e-12)
     np.testing.assert_array_equal(fast.target_exposures, slow.target_exposures)
+    if cfg.get("borrow_bps_per_year"):  # borrow was paid, stops fired, filled bars were met
+        assert totals_f["borrow_costs"] > 0 and totals_f["stop_losses"] > 0
+        assert not fast._real.all()
     if cfg.get("max_sector_allocation"):  # the limits really bound on this config
         assert totals_f["sector_scaledowns"] > 0 and totals_f["var_scaledowns"] > 0
         assert totals_f["correlation_scaledowns"] > 0 and totals_f["stop_losses"] > 0

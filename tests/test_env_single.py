@@ -11,6 +11,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from envs import TradingEnv
+from rl_trading import metrics
 from rl_trading.config import AppConfig
 from rl_trading.errors import ConfigError
 
@@ -60,16 +61,37 @@ def test_gymnasium_check_env(action_type, allow_short):
     assert env.observation_space.shape == (10 * env.obs_layout()["n_features"] + 3,)
 
 
+def with_gaps(bars: pd.DataFrame, seed: int, share: float = 0.15) -> pd.DataFrame:
+    """`bars` with a seeded `share` of bars forward-filled the way `align` does it."""
+    out = bars.copy()
+    filled = np.random.default_rng(seed).random(len(out)) < share
+    filled[0] = False
+    close = out["close"].to_numpy().copy()
+    for t in np.flatnonzero(filled):
+        close[t] = close[t - 1]
+    for name in ("open", "high", "low", "close"):
+        out[name] = np.where(filled, close, out[name].to_numpy())
+    out["volume"] = np.where(filled, 0.0, out["volume"].to_numpy())
+    out["filled"] = filled
+    return out
+
+
+@pytest.mark.parametrize("realism", [False, True])
 @pytest.mark.parametrize("action_type", ["continuous", "discrete"])
-def test_log_return_rewards_sum_to_log_equity_ratio(action_type):
+def test_log_return_rewards_sum_to_log_equity_ratio(action_type, realism):
+    bars = make_bars(600, seed=1, vol=0.02)
+    extra = {}
+    if realism:  # forward-filled bars, borrow cost of shorts
+        bars, extra = with_gaps(bars, seed=2), {"borrow_bps_per_year": 5e4}
     env = TradingEnv(
-        bars=make_bars(600, seed=1, vol=0.02),
+        bars=bars,
         window_size=5,
         action_type=action_type,
         episode_length=300,
         stop_loss_pct=0.03,
         slippage_bps=2.0,
         spread_bps=1.0,
+        **extra,
     )
     env.action_space.seed(4)
     actions = [env.action_space.sample() for _ in range(50)]
@@ -78,6 +100,12 @@ def test_log_return_rewards_sum_to_log_equity_ratio(action_type):
     assert len(rewards) == 300
     assert infos[-1]["total_costs"] > 0
     assert abs(rewards.sum() - math.log(final / env.initial_balance)) < 1e-9
+    assert infos[-1]["stop_losses"] > 0
+    if realism:
+        assert infos[-1]["total_borrow_costs"] > 0
+        real = ~bars["filled"].to_numpy()
+        traded = [i["bar"] for i in infos[1:] if i["fill_units"] != 0.0]
+        assert traded and all(real[b] for b in traded)  # nothing filled on a filled bar
     summary = env.episode_summary()
     assert summary["equity"][-1] == pytest.approx(final)
     assert summary["metrics"]["total_return"] == pytest.approx(final / 10_000 - 1)
@@ -112,12 +140,28 @@ def test_flat_prices_trading_costs_exactly_the_fees():
     assert idle[-1]["equity"] == env.initial_balance
 
 
-def test_stop_loss_fires_and_is_reported():
+# (scenario, action, expected fill price): max_position 0.1 of 10,000 at 100, stop 5%
+STOPS = [
+    ("low_touches", 2, 95.0),  # long; the low reaches 94 and the close recovers: fill at 95
+    ("gap_down", 2, 90.0),  # long; the bar opens at 90, below the level: fill at the open
+    ("high_touches", 0, 105.0),  # short; the high reaches 106: fill at 105
+    ("gap_up", 0, 110.0),  # short; the bar opens at 110: fill at the open
+]
+
+
+@pytest.mark.parametrize(("scenario", "action", "fill"), STOPS)
+def test_stop_loss_triggers_on_low_high_and_fills_at_level_or_gap_open(scenario, action, fill):
     bars = make_bars(200, flat=True)
-    crash_from = 120
-    bars.iloc[crash_from:, bars.columns.get_loc("close")] = 90.0
-    bars.iloc[crash_from + 1 :, bars.columns.get_loc("open")] = 90.0
-    bars.iloc[crash_from:, bars.columns.get_loc("low")] = 90.0
+    at = 120
+    col = bars.columns.get_loc
+    if scenario == "low_touches":
+        bars.iloc[at, col("low")] = 94.0
+    elif scenario == "high_touches":
+        bars.iloc[at, col("high")] = 106.0
+    else:
+        price = 90.0 if scenario == "gap_down" else 110.0
+        for name in ("open", "high", "low", "close"):
+            bars.iloc[at:, col(name)] = price
     env = TradingEnv(
         bars=bars,
         window_size=5,
@@ -127,16 +171,74 @@ def test_stop_loss_fires_and_is_reported():
         trading_fee=0.0,
         slippage_bps=0.0,
     )
-    _, rewards, infos = run(env, [2])  # always long
+    _, rewards, infos = run(env, [action])  # always long (2) or always short (0)
     stops = [i for i in infos[1:] if i["stop_loss"]]
-    assert len(stops) >= 1
     first = stops[0]
-    assert first["bar"] == crash_from
+    assert first["bar"] == at  # not one bar later at the close
     assert first["position"] == 0.0
-    # loss = 10% of the long exposure (max_position_size 0.1 of equity)
-    assert first["equity"] == pytest.approx(10_000 * (1 - 0.1 * 0.1), rel=1e-9)
+    side = 1.0 if action == 2 else -1.0
+    assert first["equity"] == pytest.approx(10_000 * (1 + 0.1 * side * (fill / 100 - 1)), rel=1e-9)
     assert infos[-1]["stop_losses"] == len(stops)
     assert abs(rewards.sum() - math.log(infos[-1]["equity"] / 10_000)) < 1e-9
+
+
+def test_forward_filled_bars_get_no_fills_and_no_stops():
+    """An order for a forward-filled bar waits for the next real bar and fills at its open;
+    a stop-loss level crossed only by the filled bar's repeated price does not fire there."""
+    bars = make_bars(200, flat=True)
+    bars["filled"] = False
+    col = bars.columns.get_loc
+    bars.iloc[100:103, col("filled")] = True  # bars 100, 101, 102 are forward-filled
+    bars.iloc[103:, [col("open"), col("high"), col("low"), col("close")]] = 104.0
+    env = TradingEnv(
+        bars=bars, window_size=5, eval_mode=True, trading_fee=0.0, slippage_bps=0.0,
+        stop_loss_pct=0.0, max_position_size=1.0,
+    )  # fmt: skip
+    env.reset()
+    while env._t < 99:
+        env.step(np.array([0.0]))
+    infos = [env.step(np.array([1.0]))[4] for _ in range(4)]  # decided at 99, 100, 101, 102
+    assert [i["bar"] for i in infos] == [100, 101, 102, 103]
+    assert [i["position"] for i in infos[:3]] == [0.0, 0.0, 0.0]  # waits on filled bars
+    assert infos[3]["fill_units"] == pytest.approx(10_000 / 104.0)  # the next real open
+    assert infos[3]["equity"] == pytest.approx(10_000)
+    # a held long position is not stopped on filled bars, only on the next real bar
+    bars2 = make_bars(200, flat=True)
+    bars2["filled"] = False
+    bars2.iloc[100:102, col("filled")] = True
+    bars2.iloc[100:102, [col("open"), col("high"), col("low"), col("close")]] = 100.0
+    bars2.iloc[100, col("low")] = 80.0  # a filled bar carrying a stray low: ignored
+    bars2.iloc[102:, [col("open"), col("high"), col("low"), col("close")]] = 90.0
+    env = TradingEnv(
+        bars=bars2, window_size=5, eval_mode=True, trading_fee=0.0, slippage_bps=0.0,
+        stop_loss_pct=0.05, action_type="discrete",
+    )  # fmt: skip
+    _, _, infos = run(env, [2])
+    first = next(i for i in infos[1:] if i["stop_loss"])
+    assert first["bar"] == 102  # the first real bar after the gap, at its open (90)
+    assert first["equity"] == pytest.approx(10_000 * (1 - 0.1 * 0.1), rel=1e-9)
+
+
+def test_borrow_cost_charged_on_shorts_per_bar():
+    bars = make_bars(200, flat=True)
+    kw = dict(window_size=5, eval_mode=True, trading_fee=0.0, slippage_bps=0.0, stop_loss_pct=0)
+    daily = AppConfig()
+    daily.data.timeframe = "1d"
+    env = TradingEnv(daily, bars=bars, borrow_bps_per_year=500.0, **kw)
+    assert env.periods_per_year == metrics.periods_per_year("1d")  # the env's one calendar
+    _, rewards, infos = run(env, [np.array([-1.0])])
+    per_bar = 0.1 * 10_000 * 500e-4 / env.periods_per_year  # short notional 1,000 at 100
+    steps = len(infos) - 1
+    assert infos[1]["borrow_cost"] == pytest.approx(per_bar, rel=1e-12)
+    assert infos[-1]["total_borrow_costs"] == pytest.approx(per_bar * steps, rel=1e-9)
+    assert 10_000 - infos[-1]["equity"] == pytest.approx(per_bar * steps, rel=1e-9)
+    assert abs(rewards.sum() - math.log(infos[-1]["equity"] / 10_000)) < 1e-9
+    assert env.episode_summary()["borrow_costs"] == infos[-1]["total_borrow_costs"]
+    # longs pay nothing, and the default is free shorting
+    _, _, longs = run(TradingEnv(bars=bars, borrow_bps_per_year=500.0, **kw), [np.array([1.0])])
+    _, _, free = run(TradingEnv(bars=bars, **kw), [np.array([-1.0])])
+    assert longs[-1]["total_borrow_costs"] == free[-1]["total_borrow_costs"] == 0.0
+    assert free[-1]["equity"] == 10_000
 
 
 def test_determinism_and_pickling():

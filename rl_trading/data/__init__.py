@@ -9,7 +9,7 @@ from typing import Any
 
 from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS, FeatureScaler, compute_features
 from rl_trading.data.loader import SAMPLE_DIR, load_market, sample_files, to_timeframe
-from rl_trading.data.resample import AlignReport, align, resample
+from rl_trading.data.resample import FILLED_COLUMN, AlignReport, align, resample
 from rl_trading.data.schema import (
     BAR_COLUMNS,
     as_bars,
@@ -29,6 +29,7 @@ from rl_trading.data.validation import Issue, check_bars, repair_bars, validate_
 __all__ = [
     "BAR_COLUMNS",
     "FEATURE_COLUMNS",
+    "FILLED_COLUMN",
     "SAMPLE_DIR",
     "WARMUP_BARS",
     "AlignReport",

@@ -13,6 +13,10 @@ from rl_trading.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# Boolean column `align` adds under the ffill policy: True on bars it forward-filled (no real
+# trade happened; the envs never fill an order on them, see envs/execution.py).
+FILLED_COLUMN = "filled"
+
 _AGG = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
 
 
@@ -61,9 +65,13 @@ def align(
     """Put every instrument on one common index under an explicit gap policy.
 
     ffill: union index; a missing bar repeats the last close as open/high/low/close with volume 0
-    for up to `max_ffill` consecutive bars; rows still missing for any symbol are dropped.
+    for up to `max_ffill` consecutive bars; rows still missing for any symbol are dropped. A frame
+    with filled bars carries a bool column `filled` (FILLED_COLUMN), True on them; a frame
+    without the column has none (an incoming `filled` column is kept, so aligning aligned bars
+    again loses no mark).
     inner / drop: keep only timestamps every symbol has (identical results; two names kept for
-    configs). With `report=True` returns (bars, AlignReport).
+    configs; an incoming `filled` column is kept). With `report=True` returns (bars,
+    AlignReport).
     """
     if not bars_by_symbol:
         raise DataError("no instruments to align")
@@ -78,9 +86,11 @@ def align(
     if policy == "ffill":
         keep = np.ones(len(union), bool)
         fills: dict[str, np.ndarray] = {}
+        marks: dict[str, np.ndarray] = {}
         for symbol, df in bars_by_symbol.items():
             frame = df[BAR_COLUMNS].reindex(union)
             missing = frame["close"].isna().to_numpy()
+            marked = _filled_mask(df, union)
             close = frame["close"].ffill(limit=max_ffill) if max_ffill > 0 else frame["close"]
             fill = missing & close.notna().to_numpy()
             for col in ("open", "high", "low", "close"):
@@ -89,22 +99,34 @@ def align(
             keep &= frame["close"].notna().to_numpy()
             out[symbol] = frame
             fills[symbol] = fill
+            marks[symbol] = fill | marked
         for symbol, frame in out.items():
             rep.filled[symbol] = int((fills[symbol] & keep).sum())
-            out[symbol] = frame[keep]
+            out[symbol] = frame[keep].astype("float64")
+            if marks[symbol][keep].any() or FILLED_COLUMN in bars_by_symbol[symbol].columns:
+                out[symbol][FILLED_COLUMN] = marks[symbol][keep]
         rep.dropped = int((~keep).sum())
     else:
         common = indexes[0]
         for idx in indexes[1:]:
             common = common.intersection(idx)
         for symbol, df in bars_by_symbol.items():
-            out[symbol] = df[BAR_COLUMNS].loc[common]
+            out[symbol] = df[BAR_COLUMNS].loc[common].astype("float64")
+            if FILLED_COLUMN in df.columns:
+                out[symbol][FILLED_COLUMN] = _filled_mask(df, common)
         rep.dropped = len(union) - len(common)
     for symbol in out:
-        out[symbol] = out[symbol].astype("float64")
         out[symbol].index = out[symbol].index.rename(INDEX_NAME)
     rep.n_bars = len(next(iter(out.values())))
     if rep.n_bars == 0:
         raise DataError(f"no common bars left after aligning {', '.join(bars_by_symbol)}")
     log.info("%s", rep)
     return (out, rep) if report else out
+
+
+def _filled_mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
+    """The `filled` marks `df` already carries, on `index` (False where it has none)."""
+    if FILLED_COLUMN not in df.columns:
+        return np.zeros(len(index), dtype=bool)
+    marks = df[FILLED_COLUMN].astype(bool).reindex(index, fill_value=False)
+    return marks.to_numpy(dtype=bool)
