@@ -1,0 +1,675 @@
+"""The retraining walk-forward: every fold trains its own policy on the past, then tests once.
+
+Protocol (``rl-trading evaluate walk-forward``):
+
+* **Folds.** :func:`rl_trading.data.walk_forward_splits` cuts the whole history into an
+  initial block and ``K`` equal test blocks (expanding window, ``data.embargo_bars`` dropped
+  before each test block). The training window of fold k is split again in time: its first
+  part fits the feature scalers and trains the configured phases (budgets from the config),
+  its tail (``val_frac / (train_frac + val_frac)`` of the window, after another embargo) is the
+  fold's validation part, where the phases select their best checkpoint. The test block is
+  then traded once with that checkpoint, next to every baseline of
+  :func:`rl_trading.evaluation.backtest.backtest` (same bars, costs and capital).
+* **Seeds** vary the training seed (``seed + i``). Folds x seeds are Ray Tune trials; a
+  finished trial leaves ``trials/fold<k>_seed<s>/result.json`` and is never recomputed.
+* **Intervals** are over the independent units: the folds. Seeds are averaged within a fold
+  first, so ``n = K`` (never ``K x S``). Policy minus baseline is a paired per-fold difference.
+* **Significance.** The out-of-sample returns of the folds (seed-averaged per bar) are stitched
+  in time; PSR and DSR (:mod:`rl_trading.metrics`) are computed on them. ``n_trials`` counts
+  every validation pass that a checkpoint selection looked at, over all folds x seeds, plus the
+  number of seeds; the DSR's trial variance is the null variance of the estimator, 1 / (T - 1).
+* Sharpe convention: rf = 0, annualised with the backtest's ``periods_per_year``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from rl_trading.errors import CheckpointError, ConfigError, DataError, RLTradingError
+
+if TYPE_CHECKING:
+    from rl_trading.config import AppConfig
+
+RESULT_FILE = "result.json"
+PLAN_FILE = "plan.json"
+REPORT_FILE = "walk_forward.json"
+PLOT_FILE = "walk_forward_equity.png"
+# Metrics reported per fold x seed and strategy (keys of backtest.strategy_metrics).
+METRICS = ("sharpe_ratio", "total_return", "max_drawdown", "turnover", "total_costs", "exposure")
+PAIRED_METRICS = ("sharpe_ratio", "total_return")
+RISK_FREE_RATE = 0.0  # the project's Sharpe convention: no interest on cash, rf = 0
+
+
+# --------------------------------------------------------------------------------------------
+# Folds
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """Positional slices of one fold: `fit` (train + scalers), `val` (selection), `test`."""
+
+    index: int
+    fit: slice
+    val: slice
+    test: slice
+
+    def take(self, bars: dict[str, pd.DataFrame], part: str) -> dict[str, pd.DataFrame]:
+        """The `fit`, `val` or `test` bars of this fold."""
+        sl = getattr(self, part)
+        return {k: v.iloc[sl] for k, v in bars.items()}
+
+    def describe(self, index: pd.DatetimeIndex) -> dict[str, Any]:
+        """Dates and sizes of the parts (`train_end` is the last bar any training saw)."""
+        return {
+            "fold": self.index,
+            "train_start": str(index[self.fit.start]),
+            "fit_end": str(index[self.fit.stop - 1]),
+            "val_start": str(index[self.val.start]),
+            "train_end": str(index[self.val.stop - 1]),
+            "test_start": str(index[self.test.start]),
+            "test_end": str(index[self.test.stop - 1]),
+            "n_fit": self.fit.stop - self.fit.start,
+            "n_val": self.val.stop - self.val.start,
+            "n_test": self.test.stop - self.test.start,
+        }
+
+
+def plan_folds(
+    n_bars: int, n_folds: int, embargo: int, val_share: float, min_bars: int
+) -> list[FoldPlan]:
+    """Expanding-window folds, each training window split into fit + validation tail.
+
+    `val_share` is the validation tail's share of the training window; `min_bars` the fewest
+    bars any part may have (feature warm-up + a few decisions). DataError when too short.
+    """
+    from rl_trading.data import walk_forward_splits
+
+    if n_folds < 1:
+        raise ConfigError(f"--folds must be >= 1 (got {n_folds})")
+    if not 0.0 < val_share < 1.0:
+        raise ConfigError(f"validation share must be in (0, 1), got {val_share}")
+    plans = []
+    for fold in walk_forward_splits(n_bars, n_folds=n_folds, embargo=embargo, expanding=True):
+        window = fold.train.stop - fold.train.start
+        n_val = int(window * val_share)
+        val = slice(fold.train.stop - n_val, fold.train.stop)
+        fit = slice(fold.train.start, val.start - embargo)
+        plans.append(FoldPlan(fold.index, fit, val, fold.test))
+        sizes = {
+            "fit": fit.stop - fit.start,
+            "val": n_val,
+            "test": fold.test.stop - fold.test.start,
+        }
+        short = {k: v for k, v in sizes.items() if v < min_bars}
+        if short:
+            part, got = next(iter(short.items()))
+            raise DataError(
+                f"too little data for {n_folds} walk-forward folds: fold {fold.index} has "
+                f"{got} {part} bars (need >= {min_bars}; {n_bars} bars, embargo {embargo}); "
+                "use fewer folds or more data"
+            )
+    return plans
+
+
+def plan_for(cfg: AppConfig, n_bars: int, n_folds: int) -> list[FoldPlan]:
+    """The folds of `cfg` (embargo, train/val ratio) over `n_bars` bars."""
+    from rl_trading.data.features import WARMUP_BARS
+
+    d = cfg.data
+    return plan_folds(
+        n_bars,
+        n_folds,
+        d.embargo_bars,
+        d.val_frac / (d.train_frac + d.val_frac),
+        min_bars=WARMUP_BARS + 10,
+    )
+
+
+def seeds_for(cfg: AppConfig, n_seeds: int) -> list[int]:
+    """Training seeds `seed, seed + 1, ...` (ConfigError for fewer than one)."""
+    if n_seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1 (got {n_seeds})")
+    return [cfg.seed + i for i in range(n_seeds)]
+
+
+def parse_phases(text: str | Sequence[int]) -> tuple[int, ...]:
+    """Phases to train, in order, e.g. "1,2,3" or "1" (ConfigError otherwise)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        phases = tuple(int(str(p).strip()) for p in items if str(p).strip())
+    except ValueError:
+        raise ConfigError(f"--phases must be a list like 1,2,3 (got {text!r})") from None
+    if not phases or phases != tuple(range(1, len(phases) + 1)) or len(phases) > 3:
+        raise ConfigError(f"--phases must be 1, 1,2 or 1,2,3 (got {text!r})")
+    return phases
+
+
+def validation_passes(cfg: AppConfig, phase: int) -> int:
+    """Validation passes (selection candidates) of one phase run: every `eval_interval`
+    iterations and at the last one (as `training.runner.run_phase` does)."""
+    from rl_trading.training.algo_config import phase_iterations
+
+    total = phase_iterations(cfg, phase)
+    every = cfg.phases.eval_interval
+    return len({it for it in range(1, total + 1) if it % every == 0 or it == total})
+
+
+# --------------------------------------------------------------------------------------------
+# One fold x seed (runs inside a Tune trial, or directly)
+# --------------------------------------------------------------------------------------------
+
+
+def trial_name(fold: int, seed: int) -> str:
+    """Folder name of one fold x seed under `trials/`."""
+    return f"fold{fold:02d}_seed{seed}"
+
+
+def run_fold_seed(
+    cfg: AppConfig,
+    bars: dict[str, pd.DataFrame],
+    plan: FoldPlan,
+    seed: int,
+    trial_dir: str | Path,
+    phases: tuple[int, ...] = (1, 2, 3),
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `phases` on the fold's fit part (seed `seed`), select on its validation part,
+    backtest the selected checkpoint once on its test part; write and return the result."""
+    from rl_trading.evaluation.backtest import backtest
+    from rl_trading.training.env_bridge import hierarchical_factory
+    from rl_trading.training.runner import run_phase
+
+    trial_dir = Path(trial_dir)
+    done = trial_dir / RESULT_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    cfg = cfg.model_copy(update={"seed": int(seed)})
+    fit, val, test = (plan.take(bars, p) for p in ("fit", "val", "test"))
+    factory = hierarchical_factory(cfg, fit, val)
+    run_dir = trial_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    val_history: dict[str, list[float]] = {}
+    phase_info = []
+    t0 = time.monotonic()
+    best = None
+    for num in phases:
+        seen = val_history.setdefault(f"phase{num}", [])
+        every = cfg.phases.eval_interval
+
+        def _progress(m: dict[str, Any], _seen: list[float] = seen, _every: int = every) -> None:
+            if m["iteration"] % _every == 0 or m["iteration"] == m["total"]:
+                _seen.append(float(m.get("val_sharpe", math.nan)))
+
+        res = run_phase(cfg, num, factory, run_dir, resume=True, progress=_progress, tracking=False)
+        best = res.best_checkpoint
+        phase_info.append(
+            {
+                "phase": num,
+                "iterations": res.iterations,
+                "env_steps": res.env_steps,
+                "best_val_sharpe": res.best_val_sharpe,
+                "validation_passes": validation_passes(cfg, num),
+            }
+        )
+        if report is not None:
+            report({"fold": plan.index, "seed": seed, "phase": num, "val": res.best_val_sharpe})
+    if not best or best == "None":
+        raise CheckpointError(f"fold {plan.index} seed {seed}: training left no checkpoint")
+    result = backtest(best, test, cfg, seed=seed, scaler_bars=fit)
+    ppy = result.meta.get("periods_per_year")
+    if ppy is None:
+        from rl_trading.metrics import periods_per_year
+
+        ppy = periods_per_year(cfg.data.timeframe)
+    out = {
+        "fold": plan.index,
+        "seed": int(seed),
+        "checkpoint": str(best),
+        "phases": phase_info,
+        "validation_sharpes": val_history,
+        "periods_per_year": float(ppy),
+        "train_s": time.monotonic() - t0,
+        "index": [str(t) for t in next(iter(result.runs.values())).index],
+        "strategies": {
+            name: {
+                "metrics": {k: float(result.metrics[name].get(k, math.nan)) for k in METRICS},
+                "equity": np.asarray(run.equity, dtype=np.float64).tolist(),
+            }
+            for name, run in result.runs.items()
+        },
+    }
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out))
+    os.replace(tmp, done)  # atomic: a result on disk is always complete
+    return out
+
+
+def _tune_trial(
+    config: dict[str, Any],
+    cfg_dict: dict[str, Any],
+    bars: dict[str, pd.DataFrame],
+    plans: list[FoldPlan],
+    out_dir: str,
+    phases: tuple[int, ...],
+) -> None:
+    """Tune function trainable: one fold x seed (reports each phase, then the test Sharpe)."""
+    from ray import tune
+
+    from rl_trading.config import AppConfig
+
+    cfg = AppConfig.model_validate(cfg_dict)
+    fold, seed = int(config["unit"]["fold"]), int(config["unit"]["seed"])
+    trial_dir = Path(out_dir) / "trials" / trial_name(fold, seed)
+
+    def report(m: dict[str, Any]) -> None:
+        tune.report({"phase": m["phase"], "best_val_sharpe": m["val"] or math.nan})
+
+    res = run_fold_seed(cfg, bars, plans[fold], seed, trial_dir, phases, report=report)
+    policy = res["strategies"]["policy"]["metrics"]
+    tune.report({"phase": phases[-1], "test_sharpe": policy["sharpe_ratio"], "done": True})
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation (pure: from the per fold x seed results)
+# --------------------------------------------------------------------------------------------
+
+
+def interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Mean and two-sided t-interval over independent units (`n` = number of values)."""
+    from rl_trading.evaluation.walk_forward import mean_ci
+
+    s = mean_ci(list(values), confidence)
+    return {"mean": s["mean"], "std": s["std"], "ci95": [s["ci_low"], s["ci_high"]], "n": s["n"]}
+
+
+def _returns(equity: Sequence[float]) -> np.ndarray:
+    from rl_trading.metrics import simple_returns
+
+    return simple_returns(np.asarray(equity, dtype=np.float64))
+
+
+def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, Any]:
+    """Per-fold (seed-averaged) metrics, intervals over folds, paired differences and the
+    stitched out-of-sample curves of every strategy."""
+    from rl_trading import metrics
+
+    folds = sorted({r["fold"] for r in results})
+    seeds = sorted({r["seed"] for r in results})
+    ppy = float(results[0]["periods_per_year"])
+    strategies = list(results[0]["strategies"])
+    for r in results[1:]:  # a strategy missing in some run is reported only where complete
+        strategies = [s for s in strategies if s in r["strategies"]]
+    by_fold = {k: [r for r in results if r["fold"] == k] for k in folds}
+    fold_values: dict[str, dict[str, list[float]]] = {
+        s: {m: [] for m in METRICS} for s in strategies
+    }
+    stitched_r: dict[str, list[np.ndarray]] = {s: [] for s in strategies}
+    stitched_t: list[str] = []
+    boundaries = []
+    for k in folds:
+        runs = by_fold[k]
+        for s in strategies:
+            for m in METRICS:
+                fold_values[s][m].append(
+                    float(np.mean([r["strategies"][s]["metrics"][m] for r in runs]))
+                )
+        n = min(len(r["strategies"][s]["equity"]) for r in runs for s in strategies)
+        boundaries.append(len(stitched_t))
+        stitched_t.extend(runs[0]["index"][1:n])
+        for s in strategies:  # the seeds as one equal-weight book: mean of per-bar returns
+            rets = np.mean([_returns(r["strategies"][s]["equity"][:n]) for r in runs], axis=0)
+            stitched_r[s].append(rets)
+    summary = {s: {m: interval(v) for m, v in fold_values[s].items()} for s in strategies}
+    paired = {}
+    for b in strategies:
+        if b == "policy" or "policy" not in strategies:
+            continue
+        paired[b] = {}
+        for m in PAIRED_METRICS:
+            diff = np.subtract(fold_values["policy"][m], fold_values[b][m])
+            paired[b][m] = {**interval(diff.tolist()), "per_fold": diff.tolist()}
+    stitched = {}
+    for s in strategies:
+        r = np.concatenate(stitched_r[s]) if stitched_r[s] else np.zeros(0)
+        equity = capital * np.concatenate([[1.0], np.cumprod(1.0 + r)])
+        stats = metrics.summarize(equity, periods_per_year=ppy, risk_free_rate=RISK_FREE_RATE)
+        stitched[s] = {
+            "sharpe_ratio": stats["sharpe_ratio"],
+            "total_return": stats["total_return"],
+            "max_drawdown": stats["max_drawdown"],
+            "n_periods": stats["n_periods"],
+            "equity": equity.tolist(),
+            "returns": r,
+        }
+    return {
+        "folds": folds,
+        "seeds": seeds,
+        "periods_per_year": ppy,
+        "fold_values": fold_values,
+        "summary": summary,
+        "paired": paired,
+        "stitched": stitched,
+        "stitched_index": stitched_t,
+        "fold_boundaries": boundaries,
+    }
+
+
+def count_trials(results: list[dict[str, Any]], n_seeds: int) -> dict[str, int]:
+    """Selection trials: validation passes over all folds x seeds x phases, plus the seeds."""
+    passes = sum(p["validation_passes"] for r in results for p in r["phases"])
+    return {
+        "validation_passes": int(passes),
+        "seeds": int(n_seeds),
+        "n_trials": int(passes + n_seeds),
+    }
+
+
+def grade(sharpe: float, max_drawdown: float, dsr: float, cfg: AppConfig) -> str:
+    """The registry's RL grade (passing the DSR where the grading function takes it)."""
+    from rl_trading.registry import grade_rl
+
+    params = inspect.signature(grade_rl).parameters
+    if "dsr" in params:
+        return grade_rl(sharpe, max_drawdown, cfg.evaluation, dsr=dsr)
+    return grade_rl(sharpe, max_drawdown, cfg.evaluation)
+
+
+def build_report(
+    results: list[dict[str, Any]],
+    cfg: AppConfig,
+    plans_info: list[dict[str, Any]],
+    phases: tuple[int, ...],
+    n_seeds: int,
+) -> dict[str, Any]:
+    """The `walk_forward.json` content from the per fold x seed results."""
+    from rl_trading import metrics
+    from rl_trading.training.algo_config import phase_timesteps
+
+    agg = aggregate(results, capital=cfg.env.initial_capital)
+    trials = count_trials(results, n_seeds)
+    policy_r = agg["stitched"]["policy"]["returns"]
+    psr = metrics.probabilistic_sharpe_ratio(policy_r)
+    dsr = metrics.deflated_sharpe_ratio(policy_r, max(1, trials["n_trials"]))
+    st = agg["stitched"]["policy"]
+    policy = {
+        "psr": psr,
+        "dsr": dsr,
+        "n_trials": trials["n_trials"],
+        "n_trials_detail": trials,
+        "stitched_sharpe": st["sharpe_ratio"],
+        "stitched_total_return": st["total_return"],
+        "stitched_max_drawdown": st["max_drawdown"],
+        "grade": grade(st["sharpe_ratio"], st["max_drawdown"], dsr, cfg),
+    }
+    runs = [
+        {"fold": r["fold"], "seed": r["seed"], "strategy": s, **v["metrics"]}
+        for r in results
+        for s, v in r["strategies"].items()
+    ]
+    d = cfg.data
+    return {
+        "retrained": True,
+        "protocol": (
+            "expanding-window folds; per fold x seed: scalers fit and phases trained on the "
+            "fit part, best checkpoint selected on the validation tail of the training window, "
+            "one test pass; intervals over folds (seeds averaged within a fold)"
+        ),
+        "periods_per_year": agg["periods_per_year"],
+        "risk_free_rate": RISK_FREE_RATE,
+        "embargo_bars": d.embargo_bars,
+        "phases": list(phases),
+        "budgets": {f"phase{p}_timesteps": phase_timesteps(cfg, p) for p in phases},
+        "eval_interval": cfg.phases.eval_interval,
+        "n_folds": len(agg["folds"]),
+        "seeds": agg["seeds"],
+        "folds": plans_info,
+        "n_trials": trials["n_trials"],
+        "n_trials_rule": (
+            "validation passes used for checkpoint selection over all folds x seeds x phases, "
+            "plus the number of seeds"
+        ),
+        "psr": psr,
+        "dsr": dsr,
+        "policy": policy,
+        "summary": agg["summary"],
+        "fold_values": agg["fold_values"],
+        "paired_vs_policy": agg["paired"],
+        "stitched": {
+            s: {k: v for k, v in st_.items() if k not in ("equity", "returns")}
+            for s, st_ in agg["stitched"].items()
+        },
+        "runs": runs,
+        "validation_sharpes": {
+            f"fold{r['fold']}_seed{r['seed']}": r["validation_sharpes"] for r in results
+        },
+        "_plot": {
+            "index": agg["stitched_index"],
+            "boundaries": agg["fold_boundaries"],
+            "equity": {s: v["equity"] for s, v in agg["stitched"].items()},
+        },
+    }
+
+
+def write_equity_plot(report: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    """PNG of the stitched out-of-sample equity of the policy beside every baseline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot = report["_plot"]
+    times = pd.to_datetime(plot["index"])
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for name, equity in plot["equity"].items():
+        eq = np.asarray(equity[1:], dtype=np.float64)
+        ax.plot(
+            times[: len(eq)],
+            eq,
+            label=name,
+            linewidth=2.0 if name == "policy" else 1.0,
+            zorder=3 if name == "policy" else 2,
+        )
+    for b in plot["boundaries"][1:]:
+        if b < len(times):
+            ax.axvline(times[b], color="grey", linestyle=":", linewidth=0.8)
+    n, s = report["n_folds"], len(report["seeds"])
+    ax.set_title(
+        title
+        or f"Walk-forward out-of-sample equity ({n} retrained folds x {s} seeds, stitched; "
+        f"DSR {report['dsr']:.2f})"
+    )
+    ax.set_xlabel("Time (UTC, test blocks only; dotted lines: fold boundaries)")
+    ax.set_ylabel("Equity (account currency, net of costs)")
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The whole walk-forward
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WalkForwardPlan:
+    """Everything decided before Ray starts: bars, folds, seeds, phases, output folder."""
+
+    cfg: Any
+    bars: dict[str, pd.DataFrame]
+    plans: list[FoldPlan]
+    folds_info: list[dict[str, Any]]
+    seeds: list[int]
+    phases: tuple[int, ...]
+    out_dir: Path
+
+    @property
+    def units(self) -> list[tuple[int, int]]:
+        """Every (fold, seed) pair."""
+        return [(p.index, s) for p in self.plans for s in self.seeds]
+
+    def pending(self) -> list[tuple[int, int]]:
+        """(fold, seed) pairs without a finished result on disk."""
+        return [
+            (k, s)
+            for k, s in self.units
+            if not (self.out_dir / "trials" / trial_name(k, s) / RESULT_FILE).is_file()
+        ]
+
+
+def prepare(
+    cfg: AppConfig,
+    n_folds: int | None = None,
+    n_seeds: int | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    phases: str | Sequence[int] = (1, 2, 3),
+    bars: dict[str, pd.DataFrame] | None = None,
+) -> WalkForwardPlan:
+    """Check every input and load the data (before Ray): one-line errors for bad input."""
+    n_folds = cfg.data.walk_forward_folds if n_folds is None else int(n_folds)
+    n_seeds = len(cfg.evaluation.seeds) if n_seeds is None else int(n_seeds)
+    seeds = seeds_for(cfg, n_seeds)
+    if n_folds < 1:
+        raise ConfigError(f"--folds must be >= 1 (got {n_folds})")
+    phase_tuple = parse_phases(phases)
+    out = Path(out_dir or "runs/walk_forward").resolve()
+    plan_path = out / PLAN_FILE
+    if bars is None:
+        from rl_trading.supervised.signals import observed_market
+
+        bars = observed_market(cfg)
+    index = next(iter(bars.values())).index
+    plans = plan_for(cfg, len(index), n_folds)
+    info = [p.describe(index) for p in plans]
+    from rl_trading.registry import config_hash
+
+    fingerprint = {
+        "folds": info,
+        "seeds": seeds,
+        "phases": list(phase_tuple),
+        "config_hash": config_hash(cfg),
+    }
+    if plan_path.is_file():
+        if not resume:
+            raise ConfigError(f"{out} already holds a walk-forward; use --resume or another --out")
+        if json.loads(plan_path.read_text()) != json.loads(json.dumps(fingerprint)):
+            raise ConfigError(
+                f"--resume: {out} was started with other folds, seeds, phases or config; "
+                "use another --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path.write_text(json.dumps(fingerprint, indent=2))
+    return WalkForwardPlan(cfg, bars, plans, info, seeds, phase_tuple, out)
+
+
+def trial_resources(cfg: AppConfig) -> Any:
+    """One CPU for the trial (learner + validation) plus its env runners' CPUs."""
+    from ray import tune
+
+    res = cfg.resources
+    bundles = [{"CPU": 1.0}] + [{"CPU": float(res.num_cpus_per_env_runner)}] * res.num_env_runners
+    return tune.PlacementGroupFactory(bundles)
+
+
+def run_trials(
+    plan: WalkForwardPlan, address: str | None = None, verbose: int = 1
+) -> list[dict[str, Any]]:
+    """Run the pending folds x seeds as Tune trials; return every result (fold, seed order)."""
+    from ray import tune
+
+    from rl_trading.ray_utils import init_ray, resolve_address
+
+    cfg = plan.cfg
+    pending = plan.pending()
+    if pending:
+        addr = address or cfg.resources.address
+        local = resolve_address(addr) is None
+        init_ray(addr, cfg.resources.num_cpus, **({"log_to_driver": False} if local else {}))
+        trainable = tune.with_resources(
+            tune.with_parameters(
+                _tune_trial,
+                cfg_dict=cfg.model_dump(mode="json"),
+                bars=plan.bars,
+                plans=plan.plans,
+                out_dir=str(plan.out_dir),
+                phases=plan.phases,
+            ),
+            trial_resources(cfg),
+        )
+        grid = [{"fold": k, "seed": s} for k, s in pending]
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"unit": tune.grid_search(grid)},
+            tune_config=tune.TuneConfig(
+                trial_name_creator=lambda t: trial_name(**t.config["unit"]),
+                trial_dirname_creator=lambda t: trial_name(**t.config["unit"]),
+            ),
+            run_config=tune.RunConfig(
+                name=time.strftime("tune_%Y%m%d-%H%M%S"),
+                storage_path=str(plan.out_dir / "tune"),
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=verbose,
+            ),
+        )
+        results = tuner.fit()
+        if results.errors:
+            first = str(results.errors[0]).strip().splitlines()
+            raise RLTradingError(
+                f"{len(results.errors)} of {len(results)} walk-forward trials failed "
+                f"({first[-1][:200] if first else 'unknown error'}); finished ones are kept: "
+                f"continue with --resume --out {plan.out_dir}"
+            )
+    out = []
+    for k, s in plan.units:
+        path = plan.out_dir / "trials" / trial_name(k, s) / RESULT_FILE
+        if not path.is_file():
+            raise RLTradingError(f"trial fold {k} seed {s} left no {RESULT_FILE}; use --resume")
+        out.append(json.loads(path.read_text()))
+    return out
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _clean(value.tolist())
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def walk_forward_retrain(
+    plan: WalkForwardPlan, address: str | None = None, verbose: int = 1
+) -> dict[str, Any]:
+    """Run (or resume) the trials, then write `walk_forward.json` and the equity PNG."""
+    t0 = time.monotonic()
+    results = run_trials(plan, address=address, verbose=verbose)
+    report = build_report(results, plan.cfg, plan.folds_info, plan.phases, len(plan.seeds))
+    png = write_equity_plot(report, plan.out_dir / PLOT_FILE)
+    report.pop("_plot")
+    report["wall_s"] = time.monotonic() - t0
+    report["files"] = {"json": str(plan.out_dir / REPORT_FILE), "png": str(png)}
+    (plan.out_dir / REPORT_FILE).write_text(json.dumps(_clean(report), indent=2))
+    return report
