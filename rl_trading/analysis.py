@@ -42,12 +42,16 @@ def _in_notebook() -> bool:
 
 def load_state(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Phases of `run_dir/state.json` (status, iterations, checkpoints, MLflow run ids)."""
+    from dataclasses import asdict
+
     from rl_trading.errors import CheckpointError
+    from rl_trading.training.state import RunState
 
     path = Path(run_dir) / "state.json"
     if not path.is_file():
         raise CheckpointError(f"no state.json in {run_dir} (not a training run directory)")
-    return json.loads(path.read_text()).get("phases", {})
+    # RunState resolves the checkpoint paths (stored relative to the run dir)
+    return {name: asdict(ps) for name, ps in RunState.load(run_dir).phases.items()}
 
 
 def load_run_config(run_dir: str | Path) -> AppConfig:

@@ -144,6 +144,16 @@ class PPOSettings(Section):
     vf_loss_coeff: float = Field(0.5, ge=0)
     grad_clip: float | None = Field(0.5, gt=0)
 
+    @model_validator(mode="after")
+    def _minibatch_fits(self) -> PPOSettings:
+        """A minibatch is a slice of one rollout: it cannot be larger than the rollout."""
+        if self.minibatch_size > self.train_batch_size:
+            raise ValueError(
+                f"ppo.minibatch_size ({self.minibatch_size}) must not exceed "
+                f"ppo.train_batch_size ({self.train_batch_size})"
+            )
+        return self
+
 
 class PolicyConfig(Section):
     """Which torch RLModule each policy uses, and its size."""

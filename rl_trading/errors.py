@@ -37,3 +37,8 @@ class RegistryError(RLTradingError):
     """Unknown model name, checksum mismatch or another model-registry problem."""
 
     exit_code = 6
+
+
+class RunDirError(CheckpointError):
+    """A run directory that is in use by another run, not writable, or whose state.json is
+    corrupt (same exit code as checkpoint problems: the run's saved state is the issue)."""

@@ -1,9 +1,11 @@
-"""Starting or joining Ray: local by default, `--address` / RAY_ADDRESS for an existing cluster."""
+"""Starting or joining Ray: a fresh local instance by default, `--address` / RAY_ADDRESS for an
+existing cluster (`auto`: the one running on this machine). A cluster is never joined unasked."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from rl_trading.errors import ConfigError, ConnectionFailure
@@ -33,16 +35,25 @@ def check_address(address: str, timeout: float = 5.0) -> None:
 
 
 def init_ray(
-    address: str | None = None, num_cpus: int | None = None, **kwargs: Any
+    address: str | None = None,
+    num_cpus: int | None = None,
+    notify: Callable[[str], None] | None = None,
+    **kwargs: Any,
 ) -> dict[str, Any]:
-    """Start Ray locally or join `address`; returns the cluster resources.
+    """Start a fresh local Ray, or join `address` (RAY_ADDRESS; `auto`: this machine's running
+    cluster); returns the cluster resources and tells `notify` which Ray is used.
 
-    Reuses an already-initialised Ray (e.g. the test suite's session fixture).
+    Without an address Ray starts its own instance (`address="local"`), so a cluster left
+    running by another program (`ray start`) is never joined silently. Reuses an
+    already-initialised Ray (e.g. the test suite's session fixture).
     """
     import ray
 
+    say = notify or (lambda _msg: None)
     if ray.is_initialized():
-        return dict(ray.cluster_resources())
+        resources = dict(ray.cluster_resources())
+        say(f"Ray: the instance already running in this process ({_cpus(resources)})")
+        return resources
     addr = resolve_address(address)
     if addr is not None:
         check_address(addr)
@@ -51,10 +62,19 @@ def init_ray(
             ray.init(address=addr, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             raise ConnectionFailure(f"could not join Ray cluster at {addr}: {exc}") from None
-    else:
-        kwargs.setdefault("include_dashboard", False)
-        ray.init(num_cpus=num_cpus, **kwargs)
-    return dict(ray.cluster_resources())
+        resources = dict(ray.cluster_resources())
+        nodes = len([n for n in ray.nodes() if n.get("Alive")])
+        say(f"Ray: joined the cluster at {addr} ({nodes} node(s), {_cpus(resources)})")
+        return resources
+    kwargs.setdefault("include_dashboard", False)
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    resources = dict(ray.cluster_resources())
+    say(f"Ray: started a local instance ({_cpus(resources)})")
+    return resources
+
+
+def _cpus(resources: dict[str, Any]) -> str:
+    return f"{float(resources.get('CPU', 0)):g} CPUs"
 
 
 def check_env_runner_cpus(num_env_runners: int, cpus_per_runner: float, cluster: dict) -> None:

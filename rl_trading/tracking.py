@@ -242,22 +242,59 @@ def mlflow_run(
     tracking_uri: str | None = None,
     system_metrics: bool = False,
     nested: bool = False,
+    resume_run_id: str | None = None,
 ) -> Iterator[Any]:
-    """Start an MLflow run with redacted params and standard tags; yields the active run."""
+    """Start an MLflow run with redacted params and standard tags; yields the active run.
+
+    `resume_run_id` continues that run (a resumed training phase) when the store has it;
+    its params stay as first logged.
+    """
     import mlflow
 
     configure_mlflow(tracking_uri)
     exp_id = ensure_experiment(experiment)
+    resumed = resume_run_id if _resumable(resume_run_id, exp_id) else None
     with mlflow.start_run(
+        run_id=resumed,
         experiment_id=exp_id,
         run_name=run_name,
         nested=nested,
         log_system_metrics=system_metrics,
         tags=standard_tags(tags),
     ) as run:
-        if params:
+        if params and resumed is None:
             clean = redact_params(params)
             items = [(k, str(v)[:6000]) for k, v in clean.items()]
             for i in range(0, len(items), 90):
                 mlflow.log_params(dict(items[i : i + 90]))
         yield run
+
+
+def _resumable(run_id: str | None, experiment_id: str) -> bool:
+    """Whether `run_id` is a live run of `experiment_id` in the current store."""
+    if not run_id:
+        return False
+    import mlflow
+
+    try:
+        run = mlflow.MlflowClient().get_run(run_id)
+    except Exception:  # noqa: BLE001 - unknown id or another store: start a new run
+        return False
+    return run.info.experiment_id == experiment_id and run.info.lifecycle_stage == "active"
+
+
+def close_orphan_run(run_id: str | None, tracking_uri: str | None = None) -> bool:
+    """Mark a run left RUNNING by a killed process as KILLED; True when one was closed."""
+    if not run_id:
+        return False
+    import mlflow
+
+    configure_mlflow(tracking_uri)
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return False
+        client.set_terminated(run_id, status="KILLED")
+    except Exception:  # noqa: BLE001 - not in this store: nothing to close
+        return False
+    return True

@@ -51,7 +51,7 @@ def test_full_level_draws_exactly_as_without_curriculum():
 def test_schedule_ramps_to_one_in_listed_phases_only():
     cfg = AppConfig.model_validate(
         {
-            "ppo": {"train_batch_size": 100},
+            "ppo": {"train_batch_size": 100, "minibatch_size": 50},
             "phases": {
                 "phase1_timesteps": 1000,
                 "phase3_timesteps": 1000,

@@ -109,6 +109,46 @@ def test_interrupt_then_resume_matches_uninterrupted(ray_session, tmp_path):
     assert again.iterations == 4
 
 
+@pytest.mark.parametrize("fault", ["crash-at-iteration-3", "disk-full-at-first-checkpoint"])
+def test_fault_before_the_first_checkpoint_then_resume_runs_the_whole_budget(
+    ray_session, tmp_path, monkeypatch, fault
+):
+    """Issue 17 case 1: nothing checkpointed yet, so resume starts over with counters at 0
+    (it used to keep the dead run's iteration count on fresh weights and cut the budget)."""
+    import errno
+
+    from rl_trading.training import runner
+
+    cfg = tiny_cfg(phase1_timesteps=512, eval_interval=5, checkpoint_interval=4)
+    factory = standin_factory(episode_length=32)
+
+    def crash_at_3(info):
+        if info["iteration"] == 3:
+            raise RuntimeError("process died")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if fault.startswith("crash"):
+        with pytest.raises(RuntimeError):
+            run_phase(cfg, 1, factory, tmp_path, progress=crash_at_3, tracking=False)
+    else:
+        with monkeypatch.context() as patch:
+            patch.setattr(runner, "save_algorithm", disk_full)
+            with pytest.raises(OSError, match="No space"):
+                run_phase(cfg, 1, factory, tmp_path, tracking=False)
+    ps = RunState.load(tmp_path).phases["phase1"]
+    assert ps.status == "running" and ps.iteration >= 2 and ps.last_checkpoint is None
+    seen = []
+    res = run_phase(
+        cfg, 1, factory, tmp_path, resume=True, tracking=False, progress=lambda i: seen.append(i)
+    )
+    assert [i["iteration"] for i in seen] == [1, 2, 3, 4]  # from the start: fresh weights
+    assert res.iterations == 4 and res.env_steps == 4 * 128  # the full budget
+    ps = RunState.load(tmp_path).phases["phase1"]
+    assert (ps.status, ps.checkpoint_iteration, ps.checkpoint_env_steps) == ("done", 4, 512)
+
+
 def test_sigterm_checkpoints_and_stops_cleanly(ray_session, tmp_path):
     cfg = tiny_cfg(phase1_timesteps=384, checkpoint_interval=5)
     factory = standin_factory(episode_length=32)

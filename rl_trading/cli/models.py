@@ -108,8 +108,11 @@ def register_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Backtest a checkpoint on --split, grade it, and register it with its preprocessing."""
+    from rl_trading.errors import ConfigError
     from rl_trading.evaluation import register_policy
 
+    if bump is not None and bump not in ("major", "minor", "patch"):  # before any backtest
+        raise ConfigError(f"--bump must be major, minor or patch, not '{bump}'")
     cfg = cli_config(config, sets)
     rec, result = register_policy(checkpoint, cfg, model_type, split, run_dir, bump)
     pm = result.metrics["policy"]

@@ -14,13 +14,23 @@ app = typer.Typer(
 )
 
 ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue the run in --run-dir (or the newest run).")
+    bool,
+    typer.Option("--resume", help="Continue the run in --run-dir (or the newest run); must exist."),
+]
+ResumeOrStartOpt = Annotated[
+    bool,
+    typer.Option("--resume-or-start", help="Continue the run if there is one, else start it."),
 ]
 RunDirOpt = Annotated[
     Path | None, typer.Option("--run-dir", help="Run directory (state, checkpoints).")
 ]
 AddressOpt = Annotated[
-    str | None, typer.Option("--address", help="Ray cluster address (default: local).")
+    str | None,
+    typer.Option(
+        "--address",
+        help="Ray cluster host:port, or 'auto' for the one running on this machine "
+        "(default: RAY_ADDRESS, else a fresh local Ray).",
+    ),
 ]
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")]
 FromCkptOpt = Annotated[
@@ -30,7 +40,15 @@ FromCkptOpt = Annotated[
 
 
 def _run(
-    phases: tuple[int, ...], config, sets, resume, run_dir, address, tracking_uri, from_ckpt
+    phases: tuple[int, ...],
+    config,
+    sets,
+    resume,
+    run_dir,
+    address,
+    tracking_uri,
+    from_ckpt,
+    resume_or_start: bool = False,
 ) -> None:
     from rl_trading.cli.progress import phase_progress
     from rl_trading.training.session import train
@@ -44,10 +62,12 @@ def _run(
                 phases,
                 run_dir=run_dir,
                 resume=resume,
+                resume_or_start=resume_or_start,
                 from_checkpoint=from_ckpt,
                 address=address,
                 tracking_uri=tracking_uri,
                 progress=progress,
+                notify=console.print,
             )
         except TrainingInterrupted as stop:
             console.print(f"[yellow]{stop}[/]")
@@ -66,12 +86,13 @@ def phase1(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     resume: ResumeOpt = False,
+    resume_or_start: ResumeOrStartOpt = False,
     run_dir: RunDirOpt = None,
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Phase 1: train the specialists (one per instrument, or one shared) on fixed equal weights."""
-    _run((1,), config, sets, resume, run_dir, address, tracking_uri, None)
+    _run((1,), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start)
 
 
 @app.command()
@@ -79,13 +100,16 @@ def phase2(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     resume: ResumeOpt = False,
+    resume_or_start: ResumeOrStartOpt = False,
     run_dir: RunDirOpt = None,
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
     from_checkpoint: FromCkptOpt = None,
 ) -> None:
     """Phase 2: train the meta allocator over the frozen phase-1 specialists."""
-    _run((2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint)
+    _run(
+        (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint, resume_or_start
+    )
 
 
 @app.command()
@@ -93,13 +117,16 @@ def phase3(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     resume: ResumeOpt = False,
+    resume_or_start: ResumeOrStartOpt = False,
     run_dir: RunDirOpt = None,
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
     from_checkpoint: FromCkptOpt = None,
 ) -> None:
     """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates)."""
-    _run((3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint)
+    _run(
+        (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint, resume_or_start
+    )
 
 
 @app.command()
@@ -107,12 +134,13 @@ def pipeline(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     resume: ResumeOpt = False,
+    resume_or_start: ResumeOrStartOpt = False,
     run_dir: RunDirOpt = None,
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Phases 1, 2 and 3 in one run directory (resumable)."""
-    _run((1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None)
+    _run((1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start)
 
 
 try:  # `train supervised` lives in its own module (written separately)

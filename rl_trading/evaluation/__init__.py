@@ -83,8 +83,6 @@ def register_policy(
     Preprocessing (scalers fit on the training split), the training-data fingerprint, the
     phase lineage (from the run dir's state.json) and the config go with it.
     """
-    import json
-
     from rl_trading.evaluation.backtest import backtest, load_policy
     from rl_trading.registry import ModelRegistry
 
@@ -97,12 +95,13 @@ def register_policy(
     lineage: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "eval_split": split}
     state_dir = Path(run_dir) if run_dir else _run_dir_of(Path(checkpoint))
     if state_dir is not None and (state_dir / "state.json").is_file():
-        phases = json.loads((state_dir / "state.json").read_text()).get("phases", {})
+        from rl_trading.training.state import RunState
+
         lineage["run_dir"] = str(state_dir.resolve())
-        for name, ps in sorted(phases.items()):
-            lineage[name] = ps.get("best_checkpoint") or ps.get("last_checkpoint")
-            if ps.get("mlflow_run_id"):
-                lineage[f"{name}_mlflow_run"] = ps["mlflow_run_id"]
+        for name, ps in sorted(RunState.load(state_dir).phases.items()):
+            lineage[name] = ps.best_checkpoint or ps.last_checkpoint
+            if ps.mlflow_run_id:
+                lineage[f"{name}_mlflow_run"] = ps.mlflow_run_id
     if cfg.supervised.signals_enabled:
         lineage["signals"] = [
             f"{m}_{tf}" for m in cfg.supervised.models for tf in cfg.supervised.timeframes

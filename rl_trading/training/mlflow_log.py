@@ -72,8 +72,12 @@ def phase_tracking(
     tags: Mapping[str, str] | None = None,
     tracking_uri: str | None = None,
     enabled: bool = True,
+    resume_run_id: str | None = None,
 ) -> Iterator[PhaseTracker]:
-    """An MLflow run for one phase: flattened config params, standard + data tags, config file."""
+    """An MLflow run for one phase: flattened config params, standard + data tags, config file.
+
+    `resume_run_id` continues the phase's earlier run (resume from a checkpoint).
+    """
     if not enabled:
         yield PhaseTracker(None)
         return
@@ -87,6 +91,7 @@ def phase_tracking(
         tags=all_tags,
         tracking_uri=tracking_uri or cfg.tracking.tracking_uri,
         system_metrics=cfg.tracking.system_metrics,
+        resume_run_id=resume_run_id,
     ) as run:
         import mlflow
 

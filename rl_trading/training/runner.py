@@ -155,15 +155,25 @@ def run_phase(
     num = phase_number(phase)
     name = f"phase{num}"
     mode = PHASE_MODES[num]
-    run_dir = Path(run_dir)
     state = RunState.load(run_dir)
+    run_dir = state.run_dir
     ps = state.phase(name)
     total = phase_iterations(cfg, num)
     if resume and ps.status == "done":
         return _result(name, ps)
     if not resume or ps.status == "pending":
         state.phases[name] = ps = PhaseState(total_iterations=total)
-    if num > 1 and init_checkpoint is None and ps.last_checkpoint is None:
+    # The counters go back to what the restored weights hold: the last checkpoint, or a fresh
+    # start (iteration 0) when the phase died before its first checkpoint.
+    from_last = resume and ps.rewind()
+    resume_run_id = ps.mlflow_run_id if from_last else None
+    if not from_last and ps.mlflow_run_id:  # a restart: the earlier run's iterations are void
+        if tracking:
+            from rl_trading.tracking import close_orphan_run
+
+            close_orphan_run(ps.mlflow_run_id, tracking_uri or cfg.tracking.tracking_uri)
+        ps.mlflow_run_id = None
+    if num > 1 and init_checkpoint is None and not from_last:
         init_checkpoint = previous_checkpoint(run_dir, num)
     stop = stop if stop is not None else StopFlag()
     phase_dir = run_dir / name
@@ -173,9 +183,8 @@ def run_phase(
     algo = config.build_algo()
     try:
         pids, trained = phase_policies(factory, num)
-        if resume and ps.last_checkpoint:
+        if from_last:
             restore_algorithm_state(algo, ps.last_checkpoint)
-            ps.iteration = ps.checkpoint_iteration  # after a crash: redo what was not saved
         elif init_checkpoint is not None:
             to_load = [p for p in pids if is_specialist(p)] if num == 2 else pids
             restore_policies(algo, init_checkpoint, to_load)
@@ -185,9 +194,12 @@ def run_phase(
         state.save()
         with (
             graceful_stop(stop),
-            phase_tracking(cfg, name, run_dir, tags, tracking_uri, enabled=tracking) as tracker,
+            phase_tracking(
+                cfg, name, run_dir, tags, tracking_uri, tracking, resume_run_id
+            ) as tracker,
         ):
             ps.mlflow_run_id = tracker.run_id
+            state.save()  # the run id first: a killed process leaves a run to close or resume
             t0 = time.monotonic()
             start_iter = ps.iteration
             restarts_seen = 0
@@ -238,9 +250,11 @@ def run_phase(
                 stopping = bool(stop)
                 if it % cfg.phases.checkpoint_interval == 0 or it == total or stopping:
                     last = save_algorithm(algo, ckpt_dir / f"iter_{it:06d}")
-                    _prune(ckpt_dir, last)
                     ps.last_checkpoint = str(last)
                     ps.checkpoint_iteration = it
+                    ps.checkpoint_env_steps = ps.env_steps
+                    state.save()  # before pruning: state.json never names a deleted checkpoint
+                    _prune(ckpt_dir, last)
                 state.save()
                 tracker.log(metrics, step=it)
                 if stopping and it < total:

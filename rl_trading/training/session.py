@@ -1,15 +1,20 @@
-"""One training invocation: data, Ray, run directory, then the requested phases (CLI + API)."""
+"""One training invocation: checks, run-dir lock, data, Ray, then the requested phases.
+
+Everything that can be checked without Ray is checked first (run dir, state.json, checkpoints,
+data, MLflow), each failure a one-line error; the run dir stays locked while phases run.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rl_trading.config import AppConfig
-from rl_trading.errors import CheckpointError
+from rl_trading.errors import RunDirError
 from rl_trading.training.env_bridge import EnvFactory, hierarchical_factory
-from rl_trading.training.runner import PhaseResult, ProgressFn, run_phase
-from rl_trading.training.state import STATE_FILE
+from rl_trading.training.runner import PhaseResult, ProgressFn, previous_checkpoint, run_phase
+from rl_trading.training.state import STATE_FILE, RunState, run_dir_lock
 
 
 def load_splits(cfg: AppConfig) -> tuple[dict, dict, str]:
@@ -23,18 +28,64 @@ def load_splits(cfg: AppConfig) -> tuple[dict, dict, str]:
     return splits.train, splits.val, fingerprint(bars)
 
 
-def find_run_dir(cfg: AppConfig, run_dir: str | Path | None, resume: bool) -> Path:
-    """The run directory (absolute, so checkpoint paths stay valid from any cwd): given, else
-    the newest with a state file (resume), else a new one."""
+def find_run_dir(
+    cfg: AppConfig, run_dir: str | Path | None, resume: bool, resume_or_start: bool = False
+) -> Path:
+    """The run directory (absolute): given, else the newest with a state file (resume), else a
+    new one. `resume` needs a run to resume (RunDirError otherwise) unless `resume_or_start`."""
     if run_dir is not None:
-        return Path(run_dir).resolve()
+        path = Path(run_dir).expanduser().resolve()
+        if resume and not resume_or_start and not RunState.load(path).phases:
+            what = "does not exist" if not path.exists() else f"has no {STATE_FILE} (no run)"
+            raise RunDirError(
+                f"--resume: run dir {path} {what}; start it without --resume, "
+                "or use --resume-or-start"
+            )
+        return path
     if resume:
         parent = cfg.resolved_run_dir().parent
         candidates = sorted(parent.glob(f"*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise CheckpointError(f"--resume: no run with {STATE_FILE} under {parent}")
-        return candidates[-1].parent.resolve()
+        if candidates:
+            return candidates[-1].parent.resolve()
+        if not resume_or_start:
+            raise RunDirError(f"--resume: no run with {STATE_FILE} under {parent}")
     return cfg.resolved_run_dir().resolve()
+
+
+def check_phase_inputs(
+    state: RunState,
+    phases: tuple[int, ...],
+    resume: bool,
+    from_checkpoint: str | Path | None,
+) -> None:
+    """Before any expensive work: the first phase's starting checkpoint exists and is one."""
+    from rl_trading.training.checkpoints import check_checkpoint
+
+    if from_checkpoint is not None:
+        check_checkpoint(from_checkpoint)
+    first = phases[0]
+    own = state.phases.get(f"phase{first}") if resume else None
+    if own is not None and own.status == "done":
+        return
+    if own is not None and own.last_checkpoint:
+        check_checkpoint(own.last_checkpoint)
+    elif first > 1 and from_checkpoint is None:
+        check_checkpoint(previous_checkpoint(state.run_dir, first))
+
+
+def check_checkpoint_policies(
+    factory: EnvFactory, phase: int, checkpoint: str | Path | None
+) -> None:
+    """The checkpoint a phase starts from holds every policy the phase loads from it."""
+    if checkpoint is None:
+        return
+    from rl_trading.training.algo_config import phase_policies
+    from rl_trading.training.checkpoints import check_checkpoint
+    from rl_trading.training.mapping import is_specialist
+
+    pids, _ = phase_policies(factory, phase)
+    for pid in [p for p in pids if is_specialist(p)] if phase == 2 else pids:
+        check_checkpoint(checkpoint, pid)
 
 
 def train(
@@ -43,6 +94,7 @@ def train(
     *,
     run_dir: str | Path | None = None,
     resume: bool = False,
+    resume_or_start: bool = False,
     from_checkpoint: str | Path | None = None,
     address: str | None = None,
     tracking_uri: str | None = None,
@@ -51,42 +103,52 @@ def train(
     factory: EnvFactory | None = None,
     stop: Any = None,
     quiet_workers: bool = True,
+    notify: Callable[[str], None] | None = None,
 ) -> tuple[Path, dict[str, PhaseResult]]:
-    """Run `phases` in order in one run dir; `from_checkpoint` seeds the first of them."""
+    """Run `phases` in order in one run dir; `from_checkpoint` seeds the first of them.
+
+    `resume_or_start` resumes a run when there is one, else starts it; `notify` gets one-line
+    messages (which Ray cluster is used).
+    """
     from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
 
-    run_dir = find_run_dir(cfg, run_dir, resume)
-    tags: dict[str, str] = {}
-    if factory is None:
-        train_bars, val_bars, fp = load_splits(cfg)
-        factory = hierarchical_factory(cfg, train_bars, val_bars)
-        tags["data_fingerprint"] = fp
-    if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
-        from rl_trading.tracking import check_tracking, resolve_tracking_uri
+    resume = resume or resume_or_start
+    run_dir = find_run_dir(cfg, run_dir, resume, resume_or_start)
+    check_phase_inputs(RunState.load(run_dir), phases, resume, from_checkpoint)
+    with run_dir_lock(run_dir):
+        state = RunState.load(run_dir)  # again: another run may have changed it meanwhile
+        check_phase_inputs(state, phases, resume, from_checkpoint)
+        tags: dict[str, str] = {}
+        if factory is None:
+            train_bars, val_bars, fp = load_splits(cfg)
+            factory = hierarchical_factory(cfg, train_bars, val_bars)
+            tags["data_fingerprint"] = fp
+        check_checkpoint_policies(factory, phases[0], from_checkpoint)
+        if tracking:  # an unreachable MLflow server fails here, before Ray starts
+            from rl_trading.tracking import check_tracking, resolve_tracking_uri
 
-        check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
-    addr = address or cfg.resources.address
-    local = resolve_address(addr) is None
-    quiet = {"log_to_driver": not quiet_workers} if local else {}
-    cluster = init_ray(addr, num_cpus=cfg.resources.num_cpus, **quiet)
-    if local:  # a cluster may add nodes; a local Ray cannot
-        res = cfg.resources
-        check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
-    for i, num in enumerate(phases):
-        init = from_checkpoint if i == 0 else None
-        results[f"phase{num}"] = run_phase(
-            cfg,
-            num,
-            factory,
-            run_dir,
-            resume=resume,
-            init_checkpoint=init,
-            progress=progress,
-            tracking=tracking,
-            tracking_uri=tracking_uri,
-            tags=tags,
-            stop=stop,
-        )
+            check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
+        addr = address or cfg.resources.address
+        local = resolve_address(addr) is None
+        quiet = {"log_to_driver": not quiet_workers} if local else {}
+        cluster = init_ray(addr, num_cpus=cfg.resources.num_cpus, notify=notify, **quiet)
+        if local:  # a cluster may add nodes; a local Ray cannot
+            res = cfg.resources
+            check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)
+        results = {}
+        for i, num in enumerate(phases):
+            init = from_checkpoint if i == 0 else None
+            results[f"phase{num}"] = run_phase(
+                cfg,
+                num,
+                factory,
+                run_dir,
+                resume=resume,
+                init_checkpoint=init,
+                progress=progress,
+                tracking=tracking,
+                tracking_uri=tracking_uri,
+                tags=tags,
+                stop=stop,
+            )
     return run_dir, results
