@@ -59,7 +59,7 @@ def train(
     tags: dict[str, str] = {}
     if factory is None:
         train_bars, val_bars, fp = load_splits(cfg)
-        factory = hierarchical_factory(cfg, train_bars, val_bars)
+        factory = hierarchical_factory(cfg, train_bars, val_bars, source=cfg)  # data by reference
         tags["data_fingerprint"] = fp
     if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
         from rl_trading.tracking import check_tracking, resolve_tracking_uri
