@@ -1,31 +1,48 @@
-"""RLlib registration of the environments and the plain-data `env_config` they are built from.
+"""The RLlib-facing environments and the plain-data `env_config` they are built from.
 
-`make_env_config` packs everything an env runner needs into picklable plain data: the config
-as a dict, each instrument's bars as numpy arrays (int64 ns timestamps + float64 OHLCV, then
-any `sig_*` columns and align's `filled` marks as 1.0 / 0.0; about 40 bytes per bar and
-instrument: 8 instruments x 20,000 bars ~ 6.4 MB), the fitted feature scalers as dicts, the
-mode and flags. `env_creator` rebuilds the env from it. The hierarchical env is wrapped in
-RLlib's ParallelPettingZooEnv with ``meta_obs_every_step=False`` by default, so with
-meta_interval k > 1 the meta only appears on the steps where it acts.
+RLlib gets an importable env *class* (:class:`HierarchicalRLlibEnv`, ``config -> env``), so a
+checkpoint re-creates its env in any process that can import the project, without a
+name registered at run time: ``Algorithm.from_checkpoint(path)`` works in a fresh process.
+
+`make_env_config` packs what an env runner needs into picklable plain data: the config as a
+dict, the fitted feature scalers as dicts, the mode and flags, and the bars (OHLCV, any `sig_*`
+columns and align's `filled` marks). With a data
+reference (`data_reference`: the source config, the time range and a fingerprint) the bars are
+*not* carried: they are kept in a per-process cache keyed by fingerprint, and a process that
+lacks them (a remote env runner, a restore) reloads them through the data layer and verifies
+the fingerprint (one-line DataError when they differ). Without one (bars made in memory), the
+bars travel inline as numpy arrays (about 40 bytes per bar and instrument), and so do their
+checkpoints. The hierarchical env is wrapped in RLlib's ParallelPettingZooEnv with
+``meta_obs_every_step=False`` by default, so with meta_interval k > 1 the meta only appears on
+the steps where it acts.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
 
 from rl_trading.config import AppConfig
 from rl_trading.data.features import FeatureScaler, signal_columns
 from rl_trading.data.resample import FILLED_COLUMN
+from rl_trading.errors import DataError
 
 __all__ = [
     "HIERARCHICAL_ENV_NAME",
     "SINGLE_ENV_NAME",
+    "HierarchicalRLlibEnv",
+    "bars_fingerprint",
     "bars_from_config",
+    "data_reference",
     "env_creator",
+    "load_reference",
+    "safe_config",
     "make_env_config",
     "make_hierarchical_env",
     "register_envs",
@@ -35,6 +52,9 @@ __all__ = [
 HIERARCHICAL_ENV_NAME = "rl_trading_hierarchical_v0"
 SINGLE_ENV_NAME = "rl_trading_single_v0"
 _COLUMNS = ["open", "high", "low", "close", "volume"]
+# fingerprint -> bars of this process (the driver's training data, or bars a worker reloaded)
+_BARS_CACHE: dict[str, dict[str, pd.DataFrame]] = {}
+_BARS_CACHE_MAX = 8
 
 
 def _pack_bars(frame: pd.DataFrame) -> dict[str, Any]:
@@ -63,6 +83,103 @@ def _unpack_bars(packed: Mapping[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def bars_fingerprint(frames: Mapping[str, pd.DataFrame]) -> str:
+    """sha256 of the bars exactly as an env sees them (symbols, index, tz, every column)."""
+    digest = hashlib.sha256()
+    for sym in sorted(frames):
+        packed = _pack_bars(frames[sym])
+        digest.update(f"{sym}|{packed['tz']}|{','.join(packed['columns'])}|".encode())
+        digest.update(packed["index"].tobytes())
+        digest.update(packed["values"].tobytes())
+    return digest.hexdigest()
+
+
+def safe_config(cfg: AppConfig) -> dict[str, Any]:
+    """The config as JSON data with a credential in `data.db_url` redacted (it is pickled into
+    checkpoints); a reload then takes the URL from RL_TRADING_DB_URL."""
+    from rl_trading.tracking import redact
+
+    raw = cfg.model_dump(mode="json")
+    url = raw.get("data", {}).get("db_url")
+    if url:
+        raw["data"]["db_url"] = redact(url)
+    return raw
+
+
+def data_reference(source_cfg: AppConfig, frames: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+    """Where `frames` come from: `observed_market(source_cfg)` (files, SQL table, bundled sample
+    or synthetic parameters, plus the signal settings) cut to their time range, and their
+    fingerprint. Plain data, a few KB whatever the number of bars."""
+    first = next(iter(frames.values()))
+    index = pd.DatetimeIndex(first.index)
+    data = source_cfg.data
+    paths = {s: os.path.abspath(os.path.expanduser(p)) for s, p in data.paths.items()}
+    cfg = source_cfg.model_copy(update={"data": data.model_copy(update={"paths": paths})})
+    return {
+        "cfg": safe_config(cfg),
+        "symbols": [str(s) for s in frames],
+        "start": int(index[0].value),
+        "end": int(index[-1].value),
+        "n_bars": len(index),
+        "fingerprint": bars_fingerprint(frames),
+    }
+
+
+def describe_reference(ref: Mapping[str, Any]) -> str:
+    """One line naming a data reference's source (credentials redacted)."""
+    from rl_trading.tracking import redact
+
+    data = ref.get("cfg", {}).get("data", {})
+    source = data.get("source", "?")
+    where = {
+        "sql": f"table {data.get('table')} at {redact(str(data.get('db_url') or 'default DB'))}",
+        "files": ", ".join(sorted((data.get("paths") or {}).values())),
+        "sample": "bundled sample",
+        "synthetic": f"synthetic seed {data.get('synthetic', {}).get('seed')}",
+    }.get(source, f"{source} source")
+    return f"{','.join(ref.get('symbols', []))} {data.get('timeframe', '')} from {where}"
+
+
+def load_reference(ref: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+    """Reload the bars of a data reference through the data layer; DataError unless they match
+    its fingerprint (changed files, table or settings are never silently substituted)."""
+    from rl_trading.supervised.signals import observed_market
+
+    raw = dict(ref["cfg"])
+    url = (raw.get("data") or {}).get("db_url")
+    if url and "***" in url:
+        env_url = os.environ.get("RL_TRADING_DB_URL")
+        if not env_url:
+            raise DataError(
+                f"the training data's database URL is redacted ({url}): set RL_TRADING_DB_URL"
+            )
+        raw["data"] = {**raw["data"], "db_url": env_url}
+    cfg = AppConfig.model_validate(raw)
+    market = observed_market(cfg)
+    lo, hi = pd.Timestamp(int(ref["start"]), tz="UTC"), pd.Timestamp(int(ref["end"]), tz="UTC")
+    frames = {}
+    for sym in ref["symbols"]:
+        if sym not in market:
+            raise DataError(f"training data: no bars for {sym} in {describe_reference(ref)}")
+        frame = market[sym]
+        index = pd.DatetimeIndex(frame.index)
+        stamps = index.tz_convert("UTC") if index.tz is not None else index.tz_localize("UTC")
+        frames[sym] = frame[(stamps >= lo) & (stamps <= hi)]
+    got = bars_fingerprint(frames)
+    if got != ref["fingerprint"]:
+        raise DataError(
+            f"training data changed: {describe_reference(ref)} has fingerprint {got[:12]}, "
+            f"the checkpoint was trained on {str(ref['fingerprint'])[:12]}"
+        )
+    return frames
+
+
+def _cache_bars(fp: str, frames: Mapping[str, pd.DataFrame]) -> None:
+    if fp not in _BARS_CACHE and len(_BARS_CACHE) >= _BARS_CACHE_MAX:
+        _BARS_CACHE.pop(next(iter(_BARS_CACHE)))
+    _BARS_CACHE[fp] = dict(frames)
+
+
 def make_env_config(
     cfg: AppConfig,
     bars: Mapping[str, pd.DataFrame] | pd.DataFrame,
@@ -71,27 +188,48 @@ def make_env_config(
     scalers: Mapping[str, FeatureScaler] | None = None,
     meta_obs_every_step: bool = False,
     seed: int | None = None,
+    data_ref: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Plain, picklable env_config for RLlib (`.environment(env=NAME, env_config=...)`).
+    """Plain, picklable env_config for RLlib (`.environment(env=HierarchicalRLlibEnv, ...)`).
 
     `bars` is a dict of aligned frames (or one frame, stored under "bars"); `scalers` are the
-    training split's fitted scalers, so validation / test envs normalise like training.
+    training split's fitted scalers, so validation / test envs normalise like training. With
+    `data_ref` (see `data_reference`, made for exactly these bars) the bars stay out of the
+    env_config (cached in this process, reloaded elsewhere); without, they travel inline.
     """
     frames = {"bars": bars} if isinstance(bars, pd.DataFrame) else dict(bars)
-    return {
-        "cfg": cfg.model_dump(mode="json"),
-        "bars": {str(sym): _pack_bars(frame) for sym, frame in frames.items()},
+    out: dict[str, Any] = {
+        "cfg": safe_config(cfg),
         "mode": mode,
         "eval_mode": bool(eval_mode),
         "scalers": {str(s): sc.to_dict() for s, sc in (scalers or {}).items()},
         "meta_obs_every_step": bool(meta_obs_every_step),
         "seed": cfg.seed if seed is None else int(seed),
     }
+    if data_ref is not None:
+        if list(data_ref["symbols"]) != [str(s) for s in frames]:
+            raise DataError(
+                f"data reference symbols {list(data_ref['symbols'])} != bars {list(frames)}"
+            )
+        _cache_bars(str(data_ref["fingerprint"]), frames)
+        out["data_ref"] = dict(data_ref)
+    else:
+        out["bars"] = {str(sym): _pack_bars(frame) for sym, frame in frames.items()}
+    return out
 
 
 def bars_from_config(env_config: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
-    """The bars carried by an env_config, as DataFrames keyed by symbol."""
-    return {sym: _unpack_bars(p) for sym, p in env_config["bars"].items()}
+    """The bars of an env_config as DataFrames keyed by symbol: carried inline, else from this
+    process's cache, else reloaded (and verified) through the data reference."""
+    if env_config.get("bars") is not None:
+        return {sym: _unpack_bars(p) for sym, p in env_config["bars"].items()}
+    ref = env_config.get("data_ref")
+    if not ref:
+        raise DataError("env_config carries neither bars nor a data reference")
+    fp = str(ref["fingerprint"])
+    if fp not in _BARS_CACHE:
+        _cache_bars(fp, load_reference(ref))
+    return dict(_BARS_CACHE[fp])
 
 
 def _common(env_config: Mapping[str, Any]) -> tuple[AppConfig, dict, dict, int | None]:
@@ -123,28 +261,30 @@ def make_hierarchical_env(env_config: Mapping[str, Any]) -> Any:
     )
 
 
-def _ordered_pettingzoo(par_env: Any) -> Any:
-    """RLlib's ParallelPettingZooEnv with the agents in the env's own order.
+class HierarchicalRLlibEnv(ParallelPettingZooEnv):
+    """RLlib's view of the hierarchical env, built from an env_config alone (`config -> env`):
+    pass the class to `config.environment(env=...)` and every process (env runners, a fresh
+    `Algorithm.from_checkpoint`) can re-create it by importing this module.
 
-    The stock wrapper lists agents in `set` order, which changes with PYTHONHASHSEED and makes
-    sampling / batching order (and so training) differ between processes with the same seed.
+    Agents are listed in the env's own order: the stock wrapper lists them in `set` order, which
+    changes with PYTHONHASHSEED and makes sampling / batching order (and so training) differ
+    between processes with the same seed.
     """
-    from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
 
-    env = ParallelPettingZooEnv(par_env)
-    order = list(getattr(par_env, "possible_agents", None) or par_env.agents)
-    env.agents = list(par_env.agents or order)
-    env.possible_agents = list(order)
-    return env
+    def __init__(self, config: Mapping[str, Any] | None = None):
+        from rl_trading.training.fast.determinism import install
+
+        install()  # hash-seed independent agent order in this env runner's episodes
+        par_env = make_hierarchical_env(config or {})
+        super().__init__(par_env)
+        order = list(getattr(par_env, "possible_agents", None) or par_env.agents)
+        self.agents = list(par_env.agents or order)
+        self.possible_agents = list(order)
 
 
 def env_creator(env_config: Mapping[str, Any]) -> Any:
-    """RLlib creator: ParallelPettingZooEnv(HierarchicalTradingEnv(...)) from `env_config`,
-    agents in a fixed order (see `_ordered_pettingzoo`)."""
-    from rl_trading.training.fast.determinism import install
-
-    install()  # hash-seed independent agent order in this env runner's episodes
-    return _ordered_pettingzoo(make_hierarchical_env(env_config))
+    """RLlib creator (registered name): the same env as :class:`HierarchicalRLlibEnv`."""
+    return HierarchicalRLlibEnv(env_config)
 
 
 def single_env_creator(env_config: Mapping[str, Any]) -> Any:

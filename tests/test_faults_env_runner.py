@@ -58,19 +58,26 @@ def _create(config):
     return ParallelPettingZooEnv(CrashOnceEnv(config))
 
 
+def _is_env_runner(actor: dict) -> bool:
+    """An env runner actor, stock or subclassed: Ray names actors after their class (e.g.
+    `MultiAgentEnvRunner` or the project's fast subclass), so match any `...EnvRunner`."""
+    name = str(actor.get("ActorClassName") or "")
+    return name.rsplit(".", 1)[-1].endswith("EnvRunner")
+
+
 def _wait_for_alive_env_runners(n: int, timeout: float) -> None:
     from ray._private import state  # GCS actor table (works without the dashboard)
 
     deadline = time.monotonic() + timeout
+    names: set[str] = set()
     while time.monotonic() < deadline:
-        alive = [
-            a
-            for a in state.actors().values()
-            if a["ActorClassName"] == "MultiAgentEnvRunner" and a["State"] == "ALIVE"
-        ]
+        actors = list(state.actors().values())
+        names = {str(a.get("ActorClassName")) for a in actors}
+        alive = [a for a in actors if _is_env_runner(a) and a["State"] == "ALIVE"]
         if len(alive) >= n:
             return
-        time.sleep(1.0)
+        time.sleep(0.25)
+    raise AssertionError(f"fewer than {n} env runners alive after {timeout:g} s; actors: {names}")
 
 
 def test_crashed_env_runner_is_restarted_and_training_continues(ray_session, tmp_path, caplog):
@@ -117,3 +124,11 @@ def test_crashed_env_runner_is_restarted_and_training_continues(ray_session, tmp
     assert seen[-1]["num_healthy_env_runners"] == 2  # the crashed runner is back
     assert res.env_steps >= 6 * 128 - 64  # training went on (a few samples may be lost)
     assert any("env runner(s) restarted" in r.getMessage() for r in caplog.records)
+
+
+def test_env_runner_actor_names_match_stock_and_subclassed_runners():
+    assert _is_env_runner({"ActorClassName": "MultiAgentEnvRunner"})
+    assert _is_env_runner({"ActorClassName": "FastMultiAgentEnvRunner"})
+    assert _is_env_runner({"ActorClassName": "rl_trading.training.fast.X.SingleAgentEnvRunner"})
+    assert not _is_env_runner({"ActorClassName": "PPOTorchLearner"})
+    assert not _is_env_runner({"ActorClassName": "EnvRunnerGroupHelper"})

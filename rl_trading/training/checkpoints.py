@@ -1,14 +1,101 @@
-"""Saving, checking and restoring checkpoints: algorithms, single policies, weight transfer."""
+"""Saving, checking and restoring checkpoints: algorithms, single policies, weight transfer.
+
+Every checkpoint the project saves carries what it was trained with (`training_config.json`:
+config with credentials redacted + data reference; `preprocessing.json`: features, window,
+fitted scalers, training range) and a sha256 manifest of all its files
+(`checkpoint_manifest.json`), verified before anything in it is unpickled (resume, restore,
+backtest). A checkpoint folder is pickled code: only load ones from trusted sources; the
+manifest catches corruption and edits after saving, not a forged folder with its own manifest.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rl_trading.errors import CheckpointError
 
 MODULE_COMPONENT = "learner_group/learner/rl_module"
+MANIFEST_FILE = "checkpoint_manifest.json"
+CONFIG_FILE = "training_config.json"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name != MANIFEST_FILE
+    )
+
+
+def write_manifest(path: str | Path) -> Path:
+    """Write the sha256 manifest of every file under a checkpoint folder; returns its path."""
+    root = Path(path)
+    files = {rel: _sha256(root / rel) for rel in _files(root)}
+    out = root / MANIFEST_FILE
+    out.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=1, sort_keys=True))
+    return out
+
+
+def find_checkpoint_root(path: str | Path) -> Path | None:
+    """The folder holding the manifest for `path` (itself or a parent, e.g. of a module dir)."""
+    path = Path(path).expanduser().resolve()
+    for cand in (path, *list(path.parents)[:5]):
+        if (cand / MANIFEST_FILE).is_file():
+            return cand
+    return None
+
+
+def verify_checkpoint(path: str | Path, required: bool = False) -> Path | None:
+    """Check the files of the checkpoint holding `path` against its manifest; one-line
+    CheckpointError naming the first changed, missing or added file. Without a manifest:
+    CheckpointError when `required`, else None (checkpoints saved by other tools)."""
+    root = find_checkpoint_root(path)
+    if root is None:
+        if required:
+            raise CheckpointError(f"checkpoint {path} has no {MANIFEST_FILE}: cannot verify it")
+        return None
+    try:
+        expected = json.loads((root / MANIFEST_FILE).read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"unreadable {MANIFEST_FILE} in {root}: {exc}") from None
+    present = set(_files(root))
+    for rel, digest in sorted(expected.items()):
+        if rel not in present:
+            raise CheckpointError(f"checkpoint {root}: file missing since it was saved: {rel}")
+        if _sha256(root / rel) != digest:
+            raise CheckpointError(f"checkpoint {root}: file changed since it was saved: {rel}")
+    extra = sorted(present - set(expected))
+    if extra:
+        raise CheckpointError(f"checkpoint {root}: file added since it was saved: {extra[0]}")
+    return root
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """What a project checkpoint was trained with: {"config", "data_ref", "preprocessing"}
+    (empty dict for checkpoints without it). `path` may be a module dir inside it."""
+    path = Path(path).expanduser().resolve()
+    out: dict[str, Any] = {}
+    for cand in (path, *list(path.parents)[:5]):
+        if (cand / CONFIG_FILE).is_file():
+            out.update(json.loads((cand / CONFIG_FILE).read_text()))
+            if (cand / PREPROCESSING_FILE).is_file():
+                out["preprocessing"] = json.loads((cand / PREPROCESSING_FILE).read_text())
+            break
+    return out
 
 
 def check_checkpoint(path: str | Path, policy_id: str | None = None) -> Path:
@@ -39,13 +126,23 @@ def checkpoint_policies(path: str | Path) -> list[str]:
     return sorted(p.name for p in mod_dir.iterdir() if p.is_dir())
 
 
-def save_algorithm(algo: Any, path: str | Path) -> Path:
-    """Save an algorithm to `path` (replacing what was there) atomically via a temp folder."""
+def save_algorithm(algo: Any, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save an algorithm to `path` (replacing what was there) atomically via a temp folder,
+    with `metadata` (`EnvFactory.metadata`: config, preprocessing, data reference) and the
+    sha256 manifest of every file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     algo.save_to_path(str(tmp.resolve()))
+    if metadata:
+        meta = {k: v for k, v in metadata.items() if k != "preprocessing"}
+        (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
+        if metadata.get("preprocessing"):
+            (tmp / PREPROCESSING_FILE).write_text(
+                json.dumps(metadata["preprocessing"], indent=1, sort_keys=True, default=str)
+            )
+    write_manifest(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
@@ -56,6 +153,7 @@ def load_algorithm(path: str | Path) -> Any:
     from ray.rllib.algorithms.algorithm import Algorithm
 
     path = check_checkpoint(path)
+    verify_checkpoint(path)
     try:
         return Algorithm.from_checkpoint(str(path.resolve()))
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
@@ -67,6 +165,7 @@ def load_module(path: str | Path, policy_id: str) -> Any:
     from ray.rllib.core.rl_module.rl_module import RLModule
 
     mod_path = check_checkpoint(path, policy_id)
+    verify_checkpoint(path)
     try:
         return RLModule.from_checkpoint(str(mod_path.resolve()))
     except Exception as exc:  # noqa: BLE001
@@ -77,6 +176,7 @@ def load_module(path: str | Path, policy_id: str) -> Any:
 
 def restore_policies(algo: Any, path: str | Path, policy_ids: list[str]) -> None:
     """Load these policies' weights from a checkpoint into `algo` (learners and env runners)."""
+    verify_checkpoint(check_checkpoint(path))
     for pid in policy_ids:
         mod_path = check_checkpoint(path, pid)
         component = f"{MODULE_COMPONENT}/{pid}"
@@ -91,6 +191,7 @@ def restore_policies(algo: Any, path: str | Path, policy_ids: list[str]) -> None
 def restore_algorithm_state(algo: Any, path: str | Path) -> None:
     """Restore a whole algorithm state (resume) into an already-built `algo`."""
     path = check_checkpoint(path)
+    verify_checkpoint(path)
     try:
         algo.restore_from_path(str(path.resolve()))
     except Exception as exc:  # noqa: BLE001

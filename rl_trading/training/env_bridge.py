@@ -110,6 +110,16 @@ def unwrap(env: Any) -> Any:
     return getattr(env, "unwrapped", env)
 
 
+class SharedSpecialistEnv(InstrumentOneHot):
+    """The hierarchical env with one-hot instrument ids (shared specialist policy), built from
+    an env_config alone, like :class:`envs.registration.HierarchicalRLlibEnv`."""
+
+    def __init__(self, config: dict | None = None):
+        from envs.registration import HierarchicalRLlibEnv
+
+        super().__init__(HierarchicalRLlibEnv(config or {}))
+
+
 def register_shared(base_name: str) -> str:
     """Register `<base>-shared-specialist` (one-hot instrument ids appended); return its name."""
     from ray.tune.registry import register_env
@@ -122,20 +132,33 @@ def register_shared(base_name: str) -> str:
 
 @dataclass
 class EnvFactory:
-    """Registered env name + env configs for training and validation in each mode."""
+    """The env RLlib samples from + env configs for training and validation in each mode.
 
-    env_name: str
+    `env_name` is an importable env class (`config -> env`, what checkpoints should reference)
+    or a name registered with `ray.tune.register_env` (e.g. the tests' stand-in env);
+    `shared_env` is the class used with a shared specialist policy (else the registered
+    `<env_name>-shared-specialist`). `metadata` is what every checkpoint of this env carries
+    (training config, preprocessing, data reference; see `checkpoints.save_algorithm`).
+    """
+
+    env_name: str | type
     train_config: Callable[[str], dict[str, Any]]
     val_config: Callable[[str], dict[str, Any]] | None = None
     timeframe: str = "1m"
     shared: bool = False
+    shared_env: type | None = None
+    metadata: dict[str, Any] = field(default_factory=dict, repr=False)
     _spaces: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
-    def rllib_env_name(self) -> str:
-        """Name RLlib samples from (the shared-specialist variant when `shared`)."""
+    def rllib_env_name(self) -> str | type:
+        """What RLlib samples from (the shared-specialist variant when `shared`)."""
         if not self.shared:
             return self.env_name
+        if self.shared_env is not None:
+            return self.shared_env
+        if isinstance(self.env_name, type):
+            raise ValueError(f"no shared-specialist variant of {self.env_name.__name__}")
         return register_shared(self.env_name)
 
     def make(self, mode: str, validation: bool = False) -> MultiAgentEnv:
@@ -143,7 +166,9 @@ class EnvFactory:
         cfg_fn = self.val_config if validation else self.train_config
         if cfg_fn is None:
             raise ValueError("no validation data configured")
-        return env_creator(self.rllib_env_name)(cfg_fn(mode))
+        env = self.rllib_env_name
+        creator = env if isinstance(env, type) else env_creator(env)
+        return creator(cfg_fn(mode))
 
     def spaces(self, mode: str) -> tuple[dict[str, gym.Space], dict[str, gym.Space]]:
         """Per-agent observation and action spaces of `mode` (built once, cached)."""
@@ -185,35 +210,79 @@ def fit_scalers(cfg: Any, bars: dict[str, Any]) -> dict[str, Any]:
 
 
 def hierarchical_factory(
-    cfg: Any, train_bars: dict[str, Any], val_bars: dict[str, Any] | None = None
+    cfg: Any,
+    train_bars: dict[str, Any],
+    val_bars: dict[str, Any] | None = None,
+    source: Any = None,
 ) -> EnvFactory:
-    """EnvFactory of the project's HierarchicalTradingEnv; scalers fit on `train_bars`."""
-    from envs.registration import HIERARCHICAL_ENV_NAME, make_env_config, register_envs
+    """EnvFactory of the project's HierarchicalTradingEnv; scalers fit on `train_bars`.
 
-    register_envs()
+    `source` is the config the bars were loaded with (`observed_market(source)` then a time
+    split, as `session.load_splits` does): the env configs and checkpoints then carry a data
+    reference instead of the bars. Without it the bars travel inline.
+    """
+    from envs.registration import HierarchicalRLlibEnv, data_reference, make_env_config
+
     scalers = fit_scalers(cfg, train_bars)
-    train = _ModeConfigs(make_env_config, cfg, train_bars, False, scalers)
-    val = _ModeConfigs(make_env_config, cfg, val_bars, True, scalers) if val_bars else None
+    train_ref = data_reference(source, train_bars) if source is not None else None
+    val_ref = data_reference(source, val_bars) if source is not None and val_bars else None
+    train = _ModeConfigs(make_env_config, cfg, train_bars, False, scalers, train_ref)
+    val = _ModeConfigs(make_env_config, cfg, val_bars, True, scalers, val_ref) if val_bars else None
     return EnvFactory(
-        env_name=HIERARCHICAL_ENV_NAME,
+        env_name=HierarchicalRLlibEnv,
         train_config=train,
         val_config=val,
         timeframe=cfg.data.timeframe,
         shared=cfg.phases.shared_specialist_policy,
+        shared_env=SharedSpecialistEnv,
+        metadata=checkpoint_metadata(cfg, train_bars, scalers, train_ref),
     )
+
+
+def checkpoint_metadata(
+    cfg: Any, train_bars: dict[str, Any], scalers: dict[str, Any], data_ref: Any = None
+) -> dict[str, Any]:
+    """What travels with every checkpoint: the training config (credentials redacted), the
+    preprocessing (features, window, fitted scalers, training range) and the data reference."""
+    from envs.registration import safe_config
+    from rl_trading.data import FEATURE_COLUMNS, WARMUP_BARS
+    from rl_trading.data.features import signal_columns
+
+    first = next(iter(train_bars.values()))
+    index = first.index
+    pre = {
+        "features": list(FEATURE_COLUMNS) + signal_columns(first),
+        "warmup_bars": WARMUP_BARS,
+        "window_size": cfg.train.window_size,
+        "timeframe": cfg.data.timeframe,
+        "symbols": [str(s) for s in train_bars],
+        "scalers": {str(s): sc.to_dict() for s, sc in scalers.items()},
+        "train_start": str(index[0]),
+        "train_end": str(index[-1]),
+    }
+    if data_ref is not None:
+        pre["train_fingerprint"] = data_ref["fingerprint"]
+    return {"config": safe_config(cfg), "preprocessing": pre, "data_ref": data_ref}
 
 
 class _ModeConfigs:
     """mode -> env_config, built once per mode (the packed bars are reused)."""
 
-    def __init__(self, make: Callable, cfg: Any, bars: Any, eval_mode: bool, scalers: Any):
+    def __init__(
+        self, make: Callable, cfg: Any, bars: Any, eval_mode: bool, scalers: Any, ref: Any = None
+    ):
         self._make, self._cfg, self._bars = make, cfg, bars
-        self._eval, self._scalers = eval_mode, scalers
+        self._eval, self._scalers, self._ref = eval_mode, scalers, ref
         self._cache: dict[str, dict[str, Any]] = {}
 
     def __call__(self, mode: str) -> dict[str, Any]:
         if mode not in self._cache:
             self._cache[mode] = self._make(
-                self._cfg, self._bars, mode=mode, eval_mode=self._eval, scalers=self._scalers
+                self._cfg,
+                self._bars,
+                mode=mode,
+                eval_mode=self._eval,
+                scalers=self._scalers,
+                data_ref=self._ref,
             )
         return self._cache[mode]

@@ -227,7 +227,8 @@ def run_phase(
                     ps.last_val = validate(factory, mode, modules, seed=cfg.seed)
                     if ps.best_val_sharpe is None or ps.last_val["val_sharpe"] > ps.best_val_sharpe:
                         ps.best_val_sharpe = ps.last_val["val_sharpe"]
-                        ps.best_checkpoint = str(save_algorithm(algo, phase_dir / "best"))
+                        best = save_algorithm(algo, phase_dir / "best", factory.metadata)
+                        ps.best_checkpoint = str(best)
                 metrics.update(ps.last_val)  # carried forward between validations
                 if ps.best_val_sharpe is not None:
                     metrics["best_val_sharpe"] = ps.best_val_sharpe
@@ -249,7 +250,7 @@ def run_phase(
                 # and the stop check must not stop without a checkpoint (it waits one iteration).
                 stopping = bool(stop)
                 if it % cfg.phases.checkpoint_interval == 0 or it == total or stopping:
-                    last = save_algorithm(algo, ckpt_dir / f"iter_{it:06d}")
+                    last = save_algorithm(algo, ckpt_dir / f"iter_{it:06d}", factory.metadata)
                     ps.last_checkpoint = str(last)
                     ps.checkpoint_iteration = it
                     ps.checkpoint_env_steps = ps.env_steps

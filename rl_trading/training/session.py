@@ -121,10 +121,10 @@ def train(
         tags: dict[str, str] = {}
         if factory is None:
             train_bars, val_bars, fp = load_splits(cfg)
-            factory = hierarchical_factory(cfg, train_bars, val_bars)
+            factory = hierarchical_factory(cfg, train_bars, val_bars, source=cfg)  # data by ref
             tags["data_fingerprint"] = fp
         check_checkpoint_policies(factory, phases[0], from_checkpoint)
-        if tracking:  # an unreachable MLflow server fails here, before Ray starts
+        if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
             from rl_trading.tracking import check_tracking, resolve_tracking_uri
 
             check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))

@@ -1,0 +1,193 @@
+"""Checkpoints as plain RLlib sees them: restore in a fresh process, data by reference (not
+pickled bars), config + preprocessing carried with them, sha256 manifest verified."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rl_trading.config import AppConfig
+from rl_trading.errors import CheckpointError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "seed": 11,
+    "data": {
+        "source": "synthetic",
+        "symbols": ["AAA", "BBB"],
+        "embargo_bars": 5,
+        "synthetic": {"n_bars": 900, "seed": 2},
+    },
+    "env": {"episode_length": 64, "sectors": {}, "max_sector_allocation": None},
+    "ppo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
+    "policy": {"hidden_sizes": [16]},
+    "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 1},
+    "phases": {
+        "phase1_timesteps": 128,
+        "phase2_timesteps": 128,
+        "phase3_timesteps": 128,
+        "eval_interval": 1,
+        "checkpoint_interval": 1,
+    },
+    "tracking": {"system_metrics": False},
+}
+
+# The README's "restore and act" snippet: nothing from the project is imported first.
+SNIPPET = """\
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.core.rl_module.rl_module import RLModule
+algo = Algorithm.from_checkpoint(CKPT)
+result = algo.train()
+module = RLModule.from_checkpoint(f"{CKPT}/learner_group/learner/rl_module/specialist_AAA")
+"""
+
+
+def _cfg(**data) -> AppConfig:
+    raw = json.loads(json.dumps(TINY))
+    raw["data"]["synthetic"].update(data)
+    return AppConfig.model_validate(raw)
+
+
+def _splits(cfg: AppConfig):
+    from rl_trading.training.session import load_splits
+
+    return load_splits(cfg)
+
+
+def test_env_config_carries_a_reference_not_the_bars():
+    from rl_trading.training.env_bridge import hierarchical_factory
+
+    sizes = []
+    for n in (900, 3600):
+        cfg = _cfg(n_bars=n)
+        train, val, _ = _splits(cfg)
+        factory = hierarchical_factory(cfg, train, val, source=cfg)
+        ec = factory.train_config("joint")
+        assert "bars" not in ec and ec["data_ref"]["n_bars"] == len(train["AAA"])
+        sizes.append(len(pickle.dumps(ec)))
+        # without a source the bars travel inline (and the size grows with them)
+        inline = hierarchical_factory(cfg, train, val).train_config("joint")
+        assert "bars" in inline and "data_ref" not in inline
+    assert abs(sizes[0] - sizes[1]) < 200, sizes
+
+
+def test_reference_reloads_and_verifies_the_bars(monkeypatch):
+    from envs import registration
+
+    cfg = _cfg()
+    train, _, _ = _splits(cfg)
+    ref = registration.data_reference(cfg, train)
+    monkeypatch.setattr(registration, "_BARS_CACHE", {})  # like a fresh process
+    ec = registration.make_env_config(cfg, train, data_ref=ref)
+    registration._BARS_CACHE.clear()
+    got = registration.bars_from_config(pickle.loads(pickle.dumps(ec)))
+    assert registration.bars_fingerprint(got) == ref["fingerprint"]
+    assert list(got) == ["AAA", "BBB"] and got["AAA"].index.equals(train["AAA"].index)
+    # the source now yields other bars: a one-line DataError, never the changed data
+    changed = {**ref, "cfg": _cfg(seed=3).model_dump(mode="json")}
+    registration._BARS_CACHE.clear()
+    with pytest.raises(DataError, match="training data changed.*fingerprint"):
+        registration.bars_from_config({**ec, "data_ref": changed})
+
+
+def test_db_url_credentials_stay_out_of_env_config():
+    from envs import registration
+
+    raw = json.loads(json.dumps(TINY))
+    raw["data"]["db_url"] = "postgresql://bob:s3cret@db.example:5432/bars"
+    cfg = AppConfig.model_validate(raw)
+    train, _, _ = _splits(_cfg())
+    ec = registration.make_env_config(cfg, train, data_ref=registration.data_reference(cfg, train))
+    text = json.dumps(ec)
+    assert "s3cret" not in text and "bob:***@db.example" in text
+
+
+def test_manifest_names_a_tampered_file(tmp_path):
+    from rl_trading.training.checkpoints import verify_checkpoint, write_manifest
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "learner_group").mkdir(parents=True)
+    (ckpt / "algorithm_state.pkl").write_bytes(b"state")
+    (ckpt / "learner_group" / "module.pt").write_bytes(b"weights")
+    write_manifest(ckpt)
+    assert verify_checkpoint(ckpt / "learner_group") == ckpt.resolve()
+    (ckpt / "learner_group" / "module.pt").write_bytes(b"evil")
+    with pytest.raises(CheckpointError, match="changed since it was saved: learner_group/module"):
+        verify_checkpoint(ckpt)
+    (ckpt / "learner_group" / "module.pt").write_bytes(b"weights")
+    (ckpt / "extra.pkl").write_bytes(b"code")
+    with pytest.raises(CheckpointError, match="added since it was saved: extra.pkl"):
+        verify_checkpoint(ckpt)
+    (ckpt / "extra.pkl").unlink()
+    (ckpt / "algorithm_state.pkl").unlink()
+    with pytest.raises(CheckpointError, match="missing since it was saved: algorithm_state"):
+        verify_checkpoint(ckpt)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert verify_checkpoint(bare) is None
+    with pytest.raises(CheckpointError, match="no checkpoint_manifest.json"):
+        verify_checkpoint(bare, required=True)
+
+
+def _restore_in_fresh_process(ckpt: Path, extra: str = "", **names: Path) -> str:
+    head = "".join(f"{k} = {str(v)!r}\n" for k, v in {"CKPT": ckpt, **names}.items())
+    code = head + SNIPPET + textwrap.dedent(extra)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}
+    env.pop("PYTHONHASHSEED", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ckpt.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc.stdout
+
+
+CHECK = """
+import torch
+obs_dim = module.observation_space.shape[0]
+out = module.forward_inference({"obs": torch.zeros((1, obs_dim))})
+assert "action_dist_inputs" in out, out.keys()
+assert result["training_iteration"] >= 1
+print("RESTORED", result["training_iteration"], result["env_runners"]["num_env_steps_sampled"])
+algo.stop()
+phase1 = Algorithm.from_checkpoint(PHASE1)
+assert phase1.train()["training_iteration"] >= 1
+phase1.stop()
+print("PHASE1 RESTORED")
+"""
+
+
+@pytest.mark.rllib
+def test_fresh_process_restores_and_trains_a_pipeline_checkpoint(ray_session, tmp_path):
+    from rl_trading.training.checkpoints import read_metadata, verify_checkpoint
+    from rl_trading.training.session import train
+
+    cfg = _cfg()
+    train_bars, _, _ = _splits(cfg)
+    run_dir, results = train(cfg, (1, 2, 3), run_dir=tmp_path / "run", tracking=False)
+    for name in ("phase1", "phase3"):
+        ckpt = Path(results[name].best_checkpoint)
+        verify_checkpoint(ckpt, required=True)
+        meta = read_metadata(ckpt)
+        assert meta["config"]["data"]["symbols"] == ["AAA", "BBB"]
+        assert set(meta["preprocessing"]["scalers"]) == {"AAA", "BBB"}
+        assert meta["data_ref"]["fingerprint"] == meta["preprocessing"]["train_fingerprint"]
+        # no bars pickled: the config pickle is small and no file holds the price series
+        assert (ckpt / "class_and_ctor_args.pkl").stat().st_size < 60_000
+        closes = train_bars["AAA"]["close"].to_numpy("float64")[100:108].tobytes()
+        for path in ckpt.rglob("*"):
+            assert not path.is_file() or closes not in path.read_bytes(), path
+    p1 = Path(results["phase1"].best_checkpoint)
+    out = _restore_in_fresh_process(Path(results["phase3"].best_checkpoint), CHECK, PHASE1=p1)
+    assert "RESTORED" in out and "PHASE1 RESTORED" in out
