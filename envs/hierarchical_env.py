@@ -51,7 +51,13 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from pettingzoo.utils import parallel_to_aec
 
-from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
+from envs.common import (
+    RewardShaper,
+    amortize_costs,
+    env_periods_per_year,
+    prepare_instrument,
+    resolve_config,
+)
 from envs.execution import CostModel, borrow_rate
 from envs.risk import RiskModel, rolling_covariance
 from rl_trading import metrics
@@ -123,6 +129,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.discrete = ecfg.action_type == "discrete"
         self.costs = CostModel(ecfg.transaction_cost, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
+        self._spec_executed = ecfg.specialist_reward == "executed"
+        self._amortize = int(rcfg.cost_amortization_bars)
         self.risk_penalty = rcfg.risk_penalty_weight
         self.div_bonus = rcfg.diversification_bonus_weight
         self.reward_fn = RewardShaper(rcfg)
@@ -168,6 +176,13 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.periods_per_year = ppy = env_periods_per_year(self.cfg)
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, ppy)
         self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
+        # vol targeting (env.vol_target): full position size of i at bar t, fraction of equity
+        self._scale: np.ndarray | None = None
+        if ecfg.vol_target is not None:
+            cap = float(ecfg.vol_target_max_leverage)
+            ann = self.risk.vol * math.sqrt(ppy)
+            with np.errstate(divide="ignore"):
+                self._scale = np.where(ann > 0, np.minimum(ecfg.vol_target / ann, cap), cap)
         iu = np.triu_indices(n, 1)
         self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
         self._mean_vol = self.risk.vol.mean(axis=1)
@@ -199,7 +214,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         if mode != "specialists":
             self._obs_spaces[META] = spaces.Box(-np.inf, np.inf, (self._meta_dim,), np.float32)
             self._act_spaces[META] = spaces.Box(0.0, 1.0, (n + 1,), np.float32)
-        self.use_kernels = _use_kernels(kernels, n)
+        self.use_kernels = _use_kernels(kernels, n, self._kernel_blocker())
         if self.use_kernels:
             self._init_kernel_arrays(sector_ids)
         self.agents: list[str] = []
@@ -207,6 +222,21 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._seed = seed
         self._alloc_episode(self.first_bar, self._episode_end(self.first_bar))
         self._clear_state()
+
+    def _kernel_blocker(self) -> str | None:
+        """The first configured option the numba kernels do not implement (None: all do)."""
+        if self._spec_executed:
+            return "env.specialist_reward=executed"
+        if self._scale is not None:
+            return "env.vol_target"
+        if self._amortize > 1:
+            return "reward.cost_amortization_bars > 1"
+        return None
+
+    def _pos_scale(self, t: int) -> Any:
+        """Full position size at bar t, fraction of equity: max_position_size, or per
+        instrument under vol targeting."""
+        return self.max_position if self._scale is None else self._scale[t]
 
     def _init_kernel_arrays(self, sector_ids: np.ndarray | None) -> None:
         """Market arrays and parameters in the layouts of envs.kernels (built once)."""
@@ -295,6 +325,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._meta_acc = 0.0
         self.reward_fn.reset(self.capital)  # the meta's reward state (peak, EMAs) is per episode
         self._spec_stats = metrics.RollingSharpeArray(self.cfg.env.risk_window, n)
+        self._spec_debt = np.zeros(n)  # cost debt per specialist (reward.cost_amortization)
         self._totals = {
             "costs": 0.0,
             "borrow_costs": 0.0,
@@ -386,7 +417,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         entry = self._entry
         st = self._state_buf  # (5, n) float64, written column-wise into `out` in one go
         if eq > 0:
-            np.divide(np.multiply(units, price, out=st[0]), self.max_position * eq, out=st[0])
+            np.divide(np.multiply(units, price, out=st[0]), self._pos_scale(t) * eq, out=st[0])
         else:
             st[0] = 0.0
         st[1] = self._proposal
@@ -401,7 +432,7 @@ class HierarchicalTradingEnv(ParallelEnv):
     def _meta_obs(self) -> np.ndarray:
         t = self._t
         eq = self._equity
-        expo = self._units * self._close[t] / (self.max_position * eq) if eq > 0 else self._units
+        expo = self._units * self._close[t] / (self._pos_scale(t) * eq) if eq > 0 else self._units
         return np.concatenate(
             (
                 self._weights,
@@ -556,9 +587,19 @@ class HierarchicalTradingEnv(ParallelEnv):
         rate = self._rate
         totals = self._totals
 
+        executed = self._spec_executed
+        if executed:  # per-instrument P&L: value at the last close, cash flows, trading costs
+            value0 = units * self._close[t]
+            flow = np.zeros(n)
+            tcost = np.zeros(n)
+
         # targets and risk limits (covariance known at bar t)
-        x = self._weights[:n] * prop * self.max_position
-        x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x)
+        if self._scale is None:
+            x = self._weights[:n] * prop * self.max_position
+            x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x)
+        else:  # vol targeting: full size = the target volatility (capped); limits on shares
+            x = self._weights[:n] * prop * self._scale[t]
+            x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x, self._scale[t])
         if n_sec or n_corr or n_var:
             totals["sector_scaledowns"] += n_sec
             totals["correlation_scaledowns"] += n_corr
@@ -580,6 +621,9 @@ class HierarchicalTradingEnv(ParallelEnv):
             delta = new_units - units
             cost = float(np.abs(delta) @ opn) * rate
             cash -= float(delta @ opn) + cost
+            if executed:
+                flow += delta * opn
+                tcost += np.abs(delta) * opn * rate
             same_side = units * new_units > 0.0
             # opn x (new != 0) = where(new != 0, opn, 0): prices are positive and finite
             new_entry = opn * (new_units != 0.0)
@@ -601,6 +645,8 @@ class HierarchicalTradingEnv(ParallelEnv):
                 borrow = -float(short @ opn) * self._borrow
                 cash -= borrow
                 totals["borrow_costs"] += borrow
+                if executed:
+                    flow -= short * opn * self._borrow
 
         # stop-loss within the bar (envs.execution.stop_loss_fill, inlined): low / high
         if self.stop_loss_pct > 0:
@@ -615,6 +661,9 @@ class HierarchicalTradingEnv(ParallelEnv):
                 sl_cost = float(np.abs(units[hit]) @ px) * rate
                 cash += float(units[hit] @ px) - sl_cost
                 cost += sl_cost
+                if executed:
+                    flow[hit] -= units[hit] * px
+                    tcost[hit] += np.abs(units[hit]) * px * rate
                 units = np.where(hit, 0.0, units)
                 entry = np.where(hit, 0.0, entry)
                 self._bars_in = np.where(hit, 0.0, self._bars_in)
@@ -635,10 +684,25 @@ class HierarchicalTradingEnv(ParallelEnv):
             totals["var_breaches"] += 1
         self._var_est = var_after
 
-        # rewards: specialists per unit of their own capital, vol-scaled (Sharpe-style)
-        spec_ret = prev_prop * self._gap[t1] + prop * self._intra[t1]
-        spec_ret -= rate * np.abs(prop - prev_prop)
-        spec_rew = self._spec_stats.update(spec_ret, self._vol_floor[t])
+        last = equity <= 0.0 or t1 >= self._end
+        if executed:
+            # the executed position's P&L (costs included) per unit of full position size and
+            # of the instrument's per-bar volatility at t: risk units
+            denom = eq_prev * self._pos_scale(t) * self._vol_floor[t]
+            pnl = value - value0 - flow - tcost
+            spec_rew = pnl / denom if eq_prev > 0 else np.zeros(n)
+            if self._amortize > 1 and eq_prev > 0:
+                charged = tcost / denom
+                spec_rew += charged - amortize_costs(self._spec_debt, charged, self._amortize, last)
+        else:
+            # specialists per unit of their own capital, vol-scaled (Sharpe-style)
+            spec_ret = prev_prop * self._gap[t1] + prop * self._intra[t1]
+            if self._amortize > 1:
+                charged = rate * np.abs(prop - prev_prop)
+                spec_ret -= amortize_costs(self._spec_debt, charged, self._amortize, last)
+            else:
+                spec_ret -= rate * np.abs(prop - prev_prop)
+            spec_rew = self._spec_stats.update(spec_ret, self._vol_floor[t])
         rewards = dict(zip(self.specialists, spec_rew.tolist(), strict=True))
         meta_r = self.reward_fn(eq_prev, equity, cost)
         if self.mode != "specialists":
@@ -687,6 +751,8 @@ class HierarchicalTradingEnv(ParallelEnv):
     ) -> tuple[dict, dict, dict, dict, dict]:
         """The end of a step, shared by the numpy and kernel paths: deliver the meta's
         accumulated reward when it observes at a decision step, build infos and flags."""
+        if (terminated or truncated) and self._amortize > 1:
+            self._meta_acc -= self.reward_fn.flush()  # the cost debt still owed
         if META in obs:
             rewards[META] = self._meta_acc if meta_next else 0.0
             if meta_next:
@@ -798,9 +864,14 @@ def _kernel_module() -> Any:
     return kernels
 
 
-def _use_kernels(requested: bool | None, n: int) -> bool:
-    """Whether an env of `n` instruments runs the numba kernels (`requested`: None = if any)."""
+def _use_kernels(requested: bool | None, n: int, blocker: str | None = None) -> bool:
+    """Whether an env of `n` instruments runs the numba kernels (`requested`: None = if any);
+    `blocker` names a configured option they do not implement (then the numpy path runs)."""
     if requested is False:
+        return False
+    if blocker is not None:
+        if requested:
+            raise ConfigError(f"kernels=True: the numba kernels do not implement {blocker}")
         return False
     k = _kernel_module()
     ok = k.AVAILABLE and n <= k.MAX_INSTRUMENTS
