@@ -214,7 +214,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         if mode != "specialists":
             self._obs_spaces[META] = spaces.Box(-np.inf, np.inf, (self._meta_dim,), np.float32)
             self._act_spaces[META] = spaces.Box(0.0, 1.0, (n + 1,), np.float32)
-        self.use_kernels = _use_kernels(kernels, n, self._kernel_blocker())
+        self.use_kernels = _use_kernels(kernels, n)
         if self.use_kernels:
             self._init_kernel_arrays(sector_ids)
         self.agents: list[str] = []
@@ -222,16 +222,6 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._seed = seed
         self._alloc_episode(self.first_bar, self._episode_end(self.first_bar))
         self._clear_state()
-
-    def _kernel_blocker(self) -> str | None:
-        """The first configured option the numba kernels do not implement (None: all do)."""
-        if self._spec_executed:
-            return "env.specialist_reward=executed"
-        if self._scale is not None:
-            return "env.vol_target"
-        if self._amortize > 1:
-            return "reward.cost_amortization_bars > 1"
-        return None
 
     def _pos_scale(self, t: int) -> Any:
         """Full position size at bar t, fraction of equity: max_position_size, or per
@@ -243,9 +233,12 @@ class HierarchicalTradingEnv(ParallelEnv):
         k = _kernel_module()
         n, risk = self.n, self.risk
         mean_vol = np.broadcast_to(self._mean_vol[:, None], (self.n_bars, n))
+        scale = (
+            self._scale if self._scale is not None else np.full_like(self._open, self.max_position)
+        )
         parts = (
             self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol,
-            self._lows, self._highs, self._real.astype(np.float64),
+            self._lows, self._highs, self._real.astype(np.float64), scale,
         )  # fmt: skip
         self._k_market = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
         self._k_cov = np.ascontiguousarray(risk.cov, dtype=np.float64)
@@ -272,6 +265,9 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[k.P_CAPITAL] = self.capital
         par[k.P_META] = float(self.mode != "specialists")
         par[k.P_BORROW] = self._borrow
+        par[k.P_EXECUTED] = float(self._spec_executed)
+        par[k.P_AMORTIZE] = float(self._amortize)
+        par[k.P_END] = float(self.n_bars - 1)  # the episode's last bar, set by _alloc_episode
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
 
@@ -296,6 +292,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         n = self.n
         self._h_breach = np.zeros(steps + 1, dtype=bool)
         if self.use_kernels:  # one (steps + 1, 3 + (n + 1) + n) table, see _history()
+            self._k_par[_kernel_module().P_END] = float(end)
             self._k_hist = np.zeros((steps + 1, 3 + (n + 1) + n))
             return
         self._h_equity = np.empty(steps + 1)
@@ -864,14 +861,9 @@ def _kernel_module() -> Any:
     return kernels
 
 
-def _use_kernels(requested: bool | None, n: int, blocker: str | None = None) -> bool:
-    """Whether an env of `n` instruments runs the numba kernels (`requested`: None = if any);
-    `blocker` names a configured option they do not implement (then the numpy path runs)."""
+def _use_kernels(requested: bool | None, n: int) -> bool:
+    """Whether an env of `n` instruments runs the numba kernels (`requested`: None = if any)."""
     if requested is False:
-        return False
-    if blocker is not None:
-        if requested:
-            raise ConfigError(f"kernels=True: the numba kernels do not implement {blocker}")
         return False
     k = _kernel_module()
     ok = k.AVAILABLE and n <= k.MAX_INSTRUMENTS

@@ -40,7 +40,6 @@ def test_executed_specialist_rewards_are_their_pnl_in_risk_units(mode):
         bars=bars, mode=mode, specialist_reward="executed", stop_loss_pct=0.01,
         borrow_bps_per_year=1e5, spread_bps=2.0, max_position_size=0.5, **BASE,
     )  # fmt: skip
-    assert not e.use_kernels  # the numpy path implements the option
     steps = _steps(e)
     assert e.episode_summary()["totals"]["stop_losses"] > 0
     for eq0, eq1, t, rew in steps:
@@ -61,8 +60,9 @@ def test_executed_specialist_rewards_are_their_pnl_in_risk_units(mode):
 def test_vol_target_sizes_positions_to_the_target_risk_with_a_cap():
     bars = make_market(("AAA", "BBB"), n=200, seed=2, vol=0.01)
     kw = dict(BASE, mode="specialists", max_correlation_exposure=10.0, max_portfolio_var=10.0)
-    e = HierarchicalTradingEnv(bars=bars, vol_target=0.2, vol_target_max_leverage=50.0, **kw)
-    assert not e.use_kernels
+    e = HierarchicalTradingEnv(
+        bars=bars, vol_target=0.2, vol_target_max_leverage=50.0, kernels=False, **kw
+    )
     e.reset(seed=0)
     t = e._t
     obs, *_ = e.step({"specialist_AAA": np.array([1.0]), "specialist_BBB": np.array([-0.5])})
@@ -85,18 +85,15 @@ def test_vol_target_sizes_positions_to_the_target_risk_with_a_cap():
     np.testing.assert_allclose(plain.target_exposures, [0.05, 0.05])
 
 
-def test_options_off_by_default_and_kernels_refuse_them_clearly():
+def test_options_off_by_default_and_checked():
     bars = make_market(("AAA", "BBB"), n=120)
     e = HierarchicalTradingEnv(bars=bars, **BASE)
     assert e.cfg.env.specialist_reward == "proposal" and e.cfg.env.vol_target is None
     assert e.cfg.reward.cost_amortization_bars == 1
-    for opt in (
-        {"specialist_reward": "executed"},
-        {"vol_target": 0.1},
-        {"cost_amortization_bars": 5},
-    ):
-        with pytest.raises(ConfigError, match="kernels"):
-            HierarchicalTradingEnv(bars=bars, kernels=True, **BASE, **opt)
+    with pytest.raises(ConfigError, match="specialist_reward"):
+        HierarchicalTradingEnv(bars=bars, specialist_reward="proposed", **BASE)
+    with pytest.raises(ConfigError, match="cost_amortization_bars"):
+        HierarchicalTradingEnv(bars=bars, cost_amortization_bars=0, **BASE)
     with pytest.raises(ConfigError):
         HierarchicalTradingEnv(bars=bars, vol_target=-1.0, **BASE)
     with pytest.raises(ConfigError, match="hierarchical"):
