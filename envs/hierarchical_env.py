@@ -24,6 +24,11 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
   (cfg.reward.kind, transaction_cost_weight) minus risk_penalty_weight x post-trade one-bar
   VaR plus diversification_bonus_weight x (1 - Herfindahl of allocations) x mean per-bar
   instrument volatility (so the bonus is in return units).
+* Options (default off, docs/architecture.md): ``env.specialist_reward="executed"`` (the held
+  position's P&L in risk units instead of the proposal's return), ``env.vol_target`` (full
+  position size = target annualised volatility / the instrument's, capped at
+  ``vol_target_max_leverage``, instead of max_position_size), ``reward.cost_amortization_bars``
+  (costs charged in the rewards over time, same sums).
 * Modes: ``specialists`` (phase 1): fixed equal weights 1/n, the meta is not an agent at all;
   ``meta`` and ``joint`` (phases 2/3): full hierarchy (what trains is the trainer's choice).
 * meta_interval k: the meta acts on steps 0, k, 2k, ... of an episode and its weights are held
