@@ -27,6 +27,7 @@ from rl_trading.errors import ConfigError
 __all__ = [
     "InstrumentArrays",
     "RewardShaper",
+    "amortize_costs",
     "check_bars",
     "env_periods_per_year",
     "prepare_instrument",
@@ -148,6 +149,9 @@ class RewardShaper:
     drawdown. Added to every kind: ``(1 - transaction_cost_weight) x cost / E0`` (the net
     return already pays costs once, so weight 1 = costs as they hit equity, 0 = gross P&L),
     ``- drawdown_penalty_weight x drawdown`` and ``- downside_penalty_weight x min(r, 0)^2``.
+    With ``cost_amortization_bars`` k > 1 the charged cost ``transaction_cost_weight x cost /
+    E0`` is added back and joins a debt of which 1/k is charged per step; the env subtracts
+    `flush()` (what is left) at the episode's last step, so the sum is unchanged.
     With kind log_return and default weights the rewards sum to log(final / initial equity).
     """
 
@@ -161,6 +165,8 @@ class RewardShaper:
         self.dd_weight = reward_cfg.drawdown_penalty_weight
         self.down_weight = reward_cfg.downside_penalty_weight
         self.eta = reward_cfg.dsr_eta
+        self.amortize = int(reward_cfg.cost_amortization_bars)
+        self.debt = 0.0
         self.dsr = metrics.DifferentialSharpe(self.eta)
         self.peak = 1.0
         self.dd = 0.0
@@ -169,6 +175,7 @@ class RewardShaper:
     def reset(self, equity: float) -> None:
         """Start a new episode at `equity`."""
         self.dsr.reset()
+        self.debt = 0.0
         self.peak = equity
         self.dd = 0.0
         self.down_ema = 0.0
@@ -194,8 +201,28 @@ class RewardShaper:
         self.dd = dd
         if self.cost_extra != 0.0 and eq_prev > 0:
             reward += self.cost_extra * cost / eq_prev
+        if self.amortize > 1 and eq_prev > 0:  # charge the cost over time instead
+            charged = (1.0 - self.cost_extra) * cost / eq_prev
+            self.debt += charged
+            pay = self.debt / self.amortize
+            self.debt -= pay
+            reward += charged - pay
         if self.dd_weight:
             reward -= self.dd_weight * dd
         if self.down_weight:
             reward -= self.down_weight * metrics.downside_penalty(lr)
         return reward
+
+    def flush(self) -> float:
+        """The cost debt not yet charged (0 unless cost_amortization_bars > 1); clears it."""
+        debt, self.debt = self.debt, 0.0
+        return debt
+
+
+def amortize_costs(debt: np.ndarray, cost: np.ndarray, k: int, last: bool) -> np.ndarray:
+    """Per-instrument cost amortisation (reward.cost_amortization_bars k): `cost` joins `debt`
+    (updated in place) and 1/k of it is returned as this step's charge; all of it when `last`."""
+    debt += cost
+    pay = debt.copy() if last else debt / k
+    debt -= pay
+    return pay

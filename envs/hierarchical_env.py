@@ -24,6 +24,11 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
   (cfg.reward.kind, transaction_cost_weight) minus risk_penalty_weight x post-trade one-bar
   VaR plus diversification_bonus_weight x (1 - Herfindahl of allocations) x mean per-bar
   instrument volatility (so the bonus is in return units).
+* Options (default off, docs/architecture.md): ``env.specialist_reward="executed"`` (the held
+  position's P&L in risk units instead of the proposal's return), ``env.vol_target`` (full
+  position size = target annualised volatility / the instrument's, capped at
+  ``vol_target_max_leverage``, instead of max_position_size), ``reward.cost_amortization_bars``
+  (costs charged in the rewards over time, same sums).
 * Modes: ``specialists`` (phase 1): fixed equal weights 1/n, the meta is not an agent at all;
   ``meta`` and ``joint`` (phases 2/3): full hierarchy (what trains is the trainer's choice).
 * meta_interval k: the meta acts on steps 0, k, 2k, ... of an episode and its weights are held
@@ -51,7 +56,13 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from pettingzoo.utils import parallel_to_aec
 
-from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
+from envs.common import (
+    RewardShaper,
+    amortize_costs,
+    env_periods_per_year,
+    prepare_instrument,
+    resolve_config,
+)
 from envs.execution import CostModel, borrow_rate
 from envs.risk import RiskModel, rolling_covariance
 from rl_trading import metrics
@@ -123,6 +134,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.discrete = ecfg.action_type == "discrete"
         self.costs = CostModel(ecfg.transaction_cost, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
+        self._spec_executed = ecfg.specialist_reward == "executed"
+        self._amortize = int(rcfg.cost_amortization_bars)
         self.risk_penalty = rcfg.risk_penalty_weight
         self.div_bonus = rcfg.diversification_bonus_weight
         self.reward_fn = RewardShaper(rcfg)
@@ -168,6 +181,13 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.periods_per_year = ppy = env_periods_per_year(self.cfg)
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, ppy)
         self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
+        # vol targeting (env.vol_target): full position size of i at bar t, fraction of equity
+        self._scale: np.ndarray | None = None
+        if ecfg.vol_target is not None:
+            cap = float(ecfg.vol_target_max_leverage)
+            ann = self.risk.vol * math.sqrt(ppy)
+            with np.errstate(divide="ignore"):
+                self._scale = np.where(ann > 0, np.minimum(ecfg.vol_target / ann, cap), cap)
         iu = np.triu_indices(n, 1)
         self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
         self._mean_vol = self.risk.vol.mean(axis=1)
@@ -208,14 +228,22 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._alloc_episode(self.first_bar, self._episode_end(self.first_bar))
         self._clear_state()
 
+    def _pos_scale(self, t: int) -> Any:
+        """Full position size at bar t, fraction of equity: max_position_size, or per
+        instrument under vol targeting."""
+        return self.max_position if self._scale is None else self._scale[t]
+
     def _init_kernel_arrays(self, sector_ids: np.ndarray | None) -> None:
         """Market arrays and parameters in the layouts of envs.kernels (built once)."""
         k = _kernel_module()
         n, risk = self.n, self.risk
         mean_vol = np.broadcast_to(self._mean_vol[:, None], (self.n_bars, n))
+        scale = (
+            self._scale if self._scale is not None else np.full_like(self._open, self.max_position)
+        )
         parts = (
             self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol,
-            self._lows, self._highs, self._real.astype(np.float64),
+            self._lows, self._highs, self._real.astype(np.float64), scale,
         )  # fmt: skip
         self._k_market = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
         self._k_cov = np.ascontiguousarray(risk.cov, dtype=np.float64)
@@ -242,6 +270,9 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[k.P_CAPITAL] = self.capital
         par[k.P_META] = float(self.mode != "specialists")
         par[k.P_BORROW] = self._borrow
+        par[k.P_EXECUTED] = float(self._spec_executed)
+        par[k.P_AMORTIZE] = float(self._amortize)
+        par[k.P_END] = float(self.n_bars - 1)  # the episode's last bar, set by _alloc_episode
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
 
@@ -266,6 +297,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         n = self.n
         self._h_breach = np.zeros(steps + 1, dtype=bool)
         if self.use_kernels:  # one (steps + 1, 3 + (n + 1) + n) table, see _history()
+            self._k_par[_kernel_module().P_END] = float(end)
             self._k_hist = np.zeros((steps + 1, 3 + (n + 1) + n))
             return
         self._h_equity = np.empty(steps + 1)
@@ -295,6 +327,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._meta_acc = 0.0
         self.reward_fn.reset(self.capital)  # the meta's reward state (peak, EMAs) is per episode
         self._spec_stats = metrics.RollingSharpeArray(self.cfg.env.risk_window, n)
+        self._spec_debt = np.zeros(n)  # cost debt per specialist (reward.cost_amortization)
         self._totals = {
             "costs": 0.0,
             "borrow_costs": 0.0,
@@ -386,7 +419,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         entry = self._entry
         st = self._state_buf  # (5, n) float64, written column-wise into `out` in one go
         if eq > 0:
-            np.divide(np.multiply(units, price, out=st[0]), self.max_position * eq, out=st[0])
+            np.divide(np.multiply(units, price, out=st[0]), self._pos_scale(t) * eq, out=st[0])
         else:
             st[0] = 0.0
         st[1] = self._proposal
@@ -401,7 +434,7 @@ class HierarchicalTradingEnv(ParallelEnv):
     def _meta_obs(self) -> np.ndarray:
         t = self._t
         eq = self._equity
-        expo = self._units * self._close[t] / (self.max_position * eq) if eq > 0 else self._units
+        expo = self._units * self._close[t] / (self._pos_scale(t) * eq) if eq > 0 else self._units
         return np.concatenate(
             (
                 self._weights,
@@ -556,9 +589,19 @@ class HierarchicalTradingEnv(ParallelEnv):
         rate = self._rate
         totals = self._totals
 
+        executed = self._spec_executed
+        if executed:  # per-instrument P&L: value at the last close, cash flows, trading costs
+            value0 = units * self._close[t]
+            flow = np.zeros(n)
+            tcost = np.zeros(n)
+
         # targets and risk limits (covariance known at bar t)
-        x = self._weights[:n] * prop * self.max_position
-        x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x)
+        if self._scale is None:
+            x = self._weights[:n] * prop * self.max_position
+            x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x)
+        else:  # vol targeting: full size = the target volatility (capped); limits on shares
+            x = self._weights[:n] * prop * self._scale[t]
+            x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x, self._scale[t])
         if n_sec or n_corr or n_var:
             totals["sector_scaledowns"] += n_sec
             totals["correlation_scaledowns"] += n_corr
@@ -580,6 +623,9 @@ class HierarchicalTradingEnv(ParallelEnv):
             delta = new_units - units
             cost = float(np.abs(delta) @ opn) * rate
             cash -= float(delta @ opn) + cost
+            if executed:
+                flow += delta * opn
+                tcost += np.abs(delta) * opn * rate
             same_side = units * new_units > 0.0
             # opn x (new != 0) = where(new != 0, opn, 0): prices are positive and finite
             new_entry = opn * (new_units != 0.0)
@@ -601,6 +647,8 @@ class HierarchicalTradingEnv(ParallelEnv):
                 borrow = -float(short @ opn) * self._borrow
                 cash -= borrow
                 totals["borrow_costs"] += borrow
+                if executed:
+                    flow -= short * opn * self._borrow
 
         # stop-loss within the bar (envs.execution.stop_loss_fill, inlined): low / high
         if self.stop_loss_pct > 0:
@@ -615,6 +663,9 @@ class HierarchicalTradingEnv(ParallelEnv):
                 sl_cost = float(np.abs(units[hit]) @ px) * rate
                 cash += float(units[hit] @ px) - sl_cost
                 cost += sl_cost
+                if executed:
+                    flow[hit] -= units[hit] * px
+                    tcost[hit] += np.abs(units[hit]) * px * rate
                 units = np.where(hit, 0.0, units)
                 entry = np.where(hit, 0.0, entry)
                 self._bars_in = np.where(hit, 0.0, self._bars_in)
@@ -635,10 +686,25 @@ class HierarchicalTradingEnv(ParallelEnv):
             totals["var_breaches"] += 1
         self._var_est = var_after
 
-        # rewards: specialists per unit of their own capital, vol-scaled (Sharpe-style)
-        spec_ret = prev_prop * self._gap[t1] + prop * self._intra[t1]
-        spec_ret -= rate * np.abs(prop - prev_prop)
-        spec_rew = self._spec_stats.update(spec_ret, self._vol_floor[t])
+        last = equity <= 0.0 or t1 >= self._end
+        if executed:
+            # the executed position's P&L (costs included) per unit of full position size and
+            # of the instrument's per-bar volatility at t: risk units
+            denom = eq_prev * self._pos_scale(t) * self._vol_floor[t]
+            pnl = value - value0 - flow - tcost
+            spec_rew = pnl / denom if eq_prev > 0 else np.zeros(n)
+            if self._amortize > 1 and eq_prev > 0:
+                charged = tcost / denom
+                spec_rew += charged - amortize_costs(self._spec_debt, charged, self._amortize, last)
+        else:
+            # specialists per unit of their own capital, vol-scaled (Sharpe-style)
+            spec_ret = prev_prop * self._gap[t1] + prop * self._intra[t1]
+            if self._amortize > 1:
+                charged = rate * np.abs(prop - prev_prop)
+                spec_ret -= amortize_costs(self._spec_debt, charged, self._amortize, last)
+            else:
+                spec_ret -= rate * np.abs(prop - prev_prop)
+            spec_rew = self._spec_stats.update(spec_ret, self._vol_floor[t])
         rewards = dict(zip(self.specialists, spec_rew.tolist(), strict=True))
         meta_r = self.reward_fn(eq_prev, equity, cost)
         if self.mode != "specialists":
@@ -687,6 +753,8 @@ class HierarchicalTradingEnv(ParallelEnv):
     ) -> tuple[dict, dict, dict, dict, dict]:
         """The end of a step, shared by the numpy and kernel paths: deliver the meta's
         accumulated reward when it observes at a decision step, build infos and flags."""
+        if (terminated or truncated) and self._amortize > 1:
+            self._meta_acc -= self.reward_fn.flush()  # the cost debt still owed
         if META in obs:
             rewards[META] = self._meta_acc if meta_next else 0.0
             if meta_next:

@@ -27,20 +27,25 @@ MAX_INSTRUMENTS = 128  # _pairwise reproduces numpy up to 128 items (one block)
 # par: float64 parameters
 P_MAX_POS, P_STOP, P_RATE, P_MAX_VAR, P_Z, P_MAX_CORR, P_MAX_SECTOR = 0, 1, 2, 3, 4, 5, 6
 P_USE_CORR, P_N_SECTORS, P_DIV_BONUS, P_CAPITAL, P_META, P_BORROW = 7, 8, 9, 10, 11, 12
-N_PAR = 13
+P_EXECUTED, P_AMORTIZE, P_END = 13, 14, 15  # specialist_reward=executed, cost amortisation
+N_PAR = 16
 # sc: float64 scalars, then the n specialist rewards of the last step
 S_CASH, S_EQUITY, S_PEAK, S_VAR, S_COST, S_COSTS, S_DIV, S_BREACH = 0, 1, 2, 3, 4, 5, 6, 7
 S_BORROW, S_BORROWS = 8, 9
 N_SC = 10
-# mk: market rows of bar t (T, N_MK, n)
+# mk: market rows of bar t (T, N_MK, n); M_SCALE: full position size (max_position_size, or
+# the vol-targeted size), fraction of equity
 M_OPEN, M_CLOSE, M_GAP, M_INTRA, M_VOL_FLOOR, M_MEAN_VOL, M_LOW, M_HIGH, M_REAL = range(9)
-N_MK = 9
+M_SCALE = 9
+N_MK = 10
 # cnt: int64 counters (the first five in the order of the env's totals) and ring-buffer state
 C_STOP, C_SECTOR, C_CORR, C_VAR, C_BREACH, C_RS_I, C_RS_N = 0, 1, 2, 3, 4, 5, 6
 N_CNT = 7
-# state rows: units, entry prices, bars in position, executed target exposures, scratch (4 rows)
+# state rows: units, entry prices, bars in position, executed target exposures, scratch (4 rows),
+# the specialists' cost debts (reward.cost_amortization_bars), scratch for executed P&L (3 rows)
 R_UNITS, R_ENTRY, R_BARS, R_TARGET = 0, 1, 2, 3
-N_STATE = 8
+R_DEBT = 8
+N_STATE = 12
 SPEC_STATE = 5
 
 
@@ -88,10 +93,9 @@ def _observe(t, mk, feat_rows, ann_vol, corr_ut, par, state, prop, weights, sc, 
     n_feat_w = out_spec.shape[1] - SPEC_STATE
     stop = (t + 1) * (n_feat_w // window)
     start = stop - n_feat_w
-    mp = par[P_MAX_POS]
     eq = sc[S_EQUITY]
-    denom = mp * eq
     for i in range(n):
+        denom = mk[t, M_SCALE, i] * eq
         for k in range(n_feat_w):
             out_spec[i, k] = feat_rows[i, start + k]
         u = state[R_UNITS, i]
@@ -111,6 +115,7 @@ def _observe(t, mk, feat_rows, ann_vol, corr_ut, par, state, prop, weights, sc, 
         k += 1
     for i in range(n):
         u = state[R_UNITS, i]
+        denom = mk[t, M_SCALE, i] * eq
         out_meta[k] = u * mk[t, 1, i] / denom if eq > 0 else u
         k += 1
     out_meta[k] = eq / par[P_CAPITAL] - 1.0
@@ -127,12 +132,46 @@ def _observe(t, mk, feat_rows, ann_vol, corr_ut, par, state, prop, weights, sc, 
         k += 1
 
 
+def _rolling_sharpe_rewards(t, mk, rate, prop, prev_prop, sc, cnt, rs, debt, amortize, last):
+    """Proposal-based specialist rewards into sc: rolling Sharpe (metrics.RollingSharpeArray)
+    with the vol floor at t; costs amortised through `debt` when amortize > 1."""
+    t1 = t + 1
+    n = prop.shape[0]
+    w = rs.shape[0] - 2
+    ri = cnt[C_RS_I]
+    full = cnt[C_RS_N] == w
+    if not full:
+        cnt[C_RS_N] += 1
+    cnt_n = cnt[C_RS_N]
+    for i in range(n):
+        r = prev_prop[i] * mk[t1, 2, i] + prop[i] * mk[t1, 3, i]
+        if amortize > 1.0:
+            debt[i] += rate * abs(prop[i] - prev_prop[i])
+            pay = debt[i] if last else debt[i] / amortize
+            debt[i] -= pay
+            r -= pay
+        else:
+            r -= rate * abs(prop[i] - prev_prop[i])
+        if full:
+            old = rs[ri, i]
+            rs[w, i] -= old
+            rs[w + 1, i] -= old * old
+        rs[ri, i] = r
+        rs[w, i] += r
+        rs[w + 1, i] += r * r
+        sd = 0.0
+        if cnt_n >= 2:
+            mean = rs[w, i] / cnt_n
+            sd = math.sqrt(_npmax(rs[w + 1, i] / cnt_n - mean * mean, 0.0))
+        sc[N_SC + i] = r / _npmax(sd, mk[t, 4, i])
+    cnt[C_RS_I] = (ri + 1) % w
+
+
 def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, state, prop,
           prev_prop, weights, sc, cnt, rs, hist, window, out_spec, out_meta):  # fmt: skip
     """One env step from bar t to t + 1 (see the module docstring); returns nothing."""
     n = state.shape[1]
     t1 = t + 1
-    mp = par[P_MAX_POS]
     rate = par[P_RATE]
     x = state[4]
     alloc = state[5]
@@ -144,11 +183,20 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
     target = state[R_TARGET]
     eq_prev = sc[S_EQUITY]
     cash = sc[S_CASH]
+    executed = par[P_EXECUTED] != 0.0
+    value0 = state[9]
+    flow = state[10]
+    tcost = state[11]
+    if executed:
+        for i in range(n):
+            value0[i] = units[i] * mk[t, 1, i]
+            flow[i] = 0.0
+            tcost[i] = 0.0
 
     # ---- risk limits (envs.risk.RiskModel.limit) at bar t
     for i in range(n):
-        x[i] = weights[i] * prop[i] * mp
-        alloc[i] = abs(x[i]) / mp
+        x[i] = weights[i] * prop[i] * mk[t, M_SCALE, i]
+        alloc[i] = abs(x[i]) / mk[t, M_SCALE, i]
     total = _pairwise(alloc, 0, n)
     n_sectors = int(par[P_N_SECTORS])
     max_sector = par[P_MAX_SECTOR]
@@ -167,7 +215,7 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
                         x[i] *= f
                 cnt[C_SECTOR] += 1
         for i in range(n):
-            alloc[i] = abs(x[i]) / mp
+            alloc[i] = abs(x[i]) / mk[t, M_SCALE, i]
         total = _pairwise(alloc, 0, n)
     max_corr = par[P_MAX_CORR]
     if par[P_USE_CORR] != 0.0 and total > max_corr:
@@ -210,16 +258,19 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
         eq_open = cash + acc
         cap = eq_open if eq_open > 0.0 else 0.0
         traded = 0.0
-        flow = 0.0
+        cash_flow = 0.0
         for i in range(n):
             opn = mk[t1, 0, i]
             trade = x[i] != target[i] and mk[t1, M_REAL, i] != 0.0
             new_units[i] = x[i] * (cap / opn) if trade else units[i]
             delta = new_units[i] - units[i]
             traded += abs(delta) * opn
-            flow += delta * opn
+            cash_flow += delta * opn
+            if executed:
+                flow[i] += delta * opn
+                tcost[i] += abs(delta) * opn * rate
         cost = traded * rate
-        cash -= flow + cost
+        cash -= cash_flow + cost
         for i in range(n):
             opn = mk[t1, 0, i]
             u, nu = units[i], new_units[i]
@@ -239,9 +290,12 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
         n_short = 0
         acc = 0.0
         for i in range(n):
+            short = units[i] if units[i] < 0.0 else 0.0
             if units[i] < 0.0:
                 n_short += 1
-            acc += (units[i] if units[i] < 0.0 else 0.0) * mk[t1, 0, i]
+            acc += short * mk[t1, 0, i]
+            if executed:
+                flow[i] -= short * mk[t1, 0, i] * par[P_BORROW]
         if n_short:
             borrow = -acc * par[P_BORROW]
             cash -= borrow
@@ -271,6 +325,9 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
                 n_hit += 1
                 sl_traded += abs(u) * px
                 sl_value += u * px
+                if executed:
+                    flow[i] -= u * px
+                    tcost[i] += abs(u) * px * rate
                 units[i] = 0.0
                 entry[i] = 0.0
                 bars[i] = 0.0
@@ -307,29 +364,28 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
     for i in range(n):
         hist[row, 4 + n + i] = tmp[i] / equity if equity > 0 else 0.0
 
-    # ---- specialist rewards: rolling Sharpe (metrics.RollingSharpeArray), floor vol at t
-    w = rs.shape[0] - 2
-    ri = cnt[C_RS_I]
-    full = cnt[C_RS_N] == w
-    if not full:
-        cnt[C_RS_N] += 1
-    cnt_n = cnt[C_RS_N]
-    for i in range(n):
-        r = prev_prop[i] * mk[t1, 2, i] + prop[i] * mk[t1, 3, i]
-        r -= rate * abs(prop[i] - prev_prop[i])
-        if full:
-            old = rs[ri, i]
-            rs[w, i] -= old
-            rs[w + 1, i] -= old * old
-        rs[ri, i] = r
-        rs[w, i] += r
-        rs[w + 1, i] += r * r
-        sd = 0.0
-        if cnt_n >= 2:
-            mean = rs[w, i] / cnt_n
-            sd = math.sqrt(_npmax(rs[w + 1, i] / cnt_n - mean * mean, 0.0))
-        sc[N_SC + i] = r / _npmax(sd, mk[t, 4, i])
-    cnt[C_RS_I] = (ri + 1) % w
+    # ---- specialist rewards: the executed position's P&L in risk units (env.specialist_reward)
+    # or the proposal's rolling Sharpe; costs amortised through the debts (cost_amortization)
+    last = equity <= 0.0 or t1 >= par[P_END]
+    amortize = par[P_AMORTIZE]
+    debt = state[R_DEBT]
+    if executed:
+        for i in range(n):
+            denom = eq_prev * mk[t, M_SCALE, i] * mk[t, 4, i]
+            if eq_prev > 0:
+                pnl = units[i] * mk[t1, 1, i] - value0[i] - flow[i] - tcost[i]
+                r = pnl / denom
+                if amortize > 1.0:
+                    charged = tcost[i] / denom
+                    debt[i] += charged
+                    pay = debt[i] if last else debt[i] / amortize
+                    debt[i] -= pay
+                    r += charged - pay
+                sc[N_SC + i] = r
+            else:
+                sc[N_SC + i] = 0.0
+    else:
+        _rolling_sharpe_rewards(t, mk, rate, prop, prev_prop, sc, cnt, rs, debt, amortize, last)
 
     # ---- diversification term of the meta reward: bonus x (1 - Herfindahl) x mean vol at t
     div_term = 0.0
@@ -357,6 +413,10 @@ _OBS_ARGS = (
     "float64[::1], float64[:, ::1], float64[::1], float64[::1], float64[::1], int64, "
     "float32[:, ::1], float32[::1]"
 )
+_RS_SIG = (
+    "void(int64, float64[:, :, ::1], float64, float64[::1], float64[::1], float64[::1], "
+    "int64[::1], float64[:, ::1], float64[::1], float64, boolean)"
+)
 _STEP_SIG = (
     "void(int64, int64, float64[:, :, ::1], float64[:, :, ::1], float64[:, :, ::1], "
     "float32[:, ::1], float32[:, ::1], float32[:, ::1], int64[::1], float64[::1], "
@@ -382,10 +442,11 @@ def _compile():
         except (RuntimeError, OSError):  # no writable cache location: compile without caching
             return numba.njit(sig, **opts)(fn) if sig else numba.njit(**opts)(fn)
 
-    global _pairwise, _npmax, _observe, _step
+    global _pairwise, _npmax, _observe, _rolling_sharpe_rewards, _step
     _pairwise = jit(_pairwise, "float64(float64[::1], int64, int64)")
     _npmax = jit(_npmax, "float64(float64, float64)")
     _observe = jit(_observe, "void(" + _OBS_ARGS + ")")
+    _rolling_sharpe_rewards = jit(_rolling_sharpe_rewards, _RS_SIG)
     _step = jit(_step, _STEP_SIG)
     return _observe, _step
 

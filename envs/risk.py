@@ -87,13 +87,17 @@ class RiskModel:
         v = float(exposure @ self.cov[t] @ exposure)
         return self.z * (v**0.5) if v > 0 else 0.0
 
-    def limit(self, t: int, x: np.ndarray) -> tuple[np.ndarray, int, int, int, float]:
+    def limit(
+        self, t: int, x: np.ndarray, max_position: np.ndarray | None = None
+    ) -> tuple[np.ndarray, int, int, int, float]:
         """Scale target exposures `x` down to the limits at bar t.
 
-        Returns (x, sector_scaledowns, correlation_scaledowns, var_scaledowns, var_after).
+        `max_position` (per instrument) replaces the scalar full position size that makes
+        allocations (vol targeting). Returns (x, sector_scaledowns, correlation_scaledowns,
+        var_scaledowns, var_after).
         """
         n_sector = n_corr = n_var = 0
-        mp = self.max_position
+        mp = self.max_position if max_position is None else max_position
         alloc = np.abs(x) / mp
         # the total bounds every sector sum and every correlated allocation
         total = float(np.add.reduce(alloc))

@@ -65,6 +65,8 @@ class TradingEnv(gym.Env):
         self.action_type = ecfg.action_type
         self._discrete = self.action_type == "discrete"
         self.random_start = bool(ecfg.random_start)
+        if ecfg.vol_target is not None:
+            raise ConfigError("env.vol_target is an option of the hierarchical env only")
         self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
         self.periods_per_year = env_periods_per_year(self.cfg)
@@ -90,6 +92,7 @@ class TradingEnv(gym.Env):
             rc.kind == "log_return"
             and rc.transaction_cost_weight == 1.0
             and not (rc.drawdown_penalty_weight or rc.downside_penalty_weight)
+            and rc.cost_amortization_bars == 1
         )
         self.index = bars.index
         self.n_bars = len(bars)
@@ -244,6 +247,8 @@ class TradingEnv(gym.Env):
             reward = self.reward_fn(eq_prev, equity, cost)
         terminated = equity <= 0.0
         truncated = (not terminated) and t1 >= self._end
+        if self.reward_fn.amortize > 1 and (terminated or truncated):
+            reward -= self.reward_fn.flush()  # the cost debt still owed (reward.cost_...)
         info = {
             "equity": equity,
             "position": units,

@@ -108,6 +108,14 @@ class EnvironmentConfig(Section):
     allow_short: bool = True
     meta_interval: int = Field(1, ge=1)
     random_start: bool = True
+    # Options for issue 14's benchmark (hierarchical env; default off = today's behaviour):
+    # specialist rewards on the executed position's P&L in risk units instead of the proposal;
+    specialist_reward: Literal["proposal", "executed"] = "proposal"
+    # volatility-targeted sizing: a proposal of 1 at full meta weight means this annualised
+    # volatility of the instrument's position (fraction of equity), instead of
+    # max_position_size of equity; the position is capped at vol_target_max_leverage x equity.
+    vol_target: float | None = Field(None, gt=0)
+    vol_target_max_leverage: float = Field(1.0, gt=0)
 
 
 class RewardConfig(Section):
@@ -120,6 +128,10 @@ class RewardConfig(Section):
     drawdown_penalty_weight: float = Field(0.0, ge=0)
     downside_penalty_weight: float = Field(0.0, ge=0)
     dsr_eta: float = Field(0.01, gt=0, lt=1)
+    # Trading costs in the rewards paid off over time: each cost joins a debt of which 1/k is
+    # charged per bar (the rest at the episode's last step, so the sum is unchanged); 1 = on
+    # the bar it is paid. Keeps one trade's cost from drowning a tiny per-bar signal.
+    cost_amortization_bars: int = Field(1, ge=1)
     sharpe_target: float = 2.0
     max_drawdown_target: float = Field(0.15, gt=0)
     risk_free_rate: float = 0.02

@@ -1,0 +1,142 @@
+"""Issue 14's env options (default off): specialist rewards on the executed position in risk
+units, volatility-targeted sizing, and trading costs amortised in the rewards."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from envs import HierarchicalTradingEnv, TradingEnv
+from envs.hierarchical_env import META
+from rl_trading.errors import ConfigError
+from tests.test_env_hierarchical import make_market, play, random_policy, with_gaps
+from tests.test_env_single import make_bars, run
+
+BASE = {"window_size": 5, "risk_window": 10, "episode_length": 120}
+
+
+def _steps(env: HierarchicalTradingEnv, seed: int = 3) -> list[tuple[float, float, int, dict]]:
+    """Random episode; per step (equity before, equity after, bar before, rewards)."""
+    policy = random_policy(env, seed)
+    obs, infos = env.reset(seed=seed)
+    out, step = [], 0
+    while env.agents:
+        eq0, t = env._equity, env._t
+        obs, rew, _, _, infos = env.step({a: policy(a, step) for a in obs})
+        out.append((eq0, env._equity, t, rew))
+        step += 1
+    return out
+
+
+@pytest.mark.parametrize("mode", ["joint", "specialists"])
+def test_executed_specialist_rewards_are_their_pnl_in_risk_units(mode):
+    """Each specialist's reward x (equity x full size x per-bar vol) is its instrument's P&L
+    after costs and borrow, so the specialists' P&L adds up to the portfolio's, gaps and stops
+    included."""
+    bars = with_gaps(make_market(n=260, seed=1, vol=0.02), seed=4)
+    e = HierarchicalTradingEnv(
+        bars=bars, mode=mode, specialist_reward="executed", stop_loss_pct=0.01,
+        borrow_bps_per_year=1e5, spread_bps=2.0, max_position_size=0.5, **BASE,
+    )  # fmt: skip
+    steps = _steps(e)
+    assert e.episode_summary()["totals"]["stop_losses"] > 0
+    for eq0, eq1, t, rew in steps:
+        r = np.array([rew[a] for a in e.specialists])
+        pnl = r * eq0 * e.max_position * e._vol_floor[t]
+        assert pnl.sum() == pytest.approx(eq1 - eq0, rel=1e-9, abs=1e-7)
+    # an instrument the meta gives no capital earns its specialist nothing
+    e = HierarchicalTradingEnv(bars=bars, specialist_reward="executed", **BASE)
+    recs = play(e, lambda a, s: np.array([1.0, 0.0, 0.0, 0.0]) if a == META else np.ones(1))
+    later = [r for _, r, _ in recs[3:]]
+    assert all(r["specialist_BBB"] == 0.0 for r in later)
+    assert any(r["specialist_AAA"] != 0.0 for r in later)
+    proposal = HierarchicalTradingEnv(bars=bars, **BASE)
+    recs = play(proposal, lambda a, s: np.array([1.0, 0, 0, 0]) if a == META else np.ones(1))
+    assert any(r["specialist_BBB"] != 0.0 for _, r, _ in recs[3:])  # the default differs
+
+
+def test_vol_target_sizes_positions_to_the_target_risk_with_a_cap():
+    bars = make_market(("AAA", "BBB"), n=200, seed=2, vol=0.01)
+    kw = dict(BASE, mode="specialists", max_correlation_exposure=10.0, max_portfolio_var=10.0)
+    e = HierarchicalTradingEnv(
+        bars=bars, vol_target=0.2, vol_target_max_leverage=50.0, kernels=False, **kw
+    )
+    e.reset(seed=0)
+    t = e._t
+    obs, *_ = e.step({"specialist_AAA": np.array([1.0]), "specialist_BBB": np.array([-0.5])})
+    ann = e.risk.vol[t] * math.sqrt(e.periods_per_year)
+    expected = np.array([0.5 * 1.0, 0.5 * -0.5]) * 0.2 / ann  # weights 1/2 x proposal
+    np.testing.assert_allclose(e.target_exposures, expected, rtol=1e-12)
+    # the exposure observation is in units of the full (vol-targeted) size at that bar
+    expo = e._units * e._close[t + 1] / (e._scale[t + 1] * e._equity)
+    np.testing.assert_allclose(obs["specialist_AAA"][-5], expo[0], rtol=1e-6)
+    # the cap binds when the target needs more leverage than allowed
+    capped = HierarchicalTradingEnv(bars=bars, vol_target=0.2, vol_target_max_leverage=0.01, **kw)
+    capped.reset(seed=0)
+    capped.step({"specialist_AAA": np.array([1.0]), "specialist_BBB": np.array([1.0])})
+    assert np.all(0.2 / ann > 0.01)
+    np.testing.assert_allclose(capped.target_exposures, [0.005, 0.005], rtol=1e-12)
+    # default: a fixed fraction of capital
+    plain = HierarchicalTradingEnv(bars=bars, **kw)
+    plain.reset(seed=0)
+    plain.step({"specialist_AAA": np.array([1.0]), "specialist_BBB": np.array([1.0])})
+    np.testing.assert_allclose(plain.target_exposures, [0.05, 0.05])
+
+
+def test_options_off_by_default_and_checked():
+    bars = make_market(("AAA", "BBB"), n=120)
+    e = HierarchicalTradingEnv(bars=bars, **BASE)
+    assert e.cfg.env.specialist_reward == "proposal" and e.cfg.env.vol_target is None
+    assert e.cfg.reward.cost_amortization_bars == 1
+    with pytest.raises(ConfigError, match="specialist_reward"):
+        HierarchicalTradingEnv(bars=bars, specialist_reward="proposed", **BASE)
+    with pytest.raises(ConfigError, match="cost_amortization_bars"):
+        HierarchicalTradingEnv(bars=bars, cost_amortization_bars=0, **BASE)
+    with pytest.raises(ConfigError):
+        HierarchicalTradingEnv(bars=bars, vol_target=-1.0, **BASE)
+    with pytest.raises(ConfigError, match="hierarchical"):
+        TradingEnv(bars=make_bars(), vol_target=0.1)
+
+
+@pytest.mark.parametrize("executed", [False, True])
+def test_amortised_costs_keep_the_sums_and_soften_the_trade_bar(executed):
+    """Meta log-return rewards still sum to log(final / initial) with costs amortised; on flat
+    prices the trade bar's charge is spread; executed specialist rewards keep their sum."""
+    bars = make_market(n=200, flat=True)
+    kw = dict(BASE, transaction_cost=0.002, risk_penalty_weight=0.0,
+              diversification_bonus_weight=0.0, stop_loss_pct=0.0)  # fmt: skip
+    if executed:
+        kw["specialist_reward"] = "executed"
+    runs = {}
+    for k in (1, 8):
+        e = HierarchicalTradingEnv(bars=bars, cost_amortization_bars=k, kernels=False, **kw)
+        recs = play(e, random_policy(e, 2))
+        meta = np.array([r.get(META, 0.0) for _, r, _ in recs[1:]])
+        spec = np.array([[r[a] for a in e.specialists] for _, r, _ in recs[1:]])
+        eq = e.episode_summary()["equity"]
+        assert e.episode_summary()["total_costs"] > 0
+        assert meta.sum() == pytest.approx(math.log(eq[-1] / eq[0]), abs=1e-12)
+        runs[k] = (meta, spec, eq)
+    np.testing.assert_array_equal(runs[1][2], runs[8][2])  # execution is unchanged
+    assert not np.allclose(runs[1][0], runs[8][0])
+    # the worst trade bar is softened (the last step also pays the debt left)
+    assert runs[8][0][:-1].min() > runs[1][0][:-1].min()
+    if executed:  # specialist rewards: the same total, spread over time
+        np.testing.assert_allclose(runs[8][1].sum(axis=0), runs[1][1].sum(axis=0), rtol=1e-9)
+        assert runs[8][1][:-1].min() > runs[1][1][:-1].min()
+    else:
+        assert np.isfinite(runs[8][1]).all() and not np.allclose(runs[8][1], runs[1][1])
+
+
+def test_single_env_amortised_costs_keep_the_reward_sum():
+    bars = make_bars(300, seed=2, vol=0.01)
+    acts = [np.array([a]) for a in (1.0, 1.0, -1.0, 0.0, 0.5)]
+    env = TradingEnv(bars=bars, window_size=5, episode_length=100, cost_amortization_bars=10)
+    _, rewards, infos = run(env, acts)
+    base = TradingEnv(bars=bars, window_size=5, episode_length=100)
+    _, base_rewards, base_infos = run(base, acts)
+    assert infos[-1]["equity"] == base_infos[-1]["equity"]
+    assert abs(rewards.sum() - math.log(infos[-1]["equity"] / 10_000)) < 1e-9
+    assert not np.allclose(rewards, base_rewards)
