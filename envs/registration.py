@@ -134,9 +134,6 @@ def _ordered_pettingzoo(par_env: Any) -> Any:
 def env_creator(env_config: Mapping[str, Any]) -> Any:
     """RLlib creator: ParallelPettingZooEnv(HierarchicalTradingEnv(...)) from `env_config`,
     agents in a fixed order (see `_ordered_pettingzoo`)."""
-    from rl_trading.training.fast.determinism import install
-
-    install()  # hash-seed independent agent order in this env runner's episodes
     return _ordered_pettingzoo(make_hierarchical_env(env_config))
 
 
