@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --constraint constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo test test-stock lint format bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,17 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+## The RLlib tier's phase, learning, resume, fault and determinism tests on RLlib's stock
+## classes (`resources.rllib_fast_paths: false` via RL_TRADING_FAST_PATHS=0); CI runs it after
+## `make test`. The fast-vs-stock comparisons (speed-ups, grouped learner) run in `make test`.
+STOCK_TIER := tests/test_training_phases.py tests/test_training_learning.py \
+	tests/test_training_cli.py tests/test_faults_cli.py tests/test_faults_env_runner.py \
+	tests/test_training_determinism.py tests/test_training_config.py \
+	tests/test_training_curriculum.py tests/test_training_trainer.py \
+	tests/test_training_fast_paths.py
+test-stock: install
+	RL_TRADING_FAST_PATHS=0 $(BIN)/python -m pytest -m "rllib and not slow" $(STOCK_TIER) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -272,9 +272,6 @@ class HierarchicalRLlibEnv(ParallelPettingZooEnv):
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None):
-        from rl_trading.training.fast.determinism import install
-
-        install()  # hash-seed independent agent order in this env runner's episodes
         par_env = make_hierarchical_env(config or {})
         super().__init__(par_env)
         order = list(getattr(par_env, "possible_agents", None) or par_env.agents)

@@ -19,17 +19,14 @@ from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
 
-from rl_trading.training.fast.determinism import install as _install_agent_order
-
-# every process building these modules (env runners, learners) samples / learns in a
-# hash-seed independent agent order
-_install_agent_order()
-
 LOG_STD_INIT = -0.5
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0
 # model_config key: sample greedily even when exploring (frozen policies acting beside trained
 # ones, e.g. the specialists in phase 2, behave in training as they do in validation)
 GREEDY_KEY = "greedy_exploration"
+# model_config key (`resources.rllib_fast_paths: false`): act exactly as a stock RLlib module
+# does (RLlib's eval()/train() walk per call, Gaussian sampled by RLlib's GetActions connector)
+STOCK_ACTING_KEY = "rllib_stock_acting"
 _GREEDY_LOG_STD = -20.0  # Gaussian std ~2e-9: the sample is the mean in float32
 _GREEDY_LOGIT_SCALE = 1e4  # categorical: logits x 1e4 -> the arg-max
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal.log_prob
@@ -131,25 +128,31 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         pi_emb = self.encode_actor(self._flat_obs(batch))
         return {Columns.ACTION_DIST_INPUTS: self._dist_inputs(pi_emb)}
 
+    @property
+    def fast_acting(self) -> bool:
+        """False with `STOCK_ACTING_KEY`: act through RLlib's stock code paths only."""
+        return not self.model_config.get(STOCK_ACTING_KEY)
+
     def forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """RLlib's, minus its `eval()` walk over every submodule when already in eval mode.
 
         The env runners' modules stay in eval mode (`TradingCallbacks.on_algorithm_init`).
         """
-        if self.training:
+        if self.training or not self.fast_acting:
             return super().forward_exploration(batch, **kwargs)
         return self._forward_exploration(batch, **kwargs)
 
     def forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """RLlib's, minus its `eval()` walk when already in eval mode."""
-        if self.training:
+        if self.training or not self.fast_acting:
             return super().forward_inference(batch, **kwargs)
         return self._forward_inference(batch, **kwargs)
 
     @torch.no_grad()
     def _forward_inference(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         out = self._forward(batch, **kwargs)
-        if self._continuous:  # the Gaussian mean, which RLlib's deterministic GetActions takes
+        if self._continuous and self.fast_acting:  # the Gaussian mean, as RLlib's
+            # deterministic GetActions takes it (stock acting leaves it to GetActions)
             out[Columns.ACTIONS] = out[Columns.ACTION_DIST_INPUTS][..., : self._act_dim]
         return out
 
@@ -165,7 +168,7 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
             else:
                 inputs = inputs * _GREEDY_LOGIT_SCALE
             out[Columns.ACTION_DIST_INPUTS] = inputs
-        if self._continuous:
+        if self._continuous and self.fast_acting:  # else RLlib's GetActions samples
             out.update(sample_diag_gaussian(out[Columns.ACTION_DIST_INPUTS]))
         return out
 

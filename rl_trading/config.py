@@ -8,6 +8,7 @@ back to a default.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,6 +21,26 @@ from rl_trading.errors import ConfigError
 
 DEFAULT_SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "WTIUSD", "SPX500", "NAS100", "US30"]
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# Test / CI switch: `RL_TRADING_FAST_PATHS=0` runs everything on stock RLlib classes (it sets
+# `resources.rllib_fast_paths` over the config files; an explicit `--set` still wins).
+FAST_PATHS_ENV = "RL_TRADING_FAST_PATHS"
+
+
+def fast_paths_from_env() -> bool | None:
+    """`RL_TRADING_FAST_PATHS` as a bool (1/0, true/false), None when unset; ConfigError else."""
+    raw = os.environ.get(FAST_PATHS_ENV, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{FAST_PATHS_ENV}={raw!r}: expected 1 (fast paths) or 0 (stock RLlib)")
+
+
+def _fast_paths_default() -> bool:
+    env = fast_paths_from_env()
+    return True if env is None else env
 
 
 class Section(BaseModel):
@@ -217,6 +238,10 @@ class ResourcesConfig(Section):
     num_learners: int = Field(0, ge=0)
     num_gpus_per_learner: float = Field(0.0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
+    # The project's RLlib speed-ups (rl_trading/training/fast/: env runner, learners, module-side
+    # acting); false trains with RLlib's stock MultiAgentEnvRunner / PPOTorchLearner. Same
+    # numbers either way. Default true, or RL_TRADING_FAST_PATHS (see FAST_PATHS_ENV).
+    rllib_fast_paths: bool = Field(default_factory=_fast_paths_default)
     # Custom Ray resources each env runner needs, e.g. {"worker_node": 1} to place the env
     # runners on nodes started with `ray start --resources '{"worker_node": 4}'`.
     custom_resources_per_env_runner: dict[str, float] = Field(default_factory=dict)
@@ -224,6 +249,14 @@ class ResourcesConfig(Section):
     restart_failed_env_runners: bool = True
     max_env_runner_restarts: int = Field(100, ge=0)
     env_runner_restart_delay_s: float = Field(5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bf16_needs_fast_paths(self) -> ResourcesConfig:
+        if self.precision == "bf16" and not self.rllib_fast_paths:
+            raise ValueError(
+                "precision bf16 runs in the project's bf16 learner: it needs rllib_fast_paths true"
+            )
+        return self
 
 
 class TrackingConfig(Section):
@@ -447,6 +480,9 @@ def load_config(
         tree = _read_with_bases(Path(path))
     if extra:
         _deep_merge(tree, dict(extra))
+    env_fast = fast_paths_from_env()
+    if env_fast is not None:  # the test / CI switch, over the files, under --set
+        _set_dotted(tree, "resources.rllib_fast_paths", env_fast)
     for key, value in parse_overrides(overrides):
         _set_dotted(tree, key, value)
     try:

@@ -11,6 +11,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 MARKET_DIR = Path(os.environ.get("RL_TRADING_MARKET_DIR", REPO_ROOT.parent / "shared/data/market"))
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--stock-rllib",
+        action="store_true",
+        help="train on RLlib's stock classes (sets RL_TRADING_FAST_PATHS=0, also for subprocesses)",
+    )
+
+
+def pytest_configure(config):
+    if config.getoption("--stock-rllib"):
+        os.environ["RL_TRADING_FAST_PATHS"] = "0"
+
+
+def pytest_report_header(config):
+    mode = os.environ.get("RL_TRADING_FAST_PATHS", "").strip() or "unset (fast paths)"
+    return f"RL_TRADING_FAST_PATHS: {mode}"
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One Ray instance for the whole session (2 CPUs, no dashboard), started on first use."""

@@ -170,7 +170,7 @@ def test_bf16_learner_runs_forward_in_bfloat16(ray_session, bars):
     class CPUBF16(BF16PPOTorchLearner):
         cpu_autocast = True  # no GPU here: force the autocast path on CPU
 
-    cfg = small_cfg(resources={"precision": "bf16"})
+    cfg = small_cfg(resources={"precision": "bf16", "rllib_fast_paths": True})
     factory = hierarchical_factory(cfg, bars.train, bars.val)
     config = build_phase_config(cfg, 1, factory)
     assert config.learner_class is BF16PPOTorchLearner

@@ -114,7 +114,11 @@ def _phase1(learner_class: type, iterations: int = 1) -> tuple[dict, dict]:
             "env": {"episode_length": 64, "sectors": {}, "max_sector_allocation": None},
             "ppo": {"train_batch_size": 192, "minibatch_size": 64, "num_epochs": 3},
             "policy": {"hidden_sizes": [16, 16]},
-            "resources": {"num_env_runners": 0, "num_envs_per_env_runner": 2},
+            "resources": {
+                "num_env_runners": 0,
+                "num_envs_per_env_runner": 2,
+                "rllib_fast_paths": True,
+            },
         }
     )
     splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=2), 0.7, 0.15, 5)

@@ -34,27 +34,37 @@ def _cfg() -> AppConfig:
             "env": {"episode_length": 64, "sectors": {}, "max_sector_allocation": None},
             "ppo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 2},
             "policy": {"hidden_sizes": [16]},
-            "resources": {"num_env_runners": 0},
+            "resources": {"num_env_runners": 0, "rllib_fast_paths": True},
         }
     )
 
 
 def _weights_after_two_iterations(
-    learner_class: type | None = None, env_runner_cls: type | None = None, num_envs: int = 1
+    learner_class: type | None = None,
+    env_runner_cls: type | None = None,
+    num_envs: int = 1,
+    phase: int = 1,
+    fast: bool = True,
 ) -> tuple[dict, dict]:
-    """(weights, env-runner metrics) after two phase-1 iterations of the `_cfg()` setup."""
+    """(weights, env-runner metrics) after two iterations of a phase of the `_cfg()` setup;
+    `fast=False` is `resources.rllib_fast_paths: false` (asserted to run RLlib's classes)."""
     cfg = _cfg()
     cfg.resources.num_envs_per_env_runner = num_envs
+    cfg.resources.rllib_fast_paths = fast
     market = synthetic_market(SYMBOLS, n_bars=900, seed=1)
     splits = split_by_time(market, 0.7, 0.15, 5)
     factory = hierarchical_factory(cfg, splits.train, splits.val)
-    config = build_phase_config(cfg, 1, factory)
+    config = build_phase_config(cfg, phase, factory)
     if learner_class is not None:
         config = config.learners(learner_class=learner_class)
     if env_runner_cls is not None:
         config = config.env_runners(env_runner_cls=env_runner_cls)
     algo = config.build_algo()
     try:
+        if not fast:
+            assert type(algo.env_runner) is MultiAgentEnvRunner
+            assert type(algo.learner_group._learner) is PPOTorchLearner
+            assert all(not m.fast_acting for m in algo.env_runner.module.values())
         algo.train()
         runners = algo.train()["env_runners"]
         return algo.learner_group.get_weights(), runners
@@ -62,8 +72,8 @@ def _weights_after_two_iterations(
         algo.stop()
 
 
-def _assert_same_weights(fast: dict, stock: dict) -> None:
-    assert fast.keys() == stock.keys() and len(fast) == len(SYMBOLS)
+def _assert_same_weights(fast: dict, stock: dict, n_modules: int = len(SYMBOLS)) -> None:
+    assert fast.keys() == stock.keys() and len(fast) == n_modules
     for pid in fast:
         for name, value in fast[pid].items():
             np.testing.assert_array_equal(value, stock[pid][name], err_msg=f"{pid}/{name}")
@@ -99,6 +109,32 @@ def test_fast_env_runner_is_default_and_bit_identical_to_stock(ray_session):
         assert fast_metrics[key] == stock_metrics[key] and len(fast_metrics[key]) == 2, key
     for key in ("num_env_steps_sampled", "num_env_steps_sampled_lifetime", "num_episodes"):
         assert fast_metrics[key] == stock_metrics[key], key
+
+
+@pytest.mark.rllib
+@pytest.mark.parametrize("phase", [2, 3])
+def test_fast_paths_are_bit_identical_to_stock_in_phases_2_and_3(ray_session, phase):
+    """Phase 2 (meta trains, specialists frozen and greedy) and phase 3 (all train): the fast
+    env runner, fast learner and module-side acting give the weights of
+    `rllib_fast_paths: false` (RLlib's classes) bit for bit. (The default grouped learner
+    computes the PPO loss its own way: float32 rounding apart, tests/test_training_grouped.py.)"""
+    learner = FastPPOTorchLearner
+    fast, _ = _weights_after_two_iterations(learner, phase=phase)
+    stock, _ = _weights_after_two_iterations(phase=phase, fast=False)
+    _assert_same_weights(fast, stock, n_modules=len(SYMBOLS) + 1)
+
+
+@pytest.mark.rllib
+def test_bf16_learner_is_bit_identical_to_stock_without_autocast(ray_session):
+    """The bf16 learner's own update step (autocast skipped on CPU, the default) changes no
+    bit against RLlib's stock classes. With CPU bf16 autocast the numbers differ by design
+    (bf16 rounding); tests/test_training_config.py checks that path runs in bfloat16."""
+    from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
+
+    assert not BF16PPOTorchLearner.cpu_autocast
+    fast, _ = _weights_after_two_iterations(BF16PPOTorchLearner)
+    stock, _ = _weights_after_two_iterations(fast=False)
+    _assert_same_weights(fast, stock)
 
 
 def test_fast_action_connector_matches_rllib():

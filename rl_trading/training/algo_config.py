@@ -11,11 +11,16 @@ from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from policies import module_spec
-from policies.base import GREEDY_KEY
+from policies.base import GREEDY_KEY, STOCK_ACTING_KEY
 from rl_trading.config import AppConfig
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
-from rl_trading.training.fast.determinism import install as install_agent_order
-from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner
+from rl_trading.training.fast.determinism import (
+    env_to_module_agent_order,
+    learner_agent_order,
+)
+from rl_trading.training.fast.determinism import (
+    install as install_agent_order,
+)
 from rl_trading.training.mapping import (
     META,
     PHASE_MODES,
@@ -75,8 +80,28 @@ def _module_specs(
         else:
             # frozen policies act greedily while the others explore, as they will in validation
             extra = {GREEDY_KEY: True} if pid in frozen else {}
+            if not cfg.resources.rllib_fast_paths:
+                extra[STOCK_ACTING_KEY] = True
             specs[pid] = module_spec(cfg, pid, obs[aid], act[aid], {**layout, **extra})
     return specs
+
+
+def _fast_paths(config: AlgorithmConfig, precision: str, sac: bool) -> AlgorithmConfig:
+    """The project's env runner and PPO learner in place of RLlib's stock classes."""
+    from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner
+
+    # RLlib's runner with batched step counters (same episodes, see fast/env_runner.py)
+    config = config.env_runners(env_runner_cls=FastMultiAgentEnvRunner)
+    if sac:
+        return config
+    if precision == "bf16":
+        from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
+
+        return config.learners(learner_class=BF16PPOTorchLearner)
+    # RLlib's PPO loss; same-shape MLP policies updated as one stacked network
+    from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
+
+    return config.learners(learner_class=GroupedPPOTorchLearner)
 
 
 def build_phase_config(
@@ -116,10 +141,14 @@ def build_phase_config(
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
             custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
-            # RLlib's runner with batched step counters (same episodes, see fast/env_runner.py)
-            env_runner_cls=FastMultiAgentEnvRunner,
+            # hash-seed independent agent order in every env runner (fast/determinism.py)
+            env_to_module_connector=env_to_module_agent_order,
         )
-        .learners(num_learners=res.num_learners, num_gpus_per_learner=res.num_gpus_per_learner)
+        .learners(
+            num_learners=res.num_learners,
+            num_gpus_per_learner=res.num_gpus_per_learner,
+            learner_connector=learner_agent_order,  # ... and in every learner
+        )
         # a list, not a set: module build order (torch init draws) must not depend on hash seeds
         .multi_agent(policies=list(pids), policy_mapping_fn=mapping, policies_to_train=trained)
         .rl_module(
@@ -166,14 +195,8 @@ def build_phase_config(
             minibatch_size=ppo.minibatch_size,
             num_epochs=ppo.num_epochs,
         )
-        if res.precision == "bf16":
-            from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
-
-            config = config.learners(learner_class=BF16PPOTorchLearner)
-        else:  # RLlib's PPO loss; same-shape MLP policies updated as one stacked network
-            from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
-
-            config = config.learners(learner_class=GroupedPPOTorchLearner)
+    if res.rllib_fast_paths:  # the departures from stock RLlib (rl_trading/training/fast/)
+        config = _fast_paths(config, precision=res.precision, sac=sac)
     if phase == 3:
         overrides: dict[str, Any] = {}
         for pid in pids:

@@ -1,0 +1,177 @@
+"""`resources.rllib_fast_paths`: one switch between the project's RLlib speed-ups and RLlib's
+stock classes (same numbers, checkpoints interchangeable), the RL_TRADING_FAST_PATHS test
+switch, and the agent-order determinism applied only where the algorithm is built."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.columns import Columns
+
+from policies import compute_actions, module_spec
+from policies.base import STOCK_ACTING_KEY
+from rl_trading.config import CONFIG_DIR, FAST_PATHS_ENV, AppConfig, load_config
+from rl_trading.data import split_by_time, synthetic_market
+from rl_trading.errors import ConfigError
+from rl_trading.training.algo_config import build_phase_config
+from rl_trading.training.env_bridge import hierarchical_factory
+from rl_trading.training.fast.determinism import env_to_module_agent_order, learner_agent_order
+from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner
+from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
+
+SYMBOLS = ["AAA", "BBB"]
+
+
+def _cfg(fast: bool) -> AppConfig:
+    return AppConfig.model_validate(
+        {
+            "seed": 3,
+            "data": {"symbols": SYMBOLS, "embargo_bars": 5},
+            "env": {"episode_length": 64, "sectors": {}, "max_sector_allocation": None},
+            "ppo": {"train_batch_size": 128, "minibatch_size": 64, "num_epochs": 1},
+            "policy": {"hidden_sizes": [16]},
+            "resources": {"num_env_runners": 0, "rllib_fast_paths": fast},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=1), 0.7, 0.15, 5)
+
+
+@pytest.mark.parametrize("phase", [1, 3])
+def test_switch_selects_fast_or_stock_classes(splits, phase):
+    for fast in (True, False):
+        cfg = _cfg(fast)
+        config = build_phase_config(cfg, phase, hierarchical_factory(cfg, splits.train, splits.val))
+        runner_cls = config.env_runner_cls
+        learner_cls = config.learner_class
+        specs = config.rl_module_spec.rl_module_specs
+        stock_acting = {bool(s.model_config.get(STOCK_ACTING_KEY)) for s in specs.values()}
+        if fast:
+            assert runner_cls is FastMultiAgentEnvRunner
+            assert learner_cls is GroupedPPOTorchLearner
+            assert stock_acting == {False}
+        else:  # RLlib's defaults: MultiAgentEnvRunner (env_runner_cls None) and PPOTorchLearner
+            assert runner_cls is None and config.is_multi_agent
+            assert learner_cls is PPOTorchLearner
+            assert stock_acting == {True}
+        # the agent-order connector pieces are there in both modes
+        assert config._env_to_module_connector is env_to_module_agent_order
+        assert config._learner_connector is learner_agent_order
+
+
+def test_env_var_flips_the_default_and_set_wins(monkeypatch):
+    default_yaml = CONFIG_DIR / "default.yaml"
+    monkeypatch.delenv(FAST_PATHS_ENV, raising=False)
+    assert AppConfig().resources.rllib_fast_paths is True
+    assert load_config(default_yaml).resources.rllib_fast_paths is True
+    monkeypatch.setenv(FAST_PATHS_ENV, "0")
+    assert AppConfig().resources.rllib_fast_paths is False
+    assert load_config(default_yaml).resources.rllib_fast_paths is False  # over the files
+    over = load_config(default_yaml, ["resources.rllib_fast_paths=true"])
+    assert over.resources.rllib_fast_paths is True  # an explicit --set still wins
+    with pytest.raises(ConfigError, match="bf16"):  # the bf16 learner is a fast path
+        load_config(default_yaml, ["resources.precision=bf16"])
+    monkeypatch.setenv(FAST_PATHS_ENV, "maybe")
+    with pytest.raises(ConfigError, match=FAST_PATHS_ENV):
+        load_config(default_yaml)
+
+
+def test_stock_acting_gives_the_same_actions():
+    """Module-side Gaussian sampling / mean (fast) and RLlib's GetActions path (stock)."""
+    obs_space = gym.spaces.Box(-5.0, 5.0, (6,), np.float32)
+    act_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+    cfg = _cfg(True)
+    fast = module_spec(cfg, "specialist_AAA", obs_space, act_space).build()
+    stock = module_spec(
+        cfg, "specialist_AAA", obs_space, act_space, {STOCK_ACTING_KEY: True}
+    ).build()
+    stock.load_state_dict(fast.state_dict())
+    fast.eval(), stock.eval()
+    assert fast.fast_acting and not stock.fast_acting
+    obs = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    batch = {Columns.OBS: torch.as_tensor(obs)}
+    assert Columns.ACTIONS in fast.forward_exploration(batch)
+    assert Columns.ACTIONS not in stock.forward_exploration(batch)  # RLlib samples
+    for explore in (True, False):
+        a = compute_actions(fast, obs, explore=explore, seed=7)
+        b = compute_actions(stock, obs, explore=explore, seed=7)
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(  # sampling really happened (differs from the mean)
+        compute_actions(stock, obs, explore=True, seed=7), compute_actions(stock, obs)
+    )
+
+
+def test_importing_the_project_patches_no_rllib_class():
+    """Only building the algorithm (config or its connector pieces) orders the agents."""
+    code = textwrap.dedent(
+        """
+        import envs.registration, policies, rl_trading.training.algo_config
+        import rl_trading.training.runner, rl_trading.training.checkpoints
+        from ray.rllib.env.multi_agent_episode import MultiAgentEpisode as E
+        from rl_trading.training.fast import determinism
+
+        def patched():
+            return any(
+                getattr(f, "_rl_trading_sorted", False)
+                for f in (E.get_agents_to_act, E.get_agents_that_stepped, E.agent_ids.fget)
+            )
+
+        assert not patched() and not determinism.installed()
+        determinism.learner_agent_order()  # what every learner / env runner builds
+        assert patched() and determinism.installed()
+        print("ok")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+@pytest.mark.rllib
+@pytest.mark.parametrize("saved_fast", [True, False])
+def test_checkpoint_restores_in_the_other_mode(ray_session, splits, tmp_path, saved_fast):
+    """Saved with one mode, resumed with the other: same weights, and training continues."""
+    from rl_trading.training.checkpoints import restore_algorithm_state
+
+    def build(fast: bool):
+        cfg = _cfg(fast)
+        factory = hierarchical_factory(cfg, splits.train, splits.val)
+        return build_phase_config(cfg, 1, factory).build_algo()
+
+    algo = build(saved_fast)
+    try:
+        algo.train()
+        saved = algo.learner_group.get_weights()
+        algo.save_to_path(str(tmp_path / "ckpt"))
+    finally:
+        algo.stop()
+    other = build(not saved_fast)
+    try:
+        assert (type(other.env_runner) is FastMultiAgentEnvRunner) is (not saved_fast)
+        restore_algorithm_state(other, tmp_path / "ckpt")
+        restored = other.learner_group.get_weights()
+        runner = other.env_runner.module.get_state()
+        for pid in saved:
+            for key, value in saved[pid].items():
+                np.testing.assert_array_equal(restored[pid][key], value, err_msg=key)
+                np.testing.assert_array_equal(runner[pid][key], value, err_msg=key)
+        assert other.iteration == 1
+        result = other.train()
+        assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 256
+        after = other.learner_group.get_weights()
+        assert any(
+            not np.array_equal(after[pid][k], saved[pid][k]) for pid in saved for k in saved[pid]
+        )
+    finally:
+        other.stop()
