@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from rl_trading.errors import ConfigError, ConnectionFailure
+
+LOOPBACK = "127.0.0.1"
 
 
 def resolve_address(address: str | None = None) -> str | None:
@@ -35,7 +39,8 @@ def check_address(address: str, timeout: float = 5.0) -> None:
 def init_ray(
     address: str | None = None, num_cpus: int | None = None, **kwargs: Any
 ) -> dict[str, Any]:
-    """Start Ray locally or join `address`; returns the cluster resources.
+    """Start Ray locally (listening on 127.0.0.1 only) or join `address`; returns the
+    cluster resources.
 
     Reuses an already-initialised Ray (e.g. the test suite's session fixture).
     """
@@ -53,8 +58,32 @@ def init_ray(
             raise ConnectionFailure(f"could not join Ray cluster at {addr}: {exc}") from None
     else:
         kwargs.setdefault("include_dashboard", False)
-        ray.init(num_cpus=num_cpus, **kwargs)
+        kwargs.setdefault("dashboard_host", LOOPBACK)
+        kwargs.setdefault("_node_ip_address", LOOPBACK)
+        with _loopback_only(kwargs["_node_ip_address"]):
+            ray.init(num_cpus=num_cpus, **kwargs)
     return dict(ray.cluster_resources())
+
+
+@contextlib.contextmanager
+def _loopback_only(node_ip: str) -> Iterator[None]:
+    """A local Ray's GCS, raylet and workers listen on 127.0.0.1 only, not on every interface.
+
+    Ray turns a loopback `_node_ip_address` into the machine's routable address unless its
+    cluster mode is off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read once at import), so the
+    flag is switched off while this process starts its node.
+    """
+    from ray._private import ray_constants
+
+    if node_ip != LOOPBACK:
+        yield
+        return
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def check_env_runner_cpus(num_env_runners: int, cpus_per_runner: float, cluster: dict) -> None:

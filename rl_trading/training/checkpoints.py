@@ -126,6 +126,23 @@ def checkpoint_policies(path: str | Path) -> list[str]:
     return sorted(p.name for p in mod_dir.iterdir() if p.is_dir())
 
 
+def stored_config(path: str | Path) -> dict[str, Any] | None:
+    """The training config saved with a checkpoint (or model folder), ready for
+    `load_config(extra=...)`: a redacted database URL is dropped (RL_TRADING_DB_URL then
+    supplies it). None when the checkpoint carries none."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        return None
+    raw = read_metadata(path).get("config")
+    if not raw:
+        return None
+    raw = json.loads(json.dumps(raw))
+    data = raw.get("data") or {}
+    if data.get("db_url") and "***" in str(data["db_url"]):
+        data["db_url"] = None
+    return raw
+
+
 def save_algorithm(algo: Any, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """Save an algorithm to `path` (replacing what was there) atomically via a temp folder,
     with `metadata` (`EnvFactory.metadata`: config, preprocessing, data reference) and the
