@@ -132,7 +132,7 @@ def test_manifest_names_a_tampered_file(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     assert verify_checkpoint(bare) is None
-    with pytest.raises(CheckpointError, match="no checkpoint_manifest.json"):
+    with pytest.raises(CheckpointError, match="no checkpoint_manifest.json, cannot verify"):
         verify_checkpoint(bare, required=True)
 
 
