@@ -113,8 +113,14 @@ def data_reference(source_cfg: AppConfig, frames: Mapping[str, pd.DataFrame]) ->
     first = next(iter(frames.values()))
     index = pd.DatetimeIndex(first.index)
     data = source_cfg.data
-    paths = {s: os.path.abspath(os.path.expanduser(p)) for s, p in data.paths.items()}
-    cfg = source_cfg.model_copy(update={"data": data.model_copy(update={"paths": paths})})
+    update: dict[str, Any] = {
+        "paths": {s: os.path.abspath(os.path.expanduser(p)) for s, p in data.paths.items()}
+    }
+    if data.source == "sql" and not data.db_url:  # the workspace's DB, whatever the cwd later
+        from rl_trading.data.store import default_db_url
+
+        update["db_url"] = default_db_url()
+    cfg = source_cfg.model_copy(update={"data": data.model_copy(update=update)})
     return {
         "cfg": safe_config(cfg),
         "symbols": [str(s) for s in frames],

@@ -3,12 +3,15 @@ existing cluster (`auto`: the one running on this machine). A cluster is never j
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rl_trading.errors import ConfigError, ConnectionFailure
+
+LOOPBACK = "127.0.0.1"
 
 
 def resolve_address(address: str | None = None) -> str | None:
@@ -40,8 +43,9 @@ def init_ray(
     notify: Callable[[str], None] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
-    """Start a fresh local Ray, or join `address` (RAY_ADDRESS; `auto`: this machine's running
-    cluster); returns the cluster resources and tells `notify` which Ray is used.
+    """Start a fresh local Ray (listening on 127.0.0.1 only), or join `address` (RAY_ADDRESS;
+    `auto`: this machine's running cluster); returns the cluster resources and tells `notify`
+    which Ray is used.
 
     Without an address Ray starts its own instance (`address="local"`), so a cluster left
     running by another program (`ray start`) is never joined silently. Reuses an
@@ -67,14 +71,38 @@ def init_ray(
         say(f"Ray: joined the cluster at {addr} ({nodes} node(s), {_cpus(resources)})")
         return resources
     kwargs.setdefault("include_dashboard", False)
-    ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    kwargs.setdefault("dashboard_host", LOOPBACK)
+    kwargs.setdefault("_node_ip_address", LOOPBACK)
+    with _loopback_only(kwargs["_node_ip_address"]):
+        ray.init(address="local", num_cpus=num_cpus, **kwargs)
     resources = dict(ray.cluster_resources())
-    say(f"Ray: started a local instance ({_cpus(resources)})")
+    say(f"Ray: started a local instance on {kwargs['_node_ip_address']} ({_cpus(resources)})")
     return resources
 
 
 def _cpus(resources: dict[str, Any]) -> str:
     return f"{float(resources.get('CPU', 0)):g} CPUs"
+
+
+@contextlib.contextmanager
+def _loopback_only(node_ip: str) -> Iterator[None]:
+    """A local Ray's GCS, raylet and workers listen on 127.0.0.1 only, not on every interface.
+
+    Ray turns a loopback `_node_ip_address` into the machine's routable address unless its
+    cluster mode is off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read once at import), so the
+    flag is switched off while this process starts its node.
+    """
+    from ray._private import ray_constants
+
+    if node_ip != LOOPBACK:
+        yield
+        return
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def check_env_runner_cpus(num_env_runners: int, cpus_per_runner: float, cluster: dict) -> None:

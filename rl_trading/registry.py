@@ -67,6 +67,7 @@ GRADE_THRESHOLDS: list[tuple[float, str]] = [
 TAG = "rl_trading."
 EXPERIMENT = "model_registry"
 PREPROCESSING_FILE = "preprocessing.json"
+CONFIG_FILE = "training_config.json"  # same name as in run-dir checkpoints (checkpoints.py)
 Kind = Literal["rl", "supervised", "ensemble"]
 Bump = Literal["major", "minor", "patch"]
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
@@ -390,6 +391,24 @@ class ModelRegistry:
             return {}
         return json.loads(path.read_text())
 
+    def load_training_config(self, name: str) -> dict[str, Any] | None:
+        """The training config stored with a model (verified files), None for a model
+        registered without one; an ensemble uses its first member's."""
+        from rl_trading.training.checkpoints import stored_config
+
+        local = self.load_path(name)
+        found = stored_config(local)
+        if found is None and (local / "ensemble.json").is_file():
+            members = json.loads((local / "ensemble.json").read_text()).get("members") or []
+            first = members[0] if members else None
+            if isinstance(first, Mapping):
+                first = first.get("name")
+            if isinstance(first, str):
+                if Path(first).exists():
+                    return stored_config(first)
+                return self.load_training_config(first)
+        return found
+
     # -- writing -----------------------------------------------------------------------------
 
     def register(
@@ -463,6 +482,15 @@ class ModelRegistry:
                 (staged / PREPROCESSING_FILE).write_text(
                     json.dumps(dict(preprocessing), indent=2, sort_keys=True, default=str)
                 )
+            if config is not None and staged.is_dir() and not (staged / CONFIG_FILE).is_file():
+                raw = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+                (staged / CONFIG_FILE).write_text(
+                    json.dumps({"config": _redacted(dict(raw))}, indent=1, default=str)
+                )
+            if (staged / "checkpoint_manifest.json").is_file():  # files added above
+                from rl_trading.training.checkpoints import write_manifest
+
+                write_manifest(staged)
             manifest = checksum_manifest(staged)
             exp_id = ensure_experiment(EXPERIMENT)
             run_ctx = (
@@ -531,3 +559,13 @@ class ModelRegistry:
         self.client.set_registered_model_alias(rec.name, alias, rec.mlflow_version)
         self.client.set_registered_model_tag(rec.name, TAG + "stage", alias)
         return self.resolve(rec.name)
+
+
+def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with a credential in `data.db_url` hidden (stored with the model)."""
+    from rl_trading.tracking import redact
+
+    data = dict(raw.get("data") or {})
+    if data.get("db_url"):
+        data["db_url"] = redact(str(data["db_url"]))
+    return {**raw, "data": data}

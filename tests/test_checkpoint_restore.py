@@ -132,7 +132,7 @@ def test_manifest_names_a_tampered_file(tmp_path):
     bare = tmp_path / "bare"
     bare.mkdir()
     assert verify_checkpoint(bare) is None
-    with pytest.raises(CheckpointError, match="no checkpoint_manifest.json"):
+    with pytest.raises(CheckpointError, match="no checkpoint_manifest.json, cannot verify"):
         verify_checkpoint(bare, required=True)
 
 
@@ -168,16 +168,26 @@ print("PHASE1 RESTORED")
 """
 
 
-@pytest.mark.rllib
-def test_fresh_process_restores_and_trains_a_pipeline_checkpoint(ray_session, tmp_path):
-    from rl_trading.training.checkpoints import read_metadata, verify_checkpoint
+@pytest.fixture(scope="module")
+def pipeline_run(ray_session, tmp_path_factory):
+    """A tiny `train pipeline` (phases 1-3) through the data layer, shared by the tests below."""
     from rl_trading.training.session import train
 
     cfg = _cfg()
+    run_dir, results = train(
+        cfg, (1, 2, 3), run_dir=tmp_path_factory.mktemp("ckpt") / "run", tracking=False
+    )
+    return cfg, {name: Path(r.best_checkpoint) for name, r in results.items()}
+
+
+@pytest.mark.rllib
+def test_fresh_process_restores_and_trains_a_pipeline_checkpoint(pipeline_run):
+    from rl_trading.training.checkpoints import read_metadata, verify_checkpoint
+
+    cfg, ckpts = pipeline_run
     train_bars, _, _ = _splits(cfg)
-    run_dir, results = train(cfg, (1, 2, 3), run_dir=tmp_path / "run", tracking=False)
     for name in ("phase1", "phase3"):
-        ckpt = Path(results[name].best_checkpoint)
+        ckpt = ckpts[name]
         verify_checkpoint(ckpt, required=True)
         meta = read_metadata(ckpt)
         assert meta["config"]["data"]["symbols"] == ["AAA", "BBB"]
@@ -188,6 +198,52 @@ def test_fresh_process_restores_and_trains_a_pipeline_checkpoint(ray_session, tm
         closes = train_bars["AAA"]["close"].to_numpy("float64")[100:108].tobytes()
         for path in ckpt.rglob("*"):
             assert not path.is_file() or closes not in path.read_bytes(), path
-    p1 = Path(results["phase1"].best_checkpoint)
-    out = _restore_in_fresh_process(Path(results["phase3"].best_checkpoint), CHECK, PHASE1=p1)
+    out = _restore_in_fresh_process(ckpts["phase3"], CHECK, PHASE1=ckpts["phase1"])
     assert "RESTORED" in out and "PHASE1 RESTORED" in out
+
+
+def _backtest(capsys, *args: str) -> tuple[int, str]:
+    from rl_trading.cli.main import main
+
+    capsys.readouterr()
+    rc = main(["backtest", "--folds", "1", "--seeds", "0", *args])
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+@pytest.mark.rllib
+def test_backtest_uses_the_stored_config_and_guards_the_training_range(
+    pipeline_run, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    monkeypatch.setenv("RL_TRADING_WORKSPACE", str(tmp_path))
+    _, ckpts = pipeline_run
+    ckpt = str(ckpts["phase3"])
+    # no -c: the checkpoint's own config (2 synthetic symbols, not the defaults' eight)
+    rc, out = _backtest(capsys, "--checkpoint", ckpt, "--split", "test", "--out", str(tmp_path))
+    assert rc == 0, out
+    meta = json.loads((tmp_path / "report.json").read_text())["meta"]
+    assert meta["symbols"] == ["AAA", "BBB"] and meta["scaler_origin"] == "policy preprocessing"
+    assert meta["config"] == "training config stored with the policy"
+    assert "training_overlap" not in meta
+    # the training split overlaps the training range: refused, unless --allow-overlap
+    rc, out = _backtest(capsys, "--checkpoint", ckpt, "--split", "train", "--out", str(tmp_path))
+    assert rc != 0 and "training range" in out and "--allow-overlap" in out, out
+    assert "Traceback" not in out and len(out.strip().splitlines()) == 1
+    rc, out = _backtest(
+        capsys, "--checkpoint", ckpt, "--split", "train", "--allow-overlap", "--out", str(tmp_path)
+    )
+    assert rc == 0, out
+    meta = json.loads((tmp_path / "report.json").read_text())["meta"]
+    assert "training range" in meta["training_overlap"]
+    # other symbols than the model's: one line naming both
+    rc, out = _backtest(capsys, "--checkpoint", ckpt, "--set", "data.symbols=[AAA]")
+    assert rc != 0 and "['AAA', 'BBB']" in out and "['AAA']" in out, out
+    # a file changed after saving: one line naming it, before anything is unpickled
+    copy = tmp_path / "copy"
+    shutil.copytree(ckpt, copy)
+    state = next(copy.rglob("module_state.pkl"))
+    state.write_bytes(state.read_bytes() + b"\0")
+    rc, out = _backtest(capsys, "--checkpoint", str(copy), "--split", "test")
+    assert rc != 0 and "changed since it was saved" in out and "module_state.pkl" in out, out

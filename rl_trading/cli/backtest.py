@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, cli_config, console
+from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, console, policy_config
 
 
 def backtest_command(
@@ -32,8 +32,17 @@ def backtest_command(
     seeds: Annotated[
         str | None, typer.Option("--seeds", help="Comma-separated seeds (default from config).")
     ] = None,
+    allow_overlap: Annotated[
+        bool,
+        typer.Option(
+            "--allow-overlap", help="Evaluate dates inside the model's training range too."
+        ),
+    ] = False,
 ) -> None:
-    """Backtest a policy (deterministic) against buy-and-hold, equal-weight, flat and random."""
+    """Backtest a policy (deterministic) against buy-and-hold, equal-weight, flat and random.
+
+    The policy's stored training config and scalers are used unless -c/--set override them.
+    """
     from rl_trading.errors import ConfigError
     from rl_trading.evaluation import select_bars
     from rl_trading.evaluation.backtest import backtest
@@ -47,12 +56,15 @@ def backtest_command(
 
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --checkpoint PATH or --model NAME")
-    cfg = cli_config(config, sets)
+    cfg, cfg_origin = policy_config(config, sets, checkpoint=checkpoint, model=model)
     source = str(checkpoint) if checkpoint is not None else model
     bars, train, desc = select_bars(cfg, data, split)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else list(cfg.evaluation.seeds)
-    result = backtest(source, bars, cfg, seed=seed_list[0], scaler_bars=train)
+    result = backtest(
+        source, bars, cfg, seed=seed_list[0], scaler_bars=train, allow_overlap=allow_overlap
+    )
     result.meta["bars"] = desc
+    result.meta["config"] = cfg_origin
     walk = None
     n_folds = cfg.data.walk_forward_folds if folds is None else folds
     if n_folds > 1:
@@ -65,6 +77,9 @@ def backtest_command(
         console.print(render_walk_forward(walk))
     if str(result.meta.get("scaler_origin", "")).startswith("evaluated"):
         console.print("[yellow]note: no stored feature scaler; fit on the evaluated bars[/]")
+    if result.meta.get("training_overlap"):
+        console.print(f"[yellow]--allow-overlap: {result.meta['training_overlap']}[/]")
+    console.print(f"config: {cfg_origin}")
     console.print(f"report: {paths['report']}  plots: {out_dir}")
 
 

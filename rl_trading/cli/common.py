@@ -35,3 +35,34 @@ def cli_config(config: Path | None, sets: list[str] | None, **extra: object) -> 
     overrides = list(sets or [])
     overrides += [f"{k}={v}" for k, v in extra.items() if v is not None]
     return load_config(config, overrides)
+
+
+def policy_config(
+    config: Path | None,
+    sets: list[str] | None,
+    checkpoint: str | Path | None = None,
+    model: str | None = None,
+) -> tuple[AppConfig, str]:
+    """The config to evaluate a policy with, and where it came from.
+
+    By default the training config stored with the checkpoint or registered model (symbols,
+    timeframe, data source, env and reward settings), with `--set` on top; `-c` replaces it
+    explicitly. Falls back to `-c`/defaults for policies saved without one.
+    """
+    from rl_trading.training.checkpoints import stored_config
+
+    base = cli_config(config, sets)
+    if config is not None:
+        return base, f"{config} (explicit -c)"
+    stored: dict | None = None
+    if checkpoint is not None:
+        stored = stored_config(checkpoint)
+    elif model is not None:
+        from rl_trading.registry import ModelRegistry
+
+        stored = ModelRegistry(cfg=base).load_training_config(model)
+    if not stored:
+        return base, "defaults (no training config stored with the policy)"
+    stored = dict(stored)
+    stored["tracking"] = base.model_dump(mode="json")["tracking"]  # this machine's MLflow
+    return load_config(None, sets or [], extra=stored), "training config stored with the policy"

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.cli.common import ConfigOpt, SetOpt, console, policy_config
 
 app = typer.Typer(help="Export trained policies (ONNX).", no_args_is_help=True)
 
@@ -37,7 +37,7 @@ def onnx(
 
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --model NAME or --checkpoint PATH")
-    cfg = cli_config(config, sets)
+    cfg, _ = policy_config(config, sets, checkpoint=checkpoint, model=model)
     bundle = load_policy(str(checkpoint) if checkpoint else model, cfg)
     if policy is None:
         if len(bundle.modules) != 1:

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, cli_config, console
+from rl_trading.cli.common import (
+    ConfigOpt,
+    DataOpt,
+    SetOpt,
+    SplitOpt,
+    cli_config,
+    console,
+    policy_config,
+)
 
 app = typer.Typer(help="Registered models: versions, grades, lineage.", no_args_is_help=True)
 TrackingOpt = Annotated[
@@ -113,7 +121,7 @@ def register_cmd(
 
     if bump is not None and bump not in ("major", "minor", "patch"):  # before any backtest
         raise ConfigError(f"--bump must be major, minor or patch, not '{bump}'")
-    cfg = cli_config(config, sets)
+    cfg, _ = policy_config(config, sets, checkpoint=checkpoint)
     rec, result = register_policy(checkpoint, cfg, model_type, split, run_dir, bump)
     pm = result.metrics["policy"]
     console.print(
@@ -140,7 +148,7 @@ def benchmark(
     names = [m.strip() for m in models.split(",") if m.strip()]
     if len(names) < 1:
         raise ConfigError("--models needs at least one name")
-    cfg = cli_config(config, sets)
+    cfg, _ = policy_config(config, sets, model=names[0])  # the first model's training config
     rows = compare_models(names, cfg, data, split)
     table = Table(title=f"Benchmark on {rows['bars']}", header_style="bold")
     table.add_column("model")

@@ -67,6 +67,8 @@ def training_preprocessing(cfg: AppConfig, train_bars: dict[str, pd.DataFrame]) 
             s: prepare_instrument(f, None, s).scaler.to_dict() for s, f in train_bars.items()
         },
         "train_fingerprint": fingerprint(train_bars),
+        "train_start": str(first.index[0]),  # backtests refuse overlapping dates by default
+        "train_end": str(first.index[-1]),
     }
 
 

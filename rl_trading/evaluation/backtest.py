@@ -184,6 +184,9 @@ def load_policy(source: Any, cfg: AppConfig | None = None) -> PolicyBundle:
         return bundle
     if not path.is_dir():
         raise CheckpointError(f"policy source is not a directory: {path}")
+    from rl_trading.training.checkpoints import verify_checkpoint
+
+    verify_checkpoint(path)  # sha256 manifest of a project checkpoint, before unpickling it
     if (path / "ensemble.json").is_file():
         from rl_trading.evaluation.ensemble import Ensemble
 
@@ -209,6 +212,39 @@ def scalers_from(preprocessing: dict[str, Any]) -> dict[str, Any]:
     if not raw and preprocessing.get("scaler"):
         raw = {"*": preprocessing["scaler"]}
     return {sym: FeatureScaler.from_dict(d) for sym, d in raw.items()}
+
+
+def check_symbols(bundle: PolicyBundle, data: dict[str, pd.DataFrame]) -> None:
+    """One-line DataError naming both lists when a multi-instrument policy's training symbols
+    (stored preprocessing) are not the evaluated bars' symbols."""
+    trained = [str(s) for s in (bundle.preprocessing.get("symbols") or [])]
+    if not bundle.hierarchical or not trained:
+        return
+    if sorted(trained) != sorted(map(str, data)):
+        raise DataError(
+            f"the model was trained on symbols {trained} but the data has {list(data)}: "
+            "evaluate it on its own symbols (its stored config does, unless -c/--set changes them)"
+        )
+
+
+def training_overlap(preprocessing: dict[str, Any], data: dict[str, pd.DataFrame]) -> str:
+    """'' or a line saying how the evaluated bars overlap the stored training range."""
+    start, end = preprocessing.get("train_start"), preprocessing.get("train_end")
+    if not start or not end or not data:
+        return ""
+    index = pd.DatetimeIndex(next(iter(data.values())).index)
+    lo, hi = pd.Timestamp(start), pd.Timestamp(end)
+    if index.tz is not None and lo.tz is None:
+        lo, hi = lo.tz_localize("UTC"), hi.tz_localize("UTC")
+    elif index.tz is None and lo.tz is not None:
+        lo, hi = lo.tz_convert(None), hi.tz_convert(None)
+    inside = index[(index >= lo) & (index <= hi)]
+    if len(inside) == 0:
+        return ""
+    return (
+        f"{len(inside)} of {len(index)} evaluated bars ({inside[0]} .. {inside[-1]}) fall in the "
+        f"model's training range {start} .. {end}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,10 +342,19 @@ def run_policy(
     cfg: AppConfig,
     seed: int = 0,
     scaler_bars: pd.DataFrame | dict[str, pd.DataFrame] | None = None,
+    allow_overlap: bool = True,
 ) -> tuple[StrategyRun, dict[str, Any]]:
-    """One deterministic eval pass of a policy; returns the run and how it was set up."""
+    """One deterministic eval pass of a policy; returns the run and how it was set up.
+
+    DataError when the bars' symbols are not the policy's, and (unless `allow_overlap`) when
+    they overlap the policy's training range; an allowed overlap is named in the result.
+    """
     bundle = load_policy(source, cfg)
     data = as_bar_dict(bars)
+    check_symbols(bundle, data)
+    overlap = training_overlap(bundle.preprocessing, data)
+    if overlap and not allow_overlap:
+        raise DataError(f"{overlap}: evaluate later dates, or pass --allow-overlap")
     scalers = scalers_from(bundle.preprocessing)
     origin = "policy preprocessing"
     if not scalers:
@@ -332,6 +377,7 @@ def run_policy(
         "scaler_origin": origin,
         "policies": list(bundle.modules),
         "env": "hierarchical" if bundle.hierarchical else "single",
+        **({"training_overlap": overlap} if overlap else {}),
     }
 
 
@@ -369,11 +415,13 @@ def backtest(
     seed: int = 0,
     scaler_bars: pd.DataFrame | dict[str, pd.DataFrame] | None = None,
     include_supervised: bool = True,
+    allow_overlap: bool = True,
 ) -> BacktestResult:
     """Deterministic pass of the policy (None: baselines only) next to every baseline.
 
     Baselines run on exactly the bars the policy traded (from its first decision bar, after
-    the feature warm-up) with the same costs and starting capital.
+    the feature warm-up) with the same costs and starting capital. With `allow_overlap=False`
+    bars inside the policy's stored training range are refused (the CLI's default).
     """
     from rl_trading.data import fingerprint
 
@@ -381,7 +429,8 @@ def backtest(
     runs: dict[str, StrategyRun] = {}
     meta: dict[str, Any] = {"seed": seed, "symbols": list(data)}
     if policy_source is not None:
-        run, info = run_policy(policy_source, data, cfg, seed=seed, scaler_bars=scaler_bars)
+        kwargs = {"seed": seed, "scaler_bars": scaler_bars, "allow_overlap": allow_overlap}
+        run, info = run_policy(policy_source, data, cfg, **kwargs)
         runs["policy"] = run
         meta.update(info)
         start = data[next(iter(data))].index.get_loc(run.index[0])

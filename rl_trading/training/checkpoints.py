@@ -59,28 +59,31 @@ def find_checkpoint_root(path: str | Path) -> Path | None:
     return None
 
 
-def verify_checkpoint(path: str | Path, required: bool = False) -> Path | None:
+def verify_checkpoint(
+    path: str | Path, required: bool = False, action: str = "checkpoint"
+) -> Path | None:
     """Check the files of the checkpoint holding `path` against its manifest; one-line
-    CheckpointError naming the first changed, missing or added file. Without a manifest:
-    CheckpointError when `required`, else None (checkpoints saved by other tools)."""
+    CheckpointError (`"<action> <root>: file changed since it was saved: <file>"`, likewise
+    missing or added). Without a manifest: CheckpointError when `required`, else None
+    (checkpoints saved by other tools). Returns the checkpoint root."""
     root = find_checkpoint_root(path)
     if root is None:
         if required:
-            raise CheckpointError(f"checkpoint {path} has no {MANIFEST_FILE}: cannot verify it")
+            raise CheckpointError(f"{action} {path}: no {MANIFEST_FILE}, cannot verify it")
         return None
     try:
         expected = json.loads((root / MANIFEST_FILE).read_text())["files"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"unreadable {MANIFEST_FILE} in {root}: {exc}") from None
+        raise CheckpointError(f"{action} {root}: unreadable {MANIFEST_FILE} ({exc})") from None
     present = set(_files(root))
     for rel, digest in sorted(expected.items()):
         if rel not in present:
-            raise CheckpointError(f"checkpoint {root}: file missing since it was saved: {rel}")
+            raise CheckpointError(f"{action} {root}: file missing since it was saved: {rel}")
         if _sha256(root / rel) != digest:
-            raise CheckpointError(f"checkpoint {root}: file changed since it was saved: {rel}")
+            raise CheckpointError(f"{action} {root}: file changed since it was saved: {rel}")
     extra = sorted(present - set(expected))
     if extra:
-        raise CheckpointError(f"checkpoint {root}: file added since it was saved: {extra[0]}")
+        raise CheckpointError(f"{action} {root}: file added since it was saved: {extra[0]}")
     return root
 
 
@@ -126,6 +129,23 @@ def checkpoint_policies(path: str | Path) -> list[str]:
     return sorted(p.name for p in mod_dir.iterdir() if p.is_dir())
 
 
+def stored_config(path: str | Path) -> dict[str, Any] | None:
+    """The training config saved with a checkpoint (or model folder), ready for
+    `load_config(extra=...)`: a redacted database URL is dropped (RL_TRADING_DB_URL then
+    supplies it). None when the checkpoint carries none."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        return None
+    raw = read_metadata(path).get("config")
+    if not raw:
+        return None
+    raw = json.loads(json.dumps(raw))
+    data = raw.get("data") or {}
+    if data.get("db_url") and "***" in str(data["db_url"]):
+        data["db_url"] = None
+    return raw
+
+
 def save_algorithm(algo: Any, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
     """Save an algorithm to `path` (replacing what was there) atomically via a temp folder,
     with `metadata` (`EnvFactory.metadata`: config, preprocessing, data reference) and the
@@ -153,7 +173,7 @@ def load_algorithm(path: str | Path) -> Any:
     from ray.rllib.algorithms.algorithm import Algorithm
 
     path = check_checkpoint(path)
-    verify_checkpoint(path)
+    verify_checkpoint(path, action="cannot restore algorithm from")
     try:
         return Algorithm.from_checkpoint(str(path.resolve()))
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
@@ -191,7 +211,7 @@ def restore_policies(algo: Any, path: str | Path, policy_ids: list[str]) -> None
 def restore_algorithm_state(algo: Any, path: str | Path) -> None:
     """Restore a whole algorithm state (resume) into an already-built `algo`."""
     path = check_checkpoint(path)
-    verify_checkpoint(path)
+    verify_checkpoint(path, action="cannot resume from")
     try:
         algo.restore_from_path(str(path.resolve()))
     except Exception as exc:  # noqa: BLE001
