@@ -673,3 +673,73 @@ def walk_forward_retrain(
     report["files"] = {"json": str(plan.out_dir / REPORT_FILE), "png": str(png)}
     (plan.out_dir / REPORT_FILE).write_text(json.dumps(_clean(report), indent=2))
     return report
+
+
+def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per strategy: fold-level mean and 95% interval of net Sharpe, the paired
+    difference to the policy, and the mean drawdown, turnover, costs and gross exposure."""
+    rows = []
+    for name, mets in report["summary"].items():
+        sharpe = mets["sharpe_ratio"]
+        paired = report["paired_vs_policy"].get(name, {}).get("sharpe_ratio")
+        rows.append(
+            {
+                "strategy": name,
+                "sharpe": sharpe["mean"],
+                "sharpe_ci95": sharpe["ci95"],
+                "policy_minus": None if paired is None else paired["mean"],
+                "policy_minus_ci95": None if paired is None else paired["ci95"],
+                "total_return": mets["total_return"]["mean"],
+                "max_drawdown": mets["max_drawdown"]["mean"],
+                "turnover": mets["turnover"]["mean"],
+                "total_costs": mets["total_costs"]["mean"],
+                "exposure": mets["exposure"]["mean"],
+                "dsr": report["dsr"] if name == "policy" else None,
+            }
+        )
+    return rows
+
+
+def render_table(report: dict[str, Any], title: str = "Walk-forward (retrained)") -> Any:
+    """Rich table of :func:`table_rows` (the CLI and the benchmark print it)."""
+    from rich.table import Table
+
+    def num(v: Any, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None or not math.isfinite(float(v)) else fmt.format(v)
+
+    def ci(v: Any) -> str:
+        return "-" if v is None else f"[{num(v[0])}, {num(v[1])}]"
+
+    n = report["n_folds"]
+    table = Table(
+        title=f"{title}: {n} folds x {len(report['seeds'])} seeds, means over folds "
+        f"(95% CI, n = {n}); DSR {num(report['dsr'], '{:.3f}')} "
+        f"(n_trials {report['n_trials']}), PSR {num(report['psr'], '{:.3f}')}"
+    )
+    for col in (
+        "strategy",
+        "net Sharpe",
+        "95% CI",
+        "policy - it",
+        "95% CI",
+        "return",
+        "max DD",
+        "turnover",
+        "costs",
+        "gross exp.",
+    ):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for r in table_rows(report):
+        table.add_row(
+            r["strategy"],
+            num(r["sharpe"]),
+            ci(r["sharpe_ci95"]),
+            num(r["policy_minus"]),
+            ci(r["policy_minus_ci95"]),
+            num(r["total_return"], "{:+.2%}"),
+            num(r["max_drawdown"], "{:.2%}"),
+            num(r["turnover"], "{:.4f}"),
+            num(r["total_costs"], "{:,.0f}"),
+            num(r["exposure"], "{:.2f}"),
+        )
+    return table
