@@ -87,12 +87,18 @@ class FoldPlan:
 
 
 def plan_folds(
-    n_bars: int, n_folds: int, embargo: int, val_share: float, min_bars: int
+    n_bars: int,
+    n_folds: int,
+    embargo: int,
+    val_share: float,
+    min_bars: int,
+    min_train_frac: float | None = None,
 ) -> list[FoldPlan]:
     """Expanding-window folds, each training window split into fit + validation tail.
 
     `val_share` is the validation tail's share of the training window; `min_bars` the fewest
-    bars any part may have (feature warm-up + a few decisions). DataError when too short.
+    bars any part may have (feature warm-up + a few decisions); `min_train_frac` the first
+    training block's share of the history (default 1 / (K + 1)). DataError when too short.
     """
     from rl_trading.data import walk_forward_splits
 
@@ -101,7 +107,12 @@ def plan_folds(
     if not 0.0 < val_share < 1.0:
         raise ConfigError(f"validation share must be in (0, 1), got {val_share}")
     plans = []
-    for fold in walk_forward_splits(n_bars, n_folds=n_folds, embargo=embargo, expanding=True):
+    if min_train_frac is not None and not 0.0 < min_train_frac < 1.0:
+        raise ConfigError(f"min_train_frac must be in (0, 1), got {min_train_frac}")
+    splits = walk_forward_splits(
+        n_bars, n_folds=n_folds, embargo=embargo, expanding=True, min_train_frac=min_train_frac
+    )
+    for fold in splits:
         window = fold.train.stop - fold.train.start
         n_val = int(window * val_share)
         val = slice(fold.train.stop - n_val, fold.train.stop)
@@ -123,7 +134,9 @@ def plan_folds(
     return plans
 
 
-def plan_for(cfg: AppConfig, n_bars: int, n_folds: int) -> list[FoldPlan]:
+def plan_for(
+    cfg: AppConfig, n_bars: int, n_folds: int, min_train_frac: float | None = None
+) -> list[FoldPlan]:
     """The folds of `cfg` (embargo, train/val ratio) over `n_bars` bars."""
     from rl_trading.data.features import WARMUP_BARS
 
@@ -134,6 +147,7 @@ def plan_for(cfg: AppConfig, n_bars: int, n_folds: int) -> list[FoldPlan]:
         d.embargo_bars,
         d.val_frac / (d.train_frac + d.val_frac),
         min_bars=WARMUP_BARS + 10,
+        min_train_frac=min_train_frac,
     )
 
 
@@ -542,6 +556,7 @@ def prepare(
     resume: bool = False,
     phases: str | Sequence[int] = (1, 2, 3),
     bars: dict[str, pd.DataFrame] | None = None,
+    min_train_frac: float | None = None,
 ) -> WalkForwardPlan:
     """Check every input and load the data (before Ray): one-line errors for bad input."""
     n_folds = cfg.data.walk_forward_folds if n_folds is None else int(n_folds)
@@ -557,7 +572,7 @@ def prepare(
 
         bars = observed_market(cfg)
     index = next(iter(bars.values())).index
-    plans = plan_for(cfg, len(index), n_folds)
+    plans = plan_for(cfg, len(index), n_folds, min_train_frac)
     info = [p.describe(index) for p in plans]
     from rl_trading.registry import config_hash
 
