@@ -76,6 +76,7 @@ def _register_subcommands() -> None:
         ("rl_trading.cli.backtest", None),
         ("rl_trading.cli.export", "export"),
         ("rl_trading.cli.demo", None),
+        ("rl_trading.cli.evaluate", "evaluate"),
     ]:
         try:
             mod = importlib.import_module(module)

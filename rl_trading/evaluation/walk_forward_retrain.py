@@ -87,12 +87,18 @@ class FoldPlan:
 
 
 def plan_folds(
-    n_bars: int, n_folds: int, embargo: int, val_share: float, min_bars: int
+    n_bars: int,
+    n_folds: int,
+    embargo: int,
+    val_share: float,
+    min_bars: int,
+    min_train_frac: float | None = None,
 ) -> list[FoldPlan]:
     """Expanding-window folds, each training window split into fit + validation tail.
 
     `val_share` is the validation tail's share of the training window; `min_bars` the fewest
-    bars any part may have (feature warm-up + a few decisions). DataError when too short.
+    bars any part may have (feature warm-up + a few decisions); `min_train_frac` the first
+    training block's share of the history (default 1 / (K + 1)). DataError when too short.
     """
     from rl_trading.data import walk_forward_splits
 
@@ -101,7 +107,12 @@ def plan_folds(
     if not 0.0 < val_share < 1.0:
         raise ConfigError(f"validation share must be in (0, 1), got {val_share}")
     plans = []
-    for fold in walk_forward_splits(n_bars, n_folds=n_folds, embargo=embargo, expanding=True):
+    if min_train_frac is not None and not 0.0 < min_train_frac < 1.0:
+        raise ConfigError(f"min_train_frac must be in (0, 1), got {min_train_frac}")
+    splits = walk_forward_splits(
+        n_bars, n_folds=n_folds, embargo=embargo, expanding=True, min_train_frac=min_train_frac
+    )
+    for fold in splits:
         window = fold.train.stop - fold.train.start
         n_val = int(window * val_share)
         val = slice(fold.train.stop - n_val, fold.train.stop)
@@ -123,7 +134,9 @@ def plan_folds(
     return plans
 
 
-def plan_for(cfg: AppConfig, n_bars: int, n_folds: int) -> list[FoldPlan]:
+def plan_for(
+    cfg: AppConfig, n_bars: int, n_folds: int, min_train_frac: float | None = None
+) -> list[FoldPlan]:
     """The folds of `cfg` (embargo, train/val ratio) over `n_bars` bars."""
     from rl_trading.data.features import WARMUP_BARS
 
@@ -134,6 +147,7 @@ def plan_for(cfg: AppConfig, n_bars: int, n_folds: int) -> list[FoldPlan]:
         d.embargo_bars,
         d.val_frac / (d.train_frac + d.val_frac),
         min_bars=WARMUP_BARS + 10,
+        min_train_frac=min_train_frac,
     )
 
 
@@ -542,6 +556,7 @@ def prepare(
     resume: bool = False,
     phases: str | Sequence[int] = (1, 2, 3),
     bars: dict[str, pd.DataFrame] | None = None,
+    min_train_frac: float | None = None,
 ) -> WalkForwardPlan:
     """Check every input and load the data (before Ray): one-line errors for bad input."""
     n_folds = cfg.data.walk_forward_folds if n_folds is None else int(n_folds)
@@ -557,7 +572,7 @@ def prepare(
 
         bars = observed_market(cfg)
     index = next(iter(bars.values())).index
-    plans = plan_for(cfg, len(index), n_folds)
+    plans = plan_for(cfg, len(index), n_folds, min_train_frac)
     info = [p.describe(index) for p in plans]
     from rl_trading.registry import config_hash
 
@@ -673,3 +688,73 @@ def walk_forward_retrain(
     report["files"] = {"json": str(plan.out_dir / REPORT_FILE), "png": str(png)}
     (plan.out_dir / REPORT_FILE).write_text(json.dumps(_clean(report), indent=2))
     return report
+
+
+def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per strategy: fold-level mean and 95% interval of net Sharpe, the paired
+    difference to the policy, and the mean drawdown, turnover, costs and gross exposure."""
+    rows = []
+    for name, mets in report["summary"].items():
+        sharpe = mets["sharpe_ratio"]
+        paired = report["paired_vs_policy"].get(name, {}).get("sharpe_ratio")
+        rows.append(
+            {
+                "strategy": name,
+                "sharpe": sharpe["mean"],
+                "sharpe_ci95": sharpe["ci95"],
+                "policy_minus": None if paired is None else paired["mean"],
+                "policy_minus_ci95": None if paired is None else paired["ci95"],
+                "total_return": mets["total_return"]["mean"],
+                "max_drawdown": mets["max_drawdown"]["mean"],
+                "turnover": mets["turnover"]["mean"],
+                "total_costs": mets["total_costs"]["mean"],
+                "exposure": mets["exposure"]["mean"],
+                "dsr": report["dsr"] if name == "policy" else None,
+            }
+        )
+    return rows
+
+
+def render_table(report: dict[str, Any], title: str = "Walk-forward (retrained)") -> Any:
+    """Rich table of :func:`table_rows` (the CLI and the benchmark print it)."""
+    from rich.table import Table
+
+    def num(v: Any, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None or not math.isfinite(float(v)) else fmt.format(v)
+
+    def ci(v: Any) -> str:
+        return "-" if v is None else f"[{num(v[0])}, {num(v[1])}]"
+
+    n = report["n_folds"]
+    table = Table(
+        title=f"{title}: {n} folds x {len(report['seeds'])} seeds, means over folds "
+        f"(95% CI, n = {n}); DSR {num(report['dsr'], '{:.3f}')} "
+        f"(n_trials {report['n_trials']}), PSR {num(report['psr'], '{:.3f}')}"
+    )
+    for col in (
+        "strategy",
+        "net Sharpe",
+        "95% CI",
+        "policy - it",
+        "95% CI",
+        "return",
+        "max DD",
+        "turnover",
+        "costs",
+        "gross exp.",
+    ):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for r in table_rows(report):
+        table.add_row(
+            r["strategy"],
+            num(r["sharpe"]),
+            ci(r["sharpe_ci95"]),
+            num(r["policy_minus"]),
+            ci(r["policy_minus_ci95"]),
+            num(r["total_return"], "{:+.2%}"),
+            num(r["max_drawdown"], "{:.2%}"),
+            num(r["turnover"], "{:.4f}"),
+            num(r["total_costs"], "{:,.0f}"),
+            num(r["exposure"], "{:.2f}"),
+        )
+    return table

@@ -1,0 +1,61 @@
+"""`rl-trading evaluate`: the retraining walk-forward (`evaluate walk-forward`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+
+app = typer.Typer(help="Out-of-sample evaluation protocols: the retraining walk-forward.")
+
+
+@app.callback()
+def _group() -> None:
+    """Out-of-sample evaluation protocols: the retraining walk-forward."""
+
+
+@app.command("walk-forward")
+def walk_forward_command(
+    config: ConfigOpt = None,
+    folds: Annotated[
+        int | None, typer.Option("--folds", help="Test folds (default data.walk_forward_folds).")
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option("--seeds", help="Training seeds per fold: seed, seed+1, ... (default 3)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default runs/walk_forward).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue in --out; finished trials are kept.")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to run the trials on (default: local Ray).")
+    ] = None,
+    phases: Annotated[
+        str, typer.Option("--phases", help="Phases trained per fold: 1, 1,2 or 1,2,3.")
+    ] = "1,2,3",
+    sets: SetOpt = None,
+) -> None:
+    """Retrain on every expanding-window fold x seed, test each fold once, report with CIs."""
+    from rl_trading.evaluation.walk_forward_retrain import (
+        prepare,
+        render_table,
+        walk_forward_retrain,
+    )
+
+    cfg = cli_config(config, sets)
+    plan = prepare(cfg, folds, seeds, out, resume=resume, phases=phases)
+    todo = plan.pending()
+    console.print(
+        f"walk-forward: {len(plan.plans)} folds x {len(plan.seeds)} seeds, phases "
+        f"{','.join(map(str, plan.phases))}; {len(plan.units) - len(todo)} done, "
+        f"{len(todo)} to run -> {plan.out_dir}"
+    )
+    report = walk_forward_retrain(plan, address=address)
+    console.print(render_table(report))
+    console.print(f"report: {report['files']['json']}  plot: {report['files']['png']}")
