@@ -53,7 +53,7 @@ from envs.common import RewardShaper, prepare_instrument, resolve_config
 from envs.execution import CostModel
 from envs.risk import RiskModel, rolling_covariance
 from rl_trading import metrics
-from rl_trading.config import AppConfig
+from rl_trading.config import AppConfig, periods_per_year_of
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler
 from rl_trading.errors import ConfigError
 
@@ -106,6 +106,8 @@ class HierarchicalTradingEnv(ParallelEnv):
                     "(use rl_trading.data.align first)"
                 )
         self.index = first.index
+        # the run's one annualisation (cfg.data.periods_per_year, else its calendar)
+        self.periods_per_year = periods_per_year_of(self.cfg, self.index.to_series())
         self.window = self.cfg.train.window_size
         self.capital = float(ecfg.initial_capital)
         self.max_position = float(ecfg.max_position_size)
@@ -158,7 +160,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             ecfg.max_sector_allocation,
             sector_ids,
         )
-        ppy = metrics.periods_per_year(self.cfg.data.timeframe)
+        ppy = self.periods_per_year
         self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
         iu = np.triu_indices(n, 1)
         self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
@@ -727,12 +729,12 @@ class HierarchicalTradingEnv(ParallelEnv):
         (steps+1, n; signed fractions of equity after each bar), costs (per step), var_estimates
         and var_breaches (per step), timestamps, symbols, totals (costs, stop-losses,
         scale-downs, breaches), var_compliance and metrics (periods_per_year defaults to
-        cfg.data.timeframe, 24h calendar).
+        the run's resolved bars per year).
         """
         s = self._steps + 1
         equity, weights, expo, costs, var_est = self._history(s)
         totals = self._current_totals()
-        ppy = periods_per_year if periods_per_year is not None else self.cfg.data.timeframe
+        ppy = self.periods_per_year if periods_per_year is None else periods_per_year
         return {
             "equity": equity,
             "weights": weights,

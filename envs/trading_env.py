@@ -25,7 +25,7 @@ import pandas as pd
 from envs.common import RewardShaper, prepare_instrument, resolve_config
 from envs.execution import CostModel
 from rl_trading import metrics
-from rl_trading.config import AppConfig
+from rl_trading.config import AppConfig, periods_per_year_of
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler
 from rl_trading.errors import ConfigError
 
@@ -85,6 +85,8 @@ class TradingEnv(gym.Env):
             and not (rc.drawdown_penalty_weight or rc.downside_penalty_weight)
         )
         self.index = bars.index
+        # the run's one annualisation (cfg.data.periods_per_year, else its calendar)
+        self.periods_per_year = periods_per_year_of(self.cfg, self.index.to_series())
         self.n_bars = len(bars)
         self.first_bar = max(WARMUP_BARS, self.window - 1)
         if self.first_bar >= self.n_bars - 1:
@@ -264,11 +266,11 @@ class TradingEnv(gym.Env):
     def episode_summary(self, periods_per_year: float | str | None = None) -> dict[str, Any]:
         """Equity curve, exposure history, costs and rl_trading.metrics.summarize of the episode.
 
-        `periods_per_year` defaults to cfg.data.timeframe on the 24h calendar.
+        `periods_per_year` defaults to the run's resolved bars per year.
         """
         equity = np.asarray(self._equity_hist)
         positions = np.asarray(self._pos_hist)
-        ppy = periods_per_year if periods_per_year is not None else self.cfg.data.timeframe
+        ppy = self.periods_per_year if periods_per_year is None else periods_per_year
         return {
             "equity": equity,
             "positions": positions,

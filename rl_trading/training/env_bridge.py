@@ -129,6 +129,8 @@ class EnvFactory:
     val_config: Callable[[str], dict[str, Any]] | None = None
     timeframe: str = "1m"
     shared: bool = False
+    # the run's bars per year (config.resolve_calendar); None: `timeframe` on the 24h calendar
+    periods_per_year: float | None = None
     _spaces: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -187,10 +189,16 @@ def fit_scalers(cfg: Any, bars: dict[str, Any]) -> dict[str, Any]:
 def hierarchical_factory(
     cfg: Any, train_bars: dict[str, Any], val_bars: dict[str, Any] | None = None
 ) -> EnvFactory:
-    """EnvFactory of the project's HierarchicalTradingEnv; scalers fit on `train_bars`."""
+    """EnvFactory of the project's HierarchicalTradingEnv; scalers fit on `train_bars`.
+
+    The calendar is resolved once from `train_bars` (`config.resolve_calendar`), so training
+    envs, validation envs and the validation metrics annualise with the same bars per year.
+    """
     from envs.registration import HIERARCHICAL_ENV_NAME, make_env_config, register_envs
+    from rl_trading.config import resolve_calendar
 
     register_envs()
+    cfg = resolve_calendar(cfg, train_bars)
     scalers = fit_scalers(cfg, train_bars)
     train = _ModeConfigs(make_env_config, cfg, train_bars, False, scalers)
     val = _ModeConfigs(make_env_config, cfg, val_bars, True, scalers) if val_bars else None
@@ -200,6 +208,7 @@ def hierarchical_factory(
         val_config=val,
         timeframe=cfg.data.timeframe,
         shared=cfg.phases.shared_specialist_policy,
+        periods_per_year=cfg.data.periods_per_year,
     )
 
 

@@ -23,6 +23,15 @@ def load_splits(cfg: AppConfig) -> tuple[dict, dict, str]:
     return splits.train, splits.val, fingerprint(bars)
 
 
+def pin_periods_per_year(cfg: AppConfig, factory: EnvFactory) -> AppConfig:
+    """`cfg` with the factory's resolved bars per year (one annualisation for the whole run)."""
+    if cfg.data.periods_per_year is not None or factory.periods_per_year is None:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.data.periods_per_year = float(factory.periods_per_year)
+    return out
+
+
 def find_run_dir(cfg: AppConfig, run_dir: str | Path | None, resume: bool) -> Path:
     """The run directory (absolute, so checkpoint paths stay valid from any cwd): given, else
     the newest with a state file (resume), else a new one."""
@@ -61,6 +70,7 @@ def train(
         train_bars, val_bars, fp = load_splits(cfg)
         factory = hierarchical_factory(cfg, train_bars, val_bars)
         tags["data_fingerprint"] = fp
+    cfg = pin_periods_per_year(cfg, factory)
     if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
         from rl_trading.tracking import check_tracking, resolve_tracking_uri
 

@@ -23,6 +23,8 @@ class PhaseState:
     checkpoint_iteration: int = 0  # iteration the last checkpoint holds (resume point)
     best_checkpoint: str | None = None
     best_val_sharpe: float | None = None
+    # every validation Sharpe the best checkpoint was chosen among (trials, for the DSR)
+    val_sharpes: list[float] = field(default_factory=list)
     last_val: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
 
@@ -42,8 +44,16 @@ class RunState:
         if not path.is_file():
             return cls(run_dir=run_dir)
         raw = json.loads(path.read_text())
-        phases = {k: PhaseState(**v) for k, v in raw.get("phases", {}).items()}
+        known = set(PhaseState.__dataclass_fields__)
+        phases = {
+            k: PhaseState(**{f: x for f, x in v.items() if f in known})
+            for k, v in raw.get("phases", {}).items()
+        }
         return cls(run_dir=run_dir, phases=phases)
+
+    def selection_trials(self) -> list[float]:
+        """Validation Sharpes of every checkpoint evaluated for selection, all phases."""
+        return [s for name in sorted(self.phases) for s in self.phases[name].val_sharpes]
 
     def phase(self, name: str) -> PhaseState:
         """State of `name`, created on first use."""
