@@ -36,6 +36,7 @@ HEADLINE = [
     "win_rate",
     "profit_factor",
     "var_compliance",
+    "exposure",
     "turnover",
     "total_costs",
 ]
