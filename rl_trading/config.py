@@ -265,6 +265,13 @@ class EvaluationConfig(Section):
     accuracy_poor: float = 0.50
     win_rate_target: float = 0.5
     var_compliance_target: float = 0.95
+    # Grading compares drawdowns at this annualised volatility (a policy in cash gets no credit)
+    grade_volatility: float = Field(0.10, gt=0)
+    # A grade above C needs a DSR at least this high on data no selection step saw.
+    grade_min_dsr: float = Field(0.95, gt=0, lt=1)
+    # Supervised score: accuracy edge over the best own baseline (majority / previous
+    # direction) that counts as excellent (0 edge or less is poor).
+    accuracy_edge_excellent: float = Field(0.10, gt=0)
 
 
 class AppConfig(Section):

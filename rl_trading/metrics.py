@@ -48,6 +48,7 @@ __all__ = [
     "herfindahl",
     "log_returns",
     "max_drawdown",
+    "max_drawdown_at_volatility",
     "expected_max_sharpe",
     "measure_periods_per_year",
     "periods_per_year",
@@ -316,6 +317,23 @@ def turnover(positions: Sequence[float] | np.ndarray) -> float:
     pos = np.nan_to_num(pos)
     changes = np.abs(np.diff(pos, axis=0, prepend=np.zeros((1, pos.shape[1]))))
     return float(changes.sum(axis=1).mean())
+
+
+def max_drawdown_at_volatility(
+    returns: Sequence[float] | np.ndarray, periods_per_year: float | str, annual_vol: float
+) -> float:
+    """Max drawdown of the returns scaled to an annualised volatility of `annual_vol`.
+
+    Compares drawdowns at equal risk: a strategy mostly in cash has a small raw drawdown only
+    because it holds little risk; scaled to the same volatility its drawdown shows how its
+    losses cluster. 0.0 for fewer than two returns or zero volatility.
+    """
+    r = _arr(returns)
+    vol = volatility(r, periods_per_year)
+    if r.size < 2 or vol <= _EPS:
+        return 0.0
+    scaled = np.maximum(r * (annual_vol / vol), -1.0)
+    return max_drawdown(np.concatenate([[1.0], np.cumprod(1.0 + scaled)]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,7 +683,9 @@ def deflated_sharpe_ratio(
 
 
 def probability_of_backtest_overfitting(
-    perf_matrix: Sequence[Sequence[float]] | np.ndarray, n_splits: int = 16
+    perf_matrix: Sequence[Sequence[float]] | np.ndarray,
+    n_splits: int = 16,
+    statistic: str = "sharpe",
 ) -> float:
     """Probability of Backtest Overfitting by CSCV (Bailey, Borwein, Lopez de Prado, Zhu 2017).
 
@@ -675,6 +695,8 @@ def probability_of_backtest_overfitting(
     (relative rank w = rank / (N + 1)). PBO is the share of splits with logit(w) <= 0, i.e. the
     in-sample winner ranking at or below the out-of-sample median. ~0.5 or more for pure noise,
     ~0 when one configuration is truly better. ValueError for too few rows or columns.
+    `statistic="mean"` ranks by the mean instead of the Sharpe (rows that are already a score
+    per period, e.g. a PBT member's validation objective per iteration).
     """
     from itertools import combinations
 
@@ -684,8 +706,12 @@ def probability_of_backtest_overfitting(
     if n_splits < 2 or n_splits % 2:
         raise ValueError(f"n_splits must be an even number >= 2, got {n_splits}")
     t_len, n_cfg = m.shape
-    if t_len < 2 * n_splits:
+    if statistic not in ("sharpe", "mean"):
+        raise ValueError(f"statistic must be 'sharpe' or 'mean', got {statistic!r}")
+    if t_len < 2 * n_splits and statistic == "sharpe":
         raise ValueError(f"perf_matrix has {t_len} rows; need >= {2 * n_splits} for {n_splits}")
+    if t_len < n_splits:
+        raise ValueError(f"perf_matrix has {t_len} rows; need >= {n_splits} for {n_splits}")
     m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
     blocks = np.array_split(np.arange(t_len), n_splits)
     # per block sums of r and r^2 and counts: Sharpe of any union of blocks without re-slicing
@@ -696,6 +722,8 @@ def probability_of_backtest_overfitting(
     def _sharpe(sel: np.ndarray) -> np.ndarray:
         n = cnt[sel].sum()
         mean = s1[sel].sum(axis=0) / n
+        if statistic == "mean":
+            return mean
         var = np.maximum(s2[sel].sum(axis=0) / n - mean * mean, 0.0) * n / max(n - 1.0, 1.0)
         sd = np.sqrt(var)
         return np.where(sd > _EPS, mean / np.where(sd > _EPS, sd, 1.0), 0.0)

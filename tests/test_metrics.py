@@ -244,6 +244,10 @@ def test_pbo_noise_versus_one_superior_configuration():
     better = noise.copy()
     better[:, 4] += 0.004
     assert m.probability_of_backtest_overfitting(better, n_splits=8) <= 0.05
+    # per-period scores (e.g. PBT members' objective per iteration) ranked by their mean
+    scores = np.random.default_rng(1).normal(0.0, 1.0, size=(12, 6))
+    scores[:, 2] += 3.0
+    assert m.probability_of_backtest_overfitting(scores, n_splits=6, statistic="mean") == 0.0
     with pytest.raises(ValueError):
         m.probability_of_backtest_overfitting(noise[:, :1])
     with pytest.raises(ValueError):

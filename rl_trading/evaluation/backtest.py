@@ -72,11 +72,12 @@ def strategy_metrics(run: StrategyRun, cfg: AppConfig) -> dict[str, float]:
     from rl_trading.config import periods_per_year_of
 
     weights = run.weights if run.weights.ndim == 2 else run.weights[:, None]
+    ppy = periods_per_year_of(cfg, pd.Series(0, index=run.index))
     out = metrics.summarize(
-        run.equity,
-        weights,
-        periods_per_year=periods_per_year_of(cfg, pd.Series(0, index=run.index)),
-        confidence=cfg.env.var_confidence,
+        run.equity, weights, periods_per_year=ppy, confidence=cfg.env.var_confidence
+    )
+    out["max_drawdown_vol_matched"] = metrics.max_drawdown_at_volatility(
+        run.returns, ppy, cfg.evaluation.grade_volatility
     )
     out["var_compliance"] = rolling_var_compliance(
         run.returns, cfg.env.risk_window, cfg.env.var_confidence
