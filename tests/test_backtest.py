@@ -107,7 +107,16 @@ def test_walk_forward_folds_x_seeds_and_report(cfg, bars, tmp_path):
     assert walk.n_runs == 3 * 2
     assert len(walk.folds) == 3
     rnd = walk.summary["random"]["sharpe_ratio"]
-    assert rnd["n"] == 6 and rnd["ci_low"] <= rnd["mean"] <= rnd["ci_high"]
+    # the interval is over the 3 sub-periods (seeds averaged), never 3 x 2 copies
+    assert rnd["n"] == 3 and rnd["ci_low"] <= rnd["mean"] <= rnd["ci_high"]
+    per_fold = [
+        np.mean(
+            [r["sharpe_ratio"] for r in walk.rows if r["strategy"] == "random" and r["fold"] == f]
+        )
+        for f in range(3)
+    ]
+    assert rnd["mean"] == pytest.approx(np.mean(per_fold))
+    assert walk.meta["retrained"] is False and "not retrained" in walk.meta["label"]
     assert rnd["ci_high"] > rnd["ci_low"]  # seeds and folds really differ
     flat = walk.summary["flat"]["total_return"]
     assert flat["mean"] == 0.0 and flat["ci_high"] == 0.0
@@ -116,6 +125,8 @@ def test_walk_forward_folds_x_seeds_and_report(cfg, bars, tmp_path):
         assert paths[key].is_file() and paths[key].stat().st_size > 1000, key
     data = json.loads(paths["report"].read_text())
     assert {"meta", "targets", "strategies", "target_checks", "walk_forward"} <= set(data)
+    assert data["walk_forward"]["retrained"] is False
+    assert "sub-periods" in data["walk_forward"]["label"]
     assert data["targets"]["sharpe_ratio"]["target"] == cfg.reward.sharpe_target
     assert len(data["walk_forward"]["rows"]) == 3 * 2 * 4
     for name in ("buy_and_hold", "equal_weight", "flat", "random"):
