@@ -42,7 +42,7 @@ def pbt(
     mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
 ) -> None:
     """Population-Based Training of one phase; writes best.json, trials.csv and lineage.png."""
-    from rl_trading.data import split_by_time
+    from rl_trading.data import split_for_env
     from rl_trading.supervised.signals import observed_market
     from tuning.pbt import run_pbt
     from tuning.results import render_table
@@ -53,7 +53,7 @@ def pbt(
     if resume and run_dir is None:
         raise ConfigError("--resume needs --run-dir (the folder of the interrupted run)")
     bars = observed_market(cfg)  # what the agents see in training (sig_* columns included)
-    splits = split_by_time(bars, cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars)
+    splits = split_for_env(bars, cfg)
     console.print(
         f"PBT phase {phase}: population {population or cfg.tuning.population}, "
         f"{iterations or cfg.tuning.iterations} iterations, objective "

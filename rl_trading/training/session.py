@@ -14,12 +14,11 @@ from rl_trading.training.state import STATE_FILE
 
 def load_splits(cfg: AppConfig) -> tuple[dict, dict, str]:
     """(train bars, validation bars, data fingerprint) from the configured source."""
-    from rl_trading.data import fingerprint, split_by_time
+    from rl_trading.data import fingerprint, split_for_env
     from rl_trading.supervised.signals import observed_market
 
     bars = observed_market(cfg)
-    d = cfg.data
-    splits = split_by_time(bars, d.train_frac, d.val_frac, d.embargo_bars)
+    splits = split_for_env(bars, cfg)  # validation keeps its first bars (causal history)
     return splits.train, splits.val, fingerprint(bars)
 
 
