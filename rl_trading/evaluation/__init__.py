@@ -23,9 +23,10 @@ def select_bars(
 
     `data` is one bars file (symbol = file name up to the first `_` or `.`) or a folder of
     them; otherwise `split` (train / val / test) of the configured market, time-ordered with
-    the configured embargo.
+    the configured embargo; val / test carry the causal history the env needs before its first
+    decision (`data.split_for_env`), so the policy trades from the split's first bar.
     """
-    from rl_trading.data import align, read_bars, split_by_time
+    from rl_trading.data import align, read_bars, split_for_env
     from rl_trading.errors import DataError
     from rl_trading.supervised.signals import observed_market
 
@@ -42,7 +43,7 @@ def select_bars(
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split '{split}' (train, val or test)")
     market = observed_market(cfg)
-    parts = split_by_time(market, cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars)
+    parts = split_for_env(market, cfg)  # val / test keep their first bars (causal history)
     return getattr(parts, split), parts.train, f"{split} split of {cfg.data.source} market"
 
 
