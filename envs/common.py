@@ -95,13 +95,16 @@ class InstrumentArrays:
     real: np.ndarray  # (T,) bool: False on forward-filled bars (align's `filled`), no fills
 
 
-def env_periods_per_year(cfg: AppConfig) -> float:
+def env_periods_per_year(cfg: AppConfig, bars: pd.DataFrame | pd.Series | None = None) -> float:
     """Bars per year both envs annualise with (volatility observations, borrow cost, summaries).
 
-    The one place the envs take their calendar from (today cfg.data.timeframe on
-    rl_trading.metrics' default calendar).
+    The one place the envs take their calendar from: the run's resolved value
+    (`config.periods_per_year_of`: `data.periods_per_year`, pinned from the training bars when a
+    run starts, else `data.calendar`, measuring `bars` for `auto`).
     """
-    return metrics.periods_per_year(cfg.data.timeframe)
+    from rl_trading.config import periods_per_year_of
+
+    return periods_per_year_of(cfg, bars)
 
 
 def prepare_instrument(

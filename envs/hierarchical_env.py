@@ -119,6 +119,8 @@ class HierarchicalTradingEnv(ParallelEnv):
                     "(use rl_trading.data.align first)"
                 )
         self.index = first.index
+        # the run's one annualisation (cfg.data.periods_per_year, else its calendar)
+        self.periods_per_year = env_periods_per_year(self.cfg, self.index.to_series())
         self.window = self.cfg.train.window_size
         self.capital = float(ecfg.initial_capital)
         self.max_position = float(ecfg.max_position_size)
@@ -178,7 +180,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             ecfg.max_sector_allocation,
             sector_ids,
         )
-        self.periods_per_year = ppy = env_periods_per_year(self.cfg)
+        ppy = self.periods_per_year
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, ppy)
         self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
         # vol targeting (env.vol_target): full position size of i at bar t, fraction of equity
@@ -827,12 +829,12 @@ class HierarchicalTradingEnv(ParallelEnv):
         (steps+1, n; signed fractions of equity after each bar), costs (per step), var_estimates
         and var_breaches (per step), timestamps, symbols, totals (costs, stop-losses,
         scale-downs, breaches, borrow costs), var_compliance and metrics (periods_per_year
-        defaults to the env's own, envs.common.env_periods_per_year).
+        defaults to the run's resolved bars per year).
         """
         s = self._steps + 1
         equity, weights, expo, costs, var_est = self._history(s)
         totals = self._current_totals()
-        ppy = periods_per_year if periods_per_year is not None else self.periods_per_year
+        ppy = self.periods_per_year if periods_per_year is None else periods_per_year
         return {
             "equity": equity,
             "weights": weights,

@@ -69,7 +69,8 @@ class TradingEnv(gym.Env):
             raise ConfigError("env.vol_target is an option of the hierarchical env only")
         self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
-        self.periods_per_year = env_periods_per_year(self.cfg)
+        # the run's one annualisation (cfg.data.periods_per_year, else its calendar)
+        self.periods_per_year = env_periods_per_year(self.cfg, bars)
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, self.periods_per_year)
         self.reward_fn = RewardShaper(self.cfg.reward)
 
@@ -296,11 +297,11 @@ class TradingEnv(gym.Env):
     def episode_summary(self, periods_per_year: float | str | None = None) -> dict[str, Any]:
         """Equity curve, exposure history, costs and rl_trading.metrics.summarize of the episode.
 
-        `periods_per_year` defaults to the env's own (envs.common.env_periods_per_year).
+        `periods_per_year` defaults to the run's resolved bars per year.
         """
         equity = np.asarray(self._equity_hist)
         positions = np.asarray(self._pos_hist)
-        ppy = periods_per_year if periods_per_year is not None else self.periods_per_year
+        ppy = self.periods_per_year if periods_per_year is None else periods_per_year
         return {
             "equity": equity,
             "positions": positions,

@@ -78,6 +78,12 @@ class DataConfig(Section):
     val_frac: float = Field(0.15, gt=0, lt=1)
     embargo_bars: int = Field(50, ge=0)
     walk_forward_folds: int = Field(4, ge=1)
+    # Annualisation calendar: auto measures bars per year from the training bars' timestamps;
+    # crypto 365 x 24 h, fx 260 x 24 h, equity 252 x 6.5 h (rl_trading.metrics).
+    calendar: Literal["auto", "crypto", "fx", "equity"] = "auto"
+    # Bars per year used by every metric of a run; null: resolved from `calendar` when the
+    # run starts (resolve_calendar), a number overrides the calendar.
+    periods_per_year: float | None = Field(None, gt=0)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
 
 
@@ -155,7 +161,6 @@ class RewardConfig(Section):
     cost_amortization_bars: int = Field(1, ge=1)
     sharpe_target: float = 2.0
     max_drawdown_target: float = Field(0.15, gt=0)
-    risk_free_rate: float = 0.02
 
 
 class PPOSettings(Section):
@@ -318,6 +323,13 @@ class EvaluationConfig(Section):
     accuracy_poor: float = 0.50
     win_rate_target: float = 0.5
     var_compliance_target: float = 0.95
+    # Grading compares drawdowns at this annualised volatility (a policy in cash gets no credit)
+    grade_volatility: float = Field(0.10, gt=0)
+    # A grade above C needs a DSR at least this high on data no selection step saw.
+    grade_min_dsr: float = Field(0.95, gt=0, lt=1)
+    # Supervised score: accuracy edge over the best own baseline (majority / previous
+    # direction) that counts as excellent (0 edge or less is poor).
+    accuracy_edge_excellent: float = Field(0.10, gt=0)
 
 
 class AppConfig(Section):
@@ -346,6 +358,47 @@ class AppConfig(Section):
     def flat(self) -> dict[str, Any]:
         """Flattened `{"section.key": value}` view, e.g. for MLflow params."""
         return flatten(self.model_dump(mode="json"))
+
+
+def periods_per_year_of(cfg: AppConfig, bars: Mapping[str, Any] | Any | None = None) -> float:
+    """Bars per year of this run: `data.periods_per_year` if set, else from `data.calendar`.
+
+    `auto` measures it from `bars` (the training bars; one frame or `{symbol: frame}`) with
+    `metrics.measure_periods_per_year`; ConfigError when there are no bars to measure.
+    """
+    from rl_trading import metrics
+
+    d = cfg.data
+    if d.periods_per_year is not None:
+        return float(d.periods_per_year)
+    if d.calendar != "auto":
+        try:
+            return metrics.periods_per_year(d.timeframe, d.calendar)
+        except ValueError as exc:
+            raise ConfigError(f"data.timeframe: {exc}") from None
+    frame = next(iter(bars.values())) if isinstance(bars, Mapping) and bars else bars
+    index = getattr(frame, "index", None)
+    if index is None or len(index) < 2:
+        raise ConfigError(
+            "data.calendar=auto needs at least two training bars to measure bars per year; "
+            "set data.calendar (crypto, fx, equity) or data.periods_per_year"
+        )
+    try:
+        return metrics.measure_periods_per_year(index)
+    except ValueError as exc:
+        raise ConfigError(f"data.calendar=auto: {exc}") from None
+
+
+def resolve_calendar(cfg: AppConfig, train_bars: Mapping[str, Any] | Any | None) -> AppConfig:
+    """A copy of `cfg` with `data.periods_per_year` pinned (one number for the whole run).
+
+    Environments, validation, reports and the registry then all annualise with it.
+    """
+    if cfg.data.periods_per_year is not None:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.data.periods_per_year = periods_per_year_of(cfg, train_bars)
+    return out
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,10 +7,17 @@ Conventions
 -----------
 * ``returns`` are simple per-period returns (``equity[t] / equity[t-1] - 1``) unless a function
   says otherwise; ``equity`` is a positive account-value curve, first value = starting equity.
-* Annualisation uses :func:`periods_per_year`. The default calendar is ``"24h"``: markets
-  trade 24 hours a day, 365 days a year (crypto / FX / CFD style), so ``"1m"`` is
-  ``365 * 24 * 60`` periods and ``"1d"`` is 365. ``calendar="equity"`` uses 252 days of
-  6.5 hours (``"1d"`` -> 252, ``"1h"`` -> 1638). A number overrides both.
+* **Risk-free rate: 0 everywhere** (:data:`RISK_FREE_RATE`). The environments pay no interest
+  on cash, so a strategy's return is already its excess return over holding cash; subtracting
+  a rate from the whole equity would penalise a policy for the capital it keeps in cash.
+  Validation, checkpoint selection, the PBT objective, grading, reports and
+  ``DistributedTrainer.evaluate`` all call :func:`summarize`, which uses this convention.
+* Annualisation uses one number of bars per year per run (``cfg.data.periods_per_year``,
+  resolved from ``data.calendar`` by :func:`rl_trading.config.resolve_calendar`). Calendars:
+  ``crypto`` (365 days x 24 h), ``fx`` (260 weekdays x 24 h), ``equity`` (252 days x 6.5 h;
+  ``"1d"`` -> 252, ``"1m"`` -> 98,280) and ``auto``, measured from the training bars'
+  timestamps by :func:`measure_periods_per_year` (bars per elapsed year). ``"24h"`` is an
+  alias of ``crypto``. A number overrides every calendar.
 * Every function returns a finite float (never NaN / inf): degenerate inputs (fewer than two
   points, zero volatility, no losses, ...) give the documented neutral value, usually 0.0.
 """
@@ -25,7 +32,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CALENDARS",
     "PROFIT_FACTOR_CAP",
+    "RISK_FREE_RATE",
     "DifferentialSharpe",
     "RollingSharpe",
     "RollingSharpeArray",
@@ -39,8 +48,11 @@ __all__ = [
     "herfindahl",
     "log_returns",
     "max_drawdown",
+    "max_drawdown_at_volatility",
     "expected_max_sharpe",
+    "measure_periods_per_year",
     "periods_per_year",
+    "probability_of_backtest_overfitting",
     "probabilistic_sharpe_ratio",
     "profit_factor",
     "sharpe_ratio",
@@ -57,18 +69,29 @@ __all__ = [
 
 #: Value reported by :func:`profit_factor` when there are gains but no losses (finite, JSON-safe).
 PROFIT_FACTOR_CAP = 100.0
+#: The one risk-free convention of every reported metric (see the module docstring).
+RISK_FREE_RATE = 0.0
+#: calendar -> (trading days per year, trading hours per day, weeks' bars per year factor).
+CALENDARS: dict[str, tuple[float, float]] = {
+    "crypto": (365.0, 24.0),
+    "24h": (365.0, 24.0),
+    "fx": (260.0, 24.0),
+    "equity": (252.0, 6.5),
+}
+#: Gaps longer than this (data outages) are not counted as elapsed market time.
+_OUTAGE_SECONDS = 7 * 86400.0
 _EPS = 1e-12
 _TF_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|t|h|hr|d|day|w|wk|mo|mon)\s*$", re.I)
 _SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "t": 60, "h": 3600, "hr": 3600}
 
 
 def periods_per_year(
-    timeframe: str | float | int, calendar: str = "24h", override: float | None = None
+    timeframe: str | float | int, calendar: str = "crypto", override: float | None = None
 ) -> float:
     """Number of bars of `timeframe` ("1m", "5m", "1h", "1d", "1w", ...) in one year.
 
-    `calendar="24h"` (default): 365 days of 24 hours. `calendar="equity"`: 252 days of 6.5 h.
-    `override` (or a number passed as `timeframe`) is returned unchanged.
+    `calendar`: crypto / 24h (365 days x 24 h), fx (260 days x 24 h) or equity (252 days of
+    6.5 h). `override` (or a number passed as `timeframe`) is returned unchanged.
     """
     if override is not None:
         if override <= 0:
@@ -78,12 +101,9 @@ def periods_per_year(
         if timeframe <= 0:
             raise ValueError(f"periods_per_year must be positive, got {timeframe}")
         return float(timeframe)
-    if calendar == "24h":
-        days, hours = 365.0, 24.0
-    elif calendar == "equity":
-        days, hours = 252.0, 6.5
-    else:
-        raise ValueError(f"unknown calendar '{calendar}' (use '24h' or 'equity')")
+    if calendar not in CALENDARS:
+        raise ValueError(f"unknown calendar '{calendar}' (use {', '.join(CALENDARS)})")
+    days, hours = CALENDARS[calendar]
     match = _TF_RE.match(str(timeframe))
     if not match:
         raise ValueError(f"cannot parse timeframe '{timeframe}' (expected e.g. 1m, 15m, 1h, 1d)")
@@ -93,11 +113,34 @@ def periods_per_year(
     if unit in ("d", "day"):
         return days / qty
     if unit in ("w", "wk"):
-        return days / (7.0 * qty) if calendar == "24h" else 52.0 / qty
+        return 52.0 / qty if days < 365.0 else days / (7.0 * qty)
     if unit in ("mo", "mon"):
         return 12.0 / qty
     seconds = qty * _SECONDS[unit]
     return days * hours * 3600.0 / seconds
+
+
+def measure_periods_per_year(timestamps: Any) -> float:
+    """Bars per year measured from a market's own timestamps: bars per elapsed year.
+
+    (n - 1) bar intervals divided by the elapsed time in years of 365.25 days, where gaps
+    longer than 7 days (data outages, not weekends or holidays) are left out of the elapsed
+    time. Weekends, holidays, lunch breaks and session hours are thereby counted as the market
+    has them: daily equities give ~252, 24/7 30-minute crypto 17,520, hourly FX ~6,200 and
+    1-minute US equities ~97,000. ValueError for fewer than two distinct timestamps.
+    """
+    import pandas as pd
+
+    ns = pd.DatetimeIndex(timestamps).as_unit("ns").asi8
+    if ns.size < 2:
+        raise ValueError("need at least two bars to measure bars per year")
+    gaps = np.diff(np.sort(ns)).astype(np.float64) / 1e9
+    gaps = gaps[gaps > 0]
+    elapsed = float(gaps[gaps <= _OUTAGE_SECONDS].sum())
+    if elapsed <= 0:
+        raise ValueError("timestamps span no time; cannot measure bars per year")
+    n_intervals = int((gaps <= _OUTAGE_SECONDS).sum())
+    return float(n_intervals / (elapsed / (365.25 * 86400.0)))
 
 
 def _ppy(value: float | str) -> float:
@@ -274,6 +317,23 @@ def turnover(positions: Sequence[float] | np.ndarray) -> float:
     pos = np.nan_to_num(pos)
     changes = np.abs(np.diff(pos, axis=0, prepend=np.zeros((1, pos.shape[1]))))
     return float(changes.sum(axis=1).mean())
+
+
+def max_drawdown_at_volatility(
+    returns: Sequence[float] | np.ndarray, periods_per_year: float | str, annual_vol: float
+) -> float:
+    """Max drawdown of the returns scaled to an annualised volatility of `annual_vol`.
+
+    Compares drawdowns at equal risk: a strategy mostly in cash has a small raw drawdown only
+    because it holds little risk; scaled to the same volatility its drawdown shows how its
+    losses cluster. 0.0 for fewer than two returns or zero volatility.
+    """
+    r = _arr(returns)
+    vol = volatility(r, periods_per_year)
+    if r.size < 2 or vol <= _EPS:
+        return 0.0
+    scaled = np.maximum(r * (annual_vol / vol), -1.0)
+    return max_drawdown(np.concatenate([[1.0], np.cumprod(1.0 + scaled)]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -622,19 +682,86 @@ def deflated_sharpe_ratio(
 # --------------------------------------------------------------------------------------------
 
 
+def probability_of_backtest_overfitting(
+    perf_matrix: Sequence[Sequence[float]] | np.ndarray,
+    n_splits: int = 16,
+    statistic: str = "sharpe",
+) -> float:
+    """Probability of Backtest Overfitting by CSCV (Bailey, Borwein, Lopez de Prado, Zhu 2017).
+
+    `perf_matrix` is `[T periods, N configurations]` of per-period returns (N >= 2). The rows
+    are cut into `n_splits` (even) contiguous blocks; for every way of choosing half of them
+    as in-sample, the configuration with the best in-sample Sharpe is ranked out of sample
+    (relative rank w = rank / (N + 1)). PBO is the share of splits with logit(w) <= 0, i.e. the
+    in-sample winner ranking at or below the out-of-sample median. ~0.5 or more for pure noise,
+    ~0 when one configuration is truly better. ValueError for too few rows or columns.
+    `statistic="mean"` ranks by the mean instead of the Sharpe (rows that are already a score
+    per period, e.g. a PBT member's validation objective per iteration).
+    """
+    from itertools import combinations
+
+    m = np.asarray(perf_matrix, dtype=np.float64)
+    if m.ndim != 2 or m.shape[1] < 2:
+        raise ValueError(f"perf_matrix must be [T, N >= 2], got shape {m.shape}")
+    if n_splits < 2 or n_splits % 2:
+        raise ValueError(f"n_splits must be an even number >= 2, got {n_splits}")
+    t_len, n_cfg = m.shape
+    if statistic not in ("sharpe", "mean"):
+        raise ValueError(f"statistic must be 'sharpe' or 'mean', got {statistic!r}")
+    if t_len < 2 * n_splits and statistic == "sharpe":
+        raise ValueError(f"perf_matrix has {t_len} rows; need >= {2 * n_splits} for {n_splits}")
+    if t_len < n_splits:
+        raise ValueError(f"perf_matrix has {t_len} rows; need >= {n_splits} for {n_splits}")
+    m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)
+    blocks = np.array_split(np.arange(t_len), n_splits)
+    # per block sums of r and r^2 and counts: Sharpe of any union of blocks without re-slicing
+    s1 = np.stack([m[b].sum(axis=0) for b in blocks])
+    s2 = np.stack([(m[b] ** 2).sum(axis=0) for b in blocks])
+    cnt = np.array([len(b) for b in blocks], dtype=np.float64)
+
+    def _sharpe(sel: np.ndarray) -> np.ndarray:
+        n = cnt[sel].sum()
+        mean = s1[sel].sum(axis=0) / n
+        if statistic == "mean":
+            return mean
+        var = np.maximum(s2[sel].sum(axis=0) / n - mean * mean, 0.0) * n / max(n - 1.0, 1.0)
+        sd = np.sqrt(var)
+        return np.where(sd > _EPS, mean / np.where(sd > _EPS, sd, 1.0), 0.0)
+
+    everything = np.arange(n_splits)
+    below = total = 0
+    for combo in combinations(range(n_splits), n_splits // 2):
+        ins = np.array(combo)
+        oos = np.setdiff1d(everything, ins)
+        sr_in, sr_out = _sharpe(ins), _sharpe(oos)
+        best = int(np.argmax(sr_in))
+        # rank 1 = worst out of sample; ties share the average rank
+        rank = float((sr_out < sr_out[best]).sum() + 0.5 * ((sr_out == sr_out[best]).sum() + 1))
+        w = rank / (n_cfg + 1.0)
+        below += int(math.log(w / (1.0 - w)) <= 0.0)
+        total += 1
+    return float(below / total)
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+
 def summarize(
     equity: Sequence[float] | np.ndarray,
     positions: Sequence[float] | np.ndarray | None = None,
     periods_per_year: float | str = "1m",
-    risk_free_rate: float = 0.0,
     confidence: float = 0.95,
 ) -> dict[str, float]:
     """All headline metrics of an equity curve (and optional positions) as finite floats.
 
-    `periods_per_year` is a number or a timeframe string ("1m", "1d", ... 24h calendar).
-    Keys: total_return, annualized_return, volatility, sharpe_ratio, sortino_ratio,
+    The one Sharpe of the project: rf = :data:`RISK_FREE_RATE` (0, see the module docstring).
+    `periods_per_year` is the run's resolved number (a timeframe string is read on the crypto
+    calendar). Keys: total_return, annualized_return, volatility, sharpe_ratio, sortino_ratio,
     calmar_ratio, max_drawdown, win_rate, profit_factor, value_at_risk,
-    conditional_value_at_risk, n_periods, final_equity (and turnover with positions).
+    conditional_value_at_risk, psr (probabilistic Sharpe ratio vs 0), n_periods, final_equity
+    (and turnover with positions).
     """
     eq = _arr(equity)
     ppy = _ppy(periods_per_year)
@@ -643,14 +770,15 @@ def summarize(
         "total_return": total_return(eq),
         "annualized_return": annualized_return(eq, ppy),
         "volatility": volatility(r, ppy),
-        "sharpe_ratio": sharpe_ratio(r, ppy, risk_free_rate),
-        "sortino_ratio": sortino_ratio(r, ppy, risk_free_rate),
+        "sharpe_ratio": sharpe_ratio(r, ppy, RISK_FREE_RATE),
+        "sortino_ratio": sortino_ratio(r, ppy, RISK_FREE_RATE),
         "calmar_ratio": calmar_ratio(eq, ppy),
         "max_drawdown": max_drawdown(eq),
         "win_rate": win_rate(r),
         "profit_factor": profit_factor(r),
         "value_at_risk": value_at_risk(r, confidence),
         "conditional_value_at_risk": conditional_value_at_risk(r, confidence),
+        "psr": probabilistic_sharpe_ratio(r),
         "n_periods": float(r.size),
         "final_equity": float(eq[-1]) if eq.size else 0.0,
     }

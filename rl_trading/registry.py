@@ -21,11 +21,23 @@ Semantic versions within one family (first registration is ``1.0.0``):
 An explicit ``bump=`` overrides the inferred part.
 
 Grades (see :func:`score_to_grade`): each benchmark maps linearly onto a score in [0, 1]
-(0 at or beyond *poor*, 1 at or beyond *excellent*); an RL policy's score is the *minimum* of
-its Sharpe and max-drawdown scores (a grade is only as good as its weakest benchmark, so a flat
-strategy with no drawdown but no return still grades F); a supervised model's score is its
-accuracy score. Score -> grade: S >= 1.0 (every benchmark excellent), A+ >= 0.9, A >= 0.8,
-A- >= 0.7, B+ >= 0.6, B >= 0.5, B- >= 0.4, C >= 0.25, D > 0, F = 0 (at or below poor).
+(0 at or beyond *poor*, 1 at or beyond *excellent*). An RL policy's score is the *minimum* of
+its Sharpe score (risk-adjusted return) and its drawdown score, where the drawdown is measured
+with the returns scaled to ``evaluation.grade_volatility`` (``max_drawdown_vol_matched``), so a
+policy sitting mostly in cash gets no credit for its small raw drawdown. A grade above C also
+needs evidence that the edge is not luck: a Deflated Sharpe Ratio of at least
+``evaluation.grade_min_dsr`` (0.95), deflated for every trial tried, measured on data that no
+selection step saw (``untouched=True``: the test split when checkpoints were chosen on
+validation); without it the grade is capped at C and the tag ``grade_capped`` says why. A
+supervised model's score is its accuracy edge over the better of its own baselines
+(majority class, previous direction): no edge scores 0, ``accuracy_edge_excellent`` scores 1.
+Score -> grade: S >= 1.0 (every benchmark excellent), A+ >= 0.9, A >= 0.8, A- >= 0.7,
+B+ >= 0.6, B >= 0.5, B- >= 0.4, C >= 0.25, D > 0, F = 0 (at or below poor).
+
+Selection on the test split is recorded: each registration graded on the test split is tagged
+``graded_split=test`` and the family's earlier test-split registrations are added to the trial
+count of the next; ``models benchmark`` tags every compared model (``test_selections``), and
+``promote`` records the split the promoted model was graded on.
 
 Integrity: the sha256 of every file is stored at registration (a model-version tag, held in
 the tracking database, plus a ``checksums.json`` artifact); :meth:`ModelRegistry.load_path`
@@ -104,25 +116,55 @@ def score_to_grade(score: float) -> str:
 
 
 def rl_score(sharpe: float, max_drawdown: float, ev: EvaluationConfig) -> float:
-    """RL policy score: the weaker of its Sharpe and max-drawdown benchmark scores."""
+    """RL policy score: the weaker of its Sharpe and drawdown benchmark scores.
+
+    Pass the drawdown at matched volatility (`max_drawdown_vol_matched`) so that sitting in
+    cash does not earn a good drawdown score.
+    """
     s = linear_score(sharpe, ev.sharpe_poor, ev.sharpe_excellent)
     d = linear_score(abs(max_drawdown), ev.max_drawdown_poor, ev.max_drawdown_excellent)
     return min(s, d)
 
 
-def supervised_score(accuracy: float, ev: EvaluationConfig) -> float:
-    """Supervised model score from its out-of-sample accuracy."""
-    return linear_score(accuracy, ev.accuracy_poor, ev.accuracy_excellent)
+#: Highest score a model may keep without significance on untouched data (grade C).
+C_CAP = GRADE_THRESHOLDS[-2][0] - 1e-9
 
 
-def grade_rl(sharpe: float, max_drawdown: float, ev: EvaluationConfig) -> str:
-    """Grade of an RL policy from its backtest Sharpe and max drawdown."""
-    return score_to_grade(rl_score(sharpe, max_drawdown, ev))
+def cap_without_evidence(
+    score: float, dsr: float | None, untouched: bool, ev: EvaluationConfig
+) -> tuple[float, str]:
+    """(score capped at grade C unless DSR >= grade_min_dsr on untouched data, the reason)."""
+    if not untouched:
+        reason = "graded on data a selection step saw"
+    elif dsr is None or not math.isfinite(dsr):
+        reason = "no deflated Sharpe ratio"
+    elif dsr < ev.grade_min_dsr:
+        reason = f"DSR {dsr:.3f} < {ev.grade_min_dsr:g}"
+    else:
+        return score, ""
+    return (min(score, C_CAP), reason) if score > C_CAP else (score, "")
 
 
-def grade_supervised(accuracy: float, ev: EvaluationConfig) -> str:
-    """Grade of a supervised model from its out-of-sample accuracy."""
-    return score_to_grade(supervised_score(accuracy, ev))
+def supervised_score(accuracy: float, ev: EvaluationConfig, baseline: float = 0.5) -> float:
+    """Supervised model score from its out-of-sample accuracy edge over its best baseline."""
+    return linear_score(accuracy - baseline, 0.0, ev.accuracy_edge_excellent)
+
+
+def grade_rl(
+    sharpe: float,
+    max_drawdown: float,
+    ev: EvaluationConfig,
+    dsr: float | None = 1.0,
+    untouched: bool = True,
+) -> str:
+    """Grade of an RL policy from its Sharpe, drawdown at matched volatility and evidence."""
+    score, _ = cap_without_evidence(rl_score(sharpe, max_drawdown, ev), dsr, untouched, ev)
+    return score_to_grade(score)
+
+
+def grade_supervised(accuracy: float, ev: EvaluationConfig, baseline: float = 0.5) -> str:
+    """Grade of a supervised model from its accuracy over its best own baseline."""
+    return score_to_grade(supervised_score(accuracy, ev, baseline))
 
 
 def sanitize_name(text: str) -> str:
@@ -426,10 +468,16 @@ class ModelRegistry:
         bump: Bump | None = None,
         run_id: str | None = None,
         description: str = "",
+        untouched: bool = False,
+        graded_split: str | None = None,
+        n_trials: int | None = None,
     ) -> ModelRecord:
         """Log `path` as artifacts, grade it, version it and create the registered model.
 
-        `metrics` needs `sharpe` and `max_drawdown` (rl/ensemble) or `accuracy` (supervised).
+        `metrics` needs `sharpe` and `max_drawdown` (rl/ensemble; `max_drawdown_vol_matched`
+        is graded when present, `dsr` is the evidence for a grade above C) or `accuracy` and
+        `best_baseline_accuracy` (supervised). `untouched`: the graded data was seen by no
+        selection step. `graded_split` (val/test) and `n_trials` are recorded as tags.
         `preprocessing` is stored next to the model files (and checksummed with them).
         """
         import mlflow
@@ -441,15 +489,23 @@ class ModelRegistry:
             raise RegistryError(f"nothing to register at {src}")
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
         ev = self.cfg.evaluation
+        capped = ""
         if kind == "supervised":
-            if "accuracy" not in metrics:
-                raise RegistryError("a supervised model needs an 'accuracy' metric to be graded")
-            score = supervised_score(metrics["accuracy"], ev)
+            if "accuracy" not in metrics or "best_baseline_accuracy" not in metrics:
+                raise RegistryError(
+                    "a supervised model needs 'accuracy' and 'best_baseline_accuracy' metrics "
+                    "to be graded against its own baselines"
+                )
+            score = supervised_score(metrics["accuracy"], ev, metrics["best_baseline_accuracy"])
             metric_name = "accuracy"
+            drawdown_basis = ""
         else:
             if "sharpe" not in metrics or "max_drawdown" not in metrics:
                 raise RegistryError("an RL policy needs 'sharpe' and 'max_drawdown' metrics")
-            score = rl_score(metrics["sharpe"], metrics["max_drawdown"], ev)
+            drawdown_basis = "vol_matched" if "max_drawdown_vol_matched" in metrics else "raw"
+            dd = metrics.get("max_drawdown_vol_matched", metrics["max_drawdown"])
+            score = rl_score(metrics["sharpe"], dd, ev)
+            score, capped = cap_without_evidence(score, metrics.get("dsr"), untouched, ev)
             metric_name = "sharpe"
         grade = score_to_grade(score)
         sig = (
@@ -530,6 +586,11 @@ class ModelRegistry:
             TAG + "created": now,
             TAG + "stage": "none",
             TAG + "source_path": str(src.resolve()),
+            TAG + "graded_split": graded_split or "",
+            TAG + "graded_untouched": str(bool(untouched)).lower(),
+            TAG + "n_trials": str(int(n_trials)) if n_trials is not None else "",
+            TAG + "grade_capped": capped,
+            TAG + "drawdown_basis": drawdown_basis,
         }
         from mlflow.exceptions import MlflowException
 
@@ -558,7 +619,28 @@ class ModelRegistry:
                 self.client.set_registered_model_tag(other.name, TAG + "stage", "archived")
         self.client.set_registered_model_alias(rec.name, alias, rec.mlflow_version)
         self.client.set_registered_model_tag(rec.name, TAG + "stage", alias)
+        split = rec.tags.get(TAG + "graded_split", "")
+        if split == "test" or rec.tags.get(TAG + "test_selections"):
+            self.client.set_registered_model_tag(rec.name, TAG + "promoted_on_split", "test")
         return self.resolve(rec.name)
+
+    def test_split_trials(self, model_type: str) -> int:
+        """Selections already made on the test split in this family (registrations graded on
+        it plus `models benchmark` comparisons), to be added to the next trial count."""
+        n = 0
+        for rec in self.list(model_type=sanitize_name(model_type)):
+            n += rec.tags.get(TAG + "graded_split") == "test"
+            n += int(rec.tags.get(TAG + "test_selections") or 0)
+        return n
+
+    def record_test_selection(self, names: list[str], pbo: float | None = None) -> None:
+        """Tag models compared on the test split (`models benchmark`): one more selection each."""
+        for name in names:
+            rec = self.resolve(name)
+            count = int(rec.tags.get(TAG + "test_selections") or 0) + 1
+            self.client.set_registered_model_tag(rec.name, TAG + "test_selections", str(count))
+            if pbo is not None:
+                self.client.set_registered_model_tag(rec.name, TAG + "benchmark_pbo", f"{pbo:.4f}")
 
 
 def _redacted(raw: dict[str, Any]) -> dict[str, Any]:

@@ -107,7 +107,16 @@ def test_walk_forward_folds_x_seeds_and_report(cfg, bars, tmp_path):
     assert walk.n_runs == 3 * 2
     assert len(walk.folds) == 3
     rnd = walk.summary["random"]["sharpe_ratio"]
-    assert rnd["n"] == 6 and rnd["ci_low"] <= rnd["mean"] <= rnd["ci_high"]
+    # the interval is over the 3 sub-periods (seeds averaged), never 3 x 2 copies
+    assert rnd["n"] == 3 and rnd["ci_low"] <= rnd["mean"] <= rnd["ci_high"]
+    per_fold = [
+        np.mean(
+            [r["sharpe_ratio"] for r in walk.rows if r["strategy"] == "random" and r["fold"] == f]
+        )
+        for f in range(3)
+    ]
+    assert rnd["mean"] == pytest.approx(np.mean(per_fold))
+    assert walk.meta["retrained"] is False and "not retrained" in walk.meta["label"]
     assert rnd["ci_high"] > rnd["ci_low"]  # seeds and folds really differ
     flat = walk.summary["flat"]["total_return"]
     assert flat["mean"] == 0.0 and flat["ci_high"] == 0.0
@@ -116,6 +125,8 @@ def test_walk_forward_folds_x_seeds_and_report(cfg, bars, tmp_path):
         assert paths[key].is_file() and paths[key].stat().st_size > 1000, key
     data = json.loads(paths["report"].read_text())
     assert {"meta", "targets", "strategies", "target_checks", "walk_forward"} <= set(data)
+    assert data["walk_forward"]["retrained"] is False
+    assert "sub-periods" in data["walk_forward"]["label"]
     assert data["targets"]["sharpe_ratio"]["target"] == cfg.reward.sharpe_target
     assert len(data["walk_forward"]["rows"]) == 3 * 2 * 4
     for name in ("buy_and_hold", "equal_weight", "flat", "random"):
@@ -152,7 +163,24 @@ def test_policy_backtest_single_instrument(cfg, bars, tmp_path):
     res = backtest(path, one, cfg, seed=0, include_supervised=False)
     pol = res.runs["policy"]
     assert res.meta["scaler_origin"] == "policy preprocessing"
-    assert set(res.runs) == {"policy", "buy_and_hold", "equal_weight", "flat", "random"}
+    assert set(res.runs) == {
+        "policy",
+        "buy_and_hold",
+        "equal_weight",
+        "flat",
+        "random",
+        "buy_and_hold_vol_matched",
+        "equal_weight_vol_matched",
+    }
+    # Risk-matched baselines: same realised volatility as the policy (within the gross limit)
+    pol_vol = res.metrics["policy"]["volatility"]
+    for name in ("buy_and_hold_vol_matched", "equal_weight_vol_matched"):
+        matched = res.runs[name]
+        if not matched.extra["limit_bound"]:
+            assert res.metrics[name]["volatility"] == pytest.approx(pol_vol, rel=0.02)
+        assert res.metrics[name]["exposure"] <= cfg.env.max_position_size * 1.1
+    assert res.metrics["policy"]["exposure"] > 0 and "dsr" in res.metrics["policy"]
+    assert res.meta["risk_free_rate"] == 0.0 and res.meta["periods_per_year"] > 0
     # Baselines cover exactly the policy's bars with the same starting capital.
     for name, run in res.runs.items():
         assert len(run.equity) == len(pol.equity), name
@@ -211,7 +239,9 @@ def test_supervised_signal_baseline_when_a_model_exists(workspace):
     bars = synthetic_market(["AAA"], n_bars=1500, seed=9, timeframe="1h", signal_strength=0.5)
     train = {"AAA": bars["AAA"].iloc[:1000]}
     test = {"AAA": bars["AAA"].iloc[1000:]}
-    assert "supervised" not in run_baselines(test, cfg, seed=0)  # no saved model yet
+    none = run_baselines(test, cfg, seed=0)
+    assert "supervised" not in none  # no saved model yet, and the runs say why
+    assert "no saved model" in none["flat"].extra["supervised_baseline"]
     frames = prepare_timeframes(train, ["1h"], horizon=1, dead_zone=0.0)["1h"]
     fit = fit_and_score(
         "analyst",
@@ -223,8 +253,13 @@ def test_supervised_signal_baseline_when_a_model_exists(workspace):
         seed=0,
         run_cv=False,
     )
-    save_model(fit.model, "analyst", "1h", {"metrics": fit.metrics})
+    save_model(fit.model, "analyst", "1h", {**fit.info, "metrics": fit.metrics})
+    # date check: the bars the model was fitted on are not a fair test of it
+    overlap = run_baselines(train, cfg, seed=0)
+    assert "supervised" not in overlap
+    assert "overlap" in overlap["flat"].extra["supervised_baseline"]
     runs = run_baselines(test, cfg, seed=0)
+    assert runs["flat"].extra["supervised_baseline"].startswith("analyst_1h")
     sup = runs["supervised"]
     held = np.round(np.abs(sup.weights[2:, 0]) / cfg.env.max_position_size, 1)
     assert set(np.unique(held)) <= {0.0, 0.9, 1.0, 1.1}  # +-max position (drifting), or flat

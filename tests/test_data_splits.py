@@ -50,3 +50,36 @@ def test_walk_forward_folds(expanding: bool) -> None:
     bars = synthetic_market(["A"], n_bars=1000, seed=1)
     train, test = folds[1].select(bars)
     assert train["A"].index[-1] < test["A"].index[0]
+
+
+def test_val_and_test_keep_their_first_bars_without_look_ahead() -> None:
+    """`split_for_env` prepends only past bars to val / test, so the env's first decision is
+    the split's own first bar; features there use causal history only (truncation test)."""
+    import numpy as np
+
+    from envs import HierarchicalTradingEnv
+    from rl_trading.config import load_config
+    from rl_trading.data import compute_features, decision_history, split_for_env
+
+    cfg = load_config(overrides=["data.timeframe=1h", "train.window_size=8", "env.risk_window=20"])
+    bars = synthetic_market(["AAA", "BBB"], n_bars=1500, seed=2, timeframe="1h")
+    d = cfg.data
+    plain = split_by_time(bars, d.train_frac, d.val_frac, d.embargo_bars)
+    parts = split_for_env(bars, cfg)
+    history = decision_history(cfg.train.window_size, cfg.env.risk_window)
+    assert history == 40  # warm-up dominates window 8 and risk window 20
+    full = bars["AAA"]
+    for name in ("val", "test"):
+        mine, ref = getattr(parts, name)["AAA"], getattr(plain, name)["AAA"]
+        start = full.index.get_loc(ref.index[0])
+        assert mine.index[history:].equals(ref.index)  # the split itself, all of it
+        assert mine.index[:history].equals(full.index[start - history : start])  # only the past
+        env = HierarchicalTradingEnv(cfg, bars=getattr(parts, name), mode="joint", eval_mode=True)
+        assert env.index[env.first_bar] == ref.index[0]  # first decision = first split bar
+    assert parts.train["AAA"].index.equals(plain.train["AAA"].index)
+    # Truncation: features at bar t computed on bars up to t equal those of the full history,
+    # so nothing after t (in particular nothing after a split boundary) is used.
+    feats = compute_features(full)
+    for t in (60, 400, 1049, 1270):
+        cut = compute_features(full.iloc[: t + 1])
+        np.testing.assert_allclose(cut.iloc[-1].to_numpy(), feats.iloc[t].to_numpy(), rtol=1e-12)

@@ -17,6 +17,9 @@ def test_periods_per_year_conventions():
     assert m.periods_per_year("1d") == 365
     assert m.periods_per_year("1d", calendar="equity") == 252
     assert m.periods_per_year("1h", calendar="equity") == pytest.approx(252 * 6.5)
+    assert m.periods_per_year("1h", calendar="fx") == 260 * 24
+    assert m.periods_per_year("1d", calendar="crypto") == 365
+    assert m.periods_per_year("1m", calendar="equity") == 252 * 390
     assert m.periods_per_year("1m", override=1000) == 1000
     assert m.periods_per_year(52) == 52
     with pytest.raises(ValueError):
@@ -163,9 +166,8 @@ def test_edge_cases_are_finite():
             assert math.isfinite(value), (name, key, value)
     flat = m.summarize(cases["flat"], periods_per_year=252)
     assert flat["sharpe_ratio"] == 0.0 and flat["max_drawdown"] == 0.0
-    # a strategy that never trades scores 0 on both ratios, even with a risk-free rate
-    flat_rf = m.summarize(cases["flat"], periods_per_year=252, risk_free_rate=0.02)
-    assert flat_rf["sharpe_ratio"] == 0.0 and flat_rf["sortino_ratio"] == 0.0
+    # a strategy that never trades scores 0 on both ratios (rf = 0, the one convention)
+    assert flat["sortino_ratio"] == 0.0 and m.RISK_FREE_RATE == 0.0
     assert flat["volatility"] == 0.0 and flat["total_return"] == 0.0
     losses = m.summarize(cases["all losses"], periods_per_year=252)
     assert losses["win_rate"] == 0.0 and losses["profit_factor"] == 0.0
@@ -175,9 +177,10 @@ def test_edge_cases_are_finite():
 
 def test_summarize_keys_and_values():
     eq = np.array([100.0, 102.0, 101.0, 104.0])
-    s = m.summarize(eq, positions=[0, 1, 1, 0], periods_per_year=252, risk_free_rate=0.01)
+    s = m.summarize(eq, positions=[0, 1, 1, 0], periods_per_year=252)
     r = m.simple_returns(eq)
-    assert s["sharpe_ratio"] == pytest.approx(m.sharpe_ratio(r, 252, 0.01))
+    assert s["sharpe_ratio"] == pytest.approx(m.sharpe_ratio(r, 252, 0.0))
+    assert s["psr"] == pytest.approx(m.probabilistic_sharpe_ratio(r))
     assert s["total_return"] == pytest.approx(0.04)
     assert s["turnover"] == pytest.approx(0.5)
     assert s["n_periods"] == 3 and s["final_equity"] == 104.0
@@ -212,3 +215,40 @@ def test_psr_and_dsr_match_the_papers_formulas():
     # a null strategy's DSR over many trials is far from significant
     null = rng.normal(0, 0.01, 500)
     assert m.deflated_sharpe_ratio(null, 50) < 0.95
+
+
+def test_measure_periods_per_year_on_synthetic_timestamps():
+    """Bars per elapsed year: 24/7, weekdays only, equity sessions; outages are not counted."""
+    import pandas as pd
+
+    crypto = pd.date_range("2021-01-01", periods=2 * 17_520, freq="30min", tz="UTC")
+    assert m.measure_periods_per_year(crypto) == pytest.approx(17_520, rel=1e-3)
+    hours = pd.date_range("2021-01-04", "2022-12-30", freq="1h", tz="UTC")
+    fx = hours[hours.day_of_week < 5]
+    assert m.measure_periods_per_year(fx) == pytest.approx(6_260, rel=0.02)
+    days = pd.bdate_range("2010-01-01", "2019-12-31", tz="UTC")
+    assert m.measure_periods_per_year(days) == pytest.approx(261, rel=0.01)
+    # a 3-month outage in the middle leaves the rate unchanged
+    hole = crypto[(crypto < "2021-06-01") | (crypto > "2021-09-01")]
+    assert m.measure_periods_per_year(hole) == pytest.approx(17_520, rel=2e-3)
+    with pytest.raises(ValueError):
+        m.measure_periods_per_year(crypto[:1])
+
+
+def test_pbo_noise_versus_one_superior_configuration():
+    """CSCV PBO: noise configurations overfit (PBO ~0.5+), one clearly better one does not."""
+    noises = [np.random.default_rng(s).normal(0.0, 0.01, size=(600, 10)) for s in range(8)]
+    pbo_noise = [m.probability_of_backtest_overfitting(x, n_splits=8) for x in noises]
+    assert 0.35 <= float(np.mean(pbo_noise)) <= 0.7  # a coin flip on average
+    noise = noises[0]
+    better = noise.copy()
+    better[:, 4] += 0.004
+    assert m.probability_of_backtest_overfitting(better, n_splits=8) <= 0.05
+    # per-period scores (e.g. PBT members' objective per iteration) ranked by their mean
+    scores = np.random.default_rng(1).normal(0.0, 1.0, size=(12, 6))
+    scores[:, 2] += 3.0
+    assert m.probability_of_backtest_overfitting(scores, n_splits=6, statistic="mean") == 0.0
+    with pytest.raises(ValueError):
+        m.probability_of_backtest_overfitting(noise[:, :1])
+    with pytest.raises(ValueError):
+        m.probability_of_backtest_overfitting(noise[:10], n_splits=10)

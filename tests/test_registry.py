@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 
 from rl_trading.config import AppConfig, load_config
@@ -60,10 +61,33 @@ def test_rl_grade_uses_configured_benchmarks():
 
 
 def test_supervised_grade_boundaries():
-    assert grade_supervised(0.95, EV) == "S"
+    """Graded by the accuracy edge over the model's own best baseline, not over 0.5."""
+    assert grade_supervised(0.60, EV) == "S"  # 0.10 over a coin flip
     assert grade_supervised(0.50, EV) == "F"
-    assert grade_supervised(0.725, EV) == "B"
+    assert grade_supervised(0.55, EV) == "B"
     assert grade_supervised(0.40, EV) == "F"
+    # the issue's case: 0.512 below the majority baseline's 0.559 is an F, not a D
+    assert grade_supervised(0.512, EV, baseline=0.559) == "F"
+    assert grade_supervised(0.609, EV, baseline=0.559) == "B"
+
+
+def test_grade_above_c_needs_dsr_on_untouched_data_and_cash_earns_no_drawdown_credit():
+    from rl_trading import metrics as m
+
+    assert grade_rl(2.5, 0.01, EV, dsr=0.99, untouched=True) == "S"
+    assert grade_rl(2.5, 0.01, EV, dsr=0.80, untouched=True) == "C"
+    assert grade_rl(2.5, 0.01, EV, dsr=None, untouched=True) == "C"
+    assert grade_rl(2.5, 0.01, EV, dsr=0.99, untouched=False) == "C"
+    assert grade_rl(0.6, 0.01, EV, dsr=0.99, untouched=False) == "D"  # below C: unchanged
+    # A policy in cash 95% of the time: tiny raw drawdown, but at matched volatility the
+    # same losses are a large drawdown, which is what the grade sees.
+    rng = np.random.default_rng(0)
+    full = rng.normal(0.0002, 0.01, 2000)
+    cash = 0.05 * full
+    raw = m.max_drawdown(np.cumprod(1 + cash))
+    matched = m.max_drawdown_at_volatility(cash, 252, EV.grade_volatility)
+    assert raw < 0.05 < matched
+    assert matched == pytest.approx(m.max_drawdown_at_volatility(full, 252, EV.grade_volatility))
 
 
 def test_name_pattern_and_sanitising():
@@ -111,11 +135,14 @@ def test_register_list_info_promote_round_trip(workspace):
     r1 = reg.register(
         src,
         model_type="hierarchical_ppo",
-        metrics={"sharpe": 1.3, "max_drawdown": 0.04},
+        metrics={"sharpe": 1.3, "max_drawdown": 0.04, "dsr": 0.97},
         lineage={"phase1": "runs/x/phase1", "phase2": "runs/x/phase2"},
         data_fingerprint="fp1",
         preprocessing=pre,
         signature={"obs": 10, "act": 1},
+        untouched=True,
+        graded_split="test",
+        n_trials=3,
     )
     assert r1.name == "hierarchical_ppo_v1.0.0_grade_B_sharpe_1.30"
     assert r1.grade == "B" and r1.version == "1.0.0" and r1.kind == "rl"
@@ -123,11 +150,14 @@ def test_register_list_info_promote_round_trip(workspace):
     r2 = reg.register(
         src,
         model_type="hierarchical_ppo",
-        metrics={"sharpe": 2.1, "max_drawdown": 0.03},
+        metrics={"sharpe": 2.1, "max_drawdown": 0.03, "dsr": 0.99},
         data_fingerprint="fp1",
         signature={"obs": 10, "act": 1},
+        untouched=True,
+        graded_split="test",
     )
     assert r2.version == "1.0.1" and r2.grade == "S"
+    assert reg.test_split_trials("hierarchical_ppo") == 2  # both graded on the test split
     r3 = reg.register(
         src,
         model_type="hierarchical_ppo",
@@ -144,13 +174,27 @@ def test_register_list_info_promote_round_trip(workspace):
     )
     assert r4.version == "2.0.0"
     sup = _fake_model(workspace / "sup", b"forest")
-    s1 = reg.register(sup, model_type="analyst_rf", kind="supervised", metrics={"accuracy": 0.65})
-    assert s1.name == "analyst_rf_v1.0.0_grade_C_accuracy_0.65"
+    s1 = reg.register(
+        sup,
+        model_type="analyst_rf",
+        kind="supervised",
+        metrics={"accuracy": 0.65, "best_baseline_accuracy": 0.60},
+    )
+    assert s1.name == "analyst_rf_v1.0.0_grade_B_accuracy_0.65"  # +0.05 over its baselines
 
     # A second registry object (like a later CLI call in the same workspace) sees everything.
     names = [r.name for r in ModelRegistry().list()]
     assert len(names) == 5 and all(NAME_RE.match(n) for n in names)
+    capped = reg.register(
+        src,
+        model_type="cash_ppo",
+        metrics={"sharpe": 2.5, "max_drawdown": 0.01, "dsr": 0.5},
+        untouched=True,
+    )
+    assert capped.grade == "C" and "DSR" in capped.tags["rl_trading.grade_capped"]
+    names.append(capped.name)
     assert len(reg.list(model_type="hierarchical_ppo")) == 4
+    assert len(names) == 6
     assert [r.name for r in reg.list(grade="S")] == [r2.name]
 
     info = reg.info(r1.name)

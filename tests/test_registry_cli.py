@@ -43,8 +43,9 @@ def setup(workspace):
         rec = reg.register(
             workspace / f"m{seed}" / "default_policy",
             model_type="ppo_single",
-            metrics={"sharpe": sharpe, "max_drawdown": mdd},
+            metrics={"sharpe": sharpe, "max_drawdown": mdd, "dsr": 0.99},
             preprocessing={"scaler": env.scaler.to_dict()},
+            untouched=True,
         )
         names.append(rec.name)
     return workspace, names

@@ -48,6 +48,8 @@ class PBTResult:
     best_metric: float
     best_trial: str
     ppo_overrides: dict[str, float] = field(default_factory=dict)
+    n_trials: int = 0  # members x perturbation rounds: configurations the best was chosen from
+    pbo: float | None = None  # CSCV over the members' per-iteration objective (>= 4 members)
 
 
 def hparam_ranges(cfg: AppConfig) -> dict[str, tuple[float, float]]:
@@ -308,6 +310,7 @@ def summarize(
     lineage_png = plot_lineage(results, exploits, metric, run_dir / LINEAGE_FILE)
     hparams = {k: float(best.config[k]) for k in HPARAM_FIELDS if k in best.config}
     checkpoint = best.checkpoint.path if best.checkpoint is not None else None
+    n_trials, pbo = selection_stats(results, metric, mode, population, iterations, cfg)
     out = PBTResult(
         best_config=hparams,
         best_checkpoint=checkpoint,
@@ -318,9 +321,44 @@ def summarize(
         best_metric=float(best.metrics[metric]),
         best_trial=Path(best.path).name,
         ppo_overrides=ppo_overrides(hparams),
+        n_trials=n_trials,
+        pbo=pbo,
     )
     write_best(out, cfg, phase, population, iterations, exp_path, len(exploits))
     return out
+
+
+def selection_stats(
+    results: Any, metric: str, mode: str, population: int, iterations: int, cfg: AppConfig
+) -> tuple[int, float | None]:
+    """(trials tried, PBO): members x perturbation rounds, and with 4 or more members the
+    CSCV probability of backtest overfitting over their per-iteration objective values
+    (blocks of iterations; `metrics.probability_of_backtest_overfitting`)."""
+    import numpy as np
+
+    from rl_trading.metrics import probability_of_backtest_overfitting
+
+    rounds = max(1, iterations // max(cfg.tuning.perturbation_interval, 1))
+    n_trials = int(population) * rounds
+    series = []
+    for res in results:
+        frame = getattr(res, "metrics_dataframe", None)
+        if frame is not None and metric in frame:
+            series.append(frame[metric].to_numpy(np.float64))
+    if len(series) < 4:
+        return n_trials, None
+    n = min(len(x) for x in series)
+    splits = (n // 2) // 2 * 2
+    if splits < 2:
+        return n_trials, None
+    matrix = np.column_stack([x[-n:] for x in series])
+    if mode == "min":
+        matrix = -matrix
+    try:
+        pbo = probability_of_backtest_overfitting(matrix, n_splits=splits, statistic="mean")
+    except ValueError:
+        return n_trials, None
+    return n_trials, pbo
 
 
 def write_best(
@@ -348,6 +386,8 @@ def write_best(
         "population": population,
         "iterations": iterations,
         "n_exploits": n_exploits,
+        "n_trials": result.n_trials,
+        "pbo": result.pbo,
         "seed": cfg.seed,
     }
     path = result.run_dir / BEST_FILE

@@ -107,11 +107,24 @@ def info(
 def register_cmd(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained checkpoint dir.")],
     model_type: Annotated[str, typer.Option("--type", help="Model type.")] = "hierarchical_ppo",
-    split: Annotated[str, typer.Option("--split", help="Split graded on (val/test).")] = "val",
+    split: Annotated[
+        str,
+        typer.Option(
+            "--split", help="Split graded on: test (untouched by selection) or val (grade <= C)."
+        ),
+    ] = "test",
     run_dir: Annotated[
         Path | None, typer.Option("--run-dir", help="Run dir (lineage; default: found).")
     ] = None,
     bump: Annotated[str | None, typer.Option("--bump", help="Force major, minor or patch.")] = None,
+    extra_trials: Annotated[
+        int,
+        typer.Option(
+            "--extra-trials",
+            min=0,
+            help="Trials tried before this run (e.g. PBT best.json n_trials), for the DSR.",
+        ),
+    ] = 0,
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
@@ -122,12 +135,18 @@ def register_cmd(
     if bump is not None and bump not in ("major", "minor", "patch"):  # before any backtest
         raise ConfigError(f"--bump must be major, minor or patch, not '{bump}'")
     cfg, _ = policy_config(config, sets, checkpoint=checkpoint)
-    rec, result = register_policy(checkpoint, cfg, model_type, split, run_dir, bump)
+    rec, result = register_policy(
+        checkpoint, cfg, model_type, split, run_dir, bump, extra_trials=extra_trials
+    )
     pm = result.metrics["policy"]
     console.print(
         f"registered [bold]{rec.display_name}[/] (sharpe {pm['sharpe_ratio']:.3f}, "
-        f"max drawdown {pm['max_drawdown']:.3f} on the {split} split)"
+        f"max drawdown {pm['max_drawdown']:.3f}, PSR {pm['psr']:.3f}, DSR {pm['dsr']:.3f} "
+        f"over {result.meta['n_trials']} trials on the {split} split)"
     )
+    capped = rec.tags.get("rl_trading.grade_capped")
+    if capped:
+        console.print(f"[yellow]grade capped at C: {capped}[/]")
 
 
 @app.command()
@@ -159,6 +178,10 @@ def benchmark(
         passed = rows["passes"][name]
         table.add_row(name, *[f"{mets.get(m, float('nan')):.3f}" for m in HEADLINE], passed)
     console.print(table)
+    if rows.get("pbo") is not None:
+        console.print(f"probability of backtest overfitting (CSCV): {rows['pbo']:.2f}")
+    if rows.get("selection_on_test"):
+        console.print("[yellow]compared on the test split: recorded as a selection[/]")
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=2, default=str))
@@ -166,15 +189,28 @@ def benchmark(
 
 
 def compare_models(names: list[str], cfg, data: Path | None, split: str) -> dict:
-    """Backtest each registered model on the same bars; metrics per model and baselines."""
+    """Backtest each registered model on the same bars; metrics per model and baselines.
+
+    Comparing models is a selection: each model's DSR is deflated for the number compared,
+    with 4 or more the probability of backtest overfitting (CSCV) is reported, and on the
+    test split every compared model is tagged in the registry (`test_selections`).
+    """
+    import numpy as np
+
+    from rl_trading import metrics
     from rl_trading.evaluation import select_bars
     from rl_trading.evaluation.backtest import backtest
+    from rl_trading.registry import ModelRegistry
 
     bars, train, desc = select_bars(cfg, data, split)
-    out: dict = {"bars": desc, "metrics": {}, "passes": {}, "spans": {}}
+    out: dict = {"bars": desc, "metrics": {}, "passes": {}, "spans": {}, "n_trials": len(names)}
+    returns = {}
     for name in names:
-        res = backtest(name, bars, cfg, seed=cfg.seed, scaler_bars=train)
+        res = backtest(
+            name, bars, cfg, seed=cfg.seed, scaler_bars=train, n_trials=max(1, len(names))
+        )
         out["metrics"][name] = res.metrics["policy"]
+        returns[name] = res.runs["policy"].returns
         checks = res.targets["policy"]
         out["passes"][name] = f"{sum(c['pass'] for c in checks.values())}/{len(checks)}"
         out["spans"][name] = [res.meta["start"], res.meta["end"]]
@@ -183,6 +219,19 @@ def compare_models(names: list[str], cfg, data: Path | None, split: str) -> dict
                 out["metrics"][base] = mets
                 checks = res.targets[base]
                 out["passes"][base] = f"{sum(c['pass'] for c in checks.values())}/{len(checks)}"
+    pbo = None
+    if len(names) >= 4:
+        n = min(len(r) for r in returns.values())
+        matrix = np.column_stack([r[-n:] for r in returns.values()])
+        splits = 16 if n >= 32 else max(2, (n // 2) // 2 * 2)
+        try:
+            pbo = metrics.probability_of_backtest_overfitting(matrix, n_splits=splits)
+        except ValueError as exc:
+            out["pbo_error"] = str(exc)
+    out["pbo"] = pbo
+    if split == "test" and data is None:
+        ModelRegistry(cfg=cfg).record_test_selection(names, pbo)
+        out["selection_on_test"] = True
     return out
 
 

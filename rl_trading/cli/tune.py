@@ -42,7 +42,8 @@ def pbt(
     mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
 ) -> None:
     """Population-Based Training of one phase; writes best.json, trials.csv and lineage.png."""
-    from rl_trading.data import load_market, split_by_time
+    from rl_trading.data import split_for_env
+    from rl_trading.supervised.signals import observed_market
     from tuning.pbt import run_pbt
     from tuning.results import render_table
 
@@ -51,8 +52,8 @@ def pbt(
         raise ConfigError(f"--phase must be 1, 2 or 3 (got {phase})")
     if resume and run_dir is None:
         raise ConfigError("--resume needs --run-dir (the folder of the interrupted run)")
-    bars = load_market(cfg)
-    splits = split_by_time(bars, cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars)
+    bars = observed_market(cfg)  # what the agents see in training (sig_* columns included)
+    splits = split_for_env(bars, cfg)
     console.print(
         f"PBT phase {phase}: population {population or cfg.tuning.population}, "
         f"{iterations or cfg.tuning.iterations} iterations, objective "
@@ -75,4 +76,8 @@ def pbt(
     best = ", ".join(f"{k}={v:.4g}" for k, v in result.best_config.items())
     console.print(f"best {result.metric} = {result.best_metric:.4f} ({result.best_trial}): {best}")
     console.print(f"best checkpoint: {result.best_checkpoint}")
+    pbo = (
+        f", probability of backtest overfitting {result.pbo:.2f}" if result.pbo is not None else ""
+    )
+    console.print(f"trials tried: {result.n_trials} (members x perturbation rounds){pbo}")
     console.print(f"run folder: {result.run_dir} (best.json, trials.csv, lineage.png)")

@@ -22,7 +22,14 @@ from rl_trading.data.schema import (
     timeframe_delta,
     write_bars,
 )
-from rl_trading.data.splits import Fold, Splits, split_by_time, walk_forward_splits
+from rl_trading.data.splits import (
+    Fold,
+    Splits,
+    decision_history,
+    split_by_time,
+    split_for_env,
+    walk_forward_splits,
+)
 from rl_trading.data.synthetic import bars_per_year, synthetic_bars, synthetic_market
 from rl_trading.data.validation import Issue, check_bars, repair_bars, validate_bars
 
@@ -53,6 +60,8 @@ __all__ = [
     "resample",
     "sample_files",
     "split_by_time",
+    "split_for_env",
+    "decision_history",
     "synthetic_bars",
     "synthetic_market",
     "timeframe_delta",

@@ -65,11 +65,43 @@ def split_bounds(
 
 
 def split_by_time(
-    bars: Bars, train_frac: float = 0.7, val_frac: float = 0.15, embargo_bars: int = 0
+    bars: Bars,
+    train_frac: float = 0.7,
+    val_frac: float = 0.15,
+    embargo_bars: int = 0,
+    history: int = 0,
 ) -> Splits:
-    """Split bars (a frame, or a dict of aligned frames) into time-ordered train/val/test parts."""
-    bounds = split_bounds(_length(bars), train_frac, val_frac, embargo_bars)
-    return Splits(*(_take(bars, part) for part in bounds))
+    """Split bars (a frame, or a dict of aligned frames) into time-ordered train/val/test parts.
+
+    `history` > 0 prepends that many bars of causal history (the bars just before each part)
+    to validation and test, so an env that spends its first `history` bars on feature warm-up
+    and risk windows makes its first decision at the part's own first bar instead of losing
+    it (see :func:`decision_history`). Training is unchanged; nothing after a part is added.
+    """
+    if history < 0:
+        raise DataError("history must be >= 0")
+    train, val, test = split_bounds(_length(bars), train_frac, val_frac, embargo_bars)
+    if history:
+        val = slice(max(0, val.start - history), val.stop)
+        test = slice(max(0, test.start - history), test.stop)
+    return Splits(*(_take(bars, part) for part in (train, val, test)))
+
+
+def decision_history(window_size: int, risk_window: int) -> int:
+    """Bars the hierarchical env needs before its first decision: feature warm-up, the
+    observation window and the risk window (`HierarchicalTradingEnv.first_bar`)."""
+    from rl_trading.data.features import WARMUP_BARS
+
+    return max(WARMUP_BARS, int(window_size) - 1, int(risk_window))
+
+
+def split_for_env(bars: Bars, cfg: Any) -> Splits:
+    """`split_by_time` with the configured fractions and embargo, validation and test carrying
+    the history the env needs so that they keep their first bars (training, validation and
+    backtests all split this way)."""
+    d = cfg.data
+    history = decision_history(cfg.train.window_size, cfg.env.risk_window)
+    return split_by_time(bars, d.train_frac, d.val_frac, d.embargo_bars, history=history)
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ def select_bars(
 
     `data` is one bars file (symbol = file name up to the first `_` or `.`) or a folder of
     them; otherwise `split` (train / val / test) of the configured market, time-ordered with
-    the configured embargo.
+    the configured embargo; val / test carry the causal history the env needs before its first
+    decision (`data.split_for_env`), so the policy trades from the split's first bar.
     """
-    from rl_trading.data import align, read_bars, split_by_time
+    from rl_trading.data import align, read_bars, split_for_env
     from rl_trading.errors import DataError
     from rl_trading.supervised.signals import observed_market
 
@@ -42,7 +43,7 @@ def select_bars(
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split '{split}' (train, val or test)")
     market = observed_market(cfg)
-    parts = split_by_time(market, cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars)
+    parts = split_for_env(market, cfg)  # val / test keep their first bars (causal history)
     return getattr(parts, split), parts.train, f"{split} split of {cfg.data.source} market"
 
 
@@ -53,11 +54,14 @@ def training_preprocessing(cfg: AppConfig, train_bars: dict[str, pd.DataFrame]) 
     (`envs.common.prepare_instrument` on each instrument's training bars).
     """
     from envs.common import prepare_instrument
+    from rl_trading.config import periods_per_year_of
     from rl_trading.data import FEATURE_COLUMNS, WARMUP_BARS, fingerprint
     from rl_trading.data.features import signal_columns
 
     first = next(iter(train_bars.values()))
     return {
+        "periods_per_year": periods_per_year_of(cfg, train_bars),
+        "calendar": cfg.data.calendar,
         "features": list(FEATURE_COLUMNS) + signal_columns(first),
         "warmup_bars": WARMUP_BARS,
         "window_size": cfg.train.window_size,
@@ -72,19 +76,42 @@ def training_preprocessing(cfg: AppConfig, train_bars: dict[str, pd.DataFrame]) 
     }
 
 
+def selection_trials(run_dir: Path | None) -> list[float]:
+    """Validation Sharpes of every checkpoint evaluated for selection in a run (all phases),
+    plus the tuning trials the run records (`state.json` `tuning_trials`, as NaN Sharpes)."""
+    import json
+
+    if run_dir is None or not (run_dir / "state.json").is_file():
+        return []
+    raw = json.loads((run_dir / "state.json").read_text())
+    out = [
+        float(s)
+        for _, ps in sorted(raw.get("phases", {}).items())
+        for s in ps.get("val_sharpes", [])
+    ]
+    return out + [float("nan")] * int(raw.get("tuning_trials", 0))
+
+
 def register_policy(
     checkpoint: str | Path,
     cfg: AppConfig,
     model_type: str = "hierarchical_ppo",
-    split: str = "val",
+    split: str = "test",
     run_dir: str | Path | None = None,
     bump: str | None = None,
+    extra_trials: int = 0,
 ) -> tuple[ModelRecord, Any]:
     """Backtest a trained checkpoint on `split`, then register it graded by that backtest.
 
-    Preprocessing (scalers fit on the training split), the training-data fingerprint, the
-    phase lineage (from the run dir's state.json) and the config go with it.
+    The grade comes from the test split by default: checkpoints were selected on validation,
+    so the test split is data no selection step saw (grading on `val` caps the grade at C).
+    The trial count is every validation pass used for checkpoint selection in the run, the
+    tuning trials it records, `extra_trials`, and the family's earlier selections on the test
+    split; the DSR is deflated for it. Preprocessing (scalers fit on the training split), the
+    training-data fingerprint, the phase lineage and the config go with it.
     """
+    import math
+
     from rl_trading.evaluation.backtest import backtest, load_policy
     from rl_trading.registry import ModelRegistry
 
@@ -92,10 +119,23 @@ def register_policy(
     pre = training_preprocessing(cfg, train)
     bundle = load_policy(checkpoint, cfg)
     bundle.preprocessing = pre
-    result = backtest(bundle, bars, cfg, seed=cfg.seed)
+    state_dir = Path(run_dir) if run_dir else _run_dir_of(Path(checkpoint))
+    registry = ModelRegistry(cfg=cfg)
+    trials = selection_trials(state_dir)
+    test_trials = registry.test_split_trials(model_type) if split == "test" else 0
+    n_trials = max(1, len(trials) + int(extra_trials) + test_trials)
+    ppy = float(pre["periods_per_year"])
+    trial_sharpes = [s / math.sqrt(ppy) for s in trials if math.isfinite(s)]
+    result = backtest(
+        bundle,
+        bars,
+        cfg,
+        seed=cfg.seed,
+        n_trials=n_trials,
+        trial_sharpes=trial_sharpes if len(trial_sharpes) >= 2 else None,
+    )
     pm = result.metrics["policy"]
     lineage: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "eval_split": split}
-    state_dir = Path(run_dir) if run_dir else _run_dir_of(Path(checkpoint))
     if state_dir is not None and (state_dir / "state.json").is_file():
         from rl_trading.training.state import RunState
 
@@ -120,11 +160,17 @@ def register_policy(
     metrics = {
         "sharpe": pm["sharpe_ratio"],
         "max_drawdown": pm["max_drawdown"],
+        "max_drawdown_vol_matched": pm["max_drawdown_vol_matched"],
         "total_return": pm["total_return"],
         "win_rate": pm["win_rate"],
         "sortino": pm["sortino_ratio"],
+        "psr": pm["psr"],
+        "dsr": pm["dsr"],
+        "n_trials": float(n_trials),
+        "periods_per_year": ppy,
+        "exposure": pm["exposure"],
     }
-    rec = ModelRegistry(cfg=cfg).register(
+    rec = registry.register(
         checkpoint,
         model_type=model_type,
         kind="rl",
@@ -135,12 +181,17 @@ def register_policy(
         signature=signature,
         config=cfg,
         bump=bump,  # type: ignore[arg-type]
+        untouched=split == "test",
+        graded_split=split,
+        n_trials=n_trials,
     )
     return rec, result
 
 
 def register_supervised(results: Any, cfg: AppConfig) -> list[ModelRecord]:
-    """Register every saved model of a `train_supervised` run, graded by held-out accuracy.
+    """Register every saved model of a `train_supervised` run, graded by its held-out accuracy
+    over its own best baseline (majority class / previous direction); the Optuna trials tried
+    per model are recorded as its trial count.
 
     Lineage records the trial's MLflow run and model folder; the data fingerprint and the
     preprocessing (features, horizon, scaler inside the pipeline) come from the saved metadata.
@@ -172,6 +223,9 @@ def register_supervised(results: Any, cfg: AppConfig) -> list[ModelRecord]:
                 },
                 config=cfg,
                 run_id=None,
+                untouched=True,  # the held-out part took no part in any choice
+                graded_split="holdout",
+                n_trials=int(getattr(results, "search_trials", 1) or 1),
             )
         )
     return records

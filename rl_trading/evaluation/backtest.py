@@ -66,23 +66,25 @@ def rolling_var_compliance(returns: np.ndarray, window: int, confidence: float) 
 
 
 def strategy_metrics(run: StrategyRun, cfg: AppConfig) -> dict[str, float]:
-    """metrics.summarize of the run + VaR compliance, costs and trades."""
+    """metrics.summarize of the run (rf 0, the run's bars per year) + VaR compliance, costs,
+    average gross exposure and trades."""
     from rl_trading import metrics
+    from rl_trading.config import periods_per_year_of
 
     weights = run.weights if run.weights.ndim == 2 else run.weights[:, None]
+    ppy = periods_per_year_of(cfg, pd.Series(0, index=run.index))
     out = metrics.summarize(
-        run.equity,
-        weights,
-        periods_per_year=cfg.data.timeframe,
-        risk_free_rate=cfg.reward.risk_free_rate,
-        confidence=cfg.env.var_confidence,
+        run.equity, weights, periods_per_year=ppy, confidence=cfg.env.var_confidence
+    )
+    out["max_drawdown_vol_matched"] = metrics.max_drawdown_at_volatility(
+        run.returns, ppy, cfg.evaluation.grade_volatility
     )
     out["var_compliance"] = rolling_var_compliance(
         run.returns, cfg.env.risk_window, cfg.env.var_confidence
     )
     out["total_costs"] = float(np.sum(run.costs))
     out["exposure"] = float(np.mean(np.abs(weights).sum(axis=1)))
-    for key in ("risk_limit_compliance", "stop_losses", "trades"):
+    for key in ("risk_limit_compliance", "stop_losses", "trades", "vol_scale"):
         if key in run.extra:
             out[key] = float(run.extra[key])
     return out
@@ -408,6 +410,33 @@ def evaluate_runs(runs: dict[str, StrategyRun], cfg: AppConfig, **meta: Any) -> 
     return BacktestResult(runs, mets, targets, dict(meta))
 
 
+def pin_calendar(
+    cfg: AppConfig,
+    preprocessing: dict[str, Any] | None = None,
+    train_bars: dict[str, pd.DataFrame] | None = None,
+    bars: dict[str, pd.DataFrame] | None = None,
+) -> tuple[AppConfig, str]:
+    """`cfg` with `data.periods_per_year` pinned for a backtest, and where it came from.
+
+    In order: the config's own number, the policy's training preprocessing, the calendar
+    measured on the training bars, and only for `auto` without either, the evaluated bars.
+    """
+    from rl_trading.config import resolve_calendar
+
+    if cfg.data.periods_per_year is not None:
+        return cfg, "config"
+    stored = (preprocessing or {}).get("periods_per_year")
+    if stored:
+        out = cfg.model_copy(deep=True)
+        out.data.periods_per_year = float(stored)
+        return out, "policy preprocessing"
+    if cfg.data.calendar != "auto":
+        return resolve_calendar(cfg, None), f"calendar {cfg.data.calendar}"
+    if train_bars:
+        return resolve_calendar(cfg, train_bars), "measured on the training bars"
+    return resolve_calendar(cfg, bars), "measured on the evaluated bars"
+
+
 def backtest(
     policy_source: Any,
     bars: pd.DataFrame | dict[str, pd.DataFrame],
@@ -416,27 +445,38 @@ def backtest(
     scaler_bars: pd.DataFrame | dict[str, pd.DataFrame] | None = None,
     include_supervised: bool = True,
     allow_overlap: bool = True,
+    n_trials: int = 1,
+    trial_sharpes: list[float] | None = None,
 ) -> BacktestResult:
     """Deterministic pass of the policy (None: baselines only) next to every baseline.
 
     Baselines run on exactly the bars the policy traded (from its first decision bar, after
-    the feature warm-up) with the same costs and starting capital. With `allow_overlap=False`
-    bars inside the policy's stored training range are refused (the CLI's default).
+    the feature warm-up) with the same costs and starting capital, plus buy-and-hold and
+    equal-weight scaled to the policy's realised volatility. The policy's metrics carry its
+    PSR and its DSR deflated for `n_trials` (`trial_sharpes`: their per-period Sharpes).
+    With `allow_overlap=False` bars inside the policy's stored training range are refused
+    (the CLI's default).
     """
+    from rl_trading import metrics
     from rl_trading.data import fingerprint
 
     data = as_bar_dict(bars)
+    bundle = load_policy(policy_source, cfg) if policy_source is not None else None
+    train = as_bar_dict(scaler_bars) if scaler_bars is not None else None
+    cfg, ppy_origin = pin_calendar(cfg, bundle.preprocessing if bundle else None, train, data)
     runs: dict[str, StrategyRun] = {}
     meta: dict[str, Any] = {"seed": seed, "symbols": list(data)}
-    if policy_source is not None:
+    target_vol = None
+    if bundle is not None:
         kwargs = {"seed": seed, "scaler_bars": scaler_bars, "allow_overlap": allow_overlap}
-        run, info = run_policy(policy_source, data, cfg, **kwargs)
+        run, info = run_policy(bundle, data, cfg, **kwargs)
         runs["policy"] = run
         meta.update(info)
         start = data[next(iter(data))].index.get_loc(run.index[0])
         data = {s: f.iloc[start : start + len(run.equity)] for s, f in data.items()}
         capital = float(run.equity[0])
         single = info["env"] == "single"
+        target_vol = float(np.std(run.returns, ddof=1)) if run.returns.size > 1 else 0.0
     else:
         capital, single = None, False
     runs.update(
@@ -447,6 +487,7 @@ def backtest(
             include_supervised=include_supervised,
             capital=capital,
             rate=cost_rate(cfg, single=single),
+            target_vol=target_vol,
         )
     )
     meta["cost_rate"] = cost_rate(cfg, single=single)
@@ -457,7 +498,17 @@ def backtest(
             "end": str(first.index[-1]),
             "n_bars": len(first),
             "timeframe": cfg.data.timeframe,
+            "calendar": cfg.data.calendar,
+            "periods_per_year": float(cfg.data.periods_per_year or 0.0),
+            "periods_per_year_origin": ppy_origin,
+            "risk_free_rate": metrics.RISK_FREE_RATE,
+            "n_trials": int(n_trials),
             "data_fingerprint": fingerprint(data),
         }
     )
-    return evaluate_runs(runs, cfg, **meta)
+    meta["supervised_baseline"] = runs["flat"].extra.get("supervised_baseline", "")
+    result = evaluate_runs(runs, cfg, **meta)
+    if "policy" in runs:
+        pm = result.metrics["policy"]
+        pm["dsr"] = metrics.deflated_sharpe_ratio(runs["policy"].returns, n_trials, trial_sharpes)
+    return result

@@ -16,7 +16,14 @@ Baselines (all on the same bars and cost model as the policy):
   ``[-max_position_size, max_position_size]`` (``[0, max]`` without shorts) per instrument,
   else hold, so its turnover is comparable to a trading policy rather than pure cost.
 * ``supervised``: sign of (P(up) - 0.5) x max_position_size from a saved supervised model
-  (only when :mod:`rl_trading.supervised` and a saved model exist).
+  fitted only on bars before the evaluated ones (:func:`supervised_targets`); when there is
+  none, every run's ``extra["supervised_baseline"]`` says why (the report shows it).
+* ``buy_and_hold_vol_matched`` / ``equal_weight_vol_matched`` (when a policy's realised
+  volatility is given): the same schedules with every weight scaled by one factor so the
+  baseline's realised volatility equals the policy's, under the policy's limit (gross
+  exposure at most ``env.max_position_size``, as in the envs) and the same costs. The factor and
+  whether a limit bound it are in the run's ``extra``. A policy that sits mostly in cash is
+  thus compared with a baseline holding as little risk.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ if TYPE_CHECKING:
     from rl_trading.config import AppConfig
 
 BASELINES = ("buy_and_hold", "equal_weight", "flat", "random")
+VOL_MATCHED = ("buy_and_hold_vol_matched", "equal_weight_vol_matched")
 
 
 @dataclass
@@ -161,16 +169,43 @@ def random_targets(
 
 def supervised_targets(
     bars: dict[str, pd.DataFrame], cfg: AppConfig, model_type: str | None = None
-) -> np.ndarray | None:
-    """Weights from a saved supervised model's P(up) (None when no such model is available)."""
+) -> tuple[np.ndarray | None, str]:
+    """Weights from a saved supervised model's P(up), or None and the reason there are none.
+
+    Date-checked: a model is used only when every evaluated bar comes after the last bar it
+    was fitted on (`train_range` in its metadata); otherwise the next model is tried, and the
+    reasons of every model tried are returned (the report shows them, never a silent gap).
+    """
     try:
         from rl_trading.supervised.api import predict_proba
-    except ImportError:
-        return None
+        from rl_trading.supervised.storage import load_saved
+    except ImportError as exc:
+        return None, f"supervised models unavailable ({exc})"
     models = [model_type] if model_type else [m for m in cfg.supervised.models if m != "cnn_lstm"]
+    if not models:
+        return None, "no supervised model configured (supervised.models)"
     timeframe = cfg.data.timeframe
     max_w = cfg.env.max_position_size
+    first_bar = min(frame.index[0] for frame in bars.values())
+    reasons = []
     for mtype in models:
+        try:
+            saved = load_saved(mtype, timeframe)
+        except Exception as exc:  # noqa: BLE001 - no saved model: say so and try the next
+            reasons.append(f"{mtype}_{timeframe}: no saved model ({_one_line(exc)})")
+            continue
+        train_range = saved.metadata.get("train_range") or []
+        if len(train_range) != 2:
+            reasons.append(f"{mtype}_{timeframe}: no training dates in its metadata")
+            continue
+        fitted_to = pd.Timestamp(train_range[1])
+        fitted_to = fitted_to.tz_localize("UTC") if fitted_to.tzinfo is None else fitted_to
+        if first_bar <= fitted_to:
+            reasons.append(
+                f"{mtype}_{timeframe}: fitted on bars up to {fitted_to}, which overlap the "
+                f"evaluated bars from {first_bar}"
+            )
+            continue
         cols = []
         try:
             for frame in bars.values():
@@ -178,10 +213,50 @@ def supervised_targets(
                 p = proba.to_numpy(np.float64)
                 w = np.where(p > 0.5, max_w, -max_w if cfg.env.allow_short else 0.0)
                 cols.append(np.where(np.isnan(p), 0.0, w))
-        except Exception:  # noqa: BLE001 - no saved model / incompatible bars: no baseline
+        except Exception as exc:  # noqa: BLE001 - incompatible bars: reported, not hidden
+            reasons.append(f"{mtype}_{timeframe}: cannot predict on these bars ({_one_line(exc)})")
             continue
-        return np.column_stack(cols)
-    return None
+        return np.column_stack(cols), f"{mtype}_{timeframe} (fitted up to {fitted_to})"
+    return None, "; ".join(reasons)
+
+
+def _one_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def vol_matched(
+    name: str,
+    data: dict[str, pd.DataFrame],
+    targets: np.ndarray,
+    target_vol: float,
+    max_weight: float,
+    capital: float,
+    rate: float,
+) -> StrategyRun:
+    """`targets` scaled by one factor so the run's per-bar volatility is `target_vol`.
+
+    The factor is capped so the gross target exposure stays within `max_weight` (the envs'
+    `env.max_position_size` bounds a policy's gross exposure the same way); two passes (the
+    costs depend a little on the scale).
+    """
+    base = simulate_weights(name, data, targets, capital, rate)
+    finite = targets[~np.isnan(targets)]
+    gross = float(np.nanmax(np.nansum(np.abs(targets), axis=1))) if finite.size else 0.0
+    cap = max_weight / gross if gross > 0 else 0.0
+    scale = 0.0
+    run = base
+    for _ in range(2):
+        vol = float(np.std(run.returns, ddof=1)) if run.returns.size > 1 else 0.0
+        if vol <= 0.0 or target_vol <= 0.0:
+            break
+        scale = min(scale * target_vol / vol if scale > 0 else target_vol / vol, cap)
+        run = simulate_weights(name, data, targets * scale, capital, rate)
+        if scale >= cap:
+            break
+    if scale == 0.0:
+        run = simulate_weights(name, data, flat_targets(*targets.shape), capital, rate)
+    run.extra.update({"vol_scale": scale, "limit_bound": bool(scale >= cap - 1e-12)})
+    return run
 
 
 def run_baselines(
@@ -192,10 +267,13 @@ def run_baselines(
     rebalance_every: int = 20,
     capital: float | None = None,
     rate: float | None = None,
+    target_vol: float | None = None,
 ) -> dict[str, StrategyRun]:
     """Every baseline on the same bars and cost model (random seeded with `seed`).
 
     `capital` / `rate` default to the hierarchical env's (env.initial_capital, cost_rate).
+    `target_vol` (the policy's per-bar return std) adds the volatility-matched buy-and-hold
+    and equal-weight baselines.
     """
     data = as_bar_dict(bars)
     t_len, n = len(next(iter(data.values()))), len(data)
@@ -207,11 +285,27 @@ def run_baselines(
         "flat": flat_targets(t_len, n),
         "random": random_targets(t_len, n, seed, cfg.env.max_position_size, cfg.env.allow_short),
     }
+    status = "not requested"
     if include_supervised:
-        sup = supervised_targets(data, cfg)
+        sup, status = supervised_targets(data, cfg)
         if sup is not None:
             schedules["supervised"] = sup
-    return {
+    runs = {
         name: simulate_weights(name, data, targets, capital, rate)
         for name, targets in schedules.items()
     }
+    for run in runs.values():
+        run.extra["supervised_baseline"] = status
+    if target_vol is not None:
+        for base in ("buy_and_hold", "equal_weight"):
+            name = f"{base}_vol_matched"
+            runs[name] = vol_matched(
+                name,
+                data,
+                schedules[base],
+                float(target_vol),
+                cfg.env.max_position_size,
+                capital,
+                rate,
+            )
+    return runs

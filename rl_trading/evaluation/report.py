@@ -4,7 +4,10 @@
 ``targets`` (each target metric's configured threshold and comparison), ``strategies``
 (every metric of the policy and each baseline), ``target_checks`` (strategy -> metric ->
 value/target/pass), ``policy_vs_baselines`` (policy minus each baseline on headline metrics)
-and, for walk-forward runs, ``walk_forward`` (folds, seeds, per-run rows and mean / 95% CI).
+and, with ``walk``, ``walk_forward`` (``label`` / ``retrained``: without retraining these are
+sub-periods of one test split; folds, seeds, per-run rows and mean / 95% CI over the folds
+with seeds averaged in each). ``meta`` carries ``periods_per_year`` and ``risk_free_rate``
+(always 0) and ``n_trials`` (the DSR's deflation).
 Plots: ``equity.png`` (equity curves), ``drawdown.png``, ``positions.png`` (weights over time)
 and ``walk_forward.png`` (mean Sharpe with CI per strategy) when walk-forward ran.
 """
@@ -31,11 +34,15 @@ HEADLINE = [
     "total_return",
     "annualized_return",
     "sharpe_ratio",
+    "psr",
+    "dsr",
     "sortino_ratio",
     "max_drawdown",
+    "max_drawdown_vol_matched",
     "win_rate",
     "profit_factor",
     "var_compliance",
+    "exposure",
     "turnover",
     "total_costs",
 ]
@@ -76,6 +83,8 @@ def report_dict(
         }
     if walk is not None:
         out["walk_forward"] = {
+            "label": walk.meta.get("label"),
+            "retrained": bool(walk.meta.get("retrained")),
             "meta": walk.meta,
             "folds": walk.folds,
             "seeds": walk.seeds,
@@ -131,7 +140,14 @@ def render_walk_forward(walk: WalkForwardResult, metrics: list[str] | None = Non
     from rich.table import Table
 
     metrics = metrics or ["sharpe_ratio", "total_return", "max_drawdown", "win_rate"]
-    title = f"Walk-forward: {walk.meta.get('n_folds')} folds x {len(walk.seeds)} seeds"
+    if walk.meta.get("retrained"):
+        title = f"Walk-forward (retrained): {walk.meta.get('n_folds')} folds"
+    else:
+        title = (
+            f"Walk-forward sub-periods of one test split, not retrained: "
+            f"{walk.meta.get('n_folds')} sub-periods"
+        )
+    title += f" x {len(walk.seeds)} seeds; 95% CI over {walk.meta.get('n_folds')} (seeds averaged)"
     table = Table(title=title, header_style="bold")
     table.add_column("strategy")
     for m in metrics:
@@ -246,9 +262,10 @@ def write_walk_forward_plot(walk: WalkForwardResult, out_dir: str | Path) -> Pat
         names, means, yerr=err, capsize=5, color=["C3" if n == "policy" else "C0" for n in names]
     )
     ax.axhline(0.0, color="k", lw=0.8)
+    kind = "folds" if walk.meta.get("retrained") else "sub-periods of the test split"
     ax.set_title(
-        f"Sharpe ratio, mean and 95% CI over {walk.meta.get('n_folds')} folds x "
-        f"{len(walk.seeds)} seeds"
+        f"Sharpe ratio, mean and 95% CI over {walk.meta.get('n_folds')} {kind} "
+        f"({len(walk.seeds)} seeds averaged in each)"
     )
     path = Path(out_dir) / "walk_forward.png"
     path.parent.mkdir(parents=True, exist_ok=True)

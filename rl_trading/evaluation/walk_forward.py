@@ -1,11 +1,18 @@
-"""Walk-forward evaluation: folds x seeds, each metric as a mean with a 95% t-interval.
+"""Sub-period evaluation: blocks x seeds, each metric as a mean with a 95% t-interval.
 
-Folds come from :func:`rl_trading.data.walk_forward_splits` (train on the past, test on the
-next block, embargo between). For every fold and seed the policy is backtested on the fold's
-test block next to the baselines; the feature scaler is fit on the fold's *train* block unless
-the policy carries its own. A ``train_fn(train_bars, fold, seed) -> policy source`` retrains
-per fold and seed (the honest protocol); without it one fixed policy is scored on every test
-block (then seeds only vary the random baseline and the env seed, which the interval shows).
+Blocks come from :func:`rl_trading.data.walk_forward_splits` over the bars given (in the demo
+and ``rl-trading backtest --folds``: the test split). For every block and seed the policy is
+backtested on the block next to the baselines; the feature scaler is fit on the bars before
+the block unless the policy carries its own.
+
+Without ``train_fn`` one fixed policy is scored on every block: this is **not** a walk-forward
+(nothing is retrained), only sub-periods of one test split, and it is labelled so
+(``meta["retrained"] = False``). The retraining walk-forward is ``rl-trading evaluate
+walk-forward`` (:mod:`rl_trading.evaluation.walk_forward_retrain`). A ``train_fn(train_bars,
+fold, seed) -> policy source`` retrains per block and seed.
+
+Intervals count independent units only: the seeds of a block are averaged first, then the
+t-interval is taken over the blocks (n = number of blocks, never blocks x seed copies).
 """
 
 from __future__ import annotations
@@ -113,16 +120,45 @@ def walk_forward(
             last = res
             for strategy, mets in res.metrics.items():
                 rows.append({"fold": fold.index, "seed": seed, "strategy": strategy, **mets})
-    summary: dict[str, dict[str, dict[str, float]]] = {}
-    for strategy in dict.fromkeys(r["strategy"] for r in rows):
-        mine = [r for r in rows if r["strategy"] == strategy]
-        keys = [k for k in mine[0] if k not in ("fold", "seed", "strategy")]
-        summary[strategy] = {k: mean_ci([r[k] for r in mine], confidence) for k in keys}
+    summary = summarize_over_folds(rows, confidence)
+    retrained = train_fn is not None
     return WalkForwardResult(
         rows=rows,
         summary=summary,
         folds=fold_info,
         seeds=seeds,
         last=last,
-        meta={"n_folds": len(folds), "embargo": embargo, "confidence": confidence},
+        meta={
+            "n_folds": len(folds),
+            "embargo": embargo,
+            "confidence": confidence,
+            "retrained": retrained,
+            "label": (
+                "walk-forward: retrained per fold"
+                if retrained
+                else "sub-periods of one test split (the policy is not retrained)"
+            ),
+            "interval_over": "folds (seeds averaged within each fold)",
+        },
     )
+
+
+def summarize_over_folds(
+    rows: list[dict[str, Any]], confidence: float = 0.95
+) -> dict[str, dict[str, dict[str, float]]]:
+    """strategy -> metric -> mean_ci over folds, each fold's seeds averaged first (n = folds)."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        mine = [r for r in rows if r["strategy"] == strategy]
+        keys = [k for k in mine[0] if k not in ("fold", "seed", "strategy")]
+        folds = list(dict.fromkeys(r["fold"] for r in mine))
+        summary[strategy] = {}
+        for k in keys:
+            per_fold = []
+            for f in folds:
+                vals = [float(r[k]) for r in mine if r["fold"] == f and r.get(k) is not None]
+                vals = [v for v in vals if math.isfinite(v)]
+                if vals:
+                    per_fold.append(float(np.mean(vals)))
+            summary[strategy][k] = mean_ci(per_fold, confidence)
+    return summary

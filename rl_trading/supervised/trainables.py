@@ -58,6 +58,7 @@ class SupervisedResults:
     records: list[SupervisedRecord]
     run_dir: Path
     results_path: Path
+    search_trials: int = 1  # configurations tried per model x timeframe (Optuna n_trials)
 
     def saved_models(self) -> dict[str, dict[str, Any]]:
         """``{"<model>_<tf>": {"path": ..., "metrics": ..., "mlflow_run_id": ...}}`` of the
@@ -350,6 +351,7 @@ def train_supervised(
             settings=settings,
         )
         hps: dict[tuple[str, str], dict[str, Any]] = {}
+        trials = 1
         if optimize:
             trials = n_trials or cfg.tuning.n_trials
             for model, tf in jobs:
@@ -377,11 +379,12 @@ def train_supervised(
     payload = {
         "records": [_jsonable(r.__dict__) for r in records],
         "optimize": optimize,
+        "search_trials": trials if optimize else 1,
         "config": cfg.supervised.model_dump(mode="json"),
         "models_dir": str(models_dir),
     }
     results_path.write_text(json.dumps(payload, indent=2, default=str))
-    return SupervisedResults(records, run_dir, results_path)
+    return SupervisedResults(records, run_dir, results_path, trials if optimize else 1)
 
 
 def _collect(grid: Any, settings: dict[str, Any]) -> list[SupervisedRecord]:

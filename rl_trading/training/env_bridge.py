@@ -148,6 +148,8 @@ class EnvFactory:
     shared: bool = False
     shared_env: type | None = None
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    # the run's bars per year (config.resolve_calendar); None: `timeframe` on the 24h calendar
+    periods_per_year: float | None = None
     _spaces: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -219,10 +221,14 @@ def hierarchical_factory(
 
     `source` is the config the bars were loaded with (`observed_market(source)` then a time
     split, as `session.load_splits` does): the env configs and checkpoints then carry a data
-    reference instead of the bars. Without it the bars travel inline.
+    reference instead of the bars. Without it the bars travel inline. The calendar is resolved
+    once from `train_bars` (`config.resolve_calendar`), so training envs, validation envs and
+    the validation metrics annualise with the same bars per year.
     """
     from envs.registration import HierarchicalRLlibEnv, data_reference, make_env_config
+    from rl_trading.config import resolve_calendar
 
+    cfg = resolve_calendar(cfg, train_bars)
     scalers = fit_scalers(cfg, train_bars)
     train_ref = data_reference(source, train_bars) if source is not None else None
     val_ref = data_reference(source, val_bars) if source is not None and val_bars else None
@@ -236,6 +242,7 @@ def hierarchical_factory(
         shared=cfg.phases.shared_specialist_policy,
         shared_env=SharedSpecialistEnv,
         metadata=checkpoint_metadata(cfg, train_bars, scalers, train_ref),
+        periods_per_year=cfg.data.periods_per_year,
     )
 
 

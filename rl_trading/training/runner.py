@@ -225,6 +225,7 @@ def run_phase(
                 if it % cfg.phases.eval_interval == 0 or it == total:
                     sync_driver_modules(algo, modules)
                     ps.last_val = validate(factory, mode, modules, seed=cfg.seed)
+                    ps.val_sharpes.append(float(ps.last_val["val_sharpe"]))
                     if ps.best_val_sharpe is None or ps.last_val["val_sharpe"] > ps.best_val_sharpe:
                         ps.best_val_sharpe = ps.last_val["val_sharpe"]
                         best = save_algorithm(algo, phase_dir / "best", factory.metadata)
@@ -233,6 +234,7 @@ def run_phase(
                 if ps.best_val_sharpe is not None:
                     metrics["best_val_sharpe"] = ps.best_val_sharpe
                 metrics["iteration"] = float(it)
+                metrics["n_selection_trials"] = float(len(state.selection_trials()))
                 if progress is not None:
                     done = it - start_iter
                     elapsed = time.monotonic() - t0

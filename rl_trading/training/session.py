@@ -19,13 +19,21 @@ from rl_trading.training.state import STATE_FILE, RunState, run_dir_lock
 
 def load_splits(cfg: AppConfig) -> tuple[dict, dict, str]:
     """(train bars, validation bars, data fingerprint) from the configured source."""
-    from rl_trading.data import fingerprint, split_by_time
+    from rl_trading.data import fingerprint, split_for_env
     from rl_trading.supervised.signals import observed_market
 
     bars = observed_market(cfg)
-    d = cfg.data
-    splits = split_by_time(bars, d.train_frac, d.val_frac, d.embargo_bars)
+    splits = split_for_env(bars, cfg)  # validation keeps its first bars (causal history)
     return splits.train, splits.val, fingerprint(bars)
+
+
+def pin_periods_per_year(cfg: AppConfig, factory: EnvFactory) -> AppConfig:
+    """`cfg` with the factory's resolved bars per year (one annualisation for the whole run)."""
+    if cfg.data.periods_per_year is not None or factory.periods_per_year is None:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.data.periods_per_year = float(factory.periods_per_year)
+    return out
 
 
 def find_run_dir(
@@ -123,6 +131,7 @@ def train(
             train_bars, val_bars, fp = load_splits(cfg)
             factory = hierarchical_factory(cfg, train_bars, val_bars, source=cfg)  # data by ref
             tags["data_fingerprint"] = fp
+        cfg = pin_periods_per_year(cfg, factory)
         check_checkpoint_policies(factory, phases[0], from_checkpoint)
         if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
             from rl_trading.tracking import check_tracking, resolve_tracking_uri

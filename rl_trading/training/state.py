@@ -40,6 +40,8 @@ class PhaseState:
     checkpoint_env_steps: int = 0  # env steps the last checkpoint holds
     best_checkpoint: str | None = None
     best_val_sharpe: float | None = None
+    # every validation Sharpe the best checkpoint was chosen among (trials, for the DSR)
+    val_sharpes: list[float] = field(default_factory=list)
     last_val: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
 
@@ -79,6 +81,10 @@ class RunState:
             why = f"{exc.__class__.__name__}: {exc}"[:200]
             raise RunDirError(f"{path} is corrupt ({why})") from None
         return cls(run_dir=run_dir, phases=_parse_phases(raw, path, run_dir))
+
+    def selection_trials(self) -> list[float]:
+        """Validation Sharpes of every checkpoint evaluated for selection, all phases."""
+        return [s for name in sorted(self.phases) for s in self.phases[name].val_sharpes]
 
     def phase(self, name: str) -> PhaseState:
         """State of `name`, created on first use."""

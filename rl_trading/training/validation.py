@@ -139,15 +139,21 @@ def validate(
     meta_override: MetaOverride | None = None,
     agent_override: dict[str, MetaOverride] | None = None,
 ) -> dict[str, float]:
-    """Validation metrics (`val_sharpe`, `val_max_drawdown`, `val_total_return`, ...)."""
+    """Validation metrics (`val_sharpe`, `val_max_drawdown`, `val_total_return`, ...).
+
+    `metrics.summarize` (rf 0) at the factory's resolved bars per year: the same numbers a
+    backtest report gives for the same equity curve (`val_sharpe` = report `sharpe_ratio`).
+    """
     from rl_trading.metrics import summarize
 
     run = run_policies(factory, mode, modules, seed, meta_override, agent_override)
-    stats = summarize(run["equity"], periods_per_year=factory.timeframe)
+    ppy = factory.periods_per_year or factory.timeframe
+    stats = summarize(run["equity"], periods_per_year=ppy)
     return {
         "val_sharpe": float(stats["sharpe_ratio"]),
         "val_max_drawdown": float(stats["max_drawdown"]),
         "val_total_return": float(stats["total_return"]),
         "val_sortino": float(stats["sortino_ratio"]),
+        "val_psr": float(stats["psr"]),
         "val_steps": float(run["steps"]),
     }
