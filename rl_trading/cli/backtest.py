@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, cli_config, console
+from rl_trading.cli.output import JsonOpt, next_steps, print_json
 
 
 def backtest_command(
@@ -32,6 +33,7 @@ def backtest_command(
     seeds: Annotated[
         str | None, typer.Option("--seeds", help="Comma-separated seeds (default from config).")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Backtest a policy (deterministic) against buy-and-hold, equal-weight, flat and random."""
     from rl_trading.errors import ConfigError
@@ -41,6 +43,7 @@ def backtest_command(
         render_table,
         render_targets,
         render_walk_forward,
+        report_dict,
         write_report,
     )
     from rl_trading.evaluation.walk_forward import walk_forward
@@ -59,13 +62,22 @@ def backtest_command(
         walk = walk_forward(source, bars, cfg, n_folds=n_folds, seeds=seed_list, train_fn=None)
     out_dir = out or cfg.resolved_run_dir() / "backtest"
     paths = write_report(result, out_dir, cfg, walk=walk)
+    if as_json:
+        print_json({**report_dict(result, cfg, walk), "files": paths})
+        return
     console.print(render_table(result, title=f"Backtest: {result.meta.get('source')} on {desc}"))
     console.print(render_targets(result))
     if walk is not None:
         console.print(render_walk_forward(walk))
     if str(result.meta.get("scaler_origin", "")).startswith("evaluated"):
         console.print("[yellow]note: no stored feature scaler; fit on the evaluated bars[/]")
-    console.print(f"report: {paths['report']}  plots: {out_dir}")
+    plots = ", ".join(p.name for k, p in paths.items() if k != "report")
+    next_steps(
+        console,
+        ("report", paths["report"]),
+        ("plots", f"{out_dir}/ ({plots})"),
+        ("next", f"python -m json.tool {paths['report']}"),
+    )
 
 
 def register(app: typer.Typer) -> None:

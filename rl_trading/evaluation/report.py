@@ -86,31 +86,124 @@ def report_dict(
     return _clean(out)
 
 
-def _fmt(value: float | None, metric: str) -> str:
-    if value is None or not math.isfinite(value):
+def _fmt(value: float | None, metric: str = "") -> str:
+    """A number as a short, never-cut string: 3 decimals, thousands grouped when large."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    if not math.isfinite(value):
         return "-"
-    if metric in ("total_costs",):
+    if metric in ("total_costs", "final_equity") or abs(value) >= 1e4:
         return f"{value:,.2f}"
+    if float(value).is_integer() and abs(value) >= 10:  # counts: bars, trades
+        return f"{int(value):,}"
     return f"{value:.3f}"
 
 
-def render_table(result: BacktestResult, title: str = "Backtest") -> Table:
-    """Rich table: one row per strategy, headline metrics, pass/fail against the targets."""
-    from rich.table import Table
+def metric_order(metrics: dict[str, dict[str, Any]]) -> list[str]:
+    """Every numeric metric the strategies report: the headline ones first, then the rest."""
+    seen: list[str] = []
+    for mets in metrics.values():
+        for key, value in mets.items():
+            if key not in seen and isinstance(value, int | float) and not isinstance(value, bool):
+                seen.append(key)
+    return [m for m in HEADLINE if m in seen] + [m for m in seen if m not in HEADLINE]
 
-    table = Table(title=title, header_style="bold")
-    table.add_column("strategy")
-    for metric in HEADLINE:
-        table.add_column(metric.replace("_", " "), justify="right")
-    table.add_column("targets", justify="center")
-    for name, mets in result.metrics.items():
-        checks = result.targets.get(name, {})
-        passed = sum(1 for c in checks.values() if c["pass"])
-        flag = "green" if passed == len(checks) else "red" if passed == 0 else "yellow"
-        row = [_fmt(mets.get(m), m) for m in HEADLINE]
-        label = f"[bold]{name}[/]" if name == "policy" else name
-        table.add_row(label, *row, f"[{flag}]{passed}/{len(checks)} pass[/]")
-    return table
+
+class PackedTables:
+    """Rich renderable: a grid split into as many tables as needed to fit the console width.
+
+    Rows are labelled (e.g. one per metric) and every column (e.g. one per strategy) keeps its
+    full header and cells: columns that do not fit go into a further table that repeats the
+    row labels, so nothing is cut at 80 columns (CI logs, redirected output).
+    """
+
+    def __init__(
+        self,
+        title: str,
+        row_header: str,
+        row_labels: list[str],
+        columns: list[tuple[str, list[str]]],
+        caption: str | None = None,
+    ) -> None:
+        self.title = title
+        self.row_header = row_header
+        self.row_labels = row_labels
+        self.columns = columns
+        self.caption = caption
+
+    @staticmethod
+    def _width(header: str, cells: list[str]) -> int:
+        from rich.text import Text
+
+        texts = [Text.from_markup(c).cell_len for c in cells]
+        return max([Text.from_markup(header).cell_len, *texts])
+
+    def groups(self, max_width: int) -> list[list[int]]:
+        """Column indices of each table, packed greedily left to right within `max_width`."""
+        label_w = self._width(self.row_header, self.row_labels) + 3  # padding + border
+        groups: list[list[int]] = []
+        used = label_w + 1
+        for i, (header, cells) in enumerate(self.columns):
+            w = self._width(header, cells) + 3
+            if groups and used + w <= max_width:
+                groups[-1].append(i)
+                used += w
+            else:
+                groups.append([i])
+                used = label_w + 1 + w
+        return groups or [[]]
+
+    def tables(self, max_width: int = 80) -> list[Table]:
+        """The tables as they print at `max_width` columns."""
+        from rich.table import Table
+
+        groups = self.groups(max_width)
+        out = []
+        for n, group in enumerate(groups):
+            title = self.title if len(groups) == 1 else f"{self.title} ({n + 1}/{len(groups)})"
+            caption = self.caption if n == len(groups) - 1 else None
+            table = Table(title=title, caption=caption, header_style="bold")
+            table.add_column(self.row_header, overflow="fold")
+            for i in group:
+                table.add_column(self.columns[i][0], justify="right", overflow="fold")
+            for r, label in enumerate(self.row_labels):
+                table.add_row(label, *[self.columns[i][1][r] for i in group])
+            out.append(table)
+        return out
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        yield from self.tables(options.max_width)
+
+
+def metrics_grid(
+    metrics: dict[str, dict[str, Any]],
+    title: str,
+    targets: dict[str, dict[str, dict[str, Any]]] | None = None,
+    caption: str | None = None,
+) -> PackedTables:
+    """One row per metric, one column per strategy (or model), split to fit the width."""
+    from rich.markup import escape
+
+    order = metric_order(metrics)
+    labels = [m.replace("_", " ") for m in order]
+    columns = []
+    for name, mets in metrics.items():
+        cells = [_fmt(mets.get(m), m) for m in order]
+        if targets is not None:
+            checks = targets.get(name, {})
+            passed = sum(1 for c in checks.values() if c["pass"])
+            flag = "green" if passed == len(checks) else "red" if passed == 0 else "yellow"
+            cells.append(f"[{flag}]{passed}/{len(checks)}[/]")
+        label = escape(str(name))
+        columns.append((f"[bold]{label}[/]" if name == "policy" else label, cells))
+    if targets is not None:
+        labels.append("targets passed")
+    return PackedTables(title, "metric", labels, columns, caption)
+
+
+def render_table(result: BacktestResult, title: str = "Backtest") -> PackedTables:
+    """Every metric of the policy and each baseline (one row per metric), targets passed."""
+    return metrics_grid(result.metrics, title, targets=result.targets)
 
 
 def render_targets(result: BacktestResult, strategy: str = "policy") -> Table:
@@ -119,31 +212,31 @@ def render_targets(result: BacktestResult, strategy: str = "policy") -> Table:
 
     table = Table(title=f"{strategy} vs targets", header_style="bold")
     for col in ("metric", "value", "target", "result"):
-        table.add_column(col, justify="right" if col != "metric" else "left")
+        table.add_column(col, justify="right" if col != "metric" else "left", overflow="fold")
     for metric, c in result.targets.get(strategy, {}).items():
         verdict = "[green]PASS[/]" if c["pass"] else "[red]FAIL[/]"
         table.add_row(metric, _fmt(c["value"], metric), f"{c['op']} {c['target']:g}", verdict)
     return table
 
 
-def render_walk_forward(walk: WalkForwardResult, metrics: list[str] | None = None) -> Table:
-    """Rich table of mean [95% CI] per strategy over folds x seeds."""
-    from rich.table import Table
-
+def render_walk_forward(walk: WalkForwardResult, metrics: list[str] | None = None) -> PackedTables:
+    """Mean and 95% CI per strategy over folds x seeds: one row per strategy and statistic."""
     metrics = metrics or ["sharpe_ratio", "total_return", "max_drawdown", "win_rate"]
     title = f"Walk-forward: {walk.meta.get('n_folds')} folds x {len(walk.seeds)} seeds"
-    table = Table(title=title, header_style="bold")
-    table.add_column("strategy")
+    from rich.markup import escape
+
+    labels = []
+    for name in walk.summary:
+        labels += [f"{escape(name)} mean", f"{escape(name)} 95% CI"]
+    columns = []
     for m in metrics:
-        table.add_column(f"{m} mean [95% CI]", justify="right")
-    for name, summ in walk.summary.items():
         cells = []
-        for m in metrics:
+        for summ in walk.summary.values():
             s = summ.get(m, {})
-            lo, hi = _fmt(s.get("ci_low"), m), _fmt(s.get("ci_high"), m)
-            cells.append(f"{_fmt(s.get('mean'), m)} [{lo}, {hi}]")
-        table.add_row(name, *cells)
-    return table
+            cells.append(_fmt(s.get("mean"), m))
+            cells.append(f"[{_fmt(s.get('ci_low'), m)}, {_fmt(s.get('ci_high'), m)}]")
+        columns.append((m.replace("_", " "), cells))
+    return PackedTables(title, "strategy", labels, columns)
 
 
 def _drawdown(equity: np.ndarray) -> np.ndarray:
