@@ -53,6 +53,8 @@ def init_ray(
             raise ConnectionFailure(f"could not join Ray cluster at {addr}: {exc}") from None
     else:
         kwargs.setdefault("include_dashboard", False)
+        if os.environ.get("RL_TRADING_QUIET_WORKERS") == "1":  # set by the CLI (cli/logs.py)
+            kwargs.setdefault("log_to_driver", False)
         ray.init(num_cpus=num_cpus, **kwargs)
     return dict(ray.cluster_resources())
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, cli_config, console
 from rl_trading.cli.output import JsonOpt, next_steps, print_json
 
@@ -61,6 +62,7 @@ def backtest_command(
     if n_folds > 1:
         walk = walk_forward(source, bars, cfg, n_folds=n_folds, seeds=seed_list, train_fn=None)
     out_dir = out or cfg.resolved_run_dir() / "backtest"
+    log = logs.attach_run_dir(out_dir if out is not None else out_dir.parent)
     paths = write_report(result, out_dir, cfg, walk=walk)
     if as_json:
         print_json({**report_dict(result, cfg, walk), "files": paths})
@@ -76,6 +78,7 @@ def backtest_command(
         console,
         ("report", paths["report"]),
         ("plots", f"{out_dir}/ ({plots})"),
+        *([("logs", log)] if log is not None else []),
         ("next", f"python -m json.tool {paths['report']}"),
     )
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, cli_config, console
 from rl_trading.cli.output import JsonOpt, next_steps, print_json
 
@@ -209,7 +210,9 @@ def ensemble(
         raise ConfigError(f"--method must be mean or vote, not '{method}'")
     w = parse_weights(weights, len(names))
     cfg = cli_config(config, sets)
-    res = create_ensemble(names, cfg, method, w, split, model_type, out)  # type: ignore[arg-type]
+    out_dir = out or cfg.resolved_run_dir() / "ensemble"
+    log = logs.attach_run_dir(out_dir)
+    res = create_ensemble(names, cfg, method, w, split, model_type, out_dir)  # type: ignore[arg-type]
     rec = res.record
     if as_json:
         print_json(
@@ -226,7 +229,8 @@ def ensemble(
     next_steps(
         console,
         ("report", res.report_paths["report"]),
-        ("next", f"rl-trading backtest --model {rec.name}"),
+        *([("logs", log)] if log is not None else []),
+        ("next", f"rl-trading backtest --model {rec.name} --split test"),
     )
 
 

@@ -42,6 +42,7 @@ def pbt(
     mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
 ) -> None:
     """Population-Based Training of one phase; writes best.json, trials.csv and lineage.png."""
+    from rl_trading.cli import logs
     from rl_trading.data import load_market, split_by_time
     from tuning.pbt import run_pbt
     from tuning.results import render_table
@@ -69,10 +70,14 @@ def pbt(
         resume=resume,
         init_checkpoint=str(from_checkpoint) if from_checkpoint else None,
         mlflow=mlflow,
-        verbose=1,
+        verbose=1 if logs.verbose_requested() else 0,
     )
+    log = logs.attach_run_dir(result.run_dir)
     console.print(render_table(result.table, result.metric))
     best = ", ".join(f"{k}={v:.4g}" for k, v in result.best_config.items())
     console.print(f"best {result.metric} = {result.best_metric:.4f} ({result.best_trial}): {best}")
     console.print(f"best checkpoint: {result.best_checkpoint}")
     console.print(f"run folder: {result.run_dir} (best.json, trials.csv, lineage.png)")
+    if log is not None:
+        console.print(f"library log: {log}", soft_wrap=True)
+    console.print(f"next: open {Path(result.run_dir) / 'lineage.png'}", soft_wrap=True)

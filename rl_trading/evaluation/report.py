@@ -244,110 +244,158 @@ def _drawdown(equity: np.ndarray) -> np.ndarray:
     return np.where(peak > 0, equity / peak - 1.0, 0.0)
 
 
-def _save_dated_figure(plt: Any, fig: Any, path: Path) -> Path:
-    """Tilt the date axis labels, write `path` (100 dpi) and free the figure."""
-    fig.autofmt_xdate()
+DATE_LABEL = "date (UTC)"
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path, dated: bool = True) -> Path:
+    """Write `path` (100 dpi, tilted date labels when the x axis is time) and free the figure."""
+    if dated:
+        fig.autofmt_xdate()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
-def _plot_equity_curves(
-    plt: Any,
+def _curves_figure(
     result: BacktestResult,
     transform: Callable[[np.ndarray], np.ndarray],
     title: str,
     ylabel: str,
-    path: Path,
     height: float,
-) -> Path:
-    """One line per run of `transform(equity)` over time (the policy drawn thicker)."""
+) -> Any:
+    """One line per strategy of `transform(equity)` over time: the policy drawn thick on top,
+    every baseline beside it."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, height))
     for name, run in result.runs.items():
         y = transform(np.asarray(run.equity, dtype=np.float64))
-        ax.plot(run.index[: len(y)], y, label=name, lw=2.0 if name == "policy" else 1.0)
+        policy = name == "policy"
+        ax.plot(
+            run.index[: len(y)], y, label=name, lw=2.2 if policy else 1.0, zorder=3 if policy else 2
+        )
     ax.set_title(title)
+    ax.set_xlabel(DATE_LABEL)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="best")
+    ax.legend(loc="best", fontsize=8, title="strategy")
     ax.grid(alpha=0.3)
-    return _save_dated_figure(plt, fig, path)
+    return fig
+
+
+def equity_figure(result: BacktestResult) -> Any:
+    """Equity of the policy and every baseline, each normalised to 1.0 at the first bar."""
+    span = f"{result.meta.get('start', '')[:10]} to {result.meta.get('end', '')[:10]}"
+    return _curves_figure(
+        result,
+        lambda eq: eq / eq[0],
+        f"Equity: policy vs baselines ({span})",
+        "equity / initial equity (x)",
+        height=5,
+    )
+
+
+def drawdown_figure(result: BacktestResult) -> Any:
+    """Drawdown (percent below the running peak) of the policy and every baseline."""
+    return _curves_figure(
+        result,
+        lambda eq: 100.0 * _drawdown(eq),
+        "Drawdown: policy vs baselines",
+        "drawdown (% below running peak)",
+        height=4,
+    )
+
+
+POSITION_PANELS = ("policy", "buy_and_hold", "equal_weight", "random")
+
+
+def positions_figure(result: BacktestResult) -> Any:
+    """Positions per instrument over time: the policy and the position baselines, one panel
+    each, sharing the axes so they compare at a glance."""
+    plt = _pyplot()
+    shown = {k: result.runs[k] for k in POSITION_PANELS if k in result.runs}
+    if not shown:
+        shown = dict(list(result.runs.items())[:1])
+    fig, axes = plt.subplots(
+        len(shown), 1, figsize=(11, 2.6 * len(shown) + 0.6), sharex=True, sharey=True
+    )
+    axes = np.atleast_1d(axes)
+    for ax, (name, run) in zip(axes, shown.items(), strict=False):
+        w = np.asarray(run.weights, dtype=np.float64).reshape(len(run.equity), -1)
+        x = run.index[: len(w)]
+        if w.shape[1] == len(run.symbols) and w.shape[1] > 1:
+            ax.stackplot(x, 100.0 * np.clip(w, 0, None).T, labels=run.symbols, alpha=0.8)
+            ax.plot(x, 100.0 * w.sum(axis=1), color="k", lw=0.8, label="net")
+        else:
+            for j in range(w.shape[1]):
+                label = run.symbols[j] if j < len(run.symbols) else f"w{j}"
+                ax.plot(x, 100.0 * w[:, j], lw=0.9, label=label)
+        ax.set_title(f"{name}: position per instrument")
+        ax.set_ylabel("% of equity")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=7, ncol=4)
+    axes[-1].set_xlabel(DATE_LABEL)
+    fig.suptitle("Positions: policy vs baselines (percent of equity, long > 0)")
+    return fig
 
 
 def write_plots(result: BacktestResult, out_dir: str | Path) -> dict[str, Path]:
     """equity.png, drawdown.png and positions.png of every run (matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths: dict[str, Path] = {}
-
-    paths["equity"] = _plot_equity_curves(
-        plt,
-        result,
-        lambda eq: eq / eq[0],
-        "Equity (normalised to 1.0 at start)",
-        "equity / initial",
-        out_dir / "equity.png",
-        height=5,
-    )
-    paths["drawdown"] = _plot_equity_curves(
-        plt,
-        result,
-        _drawdown,
-        "Drawdown",
-        "fraction below peak",
-        out_dir / "drawdown.png",
-        height=4,
-    )
-
-    shown = {k: v for k, v in result.runs.items() if k in ("policy", "buy_and_hold", "random")}
-    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 2.6 * len(shown)), sharex=True)
-    axes = np.atleast_1d(axes)
-    for ax, (name, run) in zip(axes, shown.items(), strict=False):
-        w = np.asarray(run.weights, dtype=np.float64).reshape(len(run.equity), -1)
-        if w.shape[1] == len(run.symbols) and w.shape[1] > 1:
-            ax.stackplot(run.index[: len(w)], np.clip(w, 0, None).T, labels=run.symbols)
-            ax.plot(run.index[: len(w)], w.sum(axis=1), color="k", lw=0.8, label="net")
-        else:
-            for j in range(w.shape[1]):
-                label = run.symbols[j] if j < len(run.symbols) else f"w{j}"
-                ax.plot(run.index[: len(w)], w[:, j], lw=0.9, label=label)
-        ax.set_title(f"{name}: position / allocation (fraction of equity)")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=7, ncol=4)
-    paths["positions"] = _save_dated_figure(plt, fig, out_dir / "positions.png")
-    return paths
+    return {
+        "equity": _save(plt, equity_figure(result), out_dir / "equity.png"),
+        "drawdown": _save(plt, drawdown_figure(result), out_dir / "drawdown.png"),
+        "positions": _save(plt, positions_figure(result), out_dir / "positions.png"),
+    }
 
 
-def write_walk_forward_plot(walk: WalkForwardResult, out_dir: str | Path) -> Path:
-    """walk_forward.png: mean Sharpe per strategy with its 95% CI as error bars."""
-    import matplotlib
+def walk_forward_figure(walk: WalkForwardResult) -> Any:
+    """Mean Sharpe per strategy with its 95% CI as error bars; policy and baselines coloured
+    apart."""
+    from matplotlib.patches import Patch
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(walk.summary)
     means = [walk.summary[n]["sharpe_ratio"]["mean"] for n in names]
     lows = [walk.summary[n]["sharpe_ratio"]["ci_low"] for n in names]
     highs = [walk.summary[n]["sharpe_ratio"]["ci_high"] for n in names]
     err = np.nan_to_num(np.array([np.subtract(means, lows), np.subtract(highs, means)]))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.bar(
-        names, means, yerr=err, capsize=5, color=["C3" if n == "policy" else "C0" for n in names]
-    )
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.3 * len(names)), 4.5))
+    colors = ["C3" if n == "policy" else "C0" for n in names]
+    ax.bar(names, means, yerr=err, capsize=5, color=colors, ecolor="k")
     ax.axhline(0.0, color="k", lw=0.8)
     ax.set_title(
         f"Sharpe ratio, mean and 95% CI over {walk.meta.get('n_folds')} folds x "
         f"{len(walk.seeds)} seeds"
     )
-    path = Path(out_dir) / "walk_forward.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    ax.set_xlabel("strategy")
+    ax.set_ylabel("Sharpe ratio (annualised)")
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.legend(
+        handles=[
+            Patch(color="C3", label="policy"),
+            Patch(color="C0", label="baselines"),
+            plt.Line2D([], [], color="k", marker="_", ls="", markersize=10, label="95% CI"),
+        ],
+        loc="best",
+        fontsize=8,
+    )
+    ax.grid(alpha=0.3, axis="y")
+    return fig
+
+
+def write_walk_forward_plot(walk: WalkForwardResult, out_dir: str | Path) -> Path:
+    """walk_forward.png: mean Sharpe per strategy with its 95% CI as error bars."""
+    return _save(_pyplot(), walk_forward_figure(walk), Path(out_dir) / "walk_forward.png", False)
 
 
 def write_report(
