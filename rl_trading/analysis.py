@@ -125,7 +125,8 @@ def plot_learning_curves(curves: pd.DataFrame) -> Figure:
         for policy, grp in sub.groupby("policy"):
             ax.plot(grp["iteration"], grp["episode_return_mean"], label=policy)
         ax.set_title(f"{phase}: episode return per policy")
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel("mean episode return (reward)")
         ax.grid(alpha=0.3)
         if len(sub):
             ax.legend(fontsize=7)
@@ -248,9 +249,13 @@ def plot_equity_drawdown(result: BacktestResult) -> Figure:
         ax_dd.plot(dd.index, dd[name], lw=width, label=name)
     ax_eq.set_title("Equity vs baselines (1.0 at start)")
     ax_dd.set_title("Drawdown")
+    ax_eq.set_ylabel("equity / initial equity (x)")
+    ax_dd.set_ylabel("fraction below peak")
+    ax_dd.set_xlabel("date (UTC)")
     for ax in (ax_eq, ax_dd):
         ax.grid(alpha=0.3)
     ax_eq.legend(fontsize=8)
+    ax_dd.legend(fontsize=7, ncol=3)
     fig.autofmt_xdate()
     fig.tight_layout()
     return fig

@@ -73,6 +73,8 @@ def init_ray(
     kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("dashboard_host", LOOPBACK)
     kwargs.setdefault("_node_ip_address", LOOPBACK)
+    if os.environ.get("RL_TRADING_QUIET_WORKERS") == "1":  # set by the CLI (cli/logs.py)
+        kwargs.setdefault("log_to_driver", False)
     with _loopback_only(kwargs["_node_ip_address"]):
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
     resources = dict(ray.cluster_resources())

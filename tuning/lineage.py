@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from tuning.trainable import HPARAM_FIELDS, trial_index
@@ -70,12 +71,21 @@ def trial_histories(results: Any) -> dict[int, pd.DataFrame]:
     return out
 
 
-def plot_lineage(
-    results: Any, exploits: pd.DataFrame, metric: str, path: str | Path
-) -> Path | None:
-    """PNG with one panel per hyperparameter (+ the objective) over iterations, per trial.
+HPARAM_UNITS = {
+    "lr": "learning rate (log scale)",
+    "gamma": "discount gamma",
+    "clip_param": "PPO clip",
+    "lambda": "GAE lambda",
+    "entropy_coeff": "entropy coefficient",
+}
 
-    Exploits show as a marker where the target trial took over the source trial's weights.
+
+def lineage_figure(results: Any, exploits: pd.DataFrame, metric: str) -> Any | None:
+    """One panel per hyperparameter (+ the objective) over iterations, one line per trial.
+
+    Exploits show as a marker where the target trial took over the source trial's weights; the
+    objective panel also shows the starting population's mean (dashed) as the baseline the
+    search has to beat. None when no trial reported anything.
     """
     import matplotlib
 
@@ -87,7 +97,7 @@ def plot_lineage(
         return None
     panels = [k for k in HPARAM_FIELDS if any(f"hp/{k}" in d for d in histories.values())]
     panels.append(metric)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels)), sharex=True)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels) + 0.6), sharex=True)
     axes = list(axes) if len(panels) > 1 else [axes]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for idx, df in sorted(histories.items()):
@@ -113,15 +123,34 @@ def plot_lineage(
                         markersize=6,
                         markeredgecolor="black",
                     )
+    starts = [float(d[metric].iloc[0]) for d in histories.values() if metric in d and len(d)]
+    obj = axes[-1]
+    if starts:
+        obj.axhline(
+            float(np.mean(starts)), color="grey", ls="--", lw=1.0, label="start (population mean)"
+        )
     for ax, key in zip(axes, panels, strict=True):
-        ax.set_ylabel(key)
+        ax.set_ylabel(f"{metric} (objective)" if key == metric else HPARAM_UNITS.get(key, key))
         if key == "lr":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0].legend(loc="upper left", fontsize=7, ncol=4)
+    axes[0].legend(loc="upper left", fontsize=7, ncol=4, title="trial")
+    obj.legend(loc="best", fontsize=7)
     axes[-1].set_xlabel("training iteration")
     fig.suptitle(f"PBT lineage ({len(exploits)} exploits; dots: after an exploit)")
     fig.tight_layout()
+    return fig
+
+
+def plot_lineage(
+    results: Any, exploits: pd.DataFrame, metric: str, path: str | Path
+) -> Path | None:
+    """lineage.png: :func:`lineage_figure` saved at `path` (None when nothing was reported)."""
+    import matplotlib.pyplot as plt
+
+    fig = lineage_figure(results, exploits, metric)
+    if fig is None:
+        return None
     path = Path(path)
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
+from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, console, policy_config
+from rl_trading.cli.output import JsonOpt, next_steps, print_json
 
 
 def backtest_command(
@@ -38,6 +40,7 @@ def backtest_command(
             "--allow-overlap", help="Evaluate dates inside the model's training range too."
         ),
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Backtest a policy (deterministic) against buy-and-hold, equal-weight, flat and random.
 
@@ -50,6 +53,7 @@ def backtest_command(
         render_table,
         render_targets,
         render_walk_forward,
+        report_dict,
         write_report,
     )
     from rl_trading.evaluation.walk_forward import walk_forward
@@ -70,7 +74,11 @@ def backtest_command(
     if n_folds > 1:
         walk = walk_forward(source, bars, cfg, n_folds=n_folds, seeds=seed_list, train_fn=None)
     out_dir = out or cfg.resolved_run_dir() / "backtest"
+    log = logs.attach_run_dir(out_dir if out is not None else out_dir.parent)
     paths = write_report(result, out_dir, cfg, walk=walk)
+    if as_json:
+        print_json({**report_dict(result, cfg, walk), "files": paths})
+        return
     console.print(render_table(result, title=f"Backtest: {result.meta.get('source')} on {desc}"))
     console.print(render_targets(result))
     if walk is not None:
@@ -80,7 +88,14 @@ def backtest_command(
     if result.meta.get("training_overlap"):
         console.print(f"[yellow]--allow-overlap: {result.meta['training_overlap']}[/]")
     console.print(f"config: {cfg_origin}")
-    console.print(f"report: {paths['report']}  plots: {out_dir}")
+    plots = ", ".join(p.name for k, p in paths.items() if k != "report")
+    next_steps(
+        console,
+        ("report", paths["report"]),
+        ("plots", f"{out_dir}/ ({plots})"),
+        *([("logs", log)] if log is not None else []),
+        ("next", f"python -m json.tool {paths['report']}"),
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.cli.output import JsonOpt, print_json
 from rl_trading.errors import DataError
 
 app = typer.Typer(
@@ -114,7 +115,7 @@ def import_(
 
 
 @app.command()
-def info(db: DbOpt = None) -> None:
+def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List the stored series: symbol, timeframe, rows and time range."""
     from rich.table import Table
 
@@ -122,6 +123,19 @@ def info(db: DbOpt = None) -> None:
 
     store = BarStore(db)
     items = store.info()
+    if as_json:
+        rows = [
+            {
+                "symbol": it.symbol,
+                "timeframe": it.timeframe,
+                "rows": it.rows,
+                "first": None if it.first is None else str(it.first),
+                "last": None if it.last is None else str(it.last),
+            }
+            for it in items
+        ]
+        print_json({"db": store.safe_url, "series": rows})
+        return
     table = Table(title=f"historical_bars in {store.safe_url}")
     for col in ("symbol", "timeframe", "rows", "first", "last"):
         table.add_column(col, justify="right" if col == "rows" else "left")
@@ -165,7 +179,7 @@ def synth(
 
 
 @app.command()
-def summary(config: ConfigOpt = None, sets: SetOpt = None) -> None:
+def summary(config: ConfigOpt = None, sets: SetOpt = None, as_json: JsonOpt = False) -> None:
     """What `load_market` gives for a config: instruments, bars, range and fingerprint."""
     from rich.table import Table
 
@@ -173,6 +187,25 @@ def summary(config: ConfigOpt = None, sets: SetOpt = None) -> None:
 
     cfg = cli_config(config, sets)
     market = load_market(cfg)
+    if as_json:
+        print_json(
+            {
+                "source": cfg.data.source,
+                "timeframe": cfg.data.timeframe,
+                "fingerprint": fingerprint(market),
+                "symbols": {
+                    sym: {
+                        "bars": len(bars),
+                        "first": str(bars.index[0]),
+                        "last": str(bars.index[-1]),
+                        "last_close": float(bars["close"].iloc[-1]),
+                        "fingerprint": fingerprint(bars),
+                    }
+                    for sym, bars in market.items()
+                },
+            }
+        )
+        return
     table = Table(title=f"market: source={cfg.data.source}, timeframe={cfg.data.timeframe}")
     for col in ("symbol", "bars", "first", "last", "last close", "fingerprint"):
         table.add_column(col)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
 
@@ -15,6 +16,8 @@ from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
 def _print_stage(name: str, info: dict[str, Any]) -> None:
     if name == "data":
         table = Table(title="Market data", show_header=False)
+        table.add_column("field", no_wrap=True)
+        table.add_column("value", overflow="fold")  # the fingerprint is copied: never cut
         for key in ("source", "symbols", "timeframe", "bars", "start", "end", "fingerprint"):
             table.add_row(key, str(info[key]))
         table.add_row("train / val / test", f"{info['train']} / {info['val']} / {info['test']}")
@@ -55,10 +58,13 @@ def demo(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Run the whole pipeline: data, supervised models, RL phases 1-3, registry, backtest."""
+    from rl_trading.cli import logs
     from rl_trading.cli.progress import phase_progress
     from rl_trading.pipeline import run_pipeline
 
     cfg = cli_config(config, sets)
+    run_dir = Path(run_dir or cfg.resolved_run_dir()).resolve()
+    log = logs.attach_run_dir(run_dir)
     with phase_progress(console) as progress:
         out = run_pipeline(
             cfg,
@@ -70,16 +76,27 @@ def demo(
         )
     rec = out.model
     pm = out.backtest.metrics["policy"]
+    plots = ", ".join(p.name for k, p in out.report_paths.items() if k != "report")
     lines = [
-        f"run dir        {out.run_dir}",
-        f"model          {rec.display_name}  (grade {rec.grade}, version {rec.version})",
-        f"test Sharpe    {pm['sharpe_ratio']:.3f}   max drawdown {pm['max_drawdown']:.3f}   "
+        f"run dir  {out.run_dir}",
+        f"model    {rec.display_name}",
+        f"         grade {rec.grade}, version {rec.version}",
+        f"test     Sharpe {pm['sharpe_ratio']:.3f}, max drawdown {pm['max_drawdown']:.3f}, "
         f"total return {pm['total_return']:.3%}",
-        f"report         {out.report_paths['report']}",
-        f"plots          {', '.join(p.name for k, p in out.report_paths.items() if k != 'report')}",
-        "next           rl-trading models list | mlflow ui --backend-store-uri sqlite:///mlflow.db",
+        f"report   {out.report_paths['report']}",
+        f"plots    {plots}",
     ]
-    console.print(Panel("\n".join(lines), title="rl-trading demo: done", expand=False))
+    if log is not None:
+        lines.append(f"logs     {log}")
+    body = Text("\n".join(lines), overflow="fold")
+    console.print(Panel(body, title="rl-trading demo: done", expand=False))
+    # commands on lines of their own, never wrapped, so they can be copied
+    for cmd in (
+        f"rl-trading models info {rec.name}",
+        f"rl-trading backtest --model {rec.name} --split test",
+        "mlflow ui --backend-store-uri sqlite:///mlflow.db",
+    ):
+        console.print(f"next: {cmd}", soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

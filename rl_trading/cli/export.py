@@ -38,6 +38,16 @@ def onnx(
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --model NAME or --checkpoint PATH")
     cfg, _ = policy_config(config, sets, checkpoint=checkpoint, model=model)
+    if model is not None:
+        from rl_trading.registry import ModelRegistry
+
+        rec = ModelRegistry(cfg=cfg).resolve(model)
+        if rec.kind == "ensemble":
+            members = ", ".join(rec.lineage.get("members", [])) or "its members"
+            raise ConfigError(
+                f"'{rec.name}' is an ensemble: ONNX export takes one network; export each "
+                f"member instead ({members})"
+            )
     bundle = load_policy(str(checkpoint) if checkpoint else model, cfg)
     if policy is None:
         if len(bundle.modules) != 1:

@@ -10,6 +10,7 @@ import click
 import typer
 
 from rl_trading import __version__
+from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console, err_console
 from rl_trading.errors import RLTradingError
 
@@ -39,8 +40,20 @@ def root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Show Ray, RLlib, Tune and MLflow logs on the console (default: "
+            "<run_dir>/logs/library.log).",
+        ),
+    ] = False,
 ) -> None:
     """Train, tune, evaluate and version hierarchical RL trading agents on Ray RLlib."""
+    if verbose:
+        os.environ["RL_TRADING_VERBOSE"] = "1"
+    logs.start()
 
 
 @app.command()
@@ -96,14 +109,36 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: run the app, turn known failures into one-line errors."""
+    """Console-script entry point: run the app, turn known failures into one-line errors.
+
+    Library output goes to a log file while the command runs (`rl_trading.cli.logs`); an
+    internal error names that file.
+    """
+    internal = False
+    verbose_before = os.environ.get("RL_TRADING_VERBOSE")
+    try:
+        code = _dispatch(argv)
+        internal = code == _INTERNAL
+        return 1 if internal else code
+    finally:
+        kept = logs.stop()
+        if internal and kept is not None:
+            err_console.print(f"library log: {kept}", highlight=False)
+        if verbose_before is None:  # --verbose holds for this command only
+            os.environ.pop("RL_TRADING_VERBOSE", None)
+
+
+_INTERNAL = -1  # an unexpected exception (reported as exit code 1)
+
+
+def _dispatch(argv: list[str] | None) -> int:
     debug = os.environ.get("RL_TRADING_DEBUG") == "1"
     try:
         rv = app(args=argv, prog_name="rl-trading", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except (click.ClickException, _TyperClickException) as exc:
-        exc.show()
+        exc.show(file=err_console.file)
         return exc.exit_code
     except click.exceptions.Abort:
         err_console.print("aborted")
@@ -129,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             "(set RL_TRADING_DEBUG=1 for the traceback)",
             highlight=False,
         )
-        return 1
+        return _INTERNAL
     return rv if isinstance(rv, int) else 0
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from rl_trading.cli import logs
 from rl_trading.cli.common import (
     ConfigOpt,
     DataOpt,
@@ -17,6 +18,7 @@ from rl_trading.cli.common import (
     console,
     policy_config,
 )
+from rl_trading.cli.output import JsonOpt, next_steps, print_json
 
 app = typer.Typer(help="Registered models: versions, grades, lineage.", no_args_is_help=True)
 TrackingOpt = Annotated[
@@ -38,28 +40,27 @@ def list_models(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     tracking_uri: TrackingOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Every registered model, newest first."""
     from rich.table import Table
 
     registry, _ = _registry(config, sets, tracking_uri)
     records = registry.list(model_type=model_type, grade=grade)
+    if as_json:
+        print_json([record_dict(r) for r in records])
+        return
+    # names are copied into other commands: each gets a whole line, never cut; the details
+    # go in a second line so the table stays readable at 80 columns
     table = Table(title=f"Registered models ({len(records)})", header_style="bold")
-    width = max((len(r.display_name) for r in records), default=4)
-    table.add_column("name", no_wrap=True, min_width=width)  # names are copied: never cut
-    for col in ("type", "kind", "version", "grade", "metric", "aliases", "created"):
-        table.add_column(col)
+    table.add_column("name / type, kind, version, grade, metric, aliases, created", overflow="fold")
     for r in records:
-        table.add_row(
-            r.display_name,
-            r.model_type,
-            r.kind,
-            r.version,
-            r.grade,
-            f"{r.metric_name}={r.metric_value:.3f}",
-            ",".join(r.aliases) or "-",
-            r.created[:19],
+        details = (
+            f"  {r.model_type}, {r.kind}, v{r.version}, grade {r.grade}, "
+            f"{r.metric_name} {r.metric_value:.3f}, aliases {','.join(r.aliases) or '-'}, "
+            f"{r.created[:19].replace('T', ' ')}"
         )
+        table.add_row(f"[bold]{r.display_name}[/]\n{details}")
     console.print(table)
 
 
@@ -70,15 +71,23 @@ def info(
     sets: SetOpt = None,
     tracking_uri: TrackingOpt = None,
     verify: Annotated[bool, typer.Option(help="Re-check every artifact's sha256.")] = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Version, grade, metrics, lineage, data fingerprint and integrity of one model."""
     from rich.table import Table
 
     registry, _ = _registry(config, sets, tracking_uri)
     r = registry.info(name)
+    if as_json:
+        out = record_dict(r)
+        if verify:
+            registry.load_path(r.name)
+            out["integrity"] = "all sha256 match"
+        print_json(out)
+        return
     table = Table(title=r.display_name, show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
     rows = [
         ("registered name", r.name),
         ("type / kind", f"{r.model_type} / {r.kind}"),
@@ -157,34 +166,30 @@ def benchmark(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Write comparison JSON here.")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Backtest several models on the same bars; one comparison table (+ baselines)."""
-    from rich.table import Table
-
     from rl_trading.errors import ConfigError
-    from rl_trading.evaluation.report import HEADLINE
+    from rl_trading.evaluation.report import metrics_grid
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if len(names) < 1:
         raise ConfigError("--models needs at least one name")
     cfg, _ = policy_config(config, sets, model=names[0])  # the first model's training config
     rows = compare_models(names, cfg, data, split)
-    table = Table(title=f"Benchmark on {rows['bars']}", header_style="bold")
-    table.add_column("model")
-    for m in HEADLINE:
-        table.add_column(m.replace("_", " "), justify="right")
-    table.add_column("targets")
-    for name, mets in rows["metrics"].items():
-        passed = rows["passes"][name]
-        table.add_row(name, *[f"{mets.get(m, float('nan')):.3f}" for m in HEADLINE], passed)
-    console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2, default=str))
+    if as_json:
+        print_json(rows)
+        return
+    caption = "targets passed: " + ", ".join(f"{n} {p}" for n, p in rows["passes"].items())
+    console.print(metrics_grid(rows["metrics"], f"Benchmark on {rows['bars']}", caption=caption))
     if rows.get("pbo") is not None:
         console.print(f"probability of backtest overfitting (CSCV): {rows['pbo']:.2f}")
     if rows.get("selection_on_test"):
         console.print("[yellow]compared on the test split: recorded as a selection[/]")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(rows, indent=2, default=str))
         console.print(f"wrote {out}")
 
 
@@ -233,6 +238,83 @@ def compare_models(names: list[str], cfg, data: Path | None, split: str) -> dict
         ModelRegistry(cfg=cfg).record_test_selection(names, pbo)
         out["selection_on_test"] = True
     return out
+
+
+@app.command()
+def ensemble(
+    members: Annotated[str, typer.Argument(help="Comma-separated model names: NAME1,NAME2[,...].")],
+    method: Annotated[
+        str, typer.Option("--method", help="mean (average actions/probabilities) or vote.")
+    ] = "mean",
+    weights: Annotated[
+        str | None, typer.Option("--weights", help="Member weights, e.g. 0.7,0.3.")
+    ] = None,
+    split: Annotated[str, typer.Option("--split", help="Split graded on (val/test).")] = "val",
+    model_type: Annotated[str, typer.Option("--type", help="Registered model type.")] = "ensemble",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report folder (default: <run_dir>/ensemble).")
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Combine registered policies, backtest next to members and baselines, grade, register."""
+    from rl_trading.errors import ConfigError
+    from rl_trading.evaluation.ensemble import create_ensemble, parse_weights
+    from rl_trading.evaluation.report import render_table
+
+    names = [m.strip() for m in members.split(",") if m.strip()]
+    if len(names) < 2:
+        raise ConfigError("an ensemble needs at least two members: NAME1,NAME2")
+    if method not in ("mean", "vote"):
+        raise ConfigError(f"--method must be mean or vote, not '{method}'")
+    w = parse_weights(weights, len(names))
+    cfg = cli_config(config, sets)
+    out_dir = out or cfg.resolved_run_dir() / "ensemble"
+    log = logs.attach_run_dir(out_dir)
+    res = create_ensemble(names, cfg, method, w, split, model_type, out_dir)  # type: ignore[arg-type]
+    rec = res.record
+    if as_json:
+        print_json(
+            {
+                "model": record_dict(rec),
+                "strategies": res.result.metrics,
+                "report": res.report_paths["report"],
+            }
+        )
+        return
+    title = f"Ensemble ({method}) vs members and baselines, {split} split"
+    console.print(render_table(res.result, title=title))
+    console.print(f"registered [bold]{rec.display_name}[/] (grade {rec.grade})", soft_wrap=True)
+    next_steps(
+        console,
+        ("report", res.report_paths["report"]),
+        *([("logs", log)] if log is not None else []),
+        ("next", f"rl-trading backtest --model {rec.name} --split test"),
+    )
+
+
+def record_dict(r) -> dict:  # noqa: ANN001 - a registry ModelRecord
+    """A registry record as plain JSON-ready data (what `--json` prints)."""
+    return {
+        "name": r.name,
+        "display_name": r.display_name,
+        "type": r.model_type,
+        "kind": r.kind,
+        "version": r.version,
+        "grade": r.grade,
+        "grade_score": r.tags.get("rl_trading.grade_score"),
+        "metric": {"name": r.metric_name, "value": r.metric_value},
+        "metrics": r.metrics,
+        "lineage": r.lineage,
+        "aliases": r.aliases,
+        "stage": r.stage,
+        "data_fingerprint": r.data_fingerprint,
+        "signature": r.signature,
+        "source": r.source,
+        "mlflow_run": r.run_id,
+        "created": r.created,
+    }
 
 
 @app.command()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,8 +15,12 @@ _NOISY = ("ray", "ray.rllib", "ray.tune", "ray.train", "ray.data", "mlflow", "al
 
 def quiet_libraries() -> None:
     """Keep Ray's, MLflow's and Alembic's info and warning chatter off the terminal (our own
-    progress and tables say what happens); RL_TRADING_DEBUG=1 keeps everything."""
-    if os.environ.get("RL_TRADING_DEBUG") == "1":
+    progress and tables say what happens); RL_TRADING_DEBUG=1 or --verbose keeps everything.
+    Under the CLI their output already goes to the library log (`cli/logs.py`), which keeps
+    their warnings."""
+    from rl_trading.cli import logs
+
+    if logs.verbose_requested() or logs.routed():
         return
     # both configure their loggers when first imported: import first, then set the levels
     import mlflow  # noqa: F401
@@ -36,6 +39,34 @@ def phase_progress(console: Console) -> Iterator[Callable[[dict[str, Any]], None
     # RLlib reports NaN for an iteration in which no episode finished (long episodes, many
     # vectorised envs): show the last finished episodes' mean reward instead
     last_reward: dict[str, float] = {}
+
+    def describe(info: dict[str, Any]) -> str:
+        name = info["phase"]
+        val = info.get("val_sharpe")
+        reward = info.get("episode_return_mean", float("nan"))
+        if reward == reward:  # not NaN
+            last_reward[name] = reward
+        reward = last_reward.get(name, reward)
+        shown = f"{reward:.3f}" if reward == reward else "n/a"  # no episode done yet
+        text = f"steps {info.get('env_steps', 0):,.0f}  reward {shown}"
+        return text + (f"  val_sharpe {val:.2f}" if val is not None else "")
+
+    if not console.is_terminal:
+        # redirected (CI logs, `> log`): no live bar; one plain line when a phase starts, at
+        # each validation and when it ends
+        started: set[str] = set()
+
+        def lines(info: dict[str, Any]) -> None:
+            name, it, total = info["phase"], info["iteration"], info["total"]
+            text = describe(info)
+            first = name not in started
+            started.add(name)
+            if first or info.get("val_sharpe") is not None or it >= total:
+                console.print(f"{name} it {it:.0f}/{total:.0f}  {text}", highlight=False)
+
+        yield lines
+        return
+
     with Progress(
         TextColumn("[bold]{task.fields[phase]}"),
         BarColumn(),
@@ -50,14 +81,6 @@ def phase_progress(console: Console) -> Iterator[Callable[[dict[str, Any]], None
             name = info["phase"]
             if name not in tasks:
                 tasks[name] = bar.add_task(name, total=info["total"], phase=name, info="")
-            val = info.get("val_sharpe")
-            reward = info.get("episode_return_mean", float("nan"))
-            if reward == reward:  # not NaN
-                last_reward[name] = reward
-            reward = last_reward.get(name, reward)
-            shown = f"{reward:.3f}" if reward == reward else "n/a"  # no episode done yet
-            text = f"steps {info.get('env_steps', 0):,.0f}  reward {shown}"
-            text += f"  val_sharpe {val:.2f}" if val is not None else ""
-            bar.update(tasks[name], completed=info["iteration"], info=text)
+            bar.update(tasks[name], completed=info["iteration"], info=describe(info))
 
         yield progress

@@ -52,6 +52,7 @@ def supervised(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Train the supervised models as Ray Tune trials and print them next to their baselines."""
+    from rl_trading.cli import logs
     from rl_trading.supervised.report import results_table
     from rl_trading.supervised.trainables import train_supervised
 
@@ -75,6 +76,11 @@ def supervised(
         n_trials=n_trials,
         run_dir=run_dir,
         models_dir=models_dir,
+        verbose=1 if logs.verbose_requested() else 0,
     )
+    log = logs.attach_run_dir(Path(results.results_path).parent)
     console.print(results_table(results.records))
-    console.print(f"results: {results.results_path}")
+    console.print(f"results: {results.results_path}", soft_wrap=True)
+    if log is not None:
+        console.print(f"library log: {log}", soft_wrap=True)
+    console.print("next: rl-trading models list --json", soft_wrap=True)

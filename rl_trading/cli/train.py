@@ -72,6 +72,9 @@ def _run(
         except TrainingInterrupted as stop:
             console.print(f"[yellow]{stop}[/]")
             raise typer.Exit(130) from None
+    from rl_trading.cli.logs import attach_run_dir
+
+    log = attach_run_dir(out_dir)
     for name, res in results.items():
         sharpe = "n/a" if res.best_val_sharpe is None else f"{res.best_val_sharpe:.3f}"
         console.print(
@@ -79,6 +82,12 @@ def _run(
             f"best val Sharpe {sharpe}, best checkpoint {res.best_checkpoint}"
         )
     console.print(f"run dir: {out_dir}")
+    if log is not None:
+        console.print(f"library log: {log}", soft_wrap=True)
+    best = next(reversed(results.values())).best_checkpoint if results else None
+    if best:
+        console.print(f"next: rl-trading backtest --checkpoint {best} --split val", soft_wrap=True)
+        console.print(f"      rl-trading models register --checkpoint {best}", soft_wrap=True)
 
 
 @app.command()

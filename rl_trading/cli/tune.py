@@ -42,6 +42,7 @@ def pbt(
     mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
 ) -> None:
     """Population-Based Training of one phase; writes best.json, trials.csv and lineage.png."""
+    from rl_trading.cli import logs
     from rl_trading.data import split_for_env
     from rl_trading.supervised.signals import observed_market
     from tuning.pbt import run_pbt
@@ -70,8 +71,9 @@ def pbt(
         resume=resume,
         init_checkpoint=str(from_checkpoint) if from_checkpoint else None,
         mlflow=mlflow,
-        verbose=1,
+        verbose=1 if logs.verbose_requested() else 0,
     )
+    log = logs.attach_run_dir(result.run_dir)
     console.print(render_table(result.table, result.metric))
     best = ", ".join(f"{k}={v:.4g}" for k, v in result.best_config.items())
     console.print(f"best {result.metric} = {result.best_metric:.4f} ({result.best_trial}): {best}")
@@ -81,3 +83,6 @@ def pbt(
     )
     console.print(f"trials tried: {result.n_trials} (members x perturbation rounds){pbo}")
     console.print(f"run folder: {result.run_dir} (best.json, trials.csv, lineage.png)")
+    if log is not None:
+        console.print(f"library log: {log}", soft_wrap=True)
+    console.print(f"next: open {Path(result.run_dir) / 'lineage.png'}", soft_wrap=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -79,6 +80,43 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+# Preprocessing keys that must be equal across members: they see the same observations.
+SHARED_PREPROCESSING = ("symbols", "features", "window_size", "timeframe", "scalers", "scaler")
+
+
+def check_compatible(bundles: Sequence[Any], names: Sequence[str]) -> None:
+    """Refuse members that would not see the same observations or act in the same spaces.
+
+    Same policy ids, same observation and action space per policy id, and the same stored
+    preprocessing (instruments, features, window, timeframe, scaler statistics): the ensemble
+    feeds every member one observation, so members trained on other data cannot be mixed.
+    """
+    first, ref = bundles[0], names[0]
+    for bundle, name in zip(bundles[1:], names[1:], strict=True):
+        if set(bundle.modules) != set(first.modules):
+            raise CheckpointError(
+                f"ensemble members have different policies: {ref} has "
+                f"{sorted(first.modules)}, {name} has {sorted(bundle.modules)}"
+            )
+        for pid, module in bundle.modules.items():
+            other = first.modules[pid]
+            for attr in ("observation_space", "action_space"):
+                a, b = getattr(other, attr, None), getattr(module, attr, None)
+                if a != b:
+                    what = attr.replace("_", " ")
+                    raise CheckpointError(
+                        f"ensemble members are incompatible: policy '{pid}' {what} "
+                        f"{a} ({ref}) vs {b} ({name})"
+                    )
+        for key in SHARED_PREPROCESSING:
+            a, b = first.preprocessing.get(key), bundle.preprocessing.get(key)
+            if a != b:
+                raise CheckpointError(
+                    f"ensemble members are incompatible: different preprocessing '{key}' "
+                    f"({ref} vs {name}); members must be trained on the same data and features"
+                )
+
+
 class Ensemble:
     """Several policy sources acting as one (see module docstring)."""
 
@@ -102,12 +140,8 @@ class Ensemble:
         if len(self.weights) != len(members) or min(self.weights) < 0 or sum(self.weights) <= 0:
             raise CheckpointError("ensemble weights must be non-negative, one per member")
         self.bundles = [load_policy(m, cfg) for m in members]
+        check_compatible(self.bundles, self.names)
         ids = [set(b.modules) for b in self.bundles]
-        if any(i != ids[0] for i in ids[1:]):
-            raise CheckpointError(
-                f"ensemble members have different policies: {sorted(ids[0])} vs "
-                f"{sorted(next(i for i in ids if i != ids[0]))}"
-            )
         self.modules = {
             pid: EnsembleModule([b.modules[pid] for b in self.bundles], method, self.weights)
             for pid in sorted(ids[0])
@@ -138,6 +172,10 @@ class Ensemble:
         (path / ENSEMBLE_FILE).write_text(json.dumps(spec, indent=2))
         return path
 
+    def lineage(self) -> dict[str, Any]:
+        """What the registry records: members (names or paths), method and weights."""
+        return {"members": list(self.names), "method": self.method, "weights": self.weights}
+
     @classmethod
     def load(cls, path: str | Path, cfg: AppConfig | None = None) -> Ensemble:
         """Rebuild from a saved dir (members resolved as paths or registry names)."""
@@ -151,3 +189,95 @@ class Ensemble:
         if not (path / ENSEMBLE_FILE).is_file():
             raise RegistryError(f"model '{name}' is not an ensemble")
         return cls.load(path, registry.cfg)
+
+
+@dataclass
+class EnsembleOutcome:
+    """A created ensemble: its registry record, the backtest (ensemble as `policy`, each member
+    and the baselines on the same bars) and where the report went."""
+
+    record: Any
+    result: Any
+    report_paths: dict[str, Path]
+    members: list[str]
+
+
+def parse_weights(text: str | None, n: int) -> list[float] | None:
+    """`"0.5,0.3,0.2"` -> floats, one per member (ConfigError otherwise); None -> equal."""
+    from rl_trading.errors import ConfigError
+
+    if text is None or not text.strip():
+        return None
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--weights must be comma-separated numbers, got '{text}'") from None
+    if len(weights) != n:
+        raise ConfigError(f"--weights has {len(weights)} values for {n} members")
+    if min(weights) < 0 or sum(weights) <= 0:
+        raise ConfigError("--weights must be non-negative and not all zero")
+    return weights
+
+
+def create_ensemble(
+    names: Sequence[str],
+    cfg: AppConfig,
+    method: Method = "mean",
+    weights: Sequence[float] | None = None,
+    split: str = "val",
+    model_type: str = "ensemble",
+    out_dir: str | Path | None = None,
+) -> EnsembleOutcome:
+    """Check members, backtest the ensemble next to each member and the baselines on `split`,
+    grade it by that backtest and register it (kind `ensemble`, members as lineage)."""
+    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation.backtest import backtest, evaluate_runs
+    from rl_trading.evaluation.report import write_report
+    from rl_trading.registry import ModelRegistry
+
+    registry = ModelRegistry(cfg=cfg)
+    records = [registry.resolve(n) for n in names]  # unknown names fail before any work
+    resolved = [r.name for r in records]
+    ens = Ensemble(resolved, method, weights, cfg=cfg)
+    bars, train, desc = select_bars(cfg, None, split)
+    result = backtest(ens, bars, cfg, seed=cfg.seed, scaler_bars=train)
+    runs = {"policy": result.runs["policy"]}
+    for name in resolved:
+        member = backtest(name, bars, cfg, seed=cfg.seed, scaler_bars=train)
+        run = member.runs["policy"]
+        if not run.index.equals(runs["policy"].index):
+            raise CheckpointError(f"member {name} trades other bars than the ensemble")
+        runs[name] = run
+    runs.update({k: v for k, v in result.runs.items() if k != "policy"})
+    combined = evaluate_runs(runs, cfg, **{**result.meta, "bars": desc, "source": ens.describe()})
+    out = Path(out_dir) if out_dir is not None else cfg.resolved_run_dir() / "ensemble"
+    paths = write_report(combined, out / "report", cfg)
+    pm = combined.metrics["policy"]
+    metrics = {
+        "sharpe": pm["sharpe_ratio"],
+        "max_drawdown": pm["max_drawdown"],
+        "total_return": pm["total_return"],
+        "win_rate": pm["win_rate"],
+        "sortino": pm["sortino_ratio"],
+    }
+    pre = ens.preprocessing
+    signature = {
+        "ensemble": method,
+        "members": resolved,
+        "policies": sorted(ens.modules),
+        "features": pre.get("features"),
+        "window_size": pre.get("window_size"),
+        "symbols": pre.get("symbols"),
+    }
+    record = registry.register(
+        ens.save(out / "model"),
+        model_type=model_type,
+        kind="ensemble",
+        metrics=metrics,
+        lineage={**ens.lineage(), "eval_split": split, "report": str(paths["report"])},
+        data_fingerprint=pre.get("train_fingerprint"),
+        preprocessing=pre or None,
+        signature=signature,
+        config=cfg,
+    )
+    return EnsembleOutcome(record, combined, paths, resolved)

@@ -12,46 +12,42 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def results_table(records: list[Any]) -> Any:
-    """A `rich.table.Table`: model, timeframe, accuracy, F1, CV mean±std, both baselines,
-    and whether the model beats the better baseline on the held-out test part."""
-    from rich.table import Table
+    """Each model (column) next to its baselines: accuracy, F1, CV mean±std, majority-class and
+    previous-direction accuracy, and whether it beats the better baseline on the held-out
+    test part. A renderable that splits into several tables to fit the console width."""
+    from rich.markup import escape
 
-    table = Table(title="Supervised models (held-out test = last part of the data, time-ordered)")
-    for name in (
-        "model",
-        "timeframe",
-        "accuracy",
-        "F1",
-        "CV acc mean±std",
-        "majority",
-        "prev-direction",
-        "beats baseline?",
-    ):
-        table.add_column(name, justify="left" if name in ("model", "timeframe") else "right")
+    from rl_trading.evaluation.report import PackedTables
+
+    rows = ["accuracy", "F1", "CV acc mean±std", "majority", "prev-direction", "beats baseline?"]
+    columns = []
+    notes = []
     for rec in records:
+        name = escape(f"{rec.model_type} {rec.timeframe}")
         m = rec.metrics
         if rec.status != "ok":
-            table.add_row(
-                rec.model_type,
-                rec.timeframe,
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                f"[yellow]{rec.status}[/]: {rec.note}",
-            )
+            columns.append((name, ["-"] * (len(rows) - 1) + [f"[yellow]{rec.status}[/]"]))
+            notes.append(f"{name}: {escape(str(rec.note))}")
             continue
         cv = f"{_fmt(m.get('cv_accuracy_mean'))}±{_fmt(m.get('cv_accuracy_std'))}"
         beats = "[green]yes[/]" if m.get("beats_baselines") else "[red]no[/]"
-        table.add_row(
-            rec.model_type,
-            rec.timeframe,
-            _fmt(m.get("accuracy")),
-            _fmt(m.get("f1")),
-            cv,
-            _fmt(m.get("majority_accuracy")),
-            _fmt(m.get("prev_direction_accuracy")),
-            beats,
+        columns.append(
+            (
+                name,
+                [
+                    _fmt(m.get("accuracy")),
+                    _fmt(m.get("f1")),
+                    cv,
+                    _fmt(m.get("majority_accuracy")),
+                    _fmt(m.get("prev_direction_accuracy")),
+                    beats,
+                ],
+            )
         )
-    return table
+    return PackedTables(
+        "Supervised models (held-out test = last part of the data, time-ordered)",
+        "metric",
+        rows,
+        columns,
+        caption="; ".join(notes) or None,
+    )
