@@ -47,10 +47,11 @@ def backtest_command(
 
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --checkpoint PATH or --model NAME")
+    given_seeds = parse_seeds(seeds) if seeds is not None else None
     cfg = cli_config(config, sets)
     source = str(checkpoint) if checkpoint is not None else model
     bars, train, desc = select_bars(cfg, data, split)
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else list(cfg.evaluation.seeds)
+    seed_list = given_seeds or list(cfg.evaluation.seeds)
     result = backtest(source, bars, cfg, seed=seed_list[0], scaler_bars=train)
     result.meta["bars"] = desc
     walk = None
@@ -66,6 +67,24 @@ def backtest_command(
     if str(result.meta.get("scaler_origin", "")).startswith("evaluated"):
         console.print("[yellow]note: no stored feature scaler; fit on the evaluated bars[/]")
     console.print(f"report: {paths['report']}  plots: {out_dir}")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 1,2,3` as integers; ConfigError naming the bad item otherwise."""
+    from rl_trading.errors import ConfigError
+
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise ConfigError(f"--seeds must be comma-separated integers, e.g. 1,2,3 (got {text!r})")
+    out = []
+    for item in items:
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ConfigError(
+                f"--seeds: {item!r} is not an integer (use comma-separated integers, e.g. 1,2,3)"
+            ) from None
+    return out
 
 
 def register(app: typer.Typer) -> None:

@@ -8,11 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS, FeatureScaler, compute_features
-from rl_trading.data.loader import SAMPLE_DIR, load_market, sample_files, to_timeframe
+from rl_trading.data.loader import (
+    SAMPLE_DIR,
+    load_market,
+    sample_files,
+    synthetic_symbols,
+    to_timeframe,
+)
 from rl_trading.data.resample import AlignReport, align, resample
 from rl_trading.data.schema import (
     BAR_COLUMNS,
     as_bars,
+    check_symbol,
     empty_bars,
     fingerprint,
     guess_timeframe,
@@ -40,6 +47,7 @@ __all__ = [
     "as_bars",
     "bars_per_year",
     "check_bars",
+    "check_symbol",
     "compute_features",
     "empty_bars",
     "fingerprint",
@@ -54,6 +62,7 @@ __all__ = [
     "split_by_time",
     "synthetic_bars",
     "synthetic_market",
+    "synthetic_symbols",
     "timeframe_delta",
     "to_timeframe",
     "validate_bars",
