@@ -44,7 +44,7 @@ def run_pipeline(
     (tracked in MLflow), registration of the phase-3 best checkpoint graded on the validation
     split, then a backtest on the test split next to the baselines with walk-forward CIs.
     """
-    from rl_trading.data import fingerprint, split_by_time
+    from rl_trading.data import fingerprint, split_by_time, synthetic_symbols
     from rl_trading.evaluation import register_policy, register_supervised, select_bars
     from rl_trading.evaluation.backtest import backtest
     from rl_trading.evaluation.report import write_report
@@ -70,6 +70,7 @@ def run_pipeline(
     out.data = {
         "source": d.source,
         "symbols": list(bars),
+        "synthetic_symbols": synthetic_symbols(bars),
         "timeframe": d.timeframe,
         "bars": len(first),
         "start": str(first.index[0]),

@@ -453,3 +453,16 @@ def test_write_bars_roundtrip_still_fine(workspace) -> None:
     bars = synthetic_bars("X", n_bars=50)
     bars.index.freq = None
     pd.testing.assert_frame_equal(read_bars(write_bars(bars, workspace / "x.csv.gz")), bars)
+
+
+def test_synthetic_marks_survive_signals_and_splits() -> None:
+    from rl_trading.data import split_by_time, synthetic_symbols
+    from rl_trading.supervised.signals import observed_market
+
+    cfg = load_config(
+        None,
+        ["data.synthetic.n_bars=3000", "data.symbols=[A, B]", "supervised.signals_enabled=true"],
+    )
+    bars = observed_market(cfg)
+    assert synthetic_symbols(bars) == ["A", "B"]
+    assert synthetic_symbols(split_by_time(bars, 0.7, 0.15, 5).train) == ["A", "B"]

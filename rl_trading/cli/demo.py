@@ -17,6 +17,7 @@ def _print_stage(name: str, info: dict[str, Any]) -> None:
         table = Table(title="Market data", show_header=False)
         for key in ("source", "symbols", "timeframe", "bars", "start", "end", "fingerprint"):
             table.add_row(key, str(info[key]))
+        table.add_row("synthetic", ", ".join(info.get("synthetic_symbols", [])) or "none")
         table.add_row("train / val / test", f"{info['train']} / {info['val']} / {info['test']}")
         console.print(table)
     elif name == "supervised":

@@ -53,6 +53,7 @@ def train(
     quiet_workers: bool = True,
 ) -> tuple[Path, dict[str, PhaseResult]]:
     """Run `phases` in order in one run dir; `from_checkpoint` seeds the first of them."""
+    from rl_trading.data import synthetic_symbols
     from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
 
     run_dir = find_run_dir(cfg, run_dir, resume)
@@ -61,6 +62,7 @@ def train(
         train_bars, val_bars, fp = load_splits(cfg)
         factory = hierarchical_factory(cfg, train_bars, val_bars)
         tags["data_fingerprint"] = fp
+        tags["synthetic_symbols"] = ",".join(synthetic_symbols(train_bars)) or "none"
     if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
         from rl_trading.tracking import check_tracking, resolve_tracking_uri
 
