@@ -400,13 +400,23 @@ def test_info_on_missing_or_corrupt_sqlite(workspace, capsys) -> None:
     assert code == 0 and "no bars stored" in text and empty.stat().st_size == size
 
 
-def test_wrong_postgres_password_is_not_unreachable(pg_url, capsys) -> None:
-    from sqlalchemy.engine import make_url
+def test_db_errors_name_their_cause() -> None:
+    """Credentials refused, a corrupt file and an unreachable server are told apart."""
+    store = BarStore("postgresql+psycopg2://trader:pw@127.0.0.1:1/bars")
 
-    url = make_url(pg_url).set(password="definitely-wrong").render_as_string(hide_password=False)
-    code, text = _run(["data", "info", "--db", url], capsys)
-    _assert_one_line_error(code, text, 5, "refused the credentials")
-    assert "definitely-wrong" not in text
+    class Fake(Exception):
+        pass
+
+    cases = [
+        ('FATAL:  password authentication failed for user "trader"', ConnectionFailure,
+         "refused the credentials"),
+        ("file is not a database", DataError, "not a valid database"),
+        ("connection to server at 127.0.0.1, port 1 failed: Connection refused",
+         ConnectionFailure, "database unreachable"),
+    ]  # fmt: skip
+    for reason, kind, needle in cases:
+        err = store._connect_error(Fake(reason))
+        assert type(err) is kind and needle in str(err), str(err)
 
 
 # -- 14: exchange-local timestamps --------------------------------------------------------------
