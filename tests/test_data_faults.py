@@ -120,6 +120,25 @@ def test_password_with_url_delimiters_never_shown(password, workspace, capsys, c
     assert "trader:***@127.0.0.1" in saved
 
 
+def test_ray_address_and_verify_rows_hide_passwords() -> None:
+    from rl_trading.ray_utils import check_address
+    from rl_trading.verify import _guard
+
+    password = PASSWORDS[3]
+    address = f"ray://u:{password}@127.0.0.1:{_closed_port()}"
+    with pytest.raises(ConnectionFailure, match="Ray cluster unreachable") as err:
+        check_address(address)
+    _assert_hidden(password, str(err.value))
+
+    def boom() -> str:
+        url = f"postgresql://u:{password}@h/db"
+        raise RuntimeError(f"driver said: cannot reach {url} " + "x" * 5000)
+
+    row = _guard("data", boom)
+    assert not row.ok and len(row.detail) <= 600
+    _assert_hidden(password, row.detail)
+
+
 def test_mlflow_params_and_tags_hide_passwords(workspace) -> None:
     import mlflow
 
