@@ -114,7 +114,7 @@ def validate(
     source = str(path)
     raw = read_raw(path)
     if repair:
-        fixed, changes = repair_bars(raw, assume_utc=assume_utc, tz=tz)
+        fixed, changes = repair_bars(raw, assume_utc=assume_utc, tz=tz, source=source)
         bars = check_bars(fixed, source=source, max_price=ceiling)
         if timeframe is not None:
             check_spacing(bars, timeframe, source)

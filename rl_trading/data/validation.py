@@ -496,15 +496,16 @@ def _changed_rows(frame: pd.DataFrame, mask: np.ndarray, what) -> str:  # noqa: 
 
 
 def repair_bars(
-    df: pd.DataFrame, assume_utc: bool = False, tz: str | None = None
+    df: pd.DataFrame, assume_utc: bool = False, tz: str | None = None, source: str = "<bars>"
 ) -> tuple[pd.DataFrame, list[str]]:
     """Apply the safe fixes and list exactly what changed: sort, drop exact duplicate rows,
     swap high and low where that makes the bar consistent, widen high/low to contain
     open/close. A high < low bar that a swap does not fix is refused (DataError); NaN rows
     and conflicting duplicates are left alone (validation still refuses them)."""
-    frame, issues = inspect_raw(df, assume_utc=assume_utc, tz=tz)
-    if frame is None:
+    frame, issues = inspect_raw(df, source, assume_utc=assume_utc, tz=tz)
+    if issues:  # structure (columns, timestamps) first: nothing to repair before that
         raise DataError(_summary(issues))
+    assert frame is not None
     changes: list[str] = []
     frame = frame.copy()
     if not frame.index.is_monotonic_increasing and not frame.index.hasnans:
@@ -527,7 +528,7 @@ def repair_bars(
     if stuck.any():
         i = int(np.flatnonzero(stuck)[0])
         raise DataError(
-            f"cannot repair: {frame.index[i].strftime('%Y-%m-%dT%H:%M:%SZ')} has high "
+            f"{source}: cannot repair: {frame.index[i].strftime('%Y-%m-%dT%H:%M:%SZ')} has high "
             f"{h[i]:g} < low {low[i]:g}, and swapping them would not contain open {o[i]:g} "
             f"and close {c[i]:g} ({int(stuck.sum())} such rows); fix the source"
         )
