@@ -65,11 +65,16 @@ class SyntheticConfig(Section):
 class DataConfig(Section):
     """Where bars come from, how instruments are aligned and how time is split."""
 
-    # auto: files from `paths` where given, seeded synthetic bars for the remaining symbols.
-    source: Literal["auto", "files", "sql", "synthetic", "sample"] = "auto"
+    # synthetic: seeded synthetic bars for every symbol (the built-in default, said out loud);
+    # auto: files from `paths`; a symbol without one is an error unless `synthetic_fallback`.
+    source: Literal["auto", "files", "sql", "synthetic", "sample"] = "synthetic"
     symbols: list[str] = Field(default_factory=lambda: list(DEFAULT_SYMBOLS))
     paths: dict[str, str] = Field(default_factory=dict)
+    # Opt-in: seeded synthetic bars for symbols without data (auto: no file; sql: no rows).
+    synthetic_fallback: bool = False
     timeframe: str = "1m"
+    tz: str | None = None  # IANA zone of naive / fixed-offset exchange-local file timestamps
+    max_price: float = Field(1e9, gt=0)  # validation ceiling: higher prices are refused
     db_url: str | None = None  # SQLAlchemy URL; None -> embedded SQLite in the workspace
     table: str = "historical_bars"
     gap_policy: Literal["ffill", "drop", "inner"] = "ffill"
@@ -85,6 +90,37 @@ class DataConfig(Section):
     # run starts (resolve_calendar), a number overrides the calendar.
     periods_per_year: float | None = Field(None, gt=0)
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> DataConfig:
+        """Symbols and `paths` keys match the one symbol pattern; every path key is a symbol
+        (exact case); `tz` is a known zone. Checked at load time, before anything starts."""
+        from rl_trading.data.schema import check_symbol
+        from rl_trading.data.validation import zone
+        from rl_trading.errors import DataError
+
+        try:
+            for symbol in [*self.symbols, *self.paths]:
+                check_symbol(symbol)
+            if self.tz is not None:
+                zone(self.tz)
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
+        if self.paths and self.source in ("synthetic", "sample", "sql"):
+            raise ValueError(
+                f"data.paths is set but data.source is '{self.source}', which ignores it "
+                "(use data.source=auto or files to read the files)"
+            )
+        unknown = [k for k in self.paths if k not in self.symbols]
+        if unknown:
+            hints = []
+            for key in unknown:
+                same = [s for s in self.symbols if s.lower() == key.lower()]
+                hints.append(f"{key!r} (did you mean {same[0]!r}?)" if same else repr(key))
+            raise ValueError(
+                f"data.paths has key(s) that are not in data.symbols: {', '.join(hints)}"
+            )
+        return self
 
 
 class TrainingConfig(Section):
@@ -481,6 +517,9 @@ def _format_error(err: ValidationError) -> str:
     key = ".".join(str(p) for p in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"unknown config key '{key}'"
+    if first["type"] == "value_error" and isinstance(first.get("input"), dict):
+        # a section's own check (e.g. DataConfig._check_names): its message is complete
+        return f"config key '{key}': {first['msg'].removeprefix('Value error, ')}"
     given = first.get("input")
     given_txt = "" if isinstance(given, dict) else f" (got {given!r})"
     return f"config key '{key}': {first['msg'].lower()}{given_txt}"
@@ -557,8 +596,18 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def save_config(cfg: AppConfig, path: str | Path) -> Path:
-    """Write the fully-resolved config as YAML (what a run really used)."""
+    """Write the fully-resolved config as YAML (what a run really used); URL passwords are
+    masked (`${VAR}` references are kept, so configs using them still work when reloaded)."""
+    from rl_trading.tracking import redact
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return redact(node) if isinstance(node, str) and "://" in node else node
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    path.write_text(yaml.safe_dump(clean(cfg.model_dump(mode="json")), sort_keys=False))
     return path

@@ -46,7 +46,7 @@ def run_pipeline(
     validation pass of the run), and the report of that same test-split backtest next to the
     baselines, with the test split's sub-periods (not retrained) and their intervals.
     """
-    from rl_trading.data import fingerprint, split_by_time
+    from rl_trading.data import fingerprint, split_by_time, synthetic_symbols
     from rl_trading.evaluation import register_policy, register_supervised, select_bars
     from rl_trading.evaluation.report import write_report
     from rl_trading.evaluation.walk_forward import walk_forward
@@ -71,6 +71,7 @@ def run_pipeline(
     out.data = {
         "source": d.source,
         "symbols": list(bars),
+        "synthetic_symbols": synthetic_symbols(bars),
         "timeframe": d.timeframe,
         "bars": len(first),
         "start": str(first.index[0]),

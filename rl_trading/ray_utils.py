@@ -22,18 +22,21 @@ def resolve_address(address: str | None = None) -> str | None:
 
 def check_address(address: str, timeout: float = 5.0) -> None:
     """Fail fast with a one-line error when a `host:port` Ray address does not answer."""
+    from rl_trading.tracking import redact
+
     if address == "auto":
         return
-    target = address.split("://", 1)[-1]
+    shown = redact(address)
+    target = address.split("://", 1)[-1].rsplit("@", 1)[-1]
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():
-        raise ConnectionFailure(f"Ray address '{address}' must look like host:port")
+        raise ConnectionFailure(f"Ray address '{shown}' must look like host:port")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
             pass
     except OSError as exc:
         raise ConnectionFailure(
-            f"Ray cluster unreachable at {address} ({exc.strerror or exc})"
+            f"Ray cluster unreachable at {shown} ({exc.strerror or exc})"
         ) from None
 
 
@@ -65,7 +68,11 @@ def init_ray(
             kwargs.setdefault("log_to_driver", False)
             ray.init(address=addr, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
-            raise ConnectionFailure(f"could not join Ray cluster at {addr}: {exc}") from None
+            from rl_trading.tracking import redact, redact_text
+
+            raise ConnectionFailure(
+                f"could not join Ray cluster at {redact(addr)}: {redact_text(str(exc))}"
+            ) from None
         resources = dict(ray.cluster_resources())
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         say(f"Ray: joined the cluster at {addr} ({nodes} node(s), {_cpus(resources)})")

@@ -23,6 +23,18 @@ from rl_trading.errors import ConnectionFailure
 DEFAULT_DB_NAME = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 _SECRET_KEYS = ("password", "passwd", "secret", "token", "api_key", "apikey")
+# Tracking URI schemes MLflow understands without plugins (`check_tracking` refuses others).
+_TRACKING_SCHEMES = (
+    "http",
+    "https",
+    "file",
+    "sqlite",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "databricks",
+    "databricks-uc",
+)
 
 
 def workspace() -> Path:
@@ -44,6 +56,7 @@ def default_artifact_location() -> str:
 
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_ONLY = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}")
 
 
 def expand_env_vars(text: str) -> str:
@@ -62,24 +75,67 @@ def expand_env_vars(text: str) -> str:
     return _ENV_REF.sub(sub, text)
 
 
+_URL_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<rest>.*)", re.DOTALL)
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://\S+")
+
+
+def split_url(text: str) -> tuple[str, str | None, str | None, str, str] | None:
+    """(scheme, user, password, host[:port], tail) of a URL, or None if `text` is not one.
+
+    The credentials end at the *last* `@`, so a raw password may hold `/`, `#`, `?` or `@`
+    (`urlsplit` and SQLAlchemy's `make_url` end them at the first `/`/`#`/`?` or `@` and
+    would show the rest as the host). `tail` is the path, query and fragment as written.
+    """
+    match = _URL_RE.fullmatch(text.strip())
+    if match is None:
+        return None
+    scheme, rest = match.group("scheme"), match.group("rest")
+    user = password = None
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+        user, sep, pw = userinfo.partition(":")
+        password = pw if sep else None
+    cut = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    return scheme, user, password, rest[:cut], rest[cut:]
+
+
+def _redact_query(tail: str) -> str:
+    """Mask the values of secret-named query parameters (password=, token=, ...)."""
+    path, sep, query = tail.partition("?")
+    if not sep:
+        return tail
+    query, hash_, fragment = query.partition("#")
+    parts = []
+    for item in query.split("&"):
+        key, eq, value = item.partition("=")
+        secret = eq and any(s in key.lower() for s in _SECRET_KEYS)
+        parts.append(f"{key}=***" if secret else item)
+    return f"{path}?{'&'.join(parts)}{hash_}{fragment}"
+
+
 def redact(text: str) -> str:
-    """Hide credentials in a URL (user:password@ and ?password=/token= query values)."""
-    try:
-        parts = urllib.parse.urlsplit(text)
-    except ValueError:
+    """Hide credentials in a URL: the password of user:password@, secret query values.
+
+    Parsed with `split_url`, so passwords holding `/`, `#`, `?` or `@` are hidden whole.
+    Text that is not a URL is returned unchanged.
+    """
+    parts = split_url(text)
+    if parts is None:
         return text
-    if not parts.scheme or not parts.netloc and not parts.query:
+    scheme, user, password, host, tail = parts
+    auth = ""
+    if user is not None:
+        if password is not None and not _ENV_ONLY.fullmatch(password):
+            password = "***"  # a `${VAR}` reference is no secret: kept so the URL still works
+        auth = f"{user}:{password}@" if password is not None else f"{user}@"
+    return f"{scheme}://{auth}{host}{_redact_query(tail)}"
+
+
+def redact_text(text: str) -> str:
+    """`redact` every URL inside a longer message (errors, log lines)."""
+    if "://" not in text:
         return text
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, "***" if any(s in k.lower() for s in _SECRET_KEYS) else v) for k, v in query]
-    return urllib.parse.urlunsplit(
-        (parts.scheme, netloc, parts.path, urllib.parse.urlencode(query, safe="*"), parts.fragment)
-    )
+    return _URL_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
 
 
 def redact_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -100,10 +156,26 @@ def check_tracking(uri: str, timeout: float = 5.0) -> str:
 
     Returns a short description of the store for reports.
     """
-    parsed = urllib.parse.urlsplit(uri)
-    if parsed.scheme in ("http", "https"):
-        host = parsed.hostname or "localhost"
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    from rl_trading.errors import ConfigError
+
+    parts = split_url(uri)
+    scheme = parts[0].lower() if parts else ""
+    if parts is not None and scheme.split("+", 1)[0] not in _TRACKING_SCHEMES:
+        known = ", ".join(f"{s}://" for s in _TRACKING_SCHEMES)
+        raise ConfigError(
+            f"unknown MLflow tracking URI scheme '{parts[0]}' in {redact(uri)} "
+            f"(use one of {known}, or a folder)"
+        )
+    if parts is not None and scheme in ("http", "https"):
+        hostport, tail = parts[3], parts[4]
+        if hostport.endswith("]") or ":" not in hostport:
+            host, port_text = hostport, ""
+        else:
+            host, _, port_text = hostport.rpartition(":")
+        host = host.strip("[]") or "localhost"
+        if port_text and not port_text.isdigit():
+            raise ConfigError(f"MLflow tracking URI {redact(uri)} has a bad port '{port_text}'")
+        port = int(port_text) if port_text else (443 if scheme == "https" else 80)
         try:
             with socket.create_connection((host, port), timeout=timeout):
                 pass
@@ -111,17 +183,21 @@ def check_tracking(uri: str, timeout: float = 5.0) -> str:
             raise ConnectionFailure(
                 f"MLflow tracking server unreachable at {redact(uri)} ({exc.strerror or exc})"
             ) from None
+        path = tail.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+        health = f"{scheme}://{hostport}{path}/health"  # no credentials in the probe URL
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            with urllib.request.urlopen(health, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise ConnectionFailure(
                         f"MLflow server at {redact(uri)} answered {resp.status}"
                     )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise ConnectionFailure(
-                f"MLflow tracking server at {redact(uri)} did not answer /health ({exc})"
+                f"MLflow tracking server at {redact(uri)} did not answer /health "
+                f"({redact_text(str(exc))})"
             ) from None
         return f"server {redact(uri)}"
+    parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme.startswith("sqlite"):
         db_path = Path(uri.split(":///", 1)[1]) if ":///" in uri else None
         if db_path is not None:
@@ -244,7 +320,7 @@ def mlflow_run(
     nested: bool = False,
     resume_run_id: str | None = None,
 ) -> Iterator[Any]:
-    """Start an MLflow run with redacted params and standard tags; yields the active run.
+    """Start an MLflow run with redacted params and tags (+ standard tags); yields the active run.
 
     `resume_run_id` continues that run (a resumed training phase) when the store has it;
     its params stay as first logged.
@@ -260,7 +336,7 @@ def mlflow_run(
         run_name=run_name,
         nested=nested,
         log_system_metrics=system_metrics,
-        tags=standard_tags(tags),
+        tags=standard_tags(redact_params(tags or {})),
     ) as run:
         if params and resumed is None:
             clean = redact_params(params)

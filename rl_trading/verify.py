@@ -37,8 +37,11 @@ def _guard(name: str, fn) -> Check:  # noqa: ANN001 - small internal helper
     try:
         return Check(name, True, fn())
     except Exception as exc:  # noqa: BLE001 - every failure becomes a table row
+        from rl_trading.tracking import redact_text
+
         first = str(exc).strip().splitlines()
-        return Check(name, False, first[0] if first else exc.__class__.__name__)
+        line = redact_text(first[0]) if first else exc.__class__.__name__
+        return Check(name, False, line[:600])
 
 
 def _python() -> str:
@@ -76,11 +79,13 @@ def _ray(address: str | None) -> str:
 
 
 def _data(cfg: AppConfig) -> str:
-    from rl_trading.data import load_market
+    from rl_trading.data import load_market, synthetic_symbols
 
     bars = load_market(cfg)
     n = min(len(df) for df in bars.values())
-    return f"{cfg.data.source}: {len(bars)} instruments x {n} bars ({cfg.data.timeframe})"
+    synthetic = synthetic_symbols(bars)
+    kind = f"; synthetic: {', '.join(synthetic)}" if synthetic else "; all real"
+    return f"{cfg.data.source}: {len(bars)} instruments x {n} bars ({cfg.data.timeframe}){kind}"
 
 
 def _mlflow(uri: str | None) -> str:

@@ -15,6 +15,7 @@ from rl_trading.data import (
     resample,
     sample_files,
     synthetic_bars,
+    synthetic_symbols,
 )
 from rl_trading.data.store import BarStore
 from rl_trading.errors import DataError
@@ -64,12 +65,15 @@ def test_auto_mixes_real_files_and_synthetic_on_their_index(market_dir) -> None:
     cfg = load_config(
         None,
         [
+            "data.source=auto",
+            "data.synthetic_fallback=true",
             "data.symbols=[EURUSD, GBPUSD]",
             f"data.paths={{EURUSD: {path}}}",
             "data.timeframe=1h",
         ],
     )
     market = load_market(cfg)
+    assert synthetic_symbols(market) == ["GBPUSD"]
     real = read_bars(path)
     assert market["EURUSD"].index.equals(real.index)
     assert market["GBPUSD"].index.equals(real.index)

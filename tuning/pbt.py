@@ -185,8 +185,10 @@ def run_pbt(
 
     if phase not in (1, 2, 3):
         raise ConfigError(f"phase must be 1, 2 or 3 (got {phase})")
-    population = population or cfg.tuning.population
-    iterations = iterations or cfg.tuning.iterations
+    population = cfg.tuning.population if population is None else population
+    iterations = cfg.tuning.iterations if iterations is None else iterations
+    if iterations < 1:
+        raise ConfigError(f"PBT needs at least 1 iteration per trial (got {iterations})")
     if population < 2:
         raise ConfigError("PBT needs a population of at least 2 trials")
     hparam_ranges(cfg)  # config errors before any Ray work

@@ -60,10 +60,11 @@ def backtest_command(
 
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --checkpoint PATH or --model NAME")
+    given_seeds = parse_seeds(seeds) if seeds is not None else None
     cfg, cfg_origin = policy_config(config, sets, checkpoint=checkpoint, model=model)
     source = str(checkpoint) if checkpoint is not None else model
     bars, train, desc = select_bars(cfg, data, split)
-    seed_list = [int(s) for s in seeds.split(",")] if seeds else list(cfg.evaluation.seeds)
+    seed_list = given_seeds or list(cfg.evaluation.seeds)
     result = backtest(
         source, bars, cfg, seed=seed_list[0], scaler_bars=train, allow_overlap=allow_overlap
     )
@@ -96,6 +97,24 @@ def backtest_command(
         *([("logs", log)] if log is not None else []),
         ("next", f"python -m json.tool {paths['report']}"),
     )
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`--seeds 1,2,3` as integers; ConfigError naming the bad item otherwise."""
+    from rl_trading.errors import ConfigError
+
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise ConfigError(f"--seeds must be comma-separated integers, e.g. 1,2,3 (got {text!r})")
+    out = []
+    for item in items:
+        try:
+            out.append(int(item))
+        except ValueError:
+            raise ConfigError(
+                f"--seeds: {item!r} is not an integer (use comma-separated integers, e.g. 1,2,3)"
+            ) from None
+    return out
 
 
 def register(app: typer.Typer) -> None:

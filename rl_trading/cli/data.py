@@ -11,6 +11,7 @@ from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
 from rl_trading.cli.output import JsonOpt, print_json
 from rl_trading.errors import DataError
 
+MAX_SYNTH_BARS = 10_000_000
 app = typer.Typer(
     help="Market data: validate, repair, import, inspect, synthesise.", no_args_is_help=True
 )
@@ -22,6 +23,32 @@ DbOpt = Annotated[
 AssumeUtcOpt = Annotated[
     bool, typer.Option("--assume-utc", help="Read time-zone-less timestamps as UTC.")
 ]
+TzOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tz",
+        help="Exchange time zone (e.g. America/New_York): read naive or fixed-offset timestamps "
+        "as wall-clock times there, DST-aware.",
+    ),
+]
+MaxPriceOpt = Annotated[
+    float | None,
+    typer.Option("--max-price", help="Refuse prices above this (default data.max_price, 1e9)."),
+]
+
+
+def _time_options(assume_utc: bool, tz: str | None, max_price: float | None) -> float:
+    """Check the time-zone and ceiling options; returns the price ceiling to use."""
+    from rl_trading.data.validation import DEFAULT_MAX_PRICE, zone
+    from rl_trading.errors import ConfigError
+
+    if assume_utc and tz:
+        raise ConfigError("give either --assume-utc or --tz, not both")
+    if tz:
+        zone(tz)
+    if max_price is not None and not max_price > 0:
+        raise ConfigError(f"--max-price must be > 0 (got {max_price:g})")
+    return DEFAULT_MAX_PRICE if max_price is None else max_price
 
 
 def _ts(value) -> str:  # noqa: ANN001 - a pandas Timestamp or None
@@ -64,30 +91,42 @@ def _describe(bars) -> list[tuple[str, str]]:  # noqa: ANN001 - a bars DataFrame
 def validate(
     path: Annotated[Path, typer.Argument(help="CSV, CSV.gz or Parquet bars file.")],
     repair: Annotated[
-        bool, typer.Option(help="Apply the safe fixes (sort, exact duplicates, high/low).")
+        bool,
+        typer.Option(help="Apply the safe fixes (sort, exact duplicates, swap/widen high-low)."),
     ] = False,
     out: Annotated[Path | None, typer.Option(help="Where --repair writes the fixed file.")] = None,
     assume_utc: AssumeUtcOpt = False,
+    tz: TzOpt = None,
+    timeframe: Annotated[
+        str | None, typer.Option(help="Check the bars' typical spacing is this timeframe.")
+    ] = None,
+    max_price: MaxPriceOpt = None,
 ) -> None:
     """Check a bars file against every validation rule; optionally write a repaired copy."""
+    from rl_trading.data import parse_timeframe
     from rl_trading.data.schema import read_raw, write_bars
-    from rl_trading.data.validation import check_bars, repair_bars
+    from rl_trading.data.validation import check_bars, check_spacing, repair_bars
 
+    ceiling = _time_options(assume_utc, tz, max_price)
     if repair and out is None:
         raise DataError("--repair needs --out PATH for the repaired file")
+    if timeframe is not None:
+        parse_timeframe(timeframe)
     source = str(path)
     raw = read_raw(path)
     if repair:
-        from rl_trading.data.validation import parse_bars
-
-        fixed, changes = repair_bars(parse_bars(raw, source, assume_utc))
-        bars = check_bars(fixed, source=source)
+        fixed, changes = repair_bars(raw, assume_utc=assume_utc, tz=tz, source=source)
+        bars = check_bars(fixed, source=source, max_price=ceiling)
+        if timeframe is not None:
+            check_spacing(bars, timeframe, source)
         write_bars(bars, out)
         for change in changes or ["nothing to repair"]:
-            console.print(f"repaired: {change}")
+            console.print(f"repaired: {change}", soft_wrap=True, highlight=False)
         console.print(f"wrote {out}")
     else:
-        bars = check_bars(raw, source=source, assume_utc=assume_utc)
+        bars = check_bars(raw, source=source, assume_utc=assume_utc, tz=tz, max_price=ceiling)
+        if timeframe is not None:
+            check_spacing(bars, timeframe, source)
     console.print(_summary_table(f"{path.name}: valid", _describe(bars)))
 
 
@@ -98,25 +137,63 @@ def import_(
     timeframe: Annotated[str, typer.Option(help="Bar timeframe, e.g. 1m, 5m, 1h, 1d.")],
     db: DbOpt = None,
     assume_utc: AssumeUtcOpt = False,
+    tz: TzOpt = None,
+    max_price: MaxPriceOpt = None,
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="Overwrite stored bars at the same timestamps."),
+    ] = False,
 ) -> None:
-    """Validate a bars file and insert it into the SQL store (re-imports add nothing)."""
-    from rl_trading.data import parse_timeframe, read_bars
+    """Validate a bars file and insert it into the SQL store (re-imports add nothing unless
+    --replace, which overwrites the stored rows with the file's values)."""
+    from rl_trading.data import check_symbol, parse_timeframe, read_bars
     from rl_trading.data.store import BarStore
+    from rl_trading.data.validation import check_spacing
 
+    ceiling = _time_options(assume_utc, tz, max_price)
+    check_symbol(symbol)
     parse_timeframe(timeframe)
-    bars = read_bars(path, assume_utc=assume_utc)
+    bars = read_bars(path, assume_utc=assume_utc, tz=tz, max_price=ceiling)
+    check_spacing(bars, timeframe, str(path))
     store = BarStore(db)
-    new = store.write(bars, symbol, timeframe)
+    new = store.write(bars, symbol, timeframe, replace=replace)
+    replaced = store.last_write.replaced if store.last_write else 0
+    what = f"{new:,} new, {replaced:,} replaced" if replace else f"{new:,} new"
     console.print(
-        f"imported {path.name} as {symbol} {timeframe}: {new:,} new of {len(bars):,} bars "
+        f"imported {path.name} as {symbol} {timeframe}: {what} of {len(bars):,} bars "
         f"into {store.safe_url}",
         soft_wrap=True,
+        highlight=False,
+    )
+
+
+@app.command()
+def delete(
+    symbol: Annotated[str, typer.Option(help="Symbol of the series to delete.")],
+    timeframe: Annotated[str, typer.Option(help="Timeframe of the series to delete.")],
+    db: DbOpt = None,
+) -> None:
+    """Remove one stored series (symbol and timeframe) from the SQL store."""
+    from rl_trading.data import check_symbol, parse_timeframe
+    from rl_trading.data.store import BarStore
+
+    check_symbol(symbol)
+    parse_timeframe(timeframe)
+    store = BarStore(db)
+    n = store.delete(symbol, timeframe)
+    if n == 0:
+        raise DataError(f"no {timeframe} bars for {symbol} in {store.safe_url}: nothing deleted")
+    console.print(
+        f"deleted {n:,} {symbol} {timeframe} bars from {store.safe_url}",
+        soft_wrap=True,
+        highlight=False,
     )
 
 
 @app.command()
 def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List the stored series: symbol, timeframe, rows and time range."""
+    from rich.markup import escape
     from rich.table import Table
 
     from rl_trading.data.store import BarStore
@@ -136,12 +213,14 @@ def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
         ]
         print_json({"db": store.safe_url, "series": rows})
         return
-    table = Table(title=f"historical_bars in {store.safe_url}")
+    table = Table(title=escape(f"historical_bars in {store.safe_url}"))
     for col in ("symbol", "timeframe", "rows", "first", "last"):
         table.add_column(col, justify="right" if col == "rows" else "left")
     for it in items:
         table.add_row(it.symbol, it.timeframe, f"{it.rows:,}", _ts(it.first), _ts(it.last))
-    console.print(table if items else f"no bars stored in {store.safe_url}")
+    console.print(
+        table if items else f"no bars stored in {store.safe_url}", soft_wrap=True, highlight=False
+    )
 
 
 @app.command()
@@ -157,17 +236,42 @@ def synth(
     start: Annotated[str, typer.Option(help="First timestamp (UTC).")] = "2024-01-01",
 ) -> None:
     """Write seeded synthetic bars (GBM, volatility regimes, optional planted signal)."""
-    from rl_trading.data import synthetic_market, write_bars
+    import pandas as pd
 
+    from rl_trading.data import (
+        check_symbol,
+        parse_timeframe,
+        synthetic_market,
+        timeframe_delta,
+        write_bars,
+    )
+
+    if not 0 < bars <= MAX_SYNTH_BARS:
+        raise DataError(f"--bars must be between 1 and {MAX_SYNTH_BARS:,} (got {bars})")
+    parse_timeframe(timeframe)
+    try:
+        start_ts = pd.Timestamp(start)
+    except (ValueError, TypeError):
+        raise DataError(f"--start: cannot parse {start!r} as a date or timestamp") from None
+    if start_ts is pd.NaT:
+        raise DataError(f"--start: cannot parse {start!r} as a date or timestamp")
     names = [s.strip() for s in symbols.split(",") if s.strip()]
     if not names:
         raise DataError("--symbols is empty")
+    for name in names:
+        check_symbol(name)
+    try:
+        end = start_ts + pd.Timedelta(timeframe_delta(timeframe)) * bars
+    except (OverflowError, ValueError):
+        end = None
+    if end is None or end.year > 2200:
+        raise DataError(f"--start {start} + {bars:,} {timeframe} bars runs past the year 2200")
     market = synthetic_market(
         names,
         n_bars=bars,
         seed=seed,
         timeframe=timeframe,
-        start=start,
+        start=start_ts,
         signal_strength=signal_strength,
     )
     if len(names) == 1 and out.suffix:
@@ -183,16 +287,18 @@ def summary(config: ConfigOpt = None, sets: SetOpt = None, as_json: JsonOpt = Fa
     """What `load_market` gives for a config: instruments, bars, range and fingerprint."""
     from rich.table import Table
 
-    from rl_trading.data import fingerprint, load_market
+    from rl_trading.data import fingerprint, load_market, synthetic_symbols
 
     cfg = cli_config(config, sets)
     market = load_market(cfg)
+    synthetic = set(synthetic_symbols(market))
     if as_json:
         print_json(
             {
                 "source": cfg.data.source,
                 "timeframe": cfg.data.timeframe,
                 "fingerprint": fingerprint(market),
+                "synthetic_symbols": sorted(synthetic),
                 "symbols": {
                     sym: {
                         "bars": len(bars),
@@ -207,11 +313,12 @@ def summary(config: ConfigOpt = None, sets: SetOpt = None, as_json: JsonOpt = Fa
         )
         return
     table = Table(title=f"market: source={cfg.data.source}, timeframe={cfg.data.timeframe}")
-    for col in ("symbol", "bars", "first", "last", "last close", "fingerprint"):
+    for col in ("symbol", "kind", "bars", "first", "last", "last close", "fingerprint"):
         table.add_column(col)
     for symbol, bars in market.items():
         table.add_row(
             symbol,
+            "synthetic" if symbol in synthetic else "real",
             f"{len(bars):,}",
             _ts(bars.index[0]),
             _ts(bars.index[-1]),

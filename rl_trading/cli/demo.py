@@ -20,6 +20,7 @@ def _print_stage(name: str, info: dict[str, Any]) -> None:
         table.add_column("value", overflow="fold")  # the fingerprint is copied: never cut
         for key in ("source", "symbols", "timeframe", "bars", "start", "end", "fingerprint"):
             table.add_row(key, str(info[key]))
+        table.add_row("synthetic", ", ".join(info.get("synthetic_symbols", [])) or "none")
         table.add_row("train / val / test", f"{info['train']} / {info['val']} / {info['test']}")
         console.print(table)
     elif name == "supervised":

@@ -103,9 +103,20 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
+MAX_MESSAGE_CHARS = 600  # every error line is capped (a YAML alias bomb must not print 25 MB)
+
+
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__
+    """The first line of an error, credentials in URLs hidden, capped, rich markup escaped."""
+    from rich.markup import escape
+
+    from rl_trading.tracking import redact_text
+
+    text = str(exc).strip()
+    line = redact_text(text.splitlines()[0] if text else exc.__class__.__name__)
+    if len(line) > MAX_MESSAGE_CHARS:
+        line = f"{line[:MAX_MESSAGE_CHARS]}... ({len(line):,} characters, cut)"
+    return escape(line)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +165,7 @@ def _dispatch(argv: list[str] | None) -> int:
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {_one_line(exc)}", highlight=False)
         return 1
     except Exception as exc:  # noqa: BLE001 - last resort: never a traceback for the user
         if debug:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +22,7 @@ from rl_trading.cli.common import (
 from rl_trading.cli.output import JsonOpt, next_steps, print_json
 
 app = typer.Typer(help="Registered models: versions, grades, lineage.", no_args_is_help=True)
+ALIAS_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # what MLflow accepts as a model alias
 TrackingOpt = Annotated[
     str | None, typer.Option("--tracking-uri", help="MLflow store (default: workspace SQLite).")
 ]
@@ -138,11 +140,13 @@ def register_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Backtest a checkpoint on --split, grade it, and register it with its preprocessing."""
-    from rl_trading.errors import ConfigError
+    from rl_trading.errors import CheckpointError, ConfigError
     from rl_trading.evaluation import register_policy
 
     if bump is not None and bump not in ("major", "minor", "patch"):  # before any backtest
         raise ConfigError(f"--bump must be major, minor or patch, not '{bump}'")
+    if not checkpoint.exists():
+        raise CheckpointError(f"checkpoint path does not exist: {checkpoint}")
     cfg, _ = policy_config(config, sets, checkpoint=checkpoint)
     rec, result = register_policy(
         checkpoint, cfg, model_type, split, run_dir, bump, extra_trials=extra_trials
@@ -326,6 +330,13 @@ def promote(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Point an alias (default `production`) at this model; the previous holder is archived."""
+    from rl_trading.errors import RegistryError
+
+    if not ALIAS_RE.fullmatch(alias) or re.fullmatch(r"(?i)v\d+|latest", alias):
+        raise RegistryError(
+            f"invalid alias {alias[:64]!r}: use 1-64 letters, digits, _ or - "
+            "(not 'latest' or v<number>, which MLflow reserves)"
+        )
     registry, _ = _registry(config, sets, tracking_uri)
     rec = registry.promote(name, alias)
     console.print(f"[green]{rec.display_name}[/] is now '{alias}' (stage {rec.stage})")

@@ -42,6 +42,10 @@ def pbt(
     mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
 ) -> None:
     """Population-Based Training of one phase; writes best.json, trials.csv and lineage.png."""
+    if population is not None and population < 2:  # checked before any data or Ray work
+        raise ConfigError(f"--population must be at least 2 trials (got {population})")
+    if iterations is not None and iterations < 1:
+        raise ConfigError(f"--iterations must be at least 1 (got {iterations})")
     from rl_trading.cli import logs
     from rl_trading.data import split_for_env
     from rl_trading.supervised.signals import observed_market

@@ -8,11 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS, FeatureScaler, compute_features
-from rl_trading.data.loader import SAMPLE_DIR, load_market, sample_files, to_timeframe
+from rl_trading.data.loader import (
+    SAMPLE_DIR,
+    load_market,
+    sample_files,
+    synthetic_symbols,
+    to_timeframe,
+)
 from rl_trading.data.resample import FILLED_COLUMN, AlignReport, align, resample
 from rl_trading.data.schema import (
     BAR_COLUMNS,
     as_bars,
+    check_symbol,
     empty_bars,
     fingerprint,
     guess_timeframe,
@@ -48,6 +55,7 @@ __all__ = [
     "as_bars",
     "bars_per_year",
     "check_bars",
+    "check_symbol",
     "compute_features",
     "empty_bars",
     "fingerprint",
@@ -64,6 +72,7 @@ __all__ = [
     "decision_history",
     "synthetic_bars",
     "synthetic_market",
+    "synthetic_symbols",
     "timeframe_delta",
     "to_timeframe",
     "validate_bars",

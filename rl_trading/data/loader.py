@@ -1,4 +1,10 @@
-"""`load_market(cfg)`: the bars of `cfg.data.symbols` from the configured source, aligned."""
+"""`load_market(cfg)`: the bars of `cfg.data.symbols` from the configured source, aligned.
+
+Synthetic bars are never substituted silently: they come only from `source: synthetic` or,
+for symbols without data, from the explicit `data.synthetic_fallback: true`. Every synthetic
+frame is marked (`frame.attrs["synthetic"]`); `synthetic_symbols(market)` lists them for run
+summaries, MLflow tags and the registry.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import pandas as pd
 
 from rl_trading.config import AppConfig
 from rl_trading.data.resample import align, resample
-from rl_trading.data.schema import guess_timeframe, read_bars, timeframe_delta
+from rl_trading.data.schema import check_symbol, guess_timeframe, read_bars, timeframe_delta
 from rl_trading.data.synthetic import synthetic_market
 from rl_trading.errors import DataError
 
@@ -57,23 +63,42 @@ def _sample_bars(symbol: str, timeframe: str) -> pd.DataFrame:
     return to_timeframe(read_bars(path), timeframe, str(path))
 
 
-def _file_bars(symbol: str, path: str, timeframe: str) -> pd.DataFrame:
-    return to_timeframe(read_bars(Path(path).expanduser()), timeframe, path)
+def _file_bars(cfg: AppConfig, symbol: str, path: str) -> pd.DataFrame:
+    data = cfg.data
+    bars = read_bars(Path(path).expanduser(), tz=data.tz, max_price=data.max_price)
+    return to_timeframe(bars, data.timeframe, path)
+
+
+SYNTHETIC_ATTR = "synthetic"
+
+
+def synthetic_symbols(market: dict[str, pd.DataFrame]) -> list[str]:
+    """The symbols of a `load_market` result whose bars are synthetic (in market order)."""
+    return [s for s, frame in market.items() if frame.attrs.get(SYNTHETIC_ATTR, False)]
+
+
+def _mark(bars: dict[str, pd.DataFrame], synthetic: set[str]) -> dict[str, pd.DataFrame]:
+    for symbol, frame in bars.items():
+        frame.attrs[SYNTHETIC_ATTR] = symbol in synthetic
+    return bars
 
 
 def load_market(cfg: AppConfig) -> dict[str, pd.DataFrame]:
     """Bars of every configured symbol from `cfg.data.source`, aligned by `cfg.data.gap_policy`.
 
-    auto: files from `cfg.data.paths`, seeded synthetic bars for the other symbols (on the real
-    files' index when mixed); files / sql / sample / synthetic: only that source.
+    auto: files from `cfg.data.paths`; files / sql / sample / synthetic: only that source.
+    A symbol without data (auto: no path; sql: no rows) is a DataError unless
+    `data.synthetic_fallback` is true, which fills it with seeded synthetic bars (on the real
+    bars' index when mixed) and logs a warning naming it; see `synthetic_symbols`.
     """
     data = cfg.data
-    symbols = list(data.symbols)
+    symbols = [check_symbol(s) for s in data.symbols]
     if not symbols:
         raise DataError("data.symbols is empty")
     syn = data.synthetic
     source = data.source
     bars: dict[str, pd.DataFrame] = {}
+    rest: list[str] = []
     if source == "synthetic":
         bars = _synthetic(cfg, symbols, None)
     elif source == "sample":
@@ -82,36 +107,50 @@ def load_market(cfg: AppConfig) -> dict[str, pd.DataFrame]:
         missing = [s for s in symbols if s not in data.paths]
         if missing:
             raise DataError(f"data.source is 'files' but data.paths has no file for {missing}")
-        bars = {s: _file_bars(s, data.paths[s], data.timeframe) for s in symbols}
+        bars = {s: _file_bars(cfg, s, data.paths[s]) for s in symbols}
     elif source == "sql":
         from rl_trading.data.store import BarStore
+        from rl_trading.data.validation import check_spacing
 
         store = BarStore(data.db_url, table=data.table)
         for s in symbols:
             frame = store.read(s, data.timeframe)
             if frame.empty:
-                raise DataError(
-                    f"no {data.timeframe} bars for {s} in table {data.table} "
-                    "(import them with `rl-trading data import`)"
-                )
+                rest.append(s)
+                continue
+            check_spacing(frame, data.timeframe, f"{s} {data.timeframe} in {data.table}")
             bars[s] = frame
+        if rest and not data.synthetic_fallback:
+            raise DataError(
+                f"no {data.timeframe} bars for {', '.join(rest)} in table {data.table} at "
+                f"{store.safe_url} (import them with `rl-trading data import`, or set "
+                "data.synthetic_fallback=true to use synthetic bars for them)"
+            )
     elif source == "auto":
-        real = {s: _file_bars(s, data.paths[s], data.timeframe) for s in symbols if s in data.paths}
-        rest = [s for s in symbols if s not in real]
-        if rest:
-            index = None
-            if real:
-                index = align(real, data.gap_policy, data.max_ffill_bars)
-                index = next(iter(index.values())).index
-            bars.update(_synthetic(cfg, rest, index))
-        bars.update(real)
-        bars = {s: bars[s] for s in symbols}
+        bars = {s: _file_bars(cfg, s, data.paths[s]) for s in symbols if s in data.paths}
+        rest = [s for s in symbols if s not in bars]
+        if rest and not data.synthetic_fallback:
+            raise DataError(
+                f"no data for {', '.join(rest)}: data.paths has no file for them (source "
+                "auto); add their files, use data.source=synthetic, or set "
+                "data.synthetic_fallback=true to fill them with synthetic bars"
+            )
     else:  # pragma: no cover - the config schema forbids other values
         raise DataError(f"unknown data.source '{source}'")
+    if rest:
+        index = None
+        if bars:
+            index = next(iter(align(bars, data.gap_policy, data.max_ffill_bars).values())).index
+        bars.update(_synthetic(cfg, rest, index))
+        log.warning(
+            "synthetic bars (data.synthetic_fallback) for %s: no %s data", ", ".join(rest), source
+        )
+    bars = {s: bars[s] for s in symbols}
+    synthetic = set(symbols) if source == "synthetic" else set(rest)
     log.info("loaded %d instruments from %s (seed %s)", len(bars), source, syn.seed)
-    if len(bars) == 1:
-        return bars
-    return align(bars, data.gap_policy, data.max_ffill_bars)
+    if len(bars) > 1:
+        bars = align(bars, data.gap_policy, data.max_ffill_bars)
+    return _mark(bars, synthetic)
 
 
 def _synthetic(

@@ -41,6 +41,25 @@ COLUMN_ALIASES: dict[str, str] = {
     "v": "volume",
 }
 
+# One symbol pattern for file names, SQLite and PostgreSQL: letters, digits and . _ - = ^
+# (e.g. 9988.HK, BRK-B, ES=F, ^GSPC), starting with a letter, digit or ^, at most 32
+# characters: no path separators, nothing empty, nothing that escapes a folder.
+SYMBOL_MAX_LEN = 32
+SYMBOL_RE = re.compile(rf"[A-Za-z0-9^][A-Za-z0-9._=^\-]{{0,{SYMBOL_MAX_LEN - 1}}}")
+
+
+def check_symbol(symbol: object) -> str:
+    """`symbol` if it matches the one symbol pattern (`SYMBOL_RE`), else DataError."""
+    text = str(symbol)
+    if not SYMBOL_RE.fullmatch(text):
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise DataError(
+            f"invalid symbol {shown!r}: use 1-{SYMBOL_MAX_LEN} letters, digits or . _ - = ^ "
+            "(starting with a letter, digit or ^; no path separators)"
+        )
+    return text
+
+
 _TF_RE = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|t|h|hr|d|day|w|wk)\s*$", re.IGNORECASE)
 _TF_UNITS = {
     "s": "s",
@@ -127,14 +146,24 @@ def canonical_column(name: object) -> str | None:
     return COLUMN_ALIASES.get(key)
 
 
+BARS_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip", ".txt", ".parquet", ".pq")
+
+
 def read_raw(path: str | Path) -> pd.DataFrame:
-    """Read a CSV / CSV.gz / Parquet file as-is (timestamps left as text), with clear errors."""
+    """Read a CSV / CSV.gz / Parquet file as-is (timestamps left as text), with clear errors.
+
+    Only regular files with a bars suffix are opened (a device such as /dev/zero, a FIFO or a
+    folder is refused at once instead of being read forever)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
         raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
+    if not path.is_file():
+        raise DataError(f"{path}: not a regular file, expected a CSV or Parquet file")
     name = path.name.lower()
+    if not name.endswith(BARS_SUFFIXES):
+        raise DataError(f"{path}: not a bars file (expected one of {', '.join(BARS_SUFFIXES)})")
     try:
         if name.endswith((".parquet", ".pq")):
             raw = pd.read_parquet(path)
@@ -156,22 +185,25 @@ def read_bars(
     assume_utc: bool = False,
     repair: bool = False,
     validate: bool = True,
+    tz: str | None = None,
+    max_price: float | None = None,
 ) -> pd.DataFrame:
     """Read and validate one bars file; `DataError` naming file, row and rule on a problem.
 
-    Time-zone-less timestamps with a time of day are an error unless `assume_utc`; plain dates
-    (daily files) are read as UTC days. With `repair`, safe fixes are applied first.
+    Time-zone-less timestamps with a time of day are an error unless `assume_utc` or `tz`
+    (exchange-local wall-clock times, DST-aware); plain dates (daily files) are read as UTC
+    days. With `repair`, safe fixes are applied first. `max_price`: the price ceiling.
     """
-    from rl_trading.data.validation import check_bars, parse_bars, repair_bars
+    from rl_trading.data.validation import DEFAULT_MAX_PRICE, check_bars, parse_bars, repair_bars
 
     source = str(path)
     raw = read_raw(path)
-    bars = parse_bars(raw, source=source, assume_utc=assume_utc)
+    bars = parse_bars(raw, source=source, assume_utc=assume_utc, tz=tz)
     if repair:
         bars, _ = repair_bars(bars)
     if validate:
-        check_bars(bars, source=source)
-        return bars
+        ceiling = DEFAULT_MAX_PRICE if max_price is None else max_price
+        return check_bars(bars, source=source, max_price=ceiling)
     return bars
 
 

@@ -1,7 +1,9 @@
 """SQL bar store (SQLAlchemy 2 Core): table `historical_bars`, idempotent imports.
 
 SQLite in the workspace by default (`rl_trading.db`), PostgreSQL via a URL. Re-importing the
-same bars inserts nothing (ON CONFLICT DO NOTHING on the unique (symbol, timeframe, timestamp)).
+same bars inserts nothing (ON CONFLICT DO NOTHING on the unique (symbol, timeframe, timestamp));
+`replace=True` overwrites stored rows instead (ON CONFLICT DO UPDATE), `delete` drops a series.
+Reading never creates anything: a missing SQLite file is an error, a missing table is empty.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
-from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, as_bars, empty_bars
-from rl_trading.errors import ConnectionFailure, DataError
-from rl_trading.tracking import expand_env_vars, redact, workspace
+from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, as_bars, check_symbol, empty_bars
+from rl_trading.errors import ConfigError, ConnectionFailure, DataError, RLTradingError
+from rl_trading.tracking import expand_env_vars, redact, redact_text, split_url, workspace
 
 DEFAULT_DB_NAME = "rl_trading.db"
 BATCH_ROWS = 5000
@@ -53,14 +57,35 @@ def _reason(exc: BaseException) -> str:
     return lines[0] if lines else exc.__class__.__name__
 
 
+_AUTH_WORDS = ("authentication failed", "access denied", "password", "no pg_hba.conf entry")
+_CORRUPT_WORDS = ("file is not a database", "malformed", "not a database", "file is encrypted")
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What `BarStore.write` did: rows inserted, stored rows overwritten (replace), total."""
+
+    new: int
+    replaced: int
+    total: int
+
+
 class BarStore:
     """Bars in a SQL table keyed by (symbol, timeframe, timestamp)."""
 
     def __init__(self, url: str | None = None, table: str = "historical_bars") -> None:
         self.url = expand_env_vars(url or default_db_url())  # `${VAR}` filled at use time
         self.safe_url = redact(self.url)
+        parts = split_url(self.url)
+        self._password = parts[2] if parts else None
         try:
             parsed = sa.engine.make_url(self.url)
+            if self._password is not None and parsed.password != unquote(self._password):
+                raise ConfigError(
+                    f"cannot use database URL {self.safe_url}: its password holds a raw '@' "
+                    "(percent-encode it as %40, or put it in an environment variable and "
+                    "write ${VAR})"
+                )
             connect_args: dict[str, Any] = {}
             if parsed.get_backend_name() == "postgresql":
                 connect_args["connect_timeout"] = 5
@@ -83,18 +108,53 @@ class BarStore:
         )
         self._meta = meta
         self._ready = False
+        self.last_write: WriteResult | None = None
 
-    def _connect_error(self, exc: BaseException) -> ConnectionFailure:
-        return ConnectionFailure(f"database unreachable at {self.safe_url} ({_reason(exc)})")
+    def _connect_error(self, exc: BaseException) -> RLTradingError:
+        """A one-line error that says what went wrong: credentials, a corrupt file, or the
+        server really being unreachable (they need different fixes)."""
+        reason = redact_text(_reason(exc))
+        if self._password:
+            reason = reason.replace(self._password, "***").replace(unquote(self._password), "***")
+        low = reason.lower()
+        if any(w in low for w in _CORRUPT_WORDS):
+            return DataError(f"{self.safe_url} is not a valid database (corrupt?): {reason}")
+        if any(w in low for w in _AUTH_WORDS):
+            return ConnectionFailure(
+                f"database at {self.safe_url} refused the credentials ({reason})"
+            )
+        return ConnectionFailure(f"database unreachable at {self.safe_url} ({reason})")
 
-    def _ensure(self) -> None:
+    def _sqlite_path(self) -> str | None:
+        """The SQLite file of this store, or None (PostgreSQL, in-memory)."""
+        if self.dialect != "sqlite":
+            return None
+        name = self.engine.url.database
+        return None if not name or name == ":memory:" or name.startswith("file:") else name
+
+    def _ensure(self, create: bool = True) -> bool:
+        """Make sure the table exists (`create`), or only check it does; False if it does not.
+
+        Without `create`, a missing SQLite file is a DataError and nothing is written."""
         if self._ready:
-            return
+            return True
+        path = self._sqlite_path()
+        if not create and path is not None and not os.path.exists(path):
+            raise DataError(
+                f"no database file at {path} (nothing imported yet: "
+                "`rl-trading data import` creates it)"
+            )
         try:
-            self._meta.create_all(self.engine, checkfirst=True)
+            if create:
+                self._meta.create_all(self.engine, checkfirst=True)
+            else:
+                with self.engine.connect() as conn:
+                    if not sa.inspect(conn).has_table(self.table.name):
+                        return False
         except (OperationalError, DBAPIError) as exc:
             raise self._connect_error(exc) from None
         self._ready = True
+        return True
 
     def _ts(self, stamps: pd.DatetimeIndex) -> list[Any]:
         utc = stamps.tz_convert("UTC")
@@ -107,11 +167,15 @@ class BarStore:
         query = sa.select(sa.func.count()).where(t.c.symbol == symbol, t.c.timeframe == timeframe)
         return int(conn.execute(query).scalar_one())
 
-    def write(self, bars: pd.DataFrame, symbol: str, timeframe: str) -> int:
-        """Insert bars; rows already stored are skipped. Returns the number of new rows."""
+    def write(self, bars: pd.DataFrame, symbol: str, timeframe: str, replace: bool = False) -> int:
+        """Insert bars; rows already stored are skipped (or overwritten with `replace`).
+
+        Returns the number of new rows; `last_write` has the full `WriteResult`."""
+        check_symbol(symbol)
         frame = as_bars(bars)
-        if frame[BAR_COLUMNS].isna().any().any():
-            raise DataError(f"refusing to store bars with NaN values for {symbol}")
+        values_arr = frame[BAR_COLUMNS].to_numpy(dtype="float64")
+        if not np.isfinite(values_arr).all():
+            raise DataError(f"refusing to store bars with NaN or infinite values for {symbol}")
         self._ensure()
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
@@ -120,7 +184,6 @@ class BarStore:
         else:  # pragma: no cover - other dialects: plain insert after filtering known keys
             insert = None
         stamps = self._ts(frame.index)
-        values = frame.to_numpy(dtype="float64").tolist()
         rows = [
             {
                 "symbol": symbol,
@@ -128,26 +191,46 @@ class BarStore:
                 "timestamp": ts,
                 **dict(zip(BAR_COLUMNS, v, strict=True)),
             }
-            for ts, v in zip(stamps, values, strict=True)
+            for ts, v in zip(stamps, values_arr.tolist(), strict=True)
         ]
+        keys = ["symbol", "timeframe", "timestamp"]
         try:
             with self.engine.begin() as conn:
                 before = self._count(conn, symbol, timeframe)
                 for start in range(0, len(rows), BATCH_ROWS):
                     batch = rows[start : start + BATCH_ROWS]
-                    if insert is not None:
-                        stmt = insert(self.table).on_conflict_do_nothing(
-                            index_elements=["symbol", "timeframe", "timestamp"]
-                        )
-                    else:  # pragma: no cover
+                    if insert is None:  # pragma: no cover
                         stmt = sa.insert(self.table)
+                    elif replace:
+                        stmt = insert(self.table)
+                        stmt = stmt.on_conflict_do_update(
+                            index_elements=keys,
+                            set_={c: stmt.excluded[c] for c in BAR_COLUMNS},
+                        )
+                    else:
+                        stmt = insert(self.table).on_conflict_do_nothing(index_elements=keys)
                     conn.execute(stmt, batch)
                 after = self._count(conn, symbol, timeframe)
         except (OperationalError, DBAPIError) as exc:
             if isinstance(exc, OperationalError) or exc.connection_invalidated:
                 raise self._connect_error(exc) from None
             raise DataError(f"cannot store bars for {symbol}: {_reason(exc)}") from None
-        return after - before
+        new = after - before
+        self.last_write = WriteResult(new, len(rows) - new if replace else 0, len(rows))
+        return new
+
+    def delete(self, symbol: str, timeframe: str) -> int:
+        """Remove one stored series; returns the number of rows deleted (0: nothing stored)."""
+        check_symbol(symbol)
+        if not self._ensure(create=False):
+            return 0
+        t = self.table
+        query = sa.delete(t).where(t.c.symbol == symbol, t.c.timeframe == timeframe)
+        try:
+            with self.engine.begin() as conn:
+                return int(conn.execute(query).rowcount or 0)
+        except (OperationalError, DBAPIError) as exc:
+            raise self._connect_error(exc) from None
 
     def read(
         self,
@@ -157,7 +240,9 @@ class BarStore:
         end: str | pd.Timestamp | None = None,
     ) -> pd.DataFrame:
         """Stored bars of one series (inclusive `start`/`end`), in the canonical bars schema."""
-        self._ensure()
+        check_symbol(symbol)
+        if not self._ensure(create=False):
+            return empty_bars()
         t = self.table
         query = sa.select(t.c.timestamp, *(t.c[c] for c in BAR_COLUMNS)).where(
             t.c.symbol == symbol, t.c.timeframe == timeframe
@@ -183,7 +268,8 @@ class BarStore:
 
     def info(self) -> list[SeriesInfo]:
         """Every stored series with its row count and first/last timestamp."""
-        self._ensure()
+        if not self._ensure(create=False):
+            return []
         t = self.table
         query = (
             sa.select(

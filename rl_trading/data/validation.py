@@ -1,16 +1,24 @@
 """Validation rules for bars and the few repairs that are safe (never inventing data).
 
 Rules (name: meaning): missing_columns, unparseable_timestamp, missing_timezone (time of day
-without a zone, unless assumed UTC), mixed_timezones, nan (missing or non-numeric value),
+without a zone, unless assumed UTC), mixed_timezones, no_rows (header only),
+nan (missing or non-numeric value), non_finite (inf), absurd_value (a price above
+`max_price` or a volume above 1e18),
 duplicate_timestamp, unsorted_timestamp, non_positive_price, high_below_low,
 high_low_range (high/low do not contain open/close), negative_volume.
 Rows are 1-based data rows (the header is not counted), as in the file.
+
+Exchange-local timestamps: with `tz` (an IANA zone such as America/New_York), naive and
+fixed-offset timestamps are read as wall-clock times in that zone (DST-aware). Without it, a
+single fixed offset kept across a DST change of a zone using it logs a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -24,12 +32,19 @@ from rl_trading.data.schema import (
 )
 from rl_trading.errors import DataError
 
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PRICE = 1e9  # the default price ceiling (data.max_price, --max-price)
+MAX_VOLUME = 1e18
 RULES = [
     "missing_columns",
     "unparseable_timestamp",
     "missing_timezone",
     "mixed_timezones",
+    "no_rows",
     "nan",
+    "non_finite",
+    "absurd_value",
     "duplicate_timestamp",
     "unsorted_timestamp",
     "non_positive_price",
@@ -84,8 +99,96 @@ def _timestamp_text(raw: pd.DataFrame, cols: dict[str, str]) -> pd.Series | None
     return None
 
 
+def zone(tz: str) -> ZoneInfo:
+    """The IANA time zone `tz` (e.g. America/New_York), or DataError."""
+    try:
+        return ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise DataError(
+            f"unknown time zone '{tz}' (use an IANA name, e.g. America/New_York)"
+        ) from None
+
+
+def _localize(
+    naive: pd.DatetimeIndex, tz: str, text: pd.Series | None, source: str
+) -> tuple[pd.DatetimeIndex, list[Issue]]:
+    """Wall-clock times in `tz` -> UTC; nonexistent (spring-forward) or ambiguous (fall-back)
+    times that cannot be told apart are issues, never shifted silently."""
+    zone(tz)
+    try:
+        local = naive.tz_localize(tz, ambiguous="infer", nonexistent="raise")
+    except Exception as exc:  # noqa: BLE001 - pytz/pandas raise several kinds
+        bad = None
+        for i, ts in enumerate(naive):
+            if ts is pd.NaT:
+                continue
+            try:
+                pd.DatetimeIndex([ts]).tz_localize(tz, ambiguous="raise", nonexistent="raise")
+            except Exception:  # noqa: BLE001
+                bad = i
+                break
+        shown = str(text.iloc[bad]) if text is not None and bad is not None else str(exc)
+        issue = Issue(
+            "unparseable_timestamp",
+            None if bad is None else bad + 1,
+            f"{shown!r} is not a unique wall-clock time in {tz} (DST change: {exc})",
+            1,
+            None,
+            source,
+        )
+        return pd.DatetimeIndex([pd.NaT] * len(naive), tz="UTC").as_unit("ns"), [issue]
+    return local.tz_convert("UTC").as_unit("ns"), []
+
+
+# Exchange zones checked when a file keeps one fixed UTC offset across a DST change.
+_DST_ZONES = (
+    "America/New_York",
+    "America/Chicago",
+    "America/Sao_Paulo",
+    "Europe/London",
+    "Europe/Berlin",
+    "Europe/Athens",
+    "Australia/Sydney",
+    "Pacific/Auckland",
+)
+_OFFSET_RE = re.compile(r"([+-])(\d{2}):?(\d{2})$")
+
+
+def _fixed_offset_warning(text: pd.Series, idx: pd.DatetimeIndex, source: str) -> None:
+    """Log a warning when every timestamp has the same non-zero offset, and a zone using that
+    offset changes its offset (DST) within the data: probably local wall-clock times."""
+    offsets = text.str.extract(_OFFSET_RE)
+    if len(text) < 2 or offsets.isna().any().any():
+        return
+    keys = offsets.drop_duplicates()
+    if len(keys) != 1:
+        return
+    sign, hh, mm = keys.iloc[0]
+    minutes = (1 if sign == "+" else -1) * (int(hh) * 60 + int(mm))
+    valid = idx[~idx.isna()]
+    if minutes == 0 or len(valid) < 2:
+        return
+    probes = pd.date_range(valid.min(), valid.max(), periods=50).append(
+        pd.DatetimeIndex([valid.max()])
+    )
+    for name in _DST_ZONES:
+        offs = {int(p.tz_convert(name).utcoffset().total_seconds() // 60) for p in probes}
+        if len(offs) > 1 and minutes in offs:
+            label = f"{sign}{hh}:{mm}"
+            log.warning(
+                "%s: every timestamp carries the fixed offset %s, but %s changes its offset "
+                "(DST) within these dates: if they are exchange-local wall-clock times, read "
+                "them with --tz %s (data.tz)",
+                source,
+                label,
+                name,
+                name,
+            )
+            return
+
+
 def _parse_timestamps(
-    col: pd.Series, source: str, assume_utc: bool
+    col: pd.Series, source: str, assume_utc: bool, tz: str | None = None
 ) -> tuple[pd.DatetimeIndex, list[Issue]]:
     """Parse to a UTC index (NaT where unparseable) and the time-zone issues."""
     issues: list[Issue] = []
@@ -94,6 +197,8 @@ def _parse_timestamps(
         return pd.DatetimeIndex(col).tz_convert("UTC").as_unit("ns"), issues
     if pd.api.types.is_datetime64_dtype(col.dtype):
         idx = pd.DatetimeIndex(col).as_unit("ns")
+        if tz is not None:
+            return _localize(idx, tz, None, source)
         if not assume_utc and n and not (idx[~idx.isna()] == idx[~idx.isna()].normalize()).all():
             issues.append(
                 Issue(
@@ -112,11 +217,33 @@ def _parse_timestamps(
         return pd.DatetimeIndex(pd.to_datetime(values, unit=unit, utc=True)).as_unit("ns"), issues
 
     text = col.astype("string").str.strip()
+    if tz is not None:  # exchange-local wall-clock times: any written offset is replaced
+        wall = text.str.replace(_TZ_RE, "", regex=True).str.strip()
+        naive = pd.to_datetime(wall, errors="coerce", format="ISO8601")
+        retry = naive.isna() & wall.notna() & (wall != "")
+        if retry.any():
+            naive[retry] = pd.to_datetime(wall[retry], errors="coerce", format="mixed")
+        idx, issues = _localize(pd.DatetimeIndex(naive).as_unit("ns"), tz, text, source)
+        bad = np.flatnonzero(pd.DatetimeIndex(naive).isna())
+        if len(bad):
+            first = int(bad[0])
+            issues.append(
+                Issue(
+                    "unparseable_timestamp",
+                    first + 1,
+                    f"cannot parse timestamp {str(text.iloc[first])!r}",
+                    len(bad),
+                    None,
+                    source,
+                )
+            )
+        return idx, issues
     parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
     retry = parsed.isna() & text.notna() & (text != "")
     if retry.any():
         parsed[retry] = pd.to_datetime(text[retry], utc=True, errors="coerce", format="mixed")
     idx = pd.DatetimeIndex(parsed).as_unit("ns")
+    _fixed_offset_warning(text, idx, source)
     bad = np.flatnonzero(idx.isna())
     if len(bad):
         first = int(bad[0])
@@ -163,7 +290,7 @@ def _parse_timestamps(
 
 
 def inspect_raw(
-    raw: pd.DataFrame, source: str = "<bars>", assume_utc: bool = False
+    raw: pd.DataFrame, source: str = "<bars>", assume_utc: bool = False, tz: str | None = None
 ) -> tuple[pd.DataFrame | None, list[Issue]]:
     """Map columns and parse a raw table: (bars in file order or None, structural issues)."""
     if isinstance(raw.index, pd.DatetimeIndex) and set(BAR_COLUMNS) <= set(raw.columns):
@@ -171,7 +298,7 @@ def inspect_raw(
         idx = raw.index
         issues: list[Issue] = []
         if idx.tz is None:
-            ts, issues = _parse_timestamps(pd.Series(idx), source, assume_utc)
+            ts, issues = _parse_timestamps(pd.Series(idx), source, assume_utc, tz)
         else:
             ts = idx.tz_convert("UTC").as_unit("ns")
         frame.index = pd.DatetimeIndex(ts).rename(INDEX_NAME)
@@ -194,7 +321,7 @@ def inspect_raw(
                 source,
             )
         ]
-    idx, issues = _parse_timestamps(ts_text.reset_index(drop=True), source, assume_utc)
+    idx, issues = _parse_timestamps(ts_text.reset_index(drop=True), source, assume_utc, tz)
     data = {
         c: pd.to_numeric(raw[cols[c]], errors="coerce").to_numpy(dtype="float64")
         for c in BAR_COLUMNS
@@ -203,9 +330,11 @@ def inspect_raw(
     return frame, issues
 
 
-def parse_bars(raw: pd.DataFrame, source: str = "<bars>", assume_utc: bool = False) -> pd.DataFrame:
+def parse_bars(
+    raw: pd.DataFrame, source: str = "<bars>", assume_utc: bool = False, tz: str | None = None
+) -> pd.DataFrame:
     """Raw table -> bars in file order (not yet validated); DataError on structural problems."""
-    frame, issues = inspect_raw(raw, source, assume_utc)
+    frame, issues = inspect_raw(raw, source, assume_utc, tz)
     if issues:
         raise DataError(_summary(issues))
     assert frame is not None
@@ -217,8 +346,10 @@ def _first(mask: np.ndarray) -> tuple[int, int]:
     return int(rows[0]), len(rows)
 
 
-def _row_rules(frame: pd.DataFrame, source: str) -> list[Issue]:
+def _row_rules(frame: pd.DataFrame, source: str, max_price: float) -> list[Issue]:
     issues: list[Issue] = []
+    if len(frame) == 0:
+        return [Issue("no_rows", None, "no data rows (header only)", 1, None, source)]
     values = frame[BAR_COLUMNS].to_numpy(dtype="float64")
     o, h, low, c, v = (values[:, i] for i in range(5))
     idx = frame.index
@@ -237,6 +368,25 @@ def _row_rules(frame: pd.DataFrame, source: str) -> list[Issue]:
         lambda i: (
             "missing or non-numeric value in "
             + ", ".join(BAR_COLUMNS[j] for j in np.flatnonzero(nan[i]))
+        ),
+    )
+    inf = np.isinf(values)
+    add(
+        "non_finite",
+        inf.any(axis=1),
+        lambda i: "infinite value in " + ", ".join(BAR_COLUMNS[j] for j in np.flatnonzero(inf[i])),
+    )
+    with np.errstate(invalid="ignore"):
+        huge = np.zeros_like(values, dtype=bool)
+        huge[:, :4] = np.isfinite(values[:, :4]) & (values[:, :4] > max_price)
+        huge[:, 4] = np.isfinite(values[:, 4]) & (values[:, 4] > MAX_VOLUME)
+    add(
+        "absurd_value",
+        huge.any(axis=1),
+        lambda i: (
+            ", ".join(f"{BAR_COLUMNS[j]} {values[i, j]:g}" for j in np.flatnonzero(huge[i]))
+            + f" above the ceiling (price {max_price:g}, volume {MAX_VOLUME:g}; "
+            "raise data.max_price / --max-price if real)"
         ),
     )
     valid_ts = ~idx.isna()
@@ -274,12 +424,16 @@ def _row_rules(frame: pd.DataFrame, source: str) -> list[Issue]:
 
 
 def validate_bars(
-    df: pd.DataFrame, source: str = "<bars>", assume_utc: bool = False
+    df: pd.DataFrame,
+    source: str = "<bars>",
+    assume_utc: bool = False,
+    tz: str | None = None,
+    max_price: float = DEFAULT_MAX_PRICE,
 ) -> list[Issue]:
     """Every broken rule (one Issue per rule: first row and count), sorted by first row."""
-    frame, issues = inspect_raw(df, source, assume_utc)
+    frame, issues = inspect_raw(df, source, assume_utc, tz)
     if frame is not None:
-        issues = issues + _row_rules(frame, source)
+        issues = issues + _row_rules(frame, source, max_price)
     return sorted(issues, key=lambda it: (-1 if it.row is None else it.row, RULES.index(it.rule)))
 
 
@@ -298,22 +452,60 @@ def _summary(issues: list[Issue]) -> str:
     return text
 
 
-def check_bars(df: pd.DataFrame, source: str = "<bars>", assume_utc: bool = False) -> pd.DataFrame:
+def check_bars(
+    df: pd.DataFrame,
+    source: str = "<bars>",
+    assume_utc: bool = False,
+    tz: str | None = None,
+    max_price: float = DEFAULT_MAX_PRICE,
+) -> pd.DataFrame:
     """Validated canonical bars, or DataError naming file, row and rule (+ count of others)."""
-    issues = validate_bars(df, source, assume_utc)
+    frame, issues = inspect_raw(df, source, assume_utc, tz)
+    if frame is not None:
+        issues = issues + _row_rules(frame, source, max_price)
     if issues:
         raise DataError(_summary(issues))
-    frame, _ = inspect_raw(df, source, assume_utc)
     assert frame is not None
     return as_bars(frame)
 
 
-def repair_bars(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Apply the safe fixes (sort, drop exact duplicate rows, widen high/low to contain
-    open/close) and list what changed. NaN rows and conflicting duplicates are left alone."""
-    frame, issues = inspect_raw(df)
-    if frame is None:
+def check_spacing(bars: pd.DataFrame, timeframe: str, source: str = "<bars>") -> None:
+    """DataError unless the typical (modal) spacing of the bars is the declared `timeframe`.
+
+    Gaps such as nights, weekends and holidays are allowed: only the most common spacing
+    counts, so daily bars declared as 1m (or minute bars declared as 1d) are refused.
+    """
+    from rl_trading.data.schema import guess_timeframe, timeframe_delta
+
+    want = timeframe_delta(timeframe)
+    have = guess_timeframe(bars.index)
+    if have is None or timeframe_delta(have) == want:
+        return
+    raise DataError(
+        f"{source}: bars are typically {have} apart, not the declared timeframe {timeframe} "
+        f"(use --timeframe {have}, or resample them first)"
+    )
+
+
+def _changed_rows(frame: pd.DataFrame, mask: np.ndarray, what) -> str:  # noqa: ANN001
+    """`what(i)` for the first few rows of `mask`, with the timestamp, and a count."""
+    rows = np.flatnonzero(mask)
+    shown = [f"{frame.index[i].strftime('%Y-%m-%dT%H:%M:%SZ')} {what(i)}" for i in rows[:5]]
+    more = f"; +{len(rows) - 5} more" if len(rows) > 5 else ""
+    return "; ".join(shown) + more
+
+
+def repair_bars(
+    df: pd.DataFrame, assume_utc: bool = False, tz: str | None = None, source: str = "<bars>"
+) -> tuple[pd.DataFrame, list[str]]:
+    """Apply the safe fixes and list exactly what changed: sort, drop exact duplicate rows,
+    swap high and low where that makes the bar consistent, widen high/low to contain
+    open/close. A high < low bar that a swap does not fix is refused (DataError); NaN rows
+    and conflicting duplicates are left alone (validation still refuses them)."""
+    frame, issues = inspect_raw(df, source, assume_utc=assume_utc, tz=tz)
+    if issues:  # structure (columns, timestamps) first: nothing to repair before that
         raise DataError(_summary(issues))
+    assert frame is not None
     changes: list[str] = []
     frame = frame.copy()
     if not frame.index.is_monotonic_increasing and not frame.index.hasnans:
@@ -330,12 +522,39 @@ def repair_bars(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     with np.errstate(invalid="ignore"):
         top = np.fmax(o, c)
         bottom = np.fmin(o, c)
+        inverted = h < low
+        swap_ok = inverted & (low >= top) & (h <= bottom)
+    stuck = inverted & ~swap_ok
+    if stuck.any():
+        i = int(np.flatnonzero(stuck)[0])
+        raise DataError(
+            f"{source}: cannot repair: {frame.index[i].strftime('%Y-%m-%dT%H:%M:%SZ')} has high "
+            f"{h[i]:g} < low {low[i]:g}, and swapping them would not contain open {o[i]:g} "
+            f"and close {c[i]:g} ({int(stuck.sum())} such rows); fix the source"
+        )
+    if swap_ok.any():
+        detail = _changed_rows(frame, swap_ok, lambda i: f"high {h[i]:g} <-> low {low[i]:g}")
+        h, low = np.where(swap_ok, low, h), np.where(swap_ok, h, low)
+        frame["high"], frame["low"] = h, low
+        changes.append(f"swapped high and low on {int(swap_ok.sum())} rows: {detail}")
+    with np.errstate(invalid="ignore"):
         fix_h = h < top
         fix_l = low > bottom
     if fix_h.any() or fix_l.any():
-        frame["high"] = np.where(fix_h, top, h)
-        frame["low"] = np.where(fix_l, bottom, low)
+        new_h = np.where(fix_h, top, h)
+        new_l = np.where(fix_l, bottom, low)
+
+        def what(i: int) -> str:
+            parts = []
+            if fix_h[i]:
+                parts.append(f"high {h[i]:g} -> {new_h[i]:g}")
+            if fix_l[i]:
+                parts.append(f"low {low[i]:g} -> {new_l[i]:g}")
+            return ", ".join(parts)
+
+        detail = _changed_rows(frame, fix_h | fix_l, what)
+        frame["high"], frame["low"] = new_h, new_l
         changes.append(
-            f"widened high/low to contain open/close on {int((fix_h | fix_l).sum())} rows"
+            f"widened high/low to contain open/close on {int((fix_h | fix_l).sum())} rows: {detail}"
         )
     return frame, changes

@@ -144,6 +144,9 @@ def register_policy(
             lineage[name] = ps.best_checkpoint or ps.last_checkpoint
             if ps.mlflow_run_id:
                 lineage[f"{name}_mlflow_run"] = ps.mlflow_run_id
+    from rl_trading.data import synthetic_symbols
+
+    lineage["synthetic_symbols"] = synthetic_symbols(bars)  # [] when every bar is real
     if cfg.supervised.signals_enabled:
         lineage["signals"] = [
             f"{m}_{tf}" for m in cfg.supervised.models for tf in cfg.supervised.timeframes

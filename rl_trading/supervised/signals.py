@@ -197,4 +197,7 @@ def observed_market(
         bars = load_market(cfg)
     if not cfg.supervised.signals_enabled:
         return bars
-    return add_signal_features(bars, cfg)  # type: ignore[return-value]
+    out = add_signal_features(bars, cfg)
+    for symbol, frame in out.items():  # keep the source marks (synthetic_symbols) of the bars
+        frame.attrs.update(bars[symbol].attrs)
+    return out  # type: ignore[return-value]

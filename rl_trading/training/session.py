@@ -118,6 +118,7 @@ def train(
     `resume_or_start` resumes a run when there is one, else starts it; `notify` gets one-line
     messages (which Ray cluster is used).
     """
+    from rl_trading.data import synthetic_symbols
     from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
 
     resume = resume or resume_or_start
@@ -131,6 +132,7 @@ def train(
             train_bars, val_bars, fp = load_splits(cfg)
             factory = hierarchical_factory(cfg, train_bars, val_bars, source=cfg)  # data by ref
             tags["data_fingerprint"] = fp
+            tags["synthetic_symbols"] = ",".join(synthetic_symbols(train_bars)) or "none"
         cfg = pin_periods_per_year(cfg, factory)
         check_checkpoint_policies(factory, phases[0], from_checkpoint)
         if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
