@@ -15,6 +15,7 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 from envs import HierarchicalTradingEnv, env, parallel_env
 from envs.hierarchical_env import META
 from rl_trading.errors import ConfigError
+from tests.test_env_single import with_gaps as gapped
 
 SMALL = {"window_size": 5, "risk_window": 10, "episode_length": 40}
 
@@ -115,21 +116,7 @@ def test_spaces_and_observation_contents():
 
 def with_gaps(bars: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
     """About 15% of each instrument's bars forward-filled the way `align` does it."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for sym, frame in bars.items():
-        filled = rng.random(len(frame)) < 0.15
-        filled[0] = False
-        close = frame["close"].to_numpy().copy()
-        for t in np.flatnonzero(filled):
-            close[t] = close[t - 1]
-        g = frame.copy()
-        for name in ("open", "high", "low", "close"):
-            g[name] = np.where(filled, close, g[name].to_numpy())
-        g["volume"] = np.where(filled, 0.0, g["volume"].to_numpy())
-        g["filled"] = filled
-        out[sym] = g
-    return out
+    return {sym: gapped(frame, seed + k) for k, (sym, frame) in enumerate(bars.items())}
 
 
 RECONCILE = [(1, False, None), (3, False, None), (1, True, True), (3, True, False)]
