@@ -210,15 +210,18 @@ def test_fills_stops_and_borrow_on_both_paths(kernels):
     assert s["equity"][-1] == pytest.approx(eq_120 + loss_a, rel=1e-12)
 
 
-def test_flat_prices_costs_are_exactly_the_equity_lost():
+@pytest.mark.parametrize("borrow", [0.0, 3e5])
+def test_flat_prices_costs_are_exactly_the_equity_lost(borrow):
     bars = make_market(flat=True)
     e = HierarchicalTradingEnv(
-        bars=bars, **SMALL, transaction_cost=0.002, slippage_bps=1.5, spread_bps=1.0
-    )
+        bars=bars, **SMALL, transaction_cost=0.002, slippage_bps=1.5, spread_bps=1.0,
+        borrow_bps_per_year=borrow,
+    )  # fmt: skip
     play(e, random_policy(e, 1))
     s = e.episode_summary()
-    assert s["total_costs"] > 0
-    assert e.capital - s["equity"][-1] == pytest.approx(s["total_costs"], rel=1e-9)
+    assert s["total_costs"] > 0 and (s["borrow_costs"] > 0) == (borrow > 0)
+    lost = s["total_costs"] + s["borrow_costs"]
+    assert e.capital - s["equity"][-1] == pytest.approx(lost, rel=1e-9)
     assert np.all(np.diff(s["equity"]) <= 1e-9)  # never gains on flat prices
     idle = play(e, lambda a, _s: np.zeros(4) if a == META else np.zeros(1))
     assert idle[-1][2]["specialist_AAA"]["equity"] == e.capital
