@@ -442,6 +442,28 @@ def test_registration_env_config_roundtrip_and_rllib_check():
     assert register_envs() == (HIERARCHICAL_ENV_NAME, SINGLE_ENV_NAME)  # idempotent
 
 
+def test_env_config_carries_the_forward_fill_marks():
+    """align's `filled` column survives make_env_config (pickled) into the env runner's env."""
+    from envs.registration import bars_from_config, make_env_config, make_hierarchical_env
+    from rl_trading.config import AppConfig
+
+    cfg = AppConfig()
+    cfg.train.window_size = 5
+    cfg.env.risk_window = 10
+    bars = with_gaps(make_market(), seed=1)
+    bars["CCC"] = bars["CCC"].drop(columns="filled")  # no marks: every bar real
+    ec = pickle.loads(pickle.dumps(make_env_config(cfg, bars, "joint")))
+    back = bars_from_config(ec)
+    for sym in ("AAA", "BBB"):
+        assert back[sym]["filled"].dtype == bool
+        np.testing.assert_array_equal(back[sym]["filled"], bars[sym]["filled"])
+    assert "filled" not in back["CCC"].columns
+    env = make_hierarchical_env(ec)
+    expected = np.stack([~bars[s]["filled"].to_numpy() for s in ("AAA", "BBB")], axis=1)
+    np.testing.assert_array_equal(env._real[:, :2], expected)
+    assert env._real[:, 2].all() and not env._real.all()
+
+
 def inner_bars(env_config):
     from envs.registration import bars_from_config
 
