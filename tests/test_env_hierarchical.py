@@ -15,6 +15,7 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test
 from envs import HierarchicalTradingEnv, env, parallel_env
 from envs.hierarchical_env import META
 from rl_trading.errors import ConfigError
+from tests.test_env_single import with_gaps as gapped
 
 SMALL = {"window_size": 5, "risk_window": 10, "episode_length": 40}
 
@@ -115,21 +116,7 @@ def test_spaces_and_observation_contents():
 
 def with_gaps(bars: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
     """About 15% of each instrument's bars forward-filled the way `align` does it."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for sym, frame in bars.items():
-        filled = rng.random(len(frame)) < 0.15
-        filled[0] = False
-        close = frame["close"].to_numpy().copy()
-        for t in np.flatnonzero(filled):
-            close[t] = close[t - 1]
-        g = frame.copy()
-        for name in ("open", "high", "low", "close"):
-            g[name] = np.where(filled, close, g[name].to_numpy())
-        g["volume"] = np.where(filled, 0.0, g["volume"].to_numpy())
-        g["filled"] = filled
-        out[sym] = g
-    return out
+    return {sym: gapped(frame, seed + k) for k, (sym, frame) in enumerate(bars.items())}
 
 
 RECONCILE = [(1, False, None), (3, False, None), (1, True, True), (3, True, False)]
@@ -223,15 +210,18 @@ def test_fills_stops_and_borrow_on_both_paths(kernels):
     assert s["equity"][-1] == pytest.approx(eq_120 + loss_a, rel=1e-12)
 
 
-def test_flat_prices_costs_are_exactly_the_equity_lost():
+@pytest.mark.parametrize("borrow", [0.0, 3e5])
+def test_flat_prices_costs_are_exactly_the_equity_lost(borrow):
     bars = make_market(flat=True)
     e = HierarchicalTradingEnv(
-        bars=bars, **SMALL, transaction_cost=0.002, slippage_bps=1.5, spread_bps=1.0
-    )
+        bars=bars, **SMALL, transaction_cost=0.002, slippage_bps=1.5, spread_bps=1.0,
+        borrow_bps_per_year=borrow,
+    )  # fmt: skip
     play(e, random_policy(e, 1))
     s = e.episode_summary()
-    assert s["total_costs"] > 0
-    assert e.capital - s["equity"][-1] == pytest.approx(s["total_costs"], rel=1e-9)
+    assert s["total_costs"] > 0 and (s["borrow_costs"] > 0) == (borrow > 0)
+    lost = s["total_costs"] + s["borrow_costs"]
+    assert e.capital - s["equity"][-1] == pytest.approx(lost, rel=1e-9)
     assert np.all(np.diff(s["equity"]) <= 1e-9)  # never gains on flat prices
     idle = play(e, lambda a, _s: np.zeros(4) if a == META else np.zeros(1))
     assert idle[-1][2]["specialist_AAA"]["equity"] == e.capital
@@ -450,6 +440,28 @@ def test_registration_env_config_roundtrip_and_rllib_check():
     assert obs.shape == single.observation_space.shape
     assert register_envs() == (HIERARCHICAL_ENV_NAME, SINGLE_ENV_NAME)
     assert register_envs() == (HIERARCHICAL_ENV_NAME, SINGLE_ENV_NAME)  # idempotent
+
+
+def test_env_config_carries_the_forward_fill_marks():
+    """align's `filled` column survives make_env_config (pickled) into the env runner's env."""
+    from envs.registration import bars_from_config, make_env_config, make_hierarchical_env
+    from rl_trading.config import AppConfig
+
+    cfg = AppConfig()
+    cfg.train.window_size = 5
+    cfg.env.risk_window = 10
+    bars = with_gaps(make_market(), seed=1)
+    bars["CCC"] = bars["CCC"].drop(columns="filled")  # no marks: every bar real
+    ec = pickle.loads(pickle.dumps(make_env_config(cfg, bars, "joint")))
+    back = bars_from_config(ec)
+    for sym in ("AAA", "BBB"):
+        assert back[sym]["filled"].dtype == bool
+        np.testing.assert_array_equal(back[sym]["filled"], bars[sym]["filled"])
+    assert "filled" not in back["CCC"].columns
+    env = make_hierarchical_env(ec)
+    expected = np.stack([~bars[s]["filled"].to_numpy() for s in ("AAA", "BBB")], axis=1)
+    np.testing.assert_array_equal(env._real[:, :2], expected)
+    assert env._real[:, 2].all() and not env._real.all()
 
 
 def inner_bars(env_config):

@@ -12,6 +12,7 @@ import pytest
 
 from envs import HierarchicalTradingEnv, kernels
 from envs.hierarchical_env import META
+from tests.test_env_hierarchical import with_gaps
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="numba not installed")
 
@@ -37,24 +38,7 @@ def _market(n: int = 260, seed: int = 4, gaps: bool = False) -> dict[str, pd.Dat
             },
             index=index,
         )
-        if gaps:
-            out[sym] = _with_gaps(out[sym], rng)
-    return out
-
-
-def _with_gaps(frame: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    """About 15% of the bars forward-filled (OHLC = the last close, volume 0, `filled`)."""
-    filled = rng.random(len(frame)) < 0.15
-    filled[0] = False
-    close = frame["close"].to_numpy().copy()
-    for t in np.flatnonzero(filled):
-        close[t] = close[t - 1]
-    out = frame.copy()
-    for name in ("open", "high", "low", "close"):
-        out[name] = np.where(filled, close, out[name].to_numpy())
-    out["volume"] = np.where(filled, 0.0, out["volume"].to_numpy())
-    out["filled"] = filled
-    return out
+    return with_gaps(out, seed) if gaps else out
 
 
 def _play(env: HierarchicalTradingEnv, seed: int) -> tuple[list, dict]:
