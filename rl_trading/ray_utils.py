@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -84,9 +86,56 @@ def init_ray(
         kwargs.setdefault("log_to_driver", False)
     with _loopback_only(kwargs["_node_ip_address"]):
         ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    reap_with_driver()
     resources = dict(ray.cluster_resources())
     say(f"Ray: started a local instance on {kwargs['_node_ip_address']} ({_cpus(resources)})")
     return resources
+
+
+_WATCHDOG: subprocess.Popen | None = None
+
+
+def reap_with_driver() -> None:
+    """Start (once per process) a watchdog that kills this driver's Ray helpers when it dies.
+
+    Ray ties its head processes to the driver, but after a SIGKILL its agents wait a minute
+    on the dead GCS before exiting; the watchdog (its own session, so Ctrl+C does not reach
+    it) notes the driver's descendants every second and SIGKILLs them when the driver is gone.
+    """
+    global _WATCHDOG
+    if _WATCHDOG is not None and _WATCHDOG.poll() is None:
+        return
+    code = "from rl_trading.ray_utils import _watchdog; _watchdog()"
+    _WATCHDOG = subprocess.Popen(  # the pipe's write end stays here: EOF = driver gone
+        [sys.executable, "-c", code, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _watchdog() -> None:
+    """Body of the watchdog process (argv[1]: the driver's pid)."""
+    import select
+
+    import psutil
+
+    driver, me = int(sys.argv[1]), os.getpid()
+    seen: dict[int, psutil.Process] = {}
+    while True:
+        ready, _, _ = select.select([sys.stdin], [], [], 1.0)
+        if ready and not os.read(sys.stdin.fileno(), 1024):
+            break  # the driver is gone (exited or killed)
+        try:
+            for proc in psutil.Process(driver).children(recursive=True):
+                if proc.pid != me:
+                    seen.setdefault(proc.pid, proc)
+        except psutil.Error:
+            break
+    for proc in seen.values():
+        with contextlib.suppress(psutil.Error):
+            proc.kill()  # psutil refuses a pid reused by another process
 
 
 def _cpus(resources: dict[str, Any]) -> str:
