@@ -201,3 +201,101 @@ def test_predict_proba_api_and_atomic_save(frames: TimeframeFrames, tmp_path, mo
         load_model("analyst", "1m", tmp_path)
     with pytest.raises(CheckpointError):
         load_model("tactician", "1h", tmp_path)
+
+
+def test_fit_reports_every_cv_fold_and_cnn_lstm_epoch(frames: TimeframeFrames) -> None:
+    """The progress hooks a Tune trial reports through: running CV summaries, then one call
+    per epoch of the CNN-LSTM's final fit with the net as trained so far."""
+    folds, epochs = [], []
+
+    def on_epoch(model, epoch, val_loss):
+        epochs.append((epoch, val_loss, model.net.training))
+
+    res = fit_and_score(
+        "cnn_lstm",
+        frames,
+        _small_params("cnn_lstm"),
+        test_size=0.2,
+        cv_splits=3,
+        horizon=1,
+        seed=0,
+        on_fold=folds.append,
+        on_epoch=on_epoch,
+    )
+    assert [f["cv_folds"] for f in folds] == list(range(1, res.metrics["cv_folds"] + 1))
+    assert folds[-1]["cv_accuracy_mean"] == res.metrics["cv_accuracy_mean"]
+    # the final fit only (CV folds are their own reports), every epoch, net in eval mode
+    assert [e for e, _, _ in epochs] == list(range(1, res.info["epochs_trained"] + 1))
+    assert all(v is not None and np.isfinite(v) and not training for _, v, training in epochs)
+
+
+def test_install_model_folder_checks_sums_and_becomes_current(
+    frames: TimeframeFrames, tmp_path
+) -> None:
+    """A trial checkpoint (write_model_folder) installed as the current version; a tampered or
+    mismatched one is refused."""
+    res = fit_and_score(
+        "analyst",
+        frames,
+        _small_params("analyst"),
+        test_size=0.2,
+        cv_splits=2,
+        horizon=1,
+        seed=0,
+        run_cv=False,
+    )
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    storage.write_model_folder(res.model, "analyst", "1m", {"metrics": res.metrics}, ckpt)
+    folder = storage.install_model_folder(ckpt, "analyst", "1m", tmp_path / "models")
+    loaded = storage.load_saved("analyst", "1m", tmp_path / "models")
+    assert loaded.path == folder and loaded.metadata["version"] == folder.name
+    ds = build_dataset(frames, "analyst")
+    np.testing.assert_array_equal(
+        loaded.estimator.predict_proba(ds.x[:50]), res.model.predict_proba(ds.x[:50])
+    )
+    with pytest.raises(CheckpointError, match="not cnn_lstm"):
+        storage.install_model_folder(ckpt, "cnn_lstm", "1m", tmp_path / "models")
+    (ckpt / "model.joblib").write_bytes(b"tampered")
+    with pytest.raises(CheckpointError, match="checksum"):
+        storage.install_model_folder(ckpt, "analyst", "1m", tmp_path / "models")
+    assert storage.load_saved("analyst", "1m", tmp_path / "models").path == folder
+
+
+def test_search_is_optuna_with_asha_and_takes_the_best_finished_trial() -> None:
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from rl_trading.errors import RLTradingError
+    from rl_trading.supervised.trainables import (
+        SEARCH_METRIC,
+        SupervisedRecord,
+        SupervisedResults,
+        best_finished,
+        max_reports,
+        search_tune_config,
+    )
+
+    assert max_reports("cnn_lstm", 3, 10) == 14 and max_reports("analyst", 3, 10) == 4
+    tc = search_tune_config("cnn_lstm", 4, 0, 14)
+    assert isinstance(tc.search_alg, OptunaSearch) and tc.num_samples == 4
+    assert isinstance(tc.scheduler, ASHAScheduler)
+    assert tc.scheduler.metric == SEARCH_METRIC and tc.scheduler._max_t == 14
+
+    def res(cv, report="final", ckpt="c"):
+        metrics = {SEARCH_METRIC: cv, "report": report}
+        return SimpleNamespace(
+            error=None, checkpoint=ckpt and SimpleNamespace(path=ckpt), metrics=metrics
+        )
+
+    stopped = res(0.9, report="cv_fold", ckpt="stopped")  # ASHA cut it: a running mean only
+    grid = [res(0.6, ckpt="a"), stopped, res(0.7, ckpt="b"), res(float("nan"), ckpt="n")]
+    assert best_finished(grid, "analyst", "1m").checkpoint.path == "b"
+    with pytest.raises(RLTradingError, match="no finished trial"):
+        best_finished([stopped], "analyst", "1m")
+    # the registry gets the trial's checkpoint; load_model reads the installed copy
+    rec = SupervisedRecord("analyst", "1m", "ok", model_path="/m", checkpoint="/ckpt")
+    saved = SupervisedResults([rec], None, None).saved_models()["analyst_1m"]
+    assert saved["path"] == "/ckpt" and saved["model_path"] == "/m"

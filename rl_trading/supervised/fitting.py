@@ -5,6 +5,7 @@ This is the work of one Tune trial, kept free of Ray so it is testable on its ow
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +49,15 @@ def fit_and_score(
     horizon: int,
     seed: int,
     run_cv: bool = True,
+    on_fold: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[Any, int, float | None], None] | None = None,
 ) -> FitResult:
     """Time-ordered split (last `test_size` of timestamps is test, `horizon` embargo), CV on the
-    training part only, final fit on the whole training part, metrics vs both baselines."""
+    training part only, final fit on the whole training part, metrics vs both baselines.
+
+    Progress hooks (a Tune trial reports through them): `on_fold(running CV summary)` after
+    each CV fold, `on_epoch(model, epoch, val_loss)` after each epoch of the CNN-LSTM's final fit.
+    """
     ds = build_dataset(frames, model_type, window=int(params.get("window", 1)))
     gap = horizon
     train, test = train_test_split_by_time(ds.times, test_size, gap)
@@ -63,9 +70,15 @@ def fit_and_score(
     metrics: dict[str, float] = {}
     if run_cv:
         metrics.update(
-            time_series_cv(make, ds.x[train], ds.y[train], ds.times[train], cv_splits, gap)
+            time_series_cv(
+                make, ds.x[train], ds.y[train], ds.times[train], cv_splits, gap, on_fold=on_fold
+            )
         )
-    model = make().fit(ds.x[train], ds.y[train])
+    model = make()
+    if on_epoch is not None and model_type == "cnn_lstm":
+        model.fit(ds.x[train], ds.y[train], on_epoch=lambda e, v: on_epoch(model, e, v))
+    else:
+        model.fit(ds.x[train], ds.y[train])
     pred = model.predict(ds.x[test])
     metrics.update(classification_metrics(ds.y[test], pred))
     metrics.update(baseline_metrics(ds.y[train], ds.y[test], ds.prev_direction[test]))

@@ -9,6 +9,7 @@ takes feature *windows* ``(n, window, n_features)`` and normalises them with a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -161,8 +162,17 @@ class CNNLSTMClassifier:
         self.epochs_trained = 0
         self.classes_ = np.array([0, 1])
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> CNNLSTMClassifier:
-        """Fit on windows ``x`` (n, window, f) in time order; validation = last ``val_frac``."""
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        on_epoch: Callable[[int, float | None], None] | None = None,
+    ) -> CNNLSTMClassifier:
+        """Fit on windows ``x`` (n, window, f) in time order; validation = last ``val_frac``.
+
+        `on_epoch(epoch, val_loss)` runs after every epoch with the net as trained so far (a
+        Tune trial reports each epoch with a checkpoint through it).
+        """
         import torch
 
         torch.manual_seed(self.seed)
@@ -190,10 +200,15 @@ class CNNLSTMClassifier:
                 opt.step()
             self.epochs_trained = epoch + 1
             if n_val == 0:
+                if on_epoch is not None:
+                    self.net.eval()
+                    on_epoch(epoch + 1, None)
                 continue
             self.net.eval()
             with torch.no_grad():
                 val_loss = float(loss_fn(self.net(x_va), y_va))
+            if on_epoch is not None:
+                on_epoch(epoch + 1, val_loss)
             if val_loss < best - 1e-5:
                 best, bad = val_loss, 0
                 best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}

@@ -81,9 +81,23 @@ def time_series_cv(
     times: np.ndarray,
     n_splits: int,
     gap: int,
+    on_fold: Callable[[dict[str, float]], None] | None = None,
 ) -> dict[str, float]:
-    """Accuracy/F1 mean and std over time-ordered folds of the *training* data only."""
+    """Accuracy/F1 mean and std over time-ordered folds of the *training* data only.
+
+    `on_fold` gets the running summary (over the folds so far) after each fold, e.g. to report
+    it to a Tune scheduler that may stop a poor trial early.
+    """
     accs, f1s = [], []
+
+    def summary() -> dict[str, float]:
+        return {
+            "cv_accuracy_mean": float(np.mean(accs)),
+            "cv_accuracy_std": float(np.std(accs)),
+            "cv_f1_mean": float(np.mean(f1s)),
+            "cv_folds": len(accs),
+        }
+
     for tr, va in time_groups_split(times, n_splits, gap):
         if len(np.unique(y[tr])) < 2 or len(va) == 0:
             continue
@@ -92,11 +106,8 @@ def time_series_cv(
         m = classification_metrics(y[va], model.predict(x[va]))
         accs.append(m["accuracy"])
         f1s.append(m["f1"])
+        if on_fold is not None:
+            on_fold(summary())
     if not accs:
         return {"cv_accuracy_mean": float("nan"), "cv_accuracy_std": float("nan"), "cv_folds": 0}
-    return {
-        "cv_accuracy_mean": float(np.mean(accs)),
-        "cv_accuracy_std": float(np.std(accs)),
-        "cv_f1_mean": float(np.mean(f1s)),
-        "cv_folds": len(accs),
-    }
+    return summary()

@@ -100,27 +100,82 @@ def save_model(
     tmp = base / f".tmp-{version}"
     tmp.mkdir()
     try:
-        _write_model_files(model, model_type, tmp)
-        meta = {
-            "model_type": model_type,
-            "timeframe": timeframe,
-            "version": version,
-            "created_at": now.isoformat(),
-            "package_versions": package_versions(),
-            **metadata,
-        }
-        meta["files"] = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+        write_model_folder(model, model_type, timeframe, metadata, tmp, version, now)
+        final = base / version
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _make_current(base, version)
+    return final
+
+
+def write_model_folder(
+    model: Any,
+    model_type: str,
+    timeframe: str,
+    metadata: dict[str, Any],
+    folder: Path,
+    version: str = "unversioned",
+    now: _dt.datetime | None = None,
+) -> Path:
+    """The model files and `metadata.json` (with their sha256) into an existing `folder`,
+    the layout `load_saved` reads (also a Tune trial's checkpoint)."""
+    now = now or _dt.datetime.now(_dt.UTC)
+    _write_model_files(model, model_type, folder)
+    meta = {
+        "model_type": model_type,
+        "timeframe": timeframe,
+        "version": version,
+        "created_at": now.isoformat(),
+        "package_versions": package_versions(),
+        **metadata,
+    }
+    meta["files"] = {
+        p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.name != METADATA_FILE
+    }
+    (folder / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    return folder
+
+
+def install_model_folder(
+    source: str | Path, model_type: str, timeframe: str, models_dir: str | Path | None = None
+) -> Path:
+    """Copy a model folder (e.g. the best Tune trial's checkpoint) in as the new current
+    version, after checking its files against their sha256; returns the version folder."""
+    source = Path(source)
+    meta_file = source / METADATA_FILE
+    if not meta_file.is_file():
+        raise CheckpointError(f"{source} holds no {METADATA_FILE}: not a saved model")
+    meta = json.loads(meta_file.read_text())
+    if (meta.get("model_type"), meta.get("timeframe")) != (model_type, timeframe):
+        raise CheckpointError(f"{source} is a {meta.get('model_type')} model, not {model_type}")
+    for name, digest in meta.get("files", {}).items():
+        if not (source / name).is_file() or _sha256(source / name) != digest:
+            raise CheckpointError(f"{source / name} is missing or does not match its checksum")
+    base = model_dir(model_type, timeframe, models_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    version = f"v-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    tmp = base / f".tmp-{version}"
+    try:
+        shutil.copytree(source, tmp)
+        meta["version"] = version
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
         final = base / version
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _make_current(base, version)
+    return final
+
+
+def _make_current(base: Path, version: str) -> None:
+    """Point `current.json` at `version`; keep the newest `KEEP_VERSIONS` versions."""
     _write_json_atomic(base / CURRENT_FILE, {"version": version})
     versions = sorted(p for p in base.iterdir() if p.is_dir() and p.name.startswith("v-"))
     for old in versions[:-KEEP_VERSIONS]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 @dataclass

@@ -5,10 +5,12 @@ trials through the object store (`tune.with_parameters`), runs the trials in par
 each), and collects one record per model x timeframe (metrics, baselines, saved path, MLflow
 run id) into ``<run_dir>/results.json``.
 
-With ``optimize=True`` each model x timeframe first gets a search over its hyperparameters
-(OptunaSearch, `n_trials` samples) scored by time-series CV accuracy on the training part only;
-the best configuration is then refitted and saved like a normal run. The held-out test score
-never takes part in any choice.
+Every trial reports each CV fold, each CNN-LSTM epoch and its end, each with a `Checkpoint`
+(see `supervised_trial`). With ``optimize=True`` each model x timeframe is a search over its
+hyperparameters (OptunaSearch, `n_trials` samples) scored by time-series CV accuracy on the
+training part only, with ASHA stopping trials whose running CV accuracy falls behind; the best
+finished trial's checkpoint is the model that is installed and registered (no refit). The
+held-out test score never takes part in any choice.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class SupervisedRecord:
     model_path: str | None = None
     mlflow_run_id: str | None = None
     note: str = ""
+    checkpoint: str | None = None  # the trial's Tune checkpoint (the model + metadata.json)
 
 
 @dataclass
@@ -62,10 +65,12 @@ class SupervisedResults:
 
     def saved_models(self) -> dict[str, dict[str, Any]]:
         """``{"<model>_<tf>": {"path": ..., "metrics": ..., "mlflow_run_id": ...}}`` of the
-        models that were saved (for the registry)."""
+        models that were saved (for the registry): `path` is the trial's Tune checkpoint (the
+        best trial's under --optimize), `model_path` the installed copy `load_model` reads."""
         return {
             f"{r.model_type}_{r.timeframe}": {
-                "path": r.model_path,
+                "path": r.checkpoint or r.model_path,
+                "model_path": r.model_path,
                 "metrics": r.metrics,
                 "mlflow_run_id": r.mlflow_run_id,
             }
@@ -123,18 +128,46 @@ def _log_to_mlflow(
 def supervised_trial(
     config: dict[str, Any], frames_by_tf: dict[str, TimeframeFrames], settings: dict[str, Any]
 ) -> None:
-    """Tune function trainable: fit + score one model on one timeframe, save, log, report."""
+    """Tune function trainable: fit + score one model on one timeframe, reporting as it goes.
+
+    One `tune.report` per CV fold (the running CV summary, the search metric), per epoch of the
+    CNN-LSTM's final fit (validation loss and the net so far) and a last one with every metric;
+    each carries a `Checkpoint`, so a scheduler (ASHA under `--optimize`) can stop a poor trial
+    early and `result.checkpoint` is the trial's model (the last one: the finished model, in
+    the layout `storage.load_saved` reads, with its `metadata.json`).
+    """
+    import tempfile
+
     import torch
     from ray import tune
 
     from rl_trading.supervised.fitting import fit_and_score
-    from rl_trading.supervised.storage import save_model
+    from rl_trading.supervised.storage import save_model, write_model_folder
 
     torch.set_num_threads(1)
     job = config.get("job", config)  # final runs grid over "job"; searches are flat
     model_type, timeframe = job["model_type"], job["timeframe"]
     params = {**settings["params"][model_type], **job.get("hp", {})}
     stage = job.get("stage", "final")
+    cv: dict[str, float] = {}
+
+    def report(metrics: dict[str, Any], write: Any) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            write(Path(tmp))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    def on_fold(running: dict[str, float]) -> None:
+        cv.update(running)
+        progress = {**running, "report": "cv_fold"}
+        report(progress, lambda d: (d / "progress.json").write_text(json.dumps(progress)))
+
+    def on_epoch(model: Any, epoch: int, val_loss: float | None) -> None:
+        progress = {**cv, "report": "epoch", "epoch": epoch}
+        if val_loss is not None:
+            progress["val_loss"] = val_loss
+        meta = {"epoch": epoch, "val_loss": val_loss, "params": params}
+        report(progress, lambda d: write_model_folder(model, model_type, timeframe, meta, d))
+
     result = fit_and_score(
         model_type,
         frames_by_tf[timeframe],
@@ -143,29 +176,31 @@ def supervised_trial(
         cv_splits=settings["cv_splits"],
         horizon=settings["horizon"],
         seed=settings["seed"],
+        on_fold=on_fold,
+        on_epoch=on_epoch,
     )
+    metadata = {
+        **result.info,
+        "horizon": settings["horizon"],
+        "dead_zone": settings["dead_zone"],
+        "metrics": result.metrics,
+        "feature_importances": result.importances,
+    }
     saved_path = None
-    if stage == "final":
-        metadata = {
-            **result.info,
-            "horizon": settings["horizon"],
-            "dead_zone": settings["dead_zone"],
-            "metrics": result.metrics,
-            "feature_importances": result.importances,
-        }
+    if stage == "final":  # a search trial's model is installed only if it is the best one
         saved_path = save_model(
             result.model, model_type, timeframe, metadata, settings["models_dir"]
         )
     run_id = ""
     if settings.get("tracking_uri"):
         run_id = _log_to_mlflow(settings, model_type, timeframe, params, result, saved_path, stage)
-    tune.report(
-        {
-            **result.metrics,
-            "model_path": str(saved_path) if saved_path else "",
-            "mlflow_run_id": run_id,
-        }
-    )
+    final = {
+        **result.metrics,
+        "report": "final",
+        "model_path": str(saved_path) if saved_path else "",
+        "mlflow_run_id": run_id,
+    }
+    report(final, lambda d: write_model_folder(result.model, model_type, timeframe, metadata, d))
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,9 +262,58 @@ def _run_tuner(
             storage_path=str((run_dir / "tune").resolve()),
             verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=0),
+            # every report carries one; the newest is the trial's model (the finished one)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
     return tuner.fit()
+
+
+def max_reports(model: str, cv_splits: int, max_epochs: int) -> int:
+    """Most reports a trial makes: one per CV fold, per CNN-LSTM epoch, and the final one."""
+    return cv_splits + (max_epochs if model == "cnn_lstm" else 0) + 1
+
+
+def search_tune_config(model: str, n_trials: int, seed: int, max_t: int) -> Any:
+    """Optuna proposes the hyperparameters, ASHA stops trials whose running CV accuracy (the
+    search metric, reported per fold / epoch) trails the others at a rung."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    return tune.TuneConfig(
+        search_alg=OptunaSearch(metric=SEARCH_METRIC, mode="max", seed=seed),
+        scheduler=ASHAScheduler(
+            time_attr="training_iteration",
+            metric=SEARCH_METRIC,
+            mode="max",
+            max_t=max_t,  # never cuts a trial that is still improving past its last report
+            grace_period=1,
+            reduction_factor=2,
+        ),
+        num_samples=n_trials,
+        reuse_actors=True,
+        trial_name_creator=_trial_name,
+        trial_dirname_creator=_trial_name,
+    )
+
+
+def best_finished(grid: Any, model: str, tf: str) -> Any:
+    """The finished trial (final report, checkpoint) with the best CV accuracy; trials ASHA
+    stopped early only carry a running CV mean and are not candidates."""
+    import math
+
+    done = [
+        r
+        for r in grid
+        if r.error is None
+        and r.checkpoint is not None
+        and (r.metrics or {}).get("report") == "final"
+        and math.isfinite(float(r.metrics.get(SEARCH_METRIC, float("nan"))))
+    ]
+    if not done:
+        raise RLTradingError(f"hyperparameter search for {model} {tf} produced no finished trial")
+    return max(done, key=lambda r: float(r.metrics[SEARCH_METRIC]))
 
 
 def _search_best(
@@ -238,13 +322,11 @@ def _search_best(
     tf: str,
     n_trials: int,
     seed: int,
+    max_t: int,
     run_dir: Path,
     verbose: int,
-) -> dict[str, Any]:
-    """Search `model`'s hyperparameters on `tf` by CV accuracy; the best `hp` dict."""
-    from ray import tune
-    from ray.tune.search.optuna import OptunaSearch
-
+) -> Any:
+    """Search `model`'s hyperparameters on `tf` by CV accuracy; the best finished trial."""
     space = {
         "model_type": model,
         "timeframe": tf,
@@ -256,19 +338,10 @@ def _search_best(
         space,
         run_dir,
         f"search_{model}_{tf}",
-        tune.TuneConfig(
-            search_alg=OptunaSearch(metric=SEARCH_METRIC, mode="max", seed=seed),
-            num_samples=n_trials,
-            reuse_actors=True,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-        ),
+        search_tune_config(model, n_trials, seed, max_t),
         verbose,
     )
-    best = grid.get_best_result(metric=SEARCH_METRIC, mode="max", filter_nan_and_inf=True)
-    if best is None or best.config is None:
-        raise RLTradingError(f"hyperparameter search for {model} {tf} produced no result")
-    return dict(best.config["hp"])
+    return best_finished(grid, model, tf)
 
 
 def _jsonable(value: Any) -> Any:
@@ -350,31 +423,38 @@ def train_supervised(
             frames_by_tf={tf: frames_by_tf[tf] for tf in used},
             settings=settings,
         )
-        hps: dict[tuple[str, str], dict[str, Any]] = {}
         trials = 1
         if optimize:
+            from rl_trading.supervised.storage import install_model_folder
+
             trials = n_trials or cfg.tuning.n_trials
+            max_epochs = int(settings["params"]["cnn_lstm"].get("max_epochs", 0))
+            best = []
             for model, tf in jobs:
-                hps[(model, tf)] = _search_best(
-                    trainable, model, tf, trials, sup.random_state, run_dir, verbose
+                max_t = max_reports(model, sup.cv_splits, max_epochs)
+                res = _search_best(
+                    trainable, model, tf, trials, sup.random_state, max_t, run_dir, verbose
                 )
-        job_cfgs = [
-            {"model_type": m, "timeframe": tf, "stage": "final", "hp": hps.get((m, tf), {})}
-            for m, tf in jobs
-        ]
-        grid = _run_tuner(
-            trainable,
-            {"job": tune.grid_search(job_cfgs)},
-            run_dir,
-            "final",
-            tune.TuneConfig(
-                reuse_actors=True,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            verbose,
-        )
-        records += _collect(grid, settings)
+                installed = install_model_folder(res.checkpoint.path, model, tf, models_dir)
+                best.append((res, installed))
+            records += _collect([r for r, _ in best], settings, [p for _, p in best])
+        else:
+            job_cfgs = [
+                {"model_type": m, "timeframe": tf, "stage": "final", "hp": {}} for m, tf in jobs
+            ]
+            grid = _run_tuner(
+                trainable,
+                {"job": tune.grid_search(job_cfgs)},
+                run_dir,
+                "final",
+                tune.TuneConfig(
+                    reuse_actors=True,
+                    trial_name_creator=_trial_name,
+                    trial_dirname_creator=_trial_name,
+                ),
+                verbose,
+            )
+            records += _collect(grid, settings)
     results_path = run_dir / "results.json"
     payload = {
         "records": [_jsonable(r.__dict__) for r in records],
@@ -387,10 +467,13 @@ def train_supervised(
     return SupervisedResults(records, run_dir, results_path, trials if optimize else 1)
 
 
-def _collect(grid: Any, settings: dict[str, Any]) -> list[SupervisedRecord]:
+def _collect(
+    grid: Any, settings: dict[str, Any], installed: list[Path] | None = None
+) -> list[SupervisedRecord]:
+    """One record per trial result; `installed`: where each (best search) trial's model went."""
     out = []
-    for res in grid:
-        job = (res.config or {}).get("job", {})
+    for i, res in enumerate(grid):
+        job = (res.config or {}).get("job", res.config or {})
         model, tf = job.get("model_type", "?"), job.get("timeframe", "?")
         params = {**settings["params"].get(model, {}), **job.get("hp", {})}
         if res.error is not None or not res.metrics:
@@ -410,8 +493,9 @@ def _collect(grid: Any, settings: dict[str, Any]) -> list[SupervisedRecord]:
                 "ok",
                 metrics=metrics,
                 params=params,
-                model_path=m.get("model_path") or None,
+                model_path=str(installed[i]) if installed else (m.get("model_path") or None),
                 mlflow_run_id=m.get("mlflow_run_id") or None,
+                checkpoint=res.checkpoint.path if res.checkpoint is not None else None,
             )
         )
     order = {name: i for i, name in enumerate(MODEL_TYPES)}
@@ -427,4 +511,6 @@ _TUNE_KEYS = {
     "time_since_restore",
     "iterations_since_restore",
     "done",
+    "epoch",
+    "val_loss",
 }
