@@ -501,7 +501,7 @@ def write_equity_plot(report: dict[str, Any], path: str | Path, title: str = "")
     n, s = report["n_folds"], len(report["seeds"])
     ax.set_title(
         title
-        or f"Walk-forward out-of-sample equity ({n} retrained folds x {s} seeds, stitched; "
+        or f"Walk-forward out-of-sample equity ({n} retrained folds x {s} seed(s), stitched; "
         f"DSR {report['dsr']:.2f})"
     )
     ax.set_xlabel("Time (UTC, test blocks only; dotted lines: fold boundaries)")
