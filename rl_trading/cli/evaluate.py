@@ -25,7 +25,10 @@ def walk_forward_command(
     ] = None,
     seeds: Annotated[
         int | None,
-        typer.Option("--seeds", help="Training seeds per fold: seed, seed+1, ... (default 3)."),
+        typer.Option(
+            "--seeds",
+            help="Training seeds per fold: seed, seed+1, ... (default: len(evaluation.seeds)).",
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default runs/walk_forward).")

@@ -242,11 +242,15 @@ def run_fold_seed(
     if not best or best == "None":
         raise CheckpointError(f"fold {plan.index} seed {seed}: training left no checkpoint")
     result = backtest(best, test, cfg, seed=seed, scaler_bars=fit)
-    ppy = result.meta.get("periods_per_year")
-    if ppy is None:
-        from rl_trading.metrics import periods_per_year
+    from rl_trading import metrics
 
-        ppy = periods_per_year(cfg.data.timeframe)
+    ppy = result.meta.get("periods_per_year") or metrics.periods_per_year(cfg.data.timeframe)
+    mets = {
+        name: {k: float(result.metrics[name].get(k, math.nan)) for k in METRICS}
+        for name in result.runs
+    }
+    for name, run in result.runs.items():  # the project's convention, whatever the backtest's rf
+        mets[name]["sharpe_ratio"] = metrics.sharpe_ratio(run.returns, ppy, RISK_FREE_RATE)
     out = {
         "fold": plan.index,
         "seed": int(seed),
@@ -258,7 +262,7 @@ def run_fold_seed(
         "index": [str(t) for t in next(iter(result.runs.values())).index],
         "strategies": {
             name: {
-                "metrics": {k: float(result.metrics[name].get(k, math.nan)) for k in METRICS},
+                "metrics": mets[name],
                 "equity": np.asarray(run.equity, dtype=np.float64).tolist(),
             }
             for name, run in result.runs.items()
@@ -501,7 +505,7 @@ def write_equity_plot(report: dict[str, Any], path: str | Path, title: str = "")
     n, s = report["n_folds"], len(report["seeds"])
     ax.set_title(
         title
-        or f"Walk-forward out-of-sample equity ({n} retrained folds x {s} seeds, stitched; "
+        or f"Walk-forward out-of-sample equity ({n} retrained folds x {s} seed(s), stitched; "
         f"DSR {report['dsr']:.2f})"
     )
     ax.set_xlabel("Time (UTC, test blocks only; dotted lines: fold boundaries)")

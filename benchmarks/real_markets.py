@@ -1,0 +1,216 @@
+"""The retraining walk-forward on the shared real market sets (issue 14's yardstick).
+
+For each set: expanding-window folds over the whole history, every fold x seed retrains the
+configured phases on the past, selects its checkpoint on the tail of its training window and
+trades the fold's test block once, next to every baseline (same bars, costs and capital). It
+prints the policy and the baselines (out-of-sample net Sharpe with its fold-level 95% interval,
+the paired policy - baseline difference, DSR, max drawdown, turnover, costs), the budgets and
+the wall time, and writes `<out>/<set>/walk_forward.json` + `walk_forward_equity.png` and the
+table of all sets run as `<out>/real_markets.json` + `real_markets.png`.
+
+    .venv/bin/python benchmarks/real_markets.py --set-name us_daily          # one set
+    .venv/bin/python benchmarks/real_markets.py                              # every set
+    .venv/bin/python benchmarks/real_markets.py --set-name us_daily --tiny   # smoke run
+
+Finished fold x seed trials are kept on disk: rerun with `--resume` to continue. The real
+files live in ../shared/data/market (RL_TRADING_MARKET_DIR overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MARKET_DIR = Path(os.environ.get("RL_TRADING_MARKET_DIR", REPO.parent / "shared/data/market"))
+
+# name -> symbols (file stems), timeframe, folds, first training block's share of the history,
+# embargo (bars), validation share of each training window (as data.val_frac / (train + val)).
+SETS: dict[str, dict[str, Any]] = {
+    "crypto_30m": {
+        "files": {"BTCUSD": "btcusd_30m", "ETHUSD": "ethusd_30m"},
+        "timeframe": "30m",
+        "folds": 4,
+        "min_train_frac": None,
+        "embargo": 48,  # one day
+        "val_frac": 0.15,
+    },
+    "us_daily": {
+        "files": {"MSFT": "msft_1d", "GOOGL": "googl_1d", "SP500": "sp500_1d"},
+        "timeframe": "1d",
+        "folds": 4,
+        "min_train_frac": None,
+        "embargo": 5,  # one week
+        "val_frac": 0.15,
+    },
+    "global_daily": {  # 660 common days: 3 folds after a half-history first block
+        "files": {"MSFT": "msft_1d", "AZN_L": "azn_l_1d", "HK9988": "9988_hk_1d"},
+        "timeframe": "1d",
+        "folds": 3,
+        "min_train_frac": 0.5,
+        "embargo": 5,
+        "val_frac": 0.3,
+    },
+    "intraday_1m": {  # four weeks of minutes where the LSE and NYSE sessions overlap
+        "files": {"MSFT": "msft_1m", "AZN_L": "azn_l_1m"},
+        "timeframe": "1m",
+        "folds": 4,
+        "min_train_frac": None,
+        "embargo": 30,
+        "val_frac": 0.15,
+    },
+}
+TINY = [  # smoke-run budgets: proves the pipeline, measures nothing
+    "phases.phase1_timesteps=1000",
+    "phases.phase2_timesteps=1000",
+    "phases.phase3_timesteps=1000",
+    "phases.eval_interval=1",
+    "ppo.train_batch_size=500",
+    "ppo.minibatch_size=250",
+    "ppo.num_epochs=2",
+    "env.episode_length=200",
+    "resources.num_env_runners=0",
+]
+
+
+def set_config(name: str, args: argparse.Namespace) -> Any:
+    """The benchmark config of one set: the base config, the set's files, then --set."""
+    from rl_trading.config import load_config
+
+    spec = SETS[name]
+    paths = {sym: str(MARKET_DIR / f"{stem}.csv.gz") for sym, stem in spec["files"].items()}
+    missing = [p for p in paths.values() if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"real market file missing: {missing[0]} (set RL_TRADING_MARKET_DIR)")
+    train_frac = 0.85 - spec["val_frac"] if spec["val_frac"] > 0.15 else 0.7
+    overrides = [
+        f"seed={args.seed}",
+        "data.source=files",
+        f"data.symbols={json.dumps(list(paths))}",
+        f"data.paths={json.dumps(paths)}",
+        f"data.timeframe={spec['timeframe']}",
+        f"data.embargo_bars={spec['embargo']}",
+        f"data.train_frac={train_frac}",
+        f"data.val_frac={spec['val_frac']}",
+        "env.sectors={}",
+        f"resources.num_cpus={args.num_cpus}",
+        *(TINY if args.tiny else []),
+        *args.set,
+    ]
+    return load_config(args.config, overrides)
+
+
+def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Walk-forward of one set; prints its table, returns the rows for the combined table."""
+    from rich.console import Console
+
+    from rl_trading.evaluation.walk_forward_retrain import (
+        prepare,
+        render_table,
+        table_rows,
+        walk_forward_retrain,
+    )
+    from rl_trading.training.algo_config import phase_timesteps
+
+    console = Console(width=max(150, Console().width))  # the table stays readable in logs
+    spec = SETS[name]
+    cfg = set_config(name, args)
+    plan = prepare(
+        cfg,
+        n_folds=args.folds or spec["folds"],
+        n_seeds=args.seeds,
+        out_dir=Path(args.out) / name,
+        resume=args.resume,
+        phases=args.phases,
+        min_train_frac=spec["min_train_frac"],
+    )
+    budgets = {f"phase{p}": phase_timesteps(cfg, p) for p in plan.phases}
+    n_bars = len(next(iter(plan.bars.values())))
+    console.print(
+        f"[bold]{name}[/]: {', '.join(plan.bars)} {cfg.data.timeframe}, {n_bars} bars; "
+        f"{len(plan.plans)} folds x {len(plan.seeds)} seeds; env-step budgets per fold x seed "
+        f"{budgets}; {len(plan.pending())} of {len(plan.units)} trials to run"
+    )
+    t0 = time.monotonic()
+    report = walk_forward_retrain(plan, address=args.address)
+    wall = time.monotonic() - t0
+    console.print(render_table(report, title=f"{name} (retrained walk-forward)"))
+    console.print(f"{name}: wall time {wall:.0f} s; report {report['files']['json']}")
+    return {
+        "set": name,
+        "symbols": list(plan.bars),
+        "timeframe": cfg.data.timeframe,
+        "n_bars": n_bars,
+        "folds": len(plan.plans),
+        "seeds": plan.seeds,
+        "budgets": budgets,
+        "wall_s": wall,
+        "dsr": report["dsr"],
+        "psr": report["psr"],
+        "n_trials": report["n_trials"],
+        "rows": table_rows(report),
+        "report": report["files"]["json"],
+    }
+
+
+def write_summary_plot(results: list[dict[str, Any]], path: Path) -> None:
+    """One panel per set: each strategy's fold-level mean net Sharpe with its 95% interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4.5), squeeze=False)
+    for ax, res in zip(axes[0], results, strict=True):
+        names = [r["strategy"] for r in res["rows"]]
+        means = [r["sharpe"] for r in res["rows"]]
+        lo = [r["sharpe"] - r["sharpe_ci95"][0] for r in res["rows"]]
+        hi = [r["sharpe_ci95"][1] - r["sharpe"] for r in res["rows"]]
+        colors = ["tab:red" if n == "policy" else "tab:blue" for n in names]
+        ax.bar(names, means, color=colors, yerr=[lo, hi], capsize=4)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_title(f"{res['set']} ({res['folds']} folds x {len(res['seeds'])} seeds)")
+        ax.set_ylabel("Out-of-sample net Sharpe (annualised, rf 0)")
+        ax.set_xlabel("Strategy (bars: mean over folds, whiskers: 95% CI)")
+        ax.tick_params(axis="x", rotation=30)
+    fig.suptitle("Retrained walk-forward on real markets: policy vs baselines")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Parse arguments, run the chosen sets, write the combined JSON and PNG."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--set-name", choices=sorted(SETS), action="append", default=None)
+    parser.add_argument("-c", "--config", type=Path, default=REPO / "configs/default.yaml")
+    parser.add_argument("--folds", type=int, default=None, help="default: per set")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--phases", default="1,2,3")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--out", default="runs/real_markets")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--address", default=None, help="Ray cluster (default: local Ray)")
+    parser.add_argument("--tiny", action="store_true", help="smoke-run budgets (1k steps/phase)")
+    parser.add_argument("--set", action="append", default=[], help="config override k=v")
+    args = parser.parse_args()
+    if args.seeds < 3 and not args.tiny:
+        print(f"note: {args.seeds} seed(s); the benchmark protocol uses 3 or more")
+    names = args.set_name or list(SETS)
+    t0 = time.monotonic()
+    results = [run_set(name, args) for name in names]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"sets": results, "tiny": args.tiny, "wall_s": time.monotonic() - t0}
+    (out / "real_markets.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_summary_plot(results, out / "real_markets.png")
+    print(f"total wall time {summary['wall_s']:.0f} s; {out / 'real_markets.json'}")
+
+
+if __name__ == "__main__":
+    main()
