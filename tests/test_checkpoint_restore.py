@@ -62,20 +62,27 @@ def _splits(cfg: AppConfig):
 
 
 def test_env_config_carries_a_reference_not_the_bars():
+    from ray import cloudpickle
+
+    from rl_trading.training.algo_config import build_phase_config
     from rl_trading.training.env_bridge import hierarchical_factory
 
-    sizes = []
+    sizes, inline_sizes = [], []
     for n in (900, 3600):
         cfg = _cfg(n_bars=n)
         train, val, _ = _splits(cfg)
         factory = hierarchical_factory(cfg, train, val, source=cfg)
         ec = factory.train_config("joint")
         assert "bars" not in ec and ec["data_ref"]["n_bars"] == len(train["AAA"])
-        sizes.append(len(pickle.dumps(ec)))
+        # what RLlib pickles into a checkpoint's class_and_ctor_args.pkl
+        state = build_phase_config(cfg, 1, factory).get_state()
+        sizes.append(len(cloudpickle.dumps(state)))
         # without a source the bars travel inline (and the size grows with them)
-        inline = hierarchical_factory(cfg, train, val).train_config("joint")
-        assert "bars" in inline and "data_ref" not in inline
+        inline = hierarchical_factory(cfg, train, val)
+        assert "bars" in inline.train_config("joint")
+        inline_sizes.append(len(cloudpickle.dumps(build_phase_config(cfg, 1, inline).get_state())))
     assert abs(sizes[0] - sizes[1]) < 200, sizes
+    assert inline_sizes[1] - inline_sizes[0] > 100_000, inline_sizes  # the check can fail
 
 
 def test_reference_reloads_and_verifies_the_bars(monkeypatch):
