@@ -181,9 +181,12 @@ def load_reference(ref: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
 
 
 def _cache_bars(fp: str, frames: Mapping[str, pd.DataFrame]) -> None:
-    if fp not in _BARS_CACHE and len(_BARS_CACHE) >= _BARS_CACHE_MAX:
+    """Keep `frames` for this process, as the envs see inline bars (OHLCV + signals, float64)."""
+    if fp in _BARS_CACHE:
+        return
+    if len(_BARS_CACHE) >= _BARS_CACHE_MAX:
         _BARS_CACHE.pop(next(iter(_BARS_CACHE)))
-    _BARS_CACHE[fp] = dict(frames)
+    _BARS_CACHE[fp] = {sym: _unpack_bars(_pack_bars(f)) for sym, f in frames.items()}
 
 
 def make_env_config(

@@ -93,6 +93,20 @@ def test_phase1_register_backtest_list_benchmark(ray_session, workspace, capsys)
     assert {"policy", "buy_and_hold", "flat", "random"} <= set(report["strategies"])
     assert (rep / "equity.png").stat().st_size > 1000
 
+    # no -c: the model's stored training config (the quickstart's 3 sample symbols, not the
+    # defaults' 8 synthetic ones) and its scalers
+    rep2 = workspace / "bt_stored"
+    args = ["--split", "test", "--out", str(rep2), "--folds", "1", "--seeds", "0"]
+    assert main(["backtest", "--model", rec_best.name, *args]) == 0
+    meta = json.loads((rep2 / "report.json").read_text())["meta"]
+    assert meta["symbols"] == ["MSFT", "GOOGL", "SP500"]
+    assert meta["config"] == "training config stored with the policy"
+    assert meta["scaler_origin"] == "policy preprocessing"
+    bench_stored = workspace / "bench_stored.json"
+    args = ["--models", rec_best.name, "--split", "test", "--out", str(bench_stored)]
+    assert main(["models", "benchmark", *args]) == 0
+    assert rec_best.name in json.loads(bench_stored.read_text())["metrics"]
+
     bench = workspace / "bench.json"
     code = main(
         [

@@ -47,11 +47,14 @@ def select_bars(
     return getattr(parts, split), parts.train, f"{split} split of {cfg.data.source} market"
 
 
-def training_preprocessing(cfg: AppConfig, train_bars: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    """What a policy needs to see data like it did in training: features, window, scalers.
+def training_preprocessing(
+    cfg: AppConfig, train_bars: dict[str, pd.DataFrame], scalers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What a policy needs to see data like it did in training: features, window, scalers,
+    training range (stored with every checkpoint and registered model).
 
-    The scalers are fit on the training split exactly as training fits them
-    (`envs.common.prepare_instrument` on each instrument's training bars).
+    The scalers (unless given, already fit) are fit on the training split exactly as training
+    fits them (`envs.common.prepare_instrument` on each instrument's training bars).
     """
     from envs.common import prepare_instrument
     from rl_trading.config import periods_per_year_of
@@ -68,7 +71,8 @@ def training_preprocessing(cfg: AppConfig, train_bars: dict[str, pd.DataFrame]) 
         "timeframe": cfg.data.timeframe,
         "symbols": list(train_bars),
         "scalers": {
-            s: prepare_instrument(f, None, s).scaler.to_dict() for s, f in train_bars.items()
+            s: (scalers[s] if scalers else prepare_instrument(f, None, s).scaler).to_dict()
+            for s, f in train_bars.items()
         },
         "train_fingerprint": fingerprint(train_bars),
         "train_start": str(first.index[0]),  # backtests refuse overlapping dates by default

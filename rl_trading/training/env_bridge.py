@@ -252,23 +252,9 @@ def checkpoint_metadata(
     """What travels with every checkpoint: the training config (credentials redacted), the
     preprocessing (features, window, fitted scalers, training range) and the data reference."""
     from envs.registration import safe_config
-    from rl_trading.data import FEATURE_COLUMNS, WARMUP_BARS
-    from rl_trading.data.features import signal_columns
+    from rl_trading.evaluation import training_preprocessing
 
-    first = next(iter(train_bars.values()))
-    index = first.index
-    pre = {
-        "features": list(FEATURE_COLUMNS) + signal_columns(first),
-        "warmup_bars": WARMUP_BARS,
-        "window_size": cfg.train.window_size,
-        "timeframe": cfg.data.timeframe,
-        "symbols": [str(s) for s in train_bars],
-        "scalers": {str(s): sc.to_dict() for s, sc in scalers.items()},
-        "train_start": str(index[0]),
-        "train_end": str(index[-1]),
-    }
-    if data_ref is not None:
-        pre["train_fingerprint"] = data_ref["fingerprint"]
+    pre = training_preprocessing(cfg, train_bars, scalers)
     return {"config": safe_config(cfg), "preprocessing": pre, "data_ref": data_ref}
 
 
