@@ -34,8 +34,9 @@ def backtest_command(
     ] = None,
 ) -> None:
     """Backtest a policy (deterministic) against buy-and-hold, equal-weight, flat and random."""
+    from rl_trading.config import periods_per_year_of
     from rl_trading.errors import ConfigError
-    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation import select_bars, trial_count
     from rl_trading.evaluation.backtest import backtest
     from rl_trading.evaluation.report import (
         render_table,
@@ -51,7 +52,17 @@ def backtest_command(
     source = str(checkpoint) if checkpoint is not None else model
     bars, train, desc = select_bars(cfg, data, split)
     seed_list = [int(s) for s in seeds.split(",")] if seeds else list(cfg.evaluation.seeds)
-    result = backtest(source, bars, cfg, seed=seed_list[0], scaler_bars=train)
+    ppy = periods_per_year_of(cfg, train) if train is not None else None
+    n_trials, trial_sharpes = trial_count(source, cfg, ppy)
+    result = backtest(
+        source,
+        bars,
+        cfg,
+        seed=seed_list[0],
+        scaler_bars=train,
+        n_trials=n_trials,
+        trial_sharpes=trial_sharpes,
+    )
     result.meta["bars"] = desc
     walk = None
     n_folds = cfg.data.walk_forward_folds if folds is None else folds
@@ -65,6 +76,13 @@ def backtest_command(
         console.print(render_walk_forward(walk))
     if str(result.meta.get("scaler_origin", "")).startswith("evaluated"):
         console.print("[yellow]note: no stored feature scaler; fit on the evaluated bars[/]")
+    pm = result.metrics.get("policy", {})
+    if "dsr" in pm:
+        console.print(
+            f"PSR {pm['psr']:.3f}, DSR {pm['dsr']:.3f} over {n_trials} trial(s) "
+            "(a grade above C needs DSR >= "
+            f"{cfg.evaluation.grade_min_dsr:g} on data no selection saw)"
+        )
     console.print(f"report: {paths['report']}  plots: {out_dir}")
 
 
