@@ -127,7 +127,8 @@ def measure_periods_per_year(timestamps: Any) -> float:
     longer than 7 days (data outages, not weekends or holidays) are left out of the elapsed
     time. Weekends, holidays, lunch breaks and session hours are thereby counted as the market
     has them: daily equities give ~252, 24/7 30-minute crypto 17,520 (a gap-free 24/7 market
-    gives exactly the crypto calendar), hourly FX ~6,200 and 1-minute US equities ~97,000. ValueError for fewer than two distinct timestamps.
+    gives exactly the crypto calendar), hourly FX ~6,200 and 1-minute US equities ~97,000.
+    ValueError for fewer than two distinct timestamps.
     """
     import pandas as pd
 
