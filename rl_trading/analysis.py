@@ -212,14 +212,17 @@ def best_checkpoint(run_dir: str | Path) -> Path:
 
 def backtest_run(run_dir: str | Path, split: str = "val", seed: int | None = None) -> Any:
     """Backtest the run's best checkpoint next to the baselines on `split` of its own data."""
-    from rl_trading.evaluation import select_bars
+    from rl_trading.config import periods_per_year_of
+    from rl_trading.evaluation import select_bars, trial_count
     from rl_trading.evaluation.backtest import backtest
 
     cfg = load_run_config(run_dir)
     bars, train, _ = select_bars(cfg, None, split)
+    source = str(best_checkpoint(run_dir))
+    n_trials, trial_sharpes = trial_count(source, cfg, periods_per_year_of(cfg, train))
     return backtest(
-        str(best_checkpoint(run_dir)), bars, cfg, seed=cfg.seed if seed is None else seed,
-        scaler_bars=train,
+        source, bars, cfg, seed=cfg.seed if seed is None else seed, scaler_bars=train,
+        n_trials=n_trials, trial_sharpes=trial_sharpes,
     )  # fmt: skip
 
 

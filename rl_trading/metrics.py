@@ -123,11 +123,12 @@ def periods_per_year(
 def measure_periods_per_year(timestamps: Any) -> float:
     """Bars per year measured from a market's own timestamps: bars per elapsed year.
 
-    (n - 1) bar intervals divided by the elapsed time in years of 365.25 days, where gaps
+    (n - 1) bar intervals divided by the elapsed time in years of 365 days, where gaps
     longer than 7 days (data outages, not weekends or holidays) are left out of the elapsed
     time. Weekends, holidays, lunch breaks and session hours are thereby counted as the market
-    has them: daily equities give ~252, 24/7 30-minute crypto 17,520, hourly FX ~6,200 and
-    1-minute US equities ~97,000. ValueError for fewer than two distinct timestamps.
+    has them: daily equities give ~252, 24/7 30-minute crypto 17,520 (a gap-free 24/7 market
+    gives exactly the crypto calendar), hourly FX ~6,200 and 1-minute US equities ~97,000.
+    ValueError for fewer than two distinct timestamps.
     """
     import pandas as pd
 
@@ -140,7 +141,7 @@ def measure_periods_per_year(timestamps: Any) -> float:
     if elapsed <= 0:
         raise ValueError("timestamps span no time; cannot measure bars per year")
     n_intervals = int((gaps <= _OUTAGE_SECONDS).sum())
-    return float(n_intervals / (elapsed / (365.25 * 86400.0)))
+    return float(n_intervals / (elapsed / (365.0 * 86400.0)))
 
 
 def _ppy(value: float | str) -> float:

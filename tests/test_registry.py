@@ -158,6 +158,9 @@ def test_register_list_info_promote_round_trip(workspace):
     )
     assert r2.version == "1.0.1" and r2.grade == "S"
     assert reg.test_split_trials("hierarchical_ppo") == 2  # both graded on the test split
+    reg.record_test_selection([r1.name], pbo=0.4)  # e.g. compared in `models benchmark`
+    assert reg.test_split_trials("hierarchical_ppo") == 3
+    assert reg.info(r1.name).tags["rl_trading.benchmark_pbo"] == "0.4000"
     r3 = reg.register(
         src,
         model_type="hierarchical_ppo",
@@ -241,3 +244,44 @@ def test_tampered_artifact_raises(workspace):
     (stored / "evil.py").write_text("print('x')")
     with pytest.raises(RegistryError, match="unexpected"):
         reg.load_path(rec.name)
+
+
+def test_benchmark_on_test_split_counts_as_selection_and_reports_pbo(monkeypatch):
+    """`models benchmark` on the test split: DSR deflated for the models compared, PBO with 4
+    or more, and every compared model tagged as selected on the test split."""
+    import types
+
+    import rl_trading.evaluation as ev_pkg
+    import rl_trading.evaluation.backtest as bt
+    import rl_trading.registry as reg_mod
+    from rl_trading.cli.models import compare_models
+
+    rng = np.random.default_rng(0)
+    seen: dict = {"n_trials": [], "tagged": None}
+
+    def fake_backtest(name, bars, cfg, seed=0, scaler_bars=None, n_trials=1):
+        seen["n_trials"].append(n_trials)
+        run = types.SimpleNamespace(returns=rng.normal(0, 0.01, 400))
+        mets = {"sharpe_ratio": 0.0}
+        return types.SimpleNamespace(
+            metrics={"policy": mets},
+            runs={"policy": run},
+            targets={"policy": {"sharpe_ratio": {"pass": False}}},
+            meta={"start": "a", "end": "b"},
+        )
+
+    class FakeRegistry:
+        def __init__(self, cfg=None):
+            pass
+
+        def record_test_selection(self, names, pbo=None):
+            seen["tagged"] = (list(names), pbo)
+
+    monkeypatch.setattr(bt, "backtest", fake_backtest)
+    monkeypatch.setattr(ev_pkg, "select_bars", lambda cfg, data, split: ({}, {}, "test split"))
+    monkeypatch.setattr(reg_mod, "ModelRegistry", FakeRegistry)
+    names = ["m1", "m2", "m3", "m4", "m5"]
+    out = compare_models(names, AppConfig(), None, "test")
+    assert seen["n_trials"] == [5] * 5 and out["n_trials"] == 5
+    assert 0.0 <= out["pbo"] <= 1.0 and out["selection_on_test"] is True
+    assert seen["tagged"] == (names, out["pbo"])

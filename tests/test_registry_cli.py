@@ -90,6 +90,10 @@ def test_models_cli_round_trip(setup, capsys):
     report = json.loads((rep / "report.json").read_text())
     assert report["walk_forward"]["n_runs"] == 2 * 2
     assert report["meta"]["scaler_origin"] == "policy preprocessing"
+    assert report["meta"]["n_trials"] == 1 and report["meta"]["risk_free_rate"] == 0.0
+    assert 0.0 <= report["strategies"]["policy"]["dsr"] <= 1.0
+    assert "buy_and_hold_vol_matched" in report["strategies"]
+    assert report["walk_forward"]["retrained"] is False
     for png in ("equity.png", "drawdown.png", "positions.png", "walk_forward.png"):
         assert (rep / png).stat().st_size > 1000
 
@@ -112,6 +116,8 @@ def test_models_cli_round_trip(setup, capsys):
     assert {n1, n2, "buy_and_hold", "flat"} <= set(table["metrics"])
     assert table["spans"][n1] == table["spans"][n2]
     assert table["metrics"][n1]["sharpe_ratio"] != table["metrics"][n2]["sharpe_ratio"]
+    assert table["n_trials"] == 2 and table["pbo"] is None  # PBO from 4 models compared
+    assert "selection_on_test" not in table  # --data FILE: not the test split
 
     onnx = ws / "p.onnx"
     assert main(["export", "onnx", "--model", n1, "--out", str(onnx), *SETS]) == 0

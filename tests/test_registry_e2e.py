@@ -42,6 +42,12 @@ def test_phase1_register_backtest_list_benchmark(ray_session, workspace, capsys)
     assert rec_last.version == "1.0.1"  # same signature, data and config -> patch
     assert rec_best.lineage["phase1"] == p1.best_checkpoint
     assert rec_best.data_fingerprint
+    # Trials: every validation pass that chose the checkpoint; graded on val -> at most C.
+    state = json.loads((run_dir / "state.json").read_text())
+    passes = len(state["phases"]["phase1"]["val_sharpes"])
+    assert passes == p1.iterations and rec_best.metrics["n_trials"] == passes
+    assert rec_best.tags["rl_trading.graded_split"] == "val"
+    assert rec_best.grade in ("C", "D", "F")
     pm = res.metrics["policy"]
     assert rec_best.metrics["sharpe"] == pytest.approx(pm["sharpe_ratio"])
     assert res.meta["env"] == "hierarchical" and res.runs["policy"].extra["mode"] == "specialists"

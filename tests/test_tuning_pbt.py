@@ -245,6 +245,9 @@ def test_pbt_run_exploits_keeps_frozen_policy_and_reports(ray_session, workspace
         "entropy_coeff",
     }
     assert Path(best["best_checkpoint"]).is_dir() and best["n_exploits"] == len(exploits)
+    # trials tried = members x perturbation rounds; PBO needs 4 or more members
+    rounds = max(1, 4 // cfg.tuning.perturbation_interval)
+    assert best["n_trials"] == result.n_trials == 2 * rounds and best["pbo"] is None
     assert result.best_metric == result.table["policy_return/p0"].max()
     assert (workspace / "run" / "trials.csv").is_file()
     assert result.lineage_png is not None and result.lineage_png.stat().st_size > 10_000

@@ -46,8 +46,9 @@ def backtest_command(
 
     The policy's stored training config and scalers are used unless -c/--set override them.
     """
+    from rl_trading.config import periods_per_year_of
     from rl_trading.errors import ConfigError
-    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation import select_bars, trial_count
     from rl_trading.evaluation.backtest import backtest
     from rl_trading.evaluation.report import (
         render_table,
@@ -65,8 +66,17 @@ def backtest_command(
     source = str(checkpoint) if checkpoint is not None else model
     bars, train, desc = select_bars(cfg, data, split)
     seed_list = given_seeds or list(cfg.evaluation.seeds)
+    ppy = periods_per_year_of(cfg, train) if train is not None else None
+    n_trials, trial_sharpes = trial_count(source, cfg, ppy)
     result = backtest(
-        source, bars, cfg, seed=seed_list[0], scaler_bars=train, allow_overlap=allow_overlap
+        source,
+        bars,
+        cfg,
+        seed=seed_list[0],
+        scaler_bars=train,
+        allow_overlap=allow_overlap,
+        n_trials=n_trials,
+        trial_sharpes=trial_sharpes,
     )
     result.meta["bars"] = desc
     result.meta["config"] = cfg_origin
@@ -89,6 +99,13 @@ def backtest_command(
     if result.meta.get("training_overlap"):
         console.print(f"[yellow]--allow-overlap: {result.meta['training_overlap']}[/]")
     console.print(f"config: {cfg_origin}")
+    pm = result.metrics.get("policy", {})
+    if "dsr" in pm:
+        console.print(
+            f"PSR {pm['psr']:.3f}, DSR {pm['dsr']:.3f} over {n_trials} trial(s) "
+            "(a grade above C needs DSR >= "
+            f"{cfg.evaluation.grade_min_dsr:g} on data no selection saw)"
+        )
     plots = ", ".join(p.name for k, p in paths.items() if k != "report")
     next_steps(
         console,

@@ -96,6 +96,34 @@ def selection_trials(run_dir: Path | None) -> list[float]:
     return out + [float("nan")] * int(raw.get("tuning_trials", 0))
 
 
+def trial_count(
+    source: Any, cfg: AppConfig, periods_per_year: float | None = None
+) -> tuple[int, list[float] | None]:
+    """(trials tried, their per-period Sharpes or None) behind a policy source, for its DSR:
+    a checkpoint in a run dir counts the run's selection passes, a registered model its
+    recorded `n_trials`; anything else counts as one trial. `periods_per_year` (the run's)
+    turns the recorded annualised validation Sharpes into per-period ones."""
+    import math
+
+    if isinstance(source, str | Path) and Path(str(source)).exists():
+        trials = selection_trials(_run_dir_of(Path(str(source))))
+        if not trials:
+            return 1, None
+        ppy = float(periods_per_year or cfg.data.periods_per_year or 0.0)
+        per = [x / math.sqrt(ppy) for x in trials if math.isfinite(x)] if ppy > 0 else []
+        return len(trials), per if len(per) >= 2 else None
+    if isinstance(source, str):
+        from rl_trading.errors import RegistryError
+        from rl_trading.registry import TAG, ModelRegistry
+
+        try:
+            rec = ModelRegistry(cfg=cfg).resolve(source)
+        except RegistryError:
+            return 1, None
+        return max(1, int(rec.tags.get(TAG + "n_trials") or 1)), None
+    return 1, None
+
+
 def register_policy(
     checkpoint: str | Path,
     cfg: AppConfig,

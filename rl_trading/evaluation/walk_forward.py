@@ -85,9 +85,15 @@ def walk_forward(
 ) -> WalkForwardResult:
     """Backtest over walk-forward folds x seeds; aggregate each metric with a t-interval."""
     from rl_trading.data import walk_forward_splits
+    from rl_trading.evaluation.backtest import load_policy, pin_calendar
     from rl_trading.evaluation.baselines import as_bar_dict
 
     data = as_bar_dict(bars)
+    if policy_source is not None and train_fn is None:
+        policy_source = load_policy(policy_source, cfg)  # restored once for every block
+    # one bars-per-year for every block: the policy's training calendar, else these bars'
+    pre = getattr(policy_source, "preprocessing", None)
+    cfg, _ = pin_calendar(cfg, pre, None, data)
     n_folds = n_folds or cfg.data.walk_forward_folds
     seeds = list(seeds if seeds is not None else cfg.evaluation.seeds)
     embargo = cfg.data.embargo_bars if embargo is None else embargo
