@@ -4,15 +4,13 @@ The CLI shows its own progress, tables and one-line errors. Everything the libra
 stderr (Python logging and warnings, and C++ lines such as ``core_worker.cc``, which bypass
 Python) goes to ``<run_dir>/logs/library.log`` once a command knows its run dir
 (:func:`attach_run_dir`), before that to a temporary file that is then moved there; commands
-without a run dir leave it in ``runs/logs/``. ``rl-trading --verbose`` (or
+without a run dir keep it (in the temp folder) only when they fail. ``rl-trading --verbose`` (or
 ``RL_TRADING_VERBOSE=1``, or ``RL_TRADING_DEBUG=1``) leaves the console as the libraries make it.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -20,12 +18,12 @@ from pathlib import Path
 from typing import IO, Any
 
 LOG_NAME = "library.log"
-FALLBACK_DIR = Path("runs") / "logs"
 
 
 @dataclass
 class _Routing:
     terminal: Any  # the stderr the user sees (our own error lines go there)
+    original: Any  # sys.stderr as it was
     saved_fd: int  # a duplicate of the original fd 2, restored at the end
     log: IO[str]
     path: Path
@@ -67,15 +65,21 @@ def start() -> None:
     # whatever the verbosity; the classic reporter prints nothing at verbose=0
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("RL_TRADING_QUIET_WORKERS", "1")
-    terminal = sys.stderr
+    terminal: Any = sys.stderr
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no real fd 2 (embedded interpreters): leave it alone
         return
+    try:
+        on_fd2 = sys.stderr.fileno() == 2
+    except (OSError, ValueError, AttributeError):  # e.g. a capture buffer: keep writing to it
+        on_fd2 = False
+    if on_fd2:  # fd 2 is about to become the log: our own lines go to a copy of the terminal
+        terminal = os.fdopen(saved, "w", buffering=1, closefd=False, encoding=sys.stderr.encoding)
     fd, name = tempfile.mkstemp(prefix="rl-trading-", suffix=".log")
     log = os.fdopen(fd, "a", buffering=1, encoding="utf-8", errors="replace")
-    _active = _Routing(terminal, saved, log, Path(name))
+    _active = _Routing(terminal, sys.stderr, saved, log, Path(name))
     err_console.file = terminal
     _point_stderr_at(log)
 
@@ -101,9 +105,10 @@ def attach_run_dir(run_dir: str | Path) -> Path | None:
 
 
 def stop(failed: bool = False) -> Path | None:
-    """Give stderr back to the console; returns where the log was kept (None: nothing logged).
+    """Give stderr back to the console; returns where the log was kept (None: not kept).
 
-    An unattached log is kept in `runs/logs/` when it holds anything, else removed.
+    A log never attached to a run dir is kept (in the temp folder) only when the command
+    failed and something was logged; `failed` also names it on the console.
     """
     global _active
     if _active is None:
@@ -116,24 +121,17 @@ def stop(failed: bool = False) -> Path | None:
         state.log.flush()
         os.dup2(state.saved_fd, 2)
     finally:
+        if state.terminal is not state.original:
+            state.terminal.flush()
         os.close(state.saved_fd)
-        sys.stderr = state.terminal
+        sys.stderr = state.original
         err_console.file = None  # back to "whatever sys.stderr is"
         state.log.close()
     path = state.path
-    if not state.attached:
-        if path.stat().st_size == 0:
-            path.unlink(missing_ok=True)
-            return None
-        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
-        target = FALLBACK_DIR / f"{stamp}-{os.getpid()}.log"
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(path), target)
-            path = target
-        except OSError:  # read-only workspace: leave it in the temp folder
-            pass
+    if not state.attached and (not failed or path.stat().st_size == 0):
+        path.unlink(missing_ok=True)  # nothing to keep: a command without a run dir succeeded
+        return None
     if failed:
-        state.terminal.write(f"library log: {path}\n")
-        state.terminal.flush()
+        sys.stderr.write(f"library log: {path}\n")
+        sys.stderr.flush()
     return path

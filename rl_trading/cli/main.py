@@ -132,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         internal = code == _INTERNAL
         return 1 if internal else code
     finally:
-        kept = logs.stop()
-        if internal and kept is not None:
-            err_console.print(f"library log: {kept}", highlight=False)
+        logs.stop(failed=internal)  # an internal error names the library log
         if verbose_before is None:  # --verbose holds for this command only
             os.environ.pop("RL_TRADING_VERBOSE", None)
 
