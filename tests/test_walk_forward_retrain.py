@@ -126,6 +126,33 @@ def test_interval_is_over_folds_with_seeds_averaged_and_differences_paired():
     assert wf.count_trials(results, 2) == {"validation_passes": 24, "seeds": 2, "n_trials": 26}
 
 
+def test_report_counts_trials_and_deflates_the_stitched_sharpe(tmp_path):
+    from rl_trading import metrics
+
+    rng = np.random.default_rng(0)
+    results = [
+        _fake_result(
+            k,
+            s,
+            {"policy": 1.0, "flat": 0.0},
+            {"policy": rng.normal(0.001, 0.01, 4).tolist(), "flat": [0.0] * 4},
+        )
+        for k in range(3)
+        for s in range(2)
+    ]
+    cfg = AppConfig.model_validate({"phases": {"phase1_timesteps": 4000}})
+    plans = [{"fold": k} for k in range(3)]
+    report = wf.build_report(results, cfg, plans, (1,), n_seeds=2)
+    assert report["retrained"] is True and report["risk_free_rate"] == 0.0
+    assert report["n_trials"] == 3 * 2 * 4 + 2
+    stitched = wf.aggregate(results)["stitched"]["policy"]["returns"]
+    assert report["dsr"] == pytest.approx(metrics.deflated_sharpe_ratio(stitched, 26))
+    assert report["psr"] == pytest.approx(metrics.probabilistic_sharpe_ratio(stitched))
+    assert report["dsr"] < report["psr"]  # 26 trials raise the bar
+    png = wf.write_equity_plot(report, tmp_path / "eq.png")
+    assert png.stat().st_size > 10_000
+
+
 # --------------------------------------------------------------------------------------------
 # CLI: input errors before Ray, no overwriting
 # --------------------------------------------------------------------------------------------
