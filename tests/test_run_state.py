@@ -382,3 +382,20 @@ def test_a_port_that_is_not_a_live_ray_head_fails_fast_with_one_line():
         assert time.monotonic() - t0 < 20 and "\n" not in str(err.value)
     finally:
         server.close()
+
+
+def test_readers_of_state_json_get_absolute_checkpoint_paths(tmp_path):
+    """analysis (notebook, backtest of a run) resolves the run-dir-relative paths."""
+    from rl_trading import analysis
+
+    run = tmp_path / "run"
+    state = RunState(run_dir=run.resolve())
+    state.phases["phase1"] = PhaseState(
+        status="done", last_checkpoint=str(run.resolve() / "phase1/checkpoints/iter_000002")
+    )
+    state.phases["phase1"].best_checkpoint = str(run.resolve() / "phase1/best")
+    state.save()
+    assert analysis.load_state(run)["phase1"]["best_checkpoint"] == str(
+        run.resolve() / "phase1/best"
+    )
+    assert analysis.best_checkpoint(run) == run.resolve() / "phase1/best"
