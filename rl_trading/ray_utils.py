@@ -42,6 +42,39 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
+_GCS_PROBE = (
+    "import sys\n"
+    "from ray._raylet import GcsClient\n"
+    "GcsClient(address=sys.argv[1]).internal_kv_get(b'rl_trading_probe', None, timeout=5)\n"
+)
+
+
+def check_gcs(address: str, timeout: float = 30.0) -> None:
+    """One-line error within `timeout` s when a `host:port` that accepts connections is not a
+    live Ray head (a dying cluster, another server): Ray itself would wait a minute or more.
+
+    The probe runs in a subprocess, so a hung connection attempt is simply killed.
+    """
+    if address == "auto" or "://" in address:
+        return
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _GCS_PROBE, address],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConnectionFailure(
+            f"Ray cluster at {address} accepts connections but its GCS does not answer within "
+            f"{timeout:g} s (dying, or not a Ray head node)"
+        ) from None
+    if out.returncode != 0:
+        lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+        why = lines[-1][:200] if lines else f"exit {out.returncode}"
+        raise ConnectionFailure(f"Ray cluster at {address} does not answer: {why}")
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
@@ -66,6 +99,7 @@ def init_ray(
     addr = resolve_address(address)
     if addr is not None:
         check_address(addr)
+        check_gcs(addr)
         try:
             kwargs.setdefault("log_to_driver", False)
             ray.init(address=addr, **kwargs)

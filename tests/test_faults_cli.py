@@ -70,11 +70,19 @@ def _state(cwd: Path) -> dict:
     return json.loads(path.read_text())["phases"]["phase1"] if path.is_file() else {}
 
 
-def _interrupt(cwd: Path, sig: int, group: bool) -> subprocess.CompletedProcess:
-    """Start phase 1 in `cwd/run`, send `sig` once iteration 2 is in state.json, wait."""
+def _interrupt(
+    cwd: Path,
+    sig: int,
+    group: bool,
+    at: int = 2,
+    extra: tuple[str, ...] = (),
+    seen: list | None = None,
+) -> subprocess.CompletedProcess:
+    """Start phase 1 in `cwd/run`, send `sig` once iteration `at` is in state.json, wait;
+    `seen` gets the process's descendants (Ray's helpers) just before the signal."""
     (cwd / "tiny.yaml").write_text(TINY)
     proc = subprocess.Popen(
-        [CLI, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run"],
+        [CLI, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run", *extra],
         cwd=cwd,
         env=_env(cwd),
         stdout=subprocess.PIPE,
@@ -83,10 +91,14 @@ def _interrupt(cwd: Path, sig: int, group: bool) -> subprocess.CompletedProcess:
         start_new_session=True,  # its own process group, like a job in a terminal
     )
     deadline = time.monotonic() + 240
-    while _state(cwd).get("iteration", 0) < 2:
+    while _state(cwd).get("iteration", 0) < at:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "training never reached iteration 2"
+        assert time.monotonic() < deadline, f"training never reached iteration {at}"
         time.sleep(0.2)
+    if seen is not None:
+        import psutil
+
+        seen.extend(psutil.Process(proc.pid).children(recursive=True))
     if group:  # what Ctrl+C in a terminal does: the whole foreground group gets SIGINT
         os.killpg(proc.pid, sig)
     else:
@@ -101,8 +113,9 @@ def _assert_stopped_cleanly(cwd: Path, res: subprocess.CompletedProcess) -> int:
     ps = _state(cwd)
     stopped = ps["iteration"]
     assert ps["status"] == "running" and 2 <= stopped < ITERS
-    assert ps["last_checkpoint"].endswith(f"iter_{stopped:06d}")  # saved at the stop
-    assert (cwd / ps["last_checkpoint"] / "rllib_checkpoint.json").is_file()
+    # saved at the stop, named relative to the run dir (a copied run dir resumes)
+    assert ps["last_checkpoint"] == f"phase1/checkpoints/iter_{stopped:06d}"
+    assert (cwd / "run" / ps["last_checkpoint"] / "rllib_checkpoint.json").is_file()
     return stopped
 
 
@@ -119,10 +132,9 @@ def test_ctrl_c_to_the_process_group_checkpoints(tmp_path):
 
 
 def _copy(src: Path, dst: Path) -> Path:
-    """The same workspace elsewhere, state.json's checkpoint paths pointing into the copy."""
+    """The same workspace elsewhere, as is (state.json's paths are relative to the run dir)."""
     shutil.copytree(src, dst)
-    state = dst / "run" / "state.json"
-    state.write_text(state.read_text().replace(str(src.resolve()), str(dst.resolve())))
+    assert str(src.resolve()) not in (dst / "run" / "state.json").read_text()
     return dst
 
 
@@ -138,11 +150,45 @@ def test_sigterm_checkpoints_and_resume_loses_no_iteration(interrupted, tmp_path
     # Same end as an uninterrupted run: every iteration once, the full step budget.
     assert ps["status"] == "done" and ps["iteration"] == ps["total_iterations"] == ITERS
     assert ps["env_steps"] == ITERS * 64
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    before = [m.step for m in client.get_metric_history(first_run, "iteration")]
-    after = [m.step for m in client.get_metric_history(ps["mlflow_run_id"], "iteration")]
-    assert sorted(before + after) == list(range(1, ITERS + 1))
+    # The resume continues the phase's MLflow run: one run, every iteration once.
+    assert ps["mlflow_run_id"] == first_run
+    client = mlflow.MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(first_run, "iteration")]
+    assert sorted(steps) == list(range(1, ITERS + 1))
+    assert client.get_run(first_run).info.status == "FINISHED"
+
+
+def test_sigkill_before_the_first_checkpoint_then_resume(tmp_path):
+    """Issue 17 cases 1 and 12: SIGKILL at iteration 3 with no checkpoint yet leaves no Ray
+    helper behind, no lock, and an orphan MLflow run that the resume closes; the resume trains
+    the whole budget from iteration 1 (it used to count on from 3 with fresh weights)."""
+    import mlflow
+    import psutil
+
+    helpers: list = []
+    budget = ("--set", "phases.phase1_timesteps=384", "--set", "phases.checkpoint_interval=10")
+    res = _interrupt(tmp_path, signal.SIGKILL, group=False, at=3, extra=budget, seen=helpers)
+    assert res.returncode == -signal.SIGKILL
+    gone, alive = psutil.wait_procs(helpers, timeout=20)
+    assert not alive, [p.info for p in alive]
+    ps = _state(tmp_path)
+    assert ps["status"] == "running" and ps["iteration"] >= 3 and ps["last_checkpoint"] is None
+    orphan = ps["mlflow_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.get_run(orphan).info.status == "RUNNING"
+
+    res = _cli(
+        tmp_path, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run", "--resume", *budget
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "6 iterations, 384 env steps" in res.stdout
+    ps = _state(tmp_path)
+    assert ps["status"] == "done" and ps["iteration"] == 6 and ps["env_steps"] == 384
+    assert client.get_run(orphan).info.status == "KILLED"
+    new = client.get_run(ps["mlflow_run_id"])
+    assert new.info.run_id != orphan and new.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(new.info.run_id, "iteration")]
+    assert steps == list(range(1, 7))
 
 
 def _assert_one_line_failure(res: subprocess.CompletedProcess, code: int, needle: str) -> None:
@@ -155,7 +201,7 @@ def _assert_one_line_failure(res: subprocess.CompletedProcess, code: int, needle
 
 def test_corrupt_checkpoint_fails_cleanly_and_damages_nothing(interrupted, tmp_path):
     cwd = _copy(interrupted, tmp_path / "ws")
-    ckpt = cwd / _state(cwd)["last_checkpoint"]
+    ckpt = cwd / "run" / _state(cwd)["last_checkpoint"]
     assert ckpt.resolve().is_relative_to(cwd.resolve())  # the copy's, not the pristine one
     modules = [p for p in (ckpt / "learner_group").rglob("*") if p.is_file() and p.stat().st_size]
     assert modules

@@ -3,6 +3,7 @@ the checks that refuse bad input with one line before Ray starts. No Ray is star
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -350,3 +351,51 @@ def test_resume_continues_the_mlflow_run_and_orphans_are_closed(workspace):
     assert close_orphan_run(orphan, uri) is True
     assert client.get_run(orphan).info.status == "KILLED"
     assert close_orphan_run(first, uri) is False  # only RUNNING runs are touched
+
+
+def test_a_port_that_is_not_a_live_ray_head_fails_fast_with_one_line():
+    """A dying cluster (or another server) accepts TCP but its GCS never answers: one line
+    within the probe's timeout, instead of Ray's own minute-long wait."""
+    import socket
+    import threading
+    import time
+
+    from rl_trading import ray_utils
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept())
+
+    threading.Thread(target=accept, daemon=True).start()
+    address = f"127.0.0.1:{server.getsockname()[1]}"
+    try:
+        ray_utils.check_address(address)  # the TCP check alone lets it through
+        t0 = time.monotonic()
+        with pytest.raises(ConnectionFailure, match=f"Ray cluster at {address}") as err:
+            ray_utils.check_gcs(address, timeout=8)
+        assert time.monotonic() - t0 < 20 and "\n" not in str(err.value)
+    finally:
+        server.close()
+
+
+def test_readers_of_state_json_get_absolute_checkpoint_paths(tmp_path):
+    """analysis (notebook, backtest of a run) resolves the run-dir-relative paths."""
+    from rl_trading import analysis
+
+    run = tmp_path / "run"
+    state = RunState(run_dir=run.resolve())
+    state.phases["phase1"] = PhaseState(
+        status="done", last_checkpoint=str(run.resolve() / "phase1/checkpoints/iter_000002")
+    )
+    state.phases["phase1"].best_checkpoint = str(run.resolve() / "phase1/best")
+    state.save()
+    assert analysis.load_state(run)["phase1"]["best_checkpoint"] == str(
+        run.resolve() / "phase1/best"
+    )
+    assert analysis.best_checkpoint(run) == run.resolve() / "phase1/best"
