@@ -42,6 +42,7 @@ __all__ = [
     "data_reference",
     "env_creator",
     "load_reference",
+    "redact_db_url",
     "safe_config",
     "make_env_config",
     "make_hierarchical_env",
@@ -96,14 +97,38 @@ def bars_fingerprint(frames: Mapping[str, pd.DataFrame]) -> str:
 
 def safe_config(cfg: AppConfig) -> dict[str, Any]:
     """The config as JSON data with a credential in `data.db_url` redacted (it is pickled into
-    checkpoints); a reload then takes the URL from RL_TRADING_DB_URL."""
-    from rl_trading.tracking import redact
+    checkpoints, see `redact_db_url`); a redacted URL is taken from RL_TRADING_DB_URL on reload."""
 
     raw = cfg.model_dump(mode="json")
     url = raw.get("data", {}).get("db_url")
     if url:
-        raw["data"]["db_url"] = redact(url)
+        raw["data"]["db_url"] = redact_db_url(url)
     return raw
+
+
+def redact_db_url(url: str) -> str:
+    """A database URL safe to store: unchanged when its credentials are `${VAR}` references
+    only, else with the password (and secret query values) replaced by `***`."""
+    from rl_trading.tracking import redact
+
+    return url if _only_env_refs(url) else redact(url)
+
+
+def _only_env_refs(url: str) -> bool:
+    """True when every credential in `url` is a `${VAR}` reference (no secret, expands again
+    on reload), e.g. `postgresql://trader:${DB_PASSWORD}@host/db`."""
+    import re
+    import urllib.parse
+
+    masked = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", "", url)
+    try:
+        parts = urllib.parse.urlsplit(masked)
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        return False
+    secret_keys = ("password", "passwd", "secret", "token", "api_key", "apikey")
+    literal_query = any(v and any(s in k.lower() for s in secret_keys) for k, v in query)
+    return not parts.password and not literal_query
 
 
 def data_reference(source_cfg: AppConfig, frames: Mapping[str, pd.DataFrame]) -> dict[str, Any]:

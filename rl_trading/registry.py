@@ -645,9 +645,9 @@ class ModelRegistry:
 
 def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
     """A config dict with a credential in `data.db_url` hidden (stored with the model)."""
-    from rl_trading.tracking import redact
+    from envs.registration import redact_db_url
 
     data = dict(raw.get("data") or {})
     if data.get("db_url"):
-        data["db_url"] = redact(str(data["db_url"]))
+        data["db_url"] = redact_db_url(str(data["db_url"]))
     return {**raw, "data": data}

@@ -114,6 +114,12 @@ def test_db_url_credentials_stay_out_of_env_config():
     ec = registration.make_env_config(cfg, train, data_ref=registration.data_reference(cfg, train))
     text = json.dumps(ec)
     assert "s3cret" not in text and "bob:***@db.example" in text
+    # a `${VAR}` reference is no secret and expands again on reload: kept as written
+    raw["data"]["db_url"] = "postgresql://bob:${PGPASS}@db.example/bars?sslmode=require"
+    safe = registration.safe_config(AppConfig.model_validate(raw))
+    assert safe["data"]["db_url"] == raw["data"]["db_url"]
+    raw["data"]["db_url"] = "postgresql://bob@db.example/bars?password=s3cret"
+    assert "s3cret" not in str(registration.safe_config(AppConfig.model_validate(raw)))
 
 
 def test_manifest_names_a_tampered_file(tmp_path):
