@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,13 @@ from rl_trading.supervised.trainables import train_supervised
 pytestmark = pytest.mark.rllib
 
 SMALL = ["supervised.n_estimators=20", "supervised.cv_splits=3", "train.num_epochs=3"]
+
+
+def res_path_of(model: str) -> Path:
+    """The current (installed) version folder of `model` at 1m in the workspace."""
+    from rl_trading.supervised.storage import current_version_dir
+
+    return current_version_dir(model, "1m")
 
 
 def _intervals(trial_dir):
@@ -163,9 +171,37 @@ def test_cli_supervised_optimize_with_cnn_lstm(ray_session, workspace) -> None:
         for f in (workspace / "run" / "tune" / "search_analyst_1m").glob("*/result.json")
     ]
     assert len(rows) == 2
-    best = max(rows, key=lambda r: r["cv_accuracy_mean"])  # chosen by CV, never by test score
+    # chosen by CV, never by test score, among the trials ASHA let finish
+    finished = [r for r in rows if r["report"] == "final"]
+    best = max(finished, key=lambda r: r["cv_accuracy_mean"])
     for key, value in best["config"]["hp"].items():
         assert recs["analyst"]["params"][key] == value
+    # Every trial reported each CV fold, each CNN-LSTM epoch and its end, each with a checkpoint
+    # (the newest kept); the installed and registered model is the best trial's checkpoint.
+    search = workspace / "run" / "tune" / "search_cnn_lstm_1m"
+    for trial in search.glob("cnn_lstm_*"):
+        lines = [json.loads(x) for x in (trial / "result.json").read_text().splitlines()]
+        kinds = [r["report"] for r in lines]
+        assert kinds[0] == "cv_fold"  # ASHA may stop a trial after any report
+        assert [r["training_iteration"] for r in lines] == list(range(1, len(lines) + 1))
+        assert len(list(trial.glob("checkpoint_*"))) == 1
+        if kinds[-1] == "final":
+            assert kinds[:2] == ["cv_fold", "cv_fold"] and set(kinds[2:-1]) == {"epoch"}
+            epochs = [r["epoch"] for r in lines if r["report"] == "epoch"]
+            assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) <= 3
+            assert all(np.isfinite(r["val_loss"]) for r in lines if r["report"] == "epoch")
+    for model in ("analyst", "cnn_lstm"):
+        rec = recs[model]
+        ckpt = Path(rec["checkpoint"])
+        assert ckpt.parent.parent == workspace / "run" / "tune" / f"search_{model}_1m"
+        meta = json.loads((ckpt / "metadata.json").read_text())
+        assert meta["params"] == rec["params"] and meta["metrics"]["accuracy"] == pytest.approx(
+            rec["metrics"]["accuracy"]
+        )
+        installed = Path(rec["model_path"])
+        for name in meta["files"]:
+            assert (installed / name).read_bytes() == (ckpt / name).read_bytes(), name
+        assert res_path_of(model) == installed
     net, scaler = load_model("cnn_lstm", "1m")
     assert net.head.out_features == 2 and scaler.fitted
     assert (

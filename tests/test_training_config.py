@@ -88,7 +88,9 @@ def test_phase_configs_build_without_deprecation_warnings(ray_session, bars):
             warnings.simplefilter("always")
             configs = {p: build_phase_config(cfg, p, factory) for p in (1, 2, 3)}
             variants = [
-                build_phase_config(small_cfg(resources={"precision": "bf16"}), 3, factory),
+                build_phase_config(
+                    small_cfg(resources={"precision": "bf16", "rllib_fast_paths": True}), 3, factory
+                ),
                 build_phase_config(small_cfg(phases={"algorithm": "sac"}), 3, factory),
             ]
             for c in [*configs.values(), *variants]:
