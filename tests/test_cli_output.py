@@ -228,3 +228,30 @@ def test_every_plot_has_title_labelled_axes_legend_and_baselines(tmp_path):
         img = imread(paths[key])
         assert paths[key].stat().st_size > 10_000
         assert img.shape[0] >= 300 and img.shape[1] >= 600, (key, img.shape)
+
+
+def test_library_log_catches_fd2_and_moves_into_the_run_dir(tmp_path, monkeypatch, capsys):
+    """C-level writes to fd 2 and Python stderr land in the log, our own lines do not."""
+    from rl_trading.cli import logs
+    from rl_trading.cli.common import err_console
+
+    monkeypatch.delenv("RL_TRADING_VERBOSE", raising=False)
+    monkeypatch.delenv("RL_TRADING_DEBUG", raising=False)
+    logs.start()
+    try:
+        assert logs.routed()
+        os.write(2, b"core_worker.cc:123 constructor arguments in the object store\n")
+        print("WARNING rl_module.py -- deprecated", file=sys.stderr)
+        err_console.print("error: ours")
+        path = logs.attach_run_dir(tmp_path / "run")
+        os.write(2, b"after attach\n")
+    finally:
+        kept = logs.stop()
+    assert not logs.routed() and kept == path.resolve()
+    text = path.read_text()
+    assert "core_worker.cc" in text and "rl_module.py" in text and "after attach" in text
+    assert "ours" not in text and "ours" in capsys.readouterr().err
+    # with --verbose nothing is routed
+    monkeypatch.setenv("RL_TRADING_VERBOSE", "1")
+    logs.start()
+    assert not logs.routed() and logs.stop() is None
