@@ -255,3 +255,31 @@ def test_library_log_catches_fd2_and_moves_into_the_run_dir(tmp_path, monkeypatc
     monkeypatch.setenv("RL_TRADING_VERBOSE", "1")
     logs.start()
     assert not logs.routed() and logs.stop() is None
+
+
+def test_pbt_trials_table_fits_80_columns():
+    from rich.console import Console
+
+    from tuning.results import render_table
+
+    table = pd.DataFrame(
+        {
+            "trial": [1, 0],
+            "trial_id": ["a", "b"],
+            "val_sharpe": [1.234, 0.5],
+            "best_val_sharpe": [1.5, 0.7],
+            "iterations": [12, 12],
+            "lr": [1e-4, 3e-4],
+            "gamma": [0.99, 0.98],
+            "clip_param": [0.2, 0.3],
+            "lambda": [0.95, 0.9],
+            "entropy_coeff": [0.0, 1e-3],
+            "exploits": [2, 0],
+        }
+    )
+    buf = io.StringIO()
+    Console(file=buf, width=80).print(render_table(table, "val_sharpe"))
+    text = buf.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for cell in ("best_val_sharpe", "exploited", "entropy", "1.00e-03", "0.950", "1.234"):
+        assert cell in text
