@@ -228,3 +228,58 @@ def test_every_plot_has_title_labelled_axes_legend_and_baselines(tmp_path):
         img = imread(paths[key])
         assert paths[key].stat().st_size > 10_000
         assert img.shape[0] >= 300 and img.shape[1] >= 600, (key, img.shape)
+
+
+def test_library_log_catches_fd2_and_moves_into_the_run_dir(tmp_path, monkeypatch, capsys):
+    """C-level writes to fd 2 and Python stderr land in the log, our own lines do not."""
+    from rl_trading.cli import logs
+    from rl_trading.cli.common import err_console
+
+    monkeypatch.delenv("RL_TRADING_VERBOSE", raising=False)
+    monkeypatch.delenv("RL_TRADING_DEBUG", raising=False)
+    logs.start()
+    try:
+        assert logs.routed()
+        os.write(2, b"core_worker.cc:123 constructor arguments in the object store\n")
+        print("WARNING rl_module.py -- deprecated", file=sys.stderr)
+        err_console.print("error: ours")
+        path = logs.attach_run_dir(tmp_path / "run")
+        os.write(2, b"after attach\n")
+    finally:
+        kept = logs.stop()
+    assert not logs.routed() and kept == path.resolve()
+    text = path.read_text()
+    assert "core_worker.cc" in text and "rl_module.py" in text and "after attach" in text
+    assert "ours" not in text and "ours" in capsys.readouterr().err
+    # with --verbose nothing is routed
+    monkeypatch.setenv("RL_TRADING_VERBOSE", "1")
+    logs.start()
+    assert not logs.routed() and logs.stop() is None
+
+
+def test_pbt_trials_table_fits_80_columns():
+    from rich.console import Console
+
+    from tuning.results import render_table
+
+    table = pd.DataFrame(
+        {
+            "trial": [1, 0],
+            "trial_id": ["a", "b"],
+            "val_sharpe": [1.234, 0.5],
+            "best_val_sharpe": [1.5, 0.7],
+            "iterations": [12, 12],
+            "lr": [1e-4, 3e-4],
+            "gamma": [0.99, 0.98],
+            "clip_param": [0.2, 0.3],
+            "lambda": [0.95, 0.9],
+            "entropy_coeff": [0.0, 1e-3],
+            "exploits": [2, 0],
+        }
+    )
+    buf = io.StringIO()
+    Console(file=buf, width=80).print(render_table(table, "val_sharpe"))
+    text = buf.getvalue()
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for cell in ("best_val_sharpe", "exploited", "entropy", "1.00e-03", "0.950", "1.234"):
+        assert cell in text

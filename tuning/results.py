@@ -54,23 +54,25 @@ _SHORT = {
 
 
 def render_table(table: pd.DataFrame, metric: str) -> Any:
-    """A rich Table of the trials (best first)."""
-    from rich.table import Table
+    """The trials (best first), one row each; columns that do not fit the console width go into
+    a further table that repeats the trial number, so no cell is cut at 80 columns."""
+    from rl_trading.evaluation.report import PackedTables
 
-    out = Table(title=f"PBT trials (by {metric})")
     hidden = {"trial_id", "checkpoint"}
     if "status" in table and (table["status"] == "done").all():
         hidden.add("status")
     shown = [c for c in table.columns if c not in hidden]
+    label = "trial" if "trial" in shown else shown[0]
+    rows = [str(v) for v in table[label]] if len(shown) else []
+    columns = []
     for col in shown:
-        out.add_column(_SHORT.get(col, col), justify="right" if col != "status" else "left")
-    for _, row in table.iterrows():
+        if col == label:
+            continue
         cells = []
-        for col in shown:
-            value = row[col]
+        for value in table[col]:
             if isinstance(value, float):
                 cells.append(f"{value:.2e}" if col in ("lr", "entropy_coeff") else f"{value:.3f}")
             else:
                 cells.append(str(value))
-        out.add_row(*cells)
-    return out
+        columns.append((_SHORT.get(col, col), cells))
+    return PackedTables(f"PBT trials (by {metric})", label, rows, columns)
