@@ -6,7 +6,8 @@ times each call itself instead, by wrapping (for the length of a `with` block) t
 `training_step` makes: sampling (`synchronous_parallel_sample`, which includes the env-to-module
 connectors and the merge of runner metrics), the learner update (`LearnerGroup.update`, which
 includes the learner connectors and GAE) and the weight sync to the env runners, plus the
-pipeline's validation passes and checkpoint writes (`rl_trading.training.runner`).
+pipeline's validation passes, checkpoint writes and restores (`rl_trading.training.runner`), and
+the algorithm's build (env runner actors, learner) and stop.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-KEYS = ("sampling", "learner", "weight_sync", "validation", "checkpoint")
+KEYS = (
+    "build",
+    "restore",
+    "sampling",
+    "learner",
+    "weight_sync",
+    "validation",
+    "checkpoint",
+    "stop",
+)
 
 
 class PhaseProfile:
@@ -47,8 +57,10 @@ class PhaseProfile:
     def __enter__(self) -> PhaseProfile:
         import importlib
 
+        from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
         from ray.rllib.core.learner.learner_group import LearnerGroup
         from ray.rllib.env.env_runner_group import EnvRunnerGroup
+        from ray.tune import Trainable
 
         from rl_trading.training import runner
 
@@ -58,6 +70,10 @@ class PhaseProfile:
         self._wrap(EnvRunnerGroup, "sync_weights", "weight_sync")
         self._wrap(runner, "validate", "validation")
         self._wrap(runner, "save_algorithm", "checkpoint")
+        self._wrap(AlgorithmConfig, "build_algo", "build")  # env runner actors, learner
+        self._wrap(runner, "restore_policies", "restore")
+        self._wrap(runner, "restore_algorithm_state", "restore")
+        self._wrap(Trainable, "stop", "stop")  # Algorithm.stop: env runners shut down
         return self
 
     def __exit__(self, *exc: object) -> None:
