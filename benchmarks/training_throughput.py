@@ -418,6 +418,7 @@ def default_phase1(args) -> None:
     from rl_trading.training.fast.learner import FastPPOTorchLearner
 
     quick = [f"ppo.{k}={v}" for k, v in QUICK_PPO.items()] if args.quick else []
+    quick += ["phases.phase1_timesteps=4000"] if args.quick else []
     default = _default_cfg(quick)
     total_steps = default.phases.phase1_timesteps
     n_iter = phase_iterations(default, 1)
@@ -428,7 +429,7 @@ def default_phase1(args) -> None:
         # validation, checkpoints and MLflow tracking, in a throw-away workspace
         cli = os.path.join(os.path.dirname(sys.executable), "rl-trading")
         sets = ["--set", "tracking.system_metrics=false"]
-        for item in quick + (["phases.phase1_timesteps=4000"] if quick else []):
+        for item in quick:
             sets += ["--set", item]
         with tempfile.TemporaryDirectory() as tmp:
             env = {**os.environ, "RL_TRADING_WORKSPACE": tmp}
