@@ -1,4 +1,11 @@
-"""PPO torch learner that runs forward + loss under bfloat16 autocast (`resources.precision`)."""
+"""PPO torch learner that runs forward + loss under bfloat16 autocast (`resources.precision`).
+
+Departs from RLlib's `TorchLearner._uncompiled_update` (re-written here with the forward pass
+and loss inside `torch.autocast`) because RLlib has no mixed-precision switch for its learners;
+built on `FastPPOTorchLearner`, so it needs `resources.rllib_fast_paths: true`. Without
+autocast (CPU, the default) its update is bit-identical to `PPOTorchLearner`'s
+(tests/test_training_speedups.py).
+"""
 
 from __future__ import annotations
 
