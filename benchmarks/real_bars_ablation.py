@@ -31,7 +31,7 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
     from rl_trading.training.runner import run_phase
     from rl_trading.training.session import load_splits
     from rl_trading.training.state import RunState
-    from rl_trading.training.validation import validate
+    from rl_trading.training.validation import run_policies, validate
 
     base = ["resources.num_env_runners=0", "tracking.system_metrics=false"]
     cfg = load_config(REPO / "configs/quickstart.yaml", base + overrides)
@@ -47,6 +47,8 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
         curve = RunState.load(tmp).phase("phase1").val_sharpes
     secs = time.monotonic() - t0
     trained = validate(factory, "specialists", best, seed=cfg.seed)
+    expo = run_policies(factory, "specialists", best, seed=cfg.seed)["exposures"]
+    stds = [float(np.exp(best[p].log_std.detach().numpy()).mean()) for p in specs]
     flat = {a: (lambda o: np.zeros(1)) for a in specs}
     flat_m = validate(factory, "specialists", best, agent_override=flat)
     long = {a: (lambda o: np.ones(1)) for a in specs}
@@ -62,6 +64,9 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
         "val_sharpe": trained["val_sharpe"],
         "val_gross_exposure": trained.get("val_gross_exposure", float("nan")),
         "val_total_return": trained["val_total_return"],
+        "val_turnover": float(np.mean(np.abs(np.diff(expo, axis=0)).sum(axis=1))),
+        "val_net_exposure": float(np.mean(expo.sum(axis=1))),
+        "action_std": [round(v, 3) for v in stds],
         "flat_sharpe": flat_m["val_sharpe"],
         "long_sharpe": long_m["val_sharpe"],
         "long_gross_exposure": long_m.get("val_gross_exposure", float("nan")),
