@@ -23,6 +23,7 @@ from rl_trading.training.runner import run_phase
 from rl_trading.training.session import load_splits
 from rl_trading.training.validation import gross_exposure, validate
 
+# The whole file: 37 s at load ~3 on the 2-core machine, 113 s at load ~25.
 pytestmark = pytest.mark.rllib
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "configs/quickstart.yaml"
