@@ -29,6 +29,16 @@ def equal_weight(n_specialists: int) -> MetaOverride:
     return act
 
 
+def episode_exposures(env: Any) -> np.ndarray | None:
+    """Signed per-instrument exposures (fractions of equity, one row per bar) of the episode,
+    from the env's summary; None when the env reports none."""
+    summary_fn = getattr(unwrap(env), "episode_summary", None)
+    if not callable(summary_fn):
+        return None
+    expo = (summary_fn() or {}).get("exposures")
+    return None if expo is None else np.asarray(expo, dtype=float)
+
+
 def episode_equity(env: Any, equity_seen: list[float]) -> np.ndarray:
     """The episode's portfolio equity curve: the env's summary, else equity seen in infos."""
     inner = unwrap(env)
@@ -100,7 +110,8 @@ def run_policies(
     agent_override: dict[str, MetaOverride] | None = None,
     max_steps: int = 10_000_000,
 ) -> dict[str, Any]:
-    """One deterministic validation episode; returns the equity curve and step count."""
+    """One deterministic validation episode; returns the equity curve, step count and, when
+    the env reports them, the per-bar exposures (`exposures`, `[bars, instruments]`)."""
     env = factory.make(mode, validation=True)
     obs, infos = env.reset(seed=seed)
     overrides = dict(agent_override or {})
@@ -127,8 +138,12 @@ def run_policies(
         if term.get("__all__") or trunc.get("__all__") or not obs:
             break
     equity = episode_equity(env, equity_seen)
+    exposures = episode_exposures(env)
     env.close()
-    return {"equity": equity, "steps": steps}
+    out: dict[str, Any] = {"equity": equity, "steps": steps}
+    if exposures is not None:
+        out["exposures"] = exposures
+    return out
 
 
 def validate(
@@ -139,7 +154,8 @@ def validate(
     meta_override: MetaOverride | None = None,
     agent_override: dict[str, MetaOverride] | None = None,
 ) -> dict[str, float]:
-    """Validation metrics (`val_sharpe`, `val_max_drawdown`, `val_total_return`, ...).
+    """Validation metrics (`val_sharpe`, `val_max_drawdown`, `val_total_return`, ...; and
+    `val_gross_exposure`, the mean over bars of sum |exposure|, when the env reports exposures).
 
     `metrics.summarize` (rf 0) at the factory's resolved bars per year: the same numbers a
     backtest report gives for the same equity curve (`val_sharpe` = report `sharpe_ratio`).
@@ -149,7 +165,7 @@ def validate(
     run = run_policies(factory, mode, modules, seed, meta_override, agent_override)
     ppy = factory.periods_per_year or factory.timeframe
     stats = summarize(run["equity"], periods_per_year=ppy)
-    return {
+    out = {
         "val_sharpe": float(stats["sharpe_ratio"]),
         "val_max_drawdown": float(stats["max_drawdown"]),
         "val_total_return": float(stats["total_return"]),
@@ -157,3 +173,13 @@ def validate(
         "val_psr": float(stats["psr"]),
         "val_steps": float(run["steps"]),
     }
+    if "exposures" in run:
+        out["val_gross_exposure"] = gross_exposure(run["exposures"])
+    return out
+
+
+def gross_exposure(exposures: np.ndarray) -> float:
+    """Average gross exposure: mean over bars of the sum of |exposure| (fractions of equity)."""
+    e = np.asarray(exposures, dtype=float)
+    e = e if e.ndim == 2 else e[:, None]
+    return float(np.mean(np.abs(e).sum(axis=1))) if e.size else 0.0
