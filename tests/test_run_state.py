@@ -311,7 +311,7 @@ def test_local_ray_never_joins_a_running_cluster_silently(monkeypatch):
     ray_utils.init_ray(None, num_cpus=2, notify=said.append)
     # address="local": a new instance; a bare ray.init() would join a `ray start` cluster
     assert fake.calls[-1]["address"] == "local"
-    assert said == ["Ray: started a local instance (2 CPUs)"]
+    assert said == ["Ray: started a local instance on 127.0.0.1 (2 CPUs)"]
     ray_utils.init_ray("auto", notify=said.append)  # the opt-in
     assert fake.calls[-1]["address"] == "auto"
     assert said[-1] == "Ray: joined the cluster at auto (1 node(s), 2 CPUs)"

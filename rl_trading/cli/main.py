@@ -36,6 +36,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
@@ -54,6 +55,8 @@ def root(
     if verbose:
         os.environ["RL_TRADING_VERBOSE"] = "1"
     logs.start()
+    if not _IN_MAIN:  # the app run directly (Click's CliRunner, another program): undo at exit
+        ctx.call_on_close(logs.stop)
 
 
 @app.command()
@@ -125,19 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     Library output goes to a log file while the command runs (`rl_trading.cli.logs`); an
     internal error names that file.
     """
+    global _IN_MAIN
     internal = False
     verbose_before = os.environ.get("RL_TRADING_VERBOSE")
+    _IN_MAIN = True  # main() stops the log routing itself, after reporting an internal error
     try:
         code = _dispatch(argv)
         internal = code == _INTERNAL
         return 1 if internal else code
     finally:
+        _IN_MAIN = False
         logs.stop(failed=internal)  # an internal error names the library log
         if verbose_before is None:  # --verbose holds for this command only
             os.environ.pop("RL_TRADING_VERBOSE", None)
 
 
 _INTERNAL = -1  # an unexpected exception (reported as exit code 1)
+_IN_MAIN = False  # True while main() runs the app
 
 
 def _dispatch(argv: list[str] | None) -> int:

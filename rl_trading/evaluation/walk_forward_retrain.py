@@ -362,7 +362,7 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
     for s in strategies:
         r = np.concatenate(stitched_r[s]) if stitched_r[s] else np.zeros(0)
         equity = capital * np.concatenate([[1.0], np.cumprod(1.0 + r)])
-        stats = metrics.summarize(equity, periods_per_year=ppy, risk_free_rate=RISK_FREE_RATE)
+        stats = metrics.summarize(equity, periods_per_year=ppy)  # rf = 0 (RISK_FREE_RATE)
         stitched[s] = {
             "sharpe_ratio": stats["sharpe_ratio"],
             "total_return": stats["total_return"],
