@@ -226,7 +226,9 @@ def test_borrow_cost_charged_on_shorts_per_bar():
     daily.data.timeframe = "1d"
     daily.data.calendar = "crypto"  # 365 bars a year, whatever the test bars' own spacing
     env = TradingEnv(daily, bars=bars, borrow_bps_per_year=500.0, **kw)
-    assert env.periods_per_year == metrics.periods_per_year("1d", "crypto")  # the env's one calendar
+    assert env.periods_per_year == metrics.periods_per_year(
+        "1d", "crypto"
+    )  # the env's one calendar
     _, rewards, infos = run(env, [np.array([-1.0])])
     per_bar = 0.1 * 10_000 * 500e-4 / env.periods_per_year  # short notional 1,000 at 100
     steps = len(infos) - 1
