@@ -107,28 +107,12 @@ def safe_config(cfg: AppConfig) -> dict[str, Any]:
 
 
 def redact_db_url(url: str) -> str:
-    """A database URL safe to store: unchanged when its credentials are `${VAR}` references
-    only, else with the password (and secret query values) replaced by `***`."""
+    """A database URL safe to store: `${VAR}` references kept (they expand again on reload),
+    a literal password (whatever characters it holds) and secret query values as `***`; the one
+    parser is `rl_trading.tracking.redact`."""
     from rl_trading.tracking import redact
 
-    return url if _only_env_refs(url) else redact(url)
-
-
-def _only_env_refs(url: str) -> bool:
-    """True when every credential in `url` is a `${VAR}` reference (no secret, expands again
-    on reload), e.g. `postgresql://trader:${DB_PASSWORD}@host/db`."""
-    import re
-    import urllib.parse
-
-    masked = re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", "", url)
-    try:
-        parts = urllib.parse.urlsplit(masked)
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    except ValueError:
-        return False
-    secret_keys = ("password", "passwd", "secret", "token", "api_key", "apikey")
-    literal_query = any(v and any(s in k.lower() for s in secret_keys) for k, v in query)
-    return not parts.password and not literal_query
+    return redact(url)
 
 
 def data_reference(source_cfg: AppConfig, frames: Mapping[str, pd.DataFrame]) -> dict[str, Any]:

@@ -55,11 +55,24 @@ def load_state(run_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def load_run_config(run_dir: str | Path) -> AppConfig:
-    """The config a run really used (`run_dir/config.yaml`), else the defaults."""
+    """The config a run really used (`run_dir/config.yaml`), else the defaults.
+
+    `config.yaml` stores a literal database password as `***`: such a URL is dropped, so the
+    data layer takes RL_TRADING_DB_URL (as a checkpoint's stored config does).
+    """
+    import yaml
+
     from rl_trading.config import AppConfig, load_config
 
     path = Path(run_dir) / "config.yaml"
-    return load_config(path) if path.is_file() else AppConfig()
+    if not path.is_file():
+        return AppConfig()
+    raw = yaml.safe_load(path.read_text()) or {}
+    data = raw.get("data") if isinstance(raw, dict) else None
+    if isinstance(data, dict) and "***" in str(data.get("db_url") or ""):
+        data["db_url"] = None
+        return load_config(None, [], extra=raw)
+    return load_config(path)
 
 
 def mlflow_runs(run_dir: str | Path, tracking_uri: str | None = None) -> pd.DataFrame:

@@ -265,3 +265,18 @@ def test_supervised_signal_baseline_when_a_model_exists(workspace):
     assert set(np.unique(held)) <= {0.0, 0.9, 1.0, 1.1}  # +-max position (drifting), or flat
     assert np.abs(sup.weights).max() > 0  # it traded on the signal
     assert len(sup.equity) == len(runs["flat"].equity)
+
+
+def test_baselines_wait_for_a_real_bar_like_the_envs(bars):
+    """A target decided before a forward-filled bar fills at the next real bar's open."""
+    one = {"AAA": bars["AAA"].copy()}
+    n = len(one["AAA"])
+    targets = np.full((n, 1), np.nan)
+    targets[100] = 1.0
+    filled = np.zeros(n, dtype=bool)
+    filled[101:103] = True  # bars 101 and 102 are gap fills: no fill there
+    one["AAA"]["filled"] = filled
+    run = simulate_weights("x", one, targets, 1000.0, 0.01)
+    assert np.all(run.equity[:103] == 1000.0) and run.costs[:103].sum() == 0.0
+    assert run.costs[103] == pytest.approx(1000.0 * 0.01)  # filled at bar 103's open
+    assert run.weights[103, 0] > 0.9  # and it is held from there on

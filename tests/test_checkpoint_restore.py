@@ -120,6 +120,11 @@ def test_db_url_credentials_stay_out_of_env_config():
     assert safe["data"]["db_url"] == raw["data"]["db_url"]
     raw["data"]["db_url"] = "postgresql://bob@db.example/bars?password=s3cret"
     assert "s3cret" not in str(registration.safe_config(AppConfig.model_validate(raw)))
+    # passwords holding URL delimiters (issue 17 case 3) are hidden whole, not cut at `/#?`
+    for pw in ("pa/ss#word", "se/cret", "se#cret", "se?pw=1"):
+        raw["data"]["db_url"] = f"postgresql+psycopg2://bob:{pw}@db.example/bars"
+        text = json.dumps(registration.safe_config(AppConfig.model_validate(raw)))
+        assert pw not in text and pw.split("/")[-1] not in text and "bob:***@db.example" in text
 
 
 def test_manifest_names_a_tampered_file(tmp_path):

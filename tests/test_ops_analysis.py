@@ -60,3 +60,17 @@ def test_drawdown_frame_is_fraction_below_running_peak():
     dd = analysis.drawdown_frame(eq)
     np.testing.assert_allclose(dd["policy"], [0.0, 0.0, 0.9 / 1.2 - 1.0, 0.0])
     assert (dd["flat"] == 0).all()
+
+
+def test_run_config_with_a_masked_password_reloads(tmp_path, monkeypatch):
+    """config.yaml masks a literal DB password; reloading it must not use `***` as one."""
+    from rl_trading.config import AppConfig, save_config
+
+    cfg = AppConfig()
+    cfg.data.db_url = "postgresql://bob:pa/ss#word@db.example/bars"
+    save_config(cfg, tmp_path / "config.yaml")
+    text = (tmp_path / "config.yaml").read_text()
+    assert "pa/ss" not in text and "***" in text
+    loaded = analysis.load_run_config(tmp_path)
+    assert loaded.data.db_url is None  # the data layer then takes RL_TRADING_DB_URL
+    assert loaded.seed == cfg.seed

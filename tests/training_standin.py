@@ -135,4 +135,5 @@ def standin_factory(symbols=("AAA", "BBB"), shared=False, **kw) -> EnvFactory:
         val_config=functools.partial(_conf, base=base, eval_mode=True),
         timeframe="1d",
         shared=shared,
+        periods_per_year=252.0,  # daily bars on an equity calendar: the run's one annualisation
     )

@@ -82,18 +82,13 @@ def training_preprocessing(
 
 def selection_trials(run_dir: Path | None) -> list[float]:
     """Validation Sharpes of every checkpoint evaluated for selection in a run (all phases),
-    plus the tuning trials the run records (`state.json` `tuning_trials`, as NaN Sharpes)."""
-    import json
+    read through `RunState` (the one state.json reader). Tuning trials (PBT, Optuna) are not in
+    a run dir: pass them as `extra_trials` / `--extra-trials`."""
+    from rl_trading.training.state import RunState
 
     if run_dir is None or not (run_dir / "state.json").is_file():
         return []
-    raw = json.loads((run_dir / "state.json").read_text())
-    out = [
-        float(s)
-        for _, ps in sorted(raw.get("phases", {}).items())
-        for s in ps.get("val_sharpes", [])
-    ]
-    return out + [float("nan")] * int(raw.get("tuning_trials", 0))
+    return [float(s) for s in RunState.load(run_dir).selection_trials()]
 
 
 def trial_count(

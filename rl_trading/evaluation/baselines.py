@@ -96,9 +96,23 @@ def simulate_weights(
     capital: float,
     rate: float,
 ) -> StrategyRun:
-    """Simulate target weights (decided at close t, filled at open t+1) into an equity curve."""
+    """Simulate target weights (decided at close t, filled at open t+1) into an equity curve.
+
+    As in the envs, nothing fills on a forward-filled bar (align's `filled` column): an
+    instrument's latest target waits for its next real bar and fills at that bar's open.
+    """
+    from rl_trading.data.resample import FILLED_COLUMN
+
     data = as_bar_dict(bars)
     symbols = list(data)
+    real = np.column_stack(
+        [
+            ~data[s][FILLED_COLUMN].to_numpy(bool)
+            if FILLED_COLUMN in data[s].columns
+            else np.ones(len(data[s]), dtype=bool)
+            for s in symbols
+        ]
+    )
     opens = np.column_stack([data[s]["open"].to_numpy(np.float64) for s in symbols])
     closes = np.column_stack([data[s]["close"].to_numpy(np.float64) for s in symbols])
     t_len, n = closes.shape
@@ -111,9 +125,12 @@ def simulate_weights(
     weights = np.zeros((t_len, n))
     costs = np.zeros(t_len)
     equity[0] = cash
+    pending = np.full(n, np.nan)  # latest target per instrument not yet filled
     for t in range(1, t_len):
-        target = targets[t - 1]
-        trade = ~np.isnan(target)
+        decided = ~np.isnan(targets[t - 1])
+        pending[decided] = targets[t - 1][decided]
+        trade = ~np.isnan(pending) & real[t]
+        target = pending
         if trade.any():
             price = opens[t]
             eq_open = cash + float(units @ price)
@@ -125,6 +142,7 @@ def simulate_weights(
             cash -= float(delta @ price) + cost
             units = new_units
             costs[t] = cost
+            pending[trade] = np.nan
         equity[t] = cash + float(units @ closes[t])
         if equity[t] > 0:
             weights[t] = units * closes[t] / equity[t]

@@ -23,7 +23,6 @@ Protocol (``rl-trading evaluate walk-forward``):
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -244,7 +243,7 @@ def run_fold_seed(
     result = backtest(best, test, cfg, seed=seed, scaler_bars=fit)
     from rl_trading import metrics
 
-    ppy = result.meta.get("periods_per_year") or metrics.periods_per_year(cfg.data.timeframe)
+    ppy = result.meta["periods_per_year"]  # the run's one calendar (backtest pins it)
     mets = {
         name: {k: float(result.metrics[name].get(k, math.nan)) for k in METRICS}
         for name in result.runs
@@ -395,13 +394,11 @@ def count_trials(results: list[dict[str, Any]], n_seeds: int) -> dict[str, int]:
 
 
 def grade(sharpe: float, max_drawdown: float, dsr: float, cfg: AppConfig) -> str:
-    """The registry's RL grade (passing the DSR where the grading function takes it)."""
+    """The registry's RL grade; `max_drawdown` is measured at `evaluation.grade_volatility`
+    (so sitting in cash earns no drawdown credit), `dsr` caps it at C below the threshold."""
     from rl_trading.registry import grade_rl
 
-    params = inspect.signature(grade_rl).parameters
-    if "dsr" in params:
-        return grade_rl(sharpe, max_drawdown, cfg.evaluation, dsr=dsr)
-    return grade_rl(sharpe, max_drawdown, cfg.evaluation)
+    return grade_rl(sharpe, max_drawdown, cfg.evaluation, dsr=dsr)
 
 
 def build_report(
@@ -421,6 +418,9 @@ def build_report(
     psr = metrics.probabilistic_sharpe_ratio(policy_r)
     dsr = metrics.deflated_sharpe_ratio(policy_r, max(1, trials["n_trials"]))
     st = agg["stitched"]["policy"]
+    dd_matched = metrics.max_drawdown_at_volatility(
+        policy_r, agg["periods_per_year"], cfg.evaluation.grade_volatility
+    )
     policy = {
         "psr": psr,
         "dsr": dsr,
@@ -429,7 +429,8 @@ def build_report(
         "stitched_sharpe": st["sharpe_ratio"],
         "stitched_total_return": st["total_return"],
         "stitched_max_drawdown": st["max_drawdown"],
-        "grade": grade(st["sharpe_ratio"], st["max_drawdown"], dsr, cfg),
+        "stitched_max_drawdown_vol_matched": dd_matched,
+        "grade": grade(st["sharpe_ratio"], dd_matched, dsr, cfg),
     }
     runs = [
         {"fold": r["fold"], "seed": r["seed"], "strategy": s, **v["metrics"]}

@@ -12,6 +12,7 @@ import torch
 from policies import compute_actions
 from policies.inference import to_env_action
 from policies.stacked import StackedActor, stack_signature
+from rl_trading.errors import ConfigError
 from rl_trading.training.env_bridge import EnvFactory, unwrap
 from rl_trading.training.mapping import policy_mapping_fn
 
@@ -163,7 +164,9 @@ def validate(
     from rl_trading.metrics import summarize
 
     run = run_policies(factory, mode, modules, seed, meta_override, agent_override)
-    ppy = factory.periods_per_year or factory.timeframe
+    if factory.periods_per_year is None:  # hierarchical_factory always resolves it
+        raise ConfigError("validation needs the run's bars per year (config.resolve_calendar)")
+    ppy = factory.periods_per_year
     stats = summarize(run["equity"], periods_per_year=ppy)
     out = {
         "val_sharpe": float(stats["sharpe_ratio"]),
