@@ -73,7 +73,9 @@ def test_ensemble_of_copies_backtests_like_the_model(members, capsys):
     assert made["model"]["lineage"]["members"] == [name, copy]
     strategies = made["strategies"]
     assert {"policy", name, copy, "buy_and_hold"} <= set(strategies)
-    assert strategies["policy"] == strategies[name] == strategies[copy]
+    ens_row = {k: v for k, v in strategies["policy"].items() if k != "dsr"}  # the policy's own
+    assert ens_row == strategies[name] == strategies[copy]
+    assert 0.0 <= strategies["policy"]["dsr"] <= 1.0
     assert strategies["policy"] != strategies["buy_and_hold"]
 
     # the registered ensemble backtests like any model, identically to its member
@@ -86,7 +88,12 @@ def test_ensemble_of_copies_backtests_like_the_model(members, capsys):
         out = capsys.readouterr()
         assert code == 0, out.err
         runs[model] = json.loads(out.out)["strategies"]["policy"]
-    assert runs[made["model"]["name"]] == runs[name]
+    # the same trading; only the DSR differs: the ensemble is deflated by its members' trials
+    ens, member = runs[made["model"]["name"]], runs[name]
+    assert {k: v for k, v in ens.items() if k != "dsr"} == {
+        k: v for k, v in member.items() if k != "dsr"
+    }
+    assert ens["dsr"] <= member["dsr"]
 
     # models info / benchmark accept it; ONNX export refuses it in one line
     assert main(["models", "info", made["model"]["name"], "--json", *CLI_SETS]) == 0
@@ -95,7 +102,10 @@ def test_ensemble_of_copies_backtests_like_the_model(members, capsys):
     code = main(["models", "benchmark", "--models", made["model"]["name"], "--json", *CLI_SETS])
     assert code == 0
     bench = json.loads(capsys.readouterr().out)
-    assert bench["metrics"][made["model"]["name"]] == runs[name]
+    row = bench["metrics"][made["model"]["name"]]  # its DSR counts the models compared there
+    assert {k: v for k, v in row.items() if k != "dsr"} == {
+        k: v for k, v in ens.items() if k != "dsr"
+    }
     code = main(["export", "onnx", "--model", made["model"]["name"], "--out", "e.onnx", *CLI_SETS])
     err = capsys.readouterr().err
     assert code != 0 and "is an ensemble" in err and len(err.strip().splitlines()) == 1

@@ -253,7 +253,9 @@ def ensemble(
     weights: Annotated[
         str | None, typer.Option("--weights", help="Member weights, e.g. 0.7,0.3.")
     ] = None,
-    split: Annotated[str, typer.Option("--split", help="Split graded on (val/test).")] = "val",
+    split: Annotated[
+        str, typer.Option("--split", help="Split graded on (test: untouched by selection).")
+    ] = "test",
     model_type: Annotated[str, typer.Option("--type", help="Registered model type.")] = "ensemble",
     out: Annotated[
         Path | None, typer.Option("--out", help="Report folder (default: <run_dir>/ensemble).")

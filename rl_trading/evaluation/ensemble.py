@@ -224,12 +224,16 @@ def create_ensemble(
     cfg: AppConfig,
     method: Method = "mean",
     weights: Sequence[float] | None = None,
-    split: str = "val",
+    split: str = "test",
     model_type: str = "ensemble",
     out_dir: str | Path | None = None,
 ) -> EnsembleOutcome:
     """Check members, backtest the ensemble next to each member and the baselines on `split`,
-    grade it by that backtest and register it (kind `ensemble`, members as lineage)."""
+    grade it by that backtest and register it (kind `ensemble`, members as lineage).
+
+    Graded like any policy (`register_policy`'s rules): on the test split by default, the DSR
+    deflated by every trial behind the members (their recorded `n_trials`, summed).
+    """
     from rl_trading.evaluation import select_bars
     from rl_trading.evaluation.backtest import backtest, evaluate_runs
     from rl_trading.evaluation.report import write_report
@@ -250,15 +254,27 @@ def create_ensemble(
         runs[name] = run
     runs.update({k: v for k, v in result.runs.items() if k != "policy"})
     combined = evaluate_runs(runs, cfg, **{**result.meta, "bars": desc, "source": ens.describe()})
+    from rl_trading import metrics as mx
+    from rl_trading.evaluation import trial_count
+
+    n_trials = max(1, sum(trial_count(name, cfg)[0] for name in resolved))
+    combined.metrics["policy"]["dsr"] = mx.deflated_sharpe_ratio(
+        combined.runs["policy"].returns, n_trials
+    )
+    combined.meta["n_trials"] = n_trials
     out = Path(out_dir) if out_dir is not None else cfg.resolved_run_dir() / "ensemble"
     paths = write_report(combined, out / "report", cfg)
     pm = combined.metrics["policy"]
     metrics = {
         "sharpe": pm["sharpe_ratio"],
         "max_drawdown": pm["max_drawdown"],
+        "max_drawdown_vol_matched": pm["max_drawdown_vol_matched"],
         "total_return": pm["total_return"],
         "win_rate": pm["win_rate"],
         "sortino": pm["sortino_ratio"],
+        "psr": pm["psr"],
+        "dsr": pm["dsr"],
+        "n_trials": float(n_trials),
     }
     pre = ens.preprocessing
     signature = {
@@ -279,5 +295,8 @@ def create_ensemble(
         preprocessing=pre or None,
         signature=signature,
         config=cfg,
+        untouched=split == "test",
+        graded_split=split,
+        n_trials=n_trials,
     )
     return EnsembleOutcome(record, combined, paths, resolved)
