@@ -80,6 +80,22 @@ def training_preprocessing(
     }
 
 
+def graded_metrics(pm: dict[str, Any], n_trials: int) -> dict[str, float]:
+    """What the registry grades and records of a policy's backtest metrics (`pm`): the same
+    keys for a checkpoint and an ensemble."""
+    return {
+        "sharpe": pm["sharpe_ratio"],
+        "max_drawdown": pm["max_drawdown"],
+        "max_drawdown_vol_matched": pm["max_drawdown_vol_matched"],
+        "total_return": pm["total_return"],
+        "win_rate": pm["win_rate"],
+        "sortino": pm["sortino_ratio"],
+        "psr": pm["psr"],
+        "dsr": pm["dsr"],
+        "n_trials": float(n_trials),
+    }
+
+
 def selection_trials(run_dir: Path | None) -> list[float]:
     """Validation Sharpes of every checkpoint evaluated for selection in a run (all phases),
     read through `RunState` (the one state.json reader). Tuning trials (PBT, Optuna) are not in
@@ -187,19 +203,7 @@ def register_policy(
         "action_type": cfg.env.action_type,
         "symbols": pre["symbols"],
     }
-    metrics = {
-        "sharpe": pm["sharpe_ratio"],
-        "max_drawdown": pm["max_drawdown"],
-        "max_drawdown_vol_matched": pm["max_drawdown_vol_matched"],
-        "total_return": pm["total_return"],
-        "win_rate": pm["win_rate"],
-        "sortino": pm["sortino_ratio"],
-        "psr": pm["psr"],
-        "dsr": pm["dsr"],
-        "n_trials": float(n_trials),
-        "periods_per_year": ppy,
-        "exposure": pm["exposure"],
-    }
+    metrics = {**graded_metrics(pm, n_trials), "periods_per_year": ppy, "exposure": pm["exposure"]}
     rec = registry.register(
         checkpoint,
         model_type=model_type,

@@ -255,7 +255,7 @@ def create_ensemble(
     runs.update({k: v for k, v in result.runs.items() if k != "policy"})
     combined = evaluate_runs(runs, cfg, **{**result.meta, "bars": desc, "source": ens.describe()})
     from rl_trading import metrics as mx
-    from rl_trading.evaluation import trial_count
+    from rl_trading.evaluation import graded_metrics, trial_count
 
     n_trials = max(1, sum(trial_count(name, cfg)[0] for name in resolved))
     combined.metrics["policy"]["dsr"] = mx.deflated_sharpe_ratio(
@@ -265,17 +265,7 @@ def create_ensemble(
     out = Path(out_dir) if out_dir is not None else cfg.resolved_run_dir() / "ensemble"
     paths = write_report(combined, out / "report", cfg)
     pm = combined.metrics["policy"]
-    metrics = {
-        "sharpe": pm["sharpe_ratio"],
-        "max_drawdown": pm["max_drawdown"],
-        "max_drawdown_vol_matched": pm["max_drawdown_vol_matched"],
-        "total_return": pm["total_return"],
-        "win_rate": pm["win_rate"],
-        "sortino": pm["sortino_ratio"],
-        "psr": pm["psr"],
-        "dsr": pm["dsr"],
-        "n_trials": float(n_trials),
-    }
+    metrics = graded_metrics(pm, n_trials)
     pre = ens.preprocessing
     signature = {
         "ensemble": method,

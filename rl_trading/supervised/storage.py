@@ -10,7 +10,6 @@ half-written one. The three newest versions are kept.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_trading.errors import CheckpointError
+from rl_trading.registry import sha256_file as _sha256  # the one file hash
 
 KEEP_VERSIONS = 3
 METADATA_FILE = "metadata.json"
@@ -55,14 +55,6 @@ def package_versions() -> dict[str, str]:
         "numpy": numpy.__version__,
         "pandas": pandas.__version__,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:

@@ -10,7 +10,6 @@ manifest catches corruption and edits after saving, not a forged folder with its
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections.abc import Mapping
@@ -18,19 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from rl_trading.errors import CheckpointError
+from rl_trading.registry import sha256_file as _sha256  # the one file hash
 
 MODULE_COMPONENT = "learner_group/learner/rl_module"
 MANIFEST_FILE = "checkpoint_manifest.json"
 CONFIG_FILE = "training_config.json"
 PREPROCESSING_FILE = "preprocessing.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _files(root: Path) -> list[str]:
