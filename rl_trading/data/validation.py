@@ -109,6 +109,25 @@ def zone(tz: str) -> ZoneInfo:
         ) from None
 
 
+def _to_datetime(text: pd.Series, utc: bool) -> pd.Series:
+    """ISO-8601 first, then pandas' mixed formats for the rows that failed (NaT when neither)."""
+    parsed = pd.to_datetime(text, utc=utc, errors="coerce", format="ISO8601")
+    retry = parsed.isna() & text.notna() & (text != "")
+    if retry.any():
+        parsed[retry] = pd.to_datetime(text[retry], utc=utc, errors="coerce", format="mixed")
+    return parsed
+
+
+def _unparseable(idx: pd.DatetimeIndex, text: pd.Series, source: str) -> list[Issue]:
+    """One `unparseable_timestamp` issue naming the first bad row and the count (or none)."""
+    bad = np.flatnonzero(idx.isna())
+    if not len(bad):
+        return []
+    first = int(bad[0])
+    msg = f"cannot parse timestamp {str(text.iloc[first])!r}"
+    return [Issue("unparseable_timestamp", first + 1, msg, len(bad), None, source)]
+
+
 def _localize(
     naive: pd.DatetimeIndex, tz: str, text: pd.Series | None, source: str
 ) -> tuple[pd.DatetimeIndex, list[Issue]]:
@@ -219,44 +238,13 @@ def _parse_timestamps(
     text = col.astype("string").str.strip()
     if tz is not None:  # exchange-local wall-clock times: any written offset is replaced
         wall = text.str.replace(_TZ_RE, "", regex=True).str.strip()
-        naive = pd.to_datetime(wall, errors="coerce", format="ISO8601")
-        retry = naive.isna() & wall.notna() & (wall != "")
-        if retry.any():
-            naive[retry] = pd.to_datetime(wall[retry], errors="coerce", format="mixed")
+        naive = _to_datetime(wall, utc=False)
         idx, issues = _localize(pd.DatetimeIndex(naive).as_unit("ns"), tz, text, source)
-        bad = np.flatnonzero(pd.DatetimeIndex(naive).isna())
-        if len(bad):
-            first = int(bad[0])
-            issues.append(
-                Issue(
-                    "unparseable_timestamp",
-                    first + 1,
-                    f"cannot parse timestamp {str(text.iloc[first])!r}",
-                    len(bad),
-                    None,
-                    source,
-                )
-            )
+        issues += _unparseable(pd.DatetimeIndex(naive), text, source)
         return idx, issues
-    parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
-    retry = parsed.isna() & text.notna() & (text != "")
-    if retry.any():
-        parsed[retry] = pd.to_datetime(text[retry], utc=True, errors="coerce", format="mixed")
-    idx = pd.DatetimeIndex(parsed).as_unit("ns")
+    idx = pd.DatetimeIndex(_to_datetime(text, utc=True)).as_unit("ns")
     _fixed_offset_warning(text, idx, source)
-    bad = np.flatnonzero(idx.isna())
-    if len(bad):
-        first = int(bad[0])
-        issues.append(
-            Issue(
-                "unparseable_timestamp",
-                first + 1,
-                f"cannot parse timestamp {str(text.iloc[first])!r}",
-                len(bad),
-                None,
-                source,
-            )
-        )
+    issues += _unparseable(idx, text, source)
     ok = ~idx.isna()
     has_tz = text.str.contains(_TZ_RE, na=False).to_numpy()
     date_only = text.str.match(_DATE_ONLY_RE, na=False).to_numpy()

@@ -48,14 +48,14 @@ HEADLINE = [
 ]
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe: numpy scalars to Python, non-finite floats to None."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
+        return json_safe(value.tolist())
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -92,7 +92,7 @@ def report_dict(
             "summary": walk.summary,
             "rows": walk.rows,
         }
-    return _clean(out)
+    return json_safe(out)
 
 
 def _fmt(value: float | None, metric: str = "") -> str:

@@ -666,24 +666,12 @@ def run_trials(
     return out
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _clean(value.tolist())
-    if isinstance(value, float | np.floating):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
 def walk_forward_retrain(
     plan: WalkForwardPlan, address: str | None = None, verbose: int = 1
 ) -> dict[str, Any]:
     """Run (or resume) the trials, then write `walk_forward.json` and the equity PNG."""
+    from rl_trading.evaluation.report import json_safe
+
     t0 = time.monotonic()
     results = run_trials(plan, address=address, verbose=verbose)
     report = build_report(results, plan.cfg, plan.folds_info, plan.phases, len(plan.seeds))
@@ -691,7 +679,7 @@ def walk_forward_retrain(
     report.pop("_plot")
     report["wall_s"] = time.monotonic() - t0
     report["files"] = {"json": str(plan.out_dir / REPORT_FILE), "png": str(png)}
-    (plan.out_dir / REPORT_FILE).write_text(json.dumps(_clean(report), indent=2))
+    (plan.out_dir / REPORT_FILE).write_text(json.dumps(json_safe(report), indent=2))
     return report
 
 

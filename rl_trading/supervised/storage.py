@@ -85,14 +85,23 @@ def save_model(
     models_dir: str | Path | None = None,
 ) -> Path:
     """Save a fitted model + metadata as the new current version; returns its folder."""
-    base = model_dir(model_type, timeframe, models_dir)
-    base.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.UTC)
+
+    def fill(tmp: Path, version: str) -> None:
+        tmp.mkdir()
+        write_model_folder(model, model_type, timeframe, metadata, tmp, version, now)
+
+    return _publish(model_dir(model_type, timeframe, models_dir), now, fill)
+
+
+def _publish(base: Path, now: _dt.datetime, fill: Any) -> Path:
+    """A new version folder under `base`: `fill(tmp, version)` writes it in a temp folder,
+    which is renamed into place and made current (nothing half-written is ever current)."""
+    base.mkdir(parents=True, exist_ok=True)
     version = f"v-{now.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     tmp = base / f".tmp-{version}"
-    tmp.mkdir()
     try:
-        write_model_folder(model, model_type, timeframe, metadata, tmp, version, now)
+        fill(tmp, version)
         final = base / version
         os.rename(tmp, final)
     except BaseException:
@@ -100,6 +109,14 @@ def save_model(
         raise
     _make_current(base, version)
     return final
+
+
+def _check_files(folder: Path, meta: dict[str, Any]) -> None:
+    """CheckpointError unless every file `meta` lists is in `folder` with its sha256."""
+    for name, digest in meta.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise CheckpointError(f"{path} is missing or does not match its checksum")
 
 
 def write_model_folder(
@@ -142,24 +159,14 @@ def install_model_folder(
     meta = json.loads(meta_file.read_text())
     if (meta.get("model_type"), meta.get("timeframe")) != (model_type, timeframe):
         raise CheckpointError(f"{source} is a {meta.get('model_type')} model, not {model_type}")
-    for name, digest in meta.get("files", {}).items():
-        if not (source / name).is_file() or _sha256(source / name) != digest:
-            raise CheckpointError(f"{source / name} is missing or does not match its checksum")
-    base = model_dir(model_type, timeframe, models_dir)
-    base.mkdir(parents=True, exist_ok=True)
-    version = f"v-{_dt.datetime.now(_dt.UTC).strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    tmp = base / f".tmp-{version}"
-    try:
+    _check_files(source, meta)
+
+    def fill(tmp: Path, version: str) -> None:
         shutil.copytree(source, tmp)
         meta["version"] = version
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        final = base / version
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _make_current(base, version)
-    return final
+
+    return _publish(model_dir(model_type, timeframe, models_dir), _dt.datetime.now(_dt.UTC), fill)
 
 
 def _make_current(base: Path, version: str) -> None:
@@ -204,10 +211,7 @@ def load_saved(model_type: str, timeframe: str, models_dir: str | Path | None = 
     """Load the current version, checking every file against its recorded sha256."""
     folder = current_version_dir(model_type, timeframe, models_dir)
     meta = json.loads((folder / METADATA_FILE).read_text())
-    for name, digest in meta.get("files", {}).items():
-        path = folder / name
-        if not path.is_file() or _sha256(path) != digest:
-            raise CheckpointError(f"{path} is missing or does not match its checksum")
+    _check_files(folder, meta)
     if model_type == "cnn_lstm":
         import torch
 
