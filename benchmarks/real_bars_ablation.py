@@ -48,7 +48,11 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
     secs = time.monotonic() - t0
     trained = validate(factory, "specialists", best, seed=cfg.seed)
     expo = run_policies(factory, "specialists", best, seed=cfg.seed)["exposures"]
-    stds = [float(np.exp(best[p].log_std.detach().numpy()).mean()) for p in specs]
+    stds = [  # Gaussian policies only (discrete actions have no log_std)
+        float(np.exp(best[p].log_std.detach().numpy()).mean())
+        for p in specs
+        if hasattr(best[p], "log_std")
+    ]
     flat = {a: (lambda o: np.zeros(1)) for a in specs}
     flat_m = validate(factory, "specialists", best, agent_override=flat)
     long = {a: (lambda o: np.ones(1)) for a in specs}

@@ -28,7 +28,8 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
   position's P&L in risk units instead of the proposal's return), ``env.vol_target`` (full
   position size = target annualised volatility / the instrument's, capped at
   ``vol_target_max_leverage``, instead of max_position_size), ``reward.cost_amortization_bars``
-  (costs charged in the rewards over time, same sums).
+  (costs charged in the rewards over time, same sums), ``env.rebalance_band`` (no-trade band:
+  re-trade an instrument only when its target moved by more than the band x full size).
 * Modes: ``specialists`` (phase 1): fixed equal weights 1/n, the meta is not an agent at all;
   ``meta`` and ``joint`` (phases 2/3): full hierarchy (what trains is the trainer's choice).
 * meta_interval k: the meta acts on steps 0, k, 2k, ... of an episode and its weights are held
@@ -138,6 +139,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._rate = self.costs.rate
         self._spec_executed = ecfg.specialist_reward == "executed"
         self._amortize = int(rcfg.cost_amortization_bars)
+        self._band = float(ecfg.rebalance_band)
         self.risk_penalty = rcfg.risk_penalty_weight
         self.div_bonus = rcfg.diversification_bonus_weight
         self.reward_fn = RewardShaper(rcfg)
@@ -274,6 +276,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[k.P_BORROW] = self._borrow
         par[k.P_EXECUTED] = float(self._spec_executed)
         par[k.P_AMORTIZE] = float(self._amortize)
+        par[k.P_BAND] = self._band
         par[k.P_END] = float(self.n_bars - 1)  # the episode's last bar, set by _alloc_episode
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
@@ -611,7 +614,12 @@ class HierarchicalTradingEnv(ParallelEnv):
 
         # execution at the next open: trade only instruments whose target changed, on real bars
         # (an order for a forward-filled bar waits: its target stays unexecuted)
-        changed = x != self._target_x
+        if self._band > 0.0:  # no-trade band (env.rebalance_band): exits to flat always fill
+            full = self.max_position if self._scale is None else self._scale[t]
+            diff = np.abs(x - self._target_x)
+            changed = (diff > self._band * full) | ((x == 0.0) & (self._target_x != 0.0))
+        else:
+            changed = x != self._target_x
         real = self._real[t1]
         if not self._all_real:
             changed &= real
@@ -639,7 +647,10 @@ class HierarchicalTradingEnv(ParallelEnv):
             entry = new_entry
             self._bars_in = self._bars_in * same_side  # bar counts are >= 0: where(.., 0.0)
             units = new_units
-            self._target_x = x if self._all_real else np.where(real, x, self._target_x)
+            if self._band > 0.0 or not self._all_real:
+                self._target_x = np.where(changed, x, self._target_x)
+            else:
+                self._target_x = x
 
         # borrow cost of the shorts held from this open (envs.execution.borrow_rate)
         borrow = 0.0

@@ -28,7 +28,8 @@ MAX_INSTRUMENTS = 128  # _pairwise reproduces numpy up to 128 items (one block)
 P_MAX_POS, P_STOP, P_RATE, P_MAX_VAR, P_Z, P_MAX_CORR, P_MAX_SECTOR = 0, 1, 2, 3, 4, 5, 6
 P_USE_CORR, P_N_SECTORS, P_DIV_BONUS, P_CAPITAL, P_META, P_BORROW = 7, 8, 9, 10, 11, 12
 P_EXECUTED, P_AMORTIZE, P_END = 13, 14, 15  # specialist_reward=executed, cost amortisation
-N_PAR = 16
+P_BAND = 16  # env.rebalance_band (fraction of the full position size)
+N_PAR = 17
 # sc: float64 scalars, then the n specialist rewards of the last step
 S_CASH, S_EQUITY, S_PEAK, S_VAR, S_COST, S_COSTS, S_DIV, S_BREACH = 0, 1, 2, 3, 4, 5, 6, 7
 S_BORROW, S_BORROWS = 8, 9
@@ -167,6 +168,14 @@ def _rolling_sharpe_rewards(t, mk, rate, prop, prev_prop, sc, cnt, rs, debt, amo
     cnt[C_RS_I] = (ri + 1) % w
 
 
+def _trades(x, target, band):
+    """Whether an instrument with new target exposure x (last traded target `target`) trades:
+    any change with no band; beyond the band, or an exit to flat, with one (env.rebalance_band)."""
+    if band <= 0.0:
+        return x != target
+    return abs(x - target) > band or (x == 0.0 and target != 0.0)
+
+
 def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, state, prop,
           prev_prop, weights, sc, cnt, rs, hist, window, out_spec, out_meta):  # fmt: skip
     """One env step from bar t to t + 1 (see the module docstring); returns nothing."""
@@ -245,9 +254,10 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
         cnt[C_VAR] += 1
 
     # ---- execution at the next open (only instruments whose target changed, on real bars)
+    band = par[P_BAND]
     n_changed = 0
     for i in range(n):
-        if x[i] != target[i] and mk[t1, M_REAL, i] != 0.0:
+        if _trades(x[i], target[i], band * mk[t, M_SCALE, i]) and mk[t1, M_REAL, i] != 0.0:
             n_changed += 1
     cost = 0.0
     if n_changed:
@@ -261,7 +271,7 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
         cash_flow = 0.0
         for i in range(n):
             opn = mk[t1, 0, i]
-            trade = x[i] != target[i] and mk[t1, M_REAL, i] != 0.0
+            trade = _trades(x[i], target[i], band * mk[t, M_SCALE, i]) and mk[t1, M_REAL, i] != 0.0
             new_units[i] = x[i] * (cap / opn) if trade else units[i]
             delta = new_units[i] - units[i]
             traded += abs(delta) * opn
@@ -281,7 +291,7 @@ def _step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par,
                 entry[i] = opn if nu != 0.0 else 0.0
                 bars[i] = bars[i] * 0.0
             units[i] = nu
-            if mk[t1, M_REAL, i] != 0.0:
+            if mk[t1, M_REAL, i] != 0.0 and _trades(x[i], target[i], band * mk[t, M_SCALE, i]):
                 target[i] = x[i]
 
     # ---- borrow cost of the shorts held from this open
@@ -442,9 +452,10 @@ def _compile():
         except (RuntimeError, OSError):  # no writable cache location: compile without caching
             return numba.njit(sig, **opts)(fn) if sig else numba.njit(**opts)(fn)
 
-    global _pairwise, _npmax, _observe, _rolling_sharpe_rewards, _step
+    global _pairwise, _npmax, _trades, _observe, _rolling_sharpe_rewards, _step
     _pairwise = jit(_pairwise, "float64(float64[::1], int64, int64)")
     _npmax = jit(_npmax, "float64(float64, float64)")
+    _trades = jit(_trades, "boolean(float64, float64, float64)", inline=True)
     _observe = jit(_observe, "void(" + _OBS_ARGS + ")")
     _rolling_sharpe_rewards = jit(_rolling_sharpe_rewards, _RS_SIG)
     _step = jit(_step, _STEP_SIG)

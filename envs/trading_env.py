@@ -67,6 +67,8 @@ class TradingEnv(gym.Env):
         self.random_start = bool(ecfg.random_start)
         if ecfg.vol_target is not None:
             raise ConfigError("env.vol_target is an option of the hierarchical env only")
+        if ecfg.rebalance_band > 0:
+            raise ConfigError("env.rebalance_band is an option of the hierarchical env only")
         self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
         # the run's one annualisation (cfg.data.periods_per_year, else its calendar)

@@ -179,6 +179,10 @@ class EnvironmentConfig(Section):
     # max_position_size of equity; the position is capped at vol_target_max_leverage x equity.
     vol_target: float | None = Field(None, gt=0)
     vol_target_max_leverage: float = Field(1.0, gt=0)
+    # No-trade band (hierarchical env): an instrument is re-traded only when its target
+    # exposure moved by more than this fraction of its full position size since its last
+    # trade, or when the target is flat (exits always fill). 0 = trade on every change.
+    rebalance_band: float = Field(0.0, ge=0, lt=1)
 
 
 class RewardConfig(Section):

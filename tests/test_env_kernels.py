@@ -90,6 +90,10 @@ CONFIGS = [
      "sectors": {"AAA": "x", "BBB": "x"}, "max_correlation_exposure": 0.4,
      "max_portfolio_var": 0.0005},
     {"mode": "meta", "specialist_reward": "executed", "reward": "sortino", "meta_interval": 2},
+    # the no-trade band, with gaps and stops, and under vol targeting
+    {"mode": "joint", "gaps": True, "rebalance_band": 0.3, "stop_loss_pct": 0.004},
+    {"mode": "specialists", "rebalance_band": 0.5, "vol_target": 4.0,
+     "specialist_reward": "executed"},
 ]  # fmt: skip
 
 

@@ -140,3 +140,26 @@ def test_single_env_amortised_costs_keep_the_reward_sum():
     assert infos[-1]["equity"] == base_infos[-1]["equity"]
     assert abs(rewards.sum() - math.log(infos[-1]["equity"] / 10_000)) < 1e-9
     assert not np.allclose(rewards, base_rewards)
+
+
+def test_rebalance_band_trades_only_beyond_the_band_and_always_exits():
+    """With env.rebalance_band b (0.15 here), an instrument is re-traded only when its target
+    exposure moved by more than b x full size since its last trade; a flat target always fills."""
+    bars = make_market(("AAA", "BBB"), n=200, flat=True)
+    kw = dict(BASE, stop_loss_pct=0.0, max_position_size=1.0, max_sector_allocation=None,
+              max_portfolio_var=10.0, max_correlation_exposure=10.0)  # fmt: skip
+    for kernels in (False, None):
+        e = HierarchicalTradingEnv(bars=bars, mode="specialists", rebalance_band=0.15,
+                                   kernels=kernels, **kw)  # fmt: skip
+        e.reset(seed=0)
+        targets = []
+        for p in (0.9, 0.8, 0.65, 0.55, 0.0, 0.2, 0.4, -0.4):  # weights 1/2: x = p / 2
+            e.step({a: np.array([p], dtype=np.float32) for a in e.specialists})
+            targets.append(round(float(e.target_exposures[0]), 6))
+        # 0.45 -> 0.4 and 0.325 stay (|dx| <= 0.15); 0.275 trades (0.175); 0 exits; 0.1 stays
+        # out; 0.2 trades; -0.2 trades
+        assert targets == [0.45, 0.45, 0.45, 0.275, 0.0, 0.0, 0.2, -0.2]
+    with pytest.raises(ConfigError, match="hierarchical"):
+        TradingEnv(bars=make_bars(), rebalance_band=0.1)
+    with pytest.raises(ConfigError, match="rebalance_band"):
+        HierarchicalTradingEnv(bars=bars, rebalance_band=1.5, **BASE)
