@@ -447,6 +447,7 @@ def backtest(
     allow_overlap: bool = True,
     n_trials: int = 1,
     trial_sharpes: list[float] | None = None,
+    supervised_signals: dict[str, pd.Series] | None = None,
 ) -> BacktestResult:
     """Deterministic pass of the policy (None: baselines only) next to every baseline.
 
@@ -455,7 +456,8 @@ def backtest(
     equal-weight scaled to the policy's realised volatility. The policy's metrics carry its
     PSR and its DSR deflated for `n_trials` (`trial_sharpes`: their per-period Sharpes).
     With `allow_overlap=False` bars inside the policy's stored training range are refused
-    (the CLI's default).
+    (the CLI's default). `supervised_signals`: out-of-sample P(up) per symbol for the
+    supervised baseline (else a saved, date-checked model is looked up).
     """
     from rl_trading import metrics
     from rl_trading.data import fingerprint
@@ -488,6 +490,7 @@ def backtest(
             capital=capital,
             rate=cost_rate(cfg, single=single),
             target_vol=target_vol,
+            supervised_signals=supervised_signals,
         )
     )
     meta["cost_rate"] = cost_rate(cfg, single=single)

@@ -238,6 +238,25 @@ def supervised_targets(
     return None, "; ".join(reasons)
 
 
+def signal_targets(
+    bars: dict[str, pd.DataFrame], signals: dict[str, pd.Series], cfg: AppConfig
+) -> tuple[np.ndarray | None, str]:
+    """Weights from given out-of-sample P(up) series: +max size above 0.5, -max size (0 without
+    shorting) below, flat at exactly 0.5 ('no opinion') or where a bar has no signal."""
+    missing = [sym for sym in bars if sym not in signals]
+    if missing:
+        return None, f"no supervised signal for {', '.join(missing)}"
+    max_w = cfg.env.max_position_size
+    low = -max_w if cfg.env.allow_short else 0.0
+    cols = []
+    for sym, frame in bars.items():
+        p = signals[sym].reindex(frame.index).to_numpy(np.float64)
+        w = np.where(p > 0.5, max_w, np.where(p < 0.5, low, 0.0))
+        cols.append(np.where(np.isnan(p), 0.0, w))
+    name = getattr(next(iter(signals.values())), "name", None) or "signal"
+    return np.column_stack(cols), f"{name} (walk-forward refits, out of sample)"
+
+
 def _one_line(exc: Exception) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
@@ -286,12 +305,14 @@ def run_baselines(
     capital: float | None = None,
     rate: float | None = None,
     target_vol: float | None = None,
+    supervised_signals: dict[str, pd.Series] | None = None,
 ) -> dict[str, StrategyRun]:
     """Every baseline on the same bars and cost model (random seeded with `seed`).
 
     `capital` / `rate` default to the hierarchical env's (env.initial_capital, cost_rate).
     `target_vol` (the policy's per-bar return std) adds the volatility-matched buy-and-hold
-    and equal-weight baselines.
+    and equal-weight baselines. `supervised_signals` (out-of-sample P(up) per symbol, e.g. the
+    walk-forward's) replace the saved-model lookup of the supervised baseline.
     """
     data = as_bar_dict(bars)
     t_len, n = len(next(iter(data.values()))), len(data)
@@ -305,7 +326,10 @@ def run_baselines(
     }
     status = "not requested"
     if include_supervised:
-        sup, status = supervised_targets(data, cfg)
+        if supervised_signals is not None:
+            sup, status = signal_targets(data, supervised_signals, cfg)
+        else:
+            sup, status = supervised_targets(data, cfg)
         if sup is not None:
             schedules["supervised"] = sup
     runs = {

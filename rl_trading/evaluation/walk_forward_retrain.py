@@ -197,9 +197,13 @@ def run_fold_seed(
     trial_dir: str | Path,
     phases: tuple[int, ...] = (1, 2, 3),
     report: Callable[[dict[str, Any]], None] | None = None,
+    signals: dict[str, pd.Series] | None = None,
 ) -> dict[str, Any]:
     """Train `phases` on the fold's fit part (seed `seed`), select on its validation part,
-    backtest the selected checkpoint once on its test part; write and return the result."""
+    backtest the selected checkpoint once on its test part; write and return the result.
+
+    `signals` (see :func:`supervised_signals`) give the supervised-signal baseline.
+    """
     from rl_trading.evaluation.backtest import backtest
     from rl_trading.training.env_bridge import hierarchical_factory
     from rl_trading.training.runner import run_phase
@@ -240,7 +244,15 @@ def run_fold_seed(
             report({"fold": plan.index, "seed": seed, "phase": num, "val": res.best_val_sharpe})
     if not best or best == "None":
         raise CheckpointError(f"fold {plan.index} seed {seed}: training left no checkpoint")
-    result = backtest(best, test, cfg, seed=seed, scaler_bars=fit)
+    result = backtest(
+        best,
+        test,
+        cfg,
+        seed=seed,
+        scaler_bars=fit,
+        include_supervised=signals is not None,
+        supervised_signals=signals,
+    )
     from rl_trading import metrics
 
     ppy = result.meta["periods_per_year"]  # the run's one calendar (backtest pins it)
@@ -280,6 +292,7 @@ def _tune_trial(
     plans: list[FoldPlan],
     out_dir: str,
     phases: tuple[int, ...],
+    signals: dict[str, pd.Series] | None = None,
 ) -> None:
     """Tune function trainable: one fold x seed (reports each phase, then the test Sharpe)."""
     from ray import tune
@@ -293,7 +306,9 @@ def _tune_trial(
     def report(m: dict[str, Any]) -> None:
         tune.report({"phase": m["phase"], "best_val_sharpe": m["val"] or math.nan})
 
-    res = run_fold_seed(cfg, bars, plans[fold], seed, trial_dir, phases, report=report)
+    res = run_fold_seed(
+        cfg, bars, plans[fold], seed, trial_dir, phases, report=report, signals=signals
+    )
     policy = res["strategies"]["policy"]["metrics"]
     tune.report({"phase": phases[-1], "test_sharpe": policy["sharpe_ratio"], "done": True})
 
@@ -538,6 +553,7 @@ class WalkForwardPlan:
     seeds: list[int]
     phases: tuple[int, ...]
     out_dir: Path
+    signals: dict[str, pd.Series] | None = None
 
     @property
     def units(self) -> list[tuple[int, int]]:
@@ -562,8 +578,13 @@ def prepare(
     phases: str | Sequence[int] = (1, 2, 3),
     bars: dict[str, pd.DataFrame] | None = None,
     min_train_frac: float | None = None,
+    supervised: bool = True,
 ) -> WalkForwardPlan:
-    """Check every input and load the data (before Ray): one-line errors for bad input."""
+    """Check every input and load the data (before Ray): one-line errors for bad input.
+
+    With `supervised`, the supervised-signal baseline's out-of-sample P(up) is computed once
+    here (:func:`supervised_signals`) and traded on every fold's test block.
+    """
     n_folds = cfg.data.walk_forward_folds if n_folds is None else int(n_folds)
     n_seeds = len(cfg.evaluation.seeds) if n_seeds is None else int(n_seeds)
     seeds = seeds_for(cfg, n_seeds)
@@ -595,9 +616,27 @@ def prepare(
                 f"--resume: {out} was started with other folds, seeds, phases or config; "
                 "use another --out"
             )
+    signals = supervised_signals(cfg, bars) if supervised else None
     out.mkdir(parents=True, exist_ok=True)
     plan_path.write_text(json.dumps(fingerprint, indent=2))
-    return WalkForwardPlan(cfg, bars, plans, info, seeds, phase_tuple, out)
+    return WalkForwardPlan(cfg, bars, plans, info, seeds, phase_tuple, out, signals)
+
+
+def supervised_signals(cfg: AppConfig, bars: dict[str, pd.DataFrame]) -> dict[str, pd.Series]:
+    """Out-of-sample P(up) of the analyst model per symbol, on the bars' own timeframe.
+
+    :class:`~rl_trading.supervised.signals.SignalProvider` refits walk-forward (every
+    `refit_every` bars, only on labels known `data.embargo_bars` before), so the value at any
+    test bar comes from a model fitted on earlier bars only, like the retrained policy.
+    """
+    from rl_trading.supervised.signals import SignalProvider
+
+    provider = SignalProvider.from_config(cfg, timeframes=None)
+    out = {}
+    for sym, frame in bars.items():
+        col = provider.compute(frame).iloc[:, 0]
+        out[sym] = col.rename("analyst_" + cfg.data.timeframe)
+    return out
 
 
 def trial_resources(cfg: AppConfig) -> Any:
@@ -631,6 +670,7 @@ def run_trials(
                 plans=plan.plans,
                 out_dir=str(plan.out_dir),
                 phases=plan.phases,
+                signals=plan.signals,
             ),
             trial_resources(cfg),
         )
