@@ -34,6 +34,7 @@ SETS: dict[str, dict[str, Any]] = {
     "crypto_30m": {
         "files": {"BTCUSD": "btcusd_30m", "ETHUSD": "ethusd_30m"},
         "timeframe": "30m",
+        "episode_length": 1000,
         "folds": 4,
         "min_train_frac": None,
         "embargo": 48,  # one day
@@ -42,6 +43,7 @@ SETS: dict[str, dict[str, Any]] = {
     "us_daily": {
         "files": {"MSFT": "msft_1d", "GOOGL": "googl_1d", "SP500": "sp500_1d"},
         "timeframe": "1d",
+        "episode_length": 250,
         "folds": 4,
         "min_train_frac": None,
         "embargo": 5,  # one week
@@ -50,6 +52,7 @@ SETS: dict[str, dict[str, Any]] = {
     "global_daily": {  # 660 common days: 3 folds after a half-history first block
         "files": {"MSFT": "msft_1d", "AZN_L": "azn_l_1d", "HK9988": "9988_hk_1d"},
         "timeframe": "1d",
+        "episode_length": 250,
         "folds": 3,
         "min_train_frac": 0.5,
         "embargo": 5,
@@ -58,12 +61,26 @@ SETS: dict[str, dict[str, Any]] = {
     "intraday_1m": {  # four weeks of minutes where the LSE and NYSE sessions overlap
         "files": {"MSFT": "msft_1m", "AZN_L": "azn_l_1m"},
         "timeframe": "1m",
+        "episode_length": 1000,
         "folds": 4,
         "min_train_frac": None,
         "embargo": 30,
         "val_frac": 0.15,
     },
 }
+# The benchmark's budgets (printed with every table; --set overrides them): small enough that
+# one set (4 folds x 3 seeds, 2 trials at a time) fits well under an hour on 2 cores.
+BUDGETS = [
+    "phases.phase1_timesteps=30000",
+    "phases.phase2_timesteps=6000",
+    "phases.phase3_timesteps=12000",
+    "phases.eval_interval=2",
+    "phases.checkpoint_interval=2",
+    "ppo.train_batch_size=2000",
+    "ppo.minibatch_size=256",
+    "ppo.num_epochs=4",
+    "resources.num_env_runners=0",
+]
 TINY = [  # smoke-run budgets: proves the pipeline, measures nothing
     "phases.phase1_timesteps=1000",
     "phases.phase2_timesteps=1000",
@@ -98,6 +115,8 @@ def set_config(name: str, args: argparse.Namespace) -> Any:
         f"data.val_frac={spec['val_frac']}",
         "env.sectors={}",
         f"resources.num_cpus={args.num_cpus}",
+        f"env.episode_length={spec['episode_length']}",
+        *BUDGETS,
         *(TINY if args.tiny else []),
         *args.set,
     ]
@@ -135,6 +154,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
         f"{len(plan.plans)} folds x {len(plan.seeds)} seeds; env-step budgets per fold x seed "
         f"{budgets}; {len(plan.pending())} of {len(plan.units)} trials to run"
     )
+    console.print(f"config: {args.config.name} + {' '.join([*BUDGETS, *args.set])}")
     t0 = time.monotonic()
     report = walk_forward_retrain(plan, address=args.address)
     wall = time.monotonic() - t0
@@ -148,6 +168,8 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "folds": len(plan.plans),
         "seeds": plan.seeds,
         "budgets": budgets,
+        "config": str(args.config),
+        "overrides": [*BUDGETS, *args.set],
         "wall_s": wall,
         "dsr": report["dsr"],
         "psr": report["psr"],
@@ -183,6 +205,33 @@ def write_summary_plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The README's table: per set and strategy, fold-mean net Sharpe [95% CI], the paired
+    policy - strategy difference, the policy's DSR, max drawdown, turnover and gross exposure."""
+
+    def f(v: Any, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None or v != v else fmt.format(v)
+
+    lines = [
+        "| set | strategy | net Sharpe [95% CI] | policy - it [95% CI] | DSR | max DD | "
+        "turnover / bar | gross exp. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for res in results:
+        for r in res["rows"]:
+            ci = r["sharpe_ci95"]
+            diff = "-"
+            if r["policy_minus"] is not None:
+                d = r["policy_minus_ci95"]
+                diff = f"{f(r['policy_minus'])} [{f(d[0])}, {f(d[1])}]"
+            lines.append(
+                f"| {res['set']} | {r['strategy']} | {f(r['sharpe'])} [{f(ci[0])}, {f(ci[1])}] "
+                f"| {diff} | {f(r['dsr'], '{:.3f}')} | {f(r['max_drawdown'], '{:.1%}')} "
+                f"| {f(r['turnover'], '{:.4f}')} | {f(r['exposure'], '{:.3f}')} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     """Parse arguments, run the chosen sets, write the combined JSON and PNG."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -209,6 +258,7 @@ def main() -> None:
     summary = {"sets": results, "tiny": args.tiny, "wall_s": time.monotonic() - t0}
     (out / "real_markets.json").write_text(json.dumps(summary, indent=2, default=str))
     write_summary_plot(results, out / "real_markets.png")
+    (out / "real_markets.md").write_text(markdown_table(results) + "\n")
     print(f"total wall time {summary['wall_s']:.0f} s; {out / 'real_markets.json'}")
 
 

@@ -246,7 +246,8 @@ def _check_report(out, report: dict) -> None:
     for fold in saved["folds"]:
         assert pd.Timestamp(fold["train_end"]) < pd.Timestamp(fold["test_start"])
     # policy + every baseline, each with mean and interval over the 4 folds
-    assert {"policy", "buy_and_hold", "equal_weight", "flat", "random"} <= set(saved["summary"])
+    strategies = {"policy", "buy_and_hold", "equal_weight", "flat", "random", "supervised"}
+    assert strategies <= set(saved["summary"])
     for mets in saved["summary"].values():
         assert mets["sharpe_ratio"]["n"] == 4 and len(mets["sharpe_ratio"]["ci95"]) == 2
     # 4 folds x 1 seed x 2 validation passes (iterations 2 and 4) + 1 seed
@@ -283,3 +284,29 @@ def test_null_market_is_not_significant_and_planted_signal_is(ray_session, works
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["dsr"] == planted["dsr"]
     assert again["summary"]["policy"] == planted["summary"]["policy"]
+
+
+def test_supervised_signals_are_out_of_sample_and_traded_by_sign():
+    """The walk-forward's supervised baseline: P(up) at bar t from models fitted on earlier
+    bars only (recomputing on bars cut after t gives the same value), traded by its sign."""
+    from rl_trading.evaluation.baselines import signal_targets
+
+    cfg = AppConfig.model_validate({"data": {"timeframe": "1d", "embargo_bars": 2}})
+    idx = pd.date_range("2015-01-01", periods=900, freq="B", tz="UTC")
+    rng = np.random.default_rng(0)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, len(idx))))
+    frame = pd.DataFrame(
+        {"open": close, "high": close * 1.01, "low": close * 0.99, "close": close,
+         "volume": 1e6}, index=idx,
+    )  # fmt: skip
+    full = wf.supervised_signals(cfg, {"AAA": frame})["AAA"]
+    cut = wf.supervised_signals(cfg, {"AAA": frame.iloc[:700]})["AAA"]
+    assert (full.iloc[600:700] != 0.5).any()  # models exist by then
+    np.testing.assert_array_equal(full.iloc[:700].to_numpy(), cut.to_numpy())
+    test = {"AAA": frame.iloc[600:700]}
+    w, status = signal_targets(test, {"AAA": full}, cfg)
+    p = full.iloc[600:700].to_numpy()
+    size = cfg.env.max_position_size
+    np.testing.assert_array_equal(w[:, 0], np.where(p > 0.5, size, np.where(p < 0.5, -size, 0)))
+    assert "out of sample" in status
+    assert signal_targets(test, {}, cfg)[0] is None
