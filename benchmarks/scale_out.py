@@ -35,9 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -122,10 +123,34 @@ def two_node_cluster(
             "address": cluster.address,
             "head_node": cluster.head_node.node_id,
             "worker_node": worker.node_id,
+            "worker_nodes": [worker.node_id],
         }
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@contextmanager
+def existing_cluster(address: str) -> Iterator[dict[str, Any]]:
+    """Join a running cluster (other machines); its worker nodes are the alive nodes that offer
+    the `worker_node` resource (`ray start ... --resources '{"worker_node": N}'`)."""
+    import ray
+
+    from rl_trading.errors import ConfigError
+
+    ray.init(address=address, log_to_driver=False)
+    try:
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        workers = [n["NodeID"] for n in alive if n["Resources"].get(WORKER_RESOURCE, 0) > 0]
+        if not workers:
+            raise ConfigError(
+                f"no node of the cluster at {address} offers the {WORKER_RESOURCE!r} resource: "
+                f"start the worker nodes with --resources '{{\"{WORKER_RESOURCE}\": N}}'"
+            )
+        driver = ray.get_runtime_context().get_node_id()
+        yield {"address": address, "head_node": driver, "worker_nodes": workers}
+    finally:
+        ray.shutdown()
 
 
 @contextmanager
@@ -136,7 +161,7 @@ def one_node(num_cpus: int, object_store_bytes: int | None = None) -> Iterator[d
     from rl_trading.ray_utils import init_ray
 
     store = {"object_store_memory": object_store_bytes} if object_store_bytes else {}
-    init_ray(num_cpus=num_cpus, log_to_driver=False, **store)
+    init_ray("local", num_cpus=num_cpus, log_to_driver=False, **store)  # never RAY_ADDRESS
     try:
         node = ray.get_runtime_context().get_node_id()
         yield {"address": "local", "head_node": node, "worker_node": node}
@@ -171,15 +196,17 @@ def learner_nodes(algo: Any) -> list[str]:
     return [r.get() for r in group.foreach_learner(node_of)]  # RemoteCallResults
 
 
-def check_placement(nodes: Sequence[str], expected: str, n_runners: int) -> None:
-    """Raise PlacementError unless exactly `n_runners` env runners ran, all on node `expected`."""
+def check_placement(nodes: Sequence[str], expected: str | Collection[str], n_runners: int) -> None:
+    """Raise PlacementError unless exactly `n_runners` env runners ran, all on the node
+    `expected` (or on nodes of the collection `expected`)."""
+    allowed = {expected} if isinstance(expected, str) else set(expected)
     if len(nodes) != n_runners:
         raise PlacementError(f"expected {n_runners} env runners, {len(nodes)} answered: {nodes}")
-    away = [n for n in nodes if n != expected]
+    away = [n for n in nodes if n not in allowed]
     if away:
         raise PlacementError(
             f"{len(away)} of {n_runners} env runners ran on {sorted(set(away))}, not on the "
-            f"worker node {expected}: the two-node figure would not measure scale-out"
+            f"worker node(s) {sorted(allowed)}: the figure would not measure scale-out"
         )
 
 
@@ -190,8 +217,10 @@ def per_iteration(emas: Sequence[float], coeff: float = RLLIB_TIMER_EMA) -> list
     return [(e - (1 - coeff) * prev) / coeff for prev, e in zip(emas[:-1], emas[1:], strict=True)]
 
 
-def measure(cfg: Any, factory: Any, iterations: int, expected_node: str) -> dict[str, Any]:
-    """Build phase 1, check that the env runners run on `expected_node`, time `iterations`
+def measure(
+    cfg: Any, factory: Any, iterations: int, expected_node: str | Collection[str]
+) -> dict[str, Any]:
+    """Build phase 1, check that the env runners run on `expected_node`(s), time `iterations`
     iterations after a warm-up one, check again; the figures and the layout."""
     import ray
     from ray.rllib.utils.metrics import (
@@ -322,6 +351,41 @@ def _print_row(label: str, r: dict[str, Any]) -> None:
     )
 
 
+def _run_layout(
+    args: argparse.Namespace, layout: str, cfg: Any, cluster_cfg: Any, factory: Any
+) -> tuple[str, str, dict[str, Any]]:
+    """One layout ("1": local Ray, "2": loopback or `--address` cluster) measured:
+    (results key, printed label, figures)."""
+    worker_args = worker_node_args(cfg)
+    store = args.object_store_mib * 1024**2 if args.object_store_mib else None
+    if layout == "1":
+        total_cpus = args.head_cpus + worker_args["num_cpus"]
+        with one_node(total_cpus, store) as node:
+            r = measure(cfg, factory, args.iterations, node["worker_node"])
+        return (
+            "one_node",
+            f"ONE node (local Ray, {total_cpus} CPUs)",
+            {
+                "ray": f"local, {total_cpus} CPUs",
+                **r,
+            },
+        )
+    if args.address:
+        cluster = existing_cluster(args.address)
+        what = f"the cluster at {args.address}"
+    else:
+        cluster = two_node_cluster(args.head_cpus, worker_args, store)
+        what = f"loopback cluster: head {args.head_cpus} CPU(s), worker node {worker_args}"
+    with cluster as nodes:
+        r = measure(cluster_cfg, factory, args.iterations, nodes["worker_nodes"])
+    label = (
+        f"TWO nodes ({what}); env runners checked on the worker node(s) "
+        f"{[n[:8] for n in nodes['worker_nodes']]}"
+    )
+    pinned = f"custom_resources_per_env_runner {{{WORKER_RESOURCE}: 1}}"
+    return "two_nodes", label, {"ray": f"{what} ({pinned})", **nodes, **r}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Both layouts in one process, one after the other; the figures as a dict."""
     from rl_trading.training.env_bridge import hierarchical_factory
@@ -331,15 +395,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_cfg(sets)
     worker_args = worker_node_args(cfg)  # ConfigError before any Ray starts
     cluster_cfg = two_node_cfg(cfg)
+    if args.address:  # an unreachable address fails here, in seconds, before anything runs
+        from rl_trading.ray_utils import check_address, check_gcs
+
+        check_address(args.address)
+        check_gcs(args.address)
     train, val, _ = load_splits(cfg)
-    store = args.object_store_mib * 1024**2 if args.object_store_mib else None
-    total_cpus = args.head_cpus + worker_args["num_cpus"]
     report: dict[str, Any] = {
         "benchmark": "scale_out",
         "machine": {"cpus": os.cpu_count(), "load_start": _load()},
         "config": describe_cfg(cfg),
         "sets": sets,
         "iterations": args.iterations,
+        "repeats": args.repeats,
         "head_cpus": args.head_cpus,
         "worker_node_args": worker_args,
         "object_store_mib": args.object_store_mib,
@@ -348,34 +416,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     print(f"cpus={os.cpu_count()} {_load()} (1/5/15 min)")
     print(f"config (configs/default.yaml + {sets}): {json.dumps(report['config'])}")
-    if "1" in args.nodes:
-        factory = hierarchical_factory(cfg, train, val, source=cfg)
-        with one_node(total_cpus, store) as node:
-            r = measure(cfg, factory, args.iterations, expected_node=node["worker_node"])
-        report["results"]["one_node"] = {"ray": f"local, {total_cpus} CPUs", **r}
-        _print_row(f"ONE node (local Ray, {total_cpus} CPUs)", r)
-    if "2" in args.nodes:
-        factory = hierarchical_factory(cluster_cfg, train, val, source=cluster_cfg)
-        with two_node_cluster(args.head_cpus, worker_args, store) as nodes:
-            r = measure(cluster_cfg, factory, args.iterations, expected_node=nodes["worker_node"])
-        report["results"]["two_nodes"] = {
-            "ray": (
-                f"loopback cluster: head {args.head_cpus} CPU(s), worker node {worker_args} "
-                f"(custom_resources_per_env_runner {{{WORKER_RESOURCE}: 1}})"
-            ),
-            **nodes,
-            **r,
-        }
-        _print_row(
-            f"TWO nodes (head {args.head_cpus} CPU(s) + worker node {worker_args}); env runners "
-            f"checked on the worker node {nodes['worker_node'][:8]}",
-            r,
-        )
+    factories = {
+        "1": hierarchical_factory(cfg, train, val, source=cfg),
+        "2": hierarchical_factory(cluster_cfg, train, val, source=cluster_cfg),
+    }
+    for rep in range(args.repeats):
+        # interleaved, the order alternating per repeat: no layout always runs on a warmer or
+        # cooler machine
+        order = [n for n in ("1", "2") if n in args.nodes]
+        order = order if rep % 2 == 0 else order[::-1]
+        print(f"repeat {rep + 1}/{args.repeats} (order: {' then '.join(order)} node(s))")
+        for layout in order:
+            key, label, r = _run_layout(args, layout, cfg, cluster_cfg, factories[layout])
+            report["results"].setdefault(key, []).append(r)
+            _print_row(label, r)
     one, two = report["results"].get("one_node"), report["results"].get("two_nodes")
     if one and two and args.iterations > 0:
-        ratio = two["sampling_env_steps_per_s"] / one["sampling_env_steps_per_s"]
-        report["sampling_ratio_two_over_one"] = ratio
-        print(f"sampling throughput two nodes / one node: {ratio:.2f}")
+        ratios = [
+            b["sampling_env_steps_per_s"] / a["sampling_env_steps_per_s"]
+            for a, b in zip(one, two, strict=True)
+        ]
+        report["sampling_ratio_two_over_one"] = ratios
+        report["sampling_ratio_two_over_one_median"] = statistics.median(ratios)
+        print(
+            f"sampling throughput two nodes / one node: median {statistics.median(ratios):.2f}, "
+            f"per repeat {' / '.join(f'{x:.2f}' for x in ratios)}"
+        )
     report["machine"]["load_end"] = _load()
     return report
 
@@ -384,18 +450,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, run, write the JSON; exit 1 when the env runners were not where they belong."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations (0: placement)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="interleaved repeats per layout (2; --quick 1)"
+    )
     parser.add_argument("--nodes", default="1,2", help="layouts to run: 1, 2 or 1,2")
     parser.add_argument("--head-cpus", type=int, default=1, help="CPUs of the head node")
     parser.add_argument(
         "--object-store-mib", type=int, default=512, help="object store per node, both layouts"
+    )
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="two-node row on this running cluster (worker nodes offer worker_node) instead of "
+        "the loopback one",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/bench/scale_out.json"))
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny batch, 2 envs")
     args = parser.parse_args(argv)
     args.nodes = {n.strip() for n in args.nodes.split(",") if n.strip()}
-    if not args.nodes or args.nodes - {"1", "2"} or args.iterations < 0 or args.head_cpus < 0:
+    if not args.nodes or args.nodes - {"1", "2"} or min(args.iterations, args.head_cpus) < 0:
         parser.error("--nodes takes 1, 2 or 1,2; --iterations and --head-cpus are >= 0")
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 2
+    if args.repeats < 1:
+        parser.error("--repeats is >= 1")
 
     from rl_trading.errors import RLTradingError
 

@@ -70,6 +70,17 @@ def test_placement_check_fails_loudly_when_a_runner_is_elsewhere_or_missing() ->
     assert issubclass(scale_out.PlacementError, AssertionError)
 
 
+def test_bad_input_fails_with_one_line_before_ray_starts(tmp_path, capsys) -> None:
+    import ray
+
+    out = tmp_path / "x.json"
+    assert scale_out.main(["--address", "127.0.0.1:1", "--out", str(out)]) != 0
+    assert "Ray cluster unreachable at 127.0.0.1:1" in capsys.readouterr().err
+    assert scale_out.main(["--set", "resources.num_env_runners=0", "--out", str(out)]) == 2
+    assert "num_env_runners >= 1" in capsys.readouterr().err
+    assert not ray.is_initialized() and not out.exists()
+
+
 def test_per_iteration_times_are_recovered_from_rllibs_ema_timer() -> None:
     from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
@@ -109,7 +120,7 @@ def test_two_node_cluster_places_the_env_runners_on_the_worker_node(tmp_path) ->
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-3000:])
     report = json.loads(out.read_text())
-    two = report["results"]["two_nodes"]
+    [two] = report["results"]["two_nodes"]  # --quick: one repeat
     assert "one_node" not in report["results"]
     assert len(two["layout"]["nodes"]) == 2
     assert two["head_node"] != two["worker_node"]
