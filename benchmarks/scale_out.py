@@ -14,19 +14,25 @@ Phase 1 of configs/default.yaml (8 specialists, `resources.num_env_runners` x
   run FAILS (exit 1) unless every env runner reports the worker node's id (each actor's
   `ray.get_runtime_context().get_node_id()`), before and after the timed iterations.
 
+`--repeats` (2) interleaves the layouts, the order alternating per repeat, and prints the
+two / one sampling ratio per repeat and its median. `--address HOST:PORT` measures the two-node
+row on a running cluster of real machines instead of the loopback one (its worker nodes offer
+`worker_node`; the address is checked before anything runs).
+
 Printed per layout (and written as JSON to `--out`, default `runs/bench/scale_out.json`):
 sampling throughput (env and agent steps/s of sampling alone, from RLlib's
 `timers/env_runner_sampling_timer` in the result dicts, cross-checked against the benchmark's
 own timing of the same call), whole-iteration steps/s (sampling + learner + weight sync), the
-learner's share, the machine load before and after, the config and the node layout (nodes,
-their resources, where the driver, learner and env runners ran). Agent steps = env steps x the
-8 specialists (each acts on every step in phase 1).
+learner's seconds per iteration, the machine load before and after, the config and the node
+layout (nodes, their resources, where the driver, learner and env runners ran). Agent steps =
+env steps x the 8 specialists (each acts on every step in phase 1).
 
 On one machine a loopback cluster shares the same cores, so the two-node row measures the
 overhead of a second raylet and object store, not a speed-up; the speed-up needs a second
 machine (docs/scaling.md).
 
-    .venv/bin/python benchmarks/scale_out.py [--iterations 3] [--nodes 1,2] [--head-cpus 1]
+    .venv/bin/python benchmarks/scale_out.py [--iterations 3] [--repeats 2] [--nodes 1,2]
+        [--head-cpus 1] [--object-store-mib 512] [--address HOST:PORT]
         [--out runs/bench/scale_out.json] [--quick] [--set key=value ...]
 """
 
@@ -34,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -84,7 +91,7 @@ def worker_node_args(cfg: Any) -> dict[str, Any]:
         )
     cpus = res.num_env_runners * res.num_cpus_per_env_runner
     return {
-        "num_cpus": max(1, round(cpus)),
+        "num_cpus": max(1, math.ceil(cpus - 1e-9)),
         "resources": {WORKER_RESOURCE: float(res.num_env_runners)},
     }
 
