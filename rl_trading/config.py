@@ -390,6 +390,20 @@ class AppConfig(Section):
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
+    @model_validator(mode="after")
+    def _batches_split_over_learners(self) -> AppConfig:
+        """With `resources.num_learners` N > 1 each learner takes 1/N of the rollout and of every
+        minibatch (`algo_config`), so the phase budget and the update are those of one learner;
+        both must divide by N."""
+        n, ppo = self.resources.num_learners, self.ppo
+        if n > 1 and (ppo.train_batch_size % n or ppo.minibatch_size % n):
+            raise ValueError(
+                f"ppo.train_batch_size ({ppo.train_batch_size}) and ppo.minibatch_size "
+                f"({ppo.minibatch_size}) must be multiples of resources.num_learners ({n}): each "
+                f"learner takes an equal share of both"
+            )
+        return self
+
     def resolved_run_dir(self, now: _dt.datetime | None = None) -> Path:
         """`run_dir` with `{timestamp}` filled in (UTC, second resolution)."""
         stamp = (now or _dt.datetime.now(_dt.UTC)).strftime("%Y%m%d-%H%M%S")

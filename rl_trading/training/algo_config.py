@@ -123,6 +123,10 @@ def build_phase_config(
     mapping = functools.partial(policy_mapping_fn, shared=factory.shared)
     res = cfg.resources
     ppo = cfg.ppo
+    # RLlib's batch and minibatch sizes are per learner: with N learners each takes 1/N of the
+    # rollout (the phase budget stays ppo.train_batch_size per iteration) and of every minibatch
+    # (gradients are averaged over learners: the update is that of one learner)
+    shares = max(1, res.num_learners)
 
     if sac:
         from ray.rllib.algorithms.sac import SACConfig
@@ -173,7 +177,7 @@ def build_phase_config(
             critic_lr=base_lr,
             gamma=ppo.gamma,
             grad_clip=ppo.grad_clip,
-            train_batch_size_per_learner=ppo.minibatch_size,
+            train_batch_size_per_learner=ppo.minibatch_size // shares,
             num_steps_sampled_before_learning_starts=min(ppo.train_batch_size, 1000),
             replay_buffer_config={"type": "MultiAgentEpisodeReplayBuffer", "capacity": 50_000},
         )
@@ -191,8 +195,8 @@ def build_phase_config(
             entropy_coeff=ppo.entropy_coeff,
             vf_loss_coeff=ppo.vf_loss_coeff,
             grad_clip=ppo.grad_clip,
-            train_batch_size_per_learner=ppo.train_batch_size,
-            minibatch_size=ppo.minibatch_size,
+            train_batch_size_per_learner=ppo.train_batch_size // shares,
+            minibatch_size=ppo.minibatch_size // shares,
             num_epochs=ppo.num_epochs,
         )
     if res.rllib_fast_paths:  # the departures from stock RLlib (rl_trading/training/fast/)
