@@ -124,13 +124,20 @@ def train(
     resume = resume or resume_or_start
     run_dir = find_run_dir(cfg, run_dir, resume, resume_or_start)
     check_phase_inputs(RunState.load(run_dir), phases, resume, from_checkpoint)
+    encoder = None
+    if factory is None and cfg.policy.cnn_lstm_model:  # registry, sha256, preprocessing
+        from rl_trading.supervised.encoder import resolve_encoder
+
+        encoder = resolve_encoder(cfg, tracking_uri)
     with run_dir_lock(run_dir):
         state = RunState.load(run_dir)  # again: another run may have changed it meanwhile
         check_phase_inputs(state, phases, resume, from_checkpoint)
         tags: dict[str, str] = {}
         if factory is None:
             train_bars, val_bars, fp = load_splits(cfg)
-            factory = hierarchical_factory(cfg, train_bars, val_bars, source=cfg)  # data by ref
+            factory = hierarchical_factory(  # data by reference
+                cfg, train_bars, val_bars, source=cfg, encoder=encoder
+            )
             tags["data_fingerprint"] = fp
             tags["synthetic_symbols"] = ",".join(synthetic_symbols(train_bars)) or "none"
         cfg = pin_periods_per_year(cfg, factory)
