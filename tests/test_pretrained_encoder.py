@@ -288,3 +288,44 @@ def test_cli_refuses_a_mismatch_before_ray_starts(workspace):
         fh.write(b"\x00\x01\x02")
     with pytest.raises(RegistryError, match="sha256 mismatch for artifact 'model.pt'"):
         resolve(name, "train.window_size=5")
+
+
+@pytest.mark.rllib
+def test_fine_tuned_phase1_registers_as_hybrid_with_lineage(ray_session, workspace, capsys):
+    """Quickstart phase 1 with a fine-tuned encoder: the checkpoint restores with plain
+    `RLModule.from_checkpoint`, the encoder moved from the supervised weights, and the
+    registry records type `hybrid` with the CNN-LSTM's name, sha256 and mode."""
+    from rl_trading.cli.main import main
+    from rl_trading.config import CONFIG_DIR
+    from rl_trading.evaluation import register_policy
+    from rl_trading.supervised.encoder import load_encoder
+    from rl_trading.training.checkpoints import load_module, read_metadata
+    from rl_trading.training.session import train
+
+    quick = CONFIG_DIR / "quickstart.yaml"
+    name = register_tiny_cnn_lstm(load_config(quick), workspace, window=20)
+    sets = [*QUICK_TINY, f"policy.cnn_lstm_model={name}", "policy.encoder_lr=0.01"]
+    cfg = load_config(quick, sets)
+    source = load_encoder(name, cfg)
+    _, results = train(cfg, (1,), run_dir=workspace / "run")
+    best = results["phase1"].last_checkpoint
+    meta = read_metadata(best)["encoder"]
+    assert meta == {
+        "name": name,
+        "version": "1.0.0",
+        "sha256": source.sha256,
+        "mode": "fine_tuned",
+        "encoder_lr": 0.01,
+    }
+    module = load_module(best, "specialist_MSFT")  # RLModule.from_checkpoint
+    assert type(module).__name__ == "PretrainedCNNLSTMModule"
+    assert module.model_config["encoder"]["sha256"] == source.sha256
+    trained = dict(module._encoder.named_parameters())
+    assert any(not torch.equal(trained[k], v) for k, v in source.state.items())
+
+    rec, _ = register_policy(best, cfg, split="val")
+    assert rec.model_type == "hybrid"
+    assert rec.lineage["encoder"] == meta
+    assert main(["models", "info", rec.name, "-c", str(quick)]) == 0
+    out = capsys.readouterr().out
+    assert name[:20] in out and "fine-tuned, lr 0.01" in out
