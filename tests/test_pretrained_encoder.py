@@ -329,3 +329,32 @@ def test_fine_tuned_phase1_registers_as_hybrid_with_lineage(ray_session, workspa
     assert main(["models", "info", rec.name, "-c", str(quick)]) == 0
     out = capsys.readouterr().out
     assert name[:20] in out and "fine-tuned, lr 0.01" in out
+
+
+def test_a_later_phase_needs_the_same_encoder(tmp_path):
+    import json
+
+    from rl_trading.errors import ConfigError
+    from rl_trading.training.session import check_encoder_continuity
+    from rl_trading.training.state import RunState
+
+    frozen = {"name": "cnn", "version": "1.0.0", "sha256": "aa", "mode": "frozen"}
+    frozen["encoder_lr"] = None
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "training_config.json").write_text(json.dumps({"config": {}, "encoder": frozen}))
+    state = RunState.load(tmp_path / "run")
+
+    def check(want):
+        check_encoder_continuity(state, (2,), False, ckpt, want)
+
+    check(frozen)
+    check({**frozen, "mode": "fine_tuned", "encoder_lr": 1e-4})  # a new phase may fine-tune
+    with pytest.raises(ConfigError, match="trained with --cnn-lstm-model cnn .frozen.*no CNN"):
+        check(None)
+    with pytest.raises(ConfigError, match="pass the same --cnn-lstm-model"):
+        check({**frozen, "sha256": "bb"})
+    (ckpt / "training_config.json").write_text(json.dumps({"config": {}}))
+    check(None)
+    with pytest.raises(ConfigError, match="trained with no CNN-LSTM encoder"):
+        check(frozen)

@@ -75,6 +75,13 @@ def _run(
 
     encoder = {"policy.cnn_lstm_model": cnn_lstm_model, "policy.encoder_lr": fine_tune_lr}
     cfg = cli_config(config, sets, **encoder)
+    if cfg.policy.cnn_lstm_model:
+        mode = (
+            "frozen"
+            if cfg.policy.encoder_lr is None
+            else f"fine-tuned, lr {cfg.policy.encoder_lr:g}"
+        )
+        console.print(f"specialist encoder: {cfg.policy.cnn_lstm_model} ({mode})", soft_wrap=True)
     with phase_progress(console) as progress:
         try:
             out_dir, results = train(
@@ -143,11 +150,17 @@ def phase2(
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
     from_checkpoint: FromCkptOpt = None,
+    cnn_lstm_model: CnnLstmOpt = None,
+    fine_tune_lr: FineTuneOpt = None,
 ) -> None:
-    """Phase 2: train the meta allocator over the frozen phase-1 specialists."""
+    """Phase 2: train the meta allocator over the frozen phase-1 specialists.
+
+    A run whose specialists use a CNN-LSTM encoder needs the same --cnn-lstm-model here.
+    """
     _run(
-        (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint, resume_or_start
-    )
+        (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
+        resume_or_start, cnn_lstm_model, fine_tune_lr,
+    )  # fmt: skip
 
 
 @app.command()
@@ -160,11 +173,17 @@ def phase3(
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
     from_checkpoint: FromCkptOpt = None,
+    cnn_lstm_model: CnnLstmOpt = None,
+    fine_tune_lr: FineTuneOpt = None,
 ) -> None:
-    """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates)."""
+    """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates).
+
+    A run whose specialists use a CNN-LSTM encoder needs the same --cnn-lstm-model here.
+    """
     _run(
-        (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint, resume_or_start
-    )
+        (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
+        resume_or_start, cnn_lstm_model, fine_tune_lr,
+    )  # fmt: skip
 
 
 @app.command()
