@@ -358,3 +358,17 @@ def test_a_later_phase_needs_the_same_encoder(tmp_path):
     check(None)
     with pytest.raises(ConfigError, match="trained with no CNN-LSTM encoder"):
         check(frozen)
+
+
+def test_a_pretrained_module_dir_loads_from_a_relative_path(tmp_path, monkeypatch):
+    """`models register --checkpoint run/phase1/best` (relative) restores its modules."""
+    from rl_trading.evaluation.export import load_module
+
+    source, _ = _source(2)
+    module = _module(source, FeatureScaler().fit(np.eye(2)), None, 2)
+    module.save_to_path(str(tmp_path / "mod"))
+    monkeypatch.chdir(tmp_path)
+    loaded = load_module("mod")
+    assert type(loaded).__name__ == "PretrainedCNNLSTMModule"
+    for key, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
