@@ -199,12 +199,11 @@ QUICK_TINY = [
 ]
 
 
-def register_tiny_cnn_lstm(cfg: AppConfig, workspace, window: int) -> str:
+def save_tiny_cnn_lstm(cfg: AppConfig, workspace, window: int):
     """Fit a tiny CNN-LSTM (one epoch) on the quickstart bars, save it through the storage
-    layer and register it as `register_supervised` does; returns its registered name."""
+    layer; returns its version folder."""
     from rl_trading.data import load_market
     from rl_trading.data.features import WARMUP_BARS, compute_features
-    from rl_trading.registry import ModelRegistry
     from rl_trading.supervised.models import CNNLSTMClassifier, make_windows
     from rl_trading.supervised.storage import save_model
 
@@ -213,9 +212,15 @@ def register_tiny_cnn_lstm(cfg: AppConfig, workspace, window: int) -> str:
     up = (np.diff(np.log(bars["close"].to_numpy()))[WARMUP_BARS:] > 0).astype(int)
     model = CNNLSTMClassifier(window=window, channels=4, hidden=6, max_epochs=1, seed=0)
     model.fit(make_windows(feats, window), up)
-    path = save_model(
-        model, "cnn_lstm", "1d", {"features": list(FEATURE_COLUMNS)}, workspace / "sup"
-    )
+    meta = {"features": list(FEATURE_COLUMNS)}
+    return save_model(model, "cnn_lstm", "1d", meta, workspace / "sup")
+
+
+def register_tiny_cnn_lstm(cfg: AppConfig, workspace, window: int) -> str:
+    """`save_tiny_cnn_lstm`, registered as `register_supervised` does; returns its name."""
+    from rl_trading.registry import ModelRegistry
+
+    path = save_tiny_cnn_lstm(cfg, workspace, window)
     rec = ModelRegistry(cfg=cfg).register(
         path,
         model_type="cnn_lstm_1d",
@@ -372,3 +377,30 @@ def test_a_pretrained_module_dir_loads_from_a_relative_path(tmp_path, monkeypatc
     assert type(loaded).__name__ == "PretrainedCNNLSTMModule"
     for key, value in module.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_train_supervised_register_hands_the_cnn_lstm_to_the_rl_stages(workspace, monkeypatch):
+    """Stage 1 -> 2 from the CLI: `train supervised --register` registers the saved CNN-LSTM,
+    which `--cnn-lstm-model cnn_lstm_1d` then resolves (training itself is stubbed here: it has
+    its own tests; registering and resolving are real)."""
+    from rl_trading.cli.main import main
+    from rl_trading.config import CONFIG_DIR
+    from rl_trading.errors import RegistryError
+    from rl_trading.supervised import trainables
+    from rl_trading.supervised.encoder import resolve_encoder
+
+    quick = str(CONFIG_DIR / "quickstart.yaml")
+    cfg = load_config(quick)
+    path = save_tiny_cnn_lstm(cfg, workspace, window=20)
+    metrics = {"accuracy": 0.56, "best_baseline_accuracy": 0.5, "f1": 0.6}
+    record = trainables.SupervisedRecord("cnn_lstm", "1d", "ok", metrics, model_path=str(path))
+    out = workspace / "sup_run"
+    out.mkdir()
+    results = trainables.SupervisedResults([record], out, out / "results.json")
+    monkeypatch.setattr(trainables, "train_supervised", lambda *a, **k: results)
+    assert main(["train", "supervised", "-c", quick, "--models", "cnn_lstm"]) == 0
+    with pytest.raises(RegistryError, match="unknown model"):  # not registered without --register
+        resolve_encoder(load_config(quick, ["policy.cnn_lstm_model=cnn_lstm_1d"]))
+    assert main(["train", "supervised", "-c", quick, "--models", "cnn_lstm", "--register"]) == 0
+    source = resolve_encoder(load_config(quick, ["policy.cnn_lstm_model=cnn_lstm_1d"]))
+    assert source.name.startswith("cnn_lstm_1d_v1.0.0_grade_") and source.window == 20
