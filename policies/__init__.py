@@ -4,6 +4,7 @@ from policies.base import ActorCriticModule
 from policies.cnn_lstm import CNNLSTMModule
 from policies.inference import act_one, compute_actions, to_env_action
 from policies.mlp import MLPModule
+from policies.pretrained import PretrainedCNNLSTMModule
 from policies.spec import MODEL_CLASSES, model_config_for, model_name_for, module_spec
 from policies.transformer import TransformerModule
 
@@ -12,6 +13,7 @@ __all__ = [
     "ActorCriticModule",
     "CNNLSTMModule",
     "MLPModule",
+    "PretrainedCNNLSTMModule",
     "TransformerModule",
     "act_one",
     "compute_actions",

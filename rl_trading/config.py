@@ -245,6 +245,23 @@ class PolicyConfig(Section):
     lstm_hidden: int = Field(64, gt=0)
     # Per-policy override of `model`, e.g. {"meta": "mlp", "specialist": "transformer"}.
     per_policy: dict[str, Literal["mlp", "transformer", "cnn_lstm"]] = Field(default_factory=dict)
+    # Registered supervised CNN-LSTM (registry name or family, e.g. `cnn_lstm_1d`) whose
+    # conv + LSTM body encodes the specialists' observation window (policies/pretrained.py);
+    # None: no pretrained encoder. `encoder_lr` None keeps it frozen (stage 2), a value
+    # fine-tunes it at that learning rate in its own optimizer (stage 3, model type `hybrid`).
+    cnn_lstm_model: str | None = None
+    encoder_lr: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _encoder_lr_needs_model(self) -> PolicyConfig:
+        """A fine-tuning rate without an encoder to fine-tune is a mistake, not a no-op."""
+        if self.encoder_lr is not None and not self.cnn_lstm_model:
+            raise ValueError(
+                "policy.encoder_lr (--fine-tune-lr) needs policy.cnn_lstm_model (--cnn-lstm-model)"
+            )
+        if self.cnn_lstm_model is not None and not self.cnn_lstm_model.strip():
+            raise ValueError("policy.cnn_lstm_model is empty (a registered CNN-LSTM name)")
+        return self
 
 
 class PhasesConfig(Section):

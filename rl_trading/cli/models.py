@@ -97,6 +97,7 @@ def info(
         ("grade", f"{r.grade} (score {r.tags.get('rl_trading.grade_score', '?')})"),
         ("stage / aliases", f"{r.stage} / {', '.join(r.aliases) or '-'}"),
         ("metrics", json.dumps(r.metrics)),
+        *([("encoder", encoder_line(r.lineage["encoder"]))] if r.lineage.get("encoder") else []),
         ("lineage", json.dumps(r.lineage)),
         ("data fingerprint", r.data_fingerprint or "-"),
         ("signature", r.signature[:200] or "-"),
@@ -114,10 +115,24 @@ def info(
     console.print(table)
 
 
+def encoder_line(enc: dict) -> str:
+    """One line on a policy's CNN-LSTM encoder: which version, frozen or fine-tuned."""
+    mode = "frozen" if enc.get("mode") == "frozen" else f"fine-tuned, lr {enc.get('encoder_lr')}"
+    sha = str(enc.get("sha256") or "")[:12]
+    return f"{enc.get('name')} (v{enc.get('version')}, sha256 {sha}...), {mode}"
+
+
 @app.command("register")
 def register_cmd(
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Trained checkpoint dir.")],
-    model_type: Annotated[str, typer.Option("--type", help="Model type.")] = "hierarchical_ppo",
+    model_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type",
+            help="Model type (default: hybrid for a fine-tuned CNN-LSTM encoder, "
+            "else hierarchical_ppo).",
+        ),
+    ] = None,
     split: Annotated[
         str,
         typer.Option(

@@ -50,6 +50,14 @@ def supervised(
         str | None, typer.Option(help="Ray cluster address (default: start Ray locally).")
     ] = None,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
+    register: Annotated[
+        bool,
+        typer.Option(
+            "--register",
+            help="Also grade and register every saved model in the model registry (e.g. a "
+            "CNN-LSTM for `train phase1 --cnn-lstm-model NAME`).",
+        ),
+    ] = False,
 ) -> None:
     """Train the supervised models as Ray Tune trials and print them next to their baselines."""
     from rl_trading.cli import logs
@@ -80,6 +88,11 @@ def supervised(
     )
     log = logs.attach_run_dir(Path(results.results_path).parent)
     console.print(results_table(results.records))
+    if register:
+        from rl_trading.evaluation import register_supervised
+
+        for rec in register_supervised(results, cfg):
+            console.print(f"registered [bold]{rec.display_name}[/]", soft_wrap=True)
     console.print(f"results: {results.results_path}", soft_wrap=True)
     if log is not None:
         console.print(f"library log: {log}", soft_wrap=True)

@@ -33,6 +33,23 @@ AddressOpt = Annotated[
     ),
 ]
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")]
+CnnLstmOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cnn-lstm-model",
+        help="Registered supervised CNN-LSTM (name or family, e.g. cnn_lstm_1d) whose conv+LSTM "
+        "body encodes the specialists' window; frozen unless --fine-tune-lr "
+        "(policy.cnn_lstm_model).",
+    ),
+]
+FineTuneOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--fine-tune-lr",
+        help="Fine-tune the --cnn-lstm-model encoder at this learning rate in its own optimizer "
+        "(stage 3, model type hybrid; policy.encoder_lr).",
+    ),
+]
 FromCkptOpt = Annotated[
     Path | None,
     typer.Option("--from-checkpoint", help="Checkpoint of the previous phase (default: run dir)."),
@@ -49,12 +66,22 @@ def _run(
     tracking_uri,
     from_ckpt,
     resume_or_start: bool = False,
+    cnn_lstm_model: str | None = None,
+    fine_tune_lr: float | None = None,
 ) -> None:
     from rl_trading.cli.progress import phase_progress
     from rl_trading.training.session import train
     from rl_trading.training.signals import TrainingInterrupted
 
-    cfg = cli_config(config, sets)
+    encoder = {"policy.cnn_lstm_model": cnn_lstm_model, "policy.encoder_lr": fine_tune_lr}
+    cfg = cli_config(config, sets, **encoder)
+    if cfg.policy.cnn_lstm_model:
+        mode = (
+            "frozen"
+            if cfg.policy.encoder_lr is None
+            else f"fine-tuned, lr {cfg.policy.encoder_lr:g}"
+        )
+        console.print(f"specialist encoder: {cfg.policy.cnn_lstm_model} ({mode})", soft_wrap=True)
     with phase_progress(console) as progress:
         try:
             out_dir, results = train(
@@ -99,9 +126,18 @@ def phase1(
     run_dir: RunDirOpt = None,
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
+    cnn_lstm_model: CnnLstmOpt = None,
+    fine_tune_lr: FineTuneOpt = None,
 ) -> None:
-    """Phase 1: train the specialists (one per instrument, or one shared) on fixed equal weights."""
-    _run((1,), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start)
+    """Phase 1: train the specialists (one per instrument, or one shared) on fixed equal weights.
+
+    With --cnn-lstm-model the specialists encode their window with a registered supervised
+    CNN-LSTM: frozen (stage 2), or fine-tuned with --fine-tune-lr (stage 3, "hybrid").
+    """
+    _run(
+        (1,), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start,
+        cnn_lstm_model, fine_tune_lr,
+    )  # fmt: skip
 
 
 @app.command()
@@ -114,11 +150,17 @@ def phase2(
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
     from_checkpoint: FromCkptOpt = None,
+    cnn_lstm_model: CnnLstmOpt = None,
+    fine_tune_lr: FineTuneOpt = None,
 ) -> None:
-    """Phase 2: train the meta allocator over the frozen phase-1 specialists."""
+    """Phase 2: train the meta allocator over the frozen phase-1 specialists.
+
+    A run whose specialists use a CNN-LSTM encoder needs the same --cnn-lstm-model here.
+    """
     _run(
-        (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint, resume_or_start
-    )
+        (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
+        resume_or_start, cnn_lstm_model, fine_tune_lr,
+    )  # fmt: skip
 
 
 @app.command()
@@ -131,11 +173,17 @@ def phase3(
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
     from_checkpoint: FromCkptOpt = None,
+    cnn_lstm_model: CnnLstmOpt = None,
+    fine_tune_lr: FineTuneOpt = None,
 ) -> None:
-    """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates)."""
+    """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates).
+
+    A run whose specialists use a CNN-LSTM encoder needs the same --cnn-lstm-model here.
+    """
     _run(
-        (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint, resume_or_start
-    )
+        (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
+        resume_or_start, cnn_lstm_model, fine_tune_lr,
+    )  # fmt: skip
 
 
 @app.command()
@@ -147,9 +195,14 @@ def pipeline(
     run_dir: RunDirOpt = None,
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
+    cnn_lstm_model: CnnLstmOpt = None,
+    fine_tune_lr: FineTuneOpt = None,
 ) -> None:
-    """Phases 1, 2 and 3 in one run directory (resumable)."""
-    _run((1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start)
+    """Phases 1, 2 and 3 in one run directory (resumable); --cnn-lstm-model as in phase1."""
+    _run(
+        (1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start,
+        cnn_lstm_model, fine_tune_lr,
+    )  # fmt: skip
 
 
 try:  # `train supervised` lives in its own module (written separately)

@@ -138,7 +138,7 @@ def trial_count(
 def register_policy(
     checkpoint: str | Path,
     cfg: AppConfig,
-    model_type: str = "hierarchical_ppo",
+    model_type: str | None = None,
     split: str = "test",
     run_dir: str | Path | None = None,
     bump: str | None = None,
@@ -151,12 +151,21 @@ def register_policy(
     The trial count is every validation pass used for checkpoint selection in the run, the
     tuning trials it records, `extra_trials`, and the family's earlier selections on the test
     split; the DSR is deflated for it. Preprocessing (scalers fit on the training split), the
-    training-data fingerprint, the phase lineage and the config go with it.
+    training-data fingerprint, the phase lineage and the config go with it. A checkpoint
+    trained over a supervised CNN-LSTM encoder records it as `lineage["encoder"]` (name,
+    version, sha256, frozen or fine-tuned); `model_type` None is `hybrid` for a fine-tuned
+    encoder, else `hierarchical_ppo`.
     """
     import math
 
     from rl_trading.evaluation.backtest import backtest, load_policy
     from rl_trading.registry import ModelRegistry
+    from rl_trading.training.checkpoints import read_metadata
+
+    encoder = read_metadata(checkpoint).get("encoder")
+    if model_type is None:
+        fine_tuned = bool(encoder) and encoder.get("mode") == "fine_tuned"
+        model_type = "hybrid" if fine_tuned else "hierarchical_ppo"
 
     bars, train, _ = select_bars(cfg, None, split)
     pre = training_preprocessing(cfg, train)
@@ -190,6 +199,8 @@ def register_policy(
     from rl_trading.data import synthetic_symbols
 
     lineage["synthetic_symbols"] = synthetic_symbols(bars)  # [] when every bar is real
+    if encoder:
+        lineage["encoder"] = encoder
     if cfg.supervised.signals_enabled:
         lineage["signals"] = [
             f"{m}_{tf}" for m in cfg.supervised.models for tf in cfg.supervised.timeframes
@@ -203,6 +214,8 @@ def register_policy(
         "action_type": cfg.env.action_type,
         "symbols": pre["symbols"],
     }
+    if encoder:  # another encoder is another signature (a major version)
+        signature["encoder"] = encoder.get("name")
     metrics = {**graded_metrics(pm, n_trials), "periods_per_year": ppy, "exposure": pm["exposure"]}
     rec = registry.register(
         checkpoint,

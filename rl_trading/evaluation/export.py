@@ -145,7 +145,7 @@ def load_module(path: str | Path, policy_id: str | None = None) -> Any:
     for cand in candidates:
         if is_module_dir(cand):
             try:
-                module = RLModule.from_checkpoint(str(cand))
+                module = RLModule.from_checkpoint(str(cand.resolve()))  # relative paths too
             except Exception as exc:  # noqa: BLE001 - corrupt / wrong kind of checkpoint
                 raise CheckpointError(f"cannot restore RLModule from {cand}: {exc}") from None
             if hasattr(module, "eval"):

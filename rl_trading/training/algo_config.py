@@ -10,7 +10,7 @@ from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from policies import module_spec
+from policies import model_config_for, module_spec
 from policies.base import GREEDY_KEY, STOCK_ACTING_KEY
 from rl_trading.config import AppConfig
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
@@ -82,8 +82,27 @@ def _module_specs(
             extra = {GREEDY_KEY: True} if pid in frozen else {}
             if not cfg.resources.rllib_fast_paths:
                 extra[STOCK_ACTING_KEY] = True
-            specs[pid] = module_spec(cfg, pid, obs[aid], act[aid], {**layout, **extra})
+            if pid in factory.encoders:  # a registered CNN-LSTM encodes the window
+                specs[pid] = pretrained_spec(
+                    cfg, obs[aid], act[aid], {**layout, **extra}, factory.encoders[pid]
+                )
+            else:
+                specs[pid] = module_spec(cfg, pid, obs[aid], act[aid], {**layout, **extra})
     return specs
+
+
+def pretrained_spec(
+    cfg: AppConfig, obs_space: Any, act_space: Any, extra: dict[str, Any], encoder: dict
+) -> RLModuleSpec:
+    """Spec of a specialist over a supervised CNN-LSTM encoder (`policy.cnn_lstm_model`)."""
+    from policies.pretrained import ENCODER_KEY, PretrainedCNNLSTMModule
+
+    return RLModuleSpec(
+        module_class=PretrainedCNNLSTMModule,
+        observation_space=obs_space,
+        action_space=act_space,
+        model_config=model_config_for(cfg.policy, {**extra, ENCODER_KEY: encoder}),
+    )
 
 
 def _fast_paths(config: AlgorithmConfig, precision: str, sac: bool) -> AlgorithmConfig:
@@ -201,6 +220,10 @@ def build_phase_config(
         )
     if res.rllib_fast_paths:  # the departures from stock RLlib (rl_trading/training/fast/)
         config = _fast_paths(config, precision=res.precision, sac=sac)
+    elif factory.encoders and not sac:  # stock PPO learner + the encoder's optimizers
+        from rl_trading.training.encoder_learner import EncoderPPOTorchLearner
+
+        config = config.learners(learner_class=EncoderPPOTorchLearner)
     if phase == 3:
         overrides: dict[str, Any] = {}
         for pid in pids:

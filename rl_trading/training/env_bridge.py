@@ -150,6 +150,9 @@ class EnvFactory:
     metadata: dict[str, Any] = field(default_factory=dict, repr=False)
     # the run's bars per year (config.resolve_calendar); None: `timeframe` on the 24h calendar
     periods_per_year: float | None = None
+    # policy id -> `model_config["encoder"]` of a pretrained-encoder specialist
+    # (`policy.cnn_lstm_model`, policies/pretrained.py); empty: the configured models
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _spaces: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -216,6 +219,7 @@ def hierarchical_factory(
     train_bars: dict[str, Any],
     val_bars: dict[str, Any] | None = None,
     source: Any = None,
+    encoder: Any = None,
 ) -> EnvFactory:
     """EnvFactory of the project's HierarchicalTradingEnv; scalers fit on `train_bars`.
 
@@ -223,7 +227,10 @@ def hierarchical_factory(
     split, as `session.load_splits` does): the env configs and checkpoints then carry a data
     reference instead of the bars. Without it the bars travel inline. The calendar is resolved
     once from `train_bars` (`config.resolve_calendar`), so training envs, validation envs and
-    the validation metrics annualise with the same bars per year.
+    the validation metrics annualise with the same bars per year. With
+    `policy.cnn_lstm_model` the specialists get the registered CNN-LSTM as their encoder
+    (`encoder`: the already resolved `supervised.encoder.EncoderSource`, else resolved here),
+    mapped from each instrument's scaler, and the checkpoints record it (`metadata["encoder"]`).
     """
     from envs.registration import HierarchicalRLlibEnv, data_reference, make_env_config
     from rl_trading.config import resolve_calendar
@@ -234,6 +241,22 @@ def hierarchical_factory(
     val_ref = data_reference(source, val_bars) if source is not None and val_bars else None
     train = _ModeConfigs(make_env_config, cfg, train_bars, False, scalers, train_ref)
     val = _ModeConfigs(make_env_config, cfg, val_bars, True, scalers, val_ref) if val_bars else None
+    metadata = checkpoint_metadata(cfg, train_bars, scalers, train_ref)
+    encoders: dict[str, dict[str, Any]] = {}
+    if cfg.policy.cnn_lstm_model:
+        from rl_trading.supervised.encoder import (
+            encoder_lineage,
+            encoder_model_config,
+            resolve_encoder,
+        )
+
+        encoder = encoder or resolve_encoder(cfg)
+        lr = cfg.policy.encoder_lr
+        encoders = {
+            SPECIALIST_PREFIX + sym: encoder_model_config(encoder, scaler, lr)
+            for sym, scaler in scalers.items()
+        }
+        metadata["encoder"] = encoder_lineage(encoder, lr)
     return EnvFactory(
         env_name=HierarchicalRLlibEnv,
         train_config=train,
@@ -241,8 +264,9 @@ def hierarchical_factory(
         timeframe=cfg.data.timeframe,
         shared=cfg.phases.shared_specialist_policy,
         shared_env=SharedSpecialistEnv,
-        metadata=checkpoint_metadata(cfg, train_bars, scalers, train_ref),
+        metadata=metadata,
         periods_per_year=cfg.data.periods_per_year,
+        encoders=encoders,
     )
 
 

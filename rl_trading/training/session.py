@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_trading.config import AppConfig
-from rl_trading.errors import RunDirError
+from rl_trading.errors import ConfigError, RunDirError
 from rl_trading.training.env_bridge import EnvFactory, hierarchical_factory
 from rl_trading.training.runner import PhaseResult, ProgressFn, previous_checkpoint, run_phase
 from rl_trading.training.state import STATE_FILE, RunState, run_dir_lock
@@ -81,6 +81,53 @@ def check_phase_inputs(
         check_checkpoint(previous_checkpoint(state.run_dir, first))
 
 
+def check_encoder_continuity(
+    state: RunState,
+    phases: tuple[int, ...],
+    resume: bool,
+    from_checkpoint: str | Path | None,
+    want: dict[str, Any] | None,
+) -> None:
+    """ConfigError unless the checkpoint the first phase resumes or starts from was trained
+    with the CNN-LSTM encoder the config asks for (`want`: `encoder_lineage`, None: none).
+
+    Another encoder (or none) cannot take those weights; a resumed phase also keeps its mode
+    (its optimizers are restored). A new phase may switch frozen <-> fine-tuned.
+    """
+    from rl_trading.training.checkpoints import read_metadata
+
+    first = phases[0]
+    own = state.phases.get(f"phase{first}") if resume else None
+    if own is not None and own.status == "done":
+        return
+    if own is not None and own.last_checkpoint:
+        ckpt, same_phase = Path(own.last_checkpoint), True
+    elif from_checkpoint is not None:
+        ckpt, same_phase = Path(from_checkpoint), False
+    elif first > 1:
+        ckpt, same_phase = Path(previous_checkpoint(state.run_dir, first)), False
+    else:
+        return
+    have = read_metadata(ckpt).get("encoder")
+    if not have and not want:
+        return
+
+    def said(enc: dict[str, Any] | None) -> str:
+        return f"--cnn-lstm-model {enc['name']} ({enc['mode']})" if enc else "no CNN-LSTM encoder"
+
+    differs = not have or not want or have.get("sha256") != want.get("sha256")
+    if same_phase and not differs:
+        differs = (have.get("mode"), have.get("encoder_lr")) != (
+            want.get("mode"),
+            want.get("encoder_lr"),
+        )
+    if differs:
+        raise ConfigError(
+            f"{ckpt} was trained with {said(have)}, this run asks for {said(want)}; "
+            "pass the same --cnn-lstm-model / --fine-tune-lr (policy.cnn_lstm_model, encoder_lr)"
+        )
+
+
 def check_checkpoint_policies(
     factory: EnvFactory, phase: int, checkpoint: str | Path | None
 ) -> None:
@@ -124,13 +171,25 @@ def train(
     resume = resume or resume_or_start
     run_dir = find_run_dir(cfg, run_dir, resume, resume_or_start)
     check_phase_inputs(RunState.load(run_dir), phases, resume, from_checkpoint)
+    encoder = None
+    if factory is None and cfg.policy.cnn_lstm_model:  # registry, sha256, preprocessing
+        from rl_trading.supervised.encoder import resolve_encoder
+
+        encoder = resolve_encoder(cfg, tracking_uri)
+    if factory is None:
+        from rl_trading.supervised.encoder import encoder_lineage
+
+        want = encoder_lineage(encoder, cfg.policy.encoder_lr) if encoder else None
+        check_encoder_continuity(RunState.load(run_dir), phases, resume, from_checkpoint, want)
     with run_dir_lock(run_dir):
         state = RunState.load(run_dir)  # again: another run may have changed it meanwhile
         check_phase_inputs(state, phases, resume, from_checkpoint)
         tags: dict[str, str] = {}
         if factory is None:
             train_bars, val_bars, fp = load_splits(cfg)
-            factory = hierarchical_factory(cfg, train_bars, val_bars, source=cfg)  # data by ref
+            factory = hierarchical_factory(  # data by reference
+                cfg, train_bars, val_bars, source=cfg, encoder=encoder
+            )
             tags["data_fingerprint"] = fp
             tags["synthetic_symbols"] = ",".join(synthetic_symbols(train_bars)) or "none"
         cfg = pin_periods_per_year(cfg, factory)

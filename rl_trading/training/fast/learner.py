@@ -29,6 +29,8 @@ from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 from torch.optim import adam as torch_adam
 from torch.optim import optimizer as torch_optimizer
 
+from policies.pretrained import register_optimizers
+
 # Adam param-group settings that must agree for optimizers to step in one call
 ADAM_SETTINGS = (
     "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "decoupled_weight_decay",
@@ -162,7 +164,10 @@ class FastPPOTorchLearner(PPOTorchLearner):
         return batch_iter
 
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
-        """RLlib's default optimizer (Adam, `config.lr` schedule) with `adam_kwargs`."""
+        """RLlib's default optimizer (Adam, `config.lr` schedule) with `adam_kwargs`; a
+        pretrained-encoder module's encoder frozen or in its own optimizer (policies/pretrained)."""
+        if register_optimizers(self, module_id, config, **self.adam_kwargs):
+            return
         params = self.get_parameters(self._module[module_id])
         self.register_optimizer(
             module_id=module_id,
