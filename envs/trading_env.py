@@ -2,12 +2,15 @@
 
 Observation at bar t (float32): the last `window_size` rows of scaled causal features
 (`rl_trading.data.features`), flattened, then own state ``[position, unrealised P&L,
-time in position]`` (position = exposure / (max_position_size x equity), so in [-1, 1];
+time in position]`` (position = exposure / (full size x equity), so in [-1, 1];
 unrealised P&L as a fraction of entry notional; bars in position / 100).
 Action: discrete {short, flat, long} ({flat, long} without shorting) or a continuous target
 in [-1, 1] ([0, 1] without shorting). The target is filled at bar t+1's open (envs.execution):
-units = target x max_position_size x equity / open. The position is only traded when the
-target changes (or a stop-loss fired), and never on a forward-filled bar (the order waits for
+units = target x full size x equity / open, the full size being max_position_size, or with
+``env.vol_target`` the target over the causal annualised volatility (capped at
+vol_target_max_leverage). The position is only traded when the target exposure changes (with
+``env.rebalance_band`` b: by more than b x full size, or to flat) or a stop-loss fired, and
+never on a forward-filled bar (the order waits for
 the next real bar). A stop-loss (`stop_loss_pct` of the entry price) fires when bar t+1's low
 (high for a short) reaches its level and fills at the level or the gap open, whichever is worse
 (costs paid, info["stop_loss"]). Shorts pay `borrow_bps_per_year` every bar (info
@@ -27,6 +30,7 @@ import pandas as pd
 
 from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
 from envs.execution import CostModel, borrow_rate
+from envs.risk import rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler
@@ -65,10 +69,7 @@ class TradingEnv(gym.Env):
         self.action_type = ecfg.action_type
         self._discrete = self.action_type == "discrete"
         self.random_start = bool(ecfg.random_start)
-        if ecfg.vol_target is not None:
-            raise ConfigError("env.vol_target is an option of the hierarchical env only")
-        if ecfg.rebalance_band > 0:
-            raise ConfigError("env.rebalance_band is an option of the hierarchical env only")
+        self._band = float(ecfg.rebalance_band)
         self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
         # the run's one annualisation (cfg.data.periods_per_year, else its calendar)
@@ -90,6 +91,18 @@ class TradingEnv(gym.Env):
         self._open_l, self._close_l = data.open.tolist(), data.close.tolist()
         self._low_l, self._high_l = data.low.tolist(), data.high.tolist()
         self._real_l = data.real.tolist()
+        # full position size per bar, fraction of equity: max_position_size, or under
+        # env.vol_target the target over the causal annualised volatility (risk_window), capped
+        self._size_l: list[float] | None = None
+        if ecfg.vol_target is not None:
+            rets = np.zeros((len(data.close), 1))
+            rets[1:, 0] = data.close[1:] / data.close[:-1] - 1.0
+            var = rolling_covariance(rets, ecfg.risk_window)[:, 0, 0]
+            ann = np.sqrt(np.maximum(var, 0.0)) * math.sqrt(self.periods_per_year)
+            cap = float(ecfg.vol_target_max_leverage)
+            with np.errstate(divide="ignore"):
+                size = np.where(ann > 0, np.minimum(ecfg.vol_target / ann, cap), cap)
+            self._size_l = size.tolist()
         rc = self.cfg.reward
         self._plain_log = (
             rc.kind == "log_return"
@@ -126,13 +139,14 @@ class TradingEnv(gym.Env):
         self._units = 0.0
         self._entry = 0.0
         self._target = 0.0
+        self._target_x = 0.0  # exposure of the last traded target, fraction of equity
         self._bars_in_pos = 0
         self._equity = self.initial_balance
         self._steps = 0
         self._total_costs = 0.0
         self._total_borrow = 0.0
         self._stop_losses = 0
-        self._trades = 0
+        self._n_trades = 0
         self._equity_hist = [self.initial_balance]
         self._pos_hist = [0.0]
         self.reward_fn.reset(self.initial_balance)
@@ -162,7 +176,7 @@ class TradingEnv(gym.Env):
         units = self._units
         price = self._close_l[t]
         eq = self._equity
-        out[-3] = units * price / (self.max_position * eq) if eq > 0 else 0.0
+        out[-3] = units * price / (self._size(t) * eq) if eq > 0 else 0.0
         out[-2] = (price / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
         out[-1] = self._bars_in_pos * 0.01
         return out
@@ -181,6 +195,18 @@ class TradingEnv(gym.Env):
             "stop_losses": self._stop_losses,
             "bar": self._t,
         }
+
+    def _size(self, t: int) -> float:
+        """Full position size at bar t, fraction of equity (env.vol_target or max size)."""
+        return self.max_position if self._size_l is None else self._size_l[t]
+
+    def _trades(self, x: float, size: float) -> bool:
+        """Whether target exposure x (fraction of equity) is traded: any change from the last
+        traded one, or with env.rebalance_band a move beyond band x full size; exits always."""
+        last = self._target_x
+        if self._band <= 0.0:
+            return x != last
+        return abs(x - last) > self._band * size or (x == 0.0 and last != 0.0)
 
     def _target_of(self, action: Any) -> float:
         if self.action_type == "discrete":
@@ -203,9 +229,11 @@ class TradingEnv(gym.Env):
         cost = 0.0
         fill = 0.0
         real = self._real_l[t1]
-        if target != self._target and real:
+        size = self._size(self._t)
+        x = target * size
+        if real and self._trades(x, size):
             eq_open = cash + units * price_open
-            new_units = target * self.max_position * max(eq_open, 0.0) / price_open
+            new_units = x * max(eq_open, 0.0) / price_open
             fill = new_units - units
             cost = abs(fill) * price_open * self._rate
             cash = cash - fill * price_open - cost
@@ -216,8 +244,8 @@ class TradingEnv(gym.Env):
             elif abs(new_units) > abs(units):
                 self._entry = (units * self._entry + fill * price_open) / new_units
             units = new_units
-            self._target = target
-            self._trades += 1
+            self._target, self._target_x = target, x
+            self._n_trades += 1
         borrow = 0.0
         if units < 0.0 and self._borrow:
             borrow = -units * price_open * self._borrow
@@ -232,6 +260,7 @@ class TradingEnv(gym.Env):
                 cost += sl_cost
                 fill -= units
                 units, self._entry, self._bars_in_pos, self._target = 0.0, 0.0, 0, 0.0
+                self._target_x = 0.0
                 stopped = True
                 self._stop_losses += 1
         if units != 0.0:
@@ -268,7 +297,7 @@ class TradingEnv(gym.Env):
         # observation of bar t1 (as _obs(), inlined)
         stop = (t1 + 1) * self._n_feat
         obs = self._flat[stop - self._obs_dim + _STATE_DIM : stop + _STATE_DIM].copy()
-        obs[-3] = units * price_close / (self.max_position * equity) if equity > 0 else 0.0
+        obs[-3] = units * price_close / (self._size(t1) * equity) if equity > 0 else 0.0
         obs[-2] = (price_close / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
         obs[-1] = self._bars_in_pos * 0.01
         return obs, reward, terminated, truncated, info
@@ -311,6 +340,6 @@ class TradingEnv(gym.Env):
             "total_costs": self._total_costs,
             "borrow_costs": self._total_borrow,
             "stop_losses": self._stop_losses,
-            "trades": self._trades,
+            "trades": self._n_trades,
             "metrics": metrics.summarize(equity, positions, periods_per_year=ppy),
         }

@@ -96,8 +96,7 @@ def test_options_off_by_default_and_checked():
         HierarchicalTradingEnv(bars=bars, cost_amortization_bars=0, **BASE)
     with pytest.raises(ConfigError):
         HierarchicalTradingEnv(bars=bars, vol_target=-1.0, **BASE)
-    with pytest.raises(ConfigError, match="hierarchical"):
-        TradingEnv(bars=make_bars(), vol_target=0.1)
+
 
 
 @pytest.mark.parametrize("executed", [False, True])
@@ -159,7 +158,30 @@ def test_rebalance_band_trades_only_beyond_the_band_and_always_exits():
         # 0.45 -> 0.4 and 0.325 stay (|dx| <= 0.15); 0.275 trades (0.175); 0 exits; 0.1 stays
         # out; 0.2 trades; -0.2 trades
         assert targets == [0.45, 0.45, 0.45, 0.275, 0.0, 0.0, 0.2, -0.2]
-    with pytest.raises(ConfigError, match="hierarchical"):
-        TradingEnv(bars=make_bars(), rebalance_band=0.1)
     with pytest.raises(ConfigError, match="rebalance_band"):
         HierarchicalTradingEnv(bars=bars, rebalance_band=1.5, **BASE)
+
+
+def test_single_env_vol_target_and_band():
+    """The single env sizes a target of 1 at vol_target / causal annualised vol (capped) and,
+    with a band, re-trades only beyond band x full size; an exit to flat always fills."""
+    bars = make_bars(300, seed=4, vol=0.01)
+    kw = dict(window_size=5, episode_length=100, stop_loss_pct=0.0, random_start=False,
+              risk_window=10)  # fmt: skip
+    env = TradingEnv(bars=bars, vol_target=0.1, vol_target_max_leverage=3.0, **kw)
+    env.reset(seed=0)
+    t = env._t
+    rets = bars["close"].pct_change().to_numpy()
+    window = rets[t - env.cfg.env.risk_window + 1 : t + 1]
+    ann = np.std(window, ddof=1) * math.sqrt(env.periods_per_year)
+    _, _, _, _, info = env.step(np.array([1.0]))
+    exposure = info["position"] * bars["open"].iloc[t + 1] / 10_000  # initial balance
+    assert exposure == pytest.approx(min(0.1 / ann, 3.0), rel=1e-9)
+    band = TradingEnv(bars=bars, rebalance_band=0.3, **kw)
+    band.reset(seed=0)
+    trades = []
+    for a in (0.5, 0.7, 0.85, 0.0, 0.2, -0.2):
+        _, _, _, _, info = band.step(np.array([a]))
+        trades.append(info["target"])
+    # 0.7 (0.2 <= 0.3) and 0.85 (0.35 > 0.3: trades), 0 exits, 0.2 stays out, -0.2 stays out
+    assert trades == [0.5, 0.5, 0.85, 0.0, 0.0, 0.0]
