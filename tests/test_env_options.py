@@ -98,7 +98,6 @@ def test_options_off_by_default_and_checked():
         HierarchicalTradingEnv(bars=bars, vol_target=-1.0, **BASE)
 
 
-
 @pytest.mark.parametrize("executed", [False, True])
 def test_amortised_costs_keep_the_sums_and_soften_the_trade_bar(executed):
     """Meta log-return rewards still sum to log(final / initial) with costs amortised; on flat
