@@ -185,7 +185,10 @@ def test_frozen_stays_bit_identical_fine_tuned_trains_at_its_lr(ray_session, fas
 # Through the registry and the CLI, on the quickstart config
 # --------------------------------------------------------------------------------------------
 
+# quickstart observes 1 bar (docs/ablations.md); a CNN-LSTM encoder wants a window
+WINDOW_20 = ["train.window_size=20"]
 QUICK_TINY = [
+    *WINDOW_20,
     "ppo.train_batch_size=128",
     "ppo.minibatch_size=64",
     "ppo.num_epochs=1",
@@ -246,7 +249,7 @@ def test_cli_refuses_a_mismatch_before_ray_starts(workspace):
 
     quick = str(CONFIG_DIR / "quickstart.yaml")
     cfg = load_config(quick)
-    name = register_tiny_cnn_lstm(cfg, workspace, window=5)  # quickstart observes 20 bars
+    name = register_tiny_cnn_lstm(cfg, workspace, window=5)  # quickstart observes 1 bar
     run_dir = workspace / "run"
 
     def refused(args: tuple[str, ...], code: int, needle: str) -> None:
@@ -261,7 +264,7 @@ def test_cli_refuses_a_mismatch_before_ray_starts(workspace):
         assert len(lines) == 1 and needle in lines[0], err[-2000:]
         assert not run_dir.exists()  # refused before the run dir, data or Ray
 
-    refused((name,), 2, "trained on 5-bar windows, the observation has train.window_size=20")
+    refused((name,), 2, "trained on 5-bar windows, the observation has train.window_size=1")
     # the same checks in-process (one subprocess above is enough for the CLI's exit path)
     from rl_trading.errors import RegistryError
     from rl_trading.registry import ModelRegistry
@@ -308,7 +311,7 @@ def test_fine_tuned_phase1_registers_as_hybrid_with_lineage(ray_session, workspa
     from rl_trading.training.session import train
 
     quick = CONFIG_DIR / "quickstart.yaml"
-    name = register_tiny_cnn_lstm(load_config(quick), workspace, window=20)
+    name = register_tiny_cnn_lstm(load_config(quick, WINDOW_20), workspace, window=20)
     sets = [*QUICK_TINY, f"policy.cnn_lstm_model={name}", "policy.encoder_lr=0.01"]
     cfg = load_config(quick, sets)
     source = load_encoder(name, cfg)
@@ -390,7 +393,7 @@ def test_train_supervised_register_hands_the_cnn_lstm_to_the_rl_stages(workspace
     from rl_trading.supervised.encoder import resolve_encoder
 
     quick = str(CONFIG_DIR / "quickstart.yaml")
-    cfg = load_config(quick)
+    cfg = load_config(quick, WINDOW_20)
     path = save_tiny_cnn_lstm(cfg, workspace, window=20)
     metrics = {"accuracy": 0.56, "best_baseline_accuracy": 0.5, "f1": 0.6}
     record = trainables.SupervisedRecord("cnn_lstm", "1d", "ok", metrics, model_path=str(path))
@@ -400,7 +403,9 @@ def test_train_supervised_register_hands_the_cnn_lstm_to_the_rl_stages(workspace
     monkeypatch.setattr(trainables, "train_supervised", lambda *a, **k: results)
     assert main(["train", "supervised", "-c", quick, "--models", "cnn_lstm"]) == 0
     with pytest.raises(RegistryError, match="unknown model"):  # not registered without --register
-        resolve_encoder(load_config(quick, ["policy.cnn_lstm_model=cnn_lstm_1d"]))
+        resolve_encoder(load_config(quick, [*WINDOW_20, "policy.cnn_lstm_model=cnn_lstm_1d"]))
     assert main(["train", "supervised", "-c", quick, "--models", "cnn_lstm", "--register"]) == 0
-    source = resolve_encoder(load_config(quick, ["policy.cnn_lstm_model=cnn_lstm_1d"]))
+    source = resolve_encoder(
+        load_config(quick, [*WINDOW_20, "policy.cnn_lstm_model=cnn_lstm_1d"])
+    )
     assert source.name.startswith("cnn_lstm_1d_v1.0.0_grade_") and source.window == 20
