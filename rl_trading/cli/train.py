@@ -33,6 +33,14 @@ AddressOpt = Annotated[
     ),
 ]
 TrackingOpt = Annotated[str | None, typer.Option("--tracking-uri", help="MLflow tracking URI.")]
+DashboardOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dashboard",
+        help="Start the Ray dashboard (local Ray: on 127.0.0.1) and print its URL; the phases "
+        "are Tune runs under <run-dir>/tune (also: tensorboard --logdir <run-dir>/tune).",
+    ),
+]
 FromCkptOpt = Annotated[
     Path | None,
     typer.Option("--from-checkpoint", help="Checkpoint of the previous phase (default: run dir)."),
@@ -49,6 +57,7 @@ def _run(
     tracking_uri,
     from_ckpt,
     resume_or_start: bool = False,
+    dashboard: bool = False,
 ) -> None:
     from rl_trading.cli.progress import phase_progress
     from rl_trading.training.session import train
@@ -68,6 +77,7 @@ def _run(
                 tracking_uri=tracking_uri,
                 progress=progress,
                 notify=console.print,
+                dashboard=dashboard,
             )
         except TrainingInterrupted as stop:
             console.print(f"[yellow]{stop}[/]")
@@ -99,9 +109,12 @@ def phase1(
     run_dir: RunDirOpt = None,
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Phase 1: train the specialists (one per instrument, or one shared) on fixed equal weights."""
-    _run((1,), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start)
+    _run(
+        (1,), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start, dashboard
+    )
 
 
 @app.command()
@@ -114,10 +127,20 @@ def phase2(
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
     from_checkpoint: FromCkptOpt = None,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Phase 2: train the meta allocator over the frozen phase-1 specialists."""
     _run(
-        (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint, resume_or_start
+        (2,),
+        config,
+        sets,
+        resume,
+        run_dir,
+        address,
+        tracking_uri,
+        from_checkpoint,
+        resume_or_start,
+        dashboard,
     )
 
 
@@ -131,10 +154,20 @@ def phase3(
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
     from_checkpoint: FromCkptOpt = None,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates)."""
     _run(
-        (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint, resume_or_start
+        (3,),
+        config,
+        sets,
+        resume,
+        run_dir,
+        address,
+        tracking_uri,
+        from_checkpoint,
+        resume_or_start,
+        dashboard,
     )
 
 
@@ -147,9 +180,21 @@ def pipeline(
     run_dir: RunDirOpt = None,
     address: AddressOpt = None,
     tracking_uri: TrackingOpt = None,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Phases 1, 2 and 3 in one run directory (resumable)."""
-    _run((1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start)
+    _run(
+        (1, 2, 3),
+        config,
+        sets,
+        resume,
+        run_dir,
+        address,
+        tracking_uri,
+        None,
+        resume_or_start,
+        dashboard,
+    )
 
 
 try:  # `train supervised` lives in its own module (written separately)

@@ -112,11 +112,14 @@ def train(
     stop: Any = None,
     quiet_workers: bool = True,
     notify: Callable[[str], None] | None = None,
+    dashboard: bool = False,
 ) -> tuple[Path, dict[str, PhaseResult]]:
     """Run `phases` in order in one run dir; `from_checkpoint` seeds the first of them.
 
+    Each phase is a one-trial Tune experiment in `<run_dir>/tune/phaseN` (see `run_phase`).
     `resume_or_start` resumes a run when there is one, else starts it; `notify` gets one-line
-    messages (which Ray cluster is used).
+    messages (which Ray cluster is used; with `dashboard`, the Ray dashboard's URL: a local Ray
+    starts it on 127.0.0.1).
     """
     from rl_trading.data import synthetic_symbols
     from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
@@ -142,7 +145,9 @@ def train(
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
         quiet = {"log_to_driver": not quiet_workers} if local else {}
-        cluster = init_ray(addr, num_cpus=cfg.resources.num_cpus, notify=notify, **quiet)
+        cluster = init_ray(
+            addr, num_cpus=cfg.resources.num_cpus, notify=notify, dashboard=dashboard, **quiet
+        )
         if local:  # a cluster may add nodes; a local Ray cannot
             res = cfg.resources
             check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)

@@ -1,0 +1,144 @@
+"""Phases as Tune runs (issue 18 item 4): `train phase1` leaves a Tune experiment under the run
+dir (ExperimentAnalysis, TensorBoard), no `~/ray_results` folder, the trial's resources are the
+Algorithm's, `--dashboard` starts a loopback dashboard and prints its URL, and inside a Ray
+worker a phase runs in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from rl_trading import ray_utils
+
+CLI = str(Path(sys.executable).parent / "rl-trading")
+REPO = Path(__file__).resolve().parent.parent
+TINY = f"""\
+base: {REPO / "configs/default.yaml"}
+seed: 5
+data: {{source: synthetic, symbols: [AAA, BBB], timeframe: 1h, embargo_bars: 5,
+        synthetic: {{n_bars: 900}}}}
+env: {{episode_length: 64, risk_window: 20, sectors: {{}}}}
+ppo: {{train_batch_size: 64, minibatch_size: 64, num_epochs: 1}}
+policy: {{hidden_sizes: [8]}}
+resources: {{num_env_runners: 0, num_cpus: 1}}
+phases: {{phase1_timesteps: 256, eval_interval: 2, checkpoint_interval: 2}}
+tracking: {{system_metrics: false}}
+"""
+
+
+def test_local_ray_dashboard_only_when_asked_and_only_on_loopback():
+    plain = ray_utils.local_init_kwargs()
+    assert plain["include_dashboard"] is False and plain["_node_ip_address"] == "127.0.0.1"
+    asked = ray_utils.local_init_kwargs(dashboard=True)
+    assert asked["include_dashboard"] is True and asked["dashboard_host"] == "127.0.0.1"
+    assert ray_utils.dashboard_message("127.0.0.1:8265", local=True).endswith(
+        "http://127.0.0.1:8265"
+    )
+    assert "did not report" in ray_utils.dashboard_message(None, local=False)
+
+
+def test_init_ray_with_dashboard_passes_loopback_and_prints_the_url(monkeypatch):
+    import ray
+
+    seen: dict = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        return SimpleNamespace(dashboard_url="127.0.0.1:8265")
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray_utils, "reap_with_driver", lambda: None)
+    lines: list[str] = []
+    ray_utils.init_ray(None, 2, notify=lines.append, dashboard=True)
+    assert seen["address"] == "local" and seen["include_dashboard"] is True
+    assert seen["dashboard_host"] == "127.0.0.1"
+    assert "Ray dashboard: http://127.0.0.1:8265" in lines
+    seen.clear()
+    lines.clear()
+    ray_utils.init_ray(None, 2, notify=lines.append)
+    assert seen["include_dashboard"] is False and not any("dashboard" in x for x in lines)
+
+
+def test_train_dashboard_flag_reaches_the_session(monkeypatch, workspace):
+    from rl_trading.cli.main import main
+    from rl_trading.training import session
+
+    got: dict = {}
+
+    def fake_train(cfg, phases, **kwargs):
+        got.update(kwargs, phases=phases)
+        return workspace / "run", {}
+
+    monkeypatch.setattr(session, "train", fake_train)
+    assert main(["train", "phase1", "--dashboard", "--run-dir", "run"]) == 0
+    assert got["dashboard"] is True and got["phases"] == (1,)
+
+
+def test_trial_resources_are_the_algorithms_env_runner_bundles():
+    from ray.rllib.algorithms.ppo import PPOConfig
+
+    from rl_trading.training.algo_config import trial_resources
+
+    two = trial_resources(PPOConfig().environment("CartPole-v1").env_runners(num_env_runners=2))
+    assert two.head_bundle_is_empty and two.bundles == [{"CPU": 1.0}, {"CPU": 1.0}]
+    none = trial_resources(PPOConfig().environment("CartPole-v1").env_runners(num_env_runners=0))
+    assert not none.head_bundle_is_empty and none.bundles == [{"CPU": 1.0}]
+
+
+@pytest.mark.rllib
+def test_a_phase_inside_a_ray_worker_runs_in_process(ray_session):
+    from rl_trading.training.runner import inside_ray_worker
+
+    assert inside_ray_worker() is False
+    assert ray_session.get(ray_session.remote(inside_ray_worker).remote()) is True
+
+
+@pytest.mark.rllib
+def test_cli_phase_is_a_tune_experiment_under_the_run_dir(tmp_path):
+    """`train phase1` in a fresh process whose HOME is a temp folder: the phase's results are in
+    `<run>/tune/phase1` (ExperimentAnalysis, one row per iteration with the objective; a
+    TensorBoard event file) and nothing appears in the default `~/ray_results`."""
+    from ray.tune import ExperimentAnalysis
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    env = {**os.environ, "HOME": str(home), "RL_TRADING_WORKSPACE": str(tmp_path)}
+    for key in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS", "RL_TRADING_DEBUG"):
+        env.pop(key, None)
+    res = subprocess.run(
+        [CLI, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = json.loads((tmp_path / "run/state.json").read_text())["phases"]["phase1"]
+    assert state["status"] == "done" and state["iteration"] == 4
+    assert (tmp_path / "run" / state["best_checkpoint"] / "rllib_checkpoint.json").is_file()
+
+    exp = tmp_path / "run/tune/phase1"
+    analysis = ExperimentAnalysis(str(exp))
+    assert len(analysis.trials) == 1
+    (frame,) = analysis.trial_dataframes.values()
+    assert len(frame) == 4 and frame["iteration"].tolist() == [1, 2, 3, 4]
+    assert frame["training_iteration"].tolist() == [1, 2, 3, 4]
+    assert frame["val_sharpe"].notna().tolist() == [False, True, True, True]
+    assert frame["val_sharpe"].iloc[-1] == pytest.approx(state["last_val"]["val_sharpe"])
+    assert list(exp.glob("*/events.out.tfevents.*")), "no TensorBoard event file"
+    # the trial's Tune checkpoint points at the run dir's last checkpoint
+    (pointer,) = exp.glob("*/checkpoint_*/phase_checkpoint.json")
+    assert json.loads(pointer.read_text())["iteration"] == 4
+    assert not (home / "ray_results").exists(), list((home / "ray_results").iterdir())
+    assert not list((tmp_path / "run/logs").glob("20*")), "empty Algorithm log folders left"
