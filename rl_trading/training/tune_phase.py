@@ -22,6 +22,7 @@ from typing import Any
 
 from ray.tune import Stopper
 
+from rl_trading.errors import RLTradingError
 from rl_trading.training.runner import (
     PhaseLoop,
     PhaseResult,
@@ -93,7 +94,27 @@ class PhaseLoopFactory:
             if key not in self.environ:
                 del os.environ[key]
         os.environ.update(self.environ)
-        return PhaseLoop(self.spec)
+        try:
+            return PhaseLoop(self.spec)
+        except RLTradingError as exc:  # reported by the first step: Ray keeps a step's error
+            return _FailedLoop(exc)  # (the driver shows it as one line), not a setup's
+
+
+class _FailedLoop:
+    """The runner of a phase trial whose setup failed with a user-facing error."""
+
+    def __init__(self, error: RLTradingError) -> None:
+        self.error = error
+
+    def step(self) -> dict[str, Any]:
+        """Raise the setup's error."""
+        raise self.error
+
+    def save(self, path: str) -> None:
+        """Nothing to save."""
+
+    def stop(self) -> None:
+        """Nothing to release."""
 
 
 class PhaseStopper(Stopper):
@@ -193,6 +214,7 @@ def run_phase_trial(
 
     from rl_trading.ray_utils import init_ray
     from rl_trading.training.algo_config import build_phase_config, trial_resources
+    from rl_trading.training.checkpoints import check_checkpoint, verify_checkpoint
     from tuning.trainable import PhaseTrainable
 
     stop = stop if stop is not None else StopFlag()
@@ -201,8 +223,12 @@ def run_phase_trial(
     if spec.resume and ps is not None and ps.status == "done":
         return _result(name, ps)
     from_last = spec.resume and ps is not None and ps.status != "pending" and ps.last_checkpoint
-    if spec.phase > 1 and spec.init_checkpoint is None and not from_last:
-        previous_checkpoint(spec.run_dir, spec.phase)  # CheckpointError before any Ray work
+    # the checkpoint the phase starts from: a one-line CheckpointError before the trial starts
+    if from_last:
+        check_checkpoint(ps.last_checkpoint)
+        verify_checkpoint(ps.last_checkpoint, action="cannot resume from")
+    elif spec.phase > 1 and spec.init_checkpoint is None:
+        previous_checkpoint(spec.run_dir, spec.phase)
     init_ray(cfg.resources.address, cfg.resources.num_cpus)  # reuses a running Ray
     resources = trial_resources(build_phase_config(cfg, spec.phase, spec.factory, spec.callbacks))
     factory = PhaseLoopFactory(spec, os.getcwd(), project_environ())
