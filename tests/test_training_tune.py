@@ -83,15 +83,21 @@ def test_train_dashboard_flag_reaches_the_session(monkeypatch, workspace):
     assert got["dashboard"] is True and got["phases"] == (1,)
 
 
-def test_trial_resources_are_the_algorithms_env_runner_bundles():
+def test_trial_resources_are_the_algorithms_bundles_without_the_drivers_cpu():
     from ray.rllib.algorithms.ppo import PPOConfig
 
     from rl_trading.training.algo_config import trial_resources
 
-    two = trial_resources(PPOConfig().environment("CartPole-v1").env_runners(num_env_runners=2))
-    assert two.head_bundle_is_empty and two.bundles == [{"CPU": 1.0}, {"CPU": 1.0}]
-    none = trial_resources(PPOConfig().environment("CartPole-v1").env_runners(num_env_runners=0))
-    assert not none.head_bundle_is_empty and none.bundles == [{"CPU": 1.0}]
+    def base():
+        return PPOConfig().environment("CartPole-v1")
+
+    two = trial_resources(base().env_runners(num_env_runners=2, num_cpus_per_env_runner=0.5))
+    # bundle 0: the trial's main process (learner, validation), then one bundle per env runner
+    assert two.bundles == [{"memory": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]
+    none = trial_resources(base().env_runners(num_env_runners=0))
+    assert none.bundles == [{"memory": 1.0}]
+    gpu = trial_resources(base().env_runners(num_env_runners=1).learners(num_gpus_per_learner=1))
+    assert gpu.bundles[0] == {"GPU": 1.0} and gpu.bundles[1:] == [{"CPU": 1.0}]
 
 
 @pytest.mark.rllib

@@ -255,11 +255,13 @@ def release_algorithm(algo: Any) -> None:
 
 
 def trial_resources(config: AlgorithmConfig) -> Any:
-    """Tune resources of a phase trial: the Algorithm's own request (env runners, learners).
+    """Tune resources of a phase trial: the Algorithm's own request (`default_resource_request`:
+    bundle 0 for its main process, then the env runners' and learners' bundles).
 
-    The trial process plays the part of the former driver loop, which reserved no CPU: its
-    head bundle keeps the learner's GPU but no CPU when the env runners have bundles of their
-    own, so what fits a local Ray is what fitted before (`ray_utils.check_env_runner_cpus`).
+    The trial process plays the part of the former driver loop, which Ray never counted: bundle
+    0 keeps the learner's GPU and custom resources but no CPU, so what fits a local Ray is what
+    fitted before (`ray_utils.check_env_runner_cpus`). RLlib puts env runner i in bundle i, so
+    bundle 0 must exist: when nothing is left in it, it holds a token byte of memory.
     """
     from ray.tune import PlacementGroupFactory
 
@@ -267,6 +269,6 @@ def trial_resources(config: AlgorithmConfig) -> Any:
     bundles = [dict(b) for b in request.bundles]
     if request.head_bundle_is_empty:
         bundles.insert(0, {})
-    if len(bundles) > 1:
-        bundles[0].pop("CPU", None)
+    head = {k: v for k, v in bundles[0].items() if k != "CPU" and v}
+    bundles[0] = head or {"memory": 1}
     return PlacementGroupFactory(bundles, strategy=request.strategy)

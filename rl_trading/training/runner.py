@@ -97,6 +97,22 @@ def iteration_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def note_restarts(name: str, iteration: int, metrics: Mapping[str, Any], seen: int) -> int:
+    """Log a warning when env runners were restarted since `seen`; return the new count."""
+    restarts = int(metrics.get("num_env_runner_restarts", 0) or 0)
+    if restarts > seen:
+        logger.warning(
+            "%s iteration %d: %d env runner(s) restarted, %d healthy; sampled %d "
+            "env steps this iteration",
+            name,
+            iteration,
+            restarts - seen,
+            int(metrics.get("num_healthy_env_runners", 0) or 0),
+            int(metrics.get("env_steps_this_iter", 0) or 0),
+        )
+    return max(restarts, seen)
+
+
 def driver_modules(cfg: AppConfig, factory: EnvFactory, phase: int) -> Any:
     """A MultiRLModule in the driver with the phase's policies (for validation)."""
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
@@ -265,18 +281,7 @@ class PhaseLoop:
         it = ps.iteration
         metrics = iteration_metrics(result)
         ps.env_steps = int(metrics["env_steps"])
-        restarts = int(metrics.get("num_env_runner_restarts", 0))
-        if restarts > self.restarts_seen:
-            logger.warning(
-                "%s iteration %d: %d env runner(s) restarted, %d healthy; sampled %d "
-                "env steps this iteration",
-                name,
-                it,
-                restarts - self.restarts_seen,
-                int(metrics.get("num_healthy_env_runners", 0)),
-                int(metrics.get("env_steps_this_iter", 0) or 0),
-            )
-            self.restarts_seen = restarts
+        self.restarts_seen = note_restarts(name, it, metrics, self.restarts_seen)
         if it % cfg.phases.eval_interval == 0 or it == total:
             sync_driver_modules(self.algo, self.modules)
             ps.last_val = validate(

@@ -29,6 +29,7 @@ from rl_trading.training.runner import (
     PhaseSpec,
     ProgressFn,
     _result,
+    note_restarts,
     previous_checkpoint,
 )
 from rl_trading.training.signals import StopFlag, TrainingInterrupted, graceful_stop
@@ -129,6 +130,7 @@ class PhaseStopper(Stopper):
         self.stop_file, self.progress, self.stop = stop_file, progress, stop
         self.error: BaseException | None = None
         self.last: dict[str, Any] = {}
+        self.restarts_seen = 0
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its run config (tuner.pkl): the driver-only parts stay behind."""
@@ -140,6 +142,9 @@ class PhaseStopper(Stopper):
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         """True ends the trial after this result (Tune then saves it once)."""
         self.last = dict(result)
+        # the trial logs in its own process: the driver's log says it too
+        name, it = str(result.get("phase", "phase")), int(result.get("iteration", 0) or 0)
+        self.restarts_seen = note_restarts(name, it, result, self.restarts_seen)
         if self.progress is not None and self.error is None:
             try:
                 self.progress(progress_info(result))
