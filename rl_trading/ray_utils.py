@@ -87,6 +87,23 @@ def local_init_kwargs(dashboard: bool = False, **kwargs: Any) -> dict[str, Any]:
     return out
 
 
+def check_dashboard_available() -> None:
+    """ConfigError (one line, before Ray starts) when Ray's dashboard extras are missing."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401 - aiohttp_cors, opencensus, ...
+    except ImportError as exc:
+        raise ConfigError(
+            f"--dashboard needs Ray's dashboard packages ({exc.name or exc} is missing): "
+            f'pip install "ray[default]=={_ray_version()}"'
+        ) from None
+
+
+def _ray_version() -> str:
+    from importlib.metadata import version
+
+    return version("ray")
+
+
 def dashboard_message(url: str | None, local: bool) -> str:
     """One line on where the Ray dashboard is (or that it is not known)."""
     if url:

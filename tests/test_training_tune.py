@@ -83,6 +83,19 @@ def test_train_dashboard_flag_reaches_the_session(monkeypatch, workspace):
     assert got["dashboard"] is True and got["phases"] == (1,)
 
 
+def test_dashboard_without_rays_extras_is_a_one_line_error_before_ray(monkeypatch, workspace):
+    import ray
+
+    from rl_trading.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "ray.dashboard.optional_deps", None)  # import fails
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(ray_utils.ConfigError, match=r"pip install \"ray\[default\]=="):
+        ray_utils.check_dashboard_available()
+    assert main(["train", "phase1", "--dashboard", "--run-dir", "run"]) == 2
+    assert not (workspace / "run").exists()
+
+
 def test_trial_resources_are_the_algorithms_bundles_without_the_drivers_cpu():
     from ray.rllib.algorithms.ppo import PPOConfig
 

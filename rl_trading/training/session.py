@@ -125,6 +125,10 @@ def train(
     from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
 
     resume = resume or resume_or_start
+    if dashboard and resolve_address(address or cfg.resources.address) is None:
+        from rl_trading.ray_utils import check_dashboard_available
+
+        check_dashboard_available()  # a local dashboard needs Ray's extras: say so before work
     run_dir = find_run_dir(cfg, run_dir, resume, resume_or_start)
     check_phase_inputs(RunState.load(run_dir), phases, resume, from_checkpoint)
     with run_dir_lock(run_dir):
