@@ -161,3 +161,45 @@ def test_cli_phase_is_a_tune_experiment_under_the_run_dir(tmp_path):
     assert json.loads(pointer.read_text())["iteration"] == 4
     assert not (home / "ray_results").exists(), list((home / "ray_results").iterdir())
     assert not list((tmp_path / "run/logs").glob("20*")), "empty Algorithm log folders left"
+
+
+def test_stopper_drives_progress_and_asks_the_trial_to_stop(tmp_path):
+    """The driver's side of a phase trial: progress gets the loop's info (no Tune keys); a set
+    StopFlag writes the stop file and ends the trial; a failing progress ends it and is kept."""
+    from rl_trading.training.signals import StopFlag
+    from rl_trading.training.tune_phase import PhaseStopper, result_metrics
+
+    result = {
+        "phase": "phase1",
+        "iteration": 2,
+        "total": 5,
+        "val_sharpe": 0.5,
+        "env_steps": 256.0,
+        "elapsed_s": 3.0,
+        "eta_s": 4.5,
+        "done": False,
+        "interrupted": False,
+        "training_iteration": 2,
+        "time_this_iter_s": 0.4,
+        "trial_id": "abc",
+        "hp/lr": 1e-3,
+    }
+    seen: list[dict] = []
+    stop, stop_file = StopFlag(), tmp_path / "phase1" / ".stop_requested"
+    stopper = PhaseStopper(stop_file, seen.append, stop)
+    assert stopper("abc", result) is False and not stop_file.exists()
+    assert seen[-1] == {
+        k: result[k]
+        for k in ("phase", "iteration", "total", "val_sharpe", "env_steps", "elapsed_s", "eta_s")
+    }
+    assert result_metrics(result) == {"iteration": 2.0, "val_sharpe": 0.5, "env_steps": 256.0}
+    stop.set()
+    assert stopper("abc", {**result, "iteration": 3}) is True and stop_file.is_file()
+    assert PhaseStopper(stop_file, None, StopFlag())("abc", {**result, "interrupted": True})
+
+    def broken(_info):
+        raise RuntimeError("progress failed")
+
+    failing = PhaseStopper(tmp_path / "other", broken, StopFlag())
+    assert failing("abc", result) is True and isinstance(failing.error, RuntimeError)
+    assert not (tmp_path / "other").exists()  # no stop file: the trial saves no checkpoint

@@ -165,9 +165,8 @@ class PhaseStopper(Stopper):
 
 def progress_info(result: Mapping[str, Any]) -> dict[str, Any]:
     """The progress callback's dict (as the in-process loop gives it) from a trial result."""
-    return {
-        k: v for k, v in result.items() if k in {"phase", "total", "iteration"} or _is_metric(k)
-    }
+    keep = {"phase", "total", "iteration", "elapsed_s", "eta_s"}
+    return {k: v for k, v in result.items() if k in keep or _is_metric(k)}
 
 
 def _is_metric(key: str) -> bool:
