@@ -156,9 +156,15 @@ def test_cli_phase_is_a_tune_experiment_under_the_run_dir(tmp_path):
     assert frame["val_sharpe"].notna().tolist() == [False, True, True, True]
     assert frame["val_sharpe"].iloc[-1] == pytest.approx(state["last_val"]["val_sharpe"])
     assert list(exp.glob("*/events.out.tfevents.*")), "no TensorBoard event file"
-    # the trial's Tune checkpoint points at the run dir's last checkpoint
-    (pointer,) = exp.glob("*/checkpoint_*/phase_checkpoint.json")
-    assert json.loads(pointer.read_text())["iteration"] == 4
+    # ... and as a result grid, whose checkpoint points at the run dir's last checkpoint
+    from ray import tune
+
+    from tuning.trainable import PhaseTrainable
+
+    (result,) = tune.Tuner.restore(str(exp), trainable=PhaseTrainable).get_results()
+    assert result.metrics["iteration"] == 4 and result.metrics["done"]
+    pointer = json.loads((Path(result.checkpoint.path) / "phase_checkpoint.json").read_text())
+    assert pointer["iteration"] == 4 and pointer["checkpoint"] == state["last_checkpoint"]
     assert not (home / "ray_results").exists(), list((home / "ray_results").iterdir())
     assert not list((tmp_path / "run/logs").glob("20*")), "empty Algorithm log folders left"
 

@@ -390,19 +390,21 @@ class PhaseLoop:
         ps = self.ps
         if self.stop_requested() and ps.iteration > ps.checkpoint_iteration and self.algo:
             self.checkpoint()
+        ckpt = ps.last_checkpoint
+        if ckpt and Path(ckpt).is_relative_to(self.run_dir):
+            ckpt = str(Path(ckpt).relative_to(self.run_dir))  # like state.json: relative
         pointer = {
             "phase": self.spec.name,
             "iteration": ps.checkpoint_iteration,
-            "checkpoint": ps.last_checkpoint,
-            "run_dir": str(self.run_dir),
+            "checkpoint": ckpt,
         }
         Path(path, POINTER_FILE).write_text(json.dumps(pointer, indent=2))
 
     def restore(self, path: str) -> None:
-        """Load the run-dir checkpoint a `save` pointer names."""
+        """Load the run-dir checkpoint a `save` pointer names (relative to the run dir)."""
         pointer = json.loads(Path(path, POINTER_FILE).read_text())
         if pointer.get("checkpoint"):
-            restore_algorithm_state(self.algo, pointer["checkpoint"])
+            restore_algorithm_state(self.algo, self.run_dir / pointer["checkpoint"])
 
     def stop(self) -> None:
         """Release the algorithm and end the MLflow run (an unfinished phase: as failed)."""
