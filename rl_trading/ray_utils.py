@@ -170,6 +170,18 @@ def init_ray(
     return resources
 
 
+def driver_node_resource() -> str | None:
+    """`node:<ip>`, the resource Ray gives this process's node (pins work to this machine)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            key = f"node:{node.get('NodeManagerAddress')}"
+            return key if key in (node.get("Resources") or {}) else None
+    return None
+
+
 def _current_dashboard_url() -> str | None:
     """Dashboard URL of the Ray this process is connected to (None when it has none)."""
     from ray._private.worker import get_dashboard_url

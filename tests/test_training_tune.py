@@ -111,6 +111,8 @@ def test_trial_resources_are_the_algorithms_bundles_without_the_drivers_cpu():
     assert none.bundles == [{"memory": 1.0}]
     gpu = trial_resources(base().env_runners(num_env_runners=1).learners(num_gpus_per_learner=1))
     assert gpu.bundles[0] == {"GPU": 1.0} and gpu.bundles[1:] == [{"CPU": 1.0}]
+    pinned = trial_resources(base().env_runners(num_env_runners=1), "node:10.0.0.7")
+    assert pinned.bundles == [{"node:10.0.0.7": 0.001}, {"CPU": 1.0}]
 
 
 @pytest.mark.rllib
@@ -119,6 +121,9 @@ def test_a_phase_inside_a_ray_worker_runs_in_process(ray_session):
 
     assert inside_ray_worker() is False
     assert ray_session.get(ray_session.remote(inside_ray_worker).remote()) is True
+    # the phase trial is pinned to the driver's node (the run dir is on its disk)
+    node = ray_utils.driver_node_resource()
+    assert node and node.startswith("node:") and ray_session.cluster_resources()[node] == 1.0
 
 
 @pytest.mark.rllib

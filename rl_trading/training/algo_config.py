@@ -254,14 +254,16 @@ def release_algorithm(algo: Any) -> None:
                 Path(logdir).rmdir()  # only succeeds when empty
 
 
-def trial_resources(config: AlgorithmConfig) -> Any:
+def trial_resources(config: AlgorithmConfig, node_resource: str | None = None) -> Any:
     """Tune resources of a phase trial: the Algorithm's own request (`default_resource_request`:
     bundle 0 for its main process, then the env runners' and learners' bundles).
 
     The trial process plays the part of the former driver loop, which Ray never counted: bundle
     0 keeps the learner's GPU and custom resources but no CPU, so what fits a local Ray is what
-    fitted before (`ray_utils.check_env_runner_cpus`). RLlib puts env runner i in bundle i, so
-    bundle 0 must exist: when nothing is left in it, it holds a token byte of memory.
+    fitted before (`ray_utils.check_env_runner_cpus`). `node_resource` (`node:<ip>` of the
+    driver, `ray_utils.driver_node_resource`) pins the trial to the driver's machine, where the
+    run dir is. RLlib puts env runner i in bundle i, so bundle 0 must not be empty: without a
+    pin it holds a token byte of memory.
     """
     from ray.tune import PlacementGroupFactory
 
@@ -270,5 +272,7 @@ def trial_resources(config: AlgorithmConfig) -> Any:
     if request.head_bundle_is_empty:
         bundles.insert(0, {})
     head = {k: v for k, v in bundles[0].items() if k != "CPU" and v}
+    if node_resource:
+        head[node_resource] = 0.001
     bundles[0] = head or {"memory": 1}
     return PlacementGroupFactory(bundles, strategy=request.strategy)

@@ -216,7 +216,7 @@ def run_phase_trial(
     """
     from ray import tune
 
-    from rl_trading.ray_utils import init_ray
+    from rl_trading.ray_utils import driver_node_resource, init_ray
     from rl_trading.training.algo_config import build_phase_config, trial_resources
     from rl_trading.training.checkpoints import check_checkpoint, verify_checkpoint
     from tuning.trainable import PhaseTrainable
@@ -234,7 +234,10 @@ def run_phase_trial(
     elif spec.phase > 1 and spec.init_checkpoint is None:
         previous_checkpoint(spec.run_dir, spec.phase)
     init_ray(cfg.resources.address, cfg.resources.num_cpus)  # reuses a running Ray
-    resources = trial_resources(build_phase_config(cfg, spec.phase, spec.factory, spec.callbacks))
+    # on the driver's machine: the trial writes the run dir (state.json, checkpoints) there
+    resources = trial_resources(
+        build_phase_config(cfg, spec.phase, spec.factory, spec.callbacks), driver_node_resource()
+    )
     factory = PhaseLoopFactory(spec, os.getcwd(), project_environ())
     trainable = tune.with_resources(
         tune.with_parameters(PhaseTrainable, runner_factory=factory), resources
