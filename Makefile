@@ -32,7 +32,8 @@ STOCK_TIER := tests/test_training_phases.py tests/test_training_learning.py \
 	tests/test_training_cli.py tests/test_faults_cli.py tests/test_faults_env_runner.py \
 	tests/test_training_determinism.py tests/test_training_config.py \
 	tests/test_training_curriculum.py tests/test_training_trainer.py \
-	tests/test_training_fast_paths.py tests/test_checkpoint_restore.py tests/test_run_state.py
+	tests/test_training_fast_paths.py tests/test_checkpoint_restore.py tests/test_run_state.py \
+	tests/test_training_tune.py
 test-stock: install
 	RL_TRADING_FAST_PATHS=0 $(BIN)/python -m pytest -m "rllib and not slow" $(STOCK_TIER) $(PYTEST_ARGS)
 

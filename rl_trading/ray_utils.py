@@ -75,10 +75,49 @@ def check_gcs(address: str, timeout: float = 30.0) -> None:
         raise ConnectionFailure(f"Ray cluster at {address} does not answer: {why}")
 
 
+def local_init_kwargs(dashboard: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """`ray.init` arguments of a local instance: every service on 127.0.0.1, the dashboard
+    (on 127.0.0.1 too) only when asked for; `kwargs` win."""
+    out = {
+        "include_dashboard": bool(dashboard),
+        "dashboard_host": LOOPBACK,
+        "_node_ip_address": LOOPBACK,
+    }
+    out.update(kwargs)
+    return out
+
+
+def check_dashboard_available() -> None:
+    """ConfigError (one line, before Ray starts) when Ray's dashboard extras are missing."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401 - aiohttp_cors, opencensus, ...
+    except ImportError as exc:
+        raise ConfigError(
+            f"--dashboard needs Ray's dashboard packages ({exc.name or exc} is missing): "
+            f'pip install "ray[default]=={_ray_version()}"'
+        ) from None
+
+
+def _ray_version() -> str:
+    from importlib.metadata import version
+
+    return version("ray")
+
+
+def dashboard_message(url: str | None, local: bool) -> str:
+    """One line on where the Ray dashboard is (or that it is not known)."""
+    if url:
+        return f"Ray dashboard: {url if '://' in url else 'http://' + url}"
+    if local:
+        return "Ray dashboard: not running (a Ray started without it, or it failed to start)"
+    return "Ray dashboard: the cluster did not report one (see its head node, port 8265)"
+
+
 def init_ray(
     address: str | None = None,
     num_cpus: int | None = None,
     notify: Callable[[str], None] | None = None,
+    dashboard: bool = False,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Start a fresh local Ray (listening on 127.0.0.1 only), or join `address` (RAY_ADDRESS;
@@ -87,7 +126,8 @@ def init_ray(
 
     Without an address Ray starts its own instance (`address="local"`), so a cluster left
     running by another program (`ray start`) is never joined silently. Reuses an
-    already-initialised Ray (e.g. the test suite's session fixture).
+    already-initialised Ray (e.g. the test suite's session fixture). `dashboard` starts the
+    dashboard of a local Ray on 127.0.0.1 and tells `notify` its URL (a cluster's, if known).
     """
     import ray
 
@@ -95,6 +135,8 @@ def init_ray(
     if ray.is_initialized():
         resources = dict(ray.cluster_resources())
         say(f"Ray: the instance already running in this process ({_cpus(resources)})")
+        if dashboard:
+            say(dashboard_message(_current_dashboard_url(), resolve_address(address) is None))
         return resources
     addr = resolve_address(address)
     if addr is not None:
@@ -102,7 +144,7 @@ def init_ray(
         check_gcs(addr)
         try:
             kwargs.setdefault("log_to_driver", False)
-            ray.init(address=addr, **kwargs)
+            context = ray.init(address=addr, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
             from rl_trading.tracking import redact, redact_text
 
@@ -112,18 +154,42 @@ def init_ray(
         resources = dict(ray.cluster_resources())
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         say(f"Ray: joined the cluster at {addr} ({nodes} node(s), {_cpus(resources)})")
+        if dashboard:
+            say(dashboard_message(getattr(context, "dashboard_url", None), local=False))
         return resources
-    kwargs.setdefault("include_dashboard", False)
-    kwargs.setdefault("dashboard_host", LOOPBACK)
-    kwargs.setdefault("_node_ip_address", LOOPBACK)
+    kwargs = local_init_kwargs(dashboard, **kwargs)
     if os.environ.get("RL_TRADING_QUIET_WORKERS") == "1":  # set by the CLI (cli/logs.py)
         kwargs.setdefault("log_to_driver", False)
     with _loopback_only(kwargs["_node_ip_address"]):
-        ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        context = ray.init(address="local", num_cpus=num_cpus, **kwargs)
     reap_with_driver()
     resources = dict(ray.cluster_resources())
     say(f"Ray: started a local instance on {kwargs['_node_ip_address']} ({_cpus(resources)})")
+    if kwargs["include_dashboard"]:
+        say(dashboard_message(getattr(context, "dashboard_url", None), local=True))
     return resources
+
+
+def driver_node_resource() -> str | None:
+    """`node:<ip>`, the resource Ray gives this process's node (pins work to this machine)."""
+    import ray
+
+    node_id = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id:
+            key = f"node:{node.get('NodeManagerAddress')}"
+            return key if key in (node.get("Resources") or {}) else None
+    return None
+
+
+def _current_dashboard_url() -> str | None:
+    """Dashboard URL of the Ray this process is connected to (None when it has none)."""
+    from ray._private.worker import get_dashboard_url
+
+    try:
+        return get_dashboard_url() or None
+    except Exception:  # noqa: BLE001 - an older or remote Ray without the attribute
+        return None
 
 
 _WATCHDOG: subprocess.Popen | None = None

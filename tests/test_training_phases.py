@@ -135,8 +135,8 @@ def test_fault_before_the_first_checkpoint_then_resume_runs_the_whole_budget(
     else:
         with monkeypatch.context() as patch:
             patch.setattr(runner, "save_algorithm", disk_full)
-            with pytest.raises(OSError, match="No space"):
-                run_phase(cfg, 1, factory, tmp_path, tracking=False)
+            with pytest.raises(OSError, match="No space"):  # the patch reaches this process only
+                run_phase(cfg, 1, factory, tmp_path, tracking=False, in_process=True)
     ps = RunState.load(tmp_path).phases["phase1"]
     assert ps.status == "running" and ps.iteration >= 2 and ps.last_checkpoint is None
     seen = []

@@ -8,14 +8,20 @@ momentum signal so a policy can learn; `episode_summary()` returns the equity cu
 from __future__ import annotations
 
 import functools
+import sys
 
 import gymnasium as gym
 import numpy as np
 from pettingzoo import ParallelEnv
+from ray import cloudpickle
 from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
 from ray.tune.registry import register_env
 
 from rl_trading.training.env_bridge import EnvFactory
+
+# Phase trials (Tune actors) and remote env runners unpickle the stand-in without `tests/` on
+# their sys.path: this module travels by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 NAME = "standin_hierarchical"
 WINDOW = 4

@@ -89,8 +89,10 @@ class RLlibRunner:
         self.algo.learner_group.foreach_learner(_reapply_config_lr)
 
     def stop(self) -> None:
-        """`algo.stop()`."""
-        self.algo.stop()
+        """`algo.stop()` (its empty log folder removed)."""
+        from rl_trading.training.algo_config import release_algorithm
+
+        release_algorithm(self.algo)
 
 
 def _reapply_config_lr(learner: Any) -> None:
@@ -158,7 +160,15 @@ class PhaseTrainable(tune.Trainable):
         self._metric = str(config.get("metric", "val_sharpe"))
         self._seed = int(config.get("seed", 0)) + trial_index(self.trial_name)
         self._last: dict[str, float] = {}
-        self._runner: PhaseRunner = self._factory(self.hparams(config), self._seed)
+        self._runner: PhaseRunner = self._build(config)
+
+    def _build(self, config: Mapping[str, Any]) -> PhaseRunner:
+        """The runner for `config`; RLlib Algorithms built meanwhile log under the trial folder
+        (not an empty `~/ray_results/<timestamp>`)."""
+        from rl_trading.training.algo_config import algo_logdir
+
+        with algo_logdir(self.logdir):
+            return self._factory(self.hparams(config), self._seed)
 
     @staticmethod
     def hparams(config: Mapping[str, Any]) -> dict[str, float]:
@@ -166,17 +176,27 @@ class PhaseTrainable(tune.Trainable):
         return {k: float(config[k]) for k in HPARAM_FIELDS if k in config}
 
     def step(self) -> dict[str, Any]:
-        """One training iteration + validation; the objective is always in the result."""
-        raw = self._runner.train()
-        metrics = summarize_result(raw)
-        metrics.update({k: float(v) for k, v in self._runner.validate().items()})
+        """One training iteration + validation; the objective is always in the result.
+
+        A runner with its own `step()` (a whole phase iteration, e.g.
+        `rl_trading.training.runner.PhaseLoop`: validation every `eval_interval`, checkpoints,
+        state.json, MLflow) reports its metrics as they are; before its first validation the
+        objective is NaN.
+        """
+        loop_step = getattr(self._runner, "step", None)
+        if callable(loop_step):
+            metrics = dict(loop_step())
+        else:
+            raw = self._runner.train()
+            metrics = summarize_result(raw)
+            metrics.update({k: float(v) for k, v in self._runner.validate().items()})
         # Episode-based metrics are missing in an iteration where no episode ended: carry the
         # last value forward so the objective is present in every result.
         for key, value in self._last.items():
             metrics.setdefault(key, value)
         if self._metric not in metrics:
-            if self._metric.startswith(("policy_return/", "episode_return")):
-                metrics[self._metric] = math.nan  # no episode finished yet; PBT skips NaN
+            if callable(loop_step) or self._metric.startswith(("policy_return/", "episode_return")):
+                metrics[self._metric] = math.nan  # not measured yet; PBT skips NaN
             else:
                 raise KeyError(
                     f"objective '{self._metric}' not reported; available: {sorted(metrics)}"
@@ -206,7 +226,7 @@ class PhaseTrainable(tune.Trainable):
         self._metric = str(new_config.get("metric", self._metric))
         self._seed = int(new_config.get("seed", 0)) + trial_index(self.trial_name)
         self._last = {}
-        self._runner = self._factory(self.hparams(new_config), self._seed)
+        self._runner = self._build(new_config)
         self.config = new_config
         return True
 

@@ -50,6 +50,14 @@ FineTuneOpt = Annotated[
         "(stage 3, model type hybrid; policy.encoder_lr).",
     ),
 ]
+DashboardOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dashboard",
+        help="Start the Ray dashboard (local Ray: on 127.0.0.1) and print its URL; the phases "
+        "are Tune runs under <run-dir>/tune (also: tensorboard --logdir <run-dir>/tune).",
+    ),
+]
 FromCkptOpt = Annotated[
     Path | None,
     typer.Option("--from-checkpoint", help="Checkpoint of the previous phase (default: run dir)."),
@@ -68,6 +76,7 @@ def _run(
     resume_or_start: bool = False,
     cnn_lstm_model: str | None = None,
     fine_tune_lr: float | None = None,
+    dashboard: bool = False,
 ) -> None:
     from rl_trading.cli.progress import phase_progress
     from rl_trading.training.session import train
@@ -95,6 +104,7 @@ def _run(
                 tracking_uri=tracking_uri,
                 progress=progress,
                 notify=console.print,
+                dashboard=dashboard,
             )
         except TrainingInterrupted as stop:
             console.print(f"[yellow]{stop}[/]")
@@ -128,6 +138,7 @@ def phase1(
     tracking_uri: TrackingOpt = None,
     cnn_lstm_model: CnnLstmOpt = None,
     fine_tune_lr: FineTuneOpt = None,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Phase 1: train the specialists (one per instrument, or one shared) on fixed equal weights.
 
@@ -136,7 +147,7 @@ def phase1(
     """
     _run(
         (1,), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start,
-        cnn_lstm_model, fine_tune_lr,
+        cnn_lstm_model, fine_tune_lr, dashboard,
     )  # fmt: skip
 
 
@@ -152,6 +163,7 @@ def phase2(
     from_checkpoint: FromCkptOpt = None,
     cnn_lstm_model: CnnLstmOpt = None,
     fine_tune_lr: FineTuneOpt = None,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Phase 2: train the meta allocator over the frozen phase-1 specialists.
 
@@ -159,7 +171,7 @@ def phase2(
     """
     _run(
         (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
-        resume_or_start, cnn_lstm_model, fine_tune_lr,
+        resume_or_start, cnn_lstm_model, fine_tune_lr, dashboard,
     )  # fmt: skip
 
 
@@ -175,6 +187,7 @@ def phase3(
     from_checkpoint: FromCkptOpt = None,
     cnn_lstm_model: CnnLstmOpt = None,
     fine_tune_lr: FineTuneOpt = None,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates).
 
@@ -182,7 +195,7 @@ def phase3(
     """
     _run(
         (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
-        resume_or_start, cnn_lstm_model, fine_tune_lr,
+        resume_or_start, cnn_lstm_model, fine_tune_lr, dashboard,
     )  # fmt: skip
 
 
@@ -197,11 +210,12 @@ def pipeline(
     tracking_uri: TrackingOpt = None,
     cnn_lstm_model: CnnLstmOpt = None,
     fine_tune_lr: FineTuneOpt = None,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Phases 1, 2 and 3 in one run directory (resumable); --cnn-lstm-model as in phase1."""
     _run(
         (1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start,
-        cnn_lstm_model, fine_tune_lr,
+        cnn_lstm_model, fine_tune_lr, dashboard,
     )  # fmt: skip
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
@@ -238,3 +241,65 @@ def build_phase_config(
         callbacks = TradingCallbacks
     config = config.callbacks(callbacks)
     return config
+
+
+@contextlib.contextmanager
+def algo_logdir(path: str | Path) -> Iterator[Path]:
+    """Algorithms built inside put their (empty) Trainable log folder under `path`.
+
+    An Algorithm is a Tune Trainable: built outside a Tune trial, it makes a timestamped folder
+    under Tune's default `~/ray_results` (Trainable._setup_logdir) that nothing ever writes to.
+    RLlib 2.60 has no logger_creator argument any more, so the default is pointed at `path`
+    for the length of the build.
+    """
+    from ray.tune.trainable import trainable as trainable_module
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    before = trainable_module.DEFAULT_STORAGE_PATH
+    trainable_module.DEFAULT_STORAGE_PATH = str(path)
+    try:
+        yield path
+    finally:
+        trainable_module.DEFAULT_STORAGE_PATH = before
+
+
+def build_algorithm(config: AlgorithmConfig, logdir: str | Path) -> Any:
+    """`config.build_algo()` with the Trainable log folder under `logdir` (not ~/ray_results)."""
+    with algo_logdir(logdir):
+        return config.build_algo()
+
+
+def release_algorithm(algo: Any) -> None:
+    """`algo.stop()`, then remove its Trainable log folder when nothing was written there."""
+    logdir = getattr(algo, "logdir", None)
+    try:
+        algo.stop()
+    finally:
+        if logdir:
+            with contextlib.suppress(OSError):
+                Path(logdir).rmdir()  # only succeeds when empty
+
+
+def trial_resources(config: AlgorithmConfig, node_resource: str | None = None) -> Any:
+    """Tune resources of a phase trial: the Algorithm's own request (`default_resource_request`:
+    bundle 0 for its main process, then the env runners' and learners' bundles).
+
+    The trial process plays the part of the former driver loop, which Ray never counted: bundle
+    0 keeps the learner's GPU and custom resources but no CPU, so what fits a local Ray is what
+    fitted before (`ray_utils.check_env_runner_cpus`). `node_resource` (`node:<ip>` of the
+    driver, `ray_utils.driver_node_resource`) pins the trial to the driver's machine, where the
+    run dir is. RLlib puts env runner i in bundle i, so bundle 0 must not be empty: without a
+    pin it holds a token byte of memory.
+    """
+    from ray.tune import PlacementGroupFactory
+
+    request = config.algo_class.default_resource_request(config)
+    bundles = [dict(b) for b in request.bundles]
+    if request.head_bundle_is_empty:
+        bundles.insert(0, {})
+    head = {k: v for k, v in bundles[0].items() if k != "CPU" and v}
+    if node_resource:
+        head[node_resource] = 0.001
+    bundles[0] = head or {"memory": 1}
+    return PlacementGroupFactory(bundles, strategy=request.strategy)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -166,8 +167,11 @@ def load_algorithm(path: str | Path) -> Any:
 
     path = check_checkpoint(path)
     verify_checkpoint(path, action="cannot restore algorithm from")
-    try:
-        return Algorithm.from_checkpoint(str(path.resolve()))
+    from rl_trading.training.algo_config import algo_logdir
+
+    try:  # the Algorithm's (empty) Trainable log folder goes to the temp dir, not ~/ray_results
+        with algo_logdir(Path(tempfile.gettempdir()) / "rl_trading_rllib"):
+            return Algorithm.from_checkpoint(str(path.resolve()))
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
         raise CheckpointError(f"cannot restore algorithm from {path}: {_short(exc)}") from None
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,11 @@ from rl_trading.config import AppConfig
 from rl_trading.errors import CheckpointError
 from rl_trading.training.algo_config import (
     _module_specs,
+    build_algorithm,
     build_phase_config,
     phase_iterations,
     phase_policies,
+    release_algorithm,
 )
 from rl_trading.training.checkpoints import (
     restore_algorithm_state,
@@ -93,6 +97,22 @@ def iteration_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def note_restarts(name: str, iteration: int, metrics: Mapping[str, Any], seen: int) -> int:
+    """Log a warning when env runners were restarted since `seen`; return the new count."""
+    restarts = int(metrics.get("num_env_runner_restarts", 0) or 0)
+    if restarts > seen:
+        logger.warning(
+            "%s iteration %d: %d env runner(s) restarted, %d healthy; sampled %d "
+            "env steps this iteration",
+            name,
+            iteration,
+            restarts - seen,
+            int(metrics.get("num_healthy_env_runners", 0) or 0),
+            int(metrics.get("env_steps_this_iter", 0) or 0),
+        )
+    return max(restarts, seen)
+
+
 def driver_modules(cfg: AppConfig, factory: EnvFactory, phase: int) -> Any:
     """A MultiRLModule in the driver with the phase's policies (for validation)."""
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
@@ -131,6 +151,278 @@ def previous_checkpoint(run_dir: Path, phase: int) -> str:
     return ckpt
 
 
+STOP_FILE = ".stop_requested"  # in <run_dir>/phaseN/: the driver asks a phase trial to stop
+POINTER_FILE = "phase_checkpoint.json"  # in a Tune checkpoint of a phase trial
+
+
+@dataclass
+class PhaseSpec:
+    """Everything a phase run needs, picklable: what the driver hands to the phase trial."""
+
+    cfg: AppConfig
+    phase: int
+    factory: EnvFactory
+    run_dir: Path
+    resume: bool = False
+    init_checkpoint: str | None = None
+    tracking: bool = True
+    tracking_uri: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    callbacks: type | None = None
+
+    @property
+    def name(self) -> str:
+        """`phaseN`."""
+        return f"phase{self.phase}"
+
+    @property
+    def stop_file(self) -> Path:
+        """The file whose presence asks the phase (in whatever process it runs) to stop."""
+        return self.run_dir / self.name / STOP_FILE
+
+
+class PhaseLoop:
+    """One phase, one iteration per `step()`: train, validate every `eval_interval`, best and
+    last checkpoints, `state.json`, MLflow. The one loop body, run in-process by `run_phase` or
+    inside the phase's Tune trial (`tuning.trainable.PhaseTrainable`, as its runner).
+
+    Construction prepares the run state (resume rewinds to the last checkpoint, a restart
+    closes the earlier MLflow run), builds the algorithm (its Trainable log folder under
+    `logdir`), restores the starting weights and opens the MLflow run. `finished` is True (and
+    nothing is built) when a resumed phase is already done.
+    """
+
+    def __init__(
+        self,
+        spec: PhaseSpec,
+        *,
+        stop: StopFlag | None = None,
+        progress: ProgressFn | None = None,
+        logdir: str | Path | None = None,
+    ) -> None:
+        self.spec = spec
+        self.stop_flag = stop if stop is not None else StopFlag()
+        self.progress = progress
+        self.algo: Any = None
+        self.metrics: dict[str, float] = {}
+        self._stack = contextlib.ExitStack()
+        cfg, num, name = spec.cfg, spec.phase, spec.name
+        self.state = state = RunState.load(spec.run_dir)
+        self.run_dir = state.run_dir
+        ps = state.phase(name)
+        self.total = phase_iterations(cfg, num)
+        self.finished = spec.resume and ps.status == "done"
+        self.ps = ps
+        if self.finished:
+            return
+        if not spec.resume or ps.status == "pending":
+            state.phases[name] = self.ps = ps = PhaseState(total_iterations=self.total)
+        # The counters go back to what the restored weights hold: the last checkpoint, or a
+        # fresh start (iteration 0) when the phase died before its first checkpoint.
+        from_last = spec.resume and ps.rewind()
+        resume_run_id = ps.mlflow_run_id if from_last else None
+        if not from_last and ps.mlflow_run_id:  # a restart: the earlier run's iterations are void
+            if spec.tracking:
+                from rl_trading.tracking import close_orphan_run
+
+                close_orphan_run(ps.mlflow_run_id, spec.tracking_uri or cfg.tracking.tracking_uri)
+            ps.mlflow_run_id = None
+        init_checkpoint = spec.init_checkpoint
+        if num > 1 and init_checkpoint is None and not from_last:
+            init_checkpoint = previous_checkpoint(self.run_dir, num)
+        self.phase_dir = self.run_dir / name
+        self.ckpt_dir = self.phase_dir / "checkpoints"
+        spec.stop_file.unlink(missing_ok=True)  # a request of an earlier run is void
+
+        config = build_phase_config(cfg, num, spec.factory, callbacks=spec.callbacks)
+        self.algo = build_algorithm(config, logdir or self.run_dir / "logs")
+        try:
+            pids, self.trained = phase_policies(spec.factory, num)
+            if from_last:
+                restore_algorithm_state(self.algo, ps.last_checkpoint)
+            elif init_checkpoint is not None:
+                to_load = [p for p in pids if is_specialist(p)] if num == 2 else pids
+                restore_policies(self.algo, init_checkpoint, to_load)
+            self.modules = driver_modules(cfg, spec.factory, num)
+            ps.status = "running"
+            ps.total_iterations = self.total
+            state.save()
+            self.tracker = self._stack.enter_context(
+                phase_tracking(
+                    cfg,
+                    name,
+                    self.run_dir,
+                    spec.tags,
+                    spec.tracking_uri,
+                    spec.tracking,
+                    resume_run_id,
+                )
+            )
+            ps.mlflow_run_id = self.tracker.run_id
+            state.save()  # the run id first: a killed process leaves a run to close or resume
+        except BaseException as exc:
+            self.close(exc)
+            raise
+        self.t0 = time.monotonic()
+        self.start_iter = ps.iteration
+        self.restarts_seen = 0
+
+    def stop_requested(self) -> bool:
+        """A stop was asked for: the flag (signals, in-process) or the stop file (the driver)."""
+        return bool(self.stop_flag) or self.spec.stop_file.exists()
+
+    def step(self) -> dict[str, Any]:
+        """One iteration; returns its metrics plus `phase, iteration, total, elapsed_s, eta_s`,
+        `done` (budget reached) and `interrupted` (stopped early, last checkpoint written)."""
+        cfg, ps, name = self.spec.cfg, self.ps, self.spec.name
+        total = self.total
+        result = self.algo.train()
+        ps.iteration += 1
+        it = ps.iteration
+        metrics = iteration_metrics(result)
+        ps.env_steps = int(metrics["env_steps"])
+        self.restarts_seen = note_restarts(name, it, metrics, self.restarts_seen)
+        if it % cfg.phases.eval_interval == 0 or it == total:
+            sync_driver_modules(self.algo, self.modules)
+            ps.last_val = validate(
+                self.spec.factory, PHASE_MODES[self.spec.phase], self.modules, seed=cfg.seed
+            )
+            ps.val_sharpes.append(float(ps.last_val["val_sharpe"]))
+            if ps.best_val_sharpe is None or ps.last_val["val_sharpe"] > ps.best_val_sharpe:
+                ps.best_val_sharpe = ps.last_val["val_sharpe"]
+                best = save_algorithm(
+                    self.algo, self.phase_dir / "best", self.spec.factory.metadata
+                )
+                ps.best_checkpoint = str(best)
+        metrics.update(ps.last_val)  # carried forward between validations
+        if ps.best_val_sharpe is not None:
+            metrics["best_val_sharpe"] = ps.best_val_sharpe
+        metrics["iteration"] = float(it)
+        metrics["n_selection_trials"] = float(len(self.state.selection_trials()))
+        elapsed = time.monotonic() - self.t0
+        info = {
+            "phase": name,
+            "iteration": it,
+            "total": total,
+            **metrics,
+            "elapsed_s": elapsed,
+            "eta_s": elapsed / max(it - self.start_iter, 1) * (total - it),
+        }
+        if self.progress is not None:
+            self.progress(info)
+        # One look at the stop request per iteration: a signal landing between the checkpoint
+        # and the stop check must not stop without a checkpoint (it waits one iteration).
+        stopping = self.stop_requested()
+        if it % cfg.phases.checkpoint_interval == 0 or it == total or stopping:
+            self.checkpoint()
+        self.state.save()
+        self.tracker.log(metrics, step=it)
+        self.metrics = metrics
+        done = it >= total
+        if done:
+            self._finish()
+        return {**info, "done": done, "interrupted": bool(stopping and not done)}
+
+    def checkpoint(self) -> str:
+        """Save the current weights as `checkpoints/iter_N` (the resume point), prune older."""
+        ps = self.ps
+        it = ps.iteration
+        last = save_algorithm(
+            self.algo, self.ckpt_dir / f"iter_{it:06d}", self.spec.factory.metadata
+        )
+        ps.last_checkpoint = str(last)
+        ps.checkpoint_iteration = it
+        ps.checkpoint_env_steps = ps.env_steps
+        self.state.save()  # before pruning: state.json never names a deleted checkpoint
+        _prune(self.ckpt_dir, last)
+        return str(last)
+
+    def _finish(self) -> None:
+        ps = self.ps
+        ps.status = "done"
+        self.state.save()
+        if ps.best_checkpoint:
+            self.tracker.log_dir(ps.best_checkpoint, "checkpoints/best")
+        self.tracker.set_tags(
+            {
+                "last_checkpoint": str(ps.last_checkpoint),
+                "best_checkpoint": str(ps.best_checkpoint),
+                "policies_trained": ",".join(self.trained),
+            }
+        )
+
+    def interrupted(self) -> TrainingInterrupted:
+        """The exception that reports a stop at the current iteration."""
+        return TrainingInterrupted(self.spec.name, self.ps.iteration, self.ps.last_checkpoint)
+
+    def result(self) -> PhaseResult:
+        """The phase's outcome as it stands."""
+        return _result(self.spec.name, self.ps, self.metrics or None)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the MLflow run (failed when `error`) and stop the algorithm; idempotent."""
+        try:
+            if error is None:
+                self._stack.close()
+            else:
+                self._stack.__exit__(type(error), error, error.__traceback__)
+        finally:
+            algo, self.algo = self.algo, None
+            if algo is not None:
+                release_algorithm(algo)
+
+    # -- the PhaseRunner protocol of tuning.trainable (the phase as a Tune trial) -------------
+
+    def train(self) -> dict[str, Any]:
+        """One whole iteration (see `step`)."""
+        return self.step()
+
+    def validate(self) -> dict[str, float]:
+        """The last validation metrics (validation itself runs inside `step`)."""
+        return dict(self.ps.last_val)
+
+    def save(self, path: str) -> None:
+        """Tune checkpoint of the trial: the run dir holds the weights, `path` a pointer to them.
+
+        A stop requested by the driver is saved here first (Tune saves a stopped trial before
+        it ends it), so the run dir has a checkpoint of the iteration the phase stopped at.
+        """
+        ps = self.ps
+        if self.stop_requested() and ps.iteration > ps.checkpoint_iteration and self.algo:
+            self.checkpoint()
+        ckpt = ps.last_checkpoint
+        if ckpt and Path(ckpt).is_relative_to(self.run_dir):
+            ckpt = str(Path(ckpt).relative_to(self.run_dir))  # like state.json: relative
+        pointer = {
+            "phase": self.spec.name,
+            "iteration": ps.checkpoint_iteration,
+            "checkpoint": ckpt,
+        }
+        Path(path, POINTER_FILE).write_text(json.dumps(pointer, indent=2))
+
+    def restore(self, path: str) -> None:
+        """Load the run-dir checkpoint a `save` pointer names (relative to the run dir)."""
+        pointer = json.loads(Path(path, POINTER_FILE).read_text())
+        if pointer.get("checkpoint"):
+            restore_algorithm_state(self.algo, self.run_dir / pointer["checkpoint"])
+
+    def stop(self) -> None:
+        """Release the algorithm and end the MLflow run (an unfinished phase: as failed)."""
+        if self.algo is None:
+            return
+        unfinished = self.ps.status != "done"
+        self.close(self.interrupted() if unfinished else None)
+
+
+def inside_ray_worker() -> bool:
+    """True in a Ray worker or actor process (e.g. a Tune trial), where phases run in-process."""
+    import ray
+
+    if not ray.is_initialized():
+        return False
+    return ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
 def run_phase(
     cfg: AppConfig,
     phase: int | str,
@@ -145,137 +437,54 @@ def run_phase(
     tracking_uri: str | None = None,
     tags: Mapping[str, str] | None = None,
     callbacks: type | None = None,
+    in_process: bool | None = None,
 ) -> PhaseResult:
     """Train one phase to its budget, validating, checkpointing and logging as configured.
 
     With `resume`, a finished phase returns at once and a started one continues from its last
     checkpoint. Phases 2 and 3 start from `init_checkpoint` (default: the previous phase's best
     checkpoint in `run_dir`): phase 2 loads the specialists (then frozen), phase 3 all policies.
+
+    The phase runs as a one-trial Tune experiment in `run_dir/tune/phaseN` (the
+    `PhaseTrainable` that PBT uses, see `training.tune_phase`), or in this process with
+    `in_process=True` and by default inside a Ray worker (e.g. a walk-forward Tune trial).
     """
     num = phase_number(phase)
-    name = f"phase{num}"
-    mode = PHASE_MODES[num]
-    state = RunState.load(run_dir)
-    run_dir = state.run_dir
-    ps = state.phase(name)
-    total = phase_iterations(cfg, num)
-    if resume and ps.status == "done":
-        return _result(name, ps)
-    if not resume or ps.status == "pending":
-        state.phases[name] = ps = PhaseState(total_iterations=total)
-    # The counters go back to what the restored weights hold: the last checkpoint, or a fresh
-    # start (iteration 0) when the phase died before its first checkpoint.
-    from_last = resume and ps.rewind()
-    resume_run_id = ps.mlflow_run_id if from_last else None
-    if not from_last and ps.mlflow_run_id:  # a restart: the earlier run's iterations are void
-        if tracking:
-            from rl_trading.tracking import close_orphan_run
-
-            close_orphan_run(ps.mlflow_run_id, tracking_uri or cfg.tracking.tracking_uri)
-        ps.mlflow_run_id = None
-    if num > 1 and init_checkpoint is None and not from_last:
-        init_checkpoint = previous_checkpoint(run_dir, num)
+    spec = PhaseSpec(
+        cfg=cfg,
+        phase=num,
+        factory=factory,
+        run_dir=Path(run_dir).resolve(),
+        resume=resume,
+        init_checkpoint=None if init_checkpoint is None else str(init_checkpoint),
+        tracking=tracking,
+        tracking_uri=tracking_uri,
+        tags=dict(tags or {}),
+        callbacks=callbacks,
+    )
     stop = stop if stop is not None else StopFlag()
-    phase_dir = run_dir / name
-    ckpt_dir = phase_dir / "checkpoints"
+    if in_process is None:
+        in_process = inside_ray_worker()
+    if not in_process:
+        from rl_trading.training.tune_phase import run_phase_trial
 
-    config = build_phase_config(cfg, num, factory, callbacks=callbacks)
-    algo = config.build_algo()
-    try:
-        pids, trained = phase_policies(factory, num)
-        if from_last:
-            restore_algorithm_state(algo, ps.last_checkpoint)
-        elif init_checkpoint is not None:
-            to_load = [p for p in pids if is_specialist(p)] if num == 2 else pids
-            restore_policies(algo, init_checkpoint, to_load)
-        modules = driver_modules(cfg, factory, num)
-        ps.status = "running"
-        ps.total_iterations = total
-        state.save()
-        with (
-            graceful_stop(stop),
-            phase_tracking(
-                cfg, name, run_dir, tags, tracking_uri, tracking, resume_run_id
-            ) as tracker,
-        ):
-            ps.mlflow_run_id = tracker.run_id
-            state.save()  # the run id first: a killed process leaves a run to close or resume
-            t0 = time.monotonic()
-            start_iter = ps.iteration
-            restarts_seen = 0
-            metrics: dict[str, float] = {}
-            while ps.iteration < total:
-                result = algo.train()
-                ps.iteration += 1
-                it = ps.iteration
-                metrics = iteration_metrics(result)
-                ps.env_steps = int(metrics["env_steps"])
-                restarts = int(metrics.get("num_env_runner_restarts", 0))
-                if restarts > restarts_seen:
-                    logger.warning(
-                        "%s iteration %d: %d env runner(s) restarted, %d healthy; sampled %d "
-                        "env steps this iteration",
-                        name,
-                        it,
-                        restarts - restarts_seen,
-                        int(metrics.get("num_healthy_env_runners", 0)),
-                        int(metrics.get("env_steps_this_iter", 0) or 0),
-                    )
-                    restarts_seen = restarts
-                if it % cfg.phases.eval_interval == 0 or it == total:
-                    sync_driver_modules(algo, modules)
-                    ps.last_val = validate(factory, mode, modules, seed=cfg.seed)
-                    ps.val_sharpes.append(float(ps.last_val["val_sharpe"]))
-                    if ps.best_val_sharpe is None or ps.last_val["val_sharpe"] > ps.best_val_sharpe:
-                        ps.best_val_sharpe = ps.last_val["val_sharpe"]
-                        best = save_algorithm(algo, phase_dir / "best", factory.metadata)
-                        ps.best_checkpoint = str(best)
-                metrics.update(ps.last_val)  # carried forward between validations
-                if ps.best_val_sharpe is not None:
-                    metrics["best_val_sharpe"] = ps.best_val_sharpe
-                metrics["iteration"] = float(it)
-                metrics["n_selection_trials"] = float(len(state.selection_trials()))
-                if progress is not None:
-                    done = it - start_iter
-                    elapsed = time.monotonic() - t0
-                    progress(
-                        {
-                            "phase": name,
-                            "iteration": it,
-                            "total": total,
-                            **metrics,
-                            "elapsed_s": elapsed,
-                            "eta_s": elapsed / max(done, 1) * (total - it),
-                        }
-                    )
-                # One look at the flag per iteration: a signal landing between the checkpoint
-                # and the stop check must not stop without a checkpoint (it waits one iteration).
-                stopping = bool(stop)
-                if it % cfg.phases.checkpoint_interval == 0 or it == total or stopping:
-                    last = save_algorithm(algo, ckpt_dir / f"iter_{it:06d}", factory.metadata)
-                    ps.last_checkpoint = str(last)
-                    ps.checkpoint_iteration = it
-                    ps.checkpoint_env_steps = ps.env_steps
-                    state.save()  # before pruning: state.json never names a deleted checkpoint
-                    _prune(ckpt_dir, last)
-                state.save()
-                tracker.log(metrics, step=it)
-                if stopping and it < total:
-                    raise TrainingInterrupted(name, it, ps.last_checkpoint)
-            ps.status = "done"
-            state.save()
-            if ps.best_checkpoint:
-                tracker.log_dir(ps.best_checkpoint, "checkpoints/best")
-            tracker.set_tags(
-                {
-                    "last_checkpoint": str(ps.last_checkpoint),
-                    "best_checkpoint": str(ps.best_checkpoint),
-                    "policies_trained": ",".join(trained),
-                }
-            )
-    finally:
-        algo.stop()
-    return _result(name, ps, metrics)
+        return run_phase_trial(spec, progress=progress, stop=stop)
+    loop = PhaseLoop(spec, stop=stop, progress=progress)
+    if loop.finished:
+        return loop.result()
+    with graceful_stop(stop):
+        try:
+            while True:
+                out = loop.step()
+                if out["done"]:
+                    break
+                if out["interrupted"]:
+                    raise loop.interrupted()
+        except BaseException as exc:
+            loop.close(exc)
+            raise
+    loop.close()
+    return loop.result()
 
 
 def _result(name: str, ps: PhaseState, metrics: dict[str, float] | None = None) -> PhaseResult:

@@ -159,16 +159,23 @@ def train(
     stop: Any = None,
     quiet_workers: bool = True,
     notify: Callable[[str], None] | None = None,
+    dashboard: bool = False,
 ) -> tuple[Path, dict[str, PhaseResult]]:
     """Run `phases` in order in one run dir; `from_checkpoint` seeds the first of them.
 
+    Each phase is a one-trial Tune experiment in `<run_dir>/tune/phaseN` (see `run_phase`).
     `resume_or_start` resumes a run when there is one, else starts it; `notify` gets one-line
-    messages (which Ray cluster is used).
+    messages (which Ray cluster is used; with `dashboard`, the Ray dashboard's URL: a local Ray
+    starts it on 127.0.0.1).
     """
     from rl_trading.data import synthetic_symbols
     from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
 
     resume = resume or resume_or_start
+    if dashboard and resolve_address(address or cfg.resources.address) is None:
+        from rl_trading.ray_utils import check_dashboard_available
+
+        check_dashboard_available()  # a local dashboard needs Ray's extras: say so before work
     run_dir = find_run_dir(cfg, run_dir, resume, resume_or_start)
     check_phase_inputs(RunState.load(run_dir), phases, resume, from_checkpoint)
     encoder = None
@@ -201,7 +208,9 @@ def train(
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
         quiet = {"log_to_driver": not quiet_workers} if local else {}
-        cluster = init_ray(addr, num_cpus=cfg.resources.num_cpus, notify=notify, **quiet)
+        cluster = init_ray(
+            addr, num_cpus=cfg.resources.num_cpus, notify=notify, dashboard=dashboard, **quiet
+        )
         if local:  # a cluster may add nodes; a local Ray cannot
             res = cfg.resources
             check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)

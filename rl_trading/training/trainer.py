@@ -42,12 +42,13 @@ class DistributedTrainer:
     def create_agent(self, env: Any = None, phase: int = 1) -> Any:
         """A built RLlib Algorithm of `phase` for the env made by `create_env`."""
         from rl_trading.ray_utils import init_ray
-        from rl_trading.training.algo_config import build_phase_config
+        from rl_trading.training.algo_config import build_algorithm, build_phase_config
 
         if self.factory is None:
             raise ConfigError("call create_env(data) before create_agent()")
         init_ray(self.cfg.resources.address, num_cpus=self.cfg.resources.num_cpus)
-        algo = build_phase_config(self.cfg, phase, self.factory).build_algo()
+        config = build_phase_config(self.cfg, phase, self.factory)
+        algo = build_algorithm(config, self.run_dir / "logs")
         self._algos.append(algo)
         return algo
 
@@ -131,8 +132,10 @@ class DistributedTrainer:
 
     def cleanup(self) -> None:
         """Stop algorithms built by this trainer."""
+        from rl_trading.training.algo_config import release_algorithm
+
         for algo in self._algos:
-            algo.stop()
+            release_algorithm(algo)
         self._algos.clear()
 
     def _as_modules(self, agent: Any) -> dict[str, Any]:
