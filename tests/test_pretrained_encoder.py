@@ -405,7 +405,5 @@ def test_train_supervised_register_hands_the_cnn_lstm_to_the_rl_stages(workspace
     with pytest.raises(RegistryError, match="unknown model"):  # not registered without --register
         resolve_encoder(load_config(quick, [*WINDOW_20, "policy.cnn_lstm_model=cnn_lstm_1d"]))
     assert main(["train", "supervised", "-c", quick, "--models", "cnn_lstm", "--register"]) == 0
-    source = resolve_encoder(
-        load_config(quick, [*WINDOW_20, "policy.cnn_lstm_model=cnn_lstm_1d"])
-    )
+    source = resolve_encoder(load_config(quick, [*WINDOW_20, "policy.cnn_lstm_model=cnn_lstm_1d"]))
     assert source.name.startswith("cnn_lstm_1d_v1.0.0_grade_") and source.window == 20
