@@ -630,14 +630,16 @@ def probabilistic_sharpe_ratio(
     """P(true Sharpe > `sr_benchmark`) given the sample's length, skew and kurtosis.
 
     Both Sharpes are per period (not annualised). PSR = Phi((SR - SR*) sqrt(T - 1) /
-    sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2)); 0.5 for fewer than three returns or zero variance.
+    sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2)); 0.5 for fewer than three returns. A flat series
+    (zero variance, Sharpe 0) is 0.5 against 0 and certain against any other benchmark: 0 when
+    SR* > 0 (a flat policy never beats the luck of many trials), 1 when SR* < 0.
     """
     r = _arr(returns)
     if r.size < 3:
         return 0.5
     sr, skew, kurt = _sharpe_moments(r)
     if sr == 0.0 and float(np.std(r)) <= _EPS:
-        return 0.5
+        return 0.5 if sr_benchmark == 0.0 else float(sr_benchmark < 0.0)
     denom = 1.0 - skew * sr + (kurt - 1.0) / 4.0 * sr * sr
     denom = math.sqrt(max(denom, _EPS))
     return float(_norm_cdf((sr - sr_benchmark) * math.sqrt(r.size - 1) / denom))

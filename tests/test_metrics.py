@@ -252,3 +252,14 @@ def test_pbo_noise_versus_one_superior_configuration():
         m.probability_of_backtest_overfitting(noise[:, :1])
     with pytest.raises(ValueError):
         m.probability_of_backtest_overfitting(noise[:10], n_splits=10)
+
+
+def test_a_flat_policy_has_psr_one_half_and_no_deflated_sharpe():
+    """Zero variance, Sharpe 0: PSR against 0 is 0.5 (no information), but against the Sharpe
+    the best of many null trials shows by luck (DSR) it is 0, not a flattering 0.5."""
+    flat = np.zeros(250)
+    assert m.probabilistic_sharpe_ratio(flat) == 0.5
+    assert m.probabilistic_sharpe_ratio(flat, sr_benchmark=0.1) == 0.0
+    assert m.probabilistic_sharpe_ratio(flat, sr_benchmark=-0.1) == 1.0
+    assert m.deflated_sharpe_ratio(flat, n_trials=1) == 0.5
+    assert m.deflated_sharpe_ratio(flat, n_trials=99) == 0.0
