@@ -77,7 +77,11 @@ def test_tracked_phase_leaks_no_secret(ray_session, workspace, monkeypatch, capl
     with caplog.at_level(logging.DEBUG):
         res = run_phase(cfg, 1, standin_factory(episode_length=16), run_dir)
     assert res.iterations == 2 and res.mlflow_run_id
-    run = mlflow.MlflowClient().get_run(res.mlflow_run_id)
+    from rl_trading.tracking import resolve_tracking_uri
+
+    # the phase ran in a Tune trial process: read the store it wrote (this workspace's), not
+    # whatever tracking URI an earlier test left in this process's mlflow
+    run = mlflow.MlflowClient(resolve_tracking_uri()).get_run(res.mlflow_run_id)
     params, tags = run.data.params, run.data.tags
     assert params["data.db_url"].startswith(
         "postgresql+psycopg2://trader:"
