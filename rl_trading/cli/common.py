@@ -16,7 +16,10 @@ err_console = Console(stderr=True, soft_wrap=True)  # one error line, never hard
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="YAML config (configs/*.yaml); built-in defaults if omitted."
+        "--config",
+        "-c",
+        help="YAML config (configs/*.yaml); if omitted, the schema's defaults (plain sizing, "
+        "no trade band; configs/default.yaml turns both on).",
     ),
 ]
 SetOpt = Annotated[
