@@ -214,3 +214,23 @@ def test_stopper_drives_progress_and_asks_the_trial_to_stop(tmp_path):
     failing = PhaseStopper(tmp_path / "other", broken, StopFlag())
     assert failing("abc", result) is True and isinstance(failing.error, RuntimeError)
     assert not (tmp_path / "other").exists()  # no stop file: the trial saves no checkpoint
+
+
+def test_a_phase_trial_knows_when_its_driver_is_gone():
+    """The trial checks the driver (host, pid) around every iteration: a dead driver (here a
+    finished child process) means stop; unknown, another host or itself means go on."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from rl_trading.training.runner import driver_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # exited and reaped: its pid is gone
+    host = socket.gethostname()
+    assert driver_alive((host, child.pid)) is False
+    assert driver_alive((host, os.getppid())) is True
+    assert driver_alive((host, os.getpid())) is True
+    assert driver_alive(("another-host", child.pid)) is True
+    assert driver_alive(None) is True

@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -169,6 +171,9 @@ class PhaseSpec:
     tracking_uri: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     callbacks: type | None = None
+    # (host, pid) of the driver process: a phase trial running elsewhere on that host stops
+    # dead, writing nothing more, once the driver is gone (killed with SIGKILL, say)
+    driver: tuple[str, int] | None = None
 
     @property
     def name(self) -> str:
@@ -179,6 +184,30 @@ class PhaseSpec:
     def stop_file(self) -> Path:
         """The file whose presence asks the phase (in whatever process it runs) to stop."""
         return self.run_dir / self.name / STOP_FILE
+
+
+def driver_alive(driver: tuple[str, int] | None) -> bool:
+    """Whether the driver process `(host, pid)` still runs (True when unknown, elsewhere, or
+    this very process)."""
+    if driver is None:
+        return True
+    host, pid = driver
+    if host != socket.gethostname() or pid == os.getpid():
+        return True
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def exit_if_driver_gone(driver: tuple[str, int] | None) -> None:
+    """End this process at once when the driver died: the run must stop where it was killed
+    (no more iterations, checkpoints or state writes), as if the trial had been killed too."""
+    if not driver_alive(driver):
+        logger.error("the driver process %s is gone: the phase trial stops here", driver)
+        os._exit(1)
 
 
 class PhaseLoop:
@@ -276,7 +305,9 @@ class PhaseLoop:
         `done` (budget reached) and `interrupted` (stopped early, last checkpoint written)."""
         cfg, ps, name = self.spec.cfg, self.ps, self.spec.name
         total = self.total
+        exit_if_driver_gone(self.spec.driver)
         result = self.algo.train()
+        exit_if_driver_gone(self.spec.driver)  # before anything of this iteration is written
         ps.iteration += 1
         it = ps.iteration
         metrics = iteration_metrics(result)
@@ -461,6 +492,7 @@ def run_phase(
         tracking_uri=tracking_uri,
         tags=dict(tags or {}),
         callbacks=callbacks,
+        driver=(socket.gethostname(), os.getpid()),
     )
     stop = stop if stop is not None else StopFlag()
     if in_process is None:
