@@ -82,6 +82,9 @@ def run(args: argparse.Namespace) -> None:
         # the pipeline's own run_phase, timed from the algorithm build to its stop
         before, load_before = prof.snapshot(), load()
         t0 = time.perf_counter()
+        # in-process, so the profile's hooks see the algorithm (`train pipeline` runs each phase
+        # as a one-trial Tune run, ~5 s more per phase, the same loop)
+        kwargs["in_process"] = True
         result = original_run_phase(cfg, num, factory, run_dir, **kwargs)
         wall = time.perf_counter() - t0
         phases[f"phase{num}"] = {
