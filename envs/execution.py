@@ -34,7 +34,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CostModel", "borrow_rate", "rebalance", "stop_level", "stop_loss_fill"]
+__all__ = [
+    "CostModel",
+    "borrow_rate",
+    "rebalance",
+    "stop_level",
+    "stop_loss_fill",
+    "vol_target_size",
+]
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,13 @@ def stop_loss_fill(
     if not isinstance(units, np.ndarray):
         return bool(hit), float(price)
     return hit, price
+
+
+def vol_target_size(ann_vol: np.ndarray, target: float, cap: float) -> np.ndarray:
+    """Full position size (fraction of equity) under env.vol_target: target / the annualised
+    volatility, capped at `cap` (vol_target_max_leverage), and `cap` where the vol is 0."""
+    with np.errstate(divide="ignore"):
+        return np.where(ann_vol > 0, np.minimum(target / ann_vol, cap), cap)
 
 
 def borrow_rate(borrow_bps_per_year: float, periods_per_year: float) -> float:

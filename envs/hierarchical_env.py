@@ -64,7 +64,7 @@ from envs.common import (
     prepare_instrument,
     resolve_config,
 )
-from envs.execution import CostModel, borrow_rate
+from envs.execution import CostModel, borrow_rate, vol_target_size
 from envs.risk import RiskModel, rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
@@ -188,10 +188,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         # vol targeting (env.vol_target): full position size of i at bar t, fraction of equity
         self._scale: np.ndarray | None = None
         if ecfg.vol_target is not None:
-            cap = float(ecfg.vol_target_max_leverage)
             ann = self.risk.vol * math.sqrt(ppy)
-            with np.errstate(divide="ignore"):
-                self._scale = np.where(ann > 0, np.minimum(ecfg.vol_target / ann, cap), cap)
+            self._scale = vol_target_size(ann, ecfg.vol_target, ecfg.vol_target_max_leverage)
         iu = np.triu_indices(n, 1)
         self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
         self._mean_vol = self.risk.vol.mean(axis=1)

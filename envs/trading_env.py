@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
-from envs.execution import CostModel, borrow_rate
+from envs.execution import CostModel, borrow_rate, vol_target_size
 from envs.risk import rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
@@ -99,9 +99,7 @@ class TradingEnv(gym.Env):
             rets[1:, 0] = data.close[1:] / data.close[:-1] - 1.0
             var = rolling_covariance(rets, ecfg.risk_window)[:, 0, 0]
             ann = np.sqrt(np.maximum(var, 0.0)) * math.sqrt(self.periods_per_year)
-            cap = float(ecfg.vol_target_max_leverage)
-            with np.errstate(divide="ignore"):
-                size = np.where(ann > 0, np.minimum(ecfg.vol_target / ann, cap), cap)
+            size = vol_target_size(ann, ecfg.vol_target, ecfg.vol_target_max_leverage)
             self._size_l = size.tolist()
         rc = self.cfg.reward
         self._plain_log = (
