@@ -159,7 +159,14 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
     @torch.no_grad()
     def _forward_exploration(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         # no autograd graph while acting (RLlib's default _forward_exploration is no-grad too)
-        out = self._forward(batch, **kwargs)
+        return self.explore_outputs(self._forward(batch, **kwargs))
+
+    def explore_outputs(self, out: dict[str, Any]) -> dict[str, Any]:
+        """Exploration outputs from `_forward`'s: near-greedy inputs for a frozen policy, and
+        (fast acting, Gaussian) sampled actions with their log-probabilities.
+
+        Shared with the fused env runner, which computes `_forward`'s outputs stacked.
+        """
         if self.model_config.get(GREEDY_KEY):
             inputs = out[Columns.ACTION_DIST_INPUTS]
             if self._continuous:

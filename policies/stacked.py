@@ -111,3 +111,10 @@ class StackedActor:
         with torch.no_grad():
             emb = _tower(self._shape, "_pi_enc", self._params, obs)
             return _tower(self._shape, "_pi_head", self._params, emb)
+
+    def dist_inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Action-distribution inputs `[G, B, 2A]` (means, clamped log-stds), as each module's
+        `_forward` computes them."""
+        mean = self(obs)
+        log_std = self._params["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return torch.cat([mean, log_std.unsqueeze(1).expand_as(mean)], dim=-1)

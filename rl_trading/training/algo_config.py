@@ -110,10 +110,11 @@ def pretrained_spec(
 
 def _fast_paths(config: AlgorithmConfig, precision: str, sac: bool) -> AlgorithmConfig:
     """The project's env runner and PPO learner in place of RLlib's stock classes."""
-    from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner
+    from rl_trading.training.fast.fused_runner import FusedActingEnvRunner
 
-    # RLlib's runner with batched step counters (same episodes, see fast/env_runner.py)
-    config = config.env_runners(env_runner_cls=FastMultiAgentEnvRunner)
+    # RLlib's runner with batched step counters and fused acting (same episodes within float32
+    # rounding, see fast/fused_runner.py)
+    config = config.env_runners(env_runner_cls=FusedActingEnvRunner)
     if sac:
         return config
     if precision == "bf16":

@@ -1,0 +1,348 @@
+"""Fused acting in the env runner: one pass from the envs' observations to their actions.
+
+Per env step RLlib's `MultiAgentEnvRunner` runs two connector pipelines of seven pieces each
+(episodes -> per-agent items -> per-module batches -> tensors, then back: tensors -> numpy ->
+per-agent items -> per-env dicts -> unsquashed actions) and one forward per policy. With 8
+specialists x 8 envs that per-item Python is most of the sampling time. When both pipelines
+are RLlib's defaults (nothing to preserve in them) and every policy is a Gaussian
+`ActorCriticModule` that samples its own actions, `FusedActingEnvRunner._sample` builds the
+per-module observation batches straight from the observations just stepped, runs same-shape
+MLP policies as one stacked network (`policies.stacked.StackedActor`, other modules through
+their own forward), draws each module's actions with the module's own `explore_outputs`
+(same torch RNG draws in the same module order as RLlib) and writes the same per-agent
+actions, extra model outputs, env actions, episodes, metrics and callbacks as RLlib's loop,
+of which the rest is kept line for line. Anything else falls back to RLlib's `_sample`.
+Tested against the stock runner (tests/test_training_speedups.py): same episodes within
+float32 rounding of the stacked matmuls.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.connectors.common import (
+    AddObservationsFromEpisodesToBatch,
+    AddStatesFromEpisodesToBatch,
+    AddTimeDimToBatchAndZeroPad,
+    AgentToModuleMapping,
+    BatchIndividualItems,
+    NumpyToTensor,
+)
+from ray.rllib.connectors.module_to_env import (
+    GetActions,
+    ListifyDataForVectorEnv,
+    ModuleToAgentUnmapping,
+    NormalizeAndClipActions,
+    RemoveSingleTsTimeRankFromBatch,
+    TensorToNumpy,
+    UnBatchToIndividualItems,
+)
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.env_runner import ENV_STEP_FAILURE
+from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
+from ray.rllib.utils.metrics import RLMODULE_INFERENCE_TIMER, WEIGHTS_SEQ_NO
+
+from policies.base import ActorCriticModule
+from policies.stacked import StackedActor, stack_signature
+from rl_trading.training.fast.determinism import AgentOrder
+from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner, _item_fn
+
+# the connector pieces whose work the fused pass does (RLlib's defaults + our pass-through)
+_ENV_TO_MODULE = (
+    AgentOrder,
+    AddObservationsFromEpisodesToBatch,
+    AddTimeDimToBatchAndZeroPad,
+    AddStatesFromEpisodesToBatch,
+    AgentToModuleMapping,
+    BatchIndividualItems,
+    NumpyToTensor,
+)
+_MODULE_TO_ENV = (
+    GetActions,
+    TensorToNumpy,
+    UnBatchToIndividualItems,
+    ModuleToAgentUnmapping,
+    RemoveSingleTsTimeRankFromBatch,
+    NormalizeAndClipActions,
+    ListifyDataForVectorEnv,
+)
+
+
+def _pipeline_is(pipeline: Any, allowed: tuple[type, ...]) -> bool:
+    conns = getattr(pipeline, "connectors", None)
+    return conns is not None and all(isinstance(c, allowed) for c in conns)
+
+
+class FusedActingEnvRunner(FastMultiAgentEnvRunner):
+    """`FastMultiAgentEnvRunner` whose sampling loop acts without the connector pipelines."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fused = self._fused_supported()
+        self._action_fns: dict[Any, Any] = {}
+        self._to_module_stale = False
+
+    # -- when the fused pass applies ----------------------------------------------------------
+    def _fused_supported(self) -> bool:
+        module = getattr(self, "module", None)
+        if module is None or not hasattr(module, "items"):
+            return False
+        for sub in module.values():
+            if not isinstance(sub, ActorCriticModule) or not sub._continuous:
+                return False
+            if not sub.fast_acting or sub.is_stateful():
+                return False
+        return _pipeline_is(self._env_to_module, _ENV_TO_MODULE) and _pipeline_is(
+            self._module_to_env, _MODULE_TO_ENV
+        )
+
+    def _action_settings(self) -> tuple[bool, bool, Any]:
+        for conn in self._module_to_env.connectors:
+            if isinstance(conn, NormalizeAndClipActions):
+                return conn.normalize_actions, conn.clip_actions, conn._action_space_struct
+        return False, False, None
+
+    # -- acting -------------------------------------------------------------------------------
+    def _stack_groups(self) -> dict[str, tuple[StackedActor, int, list[str]]]:
+        """module id -> (stacked actor of its group, index in the group, the group's ids)."""
+        groups: dict[Any, list[str]] = defaultdict(list)
+        for mid, sub in self.module.items():
+            sig = stack_signature(sub)
+            if sig is not None:
+                groups[sig].append(mid)
+        out = {}
+        for mids in groups.values():
+            if len(mids) < 2:
+                continue
+            actor = StackedActor([self.module[m] for m in mids])
+            for i, mid in enumerate(mids):
+                out[mid] = (actor, i, mids)
+        return out
+
+    def _act(
+        self, last_obs: list[dict], done: list[dict], stacks: dict
+    ) -> tuple[list[dict], list[dict], dict[tuple[int, str], dict]]:
+        """(module actions, env actions, extra model outputs) per env, for the agents to act.
+
+        Item order per module is RLlib's: by env, then by (sorted) agent id; modules run and
+        draw their samples in the order they first appear.
+        """
+        rows: dict[str, list[tuple[int, Any]]] = {}
+        obs_items: dict[str, list[Any]] = {}
+        for i, episode in enumerate(self._ongoing_episodes):
+            if not episode.is_reset or episode.is_done:
+                continue
+            for aid in sorted(last_obs[i]):
+                if aid == "__all__" or done[i].get(aid):
+                    continue
+                mid = episode.module_for(aid)
+                rows.setdefault(mid, []).append((i, aid))
+                obs_items.setdefault(mid, []).append(last_obs[i][aid])
+        n = self.num_envs
+        actions: list[dict] = [{} for _ in range(n)]
+        env_actions: list[dict] = [{} for _ in range(n)]
+        extras: dict[tuple[int, str], dict] = {}
+        if not rows:
+            return actions, env_actions, extras
+        obs = {mid: torch.from_numpy(np.stack(items)) for mid, items in obs_items.items()}
+        stacked_inputs: dict[str, torch.Tensor] = {}
+        with torch.no_grad():
+            done_groups: set[int] = set()
+            for mid in obs:
+                if mid not in stacks or id(stacks[mid][0]) in done_groups:
+                    continue
+                actor, _, mids = stacks[mid]
+                sizes = {len(rows.get(m, ())) for m in mids}
+                if len(sizes) != 1 or not all(m in obs for m in mids):
+                    continue  # uneven batches: each module on its own
+                inputs = actor.dist_inputs(torch.stack([obs[m] for m in mids]).float())
+                for j, m in enumerate(mids):
+                    stacked_inputs[m] = inputs[j]
+                done_groups.add(id(actor))
+            outputs = {}
+            for mid, x in obs.items():  # RLlib's module order: first appearance
+                sub = self.module[mid]
+                if mid in stacked_inputs:
+                    out = sub.explore_outputs({Columns.ACTION_DIST_INPUTS: stacked_inputs[mid]})
+                else:
+                    out = sub.forward_exploration({Columns.OBS: x})
+                outputs[mid] = {k: v.numpy() for k, v in out.items()}
+        normalize, clip, spaces = self._action_settings()
+        seq = self._weights_seq_no
+        for mid, out in outputs.items():
+            acts = out.pop(Columns.ACTIONS)
+            for r, (i, aid) in enumerate(rows[mid]):
+                a = acts[r]
+                actions[i][aid] = a
+                if normalize or clip:
+                    fn = self._action_fns.get(aid)
+                    if fn is None:
+                        fn = self._action_fns[aid] = _item_fn(spaces[aid], normalize)
+                    env_actions[i][aid] = fn(a)
+                else:
+                    env_actions[i][aid] = a
+                extra = extras.setdefault((i, aid), {})
+                for col, values in out.items():
+                    extra[col] = values[r]
+                extra[WEIGHTS_SEQ_NO] = seq
+        return actions, env_actions, extras
+
+    # -- the sampling loop (RLlib 2.60's MultiAgentEnvRunner._sample, acting fused) -------------
+    def _sample(
+        self,
+        *,
+        num_timesteps: int | None = None,
+        num_episodes: int | None = None,
+        explore: bool,
+        random_actions: bool = False,
+        force_reset: bool = False,
+    ) -> list[MultiAgentEpisode]:
+        if not (self._fused and explore and not random_actions):
+            if self._to_module_stale and not (
+                force_reset or num_episodes is not None or self._needs_initial_reset
+            ):  # RLlib's loop acts on the cached env-to-module output of the last step
+                self._cached_to_module = self._env_to_module(
+                    episodes=self._ongoing_episodes,
+                    batch={},
+                    explore=explore,
+                    rl_module=self.module,
+                    shared_data=self._shared_data,
+                    metrics=None,
+                )
+            self._to_module_stale = False
+            return super()._sample(
+                num_timesteps=num_timesteps,
+                num_episodes=num_episodes,
+                explore=explore,
+                random_actions=random_actions,
+                force_reset=force_reset,
+            )
+        try:
+            return self._fused_sample(num_timesteps, num_episodes, force_reset)
+        finally:
+            self._to_module_stale = True
+            self._flush_step_counts()
+
+    def _last_observations(self) -> tuple[list[dict], list[dict]]:
+        """Each ongoing episode's latest observations (and no done flags) after a reset."""
+        obs, done = [], []
+        for episode in self._ongoing_episodes:
+            if episode.is_reset and not episode.is_done:
+                obs.append({a: episode.get_observations(-1)[a] for a in episode.get_agents_to_act()})
+            else:
+                obs.append({})
+            done.append({})
+        return obs, done
+
+    def _fused_sample(
+        self, num_timesteps: int | None, num_episodes: int | None, force_reset: bool
+    ) -> list[MultiAgentEpisode]:
+        done_episodes_to_return: list[MultiAgentEpisode] = []
+        env_ts = 0
+        agent_ts = 0
+        eps = 0
+        if force_reset or num_episodes is not None or self._needs_initial_reset:
+            self._reset_envs_and_episodes(True)
+        if num_episodes is not None:
+            self._needs_initial_reset = True
+        last_obs, last_done = self._last_observations()
+        stacks = self._stack_groups()  # the weights are fixed for one sample() call
+        by_steps = self.config.count_steps_by == "env_steps"
+        while (
+            (eps < num_episodes)
+            if num_timesteps is None
+            else ((env_ts if by_steps else agent_ts) < num_timesteps)
+        ):
+            with self.metrics.log_time(RLMODULE_INFERENCE_TIMER):
+                actions, actions_for_env, extras = self._act(last_obs, last_done, stacks)
+            self._shared_data["vector_env_episodes_map"] = {}
+            results = self._try_env_step(actions_for_env)
+            if results == ENV_STEP_FAILURE:
+                env_ts = 0
+                agent_ts = 0
+                self._reset_envs_and_episodes(True)
+                last_obs, last_done = self._last_observations()
+                continue
+            observations, rewards, terminateds, truncateds, infos = results
+
+            call_on_episode_start = set()
+            for env_index in range(self.num_envs):
+                episode = self._ongoing_episodes[env_index]
+                if not episode.is_reset:
+                    episode.add_env_reset(
+                        observations=observations[env_index], infos=infos[env_index]
+                    )
+                    call_on_episode_start.add(env_index)
+                else:
+                    extra = {aid: extras[env_index, aid] for aid in actions[env_index]}
+                    episode.add_env_step(
+                        observations=observations[env_index],
+                        actions=actions[env_index],
+                        rewards=rewards[env_index],
+                        infos=infos[env_index],
+                        terminateds=terminateds[env_index],
+                        truncateds=truncateds[env_index],
+                        extra_model_outputs=extra,
+                    )
+                    self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=1)
+                    env_ts += self._increase_sampled_metrics(
+                        1, observations[env_index], episode
+                    )
+                    agent_ts += len(observations[env_index])
+
+            for env_index in range(self.num_envs):
+                if env_index in call_on_episode_start:
+                    self._make_on_episode_callback(
+                        "on_episode_start", env_index, self._ongoing_episodes
+                    )
+                else:
+                    self._make_on_episode_callback(
+                        "on_episode_step", env_index, self._ongoing_episodes
+                    )
+                if self._ongoing_episodes[env_index].is_done:
+                    eps += 1
+                    self._make_on_episode_callback(
+                        "on_episode_end", env_index, self._ongoing_episodes
+                    )
+                    self._prune_zero_len_sa_episodes(self._ongoing_episodes[env_index])
+                    done_episodes_to_return.append(self._ongoing_episodes[env_index])
+                    if self.episodes_to_numpy:
+                        self._ongoing_episodes[env_index].to_numpy()
+                    old_episode_id = self._ongoing_episodes[env_index].id_
+                    self._new_episode(env_index, self._ongoing_episodes)
+                    self._shared_data["vector_env_episodes_map"].update(
+                        {old_episode_id: self._ongoing_episodes[env_index].id_}
+                    )
+                    if num_episodes is not None and eps >= num_episodes:
+                        break
+
+            last_obs = observations
+            last_done = [
+                {a for a, d in term.items() if d} | {a for a, d in trunc.items() if d}
+                for term, trunc in zip(terminateds, truncateds, strict=True)
+            ]
+            last_done = [dict.fromkeys(d, True) for d in last_done]
+
+        # RLlib's tail, unchanged: done episodes for metrics, ongoing ones cut and returned
+        self._done_episodes_for_metrics.extend(done_episodes_to_return)
+        ongoing_episodes_to_return = []
+        if num_timesteps is not None:
+            continuations = [
+                eps.cut(len_lookback_buffer=self.config.episode_lookback_horizon)
+                for eps in self._ongoing_episodes
+            ]
+            for eps in self._ongoing_episodes:
+                if eps.env_t == 0:
+                    continue
+                eps.validate()
+                self._ongoing_episodes_for_metrics[eps.id_].append(eps)
+                self._prune_zero_len_sa_episodes(eps)
+                if self.episodes_to_numpy:
+                    ongoing_episodes_to_return.append(eps.to_numpy())
+                else:
+                    ongoing_episodes_to_return.append(eps)
+            self._ongoing_episodes = continuations
+        return done_episodes_to_return + ongoing_episodes_to_return
