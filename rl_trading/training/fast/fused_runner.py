@@ -231,7 +231,8 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         obs, done = [], []
         for episode in self._ongoing_episodes:
             if episode.is_reset and not episode.is_done:
-                obs.append({a: episode.get_observations(-1)[a] for a in episode.get_agents_to_act()})
+                latest = episode.get_observations(-1)
+                obs.append({a: latest[a] for a in episode.get_agents_to_act()})
             else:
                 obs.append({})
             done.append({})
@@ -288,9 +289,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                         extra_model_outputs=extra,
                     )
                     self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=1)
-                    env_ts += self._increase_sampled_metrics(
-                        1, observations[env_index], episode
-                    )
+                    env_ts += self._increase_sampled_metrics(1, observations[env_index], episode)
                     agent_ts += len(observations[env_index])
 
             for env_index in range(self.num_envs):
