@@ -18,9 +18,13 @@ float32 rounding of the stacked matmuls.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.connectors.common import (
@@ -43,7 +47,14 @@ from ray.rllib.connectors.module_to_env import (
 from ray.rllib.core.columns import Columns
 from ray.rllib.env.env_runner import ENV_STEP_FAILURE
 from ray.rllib.env.multi_agent_episode import MultiAgentEpisode
-from ray.rllib.utils.metrics import RLMODULE_INFERENCE_TIMER, WEIGHTS_SEQ_NO
+from ray.rllib.utils.metrics import (
+    NUM_ENV_STEPS_SAMPLED,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    NUM_EPISODES,
+    NUM_EPISODES_LIFETIME,
+    RLMODULE_INFERENCE_TIMER,
+    WEIGHTS_SEQ_NO,
+)
 
 from policies.base import ActorCriticModule
 from policies.stacked import StackedActor, stack_signature
@@ -69,6 +80,23 @@ _MODULE_TO_ENV = (
     NormalizeAndClipActions,
     ListifyDataForVectorEnv,
 )
+
+
+def _skip_validation(self: MultiAgentEpisode) -> None:
+    """Stands in for `MultiAgentEpisode.validate` during one vector step's `add_env_step`s."""
+
+
+@contextlib.contextmanager
+def _deferred_validation() -> Iterator[None]:
+    """RLlib validates the whole episode after every `add_env_step`; within this block that
+    check is skipped (this process's sampling thread is the only user), and the runner
+    validates each episode chunk once when it is returned (`MultiAgentEpisode.validate`)."""
+    own = MultiAgentEpisode.__dict__["validate"]
+    MultiAgentEpisode.validate = _skip_validation
+    try:
+        yield
+    finally:
+        MultiAgentEpisode.validate = own
 
 
 def _pipeline_is(pipeline: Any, allowed: tuple[type, ...]) -> bool:
@@ -174,21 +202,46 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         seq = self._weights_seq_no
         for mid, out in outputs.items():
             acts = out.pop(Columns.ACTIONS)
+            for_env = acts
+            if normalize or clip:  # one array op per module where its agents share a space
+                fn = self._module_action_fn(mid, rows[mid], spaces, normalize)
+                for_env = fn(acts) if fn is not None else None
             for r, (i, aid) in enumerate(rows[mid]):
                 a = acts[r]
                 actions[i][aid] = a
-                if normalize or clip:
+                if for_env is not None:
+                    env_actions[i][aid] = for_env[r]
+                else:
                     fn = self._action_fns.get(aid)
                     if fn is None:
                         fn = self._action_fns[aid] = _item_fn(spaces[aid], normalize)
                     env_actions[i][aid] = fn(a)
-                else:
-                    env_actions[i][aid] = a
                 extra = extras.setdefault((i, aid), {})
                 for col, values in out.items():
                     extra[col] = values[r]
                 extra[WEIGHTS_SEQ_NO] = seq
         return actions, env_actions, extras
+
+    def _module_action_fn(
+        self, mid: str, rows: list[tuple[int, str]], spaces: Any, normalize: bool
+    ) -> Any:
+        """The per-item action fn applied to a module's whole `[B, A]` batch at once, when all
+        its agents have the same float Box space (the same element-wise arithmetic), else None."""
+        agents = {aid for _, aid in rows}
+        key = (mid, frozenset(agents))
+        if key not in self._action_fns:
+            first = spaces[next(iter(agents))]
+            same = isinstance(first, gym.spaces.Box) and all(
+                isinstance(spaces[a], gym.spaces.Box)
+                and spaces[a].shape == first.shape
+                and spaces[a].dtype == first.dtype
+                and np.array_equal(spaces[a].low, first.low)
+                and np.array_equal(spaces[a].high, first.high)
+                for a in agents
+            )
+            fn = _item_fn(first, normalize) if same else None
+            self._action_fns[key] = None if fn is copy.deepcopy else fn
+        return self._action_fns[key]
 
     # -- the sampling loop (RLlib 2.60's MultiAgentEnvRunner._sample, acting fused) -------------
     def _sample(
@@ -220,11 +273,34 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                 random_actions=random_actions,
                 force_reset=force_reset,
             )
+        self._env_steps = self._episodes_done = 0
         try:
             return self._fused_sample(num_timesteps, num_episodes, force_reset)
         finally:
             self._to_module_stale = True
+            self._flush_env_counts()
             self._flush_step_counts()
+
+    def _count_step(self, next_obs: dict, episode: MultiAgentEpisode) -> None:
+        """RLlib's per-step counters, summed here and logged once per sample() call."""
+        self._env_steps += 1
+        self._episodes_done += episode.is_done
+        for aid in next_obs:
+            self._agent_steps[aid] += 1
+            self._module_steps[episode.module_for(aid)] += 1
+
+    def _flush_env_counts(self) -> None:
+        steps, episodes = self._env_steps, self._episodes_done
+        self._env_steps = self._episodes_done = 0
+        if steps:
+            self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=steps)
+            self.metrics.log_value(NUM_ENV_STEPS_SAMPLED, steps, reduce="sum")
+            self.metrics.log_value(
+                NUM_ENV_STEPS_SAMPLED_LIFETIME, steps, reduce="lifetime_sum", with_throughput=True
+            )
+        if episodes:
+            self.metrics.log_value(NUM_EPISODES, episodes, reduce="sum")
+            self.metrics.log_value(NUM_EPISODES_LIFETIME, episodes, reduce="lifetime_sum")
 
     def _last_observations(self) -> tuple[list[dict], list[dict]]:
         """Each ongoing episode's latest observations (and no done flags) after a reset."""
@@ -270,27 +346,28 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
             observations, rewards, terminateds, truncateds, infos = results
 
             call_on_episode_start = set()
-            for env_index in range(self.num_envs):
-                episode = self._ongoing_episodes[env_index]
-                if not episode.is_reset:
-                    episode.add_env_reset(
-                        observations=observations[env_index], infos=infos[env_index]
-                    )
-                    call_on_episode_start.add(env_index)
-                else:
-                    extra = {aid: extras[env_index, aid] for aid in actions[env_index]}
-                    episode.add_env_step(
-                        observations=observations[env_index],
-                        actions=actions[env_index],
-                        rewards=rewards[env_index],
-                        infos=infos[env_index],
-                        terminateds=terminateds[env_index],
-                        truncateds=truncateds[env_index],
-                        extra_model_outputs=extra,
-                    )
-                    self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=1)
-                    env_ts += self._increase_sampled_metrics(1, observations[env_index], episode)
-                    agent_ts += len(observations[env_index])
+            with _deferred_validation():
+                for env_index in range(self.num_envs):
+                    episode = self._ongoing_episodes[env_index]
+                    if not episode.is_reset:
+                        episode.add_env_reset(
+                            observations=observations[env_index], infos=infos[env_index]
+                        )
+                        call_on_episode_start.add(env_index)
+                    else:
+                        extra = {aid: extras[env_index, aid] for aid in actions[env_index]}
+                        episode.add_env_step(
+                            observations=observations[env_index],
+                            actions=actions[env_index],
+                            rewards=rewards[env_index],
+                            infos=infos[env_index],
+                            terminateds=terminateds[env_index],
+                            truncateds=truncateds[env_index],
+                            extra_model_outputs=extra,
+                        )
+                        env_ts += 1
+                        agent_ts += len(observations[env_index])
+                        self._count_step(observations[env_index], episode)
 
             for env_index in range(self.num_envs):
                 if env_index in call_on_episode_start:
@@ -306,6 +383,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                     self._make_on_episode_callback(
                         "on_episode_end", env_index, self._ongoing_episodes
                     )
+                    self._ongoing_episodes[env_index].validate()
                     self._prune_zero_len_sa_episodes(self._ongoing_episodes[env_index])
                     done_episodes_to_return.append(self._ongoing_episodes[env_index])
                     if self.episodes_to_numpy:
