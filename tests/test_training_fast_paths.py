@@ -23,7 +23,7 @@ from rl_trading.errors import ConfigError
 from rl_trading.training.algo_config import build_phase_config
 from rl_trading.training.env_bridge import hierarchical_factory
 from rl_trading.training.fast.determinism import env_to_module_agent_order, learner_agent_order
-from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner
+from rl_trading.training.fast.fused_runner import FusedActingEnvRunner
 from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
 
 SYMBOLS = ["AAA", "BBB"]
@@ -57,7 +57,7 @@ def test_switch_selects_fast_or_stock_classes(splits, phase):
         specs = config.rl_module_spec.rl_module_specs
         stock_acting = {bool(s.model_config.get(STOCK_ACTING_KEY)) for s in specs.values()}
         if fast:
-            assert runner_cls is FastMultiAgentEnvRunner
+            assert runner_cls is FusedActingEnvRunner
             assert learner_cls is GroupedPPOTorchLearner
             assert stock_acting == {False}
         else:  # RLlib's defaults: MultiAgentEnvRunner (env_runner_cls None) and PPOTorchLearner
@@ -158,7 +158,7 @@ def test_checkpoint_restores_in_the_other_mode(ray_session, splits, tmp_path, sa
         algo.stop()
     other = build(not saved_fast)
     try:
-        assert (type(other.env_runner) is FastMultiAgentEnvRunner) is (not saved_fast)
+        assert (type(other.env_runner) is FusedActingEnvRunner) is (not saved_fast)
         restore_algorithm_state(other, tmp_path / "ckpt")
         restored = other.learner_group.get_weights()
         runner = other.env_runner.module.get_state()

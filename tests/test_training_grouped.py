@@ -235,7 +235,7 @@ def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
             for name, leaf in held.params.items():
                 names = [n for n, _ in held_m[0].named_parameters()]
                 leaf.grad = torch.stack([gs[names.index(name)] for gs in grads])
-            held.step(log=lambda **kw: None)  # no clipping at this bound
+            held.step(log=lambda keys, values: None)  # no clipping at this bound
         held.release()
         for a, b in zip(sep_m, held_m, strict=True):
             for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):

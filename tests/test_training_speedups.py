@@ -87,39 +87,83 @@ def test_fast_learner_is_bit_identical_to_stock(ray_session):
     _assert_same_weights(fast, stock)
 
 
+_COUNTERS = (
+    "num_agent_steps_sampled",
+    "num_agent_steps_sampled_lifetime",
+    "num_module_steps_sampled",
+    "num_module_steps_sampled_lifetime",
+    "num_env_steps_sampled",
+    "num_env_steps_sampled_lifetime",
+    "num_episodes",
+)
+
+
 @pytest.mark.rllib
-def test_fast_env_runner_is_default_and_bit_identical_to_stock(ray_session):
-    """Same weights and the same sampled step counters as RLlib's MultiAgentEnvRunner,
-    with 2 vectorised envs (the batched counters add up across sub-envs)."""
-    cfg = _cfg()
-    splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=1), 0.7, 0.15, 5)
-    config = build_phase_config(cfg, 1, hierarchical_factory(cfg, splits.train, splits.val))
-    assert config.env_runner_cls is FastMultiAgentEnvRunner
-    fast, fast_metrics = _weights_after_two_iterations(num_envs=2)
+def test_fast_env_runner_is_bit_identical_to_stock(ray_session):
+    """The counters-only runner (the fused runner's base): the same weights and sampled step
+    counters as RLlib's MultiAgentEnvRunner, with 2 vectorised envs (the batched counters
+    add up across sub-envs)."""
+    fast, fast_metrics = _weights_after_two_iterations(
+        env_runner_cls=FastMultiAgentEnvRunner, num_envs=2
+    )
     stock, stock_metrics = _weights_after_two_iterations(
         env_runner_cls=MultiAgentEnvRunner, num_envs=2
     )
     _assert_same_weights(fast, stock)
-    for key in (
-        "num_agent_steps_sampled",
-        "num_agent_steps_sampled_lifetime",
-        "num_module_steps_sampled",
-        "num_module_steps_sampled_lifetime",
-    ):
-        assert fast_metrics[key] == stock_metrics[key] and len(fast_metrics[key]) == 2, key
-    for key in ("num_env_steps_sampled", "num_env_steps_sampled_lifetime", "num_episodes"):
+    for key in _COUNTERS:
         assert fast_metrics[key] == stock_metrics[key], key
+    assert len(fast_metrics["num_agent_steps_sampled"]) == len(SYMBOLS)
+
+
+@pytest.mark.rllib
+@pytest.mark.parametrize("phase", [1, 2, 3])
+def test_fused_env_runner_is_default_and_matches_stock(ray_session, phase):
+    """The default runner acts without the connector pipelines (stacked specialists, the
+    meta on its own): after two iterations with 2 vectorised envs (episodes end and restart
+    inside them) the weights equal those of RLlib's stock runner within float32 rounding of
+    the stacked matmuls (one draw of the noise: the same torch RNG stream), and every step
+    and episode counter is equal. The fused pass is checked to have run."""
+    from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+
+    from rl_trading.training.fast import fused_runner
+
+    cfg = _cfg()
+    splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=1), 0.7, 0.15, 5)
+    config = build_phase_config(cfg, phase, hierarchical_factory(cfg, splits.train, splits.val))
+    assert config.env_runner_cls is fused_runner.FusedActingEnvRunner
+    calls = fused_runner.FusedActingEnvRunner.fused_sample_calls
+    fused, fused_metrics = _weights_after_two_iterations(PPOTorchLearner, num_envs=2, phase=phase)
+    assert fused_runner.FusedActingEnvRunner.fused_sample_calls >= calls + 2
+    stock, stock_metrics = _weights_after_two_iterations(
+        PPOTorchLearner, env_runner_cls=MultiAgentEnvRunner, num_envs=2, phase=phase
+    )
+    n_modules = len(SYMBOLS) + (phase > 1)
+    assert fused.keys() == stock.keys() and len(fused) == n_modules
+    moved = 0.0
+    for pid in fused:
+        for name, value in fused[pid].items():
+            np.testing.assert_allclose(value, stock[pid][name], rtol=1e-5, atol=1e-6)
+            moved = max(moved, float(np.abs(value - stock[pid][name]).max()))
+    for key in _COUNTERS:
+        assert fused_metrics[key] == stock_metrics[key], key
+    assert fused_metrics["num_episodes"] > 0
+    assert fused_metrics["episode_return_mean"] == pytest.approx(
+        stock_metrics["episode_return_mean"], rel=1e-5
+    )
 
 
 @pytest.mark.rllib
 @pytest.mark.parametrize("phase", [2, 3])
 def test_fast_paths_are_bit_identical_to_stock_in_phases_2_and_3(ray_session, phase):
     """Phase 2 (meta trains, specialists frozen and greedy) and phase 3 (all train): the fast
-    env runner, fast learner and module-side acting give the weights of
-    `rllib_fast_paths: false` (RLlib's classes) bit for bit. (The default grouped learner
+    counters-only env runner, fast learner and module-side acting give the weights of
+    `rllib_fast_paths: false` (RLlib's classes) bit for bit (the default fused runner: within
+    float32 rounding, `test_fused_env_runner_is_default_and_matches_stock`). (The default grouped learner
     computes the PPO loss its own way: float32 rounding apart, tests/test_training_grouped.py.)"""
     learner = FastPPOTorchLearner
-    fast, _ = _weights_after_two_iterations(learner, phase=phase)
+    fast, _ = _weights_after_two_iterations(
+        learner, env_runner_cls=FastMultiAgentEnvRunner, phase=phase
+    )
     stock, _ = _weights_after_two_iterations(phase=phase, fast=False)
     _assert_same_weights(fast, stock, n_modules=len(SYMBOLS) + 1)
 
@@ -132,7 +176,9 @@ def test_bf16_learner_is_bit_identical_to_stock_without_autocast(ray_session):
     from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
 
     assert not BF16PPOTorchLearner.cpu_autocast
-    fast, _ = _weights_after_two_iterations(BF16PPOTorchLearner)
+    fast, _ = _weights_after_two_iterations(
+        BF16PPOTorchLearner, env_runner_cls=FastMultiAgentEnvRunner
+    )
     stock, _ = _weights_after_two_iterations(fast=False)
     _assert_same_weights(fast, stock)
 

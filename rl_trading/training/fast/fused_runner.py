@@ -107,6 +107,8 @@ def _pipeline_is(pipeline: Any, allowed: tuple[type, ...]) -> bool:
 class FusedActingEnvRunner(FastMultiAgentEnvRunner):
     """`FastMultiAgentEnvRunner` whose sampling loop acts without the connector pipelines."""
 
+    fused_sample_calls = 0  # sample() calls that took the fused pass (in this process)
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fused = self._fused_supported()
@@ -274,6 +276,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                 force_reset=force_reset,
             )
         self._env_steps = self._episodes_done = 0
+        type(self).fused_sample_calls += 1
         try:
             return self._fused_sample(num_timesteps, num_episodes, force_reset)
         finally:

@@ -120,7 +120,8 @@ class HeldStack:
         return True
 
     def step(self, log: Any) -> None:
-        """RLlib's per-module global-norm clip, its nan/inf handling, then one Adam step."""
+        """RLlib's per-module global-norm clip, its nan/inf handling, then one Adam step;
+        `log(keys, values)` takes the modules' clipped-norm metrics (window 1)."""
         grads = [leaf.grad for leaf in self.params.values() if leaf.grad is not None]
         n = len(self.mids)
         per_tensor = torch.stack(
@@ -130,12 +131,16 @@ class HeldStack:
         coeff = _clip_coefficients(norms, self.clip)
         for g in grads:
             g.detach().mul_(coeff.view(n, *([1] * (g.dim() - 1))))
-        for key, norm in zip(self.norm_keys, norms, strict=True):
-            log(key=key, value=norm, window=1)
-        for leaf in self.params.values():  # as TorchLearner.apply_gradients: nan/inf -> 0
-            if leaf.grad is not None and not bool(torch.isfinite(leaf.grad).all()):
-                logger.warning("Gradients of %s contain `nan/inf` values; set to zero.", self.mids)
-                leaf.grad = torch.nan_to_num(leaf.grad)
+        log(self.norm_keys, norms)
+        # as TorchLearner.apply_gradients: nan/inf -> 0; finite norms mean finite gradients,
+        # so the per-tensor scan (one sync each) only runs when some norm is not finite
+        if not bool(torch.isfinite(per_tensor).all()):
+            for leaf in self.params.values():
+                if leaf.grad is not None and not bool(torch.isfinite(leaf.grad).all()):
+                    logger.warning(
+                        "Gradients of %s contain `nan/inf` values; set to zero.", self.mids
+                    )
+                    leaf.grad = torch.nan_to_num(leaf.grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -206,6 +211,41 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         """RLlib's build, plus the (empty) table of held stacks."""
         super().build()
         self._held: dict[tuple[str, ...], HeldStack] = {}
+        self._window1: dict[tuple, tuple[torch.Tensor, int]] = {}
+        self._window1_stats: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
+        self._off_policy_batch: dict | None = None
+
+    # -- window-1 metrics: only the update's last minibatch counts, so log that one ------------
+    def _defer(self, keys: list, values: torch.Tensor) -> None:
+        """Keep the latest of per-module window-1 metrics (`values[i]` for `keys[i]`) until the
+        update ends: a window of 1 reports the last minibatch's value (same result, one log)."""
+        for i, key in enumerate(keys):
+            self._window1[key] = (values, i)
+
+    def _defer_stats(self, mids: list[str], stats: dict[str, torch.Tensor]) -> None:
+        """As `_defer`, for the PPO loss statistics (`{name: [G]}`) of a stacked group."""
+        for i, mid in enumerate(mids):
+            self._window1_stats[mid] = (stats, i)
+
+    def _compute_off_policyness(self, batch: dict) -> None:
+        """RLlib's off-policyness metric (window 1), computed for the update's last minibatch."""
+        self._off_policy_batch = batch
+
+    def _flush_window1(self) -> None:
+        if self._off_policy_batch is not None:
+            super()._compute_off_policyness(self._off_policy_batch)
+            self._off_policy_batch = None
+        for key, (values, i) in self._window1.items():
+            self.metrics.log_value(key=key, value=values[i], window=1)
+        for mid, (stats, i) in self._window1_stats.items():
+            self.metrics.log_dict({k: v[i] for k, v in stats.items()}, key=mid, window=1)
+        self._window1.clear()
+        self._window1_stats.clear()
+
+    def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
+        """Log the deferred window-1 metrics, then RLlib's (PPO reads the KL from them)."""
+        self._flush_window1()
+        super().after_gradient_based_update(timesteps=timesteps)
 
     def update(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's update; held stacks write their weights back at its end, come what may."""
@@ -271,7 +311,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
                 stepping.append(held)
         gradients = self.compute_gradients(loss_per_module)
         for held in stepping:
-            held.step(self.metrics.log_value)
+            held.step(self._defer)
         self.apply_gradients(self.postprocess_gradients(gradients))
         return fwd_out, loss_per_module, {}
 
@@ -368,8 +408,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
                 ENTROPY_KEY: mean_entropy.detach(),
                 LEARNER_RESULTS_KL_KEY: mean_kl.detach(),
             }
-        for i, mid in enumerate(mids):
-            self.metrics.log_dict({k: v[i] for k, v in stats.items()}, key=mid, window=1)
+        self._defer_stats(mids, stats)
         fwd_out = {mid: {Columns.ACTION_DIST_INPUTS: dist_inputs[i]} for i, mid in enumerate(mids)}
         return fwd_out, {mid: total[i] for i, mid in enumerate(mids)}
 
