@@ -9,9 +9,11 @@ load before and after each row. Rows per repeat:
   envs); each with a profile of where an iteration's time goes (sampling, learner update,
   weight sync, the rest) and one validation pass;
 - SB3 PPO on one TradingEnv, and on `n_envs` TradingEnvs (default: RLlib's total vectorised
-  env count of the shipped row) in a `DummyVecEnv` and in a `SubprocVecEnv`, both with the same
-  4000-step rollout (`n_steps = 4000 / n_envs`); the faster is "SB3 vectorised", the baseline
-  of the ratios (agent steps/s: 8 per hierarchical env step, 1 per SB3 env step).
+  env count of the shipped row) in a `DummyVecEnv` (on torch's default threads, one per core,
+  and on 1 thread) and in a `SubprocVecEnv`, all with the same 4000-step rollout
+  (`n_steps = 4000 / n_envs`); the fastest vectorised row is "SB3 vectorised", the baseline of
+  the ratios (agent steps/s: 8 per hierarchical env step, 1 per SB3 env step). RLlib's learner
+  runs on `resources.learner_threads` (default: one torch thread per env-runner CPU).
 
 Then a default phase 1 (500k env steps, configs/default.yaml as shipped: 10 epochs, 2 env
 runners x 8 envs) is projected from a short run of that exact config plus one validation pass,
@@ -84,12 +86,15 @@ def _spec_modules(algo) -> dict:
 def rllib_phase1(cfg, splits, iterations: int) -> dict:
     """Agent and env steps/s of `iterations` phase-1 iterations (after one warm-up), the time
     per part of those iterations, and one validation pass."""
+    import torch
+
     from rl_trading.training.algo_config import build_phase_config
     from rl_trading.training.env_bridge import hierarchical_factory
     from rl_trading.training.validation import validate
 
     factory = hierarchical_factory(cfg, splits.train, splits.val)
-    algo = build_phase_config(cfg, 1, factory).build_algo()
+    algo = build_phase_config(cfg, 1, factory).build_algo()  # sets the learner's threads
+    threads = torch.get_num_threads()
     load_before = _load()
     try:
         algo.train()  # warm-up (first sampling + learner build costs)
@@ -120,15 +125,19 @@ def rllib_phase1(cfg, splits, iterations: int) -> dict:
         "parts": {k: v for k, v in parts.items() if k in ("sampling", "learner", "weight_sync")},
         "iterations": iterations,
         "val_s": val_s,
+        "threads": threads,
         "eval_interval": cfg.phases.eval_interval,
         "load": f"before {load_before}, after {_load()}",
     }
 
 
-def sb3_run(cfg, splits, iterations: int, n_envs: int = 1, vec: str = "single") -> dict:
+def sb3_run(
+    cfg, splits, iterations: int, n_envs: int = 1, vec: str = "single", threads: int = 1
+) -> dict:
     """SB3 PPO steps/s with matched hyperparameters on `n_envs` TradingEnvs (env i trades
     instrument i mod 8) in a `DummyVecEnv` ("single": one env, "dummy") or `SubprocVecEnv`
-    ("subproc"); the rollout per update stays `train_batch_size` (`n_steps * n_envs`)."""
+    ("subproc"), torch on `threads` threads; the rollout per update stays `train_batch_size`
+    (`n_steps * n_envs`)."""
     import warnings
 
     import torch
@@ -148,6 +157,7 @@ def sb3_run(cfg, splits, iterations: int, n_envs: int = 1, vec: str = "single") 
         return lambda: TradingEnv(cfg, bars=bars, seed=i)
 
     fns = [make(i) for i in range(n_envs)]
+    torch.set_num_threads(threads)
     env = SubprocVecEnv(fns) if vec == "subproc" else DummyVecEnv(fns)
     load_before = _load()
     try:
@@ -275,7 +285,8 @@ def _describe(cfg) -> str:
 def _row(label: str, r: dict) -> str:
     return (
         f"  {label}: {r['agent_steps_per_s']:.0f} agent steps/s, {r['env_steps_per_s']:.0f} env "
-        f"steps/s ({r['env_steps']:.0f} env steps in {r['wall_s']:.1f}s) {r['load']}"
+        f"steps/s ({r['env_steps']:.0f} env steps in {r['wall_s']:.1f}s), learner torch "
+        f"threads {r['threads']}, {r['load']}"
     )
 
 
@@ -298,7 +309,7 @@ def _ratios(values: list[float]) -> str:
 
 def matched_comparison(args, splits) -> None:
     """Interleaved RLlib / SB3 repeats with matched hyperparameters; ratios per repeat against
-    SB3 vectorised (the faster of DummyVecEnv and SubprocVecEnv) and SB3 with one env."""
+    SB3 vectorised (the fastest of its vectorised rows) and SB3 with one env."""
     matched = _with(MATCHED, ppo=QUICK_PPO) if args.quick else MATCHED
     shipped = _default_cfg().resources
     driver = _cfg(
@@ -341,16 +352,18 @@ def matched_comparison(args, splits) -> None:
         f"mod 8); n_envs 1 and {n_envs} (= RLlib's {_env_count(defaults)} vectorised envs of the "
         f"shipped row unless --sb3-envs)"
     )
+    many = args.torch_threads  # torch's default: one per core
     sb3_rows = {
-        "SB3 PPO, 1 env": (1, "single"),
-        f"SB3 PPO, DummyVecEnv x {n_envs}": (n_envs, "dummy"),
-        f"SB3 PPO, SubprocVecEnv x {n_envs}": (n_envs, "subproc"),
+        "SB3 PPO, 1 env": (1, "single", many),
+        f"SB3 PPO, DummyVecEnv x {n_envs}, {many} torch threads": (n_envs, "dummy", many),
+        f"SB3 PPO, DummyVecEnv x {n_envs}, 1 torch thread": (n_envs, "dummy", 1),
+        f"SB3 PPO, SubprocVecEnv x {n_envs}, {many} torch threads": (n_envs, "subproc", many),
     }
     ratios: dict[str, list[float]] = {}
     for rep in range(args.repeats):
         print(f"repeat {rep + 1}/{args.repeats}:")
         results = {k: rllib_phase1(c, splits, args.iterations) for k, c in variants.items()}
-        sb = {k: sb3_run(driver, splits, args.iterations, n, v) for k, (n, v) in sb3_rows.items()}
+        sb = {k: sb3_run(driver, splits, args.iterations, *row) for k, row in sb3_rows.items()}
         for label, r in results.items():
             print(_row(label, r))
             print(_profile_row(r))
@@ -359,7 +372,7 @@ def matched_comparison(args, splits) -> None:
         vec_label = max(list(sb)[1:], key=lambda k: sb[k]["agent_steps_per_s"])
         vec = sb[vec_label]["agent_steps_per_s"]
         one = sb["SB3 PPO, 1 env"]["agent_steps_per_s"]
-        print(f"  SB3 vectorised (the faster of the two): {vec_label}, {vec:.0f} agent steps/s")
+        print(f"  SB3 vectorised (the fastest of the three): {vec_label}, {vec:.0f} agent steps/s")
         for label, r in results.items():
             rv, r1 = r["agent_steps_per_s"] / vec, r["agent_steps_per_s"] / one
             ratios.setdefault(f"{label} / SB3 vectorised", []).append(rv)
@@ -510,6 +523,9 @@ def main() -> None:
         "--sb3-envs", type=int, default=None, help="SB3 n_envs (default: RLlib shipped env count)"
     )
     parser.add_argument("--n-bars", type=int, default=20_000)
+    parser.add_argument(
+        "--torch-threads", type=int, default=0, help="SB3's torch threads (0: torch's default)"
+    )
     parser.add_argument("--baseline", action="store_true", help="add the 1-env RLlib row")
     parser.add_argument("--shared", action="store_true", help="add the shared-specialist row")
     parser.add_argument("--skip-default", action="store_true")
@@ -526,12 +542,14 @@ def main() -> None:
     import torch
 
     app_threads = torch.get_num_threads()  # what the app runs with (torch's default)
-    torch.set_num_threads(1)
+    args.torch_threads = args.torch_threads or app_threads
     print(f"cpus={os.cpu_count()} {_load()} (1/5/15 min)")
     if not args.skip_matched:
         ray.init(include_dashboard=False, log_to_driver=False)
         print(
-            f"matched comparison: torch_threads=1 in the driver, Ray CPUs "
+            f"matched comparison: RLlib's learner on resources.learner_threads (0: one torch "
+            f"thread per env-runner CPU, at least 1), SB3 on {args.torch_threads} torch threads "
+            f"(torch's default) and, vectorised, also on 1; Ray CPUs "
             f"{ray.cluster_resources().get('CPU', 0):.0f}"
         )
         matched_comparison(args, _bars(args.n_bars))

@@ -299,6 +299,10 @@ class ResourcesConfig(Section):
     num_cpus_per_env_runner: float = Field(1.0, gt=0)
     num_learners: int = Field(0, ge=0)
     num_gpus_per_learner: float = Field(0.0, ge=0)
+    # torch threads of a learner in the phase's own process (num_learners 0); 0: one per CPU
+    # reserved for the env runners (num_env_runners x num_cpus_per_env_runner, at least 1).
+    # PPO samples, then learns: the learner uses the runners' cores while they wait.
+    learner_threads: int = Field(0, ge=0)
     precision: Literal["fp32", "bf16"] = "fp32"
     # The project's RLlib speed-ups (rl_trading/training/fast/: env runner, learners, module-side
     # acting); false trains with RLlib's stock MultiAgentEnvRunner / PPOTorchLearner. Same

@@ -127,6 +127,15 @@ def _fast_paths(config: AlgorithmConfig, precision: str, sac: bool) -> Algorithm
     return config.learners(learner_class=GroupedPPOTorchLearner)
 
 
+def learner_threads(res: Any) -> int:
+    """Torch threads for a learner in the phase's own process: `resources.learner_threads`, or
+    (0) one per CPU reserved for the env runners, at least 1. Sampling and the PPO update take
+    turns, so those cores are idle while the learner runs (Ray starts its actors with 1)."""
+    if res.learner_threads:
+        return int(res.learner_threads)
+    return max(1, int(round(res.num_env_runners * res.num_cpus_per_env_runner)))
+
+
 def build_phase_config(
     cfg: AppConfig,
     phase: int | str,
@@ -136,9 +145,14 @@ def build_phase_config(
     """PPO (or SAC) config of phase 1 (specialists), 2 (meta, specialists frozen) or 3 (joint).
 
     Phase 3 gives specialists `phases.specialist_lr` and meta `phases.meta_lr` through
-    per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`).
+    per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`). With the
+    learner in this process (`num_learners` 0), sets its torch threads (`learner_threads`).
     """
     install_agent_order()  # the driver's local env runner / learner (see fast/determinism.py)
+    if cfg.resources.num_learners == 0:
+        import torch
+
+        torch.set_num_threads(learner_threads(cfg.resources))
     phase = phase_number(phase)
     mode = PHASE_MODES[phase]
     sac = cfg.phases.algorithm == "sac"
