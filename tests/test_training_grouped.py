@@ -104,7 +104,7 @@ def test_joint_adam_step_is_bit_identical_to_separate_steps():
 SYMBOLS = ["AAA", "BBB", "CCC"]
 
 
-def _phase1(learner_class: type, iterations: int = 1) -> tuple[dict, dict]:
+def _phase1(learner_class: type, iterations: int = 1, phase: int = 1) -> tuple[dict, dict]:
     from rl_trading.config import AppConfig
 
     cfg = AppConfig.model_validate(
@@ -122,7 +122,7 @@ def _phase1(learner_class: type, iterations: int = 1) -> tuple[dict, dict]:
         }
     )
     splits = split_by_time(synthetic_market(SYMBOLS, n_bars=900, seed=2), 0.7, 0.15, 5)
-    config = build_phase_config(cfg, 1, hierarchical_factory(cfg, splits.train, splits.val))
+    config = build_phase_config(cfg, phase, hierarchical_factory(cfg, splits.train, splits.val))
     assert config.learner_class is GroupedPPOTorchLearner  # the default
     algo = config.learners(learner_class=learner_class).build_algo()
     try:
@@ -138,10 +138,12 @@ class _CountingGrouped(GroupedPPOTorchLearner):
 
     held_calls = 0
 
+    groups: set = set()
+
     def _stacked_ppo_losses(self, mids, batch, params=None):
         type(self).stacked_calls += 1
         type(self).held_calls += params is not None
-        assert sorted(mids) == [f"specialist_{s}" for s in SYMBOLS]
+        type(self).groups.add(tuple(sorted(mids)))
         return super()._stacked_ppo_losses(mids, batch, params)
 
 
@@ -155,6 +157,7 @@ def test_grouped_learner_matches_rllib_ppo_learner(ray_session):
     # second update starts from the Adam state the first one wrote back into the optimizers
     assert _CountingGrouped.stacked_calls >= 18
     assert _CountingGrouped.held_calls == _CountingGrouped.stacked_calls  # held stacks
+    assert _CountingGrouped.groups == {tuple(f"specialist_{s}" for s in SYMBOLS)}
     assert grouped.keys() == stock.keys() and len(grouped) == len(SYMBOLS)
     for pid in stock:
         for name, value in stock[pid].items():
@@ -243,3 +246,21 @@ def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
     assert float(held_o[0].state[params_of[0][0]]["step"]) == 4.0
     held_o[1].param_groups[0]["lr"] = 3e-3
     assert not HeldStack.can_hold(held_o, params_of)
+
+
+@pytest.mark.rllib
+def test_grouped_learner_matches_rllib_in_phase_3_with_the_meta_as_a_group_of_one(ray_session):
+    """Phase 3 trains the specialists (one stacked group) and the meta (its own shape: a group
+    of one on the same held path): weights and learner stats as RLlib's PPOTorchLearner."""
+    _CountingGrouped.groups = set()
+    grouped, g_stats = _phase1(_CountingGrouped, iterations=2, phase=3)
+    stock, s_stats = _phase1(PPOTorchLearner, iterations=2, phase=3)
+    assert _CountingGrouped.groups == {tuple(f"specialist_{s}" for s in SYMBOLS), ("meta",)}
+    assert grouped.keys() == stock.keys() and "meta" in grouped
+    for pid in stock:
+        for name, value in stock[pid].items():
+            np.testing.assert_allclose(grouped[pid][name], value, rtol=1e-5, atol=1e-7)
+        for key, value in s_stats[pid].items():
+            if isinstance(value, float) and "timer" not in key and "throughput" not in key:
+                want = pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True)
+                assert g_stats[pid][key] == want, (pid, key)

@@ -157,9 +157,9 @@ def test_fused_env_runner_is_default_and_matches_stock(ray_session, phase):
 def test_fast_paths_are_bit_identical_to_stock_in_phases_2_and_3(ray_session, phase):
     """Phase 2 (meta trains, specialists frozen and greedy) and phase 3 (all train): the fast
     counters-only env runner, fast learner and module-side acting give the weights of
-    `rllib_fast_paths: false` (RLlib's classes) bit for bit (the default fused runner: within
-    float32 rounding, `test_fused_env_runner_is_default_and_matches_stock`). (The default grouped learner
-    computes the PPO loss its own way: float32 rounding apart, tests/test_training_grouped.py.)"""
+    `rllib_fast_paths: false` (RLlib's classes) bit for bit. (The default fused runner and
+    grouped learner agree within float32 rounding: `test_fused_env_runner_is_default_and_
+    matches_stock` and tests/test_training_grouped.py.)"""
     learner = FastPPOTorchLearner
     fast, _ = _weights_after_two_iterations(
         learner, env_runner_cls=FastMultiAgentEnvRunner, phase=phase

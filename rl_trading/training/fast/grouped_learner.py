@@ -9,10 +9,11 @@ per layer (`policies/stacked.py`), the PPO loss runs on `[G, B]` tensors, then o
 each module's global-norm clip from its own norms, and one fused Adam step; at the end of the
 update everything is written back into the modules and their optimizers. Every module keeps
 its own parameters, optimizer, loss, KL coefficient and metrics, exactly as in
-`PPOTorchLearner`; modules that cannot be stacked (other architectures, the meta, a
-distributed learner group) take RLlib's path. The loss is RLlib's PPO loss term for term
-(tests/test_training_grouped.py compares the weights after two iterations with
-`PPOTorchLearner`'s within float32 rounding).
+`PPOTorchLearner`. A module of its own shape (the meta) runs the same path as a group of one;
+modules that cannot be stacked (other architectures, a distributed learner group) take
+RLlib's path. The loss is RLlib's PPO loss term for term (tests/test_training_grouped.py
+compares the weights after two iterations with `PPOTorchLearner`'s within float32 rounding,
+in phase 1 and, with the meta, phase 3).
 """
 
 from __future__ import annotations
@@ -174,7 +175,10 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
     adam_kwargs = {"fused": True}
 
     def _stack_groups(self, batch: dict[str, Any]) -> list[list[str]]:
-        """Module ids of this minibatch that can run stacked, in groups of two or more."""
+        """Module ids of this minibatch that can run stacked, in groups of same-shape modules.
+
+        A group of one (the meta) takes the same path: its held weights, the loss written out
+        on tensors and one fused Adam cost less per step than RLlib's per-module update."""
         cfg = self.config
         if cfg.num_learners > 1 or self._grad_scalers is not None or cfg.torch_compile_learner:
             return []  # DDP syncs through the wrapped forward; keep RLlib's path there
@@ -205,7 +209,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
                 Columns.LOSS_MASK in mb,
             )
             by_key.setdefault(key, []).append(mid)
-        return [group for group in by_key.values() if len(group) > 1]
+        return list(by_key.values())
 
     def build(self) -> None:
         """RLlib's build, plus the (empty) table of held stacks."""
