@@ -168,6 +168,13 @@ def test_grouped_learner_matches_rllib_ppo_learner(ray_session):
                 assert g_stats[pid][key] == want, key
     for key in ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "vf_explained_var"):
         assert key in g_stats[f"specialist_{SYMBOLS[0]}"], key
+    for key in (  # the step counters, summed over the update before they are logged
+        "num_module_steps_trained",
+        "num_module_steps_trained_lifetime",
+        "num_env_steps_trained",
+        "num_env_steps_trained_lifetime",
+    ):
+        assert g_stats["__all_modules__"][key] == s_stats["__all_modules__"][key] > 0, key
     assert "gradients_default_optimizer_global_norm" in g_stats[f"specialist_{SYMBOLS[0]}"]
 
 

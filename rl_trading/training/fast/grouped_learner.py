@@ -32,6 +32,15 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.distribution.torch.torch_distribution import TorchDiagGaussian
 from ray.rllib.core.learner.learner import ENTROPY_KEY, POLICY_LOSS_KEY, VF_LOSS_KEY
 from ray.rllib.evaluation.postprocessing import Postprocessing
+from ray.rllib.utils.metrics import (
+    ALL_MODULES,
+    MODULE_TRAIN_BATCH_SIZE_MEAN,
+    NUM_ENV_STEPS_TRAINED,
+    NUM_ENV_STEPS_TRAINED_LIFETIME,
+    NUM_MODULE_STEPS_TRAINED,
+    NUM_MODULE_STEPS_TRAINED_LIFETIME,
+    WEIGHTS_SEQ_NO,
+)
 from ray.rllib.utils.numpy import SMALL_NUMBER
 
 from policies.stacked import stack_signature, stacked_forward_train
@@ -182,6 +191,19 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         cfg = self.config
         if cfg.num_learners > 1 or self._grad_scalers is not None or cfg.torch_compile_learner:
             return []  # DDP syncs through the wrapped forward; keep RLlib's path there
+        # the grouping depends on the modules and the minibatch shapes only: found once
+        shape = tuple(
+            (mid, id(self.module[mid]) if mid in self.module else None,
+             tuple(mb[Columns.OBS].shape) if Columns.OBS in mb else None,
+             Columns.LOSS_MASK in mb)
+            for mid, mb in batch.items()
+        )  # fmt: skip
+        if shape not in self._groups_of:
+            self._groups_of[shape] = self._find_groups(batch)
+        return [list(group) for group in self._groups_of[shape]]
+
+    def _find_groups(self, batch: dict[str, Any]) -> list[list[str]]:
+        cfg = self.config
         by_key: dict[tuple, list[str]] = {}
         for mid, mb in batch.items():
             if mid not in self.module:
@@ -218,6 +240,8 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         self._window1: dict[tuple, tuple[torch.Tensor, int]] = {}
         self._window1_stats: dict[str, tuple[dict[str, torch.Tensor], int]] = {}
         self._off_policy_batch: dict | None = None
+        self._groups_of: dict[tuple, list[list[str]]] = {}
+        self._steps_trained: list[tuple[dict[str, int], int]] = []
 
     # -- window-1 metrics: only the update's last minibatch counts, so log that one ------------
     def _defer(self, keys: list, values: torch.Tensor) -> None:
@@ -235,6 +259,45 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         """RLlib's off-policyness metric (window 1), computed for the update's last minibatch."""
         self._off_policy_batch = batch
 
+    def _log_steps_trained_metrics(self, batch: Any) -> None:
+        """RLlib's per-minibatch step counters, summed over the update and logged once."""
+        sizes = {mid: len(mb) for mid, mb in batch.policy_batches.items()}
+        self._steps_trained.append((sizes, batch.env_steps()))
+
+    def _flush_steps_trained(self) -> None:
+        """What RLlib's `_log_steps_trained_metrics` logs per minibatch, in one call per key:
+        sums and lifetime sums of the totals, the last weights seq no (window 1), and the mean
+        minibatch size per module (each size in turn where they differ)."""
+        if not self._steps_trained:
+            return
+        log = self.metrics.log_value
+        per_module: dict[str, list[int]] = {}
+        for sizes, _ in self._steps_trained:
+            for mid, n in sizes.items():
+                per_module.setdefault(mid, []).append(n)
+        for mid, ns in per_module.items():
+            log((mid, WEIGHTS_SEQ_NO), self._weights_seq_no, window=1)
+            for n in ns if len(set(ns)) > 1 else ns[:1]:
+                log(key=(mid, MODULE_TRAIN_BATCH_SIZE_MEAN), value=n, reduce="mean")
+            total = sum(ns)
+            log(key=(mid, NUM_MODULE_STEPS_TRAINED), value=total, reduce="sum")
+            log(
+                key=(mid, NUM_MODULE_STEPS_TRAINED_LIFETIME),
+                value=total,
+                reduce="lifetime_sum",
+                with_throughput=True,
+            )
+        all_steps = sum(sum(ns) for ns in per_module.values())
+        env_steps = sum(e for _, e in self._steps_trained)
+        for key, value, reduce in (
+            (NUM_MODULE_STEPS_TRAINED, all_steps, "sum"),
+            (NUM_MODULE_STEPS_TRAINED_LIFETIME, all_steps, "lifetime_sum"),
+            (NUM_ENV_STEPS_TRAINED, env_steps, "sum"),
+            (NUM_ENV_STEPS_TRAINED_LIFETIME, env_steps, "lifetime_sum"),
+        ):
+            log((ALL_MODULES, key), value, reduce=reduce, with_throughput=True)
+        self._steps_trained.clear()
+
     def _flush_window1(self) -> None:
         if self._off_policy_batch is not None:
             super()._compute_off_policyness(self._off_policy_batch)
@@ -247,8 +310,9 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         self._window1_stats.clear()
 
     def after_gradient_based_update(self, *, timesteps: dict[str, Any]) -> None:
-        """Log the deferred window-1 metrics, then RLlib's (PPO reads the KL from them)."""
+        """Log the deferred metrics, then RLlib's (PPO reads the KL from them)."""
         self._flush_window1()
+        self._flush_steps_trained()
         super().after_gradient_based_update(timesteps=timesteps)
 
     def update(self, *args: Any, **kwargs: Any) -> Any:
