@@ -51,7 +51,7 @@ _INSPECT = textwrap.dedent(
         "nodes": [n["NodeID"] for n in ray.nodes() if n["Alive"]],
         "runner_nodes": [
             a["Address"]["NodeID"] for a in state.actors().values()
-            if a["ActorClassName"].endswith("MultiAgentEnvRunner")
+            if a["ActorClassName"].endswith("EnvRunner")  # stock or the project's subclasses
         ],
     }))
     """

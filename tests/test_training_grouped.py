@@ -147,6 +147,17 @@ class _CountingGrouped(GroupedPPOTorchLearner):
         return super()._stacked_ppo_losses(mids, batch, params)
 
 
+def _assert_same_training(grouped: dict, g_stats: dict, stock: dict, s_stats: dict) -> None:
+    """Weights within float32 rounding and every numeric per-module learner stat alike."""
+    for pid in stock:
+        for name, value in stock[pid].items():
+            np.testing.assert_allclose(grouped[pid][name], value, rtol=1e-5, atol=1e-7)
+        for key, value in s_stats[pid].items():
+            if isinstance(value, float) and "timer" not in key and "throughput" not in key:
+                want = pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True)
+                assert g_stats[pid][key] == want, (pid, key)
+
+
 @pytest.mark.rllib
 def test_grouped_learner_matches_rllib_ppo_learner(ray_session):
     """Same weights (float32 rounding) and the same per-module learner stats as RLlib's
@@ -159,13 +170,7 @@ def test_grouped_learner_matches_rllib_ppo_learner(ray_session):
     assert _CountingGrouped.held_calls == _CountingGrouped.stacked_calls  # held stacks
     assert _CountingGrouped.groups == {tuple(f"specialist_{s}" for s in SYMBOLS)}
     assert grouped.keys() == stock.keys() and len(grouped) == len(SYMBOLS)
-    for pid in stock:
-        for name, value in stock[pid].items():
-            np.testing.assert_allclose(grouped[pid][name], value, rtol=1e-5, atol=1e-7)
-        for key, value in s_stats[pid].items():
-            if isinstance(value, float) and "timer" not in key and "throughput" not in key:
-                want = pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True)
-                assert g_stats[pid][key] == want, key
+    _assert_same_training(grouped, g_stats, stock, s_stats)
     for key in ("policy_loss", "vf_loss", "entropy", "mean_kl_loss", "vf_explained_var"):
         assert key in g_stats[f"specialist_{SYMBOLS[0]}"], key
     for key in (  # the step counters, summed over the update before they are logged
@@ -264,10 +269,4 @@ def test_grouped_learner_matches_rllib_in_phase_3_with_the_meta_as_a_group_of_on
     stock, s_stats = _phase1(PPOTorchLearner, iterations=2, phase=3)
     assert _CountingGrouped.groups == {tuple(f"specialist_{s}" for s in SYMBOLS), ("meta",)}
     assert grouped.keys() == stock.keys() and "meta" in grouped
-    for pid in stock:
-        for name, value in stock[pid].items():
-            np.testing.assert_allclose(grouped[pid][name], value, rtol=1e-5, atol=1e-7)
-        for key, value in s_stats[pid].items():
-            if isinstance(value, float) and "timer" not in key and "throughput" not in key:
-                want = pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True)
-                assert g_stats[pid][key] == want, (pid, key)
+    _assert_same_training(grouped, g_stats, stock, s_stats)
