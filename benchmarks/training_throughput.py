@@ -88,13 +88,14 @@ def rllib_phase1(cfg, splits, iterations: int) -> dict:
     per part of those iterations, and one validation pass."""
     import torch
 
-    from rl_trading.training.algo_config import build_phase_config
+    from rl_trading.training.algo_config import build_phase_config, learner_threads
     from rl_trading.training.env_bridge import hierarchical_factory
     from rl_trading.training.validation import validate
 
     factory = hierarchical_factory(cfg, splits.train, splits.val)
-    algo = build_phase_config(cfg, 1, factory).build_algo()  # sets the learner's threads
-    threads = torch.get_num_threads()
+    algo = build_phase_config(cfg, 1, factory).build_algo()
+    threads = learner_threads(cfg.resources)  # as a phase run sets them
+    torch.set_num_threads(threads)
     load_before = _load()
     try:
         algo.train()  # warm-up (first sampling + learner build costs)
@@ -393,8 +394,8 @@ def _default_cfg(sets: list[str] | None = None):
 
 def _time_iterations(cfg, factory, n: int, learner_class: type | None = None) -> tuple:
     """(iteration walls, seconds per part over the `n` iterations, one validation pass in s) of
-    `n` phase-1 iterations after a warm-up one."""
-    from rl_trading.training.algo_config import build_phase_config
+    `n` phase-1 iterations after a warm-up one, the learner on a phase run's torch threads."""
+    from rl_trading.training.algo_config import build_phase_config, learner_thread_count
     from rl_trading.training.validation import validate
 
     config = build_phase_config(cfg, 1, factory)
@@ -402,17 +403,18 @@ def _time_iterations(cfg, factory, n: int, learner_class: type | None = None) ->
         config = config.learners(learner_class=learner_class)
     algo = config.build_algo()
     try:
-        algo.train()  # warm-up
-        walls = []
-        with PhaseProfile() as prof:
-            for _ in range(n):
-                t0 = time.perf_counter()
-                algo.train()
-                walls.append(time.perf_counter() - t0)
-            parts = prof.snapshot()
-        t0 = time.perf_counter()
-        validate(factory, "specialists", _spec_modules(algo), seed=cfg.seed)
-        val_s = time.perf_counter() - t0
+        with learner_thread_count(cfg.resources):
+            algo.train()  # warm-up
+            walls = []
+            with PhaseProfile() as prof:
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    algo.train()
+                    walls.append(time.perf_counter() - t0)
+                parts = prof.snapshot()
+            t0 = time.perf_counter()
+            validate(factory, "specialists", _spec_modules(algo), seed=cfg.seed)
+            val_s = time.perf_counter() - t0
     finally:
         algo.stop()
     parts = {k: v for k, v in parts.items() if k in ("sampling", "learner", "weight_sync")}

@@ -237,3 +237,28 @@ def test_phase2_frozen_specialists_act_greedily_and_meta_horizon(ray_session, ba
         dist = module.get_exploration_action_dist_cls().from_logits(explore)
         spread = (dist.sample() - infer[:, :dim]).abs().max().item()
         assert (spread < 1e-6) if module is greedy else (spread > 1e-3)
+
+
+def test_learner_threads_use_the_env_runners_cpus_and_come_back():
+    """A phase's learner takes one torch thread per env-runner CPU (they idle during the PPO
+    update; Ray starts the trial with one), or the configured count; none with remote
+    learners; the process's own count is back after the phase."""
+    import torch
+
+    from rl_trading.config import ResourcesConfig
+    from rl_trading.training.algo_config import learner_thread_count, learner_threads
+
+    assert learner_threads(ResourcesConfig(num_env_runners=2)) == 2
+    assert learner_threads(ResourcesConfig(num_env_runners=3, num_cpus_per_env_runner=2)) == 6
+    assert learner_threads(ResourcesConfig(num_env_runners=0)) == 1  # PBT trials, driver sampling
+    assert learner_threads(ResourcesConfig(num_env_runners=2, learner_threads=5)) == 5
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with learner_thread_count(ResourcesConfig(num_env_runners=2)):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with learner_thread_count(ResourcesConfig(num_env_runners=2, num_learners=2)):
+            assert torch.get_num_threads() == 1  # the learners are elsewhere
+    finally:
+        torch.set_num_threads(before)

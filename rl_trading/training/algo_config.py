@@ -136,6 +136,21 @@ def learner_threads(res: Any) -> int:
     return max(1, int(round(res.num_env_runners * res.num_cpus_per_env_runner)))
 
 
+@contextlib.contextmanager
+def learner_thread_count(res: Any) -> Iterator[None]:
+    """Within the block, torch runs on `learner_threads(res)` threads when the learner lives
+    in this process (`num_learners` 0); the process's own count comes back after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    if res.num_learners == 0:
+        torch.set_num_threads(learner_threads(res))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build_phase_config(
     cfg: AppConfig,
     phase: int | str,
@@ -145,14 +160,9 @@ def build_phase_config(
     """PPO (or SAC) config of phase 1 (specialists), 2 (meta, specialists frozen) or 3 (joint).
 
     Phase 3 gives specialists `phases.specialist_lr` and meta `phases.meta_lr` through
-    per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`). With the
-    learner in this process (`num_learners` 0), sets its torch threads (`learner_threads`).
+    per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`).
     """
     install_agent_order()  # the driver's local env runner / learner (see fast/determinism.py)
-    if cfg.resources.num_learners == 0:
-        import torch
-
-        torch.set_num_threads(learner_threads(cfg.resources))
     phase = phase_number(phase)
     mode = PHASE_MODES[phase]
     sac = cfg.phases.algorithm == "sac"

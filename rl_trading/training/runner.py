@@ -21,6 +21,7 @@ from rl_trading.training.algo_config import (
     _module_specs,
     build_algorithm,
     build_phase_config,
+    learner_thread_count,
     phase_iterations,
     phase_policies,
     release_algorithm,
@@ -264,6 +265,8 @@ class PhaseLoop:
         spec.stop_file.unlink(missing_ok=True)  # a request of an earlier run is void
 
         config = build_phase_config(cfg, num, spec.factory, callbacks=spec.callbacks)
+        # the learner's torch threads for the phase (resources.learner_threads), undone at close
+        self._stack.enter_context(learner_thread_count(cfg.resources))
         self.algo = build_algorithm(config, logdir or self.run_dir / "logs")
         try:
             pids, self.trained = phase_policies(spec.factory, num)
