@@ -10,7 +10,7 @@ within float32 rounding, tests/test_training_grouped.py).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +47,17 @@ def stack_signature(module: object) -> Hashable | None:
     if sigs[0][:2] != sigs[2][:2] or sigs[0][1:2] != (("tanh",),):
         return None  # the two first layers (Linear + Tanh) share their input: run as one
     return (sigs, tuple(module.log_std.shape), module._obs_dim)
+
+
+def stack_groups(modules: Mapping[str, object], sizes: Mapping[str, int]) -> list[tuple]:
+    """Module ids (in `sizes` order) that can act as one stacked network, in groups of two or
+    more: the same `stack_signature` and the same batch size (`sizes`: id -> rows)."""
+    keyed: dict[tuple, list[str]] = {}
+    for mid, n in sizes.items():
+        sig = stack_signature(modules[mid])
+        if sig is not None:
+            keyed.setdefault((sig, n), []).append(mid)
+    return [tuple(group) for group in keyed.values() if len(group) > 1]
 
 
 def stack_parameters(modules: Sequence[MLPModule]) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.columns import Columns
 
 from policies import module_spec
-from policies.stacked import StackedActor, stack_signature, stacked_forward_train
+from policies.stacked import StackedActor, stack_groups, stack_signature, stacked_forward_train
 from rl_trading.config import PolicyConfig
 from rl_trading.data import split_by_time, synthetic_market
 from rl_trading.training.algo_config import build_phase_config
@@ -44,6 +44,17 @@ def test_stack_signature_only_groups_same_shape_gaussian_mlps():
     assert stack_signature(_modules(1, model="transformer")[0]) is None
     assert stack_signature(_modules(1, model="cnn_lstm")[0]) is None
     assert stack_signature(_modules(1, act=gym.spaces.Discrete(3))[0]) is None
+
+
+def test_stack_groups_need_the_same_shape_and_batch_size():
+    """Acting (env runner, validation) stacks modules of one signature and as many rows."""
+    a, b, c = _modules(3)
+    (wide,) = _modules(1, hidden=(16, 16))
+    (other,) = _modules(1, model="transformer")
+    mods = {"a": a, "b": b, "c": c, "w": wide, "t": other}
+    assert stack_groups(mods, {"a": 4, "b": 4, "c": 4, "w": 4, "t": 4}) == [("a", "b", "c")]
+    assert stack_groups(mods, {"c": 4, "a": 2, "b": 2, "w": 2}) == [("a", "b")]
+    assert stack_groups(mods, {"a": 4, "w": 4, "t": 4}) == []
 
 
 def test_stacked_forward_matches_each_module():

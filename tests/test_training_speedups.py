@@ -117,12 +117,13 @@ def test_fast_env_runner_is_bit_identical_to_stock(ray_session):
 
 @pytest.mark.rllib
 @pytest.mark.parametrize("phase", [1, 2, 3])
-def test_fused_env_runner_is_default_and_matches_stock(ray_session, phase):
+def test_fused_env_runner_is_default_and_matches_stock(ray_session, phase, monkeypatch):
     """The default runner acts without the connector pipelines (stacked specialists, the
     meta on its own): after two iterations with 2 vectorised envs (episodes end and restart
     inside them) the weights equal those of RLlib's stock runner within float32 rounding of
     the stacked matmuls (one draw of the noise: the same torch RNG stream), and every step
-    and episode counter is equal. The fused pass is checked to have run."""
+    and episode counter is equal. The fused pass and its stacked specialists are checked to
+    have run."""
     from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 
     from rl_trading.training.fast import fused_runner
@@ -132,8 +133,17 @@ def test_fused_env_runner_is_default_and_matches_stock(ray_session, phase):
     config = build_phase_config(cfg, phase, hierarchical_factory(cfg, splits.train, splits.val))
     assert config.env_runner_cls is fused_runner.FusedActingEnvRunner
     calls = fused_runner.FusedActingEnvRunner.fused_sample_calls
+    stacked_rows: list[tuple] = []  # the local env runner acts in this process
+    own = fused_runner.StackedActor.dist_inputs
+
+    def counted(actor, obs):
+        stacked_rows.append(tuple(obs.shape))
+        return own(actor, obs)
+
+    monkeypatch.setattr(fused_runner.StackedActor, "dist_inputs", counted)
     fused, fused_metrics = _weights_after_two_iterations(PPOTorchLearner, num_envs=2, phase=phase)
     assert fused_runner.FusedActingEnvRunner.fused_sample_calls >= calls + 2
+    assert stacked_rows and {shape[:2] for shape in stacked_rows} == {(len(SYMBOLS), 2)}
     stock, stock_metrics = _weights_after_two_iterations(
         PPOTorchLearner, env_runner_cls=MultiAgentEnvRunner, num_envs=2, phase=phase
     )

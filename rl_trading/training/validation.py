@@ -11,7 +11,7 @@ import torch
 
 from policies import compute_actions
 from policies.inference import to_env_action
-from policies.stacked import StackedActor, stack_signature
+from policies.stacked import StackedActor, stack_groups
 from rl_trading.errors import ConfigError
 from rl_trading.training.env_bridge import EnvFactory, unwrap
 from rl_trading.training.mapping import policy_mapping_fn
@@ -72,13 +72,7 @@ class _PolicyActor:
         layout = tuple((pid, len(aids)) for pid, aids in by_policy.items())
         groups = self._grouping.get(layout)
         if groups is None:
-            keyed: dict[tuple, list[str]] = {}
-            for pid, n_agents in layout:
-                sig = stack_signature(self._modules[pid])
-                if sig is not None:
-                    keyed.setdefault((sig, n_agents), []).append(pid)
-            groups = [tuple(pids) for pids in keyed.values() if len(pids) > 1]
-            self._grouping[layout] = groups
+            groups = self._grouping[layout] = stack_groups(self._modules, dict(layout))
         return groups
 
     def act(self, obs: dict[str, Any], by_policy: dict[str, list[str]]) -> dict[str, Any]:

@@ -186,10 +186,14 @@ class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
         # RLlib logs the env-step and episode counters (no agents passed); agent / module
         # counts are deferred to one log per sample() call
         super()._increase_sampled_metrics(num_steps, {}, episode)
+        self._count_agent_steps(next_obs, episode)
+        return num_steps
+
+    def _count_agent_steps(self, next_obs: dict, episode: Any) -> None:
+        """One step of each agent in `next_obs` and of its module (logged by `sample()`)."""
         for aid in next_obs:
             self._agent_steps[aid] += 1
             self._module_steps[episode.module_for(aid)] += 1
-        return num_steps
 
     def _flush_step_counts(self) -> None:
         for aid, n in self._agent_steps.items():

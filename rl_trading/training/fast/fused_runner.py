@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,7 +56,7 @@ from ray.rllib.utils.metrics import (
 )
 
 from policies.base import ActorCriticModule
-from policies.stacked import StackedActor, stack_signature
+from policies.stacked import StackedActor, stack_groups
 from rl_trading.training.fast.determinism import AgentOrder
 from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner, _item_fn
 
@@ -113,6 +112,16 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         super().__init__(*args, **kwargs)
         self._fused = self._fused_supported()
         self._action_fns: dict[Any, Any] = {}
+        # (normalize, clip, per-agent action spaces) of the NormalizeAndClipActions piece
+        self._action_settings: tuple[bool, bool, Any] = (False, False, None)
+        if self._fused:
+            for conn in self._module_to_env.connectors:
+                if isinstance(conn, NormalizeAndClipActions):
+                    self._action_settings = (
+                        conn.normalize_actions,
+                        conn.clip_actions,
+                        conn._action_space_struct,
+                    )
         self._to_module_stale = False
 
     # -- when the fused pass applies ----------------------------------------------------------
@@ -129,36 +138,16 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
             self._module_to_env, _MODULE_TO_ENV
         )
 
-    def _action_settings(self) -> tuple[bool, bool, Any]:
-        for conn in self._module_to_env.connectors:
-            if isinstance(conn, NormalizeAndClipActions):
-                return conn.normalize_actions, conn.clip_actions, conn._action_space_struct
-        return False, False, None
-
     # -- acting -------------------------------------------------------------------------------
-    def _stack_groups(self) -> dict[str, tuple[StackedActor, int, list[str]]]:
-        """module id -> (stacked actor of its group, index in the group, the group's ids)."""
-        groups: dict[Any, list[str]] = defaultdict(list)
-        for mid, sub in self.module.items():
-            sig = stack_signature(sub)
-            if sig is not None:
-                groups[sig].append(mid)
-        out = {}
-        for mids in groups.values():
-            if len(mids) < 2:
-                continue
-            actor = StackedActor([self.module[m] for m in mids])
-            for i, mid in enumerate(mids):
-                out[mid] = (actor, i, mids)
-        return out
-
     def _act(
-        self, last_obs: list[dict], done: list[dict], stacks: dict
-    ) -> tuple[list[dict], list[dict], dict[tuple[int, str], dict]]:
-        """(module actions, env actions, extra model outputs) per env, for the agents to act.
+        self, last_obs: list[dict], done: list[set], stacks: dict
+    ) -> tuple[list[dict], list[dict], list[dict]]:
+        """(module actions, env actions, extra model outputs) per env and agent to act.
 
         Item order per module is RLlib's: by env, then by (sorted) agent id; modules run and
-        draw their samples in the order they first appear.
+        draw their samples in the order they first appear. Same-shape modules with as many
+        rows each run as one `StackedActor` (`stacks`: built once per sample() call, as the
+        weights are fixed within it).
         """
         rows: dict[str, list[tuple[int, Any]]] = {}
         obs_items: dict[str, list[Any]] = {}
@@ -166,7 +155,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
             if not episode.is_reset or episode.is_done:
                 continue
             for aid in sorted(last_obs[i]):
-                if aid == "__all__" or done[i].get(aid):
+                if aid == "__all__" or aid in done[i]:
                     continue
                 mid = episode.module_for(aid)
                 rows.setdefault(mid, []).append((i, aid))
@@ -174,24 +163,21 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         n = self.num_envs
         actions: list[dict] = [{} for _ in range(n)]
         env_actions: list[dict] = [{} for _ in range(n)]
-        extras: dict[tuple[int, str], dict] = {}
+        extras: list[dict] = [{} for _ in range(n)]
         if not rows:
             return actions, env_actions, extras
         obs = {mid: torch.from_numpy(np.stack(items)) for mid, items in obs_items.items()}
+        layout = tuple((mid, len(r)) for mid, r in rows.items())
+        if layout not in stacks:
+            stacks[layout] = [
+                (group, StackedActor([self.module[m] for m in group]))
+                for group in stack_groups(self.module, dict(layout))
+            ]
         stacked_inputs: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            done_groups: set[int] = set()
-            for mid in obs:
-                if mid not in stacks or id(stacks[mid][0]) in done_groups:
-                    continue
-                actor, _, mids = stacks[mid]
-                sizes = {len(rows.get(m, ())) for m in mids}
-                if len(sizes) != 1 or not all(m in obs for m in mids):
-                    continue  # uneven batches: each module on its own
-                inputs = actor.dist_inputs(torch.stack([obs[m] for m in mids]).float())
-                for j, m in enumerate(mids):
-                    stacked_inputs[m] = inputs[j]
-                done_groups.add(id(actor))
+            for group, actor in stacks[layout]:
+                inputs = actor.dist_inputs(torch.stack([obs[m] for m in group]).float())
+                stacked_inputs.update(zip(group, inputs, strict=True))
             outputs = {}
             for mid, x in obs.items():  # RLlib's module order: first appearance
                 sub = self.module[mid]
@@ -200,7 +186,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                 else:
                     out = sub.forward_exploration({Columns.OBS: x})
                 outputs[mid] = {k: v.numpy() for k, v in out.items()}
-        normalize, clip, spaces = self._action_settings()
+        normalize, clip, spaces = self._action_settings
         seq = self._weights_seq_no
         for mid, out in outputs.items():
             acts = out.pop(Columns.ACTIONS)
@@ -218,10 +204,8 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                     if fn is None:
                         fn = self._action_fns[aid] = _item_fn(spaces[aid], normalize)
                     env_actions[i][aid] = fn(a)
-                extra = extras.setdefault((i, aid), {})
-                for col, values in out.items():
-                    extra[col] = values[r]
-                extra[WEIGHTS_SEQ_NO] = seq
+                extras[i][aid] = {**{col: values[r] for col, values in out.items()},
+                                  WEIGHTS_SEQ_NO: seq}  # fmt: skip
         return actions, env_actions, extras
 
     def _module_action_fn(
@@ -288,9 +272,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         """RLlib's per-step counters, summed here and logged once per sample() call."""
         self._env_steps += 1
         self._episodes_done += episode.is_done
-        for aid in next_obs:
-            self._agent_steps[aid] += 1
-            self._module_steps[episode.module_for(aid)] += 1
+        self._count_agent_steps(next_obs, episode)
 
     def _flush_env_counts(self) -> None:
         steps, episodes = self._env_steps, self._episodes_done
@@ -305,8 +287,8 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
             self.metrics.log_value(NUM_EPISODES, episodes, reduce="sum")
             self.metrics.log_value(NUM_EPISODES_LIFETIME, episodes, reduce="lifetime_sum")
 
-    def _last_observations(self) -> tuple[list[dict], list[dict]]:
-        """Each ongoing episode's latest observations (and no done flags) after a reset."""
+    def _last_observations(self) -> tuple[list[dict], list[set]]:
+        """Each ongoing episode's latest observations of its agents to act (none done)."""
         obs, done = [], []
         for episode in self._ongoing_episodes:
             if episode.is_reset and not episode.is_done:
@@ -314,7 +296,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                 obs.append({a: latest[a] for a in episode.get_agents_to_act()})
             else:
                 obs.append({})
-            done.append({})
+            done.append(set())
         return obs, done
 
     def _fused_sample(
@@ -329,7 +311,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         if num_episodes is not None:
             self._needs_initial_reset = True
         last_obs, last_done = self._last_observations()
-        stacks = self._stack_groups()  # the weights are fixed for one sample() call
+        stacks: dict = {}  # stacked actors by batch layout, for this call's fixed weights
         by_steps = self.config.count_steps_by == "env_steps"
         while (
             (eps < num_episodes)
@@ -358,7 +340,6 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                         )
                         call_on_episode_start.add(env_index)
                     else:
-                        extra = {aid: extras[env_index, aid] for aid in actions[env_index]}
                         episode.add_env_step(
                             observations=observations[env_index],
                             actions=actions[env_index],
@@ -366,7 +347,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                             infos=infos[env_index],
                             terminateds=terminateds[env_index],
                             truncateds=truncateds[env_index],
-                            extra_model_outputs=extra,
+                            extra_model_outputs=extras[env_index],
                         )
                         env_ts += 1
                         agent_ts += len(observations[env_index])
@@ -404,7 +385,6 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                 {a for a, d in term.items() if d} | {a for a, d in trunc.items() if d}
                 for term, trunc in zip(terminateds, truncateds, strict=True)
             ]
-            last_done = [dict.fromkeys(d, True) for d in last_done]
 
         # RLlib's tail, unchanged: done episodes for metrics, ongoing ones cut and returned
         self._done_episodes_for_metrics.extend(done_episodes_to_return)
