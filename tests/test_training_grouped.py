@@ -231,6 +231,16 @@ def test_stacked_validation_matches_per_policy_validation(monkeypatch):
         assert stacked[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
 
 
+def _backward_through_views(held, grads: list) -> None:
+    """Give the held stack exactly `grads` (per module, per parameter) through its views."""
+    views = held.views()
+    names = list(views)
+    loss = sum(
+        (views[name] * torch.stack([gs[i] for gs in grads])).sum() for i, name in enumerate(names)
+    )
+    loss.backward()
+
+
 def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
     """A held stack's Adam step equals each module's own fused Adam step (same gradients,
     state carried in and out); optimizers with other settings are not held together."""
@@ -258,9 +268,7 @@ def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
                 for p, g in zip(m.parameters(), gs, strict=True):
                     p.grad = g.clone()
                 opt.step()
-            for name, leaf in held.params.items():
-                names = [n for n, _ in held_m[0].named_parameters()]
-                leaf.grad = torch.stack([gs[names.index(name)] for gs in grads])
+            _backward_through_views(held, grads)
             held.step(log=lambda keys, values: None)  # no clipping at this bound
         held.release()
         for a, b in zip(sep_m, held_m, strict=True):
@@ -271,6 +279,47 @@ def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
     assert not HeldStack.can_hold(held_o, params_of)
 
 
+@pytest.mark.parametrize("poison", [None, float("nan"), float("inf")])
+def test_held_stack_clips_and_zeroes_like_rllib(poison):
+    """Each module's clip from its own global norm, and non-finite gradients (one tensor of
+    module 0 poisoned) handled as RLlib does: `clip_gradients` (per-tensor norms with nan/inf
+    bounded), then `nan_to_num`, then Adam. Module 1 is untouched by module 0's values."""
+    from ray.rllib.utils.torch_utils import clip_gradients
+
+    from rl_trading.training.fast.grouped_learner import HeldStack
+
+    def setup() -> tuple[list, list]:
+        modules = _modules(2)
+        opts = [torch.optim.Adam(list(m.parameters()), lr=1e-2, fused=True) for m in modules]
+        return modules, opts
+
+    gen = torch.Generator().manual_seed(4)
+    sep_m, sep_o = setup()
+    grads = [[torch.randn(p.shape, generator=gen) for p in m.parameters()] for m in sep_m]
+    if poison is not None:
+        grads[0][2].view(-1)[3] = poison
+    clip = 0.7
+    logged = {}
+    held_m, held_o = setup()
+    held = HeldStack(held_m, held_o, ["a", "b"], ["default_optimizer"] * 2, clip=clip)
+    _backward_through_views(held, grads)
+    held.step(log=lambda keys, values: logged.update(zip(keys, values.tolist(), strict=True)))
+    held.release()
+    for i, (m, opt, gs) in enumerate(zip(sep_m, sep_o, grads, strict=True)):
+        clipped = {k: g.clone() for k, g in enumerate(gs)}
+        norm = clip_gradients(clipped, grad_clip=clip, grad_clip_by="global_norm")
+        assert logged[("ab"[i], "gradients_default_optimizer_global_norm")] == pytest.approx(
+            float(norm), rel=1e-5
+        )
+        for k, p in enumerate(m.parameters()):
+            p.grad = torch.nan_to_num(clipped[k])
+        opt.step()
+    for a, b in zip(sep_m, held_m, strict=True):
+        for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+            assert torch.isfinite(q).all(), name
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6, msg=name)
+
+
 @pytest.mark.rllib
 def test_grouped_learner_matches_rllib_in_phase_3_with_the_meta_as_a_group_of_one(ray_session):
     """Phase 3 trains the specialists (one stacked group) and the meta (its own shape: a group
@@ -279,5 +328,18 @@ def test_grouped_learner_matches_rllib_in_phase_3_with_the_meta_as_a_group_of_on
     grouped, g_stats = _phase1(_CountingGrouped, iterations=2, phase=3)
     stock, s_stats = _phase1(PPOTorchLearner, iterations=2, phase=3)
     assert _CountingGrouped.groups == {tuple(f"specialist_{s}" for s in SYMBOLS), ("meta",)}
+    assert grouped.keys() == stock.keys() and "meta" in grouped
+    _assert_same_training(grouped, g_stats, stock, s_stats)
+
+
+@pytest.mark.rllib
+def test_grouped_learner_matches_rllib_in_phase_2_with_frozen_specialists(ray_session):
+    """Phase 2 trains the meta alone over frozen specialists: the specialists' optimizers hold
+    no gradients and are neither zeroed nor stepped; weights and stats (the frozen modules'
+    zero gradient norms included) as RLlib's PPOTorchLearner."""
+    _CountingGrouped.groups = set()
+    grouped, g_stats = _phase1(_CountingGrouped, iterations=2, phase=2)
+    stock, s_stats = _phase1(PPOTorchLearner, iterations=2, phase=2)
+    assert _CountingGrouped.groups == {("meta",)}
     assert grouped.keys() == stock.keys() and "meta" in grouped
     _assert_same_training(grouped, g_stats, stock, s_stats)

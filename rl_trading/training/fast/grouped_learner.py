@@ -51,6 +51,11 @@ _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Norma
 _NORM_CAP = 10e8  # RLlib's nan_to_num bound on gradient norms (torch_utils.compute_global_norm)
 
 
+def _has_grads(opt: torch.optim.Optimizer) -> bool:
+    """Whether any parameter of `opt` holds a gradient (else zero_grad / Adam do nothing)."""
+    return any(p.grad is not None for group in opt.param_groups for p in group["params"])
+
+
 def _capped(norms: torch.Tensor) -> torch.Tensor:
     """Gradient norms with nan/inf bounded as RLlib's `compute_global_norm` does."""
     return norms.nan_to_num(neginf=-_NORM_CAP, posinf=_NORM_CAP)
@@ -61,14 +66,41 @@ def _clip_coefficients(global_norms: torch.Tensor, clip: torch.Tensor | float) -
     return torch.clamp(clip / torch.clamp(global_norms + 1e-6, min=clip), max=1.0)
 
 
+class _Unflatten(torch.autograd.Function):
+    """Views `[G, *shape]` of one flat `[G, P]` leaf; their gradients come back as one `[G, P]`
+    tensor (written into `buffer`, reused every step), so clipping and Adam see one tensor
+    instead of a dozen small ones."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, flat: torch.Tensor, layout: tuple, buffer: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        ctx.layout, ctx.buffer = layout, buffer
+        g = flat.shape[0]
+        return tuple(flat[:, off : off + n].view(g, *shape) for off, n, shape in layout)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None, None]:
+        out = ctx.buffer
+        g = out.shape[0]
+        for grad, (off, n, shape) in zip(grads, ctx.layout, strict=True):
+            part = out[:, off : off + n].view(g, *shape)
+            if grad is None:
+                part.zero_()
+            else:
+                part.copy_(grad)
+        return out, None, None
+
+
 class HeldStack:
-    """One group's parameters and Adam state held stacked for the length of one update.
+    """One group's parameters and Adam state held as one flat `[G, P]` tensor for one update.
 
     Stacking per minibatch copies every weight in and every gradient out again, and clipping
-    and Adam then run on G x 13 small tensors. Held stacked, the group trains as 13 leaves
-    `[G, ...]`: per-module global-norm clip from per-module norms of those, and one fused Adam
-    whose state was stacked from the modules' own optimizers (same element-wise update). At
-    the end of the update (or before any other use of these modules) `release()` writes the
+    and Adam then run on G x 13 small tensors. Held, the group trains as one leaf: the forward
+    reads per-name views of it (`views()`), the gradient arrives as one `[G, P]` tensor, so
+    each module's global norm is one row norm, the clip one multiply, and Adam one fused step
+    whose state was gathered from the modules' own optimizers (the same element-wise update).
+    At the end of the update (or before any other use of these modules) `release()` writes the
     weights and Adam state back into the modules and their optimizers.
     """
 
@@ -84,24 +116,42 @@ class HeldStack:
         ]
         named = [dict(m.named_parameters()) for m in modules]
         self.members = {name: [d[name] for d in named] for name in named[0]}
+        layout, off = [], 0
+        for ps in self.members.values():
+            layout.append((off, ps[0].numel(), tuple(ps[0].shape)))
+            off += ps[0].numel()
+        self.layout = tuple(layout)
+        self.names = tuple(self.members)
+        g = len(modules)
+
+        def flat_of(tensors_per_name: list[list[torch.Tensor]]) -> torch.Tensor:
+            return torch.cat(
+                [torch.stack([t.detach() for t in ts]).reshape(g, -1) for ts in tensors_per_name],
+                dim=1,
+            )
+
         with torch.no_grad():
-            self.params = {
-                name: torch.stack([p.detach() for p in ps]).requires_grad_()
-                for name, ps in self.members.items()
-            }
+            self.flat = flat_of(list(self.members.values())).requires_grad_()
+        self._grad_buffer = torch.empty_like(self.flat)  # the flat gradient, every step
         group = optimizers[0].param_groups[0]
         self.optimizer = torch.optim.Adam(
-            list(self.params.values()), **{k: group[k] for k in ADAM_SETTINGS}, fused=True
+            [self.flat], **{k: group[k] for k in ADAM_SETTINGS}, fused=True
         )
-        for name, leaf in self.params.items():
-            pairs = zip(optimizers, self.members[name], strict=True)
-            states = [opt.state.get(p) for opt, p in pairs]
-            if states[0]:
-                self.optimizer.state[leaf] = {
-                    "step": states[0]["step"].detach().clone().to(leaf.device),
-                    "exp_avg": torch.stack([st["exp_avg"] for st in states]),
-                    "exp_avg_sq": torch.stack([st["exp_avg_sq"] for st in states]),
-                }
+        states = [
+            [opt.state.get(p) for opt, p in zip(optimizers, ps, strict=True)]
+            for ps in self.members.values()
+        ]
+        if states[0][0]:
+            self.optimizer.state[self.flat] = {
+                "step": states[0][0]["step"].detach().clone().to(self.flat.device),
+                "exp_avg": flat_of([[st["exp_avg"] for st in sts] for sts in states]),
+                "exp_avg_sq": flat_of([[st["exp_avg_sq"] for st in sts] for sts in states]),
+            }
+
+    def views(self) -> dict[str, torch.Tensor]:
+        """`{parameter name: [G, ...]}` views of the held weights, for one forward pass."""
+        views = _Unflatten.apply(self.flat, self.layout, self._grad_buffer)
+        return dict(zip(self.names, views, strict=True))
 
     @staticmethod
     def can_hold(optimizers: list, params_of: list) -> bool:
@@ -132,47 +182,51 @@ class HeldStack:
     def step(self, log: Any) -> None:
         """RLlib's per-module global-norm clip, its nan/inf handling, then one Adam step;
         `log(keys, values)` takes the modules' clipped-norm metrics (window 1)."""
-        grads = [leaf.grad for leaf in self.params.values() if leaf.grad is not None]
-        n = len(self.mids)
-        per_tensor = torch.stack(
-            [torch.linalg.vector_norm(g.detach().reshape(n, -1), dim=1) for g in grads]
-        )
-        norms = _capped(torch.linalg.vector_norm(_capped(per_tensor), dim=0))
-        coeff = _clip_coefficients(norms, self.clip)
-        for g in grads:
-            g.detach().mul_(coeff.view(n, *([1] * (g.dim() - 1))))
+        grad = self.flat.grad
+        if grad is None:
+            return
+        grad = grad.detach()
+        norms = torch.linalg.vector_norm(grad, dim=1)
+        # a finite norm means finite gradients (one sync); otherwise RLlib's own arithmetic:
+        # per-tensor norms with nan/inf bounded, then each module's global norm of those
+        finite = bool(torch.isfinite(norms).all())
+        if not finite:
+            per_tensor = torch.stack(
+                [torch.linalg.vector_norm(grad[:, o : o + n], dim=1) for o, n, _ in self.layout]
+            )
+            norms = torch.linalg.vector_norm(_capped(per_tensor), dim=0)
+        norms = _capped(norms)
+        grad.mul_(_clip_coefficients(norms, self.clip).unsqueeze(1))
         log(self.norm_keys, norms)
-        # as TorchLearner.apply_gradients: nan/inf -> 0; finite norms mean finite gradients,
-        # so the per-tensor scan (one sync each) only runs when some norm is not finite
-        if not bool(torch.isfinite(per_tensor).all()):
-            for leaf in self.params.values():
-                if leaf.grad is not None and not bool(torch.isfinite(leaf.grad).all()):
-                    logger.warning(
-                        "Gradients of %s contain `nan/inf` values; set to zero.", self.mids
-                    )
-                    leaf.grad = torch.nan_to_num(leaf.grad)
+        # as TorchLearner.apply_gradients: nan/inf -> 0
+        if not finite and not bool(torch.isfinite(grad).all()):
+            logger.warning("Gradients of %s contain `nan/inf` values; set to zero.", self.mids)
+            self.flat.grad = torch.nan_to_num(grad)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def release(self) -> None:
         """Write the weights and Adam state back into the modules and their optimizers."""
+        state = self.optimizer.state.get(self.flat)
         with torch.no_grad():
-            for name, leaf in self.params.items():
-                state = self.optimizer.state.get(leaf)
-                for i, (opt, p) in enumerate(zip(self.optimizers, self.members[name], strict=True)):
-                    p.copy_(leaf[i])
+            for name, (off, n, shape) in zip(self.names, self.layout, strict=True):
+                pairs = zip(self.optimizers, self.members[name], strict=True)
+                for i, (opt, p) in enumerate(pairs):
+                    p.copy_(self.flat[i, off : off + n].view(shape))
                     if not state:
                         continue
+                    avg = state["exp_avg"][i, off : off + n].view(shape)
+                    avg_sq = state["exp_avg_sq"][i, off : off + n].view(shape)
                     own = opt.state.get(p)
                     if own:
-                        own["exp_avg"].copy_(state["exp_avg"][i])
-                        own["exp_avg_sq"].copy_(state["exp_avg_sq"][i])
+                        own["exp_avg"].copy_(avg)
+                        own["exp_avg_sq"].copy_(avg_sq)
                         own["step"] = state["step"].clone().to(own["step"].device)
                     else:
                         opt.state[p] = {
                             "step": state["step"].clone(),
-                            "exp_avg": state["exp_avg"][i].clone(),
-                            "exp_avg_sq": state["exp_avg_sq"][i].clone(),
+                            "exp_avg": avg.clone(),
+                            "exp_avg_sq": avg_sq.clone(),
                         }
 
 
@@ -242,6 +296,8 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         self._off_policy_batch: dict | None = None
         self._groups_of: dict[tuple, list[list[str]]] = {}
         self._steps_trained: list[tuple[dict[str, int], int]] = []
+        self._group_totals: list[tuple[tuple[str, ...], torch.Tensor]] = []
+        self._fixed_entropy_coeffs: dict[tuple, tuple[list, torch.Tensor]] = {}
 
     # -- window-1 metrics: only the update's last minibatch counts, so log that one ------------
     def _defer(self, keys: list, values: torch.Tensor) -> None:
@@ -250,10 +306,27 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         for i, key in enumerate(keys):
             self._window1[key] = (values, i)
 
-    def _defer_stats(self, mids: list[str], stats: dict[str, torch.Tensor]) -> None:
-        """As `_defer`, for the PPO loss statistics (`{name: [G]}`) of a stacked group."""
+    def _defer_stats(self, mids: list[str], stats: Any) -> None:
+        """As `_defer`, for the PPO loss statistics of a stacked group: `stats()` gives
+        `{name: [G]}`, called only for the update's last minibatch."""
         for i, mid in enumerate(mids):
             self._window1_stats[mid] = (stats, i)
+
+    def _entropy_coeffs(self, mids: list[str], like: torch.Tensor) -> torch.Tensor:
+        """The modules' current entropy coefficients as a `[G, 1]` tensor; fixed (float)
+        coefficients are built once, scheduled ones (tensors updated in place) every call."""
+        values = [self.entropy_coeff_schedulers_per_module[mid].get_current_value() for mid in mids]
+        key = (tuple(mids), like.dtype, like.device)
+        if all(isinstance(v, float | int) for v in values):
+            cached = self._fixed_entropy_coeffs.get(key)
+            if cached is not None and cached[0] == values:
+                return cached[1]
+        coeffs = torch.stack(
+            [torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in values]
+        ).unsqueeze(-1)
+        if all(isinstance(v, float | int) for v in values):
+            self._fixed_entropy_coeffs[key] = (values, coeffs)
+        return coeffs
 
     def _compute_off_policyness(self, batch: dict) -> None:
         """RLlib's off-policyness metric (window 1), computed for the update's last minibatch."""
@@ -304,8 +377,12 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             self._off_policy_batch = None
         for key, (values, i) in self._window1.items():
             self.metrics.log_value(key=key, value=values[i], window=1)
+        computed: dict[int, dict[str, torch.Tensor]] = {}
         for mid, (stats, i) in self._window1_stats.items():
-            self.metrics.log_dict({k: v[i] for k, v in stats.items()}, key=mid, window=1)
+            if id(stats) not in computed:
+                computed[id(stats)] = stats()
+            values = computed[id(stats)]
+            self.metrics.log_dict({k: v[i] for k, v in values.items()}, key=mid, window=1)
         self._window1.clear()
         self._window1_stats.clear()
 
@@ -369,28 +446,53 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             fwd_out = self.module.forward_train(rest)
             loss_per_module = self.compute_losses(fwd_out=fwd_out, batch=rest)
         stepping = []
+        self._group_totals = []
         for group in groups:
             held = self._hold(group)
-            params = None if held is None else held.params
+            params = None if held is None else held.views()
             out, losses = self._stacked_ppo_losses(group, batch, params)
             fwd_out.update(out)
             loss_per_module.update(losses)
             if held is not None:
                 stepping.append(held)
-        gradients = self.compute_gradients(loss_per_module)
+        try:
+            gradients = self.compute_gradients(loss_per_module)
+        finally:
+            self._group_totals = []
         for held in stepping:
             held.step(self._defer)
         self.apply_gradients(self.postprocess_gradients(gradients))
         return fwd_out, loss_per_module, {}
 
+    def compute_gradients(self, loss_per_module: dict, **kwargs: Any) -> dict:
+        """TorchLearner.compute_gradients, with a stacked group's loss summed as one `[G]`
+        tensor. Optimizers whose parameters hold no gradient (held modules, whose gradient is
+        their stack's; modules not trained this phase) are not zeroed, and only gradients
+        that exist are returned (the rest are None there, which every consumer skips)."""
+        if not self._group_totals or self._grad_scalers is not None:
+            return super().compute_gradients(loss_per_module, **kwargs)
+        for optim in self._optimizer_parameters:
+            if _has_grads(optim):
+                optim.zero_grad(set_to_none=True)
+        grouped = {mid for mids, _ in self._group_totals for mid in mids}
+        parts = [total.sum() for _, total in self._group_totals]
+        parts += [loss for mid, loss in loss_per_module.items() if mid not in grouped]
+        total_loss = sum(parts)
+        if isinstance(total_loss, int) or total_loss.grad_fn is None:
+            return {}
+        total_loss.backward()
+        return {pid: p.grad for pid, p in self._params.items() if p.grad is not None}
+
     def _optimizers_to_step(self) -> list:
-        """Every optimizer but those of held modules (their stack's Adam stepped already)."""
+        """Every optimizer but those of held modules (their stack's Adam stepped already) and
+        those without any gradient (for which Adam's step does nothing)."""
         held = self._held_mids()
         return [
-            self.get_optimizer(mid, name)
+            opt
             for mid, names in self._module_optimizers.items()
             if mid not in held
             for name in names
+            if _has_grads(opt := self.get_optimizer(mid, name))
         ]
 
     def _stacked_ppo_losses(
@@ -418,9 +520,10 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         if Columns.LOSS_MASK in batch[mids[0]]:
             mask = col(Columns.LOSS_MASK).bool()
             num_valid = mask.sum(-1)
+            masked_out = ~mask
 
             def masked_mean(x: torch.Tensor) -> torch.Tensor:
-                return torch.where(mask, x, torch.zeros_like(x)).sum(-1) / num_valid
+                return x.masked_fill(masked_out, 0.0).sum(-1) / num_valid
 
         else:
 
@@ -447,16 +550,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         vf_loss = torch.pow(values - targets, 2.0)
         vf_loss_clipped = torch.clamp(vf_loss, 0, cfg.vf_clip_param)
 
-        entropy_coeff = torch.stack(
-            [
-                torch.as_tensor(
-                    self.entropy_coeff_schedulers_per_module[mid].get_current_value(),
-                    dtype=entropy.dtype,
-                    device=entropy.device,
-                )
-                for mid in mids
-            ]
-        ).unsqueeze(-1)
+        entropy_coeff = self._entropy_coeffs(mids, entropy)
         total = masked_mean(
             -surrogate + cfg.vf_loss_coeff * vf_loss_clipped - entropy_coeff * entropy
         )
@@ -464,19 +558,28 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             kl_coeff = torch.stack([self.curr_kl_coeffs_per_module[mid] for mid in mids])
             total = total + kl_coeff.to(total.dtype) * mean_kl
 
-        with torch.no_grad():  # per-module stats, as PPOTorchLearner logs them
-            y_var = torch.var(targets, dim=1)
-            diff_var = torch.var(targets - values, dim=1)
-            explained_var = torch.clamp(1 - diff_var / (y_var + SMALL_NUMBER), min=-1.0)
-            stats = {
-                POLICY_LOSS_KEY: -masked_mean(surrogate),
-                VF_LOSS_KEY: masked_mean(vf_loss_clipped),
-                LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY: masked_mean(vf_loss),
-                LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_var,
-                ENTROPY_KEY: mean_entropy.detach(),
-                LEARNER_RESULTS_KL_KEY: mean_kl.detach(),
-            }
+        kept = [t.detach() for t in (targets, values, surrogate, vf_loss_clipped, vf_loss)]
+        kept_means = mean_entropy.detach(), mean_kl.detach()
+
+        def stats() -> dict[str, torch.Tensor]:
+            """Per-module stats as PPOTorchLearner logs them (window 1: computed only for the
+            update's last minibatch)."""
+            targets, values, surrogate, vf_loss_clipped, vf_loss = kept
+            with torch.no_grad():
+                y_var = torch.var(targets, dim=1)
+                diff_var = torch.var(targets - values, dim=1)
+                explained_var = torch.clamp(1 - diff_var / (y_var + SMALL_NUMBER), min=-1.0)
+                return {
+                    POLICY_LOSS_KEY: -masked_mean(surrogate),
+                    VF_LOSS_KEY: masked_mean(vf_loss_clipped),
+                    LEARNER_RESULTS_VF_LOSS_UNCLIPPED_KEY: masked_mean(vf_loss),
+                    LEARNER_RESULTS_VF_EXPLAINED_VAR_KEY: explained_var,
+                    ENTROPY_KEY: kept_means[0],
+                    LEARNER_RESULTS_KL_KEY: kept_means[1],
+                }
+
         self._defer_stats(mids, stats)
+        self._group_totals.append((tuple(mids), total))
         fwd_out = {mid: {Columns.ACTION_DIST_INPUTS: dist_inputs[i]} for i, mid in enumerate(mids)}
         return fwd_out, {mid: total[i] for i, mid in enumerate(mids)}
 
@@ -501,11 +604,9 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
                 ]
                 entries.append((mid, name, float(mcfg.grad_clip), refs))
         grads = [gradients_dict[ref] for *_, refs in entries for ref in refs]
+        keys = [(mid, f"gradients_{name}_global_norm") for mid, name, _, _ in entries]
         if not grads:  # nothing to clip: RLlib logs a zero norm per optimizer
-            for mid, name, _, _ in entries:
-                self.metrics.log_value(
-                    key=(mid, f"gradients_{name}_global_norm"), value=torch.tensor(0.0), window=1
-                )
+            self._defer(keys, torch.zeros(len(keys)))
             return {}
         norms = _capped(torch.stack(torch._foreach_norm([g.detach() for g in grads])))
         dev = norms.device
@@ -517,8 +618,5 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         clip = torch.tensor([e[2] for e in entries], dtype=norms.dtype, device=dev)
         coeff = _clip_coefficients(global_norms, clip)
         torch._foreach_mul_([g.detach() for g in grads], list(coeff[owner].unbind()))
-        for i, (mid, name, _, _) in enumerate(entries):
-            self.metrics.log_value(
-                key=(mid, f"gradients_{name}_global_norm"), value=global_norms[i], window=1
-            )
+        self._defer(keys, global_norms)
         return {ref: gradients_dict[ref] for *_, refs in entries for ref in refs}

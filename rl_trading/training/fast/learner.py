@@ -14,7 +14,8 @@ over all their tensors: Adam updates every tensor independently, so this is the 
 arithmetic as one `step()` per optimizer, in a tenth of the small ops. Minibatches come from
 RLlib's cyclic iterator, except that a minibatch that is one contiguous slice of a module's
 batch is taken as that slice instead of being sliced and then re-concatenated (a copy of every
-column) by generic SampleBatch code: the same rows, order and shuffles.
+column) by generic SampleBatch code, and the per-epoch shuffle gathers torch columns with
+`index_select`: the same rows, order and shuffles.
 """
 
 from __future__ import annotations
@@ -110,6 +111,22 @@ def _rows(batch: SampleBatch, start: int, end: int) -> SampleBatch:
     )
 
 
+def shuffle_rows(batch: SampleBatch) -> None:
+    """`batch.shuffle()` for a plain batch: the same `np.random.permutation` draw applied to
+    every column, torch columns by `index_select` (several times faster than indexing with a
+    numpy array, which `SampleBatch.shuffle` does; the same rows, bit for bit)."""
+    permutation = np.random.permutation(batch.count)
+    index = torch.from_numpy(permutation)
+    shuffled = {
+        key: value.index_select(0, index.to(value.device))
+        if isinstance(value, torch.Tensor)
+        else value[permutation]
+        for key, value in batch.items()
+    }
+    batch.update(shuffled)
+    batch.intercepted_values = {}
+
+
 class FastMiniBatchCyclicIterator(MiniBatchCyclicIterator):
     """RLlib's cyclic minibatch iterator; contiguous minibatches skip the slice + concat copy."""
 
@@ -137,7 +154,7 @@ class FastMiniBatchCyclicIterator(MiniBatchCyclicIterator):
                     start = 0
                     self._num_covered_epochs[module_id] += 1
                     if self._shuffle_batch_per_epoch:
-                        module_batch.shuffle()
+                        shuffle_rows(module_batch)
                 end = start + n_steps
                 if parts:
                     if end > start:
