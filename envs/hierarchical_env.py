@@ -87,6 +87,9 @@ class HierarchicalTradingEnv(ParallelEnv):
     """Specialists propose positions per instrument; the meta allocates one shared capital."""
 
     metadata = {"name": "rl_trading_hierarchical_v0", "render_modes": [], "is_parallelizable": True}
+    # every observation reset() / step() returns is a new array the env never writes again, so
+    # a vector env need not deep-copy them (rl_trading/training/fast/env_runner.py)
+    fresh_observations = True
 
     def __init__(
         self,

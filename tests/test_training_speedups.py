@@ -66,7 +66,7 @@ def _weights_after_two_iterations(
             assert type(algo.learner_group._learner) is PPOTorchLearner
             assert all(not m.fast_acting for m in algo.env_runner.module.values())
         algo.train()
-        runners = algo.train()["env_runners"]
+        runners = dict(algo.train()["env_runners"], vector_env_copies=algo.env_runner.env.copy)
         return algo.learner_group.get_weights(), runners
     finally:
         algo.stop()
@@ -102,13 +102,16 @@ _COUNTERS = (
 def test_fast_env_runner_is_bit_identical_to_stock(ray_session):
     """The counters-only runner (the fused runner's base): the same weights and sampled step
     counters as RLlib's MultiAgentEnvRunner, with 2 vectorised envs (the batched counters
-    add up across sub-envs)."""
+    add up across sub-envs), its vector env skipping the per-step deep copy of observations
+    (the env declares them fresh) where RLlib's makes it."""
     fast, fast_metrics = _weights_after_two_iterations(
         env_runner_cls=FastMultiAgentEnvRunner, num_envs=2
     )
     stock, stock_metrics = _weights_after_two_iterations(
         env_runner_cls=MultiAgentEnvRunner, num_envs=2
     )
+    assert fast_metrics["vector_env_copies"] is False
+    assert stock_metrics["vector_env_copies"] is True
     _assert_same_weights(fast, stock)
     for key in _COUNTERS:
         assert fast_metrics[key] == stock_metrics[key], key

@@ -168,6 +168,13 @@ _FAST_TWINS: dict[type, Any] = {
 }
 
 
+def _fresh_observations(env: Any) -> bool:
+    """Whether `env` (RLlib's PettingZoo wrapper around it, if any) declares that it returns
+    new observation arrays every step and never mutates them later."""
+    inner = env.unwrapped
+    return bool(getattr(getattr(inner, "par_env", inner), "fresh_observations", False))
+
+
 class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
     """`MultiAgentEnvRunner` with batched step counters and the fast action connector."""
 
@@ -181,6 +188,15 @@ class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
                 fast = _FAST_TWINS.get(type(conn))
                 if fast is not None:
                     pipeline.connectors[i] = fast.like(conn)
+
+    def make_env(self) -> None:
+        """RLlib's vector env; for envs whose observations are always fresh arrays
+        (`fresh_observations`), without the deep copy of every observation dict per step
+        (the same arrays, ~8% of sampling)."""
+        super().make_env()
+        envs = getattr(self.env, "envs", None)
+        if envs and getattr(self.env, "copy", False) and all(map(_fresh_observations, envs)):
+            self.env.copy = False
 
     def _increase_sampled_metrics(self, num_steps: int, next_obs: dict, episode: Any) -> int:
         # RLlib logs the env-step and episode counters (no agents passed); agent / module
