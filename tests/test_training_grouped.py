@@ -194,7 +194,10 @@ def test_grouped_learner_matches_rllib_ppo_learner(ray_session):
     assert "gradients_default_optimizer_global_norm" in g_stats[f"specialist_{SYMBOLS[0]}"]
 
 
-def test_stacked_validation_matches_per_policy_validation(monkeypatch):
+@pytest.mark.parametrize("mode", ["specialists", "joint"])
+def test_stacked_validation_matches_per_policy_validation(monkeypatch, mode):
+    """Validation acting through stacked networks (the specialists as one, the meta as a
+    stack of one in joint mode) gives the per-policy results within float32 rounding."""
     from rl_trading.config import AppConfig
     from rl_trading.training import validation
     from rl_trading.training.env_bridge import all_agent_spaces
@@ -213,7 +216,7 @@ def test_stacked_validation_matches_per_policy_validation(monkeypatch):
     modules = {
         aid: module_spec(cfg, aid, obs[aid], act[aid], factory.model_config("joint")).build()
         for aid in obs
-        if aid.startswith("specialist_")
+        if aid.startswith("specialist_") or mode == "joint"
     }
     for module in modules.values():
         module.eval()
@@ -222,10 +225,11 @@ def test_stacked_validation_matches_per_policy_validation(monkeypatch):
     monkeypatch.setattr(
         StackedActor, "__call__", lambda self, obs: calls.append(1) or stacked_call(self, obs)
     )
-    stacked = validate(factory, "specialists", modules)
-    assert len(calls) == stacked["val_steps"]  # every step acted through the stacked network
+    stacked = validate(factory, mode, modules)
+    # every step acted through the stacked network (and the meta's stack of one)
+    assert len(calls) == stacked["val_steps"] * (2 if mode == "joint" else 1)
     monkeypatch.setattr(validation._PolicyActor, "_groups", lambda self, by_policy: [])
-    per_policy = validate(factory, "specialists", modules)
+    per_policy = validate(factory, mode, modules)
     assert stacked["val_steps"] == per_policy["val_steps"] > 50
     for key, value in per_policy.items():
         assert stacked[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from policies import compute_actions
 from policies.inference import to_env_action
-from policies.stacked import StackedActor, stack_groups
+from policies.stacked import StackedActor, stack_groups, stack_signature
 from rl_trading.errors import ConfigError
 from rl_trading.training.env_bridge import EnvFactory, unwrap
 from rl_trading.training.mapping import policy_mapping_fn
@@ -61,19 +62,38 @@ def _obs_batch(obs: dict[str, Any], aids: list[str]) -> np.ndarray:
 
 class _PolicyActor:
     """Deterministic actions per policy for one step's agents; same-shape MLP policies with
-    the same number of agents act as one stacked network (`policies.stacked.StackedActor`)."""
+    the same number of agents act as one stacked network (`policies.stacked.StackedActor`),
+    any other stackable MLP as a stack of one."""
 
     def __init__(self, modules: Any) -> None:
         self._modules = modules
         self._stacks: dict[tuple[str, ...], StackedActor] = {}
         self._grouping: dict[tuple, list[tuple[str, ...]]] = {}
+        self._spaces: dict[tuple[str, ...], Any] = {}
 
     def _groups(self, by_policy: dict[str, list[str]]) -> list[tuple[str, ...]]:
         layout = tuple((pid, len(aids)) for pid, aids in by_policy.items())
         groups = self._grouping.get(layout)
         if groups is None:
-            groups = self._grouping[layout] = stack_groups(self._modules, dict(layout))
+            groups = stack_groups(self._modules, dict(layout))
+            grouped = {p for group in groups for p in group}
+            # a stackable policy of its own shape (the meta) acts as a stack of one: the same
+            # means, without the module's per-call overhead
+            groups += [
+                (pid,)
+                for pid, _ in layout
+                if pid not in grouped and stack_signature(self._modules[pid]) is not None
+            ]
+            self._grouping[layout] = groups
         return groups
+
+    def _common_space(self, group: tuple[str, ...]) -> Any:
+        """The action space all policies of `group` share (equal Boxes), else None."""
+        if group not in self._spaces:
+            first = self._modules[group[0]].action_space
+            same = all(self._modules[p].action_space == first for p in group[1:])
+            self._spaces[group] = first if same and isinstance(first, gym.spaces.Box) else None
+        return self._spaces[group]
 
     def act(self, obs: dict[str, Any], by_policy: dict[str, list[str]]) -> dict[str, Any]:
         """Env actions for the agents in `by_policy` (policy id -> agent ids)."""
@@ -83,11 +103,17 @@ class _PolicyActor:
             stack = self._stacks.get(group)
             if stack is None:
                 stack = self._stacks[group] = StackedActor([self._modules[p] for p in group])
-            batch = np.stack([_obs_batch(obs, by_policy[p]) for p in group])
-            means = stack(torch.from_numpy(batch)).numpy()
-            for pid, acts in zip(group, means, strict=True):
-                env_acts = to_env_action(acts, self._modules[pid].action_space)
-                actions.update({a: env_acts[i] for i, a in enumerate(by_policy[pid])})
+            rows = [by_policy[p] for p in group]
+            batch = _obs_batch(obs, [a for aids in rows for a in aids])
+            means = stack(torch.from_numpy(batch.reshape(len(group), len(rows[0]), -1))).numpy()
+            space = self._common_space(group)
+            if space is not None:  # one vectorised mapping for the whole group
+                for aids, env_acts in zip(rows, to_env_action(means, space), strict=True):
+                    actions.update(zip(aids, env_acts, strict=True))
+            else:
+                for pid, acts in zip(group, means, strict=True):
+                    env_acts = to_env_action(acts, self._modules[pid].action_space)
+                    actions.update(zip(by_policy[pid], env_acts, strict=True))
             done.update(group)
         for pid, aids in by_policy.items():
             if pid not in done:
