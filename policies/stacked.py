@@ -49,15 +49,19 @@ def stack_signature(module: object) -> Hashable | None:
     return (sigs, tuple(module.log_std.shape), module._obs_dim)
 
 
-def stack_groups(modules: Mapping[str, object], sizes: Mapping[str, int]) -> list[tuple]:
+def stack_groups(
+    modules: Mapping[str, object], sizes: Mapping[str, int], singles: bool = False
+) -> list[tuple]:
     """Module ids (in `sizes` order) that can act as one stacked network, in groups of two or
-    more: the same `stack_signature` and the same batch size (`sizes`: id -> rows)."""
+    more: the same `stack_signature` and the same batch size (`sizes`: id -> rows).
+    `singles`: a stackable module without a partner (the meta) as a group of one as well, which
+    acts without the module's per-call overhead."""
     keyed: dict[tuple, list[str]] = {}
     for mid, n in sizes.items():
         sig = stack_signature(modules[mid])
         if sig is not None:
             keyed.setdefault((sig, n), []).append(mid)
-    return [tuple(group) for group in keyed.values() if len(group) > 1]
+    return [tuple(group) for group in keyed.values() if singles or len(group) > 1]
 
 
 def stack_parameters(modules: Sequence[MLPModule]) -> dict[str, torch.Tensor]:

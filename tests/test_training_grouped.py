@@ -55,6 +55,8 @@ def test_stack_groups_need_the_same_shape_and_batch_size():
     assert stack_groups(mods, {"a": 4, "b": 4, "c": 4, "w": 4, "t": 4}) == [("a", "b", "c")]
     assert stack_groups(mods, {"c": 4, "a": 2, "b": 2, "w": 2}) == [("a", "b")]
     assert stack_groups(mods, {"a": 4, "w": 4, "t": 4}) == []
+    assert stack_groups(mods, {"a": 4, "w": 4, "t": 4}, singles=True) == [("a",), ("w",)]
+    assert stack_groups(mods, {"c": 4, "a": 2, "b": 2}, singles=True) == [("c",), ("a", "b")]
 
 
 def test_stacked_forward_matches_each_module():

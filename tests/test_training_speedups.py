@@ -146,7 +146,9 @@ def test_fused_env_runner_is_default_and_matches_stock(ray_session, phase, monke
     monkeypatch.setattr(fused_runner.StackedActor, "dist_inputs", counted)
     fused, fused_metrics = _weights_after_two_iterations(PPOTorchLearner, num_envs=2, phase=phase)
     assert fused_runner.FusedActingEnvRunner.fused_sample_calls >= calls + 2
-    assert stacked_rows and {shape[:2] for shape in stacked_rows} == {(len(SYMBOLS), 2)}
+    # the specialists as one stack, the meta (phases 2-3) as a stack of one
+    want = {(len(SYMBOLS), 2)} | ({(1, 2)} if phase > 1 else set())
+    assert stacked_rows and {shape[:2] for shape in stacked_rows} == want
     stock, stock_metrics = _weights_after_two_iterations(
         PPOTorchLearner, env_runner_cls=MultiAgentEnvRunner, num_envs=2, phase=phase
     )

@@ -12,7 +12,7 @@ import torch
 
 from policies import compute_actions
 from policies.inference import to_env_action
-from policies.stacked import StackedActor, stack_groups, stack_signature
+from policies.stacked import StackedActor, stack_groups
 from rl_trading.errors import ConfigError
 from rl_trading.training.env_bridge import EnvFactory, unwrap
 from rl_trading.training.mapping import policy_mapping_fn
@@ -75,16 +75,9 @@ class _PolicyActor:
         layout = tuple((pid, len(aids)) for pid, aids in by_policy.items())
         groups = self._grouping.get(layout)
         if groups is None:
-            groups = stack_groups(self._modules, dict(layout))
-            grouped = {p for group in groups for p in group}
-            # a stackable policy of its own shape (the meta) acts as a stack of one: the same
-            # means, without the module's per-call overhead
-            groups += [
-                (pid,)
-                for pid, _ in layout
-                if pid not in grouped and stack_signature(self._modules[pid]) is not None
-            ]
-            self._grouping[layout] = groups
+            groups = self._grouping[layout] = stack_groups(
+                self._modules, dict(layout), singles=True
+            )
         return groups
 
     def _common_space(self, group: tuple[str, ...]) -> Any:

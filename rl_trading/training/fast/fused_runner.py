@@ -171,7 +171,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         if layout not in stacks:
             stacks[layout] = [
                 (group, StackedActor([self.module[m] for m in group]))
-                for group in stack_groups(self.module, dict(layout))
+                for group in stack_groups(self.module, dict(layout), singles=True)
             ]
         stacked_inputs: dict[str, torch.Tensor] = {}
         with torch.no_grad():
