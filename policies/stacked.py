@@ -71,7 +71,33 @@ def stack_parameters(modules: Sequence[MLPModule]) -> dict[str, torch.Tensor]:
     return {name: torch.stack([d[name] for d in named]) for name in named[0]}
 
 
-def _tower(module: MLPModule, name: str, params: dict, x: torch.Tensor, skip: int = 0):
+class _SigmoidTanh(torch.autograd.Function):
+    """tanh(x) computed as 2 sigmoid(2x) - 1, with tanh's own backward (1 - y^2).
+
+    On these CPUs torch's vectorised tanh is about 3x slower than its sigmoid, and the
+    learner's tanh layers were ~7% of an update. The two agree to 2e-7 absolute (float32
+    rounding of a value in [-1, 1]); acting keeps torch.tanh."""
+
+    @staticmethod
+    def forward(ctx: object, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def train_tanh(x: torch.Tensor) -> torch.Tensor:
+    """The learner's tanh (`_SigmoidTanh`)."""
+    return _SigmoidTanh.apply(x)
+
+
+def _tower(
+    module: MLPModule, name: str, params: dict, x: torch.Tensor, skip: int = 0, tanh=torch.tanh
+):
     """Apply the stacked layers of tower `name` (from layer `skip` on) to `x` `[G, B, in]`."""
     for i, layer in enumerate(getattr(module, name)):
         if i < skip:
@@ -80,7 +106,7 @@ def _tower(module: MLPModule, name: str, params: dict, x: torch.Tensor, skip: in
             weight, bias = params[f"{name}.{i}.weight"], params[f"{name}.{i}.bias"]
             x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
         else:
-            x = torch.tanh(x)
+            x = tanh(x)
     return x
 
 
@@ -99,10 +125,12 @@ def stacked_forward_train(
     shape = modules[0]
     weight = torch.cat([p["_pi_enc.0.weight"], p["_vf_enc.0.weight"]], dim=1)
     bias = torch.cat([p["_pi_enc.0.bias"], p["_vf_enc.0.bias"]], dim=1)
-    hidden = torch.tanh(torch.baddbmm(bias.unsqueeze(1), obs, weight.transpose(1, 2)))
+    hidden = train_tanh(torch.baddbmm(bias.unsqueeze(1), obs, weight.transpose(1, 2)))
     pi_x, vf_x = hidden.split([shape._pi_enc[0].out_features, shape._vf_enc[0].out_features], -1)
-    mean = _tower(shape, "_pi_head", p, _tower(shape, "_pi_enc", p, pi_x, skip=2))
-    values = _tower(shape, "_vf_head", p, _tower(shape, "_vf_enc", p, vf_x, skip=2)).squeeze(-1)
+    act = _tower(shape, "_pi_enc", p, pi_x, skip=2, tanh=train_tanh)
+    mean = _tower(shape, "_pi_head", p, act, tanh=train_tanh)
+    crit = _tower(shape, "_vf_enc", p, vf_x, skip=2, tanh=train_tanh)
+    values = _tower(shape, "_vf_head", p, crit, tanh=train_tanh).squeeze(-1)
     log_std = p["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
     dist_inputs = torch.cat([mean, log_std.unsqueeze(1).expand_as(mean)], dim=-1)
     return dist_inputs, values
