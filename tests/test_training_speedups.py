@@ -80,8 +80,52 @@ def _assert_same_weights(fast: dict, stock: dict, n_modules: int = len(SYMBOLS))
 
 
 @pytest.mark.rllib
+def test_fast_add_one_ts_twin_gives_rllibs_flags():
+    """The learner connector's twin adds the loss mask, terminateds and truncateds as arrays;
+    per episode chunk they equal the stock piece's lists (a cut chunk, a terminated and a
+    truncated episode), and the episodes are extended alike."""
+    import copy
+
+    from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    from rl_trading.training.fast.learner import FastAddOneTsToEpisodesAndTruncate
+
+    def episodes() -> list:
+        def one(n: int, terminated: bool, truncated: bool) -> SingleAgentEpisode:
+            return SingleAgentEpisode(
+                observations=list(range(n + 1)),
+                actions=list(range(n)),
+                rewards=[0.5] * n,
+                terminated=terminated,
+                truncated=truncated,
+                len_lookback_buffer=0,
+            ).to_numpy()
+
+        return [one(3, False, False), one(5, True, False), one(4, False, True), one(1, True, False)]
+
+    original = episodes()
+
+    def run(piece: type) -> tuple[dict, list]:
+        eps, batch = copy.deepcopy(original), {}
+        piece()(rl_module=None, batch=batch, episodes=eps, shared_data={})
+        return batch, eps
+
+    stock, stock_eps = run(AddOneTsToEpisodesAndTruncate)
+    fast, fast_eps = run(FastAddOneTsToEpisodesAndTruncate)
+    assert stock.keys() == fast.keys() == {"loss_mask", "terminateds", "truncateds"}
+    for column, by_key in stock.items():
+        assert by_key.keys() == fast[column].keys()
+        for key, items in by_key.items():
+            (arr,) = fast[column][key]
+            assert arr.dtype == np.bool_ and arr.tolist() == list(items), (column, key)
+    assert [len(e) for e in fast_eps] == [len(e) for e in stock_eps] == [4, 6, 5, 2]
+    assert [e.is_truncated for e in fast_eps] == [e.is_truncated for e in stock_eps]
+
+
 def test_fast_learner_is_bit_identical_to_stock(ray_session):
-    """Fused finiteness check and the joint multi-tensor Adam step change no bit."""
+    """Fused finiteness check, the joint multi-tensor Adam step and the learner connector's
+    twin change no bit."""
     fast, _ = _weights_after_two_iterations(FastPPOTorchLearner)
     stock, _ = _weights_after_two_iterations(PPOTorchLearner)
     _assert_same_weights(fast, stock)
