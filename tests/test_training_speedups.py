@@ -66,7 +66,13 @@ def _weights_after_two_iterations(
             assert type(algo.learner_group._learner) is PPOTorchLearner
             assert all(not m.fast_acting for m in algo.env_runner.module.values())
         algo.train()
-        runners = dict(algo.train()["env_runners"], vector_env_copies=algo.env_runner.env.copy)
+        runners = dict(
+            algo.train()["env_runners"],
+            vector_env_copies=algo.env_runner.env.copy,
+            learner_pieces=[
+                type(c).__name__ for c in algo.learner_group._learner._learner_connector.connectors
+            ],
+        )
         return algo.learner_group.get_weights(), runners
     finally:
         algo.stop()
@@ -126,8 +132,10 @@ def test_fast_add_one_ts_twin_gives_rllibs_flags():
 def test_fast_learner_is_bit_identical_to_stock(ray_session):
     """Fused finiteness check, the joint multi-tensor Adam step and the learner connector's
     twin change no bit."""
-    fast, _ = _weights_after_two_iterations(FastPPOTorchLearner)
-    stock, _ = _weights_after_two_iterations(PPOTorchLearner)
+    fast, fast_info = _weights_after_two_iterations(FastPPOTorchLearner)
+    stock, stock_info = _weights_after_two_iterations(PPOTorchLearner)
+    assert "FastAddOneTsToEpisodesAndTruncate" in fast_info["learner_pieces"]
+    assert "AddOneTsToEpisodesAndTruncate" in stock_info["learner_pieces"]
     _assert_same_weights(fast, stock)
 
 

@@ -168,6 +168,15 @@ _FAST_TWINS: dict[type, Any] = {
 }
 
 
+def install_twins(pipeline: Any, twins: dict[type, Any]) -> None:
+    """Swap each piece of a connector pipeline (None: nothing) whose exact type has a fast
+    twin in `twins` for that twin, built from it by `like()`."""
+    for i, conn in enumerate(getattr(pipeline, "connectors", None) or []):
+        fast = twins.get(type(conn))
+        if fast is not None:
+            pipeline.connectors[i] = fast.like(conn)
+
+
 def _fresh_observations(env: Any) -> bool:
     """Whether `env` (RLlib's PettingZoo wrapper around it, if any) declares that it returns
     new observation arrays every step and never mutates them later."""
@@ -182,12 +191,7 @@ class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
         super().__init__(*args, **kwargs)
         self._agent_steps: Counter = Counter()
         self._module_steps: Counter = Counter()
-        pipeline = getattr(self, "_module_to_env", None)
-        if pipeline is not None:
-            for i, conn in enumerate(pipeline.connectors):
-                fast = _FAST_TWINS.get(type(conn))
-                if fast is not None:
-                    pipeline.connectors[i] = fast.like(conn)
+        install_twins(getattr(self, "_module_to_env", None), _FAST_TWINS)
 
     def make_env(self) -> None:
         """RLlib's vector env; for envs whose observations are always fresh arrays

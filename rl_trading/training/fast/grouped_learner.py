@@ -317,14 +317,14 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         coefficients are built once, scheduled ones (tensors updated in place) every call."""
         values = [self.entropy_coeff_schedulers_per_module[mid].get_current_value() for mid in mids]
         key = (tuple(mids), like.dtype, like.device)
-        if all(isinstance(v, float | int) for v in values):
-            cached = self._fixed_entropy_coeffs.get(key)
-            if cached is not None and cached[0] == values:
-                return cached[1]
+        fixed = all(isinstance(v, float | int) for v in values)
+        cached = self._fixed_entropy_coeffs.get(key) if fixed else None
+        if cached is not None and cached[0] == values:
+            return cached[1]
         coeffs = torch.stack(
             [torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in values]
         ).unsqueeze(-1)
-        if all(isinstance(v, float | int) for v in values):
+        if fixed:
             self._fixed_entropy_coeffs[key] = (values, coeffs)
         return coeffs
 

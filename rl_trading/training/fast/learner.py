@@ -37,6 +37,7 @@ from torch.optim import adam as torch_adam
 from torch.optim import optimizer as torch_optimizer
 
 from policies.pretrained import register_optimizers
+from rl_trading.training.fast.env_runner import _Twin, install_twins
 
 # Adam param-group settings that must agree for optimizers to step in one call
 ADAM_SETTINGS = (
@@ -44,7 +45,7 @@ ADAM_SETTINGS = (
 )  # fmt: skip
 
 
-class FastAddOneTsToEpisodesAndTruncate(AddOneTsToEpisodesAndTruncate):
+class FastAddOneTsToEpisodesAndTruncate(_Twin, AddOneTsToEpisodesAndTruncate):
     """RLlib's `AddOneTsToEpisodesAndTruncate` with its three per-step flag columns (loss
     mask, terminateds, truncateds) added as one bool array per episode chunk instead of one
     Python bool at a time (~100k `add_batch_item` calls per phase-3 update). The next pieces
@@ -229,14 +230,7 @@ class FastPPOTorchLearner(PPOTorchLearner):
     def build(self) -> None:
         """RLlib's build, with the learner connector's pieces swapped for their fast twins."""
         super().build()
-        pipeline = self._learner_connector
-        for i, conn in enumerate(getattr(pipeline, "connectors", None) or []):
-            twin = _LEARNER_TWINS.get(type(conn))
-            if twin is not None:
-                pipeline.connectors[i] = twin(
-                    input_observation_space=conn.input_observation_space,
-                    input_action_space=conn.input_action_space,
-                )
+        install_twins(self._learner_connector, _LEARNER_TWINS)
 
     def _create_iterator_if_necessary(self, **kwargs: Any):
         """RLlib's minibatch iterator; its cyclic one as `FastMiniBatchCyclicIterator`."""
