@@ -241,12 +241,14 @@ def test_stacked_validation_matches_per_policy_validation(monkeypatch, mode):
         assert stacked[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
 
 
-def _backward_through_views(held, grads: list) -> None:
-    """Give the held stack exactly `grads` (per module, per parameter) through its views."""
+def _backward_through_views(held, grads: list, module) -> None:
+    """Give the held stack exactly `grads` (per module, per parameter in `module`'s own order;
+    the held layout puts the first layers first) through its views."""
     views = held.views()
-    names = list(views)
+    own_order = [name for name, _ in module.named_parameters()]
     loss = sum(
-        (views[name] * torch.stack([gs[i] for gs in grads])).sum() for i, name in enumerate(names)
+        (views[name] * torch.stack([gs[own_order.index(name)] for gs in grads])).sum()
+        for name in views
     )
     loss.backward()
 
@@ -278,7 +280,7 @@ def test_held_stack_steps_like_separate_fused_adams_and_writes_back():
                 for p, g in zip(m.parameters(), gs, strict=True):
                     p.grad = g.clone()
                 opt.step()
-            _backward_through_views(held, grads)
+            _backward_through_views(held, grads, held_m[0])
             held.step(log=lambda keys, values: None)  # no clipping at this bound
         held.release()
         for a, b in zip(sep_m, held_m, strict=True):
@@ -312,7 +314,7 @@ def test_held_stack_clips_and_zeroes_like_rllib(poison):
     logged = {}
     held_m, held_o = setup()
     held = HeldStack(held_m, held_o, ["a", "b"], ["default_optimizer"] * 2, clip=clip)
-    _backward_through_views(held, grads)
+    _backward_through_views(held, grads, held_m[0])
     held.step(log=lambda keys, values: logged.update(zip(keys, values.tolist(), strict=True)))
     held.release()
     for i, (m, opt, gs) in enumerate(zip(sep_m, sep_o, grads, strict=True)):
