@@ -72,6 +72,9 @@ def _weights_after_two_iterations(
             learner_pieces=[
                 type(c).__name__ for c in algo.learner_group._learner._learner_connector.connectors
             ],
+            connector_skipped=getattr(
+                algo.learner_group._learner, "connector_skipped_modules", None
+            ),
         )
         return algo.learner_group.get_weights(), runners
     finally:
@@ -223,16 +226,20 @@ def test_fused_env_runner_is_default_and_matches_stock(ray_session, phase, monke
 @pytest.mark.parametrize("phase", [2, 3])
 def test_fast_paths_are_bit_identical_to_stock_in_phases_2_and_3(ray_session, phase):
     """Phase 2 (meta trains, specialists frozen and greedy) and phase 3 (all train): the fast
-    counters-only env runner, fast learner and module-side acting give the weights of
+    counters-only env runner, fast learner (in phase 2 without the frozen specialists in its
+    learner connector) and module-side acting give the weights of
     `rllib_fast_paths: false` (RLlib's classes) bit for bit. (The default fused runner and
     grouped learner agree within float32 rounding: `test_fused_env_runner_is_default_and_
     matches_stock` and tests/test_training_grouped.py.)"""
     learner = FastPPOTorchLearner
-    fast, _ = _weights_after_two_iterations(
+    fast, runners = _weights_after_two_iterations(
         learner, env_runner_cls=FastMultiAgentEnvRunner, phase=phase
     )
     stock, _ = _weights_after_two_iterations(phase=phase, fast=False)
     _assert_same_weights(fast, stock, n_modules=len(SYMBOLS) + 1)
+    # phase 2: the frozen specialists' episodes never reached the learner connector
+    skipped = {f"specialist_{s}" for s in SYMBOLS} if phase == 2 else set()
+    assert runners["connector_skipped"] == skipped
 
 
 @pytest.mark.rllib

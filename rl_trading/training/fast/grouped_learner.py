@@ -519,7 +519,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         (the rest are None there, which every consumer skips)."""
         if (not self._group_totals and not self._manual_mids) or self._grad_scalers is not None:
             return super().compute_gradients(loss_per_module, **kwargs)
-        for optim in self._optimizer_parameters:
+        for optim in self._unheld_optimizers():
             if _has_grads(optim):
                 optim.zero_grad(set_to_none=True)
         grouped = {mid for mids, _ in self._group_totals for mid in mids} | self._manual_mids
@@ -534,13 +534,17 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
     def _optimizers_to_step(self) -> list:
         """Every optimizer but those of held modules (their stack's Adam stepped already) and
         those without any gradient (for which Adam's step does nothing)."""
-        held = self._held_mids()
+        return [opt for opt in self._unheld_optimizers() if _has_grads(opt)]
+
+    def _unheld_optimizers(self) -> list:
+        """The optimizers of modules that are trained this phase and not held: a held
+        module's gradient lands in its stack's flat tensor, never on its own parameters."""
+        held, untrained = self._held_mids(), self._untrained_modules()
         return [
-            opt
+            self.get_optimizer(mid, name)
             for mid, names in self._module_optimizers.items()
-            if mid not in held
+            if mid not in held and mid not in untrained
             for name in names
-            if _has_grads(opt := self.get_optimizer(mid, name))
         ]
 
     def _stacked_ppo_losses(

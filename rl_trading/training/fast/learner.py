@@ -15,7 +15,9 @@ arithmetic as one `step()` per optimizer, in a tenth of the small ops. Minibatch
 RLlib's cyclic iterator, except that a minibatch that is one contiguous slice of a module's
 batch is taken as that slice instead of being sliced and then re-concatenated (a copy of every
 column) by generic SampleBatch code, and the per-epoch shuffle gathers torch columns with
-`index_select`: the same rows, order and shuffles.
+`index_select`: the same rows, order and shuffles. Modules this phase does not train (phase 2's
+frozen specialists) are left out of the learner connector, which RLlib runs over every agent
+before it drops their batches.
 """
 
 from __future__ import annotations
@@ -226,11 +228,43 @@ class FastPPOTorchLearner(PPOTorchLearner):
     copy-free contiguous minibatches (bit-identical updates)."""
 
     adam_kwargs: dict[str, bool] = {"foreach": True}  # multi-tensor Adam (CPU default: loop)
+    connector_skipped_modules: frozenset = frozenset()  # left out of the last connector call
 
     def build(self) -> None:
         """RLlib's build, with the learner connector's pieces swapped for their fast twins."""
         super().build()
         install_twins(self._learner_connector, _LEARNER_TWINS)
+
+    def _make_batch_if_necessary(self, training_data: Any) -> Any:
+        """RLlib's, with the agents of modules this learner does not train (phase 2's frozen
+        specialists) hidden from the learner connector: RLlib batches their episodes, runs
+        their value networks and GAE, then drops their batches before the first minibatch.
+        Every piece works per agent or per module, so the trained modules' batches are the
+        same (tests/test_training_speedups.py: bit-identical weights in phase 2)."""
+        untrained = self._untrained_modules()
+        episodes = training_data.episodes
+        if not untrained or not episodes or not isinstance(episodes[0], MultiAgentEpisode):
+            return super()._make_batch_if_necessary(training_data)
+        kept = [episode.agent_episodes for episode in episodes]
+        try:
+            for episode in episodes:
+                episode.agent_episodes = {
+                    aid: sa
+                    for aid, sa in episode.agent_episodes.items()
+                    if episode.module_for(aid) not in untrained
+                }
+            self.connector_skipped_modules = untrained
+            return super()._make_batch_if_necessary(training_data)
+        finally:
+            for episode, agent_episodes in zip(episodes, kept, strict=True):
+                episode.agent_episodes = agent_episodes
+
+    def _untrained_modules(self) -> frozenset:
+        """Module ids that `policies_to_train` (a collection, not a function) leaves out."""
+        chosen = self.config.policies_to_train
+        if chosen is None or callable(chosen):
+            return frozenset()
+        return frozenset(self.module.keys()) - frozenset(chosen)
 
     def _create_iterator_if_necessary(self, **kwargs: Any):
         """RLlib's minibatch iterator; its cyclic one as `FastMiniBatchCyclicIterator`."""
