@@ -161,7 +161,7 @@ def stacked_forward_train(
     actor = critic = None
     if tape is not None:
         actor, critic = [], []
-        tape.update(obs=obs, first=weight, hidden=hidden, sizes=sizes, actor=actor, critic=critic)
+        tape.update(obs=obs, hidden=hidden, actor=actor, critic=critic)
     act = _tower(shape, "_pi_enc", p, pi_x, skip=2, tanh=tanh, tape=actor)
     mean = _tower(shape, "_pi_head", p, act, tanh=tanh, tape=actor)
     crit = _tower(shape, "_vf_enc", p, vf_x, skip=2, tanh=tanh, tape=critic)

@@ -151,13 +151,23 @@ class _CountingGrouped(GroupedPPOTorchLearner):
 
     held_calls = 0
 
+    manual_calls = 0
+
     groups: set = set()
 
-    def _stacked_ppo_losses(self, mids, batch, params=None):
-        type(self).stacked_calls += 1
-        type(self).held_calls += params is not None
-        type(self).groups.add(tuple(sorted(mids)))
-        return super()._stacked_ppo_losses(mids, batch, params)
+    def _stacked_ppo_losses(self, mids, batch, held=None):
+        counts = _CountingGrouped  # subclasses count here too
+        counts.stacked_calls += 1
+        counts.held_calls += held is not None
+        counts.manual_calls += held is not None and held.fused and self.manual_gradients
+        counts.groups.add(tuple(sorted(mids)))
+        return super()._stacked_ppo_losses(mids, batch, held)
+
+
+class _TracedGrouped(_CountingGrouped):
+    """The grouped learner with its gradient traced by autograd (`manual_gradients` off)."""
+
+    manual_gradients = False
 
 
 def _assert_same_training(grouped: dict, g_stats: dict, stock: dict, s_stats: dict) -> None:
@@ -176,15 +186,22 @@ def _assert_same_training(grouped: dict, g_stats: dict, stock: dict, s_stats: di
 
 
 @pytest.mark.rllib
-def test_grouped_learner_matches_rllib_ppo_learner(ray_session):
+@pytest.mark.parametrize("learner", [_CountingGrouped, _TracedGrouped])
+def test_grouped_learner_matches_rllib_ppo_learner(ray_session, learner):
     """Same weights (float32 rounding) and the same per-module learner stats as RLlib's
-    PPOTorchLearner after two iterations of minibatch updates, all of them stacked."""
-    grouped, g_stats = _phase1(_CountingGrouped, iterations=2)
+    PPOTorchLearner after two iterations of minibatch updates, all of them stacked, with the
+    gradient written out (the default) and traced by autograd."""
+    _CountingGrouped.stacked_calls = _CountingGrouped.held_calls = 0
+    _CountingGrouped.groups = set()
+    _CountingGrouped.manual_calls = 0
+    grouped, g_stats = _phase1(learner, iterations=2)
     stock, s_stats = _phase1(PPOTorchLearner, iterations=2)
     # >= 2 x 192 steps / 64 x 3 epochs (PPO adds one bootstrap step per episode chunk); the
     # second update starts from the Adam state the first one wrote back into the optimizers
     assert _CountingGrouped.stacked_calls >= 18
     assert _CountingGrouped.held_calls == _CountingGrouped.stacked_calls  # held stacks
+    written_out = _CountingGrouped.stacked_calls if learner.manual_gradients else 0
+    assert _CountingGrouped.manual_calls == written_out
     assert _CountingGrouped.groups == {tuple(f"specialist_{s}" for s in SYMBOLS)}
     assert grouped.keys() == stock.keys() and len(grouped) == len(SYMBOLS)
     _assert_same_training(grouped, g_stats, stock, s_stats)
