@@ -72,9 +72,7 @@ def _weights_after_two_iterations(
             learner_pieces=[
                 type(c).__name__ for c in algo.learner_group._learner._learner_connector.connectors
             ],
-            connector_skipped=getattr(
-                algo.learner_group._learner, "connector_skipped_modules", None
-            ),
+            connector_modules=getattr(algo.learner_group._learner, "connector_batch_modules", None),
         )
         return algo.learner_group.get_weights(), runners
     finally:
@@ -237,9 +235,9 @@ def test_fast_paths_are_bit_identical_to_stock_in_phases_2_and_3(ray_session, ph
     )
     stock, _ = _weights_after_two_iterations(phase=phase, fast=False)
     _assert_same_weights(fast, stock, n_modules=len(SYMBOLS) + 1)
-    # phase 2: the frozen specialists' episodes never reached the learner connector
-    skipped = {f"specialist_{s}" for s in SYMBOLS} if phase == 2 else set()
-    assert runners["connector_skipped"] == skipped
+    # phase 2: the learner connector saw the meta's episodes only (RLlib: every module's)
+    specialists = {f"specialist_{s}" for s in SYMBOLS}
+    assert runners["connector_modules"] == ({"meta"} if phase == 2 else {"meta"} | specialists)
 
 
 @pytest.mark.rllib

@@ -519,7 +519,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         (the rest are None there, which every consumer skips)."""
         if (not self._group_totals and not self._manual_mids) or self._grad_scalers is not None:
             return super().compute_gradients(loss_per_module, **kwargs)
-        for optim in self._unheld_optimizers():
+        for optim in self._unheld_optimizers(trained_only=False):
             if _has_grads(optim):
                 optim.zero_grad(set_to_none=True)
         grouped = {mid for mids, _ in self._group_totals for mid in mids} | self._manual_mids
@@ -536,10 +536,12 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         those without any gradient (for which Adam's step does nothing)."""
         return [opt for opt in self._unheld_optimizers() if _has_grads(opt)]
 
-    def _unheld_optimizers(self) -> list:
-        """The optimizers of modules that are trained this phase and not held: a held
-        module's gradient lands in its stack's flat tensor, never on its own parameters."""
-        held, untrained = self._held_mids(), self._untrained_modules()
+    def _unheld_optimizers(self, trained_only: bool = True) -> list:
+        """The optimizers of modules that are not held (a held module's gradient lands in its
+        stack's flat tensor, never on its own parameters), of trained modules only unless
+        `trained_only` is off (zeroing: no module keeps a stale gradient, as in RLlib)."""
+        held = self._held_mids()
+        untrained = self._untrained_modules() if trained_only else frozenset()
         return [
             self.get_optimizer(mid, name)
             for mid, names in self._module_optimizers.items()

@@ -228,7 +228,7 @@ class FastPPOTorchLearner(PPOTorchLearner):
     copy-free contiguous minibatches (bit-identical updates)."""
 
     adam_kwargs: dict[str, bool] = {"foreach": True}  # multi-tensor Adam (CPU default: loop)
-    connector_skipped_modules: frozenset = frozenset()  # left out of the last connector call
+    connector_batch_modules: frozenset = frozenset()  # modules in the last connector batch
 
     def build(self) -> None:
         """RLlib's build, with the learner connector's pieces swapped for their fast twins."""
@@ -244,7 +244,7 @@ class FastPPOTorchLearner(PPOTorchLearner):
         untrained = self._untrained_modules()
         episodes = training_data.episodes
         if not untrained or not episodes or not isinstance(episodes[0], MultiAgentEpisode):
-            return super()._make_batch_if_necessary(training_data)
+            return self._note_modules(super()._make_batch_if_necessary(training_data))
         kept = [episode.agent_episodes for episode in episodes]
         try:
             for episode in episodes:
@@ -253,11 +253,16 @@ class FastPPOTorchLearner(PPOTorchLearner):
                     for aid, sa in episode.agent_episodes.items()
                     if episode.module_for(aid) not in untrained
                 }
-            self.connector_skipped_modules = untrained
-            return super()._make_batch_if_necessary(training_data)
+            return self._note_modules(super()._make_batch_if_necessary(training_data))
         finally:
             for episode, agent_episodes in zip(episodes, kept, strict=True):
                 episode.agent_episodes = agent_episodes
+
+    def _note_modules(self, batch: Any) -> Any:
+        """Record which modules the learner connector's batch holds (tests), return it."""
+        if isinstance(batch, MultiAgentBatch):
+            self.connector_batch_modules = frozenset(batch.policy_batches)
+        return batch
 
     def _untrained_modules(self) -> frozenset:
         """Module ids that `policies_to_train` (a collection, not a function) leaves out."""

@@ -5,11 +5,12 @@ A stacked group's minibatch step through autograd is a few hundred small torch o
 microseconds of dispatch on CPU, around the few matmuls that do the arithmetic. The loss's
 gradient with respect to the action means, the log-std and the values has a short closed form;
 `policies.stacked.stacked_backward` takes it through the towers. Each formula below is the
-derivative autograd takes of the same forward (`GroupedPPOTorchLearner._stacked_ppo_losses`),
+derivative autograd takes of the same forward (`GroupedPPOTorchLearner._ppo_forward`),
 including its conventions at the edges: `torch.min` splits the gradient at ties, `clamp`
 passes it on its closed interval. tests/test_training_manual_grad.py compares every gradient
 with autograd's, with each branch (clipped ratios, clipped value loss, clamped log-std, loss
-masks, KL, entropy) taken.
+masks, KL, entropy, scheduled coefficients) taken, for a group of one, one hidden layer and a
+module without valid rows.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ class KLTerms:
 
 def row_weights(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     """d(masked mean)/d(row) `[G, B]`: 1 / valid rows on valid rows, 0 elsewhere (1 / B
-    without a mask)."""
+    without a mask). A module without valid rows gets 0, as through autograd (its masked
+    mean is NaN, but `masked_fill`'s backward zeroes every row)."""
     if mask is None:
         return torch.full_like(like, 1.0 / like.shape[-1])
-    return mask / mask.sum(-1, keepdim=True)
+    return mask / mask.sum(-1, keepdim=True).clamp(min=1)
 
 
 def ppo_loss_gradients(
