@@ -166,7 +166,9 @@ def test_sigkill_before_the_first_checkpoint_then_resume(tmp_path):
     import psutil
 
     helpers: list = []
-    budget = ("--set", "phases.phase1_timesteps=384", "--set", "phases.checkpoint_interval=10")
+    # ITERS iterations and no checkpoint before the end: the kill lands well before the run
+    # ends (with 6 iterations, 3 short ones could finish between a state poll and the kill)
+    budget = ("--set", f"phases.checkpoint_interval={ITERS + 1}")
     res = _interrupt(tmp_path, signal.SIGKILL, group=False, at=3, extra=budget, seen=helpers)
     assert res.returncode == -signal.SIGKILL
     gone, alive = psutil.wait_procs(helpers, timeout=20)
@@ -181,14 +183,14 @@ def test_sigkill_before_the_first_checkpoint_then_resume(tmp_path):
         tmp_path, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run", "--resume", *budget
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "6 iterations, 384 env steps" in res.stdout
+    assert f"{ITERS} iterations, {ITERS * 64:,} env steps" in res.stdout
     ps = _state(tmp_path)
-    assert ps["status"] == "done" and ps["iteration"] == 6 and ps["env_steps"] == 384
+    assert ps["status"] == "done" and ps["iteration"] == ITERS and ps["env_steps"] == ITERS * 64
     assert client.get_run(orphan).info.status == "KILLED"
     new = client.get_run(ps["mlflow_run_id"])
     assert new.info.run_id != orphan and new.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(new.info.run_id, "iteration")]
-    assert steps == list(range(1, 7))
+    assert steps == list(range(1, ITERS + 1))
 
 
 def _assert_one_line_failure(res: subprocess.CompletedProcess, code: int, needle: str) -> None:
