@@ -153,11 +153,10 @@ def stacked_forward_train(
     else:
         weight = torch.cat([p["_pi_enc.0.weight"], p["_vf_enc.0.weight"]], dim=1)
         bias = torch.cat([p["_pi_enc.0.bias"], p["_vf_enc.0.bias"]], dim=1)
-    pre = torch.baddbmm(bias.unsqueeze(1), obs, weight.transpose(1, 2))
-    hidden = sigmoid_tanh(pre) if tape is not None else train_tanh(pre)
+    tanh = sigmoid_tanh if tape is not None else train_tanh  # no autograd when recording
+    hidden = tanh(torch.baddbmm(bias.unsqueeze(1), obs, weight.transpose(1, 2)))
     sizes = [shape._pi_enc[0].out_features, shape._vf_enc[0].out_features]
     pi_x, vf_x = hidden.split(sizes, -1)
-    tanh = sigmoid_tanh if tape is not None else train_tanh
     actor = critic = None
     if tape is not None:
         actor, critic = [], []
