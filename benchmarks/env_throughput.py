@@ -77,14 +77,12 @@ def bench_single(bars, window: int, steps: int, repeats: int) -> tuple[tuple, tu
     return best_ours, best_theirs, ratios
 
 
-def bench_hierarchical(
-    bars, window: int, steps: int, repeats: int, kernels: bool | None = None
-) -> tuple[tuple, int]:
-    """Best-of-`repeats` (wall, CPU) env steps/s of the 8-instrument joint-mode env (`kernels`:
-    the numba path, the numpy path or the default); also the number of agents per step."""
+def bench_hierarchical(bars, window: int, steps: int, repeats: int) -> tuple[tuple, int]:
+    """Best-of-`repeats` (wall, CPU) env steps/s of the 8-instrument joint-mode env (the one
+    copy of the rules, envs.engine); also the number of agents per step."""
     from envs import HierarchicalTradingEnv
 
-    env = HierarchicalTradingEnv(bars=bars, mode="joint", window_size=window, kernels=kernels)
+    env = HierarchicalTradingEnv(bars=bars, mode="joint", window_size=window)
     rng = np.random.default_rng(0)
     n = len(bars)
     pool = []
@@ -129,27 +127,15 @@ def main() -> None:
         f"CPU {ours[1] / theirs[1]:.2f}"
         f" (per-run CPU ratios {', '.join(f'{r:.2f}' for r in ratios)}; target >= 1.0)"
     )
-    from envs import kernels
+    from envs import engine
 
-    paths = [("numba kernels", True), ("numpy", False)] if kernels.AVAILABLE else [("numpy", False)]
-    best = {}
-    for _ in range(args.repeats):  # alternate the paths so that both see the same load
-        for name, flag in paths:
-            sps, n_agents = bench_hierarchical(market, args.window, args.steps, 1, flag)
-            best[name] = _best(best.get(name, (0.0, 0.0)), sps)
-    for name, sps in best.items():
-        print(
-            f"HierarchicalTradingEnv ({name}), {len(SYMBOLS)} instruments, joint, {n_agents} "
-            f"agents: wall {sps[0]:,.0f} env steps/s ({sps[0] * n_agents:,.0f} agent steps/s), "
-            f"CPU {sps[1]:,.0f} env steps/s ({sps[1] * n_agents:,.0f} agent steps/s); "
-            "target >= 20,000 env steps/s on one core"
-        )
-    if len(best) == 2:
-        fast, slow = best["numba kernels"], best["numpy"]
-        print(
-            f"ratio numba kernels / numpy: wall {fast[0] / slow[0]:.2f}, "
-            f"CPU {fast[1] / slow[1]:.2f}"
-        )
+    sps, n_agents = bench_hierarchical(market, args.window, args.steps, args.repeats)
+    print(
+        f"HierarchicalTradingEnv (envs.engine, numba {'on' if engine.COMPILED else 'off'}), "
+        f"{len(SYMBOLS)} instruments, joint, {n_agents} agents: wall {sps[0]:,.0f} env steps/s "
+        f"({sps[0] * n_agents:,.0f} agent steps/s), CPU {sps[1]:,.0f} env steps/s "
+        f"({sps[1] * n_agents:,.0f} agent steps/s); target >= 20,000 env steps/s on one core"
+    )
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 

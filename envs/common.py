@@ -27,7 +27,6 @@ from rl_trading.errors import ConfigError
 __all__ = [
     "InstrumentArrays",
     "RewardShaper",
-    "amortize_costs",
     "check_bars",
     "env_periods_per_year",
     "prepare_instrument",
@@ -220,12 +219,3 @@ class RewardShaper:
         """The cost debt not yet charged (0 unless cost_amortization_bars > 1); clears it."""
         debt, self.debt = self.debt, 0.0
         return debt
-
-
-def amortize_costs(debt: np.ndarray, cost: np.ndarray, k: int, last: bool) -> np.ndarray:
-    """Per-instrument cost amortisation (reward.cost_amortization_bars k): `cost` joins `debt`
-    (updated in place) and 1/k of it is returned as this step's charge; all of it when `last`."""
-    debt += cost
-    pay = debt.copy() if last else debt / k
-    debt -= pay
-    return pay

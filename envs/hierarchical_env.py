@@ -2,7 +2,7 @@
 
 Agents: ``specialist_<SYMBOL>`` for each instrument and ``meta``. One shared capital
 (cfg.env.initial_capital), fee cfg.env.transaction_cost, same execution model as TradingEnv
-(envs.execution: target chosen at bar t filled at bar t+1's open, marked at its close; no fills
+(envs.engine: target chosen at bar t filled at bar t+1's open, marked at its close; no fills
 on an instrument's forward-filled bars, its order waits for its next real bar; stop-losses on
 the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_per_year).
 
@@ -41,9 +41,9 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
 * Episodes: random start and episode_length steps (training) or one full pass (eval_mode).
   Missing actions keep the agent's previous action. `episode_summary()` returns equity curve,
   weights / exposures history, costs, VaR estimates and breaches, and metrics.summarize.
-* Speed: with numba installed the per-step portfolio arithmetic runs in the compiled kernels
-  of envs.kernels (``kernels=None``: when available; False: the numpy path below, the
-  reference). Both give the same trajectories up to last-bit rounding of dot products.
+* The trading rules (targets, risk limits, fills, costs, stops, borrow, the specialists'
+  rewards, observations) are envs.engine's, the one copy every env and baseline uses; this
+  class holds the market arrays and the episode, reads actions and builds the dicts.
 """
 
 from __future__ import annotations
@@ -57,9 +57,9 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from pettingzoo.utils import parallel_to_aec
 
+from envs import engine
 from envs.common import (
     RewardShaper,
-    amortize_costs,
     env_periods_per_year,
     prepare_instrument,
     resolve_config,
@@ -101,7 +101,6 @@ class HierarchicalTradingEnv(ParallelEnv):
         seed: int | None = None,
         scalers: dict[str, FeatureScaler] | None = None,
         meta_obs_every_step: bool = True,
-        kernels: bool | None = None,
         **overrides: Any,
     ) -> None:
         self.cfg = resolve_config(cfg, overrides, ("env", "train", "reward"))
@@ -176,15 +175,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             sector_ids = np.array(
                 [names.index(ecfg.sectors[s]) if s in ecfg.sectors else -1 for s in self.symbols]
             )
-        self.risk = RiskModel(
-            rolling_covariance(rets, risk_window),
-            self.max_position,
-            ecfg.max_portfolio_var,
-            ecfg.var_confidence,
-            ecfg.max_correlation_exposure,
-            ecfg.max_sector_allocation,
-            sector_ids,
-        )
+        self.risk = RiskModel(rolling_covariance(rets, risk_window), ecfg.var_confidence)
         ppy = self.periods_per_year
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, ppy)
         self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
@@ -224,31 +215,25 @@ class HierarchicalTradingEnv(ParallelEnv):
         if mode != "specialists":
             self._obs_spaces[META] = spaces.Box(-np.inf, np.inf, (self._meta_dim,), np.float32)
             self._act_spaces[META] = spaces.Box(0.0, 1.0, (n + 1,), np.float32)
-        self.use_kernels = _use_kernels(kernels, n)
-        if self.use_kernels:
-            self._init_kernel_arrays(sector_ids)
+        self._init_kernel_arrays(sector_ids)
         self.agents: list[str] = []
         self._np_random = np.random.default_rng(seed)
         self._seed = seed
         self._alloc_episode(self.first_bar, self._episode_end(self.first_bar))
         self._clear_state()
 
-    def _pos_scale(self, t: int) -> Any:
-        """Full position size at bar t, fraction of equity: max_position_size, or per
-        instrument under vol targeting."""
-        return self.max_position if self._scale is None else self._scale[t]
-
     def _init_kernel_arrays(self, sector_ids: np.ndarray | None) -> None:
-        """Market arrays and parameters in the layouts of envs.kernels (built once)."""
-        k = _kernel_module()
+        """Market arrays and parameters in the layouts of envs.engine (built once)."""
+        ecfg = self.cfg.env
         n, risk = self.n, self.risk
         mean_vol = np.broadcast_to(self._mean_vol[:, None], (self.n_bars, n))
         scale = (
             self._scale if self._scale is not None else np.full_like(self._open, self.max_position)
         )
+        bench = self.benchmark_exposures(scale)
         parts = (
             self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol,
-            self._lows, self._highs, self._real.astype(np.float64), scale,
+            self._lows, self._highs, self._real.astype(np.float64), scale, bench,
         )  # fmt: skip
         self._k_market = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
         self._k_cov = np.ascontiguousarray(risk.cov, dtype=np.float64)
@@ -257,30 +242,39 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._k_feat = np.ascontiguousarray(self._feat_rows, dtype=np.float32)
         ids = np.full(n, -1, dtype=np.int64)
         n_sectors = 0
-        if risk.sector_masks:
+        max_sector = ecfg.max_sector_allocation
+        if max_sector is not None and sector_ids is not None and (sector_ids >= 0).any():
             ids[:] = np.asarray(sector_ids, dtype=np.int64)
             n_sectors = int(ids.max()) + 1
         self._k_sector_ids = ids
-        par = np.zeros(k.N_PAR)
-        par[k.P_MAX_POS] = self.max_position
-        par[k.P_STOP] = self.stop_loss_pct
-        par[k.P_RATE] = self._rate
-        par[k.P_MAX_VAR] = risk.max_var
-        par[k.P_Z] = risk.z
-        par[k.P_MAX_CORR] = risk.max_corr
-        par[k.P_MAX_SECTOR] = risk.max_sector if risk.max_sector is not None else math.inf
-        par[k.P_USE_CORR] = float(risk.use_corr)
-        par[k.P_N_SECTORS] = n_sectors
-        par[k.P_DIV_BONUS] = self.div_bonus
-        par[k.P_CAPITAL] = self.capital
-        par[k.P_META] = float(self.mode != "specialists")
-        par[k.P_BORROW] = self._borrow
-        par[k.P_EXECUTED] = float(self._spec_executed)
-        par[k.P_AMORTIZE] = float(self._amortize)
-        par[k.P_BAND] = self._band
-        par[k.P_END] = float(self.n_bars - 1)  # the episode's last bar, set by _alloc_episode
+        par = np.zeros(engine.N_PAR)
+        par[engine.P_MAX_POS] = self.max_position
+        par[engine.P_STOP] = self.stop_loss_pct
+        par[engine.P_RATE] = self._rate
+        par[engine.P_MAX_VAR] = ecfg.max_portfolio_var
+        par[engine.P_Z] = risk.z
+        par[engine.P_MAX_CORR] = ecfg.max_correlation_exposure
+        par[engine.P_MAX_SECTOR] = max_sector if max_sector is not None else math.inf
+        par[engine.P_USE_CORR] = float(n > 1 or ecfg.max_correlation_exposure < 1.0)
+        par[engine.P_N_SECTORS] = n_sectors
+        par[engine.P_DIV_BONUS] = self.div_bonus
+        par[engine.P_CAPITAL] = self.capital
+        par[engine.P_META] = float(self.mode != "specialists")
+        par[engine.P_BORROW] = self._borrow
+        par[engine.P_EXECUTED] = float(self._spec_executed)
+        par[engine.P_AMORTIZE] = float(self._amortize)
+        par[engine.P_BAND] = self._band
+        par[engine.P_END] = float(self.n_bars - 1)  # the episode's last bar, set by _alloc_episode
+        par[engine.P_RELATIVE] = 0.0
+        par[engine.P_LONG_ONLY] = float(not self.allow_short)
+        par[engine.P_TE_WEIGHT] = 0.0
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
+
+    def benchmark_exposures(self, scale: np.ndarray) -> np.ndarray:
+        """(T, n) exposures of the benchmark portfolio at each bar, fractions of equity (all 0
+        without a benchmark)."""
+        return np.zeros_like(scale)
 
     # ------------------------------------------------------------------------------- spaces
     def observation_space(self, agent: str) -> spaces.Space:
@@ -302,27 +296,15 @@ class HierarchicalTradingEnv(ParallelEnv):
         steps = end - start
         n = self.n
         self._h_breach = np.zeros(steps + 1, dtype=bool)
-        if self.use_kernels:  # one (steps + 1, 3 + (n + 1) + n) table, see _history()
-            self._k_par[_kernel_module().P_END] = float(end)
-            self._k_hist = np.zeros((steps + 1, 3 + (n + 1) + n))
-            return
-        self._h_equity = np.empty(steps + 1)
-        self._h_weights = np.empty((steps + 1, n + 1))
-        self._h_expo = np.empty((steps + 1, n))
-        self._h_cost = np.zeros(steps + 1)
-        self._h_var = np.zeros(steps + 1)
+        # one (steps + 1, 3 + (n + 1) + n) table, see _history()
+        self._k_par[engine.P_END] = float(end)
+        self._k_hist = np.zeros((steps + 1, 3 + (n + 1) + n))
 
     def _clear_state(self) -> None:
         n = self.n
         self._t = self._start
         self._steps = 0
-        self._cash = self.capital
         self._equity = self.capital
-        self._peak = self.capital
-        self._units = np.zeros(n)
-        self._entry = np.zeros(n)
-        self._bars_in = np.zeros(n)
-        self._target_x = np.zeros(n)
         self._proposal = np.zeros(n)
         self._weights = np.full(n + 1, 0.0)
         if self.mode == "specialists":
@@ -332,30 +314,13 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._var_est = 0.0
         self._meta_acc = 0.0
         self.reward_fn.reset(self.capital)  # the meta's reward state (peak, EMAs) is per episode
-        self._spec_stats = metrics.RollingSharpeArray(self.cfg.env.risk_window, n)
-        self._spec_debt = np.zeros(n)  # cost debt per specialist (reward.cost_amortization)
-        self._totals = {
-            "costs": 0.0,
-            "borrow_costs": 0.0,
-            "stop_losses": 0,
-            "sector_scaledowns": 0,
-            "correlation_scaledowns": 0,
-            "var_scaledowns": 0,
-            "var_breaches": 0,
-        }
-        if self.use_kernels:
-            k = _kernel_module()
-            self._k_state = np.zeros((k.N_STATE, n))
-            self._k_sc = np.zeros(k.N_SC + n)
-            self._k_sc[[k.S_CASH, k.S_EQUITY, k.S_PEAK]] = self.capital
-            self._k_cnt = np.zeros(k.N_CNT, dtype=np.int64)
-            self._k_rs = np.zeros((self.cfg.env.risk_window + 2, n))
-            self._k_hist[0, 0] = self.capital
-            self._k_hist[0, 3 : 3 + n + 1] = self._weights
-            return
-        self._h_equity[0] = self.capital
-        self._h_weights[0] = self._weights
-        self._h_expo[0] = 0.0
+        self._k_state = np.zeros((engine.N_STATE, n))
+        self._k_sc = np.zeros(engine.N_SC + n)
+        self._k_sc[[engine.S_CASH, engine.S_EQUITY, engine.S_PEAK]] = self.capital
+        self._k_cnt = np.zeros(engine.N_CNT, dtype=np.int64)
+        self._k_rs = np.zeros((self.cfg.env.risk_window + 2, n))
+        self._k_hist[0, 0] = self.capital
+        self._k_hist[0, 3 : 3 + n + 1] = self._weights
 
     def reset(
         self, seed: int | None = None, options: dict[str, Any] | None = None
@@ -412,61 +377,14 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.curriculum_level = float(level)
 
     # ------------------------------------------------------------------------------- observe
-    def _spec_obs_all(self) -> np.ndarray:
-        """(n, spec_dim) specialist observations of bar t in one array (rows go to agents)."""
-        t, n = self._t, self.n
-        n_feat = self._n_feat
-        out = np.empty((n, self._spec_dim), dtype=np.float32)
-        stop = (t + 1) * n_feat
-        out[:, :-_SPEC_STATE] = self._feat_rows[:, stop - self.window * n_feat : stop]
-        units = self._units
-        price = self._close[t]
-        eq = self._equity
-        entry = self._entry
-        st = self._state_buf  # (5, n) float64, written column-wise into `out` in one go
-        if eq > 0:
-            np.divide(np.multiply(units, price, out=st[0]), self._pos_scale(t) * eq, out=st[0])
-        else:
-            st[0] = 0.0
-        st[1] = self._proposal
-        # unrealised P&L fraction: sign(units) x (price / entry - 1), 0 when flat
-        np.multiply(np.subtract(price, entry, out=st[2]), np.sign(units), out=st[2])
-        np.divide(st[2], np.where(entry > 0, entry, 1.0), out=st[2])
-        np.multiply(self._bars_in, 0.01, out=st[3])
-        st[4] = self._weights[:n]
-        out[:, -_SPEC_STATE:] = st.T
-        return out
-
-    def _meta_obs(self) -> np.ndarray:
-        t = self._t
-        eq = self._equity
-        expo = self._units * self._close[t] / (self._pos_scale(t) * eq) if eq > 0 else self._units
-        return np.concatenate(
-            (
-                self._weights,
-                expo,
-                (eq / self.capital - 1.0, 1.0 - eq / self._peak),
-                self._ann_vol[t],
-                self._corr_ut[t],
-                self._proposal,
-            ),
-            dtype=np.float32,
-        )
-
     def _observe(self, meta_now: bool) -> dict[str, np.ndarray]:
-        if self.use_kernels:
-            spec, meta = self._new_obs_buffers()
-            _kernel_module().observe(
-                self._t, self._k_market, self._k_feat, self._k_ann_vol, self._corr_ut,
-                self._k_par, self._k_state, self._proposal, self._weights, self._k_sc,
-                self.window, spec, meta,
-            )  # fmt: skip
-            return self._obs_dict(spec, meta, meta_now)
-        rows = self._spec_obs_all()
-        obs = dict(zip(self.specialists, rows, strict=True))
-        if self.mode != "specialists" and (meta_now or self.meta_obs_every_step):
-            obs[META] = self._meta_obs()
-        return obs
+        spec, meta = self._new_obs_buffers()
+        engine.observe(
+            self._t, self._k_market, self._k_feat, self._k_ann_vol, self._corr_ut,
+            self._k_par, self._k_state, self._proposal, self._weights, self._k_sc,
+            self.window, spec, meta,
+        )  # fmt: skip
+        return self._obs_dict(spec, meta, meta_now)
 
     def _new_obs_buffers(self) -> tuple[np.ndarray, np.ndarray]:
         spec = np.empty((self.n, self._spec_dim), dtype=np.float32)
@@ -482,13 +400,10 @@ class HierarchicalTradingEnv(ParallelEnv):
 
     def _current_totals(self) -> dict[str, Any]:
         """The running totals (costs, stop-losses, scale-downs, breaches) as a new dict."""
-        if not self.use_kernels:
-            return dict(self._totals)
         c = self._k_cnt.tolist()
-        k = _kernel_module()
         return {
-            "costs": float(self._k_sc[k.S_COSTS]),
-            "borrow_costs": float(self._k_sc[k.S_BORROWS]),
+            "costs": float(self._k_sc[engine.S_COSTS]),
+            "borrow_costs": float(self._k_sc[engine.S_BORROWS]),
             "stop_losses": c[0],
             "sector_scaledowns": c[1],
             "correlation_scaledowns": c[2],
@@ -498,9 +413,6 @@ class HierarchicalTradingEnv(ParallelEnv):
 
     def _history(self, s: int) -> tuple[np.ndarray, ...]:
         """Copies of the first `s` rows of equity, weights, exposures, costs, VaR estimates."""
-        if not self.use_kernels:
-            hist = (self._h_equity, self._h_weights, self._h_expo, self._h_cost, self._h_var)
-            return tuple(h[:s].copy() for h in hist)
         h, n = self._k_hist[:s], self.n
         return (
             h[:, 0].copy(), h[:, 3 : 4 + n].copy(), h[:, 4 + n :].copy(),
@@ -576,186 +488,6 @@ class HierarchicalTradingEnv(ParallelEnv):
                 self._read_meta(act)
         return steps, prev_prop, self._proposal
 
-    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        """Execute one bar for every agent (see the module docstring for the exact model)."""
-        if not self.agents:
-            raise RuntimeError("step() called on a finished episode; call reset()")
-        if self.use_kernels:
-            return self._step_kernel(actions)
-        steps, prev_prop, prop = self._read_actions(actions)
-        t = self._t
-        t1 = t + 1
-        n = self.n
-        opn = self._open[t1]
-        cls = self._close[t1]
-        eq_prev = self._equity
-        units = self._units
-        entry = self._entry
-        cash = self._cash
-        rate = self._rate
-        totals = self._totals
-
-        executed = self._spec_executed
-        if executed:  # per-instrument P&L: value at the last close, cash flows, trading costs
-            value0 = units * self._close[t]
-            flow = np.zeros(n)
-            tcost = np.zeros(n)
-
-        # targets and risk limits (covariance known at bar t)
-        if self._scale is None:
-            x = self._weights[:n] * prop * self.max_position
-            x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x)
-        else:  # vol targeting: full size = the target volatility (capped); limits on shares
-            x = self._weights[:n] * prop * self._scale[t]
-            x, n_sec, n_corr, n_var, var_after = self.risk.limit(t, x, self._scale[t])
-        if n_sec or n_corr or n_var:
-            totals["sector_scaledowns"] += n_sec
-            totals["correlation_scaledowns"] += n_corr
-            totals["var_scaledowns"] += n_var
-
-        # execution at the next open: trade only instruments whose target changed, on real bars
-        # (an order for a forward-filled bar waits: its target stays unexecuted)
-        if self._band > 0.0:  # no-trade band (env.rebalance_band): exits to flat always fill
-            full = self.max_position if self._scale is None else self._scale[t]
-            diff = np.abs(x - self._target_x)
-            changed = (diff > self._band * full) | ((x == 0.0) & (self._target_x != 0.0))
-        else:
-            changed = x != self._target_x
-        real = self._real[t1]
-        if not self._all_real:
-            changed &= real
-        n_changed = np.count_nonzero(changed)
-        cost = 0.0
-        if n_changed:
-            eq_open = cash + float(units @ opn)
-            new_units = x * (max(eq_open, 0.0) / opn)
-            if n_changed != n:
-                new_units = np.where(changed, new_units, units)
-            delta = new_units - units
-            cost = float(np.abs(delta) @ opn) * rate
-            cash -= float(delta @ opn) + cost
-            if executed:
-                flow += delta * opn
-                tcost += np.abs(delta) * opn * rate
-            same_side = units * new_units > 0.0
-            # opn x (new != 0) = where(new != 0, opn, 0): prices are positive and finite
-            new_entry = opn * (new_units != 0.0)
-            if np.count_nonzero(same_side):
-                new_entry = np.where(same_side, entry, new_entry)
-                grow = same_side & (np.abs(new_units) > np.abs(units))
-                if np.count_nonzero(grow):
-                    np.divide(units * entry + delta * opn, new_units, out=new_entry, where=grow)
-            entry = new_entry
-            self._bars_in = self._bars_in * same_side  # bar counts are >= 0: where(.., 0.0)
-            units = new_units
-            if self._band > 0.0 or not self._all_real:
-                self._target_x = np.where(changed, x, self._target_x)
-            else:
-                self._target_x = x
-
-        # borrow cost of the shorts held from this open (envs.execution.borrow_rate)
-        borrow = 0.0
-        if self._borrow:
-            short = np.minimum(units, 0.0)
-            if np.count_nonzero(short):
-                borrow = -float(short @ opn) * self._borrow
-                cash -= borrow
-                totals["borrow_costs"] += borrow
-                if executed:
-                    flow -= short * opn * self._borrow
-
-        # stop-loss within the bar (envs.execution.stop_loss_fill, inlined): low / high
-        if self.stop_loss_pct > 0:
-            level = entry * (1.0 - self.stop_loss_pct * np.sign(units))
-            hit = ((units > 0.0) & (self._lows[t1] <= level)) | (
-                (units < 0.0) & (self._highs[t1] >= level)
-            )
-            if not self._all_real:
-                hit &= real
-            if np.count_nonzero(hit):
-                px = np.where(units > 0.0, np.minimum(level, opn), np.maximum(level, opn))[hit]
-                sl_cost = float(np.abs(units[hit]) @ px) * rate
-                cash += float(units[hit] @ px) - sl_cost
-                cost += sl_cost
-                if executed:
-                    flow[hit] -= units[hit] * px
-                    tcost[hit] += np.abs(units[hit]) * px * rate
-                units = np.where(hit, 0.0, units)
-                entry = np.where(hit, 0.0, entry)
-                self._bars_in = np.where(hit, 0.0, self._bars_in)
-                self._target_x = np.where(hit, 0.0, self._target_x)
-                totals["stop_losses"] += int(hit.sum())
-        self._bars_in = self._bars_in + (units != 0.0)
-        self._units, self._entry, self._cash = units, entry, cash
-        value = units * cls
-        equity = cash + float(np.add.reduce(value))
-        self._equity = equity
-        if equity > self._peak:
-            self._peak = equity
-        totals["costs"] += cost
-
-        # VaR compliance: realised loss before costs (trading and borrow) vs the VaR of the book
-        breach = eq_prev > 0 and (eq_prev - equity - cost - borrow) / eq_prev > var_after + 1e-12
-        if breach:
-            totals["var_breaches"] += 1
-        self._var_est = var_after
-
-        last = equity <= 0.0 or t1 >= self._end
-        if executed:
-            # the executed position's P&L (costs included) per unit of full position size and
-            # of the instrument's per-bar volatility at t: risk units
-            denom = eq_prev * self._pos_scale(t) * self._vol_floor[t]
-            pnl = value - value0 - flow - tcost
-            spec_rew = pnl / denom if eq_prev > 0 else np.zeros(n)
-            if self._amortize > 1 and eq_prev > 0:
-                charged = tcost / denom
-                spec_rew += charged - amortize_costs(self._spec_debt, charged, self._amortize, last)
-        else:
-            # specialists per unit of their own capital, vol-scaled (Sharpe-style)
-            spec_ret = prev_prop * self._gap[t1] + prop * self._intra[t1]
-            if self._amortize > 1:
-                charged = rate * np.abs(prop - prev_prop)
-                spec_ret -= amortize_costs(self._spec_debt, charged, self._amortize, last)
-            else:
-                spec_ret -= rate * np.abs(prop - prev_prop)
-            spec_rew = self._spec_stats.update(spec_ret, self._vol_floor[t])
-        rewards = dict(zip(self.specialists, spec_rew.tolist(), strict=True))
-        meta_r = self.reward_fn(eq_prev, equity, cost)
-        if self.mode != "specialists":
-            if self.risk_penalty:
-                meta_r -= self.risk_penalty * var_after
-            if self.div_bonus:
-                # metrics.diversification(target_x), inlined for the usual finite case
-                w_abs = np.abs(self._target_x)
-                w_tot = float(np.add.reduce(w_abs))
-                if w_tot > 1e-12 and math.isfinite(w_tot):
-                    h = float(np.dot(w_abs, w_abs)) / (w_tot * w_tot)
-                    div = 0.0 if h == 0.0 else float(1.0 - h)
-                else:
-                    div = metrics.diversification(self._target_x)
-                meta_r += self.div_bonus * div * self._mean_vol[t]
-            self._meta_acc += meta_r
-
-        # advance and record
-        self._t = t1
-        steps += 1
-        self._steps = steps
-        self._h_equity[steps] = equity
-        self._h_weights[steps] = self._weights
-        if equity > 0:
-            np.divide(value, equity, out=self._h_expo[steps])
-        else:
-            self._h_expo[steps] = 0.0
-        self._h_cost[steps] = cost
-        self._h_var[steps] = var_after
-        self._h_breach[steps] = breach
-
-        terminated = equity <= 0.0
-        truncated = (not terminated) and t1 >= self._end
-        meta_next = terminated or truncated or (steps % self.meta_interval == 0)
-        obs = self._observe(meta_next)
-        return self._finish_step(obs, rewards, cost, terminated, truncated, meta_next)
-
     def _finish_step(
         self,
         obs: dict[str, np.ndarray],
@@ -765,8 +497,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         truncated: bool,
         meta_next: bool,
     ) -> tuple[dict, dict, dict, dict, dict]:
-        """The end of a step, shared by the numpy and kernel paths: deliver the meta's
-        accumulated reward when it observes at a decision step, build infos and flags."""
+        """The end of a step: deliver the meta's accumulated reward when it observes at a
+        decision step, build infos and flags."""
         if (terminated or truncated) and self._amortize > 1:
             self._meta_acc -= self.reward_fn.flush()  # the cost debt still owed
         if META in obs:
@@ -781,14 +513,16 @@ class HierarchicalTradingEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terms, truncs, infos
 
-    def _step_kernel(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        """`step` with the portfolio arithmetic in envs.kernels.step (same results)."""
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        """Execute one bar for every agent: the rules of envs.engine.step (module docstring)."""
+        if not self.agents:
+            raise RuntimeError("step() called on a finished episode; call reset()")
         steps, prev_prop, prop = self._read_actions(actions)
         t = self._t
         eq_prev = self._equity
         spec, meta = self._new_obs_buffers()
         sc = self._k_sc
-        _kernel_module().step(
+        engine.step(
             t, steps, self._k_market, self._k_cov, self._k_corr, self._k_ann_vol, self._corr_ut,
             self._k_feat, self._k_sector_ids, self._k_par, self._k_state, prop, prev_prop,
             self._weights, sc, self._k_cnt, self._k_rs, self._k_hist, self.window, spec, meta,
@@ -797,12 +531,12 @@ class HierarchicalTradingEnv(ParallelEnv):
         _, equity, _, var_after, cost, _, div_term, breach = vals[:8]
         self._equity = equity
         self._var_est = var_after
-        rewards = dict(zip(self.specialists, vals[_kernel_module().N_SC :], strict=True))
+        rewards = dict(zip(self.specialists, vals[engine.N_SC :], strict=True))
         meta_r = self.reward_fn(eq_prev, equity, cost)
         if self.mode != "specialists":
             if self.risk_penalty:
                 meta_r -= self.risk_penalty * var_after
-            if self.div_bonus:  # np.float64 like the numpy path's bonus x mean_vol[t]
+            if self.div_bonus:
                 meta_r += np.float64(div_term)
             self._meta_acc += meta_r
 
@@ -820,9 +554,7 @@ class HierarchicalTradingEnv(ParallelEnv):
     @property
     def target_exposures(self) -> np.ndarray:
         """Target exposures (fractions of equity) after the risk limits, as last executed."""
-        if self.use_kernels:
-            return self._k_state[_kernel_module().R_TARGET].copy()
-        return self._target_x.copy()
+        return self._k_state[engine.R_TARGET].copy()
 
     def obs_layout(self) -> dict[str, int]:
         """Layout of a specialist observation: window_size x n_features, then state_dim."""
@@ -871,26 +603,6 @@ class HierarchicalTradingEnv(ParallelEnv):
     def close(self) -> None:
         """Nothing to release."""
         return None
-
-
-def _kernel_module() -> Any:
-    """envs.kernels, imported on first use (numba's import and cache load cost ~1 s)."""
-    from envs import kernels
-
-    return kernels
-
-
-def _use_kernels(requested: bool | None, n: int) -> bool:
-    """Whether an env of `n` instruments runs the numba kernels (`requested`: None = if any)."""
-    if requested is False:
-        return False
-    k = _kernel_module()
-    ok = k.AVAILABLE and n <= k.MAX_INSTRUMENTS
-    if requested and not ok:
-        raise ConfigError(
-            "kernels=True needs numba (pip install numba) and at most 128 instruments"
-        )
-    return ok
 
 
 def parallel_env(**kwargs: Any) -> HierarchicalTradingEnv:

@@ -1,9 +1,10 @@
-"""Portfolio risk for the hierarchical env: causal rolling covariance, VaR and order limits.
+"""Portfolio risk inputs for the hierarchical env: causal rolling covariance, vols, VaR.
 
-Exposures are fractions of equity (signed). Allocations are |exposure| / max_position_size,
-i.e. shares of the deployable capital (they sum to at most 1 across instruments).
-Limits, applied in this order to the target exposures before execution, each only scaling
-orders down (never up) and each counted when it binds:
+The limits are applied by envs.engine.risk_limits (the one copy of the trading rules), with
+these estimates. Exposures are fractions of equity (signed). Allocations are |exposure| / full
+position size, i.e. shares of the deployable capital. Limits, applied in this order to the
+target exposures before execution, each only scaling orders down (never up) and each counted
+when it binds:
 
 1. sector: the allocations of one sector (cfg.env.sectors; unmapped symbols are unconstrained)
    sum to at most ``max_sector_allocation``; the sector's orders are scaled pro rata.
@@ -49,18 +50,10 @@ def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
 
 
 class RiskModel:
-    """Applies the sector, correlation and VaR limits to target exposures and counts them."""
+    """The causal risk estimates of every bar: covariance, volatilities, correlations and the
+    VaR quantile. The limits themselves are one of the trading rules: envs.engine.risk_limits."""
 
-    def __init__(
-        self,
-        cov: np.ndarray,
-        max_position: float,
-        max_var: float,
-        confidence: float,
-        max_corr_exposure: float,
-        max_sector: float | None,
-        sector_ids: np.ndarray | None,
-    ) -> None:
+    def __init__(self, cov: np.ndarray, confidence: float) -> None:
         self.cov = cov
         var = np.einsum("tii->ti", cov)
         self.vol = np.sqrt(np.maximum(var, 0.0))
@@ -70,56 +63,9 @@ class RiskModel:
         n = cov.shape[1]
         self.corr[:, np.arange(n), np.arange(n)] = 1.0
         self.z = NormalDist().inv_cdf(confidence)
-        self.max_position = max_position
-        self.max_var = max_var
-        self.max_corr = max_corr_exposure
-        self.max_sector = max_sector
         self.n = n
-        self.sector_masks: list[np.ndarray] = []
-        if max_sector is not None and sector_ids is not None:
-            for sid in np.unique(sector_ids[sector_ids >= 0]):
-                mask = sector_ids == sid
-                self.sector_masks.append(mask)
-        self.use_corr = n > 1 or max_corr_exposure < 1.0
 
     def var(self, t: int, exposure: np.ndarray) -> float:
         """Parametric one-bar VaR (fraction of equity) of `exposure` with the covariance at t."""
         v = float(exposure @ self.cov[t] @ exposure)
         return self.z * (v**0.5) if v > 0 else 0.0
-
-    def limit(
-        self, t: int, x: np.ndarray, max_position: np.ndarray | None = None
-    ) -> tuple[np.ndarray, int, int, int, float]:
-        """Scale target exposures `x` down to the limits at bar t.
-
-        `max_position` (per instrument) replaces the scalar full position size that makes
-        allocations (vol targeting). Returns (x, sector_scaledowns, correlation_scaledowns,
-        var_scaledowns, var_after).
-        """
-        n_sector = n_corr = n_var = 0
-        mp = self.max_position if max_position is None else max_position
-        alloc = np.abs(x) / mp
-        # the total bounds every sector sum and every correlated allocation
-        total = float(np.add.reduce(alloc))
-        if self.sector_masks and total > self.max_sector:
-            for mask in self.sector_masks:
-                sector_total = alloc[mask].sum()
-                if sector_total > self.max_sector + 1e-12:
-                    x[mask] *= self.max_sector / sector_total
-                    n_sector += 1
-            alloc = np.abs(x) / mp
-            total = float(alloc.sum())
-        if self.use_corr and total > self.max_corr:
-            sign = np.sign(x)
-            aligned = np.maximum(self.corr[t] * (sign[:, None] * sign), 0.0)  # = outer
-            corr_alloc = aligned @ alloc
-            over = corr_alloc > self.max_corr + 1e-12
-            n_corr = int(np.count_nonzero(over))
-            if n_corr:
-                x[over] *= self.max_corr / corr_alloc[over]
-        var = self.var(t, x)
-        if var > self.max_var:
-            x *= self.max_var / var
-            var = self.max_var
-            n_var = 1
-        return x, n_sector, n_corr, n_var, var

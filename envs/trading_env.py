@@ -14,7 +14,7 @@ never on a forward-filled bar (the order waits for
 the next real bar). A stop-loss (`stop_loss_pct` of the entry price) fires when bar t+1's low
 (high for a short) reaches its level and fills at the level or the gap open, whichever is worse
 (costs paid, info["stop_loss"]). Shorts pay `borrow_bps_per_year` every bar (info
-"borrow_cost"). All of it: envs.execution.
+"borrow_cost"). All of it is envs.engine.step_single: the same rules as the hierarchical env.
 Training episodes start at a random bar and last `episode_length` steps; eval_mode makes one
 sequential pass over all bars. Capital is cfg.train.initial_balance, fee cfg.train.trading_fee.
 """
@@ -28,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
+from envs import engine
 from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
 from envs.execution import CostModel, borrow_rate, vol_target_size
 from envs.risk import rolling_covariance
@@ -87,10 +88,7 @@ class TradingEnv(gym.Env):
         self._flat[: t_len * n_feat] = data.features.reshape(-1)
         self._feat = self._flat[: t_len * n_feat].reshape(t_len, n_feat)
         self._n_feat = n_feat
-        # Python lists: scalar indexing gives Python floats (much faster arithmetic in step())
-        self._open_l, self._close_l = data.open.tolist(), data.close.tolist()
-        self._low_l, self._high_l = data.low.tolist(), data.high.tolist()
-        self._real_l = data.real.tolist()
+        self._close_l = data.close.tolist()
         # full position size per bar, fraction of equity: max_position_size, or under
         # env.vol_target the target over the causal annualised volatility (risk_window), capped
         self._size_l: list[float] | None = None
@@ -101,6 +99,22 @@ class TradingEnv(gym.Env):
             ann = np.sqrt(np.maximum(var, 0.0)) * math.sqrt(self.periods_per_year)
             size = vol_target_size(ann, ecfg.vol_target, ecfg.vol_target_max_leverage)
             self._size_l = size.tolist()
+        # the market rows and parameters of envs.engine (one instrument)
+        t_len = len(data.close)
+        mk = np.zeros((t_len, engine.N_MK, 1))
+        mk[:, engine.M_OPEN, 0] = data.open
+        mk[:, engine.M_CLOSE, 0] = data.close
+        mk[:, engine.M_LOW, 0] = data.low
+        mk[:, engine.M_HIGH, 0] = data.high
+        mk[:, engine.M_REAL, 0] = data.real
+        mk[:, engine.M_SCALE, 0] = self.max_position if self._size_l is None else self._size_l
+        self._mk = mk
+        par = np.zeros(engine.N_PAR)
+        par[engine.P_RATE] = self._rate
+        par[engine.P_STOP] = self.stop_loss_pct
+        par[engine.P_BORROW] = self._borrow
+        par[engine.P_BAND] = self._band
+        self._par = par
         rc = self.cfg.reward
         self._plain_log = (
             rc.kind == "log_return"
@@ -133,11 +147,14 @@ class TradingEnv(gym.Env):
 
     # ---------------------------------------------------------------------------------------
     def _reset_state(self) -> None:
-        self._cash = self.initial_balance
+        self._state = np.zeros((engine.N_STATE, 1))  # units, entry, bars, last traded target
+        self._sc = np.zeros(engine.N_SC + 1)
+        self._sc[engine.S_CASH] = self._sc[engine.S_EQUITY] = self.initial_balance
+        self._cnt = np.zeros(engine.N_CNT, dtype=np.int64)
+        self._x = np.zeros(1)
         self._units = 0.0
         self._entry = 0.0
         self._target = 0.0
-        self._target_x = 0.0  # exposure of the last traded target, fraction of equity
         self._bars_in_pos = 0
         self._equity = self.initial_balance
         self._steps = 0
@@ -198,14 +215,6 @@ class TradingEnv(gym.Env):
         """Full position size at bar t, fraction of equity (env.vol_target or max size)."""
         return self.max_position if self._size_l is None else self._size_l[t]
 
-    def _trades(self, x: float, size: float) -> bool:
-        """Whether target exposure x (fraction of equity) is traded: any change from the last
-        traded one, or with env.rebalance_band a move beyond band x full size; exits always."""
-        last = self._target_x
-        if self._band <= 0.0:
-            return x != last
-        return abs(x - last) > self._band * size or (x == 0.0 and last != 0.0)
-
     def _target_of(self, action: Any) -> float:
         if self.action_type == "discrete":
             return self._levels[int(action)]
@@ -218,53 +227,23 @@ class TradingEnv(gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Fill the target at the next open, mark at its close, apply stop-loss, reward."""
         target = self._levels[int(action)] if self._discrete else self._target_of(action)
-        t1 = self._t + 1
-        price_open = self._open_l[t1]
-        price_close = self._close_l[t1]
+        t = self._t
+        t1 = t + 1
         eq_prev = self._equity
-        units = self._units
-        cash = self._cash
-        cost = 0.0
-        fill = 0.0
-        real = self._real_l[t1]
-        size = self._size(self._t)
-        x = target * size
-        if real and self._trades(x, size):
-            eq_open = cash + units * price_open
-            new_units = x * max(eq_open, 0.0) / price_open
-            fill = new_units - units
-            cost = abs(fill) * price_open * self._rate
-            cash = cash - fill * price_open - cost
-            if new_units == 0.0:
-                self._entry, self._bars_in_pos = 0.0, 0
-            elif units == 0.0 or (units > 0) != (new_units > 0):
-                self._entry, self._bars_in_pos = price_open, 0
-            elif abs(new_units) > abs(units):
-                self._entry = (units * self._entry + fill * price_open) / new_units
-            units = new_units
-            self._target, self._target_x = target, x
+        self._x[0] = target * self._size(t)
+        (fill, traded, stopped, units, self._entry, bars_in, cost, borrow,
+         equity) = engine.step_single(t, self._mk, self._par, self._state, self._x, self._sc,
+                                      self._cnt)  # fmt: skip
+        if traded:
+            self._target = target
             self._n_trades += 1
-        borrow = 0.0
-        if units < 0.0 and self._borrow:
-            borrow = -units * price_open * self._borrow
-            cash -= borrow
-            self._total_borrow += borrow
-        stopped = False
-        if units != 0.0 and self.stop_loss_pct > 0 and real:
-            stop_px = self._stop_loss(units, t1)
-            if stop_px is not None:  # envs.execution.rebalance to flat, inlined
-                sl_cost = abs(units) * stop_px * self._rate
-                cash = cash + units * stop_px - sl_cost
-                cost += sl_cost
-                fill -= units
-                units, self._entry, self._bars_in_pos, self._target = 0.0, 0.0, 0, 0.0
-                self._target_x = 0.0
-                stopped = True
-                self._stop_losses += 1
-        if units != 0.0:
-            self._bars_in_pos += 1
-        self._units, self._cash = units, cash
-        equity = cash + units * price_close
+        if stopped:
+            self._target = 0.0
+            self._stop_losses += 1
+        self._units = units
+        self._bars_in_pos = int(bars_in)
+        self._total_borrow += borrow
+        price_close = self._close_l[t1]
         self._equity = equity
         self._total_costs += cost
         self._t = t1
@@ -299,20 +278,6 @@ class TradingEnv(gym.Env):
         obs[-2] = (price_close / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
         obs[-1] = self._bars_in_pos * 0.01
         return obs, reward, terminated, truncated, info
-
-    def _stop_loss(self, units: float, t1: int) -> float | None:
-        """Fill price of the stop-loss of `units` within bar t1, None if it does not fire
-        (envs.execution.stop_loss_fill on floats, inlined)."""
-        entry = self._entry
-        if units > 0.0:
-            level = entry * (1.0 - self.stop_loss_pct)
-            if self._low_l[t1] <= level:
-                return min(level, self._open_l[t1])
-        else:
-            level = entry * (1.0 + self.stop_loss_pct)
-            if self._high_l[t1] >= level:
-                return max(level, self._open_l[t1])
-        return None
 
     def obs_layout(self) -> dict[str, int]:
         """Layout of an observation: window_size x n_features, then state_dim."""

@@ -119,15 +119,15 @@ def with_gaps(bars: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFram
     return {sym: gapped(frame, seed + k) for k, (sym, frame) in enumerate(bars.items())}
 
 
-RECONCILE = [(1, False, None), (3, False, None), (1, True, True), (3, True, False)]
+RECONCILE = [(1, False), (3, False), (1, True), (3, True)]
 
 
-@pytest.mark.parametrize(("k", "realism", "kernels"), RECONCILE)
-def test_meta_log_return_rewards_reconcile_portfolio_pnl(k, realism, kernels):
+@pytest.mark.parametrize(("k", "realism"), RECONCILE)
+def test_meta_log_return_rewards_reconcile_portfolio_pnl(k, realism):
     bars = make_market(n=300, seed=1, vol=0.02)
     extra = {}
     if realism:  # forward-filled bars and the borrow cost of shorts
-        bars, extra = with_gaps(bars, seed=5), {"borrow_bps_per_year": 2e5, "kernels": kernels}
+        bars, extra = with_gaps(bars, seed=5), {"borrow_bps_per_year": 2e5}
     e = HierarchicalTradingEnv(
         bars=bars,
         window_size=5,
@@ -162,8 +162,7 @@ def test_meta_log_return_rewards_reconcile_portfolio_pnl(k, realism, kernels):
         assert held.all() and filled[bars_idx].sum() > 10
 
 
-@pytest.mark.parametrize("kernels", [True, False])
-def test_fills_stops_and_borrow_on_both_paths(kernels):
+def test_fills_stops_and_borrow():
     """Filled bars: the order waits and fills at the next real open; a stop fires on the low at
     the level, or at a gap open below it; a short pays borrow every bar (flat prices: exactly)."""
     bars = make_market(("AAA", "BBB"), n=200, flat=True)
@@ -179,7 +178,7 @@ def test_fills_stops_and_borrow_on_both_paths(kernels):
     kw = dict(mode="specialists", window_size=5, risk_window=10, eval_mode=True,
               stop_loss_pct=0.05, transaction_cost=0.0, slippage_bps=0.0,
               max_correlation_exposure=10.0, max_portfolio_var=10.0, max_position_size=0.5,
-              borrow_bps_per_year=1e4, kernels=kernels)  # fmt: skip
+              borrow_bps_per_year=1e4)  # fmt: skip
     e = HierarchicalTradingEnv(bars=bars, **kw)
     e.reset()
     acts = {"specialist_AAA": np.array([0.0]), "specialist_BBB": np.array([-1.0])}
@@ -471,14 +470,11 @@ def inner_bars(env_config):
 
 
 @pytest.mark.parametrize("kind", ["drawdown", "differential_sharpe", "sortino"])
-@pytest.mark.parametrize("kernels", [True, False])
-def test_meta_reward_state_starts_fresh_every_episode(kind, kernels):
+def test_meta_reward_state_starts_fresh_every_episode(kind):
     """Stateful reward terms (peak, EMAs) belong to one episode: replaying the same episode
     after another one gives exactly the same rewards as on a fresh env."""
-    if kernels:
-        pytest.importorskip("numba")
     bars = make_market(n=200, seed=5)
-    kw = dict(SMALL, mode="joint", reward=kind, random_start=False, kernels=kernels)
+    kw = dict(SMALL, mode="joint", reward=kind, random_start=False)
 
     def rewards(env: HierarchicalTradingEnv) -> list[float]:
         pol = random_policy(env, seed=9)

@@ -60,9 +60,7 @@ def test_executed_specialist_rewards_are_their_pnl_in_risk_units(mode):
 def test_vol_target_sizes_positions_to_the_target_risk_with_a_cap():
     bars = make_market(("AAA", "BBB"), n=200, seed=2, vol=0.01)
     kw = dict(BASE, mode="specialists", max_correlation_exposure=10.0, max_portfolio_var=10.0)
-    e = HierarchicalTradingEnv(
-        bars=bars, vol_target=0.2, vol_target_max_leverage=50.0, kernels=False, **kw
-    )
+    e = HierarchicalTradingEnv(bars=bars, vol_target=0.2, vol_target_max_leverage=50.0, **kw)
     e.reset(seed=0)
     t = e._t
     obs, *_ = e.step({"specialist_AAA": np.array([1.0]), "specialist_BBB": np.array([-0.5])})
@@ -70,7 +68,7 @@ def test_vol_target_sizes_positions_to_the_target_risk_with_a_cap():
     expected = np.array([0.5 * 1.0, 0.5 * -0.5]) * 0.2 / ann  # weights 1/2 x proposal
     np.testing.assert_allclose(e.target_exposures, expected, rtol=1e-12)
     # the exposure observation is in units of the full (vol-targeted) size at that bar
-    expo = e._units * e._close[t + 1] / (e._scale[t + 1] * e._equity)
+    expo = e._k_state[0] * e._close[t + 1] / (e._scale[t + 1] * e._equity)
     np.testing.assert_allclose(obs["specialist_AAA"][-5], expo[0], rtol=1e-6)
     # the cap binds when the target needs more leverage than allowed
     capped = HierarchicalTradingEnv(bars=bars, vol_target=0.2, vol_target_max_leverage=0.01, **kw)
@@ -109,7 +107,7 @@ def test_amortised_costs_keep_the_sums_and_soften_the_trade_bar(executed):
         kw["specialist_reward"] = "executed"
     runs = {}
     for k in (1, 8):
-        e = HierarchicalTradingEnv(bars=bars, cost_amortization_bars=k, kernels=False, **kw)
+        e = HierarchicalTradingEnv(bars=bars, cost_amortization_bars=k, **kw)
         recs = play(e, random_policy(e, 2))
         meta = np.array([r.get(META, 0.0) for _, r, _ in recs[1:]])
         spec = np.array([[r[a] for a in e.specialists] for _, r, _ in recs[1:]])
@@ -146,17 +144,15 @@ def test_rebalance_band_trades_only_beyond_the_band_and_always_exits():
     bars = make_market(("AAA", "BBB"), n=200, flat=True)
     kw = dict(BASE, stop_loss_pct=0.0, max_position_size=1.0, max_sector_allocation=None,
               max_portfolio_var=10.0, max_correlation_exposure=10.0)  # fmt: skip
-    for kernels in (False, None):
-        e = HierarchicalTradingEnv(bars=bars, mode="specialists", rebalance_band=0.15,
-                                   kernels=kernels, **kw)  # fmt: skip
-        e.reset(seed=0)
-        targets = []
-        for p in (0.9, 0.8, 0.65, 0.55, 0.0, 0.2, 0.4, -0.4):  # weights 1/2: x = p / 2
-            e.step({a: np.array([p], dtype=np.float32) for a in e.specialists})
-            targets.append(round(float(e.target_exposures[0]), 6))
-        # 0.45 -> 0.4 and 0.325 stay (|dx| <= 0.15); 0.275 trades (0.175); 0 exits; 0.1 stays
-        # out; 0.2 trades; -0.2 trades
-        assert targets == [0.45, 0.45, 0.45, 0.275, 0.0, 0.0, 0.2, -0.2]
+    e = HierarchicalTradingEnv(bars=bars, mode="specialists", rebalance_band=0.15, **kw)
+    e.reset(seed=0)
+    targets = []
+    for p in (0.9, 0.8, 0.65, 0.55, 0.0, 0.2, 0.4, -0.4):  # weights 1/2: x = p / 2
+        e.step({a: np.array([p], dtype=np.float32) for a in e.specialists})
+        targets.append(round(float(e.target_exposures[0]), 6))
+    # 0.45 -> 0.4 and 0.325 stay (|dx| <= 0.15); 0.275 trades (0.175); 0 exits; 0.1 stays
+    # out; 0.2 trades; -0.2 trades
+    assert targets == [0.45, 0.45, 0.45, 0.275, 0.0, 0.0, 0.2, -0.2]
     with pytest.raises(ConfigError, match="rebalance_band"):
         HierarchicalTradingEnv(bars=bars, rebalance_band=1.5, **BASE)
 

@@ -2,7 +2,7 @@
 
 A strategy is a ``[T, n_instruments]`` array of target weights (fraction of equity, signed)
 decided *after* bar t closes; NaN means "no trade, keep the units held". The simulator uses
-the same timing and costs as the envs (:mod:`envs.execution`): the target is filled at bar
+the same timing, fills and costs as the envs (:mod:`envs.engine`): the target is filled at bar
 t+1's open paying ``|traded notional| x (fee + (slippage + spread/2) bps)``, then marked at bar
 t+1's close. ``equity[0]`` is the starting capital at bar 0's close, so every strategy's curve
 has one point per bar and no look-ahead.
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from envs import engine
 from rl_trading.errors import DataError
 
 if TYPE_CHECKING:
@@ -96,7 +97,8 @@ def simulate_weights(
     capital: float,
     rate: float,
 ) -> StrategyRun:
-    """Simulate target weights (decided at close t, filled at open t+1) into an equity curve.
+    """Simulate target weights (decided at close t, filled at open t+1) into an equity curve,
+    through the envs' own fill and cost rules (envs.engine.simulate_targets).
 
     As in the envs, nothing fills on a forward-filled bar (align's `filled` column): an
     instrument's latest target waits for its next real bar and fills at that bar's open.
@@ -116,36 +118,13 @@ def simulate_weights(
     opens = np.column_stack([data[s]["open"].to_numpy(np.float64) for s in symbols])
     closes = np.column_stack([data[s]["close"].to_numpy(np.float64) for s in symbols])
     t_len, n = closes.shape
-    targets = np.asarray(targets, dtype=np.float64).reshape(t_len, -1)
+    targets = np.ascontiguousarray(np.asarray(targets, dtype=np.float64).reshape(t_len, -1))
     if targets.shape[1] != n:
         raise DataError(f"{name}: {targets.shape[1]} target columns for {n} instruments")
-    units = np.zeros(n)
-    cash = float(capital)
-    equity = np.empty(t_len)
-    weights = np.zeros((t_len, n))
-    costs = np.zeros(t_len)
-    equity[0] = cash
-    pending = np.full(n, np.nan)  # latest target per instrument not yet filled
-    for t in range(1, t_len):
-        decided = ~np.isnan(targets[t - 1])
-        pending[decided] = targets[t - 1][decided]
-        trade = ~np.isnan(pending) & real[t]
-        target = pending
-        if trade.any():
-            price = opens[t]
-            eq_open = cash + float(units @ price)
-            new_units = units.copy()
-            new_units[trade] = target[trade] * eq_open / price[trade]
-            delta = new_units - units
-            traded = np.abs(delta) * price
-            cost = float(traded.sum() * rate)
-            cash -= float(delta @ price) + cost
-            units = new_units
-            costs[t] = cost
-            pending[trade] = np.nan
-        equity[t] = cash + float(units @ closes[t])
-        if equity[t] > 0:
-            weights[t] = units * closes[t] / equity[t]
+    equity, weights, costs = engine.simulate_targets(
+        np.ascontiguousarray(opens), np.ascontiguousarray(closes), np.ascontiguousarray(real),
+        targets, float(capital), float(rate),
+    )  # fmt: skip
     return StrategyRun(name, data[symbols[0]].index, symbols, equity, weights, costs)
 
 
