@@ -58,6 +58,15 @@ SETS: dict[str, dict[str, Any]] = {
         "embargo": 5,
         "val_frac": 0.3,
     },
+    "fx_1h": {  # EUR/USD hourly 2017: one instrument (the hierarchy with n = 1)
+        "files": {"EURUSD": "eurusd_1h"},
+        "timeframe": "1h",
+        "episode_length": 1000,
+        "folds": 4,
+        "min_train_frac": None,
+        "embargo": 24,  # one day
+        "val_frac": 0.15,
+    },
     "intraday_1m": {  # four weeks of minutes where the LSE and NYSE sessions overlap
         "files": {"MSFT": "msft_1m", "AZN_L": "azn_l_1m"},
         "timeframe": "1m",
@@ -68,6 +77,11 @@ SETS: dict[str, dict[str, Any]] = {
         "val_frac": 0.15,
     },
 }
+# Nested selection (issue 32): settings are chosen only on the earlier folds (SELECTION_FOLDS)
+# of the selection sets; the other sets, and the later folds of the selection sets, only
+# confirm. The README's table names each row's role.
+SELECTION_SETS = ("us_daily", "crypto_30m")
+SELECTION_FOLDS = (0, 1)
 # The benchmark's budgets (printed with every table; --set overrides them): small enough that
 # one set (4 folds x 3 seeds, 2 trials at a time) fits well under an hour on 2 cores.
 BUDGETS = [
@@ -147,6 +161,11 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
         phases=args.phases,
         min_train_frac=spec["min_train_frac"],
     )
+    if args.test_folds:
+        keep = {int(k) for k in args.test_folds.split(",")}
+        plan.folds_info[:] = [i for p, i in zip(plan.plans, plan.folds_info, strict=True)
+                              if p.index in keep]  # fmt: skip
+        plan.plans[:] = [p for p in plan.plans if p.index in keep]
     budgets = {f"phase{p}": phase_timesteps(cfg, p) for p in plan.phases}
     n_bars = len(next(iter(plan.bars.values())))
     console.print(
@@ -162,6 +181,8 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     console.print(f"{name}: wall time {wall:.0f} s; report {report['files']['json']}")
     return {
         "set": name,
+        "role": "selection" if name in SELECTION_SETS else "confirmation",
+        "test_folds": [p.index for p in plan.plans],
         "symbols": list(plan.bars),
         "timeframe": cfg.data.timeframe,
         "n_bars": n_bars,
@@ -244,6 +265,9 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--out", default="runs/real_markets")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--test-folds", default=None, help="only these fold indices, e.g. 0,1 (selection)"
+    )
     parser.add_argument("--address", default=None, help="Ray cluster (default: local Ray)")
     parser.add_argument("--tiny", action="store_true", help="smoke-run budgets (1k steps/phase)")
     parser.add_argument("--set", action="append", default=[], help="config override k=v")

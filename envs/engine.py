@@ -41,6 +41,7 @@ import numpy as np
 
 __all__ = [
     "COMPILED",
+    "active_penalty",
     "charge_borrow",
     "fill_orders",
     "observe",
@@ -243,6 +244,12 @@ def risk_limits(x, scale, cov, corr, sector_ids, par, alloc, tmp, cnt):
     return var_after
 
 
+def active_penalty(z, te_w):
+    """The active-risk (tracking-error) penalty of an active return z in risk units (active
+    return / per-bar volatility): te_w x z^2 (reward.tracking_error_weight)."""
+    return te_w * z * z
+
+
 def amortize(debt, charged, k, last):
     """Add `charged` to a cost debt and return the part paid now: 1/k of it, all on the last
     step (reward.cost_amortization_bars; the sums over an episode are unchanged)."""
@@ -303,7 +310,7 @@ def executed_rewards(t, mk, units, value0, flow, tcost, eq_prev, sc, debt, k, la
             pnl -= eq_prev * bench * (mk[t1, M_CLOSE, i] / mk[t, M_CLOSE, i] - 1.0)
         r = pnl / denom
         if te_w > 0.0:
-            r -= te_w * r * r
+            r -= active_penalty(r, te_w)
         if k > 1.0:
             charged = tcost[i] / denom
             debt[i], pay = amortize(debt[i], charged, k, last)
@@ -485,6 +492,7 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
         hist[row, 3 + i] = weights[i]
     for i in range(n):
         hist[row, 4 + n + i] = tmp[i] / equity if equity > 0 else 0.0
+    hist[row, 4 + 2 * n] = bench_ret
 
     last = equity <= 0.0 or t1 >= par[P_END]
     k = par[P_AMORTIZE]
@@ -618,7 +626,8 @@ def _compile() -> bool:
     g = globals()
     # callees first: a jitted caller binds the jitted callee it finds at compile time
     for name in (
-        "trades", "fill_orders", "charge_borrow", "stop_losses", "risk_limits", "amortize",
+        "trades", "active_penalty", "fill_orders", "charge_borrow", "stop_losses",
+        "risk_limits", "amortize",
         "proposal_rewards", "executed_rewards", "mark", "targets_of", "observe", "step",
         "step_single", "simulate_targets",
     ):  # fmt: skip

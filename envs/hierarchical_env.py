@@ -143,6 +143,9 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._amortize = int(rcfg.cost_amortization_bars)
         self._band = float(ecfg.rebalance_band)
         self.risk_penalty = rcfg.risk_penalty_weight
+        self.benchmark = ecfg.benchmark
+        self.relative = ecfg.benchmark != "none"
+        self.te_weight = float(rcfg.tracking_error_weight)
         self.div_bonus = rcfg.diversification_bonus_weight
         self.reward_fn = RewardShaper(rcfg)
 
@@ -200,9 +203,11 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._state_buf = np.empty((_SPEC_STATE, n))
         self._spec_dim = self.window * n_feat + _SPEC_STATE
         self._meta_dim = (n + 1) + n + 2 + n + n * (n - 1) // 2 + n
-        low = self._low = -1.0 if self.allow_short else 0.0
+        # benchmark-relative proposals are tilts: -1 (out of the instrument) .. 1 (twice the
+        # benchmark's size) even long-only (the engine never goes short then)
+        low = self._low = -1.0 if self.allow_short or self.relative else 0.0
         if self.discrete:
-            self._levels = np.array([-1.0, 0.0, 1.0] if self.allow_short else [0.0, 1.0])
+            self._levels = np.array([-1.0, 0.0, 1.0] if low < 0 else [0.0, 1.0])
         self._obs_spaces: dict[str, spaces.Space] = {}
         self._act_spaces: dict[str, spaces.Space] = {}
         for agent in self.specialists:
@@ -265,15 +270,22 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[engine.P_AMORTIZE] = float(self._amortize)
         par[engine.P_BAND] = self._band
         par[engine.P_END] = float(self.n_bars - 1)  # the episode's last bar, set by _alloc_episode
-        par[engine.P_RELATIVE] = 0.0
+        par[engine.P_RELATIVE] = float(self.relative)
         par[engine.P_LONG_ONLY] = float(not self.allow_short)
-        par[engine.P_TE_WEIGHT] = 0.0
+        par[engine.P_TE_WEIGHT] = self.te_weight
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
 
-    def benchmark_exposures(self, scale: np.ndarray) -> np.ndarray:
+    def benchmark_exposures(self, scale: np.ndarray | None = None) -> np.ndarray:
         """(T, n) exposures of the benchmark portfolio at each bar, fractions of equity (all 0
-        without a benchmark)."""
+        without a benchmark): env.benchmark equal_weight 1/n of equity each, vol_target 1/n of
+        each instrument's vol-targeted full size (`scale`, causal)."""
+        if scale is None:
+            scale = self._k_market[:, engine.M_SCALE]
+        if self.benchmark == "equal_weight":
+            return np.full_like(scale, 1.0 / self.n)
+        if self.benchmark == "vol_target":
+            return scale / self.n
         return np.zeros_like(scale)
 
     # ------------------------------------------------------------------------------- spaces
@@ -296,9 +308,9 @@ class HierarchicalTradingEnv(ParallelEnv):
         steps = end - start
         n = self.n
         self._h_breach = np.zeros(steps + 1, dtype=bool)
-        # one (steps + 1, 3 + (n + 1) + n) table, see _history()
+        # one (steps + 1, 3 + (n + 1) + n + 1) table, see _history()
         self._k_par[engine.P_END] = float(end)
-        self._k_hist = np.zeros((steps + 1, 3 + (n + 1) + n))
+        self._k_hist = np.zeros((steps + 1, 5 + 2 * n))
 
     def _clear_state(self) -> None:
         n = self.n
@@ -415,8 +427,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         """Copies of the first `s` rows of equity, weights, exposures, costs, VaR estimates."""
         h, n = self._k_hist[:s], self.n
         return (
-            h[:, 0].copy(), h[:, 3 : 4 + n].copy(), h[:, 4 + n :].copy(),
-            h[:, 1].copy(), h[:, 2].copy(),
+            h[:, 0].copy(), h[:, 3 : 4 + n].copy(), h[:, 4 + n : 4 + 2 * n].copy(),
+            h[:, 1].copy(), h[:, 2].copy(), h[:, 4 + 2 * n].copy(),
         )  # fmt: skip
 
     def _portfolio_info(self, cost: float) -> dict[str, Any]:
@@ -534,7 +546,14 @@ class HierarchicalTradingEnv(ParallelEnv):
         rewards = dict(zip(self.specialists, vals[engine.N_SC :], strict=True))
         meta_r = self.reward_fn(eq_prev, equity, cost)
         if self.mode != "specialists":
-            if self.risk_penalty:
+            if self.relative:  # active return over the benchmark, active-risk penalty
+                bench = vals[engine.S_BENCH_RET]
+                meta_r -= math.log1p(bench) if bench > -1.0 else 0.0
+                if self.te_weight and eq_prev > 0:
+                    vol = self._vol_floor[t].mean()
+                    z = (equity / eq_prev - 1.0 - bench) / vol
+                    meta_r -= engine.active_penalty(z, self.te_weight) * vol
+            elif self.risk_penalty:
                 meta_r -= self.risk_penalty * var_after
             if self.div_bonus:
                 meta_r += np.float64(div_term)
@@ -572,11 +591,14 @@ class HierarchicalTradingEnv(ParallelEnv):
         Keys: equity (steps+1,), weights (steps+1, n+1; last column cash), exposures
         (steps+1, n; signed fractions of equity after each bar), costs (per step), var_estimates
         and var_breaches (per step), timestamps, symbols, totals (costs, stop-losses,
-        scale-downs, breaches, borrow costs), var_compliance and metrics (periods_per_year
-        defaults to the run's resolved bars per year).
+        scale-downs, breaches, borrow costs), var_compliance, metrics (periods_per_year
+        defaults to the run's resolved bars per year; with env.benchmark also the information
+        ratio and tracking error against it), benchmark (env.benchmark), benchmark_returns
+        (per step, held without costs) and benchmark_exposures (steps+1, n; decided at each
+        bar's close).
         """
         s = self._steps + 1
-        equity, weights, expo, costs, var_est = self._history(s)
+        equity, weights, expo, costs, var_est, bench_ret = self._history(s)
         totals = self._current_totals()
         ppy = self.periods_per_year if periods_per_year is None else periods_per_year
         return {
@@ -593,8 +615,22 @@ class HierarchicalTradingEnv(ParallelEnv):
             "borrow_costs": float(totals["borrow_costs"]),
             "stop_losses": int(totals["stop_losses"]),
             "var_compliance": metrics.var_compliance_rate(self._h_breach[1:s]),
-            "metrics": metrics.summarize(equity, expo, periods_per_year=ppy),
+            "metrics": self._summary_metrics(equity, expo, bench_ret, ppy),
+            "benchmark": self.benchmark,
+            "benchmark_returns": bench_ret[1:],
+            "benchmark_exposures": self.benchmark_exposures()[self._start : self._start + s],
         }
+
+    def _summary_metrics(
+        self, equity: np.ndarray, expo: np.ndarray, bench_ret: np.ndarray, ppy: Any
+    ) -> dict[str, float]:
+        """metrics.summarize of the equity curve, plus the information ratio and tracking error
+        against the env's benchmark (held without costs) in benchmark-relative mode."""
+        out = metrics.summarize(equity, expo, periods_per_year=ppy)
+        if self.relative and len(equity) > 2:
+            rets = equity[1:] / equity[:-1] - 1.0
+            out.update(metrics.active_metrics(rets, bench_ret[1:], periods_per_year=ppy))
+        return out
 
     def render(self) -> None:
         """No rendering (reports come from `episode_summary`)."""

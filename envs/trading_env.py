@@ -71,6 +71,11 @@ class TradingEnv(gym.Env):
         self._discrete = self.action_type == "discrete"
         self.random_start = bool(ecfg.random_start)
         self._band = float(ecfg.rebalance_band)
+        if ecfg.benchmark != "none":
+            raise ConfigError(
+                "env.benchmark (benchmark-relative agents) is for the hierarchical env; "
+                "TradingEnv trades absolute positions: use env.benchmark=none"
+            )
         self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
         # the run's one annualisation (cfg.data.periods_per_year, else its calendar)

@@ -183,6 +183,19 @@ class EnvironmentConfig(Section):
     # exposure moved by more than this fraction of its full position size since its last
     # trade, or when the target is flat (exits always fill). 0 = trade on every change.
     rebalance_band: float = Field(0.0, ge=0, lt=1)
+    # Benchmark-relative agents (hierarchical env): the specialists' proposals and the meta's
+    # weights become active tilts around a benchmark portfolio, so the neutral action holds
+    # the benchmark, not cash; rewards are active returns (reward.tracking_error_weight).
+    # equal_weight: 1/n of equity per instrument; vol_target: 1/n of each instrument's
+    # vol-targeted full size (needs env.vol_target); none: absolute positions (cash neutral).
+    benchmark: Literal["none", "equal_weight", "vol_target"] = "none"
+
+    @model_validator(mode="after")
+    def _benchmark_needs_its_sizing(self) -> EnvironmentConfig:
+        """The vol_target benchmark sizes each instrument by env.vol_target."""
+        if self.benchmark == "vol_target" and self.vol_target is None:
+            raise ValueError("env.benchmark vol_target needs env.vol_target (e.g. 0.1)")
+        return self
 
 
 class RewardConfig(Section):
@@ -199,6 +212,9 @@ class RewardConfig(Section):
     # charged per bar (the rest at the episode's last step, so the sum is unchanged); 1 = on
     # the bar it is paid. Keeps one trade's cost from drowning a tiny per-bar signal.
     cost_amortization_bars: int = Field(1, ge=1)
+    # Benchmark-relative mode (env.benchmark): the penalty on active risk, te_w x z^2 in risk
+    # units (z = active return / per-bar volatility), which replaces the VaR penalty there.
+    tracking_error_weight: float = Field(0.0, ge=0)
     sharpe_target: float = 2.0
     max_drawdown_target: float = Field(0.15, gt=0)
 

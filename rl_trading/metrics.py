@@ -32,6 +32,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "active_metrics",
+    "information_ratio",
+    "tracking_error",
     "CALENDARS",
     "PROFIT_FACTOR_CAP",
     "RISK_FREE_RATE",
@@ -234,6 +237,46 @@ def sharpe_ratio(
     if std <= _EPS:
         return 0.0
     return float(np.mean(excess) / std * math.sqrt(ppy))
+
+
+def tracking_error(
+    returns: Sequence[float] | np.ndarray,
+    benchmark_returns: Sequence[float] | np.ndarray,
+    periods_per_year: float | str,
+) -> float:
+    """Annualised tracking error: std(r - r_benchmark, ddof=1) x sqrt(ppy) (0 for < 2 bars)."""
+    active = _arr(returns) - _arr(benchmark_returns)
+    if active.size < 2:
+        return 0.0
+    return float(np.std(active, ddof=1) * math.sqrt(_ppy(periods_per_year)))
+
+
+def information_ratio(
+    returns: Sequence[float] | np.ndarray,
+    benchmark_returns: Sequence[float] | np.ndarray,
+    periods_per_year: float | str,
+) -> float:
+    """Annualised information ratio: the Sharpe ratio of the active returns r - r_benchmark
+    (0 when they never differ)."""
+    return sharpe_ratio(_arr(returns) - _arr(benchmark_returns), periods_per_year)
+
+
+def active_metrics(
+    returns: Sequence[float] | np.ndarray,
+    benchmark_returns: Sequence[float] | np.ndarray,
+    periods_per_year: float | str,
+) -> dict[str, float]:
+    """information_ratio, tracking_error and the annualised mean active return of per-bar
+    returns against a benchmark's over the same bars."""
+    r, b = _arr(returns), _arr(benchmark_returns)
+    if r.shape != b.shape:
+        raise ValueError(f"returns ({r.size}) and benchmark returns ({b.size}) differ in length")
+    active = r - b
+    return {
+        "information_ratio": information_ratio(r, b, periods_per_year),
+        "tracking_error": tracking_error(r, b, periods_per_year),
+        "active_return": float(np.mean(active) * _ppy(periods_per_year)) if active.size else 0.0,
+    }
 
 
 def sortino_ratio(

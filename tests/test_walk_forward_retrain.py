@@ -307,6 +307,16 @@ def test_supervised_signals_are_out_of_sample_and_traded_by_sign():
     w, status = signal_targets(test, {"AAA": full}, cfg)
     p = full.iloc[600:700].to_numpy()
     size = cfg.env.max_position_size
-    np.testing.assert_array_equal(w[:, 0], np.where(p > 0.5, size, np.where(p < 0.5, -size, 0)))
+    held = pd.Series(w[:, 0]).ffill().fillna(0.0).to_numpy()  # NaN: no new order, keep
+    np.testing.assert_array_equal(held, np.where(p > 0.5, size, np.where(p < 0.5, -size, 0)))
     assert "out of sample" in status
     assert signal_targets(test, {}, cfg)[0] is None
+    # traded as the policy trades: vol-targeted size and the no-trade band cut its orders
+    sized = cfg.model_copy(deep=True)
+    sized.env.vol_target, sized.env.risk_window = 0.1, 20
+    banded = sized.model_copy(deep=True)
+    banded.env.rebalance_band = 0.5
+    ws, _ = signal_targets(test, {"AAA": full}, sized)  # re-sized every bar as its vol moves
+    wb, _ = signal_targets(test, {"AAA": full}, banded)
+    assert 0 < np.isfinite(wb).sum() < np.isfinite(ws).sum()
+    assert np.nanmax(np.abs(wb)) <= banded.env.vol_target_max_leverage + 1e-12

@@ -25,7 +25,13 @@ import numpy as np
 import pandas as pd
 
 from rl_trading.errors import CheckpointError, DataError
-from rl_trading.evaluation.baselines import StrategyRun, as_bar_dict, cost_rate, run_baselines
+from rl_trading.evaluation.baselines import (
+    StrategyRun,
+    as_bar_dict,
+    cost_rate,
+    run_baselines,
+    simulate_weights,
+)
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
@@ -65,9 +71,12 @@ def rolling_var_compliance(returns: np.ndarray, window: int, confidence: float) 
     return metrics.var_compliance_rate(r[window:], estimates)
 
 
-def strategy_metrics(run: StrategyRun, cfg: AppConfig) -> dict[str, float]:
+def strategy_metrics(
+    run: StrategyRun, cfg: AppConfig, benchmark: StrategyRun | None = None
+) -> dict[str, float]:
     """metrics.summarize of the run (rf 0, the run's bars per year) + VaR compliance, costs,
-    average gross exposure and trades."""
+    average gross exposure and trades; with a `benchmark` run on the same bars, the
+    information ratio, tracking error and active return against it."""
     from rl_trading import metrics
     from rl_trading.config import periods_per_year_of
 
@@ -84,6 +93,8 @@ def strategy_metrics(run: StrategyRun, cfg: AppConfig) -> dict[str, float]:
     )
     out["total_costs"] = float(np.sum(run.costs))
     out["exposure"] = float(np.mean(np.abs(weights).sum(axis=1)))
+    if benchmark is not None and len(benchmark.equity) == len(run.equity):
+        out.update(metrics.active_metrics(run.returns, benchmark.returns, periods_per_year=ppy))
     for key in ("risk_limit_compliance", "stop_losses", "trades", "vol_scale"):
         if key in run.extra:
             out[key] = float(run.extra[key])
@@ -334,6 +345,9 @@ def _run_hierarchy(
     if "var_compliance" in summ:
         extra["risk_limit_compliance"] = float(summ["var_compliance"])
     extra["stop_losses"] = summ.get("stop_losses", 0)
+    if env.relative:  # the benchmark the policy's actions tilt around, bar by bar (causal)
+        extra["benchmark"] = env.benchmark
+        extra["benchmark_exposures"] = summ["benchmark_exposures"]
     symbols = list(summ.get("symbols", list(bars)))
     return StrategyRun("policy", index, symbols, equity, weights, costs, extra)
 
@@ -403,11 +417,37 @@ class BacktestResult:
         return self.runs.get("policy")
 
 
+def benchmark_run(runs: dict[str, StrategyRun]) -> StrategyRun | None:
+    """The run information ratios are measured against: the policy's own benchmark
+    (env.benchmark, simulated with costs as the baseline `benchmark`), else buy-and-hold."""
+    return runs.get("benchmark", runs.get("buy_and_hold"))
+
+
 def evaluate_runs(runs: dict[str, StrategyRun], cfg: AppConfig, **meta: Any) -> BacktestResult:
-    """Metrics and target checks for a set of runs."""
-    mets = {name: strategy_metrics(run, cfg) for name, run in runs.items()}
+    """Metrics and target checks for a set of runs (information ratio and tracking error
+    against `benchmark_run`)."""
+    bench = benchmark_run(runs)
+    mets = {name: strategy_metrics(run, cfg, bench) for name, run in runs.items()}
+    meta.setdefault("ir_benchmark", bench.name if bench is not None else None)
     targets = {name: check_targets(m, cfg) for name, m in mets.items()}
     return BacktestResult(runs, mets, targets, dict(meta))
+
+
+def benchmark_baseline(
+    policy: StrategyRun,
+    data: dict[str, pd.DataFrame],
+    capital: float,
+    rate: float,
+    rebalance_every: int = 20,
+) -> StrategyRun:
+    """The policy's benchmark portfolio (env.benchmark's causal exposures at each bar) as a
+    baseline with the same fills and costs, rebalanced every `rebalance_every` bars."""
+    exposures = np.asarray(policy.extra["benchmark_exposures"], dtype=np.float64)
+    schedule = np.full_like(exposures, np.nan)
+    schedule[:: max(1, int(rebalance_every))] = exposures[:: max(1, int(rebalance_every))]
+    run = simulate_weights("benchmark", data, schedule, capital, rate)
+    run.extra["benchmark"] = policy.extra.get("benchmark")
+    return run
 
 
 def pin_calendar(
@@ -481,6 +521,8 @@ def backtest(
         target_vol = float(np.std(run.returns, ddof=1)) if run.returns.size > 1 else 0.0
     else:
         capital, single = None, False
+    if bundle is not None and "benchmark_exposures" in runs["policy"].extra:
+        runs["benchmark"] = benchmark_baseline(runs["policy"], data, capital, cost_rate(cfg))
     runs.update(
         run_baselines(
             data,

@@ -15,8 +15,10 @@ Baselines (all on the same bars and cost model as the policy):
 * ``random``: seeded; every bar with probability 1/``mean_hold`` a new uniform weight in
   ``[-max_position_size, max_position_size]`` (``[0, max]`` without shorts) per instrument,
   else hold, so its turnover is comparable to a trading policy rather than pure cost.
-* ``supervised``: sign of (P(up) - 0.5) x max_position_size from a saved supervised model
-  fitted only on bars before the evaluated ones (:func:`supervised_targets`); when there is
+* ``supervised``: the sign of (P(up) - 0.5) from a saved supervised model fitted only on bars
+  before the evaluated ones (:func:`supervised_targets`), traded as the policy trades a
+  proposal: the same sizing (vol targeting), benchmark and no-trade band
+  (:func:`as_policy_would_trade`), so it measures the signal, not the churn; when there is
   none, every run's ``extra["supervised_baseline"]`` says why (the report shows it).
 * ``buy_and_hold_vol_matched`` / ``equal_weight_vol_matched`` (when a policy's realised
   volatility is given): the same schedules with every weight scaled by one factor so the
@@ -35,6 +37,8 @@ import numpy as np
 import pandas as pd
 
 from envs import engine
+from envs.execution import vol_target_size
+from envs.risk import rolling_covariance
 from rl_trading.errors import DataError
 
 if TYPE_CHECKING:
@@ -164,6 +168,47 @@ def random_targets(
     return out
 
 
+def as_policy_would_trade(
+    signs: np.ndarray, bars: dict[str, pd.DataFrame], cfg: AppConfig
+) -> np.ndarray:
+    """Per-bar directions in [-1, 1] ([T, n]) sized and banded as the hierarchical env trades a
+    specialist's proposal at weight 1/n: full size max_position_size, or env.vol_target over
+    the causal annualised volatility (capped); around env.benchmark's exposures in
+    benchmark-relative mode; re-traded only beyond env.rebalance_band x full size (exits
+    always), with the env's own rule (envs.engine.trades). Returns a target schedule (NaN: no
+    new order)."""
+    from rl_trading.config import periods_per_year_of
+
+    ecfg = cfg.env
+    closes = np.column_stack([f["close"].to_numpy(np.float64) for f in bars.values()])
+    t_len, n = closes.shape
+    if ecfg.vol_target is not None:
+        rets = np.zeros_like(closes)
+        rets[1:] = closes[1:] / closes[:-1] - 1.0
+        cov = rolling_covariance(rets, ecfg.risk_window)
+        vol = np.sqrt(np.maximum(np.einsum("tii->ti", cov), 0.0))
+        ppy = periods_per_year_of(cfg, bars)
+        size = vol_target_size(vol * np.sqrt(ppy), ecfg.vol_target, ecfg.vol_target_max_leverage)
+    else:
+        size = np.full((t_len, n), ecfg.max_position_size)
+    bench = np.zeros_like(size)
+    if ecfg.benchmark == "equal_weight":
+        bench[:] = 1.0 / n
+    elif ecfg.benchmark == "vol_target":
+        bench = size / n
+    x = bench + np.nan_to_num(signs) * size / n
+    if not ecfg.allow_short:
+        x = np.maximum(x, 0.0)
+    out = np.full((t_len, n), np.nan)
+    last = np.zeros(n)
+    band = ecfg.rebalance_band
+    for t in range(t_len):
+        for i in range(n):
+            if engine.trades(x[t, i], last[i], band * size[t, i]):
+                out[t, i] = last[i] = x[t, i]
+    return out
+
+
 def supervised_targets(
     bars: dict[str, pd.DataFrame], cfg: AppConfig, model_type: str | None = None
 ) -> tuple[np.ndarray | None, str]:
@@ -182,7 +227,6 @@ def supervised_targets(
     if not models:
         return None, "no supervised model configured (supervised.models)"
     timeframe = cfg.data.timeframe
-    max_w = cfg.env.max_position_size
     first_bar = min(frame.index[0] for frame in bars.values())
     reasons = []
     for mtype in models:
@@ -208,32 +252,31 @@ def supervised_targets(
             for frame in bars.values():
                 proba = predict_proba(mtype, timeframe, frame).reindex(frame.index)
                 p = proba.to_numpy(np.float64)
-                w = np.where(p > 0.5, max_w, -max_w if cfg.env.allow_short else 0.0)
-                cols.append(np.where(np.isnan(p), 0.0, w))
+                cols.append(np.where(np.isnan(p), 0.0, np.sign(p - 0.5)))
         except Exception as exc:  # noqa: BLE001 - incompatible bars: reported, not hidden
             reasons.append(f"{mtype}_{timeframe}: cannot predict on these bars ({_one_line(exc)})")
             continue
-        return np.column_stack(cols), f"{mtype}_{timeframe} (fitted up to {fitted_to})"
+        targets = as_policy_would_trade(np.column_stack(cols), bars, cfg)
+        return targets, f"{mtype}_{timeframe} (fitted up to {fitted_to})"
     return None, "; ".join(reasons)
 
 
 def signal_targets(
     bars: dict[str, pd.DataFrame], signals: dict[str, pd.Series], cfg: AppConfig
 ) -> tuple[np.ndarray | None, str]:
-    """Weights from given out-of-sample P(up) series: +max size above 0.5, -max size (0 without
-    shorting) below, flat at exactly 0.5 ('no opinion') or where a bar has no signal."""
+    """Targets from given out-of-sample P(up) series: long above 0.5, short (flat without
+    shorting) below, neutral at exactly 0.5 ('no opinion') or where a bar has no signal, sized
+    and banded as the policy's proposals (:func:`as_policy_would_trade`)."""
     missing = [sym for sym in bars if sym not in signals]
     if missing:
         return None, f"no supervised signal for {', '.join(missing)}"
-    max_w = cfg.env.max_position_size
-    low = -max_w if cfg.env.allow_short else 0.0
     cols = []
     for sym, frame in bars.items():
         p = signals[sym].reindex(frame.index).to_numpy(np.float64)
-        w = np.where(p > 0.5, max_w, np.where(p < 0.5, low, 0.0))
-        cols.append(np.where(np.isnan(p), 0.0, w))
+        cols.append(np.where(np.isnan(p), 0.0, np.sign(p - 0.5)))
     name = getattr(next(iter(signals.values())), "name", None) or "signal"
-    return np.column_stack(cols), f"{name} (walk-forward refits, out of sample)"
+    targets = as_policy_would_trade(np.column_stack(cols), bars, cfg)
+    return targets, f"{name} (walk-forward refits, out of sample)"
 
 
 def _one_line(exc: Exception) -> str:

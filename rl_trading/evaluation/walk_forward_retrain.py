@@ -45,7 +45,16 @@ PLAN_FILE = "plan.json"
 REPORT_FILE = "walk_forward.json"
 PLOT_FILE = "walk_forward_equity.png"
 # Metrics reported per fold x seed and strategy (keys of backtest.strategy_metrics).
-METRICS = ("sharpe_ratio", "total_return", "max_drawdown", "turnover", "total_costs", "exposure")
+METRICS = (
+    "sharpe_ratio",
+    "total_return",
+    "max_drawdown",
+    "turnover",
+    "total_costs",
+    "exposure",
+    "information_ratio",
+    "tracking_error",
+)
 PAIRED_METRICS = ("sharpe_ratio", "total_return")
 RISK_FREE_RATE = 0.0  # the project's Sharpe convention: no interest on cash, rf = 0
 
@@ -355,7 +364,7 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
         for s in strategies:
             for m in METRICS:
                 fold_values[s][m].append(
-                    float(np.mean([r["strategies"][s]["metrics"][m] for r in runs]))
+                    float(np.mean([r["strategies"][s]["metrics"].get(m, math.nan) for r in runs]))
                 )
         n = min(len(r["strategies"][s]["equity"]) for r in runs for s in strategies)
         boundaries.append(len(stitched_t))
@@ -725,7 +734,8 @@ def walk_forward_retrain(
 
 def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per strategy: fold-level mean and 95% interval of net Sharpe, the paired
-    difference to the policy, and the mean drawdown, turnover, costs and gross exposure."""
+    difference to the policy, and the mean drawdown, turnover, costs, gross exposure,
+    information ratio and tracking error (against the policy's benchmark, else buy-and-hold)."""
     rows = []
     for name, mets in report["summary"].items():
         sharpe = mets["sharpe_ratio"]
@@ -742,6 +752,8 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "turnover": mets["turnover"]["mean"],
                 "total_costs": mets["total_costs"]["mean"],
                 "exposure": mets["exposure"]["mean"],
+                "information_ratio": mets.get("information_ratio", {}).get("mean"),
+                "tracking_error": mets.get("tracking_error", {}).get("mean"),
                 "dsr": report["dsr"] if name == "policy" else None,
             }
         )
@@ -775,6 +787,8 @@ def render_table(report: dict[str, Any], title: str = "Walk-forward (retrained)"
         "turnover",
         "costs",
         "gross exp.",
+        "IR",
+        "TE",
     ):
         table.add_column(col, justify="left" if col == "strategy" else "right")
     for r in table_rows(report):
@@ -789,5 +803,7 @@ def render_table(report: dict[str, Any], title: str = "Walk-forward (retrained)"
             num(r["turnover"], "{:.4f}"),
             num(r["total_costs"], "{:,.0f}"),
             num(r["exposure"], "{:.2f}"),
+            num(r["information_ratio"]),
+            num(r["tracking_error"], "{:.1%}"),
         )
     return table

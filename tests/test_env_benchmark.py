@@ -1,0 +1,104 @@
+"""Benchmark-relative agents (env.benchmark): the neutral action holds the benchmark, not cash;
+tilts move around it; rewards are active returns with an active-risk penalty; reports carry
+the information ratio and tracking error."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from envs import HierarchicalTradingEnv, TradingEnv
+from envs.execution import vol_target_size
+from envs.hierarchical_env import META
+from rl_trading.config import AppConfig, load_config
+from rl_trading.errors import ConfigError
+from tests.test_env_hierarchical import make_market, play, random_policy
+from tests.test_env_single import make_bars
+
+OPEN = dict(window_size=5, risk_window=10, episode_length=150, stop_loss_pct=0.0,
+            max_correlation_exposure=10.0, max_portfolio_var=10.0, max_sector_allocation=None,
+            max_position_size=1.0)  # fmt: skip
+VOL = dict(vol_target=0.1, vol_target_max_leverage=1.0)
+
+
+def neutral(agent: str, _step: int) -> np.ndarray:
+    """Zero tilts, and a meta that gives the specialists no active capital (all cash)."""
+    return np.array([0.0, 0.0, 0.0, 1.0]) if agent == META else np.zeros(1)
+
+
+@pytest.mark.parametrize("benchmark", ["equal_weight", "vol_target"])
+@pytest.mark.parametrize("mode", ["specialists", "joint"])
+def test_the_neutral_action_holds_the_benchmark_not_cash(benchmark, mode):
+    bars = make_market(n=300, seed=2)
+    kw = dict(OPEN, **(VOL if benchmark == "vol_target" else {}))
+    e = HierarchicalTradingEnv(bars=bars, mode=mode, benchmark=benchmark, **kw)
+    play(e, neutral)
+    s = e.episode_summary()
+    bench = s["benchmark_exposures"]
+    if benchmark == "equal_weight":
+        np.testing.assert_allclose(bench, 1.0 / 3.0)
+    else:  # 1/n of each instrument's vol-targeted size, causal
+        scale = vol_target_size(e.risk.vol * math.sqrt(e.periods_per_year), 0.1, 1.0)
+        np.testing.assert_allclose(bench, scale[e._start : e._start + len(bench)] / 3.0)
+    # held (up to the drift between fills) from the first fill on; absolute mode: all cash
+    gross = np.abs(s["exposures"][1:]).sum(axis=1)
+    assert gross.min() > 0.5 * bench.sum(axis=1).min() > 0
+    assert s["metrics"]["tracking_error"] < 0.25 * s["metrics"]["volatility"]
+    flat = HierarchicalTradingEnv(bars=bars, mode=mode, **kw)
+    play(flat, neutral)
+    assert np.abs(flat.episode_summary()["exposures"]).max() == 0.0
+
+
+def test_tilts_move_around_the_benchmark_and_long_only_never_shorts():
+    """Specialists mode, weights 1/n: x = b + p x full size / n, so p = -1 leaves the
+    instrument, p = 1 doubles it; without shorting the tilt still goes down to 0, not below."""
+    bars = make_market(n=200, seed=3, flat=True)
+    for allow_short in (True, False):
+        kw = dict(OPEN, max_position_size=0.6, transaction_cost=0.0, slippage_bps=0.0)
+        e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark="equal_weight",
+                                   allow_short=allow_short, **kw)  # fmt: skip
+        assert e.action_space("specialist_AAA").low[0] == -1.0
+        e.reset(seed=0)
+        e.step({"specialist_AAA": [-1.0], "specialist_BBB": [0.0], "specialist_CCC": [1.0]})
+        np.testing.assert_allclose(e.target_exposures, [1 / 3 - 0.2, 1 / 3, 1 / 3 + 0.2])
+        e.step({"specialist_AAA": [-1.0], "specialist_BBB": [0.0], "specialist_CCC": [1.0]})
+        bars_ = dict(e.episode_summary())
+        assert bars_["exposures"][-1][0] == pytest.approx(1 / 3 - 0.2)
+
+
+def test_active_rewards_and_penalty():
+    """Executed specialist rewards are the instrument's P&L minus the benchmark position's, in
+    risk units, minus te_w z^2; the meta's log-return reward nets out the benchmark's return."""
+    bars = make_market(n=300, seed=5, vol=0.02)
+    kw = dict(OPEN, specialist_reward="executed", transaction_cost=0.0, slippage_bps=0.0)
+    rewards = {}
+    for te_w in (0.0, 0.5):
+        e = HierarchicalTradingEnv(bars=bars, mode="joint", benchmark="equal_weight",
+                                   tracking_error_weight=te_w, risk_penalty_weight=0.0,
+                                   diversification_bonus_weight=0.0, **kw)  # fmt: skip
+        recs = play(e, random_policy(e, 4))
+        rewards[te_w] = recs
+        s = e.episode_summary()
+        eq = s["equity"]
+        meta = np.array([r.get(META, 0.0) for _, r, _ in recs[1:]])
+        bench = s["benchmark_returns"]
+        active_log = math.log(eq[-1] / eq[0]) - np.log1p(bench).sum()
+        if te_w == 0.0:
+            assert meta.sum() == pytest.approx(active_log, abs=1e-9)
+        else:
+            assert meta.sum() < active_log - 1e-6  # the penalty only takes away
+    spec0 = np.array([[r[a] for a in sorted(r) if a != META] for _, r, _ in rewards[0.0][1:]])
+    spec1 = np.array([[r[a] for a in sorted(r) if a != META] for _, r, _ in rewards[0.5][1:]])
+    np.testing.assert_allclose(spec1, spec0 - 0.5 * spec0**2, rtol=1e-9, atol=1e-12)
+    assert np.abs(spec0).max() > 0.1
+
+
+def test_config_and_single_env_guards():
+    with pytest.raises(ConfigError, match="env.vol_target"):
+        load_config(None, ["env.benchmark=vol_target", "env.vol_target=null"])
+    cfg = AppConfig()
+    cfg.env.benchmark = "equal_weight"
+    with pytest.raises(ConfigError, match="hierarchical env"):
+        TradingEnv(cfg, bars=make_bars(n=300))
