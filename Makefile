@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --constraint constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-stock lint format bench clean
+.PHONY: install demo test test-slow test-stock lint format bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
+
+## The long learning, fault and end-to-end runs (`slow`); CI runs them after `make test`.
+test-slow: install
+	$(BIN)/python -m pytest -m slow --durations=15 $(PYTEST_ARGS)
 
 ## The RLlib tier's phase, learning, resume, fault and determinism tests on RLlib's stock
 ## classes (`resources.rllib_fast_paths: false` via RL_TRADING_FAST_PATHS=0); CI runs it after

@@ -90,9 +90,6 @@ BUDGETS = [
     "phases.phase3_timesteps=12000",
     "phases.eval_interval=2",
     "phases.checkpoint_interval=2",
-    "ppo.train_batch_size=2000",
-    "ppo.minibatch_size=256",
-    "ppo.num_epochs=4",
     "resources.num_env_runners=0",
 ]
 TINY = [  # smoke-run budgets: proves the pipeline, measures nothing

@@ -16,7 +16,8 @@ the next real bar). A stop-loss (`stop_loss_pct` of the entry price) fires when 
 (costs paid, info["stop_loss"]). Shorts pay `borrow_bps_per_year` every bar (info
 "borrow_cost"). All of it is envs.engine.step_single: the same rules as the hierarchical env.
 Training episodes start at a random bar and last `episode_length` steps; eval_mode makes one
-sequential pass over all bars. Capital is cfg.train.initial_balance, fee cfg.train.trading_fee.
+sequential pass over all bars. Capital is cfg.env.initial_capital, fee cfg.env.transaction_cost
+(the hierarchical env's keys: one key per concept).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class TradingEnv(gym.Env):
         tcfg, ecfg = self.cfg.train, self.cfg.env
         self.eval_mode = bool(eval_mode)
         self.window = tcfg.window_size
-        self.initial_balance = float(tcfg.initial_balance)
+        self.initial_balance = float(ecfg.initial_capital)
         self.max_position = float(ecfg.max_position_size)
         self.stop_loss_pct = float(ecfg.stop_loss_pct)
         self.episode_length = int(ecfg.episode_length)
@@ -76,7 +77,7 @@ class TradingEnv(gym.Env):
                 "env.benchmark (benchmark-relative agents) is for the hierarchical env; "
                 "TradingEnv trades absolute positions: use env.benchmark=none"
             )
-        self.costs = CostModel(tcfg.trading_fee, ecfg.slippage_bps, ecfg.spread_bps)
+        self.costs = CostModel(ecfg.transaction_cost, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
         # the run's one annualisation (cfg.data.periods_per_year, else its calendar)
         self.periods_per_year = env_periods_per_year(self.cfg, bars)

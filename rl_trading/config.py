@@ -132,11 +132,20 @@ class TrainingConfig(Section):
     gamma: float = Field(0.99, gt=0, le=1)
     hidden_size: int = Field(256, gt=0)
     num_parallel: int = Field(4, gt=0)
-    initial_balance: float = Field(10_000.0, gt=0)
-    trading_fee: float = Field(0.001, ge=0)
     window_size: int = Field(20, gt=0)
     tune_trials: int = Field(10, gt=0)
     experiment_name: str = "trading_bot"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """One key per concept: the single-instrument env's capital and fee are the env's."""
+        moved = {"initial_balance": "env.initial_capital", "trading_fee": "env.transaction_cost"}
+        if isinstance(data, dict):
+            for old, new in moved.items():
+                if old in data:
+                    raise ValueError(f"train.{old} is now {new} (one key per concept)")
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -261,9 +261,10 @@ def test_supervised_signal_baseline_when_a_model_exists(workspace):
     runs = run_baselines(test, cfg, seed=0)
     assert runs["flat"].extra["supervised_baseline"].startswith("analyst_1h")
     sup = runs["supervised"]
-    held = np.round(np.abs(sup.weights[2:, 0]) / cfg.env.max_position_size, 1)
-    assert set(np.unique(held)) <= {0.0, 0.9, 1.0, 1.1}  # +-max position (drifting), or flat
+    # traded as the policy trades a proposal 2 P(up) - 1: around the benchmark, vol-targeted,
+    # within the position cap (drifting a little between orders)
     assert np.abs(sup.weights).max() > 0  # it traded on the signal
+    assert np.abs(sup.weights).max() <= 1.1 * cfg.env.vol_target_max_leverage
     assert len(sup.equity) == len(runs["flat"].equity)
 
 

@@ -134,7 +134,7 @@ def test_single_env_amortised_costs_keep_the_reward_sum():
     base = TradingEnv(bars=bars, window_size=5, episode_length=100)
     _, base_rewards, base_infos = run(base, acts)
     assert infos[-1]["equity"] == base_infos[-1]["equity"]
-    assert abs(rewards.sum() - math.log(infos[-1]["equity"] / 10_000)) < 1e-9
+    assert abs(rewards.sum() - math.log(infos[-1]["equity"] / env.initial_balance)) < 1e-9
     assert not np.allclose(rewards, base_rewards)
 
 
@@ -170,7 +170,7 @@ def test_single_env_vol_target_and_band():
     window = rets[t - env.cfg.env.risk_window + 1 : t + 1]
     ann = np.std(window, ddof=1) * math.sqrt(env.periods_per_year)
     _, _, _, _, info = env.step(np.array([1.0]))
-    exposure = info["position"] * bars["open"].iloc[t + 1] / 10_000  # initial balance
+    exposure = info["position"] * bars["open"].iloc[t + 1] / env.initial_balance
     assert exposure == pytest.approx(min(0.1 / ann, 3.0), rel=1e-9)
     band = TradingEnv(bars=bars, rebalance_band=0.3, **kw)
     band.reset(seed=0)

@@ -10,10 +10,18 @@ import pandas as pd
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from envs import TradingEnv
+from envs import TradingEnv as _TradingEnv
 from rl_trading import metrics
 from rl_trading.config import AppConfig
 from rl_trading.errors import ConfigError
+
+
+def TradingEnv(cfg: AppConfig | None = None, **kw):  # noqa: N802 - the class, with test defaults
+    """The env with the capital and fee these tests' numbers were written for (the reference
+    design's 10,000 at 0.1%; the env's own keys env.initial_capital / env.transaction_cost)."""
+    kw.setdefault("initial_capital", 10_000.0)
+    kw.setdefault("transaction_cost", 0.001)
+    return _TradingEnv(cfg, **kw)
 
 
 def make_bars(n: int = 400, seed: int = 0, vol: float = 0.01, flat: bool = False) -> pd.DataFrame:
@@ -116,7 +124,7 @@ def test_flat_prices_trading_costs_exactly_the_fees():
     env = TradingEnv(
         bars=make_bars(200, flat=True),
         window_size=5,
-        trading_fee=fee,
+        transaction_cost=fee,
         slippage_bps=slip,
         spread_bps=spread,
         max_position_size=0.5,
@@ -168,7 +176,7 @@ def test_stop_loss_triggers_on_low_high_and_fills_at_level_or_gap_open(scenario,
         stop_loss_pct=0.05,
         eval_mode=True,
         action_type="discrete",
-        trading_fee=0.0,
+        transaction_cost=0.0,
         slippage_bps=0.0,
     )
     _, rewards, infos = run(env, [action])  # always long (2) or always short (0)
@@ -191,7 +199,7 @@ def test_forward_filled_bars_get_no_fills_and_no_stops():
     bars.iloc[100:103, col("filled")] = True  # bars 100, 101, 102 are forward-filled
     bars.iloc[103:, [col("open"), col("high"), col("low"), col("close")]] = 104.0
     env = TradingEnv(
-        bars=bars, window_size=5, eval_mode=True, trading_fee=0.0, slippage_bps=0.0,
+        bars=bars, window_size=5, eval_mode=True, transaction_cost=0.0, slippage_bps=0.0,
         stop_loss_pct=0.0, max_position_size=1.0,
     )  # fmt: skip
     env.reset()
@@ -210,7 +218,7 @@ def test_forward_filled_bars_get_no_fills_and_no_stops():
     bars2.iloc[100, col("low")] = 80.0  # a filled bar carrying a stray low: ignored
     bars2.iloc[102:, [col("open"), col("high"), col("low"), col("close")]] = 90.0
     env = TradingEnv(
-        bars=bars2, window_size=5, eval_mode=True, trading_fee=0.0, slippage_bps=0.0,
+        bars=bars2, window_size=5, eval_mode=True, transaction_cost=0.0, slippage_bps=0.0,
         stop_loss_pct=0.05, action_type="discrete",
     )  # fmt: skip
     _, _, infos = run(env, [2])
@@ -221,7 +229,9 @@ def test_forward_filled_bars_get_no_fills_and_no_stops():
 
 def test_borrow_cost_charged_on_shorts_per_bar():
     bars = make_bars(200, flat=True)
-    kw = dict(window_size=5, eval_mode=True, trading_fee=0.0, slippage_bps=0.0, stop_loss_pct=0)
+    kw = dict(
+        window_size=5, eval_mode=True, transaction_cost=0.0, slippage_bps=0.0, stop_loss_pct=0
+    )
     daily = AppConfig()
     daily.data.timeframe = "1d"
     daily.data.calendar = "crypto"  # 365 bars a year, whatever the test bars' own spacing

@@ -286,9 +286,9 @@ def test_null_market_is_not_significant_and_planted_signal_is(ray_session, works
     assert again["summary"]["policy"] == planted["summary"]["policy"]
 
 
-def test_supervised_signals_are_out_of_sample_and_traded_by_sign():
+def test_supervised_signals_are_out_of_sample_and_traded_as_a_proposal():
     """The walk-forward's supervised baseline: P(up) at bar t from models fitted on earlier
-    bars only (recomputing on bars cut after t gives the same value), traded by its sign."""
+    bars only (recomputing on bars cut after t gives the same value), traded as a proposal."""
     from rl_trading.evaluation.baselines import signal_targets
 
     cfg = AppConfig.model_validate({"data": {"timeframe": "1d", "embargo_bars": 2}})
@@ -308,14 +308,14 @@ def test_supervised_signals_are_out_of_sample_and_traded_by_sign():
     p = full.iloc[600:700].to_numpy()
     size = cfg.env.max_position_size
     held = pd.Series(w[:, 0]).ffill().fillna(0.0).to_numpy()  # NaN: no new order, keep
-    np.testing.assert_array_equal(held, np.where(p > 0.5, size, np.where(p < 0.5, -size, 0)))
+    np.testing.assert_allclose(held, (2.0 * p - 1.0) * size)  # the proposal 2 P(up) - 1
     assert "out of sample" in status
     assert signal_targets(test, {}, cfg)[0] is None
     # traded as the policy trades: vol-targeted size and the no-trade band cut its orders
     sized = cfg.model_copy(deep=True)
     sized.env.vol_target, sized.env.risk_window = 0.1, 20
     banded = sized.model_copy(deep=True)
-    banded.env.rebalance_band = 0.5
+    banded.env.rebalance_band = 0.05
     ws, _ = signal_targets(test, {"AAA": full}, sized)  # re-sized every bar as its vol moves
     wb, _ = signal_targets(test, {"AAA": full}, banded)
     assert 0 < np.isfinite(wb).sum() < np.isfinite(ws).sum()

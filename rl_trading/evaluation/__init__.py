@@ -93,6 +93,9 @@ def graded_metrics(pm: dict[str, Any], n_trials: int) -> dict[str, float]:
         "psr": pm["psr"],
         "dsr": pm["dsr"],
         "n_trials": float(n_trials),
+        # against the policy's benchmark (env.benchmark), else buy-and-hold (backtest.py)
+        "information_ratio": pm.get("information_ratio", float("nan")),
+        "tracking_error": pm.get("tracking_error", float("nan")),
     }
 
 

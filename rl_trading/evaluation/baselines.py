@@ -15,7 +15,7 @@ Baselines (all on the same bars and cost model as the policy):
 * ``random``: seeded; every bar with probability 1/``mean_hold`` a new uniform weight in
   ``[-max_position_size, max_position_size]`` (``[0, max]`` without shorts) per instrument,
   else hold, so its turnover is comparable to a trading policy rather than pure cost.
-* ``supervised``: the sign of (P(up) - 0.5) from a saved supervised model fitted only on bars
+* ``supervised``: the proposal 2 P(up) - 1 from a saved supervised model fitted only on bars
   before the evaluated ones (:func:`supervised_targets`), traded as the policy trades a
   proposal: the same sizing (vol targeting), benchmark and no-trade band
   (:func:`as_policy_would_trade`), so it measures the signal, not the churn; when there is
@@ -84,13 +84,13 @@ def as_bar_dict(bars: pd.DataFrame | dict[str, pd.DataFrame], name: str = "ASSET
 def cost_rate(cfg: AppConfig, single: bool = False) -> float:
     """Cost per unit of traded notional, as the envs charge it (envs.execution.CostModel).
 
-    The single-instrument TradingEnv charges `train.trading_fee` (reference design); the
-    hierarchical env `env.transaction_cost`; both add slippage and half the spread.
+    Both envs charge `env.transaction_cost` plus slippage and half the spread (`single` is
+    kept for callers that name the env; the rate is the same).
     """
     from envs.execution import CostModel
 
     env = cfg.env
-    fee = cfg.train.trading_fee if single else env.transaction_cost
+    fee = env.transaction_cost
     return CostModel(fee, env.slippage_bps, env.spread_bps).rate
 
 
@@ -252,7 +252,7 @@ def supervised_targets(
             for frame in bars.values():
                 proba = predict_proba(mtype, timeframe, frame).reindex(frame.index)
                 p = proba.to_numpy(np.float64)
-                cols.append(np.where(np.isnan(p), 0.0, np.sign(p - 0.5)))
+                cols.append(np.where(np.isnan(p), 0.0, 2.0 * p - 1.0))
         except Exception as exc:  # noqa: BLE001 - incompatible bars: reported, not hidden
             reasons.append(f"{mtype}_{timeframe}: cannot predict on these bars ({_one_line(exc)})")
             continue
@@ -264,16 +264,16 @@ def supervised_targets(
 def signal_targets(
     bars: dict[str, pd.DataFrame], signals: dict[str, pd.Series], cfg: AppConfig
 ) -> tuple[np.ndarray | None, str]:
-    """Targets from given out-of-sample P(up) series: long above 0.5, short (flat without
-    shorting) below, neutral at exactly 0.5 ('no opinion') or where a bar has no signal, sized
-    and banded as the policy's proposals (:func:`as_policy_would_trade`)."""
+    """Targets from given out-of-sample P(up) series: the proposal 2 P(up) - 1 (long above 0.5,
+    short or flat below, neutral at exactly 0.5, 'no opinion', or where a bar has no signal),
+    sized and banded as the policy's proposals (:func:`as_policy_would_trade`)."""
     missing = [sym for sym in bars if sym not in signals]
     if missing:
         return None, f"no supervised signal for {', '.join(missing)}"
     cols = []
     for sym, frame in bars.items():
         p = signals[sym].reindex(frame.index).to_numpy(np.float64)
-        cols.append(np.where(np.isnan(p), 0.0, np.sign(p - 0.5)))
+        cols.append(np.where(np.isnan(p), 0.0, 2.0 * p - 1.0))
     name = getattr(next(iter(signals.values())), "name", None) or "signal"
     targets = as_policy_would_trade(np.column_stack(cols), bars, cfg)
     return targets, f"{name} (walk-forward refits, out of sample)"

@@ -122,6 +122,22 @@ def checkpoint_policies(path: str | Path) -> list[str]:
     return sorted(p.name for p in mod_dir.iterdir() if p.is_dir())
 
 
+# Keys of configs stored by earlier versions, and what replaced them: dropped on reading a
+# stored config (the replacement is already in it), refused with a one-line error in a user's
+# config (rl_trading.config).
+MOVED_KEYS = {("train", "initial_balance"): "env.initial_capital",
+              ("train", "trading_fee"): "env.transaction_cost"}  # fmt: skip
+
+
+def migrate_stored_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored training config in today's keys: keys moved since it was saved are dropped
+    (their concept has one key now, already present in the stored config)."""
+    for (section, key), _new in MOVED_KEYS.items():
+        if isinstance(raw.get(section), dict):
+            raw[section].pop(key, None)
+    return raw
+
+
 def stored_config(path: str | Path) -> dict[str, Any] | None:
     """The training config saved with a checkpoint (or model folder), ready for
     `load_config(extra=...)`: a redacted database URL is dropped (RL_TRADING_DB_URL then
@@ -132,7 +148,7 @@ def stored_config(path: str | Path) -> dict[str, Any] | None:
     raw = read_metadata(path).get("config")
     if not raw:
         return None
-    raw = json.loads(json.dumps(raw))
+    raw = migrate_stored_config(json.loads(json.dumps(raw)))
     data = raw.get("data") or {}
     if data.get("db_url") and "***" in str(data["db_url"]):
         data["db_url"] = None

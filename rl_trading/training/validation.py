@@ -41,6 +41,18 @@ def episode_exposures(env: Any) -> np.ndarray | None:
     return None if expo is None else np.asarray(expo, dtype=float)
 
 
+def episode_benchmark_returns(env: Any) -> np.ndarray | None:
+    """Per-bar returns of the env's benchmark (env.benchmark) over the episode; None when the
+    env has no benchmark."""
+    summary_fn = getattr(unwrap(env), "episode_summary", None)
+    if not callable(summary_fn):
+        return None
+    summary = summary_fn() or {}
+    if summary.get("benchmark", "none") == "none" or "benchmark_returns" not in summary:
+        return None
+    return np.asarray(summary["benchmark_returns"], dtype=float)
+
+
 def episode_equity(env: Any, equity_seen: list[float]) -> np.ndarray:
     """The episode's portfolio equity curve: the env's summary, else equity seen in infos."""
     inner = unwrap(env)
@@ -153,10 +165,13 @@ def run_policies(
             break
     equity = episode_equity(env, equity_seen)
     exposures = episode_exposures(env)
+    bench = episode_benchmark_returns(env)
     env.close()
     out: dict[str, Any] = {"equity": equity, "steps": steps}
     if exposures is not None:
         out["exposures"] = exposures
+    if bench is not None and len(bench) == len(equity) - 1:
+        out["benchmark_returns"] = bench
     return out
 
 
@@ -169,12 +184,13 @@ def validate(
     agent_override: dict[str, MetaOverride] | None = None,
 ) -> dict[str, float]:
     """Validation metrics (`val_sharpe`, `val_max_drawdown`, `val_total_return`, ...; and
-    `val_gross_exposure`, the mean over bars of sum |exposure|, when the env reports exposures).
+    `val_gross_exposure`, the mean over bars of sum |exposure|, when the env reports exposures;
+    `val_information_ratio` and `val_tracking_error` against env.benchmark when it has one).
 
     `metrics.summarize` (rf 0) at the factory's resolved bars per year: the same numbers a
     backtest report gives for the same equity curve (`val_sharpe` = report `sharpe_ratio`).
     """
-    from rl_trading.metrics import summarize
+    from rl_trading.metrics import active_metrics, summarize
 
     run = run_policies(factory, mode, modules, seed, meta_override, agent_override)
     if factory.periods_per_year is None:  # hierarchical_factory always resolves it
@@ -191,6 +207,11 @@ def validate(
     }
     if "exposures" in run:
         out["val_gross_exposure"] = gross_exposure(run["exposures"])
+    if "benchmark_returns" in run:  # benchmark-relative agents: how they differ from it
+        eq = np.asarray(run["equity"], dtype=float)
+        active = active_metrics(eq[1:] / eq[:-1] - 1.0, run["benchmark_returns"], ppy)
+        out["val_information_ratio"] = float(active["information_ratio"])
+        out["val_tracking_error"] = float(active["tracking_error"])
     return out
 
 

@@ -1,0 +1,90 @@
+"""Compare recipe candidates on the selection folds and pick one by a rule fixed in advance.
+
+Each candidate is one `benchmarks/real_markets.py --test-folds 0,1` run on the selection sets
+(`real_markets.SELECTION_SETS`) with its `--set` overrides, in its own `--out` folder. The rule
+(issue 32, nested selection): among candidates whose policy holds a mean gross exposure of at
+least 0.3 on every selection set, the highest mean over the selection sets of the paired
+policy - volatility-matched buy-and-hold net Sharpe difference. Only the earlier folds are
+read, so the later folds and the confirmation sets stay untouched by the choice; every
+candidate counts as a trial.
+
+    .venv/bin/python benchmarks/ablation_table.py runs/abl/R0_absolute runs/abl/R1_rel_vt ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+BASELINE = "buy_and_hold_vol_matched"
+MIN_EXPOSURE = 0.3
+
+
+def candidate(folder: Path) -> dict[str, Any]:
+    """The per-set policy rows of one candidate run (its real_markets.json)."""
+    summary = json.loads((folder / "real_markets.json").read_text())
+    out: dict[str, Any] = {"name": folder.name, "sets": {}, "overrides": None}
+    for res in summary["sets"]:
+        rows = {r["strategy"]: r for r in res["rows"]}
+        pol = rows["policy"]
+        base = rows.get(BASELINE, {})
+        out["overrides"] = res["overrides"]
+        out["sets"][res["set"]] = {
+            "sharpe": pol["sharpe"],
+            "ci": pol["sharpe_ci95"],
+            "minus_vm": base.get("policy_minus"),
+            "minus_vm_ci": base.get("policy_minus_ci95"),
+            "exposure": pol["exposure"],
+            "turnover": pol["turnover"],
+            "ir": pol.get("information_ratio"),
+            "te": pol.get("tracking_error"),
+            "dsr": pol.get("dsr"),
+            "folds": res.get("test_folds"),
+            "wall_s": res["wall_s"],
+        }
+    return out
+
+
+def score(c: dict[str, Any]) -> float:
+    """The selection rule: -inf unless every set holds risk, else the mean paired difference."""
+    sets = c["sets"].values()
+    if any((s["exposure"] or 0.0) < MIN_EXPOSURE for s in sets):
+        return -math.inf
+    diffs = [s["minus_vm"] for s in sets if s["minus_vm"] is not None]
+    return sum(diffs) / len(diffs) if diffs else -math.inf
+
+
+def main() -> None:
+    """Print the markdown table of the candidates and the one the rule picks."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    args = parser.parse_args()
+    cands = [candidate(f) for f in args.folders if (f / "real_markets.json").is_file()]
+
+    def f(v: Any, fmt: str = "{:.2f}") -> str:
+        return "-" if v is None or v != v else fmt.format(v)
+
+    print("| candidate | set | net Sharpe [95% CI] | - B&H vol-matched [95% CI] | gross | "
+          "turnover | IR | TE | score |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in cands:
+        sc = score(c)
+        for name, s in c["sets"].items():
+            d = s["minus_vm_ci"] or [None, None]
+            print(
+                f"| {c['name']} | {name} | {f(s['sharpe'])} [{f(s['ci'][0])}, {f(s['ci'][1])}] "
+                f"| {f(s['minus_vm'])} [{f(d[0])}, {f(d[1])}] | {f(s['exposure'])} "
+                f"| {f(s['turnover'], '{:.4f}')} | {f(s['ir'])} | {f(s['te'], '{:.1%}')} "
+                f"| {f(sc)} |"
+            )
+    ranked = sorted(cands, key=score, reverse=True)
+    if ranked:
+        print(f"\nchosen by the rule: {ranked[0]['name']} (score {f(score(ranked[0]))}); "
+              f"{len(cands)} candidates compared (each one counts as a trial)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
