@@ -39,7 +39,7 @@ STOCK_TIER := tests/test_training_phases.py tests/test_training_learning.py \
 	tests/test_training_fast_paths.py tests/test_checkpoint_restore.py tests/test_run_state.py \
 	tests/test_training_tune.py
 test-stock: install
-	RL_TRADING_FAST_PATHS=0 $(BIN)/python -m pytest -m "rllib and not slow" $(STOCK_TIER) $(PYTEST_ARGS)
+	RL_TRADING_FAST_PATHS=0 $(BIN)/python -m pytest -m rllib $(STOCK_TIER) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -24,6 +24,29 @@ def pytest_configure(config):
         os.environ["RL_TRADING_FAST_PATHS"] = "0"
 
 
+# What the tests cost: the RLlib runs of these files (training phases, learning checks, fault
+# injection, Tune / PBT, the demo and other end-to-end runs; each from ~20 s to a few minutes
+# on 2 cores) are `slow`: `make test` leaves them out, CI runs them next (`make test-slow`).
+# The default tier keeps a few short RLlib smoke tests (config, restore, local Ray).
+SLOW_RLLIB_FILES = frozenset(
+    f"test_{name}.py"
+    for name in (
+        "cluster", "demo", "faults_cli", "faults_env_runner", "notebook", "pretrained_encoder",
+        "registry_e2e", "scale_out", "supervised_tune", "training_cli", "training_curriculum",
+        "training_determinism", "training_fast_paths", "training_grouped", "training_learning",
+        "training_phases", "training_real_bars", "training_signals", "training_speedups",
+        "training_trainer", "training_tune", "tuning_pbt", "walk_forward_retrain",
+    )
+)  # fmt: skip
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_RLLIB_FILES and item.get_closest_marker("rllib"):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_report_header(config):
     mode = os.environ.get("RL_TRADING_FAST_PATHS", "").strip() or "unset (fast paths)"
     return f"RL_TRADING_FAST_PATHS: {mode}"

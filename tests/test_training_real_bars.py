@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 
 from rl_trading.config import load_config
+from rl_trading.metrics import tracking_error
 from rl_trading.training.checkpoints import load_module
 from rl_trading.training.env_bridge import hierarchical_factory
 from rl_trading.training.runner import run_phase
 from rl_trading.training.session import load_splits
-from rl_trading.training.validation import gross_exposure, validate
+from rl_trading.training.validation import gross_exposure, run_policies, validate
 
 # ~1-2 min at load ~5 on the 2-core machine.
 pytestmark = [pytest.mark.rllib, pytest.mark.market_data]
@@ -47,7 +48,8 @@ OVERRIDES = [
     "tracking.system_metrics=false",
 ]
 MIN_GROSS_EXPOSURE = 0.2
-MIN_SHARPE_MARGIN = 0.3
+MIN_SHARPE_MARGIN = 1.0
+MIN_ACTIVE_TE = 0.002  # annualised, against the untilted benchmark book
 
 
 def test_gross_exposure_is_mean_abs_sum():
@@ -83,7 +85,15 @@ def test_default_recipe_takes_risk_differs_from_its_benchmark_and_beats_random(
     print(f"phase1 {secs:.0f}s trained={trained} random={rand_sharpes} neutral={neutral}")
     assert trained["val_sharpe"] == pytest.approx(p1.best_val_sharpe)
     assert trained["val_gross_exposure"] > MIN_GROSS_EXPOSURE
-    # the neutral action holds the benchmark (not cash); the trained policy tilts away from it
+    # the neutral action holds the benchmark (not cash); the trained policy is not just that:
+    # its returns differ from the neutral book's (which drifts in the same band, pays the same
+    # costs) by a real tracking error
     assert neutral["val_gross_exposure"] > MIN_GROSS_EXPOSURE
-    assert trained["val_tracking_error"] > 1.5 * neutral["val_tracking_error"]
+    assert trained["val_tracking_error"] > 0.0
+    curves = [
+        run_policies(factory, "specialists", best, cfg.seed, agent_override=o)["equity"]
+        for o in (None, zero)
+    ]
+    r_trained, r_neutral = (np.diff(c) / c[:-1] for c in curves)
+    assert tracking_error(r_trained, r_neutral, factory.periods_per_year) > MIN_ACTIVE_TE
     assert trained["val_sharpe"] > max(rand_sharpes) + MIN_SHARPE_MARGIN
