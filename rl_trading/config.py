@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rl_trading.errors import ConfigError
 
@@ -44,9 +52,12 @@ def _fast_paths_default() -> bool:
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated, and
+    no float is inf or nan (`--set ppo.lr=inf` would otherwise train on nonsense)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class SyntheticConfig(Section):
@@ -106,6 +117,11 @@ class DataConfig(Section):
                 zone(self.tz)
         except DataError as exc:
             raise ValueError(str(exc)) from None
+        dupes = sorted({s for s in self.symbols if self.symbols.count(s) > 1})
+        if dupes:
+            raise ValueError(
+                f"data.symbols lists {', '.join(dupes)} more than once (each symbol once)"
+            )
         if self.paths and self.source in ("synthetic", "sample", "sql"):
             raise ValueError(
                 f"data.paths is set but data.source is '{self.source}', which ignores it "
@@ -162,10 +178,13 @@ class EnvironmentConfig(Section):
 
     episode_length: int = Field(1000, gt=0)
     initial_capital: float = Field(100_000.0, gt=0)
-    transaction_cost: float = Field(0.003, ge=0)
-    slippage_bps: float = Field(1.0, ge=0)
-    spread_bps: float = Field(0.0, ge=0)
-    max_position_size: float = Field(0.1, gt=0)
+    # Costs are fractions of the traded notional (bps: 1e-4): each below 10% per trade.
+    transaction_cost: float = Field(0.003, ge=0, lt=0.1)
+    slippage_bps: float = Field(1.0, ge=0, lt=1000)
+    spread_bps: float = Field(0.0, ge=0, lt=1000)
+    # Fraction of equity one instrument's position may take (no leverage: at most 1; leverage
+    # comes from vol_target with vol_target_max_leverage).
+    max_position_size: float = Field(0.1, gt=0, le=1)
     stop_loss_pct: float = Field(0.02, ge=0)
     # Yearly borrow fee of short positions in bps of their notional, charged every bar
     # (envs/execution.py); 0 = free shorting.
@@ -262,7 +281,7 @@ class PolicyConfig(Section):
     """Which torch RLModule each policy uses, and its size."""
 
     model: Literal["mlp", "transformer", "cnn_lstm"] = "mlp"
-    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64])
+    hidden_sizes: list[int] = Field(default_factory=lambda: [64, 64], min_length=1)
     d_model: int = Field(64, gt=0)
     num_layers: int = Field(2, gt=0)
     num_heads: int = Field(4, gt=0)
@@ -276,6 +295,15 @@ class PolicyConfig(Section):
     # fine-tunes it at that learning rate in its own optimizer (stage 3, model type `hybrid`).
     cnn_lstm_model: str | None = None
     encoder_lr: float | None = Field(None, gt=0)
+
+    @field_validator("hidden_sizes")
+    @classmethod
+    def _layers_not_empty(cls, sizes: list[int]) -> list[int]:
+        """Every hidden layer has at least one unit (0 or -64 would build a broken network)."""
+        bad = [s for s in sizes if s < 1]
+        if bad:
+            raise ValueError("every layer size must be at least 1")
+        return sizes
 
     @model_validator(mode="after")
     def _encoder_lr_needs_model(self) -> PolicyConfig:
@@ -586,7 +614,8 @@ def _format_error(err: ValidationError) -> str:
         return f"config key '{key}': {first['msg'].removeprefix('Value error, ')}"
     given = first.get("input")
     given_txt = "" if isinstance(given, dict) else f" (got {given!r})"
-    return f"config key '{key}': {first['msg'].lower()}{given_txt}"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"config key '{key}': {msg[:1].lower()}{msg[1:]}{given_txt}"
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -595,7 +624,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -152,3 +152,39 @@ def test_bad_files_and_overrides(tmp_path) -> None:
         load_config(bad)
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["ppo.lr"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "why"),
+    [
+        ("ppo.lr=inf", "ppo.lr", "finite"),
+        ("ppo.lr=.nan", "ppo.lr", "finite"),
+        ("reward.sharpe_target=-.inf", "reward.sharpe_target", "finite"),
+        ("env.max_position_size=50", "env.max_position_size", "less than or equal to 1"),
+        ("env.transaction_cost=2", "env.transaction_cost", "less than 0.1"),
+        ("env.slippage_bps=5000", "env.slippage_bps", "less than 1000"),
+        ("policy.hidden_sizes=[0]", "policy.hidden_sizes", "at least 1"),
+        ("policy.hidden_sizes=[-64,64]", "policy.hidden_sizes", "at least 1"),
+        ("policy.hidden_sizes=[]", "policy.hidden_sizes", "at least 1"),
+        ("data.symbols=[MSFT,MSFT]", "data", "MSFT more than once"),
+    ],
+)
+def test_values_outside_their_sane_range_are_refused(override: str, key: str, why: str) -> None:
+    """Values that would train on nonsense without a word (issue 31) are schema errors."""
+    with pytest.raises(ConfigError, match=f"config key '{key}'.*{why}"):
+        load_config(DEFAULT, [override])
+
+
+def test_edges_of_the_ranges_are_accepted() -> None:
+    cfg = load_config(
+        DEFAULT,
+        ["env.max_position_size=1", "env.transaction_cost=0.099", "policy.hidden_sizes=[1]"],
+    )
+    assert (cfg.env.max_position_size, cfg.policy.hidden_sizes) == (1.0, [1])
+
+
+def test_config_file_that_is_not_utf8_is_one_line_error(tmp_path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes("ppo:\n  lr: 1e-4  # r\xe9glage\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8 text"):
+        load_config(bad)
