@@ -699,6 +699,15 @@ def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def save_config(cfg: AppConfig, path: str | Path) -> Path:
     """Write the fully-resolved config as YAML (what a run really used); URL passwords are
     masked (`${VAR}` references are kept, so configs using them still work when reloaded)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config_dump(cfg), sort_keys=False))
+    return path
+
+
+def config_dump(cfg: AppConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data with URL passwords masked (what `save_config`
+    writes, so a saved config and a live one compare key by key)."""
     from rl_trading.tracking import redact
 
     def clean(node: Any) -> Any:
@@ -708,7 +717,4 @@ def save_config(cfg: AppConfig, path: str | Path) -> Path:
             return [clean(v) for v in node]
         return redact(node) if isinstance(node, str) and "://" in node else node
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(clean(cfg.model_dump(mode="json")), sort_keys=False))
-    return path
+    return clean(cfg.model_dump(mode="json"))

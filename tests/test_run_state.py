@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from rl_trading.cli.main import main
+from rl_trading.config import load_config
 from rl_trading.errors import ConnectionFailure, RunDirError
 from rl_trading.training.state import PhaseState, RunState, run_dir_lock
 
@@ -399,3 +400,106 @@ def test_readers_of_state_json_get_absolute_checkpoint_paths(tmp_path):
         run.resolve() / "phase1/best"
     )
     assert analysis.best_checkpoint(run) == run.resolve() / "phase1/best"
+
+
+# --- fresh start, --overwrite and --resume semantics (issue 31) -------------------------------
+
+
+def _finished_run(workspace: Path, iterations: int = 2) -> Path:
+    """A run dir whose phase 1 is done at `iterations` (files stand in for the checkpoints),
+    with the config.yaml the run used (tiny.yaml, as `train` records it)."""
+    from rl_trading.config import load_config, save_config
+
+    run = workspace / "run"
+    ckpt = run / "phase1" / "checkpoints" / f"iter_{iterations:06d}"
+    ckpt.mkdir(parents=True)
+    (ckpt / "weights").write_text("trained")
+    ps = PhaseState(
+        status="done",
+        iteration=iterations,
+        total_iterations=iterations,
+        env_steps=64 * iterations,
+        last_checkpoint=str(ckpt),
+        checkpoint_iteration=iterations,
+        checkpoint_env_steps=64 * iterations,
+    )
+    RunState(run_dir=run, phases={"phase1": ps}).save()
+    save_config(load_config(workspace / "tiny.yaml"), run / "config.yaml")
+    return run
+
+
+def test_fresh_train_on_a_finished_run_dir_is_refused_and_changes_nothing(cli, workspace):
+    run = _finished_run(workspace)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc, err = cli("phase1", "--run-dir", "run")
+    assert rc == 4
+    _one_line(err, "already holds phase1 (done)")
+    assert "--overwrite" in err and "--resume" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # phase 2 after a finished phase 1 is the normal next step, not a fresh start over it
+    from rl_trading.training.session import check_fresh_start
+
+    assert check_fresh_start(RunState.load(run), (2,), resume=False, overwrite=False) == []
+
+
+def test_overwrite_moves_the_old_run_aside_never_deletes(cli, workspace, monkeypatch):
+    run = _finished_run(workspace)
+    _reaches_ray(monkeypatch)
+    rc, err = cli("phase1", "--run-dir", "run", "--overwrite")
+    _one_line(err, "sentinel: Ray reached")  # every check passed; the move came just before
+    (moved,) = (run / "replaced").iterdir()
+    assert (moved / "phase1/checkpoints/iter_000002/weights").read_text() == "trained"
+    assert not (run / "phase1").exists() and "phase1" not in RunState.load(run).phases
+    # the moved folder is a run dir of its own: its state names its own checkpoints
+    old = RunState.load(moved).phases["phase1"]
+    assert old.status == "done" and Path(old.last_checkpoint).is_relative_to(moved)
+
+
+def test_resume_flags_exclude_each_other(cli, workspace):
+    rc, err = cli("phase1", "--run-dir", "run", "--resume", "--resume-or-start")
+    assert rc == 2
+    _one_line(err, "--resume and --resume-or-start exclude each other")
+    assert not (workspace / "run").exists()
+
+
+def test_resume_with_a_budget_below_what_is_trained_is_refused(cli, workspace):
+    _finished_run(workspace, iterations=2)
+    rc, err = cli("phase1", "--run-dir", "run", "--resume", "--set", "phases.phase1_timesteps=64")
+    assert rc == 2
+    _one_line(err, "phase1 has trained 2 iteration(s) already")
+
+
+def test_resume_with_a_larger_budget_extends_and_says_so(cli, workspace):
+    from rl_trading.training.session import check_budgets, phase_finished
+
+    run = _finished_run(workspace, iterations=2)
+    rc, err = cli("phase1", "--run-dir", "run", "--resume", "--set", "phases.phase1_timesteps=256")
+    # not skipped as done: it goes on to restore its last checkpoint (a stand-in file here)
+    _one_line(err, "not an RLlib checkpoint (no rllib_checkpoint.json)")
+    cfg = load_config(workspace / "tiny.yaml", ["phases.phase1_timesteps=256"])
+    said: list[str] = []
+    check_budgets(cfg, RunState.load(run), (1,), resume=True, notify=said.append)
+    assert said == ["phase1: budget raised from 2 to 4 iterations; continuing from iteration 2"]
+    assert not phase_finished(RunState.load(run).phases["phase1"], cfg, 1)
+
+
+def test_resume_with_a_changed_setting_is_refused_unless_allowed(cli, workspace, monkeypatch):
+    run = _finished_run(workspace)
+    saved = (run / "config.yaml").read_bytes()
+    rc, err = cli("phase1", "--run-dir", "run", "--resume", "--set", "ppo.lr=1e-4")
+    assert rc == 2
+    _one_line(err, "ppo.lr: 0.0003 -> 0.0001")
+    assert "--allow-config-change" in err
+    assert (run / "config.yaml").read_bytes() == saved  # the run still shows what it used
+    # where it runs and logs, and the budget, are no hyperparameters
+    _reaches_ray(monkeypatch)
+    rc, err = cli("phase1", "--run-dir", "run", "--resume", "--set", "resources.num_cpus=2")
+    _one_line(err, "sentinel: Ray reached")
+    rc, err = cli(
+        "phase1", "--run-dir", "run", "--resume", "--set", "ppo.lr=1e-4", "--allow-config-change"
+    )
+    _one_line(err, "sentinel: Ray reached")
+    # the run records both configs before it starts (MLflow gets both with the phase)
+    (before,) = run.glob("config.before-*.yaml")
+    assert yaml.safe_load(before.read_text())["ppo"]["lr"] == 3e-4
+    assert yaml.safe_load((run / "config.yaml").read_text())["ppo"]["lr"] == 1e-4

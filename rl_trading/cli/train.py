@@ -58,6 +58,22 @@ DashboardOpt = Annotated[
         "are Tune runs under <run-dir>/tune (also: tensorboard --logdir <run-dir>/tune).",
     ),
 ]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Start afresh in a --run-dir that already holds these phases: the old ones move "
+        "to <run-dir>/replaced/<time>/ (nothing is deleted).",
+    ),
+]
+AllowChangeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-config-change",
+        help="With --resume: continue with changed settings (the run keeps both configs, "
+        "config.before-<time>.yaml, and MLflow records the change).",
+    ),
+]
 FromCkptOpt = Annotated[
     Path | None,
     typer.Option("--from-checkpoint", help="Checkpoint of the previous phase (default: run dir)."),
@@ -77,11 +93,14 @@ def _run(
     cnn_lstm_model: str | None = None,
     fine_tune_lr: float | None = None,
     dashboard: bool = False,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
 ) -> None:
     from rl_trading.cli.progress import phase_progress
-    from rl_trading.training.session import train
+    from rl_trading.training.session import check_resume_flags, train
     from rl_trading.training.signals import TrainingInterrupted
 
+    check_resume_flags(resume, resume_or_start)
     encoder = {"policy.cnn_lstm_model": cnn_lstm_model, "policy.encoder_lr": fine_tune_lr}
     cfg = cli_config(config, sets, **encoder)
     if cfg.policy.cnn_lstm_model:
@@ -105,6 +124,8 @@ def _run(
                 progress=progress,
                 notify=console.print,
                 dashboard=dashboard,
+                overwrite=overwrite,
+                allow_config_change=allow_config_change,
             )
         except TrainingInterrupted as stop:
             console.print(f"[yellow]{stop}[/]")
@@ -139,6 +160,8 @@ def phase1(
     cnn_lstm_model: CnnLstmOpt = None,
     fine_tune_lr: FineTuneOpt = None,
     dashboard: DashboardOpt = False,
+    overwrite: OverwriteOpt = False,
+    allow_config_change: AllowChangeOpt = False,
 ) -> None:
     """Phase 1: train the specialists (one per instrument, or one shared) on fixed equal weights.
 
@@ -147,7 +170,7 @@ def phase1(
     """
     _run(
         (1,), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start,
-        cnn_lstm_model, fine_tune_lr, dashboard,
+        cnn_lstm_model, fine_tune_lr, dashboard, overwrite, allow_config_change,
     )  # fmt: skip
 
 
@@ -164,6 +187,8 @@ def phase2(
     cnn_lstm_model: CnnLstmOpt = None,
     fine_tune_lr: FineTuneOpt = None,
     dashboard: DashboardOpt = False,
+    overwrite: OverwriteOpt = False,
+    allow_config_change: AllowChangeOpt = False,
 ) -> None:
     """Phase 2: train the meta allocator over the frozen phase-1 specialists.
 
@@ -171,7 +196,7 @@ def phase2(
     """
     _run(
         (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
-        resume_or_start, cnn_lstm_model, fine_tune_lr, dashboard,
+        resume_or_start, cnn_lstm_model, fine_tune_lr, dashboard, overwrite, allow_config_change,
     )  # fmt: skip
 
 
@@ -188,6 +213,8 @@ def phase3(
     cnn_lstm_model: CnnLstmOpt = None,
     fine_tune_lr: FineTuneOpt = None,
     dashboard: DashboardOpt = False,
+    overwrite: OverwriteOpt = False,
+    allow_config_change: AllowChangeOpt = False,
 ) -> None:
     """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates).
 
@@ -195,7 +222,7 @@ def phase3(
     """
     _run(
         (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
-        resume_or_start, cnn_lstm_model, fine_tune_lr, dashboard,
+        resume_or_start, cnn_lstm_model, fine_tune_lr, dashboard, overwrite, allow_config_change,
     )  # fmt: skip
 
 
@@ -211,11 +238,13 @@ def pipeline(
     cnn_lstm_model: CnnLstmOpt = None,
     fine_tune_lr: FineTuneOpt = None,
     dashboard: DashboardOpt = False,
+    overwrite: OverwriteOpt = False,
+    allow_config_change: AllowChangeOpt = False,
 ) -> None:
     """Phases 1, 2 and 3 in one run directory (resumable); --cnn-lstm-model as in phase1."""
     _run(
         (1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start,
-        cnn_lstm_model, fine_tune_lr, dashboard,
+        cnn_lstm_model, fine_tune_lr, dashboard, overwrite, allow_config_change,
     )  # fmt: skip
 
 

@@ -97,4 +97,6 @@ def phase_tracking(
 
         cfg_path = save_config(cfg, run_dir / "config.yaml")
         mlflow.log_artifact(str(cfg_path))
+        for before in sorted(run_dir.glob("config.before-*.yaml")):  # resumed with a change
+            mlflow.log_artifact(str(before), artifact_path="config_history")
         yield PhaseTracker(run)

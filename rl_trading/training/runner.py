@@ -241,7 +241,8 @@ class PhaseLoop:
         self.run_dir = state.run_dir
         ps = state.phase(name)
         self.total = phase_iterations(cfg, num)
-        self.finished = spec.resume and ps.status == "done"
+        # done at this budget; a raised budget (on resume) continues from the last checkpoint
+        self.finished = spec.resume and ps.status == "done" and ps.iteration >= self.total
         self.ps = ps
         if self.finished:
             return

@@ -6,15 +6,34 @@ data, MLflow), each failure a one-line error; the run dir stays locked while pha
 
 from __future__ import annotations
 
+import datetime as dt
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rl_trading.config import AppConfig
+import yaml
+
+from rl_trading.config import AppConfig, config_dump, flatten, save_config
 from rl_trading.errors import ConfigError, RunDirError
+from rl_trading.training.algo_config import phase_iterations
 from rl_trading.training.env_bridge import EnvFactory, hierarchical_factory
 from rl_trading.training.runner import PhaseResult, ProgressFn, previous_checkpoint, run_phase
-from rl_trading.training.state import STATE_FILE, RunState, run_dir_lock
+from rl_trading.training.state import STATE_FILE, PhaseState, RunState, run_dir_lock
+
+CONFIG_FILE = "config.yaml"  # in the run dir: the config the run trains with
+REPLACED_DIR = "replaced"  # in the run dir: what `--overwrite` moved aside, one folder per time
+# Keys a resumed run may change without --allow-config-change: where it runs and logs, and the
+# budgets (checked on their own: a larger one extends the run, a smaller one is refused).
+RESUME_FREE_KEYS = (
+    "run_dir",
+    "resources.",
+    "tracking.",
+    "phases.phase1_timesteps",
+    "phases.phase2_timesteps",
+    "phases.phase3_timesteps",
+    "phases.checkpoint_interval",
+)
 
 
 def load_splits(cfg: AppConfig) -> tuple[dict, dict, str]:
@@ -60,11 +79,185 @@ def find_run_dir(
     return cfg.resolved_run_dir().resolve()
 
 
+def phase_finished(ps: PhaseState | None, cfg: AppConfig | None, num: int) -> bool:
+    """A phase that is done and has reached the budget `cfg` gives it (a raised budget makes a
+    done phase continue); without `cfg`, done is finished."""
+    if ps is None or ps.status != "done":
+        return False
+    return cfg is None or ps.iteration >= phase_iterations(cfg, num)
+
+
+def check_resume_flags(resume: bool, resume_or_start: bool) -> None:
+    """--resume (the run must exist) and --resume-or-start (it may not) exclude each other."""
+    if resume and resume_or_start:
+        raise ConfigError(
+            "--resume and --resume-or-start exclude each other: --resume needs an existing "
+            "run, --resume-or-start starts one when there is none; give one of them"
+        )
+
+
+def started_phases(state: RunState, phases: tuple[int, ...]) -> list[str]:
+    """Phases from the first of `phases` on that already hold work in the run dir (a fresh
+    start would replace them, and later phases built on them would no longer match)."""
+    out = []
+    for name in sorted(state.phases):
+        ps = state.phases[name]
+        later = int(name.removeprefix("phase")) >= phases[0]
+        if later and (ps.status != "pending" or ps.iteration or ps.last_checkpoint):
+            out.append(name)
+    return out
+
+
+def check_fresh_start(
+    state: RunState, phases: tuple[int, ...], resume: bool, overwrite: bool
+) -> list[str]:
+    """A run without --resume on a run dir that already holds those phases is refused unless
+    `overwrite`; returns the phases `overwrite` will move aside."""
+    if resume:
+        return []
+    started = started_phases(state, phases)
+    if started and not overwrite:
+        done = ", ".join(f"{n} ({state.phases[n].status})" for n in started)
+        raise RunDirError(
+            f"run dir {state.run_dir} already holds {done}: continue it with --resume, use "
+            "another --run-dir, or --overwrite to move the old run aside"
+        )
+    return started
+
+
+def move_aside(run_dir: Path, names: list[str]) -> Path | None:
+    """Move phases `names` (their folders, Tune folders, state and the config) into
+    `<run_dir>/replaced/<UTC time>/` and drop them from state.json: nothing is deleted, and the
+    moved folder resumes as a run dir of its own. None when there was nothing to move."""
+    if not names:
+        return None
+    run_dir = Path(run_dir)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-%f")
+    dest = run_dir / REPLACED_DIR / stamp
+    dest.mkdir(parents=True)
+    for name in names:
+        for rel in (Path(name), Path("tune") / name):
+            if (run_dir / rel).exists():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(run_dir / rel), str(dest / rel))
+    for file in (STATE_FILE, CONFIG_FILE):
+        if (run_dir / file).is_file():
+            shutil.copy2(run_dir / file, dest / file)
+    for before in run_dir.glob("config.before-*.yaml"):  # that run's config history
+        shutil.move(str(before), str(dest / before.name))
+    state = RunState.load(run_dir)
+    for name in names:
+        state.phases.pop(name, None)
+    state.save()
+    return dest
+
+
+def check_budgets(
+    cfg: AppConfig,
+    state: RunState,
+    phases: tuple[int, ...],
+    resume: bool,
+    notify: Callable[[str], None] | None = None,
+) -> None:
+    """On resume, each phase's budget (`phases.phaseN_timesteps`) against what it has trained:
+    below it is refused (ConfigError), above it extends the phase (said through `notify`)."""
+    if not resume:
+        return
+    for num in phases:
+        name = f"phase{num}"
+        ps = state.phases.get(name)
+        if ps is None or ps.status == "pending":
+            continue
+        total = phase_iterations(cfg, num)
+        trained = ps.checkpoint_iteration if ps.last_checkpoint else 0
+        too_small = total < trained if ps.status == "done" else total <= trained and trained > 0
+        if too_small:
+            need = (trained + (ps.status != "done")) * cfg.ppo.train_batch_size
+            raise ConfigError(
+                f"--resume: {name} has trained {trained} iteration(s) already, its budget "
+                f"phases.{name}_timesteps={getattr(cfg.phases, f'{name}_timesteps')} gives "
+                f"{total}; set it to at least {need} to continue, or start a new run"
+            )
+        if total > ps.total_iterations and notify is not None:
+            notify(
+                f"{name}: budget raised from {ps.total_iterations} to {total} iterations; "
+                f"continuing from iteration {trained}"
+            )
+
+
+def config_changes(run_dir: Path, cfg: AppConfig) -> list[str]:
+    """`key: old -> new` for every setting of `cfg` that differs from the config the run in
+    `run_dir` was trained with (`config.yaml`), except `RESUME_FREE_KEYS`."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise RunDirError(f"{path} is corrupt ({exc.__class__.__name__})") from None
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{path} is corrupt (not a mapping of sections)")
+    old, new = flatten(saved), flatten(config_dump(cfg))
+    defaults = flatten(config_dump(AppConfig()))
+    missing = object()
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(RESUME_FREE_KEYS):
+            continue
+        before, after = old.get(key, missing), new.get(key, missing)
+        if key == "data.periods_per_year" and after is None:
+            continue  # pinned when the run started; this run pins it again the same way
+        if before is missing and after == defaults.get(key, missing):
+            continue  # a key newer than the saved config, at its default
+        if before != after:
+            show = [("(unset)" if v is missing else repr(v)) for v in (before, after)]
+            out.append(f"{key}: {show[0]} -> {show[1]}")
+    return out
+
+
+def check_config_change(
+    run_dir: Path,
+    cfg: AppConfig,
+    resume: bool,
+    allow: bool,
+    notify: Callable[[str], None] | None = None,
+) -> list[str]:
+    """On resume, a changed setting is refused (ConfigError) unless `allow`; returns the
+    changes (empty when none, or not resuming)."""
+    if not resume:
+        return []
+    changes = config_changes(run_dir, cfg)
+    if changes and not allow:
+        shown = "; ".join(changes[:3]) + (
+            f" (+{len(changes) - 3} more)" if len(changes) > 3 else ""
+        )
+        raise ConfigError(
+            f"--resume: the config differs from the one {run_dir} was trained with ({shown}); "
+            "resume with the same settings, or pass --allow-config-change to record both"
+        )
+    if changes and notify is not None:
+        notify(
+            f"--allow-config-change: resuming with {len(changes)} change(s): " + "; ".join(changes)
+        )
+    return changes
+
+
+def record_config(run_dir: Path, cfg: AppConfig, changed: bool) -> Path:
+    """Write the config the run trains with as `config.yaml`; after a change the previous one
+    is kept as `config.before-<UTC time>.yaml` (both go to MLflow with the phase)."""
+    path = Path(run_dir) / CONFIG_FILE
+    if changed and path.is_file():
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+        path.rename(path.with_name(f"config.before-{stamp}.yaml"))
+    return save_config(cfg, path)
+
+
 def check_phase_inputs(
     state: RunState,
     phases: tuple[int, ...],
     resume: bool,
     from_checkpoint: str | Path | None,
+    cfg: AppConfig | None = None,
 ) -> None:
     """Before any expensive work: the first phase's starting checkpoint exists and is one."""
     from rl_trading.training.checkpoints import check_checkpoint
@@ -73,7 +266,7 @@ def check_phase_inputs(
         check_checkpoint(from_checkpoint)
     first = phases[0]
     own = state.phases.get(f"phase{first}") if resume else None
-    if own is not None and own.status == "done":
+    if phase_finished(own, cfg, first):
         return
     if own is not None and own.last_checkpoint:
         check_checkpoint(own.last_checkpoint)
@@ -87,6 +280,7 @@ def check_encoder_continuity(
     resume: bool,
     from_checkpoint: str | Path | None,
     want: dict[str, Any] | None,
+    cfg: AppConfig | None = None,
 ) -> None:
     """ConfigError unless the checkpoint the first phase resumes or starts from was trained
     with the CNN-LSTM encoder the config asks for (`want`: `encoder_lineage`, None: none).
@@ -98,7 +292,7 @@ def check_encoder_continuity(
 
     first = phases[0]
     own = state.phases.get(f"phase{first}") if resume else None
-    if own is not None and own.status == "done":
+    if phase_finished(own, cfg, first):
         return
     if own is not None and own.last_checkpoint:
         ckpt, same_phase = Path(own.last_checkpoint), True
@@ -160,6 +354,8 @@ def train(
     quiet_workers: bool = True,
     notify: Callable[[str], None] | None = None,
     dashboard: bool = False,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
 ) -> tuple[Path, dict[str, PhaseResult]]:
     """Run `phases` in order in one run dir; `from_checkpoint` seeds the first of them.
 
@@ -167,17 +363,27 @@ def train(
     `resume_or_start` resumes a run when there is one, else starts it; `notify` gets one-line
     messages (which Ray cluster is used; with `dashboard`, the Ray dashboard's URL: a local Ray
     starts it on 127.0.0.1).
+
+    Without a resume flag, a run dir that already holds these phases is refused unless
+    `overwrite` (the old phases move to `<run_dir>/replaced/`). A resume refuses a changed
+    setting unless `allow_config_change` (both configs are kept) and a budget below what is
+    trained; a larger budget extends the phases.
     """
     from rl_trading.data import synthetic_symbols
     from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
 
+    check_resume_flags(resume, resume_or_start)
     resume = resume or resume_or_start
     if dashboard and resolve_address(address or cfg.resources.address) is None:
         from rl_trading.ray_utils import check_dashboard_available
 
         check_dashboard_available()  # a local dashboard needs Ray's extras: say so before work
     run_dir = find_run_dir(cfg, run_dir, resume, resume_or_start)
-    check_phase_inputs(RunState.load(run_dir), phases, resume, from_checkpoint)
+    early = RunState.load(run_dir)
+    check_fresh_start(early, phases, resume, overwrite)
+    check_budgets(cfg, early, phases, resume)
+    check_config_change(run_dir, cfg, resume and bool(early.phases), allow_config_change)
+    check_phase_inputs(early, phases, resume, from_checkpoint, cfg)
     encoder = None
     if factory is None and cfg.policy.cnn_lstm_model:  # registry, sha256, preprocessing
         from rl_trading.supervised.encoder import resolve_encoder
@@ -187,11 +393,17 @@ def train(
         from rl_trading.supervised.encoder import encoder_lineage
 
         want = encoder_lineage(encoder, cfg.policy.encoder_lr) if encoder else None
-        check_encoder_continuity(RunState.load(run_dir), phases, resume, from_checkpoint, want)
+        check_encoder_continuity(RunState.load(run_dir), phases, resume, from_checkpoint, want, cfg)
     with run_dir_lock(run_dir):
         state = RunState.load(run_dir)  # again: another run may have changed it meanwhile
-        check_phase_inputs(state, phases, resume, from_checkpoint)
+        replace = check_fresh_start(state, phases, resume, overwrite)
+        check_budgets(cfg, state, phases, resume, notify)
+        resuming = resume and bool(state.phases)
+        changes = check_config_change(run_dir, cfg, resuming, allow_config_change, notify)
+        check_phase_inputs(state, phases, resume, from_checkpoint, cfg)
         tags: dict[str, str] = {}
+        if changes:
+            tags["config_changed_on_resume"] = "; ".join(changes)[:4900]
         if factory is None:
             train_bars, val_bars, fp = load_splits(cfg)
             factory = hierarchical_factory(  # data by reference
@@ -205,6 +417,10 @@ def train(
             from rl_trading.tracking import check_tracking, resolve_tracking_uri
 
             check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
+        moved = move_aside(run_dir, replace)  # last: only once every check has passed
+        if moved is not None and notify is not None:
+            notify(f"--overwrite: the earlier {', '.join(replace)} moved to {moved}")
+        record_config(run_dir, cfg, changed=bool(changes))
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
         quiet = {"log_to_driver": not quiet_workers} if local else {}

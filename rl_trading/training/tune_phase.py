@@ -217,14 +217,19 @@ def run_phase_trial(
     from ray import tune
 
     from rl_trading.ray_utils import driver_node_resource, init_ray
-    from rl_trading.training.algo_config import build_phase_config, trial_resources
+    from rl_trading.training.algo_config import (
+        build_phase_config,
+        phase_iterations,
+        trial_resources,
+    )
     from rl_trading.training.checkpoints import check_checkpoint, verify_checkpoint
     from tuning.trainable import PhaseTrainable
 
     stop = stop if stop is not None else StopFlag()
     cfg, name = spec.cfg, spec.name
     ps = RunState.load(spec.run_dir).phases.get(name)
-    if spec.resume and ps is not None and ps.status == "done":
+    finished = ps is not None and ps.iteration >= phase_iterations(cfg, spec.phase)
+    if spec.resume and ps is not None and ps.status == "done" and finished:
         return _result(name, ps)
     from_last = spec.resume and ps is not None and ps.status != "pending" and ps.last_checkpoint
     # the checkpoint the phase starts from: a one-line CheckpointError before the trial starts
