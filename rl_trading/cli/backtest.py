@@ -29,7 +29,10 @@ def backtest_command(
     ] = None,
     folds: Annotated[
         int | None,
-        typer.Option("--folds", help="Walk-forward folds over the bars (default from config)."),
+        typer.Option(
+            "--folds",
+            help="Walk-forward folds over the bars, at least 1 (1: none; default from config).",
+        ),
     ] = None,
     seeds: Annotated[
         str | None, typer.Option("--seeds", help="Comma-separated seeds (default from config).")
@@ -61,6 +64,8 @@ def backtest_command(
 
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --checkpoint PATH or --model NAME")
+    if folds is not None and folds < 1:
+        raise ConfigError(f"--folds must be at least 1 (1: no walk-forward), not {folds}")
     given_seeds = parse_seeds(seeds) if seeds is not None else None
     cfg, cfg_origin = policy_config(config, sets, checkpoint=checkpoint, model=model)
     source = str(checkpoint) if checkpoint is not None else model

@@ -475,6 +475,42 @@ def check_spacing(bars: pd.DataFrame, timeframe: str, source: str = "<bars>") ->
     )
 
 
+def check_fits_model(
+    bars: pd.DataFrame,
+    timeframe: str,
+    periods_per_year: float | None,
+    source: str = "<bars>",
+    tolerance: float = 1.33,
+) -> None:
+    """DataError unless `bars` are spaced like the model's `timeframe` and keep its calendar:
+    bars per year measured from their timestamps within `tolerance` x the model's
+    `periods_per_year` (None: not checked). Weekly bars scored as daily, or 24/7 bars scored on
+    an equity calendar, would misstate every annualised number."""
+    from rl_trading import metrics
+    from rl_trading.data.schema import guess_timeframe, timeframe_delta
+
+    have_tf = guess_timeframe(bars.index)
+    if have_tf is not None and timeframe_delta(have_tf) != timeframe_delta(timeframe):
+        raise DataError(
+            f"{source}: bars are typically {have_tf} apart, the model was trained on "
+            f"{timeframe} bars; evaluate {timeframe} bars (resample them first)"
+        )
+    if periods_per_year is None or len(bars) < 2:
+        return
+    try:
+        have = metrics.measure_periods_per_year(bars.index)
+    except ValueError:
+        return
+    ratio = have / float(periods_per_year)
+    if 1 / tolerance <= ratio <= tolerance:
+        return
+    raise DataError(
+        f"{source}: bars come at about {have:,.0f} per year, the model's calendar has "
+        f"{periods_per_year:,.0f}; evaluate bars of the model's market, or score them on their "
+        f"own calendar with --set data.periods_per_year={have:.0f}"
+    )
+
+
 def _changed_rows(frame: pd.DataFrame, mask: np.ndarray, what) -> str:  # noqa: ANN001
     """`what(i)` for the first few rows of `mask`, with the timestamp, and a count."""
     rows = np.flatnonzero(mask)

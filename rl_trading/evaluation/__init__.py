@@ -27,6 +27,7 @@ def select_bars(
     decision (`data.split_for_env`), so the policy trades from the split's first bar.
     """
     from rl_trading.data import align, read_bars, split_for_env
+    from rl_trading.data.validation import check_fits_model
     from rl_trading.errors import DataError
     from rl_trading.supervised.signals import observed_market
 
@@ -36,7 +37,10 @@ def select_bars(
         files = [f for f in files if f.name.endswith((".csv", ".csv.gz", ".parquet"))]
         if not files:
             raise DataError(f"no bars files (.csv, .csv.gz, .parquet) at {path}")
-        bars = {f.name.split(".")[0].split("_")[0].upper(): read_bars(f) for f in files}
+        bars = {}
+        for f in files:  # each file spaced and on the calendar of the model's bars
+            bars[f.name.split(".")[0].split("_")[0].upper()] = frame = read_bars(f)
+            check_fits_model(frame, cfg.data.timeframe, cfg.data.periods_per_year, str(f))
         if len(bars) > 1:
             bars = align(bars, policy=cfg.data.gap_policy, max_ffill=cfg.data.max_ffill_bars)
         return observed_market(cfg, bars), None, f"{path} ({len(bars)} instrument(s))"

@@ -240,12 +240,18 @@ def check_symbols(bundle: PolicyBundle, data: dict[str, pd.DataFrame]) -> None:
         )
 
 
-def training_overlap(preprocessing: dict[str, Any], data: dict[str, pd.DataFrame]) -> str:
-    """'' or a line saying how the evaluated bars overlap the stored training range."""
+def training_overlap(
+    preprocessing: dict[str, Any], data: dict[str, pd.DataFrame], warmup: int = 0
+) -> str:
+    """'' or a line saying how the evaluated bars overlap the stored training range.
+
+    The first `warmup` bars only feed the env's features and windows before its first decision
+    (`split_for_env` prepends them to val / test): they are not evaluated, so not counted.
+    """
     start, end = preprocessing.get("train_start"), preprocessing.get("train_end")
     if not start or not end or not data:
         return ""
-    index = pd.DatetimeIndex(next(iter(data.values())).index)
+    index = pd.DatetimeIndex(next(iter(data.values())).index)[max(0, warmup) :]
     lo, hi = pd.Timestamp(start), pd.Timestamp(end)
     if index.tz is not None and lo.tz is None:
         lo, hi = lo.tz_localize("UTC"), hi.tz_localize("UTC")
@@ -352,6 +358,17 @@ def _run_hierarchy(
     return StrategyRun("policy", index, symbols, equity, weights, costs, extra)
 
 
+def first_decision_bar(bundle: PolicyBundle, cfg: AppConfig) -> int:
+    """Position of the first bar the env decides on (and so evaluates): the warm-up before it
+    (features, observation window, risk window) is history, as the envs' `first_bar`."""
+    from rl_trading.data import WARMUP_BARS, decision_history
+
+    window = int(bundle.preprocessing.get("window_size") or cfg.train.window_size)
+    if bundle.hierarchical:
+        return decision_history(window, cfg.env.risk_window)
+    return max(WARMUP_BARS, window - 1)
+
+
 def run_policy(
     source: Any,
     bars: pd.DataFrame | dict[str, pd.DataFrame],
@@ -368,7 +385,7 @@ def run_policy(
     bundle = load_policy(source, cfg)
     data = as_bar_dict(bars)
     check_symbols(bundle, data)
-    overlap = training_overlap(bundle.preprocessing, data)
+    overlap = training_overlap(bundle.preprocessing, data, first_decision_bar(bundle, cfg))
     if overlap and not allow_overlap:
         raise DataError(f"{overlap}: evaluate later dates, or pass --allow-overlap")
     scalers = scalers_from(bundle.preprocessing)

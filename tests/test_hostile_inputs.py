@@ -1,0 +1,121 @@
+"""Hostile inputs that used to give a silently wrong number (issue 31): bars that do not fit
+the model, warm-up bars counted as evaluated, bad fold counts. Each gives a one-line error or
+the right answer; nothing here starts Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rl_trading.config import load_config
+from rl_trading.errors import DataError
+
+TINY = [
+    "data.source=synthetic",
+    "data.symbols=[AAA, BBB]",
+    "data.timeframe=1h",
+    "data.embargo_bars=5",
+    "data.synthetic.n_bars=800",
+    "env.risk_window=20",
+    "env.sectors={}",
+]
+
+
+def _bars_csv(path: Path, index: pd.DatetimeIndex, close: np.ndarray | None = None) -> Path:
+    close = (
+        100 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, len(index))))
+        if close is None
+        else close
+    )
+    frame = pd.DataFrame(
+        {
+            "timestamp": index.strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+            "open": close,
+            "high": close * 1.01,
+            "low": close * 0.99,
+            "close": close,
+            "volume": 1000.0,
+        }
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return path
+
+
+# --- backtest --data: the bars must be of the model's timeframe and calendar -----------------
+
+
+def test_backtest_data_of_another_spacing_is_refused(tmp_path):
+    """Weekly bars scored as daily overstated Sharpe ~2.2x (periods_per_year 251.6)."""
+    from rl_trading.evaluation import select_bars
+
+    cfg = load_config(None, ["data.timeframe=1d", "data.periods_per_year=252"])
+    weekly = pd.date_range("2020-01-06", periods=200, freq="7D", tz="UTC")
+    path = _bars_csv(tmp_path / "MSFT_1w.csv", weekly)
+    with pytest.raises(DataError, match=r"MSFT_1w.csv: bars are typically 7d apart.*1d bars"):
+        select_bars(cfg, path)
+
+
+def test_backtest_data_on_another_calendar_is_refused_unless_said(tmp_path):
+    """Hourly bars of a 7-hour session scored on a 24/7 hourly calendar (8,760 a year)."""
+    from rl_trading.evaluation import select_bars
+
+    cfg = load_config(None, ["data.timeframe=1h", "data.periods_per_year=8760"])
+    hours = pd.date_range("2025-01-01", periods=2000, freq="1h", tz="UTC")
+    session = hours[(hours.hour >= 9) & (hours.hour < 16) & (hours.day_of_week < 5)][:300]
+    path = _bars_csv(tmp_path / "AAA_1h.csv", session)
+    with pytest.raises(DataError, match=r"about [12],\d\d\d per year.*8,760.*periods_per_year="):
+        select_bars(cfg, path)
+    own = load_config(None, ["data.timeframe=1h", "data.periods_per_year=2000"])
+    bars, _, _ = select_bars(own, path)  # said out loud: scored on their own calendar
+    assert len(bars["AAA"]) == 300
+
+
+def test_backtest_data_that_fits_the_model_is_read(tmp_path):
+    from rl_trading.evaluation import select_bars
+
+    cfg = load_config(None, ["data.timeframe=1h", "data.periods_per_year=8760"])
+    path = _bars_csv(tmp_path / "AAA_1h.csv", pd.date_range("2025-01-01", periods=300, freq="1h"))
+    bars, train, _ = select_bars(cfg, path)
+    assert len(bars["AAA"]) == 300 and train is None
+
+
+# --- the overlap check counts evaluated bars, not the warm-up -------------------------------
+
+
+def test_val_split_warmup_is_not_an_overlap_but_train_bars_are():
+    """`backtest --split val` (what `train` suggests) was refused for every model: the warm-up
+    bars `split_for_env` prepends to the split lie in the training range."""
+    from envs import HierarchicalTradingEnv
+    from rl_trading.data import split_for_env
+    from rl_trading.evaluation.backtest import first_decision_bar, training_overlap
+    from rl_trading.supervised.signals import observed_market
+
+    cfg = load_config(None, TINY)
+    parts = split_for_env(observed_market(cfg), cfg)
+    train = next(iter(parts.train.values())).index
+    pre = {"train_start": str(train[0]), "train_end": str(train[-1])}
+    window = {"window_size": cfg.train.window_size}
+    bundle = SimpleNamespace(preprocessing=window, hierarchical=True)
+    warmup = first_decision_bar(bundle, cfg)
+    # the env's first decision is that bar: everything before it is history, not evaluated
+    env = HierarchicalTradingEnv(cfg, bars=parts.val, mode="joint", eval_mode=True)
+    assert env.first_bar == warmup
+    assert training_overlap(pre, parts.val, warmup) == ""
+    assert "fall in the model's training range" in training_overlap(pre, parts.val, 0)
+    # training bars are still refused
+    overlap = training_overlap(pre, parts.train, warmup)
+    assert overlap.startswith(f"{len(train) - warmup} of {len(train) - warmup} evaluated bars")
+
+
+def test_backtest_folds_below_one_are_refused(workspace, capsys):
+    from rl_trading.cli.main import main
+
+    for folds in ("-3", "0"):
+        rc = main(["backtest", "--checkpoint", "nowhere", "--folds", folds])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"--folds must be at least 1 (1: no walk-forward), not {folds}" in err
