@@ -8,6 +8,7 @@ Model Registry works without a server.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import socket
@@ -131,6 +132,27 @@ def redact(text: str) -> str:
     return f"{scheme}://{auth}{host}{_redact_query(tail)}"
 
 
+_PG_SCHEMES = ("postgresql", "postgres")
+
+
+def postgres_driver() -> str | None:
+    """The PostgreSQL driver SQLAlchemy should use for a plain `postgresql://` URL: None when
+    psycopg 3 is installed (SQLAlchemy 2.1's default), else `psycopg2` when that is (the
+    `postgres` extra), else None (SQLAlchemy then names the missing module)."""
+    if importlib.util.find_spec("psycopg") is not None:
+        return None
+    return "psycopg2" if importlib.util.find_spec("psycopg2") is not None else None
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`url` with the installed PostgreSQL driver named when it says plain `postgresql://`
+    (`postgres_driver`); any other URL unchanged."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in _PG_SCHEMES and (driver := postgres_driver()):
+        return f"postgresql+{driver}://{rest}"
+    return url
+
+
 def redact_text(text: str) -> str:
     """`redact` every URL inside a longer message (errors, log lines)."""
     if "://" not in text:
@@ -222,7 +244,7 @@ def configure_mlflow(uri: str | None = None) -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import mlflow
 
-    resolved = resolve_tracking_uri(uri)
+    resolved = sqlalchemy_url(resolve_tracking_uri(uri))  # plain postgresql: installed driver
     check_tracking(resolved)
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)

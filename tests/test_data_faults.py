@@ -67,7 +67,7 @@ def _good_rows(n: int = 5, freq: str = "1min") -> list[str]:
 
 # -- 3: credentials in URLs --------------------------------------------------------------------
 
-PASSWORDS = ["Sx9q/Kp#Wm", "Sx9q?Kp@Wm", "Sx9q@Kp/Wm#Zr?Tt", "Sx9q#Kp?Wm/Zr"]
+PASSWORDS = ["Sx9q/Kp#Wm", "Sx9q?Kp@Wm", "Sx9q@Kp/Wm#Zr?Tt", "Sx9q#Kp?Wm/Zr", "Sx9q/Kp#W m@Zr:Tt"]
 
 
 def _fragments(password: str) -> list[str]:

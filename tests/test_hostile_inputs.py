@@ -119,3 +119,88 @@ def test_backtest_folds_below_one_are_refused(workspace, capsys):
         rc = main(["backtest", "--checkpoint", "nowhere", "--folds", folds])
         err = capsys.readouterr().err
         assert rc == 2 and f"--folds must be at least 1 (1: no walk-forward), not {folds}" in err
+
+
+# --- database URLs: plain postgresql:// works, an unused one is no obstacle -------------------
+
+
+@pytest.mark.parametrize(
+    ("installed", "driver"),
+    [({"psycopg2"}, "postgresql+psycopg2"), ({"psycopg", "psycopg2"}, None), (set(), None)],
+    ids=["psycopg2-only", "psycopg3", "no-driver"],
+)
+def test_plain_postgresql_url_gets_the_installed_driver(monkeypatch, installed, driver):
+    """SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the `postgres` extra installs
+    psycopg2, so a plain URL failed with "No module named 'psycopg'"."""
+    import importlib.util
+
+    from rl_trading.tracking import sqlalchemy_url
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):  # noqa: ANN001, ANN202 - importlib's signature
+        if name.startswith("psycopg"):
+            return object() if name in installed else None
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    for scheme in ("postgresql", "postgres"):
+        url = f"{scheme}://u:secret@127.0.0.1:5999/db"
+        want = f"{driver}://u:secret@127.0.0.1:5999/db" if driver else url
+        assert sqlalchemy_url(url) == want
+    explicit = "postgresql+psycopg2://u:secret@127.0.0.1:5999/db"
+    assert sqlalchemy_url(explicit) == explicit
+    assert sqlalchemy_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_plain_postgresql_url_reaches_the_server(workspace, capsys):
+    """With the installed driver the URL is used: the closed port is what fails, not a module."""
+    import socket
+
+    from rl_trading.cli.main import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    rc = main(["data", "info", "--db", f"postgresql://trader:Kp9Wm3@127.0.0.1:{port}/bars"])
+    err = capsys.readouterr().err
+    assert rc == 5 and "database unreachable" in err and "psycopg" not in err, err
+    assert "Kp9Wm3" not in err
+
+
+def test_database_url_unused_by_the_source_is_not_in_the_data_reference(monkeypatch):
+    """`--set data.db_url=postgresql://...` with `source: sample` was refused by the env
+    runners ("database URL is redacted"), though the bars never come from the database."""
+    from envs.registration import load_reference
+    from rl_trading.training.env_bridge import hierarchical_factory
+    from rl_trading.training.session import load_splits
+
+    monkeypatch.delenv("RL_TRADING_DB_URL", raising=False)
+    cfg = load_config(None, [*TINY, "data.db_url=postgresql://trader:Kp9Wm3@127.0.0.1:5999/bars"])
+    train, val, _ = load_splits(cfg)
+    factory = hierarchical_factory(cfg, train, val, source=cfg)
+    ref = factory.metadata["data_ref"]
+    assert ref["cfg"]["data"]["db_url"] is None
+    assert set(load_reference(ref)) == {"AAA", "BBB"}  # what an env runner does
+
+
+# --- stored bars are checked on read, as on import ---------------------------------------------
+
+
+def test_non_finite_stored_bars_are_refused_on_read_naming_the_rows(workspace):
+    import sqlalchemy as sa
+
+    from rl_trading.data import load_market, synthetic_market
+    from rl_trading.data.store import BarStore
+
+    store = BarStore()
+    store.write(synthetic_market(["MSFT"], n_bars=50, seed=1, timeframe="1d")["MSFT"], "MSFT", "1d")
+    with store.engine.begin() as conn:  # as another tool (or an old version) left them
+        t = store.table
+        conn.execute(sa.update(t).where(t.c.id == 5).values(close=float("inf")))
+        conn.execute(sa.update(t).where(t.c.id == 9).values(volume=float("-inf")))
+    with pytest.raises(DataError, match=r"2 stored MSFT 1d bar\(s\).*\(close\).*\(volume\)"):
+        store.read("MSFT", "1d")
+    cfg = load_config(None, ["data.source=sql", "data.symbols=[MSFT]", "data.timeframe=1d"])
+    with pytest.raises(DataError, match="hold NaN or infinite values"):
+        load_market(cfg)  # `data summary` and training read through here

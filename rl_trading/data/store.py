@@ -9,6 +9,7 @@ Reading never creates anything: a missing SQLite file is an error, a missing tab
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -20,7 +21,14 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 
 from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, as_bars, check_symbol, empty_bars
 from rl_trading.errors import ConfigError, ConnectionFailure, DataError, RLTradingError
-from rl_trading.tracking import expand_env_vars, redact, redact_text, split_url, workspace
+from rl_trading.tracking import (
+    expand_env_vars,
+    redact,
+    redact_text,
+    split_url,
+    sqlalchemy_url,
+    workspace,
+)
 
 DEFAULT_DB_NAME = "rl_trading.db"
 BATCH_ROWS = 5000
@@ -78,21 +86,30 @@ class BarStore:
         self.safe_url = redact(self.url)
         parts = split_url(self.url)
         self._password = parts[2] if parts else None
+        if self._password is not None and "@" in self._password:  # checked before parsing:
+            raise ConfigError(  # SQLAlchemy would show the rest of the password as the host
+                f"cannot use database URL {self.safe_url}: its password holds a raw '@' "
+                "(percent-encode it as %40, or put it in an environment variable and "
+                "write ${VAR})"
+            )
         try:
-            parsed = sa.engine.make_url(self.url)
+            parsed = sa.engine.make_url(sqlalchemy_url(self.url))  # plain postgresql: driver
             if self._password is not None and parsed.password != unquote(self._password):
                 raise ConfigError(
-                    f"cannot use database URL {self.safe_url}: its password holds a raw '@' "
-                    "(percent-encode it as %40, or put it in an environment variable and "
+                    f"cannot use database URL {self.safe_url}: its password is not read as "
+                    "written (percent-encode it, or put it in an environment variable and "
                     "write ${VAR})"
                 )
             connect_args: dict[str, Any] = {}
             if parsed.get_backend_name() == "postgresql":
                 connect_args["connect_timeout"] = 5
-            self.engine = sa.create_engine(self.url, connect_args=connect_args, future=True)
+            self.engine = sa.create_engine(parsed, connect_args=connect_args, future=True)
         except (ArgumentError, NoSuchModuleError, ModuleNotFoundError, ValueError) as exc:
+            hint = ""
+            if isinstance(exc, ModuleNotFoundError) and "psycopg" in str(exc):
+                hint = "; install the PostgreSQL driver: pip install 'rl-trading[postgres]'"
             raise ConnectionFailure(
-                f"cannot use database URL {self.safe_url} ({_reason(exc)})"
+                f"cannot use database URL {self.safe_url} ({self._scrub(_reason(exc))}{hint})"
             ) from None
         self.dialect = self.engine.dialect.name
         meta = sa.MetaData()
@@ -113,9 +130,7 @@ class BarStore:
     def _connect_error(self, exc: BaseException) -> RLTradingError:
         """A one-line error that says what went wrong: credentials, a corrupt file, or the
         server really being unreachable (they need different fixes)."""
-        reason = redact_text(_reason(exc))
-        if self._password:
-            reason = reason.replace(self._password, "***").replace(unquote(self._password), "***")
+        reason = self._scrub(_reason(exc))
         low = reason.lower()
         if any(w in low for w in _CORRUPT_WORDS):
             return DataError(f"{self.safe_url} is not a valid database (corrupt?): {reason}")
@@ -124,6 +139,18 @@ class BarStore:
                 f"database at {self.safe_url} refused the credentials ({reason})"
             )
         return ConnectionFailure(f"database unreachable at {self.safe_url} ({reason})")
+
+    def _scrub(self, text: str) -> str:
+        """`text` with URLs redacted and no piece of the password left (a driver's message
+        may quote the password whole, encoded, or cut at a `/`, `#`, `@` or `:`)."""
+        text = redact_text(text)
+        if not self._password:
+            return text
+        pieces = {self._password, unquote(self._password), self._password.replace("@", "%40")}
+        pieces.update(p for p in re.split(r"[/#?@:\s]+", unquote(self._password)) if len(p) > 2)
+        for piece in sorted(pieces, key=len, reverse=True):
+            text = text.replace(piece, "***")
+        return text
 
     def _sqlite_path(self) -> str | None:
         """The SQLite file of this store, or None (PostgreSQL, in-memory)."""
@@ -264,7 +291,25 @@ class BarStore:
             return empty_bars()
         frame = pd.DataFrame(rows, columns=[INDEX_NAME, *BAR_COLUMNS])
         frame[INDEX_NAME] = pd.to_datetime(frame[INDEX_NAME], utc=True)
-        return as_bars(frame.set_index(INDEX_NAME))
+        bars = as_bars(frame.set_index(INDEX_NAME))
+        self._check_finite(bars, symbol, timeframe)
+        return bars
+
+    def _check_finite(self, bars: pd.DataFrame, symbol: str, timeframe: str) -> None:
+        """DataError naming the rows when stored bars hold NaN or inf (written by another tool
+        or an older version: `write` refuses them), as an import of them would be refused."""
+        bad = ~np.isfinite(bars[BAR_COLUMNS].to_numpy(dtype="float64"))
+        rows = np.flatnonzero(bad.any(axis=1))
+        if not rows.size:
+            return
+        cols = np.asarray(BAR_COLUMNS)
+        shown = ", ".join(f"{bars.index[i]} ({', '.join(cols[bad[i]])})" for i in rows[:3])
+        more = f" and {rows.size - 3} more" if rows.size > 3 else ""
+        raise DataError(
+            f"{rows.size} stored {symbol} {timeframe} bar(s) in table {self.table.name} at "
+            f"{self.safe_url} hold NaN or infinite values: {shown}{more}; delete the series "
+            f"(rl-trading data delete --symbol {symbol} --timeframe {timeframe}), import it again"
+        )
 
     def info(self) -> list[SeriesInfo]:
         """Every stored series with its row count and first/last timestamp."""

@@ -237,6 +237,10 @@ def hierarchical_factory(
 
     cfg = resolve_calendar(cfg, train_bars)
     scalers = fit_scalers(cfg, train_bars)
+    if source is not None and source.data.db_url and source.data.source != "sql":
+        # a database URL the source never reads is no part of where the bars come from (a
+        # redacted one would otherwise stop the env runners reloading sample / file bars)
+        source = source.model_copy(update={"data": source.data.model_copy(update={"db_url": None})})
     train_ref = data_reference(source, train_bars) if source is not None else None
     val_ref = data_reference(source, val_bars) if source is not None and val_bars else None
     train = _ModeConfigs(make_env_config, cfg, train_bars, False, scalers, train_ref)
