@@ -204,3 +204,56 @@ def test_non_finite_stored_bars_are_refused_on_read_naming_the_rows(workspace):
     cfg = load_config(None, ["data.source=sql", "data.symbols=[MSFT]", "data.timeframe=1d"])
     with pytest.raises(DataError, match="hold NaN or infinite values"):
         load_market(cfg)  # `data summary` and training read through here
+
+
+# --- bars files: outliers and naive Parquet timestamps -----------------------------------------
+
+
+def _spiky(tmp_path: Path) -> Path:
+    idx = pd.date_range("2025-01-01", periods=300, freq="1D", tz="UTC")
+    close = 100 * np.exp(np.cumsum(np.random.default_rng(0).normal(0, 0.01, 300)))
+    close[150] *= 100  # a close x100 spike: every row rule still holds
+    return _bars_csv(tmp_path / "SPIKE_1d.csv", idx, close)
+
+
+def test_data_validate_warns_on_a_spike_and_strict_refuses_it(tmp_path, capsys):
+    from rl_trading.cli.main import main
+
+    path = _spiky(tmp_path)
+    assert main(["data", "validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "valid, 2 warning(s)" in out
+    assert "2 outlier return(s)" in out and "2025-05-31" in out
+    assert main(["data", "validate", str(path), "--strict"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "outlier return(s)" in err and "(--strict)" in err
+
+
+def test_real_sample_bars_raise_no_outlier_warning():
+    """Real moves (earnings gaps, session opens, crypto swings) stay below the threshold."""
+    from rl_trading.data.loader import sample_files
+    from rl_trading.data.schema import read_bars
+    from rl_trading.data.validation import outlier_returns
+
+    for path in sample_files().values():
+        assert outlier_returns(read_bars(path)) == [], path
+
+
+def test_naive_parquet_timestamps_are_refused_like_naive_csv(tmp_path):
+    from rl_trading.data.schema import read_bars
+
+    days = pd.date_range("2025-01-01", periods=30, freq="1D")  # naive, midnight
+    close = np.linspace(100.0, 110.0, 30)
+    frame = pd.DataFrame(
+        {"open": close, "high": close + 1, "low": close - 1, "close": close, "volume": 1.0}
+    )
+    frame.set_index(days.rename("timestamp")).to_parquet(tmp_path / "naive.parquet")
+    frame.assign(timestamp=days.strftime("%Y-%m-%d %H:%M:%S")).to_csv(tmp_path / "naive.csv")
+    for name in ("naive.parquet", "naive.csv"):
+        with pytest.raises(DataError, match="no time zone.*--assume-utc"):
+            read_bars(tmp_path / name)
+    read = read_bars(tmp_path / "naive.parquet", assume_utc=True)
+    assert str(read.index.tz) == "UTC" and read.index[0] == pd.Timestamp("2025-01-01", tz="UTC")
+    # plain dates (a Parquet date column, like date-only CSV text) are UTC days
+    frame.assign(timestamp=days.date).to_parquet(tmp_path / "dates.parquet")
+    assert read_bars(tmp_path / "dates.parquet").index[0] == pd.Timestamp("2025-01-01", tz="UTC")

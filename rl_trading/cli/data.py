@@ -101,11 +101,24 @@ def validate(
         str | None, typer.Option(help="Check the bars' typical spacing is this timeframe.")
     ] = None,
     max_price: MaxPriceOpt = None,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Treat warnings (outlier returns) as errors: exit non-zero."),
+    ] = False,
 ) -> None:
-    """Check a bars file against every validation rule; optionally write a repaired copy."""
+    """Check a bars file against every validation rule; optionally write a repaired copy.
+
+    Returns far outside the series' usual moves (a robust z-score above 50, e.g. a close x100
+    spike) are warnings, errors with --strict."""
     from rl_trading.data import parse_timeframe
     from rl_trading.data.schema import read_raw, write_bars
-    from rl_trading.data.validation import check_bars, check_spacing, repair_bars
+    from rl_trading.data.validation import (
+        check_bars,
+        check_spacing,
+        describe_outliers,
+        outlier_returns,
+        repair_bars,
+    )
 
     ceiling = _time_options(assume_utc, tz, max_price)
     if repair and out is None:
@@ -127,7 +140,17 @@ def validate(
         bars = check_bars(raw, source=source, assume_utc=assume_utc, tz=tz, max_price=ceiling)
         if timeframe is not None:
             check_spacing(bars, timeframe, source)
-    console.print(_summary_table(f"{path.name}: valid", _describe(bars)))
+    outliers = outlier_returns(bars)
+    if outliers and strict:
+        raise DataError(describe_outliers(outliers, source) + " (--strict)")
+    verdict = f"valid, {len(outliers)} warning(s)" if outliers else "valid"
+    console.print(_summary_table(f"{path.name}: {verdict}", _describe(bars)))
+    if outliers:
+        console.print(
+            f"[yellow]warning: {describe_outliers(outliers, source)}[/]",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 @app.command("import")
