@@ -12,6 +12,7 @@ import importlib.util
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import urllib.parse
 import urllib.request
@@ -228,6 +229,7 @@ def check_tracking(uri: str, timeout: float = 5.0) -> str:
                 raise ConnectionFailure(f"MLflow store folder does not exist: {folder}")
             if not os.access(folder, os.W_OK):
                 raise ConnectionFailure(f"MLflow store folder is not writable: {folder}")
+            check_sqlite_file(db_path)
         return f"sqlite {db_path}"
     if parsed.scheme in ("", "file"):
         folder = Path(parsed.path if parsed.scheme else uri)
@@ -236,6 +238,38 @@ def check_tracking(uri: str, timeout: float = 5.0) -> str:
             raise ConnectionFailure(f"MLflow store is not writable: {folder}")
         return f"files {folder}"
     return uri
+
+
+def check_sqlite_file(path: Path) -> None:
+    """ConnectionFailure naming `path` when an existing MLflow SQLite store is not a readable
+    SQLite database (truncated, overwritten, another file): MLflow would fail later with a raw
+    DatabaseError, or inside a Ray worker once training has started. A missing or empty file is
+    fine (MLflow creates the schema)."""
+    path = path.expanduser()
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    why = ""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                why = "not an SQLite file"
+        if not why:
+            con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+            try:
+                con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            finally:
+                con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc).lower():  # in use by another run: readable, just busy
+            return
+        why = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    except (OSError, sqlite3.DatabaseError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    if why:
+        raise ConnectionFailure(
+            f"MLflow store {path} is corrupt ({why}); move it aside (MLflow then starts a new "
+            "one there) or use another --tracking-uri"
+        )
 
 
 def configure_mlflow(uri: str | None = None) -> str:

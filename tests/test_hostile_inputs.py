@@ -257,3 +257,38 @@ def test_naive_parquet_timestamps_are_refused_like_naive_csv(tmp_path):
     # plain dates (a Parquet date column, like date-only CSV text) are UTC days
     frame.assign(timestamp=days.date).to_parquet(tmp_path / "dates.parquet")
     assert read_bars(tmp_path / "dates.parquet").index[0] == pd.Timestamp("2025-01-01", tz="UTC")
+
+
+# --- a corrupt MLflow store: one line naming the file, before Ray -----------------------------
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_mlflow_store_is_one_line_before_ray(workspace, capsys, monkeypatch, damage):
+    import sqlite3
+
+    from rl_trading.cli.main import main
+
+    db = workspace / "mlflow.db"
+    if damage == "garbage":
+        db.write_bytes(np.random.default_rng(0).bytes(5000))
+    else:  # a real SQLite file cut short
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE t (x TEXT)")
+        con.executemany("INSERT INTO t VALUES (?)", [("x" * 500,)] * 200)
+        con.commit()
+        con.close()
+        db.write_bytes(db.read_bytes()[:6000])
+    before = db.read_bytes()
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started before the corrupt store was refused")
+
+    monkeypatch.setattr("rl_trading.ray_utils.init_ray", no_ray)
+    (workspace / "tiny.yaml").write_text("data: {source: synthetic, symbols: [AAA]}\n")
+    for args in (["models", "list"], ["train", "phase1", "-c", "tiny.yaml", "--run-dir", "r"]):
+        assert main(args) == 5, args
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and f"MLflow store {db} is corrupt" in lines[0], err
+        assert "\x1b[" not in err
+    assert db.read_bytes() == before  # left as it was, for the user to inspect
