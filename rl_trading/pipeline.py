@@ -51,7 +51,8 @@ def run_pipeline(
     from rl_trading.evaluation.report import write_report
     from rl_trading.evaluation.walk_forward import walk_forward
     from rl_trading.supervised.signals import observed_market
-    from rl_trading.training.session import train
+    from rl_trading.training.session import check_fresh_start, train
+    from rl_trading.training.state import RunState
 
     if tracking_uri:
         cfg = cfg.model_copy(
@@ -61,6 +62,8 @@ def run_pipeline(
 
     report = on_stage or (lambda name, info: None)
     out = PipelineResult(run_dir=Path(run_dir or cfg.resolved_run_dir()).resolve())
+    # a run dir that already holds a run is refused now, not after the supervised stage
+    check_fresh_start(RunState.load(out.run_dir), (1, 2, 3), resume=False, overwrite=False)
     out.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out.run_dir / "config.yaml")
 

@@ -503,3 +503,15 @@ def test_resume_with_a_changed_setting_is_refused_unless_allowed(cli, workspace,
     (before,) = run.glob("config.before-*.yaml")
     assert yaml.safe_load(before.read_text())["ppo"]["lr"] == 3e-4
     assert yaml.safe_load((run / "config.yaml").read_text())["ppo"]["lr"] == 1e-4
+
+
+def test_pipeline_on_a_finished_run_dir_is_refused_before_any_stage(workspace, monkeypatch):
+    from rl_trading.pipeline import run_pipeline
+
+    (workspace / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    run = _finished_run(workspace)
+    saved = (run / "config.yaml").read_bytes()
+    monkeypatch.setattr("rl_trading.ray_utils.init_ray", lambda *a, **k: pytest.fail("Ray"))
+    with pytest.raises(RunDirError, match="already holds phase1"):
+        run_pipeline(load_config(workspace / "tiny.yaml", ["ppo.lr=1e-4"]), run_dir=run)
+    assert (run / "config.yaml").read_bytes() == saved
