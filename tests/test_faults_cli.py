@@ -234,3 +234,46 @@ def test_unavailable_inputs_fail_before_any_work(interrupted, tmp_path, args, co
     res = _cli(cwd, "train", "phase1", "-c", "tiny.yaml", "--run-dir", "run", "--resume", *args)
     _assert_one_line_failure(res, code, needle)
     assert _checksums(cwd) == before  # the run dir and the MLflow store are untouched
+
+
+@pytest.mark.slow
+def test_resume_extends_a_finished_phase_and_overwrite_moves_it_aside(tmp_path):
+    """Issue 31: a larger budget continues a finished phase from its last checkpoint (one MLflow
+    run, every iteration once); a changed setting needs --allow-config-change, which keeps both
+    configs; a fresh train on the run dir is refused, --overwrite moves the old run aside."""
+    import mlflow
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    base = ("train", "phase1", "-c", "tiny.yaml", "--run-dir", "run")
+    small = ("--set", "phases.phase1_timesteps=192", "--set", "phases.checkpoint_interval=2")
+    res = _cli(tmp_path, *base, *small)
+    assert res.returncode == 0, res.stderr[-3000:]
+    first = _state(tmp_path)
+    assert (first["status"], first["iteration"]) == ("done", 3)
+
+    bigger = ("--set", "phases.phase1_timesteps=320", "--set", "phases.checkpoint_interval=2")
+    res = _cli(tmp_path, *base, "--resume", *bigger, "--set", "ppo.lr=1e-4")
+    _assert_one_line_failure(res, 2, "ppo.lr: 0.0003 -> 0.0001")
+    res = _cli(
+        tmp_path, *base, "--resume", *bigger, "--set", "ppo.lr=1e-4", "--allow-config-change"
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "budget raised from 3 to 5 iterations" in res.stdout
+    ps = _state(tmp_path)
+    assert (ps["status"], ps["iteration"], ps["env_steps"]) == ("done", 5, 5 * 64)
+    assert ps["mlflow_run_id"] == first["mlflow_run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    steps = [m.step for m in client.get_metric_history(ps["mlflow_run_id"], "iteration")]
+    assert sorted(steps) == [1, 2, 3, 4, 5]
+    run = client.get_run(ps["mlflow_run_id"])
+    assert "ppo.lr: 0.0003 -> 0.0001" in run.data.tags["config_changed_on_resume"]
+    assert len(list((tmp_path / "run").glob("config.before-*.yaml"))) == 1
+
+    res = _cli(tmp_path, *base, *small)
+    _assert_one_line_failure(res, 4, "already holds phase1 (done)")
+    res = _cli(tmp_path, *base, *small, "--overwrite")
+    assert res.returncode == 0, res.stderr[-3000:]
+    (moved,) = (tmp_path / "run" / "replaced").iterdir()
+    assert json.loads((moved / "state.json").read_text())["phases"]["phase1"]["iteration"] == 5
+    assert (moved / "phase1" / "checkpoints" / "iter_000005").is_dir()
+    assert _state(tmp_path)["iteration"] == 3
