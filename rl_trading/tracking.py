@@ -154,6 +154,47 @@ def sqlalchemy_url(url: str) -> str:
     return url
 
 
+def scrub_secret(text: str, password: str | None) -> str:
+    """`redact_text`, and no piece of `password` left: a driver's message may quote it whole,
+    percent-encoded, or cut at a `/`, `#`, `?`, `@`, `:` or space."""
+    text = redact_text(text)
+    if not password:
+        return text
+    raw = urllib.parse.unquote(password)
+    pieces = {password, raw, urllib.parse.quote(raw, safe="")}
+    pieces.update(p for p in re.split(r"[/#?@:\s]+", raw) if len(p) > 2)
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
+
+
+def check_sql_store(uri: str, timeout: float = 5.0) -> None:
+    """ConnectionFailure (one line, no secret) unless the SQL database of an MLflow tracking
+    URI (postgresql://, mysql://, ...) accepts a connection within `timeout` seconds; MLflow
+    itself retries for minutes and then fails with a raw OperationalError."""
+    import sqlalchemy as sa  # only for database-backed tracking stores
+
+    parts = split_url(uri)
+    password = parts[2] if parts else None
+    url = sqlalchemy_url(uri)
+    args = {"connect_timeout": int(timeout)} if url.startswith(("postgresql", "mysql")) else {}
+    engine = None
+    try:
+        engine = sa.create_engine(url, connect_args=args)
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - any driver / parse failure: the store is unusable
+        orig = getattr(exc, "orig", None) or exc
+        lines = str(orig).strip().splitlines()
+        reason = scrub_secret(lines[0] if lines else exc.__class__.__name__, password)
+        raise ConnectionFailure(
+            f"MLflow tracking database unreachable at {redact(uri)} ({reason})"
+        ) from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
 def redact_text(text: str) -> str:
     """`redact` every URL inside a longer message (errors, log lines)."""
     if "://" not in text:
@@ -220,6 +261,9 @@ def check_tracking(uri: str, timeout: float = 5.0) -> str:
                 f"({redact_text(str(exc))})"
             ) from None
         return f"server {redact(uri)}"
+    if parts is not None and scheme.split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+        check_sql_store(uri, timeout)
+        return f"database {redact(uri)}"
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme.startswith("sqlite"):
         db_path = Path(uri.split(":///", 1)[1]) if ":///" in uri else None
@@ -278,8 +322,9 @@ def configure_mlflow(uri: str | None = None) -> str:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     import mlflow
 
-    resolved = sqlalchemy_url(resolve_tracking_uri(uri))  # plain postgresql: installed driver
+    resolved = resolve_tracking_uri(uri)
     check_tracking(resolved)
+    resolved = sqlalchemy_url(resolved)  # a plain postgresql:// gets the installed driver
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
     if resolved.startswith("sqlite:///"):

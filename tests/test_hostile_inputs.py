@@ -168,6 +168,29 @@ def test_plain_postgresql_url_reaches_the_server(workspace, capsys):
     assert "Kp9Wm3" not in err
 
 
+def test_postgresql_tracking_store_unreachable_is_one_line_at_once(workspace, capsys):
+    """A plain postgresql:// MLflow store used to fail with "No module named 'psycopg'", and
+    with the driver, after MLflow's minutes of retries, as an internal OperationalError."""
+    import socket
+    import time
+
+    from rl_trading.cli.main import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"postgresql://trader:Kp9/Wm#3x@127.0.0.1:{port}/mlflow"
+    t0 = time.monotonic()
+    rc = main(["models", "list", "--tracking-uri", uri])
+    err = capsys.readouterr().err
+    assert rc == 5 and time.monotonic() - t0 < 30, err
+    assert (
+        f"MLflow tracking database unreachable at postgresql://trader:***@127.0.0.1:{port}" in err
+    )
+    for piece in ("Kp9", "Wm", "3x", "psycopg'"):
+        assert piece not in err, err
+
+
 def test_database_url_unused_by_the_source_is_not_in_the_data_reference(monkeypatch):
     """`--set data.db_url=postgresql://...` with `source: sample` was refused by the env
     runners ("database URL is redacted"), though the bars never come from the database."""

@@ -9,7 +9,6 @@ Reading never creates anything: a missing SQLite file is an error, a missing tab
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -24,7 +23,7 @@ from rl_trading.errors import ConfigError, ConnectionFailure, DataError, RLTradi
 from rl_trading.tracking import (
     expand_env_vars,
     redact,
-    redact_text,
+    scrub_secret,
     split_url,
     sqlalchemy_url,
     workspace,
@@ -141,16 +140,8 @@ class BarStore:
         return ConnectionFailure(f"database unreachable at {self.safe_url} ({reason})")
 
     def _scrub(self, text: str) -> str:
-        """`text` with URLs redacted and no piece of the password left (a driver's message
-        may quote the password whole, encoded, or cut at a `/`, `#`, `@` or `:`)."""
-        text = redact_text(text)
-        if not self._password:
-            return text
-        pieces = {self._password, unquote(self._password), self._password.replace("@", "%40")}
-        pieces.update(p for p in re.split(r"[/#?@:\s]+", unquote(self._password)) if len(p) > 2)
-        for piece in sorted(pieces, key=len, reverse=True):
-            text = text.replace(piece, "***")
-        return text
+        """`text` with URLs redacted and no piece of the password left."""
+        return scrub_secret(text, self._password)
 
     def _sqlite_path(self) -> str | None:
         """The SQLite file of this store, or None (PostgreSQL, in-memory)."""
