@@ -499,6 +499,9 @@ def test_resume_with_a_changed_setting_is_refused_unless_allowed(cli, workspace,
         "phase1", "--run-dir", "run", "--resume", "--set", "ppo.lr=1e-4", "--allow-config-change"
     )
     _one_line(err, "sentinel: Ray reached")
+    # a phase that has not started yet is no resume of it: phase 2 may use its own settings
+    rc, err = cli("phase2", "--run-dir", "run", "--resume-or-start", "--set", "phases.meta_lr=1e-4")
+    _one_line(err, "not an RLlib checkpoint")  # past the config check, at phase 1's stand-in
     # the run records both configs before it starts (MLflow gets both with the phase)
     (before,) = run.glob("config.before-*.yaml")
     assert yaml.safe_load(before.read_text())["ppo"]["lr"] == 3e-4

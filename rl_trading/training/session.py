@@ -382,7 +382,8 @@ def train(
     early = RunState.load(run_dir)
     check_fresh_start(early, phases, resume, overwrite)
     check_budgets(cfg, early, phases, resume)
-    check_config_change(run_dir, cfg, resume and bool(early.phases), allow_config_change)
+    continuing = resume and any(f"phase{n}" in early.phases for n in phases)
+    check_config_change(run_dir, cfg, continuing, allow_config_change)
     check_phase_inputs(early, phases, resume, from_checkpoint, cfg)
     encoder = None
     if factory is None and cfg.policy.cnn_lstm_model:  # registry, sha256, preprocessing
@@ -398,7 +399,7 @@ def train(
         state = RunState.load(run_dir)  # again: another run may have changed it meanwhile
         replace = check_fresh_start(state, phases, resume, overwrite)
         check_budgets(cfg, state, phases, resume, notify)
-        resuming = resume and bool(state.phases)
+        resuming = resume and any(f"phase{n}" in state.phases for n in phases)
         changes = check_config_change(run_dir, cfg, resuming, allow_config_change, notify)
         check_phase_inputs(state, phases, resume, from_checkpoint, cfg)
         tags: dict[str, str] = {}
