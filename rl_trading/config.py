@@ -428,7 +428,7 @@ class TuningConfig(Section):
 class EvaluationConfig(Section):
     """Backtests, baselines and the grading benchmarks used by the registry."""
 
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     sharpe_excellent: float = 2.0
     sharpe_poor: float = 0.5
     max_drawdown_excellent: float = 0.05

@@ -167,6 +167,7 @@ def test_bad_files_and_overrides(tmp_path) -> None:
         ("policy.hidden_sizes=[-64,64]", "policy.hidden_sizes", "at least 1"),
         ("policy.hidden_sizes=[]", "policy.hidden_sizes", "at least 1"),
         ("data.symbols=[MSFT,MSFT]", "data", "MSFT more than once"),
+        ("evaluation.seeds=[]", "evaluation.seeds", "at least 1 item"),
     ],
 )
 def test_values_outside_their_sane_range_are_refused(override: str, key: str, why: str) -> None:
