@@ -347,8 +347,11 @@ def ensemble(
         raise ConfigError("an ensemble needs at least two members: NAME1,NAME2")
     if method not in ("mean", "vote"):
         raise ConfigError(f"--method must be mean or vote, not '{method}'")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"member '{twice[0]}' is given twice: an ensemble needs distinct models")
     w = parse_weights(weights, len(names))
-    cfg = cli_config(config, sets)
+    cfg, _ = policy_config(config, sets, model=names[0])  # the members' stored training config
     out_dir = out or cfg.resolved_run_dir() / "ensemble"
     log = logs.attach_run_dir(out_dir)
     res = create_ensemble(names, cfg, method, w, split, model_type, out_dir)  # type: ignore[arg-type]
@@ -364,7 +367,7 @@ def ensemble(
         return
     title = f"Ensemble ({method}) vs members and baselines, {split} split"
     console.print(render_table(res.result, title=title))
-    console.print(f"registered [bold]{rec.display_name}[/] (grade {rec.grade})", soft_wrap=True)
+    console.print(f"registered [bold]{rec.display_name}[/]", soft_wrap=True)
     next_steps(
         console,
         ("report", res.report_paths["report"]),
