@@ -21,7 +21,9 @@ from rl_trading.cli.common import (
 )
 from rl_trading.cli.output import JsonOpt, next_steps, print_json
 
-app = typer.Typer(help="Registered models: versions, grades, lineage.", no_args_is_help=True)
+app = typer.Typer(
+    help="Registered models: families, versions, aliases, grades, lineage.", no_args_is_help=True
+)
 ALIAS_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # what MLflow accepts as a model alias
 TrackingOpt = Annotated[
     str | None, typer.Option("--tracking-uri", help="MLflow store (default: workspace SQLite).")
@@ -237,7 +239,9 @@ def register_cmd(
 
 @app.command()
 def benchmark(
-    models: Annotated[str, typer.Option("--models", help="Comma-separated model names.")],
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated NAME, NAME/VERSION or NAME@ALIAS.")
+    ],
     data: DataOpt = None,
     split: SplitOpt = "test",
     config: ConfigOpt = None,
@@ -319,7 +323,9 @@ def compare_models(names: list[str], cfg, data: Path | None, split: str) -> dict
 
 @app.command()
 def ensemble(
-    members: Annotated[str, typer.Argument(help="Comma-separated model names: NAME1,NAME2[,...].")],
+    members: Annotated[
+        str, typer.Argument(help="Comma-separated members: NAME1,NAME2/3,NAME3@champion.")
+    ],
     method: Annotated[
         str, typer.Option("--method", help="mean (average actions/probabilities) or vote.")
     ] = "mean",
