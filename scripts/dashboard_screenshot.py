@@ -6,7 +6,10 @@ Start a phase with `--dashboard`, then, while it trains:
 
 Uses the first of chromium, chromium-browser, google-chrome or google-chrome-stable on PATH
 (or `--browser PATH`); none installed is a one-line message and exit status 3, so CI can skip.
-The URL must answer first (`/api/version`), so a finished run is reported, not screenshotted.
+The URL must answer first (`/api/version`, with the token in ~/.ray/auth_token when Ray's
+token authentication is on), so a finished run is reported, not screenshotted. A plain
+headless browser cannot sign in: with token authentication (Ray's default) the screenshot
+shows the sign-in page unless the training ran with `RAY_AUTH_MODE=disabled` (local only).
 """
 
 from __future__ import annotations
@@ -45,8 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no headless browser found (install one of: {', '.join(BROWSERS)})")
         return 3
     base = args.url.rstrip("/")
+    token_file = Path.home() / ".ray" / "auth_token"
+    headers = (
+        {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+        if token_file.is_file()
+        else {}
+    )
     try:
-        with urllib.request.urlopen(f"{base}/api/version", timeout=10) as resp:
+        request = urllib.request.Request(f"{base}/api/version", headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as resp:
             version = json.loads(resp.read()).get("ray_version", "?")
     except OSError as exc:
         print(f"the dashboard at {base} does not answer ({exc}); is the training still running?")
