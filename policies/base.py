@@ -8,6 +8,7 @@ actions get categorical logits.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -18,6 +19,23 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from torch import nn
+
+#: RLlib 2.60's own `RLModule.__init__` builds a deprecated `RLModuleConfig` for every module
+#: it constructs (RLlib's default PPO module included), which logs "`RLModule(config=...)` has
+#: been deprecated ... will raise an error in the future". Our modules are built the current
+#: way (`RLModuleSpec(observation_space=, action_space=, model_config=).build()`, no `config=`;
+#: tests/test_policies.py checks it), so that line is noise about RLlib's internals: drop it.
+RLMODULE_CONFIG_NOTICE = "RLModule(config=[RLModuleConfig object])"
+
+
+class _RLlibInternalDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return RLMODULE_CONFIG_NOTICE not in record.getMessage()
+
+
+_deprecation_log = logging.getLogger("ray._common.deprecation")
+if not any(isinstance(f, _RLlibInternalDeprecation) for f in _deprecation_log.filters):
+    _deprecation_log.addFilter(_RLlibInternalDeprecation())
 
 LOG_STD_INIT = -0.5
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 1.0

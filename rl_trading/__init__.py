@@ -6,7 +6,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["DistributedTrainer", "TrainingConfig", "__version__"]
+__all__ = ["DistributedTrainer", "Policy", "TrainingConfig", "__version__", "load_policy"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from rl_trading.config import TrainingConfig
 
         return TrainingConfig
+    if name in ("load_policy", "Policy"):
+        from rl_trading import inference
+
+        return getattr(inference, name)
     raise AttributeError(f"module 'rl_trading' has no attribute {name!r}")

@@ -75,20 +75,108 @@ def load_run_config(run_dir: str | Path) -> AppConfig:
     return load_config(path)
 
 
-def mlflow_runs(run_dir: str | Path, tracking_uri: str | None = None) -> pd.DataFrame:
-    """One row per MLflow run of the phases in `run_dir` (ids from state.json, then the store)."""
-    import mlflow
+def _search_roots() -> list[Path]:
+    """Folders a relative path or the default store may be relative to, in order: the
+    workspace (RL_TRADING_WORKSPACE), the directory the shell started Jupyter from ($PWD), the
+    kernel's working directory (a notebook's kernel runs in `notebooks/`) and its parent."""
+    import os
 
+    roots = [os.environ.get("RL_TRADING_WORKSPACE"), os.environ.get("PWD"), os.getcwd()]
+    out: list[Path] = []
+    for root in [*roots, str(Path.cwd().parent)]:
+        if root and Path(root).is_dir() and Path(root).resolve() not in out:
+            out.append(Path(root).resolve())
+    return out
+
+
+def resolve_run_dir(run_dir: str | Path | None = None) -> Path:
+    """The absolute run directory: `run_dir` as given (absolute, or relative to one of the
+    search roots), or with None the newest `runs/*` holding a state.json. RunDirError (one
+    line) when there is none, so a notebook never analyses an empty folder."""
+    from rl_trading.errors import RunDirError
+
+    roots = _search_roots()
+    if run_dir is None or str(run_dir) == "":
+        found = [
+            d for root in roots for d in (root / "runs").glob("*") if (d / "state.json").is_file()
+        ]
+        if not found:
+            where = ", ".join(str(r / "runs") for r in roots)
+            raise RunDirError(f"no run directory found in {where}: set RL_TRADING_RUN_DIR")
+        return max(found, key=lambda d: (d / "state.json").stat().st_mtime)
+    path = Path(run_dir).expanduser()
+    candidates = [path] if path.is_absolute() else [root / path for root in roots]
+    for cand in candidates:
+        if (cand / "state.json").is_file():
+            return cand.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise RunDirError(f"not a training run directory (no state.json): {tried}")
+
+
+def run_tracking_uri(run_dir: str | Path, tracking_uri: str | None = None) -> str:
+    """The MLflow store of a run, as an absolute URI.
+
+    `tracking_uri` (or MLFLOW_TRACKING_URI) when given, a relative SQLite path made absolute
+    against the search roots; else the first `mlflow.db` in the workspace the run was trained
+    in (the run dir's parents), RL_TRADING_WORKSPACE, $PWD or the kernel's directory. A SQLite
+    file that does not exist is an error (ConnectionFailure), never a new empty store.
+    """
+    import os
+
+    from rl_trading.errors import ConnectionFailure
+    from rl_trading.tracking import DEFAULT_DB_NAME, expand_env_vars
+
+    run_dir = Path(run_dir).resolve()
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    roots = [run_dir.parent.parent, run_dir.parent, run_dir, *_search_roots()]
+    if not uri:
+        for root in roots:
+            if (root / DEFAULT_DB_NAME).is_file():
+                return f"sqlite:///{root / DEFAULT_DB_NAME}"
+        raise ConnectionFailure(
+            f"no {DEFAULT_DB_NAME} found for {run_dir} (looked in its workspace, "
+            "RL_TRADING_WORKSPACE and the current directory): set "
+            "MLFLOW_TRACKING_URI=sqlite:////absolute/path/mlflow.db"
+        )
+    uri = expand_env_vars(uri)
+    if not uri.startswith("sqlite:///"):
+        return uri
+    db = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    if not db.is_absolute():
+        hits = [root / db for root in roots if (root / db).is_file()]
+        if hits:
+            return f"sqlite:///{hits[0]}"
+    elif db.is_file():
+        return uri
+    raise ConnectionFailure(
+        f"MLflow store {uri} does not exist (relative SQLite paths are taken from the run's "
+        "workspace): give an absolute path, e.g. sqlite:////abs/path/mlflow.db"
+    )
+
+
+def mlflow_runs(run_dir: str | Path, tracking_uri: str | None = None) -> pd.DataFrame:
+    """One row per MLflow run of the phases in `run_dir` (ids from state.json, then the store
+    found by :func:`run_tracking_uri`)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from rl_trading.errors import ConnectionFailure
     from rl_trading.tracking import configure_mlflow
 
-    configure_mlflow(tracking_uri)
+    uri = configure_mlflow(run_tracking_uri(run_dir, tracking_uri))
     client = mlflow.MlflowClient()
     rows = []
     for phase, ps in sorted(load_state(run_dir).items()):
         run_id = ps.get("mlflow_run_id")
         if not run_id:
             continue
-        run = client.get_run(run_id)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise ConnectionFailure(
+                f"{phase}'s MLflow run {run_id} is not in {uri}: set MLFLOW_TRACKING_URI to the "
+                "store the run was trained with"
+            ) from None
         rows.append(
             {
                 "phase": phase,
@@ -136,7 +224,10 @@ def plot_learning_curves(curves: pd.DataFrame) -> Figure:
     for ax, phase in zip(axes[0], phases, strict=True):
         sub = curves[curves["phase"] == phase]
         for policy, grp in sub.groupby("policy"):
-            ax.plot(grp["iteration"], grp["episode_return_mean"], label=policy)
+            # markers: a phase whose episodes rarely finish has few points (one is no line)
+            ax.plot(grp["iteration"], grp["episode_return_mean"], marker="o", ms=3, label=policy)
+        if sub.empty:
+            ax.text(0.5, 0.5, "no finished episode logged", ha="center", transform=ax.transAxes)
         ax.set_title(f"{phase}: episode return per policy")
         ax.set_xlabel("training iteration")
         ax.set_ylabel("mean episode return (reward)")
@@ -230,13 +321,16 @@ def backtest_run(run_dir: str | Path, split: str = "val", seed: int | None = Non
     from rl_trading.evaluation.backtest import backtest
 
     cfg = load_run_config(run_dir)
-    bars, train, _ = select_bars(cfg, None, split)
+    bars, train, desc = select_bars(cfg, None, split)
     source = str(best_checkpoint(run_dir))
     n_trials, trial_sharpes = trial_count(source, cfg, periods_per_year_of(cfg, train))
-    return backtest(
+    result = backtest(
         source, bars, cfg, seed=cfg.seed if seed is None else seed, scaler_bars=train,
         n_trials=n_trials, trial_sharpes=trial_sharpes,
     )  # fmt: skip
+    result.meta["split"] = split
+    result.meta.setdefault("bars", desc)
+    return result
 
 
 def equity_frame(result: BacktestResult) -> pd.DataFrame:
@@ -263,7 +357,10 @@ def plot_equity_drawdown(result: BacktestResult) -> Figure:
         width = 2.0 if name == "policy" else 1.0
         ax_eq.plot(equity.index, equity[name], lw=width, label=name)
         ax_dd.plot(dd.index, dd[name], lw=width, label=name)
-    ax_eq.set_title("Equity vs baselines (1.0 at start)")
+    meta = getattr(result, "meta", {}) or {}
+    where = f"the {meta['split']} split" if meta.get("split") else "the evaluated bars"
+    span = f", {str(meta['start'])[:10]} .. {str(meta['end'])[:10]}" if meta.get("start") else ""
+    ax_eq.set_title(f"Equity vs baselines on {where}{span} (1.0 at start)")
     ax_dd.set_title("Drawdown")
     ax_eq.set_ylabel("equity / initial equity (x)")
     ax_dd.set_ylabel("fraction below peak")

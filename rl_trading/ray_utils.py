@@ -104,6 +104,10 @@ def _ray_version() -> str:
     return version("ray")
 
 
+#: Ray's token authentication (on by default for a local Ray) guards the dashboard too.
+DASHBOARD_TOKEN_HINT = "paste the token `ray get-auth-token` prints (kept in ~/.ray/auth_token)"
+
+
 def dashboard_message(url: str | None, local: bool) -> str:
     """One line on where the Ray dashboard is (or that it is not known)."""
     if url:
@@ -167,6 +171,8 @@ def init_ray(
     say(f"Ray: started a local instance on {kwargs['_node_ip_address']} ({_cpus(resources)})")
     if kwargs["include_dashboard"]:
         say(dashboard_message(getattr(context, "dashboard_url", None), local=True))
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":  # Ray's default since 2.5x
+            say(f"Ray dashboard sign-in: {DASHBOARD_TOKEN_HINT}")
     return resources
 
 

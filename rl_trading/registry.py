@@ -1,15 +1,25 @@
-"""Model registry on the MLflow Model Registry: versions, grades, lineage and sha256 checks.
+"""Model registry on the MLflow Model Registry: families, versions, aliases, grades, sha256.
 
-Every registration logs the model's files (an RLlib checkpoint, RLModule dirs, a saved
-supervised model or an ensemble spec) as artifacts of an MLflow run, then creates a registered
-model whose name follows ``{model_type}_v{major.minor.patch}_grade_{grade}_{metric}_{value}``
-(e.g. ``hierarchical_ppo_v1.0.0_grade_B+_sharpe_1.23``) with one MLflow model version.
+MLflow's conventions: one registered model per *family* (its ``model_type``, e.g.
+``hierarchical_ppo``, ``analyst_1d``, ``ensemble``), one MLflow model version (1, 2, 3, ...)
+per registration. Every registration logs the model's files (an RLlib checkpoint, RLModule
+dirs, a saved supervised model or an ensemble spec) as artifacts of an MLflow run; the semantic
+version, grade, metrics, DSR, lineage, data fingerprint and the sha256 manifest are tags of the
+model version (``rl_trading.*``). Aliases (``champion``, ``challenger``) are set by
+:meth:`ModelRegistry.promote`; :meth:`ModelRegistry.rollback` moves an alias back to its
+previous holder. A model is referred to as ``NAME`` (newest version), ``NAME/VERSION`` or
+``NAME@ALIAS``, with or without ``models:/``, so ``models:/hierarchical_ppo@champion`` works
+with plain ``MlflowClient`` / ``mlflow.artifacts.download_artifacts``.
+
+Old layout (before issue 30): one registered model per registration, named
+``{model_type}_v{semver}_grade_{grade}_{metric}_{value}``, its tags on the registered model.
+Such stores are read as they are (their names still resolve, ``models list`` shows them apart);
+:meth:`ModelRegistry.migrate` (``rl-trading models migrate``) adds each one to its family as a
+new version pointing at the same verified files, and then hides the old entry.
 
 Names: MLflow forbids ``/`` and ``:`` and names that are not their own normalised path
 (``..``, leading ``/``). :func:`sanitize_name` keeps ``[A-Za-z0-9_.+-]`` and turns anything
-else into ``_`` (and ``..`` into ``.``), so the pattern survives intact. The *family* of a model
-is its ``model_type`` (tag ``rl_trading.model_type``); ``resolve`` also accepts ``TYPE`` (the
-newest of that family) and ``TYPE@ALIAS`` / ``NAME@ALIAS`` (e.g. ``@production``).
+else into ``_`` (and ``..`` into ``.``).
 
 Semantic versions within one family (first registration is ``1.0.0``):
 
@@ -280,7 +290,11 @@ def config_hash(cfg: AppConfig | Mapping[str, Any] | None) -> str | None:
 
 @dataclass
 class ModelRecord:
-    """One registered model as the CLI shows it (read from MLflow tags)."""
+    """One registered model version as the CLI shows it (read from MLflow tags).
+
+    `name` is the reference that resolves to exactly this version: ``FAMILY/VERSION`` (MLflow's
+    integer version), or the old registered-model name for a record in the old layout.
+    """
 
     name: str
     model_type: str
@@ -300,11 +314,20 @@ class ModelRecord:
     signature: str = ""
     stage: str = "none"
     tags: dict[str, str] = field(default_factory=dict)
+    family: str = ""
+    legacy: bool = False
 
     @property
     def display_name(self) -> str:
-        """The pattern name (same as `name` unless sanitising changed it)."""
-        return self.tags.get(TAG + "display_name", self.name)
+        """`FAMILY/VERSION (vSEMVER, grade G)`; the old pattern name for an old-layout record."""
+        if self.legacy:
+            return self.tags.get(TAG + "display_name", self.name)
+        return f"{self.name} (v{self.version}, grade {self.grade})"
+
+    @property
+    def uri(self) -> str:
+        """The plain-MLflow URI of this version (`models:/FAMILY/VERSION`)."""
+        return f"models:/{self.family}/{self.mlflow_version}"
 
 
 def _semver_key(version: str) -> tuple[int, int, int]:
@@ -314,8 +337,40 @@ def _semver_key(version: str) -> tuple[int, int, int]:
         return (-1, -1, -1)
 
 
+def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """`NAME`, `NAME/VERSION`, `NAME@ALIAS` (optionally `models:/`-prefixed) -> (name, version,
+    alias); `NAME/latest` is the newest version."""
+    text = ref.strip()
+    if text.startswith("models:/"):
+        text = text[len("models:/") :]
+    if "@" in text:
+        base, _, alias = text.partition("@")
+        if not base or not alias:
+            raise RegistryError(f"bad model reference '{ref}' (NAME, NAME/VERSION or NAME@ALIAS)")
+        return base, None, alias
+    if "/" in text:
+        base, _, ver = text.partition("/")
+        if not base or not (ver.isdigit() or ver == "latest"):
+            raise RegistryError(f"bad model reference '{ref}' (NAME, NAME/VERSION or NAME@ALIAS)")
+        return base, None if ver == "latest" else str(int(ver)), None
+    if not text:
+        raise RegistryError("empty model reference")
+    return text, None, None
+
+
+def _is_legacy(rm: Any) -> bool:
+    """Old layout: one registered model per registration, its tags on the registered model."""
+    return TAG + "version" in (rm.tags or {})
+
+
 class ModelRegistry:
-    """Register, list, resolve, verify-and-load and promote models in the MLflow registry."""
+    """Register, list, resolve, verify-and-load, promote and roll back models (MLflow registry).
+
+    One registered model per family (its `model_type`), MLflow's integer versions, the
+    semantic version, grade, metrics, lineage and sha256 manifest as version tags, aliases
+    (`champion`, `challenger`) for promotion. Old-layout stores (one registered model per
+    registration) are read as they are; :meth:`migrate` copies them into families.
+    """
 
     def __init__(self, tracking_uri: str | None = None, cfg: AppConfig | None = None) -> None:
         from mlflow import MlflowClient
@@ -329,8 +384,7 @@ class ModelRegistry:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def _records(self) -> list[ModelRecord]:
-        out = []
+    def _records(self, include_migrated: bool = False) -> list[ModelRecord]:
         ours = [
             rm
             for rm in self.client.search_registered_models(max_results=1000)
@@ -340,22 +394,24 @@ class ModelRegistry:
         if ours:
             for mv in self.client.search_model_versions(max_results=10_000):
                 by_name.setdefault(mv.name, []).append(mv)
+        out = []
         for rm in ours:
-            rec = self._record(rm, by_name.get(rm.name, []))
-            if rec is not None:
-                out.append(rec)
+            versions = by_name.get(rm.name, [])
+            if _is_legacy(rm):
+                if versions and (include_migrated or not rm.tags.get(TAG + "migrated_to")):
+                    mv = max(versions, key=lambda v: int(v.version))
+                    out.append(self._record(rm, mv, legacy=True))
+            else:
+                out.extend(self._record(rm, mv) for mv in versions)
         return out
 
-    def _record(self, rm: Any, versions: list[Any]) -> ModelRecord | None:
-        if not versions:
-            return None
-        mv = max(versions, key=lambda v: int(v.version))
+    def _record(self, rm: Any, mv: Any, legacy: bool = False) -> ModelRecord:
         tags = {**(rm.tags or {}), **(mv.tags or {})}
         metrics = json.loads(tags.get(TAG + "metrics", "{}"))
         lineage = json.loads(tags.get(TAG + "lineage", "{}"))
         aliases = [a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version)]
         return ModelRecord(
-            name=rm.name,
+            name=rm.name if legacy else f"{rm.name}/{mv.version}",
             model_type=tags.get(TAG + "model_type", "?"),
             kind=tags.get(TAG + "kind", "?"),
             version=tags.get(TAG + "version", "0.0.0"),
@@ -373,10 +429,12 @@ class ModelRegistry:
             signature=tags.get(TAG + "signature", ""),
             stage=tags.get(TAG + "stage", "none"),
             tags=tags,
+            family=rm.name,
+            legacy=legacy,
         )
 
     def list(self, model_type: str | None = None, grade: str | None = None) -> list[ModelRecord]:
-        """Every registered rl-trading model, newest first, optionally filtered."""
+        """Every registered rl-trading model version, newest first, optionally filtered."""
         recs = self._records()
         if model_type:
             recs = [r for r in recs if r.model_type == model_type]
@@ -384,25 +442,44 @@ class ModelRegistry:
             recs = [r for r in recs if r.grade == grade]
         return sorted(recs, key=lambda r: r.created, reverse=True)
 
+    def families(self) -> dict[str, list[ModelRecord]]:
+        """`{family: its versions, newest first}` for the new layout (old-layout records are
+        under the key ``""``)."""
+        out: dict[str, list[ModelRecord]] = {}
+        for rec in self.list():
+            out.setdefault("" if rec.legacy else rec.family, []).append(rec)
+        return dict(sorted(out.items()))
+
     def resolve(self, name: str) -> ModelRecord:
-        """A model by full name, `TYPE` (newest of the family) or `NAME|TYPE@ALIAS`."""
-        base, _, alias = name.partition("@")
-        recs = self._records()
-        matches = [r for r in recs if base in (r.name, r.display_name)]
-        if not matches:
-            family = [r for r in recs if r.model_type == base]
-            if family:
-                matches = sorted(family, key=lambda r: _semver_key(r.version), reverse=True)
-                if alias:
-                    matches = [r for r in matches if alias in r.aliases or alias == r.stage]
-                    if not matches:
-                        raise RegistryError(f"no '{base}' model has alias '{alias}'")
-                return matches[0]
-        elif alias and alias not in matches[0].aliases:
-            raise RegistryError(f"model '{base}' has no alias '{alias}'")
-        if not matches:
+        """A model version from `NAME` (newest version), `NAME/VERSION`, `NAME@ALIAS` (also
+        with a `models:/` prefix), or an old-layout registered-model name."""
+        base, version, alias = parse_ref(name)
+        recs = self._records(include_migrated=True)
+        legacy = [r for r in recs if r.legacy and base in (r.name, r.display_name)]
+        if legacy and version is None and alias is None:
+            moved = legacy[0].tags.get(TAG + "migrated_to")
+            return self.resolve(moved) if moved else legacy[0]
+        family = [r for r in recs if not r.legacy and r.family == base]
+        if not family:  # a family with only old-layout records (not migrated yet)
+            family = [r for r in recs if r.legacy and r.model_type == base]
+            family = [r for r in family if not r.tags.get(TAG + "migrated_to")]
+        if not family:
             raise RegistryError(f"unknown model '{name}' (see `rl-trading models list`)")
-        return matches[0]
+        if alias is not None:
+            held = [r for r in family if alias in r.aliases]
+            if not held:
+                raise RegistryError(
+                    f"no version of '{base}' has alias '{alias}' "
+                    "(set one with `rl-trading models promote`)"
+                )
+            return held[0]
+        if version is not None:
+            match = [r for r in family if not r.legacy and r.mlflow_version == version]
+            if not match:
+                have = ", ".join(sorted((r.mlflow_version for r in family), key=int))
+                raise RegistryError(f"'{base}' has no version {version} (versions: {have})")
+            return match[0]
+        return max(family, key=lambda r: (r.created, int(r.mlflow_version)))
 
     def info(self, name: str) -> ModelRecord:
         """Everything the registry knows about one model (unknown name -> RegistryError)."""
@@ -453,6 +530,35 @@ class ModelRegistry:
 
     # -- writing -----------------------------------------------------------------------------
 
+    def _ensure_family(self, family: str, model_type: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            rm = self.client.get_registered_model(family)
+        except MlflowException:
+            rm = None
+        if rm is not None:
+            if _is_legacy(rm):
+                raise RegistryError(
+                    f"cannot register into '{family}': an old-layout model has that name"
+                )
+            return
+        try:
+            self.client.create_registered_model(
+                family,
+                tags={TAG + "model_type": model_type, TAG + "layout": "family"},
+                description=f"rl-trading model family '{model_type}'",
+            )
+        except MlflowException as exc:
+            if "already exists" not in str(exc.message):  # a concurrent registration made it
+                raise RegistryError(f"cannot register '{family}': {exc.message}") from None
+
+    def _set_tag(self, rec: ModelRecord, key: str, value: str) -> None:
+        if rec.legacy:
+            self.client.set_registered_model_tag(rec.family, key, value)
+        else:
+            self.client.set_model_version_tag(rec.family, rec.mlflow_version, key, value)
+
     def register(
         self,
         path: str | Path,
@@ -472,7 +578,7 @@ class ModelRegistry:
         graded_split: str | None = None,
         n_trials: int | None = None,
     ) -> ModelRecord:
-        """Log `path` as artifacts, grade it, version it and create the registered model.
+        """Log `path` as artifacts, grade it and add it as a new version of its family.
 
         `metrics` needs `sharpe` and `max_drawdown` (rl/ensemble; `max_drawdown_vol_matched`
         is graded when present, `dsr` is the evidence for a grade above C) or `accuracy` and
@@ -515,17 +621,15 @@ class ModelRegistry:
         )
         chash = config_hash(config)
 
-        family = self.list(model_type=sanitize_name(model_type))
+        mtype = sanitize_name(model_type)
+        family = self.list(model_type=mtype)
         previous = max(family, key=lambda r: _semver_key(r.version)) if family else None
         if previous is None:
             version = "1.0.0"
         else:
             part = bump or infer_bump(previous.tags, sig, data_fingerprint, chash)
             version = bump_version(previous.version, part)
-        mtype = sanitize_name(model_type)
-        display = f"{model_type}_v{version}_grade_{grade}_{metric_name}_"
-        display += format_metric(metrics[metric_name])
-        name = model_name(mtype, version, grade, metric_name, metrics[metric_name])
+        self._ensure_family(mtype, mtype)
 
         with tempfile.TemporaryDirectory(prefix="rl_trading_reg_") as tmp:
             staged = Path(tmp) / "model"
@@ -554,7 +658,7 @@ class ModelRegistry:
                 if run_id
                 else mlflow.start_run(
                     experiment_id=exp_id,
-                    run_name=f"register_{name}",
+                    run_name=f"register_{mtype}_v{version}",
                     nested=mlflow.active_run() is not None,
                 )
             )
@@ -577,7 +681,6 @@ class ModelRegistry:
             TAG + "grade_score": f"{score:.4f}",
             TAG + "metric_name": metric_name,
             TAG + "metric_value": repr(metrics[metric_name]),
-            TAG + "display_name": display,
             TAG + "metrics": json.dumps(metrics),
             TAG + "lineage": json.dumps(dict(lineage or {}), default=str),
             TAG + "data_fingerprint": data_fingerprint or "",
@@ -591,38 +694,101 @@ class ModelRegistry:
             TAG + "n_trials": str(int(n_trials)) if n_trials is not None else "",
             TAG + "grade_capped": capped,
             TAG + "drawdown_basis": drawdown_basis,
+            TAG + "sha256_manifest": json.dumps(manifest, sort_keys=True),
+            TAG + "manifest_sha256": _manifest_digest(manifest),
         }
         from mlflow.exceptions import MlflowException
 
-        try:
-            self.client.create_registered_model(name, tags=tags, description=description)
-        except MlflowException as exc:
-            raise RegistryError(f"cannot register '{name}': {exc.message}") from None
-        self.client.create_model_version(
-            name,
-            source=f"{artifact_uri}/model",
-            run_id=rid,
-            tags={
-                TAG + "sha256_manifest": json.dumps(manifest, sort_keys=True),
-                TAG + "manifest_sha256": _manifest_digest(manifest),
-            },
-            description=description,
+        text = description or (
+            f"v{version}, grade {grade}, {metric_name} {format_metric(metrics[metric_name])}"
         )
-        return self.resolve(name)
+        try:
+            mv = self.client.create_model_version(
+                mtype, source=f"{artifact_uri}/model", run_id=rid, tags=tags, description=text
+            )
+        except MlflowException as exc:
+            raise RegistryError(f"cannot register a version of '{mtype}': {exc.message}") from None
+        return self.resolve(f"{mtype}/{mv.version}")
 
-    def promote(self, name: str, alias: str = "production") -> ModelRecord:
-        """Point `alias` at this model (removing it from others of its family); stage tag too."""
-        rec = self.resolve(name)
+    def _alias_history(self, family: str, alias: str) -> list[str]:
+        rm = self.client.get_registered_model(family)
+        return json.loads((rm.tags or {}).get(f"{TAG}alias_history.{alias}", "[]"))
+
+    def _point_alias(self, rec: ModelRecord, alias: str) -> None:
+        """Move `alias` to `rec` (stage tags: the new holder gets the alias, an old holder
+        left without any alias is `archived`)."""
         for other in self.list(model_type=rec.model_type):
-            if other.name != rec.name and alias in other.aliases:
-                self.client.delete_registered_model_alias(other.name, alias)
-                self.client.set_registered_model_tag(other.name, TAG + "stage", "archived")
-        self.client.set_registered_model_alias(rec.name, alias, rec.mlflow_version)
-        self.client.set_registered_model_tag(rec.name, TAG + "stage", alias)
+            same = not other.legacy and other.family == rec.family
+            if same and other.aliases == [alias] and other.mlflow_version != rec.mlflow_version:
+                self._set_tag(other, TAG + "stage", "archived")
+        self.client.set_registered_model_alias(rec.family, alias, rec.mlflow_version)
+        self._set_tag(rec, TAG + "stage", alias)
+
+    def promote(self, name: str, alias: str = "champion") -> ModelRecord:
+        """Point `alias` of the model's family at this version (MLflow moves it off the
+        previous holder) and remember the previous holders for :meth:`rollback`."""
+        rec = self.resolve(name)
+        if rec.legacy:
+            raise RegistryError(
+                f"'{rec.name}' is in the old registry layout; run `rl-trading models migrate` "
+                "first (aliases live on a family)"
+            )
+        history = self._alias_history(rec.family, alias)
+        self._point_alias(rec, alias)
+        if not history or history[-1] != rec.mlflow_version:
+            history.append(rec.mlflow_version)
+            self.client.set_registered_model_tag(
+                rec.family, f"{TAG}alias_history.{alias}", json.dumps(history[-50:])
+            )
         split = rec.tags.get(TAG + "graded_split", "")
         if split == "test" or rec.tags.get(TAG + "test_selections"):
-            self.client.set_registered_model_tag(rec.name, TAG + "promoted_on_split", "test")
+            self._set_tag(rec, TAG + "promoted_on_split", "test")
         return self.resolve(rec.name)
+
+    def rollback(self, family: str, alias: str = "champion") -> ModelRecord:
+        """Move `alias` back to the version that held it before the current one."""
+        base, _, _ = parse_ref(family)
+        current = self.resolve(f"{base}@{alias}")
+        history = self._alias_history(current.family, alias)
+        while history and history[-1] == current.mlflow_version:
+            history.pop()
+        if not history:
+            raise RegistryError(f"'{base}@{alias}' has no earlier holder to roll back to")
+        target = self.resolve(f"{current.family}/{history[-1]}")
+        self._point_alias(target, alias)
+        self.client.set_registered_model_tag(
+            current.family, f"{TAG}alias_history.{alias}", json.dumps(history)
+        )
+        return self.resolve(target.name)
+
+    def legacy_records(self) -> list[ModelRecord]:
+        """Old-layout records not migrated yet (one registered model per registration)."""
+        return [r for r in self._records() if r.legacy]
+
+    def migrate(self) -> list[tuple[str, str]]:
+        """Copy every old-layout model into its family as a new version, oldest first.
+
+        Files are not copied: the new version points at the same verified artifacts, with
+        the same tags (sha256 manifest included); the old registered model is kept, tagged
+        `migrated_to`, and hidden from listings. An alias the old model held moves with it.
+        Returns `(old name, new FAMILY/VERSION)` pairs.
+        """
+        done = []
+        for old in sorted(self.legacy_records(), key=lambda r: r.created):
+            family = sanitize_name(old.model_type)
+            self._ensure_family(family, family)
+            keep = {k: v for k, v in old.tags.items() if k != TAG + "display_name"}
+            keep[TAG + "migrated_from"] = old.name
+            mv = self.client.create_model_version(
+                family, source=old.source, run_id=old.run_id, tags=keep, description=old.name
+            )
+            for alias in old.aliases:
+                self.client.set_registered_model_alias(family, alias, mv.version)
+            self.client.set_registered_model_tag(
+                old.family, TAG + "migrated_to", f"{family}/{mv.version}"
+            )
+            done.append((old.name, f"{family}/{mv.version}"))
+        return done
 
     def test_split_trials(self, model_type: str) -> int:
         """Selections already made on the test split in this family (registrations graded on
@@ -638,9 +804,9 @@ class ModelRegistry:
         for name in names:
             rec = self.resolve(name)
             count = int(rec.tags.get(TAG + "test_selections") or 0) + 1
-            self.client.set_registered_model_tag(rec.name, TAG + "test_selections", str(count))
+            self._set_tag(rec, TAG + "test_selections", str(count))
             if pbo is not None:
-                self.client.set_registered_model_tag(rec.name, TAG + "benchmark_pbo", f"{pbo:.4f}")
+                self._set_tag(rec, TAG + "benchmark_pbo", f"{pbo:.4f}")
 
 
 def _redacted(raw: dict[str, Any]) -> dict[str, Any]:

@@ -88,3 +88,41 @@ def pg_url() -> str:
     if not url:
         pytest.skip("no PostgreSQL server configured (RL_TRADING_TEST_PG_URL unset)")
     return url
+
+
+HIERARCHY_SETS = [
+    "data.source=synthetic",
+    "data.symbols=[AAA, BBB]",
+    "data.timeframe=1h",
+    "data.synthetic.n_bars=1200",
+    "data.embargo_bars=5",
+    "train.window_size=8",
+    "env.risk_window=20",
+    "tracking.system_metrics=false",
+]
+
+
+@pytest.fixture()
+def hierarchy_checkpoint(workspace):
+    """(cfg, checkpoint dir) of a two-instrument joint hierarchy (specialists + meta) with
+    seeded random weights, saved like an RLlib checkpoint (no training, no Ray)."""
+    import torch
+
+    from envs import HierarchicalTradingEnv
+    from policies import module_spec
+    from rl_trading.config import load_config
+    from rl_trading.evaluation import select_bars
+
+    cfg = load_config(overrides=HIERARCHY_SETS)
+    _, train, _ = select_bars(cfg, None, "test")
+    env = HierarchicalTradingEnv(cfg, bars=train, mode="joint", eval_mode=True)
+    root = workspace / "ckpt"
+    torch.manual_seed(3)
+    for agent in env.possible_agents:
+        module = module_spec(cfg, agent, env.observation_space(agent), env.action_space(agent))
+        module = module.build()
+        with torch.no_grad():
+            for p in module.parameters():
+                p.normal_(0.0, 0.3)
+        module.save_to_path(root / "learner_group" / "learner" / "rl_module" / agent)
+    return cfg, root

@@ -106,6 +106,9 @@ def test_phase_progress_keeps_the_last_finished_episodes_reward():
         # a phase whose episodes are all still running shows no number rather than NaN
         progress({"phase": "phase2", "total": 3, "iteration": 1, "env_steps": 10,
                   "episode_return_mean": float("nan")})  # fmt: skip
+        # before the first validation the runner carries a NaN val_sharpe: not shown
+        progress({"phase": "phase3", "total": 3, "iteration": 1, "env_steps": 10,
+                  "episode_return_mean": 1.0, "val_sharpe": float("nan")})  # fmt: skip
     text = out.getvalue()
     assert "reward -1.500" in text and "val_sharpe 0.25" in text and "nan" not in text
     assert "reward n/a" in text

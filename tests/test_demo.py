@@ -72,15 +72,16 @@ def test_demo_runs_the_whole_pipeline_and_registers_models(workspace):
 
     listed = _run(["models", "list"], workspace)
     assert listed.returncode == 0, listed.stderr
-    assert "hierarchical_ppo_v1.0.0_grade_" in listed.stdout
-    # One Sharpe: the registered name carries the report's test-split Sharpe (graded there),
+    assert "hierarchical_ppo/1" in listed.stdout and "1.0.0" in listed.stdout
+    # One Sharpe: the registered version carries the report's test-split Sharpe (graded there),
     # and the report says how it annualised and which risk-free rate it used.
-    from rl_trading.registry import format_metric
+    from rl_trading.registry import ModelRegistry
 
     sharpe = report["strategies"]["policy"]["sharpe_ratio"]
-    assert f"_sharpe_{format_metric(sharpe)}" in listed.stdout
+    assert ModelRegistry().resolve("hierarchical_ppo").metric_value == pytest.approx(sharpe)
+    assert f"{sharpe:.3f}" in listed.stdout
     meta = report["meta"]
     assert meta["risk_free_rate"] == 0.0 and meta["periods_per_year"] > 0
     assert meta["bars"].startswith("test split") and meta["n_trials"] >= 1
     assert report["walk_forward"]["retrained"] is False
-    assert "analyst_1m_v1.0.0_grade_" in listed.stdout
+    assert "analyst_1m/1" in listed.stdout

@@ -22,14 +22,15 @@ SETS = [
 CLI_SETS = [x for s in SETS for x in ("--set", s)]
 
 
-def _register(reg, cfg, ws, tag, seed, window=8, scaler_bars=None):
-    """Register a random single-instrument policy with the scaler of the training split."""
+def _register(reg, cfg, ws, tag, seed, window=8, scaler_bars=None, sym="MSFT", config=None):
+    """Register a random single-instrument policy with the scaler of the training split
+    (and `config` as its stored training config)."""
     from envs.trading_env import TradingEnv
     from policies import module_spec
     from rl_trading.evaluation import select_bars
 
     _, train, _ = select_bars(cfg, None, "val")
-    bars = scaler_bars if scaler_bars is not None else train["MSFT"]
+    bars = scaler_bars if scaler_bars is not None else train[sym]
     env = TradingEnv(cfg, bars=bars, eval_mode=True, window_size=window)
     m = module_spec(cfg, "default_policy", env.observation_space, env.action_space).build()
     torch.manual_seed(seed)
@@ -42,7 +43,8 @@ def _register(reg, cfg, ws, tag, seed, window=8, scaler_bars=None):
         path,
         model_type=f"ppo_{tag}",
         metrics={"sharpe": 1.0, "max_drawdown": 0.1},
-        preprocessing={"scaler": env.scaler.to_dict(), "symbols": ["MSFT"]},
+        preprocessing={"scaler": env.scaler.to_dict(), "symbols": [sym]},
+        config=config,
     )
     return rec.name
 
@@ -130,5 +132,33 @@ def test_incompatible_members_are_refused(members, capsys):
     assert code != 0 and "incompatible" in err and len(err.strip().splitlines()) == 1
     assert main(["models", "ensemble", name, *CLI_SETS]) != 0
     assert "at least two" in capsys.readouterr().err
-    assert main(["models", "ensemble", f"{name},{name}", "--weights", "1", *CLI_SETS]) != 0
+    assert main(["models", "ensemble", f"{name},{other}", "--weights", "1", *CLI_SETS]) != 0
     assert "--weights has 1 values for 2 members" in capsys.readouterr().err
+
+
+def test_ensemble_uses_stored_configs_and_refuses_duplicates(members, capsys):
+    """Members registered with their training config: `models ensemble` evaluates on it (no
+    --set needed), refuses a member given twice (also as NAME and NAME/VERSION) and members
+    trained on other instruments, each error on one line, printed once."""
+    from rl_trading.registry import ModelRegistry
+
+    ws, _, _, _ = members
+    names = {}
+    for tag, sym, seed in (("x", "MSFT", 3), ("y", "MSFT", 4), ("g", "GOOGL", 5)):
+        cfg = load_config(overrides=[*SETS, f"data.symbols=[{sym}]"])
+        rec_name = _register(ModelRegistry(cfg=cfg), cfg, ws, tag, seed, sym=sym, config=cfg)
+        names[tag] = rec_name
+    for bad, want in (
+        (f"{names['x']},{names['x']}", "given twice"),
+        ("ppo_x,ppo_x/1", "are the same model"),
+        (f"{names['x']},{names['g']}", "members trained on other data"),
+    ):
+        assert main(["models", "ensemble", bad]) != 0
+        err = capsys.readouterr().err
+        assert want in err and len(err.strip().splitlines()) == 1, err
+    code = main(["models", "ensemble", "ppo_x,ppo_y", "--json"])  # no --set: stored config
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    made = json.loads(out.out)
+    assert made["model"]["name"] == "ensemble/1"
+    assert made["model"]["lineage"]["members"] == ["ppo_x/1", "ppo_y/1"]

@@ -109,7 +109,9 @@ def test_registered_name_info_report_and_trainer_evaluate_agree(workspace):
     rec, res = register_policy(ckpt, cfg, split="test")
     sharpe = res.metrics["policy"]["sharpe_ratio"]
     assert rec.metrics["sharpe"] == pytest.approx(sharpe, rel=1e-12)
-    assert f"_sharpe_{format_metric(sharpe)}" in rec.name
+    assert rec.name == "hierarchical_ppo/1"
+    assert rec.tags["rl_trading.metric_value"] == repr(rec.metrics["sharpe"])
+    assert format_metric(sharpe) == format_metric(rec.metric_value)
     info = ModelRegistry(cfg=cfg).info(rec.name)
     assert info.metrics["sharpe"] == pytest.approx(sharpe, rel=1e-12)
     assert info.tags["rl_trading.graded_split"] == "test"

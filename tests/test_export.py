@@ -69,3 +69,70 @@ def test_load_module_errors(tmp_path):
         load_module(tmp_path)
     with pytest.raises(CheckpointError, match="meta"):
         load_module(tmp_path, policy_id="meta")
+
+
+def test_load_policy_acts_like_the_backtest_and_export_writes_every_policy(
+    hierarchy_checkpoint, capsys
+):
+    """`rl_trading.load_policy` restores a hierarchy without an Algorithm (no Ray), acts with
+    the env's action mapping (clipped and scaled into the action space), and `export onnx`
+    writes one file per policy plus a manifest, each matching `act`."""
+    import json
+
+    import ray
+
+    import rl_trading
+    from policies import compute_actions
+    from rl_trading.cli.main import main
+    from rl_trading.evaluation.export import onnx_actions
+    from rl_trading.registry import ModelRegistry
+
+    cfg, ckpt = hierarchy_checkpoint
+    policy = rl_trading.load_policy(ckpt)
+    assert not ray.is_initialized()  # restoring for inference starts no actors
+    assert "meta" in policy.policy_ids and len(policy.policy_ids) == 3
+    rng = np.random.default_rng(0)
+    for pid in policy.policy_ids:
+        space = policy.action_space(pid)
+        obs = rng.normal(0, 3, size=(500, *policy.observation_space(pid).shape))
+        acts = policy.act(obs, pid)
+        assert acts.shape == (500, *space.shape)
+        assert np.all(acts >= space.low) and np.all(acts <= space.high)
+        raw = policy.module(pid).forward_inference(
+            {"obs": torch.as_tensor(obs, dtype=torch.float32)}
+        )["action_dist_inputs"][:, : space.shape[0]]
+        mean = raw.detach().numpy()
+        want = space.low + (np.clip(mean, -1, 1) + 1) * (space.high - space.low) / 2
+        np.testing.assert_allclose(acts, want, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(acts, compute_actions(policy.module(pid), obs))
+        one = policy.act(obs[0], pid)  # a single observation -> a single action
+        np.testing.assert_allclose(one, acts[0], atol=1e-6)
+    both = policy.act({pid: np.zeros(policy.observation_space(pid).shape) for pid in ["meta"]})
+    assert set(both) == {"meta"}
+    with pytest.raises(CheckpointError, match="several policies"):
+        policy.act(np.zeros(3))
+
+    # the registered model: the same actions through NAME@ALIAS and models:/ URIs
+    rec = ModelRegistry(cfg=cfg).register(
+        ckpt, model_type="hierarchical_ppo", metrics={"sharpe": 1.0, "max_drawdown": 0.1}
+    )
+    ModelRegistry(cfg=cfg).promote(rec.name)
+    from_reg = rl_trading.load_policy("models:/hierarchical_ppo@champion")
+    obs = rng.normal(size=(10, *policy.observation_space("meta").shape))
+    np.testing.assert_allclose(from_reg.act(obs, "meta"), policy.act(obs, "meta"), atol=1e-6)
+
+    out = ckpt.parent / "export" / "policy.onnx"
+    assert main(["export", "onnx", "--model", "hierarchical_ppo", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "manifest" in printed and "parity" in printed
+    manifest = json.loads((out.parent / "policy.manifest.json").read_text())
+    assert set(manifest["policies"]) == set(policy.policy_ids)
+    for pid, info in manifest["policies"].items():
+        obs = rng.normal(size=(64, info["obs_dim"])).astype(np.float32)
+        got = onnx_actions(info["file"], obs)
+        np.testing.assert_allclose(got, policy.act(obs, pid), atol=1e-5)
+    one = ckpt.parent / "meta.onnx"
+    code = main(
+        ["export", "onnx", "--checkpoint", str(ckpt), "--policy", "meta", "--out", str(one)]
+    )
+    assert code == 0 and one.is_file()

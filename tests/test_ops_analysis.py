@@ -74,3 +74,14 @@ def test_run_config_with_a_masked_password_reloads(tmp_path, monkeypatch):
     loaded = analysis.load_run_config(tmp_path)
     assert loaded.data.db_url is None  # the data layer then takes RL_TRADING_DB_URL
     assert loaded.seed == cfg.seed
+
+
+def test_dashboard_screenshot_script_without_a_browser_says_so(capsys):
+    """scripts/dashboard_screenshot.py: no browser is one line and exit status 3 (CI skips)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from dashboard_screenshot import main
+
+    assert main(["http://127.0.0.1:9", "--browser", "/no/such/browser"]) == 3
+    assert "no headless browser found" in capsys.readouterr().out

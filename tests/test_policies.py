@@ -157,3 +157,23 @@ def test_exploration_samples_like_rllib_get_actions(cls, act):
     torch.testing.assert_close(
         module.forward_train(batch)[Columns.ACTION_DIST_INPUTS], out[Columns.ACTION_DIST_INPUTS]
     )
+
+
+def test_modules_are_built_without_the_deprecated_constructor(caplog):
+    """Our specs build modules the current way (spaces + model_config, no `config=`); the
+    deprecation line RLlib's own base class logs for every module does not reach the user."""
+    import logging
+
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from policies import module_spec
+    from rl_trading.config import AppConfig
+
+    obs = gym.spaces.Box(-1, 1, (10,), np.float32)
+    act = gym.spaces.Box(-1, 1, (1,), np.float32)
+    spec = module_spec(AppConfig(), "default_policy", obs, act)
+    assert spec.observation_space is obs and spec.model_config is not None
+    with caplog.at_level(logging.WARNING):
+        module = spec.build()
+    assert isinstance(module, RLModule) and module.observation_space is obs
+    assert not [r for r in caplog.records if "RLModule(config=" in r.getMessage()]

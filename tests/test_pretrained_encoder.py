@@ -406,4 +406,4 @@ def test_train_supervised_register_hands_the_cnn_lstm_to_the_rl_stages(workspace
         resolve_encoder(load_config(quick, [*WINDOW_20, "policy.cnn_lstm_model=cnn_lstm_1d"]))
     assert main(["train", "supervised", "-c", quick, "--models", "cnn_lstm", "--register"]) == 0
     source = resolve_encoder(load_config(quick, [*WINDOW_20, "policy.cnn_lstm_model=cnn_lstm_1d"]))
-    assert source.name.startswith("cnn_lstm_1d_v1.0.0_grade_") and source.window == 20
+    assert source.name == "cnn_lstm_1d/1" and source.version == "1.0.0" and source.window == 20

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,8 +145,14 @@ def test_register_list_info_promote_round_trip(workspace):
         graded_split="test",
         n_trials=3,
     )
-    assert r1.name == "hierarchical_ppo_v1.0.0_grade_B_sharpe_1.30"
+    # One registered model per family, MLflow's integer versions; semver etc. in version tags.
+    assert r1.name == "hierarchical_ppo/1" and r1.family == "hierarchical_ppo"
+    assert r1.uri == "models:/hierarchical_ppo/1"
     assert r1.grade == "B" and r1.version == "1.0.0" and r1.kind == "rl"
+    mv = reg.client.get_model_version("hierarchical_ppo", "1")
+    assert mv.tags["rl_trading.version"] == "1.0.0" and mv.tags["rl_trading.grade"] == "B"
+    assert json.loads(mv.tags["rl_trading.metrics"])["dsr"] == pytest.approx(0.97)
+    assert "module_state.pt" in json.loads(mv.tags["rl_trading.sha256_manifest"])
     # Same signature + data + config -> patch; new data -> minor; new signature -> major.
     r2 = reg.register(
         src,
@@ -156,7 +163,7 @@ def test_register_list_info_promote_round_trip(workspace):
         untouched=True,
         graded_split="test",
     )
-    assert r2.version == "1.0.1" and r2.grade == "S"
+    assert r2.name == "hierarchical_ppo/2" and r2.version == "1.0.1" and r2.grade == "S"
     assert reg.test_split_trials("hierarchical_ppo") == 2  # both graded on the test split
     reg.record_test_selection([r1.name], pbo=0.4)  # e.g. compared in `models benchmark`
     assert reg.test_split_trials("hierarchical_ppo") == 3
@@ -175,7 +182,7 @@ def test_register_list_info_promote_round_trip(workspace):
         metrics={"sharpe": 1.0, "max_drawdown": 0.1},
         signature={"obs": 12, "act": 1},
     )
-    assert r4.version == "2.0.0"
+    assert r4.version == "2.0.0" and r4.name == "hierarchical_ppo/4"
     sup = _fake_model(workspace / "sup", b"forest")
     s1 = reg.register(
         sup,
@@ -183,11 +190,14 @@ def test_register_list_info_promote_round_trip(workspace):
         kind="supervised",
         metrics={"accuracy": 0.65, "best_baseline_accuracy": 0.60},
     )
-    assert s1.name == "analyst_rf_v1.0.0_grade_B_accuracy_0.65"  # +0.05 over its baselines
+    assert s1.name == "analyst_rf/1" and s1.grade == "B"  # +0.05 over its baselines
 
     # A second registry object (like a later CLI call in the same workspace) sees everything.
-    names = [r.name for r in ModelRegistry().list()]
-    assert len(names) == 5 and all(NAME_RE.match(n) for n in names)
+    assert set(ModelRegistry().families()) == {"hierarchical_ppo", "analyst_rf"}
+    assert [rm.name for rm in reg.client.search_registered_models()] == [
+        "analyst_rf",
+        "hierarchical_ppo",
+    ]
     capped = reg.register(
         src,
         model_type="cash_ppo",
@@ -195,32 +205,119 @@ def test_register_list_info_promote_round_trip(workspace):
         untouched=True,
     )
     assert capped.grade == "C" and "DSR" in capped.tags["rl_trading.grade_capped"]
-    names.append(capped.name)
     assert len(reg.list(model_type="hierarchical_ppo")) == 4
-    assert len(names) == 6
+    assert len(reg.list()) == 6
     assert [r.name for r in reg.list(grade="S")] == [r2.name]
 
     info = reg.info(r1.name)
     assert info.lineage["phase1"] == "runs/x/phase1"
     assert info.data_fingerprint == "fp1"
     assert info.metrics["sharpe"] == pytest.approx(1.3)
-    assert reg.resolve("hierarchical_ppo").name == r4.name  # newest semver of the family
+    assert reg.resolve("hierarchical_ppo").name == r4.name  # newest version of the family
+    assert reg.resolve("hierarchical_ppo/latest").name == r4.name
+    assert reg.resolve("models:/hierarchical_ppo/2").name == r2.name
     assert reg.load_preprocessing(r1.name) == pre
     loaded = reg.load_path(r1.name)
     assert (loaded / "module_state.pt").read_bytes() == b"weights-1"
 
+    # Aliases: promote sets champion; promoting another moves it; rollback moves it back.
     p = reg.promote(r2.name)
-    assert "production" in p.aliases and p.stage == "production"
-    assert reg.resolve("hierarchical_ppo@production").name == r2.name
+    assert p.aliases == ["champion"] and p.stage == "champion"
+    assert reg.resolve("hierarchical_ppo@champion").name == r2.name
+    reg.promote(r3.name, alias="challenger")
     reg.promote(r1.name)
-    assert reg.resolve("hierarchical_ppo@production").name == r1.name
-    assert "production" not in reg.info(r2.name).aliases
+    assert reg.resolve("hierarchical_ppo@champion").name == r1.name
+    assert "champion" not in reg.info(r2.name).aliases
+    assert reg.info(r2.name).stage == "archived"
+    assert reg.resolve("models:/hierarchical_ppo@challenger").name == r3.name
+    back = reg.rollback("hierarchical_ppo")
+    assert back.name == r2.name and reg.resolve("hierarchical_ppo@champion").name == r2.name
+    with pytest.raises(RegistryError, match="no earlier holder"):
+        reg.rollback("hierarchical_ppo")
+
+    # Plain MLflow resolves the alias URI to the same verified files.
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=reg.uri, registry_uri=reg.uri)
+    assert str(client.get_model_version_by_alias("hierarchical_ppo", "champion").version) == "2"
+    mlflow.set_registry_uri(reg.uri)
+    plain = mlflow.artifacts.download_artifacts("models:/hierarchical_ppo@champion")
+    assert (Path(plain) / "module_state.pt").read_bytes() == b"weights-1"
+
     with pytest.raises(RegistryError, match="unknown model"):
-        reg.info("nope_v9.9.9")
+        reg.info("nope")
+    with pytest.raises(RegistryError, match="no version 9"):
+        reg.info("hierarchical_ppo/9")
+    with pytest.raises(RegistryError, match="alias 'gone'"):
+        reg.info("hierarchical_ppo@gone")
     with pytest.raises(RegistryError):
         reg.register(
             workspace / "missing", model_type="x", metrics={"sharpe": 1, "max_drawdown": 0}
         )
+
+
+def test_old_layout_store_is_read_and_migrated(workspace):
+    """A store written before families (one registered model per registration, tags on the
+    registered model) is read as it is, then `migrate` adds each to its family."""
+    import mlflow
+
+    reg = ModelRegistry()
+    src = _fake_model(workspace / "ckpt")
+    manifest = {"module_state.pt": "", "sub/meta.json": ""}
+    from rl_trading.registry import _manifest_digest, checksum_manifest
+
+    manifest = checksum_manifest(src)
+    mlflow.set_experiment("model_registry")
+    olds = []
+    for i, (semver, sharpe) in enumerate([("1.0.0", 1.28), ("1.0.1", 1.5)]):
+        with mlflow.start_run() as run:
+            mlflow.log_artifacts(str(src), artifact_path="model")
+        name = model_name("hierarchical_ppo", semver, "C", "sharpe", sharpe)
+        tags = {
+            "rl_trading.model_type": "hierarchical_ppo",
+            "rl_trading.kind": "rl",
+            "rl_trading.version": semver,
+            "rl_trading.grade": "C",
+            "rl_trading.metric_name": "sharpe",
+            "rl_trading.metric_value": repr(sharpe),
+            "rl_trading.metrics": json.dumps({"sharpe": sharpe, "max_drawdown": 0.1}),
+            "rl_trading.created": f"2026-01-0{i + 1}T00:00:00.000000Z",
+            "rl_trading.stage": "none",
+        }
+        reg.client.create_registered_model(name, tags=tags)
+        reg.client.create_model_version(
+            name,
+            source=f"{run.info.artifact_uri}/model",
+            run_id=run.info.run_id,
+            tags={
+                "rl_trading.sha256_manifest": json.dumps(manifest, sort_keys=True),
+                "rl_trading.manifest_sha256": _manifest_digest(manifest),
+            },
+        )
+        olds.append(name)
+    reg.client.set_registered_model_alias(olds[0], "production", "1")
+
+    # read as it is: old names resolve, the type resolves to the newest, files verify
+    assert [r.legacy for r in reg.list()] == [True, True]
+    assert reg.resolve(olds[0]).version == "1.0.0"
+    assert reg.resolve("hierarchical_ppo").name == olds[1]
+    assert reg.resolve("hierarchical_ppo@production").name == olds[0]
+    assert (reg.load_path(olds[0]) / "module_state.pt").is_file()
+    with pytest.raises(RegistryError, match="models migrate"):
+        reg.promote(olds[1])
+    # a new registration continues the family's semantic versions
+    moved = reg.migrate()
+    assert moved == [(olds[0], "hierarchical_ppo/1"), (olds[1], "hierarchical_ppo/2")]
+    assert [r.name for r in reg.list()] == ["hierarchical_ppo/2", "hierarchical_ppo/1"]
+    assert reg.resolve(olds[0]).name == "hierarchical_ppo/1"  # old names still work
+    assert reg.resolve("hierarchical_ppo@production").name == "hierarchical_ppo/1"
+    assert (reg.load_path("hierarchical_ppo/2") / "module_state.pt").is_file()
+    assert reg.migrate() == []  # nothing left
+    new = reg.register(
+        src, model_type="hierarchical_ppo", metrics={"sharpe": 1.0, "max_drawdown": 0.1}
+    )
+    assert new.name == "hierarchical_ppo/3" and new.version == "2.0.0"  # new signature: major
 
 
 def test_tampered_artifact_raises(workspace):

@@ -51,20 +51,31 @@ def setup(workspace):
     return workspace, names
 
 
-def test_models_cli_round_trip(setup, capsys):
+def test_models_cli_round_trip(setup, capsys, monkeypatch):
     ws, (n1, n2) = setup
+    assert (n1, n2) == ("ppo_single/1", "ppo_single/2")
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["models", "promote", n2, "--alias", "challenger", *SETS]) == 0
+    capsys.readouterr()
     assert main(["models", "list", *SETS]) == 0
     out = capsys.readouterr().out
-    assert "ppo_single_v1.0.0_grade_B_sharpe_1.30" in out and n2 in out
+    assert "ppo_single (rl, 2 versions) @challenger=2" in out
+    assert n1 in out and n2 in out and "1.0.0" in out and "1.0.1" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
     assert main(["models", "list", "--grade", "S", *SETS]) == 0
     out = capsys.readouterr().out
     assert n2 in out and n1 not in out
     assert main(["models", "info", n1, *SETS]) == 0
-    assert "all sha256 match" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "all sha256 match" in out and "Metrics" in out and '{"' not in out
+    assert "sharpe" in out and "max_drawdown" in out
     assert main(["models", "promote", n1, *SETS]) == 0
-    assert "production" in capsys.readouterr().out
-    assert main(["models", "info", "ppo_single@production", *SETS]) == 0
+    assert "ppo_single@champion" in capsys.readouterr().out
+    assert main(["models", "info", "ppo_single@champion", *SETS]) == 0
     assert n1 in capsys.readouterr().out
+    assert main(["models", "promote", n2, *SETS]) == 0
+    assert main(["models", "rollback", "ppo_single", *SETS]) == 0
+    assert "back on ppo_single/1" in capsys.readouterr().out
     assert main(["models", "info", "nope", *SETS]) == 6
     err = capsys.readouterr().err
     assert "unknown model 'nope'" in err and "Traceback" not in err

@@ -71,7 +71,9 @@ def test_phase1_register_backtest_list_benchmark(ray_session, workspace, capsys)
     sets = [a for s in TINY for a in ("--set", s)]
     assert main(["models", "list", "-c", str(cfg_path), *sets]) == 0
     out = capsys.readouterr().out
-    assert rec_best.display_name in out and rec_last.display_name in out
+    assert (rec_best.name, rec_last.name) == ("hierarchical_ppo/1", "hierarchical_ppo/2")
+    assert "hierarchical_ppo (rl, 2 versions)" in out
+    assert rec_best.name in out and rec_last.name in out
 
     rep = workspace / "bt"
     code = main(
@@ -151,5 +153,5 @@ def test_phase1_register_backtest_list_benchmark(ray_session, workspace, capsys)
         ]
     )
     assert code == 0 and onnx.stat().st_size > 0
-    assert main(["models", "info", "no_such_model_v1.0.0", "-c", str(cfg_path), *sets]) == 6
+    assert main(["models", "info", "no_such_model", "-c", str(cfg_path), *sets]) == 6
     assert "unknown model" in capsys.readouterr().err

@@ -18,7 +18,7 @@ def backtest_command(
         typer.Option("--checkpoint", help="Algorithm checkpoint or RLModule dir to evaluate."),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="Registered model name (or TYPE, TYPE@alias).")
+        str | None, typer.Option("--model", help="NAME, NAME/VERSION or NAME@ALIAS.")
     ] = None,
     data: DataOpt = None,
     split: SplitOpt = "test",

@@ -38,7 +38,7 @@ def _print_stage(name: str, info: dict[str, Any]) -> None:
             )
     elif name == "registry":
         rec = info["model"]
-        console.print(f"registered policy [bold]{rec.display_name}[/] (grade {rec.grade})")
+        console.print(f"registered policy [bold]{rec.display_name}[/]")
     elif name == "backtest":
         from rl_trading.evaluation.report import render_table, render_targets, render_walk_forward
 
@@ -80,8 +80,7 @@ def demo(
     plots = ", ".join(p.name for k, p in out.report_paths.items() if k != "report")
     lines = [
         f"run dir  {out.run_dir}",
-        f"model    {rec.display_name}",
-        f"         grade {rec.grade}, version {rec.version}",
+        f"model    {rec.name} (grade {rec.grade}, version {rec.version})",
         f"test     Sharpe {pm['sharpe_ratio']:.3f}, max drawdown {pm['max_drawdown']:.3f}, "
         f"total return {pm['total_return']:.3%}",
         f"report   {out.report_paths['report']}",
@@ -94,6 +93,7 @@ def demo(
     # commands on lines of their own, never wrapped, so they can be copied
     for cmd in (
         f"rl-trading models info {rec.name}",
+        f"rl-trading models promote {rec.name} --alias champion",
         f"rl-trading backtest --model {rec.name} --split test",
         "mlflow ui --backend-store-uri sqlite:///mlflow.db",
     ):

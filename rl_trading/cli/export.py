@@ -14,13 +14,23 @@ app = typer.Typer(help="Export trained policies (ONNX).", no_args_is_help=True)
 
 @app.command("onnx")
 def onnx(
-    out: Annotated[Path, typer.Option("--out", help="ONNX file to write.")],
-    model: Annotated[str | None, typer.Option("--model", help="Registered model name.")] = None,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="ONNX file to write; a hierarchy writes OUT's stem + .POLICY.onnx per policy "
+            "and OUT's stem + .manifest.json.",
+        ),
+    ],
+    model: Annotated[
+        str | None, typer.Option("--model", help="NAME, NAME/VERSION or NAME@ALIAS.")
+    ] = None,
     checkpoint: Annotated[
         Path | None, typer.Option("--checkpoint", help="Algorithm checkpoint or RLModule dir.")
     ] = None,
     policy: Annotated[
-        str | None, typer.Option("--policy", help="Policy id (e.g. meta, specialist_EURUSD).")
+        str | None,
+        typer.Option("--policy", help="Only this policy id (e.g. meta, specialist_EURUSD)."),
     ] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -28,12 +38,11 @@ def onnx(
         bool, typer.Option(help="Compare onnxruntime with the module on 1,000 observations.")
     ] = True,
 ) -> None:
-    """Export one policy (module) as ONNX: obs [B, obs_dim] -> deterministic action."""
-    import numpy as np
-
+    """Export a policy as ONNX (obs [B, obs_dim] -> deterministic action); every policy of
+    a hierarchy, one file each, plus a manifest."""
     from rl_trading.errors import CheckpointError, ConfigError
-    from rl_trading.evaluation.backtest import load_policy
-    from rl_trading.evaluation.export import export_onnx, onnx_actions
+    from rl_trading.evaluation.export import export_policies
+    from rl_trading.inference import load_policy
 
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --model NAME or --checkpoint PATH")
@@ -48,27 +57,22 @@ def onnx(
                 f"'{rec.name}' is an ensemble: ONNX export takes one network; export each "
                 f"member instead ({members})"
             )
-    bundle = load_policy(str(checkpoint) if checkpoint else model, cfg)
-    if policy is None:
-        if len(bundle.modules) != 1:
-            ids = ", ".join(bundle.modules)
-            raise ConfigError(f"this model has several policies ({ids}); pick one with --policy")
-        policy = next(iter(bundle.modules))
-    if policy not in bundle.modules:
-        raise CheckpointError(f"no policy '{policy}' (have: {', '.join(bundle.modules)})")
-    module = bundle.modules[policy]
-    if not hasattr(module, "forward_inference"):
-        raise CheckpointError(f"policy '{policy}' is not an RLModule (ensembles cannot export)")
-    path = export_onnx(module, out)
-    console.print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    loaded = load_policy(str(checkpoint) if checkpoint else model, cfg)
+    ids = loaded.policy_ids
+    if policy is not None:
+        if policy not in ids:
+            raise CheckpointError(f"no policy '{policy}' (have: {', '.join(ids)})")
+        ids = [policy]
+    for pid in ids:
+        if not hasattr(loaded.module(pid), "forward_inference"):
+            raise CheckpointError(f"policy '{pid}' is not an RLModule (ensembles cannot export)")
+    written = export_policies(loaded, out, ids, check=check)
+    for pid, info in written["policies"].items():
+        line = f"wrote {info['file']} ({info['bytes']:,} bytes)"
+        if "parity_max_abs_diff" in info:
+            line += f"; parity: max |onnx - module| = {info['parity_max_abs_diff']:.1e}"
+        console.print(line if len(ids) == 1 else f"{pid}: {line}", soft_wrap=True)
+    if written.get("manifest"):
+        console.print(f"manifest {written['manifest']}", soft_wrap=True)
     if check:
-        from policies import compute_actions
-
-        dim = int(np.prod(module.observation_space.shape))
-        obs = np.random.default_rng(0).normal(size=(1000, dim)).astype(np.float32)
-        want = compute_actions(module, obs)
-        got = onnx_actions(path, obs).reshape(want.shape)
-        err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
-        if err > 1e-5:
-            raise CheckpointError(f"ONNX parity check failed: max |diff| {err:.2e} > 1e-5")
-        console.print(f"parity: max |onnx - module| = {err:.1e} on 1,000 observations")
+        console.print("parity checked on 1,000 observations per policy")

@@ -1,4 +1,4 @@
-"""`rl-trading models list|info|register|benchmark|promote`: the MLflow model registry."""
+"""`rl-trading models list|info|register|benchmark|ensemble|promote|rollback|migrate`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from rl_trading.cli.common import (
 )
 from rl_trading.cli.output import JsonOpt, next_steps, print_json
 
-app = typer.Typer(help="Registered models: versions, grades, lineage.", no_args_is_help=True)
+app = typer.Typer(
+    help="Registered models: families, versions, aliases, grades, lineage.", no_args_is_help=True
+)
 ALIAS_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")  # what MLflow accepts as a model alias
 TrackingOpt = Annotated[
     str | None, typer.Option("--tracking-uri", help="MLflow store (default: workspace SQLite).")
@@ -37,38 +39,89 @@ def _registry(config: Path | None, sets: list[str] | None, tracking_uri: str | N
 
 @app.command("list")
 def list_models(
-    model_type: Annotated[str | None, typer.Option("--type", help="Only this model type.")] = None,
+    model_type: Annotated[str | None, typer.Option("--type", help="Only this family.")] = None,
     grade: Annotated[str | None, typer.Option("--grade", help="Only this grade.")] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     tracking_uri: TrackingOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every registered model, newest first."""
-    from rich.table import Table
-
+    """Every model family with its versions (newest first) and aliases."""
     registry, _ = _registry(config, sets, tracking_uri)
     records = registry.list(model_type=model_type, grade=grade)
     if as_json:
         print_json([record_dict(r) for r in records])
         return
-    # names are copied into other commands: each gets a whole line, never cut; the details
-    # go in a second line so the table stays readable at 80 columns
-    table = Table(title=f"Registered models ({len(records)})", header_style="bold")
-    table.add_column("name / type, kind, version, grade, metric, aliases, created", overflow="fold")
-    for r in records:
-        details = (
-            f"  {r.model_type}, {r.kind}, v{r.version}, grade {r.grade}, "
-            f"{r.metric_name} {r.metric_value:.3f}, aliases {','.join(r.aliases) or '-'}, "
-            f"{r.created[:19].replace('T', ' ')}"
+    for table in family_tables(records):
+        console.print(table)
+    legacy = [r for r in records if r.legacy]
+    if legacy:
+        console.print(
+            f"[yellow]{len(legacy)} model(s) in the old layout (one registered model per "
+            "version): read as they are; `rl-trading models migrate` moves them into families[/]"
         )
-        table.add_row(f"[bold]{r.display_name}[/]\n{details}")
-    console.print(table)
+    if not records:
+        console.print("no registered models (register one with `rl-trading models register`)")
+    else:
+        console.print("refer to a model as NAME (newest), NAME/VERSION or NAME@ALIAS")
+
+
+def family_tables(records: list) -> list:
+    """One rich table per family (versions, semver, grade, metric, aliases, date), each
+    readable at 80 columns; old-layout records in a table of their own with full names."""
+    from rich import box
+    from rich.table import Table
+
+    groups: dict[str, list] = {}
+    for r in records:
+        groups.setdefault("" if r.legacy else r.family, []).append(r)
+    tables = []
+    for family, recs in sorted(groups.items(), key=lambda kv: (kv[0] == "", kv[0])):
+        if not family:
+            table = Table(title="Old layout (read-only)", box=box.SIMPLE, header_style="bold")
+            table.add_column("name", overflow="fold")
+            table.add_column("grade", no_wrap=True)
+            table.add_column("aliases", overflow="fold")
+            for r in recs:
+                table.add_row(r.name, r.grade, ",".join(r.aliases) or "-")
+            tables.append(table)
+            continue
+        held = {a: r.mlflow_version for r in recs for a in r.aliases}
+        n = len(recs)
+        title = f"[bold]{family}[/] ({recs[0].kind}, {n} version{'s' if n != 1 else ''})"
+        if held:
+            title += " " + ", ".join(f"@{a}={v}" for a, v in sorted(held.items()))
+        table = Table(title=title, box=box.SIMPLE, header_style="bold", title_justify="left")
+        table.add_column("version", justify="right", no_wrap=True)
+        table.add_column("semver", no_wrap=True)
+        table.add_column("grade", no_wrap=True)
+        table.add_column(recs[0].metric_name or "metric", justify="right", no_wrap=True)
+        table.add_column("aliases", overflow="fold")
+        table.add_column("created (UTC)", no_wrap=True)
+        for r in sorted(recs, key=lambda r: int(r.mlflow_version), reverse=True):
+            table.add_row(
+                f"{family}/{r.mlflow_version}" if len(family) <= 20 else r.mlflow_version,
+                r.version,
+                r.grade,
+                f"{r.metric_value:.3f}",
+                ",".join(r.aliases) or "-",
+                r.created[:16].replace("T", " "),
+            )
+        tables.append(table)
+    return tables
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
 
 
 @app.command()
 def info(
-    name: Annotated[str, typer.Argument(help="Model name, TYPE (newest) or NAME@alias.")],
+    name: Annotated[str, typer.Argument(help="NAME (newest), NAME/VERSION or NAME@ALIAS.")],
     config: ConfigOpt = None,
     sets: SetOpt = None,
     tracking_uri: TrackingOpt = None,
@@ -91,14 +144,12 @@ def info(
     table.add_column("key", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     rows = [
-        ("registered name", r.name),
+        ("model", r.name + ("  (old layout)" if r.legacy else f"  ({r.uri})")),
         ("type / kind", f"{r.model_type} / {r.kind}"),
         ("version", r.version),
         ("grade", f"{r.grade} (score {r.tags.get('rl_trading.grade_score', '?')})"),
         ("stage / aliases", f"{r.stage} / {', '.join(r.aliases) or '-'}"),
-        ("metrics", json.dumps(r.metrics)),
         *([("encoder", encoder_line(r.lineage["encoder"]))] if r.lineage.get("encoder") else []),
-        ("lineage", json.dumps(r.lineage)),
         ("data fingerprint", r.data_fingerprint or "-"),
         ("signature", r.signature[:200] or "-"),
         ("source", r.source),
@@ -113,6 +164,15 @@ def info(
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+    for title, data in (("Metrics", r.metrics), ("Lineage", r.lineage)):
+        if not data:
+            continue
+        sub = Table(title=title, header_style="bold", title_justify="left")
+        sub.add_column("name", no_wrap=True)
+        sub.add_column("value", justify="right" if title == "Metrics" else "left", overflow="fold")
+        for key, value in sorted(data.items()):
+            sub.add_row(key, _fmt(value))
+        console.print(sub)
 
 
 def encoder_line(enc: dict) -> str:
@@ -179,7 +239,9 @@ def register_cmd(
 
 @app.command()
 def benchmark(
-    models: Annotated[str, typer.Option("--models", help="Comma-separated model names.")],
+    models: Annotated[
+        str, typer.Option("--models", help="Comma-separated NAME, NAME/VERSION or NAME@ALIAS.")
+    ],
     data: DataOpt = None,
     split: SplitOpt = "test",
     config: ConfigOpt = None,
@@ -261,7 +323,9 @@ def compare_models(names: list[str], cfg, data: Path | None, split: str) -> dict
 
 @app.command()
 def ensemble(
-    members: Annotated[str, typer.Argument(help="Comma-separated model names: NAME1,NAME2[,...].")],
+    members: Annotated[
+        str, typer.Argument(help="Comma-separated members: NAME1,NAME2/3,NAME3@champion.")
+    ],
     method: Annotated[
         str, typer.Option("--method", help="mean (average actions/probabilities) or vote.")
     ] = "mean",
@@ -289,8 +353,11 @@ def ensemble(
         raise ConfigError("an ensemble needs at least two members: NAME1,NAME2")
     if method not in ("mean", "vote"):
         raise ConfigError(f"--method must be mean or vote, not '{method}'")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"member '{twice[0]}' is given twice: an ensemble needs distinct models")
     w = parse_weights(weights, len(names))
-    cfg = cli_config(config, sets)
+    cfg, _ = policy_config(config, sets, model=names[0])  # the members' stored training config
     out_dir = out or cfg.resolved_run_dir() / "ensemble"
     log = logs.attach_run_dir(out_dir)
     res = create_ensemble(names, cfg, method, w, split, model_type, out_dir)  # type: ignore[arg-type]
@@ -306,7 +373,7 @@ def ensemble(
         return
     title = f"Ensemble ({method}) vs members and baselines, {split} split"
     console.print(render_table(res.result, title=title))
-    console.print(f"registered [bold]{rec.display_name}[/] (grade {rec.grade})", soft_wrap=True)
+    console.print(f"registered [bold]{rec.display_name}[/]", soft_wrap=True)
     next_steps(
         console,
         ("report", res.report_paths["report"]),
@@ -319,6 +386,10 @@ def record_dict(r) -> dict:  # noqa: ANN001 - a registry ModelRecord
     """A registry record as plain JSON-ready data (what `--json` prints)."""
     return {
         "name": r.name,
+        "family": r.family,
+        "mlflow_version": r.mlflow_version,
+        "uri": None if r.legacy else r.uri,
+        "legacy": r.legacy,
         "display_name": r.display_name,
         "type": r.model_type,
         "kind": r.kind,
@@ -340,13 +411,15 @@ def record_dict(r) -> dict:  # noqa: ANN001 - a registry ModelRecord
 
 @app.command()
 def promote(
-    name: Annotated[str, typer.Argument(help="Model name to promote.")],
-    alias: Annotated[str, typer.Option("--alias", help="Alias to set.")] = "production",
+    name: Annotated[str, typer.Argument(help="NAME/VERSION (or NAME, NAME@ALIAS) to promote.")],
+    alias: Annotated[
+        str, typer.Option("--alias", help="Alias to set: champion, challenger, ...")
+    ] = "champion",
     config: ConfigOpt = None,
     sets: SetOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Point an alias (default `production`) at this model; the previous holder is archived."""
+    """Point an alias (default `champion`) of the family at this version."""
     from rl_trading.errors import RegistryError
 
     if not ALIAS_RE.fullmatch(alias) or re.fullmatch(r"(?i)v\d+|latest", alias):
@@ -356,4 +429,40 @@ def promote(
         )
     registry, _ = _registry(config, sets, tracking_uri)
     rec = registry.promote(name, alias)
-    console.print(f"[green]{rec.display_name}[/] is now '{alias}' (stage {rec.stage})")
+    console.print(
+        f"[green]{rec.display_name}[/] is now {rec.family}@{alias} "
+        f"(roll back with `rl-trading models rollback {rec.family} --alias {alias}`)",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Family NAME.")],
+    alias: Annotated[str, typer.Option("--alias", help="Alias to move back.")] = "champion",
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Move an alias back to the version that held it before."""
+    registry, _ = _registry(config, sets, tracking_uri)
+    rec = registry.rollback(name, alias)
+    console.print(f"[green]{rec.family}@{alias}[/] is back on {rec.display_name}", soft_wrap=True)
+
+
+@app.command()
+def migrate(
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Move old-layout models (one registered model per version) into families."""
+    registry, _ = _registry(config, sets, tracking_uri)
+    moved = registry.migrate()
+    for old, new in moved:
+        console.print(f"{old} -> [bold]{new}[/]", soft_wrap=True)
+    console.print(
+        f"migrated {len(moved)} model(s); old names still resolve to their new versions"
+        if moved
+        else "nothing to migrate: every model is already in a family"
+    )

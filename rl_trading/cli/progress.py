@@ -49,7 +49,8 @@ def phase_progress(console: Console) -> Iterator[Callable[[dict[str, Any]], None
         reward = last_reward.get(name, reward)
         shown = f"{reward:.3f}" if reward == reward else "n/a"  # no episode done yet
         text = f"steps {info.get('env_steps', 0):,.0f}  reward {shown}"
-        return text + (f"  val_sharpe {val:.2f}" if val is not None else "")
+        # NaN until the first validation (the runner carries the last one forward)
+        return text + (f"  val_sharpe {val:.2f}" if val is not None and val == val else "")
 
     if not console.is_terminal:
         # redirected (CI logs, `> log`): no live bar; one plain line when a phase starts, at

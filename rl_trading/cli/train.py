@@ -37,9 +37,9 @@ CnnLstmOpt = Annotated[
     str | None,
     typer.Option(
         "--cnn-lstm-model",
-        help="Registered supervised CNN-LSTM (name or family, e.g. cnn_lstm_1d) whose conv+LSTM "
-        "body encodes the specialists' window; frozen unless --fine-tune-lr "
-        "(policy.cnn_lstm_model).",
+        help="Registered supervised CNN-LSTM (NAME, NAME/VERSION or NAME@ALIAS, e.g. "
+        "cnn_lstm_1d) whose conv+LSTM body encodes the specialists' window; frozen unless "
+        "--fine-tune-lr (policy.cnn_lstm_model).",
     ),
 ]
 FineTuneOpt = Annotated[

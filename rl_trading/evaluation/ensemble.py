@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from rl_trading.errors import CheckpointError, RegistryError
+from rl_trading.errors import CheckpointError, ConfigError, RegistryError
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
@@ -219,6 +219,32 @@ def parse_weights(text: str | None, n: int) -> list[float] | None:
     return weights
 
 
+#: Training-config keys every member must share (the bars and observations they act on).
+SHARED_KEYS = (("data", "symbols"), ("data", "timeframe"), ("train", "window_size"))
+
+
+def check_member_configs(names: Sequence[str], registry: ModelRegistry) -> None:
+    """ConfigError unless every member stored with a training config was trained on the same
+    instruments, timeframe and window as the first such member (the config the ensemble is
+    evaluated with, `policy_config(model=first)`)."""
+    first: tuple[str, dict[str, Any]] | None = None
+    for name in names:
+        stored = registry.load_training_config(name)
+        if not stored:
+            continue
+        if first is None:
+            first = (name, stored)
+            continue
+        for section, key in SHARED_KEYS:
+            want = (first[1].get(section) or {}).get(key)
+            have = (stored.get(section) or {}).get(key)
+            if want != have:
+                raise ConfigError(
+                    f"members trained on other data: {first[0]} has {section}.{key}={want}, "
+                    f"{name} has {have}"
+                )
+
+
 def create_ensemble(
     names: Sequence[str],
     cfg: AppConfig,
@@ -242,6 +268,13 @@ def create_ensemble(
     registry = ModelRegistry(cfg=cfg)
     records = [registry.resolve(n) for n in names]  # unknown names fail before any work
     resolved = [r.name for r in records]
+    for i, name in enumerate(resolved):
+        if name in resolved[:i]:
+            raise ConfigError(
+                f"'{names[i]}' and '{names[resolved.index(name)]}' are the same model "
+                f"({name}): an ensemble needs distinct members"
+            )
+    check_member_configs(resolved, registry)
     ens = Ensemble(resolved, method, weights, cfg=cfg)
     bars, train, desc = select_bars(cfg, None, split)
     result = backtest(ens, bars, cfg, seed=cfg.seed, scaler_bars=train)

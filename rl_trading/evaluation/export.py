@@ -112,6 +112,57 @@ def export_torchscript(module: Any, out: str | Path) -> Path:
     return out
 
 
+def export_policies(
+    policy: Any, out: str | Path, policy_ids: list[str] | None = None, check: bool = True
+) -> dict[str, Any]:
+    """Export policies of a loaded model (:class:`rl_trading.inference.Policy`) as ONNX.
+
+    One policy: `out` itself. Several (a hierarchy): `<stem>.<policy_id>.onnx` next to `out`
+    and `<stem>.manifest.json` (policy id -> file, observation size, action space, sha256).
+    `check`: onnxruntime must match `policy.act` (the backtest's actions) within 1e-5 on 1,000
+    random observations, else CheckpointError.
+    """
+    from rl_trading.registry import sha256_file
+
+    out = Path(out)
+    ids = list(policy_ids or policy.policy_ids)
+    several = len(ids) > 1
+    result: dict[str, Any] = {"source": policy.source, "policies": {}}
+    for pid in ids:
+        module = policy.module(pid)
+        path = out.with_name(f"{out.stem}.{pid}{out.suffix or '.onnx'}") if several else out
+        export_onnx(module, path)
+        space = module.action_space
+        info: dict[str, Any] = {
+            "file": str(path),
+            "bytes": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "obs_dim": int(np.prod(module.observation_space.shape)),
+            "action_space": repr(space),
+        }
+        if check:
+            dim = info["obs_dim"]
+            obs = np.random.default_rng(0).normal(size=(1000, dim)).astype(np.float32)
+            want = np.asarray(policy.act(obs, pid))
+            got = onnx_actions(path, obs).reshape(want.shape)
+            err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+            if err > 1e-5:
+                raise CheckpointError(f"{pid}: ONNX parity check failed: max |diff| {err:.2e}")
+            info["parity_max_abs_diff"] = err
+        result["policies"][pid] = info
+    if several:
+        manifest = out.with_name(f"{out.stem}.manifest.json")
+        doc = {
+            **result,
+            "input": "obs: float32 [batch, obs_dim]",
+            "output": "action: Box actions clipped to [-1, 1] and scaled to the space's bounds "
+            "(Gaussian mean); Discrete: arg-max index (int64)",
+        }
+        manifest.write_text(json.dumps(doc, indent=2))
+        result["manifest"] = str(manifest)
+    return result
+
+
 def onnx_actions(path: str | Path, obs: np.ndarray) -> np.ndarray:
     """Run an exported policy with onnxruntime on a `[B, obs_dim]` batch."""
     import onnxruntime as ort

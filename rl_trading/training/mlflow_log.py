@@ -87,7 +87,8 @@ def phase_tracking(
     with mlflow_run(
         cfg.train.experiment_name,
         f"{run_dir.name}-{phase_name}",
-        params=cfg.flat(),
+        # the run dir this phase really writes to, not the `runs/{timestamp}` template
+        params={**cfg.flat(), "run_dir": str(run_dir.resolve())},
         tags=all_tags,
         tracking_uri=tracking_uri or cfg.tracking.tracking_uri,
         system_metrics=cfg.tracking.system_metrics,
