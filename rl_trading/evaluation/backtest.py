@@ -84,7 +84,7 @@ def strategy_metrics(run: StrategyRun, cfg: AppConfig) -> dict[str, float]:
     )
     out["total_costs"] = float(np.sum(run.costs))
     out["exposure"] = float(np.mean(np.abs(weights).sum(axis=1)))
-    for key in ("risk_limit_compliance", "stop_losses", "trades", "vol_scale"):
+    for key in ("risk_limit_compliance", "stop_losses", "trades", "vol_scale", "limit_bound"):
         if key in run.extra:
             out[key] = float(run.extra[key])
     return out
