@@ -8,17 +8,22 @@ Protocol (``rl-trading evaluate walk-forward``):
   part fits the feature scalers and trains the configured phases (budgets from the config),
   its tail (``val_frac / (train_frac + val_frac)`` of the window, after another embargo) is the
   fold's validation part, where the phases select their best checkpoint. The test block is
-  then traded once with that checkpoint, next to every baseline of
+  then traded once with that checkpoint, from its first bar (the bars before it are the
+  features' warm-up, ``data.decision_history``), next to every baseline of
   :func:`rl_trading.evaluation.backtest.backtest` (same bars, costs and capital).
 * **Seeds** vary the training seed (``seed + i``). Folds x seeds are Ray Tune trials; a
   finished trial leaves ``trials/fold<k>_seed<s>/result.json`` and is never recomputed.
 * **Intervals** are over the independent units: the folds. Seeds are averaged within a fold
   first, so ``n = K`` (never ``K x S``). Policy minus baseline is a paired per-fold difference.
 * **Significance.** The out-of-sample returns of the folds (seed-averaged per bar) are stitched
-  in time; PSR and DSR (:mod:`rl_trading.metrics`) are computed on them. ``n_trials`` counts
-  every validation pass that a checkpoint selection looked at, over all folds x seeds, plus the
-  number of seeds; the DSR's trial variance is the null variance of the estimator, 1 / (T - 1).
-* Sharpe convention: rf = 0, annualised with the backtest's ``periods_per_year``.
+  in time, each fold annualised with its own calendar (the stitched bars per year are its bars
+  over the years its folds span); PSR and DSR (:mod:`rl_trading.metrics`) are computed on
+  them. Per-fold values of every strategy are in ``walk_forward.json`` (``fold_values``).
+  ``n_trials`` counts every validation pass that a checkpoint selection looked at, over all
+  folds x seeds, plus the number of seeds, or every trial the ledger holds on the data when
+  that is more (:mod:`rl_trading.evaluation.ledger`); the DSR's trial variance is the null
+  variance of the estimator, 1 / (T - 1) (``metrics.trials_sharpe_variance``).
+* Sharpe convention: rf = 0, annualised with each fold's backtest ``periods_per_year``.
 """
 
 from __future__ import annotations
@@ -73,10 +78,15 @@ class FoldPlan:
     val: slice
     test: slice
 
-    def take(self, bars: dict[str, pd.DataFrame], part: str) -> dict[str, pd.DataFrame]:
-        """The `fit`, `val` or `test` bars of this fold."""
+    def take(
+        self, bars: dict[str, pd.DataFrame], part: str, history: int = 0
+    ) -> dict[str, pd.DataFrame]:
+        """The `fit`, `val` or `test` bars of this fold, with `history` earlier bars in front
+        (the causal warm-up the env needs before its first decision, see
+        `data.decision_history`), so the policy trades from the part's first bar."""
         sl = getattr(self, part)
-        return {k: v.iloc[sl] for k, v in bars.items()}
+        start = max(0, sl.start - int(history))
+        return {k: v.iloc[start : sl.stop] for k, v in bars.items()}
 
     def describe(self, index: pd.DatetimeIndex) -> dict[str, Any]:
         """Dates and sizes of the parts (`train_end` is the last bar any training saw)."""
@@ -221,8 +231,13 @@ def run_fold_seed(
     done = trial_dir / RESULT_FILE
     if done.is_file():
         return json.loads(done.read_text())
+    from rl_trading.data import decision_history
+
     cfg = cfg.model_copy(update={"seed": int(seed)})
-    fit, val, test = (plan.take(bars, p) for p in ("fit", "val", "test"))
+    fit, val = plan.take(bars, "fit"), plan.take(bars, "val")
+    # the test block with the bars before it as warm-up: traded from its first bar (past bars
+    # only feed the features; nothing after the block is added)
+    test = plan.take(bars, "test", decision_history(cfg.train.window_size, cfg.env.risk_window))
     factory = hierarchical_factory(cfg, fit, val)
     run_dir = trial_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -271,6 +286,8 @@ def run_fold_seed(
     }
     for name, run in result.runs.items():  # the project's convention, whatever the backtest's rf
         mets[name]["sharpe_ratio"] = metrics.sharpe_ratio(run.returns, ppy, RISK_FREE_RATE)
+        if "limit_bound" in result.metrics[name]:  # a vol-matched baseline held at the limit
+            mets[name]["limit_bound"] = float(result.metrics[name]["limit_bound"])
     out = {
         "fold": plan.index,
         "seed": int(seed),
@@ -348,7 +365,9 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
 
     folds = sorted({r["fold"] for r in results})
     seeds = sorted({r["seed"] for r in results})
-    ppy = float(results[0]["periods_per_year"])
+    fold_ppy = [
+        float(np.mean([r["periods_per_year"] for r in results if r["fold"] == k])) for k in folds
+    ]
     strategies = list(results[0]["strategies"])
     for r in results[1:]:  # a strategy missing in some run is reported only where complete
         strategies = [s for s in strategies if s in r["strategies"]]
@@ -373,6 +392,16 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
             rets = np.mean([_returns(r["strategies"][s]["equity"][:n]) for r in runs], axis=0)
             stitched_r[s].append(rets)
     summary = {s: {m: interval(v) for m, v in fold_values[s].items()} for s in strategies}
+    # vol-matched baselines: in how many folds x seeds the policy's limit, not its volatility,
+    # set the scale (the baseline then holds less risk than the policy)
+    limit_bound = {
+        s: [
+            int(sum(r["strategies"][s]["metrics"].get("limit_bound", 0.0) > 0 for r in by_fold[k]))
+            for k in folds
+        ]
+        for s in strategies
+        if any("limit_bound" in r["strategies"][s]["metrics"] for r in results)
+    }
     paired = {}
     for b in strategies:
         if b == "policy" or "policy" not in strategies:
@@ -381,6 +410,11 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
         for m in PAIRED_METRICS:
             diff = np.subtract(fold_values["policy"][m], fold_values[b][m])
             paired[b][m] = {**interval(diff.tolist()), "per_fold": diff.tolist()}
+    # each fold's bars in its own calendar: the stitched series' bars per year are its bars
+    # over the years its folds span (each fold's bars / its periods_per_year)
+    fold_bars = [len(x) for x in stitched_r[strategies[0]]] if strategies else []
+    years = sum(n / p for n, p in zip(fold_bars, fold_ppy, strict=True) if p > 0)
+    ppy = float(sum(fold_bars) / years) if years > 0 else fold_ppy[0]
     stitched = {}
     for s in strategies:
         r = np.concatenate(stitched_r[s]) if stitched_r[s] else np.zeros(0)
@@ -398,7 +432,9 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
         "folds": folds,
         "seeds": seeds,
         "periods_per_year": ppy,
+        "fold_periods_per_year": fold_ppy,
         "fold_values": fold_values,
+        "limit_bound": limit_bound,
         "summary": summary,
         "paired": paired,
         "stitched": stitched,
@@ -431,16 +467,27 @@ def build_report(
     plans_info: list[dict[str, Any]],
     phases: tuple[int, ...],
     n_seeds: int,
+    ledger_trials: int = 0,
+    extra_trials: int = 0,
 ) -> dict[str, Any]:
-    """The `walk_forward.json` content from the per fold x seed results."""
+    """The `walk_forward.json` content from the per fold x seed results.
+
+    The DSR is deflated for this walk-forward's own trials (:func:`count_trials`) or, when
+    larger, `ledger_trials` (every trial the ledger holds on the data, this run's included),
+    plus `extra_trials` (work done outside the tool).
+    """
     from rl_trading import metrics
     from rl_trading.training.algo_config import phase_timesteps
 
     agg = aggregate(results, capital=cfg.env.initial_capital)
     trials = count_trials(results, n_seeds)
+    trials["this_run"] = trials["n_trials"]
+    trials["ledger"] = int(ledger_trials)
+    trials["extra"] = int(extra_trials)
+    trials["n_trials"] = max(1, max(trials["this_run"], int(ledger_trials)) + int(extra_trials))
     policy_r = agg["stitched"]["policy"]["returns"]
     psr = metrics.probabilistic_sharpe_ratio(policy_r)
-    dsr = metrics.deflated_sharpe_ratio(policy_r, max(1, trials["n_trials"]))
+    dsr = metrics.deflated_sharpe_ratio(policy_r, trials["n_trials"])
     st = agg["stitched"]["policy"]
     dd_matched = metrics.max_drawdown_at_volatility(
         policy_r, agg["periods_per_year"], cfg.evaluation.grade_volatility
@@ -481,13 +528,16 @@ def build_report(
         "n_trials": trials["n_trials"],
         "n_trials_rule": (
             "validation passes used for checkpoint selection over all folds x seeds x phases, "
-            "plus the number of seeds"
+            "plus the number of seeds; or, when larger, every trial in the ledger on this "
+            "data (this run included); plus --extra-trials"
         ),
+        "fold_periods_per_year": agg["fold_periods_per_year"],
         "psr": psr,
         "dsr": dsr,
         "policy": policy,
         "summary": agg["summary"],
         "fold_values": agg["fold_values"],
+        "limit_bound": agg["limit_bound"],
         "paired_vs_policy": agg["paired"],
         "stitched": {
             s: {k: v for k, v in st_.items() if k not in ("equity", "returns")}
@@ -649,18 +699,98 @@ def supervised_signals(cfg: AppConfig, bars: dict[str, pd.DataFrame]) -> dict[st
 
 
 def trial_resources(cfg: AppConfig) -> Any:
-    """One CPU for the trial (learner + validation) plus its env runners' CPUs."""
+    """One CPU for the trial (learner + validation) plus its env runners' CPUs (and their
+    custom resources): RLlib places the runners in the trial's placement group."""
     from ray import tune
 
     res = cfg.resources
-    bundles = [{"CPU": 1.0}] + [{"CPU": float(res.num_cpus_per_env_runner)}] * res.num_env_runners
+    runner = {"CPU": float(res.num_cpus_per_env_runner), **res.custom_resources_per_env_runner}
+    bundles = [{"CPU": 1.0}] + [dict(runner) for _ in range(res.num_env_runners)]
     return tune.PlacementGroupFactory(bundles)
 
 
+def fit_resources(cfg: AppConfig, cluster: dict[str, Any], n_trials: int) -> tuple[Any, str]:
+    """`cfg` with the env runners per trial that Ray can place (`ray_utils.fit_trial_runners`:
+    0, sampling in the trial's process, when a trial with all of them cannot be placed) and the
+    one line saying what was chosen."""
+    from rl_trading.ray_utils import fit_trial_runners
+
+    res = cfg.resources
+    runners, line = fit_trial_runners(
+        cluster,
+        res.num_env_runners,
+        res.num_cpus_per_env_runner,
+        n_trials=n_trials,
+        what="walk-forward trials",
+        custom=res.custom_resources_per_env_runner,
+    )
+    if runners != res.num_env_runners:
+        cfg = cfg.model_copy(
+            update={"resources": res.model_copy(update={"num_env_runners": runners})}
+        )
+    return cfg, line
+
+
+class TrialProgress:
+    """Tune callback: one line per finished phase and per finished fold x seed (the project's
+    progress instead of Tune's status tables). Driver-only: it pickles to a silent copy."""
+
+    def __init__(self, total: int, notify: Callable[[str], None] | None) -> None:
+        self.total, self.notify, self.done = total, notify, 0
+        self.t0 = time.monotonic()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"total": self.total}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["total"], None)
+
+    def _say(self, text: str) -> None:
+        if self.notify is not None:
+            self.notify(f"[{time.monotonic() - self.t0:6.0f} s] {text}")
+
+    def on_trial_result(self, trial: Any, result: dict[str, Any]) -> None:
+        """A phase finished (its best validation Sharpe) or the test pass (its Sharpe)."""
+        unit = trial.config.get("unit", {})
+        name = f"fold {unit.get('fold')} seed {unit.get('seed')}"
+        if result.get("done"):
+            self.done += 1
+            self._say(
+                f"{name}: test Sharpe {float(result.get('test_sharpe', math.nan)):.2f} "
+                f"({self.done}/{self.total} trials done)"
+            )
+        elif "best_val_sharpe" in result:
+            val = float(result.get("best_val_sharpe", math.nan))
+            self._say(f"{name}: phase {result.get('phase')} trained, best val Sharpe {val:.2f}")
+
+    def callback(self) -> Any:
+        """The Tune `Callback` forwarding to this object."""
+        from ray.tune import Callback
+
+        owner = self
+
+        class _Forward(Callback):
+            def __getstate__(self) -> dict[str, Any]:
+                return {}
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                owner.on_trial_result(trial, result)
+
+        return _Forward()
+
+
 def run_trials(
-    plan: WalkForwardPlan, address: str | None = None, verbose: int = 1
+    plan: WalkForwardPlan,
+    address: str | None = None,
+    verbose: int = 0,
+    notify: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the pending folds x seeds as Tune trials; return every result (fold, seed order)."""
+    """Run the pending folds x seeds as Tune trials; return every result (fold, seed order).
+
+    Each trial is sized from the CPUs Ray has (`fit_resources`; `notify` gets the line saying
+    what was chosen, then one line per finished phase and trial). `verbose` > 0 shows Tune's
+    own status tables too.
+    """
     from ray import tune
 
     from rl_trading.ray_utils import init_ray, resolve_address
@@ -670,7 +800,13 @@ def run_trials(
     if pending:
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
-        init_ray(addr, cfg.resources.num_cpus, **({"log_to_driver": False} if local else {}))
+        cluster = init_ray(
+            addr, cfg.resources.num_cpus, **({"log_to_driver": False} if local else {})
+        )
+        cfg, line = fit_resources(cfg, cluster, len(pending))
+        if notify is not None:
+            notify(line)
+        progress = TrialProgress(len(pending), notify)
         trainable = tune.with_resources(
             tune.with_parameters(
                 _tune_trial,
@@ -695,6 +831,7 @@ def run_trials(
                 name=time.strftime("tune_%Y%m%d-%H%M%S"),
                 storage_path=str(plan.out_dir / "tune"),
                 failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[progress.callback()],
                 verbose=verbose,
             ),
         )
@@ -715,15 +852,49 @@ def run_trials(
     return out
 
 
+def record_in_ledger(plan: WalkForwardPlan, results: list[dict[str, Any]]) -> int:
+    """Record the walk-forward's trials in the ledger (one row per fold x seed: its validation
+    passes; one per seed) under the data's fingerprint; return every trial held on that data."""
+    from rl_trading.evaluation import ledger
+    from rl_trading.registry import config_hash
+
+    fp, url = ledger.market_fingerprint(plan.cfg, plan.bars), ledger.ledger_url(plan.cfg)
+    base = {"config_hash": config_hash(plan.cfg), "phases": list(plan.phases)}
+    configs: list[dict[str, Any]] = []
+    counts = []
+    for r in results:
+        configs.append({**base, "fold": r["fold"], "seed": r["seed"]})
+        counts.append(sum(int(p["validation_passes"]) for p in r["phases"]))
+    for seed in plan.seeds:
+        configs.append({**base, "seed": seed, "unit": "seed"})
+        counts.append(1)
+    ledger.record_trials(fp, "walk_forward", configs, str(plan.out_dir), counts, url=url)
+    return ledger.count_trials(fp, url)
+
+
 def walk_forward_retrain(
-    plan: WalkForwardPlan, address: str | None = None, verbose: int = 1
+    plan: WalkForwardPlan,
+    address: str | None = None,
+    verbose: int = 0,
+    notify: Callable[[str], None] | None = None,
+    extra_trials: int = 0,
 ) -> dict[str, Any]:
-    """Run (or resume) the trials, then write `walk_forward.json` and the equity PNG."""
+    """Run (or resume) the trials, record them in the trial ledger, then write
+    `walk_forward.json` and the equity PNG."""
     from rl_trading.evaluation.report import json_safe
 
     t0 = time.monotonic()
-    results = run_trials(plan, address=address, verbose=verbose)
-    report = build_report(results, plan.cfg, plan.folds_info, plan.phases, len(plan.seeds))
+    results = run_trials(plan, address=address, verbose=verbose, notify=notify)
+    ledger_trials = record_in_ledger(plan, results)
+    report = build_report(
+        results,
+        plan.cfg,
+        plan.folds_info,
+        plan.phases,
+        len(plan.seeds),
+        ledger_trials=ledger_trials,
+        extra_trials=extra_trials,
+    )
     png = write_equity_plot(report, plan.out_dir / PLOT_FILE)
     report.pop("_plot")
     report["wall_s"] = time.monotonic() - t0
@@ -755,55 +926,54 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "information_ratio": mets.get("information_ratio", {}).get("mean"),
                 "tracking_error": mets.get("tracking_error", {}).get("mean"),
                 "dsr": report["dsr"] if name == "policy" else None,
+                "limit_bound": (report.get("limit_bound") or {}).get(name),
             }
         )
     return rows
 
 
 def render_table(report: dict[str, Any], title: str = "Walk-forward (retrained)") -> Any:
-    """Rich table of :func:`table_rows` (the CLI and the benchmark print it)."""
-    from rich.table import Table
+    """Rich renderable of :func:`table_rows` (the CLI and the benchmark print it): one row per
+    strategy, columns packed into as many tables as the console width needs (no cut cells)."""
+    from rich.markup import escape
+
+    from rl_trading.evaluation.report import PackedTables
 
     def num(v: Any, fmt: str = "{:.2f}") -> str:
         return "-" if v is None or not math.isfinite(float(v)) else fmt.format(v)
 
     def ci(v: Any) -> str:
-        return "-" if v is None else f"[{num(v[0])}, {num(v[1])}]"
+        return "-" if v is None else escape(f"[{num(v[0])}, {num(v[1])}]")
 
     n = report["n_folds"]
-    table = Table(
-        title=f"{title}: {n} folds x {len(report['seeds'])} seeds, means over folds "
-        f"(95% CI, n = {n}); DSR {num(report['dsr'], '{:.3f}')} "
-        f"(n_trials {report['n_trials']}), PSR {num(report['psr'], '{:.3f}')}"
-    )
-    for col in (
-        "strategy",
-        "net Sharpe",
-        "95% CI",
-        "policy - it",
-        "95% CI",
-        "return",
-        "max DD",
-        "turnover",
-        "costs",
-        "gross exp.",
-        "IR",
-        "TE",
-    ):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
-    for r in table_rows(report):
-        table.add_row(
-            r["strategy"],
-            num(r["sharpe"]),
-            ci(r["sharpe_ci95"]),
-            num(r["policy_minus"]),
-            ci(r["policy_minus_ci95"]),
-            num(r["total_return"], "{:+.2%}"),
-            num(r["max_drawdown"], "{:.2%}"),
-            num(r["turnover"], "{:.4f}"),
-            num(r["total_costs"], "{:,.0f}"),
-            num(r["exposure"], "{:.2f}"),
-            num(r["information_ratio"]),
-            num(r["tracking_error"], "{:.1%}"),
+    rows = table_rows(report)
+    cols = [
+        ("net Sharpe", [num(r["sharpe"]) for r in rows]),
+        ("95% CI", [ci(r["sharpe_ci95"]) for r in rows]),
+        ("policy - it", [num(r["policy_minus"]) for r in rows]),
+        ("its 95% CI", [ci(r["policy_minus_ci95"]) for r in rows]),
+        ("return", [num(r["total_return"], "{:+.2%}") for r in rows]),
+        ("max DD", [num(r["max_drawdown"], "{:.2%}") for r in rows]),
+        ("turnover", [num(r["turnover"], "{:.4f}") for r in rows]),
+        ("costs", [num(r["total_costs"], "{:,.0f}") for r in rows]),
+        ("gross exp.", [num(r["exposure"], "{:.2f}") for r in rows]),
+        ("IR", [num(r["information_ratio"]) for r in rows]),
+        ("TE", [num(r["tracking_error"], "{:.1%}") for r in rows]),
+    ]
+    if any(r["limit_bound"] is not None for r in rows):
+        n_units = n * len(report["seeds"])
+        cols.append(
+            (
+                "at limit",
+                [
+                    "-" if r["limit_bound"] is None else f"{sum(r['limit_bound'])}/{n_units}"
+                    for r in rows
+                ],
+            )
         )
-    return table
+    head = (
+        f"{title}: {n} folds x {len(report['seeds'])} seeds, means over folds (95% CI, "
+        f"n = {n}); DSR {num(report['dsr'], '{:.3f}')} (n_trials {report['n_trials']}), "
+        f"PSR {num(report['psr'], '{:.3f}')}"
+    )
+    return PackedTables(head, "strategy", [escape(r["strategy"]) for r in rows], cols)

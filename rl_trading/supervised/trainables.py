@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ import pandas as pd
 
 from rl_trading.config import AppConfig
 from rl_trading.errors import DataError, RLTradingError
+from rl_trading.evaluation import ledger
 from rl_trading.supervised.dataset import TimeframeFrames, infer_timeframe, prepare_timeframes
 from rl_trading.supervised.models import MODEL_TYPES, default_params, search_space
 
@@ -366,15 +368,19 @@ def train_supervised(
     models_dir: str | Path | None = None,
     tracking: bool = True,
     verbose: int = 1,
+    notify: Callable[[str], None] | None = None,
 ) -> SupervisedResults:
     """Train (and optionally search) the supervised models as parallel Tune trials.
+
+    Each trial takes one CPU; `notify` gets the line saying how many run at a time (a Ray
+    without a CPU is a one-line ConfigError, never a wait).
 
     `bars` defaults to `load_market(cfg)`; models go to `models_dir` (default
     ``<workspace>/models/supervised``); each trial is an MLflow run unless `tracking` is off.
     """
     from ray import tune
 
-    from rl_trading.ray_utils import init_ray
+    from rl_trading.ray_utils import fit_trial_runners, init_ray
     from rl_trading.supervised.storage import default_models_dir
 
     sup = cfg.supervised
@@ -416,7 +422,12 @@ def train_supervised(
         ensure_experiment(settings["experiment"])  # created once here, not racing in trials
 
     if jobs:
-        init_ray(cfg.resources.address, cfg.resources.num_cpus)
+        cluster = init_ray(cfg.resources.address, cfg.resources.num_cpus)
+        _, line = fit_trial_runners(
+            cluster, 0, 1.0, trial_cpus=1.0, n_trials=len(jobs), what="supervised trials"
+        )
+        if notify is not None:
+            notify(line)
         used = {tf for _, tf in jobs}
         trainable = tune.with_parameters(
             supervised_trial,
@@ -438,6 +449,19 @@ def train_supervised(
                 installed = install_model_folder(res.checkpoint.path, model, tf, models_dir)
                 best.append((res, installed))
             records += _collect([r for r, _ in best], settings, [p for _, p in best])
+            # the search's configurations into the trial ledger, keyed by the market's bars
+            configs = [
+                {"model": model, "timeframe": tf, "trial": i}
+                for model, tf in jobs
+                for i in range(trials)
+            ]
+            ledger.record_trials(
+                ledger.market_fingerprint(cfg, bars),
+                "optuna",
+                configs,
+                str(run_dir),
+                url=ledger.ledger_url(cfg),
+            )
         else:
             job_cfgs = [
                 {"model_type": m, "timeframe": tf, "stage": "final", "hp": {}} for m, tf in jobs
