@@ -386,3 +386,18 @@ def test_drift_statistics():
     live = np.stack([rng.normal(size=500), rng.normal(2.0, 1.0, size=500)], axis=1)
     names = [f for f, _, _ in drifted_features(both, live, ["same", "moved"], 0.25)]
     assert names == ["moved"]
+
+
+def test_drift_warning_is_logged_when_live_features_move(in_ws, tmp_path):
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import first_decision_bar
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    model.cfg.paper.drift_every = 10
+    model.cfg.paper.drift_psi = 1e-6  # any difference at all warns
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    opts = PaperOptions(session="dr", max_bars=first_decision_bar(model.cfg) + 20)
+    PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    drift = [e for e in ledger.events_of("dr") if e["kind"] == "drift"]
+    assert len(drift) == 2 and "PSI" in drift[0]["message"]

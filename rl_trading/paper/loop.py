@@ -121,6 +121,8 @@ class PaperSession:
         self.peak = self.day_start = float(model.cfg.env.initial_capital)
         self.day: str | None = None
         self.halt_after_fill: str | None = None  # reason: flatten, then halt / stop
+        self._drift_ref: np.ndarray | None = None  # scaled training features (lazy)
+        self._decisions = 0
 
     # ------------------------------------------------------------------------ validation
     def check_feed(self) -> None:
@@ -233,6 +235,9 @@ class PaperSession:
             if day != self.day:
                 self.day, self.day_start = day, equity if self.day is None else self._last_equity
             events += self._risk_checks(equity, ts)
+            self._decisions += 1
+            if self._decisions % self.model.cfg.paper.drift_every == 0:
+                events += self._drift_check()
         self._last_equity = equity
         if self.halt_after_fill is not None and batch is not None:
             batch = self.broker._pending  # the flat decision that replaced the policy's
@@ -278,6 +283,45 @@ class PaperSession:
             return []
         self._flatten(reason, "halted")
         return [("kill_switch", f"{reason}; flattening at the next open, then halting")]
+
+    def _drift_check(self) -> list[tuple[str, str]]:
+        """PSI / KS of the scaled features seen live against the training split's (pooled
+        over instruments); an event naming the features past `paper.drift_psi`."""
+        from rl_trading.data.features import FEATURE_COLUMNS
+        from rl_trading.paper.drift import drifted_features
+
+        env = self.broker.env
+        if self._drift_ref is None:
+            try:
+                self._drift_ref = self._training_features()
+            except RLTradingError as exc:
+                self._drift_ref = np.zeros((0, 0))
+                return [("drift", f"drift check off: no training bars ({exc})")]
+        if self._drift_ref.size == 0:
+            return []
+        n_feat = len(FEATURE_COLUMNS)
+        live = env._feat_all[:, env.first_bar : env._t + 1, :n_feat].reshape(-1, n_feat)
+        found = drifted_features(
+            self._drift_ref, live, list(FEATURE_COLUMNS), self.model.cfg.paper.drift_psi
+        )
+        if not found:
+            return []
+        worst = ", ".join(f"{f} (PSI {p:.2f}, KS {k:.2f})" for f, p, k in found[:4])
+        return [("drift", f"live features drift from training: {worst}")]
+
+    def _training_features(self) -> np.ndarray:
+        from envs.common import prepare_instrument
+        from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS
+        from rl_trading.evaluation import select_bars
+
+        train, _, _ = select_bars(self.model.cfg, None, "train")
+        rows = [
+            prepare_instrument(train[s], self.broker.scalers[s], s).features[
+                WARMUP_BARS:, : len(FEATURE_COLUMNS)
+            ]
+            for s in self.symbols
+        ]
+        return np.concatenate(rows, axis=0)
 
     def _flatten(self, reason: str, final: str) -> None:
         """Replace the pending decision by a flat one; halt after it fills."""
