@@ -1,6 +1,7 @@
 """Paper trading: replay parity with the backtest, restart after SIGKILL, a SQL feed followed
 while another process appends to it, one-line errors before anything trades, the ledger's
-atomicity, feed faults, the kill switch and the drift statistics."""
+atomicity, feed faults, the kill switch and the drift statistics. The tests share one
+registered model (about 20 s to build); the longer ones are marked slow."""
 
 from __future__ import annotations
 
@@ -294,6 +295,7 @@ def test_bad_input_is_one_line_before_anything_trades(in_ws, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------- ledger and controls
+@pytest.mark.slow
 def test_a_failed_bar_leaves_nothing_and_the_rerun_continues(in_ws, tmp_path, monkeypatch):
     from rl_trading.paper import Ledger, PaperOptions, PaperSession
     from rl_trading.paper.loop import make_feed
@@ -323,6 +325,7 @@ def test_a_failed_bar_leaves_nothing_and_the_rerun_continues(in_ws, tmp_path, mo
     assert res.status["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_kill_switch_flattens_and_halts(in_ws, tmp_path):
     from rl_trading.paper import Ledger, PaperOptions, PaperSession
     from rl_trading.paper.loop import make_feed
@@ -339,6 +342,7 @@ def test_kill_switch_flattens_and_halts(in_ws, tmp_path):
     assert "kill_switch" in kinds
 
 
+@pytest.mark.slow
 def test_stop_of_a_session_not_running(in_ws, tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'l.db'}"
     main(["paper", "run", "--model", in_ws["name"], "--session", "st", "--db", db,
@@ -388,6 +392,7 @@ def test_drift_statistics():
     assert names == ["moved"]
 
 
+@pytest.mark.slow
 def test_drift_warning_is_logged_when_live_features_move(in_ws, tmp_path):
     from rl_trading.paper import Ledger, PaperOptions, PaperSession
     from rl_trading.paper.broker import first_decision_bar

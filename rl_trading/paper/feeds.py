@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import pandas as pd
 
 from rl_trading.data.schema import BAR_COLUMNS, timeframe_delta
 from rl_trading.errors import DataError
 
-Bar = tuple[pd.Timestamp, dict[str, pd.Series]]
+Bar = tuple[pd.Timestamp, dict[str, dict]]  # timestamp, {symbol: {column: value}}
 
 
 class Feed(Protocol):
@@ -58,8 +57,11 @@ def complete_bars(
     if not full:
         return [], []
     last = full[-1]
-    dropped = [ts for ts in stamps if ts < last and ts not in set(full)]
-    return [(ts, {s: frames[s].loc[ts] for s in symbols}) for ts in full], dropped
+    kept = set(full)
+    dropped = [ts for ts in stamps if ts < last and ts not in kept]
+    index = pd.DatetimeIndex(full)
+    records = {s: frames[s].loc[index].to_dict("records") for s in symbols}
+    return [(ts, {s: records[s][i] for s in symbols}) for i, ts in enumerate(full)], dropped
 
 
 def check_timeframe(frames: dict[str, pd.DataFrame], timeframe: str, label: str) -> None:
@@ -182,10 +184,3 @@ class FileFeed:
                 frame = pd.DataFrame(columns=BAR_COLUMNS, index=pd.DatetimeIndex([], tz="UTC"))
             out[sym] = _after(frame, after)
         return out
-
-
-def bars_frame(rows: list[pd.Series], stamps: list[pd.Timestamp]) -> pd.DataFrame:
-    """Rows of one symbol as a bars frame (index = timestamps)."""
-    frame = pd.DataFrame(rows)
-    frame.index = pd.DatetimeIndex(stamps, name="timestamp")
-    return frame.astype({c: np.float64 for c in BAR_COLUMNS})

@@ -372,7 +372,7 @@ class Ledger:
             conn.execute(self.events.insert().values(**values))
 
     def write_bar(self, conn: sa.Connection, name: str, ts: pd.Timestamp,
-                  bars: dict[str, pd.Series]) -> None:  # fmt: skip
+                  bars: dict[str, dict[str, Any]]) -> None:  # fmt: skip
         """The bar's rows of every symbol (first part of a bar's transaction)."""
         stamp = self._ts(ts)
         conn.execute(

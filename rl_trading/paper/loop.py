@@ -115,7 +115,7 @@ class PaperSession:
             )
         scalers = {s: scalers.get(s) or scalers.get("*") for s in self.symbols}
         self.broker = SimulatedBroker(model.cfg, mode, scalers, self.symbols)
-        self.history: dict[str, list[pd.Series]] = {s: [] for s in self.symbols}
+        self.history: dict[str, list[dict[str, Any]]] = {s: [] for s in self.symbols}
         self.stamps: list[pd.Timestamp] = []
         self.state = "running"
         self.peak = self.day_start = float(model.cfg.env.initial_capital)
@@ -167,7 +167,10 @@ class PaperSession:
         return OrderBatch(ts, actions)
 
     def _advance(
-        self, ts: pd.Timestamp, row: dict[str, pd.Series], decision: dict[str, list[float]] | None
+        self,
+        ts: pd.Timestamp,
+        row: dict[str, dict[str, Any]],
+        decision: dict[str, list[float]] | None,
     ) -> tuple[list, OrderBatch | None]:
         """Steps 1-3 of the module docstring for one bar; `decision` given: re-apply it
         (restart) instead of asking the policy."""
@@ -201,9 +204,10 @@ class PaperSession:
             return 0
         decisions = self.ledger.decisions_of(self.name)
         stamps = next(iter(bars.values())).index
-        for ts in stamps:
-            _, batch = self._advance(ts, {s: bars[s].loc[ts] for s in self.symbols},
-                                     decisions.get(ts))  # fmt: skip
+        records = {s: bars[s].loc[stamps].to_dict("records") for s in self.symbols}
+        for i, ts in enumerate(stamps):
+            row = {s: records[s][i] for s in self.symbols}
+            _, batch = self._advance(ts, row, decisions.get(ts))
             if batch is not None and ts not in decisions:
                 raise LedgerMismatch(f"paper session '{self.name}': no decision recorded at {ts}")
         recorded = row.get("equity")
@@ -218,8 +222,9 @@ class PaperSession:
         return len(stamps)
 
     # ----------------------------------------------------------------------------- a bar
-    def process(self, ts: pd.Timestamp, row: dict[str, pd.Series]) -> float:
-        """One new bar, committed as one transaction; returns its latency in ms."""
+    def process(self, ts: pd.Timestamp, row: dict[str, dict[str, Any]]) -> float:
+        """One new bar, committed as one transaction; returns its latency in ms (features,
+        fills, inference and the commit; the ledger's equity row has it without the commit)."""
         t0 = time.perf_counter()
         prev = self.stamps[-1] if self.stamps else None
         fills, batch = self._advance(ts, row, None)
@@ -259,6 +264,7 @@ class PaperSession:
                 cash=self.broker.cash(), peak=self.peak, day=self.day,
                 day_start_equity=self.day_start, positions=_json(self.broker.positions()),
             )  # fmt: skip
+        latency = (time.perf_counter() - t0) * 1e3  # + the ledger commit
         for _kind, message in events:
             log.warning("%s: %s", self.name, message)
         if self.on_bar is not None:
