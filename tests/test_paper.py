@@ -95,9 +95,14 @@ def test_replay_ends_at_the_backtests_equity_with_the_same_orders(in_ws, tmp_pat
     from rl_trading.paper import Ledger
 
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    out_dir = tmp_path / "report"
     code = main(["paper", "run", "--model", in_ws["name"], "--session", "s1",
-                 "--source", "replay", "--split", "test", "--db", db])  # fmt: skip
+                 "--source", "replay", "--split", "test", "--db", db,
+                 "--out", str(out_dir)])  # fmt: skip
     assert code == 0, capsys.readouterr().err
+    # the report: the backtest of the bars the session saw, and both curves in one plot
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["parity_rel_diff"] < 1e-9 and (out_dir / "equity.png").stat().st_size > 0
     st = _status(db, "s1", capsys)
     bt = in_ws["backtest"]
     assert st["state"] == "finished"
@@ -151,7 +156,7 @@ def test_sigkill_mid_replay_then_restart_resumes_exactly(in_ws, tmp_path, capsys
     from rl_trading.paper import Ledger
 
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    args = ["paper", "run", "--model", in_ws["name"], "--session", "k", "--db", db]
+    args = ["paper", "run", "--model", in_ws["name"], "--session", "k", "--db", db, "--no-report"]
     proc = subprocess.Popen(CLI + args + ["--speed", "60"], cwd=in_ws["ws"], env=_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     ledger = Ledger(db)
@@ -174,7 +179,7 @@ def test_sigkill_mid_replay_then_restart_resumes_exactly(in_ws, tmp_path, capsys
     assert st["state"] == "finished" and st["bars_processed"] == 381
     assert st["equity"] == pytest.approx(float(bt.equity[-1]), rel=1e-6)
     # the same orders as a run never interrupted
-    main(["paper", "run", "--model", in_ws["name"], "--session", "ref", "--db", db])
+    main(["paper", "run", "--model", in_ws["name"], "--session", "ref", "--db", db, "--no-report"])
     ref = _status(db, "ref", capsys)
     assert len(st["orders"]) == len(ref["orders"])
     strip = [{k: v for k, v in o.items()} for o in st["orders"]]
@@ -202,7 +207,7 @@ def _follow_sql(in_ws, db_url: str, capsys) -> None:
     session = f"sql{os.getpid()}_{int(time.time())}"
     args = ["paper", "run", "--model", in_ws["name"], "--session", session, "--source", "sql",
             "--db", db_url, "--poll", "0.1", "--stale-after", "60",
-            "--max-bars", str(n)]  # fmt: skip
+            "--max-bars", str(n), "--no-report"]  # fmt: skip
     proc = subprocess.Popen(CLI + args, cwd=in_ws["ws"], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
@@ -346,13 +351,14 @@ def test_kill_switch_flattens_and_halts(in_ws, tmp_path):
 def test_stop_of_a_session_not_running(in_ws, tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'l.db'}"
     main(["paper", "run", "--model", in_ws["name"], "--session", "st", "--db", db,
-          "--max-bars", "40"])  # fmt: skip
+          "--max-bars", "40", "--no-report"])  # fmt: skip
     assert _status(db, "st", capsys)["state"] == "stopped"
     assert main(["paper", "stop", "--session", "st", "--db", db]) == 0
     err = _one_line_error(capsys, ["paper", "stop", "--session", "nope", "--db", db])
     assert "unknown paper session" in err
     # a stopped session resumes where it was
-    assert main(["paper", "run", "--model", in_ws["name"], "--session", "st", "--db", db]) == 0
+    args = ["paper", "run", "--model", in_ws["name"], "--session", "st", "--db", db]
+    assert main([*args, "--no-report"]) == 0
     st = _status(db, "st", capsys)
     assert st["state"] == "finished"
     assert st["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -53,6 +54,16 @@ def run_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Trade in a throw-away ledger (nothing kept).")
     ] = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report/--no-report",
+            help="At the end: equity.png next to the backtest of the same bars, an MLflow run.",
+        ),
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report folder (default: paper/<session>).")
+    ] = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
     as_json: JsonOpt = False,
@@ -79,8 +90,13 @@ def run_command(
     )
     result = PaperSession(resolved, feed, ledger, opts).run()
     status = result.status
+    info = {}
+    if report and not dry_run:
+        from rl_trading.paper.report import write_report
+
+        info = write_report(resolved, ledger, session, out or Path("paper") / session)
     if as_json:
-        print_json({**status, "new_bars": result.new_bars, "dry_run": dry_run})
+        print_json({**status, "new_bars": result.new_bars, "dry_run": dry_run, "report": info})
         return
     console.print(
         f"paper session [bold]{session}[/]: {status['state']} ({status['reason']}); "
@@ -88,6 +104,12 @@ def run_command(
         f"{len(status['orders'])} order(s)" + (" [dry run: nothing kept]" if dry_run else ""),
         highlight=False,
     )
+    if "parity_rel_diff" in info:
+        console.print(
+            f"backtest of the same bars: equity {info['backtest_final_equity']:,.2f} "
+            f"(relative difference {info['parity_rel_diff']:.1e}); plot {info['plot']}",
+            highlight=False,
+        )
 
 
 @app.command("status")

@@ -309,10 +309,14 @@ class Ledger:
             ).all()
         frame = pd.DataFrame(rows, columns=["symbol", "timestamp", *BAR_COLUMNS])
         frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
-        return {
+        groups = {
             str(sym): g.drop(columns="symbol").set_index("timestamp")
             for sym, g in frame.groupby("symbol", sort=False)
         }
+        row = self.session(name)
+        order = json.loads(row["symbols"]) if row else sorted(groups)
+        # the session's symbol order: the env's agents (and the meta's weights) follow it
+        return {s: groups[s] for s in order if s in groups}
 
     def decisions_of(self, name: str) -> dict[pd.Timestamp, dict[str, list[float]]]:
         """Every stored decision (agent actions) by bar timestamp."""
