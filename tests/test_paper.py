@@ -412,3 +412,65 @@ def test_drift_warning_is_logged_when_live_features_move(in_ws, tmp_path):
     PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
     drift = [e for e in ledger.events_of("dr") if e["kind"] == "drift"]
     assert len(drift) == 2 and "PSI" in drift[0]["message"]
+
+
+@pytest.mark.slow
+def test_onnx_policies_trade_like_the_modules(in_ws, tmp_path):
+    from rl_trading.evaluation.export import export_onnx
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession, resolve_model
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    folder = tmp_path / "onnx"
+    for pid, module in model.bundle.modules.items():
+        export_onnx(module, folder / f"{pid}.onnx")
+    onnx_model = resolve_model(in_ws["name"], onnx=folder)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    res = PaperSession(onnx_model, make_feed(onnx_model, "replay"), ledger, PaperOptions("o")).run()
+    assert res.status["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-6)
+    (folder / "meta.onnx").unlink()
+    with pytest.raises(Exception, match="meta.onnx"):
+        resolve_model(in_ws["name"], onnx=folder)
+
+
+@pytest.mark.slow
+def test_stop_flatten_of_a_running_session(in_ws, tmp_path, capsys):
+    """`paper stop --flatten` reaches a session following a SQL feed: the book goes flat at
+    the next bar's open and the session stops; the stopped session is not in use."""
+    from rl_trading.data.store import BarStore
+    from rl_trading.paper import Ledger
+    from rl_trading.paper.loop import make_feed
+
+    bars = make_feed(_resolved(in_ws["name"]), "replay").history
+    db = f"sqlite:///{tmp_path / 'bars.db'}"
+    store = BarStore(db)
+    for sym, frame in bars.items():
+        store.write(frame.iloc[:120], sym, "1d")
+    args = ["paper", "run", "--model", in_ws["name"], "--session", "run", "--source", "sql",
+            "--db", db, "--poll", "0.1", "--stale-after", "120", "--no-report"]  # fmt: skip
+    proc = subprocess.Popen(CLI + args, cwd=in_ws["ws"], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        ledger = Ledger(db)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            row = ledger.session("run")
+            if row and row["bars_processed"] == 120:
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        assert any(abs(u) > 0 for u in json.loads(ledger.session("run")["positions"]).values())
+        assert main(["paper", "stop", "--session", "run", "--flatten", "--db", db]) == 0
+        time.sleep(1.0)
+        assert ledger.session("run")["state"] == "running"  # waits for a bar to fill at
+        for sym, frame in bars.items():
+            store.write(frame.iloc[120:121], sym, "1d")
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    st = _status(db, "run", capsys)
+    assert st["state"] == "stopped" and "flatten" in st["reason"]
+    assert st["bars_processed"] == 121
+    assert all(abs(u) < 1e-9 for u in st["positions"].values())

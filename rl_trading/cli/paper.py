@@ -54,6 +54,10 @@ def run_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Trade in a throw-away ledger (nothing kept).")
     ] = False,
+    onnx: Annotated[
+        Path | None,
+        typer.Option("--onnx", help="Act with exported policies: DIR/<policy id>.onnx each."),
+    ] = None,
     report: Annotated[
         bool,
         typer.Option(
@@ -74,7 +78,7 @@ def run_command(
     from rl_trading.paper import Ledger, PaperOptions, PaperSession, resolve_model
     from rl_trading.paper.loop import make_feed
 
-    resolved = resolve_model(model, config, sets)
+    resolved = resolve_model(model, config, sets, onnx=onnx)
     feed = make_feed(
         resolved, source, split=split, start=start, end=end, path=data, db=db, speed=speed
     )

@@ -36,12 +36,47 @@ class ResolvedModel:
         return str(self.bundle.preprocessing.get("timeframe") or self.cfg.data.timeframe)
 
 
+class OnnxPolicy:
+    """One exported policy (`rl-trading export onnx`) run with onnxruntime: the same
+    deterministic actions as its RLModule (the export checks parity to 1e-5)."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort  # optional dependency, only for --onnx
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.path = path
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def act(self, obs: Any) -> Any:
+        import numpy as np
+
+        return self.session.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
+
+
+def use_onnx(bundle: PolicyBundle, folder: Path) -> None:
+    """Swap every module of `bundle` for `<folder>/<policy id>.onnx` (CheckpointError naming
+    the files missing)."""
+    folder = Path(folder)
+    missing = [p for p in bundle.modules if not (folder / f"{p}.onnx").is_file()]
+    if missing:
+        raise CheckpointError(
+            f"--onnx {folder}: no {', '.join(f'{p}.onnx' for p in missing)} (export each policy "
+            "with `rl-trading export onnx --policy ID --out DIR/ID.onnx`)"
+        )
+    bundle.modules = {p: OnnxPolicy(folder / f"{p}.onnx") for p in bundle.modules}
+
+
 def resolve_model(
-    name: str, config: Path | None = None, sets: list[str] | None = None
+    name: str,
+    config: Path | None = None,
+    sets: list[str] | None = None,
+    onnx: Path | None = None,
 ) -> ResolvedModel:
     """Load a registered model (or a checkpoint path) with its stored training config
-    (`-c` replaces it, `--set` goes on top), as `backtest --model` does. RegistryError (one
-    line) for an unknown name; CheckpointError for a policy the paper loop cannot run."""
+    (`-c` replaces it, `--set` goes on top), as `backtest --model` does; `onnx`: act with its
+    exported policies in that folder instead. RegistryError (one line) for an unknown name;
+    CheckpointError for a policy the paper loop cannot run."""
     base = load_config(config, sets or [])
     cfg = base
     if config is None:
@@ -65,5 +100,7 @@ def resolve_model(
             f"model '{name}' is a single-instrument policy; paper trading runs hierarchical "
             "policies (specialists + meta)"
         )
+    if onnx is not None:
+        use_onnx(bundle, onnx)
     cfg, _ = pin_calendar(cfg, bundle.preprocessing)  # bars per year as its backtest has them
     return ResolvedModel(name=bundle.source or name, bundle=bundle, cfg=cfg)
