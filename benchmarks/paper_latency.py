@@ -9,6 +9,7 @@ replayed bars. Timed in the same run, on the same bars and policy:
 * replay: `paper run --source replay` (`PaperSession` + SQLite ledger in a temporary folder,
   one transaction per bar): per-bar latency p50 / p99 (features + inference + fills +
   ledger commit) and bars/s over the whole run;
+* replay with `--onnx` (the exported policies on onnxruntime): the same figures;
 * live: the same bars as a live feed, where the env grows as each bar arrives (rebuilt over
   the bars so far, episode carried over), over the last `--live-bars` bars.
 
@@ -104,6 +105,18 @@ def main() -> None:
         replay_s = time.perf_counter() - t0
         lat = res.latencies_ms
         parity = abs(res.status["equity"] / float(run.equity[-1]) - 1.0)
+        # the same replay acting with the exported policies (--onnx)
+        from rl_trading.evaluation.export import export_onnx
+        from rl_trading.paper.model import ResolvedModel, use_onnx
+
+        for pid, module in model.bundle.modules.items():
+            export_onnx(module, Path(tmp) / "onnx" / f"{pid}.onnx")
+        onnx_bundle = type(model.bundle)(dict(model.bundle.modules), model.bundle.preprocessing)
+        use_onnx(onnx_bundle, Path(tmp) / "onnx")
+        onnx_model = ResolvedModel("benchmark-onnx", onnx_bundle, model.cfg)
+        t0 = time.perf_counter()
+        ores = PaperSession(onnx_model, ReplayFeed(bars), ledger, PaperOptions("onnx")).run()
+        onnx_s = time.perf_counter() - t0
         first = len(next(iter(bars.values()))) - args.live_bars
         live_opts = PaperOptions("live", prebuild=False)
         session = PaperSession(model, ReplayFeed(bars), ledger, live_opts)
@@ -117,6 +130,12 @@ def main() -> None:
         "replay_p99_ms": _pct(lat, 99),
         "replay_bars_per_s": res.new_bars / replay_s,
         "replay_vs_backtest_final_equity_rel_diff": parity,
+        "onnx_replay_p50_ms": _pct(ores.latencies_ms, 50),
+        "onnx_replay_p99_ms": _pct(ores.latencies_ms, 99),
+        "onnx_replay_bars_per_s": ores.new_bars / onnx_s,
+        "onnx_vs_backtest_final_equity_rel_diff": abs(
+            ores.status["equity"] / float(run.equity[-1]) - 1.0
+        ),
         "live_p50_ms": _pct(live_lat, 50),
         "live_p99_ms": _pct(live_lat, 99),
         "live_history_bars": first,
