@@ -446,6 +446,19 @@ class EvaluationConfig(Section):
     accuracy_edge_excellent: float = Field(0.10, gt=0)
 
 
+class PaperConfig(Section):
+    """Paper trading (rl_trading.paper): feed limits, kill switch, drift warning."""
+
+    # a feed with no new bar for this many seconds halts the session (stale-data breaker)
+    stale_after_s: float = Field(300.0, gt=0)
+    poll_s: float = Field(1.0, gt=0)  # seconds between polls of a sql / file feed
+    # kill switch (fractions of equity; null = off): flatten the book and halt the session
+    max_daily_loss: float | None = Field(None, gt=0, lt=1)
+    max_drawdown: float | None = Field(None, gt=0, lt=1)
+    drift_psi: float = Field(0.25, gt=0)  # warn when a feature's PSI vs training exceeds it
+    drift_every: int = Field(50, ge=1)  # bars between drift checks
+
+
 class AppConfig(Section):
     """The whole application configuration."""
 
@@ -463,6 +476,7 @@ class AppConfig(Section):
     supervised: SupervisedConfig = Field(default_factory=SupervisedConfig)
     tuning: TuningConfig = Field(default_factory=TuningConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    paper: PaperConfig = Field(default_factory=PaperConfig)
 
     @model_validator(mode="after")
     def _batches_split_over_learners(self) -> AppConfig:

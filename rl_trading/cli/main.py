@@ -93,6 +93,7 @@ def _register_subcommands() -> None:
         ("rl_trading.cli.export", "export"),
         ("rl_trading.cli.demo", None),
         ("rl_trading.cli.evaluate", "evaluate"),
+        ("rl_trading.cli.paper", "paper"),
     ]:
         try:
             mod = importlib.import_module(module)

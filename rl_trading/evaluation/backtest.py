@@ -307,6 +307,28 @@ def _run_single(
     return StrategyRun("policy", index, [symbol], equity, weights, costs, extra)
 
 
+def hierarchy_actions(
+    bundle: PolicyBundle, agents: list[str], obs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Deterministic actions of every agent in `obs` of a hierarchical env (`agents`: its
+    possible agents): how a backtest and a paper session act on an observation."""
+    shared = bundle.shared_specialist
+    specialists = sorted(a for a in agents if a != META)
+    actions = {}
+    for agent, o in obs.items():
+        if agent == META:
+            pid = META
+        else:
+            pid = "specialist" if shared else agent
+            if shared:
+                one_hot = np.eye(len(specialists), dtype=np.float32)[specialists.index(agent)]
+                o = np.concatenate([np.asarray(o, np.float32).ravel(), one_hot])
+        if pid not in bundle.modules:
+            raise CheckpointError(f"policy has no module for agent '{agent}' ({pid})")
+        actions[agent] = bundle.act(pid, np.asarray(o, np.float32)[None])[0]
+    return actions
+
+
 def _run_hierarchy(
     bundle: PolicyBundle,
     bars: dict[str, pd.DataFrame],
@@ -321,22 +343,9 @@ def _run_hierarchy(
     if scalers:
         kwargs["scalers"] = {sym: _scaler_for(scalers, sym) for sym in bars}
     env = HierarchicalTradingEnv(cfg, bars=bars, mode=mode, eval_mode=True, **kwargs)
-    shared = bundle.shared_specialist
-    specialists = sorted(a for a in env.possible_agents if a != META)
-    one_hot = {a: np.eye(len(specialists), dtype=np.float32)[i] for i, a in enumerate(specialists)}
     obs, _ = env.reset(seed=seed)
     while env.agents:
-        actions = {}
-        for agent, o in obs.items():
-            if agent == META:
-                pid = META
-            else:
-                pid = "specialist" if shared else agent
-                if shared:
-                    o = np.concatenate([np.asarray(o, np.float32).ravel(), one_hot[agent]])
-            if pid not in bundle.modules:
-                raise CheckpointError(f"policy has no module for agent '{agent}' ({pid})")
-            actions[agent] = bundle.act(pid, np.asarray(o, np.float32)[None])[0]
+        actions = hierarchy_actions(bundle, env.possible_agents, obs)
         obs, _, terms, truncs, _ = env.step(actions)
         if any(terms.values()) or all(truncs.values()):
             break

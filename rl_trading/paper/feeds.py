@@ -1,0 +1,186 @@
+"""Bar feeds for paper sessions: a replay of the model's own data, a SQL table, a file.
+
+Every feed answers `poll(after)`: the bars it has now with a timestamp after `after`, per
+symbol. `complete_bars` turns that into whole bars (every symbol at one timestamp), which is
+all the loop ever processes. How real-feed faults are handled (docs/paper_trading.md):
+
+* duplicate or late bar (timestamp at or before the last processed one): ignored, logged;
+* out-of-order rows inside one poll: sorted by timestamp;
+* a timestamp some symbols lack while a later one is complete: dropped, logged (the engine
+  needs every instrument at each bar; a missing bar is never invented);
+* a gap (more than the timeframe between bars, beyond weekends for daily bars): processed as
+  the next bar (the engine's rules hold across it), logged;
+* no new bar for `paper.stale_after_s`: the loop halts the session (stale-data breaker).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import pandas as pd
+
+from rl_trading.data.schema import BAR_COLUMNS, timeframe_delta
+from rl_trading.errors import DataError
+
+Bar = tuple[pd.Timestamp, dict[str, dict]]  # timestamp, {symbol: {column: value}}
+
+
+class Feed(Protocol):
+    """Where new bars come from."""
+
+    name: str
+    exhausted: bool  # True when no bar will ever come again (end of a replay)
+
+    def poll(self, after: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
+        """Bars with a timestamp after `after`, per symbol (possibly empty frames)."""
+        ...
+
+
+def _after(frame: pd.DataFrame, after: pd.Timestamp | None) -> pd.DataFrame:
+    frame = frame.sort_index(kind="stable")
+    frame = frame[~frame.index.duplicated(keep="last")]
+    return frame if after is None else frame[frame.index > after]
+
+
+def complete_bars(
+    frames: dict[str, pd.DataFrame], symbols: list[str]
+) -> tuple[list[Bar], list[pd.Timestamp]]:
+    """(whole bars in time order, timestamps dropped as incomplete because a later bar is
+    complete). A trailing incomplete timestamp is kept back: its other rows may still come."""
+    if any(s not in frames or frames[s].empty for s in symbols):
+        return [], []
+    stamps = sorted(set().union(*(frames[s].index for s in symbols)))
+    have = {s: set(frames[s].index) for s in symbols}
+    full = [ts for ts in stamps if all(ts in have[s] for s in symbols)]
+    if not full:
+        return [], []
+    last = full[-1]
+    kept = set(full)
+    dropped = [ts for ts in stamps if ts < last and ts not in kept]
+    index = pd.DatetimeIndex(full)
+    records = {s: frames[s].loc[index].to_dict("records") for s in symbols}
+    return [(ts, {s: records[s][i] for s in symbols}) for i, ts in enumerate(full)], dropped
+
+
+def check_timeframe(frames: dict[str, pd.DataFrame], timeframe: str, label: str) -> None:
+    """DataError when the feed's bar spacing is not the model's timeframe."""
+    delta = timeframe_delta(timeframe)
+    for sym, frame in frames.items():
+        if len(frame) < 3:
+            continue
+        spacing = pd.Series(frame.index).diff().dropna().median()
+        if spacing != delta:
+            raise DataError(
+                f"{label}: {sym} bars are {spacing} apart but the model trades {timeframe} "
+                f"bars ({delta}): feed the model's timeframe"
+            )
+
+
+def is_gap(prev: pd.Timestamp, ts: pd.Timestamp, timeframe: str) -> bool:
+    """More than one bar between `prev` and `ts` (daily bars: more than a long weekend)."""
+    delta = timeframe_delta(timeframe)
+    limit = delta * 4 if delta >= pd.Timedelta(days=1) else delta * 1.5
+    return (ts - prev) > limit
+
+
+class ReplayFeed:
+    """The model's own bars released one at a time (`speed` bars/s; 0 = as fast as possible).
+
+    `history` is the whole replay, which lets the loop build the env once (every env array is
+    causal, tests/test_paper.py checks that a prefix gives the same rows)."""
+
+    name = "replay"
+
+    def __init__(self, bars: dict[str, pd.DataFrame], speed: float = 0.0) -> None:
+        self.history = bars
+        self.speed = float(speed)
+        self.exhausted = False
+        self._t0 = time.monotonic()
+        self._released = 0
+        self._index = next(iter(bars.values())).index
+
+    def poll(self, after: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
+        start = 0 if after is None else int(self._index.searchsorted(after, side="right"))
+        if self.speed > 0:
+            due = int((time.monotonic() - self._t0) * self.speed) + 1
+            stop = min(len(self._index), start + max(0, due - self._released))
+            self._released += stop - start
+        else:
+            stop = len(self._index)
+        if stop >= len(self._index):
+            self.exhausted = True
+        return {s: f.iloc[start:stop] for s, f in self.history.items()}
+
+
+class SqlFeed:
+    """New rows of `historical_bars` (rl_trading.data.store) for the model's series."""
+
+    name = "sql"
+
+    def __init__(self, url: str | None, symbols: list[str], timeframe: str) -> None:
+        from rl_trading.data.store import BarStore
+
+        self.store = BarStore(url)
+        self.symbols, self.timeframe = symbols, timeframe
+        self.exhausted = False
+
+    def check(self) -> None:
+        """DataError naming the model's series the table does not hold (at its timeframe)."""
+        info = self.store.info()
+        have = {(i.symbol, i.timeframe) for i in info}
+        missing = [s for s in self.symbols if (s, self.timeframe) not in have]
+        if missing:
+            other = sorted({f"{i.symbol}@{i.timeframe}" for i in info if i.symbol in missing})
+            hint = f" (the store has {', '.join(other)})" if other else ""
+            raise DataError(
+                f"{self.store.safe_url} has no {self.timeframe} bars for {missing}: the model "
+                f"trades {self.symbols} at {self.timeframe}{hint}"
+            )
+
+    def poll(self, after: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
+        out = {}
+        for sym in self.symbols:
+            frame = self.store.read(sym, self.timeframe, start=after)
+            out[sym] = _after(frame, after)
+        return out
+
+
+class FileFeed:
+    """A CSV / Parquet bars file per symbol (a folder of `SYMBOL_*.csv`), re-read as it grows."""
+
+    name = "file"
+
+    def __init__(self, path: Path, symbols: list[str]) -> None:
+        self.path = Path(path)
+        self.symbols = symbols
+        self.exhausted = False
+        files = (
+            sorted(p for p in self.path.iterdir() if p.is_file())
+            if self.path.is_dir()
+            else [self.path]
+        )
+        self.files = {
+            f.name.split(".")[0].split("_")[0].upper(): f
+            for f in files
+            if f.name.endswith((".csv", ".csv.gz", ".parquet"))
+        }
+        missing = [s for s in symbols if s not in self.files]
+        if missing:
+            raise DataError(
+                f"{self.path} has no bars file for {missing} (the model trades {symbols}; "
+                "one file per symbol, named SYMBOL_*.csv or .parquet)"
+            )
+
+    def poll(self, after: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
+        from rl_trading.data import read_bars
+
+        out = {}
+        for sym in self.symbols:
+            try:
+                frame = read_bars(self.files[sym])
+            except DataError:  # a half-written last line: try again at the next poll
+                frame = pd.DataFrame(columns=BAR_COLUMNS, index=pd.DatetimeIndex([], tz="UTC"))
+            out[sym] = _after(frame, after)
+        return out

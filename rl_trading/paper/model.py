@@ -1,0 +1,106 @@
+"""The one place a paper session turns `--model NAME` into a policy and its config.
+
+It calls the same registry / backtest loading API as `rl-trading backtest --model`
+(`ModelRegistry.load_training_config` for the stored training config, then
+`evaluation.backtest.load_policy` for the verified modules and their preprocessing), so a
+change of registry naming is followed here by re-pointing this one function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rl_trading.config import AppConfig, load_config
+from rl_trading.errors import CheckpointError
+from rl_trading.evaluation.backtest import PolicyBundle, load_policy, pin_calendar
+
+
+@dataclass
+class ResolvedModel:
+    """A policy ready to trade: its modules, stored preprocessing and the config to run with."""
+
+    name: str
+    bundle: PolicyBundle
+    cfg: AppConfig
+
+    @property
+    def symbols(self) -> list[str]:
+        """The instruments the policy was trained on (its stored preprocessing, else config)."""
+        stored = self.bundle.preprocessing.get("symbols")
+        return [str(s) for s in (stored or self.cfg.data.symbols)]
+
+    @property
+    def timeframe(self) -> str:
+        return str(self.bundle.preprocessing.get("timeframe") or self.cfg.data.timeframe)
+
+
+class OnnxPolicy:
+    """One exported policy (`rl-trading export onnx`) run with onnxruntime: the same
+    deterministic actions as its RLModule (the export checks parity to 1e-5)."""
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort  # optional dependency, only for --onnx
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        self.path = path
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def act(self, obs: Any) -> Any:
+        import numpy as np
+
+        return self.session.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
+
+
+def use_onnx(bundle: PolicyBundle, folder: Path) -> None:
+    """Swap every module of `bundle` for `<folder>/<policy id>.onnx` (CheckpointError naming
+    the files missing)."""
+    folder = Path(folder)
+    missing = [p for p in bundle.modules if not (folder / f"{p}.onnx").is_file()]
+    if missing:
+        raise CheckpointError(
+            f"--onnx {folder}: no {', '.join(f'{p}.onnx' for p in missing)} (export each policy "
+            "with `rl-trading export onnx --policy ID --out DIR/ID.onnx`)"
+        )
+    bundle.modules = {p: OnnxPolicy(folder / f"{p}.onnx") for p in bundle.modules}
+
+
+def resolve_model(
+    name: str,
+    config: Path | None = None,
+    sets: list[str] | None = None,
+    onnx: Path | None = None,
+) -> ResolvedModel:
+    """Load a registered model (or a checkpoint path) with its stored training config
+    (`-c` replaces it, `--set` goes on top), as `backtest --model` does; `onnx`: act with its
+    exported policies in that folder instead. RegistryError (one line) for an unknown name;
+    CheckpointError for a policy the paper loop cannot run."""
+    base = load_config(config, sets or [])
+    cfg = base
+    if config is None:
+        stored: dict[str, Any] | None
+        if Path(name).expanduser().exists():
+            from rl_trading.training.checkpoints import stored_config
+
+            stored = stored_config(name)
+        else:
+            from rl_trading.registry import ModelRegistry
+
+            stored = ModelRegistry(cfg=base).load_training_config(name)
+        if stored:
+            stored = dict(stored)
+            stored["tracking"] = base.model_dump(mode="json")["tracking"]
+            stored["paper"] = base.model_dump(mode="json")["paper"]
+            cfg = load_config(None, sets or [], extra=stored)
+    bundle = load_policy(name, cfg)
+    if not bundle.hierarchical:
+        raise CheckpointError(
+            f"model '{name}' is a single-instrument policy; paper trading runs hierarchical "
+            "policies (specialists + meta)"
+        )
+    if onnx is not None:
+        use_onnx(bundle, onnx)
+    cfg, _ = pin_calendar(cfg, bundle.preprocessing)  # bars per year as its backtest has them
+    return ResolvedModel(name=bundle.source or name, bundle=bundle, cfg=cfg)

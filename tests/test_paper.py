@@ -1,0 +1,476 @@
+"""Paper trading: replay parity with the backtest, restart after SIGKILL, a SQL feed followed
+while another process appends to it, one-line errors before anything trades, the ledger's
+atomicity, feed faults, the kill switch and the drift statistics. The tests share one
+registered model (about 20 s to build); the longer ones are marked slow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rl_trading.cli.main import main
+from rl_trading.config import CONFIG_DIR, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "rl_trading"]
+
+
+# --------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def paper_ws(tmp_path_factory):
+    """A workspace with one registered hierarchical model (quickstart data, untrained random
+    weights: parity holds for any policy) and its backtest on the test split."""
+    from envs import HierarchicalTradingEnv
+    from policies import module_spec
+    from rl_trading.evaluation import register_policy, select_bars
+
+    ws = tmp_path_factory.mktemp("paper_ws")
+    old = Path.cwd()
+    saved = {
+        k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS") if k in os.environ
+    }
+    os.chdir(ws)
+    try:
+        cfg = load_config(
+            CONFIG_DIR / "quickstart.yaml",
+            ["policy.hidden_sizes=[8,8]", "tracking.system_metrics=false"],
+        )
+        bars, _, _ = select_bars(cfg, None, "train")
+        env = HierarchicalTradingEnv(cfg, bars=bars, mode="joint", eval_mode=True)
+        root = ws / "ckpt" / "learner_group" / "learner" / "rl_module"
+        torch.manual_seed(0)
+        for agent in env.possible_agents:
+            spec = module_spec(cfg, agent, env.observation_space(agent), env.action_space(agent))
+            module = spec.build()
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.normal_(0.0, 0.5)
+            module.save_to_path(root / agent)
+        rec, result = register_policy(ws / "ckpt", cfg, "hierarchical_ppo", split="test")
+    finally:
+        os.chdir(old)
+        os.environ.update(saved)
+    return {"ws": ws, "name": rec.name, "backtest": result.runs["policy"]}
+
+
+@pytest.fixture()
+def in_ws(paper_ws, monkeypatch):
+    monkeypatch.chdir(paper_ws["ws"])
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return paper_ws
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["COLUMNS"] = "200"
+    return env
+
+
+def _status(db: str, session: str, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["paper", "status", "--session", session, "--db", db, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _resolved(name: str):
+    from rl_trading.paper import resolve_model
+
+    return resolve_model(name)
+
+
+# ------------------------------------------------------------------------------ parity
+def test_replay_ends_at_the_backtests_equity_with_the_same_orders(in_ws, tmp_path, capsys):
+    from rl_trading.paper import Ledger
+
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    out_dir = tmp_path / "report"
+    code = main(["paper", "run", "--model", in_ws["name"], "--session", "s1",
+                 "--source", "replay", "--split", "test", "--db", db,
+                 "--out", str(out_dir)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    # the report: the backtest of the bars the session saw, and both curves in one plot
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["parity_rel_diff"] < 1e-9 and (out_dir / "equity.png").stat().st_size > 0
+    st = _status(db, "s1", capsys)
+    bt = in_ws["backtest"]
+    assert st["state"] == "finished"
+    assert st["equity"] == pytest.approx(float(bt.equity[-1]), rel=1e-6)
+    eq = Ledger(db).equity_of("s1")
+    # the whole curve and the book after every bar are the backtest's
+    assert list(eq.index) == list(bt.index)
+    np.testing.assert_allclose(eq["equity"].to_numpy(), bt.equity, rtol=1e-9)
+    expo = np.array([json.loads(x) for x in eq["exposures"]])
+    np.testing.assert_allclose(expo[1:], bt.weights[1:], rtol=1e-9, atol=1e-12)
+    # an order on every bar where the book changed; none when it did not
+    changed = int((np.abs(np.diff(expo, axis=0)) > 0).sum())
+    assert 0 < len(st["orders"]) <= changed
+    assert {"equity", "cash", "positions", "orders", "bars_processed", "last_bar"} <= set(st)
+    # session list, and the finished session is not "in use"
+    assert main(["paper", "list", "--db", db]) == 0
+    assert "s1" in capsys.readouterr().out
+
+
+def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path):
+    """The live path (the env rebuilt as each bar arrives, its episode carried over) trades
+    exactly like the replay's env built once; and an env over a prefix of the bars has the
+    same market, feature and risk rows as one over all of them (every array is causal)."""
+    from envs import HierarchicalTradingEnv
+    from rl_trading.evaluation.backtest import scalers_from
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import first_decision_bar
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    bars = make_feed(model, "replay").history
+    k = 60
+    kw = {"mode": "joint", "eval_mode": True, "scalers": scalers_from(model.bundle.preprocessing)}
+    full = HierarchicalTradingEnv(model.cfg, bars=bars, **kw)
+    part = HierarchicalTradingEnv(model.cfg, bars={s: f.iloc[:k] for s, f in bars.items()}, **kw)
+    for name in ("_k_market", "_k_cov", "_k_corr", "_k_ann_vol", "_corr_ut"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(full, name)[:k], err_msg=name)
+    np.testing.assert_array_equal(part._feat_all, full._feat_all[:, :k])
+
+    n = 40
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    opts = PaperOptions(session="live", max_bars=first_decision_bar(model.cfg) + n, prebuild=False)
+    res = PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    assert res.rebuilds == n  # really rebuilt bar by bar
+    eq = ledger.equity_of("live")["equity"].to_numpy()
+    np.testing.assert_array_equal(eq, in_ws["backtest"].equity[: len(eq)])
+
+
+@pytest.mark.slow
+def test_sigkill_mid_replay_then_restart_resumes_exactly(in_ws, tmp_path, capsys):
+    from rl_trading.paper import Ledger
+
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    args = ["paper", "run", "--model", in_ws["name"], "--session", "k", "--db", db, "--no-report"]
+    proc = subprocess.Popen(CLI + args + ["--speed", "60"], cwd=in_ws["ws"], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    ledger = Ledger(db)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        row = ledger.session("k")
+        if row and (row["bars_processed"] or 0) >= 120:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    killed_at = ledger.session("k")["bars_processed"]
+    assert 120 <= killed_at < 381
+    out = subprocess.run(CLI + args, cwd=in_ws["ws"], env=_env(), capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    st = _status(db, "k", capsys)
+    bt = in_ws["backtest"]
+    assert st["state"] == "finished" and st["bars_processed"] == 381
+    assert st["equity"] == pytest.approx(float(bt.equity[-1]), rel=1e-6)
+    # the same orders as a run never interrupted
+    main(["paper", "run", "--model", in_ws["name"], "--session", "ref", "--db", db, "--no-report"])
+    ref = _status(db, "ref", capsys)
+    assert len(st["orders"]) == len(ref["orders"])
+    strip = [{k: v for k, v in o.items()} for o in st["orders"]]
+    assert strip == ref["orders"]
+    eq = ledger.equity_of("k")
+    assert eq.index.is_unique and len(eq) == len(bt.equity)
+
+
+def _follow_sql(in_ws, db_url: str, capsys) -> None:
+    """`paper run --source sql` in a subprocess while this process appends the test split."""
+    from rl_trading.data.store import BarStore
+    from rl_trading.paper import Ledger
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    bars = make_feed(model, "replay").history
+    store = BarStore(db_url)
+    if store.dialect != "sqlite":  # a shared server: drop what an earlier run left
+        for sym in bars:
+            store.delete(sym, "1d")
+    head = 100
+    for sym, frame in bars.items():
+        store.write(frame.iloc[:head], sym, "1d")
+    n = len(next(iter(bars.values())))
+    session = f"sql{os.getpid()}_{int(time.time())}"
+    args = ["paper", "run", "--model", in_ws["name"], "--session", session, "--source", "sql",
+            "--db", db_url, "--poll", "0.1", "--stale-after", "60",
+            "--max-bars", str(n), "--no-report"]  # fmt: skip
+    proc = subprocess.Popen(CLI + args, cwd=in_ws["ws"], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        ledger = Ledger(db_url)
+        pos = head
+        while pos < n:
+            time.sleep(0.05)
+            step = 37
+            for sym, frame in bars.items():  # one symbol after another: partial bars happen
+                store.write(frame.iloc[pos : pos + step], sym, "1d")
+            pos += step
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    st = ledger.status(session)
+    assert st["bars_processed"] == n
+    assert st["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_sql_feed_followed_while_another_process_appends(in_ws, tmp_path, capsys):
+    _follow_sql(in_ws, f"sqlite:///{tmp_path / 'bars.db'}", capsys)
+
+
+@pytest.mark.postgres
+def test_sql_feed_on_postgres(in_ws, pg_url, capsys):
+    _follow_sql(in_ws, pg_url, capsys)
+
+
+# ------------------------------------------------------------------------------- errors
+def _one_line_error(capsys, args: list[str]) -> str:
+    capsys.readouterr()
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and err.startswith("error:") and "\n" not in err, err
+    return err
+
+
+def test_bad_input_is_one_line_before_anything_trades(in_ws, tmp_path, capsys):
+    from rl_trading.data.store import BarStore
+    from rl_trading.paper import Ledger
+    from rl_trading.paper.loop import make_feed
+
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    name = in_ws["name"]
+    err = _one_line_error(capsys, ["paper", "run", "--model", "no_such_model", "--session", "a",
+                                   "--db", db])  # fmt: skip
+    assert "unknown model" in err
+    # instruments missing from the feed
+    bars = make_feed(_resolved(name), "replay").history
+    store = BarStore(db)
+    store.write(bars["MSFT"], "MSFT", "1d")
+    err = _one_line_error(capsys, ["paper", "run", "--model", name, "--session", "b",
+                                   "--source", "sql", "--db", db])  # fmt: skip
+    assert "GOOGL" in err and "SP500" in err
+    # the wrong timeframe: the store has the symbols at 1h only / a file of hourly bars
+    hourly = {s: f.set_axis(pd.date_range("2020-01-01", periods=len(f), freq="1h", tz="UTC"))
+              for s, f in bars.items()}  # fmt: skip
+    db2 = f"sqlite:///{tmp_path / 'hourly.db'}"
+    for sym, frame in hourly.items():
+        BarStore(db2).write(frame, sym, "1h")
+    err = _one_line_error(capsys, ["paper", "run", "--model", name, "--session", "c",
+                                   "--source", "sql", "--db", db2])  # fmt: skip
+    assert "1h" in err and "1d" in err
+    folder = tmp_path / "files"
+    folder.mkdir()
+    for sym, frame in hourly.items():
+        frame.rename_axis("timestamp").to_csv(folder / f"{sym}_1h.csv")
+    args = ["paper", "run", "--model", name, "--session", "d", "--source", "file"]
+    err = _one_line_error(capsys, [*args, "--data", str(folder), "--db", db])
+    assert "apart" in err and "1d" in err
+    # a session in use by a live process
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ledger = Ledger(db)
+        ledger.acquire("busy", name, "replay", ["MSFT", "GOOGL", "SP500"], "1d")
+        with ledger.begin() as conn:
+            conn.execute(ledger.sessions.update().values(owner_pid=sleeper.pid))
+        err = _one_line_error(capsys, ["paper", "run", "--model", name, "--session", "busy",
+                                       "--db", db])  # fmt: skip
+        assert "in use" in err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    for session in ("a", "b", "c", "d", "busy"):  # nothing traded
+        row = Ledger(db).session(session)
+        assert row is None or (row["bars_processed"] or 0) == 0
+
+
+# ------------------------------------------------------------------- ledger and controls
+@pytest.mark.slow
+def test_a_failed_bar_leaves_nothing_and_the_rerun_continues(in_ws, tmp_path, monkeypatch):
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    calls = {"n": 0}
+    real = Ledger.write_equity
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise RuntimeError("disk full")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Ledger, "write_equity", flaky)
+    opts = PaperOptions(session="f", max_bars=80)
+    with pytest.raises(RuntimeError):
+        PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    row = ledger.session("f")
+    done = row["bars_processed"]
+    assert len(ledger.bar_rows("f")["MSFT"]) == done  # the failed bar left no row
+    assert len(ledger.equity_of("f")) == 29 and row["state"] == "stopped"
+    monkeypatch.setattr(Ledger, "write_equity", real)
+    res = PaperSession(model, make_feed(model, "replay"), ledger, PaperOptions("f")).run()
+    assert res.status["state"] == "finished"
+    assert res.status["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_kill_switch_flattens_and_halts(in_ws, tmp_path):
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    opts = PaperOptions(session="ks", max_drawdown=0.002)
+    res = PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    st = res.status
+    assert st["state"] == "halted" and "drawdown" in st["reason"]
+    assert all(abs(u) < 1e-9 for u in st["positions"].values())
+    assert st["bars_processed"] < 381
+    kinds = [e["kind"] for e in ledger.events_of("ks")]
+    assert "kill_switch" in kinds
+
+
+@pytest.mark.slow
+def test_stop_of_a_session_not_running(in_ws, tmp_path, capsys):
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    main(["paper", "run", "--model", in_ws["name"], "--session", "st", "--db", db,
+          "--max-bars", "40", "--no-report"])  # fmt: skip
+    assert _status(db, "st", capsys)["state"] == "stopped"
+    assert main(["paper", "stop", "--session", "st", "--db", db]) == 0
+    err = _one_line_error(capsys, ["paper", "stop", "--session", "nope", "--db", db])
+    assert "unknown paper session" in err
+    # a stopped session resumes where it was
+    args = ["paper", "run", "--model", in_ws["name"], "--session", "st", "--db", db]
+    assert main([*args, "--no-report"]) == 0
+    st = _status(db, "st", capsys)
+    assert st["state"] == "finished"
+    assert st["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-9)
+
+
+# -------------------------------------------------------------------------------- feeds
+def test_complete_bars_handles_duplicates_out_of_order_and_partial_rows():
+    from rl_trading.paper.feeds import _after, complete_bars, is_gap
+
+    idx = pd.date_range("2024-01-01", periods=5, freq="1D", tz="UTC")
+    row = {"open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0}
+    a = pd.DataFrame([row] * 5, index=idx)
+    shuffled = pd.concat([a.iloc[[3, 0, 2]], a.iloc[[0]], a.iloc[[1, 4]]])  # + a duplicate
+    b = a.drop(idx[2])
+    frames = {"A": _after(shuffled, idx[0]), "B": _after(b, idx[0])}
+    bars, dropped = complete_bars(frames, ["A", "B"])
+    assert [ts for ts, _ in bars] == [idx[1], idx[3], idx[4]]
+    assert dropped == [idx[2]]
+    # a trailing partial bar is kept back, not dropped
+    bars, dropped = complete_bars({"A": a, "B": a.iloc[:3]}, ["A", "B"])
+    assert [ts for ts, _ in bars] == list(idx[:3]) and dropped == []
+    assert not is_gap(idx[0], idx[0] + pd.Timedelta(days=3), "1d")  # a weekend
+    assert is_gap(idx[0], idx[0] + pd.Timedelta(hours=3), "1h")
+
+
+def test_drift_statistics():
+    from rl_trading.paper.drift import drifted_features, ks, psi
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=5000)
+    assert psi(ref, rng.normal(size=2000)) < 0.02
+    assert psi(ref, rng.normal(1.0, 1.0, size=2000)) > 0.25
+    assert ks(ref, ref) == 0.0 and ks(ref, ref + 10) == 1.0
+    both = np.stack([ref[:2000], ref[:2000]], axis=1)
+    live = np.stack([rng.normal(size=500), rng.normal(2.0, 1.0, size=500)], axis=1)
+    names = [f for f, _, _ in drifted_features(both, live, ["same", "moved"], 0.25)]
+    assert names == ["moved"]
+
+
+@pytest.mark.slow
+def test_drift_warning_is_logged_when_live_features_move(in_ws, tmp_path):
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import first_decision_bar
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    model.cfg.paper.drift_every = 10
+    model.cfg.paper.drift_psi = 1e-6  # any difference at all warns
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    opts = PaperOptions(session="dr", max_bars=first_decision_bar(model.cfg) + 20)
+    PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    drift = [e for e in ledger.events_of("dr") if e["kind"] == "drift"]
+    assert len(drift) == 2 and "PSI" in drift[0]["message"]
+
+
+@pytest.mark.slow
+def test_onnx_policies_trade_like_the_modules(in_ws, tmp_path):
+    from rl_trading.evaluation.export import export_onnx
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession, resolve_model
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    folder = tmp_path / "onnx"
+    for pid, module in model.bundle.modules.items():
+        export_onnx(module, folder / f"{pid}.onnx")
+    onnx_model = resolve_model(in_ws["name"], onnx=folder)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    res = PaperSession(onnx_model, make_feed(onnx_model, "replay"), ledger, PaperOptions("o")).run()
+    assert res.status["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-6)
+    (folder / "meta.onnx").unlink()
+    with pytest.raises(Exception, match="meta.onnx"):
+        resolve_model(in_ws["name"], onnx=folder)
+
+
+@pytest.mark.slow
+def test_stop_flatten_of_a_running_session(in_ws, tmp_path, capsys):
+    """`paper stop --flatten` reaches a session following a SQL feed: the book goes flat at
+    the next bar's open and the session stops; the stopped session is not in use."""
+    from rl_trading.data.store import BarStore
+    from rl_trading.paper import Ledger
+    from rl_trading.paper.loop import make_feed
+
+    bars = make_feed(_resolved(in_ws["name"]), "replay").history
+    db = f"sqlite:///{tmp_path / 'bars.db'}"
+    store = BarStore(db)
+    for sym, frame in bars.items():
+        store.write(frame.iloc[:120], sym, "1d")
+    args = ["paper", "run", "--model", in_ws["name"], "--session", "run", "--source", "sql",
+            "--db", db, "--poll", "0.1", "--stale-after", "120", "--no-report"]  # fmt: skip
+    proc = subprocess.Popen(CLI + args, cwd=in_ws["ws"], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        ledger = Ledger(db)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            row = ledger.session("run")
+            if row and row["bars_processed"] == 120:
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        assert any(abs(u) > 0 for u in json.loads(ledger.session("run")["positions"]).values())
+        assert main(["paper", "stop", "--session", "run", "--flatten", "--db", db]) == 0
+        time.sleep(1.0)
+        assert ledger.session("run")["state"] == "running"  # waits for a bar to fill at
+        for sym, frame in bars.items():
+            store.write(frame.iloc[120:121], sym, "1d")
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    st = _status(db, "run", capsys)
+    assert st["state"] == "stopped" and "flatten" in st["reason"]
+    assert st["bars_processed"] == 121
+    assert all(abs(u) < 1e-9 for u in st["positions"].values())
