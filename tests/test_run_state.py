@@ -481,6 +481,13 @@ def test_resume_with_a_larger_budget_extends_and_says_so(cli, workspace):
     check_budgets(cfg, RunState.load(run), (1,), resume=True, notify=said.append)
     assert said == ["phase1: budget raised from 2 to 4 iterations; continuing from iteration 2"]
     assert not phase_finished(RunState.load(run).phases["phase1"], cfg, 1)
+    # with phase 2 already trained on phase 1's weights, continuing phase 1 would leave it stale
+    state = RunState.load(run)
+    state.phases["phase2"] = PhaseState(status="done", iteration=1, total_iterations=1)
+    state.save()
+    rc, err = cli("phase1", "--run-dir", "run", "--resume", "--set", "phases.phase1_timesteps=256")
+    assert rc == 2
+    _one_line(err, "phase2 already trained on its earlier weights")
 
 
 def test_resume_with_a_changed_setting_is_refused_unless_allowed(cli, workspace, monkeypatch):

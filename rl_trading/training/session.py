@@ -178,6 +178,13 @@ def check_budgets(
                 f"phases.{name}_timesteps={getattr(cfg.phases, f'{name}_timesteps')} gives "
                 f"{total}; set it to at least {need} to continue, or start a new run"
             )
+        later = started_phases(state, (num + 1,))
+        if ps.status == "done" and total > trained and later:
+            raise ConfigError(
+                f"--resume: a larger budget would continue {name}, but {', '.join(later)} "
+                f"already trained on its earlier weights; keep phases.{name}_timesteps, or "
+                "train the larger budget in a new --run-dir"
+            )
         if total > ps.total_iterations and notify is not None:
             notify(
                 f"{name}: budget raised from {ps.total_iterations} to {total} iterations; "
