@@ -9,6 +9,11 @@ read, so the later folds and the confirmation sets stay untouched by the choice;
 candidate counts as a trial.
 
     .venv/bin/python benchmarks/ablation_table.py runs/abl/R0_absolute runs/abl/R1_rel_vt ...
+    .venv/bin/python benchmarks/ablation_table.py --record runs/abl/*   # into the trial ledger
+
+`--record` writes every candidate into the trial ledger of the current workspace, on each
+selection set's market fingerprint (kind `ablation`, its selection passes as its trials), so
+the later walk-forward's DSR on those markets counts them without a flag.
 """
 
 from __future__ import annotations
@@ -57,12 +62,37 @@ def score(c: dict[str, Any]) -> float:
     return sum(diffs) / len(diffs) if diffs else -math.inf
 
 
+def record(folders: list[Path]) -> None:
+    """Each candidate run into the trial ledger, on its sets' market fingerprints."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from real_markets import set_config  # the sets' files and timeframes
+    from rl_trading.evaluation.ledger import market_fingerprint, record_trials
+
+    for folder in folders:
+        summary = json.loads((folder / "real_markets.json").read_text())
+        for res in summary["sets"]:
+            ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=[],
+                                    config=Path(res["config"]))  # fmt: skip
+            fp = market_fingerprint(set_config(res["set"], ns))
+            cfg = {"candidate": folder.name, "overrides": res["overrides"]}
+            added = record_trials(fp, "ablation", [cfg], source="benchmarks/ablation_table.py",
+                                  trials_each=int(res["n_trials"]))  # fmt: skip
+            state = "recorded" if added else "already recorded"
+            print(f"ledger: {folder.name} on {res['set']} ({fp[:12]}): {state}, "
+                  f"{res['n_trials']} trials")  # fmt: skip
+
+
 def main() -> None:
     """Print the markdown table of the candidates and the one the rule picks."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--record", action="store_true", help="write them to the trial ledger")
     args = parser.parse_args()
     cands = [candidate(f) for f in args.folders if (f / "real_markets.json").is_file()]
+    if args.record:
+        record(args.folders)
 
     def f(v: Any, fmt: str = "{:.2f}") -> str:
         return "-" if v is None or v != v else fmt.format(v)
