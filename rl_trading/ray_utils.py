@@ -273,3 +273,46 @@ def check_env_runner_cpus(num_env_runners: int, cpus_per_runner: float, cluster:
             f"{num_env_runners} env runners x {cpus_per_runner:g} CPU need {need:g} CPUs, Ray "
             f"has {have:g}: --set resources.num_env_runners={fit} (0 samples in the driver)"
         )
+
+
+def fit_trial_runners(
+    cluster: dict,
+    num_env_runners: int,
+    cpus_per_runner: float,
+    trial_cpus: float = 1.0,
+    n_trials: int = 1,
+    what: str = "trials",
+    custom: dict[str, float] | None = None,
+) -> tuple[int, str]:
+    """(env runners per trial, one line saying what was chosen) for Tune trials that each take
+    `trial_cpus` for their own process plus their env runners, on the Ray `cluster` resources.
+
+    The configured `num_env_runners` are kept when one trial with all of them fits Ray's CPUs
+    (and the runners' `custom` resources exist); otherwise each trial samples in its own
+    process (0 runners), which always fits a machine with `trial_cpus` CPUs. A trial that can
+    never be placed (fewer CPUs than `trial_cpus`) is a one-line ConfigError, never a wait.
+    """
+    have = float(cluster.get("CPU", 0.0))
+    if have < trial_cpus:
+        raise ConfigError(
+            f"{what}: one trial needs {trial_cpus:g} CPU(s), Ray has {have:g}; it could never "
+            "start (see resources.num_cpus / the cluster)"
+        )
+    need = trial_cpus + num_env_runners * cpus_per_runner
+    missing = [k for k, v in (custom or {}).items() if float(cluster.get(k, 0.0)) < float(v)]
+    runners = num_env_runners
+    why = ""
+    if num_env_runners and (need > have or missing):
+        runners = 0
+        why = (
+            f" (a trial with {num_env_runners} env runners needs {need:g} CPUs"
+            + (f" and {', '.join(missing)}" if missing else "")
+            + f", Ray has {have:g}): sampling in each trial's process"
+        )
+    per_trial = trial_cpus + runners * cpus_per_runner
+    at_once = max(1, min(int(have // per_trial), max(1, n_trials)))
+    line = (
+        f"{what}: {per_trial:g} CPU(s) each, {runners} env runner(s){why}; "
+        f"{at_once} of {n_trials} at a time on {have:g} CPUs"
+    )
+    return runners, line

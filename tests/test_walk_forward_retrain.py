@@ -286,6 +286,54 @@ def test_null_market_is_not_significant_and_planted_signal_is(ray_session, works
     assert again["summary"]["policy"] == planted["summary"]["policy"]
 
 
+def test_trials_are_sized_from_the_cpus_ray_has():
+    """A trial keeps its env runners when they fit, samples in its own process when they do
+    not, and a trial that could never be placed is a one-line error (never a PENDING wait)."""
+    from rl_trading.ray_utils import fit_trial_runners
+
+    runners, line = fit_trial_runners({"CPU": 8.0}, 2, 1.0, n_trials=9, what="wf")
+    assert runners == 2 and "2 of 9 at a time" in line
+    runners, line = fit_trial_runners({"CPU": 2.0}, 2, 1.0, n_trials=9, what="wf")
+    assert runners == 0 and "needs 3 CPUs, Ray has 2" in line and "2 of 9 at a time" in line
+    runners, _ = fit_trial_runners({"CPU": 8.0}, 2, 1.0, custom={"worker_node": 1.0})
+    assert runners == 0  # the runners' custom resource exists nowhere
+    with pytest.raises(ConfigError, match="could never start"):
+        fit_trial_runners({"CPU": 2.0}, 0, 1.0, trial_cpus=4.0, what="PBT members")
+    cfg = AppConfig.model_validate({"resources": {"num_env_runners": 2}})
+    fitted, _ = wf.fit_resources(cfg, {"CPU": 2.0}, 3)
+    assert fitted.resources.num_env_runners == 0 and cfg.resources.num_env_runners == 2
+    bundles = wf.trial_resources(fitted).bundles
+    assert bundles == [{"CPU": 1.0}]
+
+
+@pytest.mark.rllib
+@pytest.mark.slow
+def test_readme_walk_forward_runs_on_a_two_cpu_ray_with_the_shipped_resources(
+    ray_session, workspace, monkeypatch, capsys
+):
+    """The README's command on configs/quickstart.yaml (resources.* as shipped: 2 env runners
+    per trial) on the suite's 2-CPU Ray: each trial samples in its own process, the console
+    shows our progress lines and an 80-column table, never Tune's status tables. Only the
+    budget is shrunk (folds / seeds / phases options, one phase-1 iteration)."""
+    from rl_trading.cli.common import console
+    from rl_trading.config import CONFIG_DIR
+
+    assert ray_session.cluster_resources().get("CPU") == 2
+    monkeypatch.setattr(console, "_width", 80)
+    out = workspace / "wf"
+    args = ["evaluate", "walk-forward", "-c", str(CONFIG_DIR / "quickstart.yaml")]
+    args += ["--folds", "2", "--seeds", "1", "--phases", "1", "--out", str(out)]
+    rc = main([*args, "--set", "phases.phase1_timesteps=2000"])
+    text = capsys.readouterr().out
+    assert rc == 0, text[-3000:]
+    assert "== Status ==" not in text and "Trial name" not in text
+    assert "sampling in each trial's process" in text  # the chosen sizing, said once
+    assert text.count("test Sharpe") == 2  # one progress line per fold x seed
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    saved = json.loads((out / wf.REPORT_FILE).read_text())
+    assert saved["n_folds"] == 2 and math.isfinite(saved["dsr"])
+
+
 def test_supervised_signals_are_out_of_sample_and_traded_as_a_proposal():
     """The walk-forward's supervised baseline: P(up) at bar t from models fitted on earlier
     bars only (recomputing on bars cut after t gives the same value), traded as a proposal."""

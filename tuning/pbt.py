@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -173,15 +173,20 @@ def run_pbt(
     init_checkpoint: str | None = None,
     mlflow: bool = True,
     verbose: int = 0,
+    notify: Callable[[str], None] | None = None,
 ) -> PBTResult:
     """Run (or resume) PBT for one phase and return the best config, checkpoint and reports.
+
+    Each member samples in its own process (`tuning.phase_runner`) on `tuning.cpus_per_trial`
+    CPUs; `notify` gets the line saying how many run at a time, and a member that could never
+    be placed is a one-line ConfigError before any work.
 
     `runner_factory(hparams, seed)` builds the phase runner; by default the RLlib phase from
     :mod:`rl_trading.training` on `train_bars`, validated on `val_bars`.
     """
     from ray import tune
 
-    from rl_trading.ray_utils import init_ray
+    from rl_trading.ray_utils import fit_trial_runners, init_ray
 
     if phase not in (1, 2, 3):
         raise ConfigError(f"phase must be 1, 2 or 3 (got {phase})")
@@ -208,7 +213,17 @@ def run_pbt(
     if not resume and exp_path.exists() and any(exp_path.iterdir()):
         raise ConfigError(f"{exp_path} already holds a PBT run; use --resume or a new run dir")
 
-    init_ray(cfg.resources.address, cfg.resources.num_cpus)
+    cluster = init_ray(cfg.resources.address, cfg.resources.num_cpus)
+    _, line = fit_trial_runners(
+        cluster,
+        0,
+        1.0,
+        trial_cpus=cfg.tuning.cpus_per_trial,
+        n_trials=population,
+        what="PBT members",
+    )
+    if notify is not None:
+        notify(line)
     random.seed(cfg.seed)  # PBT's explore step draws from `random` and numpy's global RNG
     np.random.seed(cfg.seed)
 

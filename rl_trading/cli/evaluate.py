@@ -59,6 +59,13 @@ def walk_forward_command(
         f"{','.join(map(str, plan.phases))}; {len(plan.units) - len(todo)} done, "
         f"{len(todo)} to run -> {plan.out_dir}"
     )
-    report = walk_forward_retrain(plan, address=address)
+    from rl_trading.cli import logs
+
+    report = walk_forward_retrain(
+        plan,
+        address=address,
+        verbose=1 if logs.verbose_requested() else 0,  # Tune's status tables only when asked
+        notify=console.print,
+    )
     console.print(render_table(report))
     console.print(f"report: {report['files']['json']}  plot: {report['files']['png']}")

@@ -85,6 +85,7 @@ def supervised(
         run_dir=run_dir,
         models_dir=models_dir,
         verbose=1 if logs.verbose_requested() else 0,
+        notify=lambda line: console.print(line, soft_wrap=True),
     )
     log = logs.attach_run_dir(Path(results.results_path).parent)
     console.print(results_table(results.records))

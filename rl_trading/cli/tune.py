@@ -76,6 +76,7 @@ def pbt(
         init_checkpoint=str(from_checkpoint) if from_checkpoint else None,
         mlflow=mlflow,
         verbose=1 if logs.verbose_requested() else 0,
+        notify=lambda line: console.print(line, soft_wrap=True),
     )
     log = logs.attach_run_dir(result.run_dir)
     console.print(render_table(result.table, result.metric))

@@ -649,18 +649,98 @@ def supervised_signals(cfg: AppConfig, bars: dict[str, pd.DataFrame]) -> dict[st
 
 
 def trial_resources(cfg: AppConfig) -> Any:
-    """One CPU for the trial (learner + validation) plus its env runners' CPUs."""
+    """One CPU for the trial (learner + validation) plus its env runners' CPUs (and their
+    custom resources): RLlib places the runners in the trial's placement group."""
     from ray import tune
 
     res = cfg.resources
-    bundles = [{"CPU": 1.0}] + [{"CPU": float(res.num_cpus_per_env_runner)}] * res.num_env_runners
+    runner = {"CPU": float(res.num_cpus_per_env_runner), **res.custom_resources_per_env_runner}
+    bundles = [{"CPU": 1.0}] + [dict(runner) for _ in range(res.num_env_runners)]
     return tune.PlacementGroupFactory(bundles)
 
 
+def fit_resources(cfg: AppConfig, cluster: dict[str, Any], n_trials: int) -> tuple[Any, str]:
+    """`cfg` with the env runners per trial that Ray can place (`ray_utils.fit_trial_runners`:
+    0, sampling in the trial's process, when a trial with all of them cannot be placed) and the
+    one line saying what was chosen."""
+    from rl_trading.ray_utils import fit_trial_runners
+
+    res = cfg.resources
+    runners, line = fit_trial_runners(
+        cluster,
+        res.num_env_runners,
+        res.num_cpus_per_env_runner,
+        n_trials=n_trials,
+        what="walk-forward trials",
+        custom=res.custom_resources_per_env_runner,
+    )
+    if runners != res.num_env_runners:
+        cfg = cfg.model_copy(
+            update={"resources": res.model_copy(update={"num_env_runners": runners})}
+        )
+    return cfg, line
+
+
+class TrialProgress:
+    """Tune callback: one line per finished phase and per finished fold x seed (the project's
+    progress instead of Tune's status tables). Driver-only: it pickles to a silent copy."""
+
+    def __init__(self, total: int, notify: Callable[[str], None] | None) -> None:
+        self.total, self.notify, self.done = total, notify, 0
+        self.t0 = time.monotonic()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"total": self.total}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["total"], None)
+
+    def _say(self, text: str) -> None:
+        if self.notify is not None:
+            self.notify(f"[{time.monotonic() - self.t0:6.0f} s] {text}")
+
+    def on_trial_result(self, trial: Any, result: dict[str, Any]) -> None:
+        """A phase finished (its best validation Sharpe) or the test pass (its Sharpe)."""
+        unit = trial.config.get("unit", {})
+        name = f"fold {unit.get('fold')} seed {unit.get('seed')}"
+        if result.get("done"):
+            self.done += 1
+            self._say(
+                f"{name}: test Sharpe {float(result.get('test_sharpe', math.nan)):.2f} "
+                f"({self.done}/{self.total} trials done)"
+            )
+        elif "best_val_sharpe" in result:
+            val = float(result.get("best_val_sharpe", math.nan))
+            self._say(f"{name}: phase {result.get('phase')} trained, best val Sharpe {val:.2f}")
+
+    def callback(self) -> Any:
+        """The Tune `Callback` forwarding to this object."""
+        from ray.tune import Callback
+
+        owner = self
+
+        class _Forward(Callback):
+            def __getstate__(self) -> dict[str, Any]:
+                return {}
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):  # noqa: ANN001
+                owner.on_trial_result(trial, result)
+
+        return _Forward()
+
+
 def run_trials(
-    plan: WalkForwardPlan, address: str | None = None, verbose: int = 1
+    plan: WalkForwardPlan,
+    address: str | None = None,
+    verbose: int = 0,
+    notify: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the pending folds x seeds as Tune trials; return every result (fold, seed order)."""
+    """Run the pending folds x seeds as Tune trials; return every result (fold, seed order).
+
+    Each trial is sized from the CPUs Ray has (`fit_resources`; `notify` gets the line saying
+    what was chosen, then one line per finished phase and trial). `verbose` > 0 shows Tune's
+    own status tables too.
+    """
     from ray import tune
 
     from rl_trading.ray_utils import init_ray, resolve_address
@@ -670,7 +750,13 @@ def run_trials(
     if pending:
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
-        init_ray(addr, cfg.resources.num_cpus, **({"log_to_driver": False} if local else {}))
+        cluster = init_ray(
+            addr, cfg.resources.num_cpus, **({"log_to_driver": False} if local else {})
+        )
+        cfg, line = fit_resources(cfg, cluster, len(pending))
+        if notify is not None:
+            notify(line)
+        progress = TrialProgress(len(pending), notify)
         trainable = tune.with_resources(
             tune.with_parameters(
                 _tune_trial,
@@ -695,6 +781,7 @@ def run_trials(
                 name=time.strftime("tune_%Y%m%d-%H%M%S"),
                 storage_path=str(plan.out_dir / "tune"),
                 failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=[progress.callback()],
                 verbose=verbose,
             ),
         )
@@ -716,13 +803,16 @@ def run_trials(
 
 
 def walk_forward_retrain(
-    plan: WalkForwardPlan, address: str | None = None, verbose: int = 1
+    plan: WalkForwardPlan,
+    address: str | None = None,
+    verbose: int = 0,
+    notify: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the trials, then write `walk_forward.json` and the equity PNG."""
     from rl_trading.evaluation.report import json_safe
 
     t0 = time.monotonic()
-    results = run_trials(plan, address=address, verbose=verbose)
+    results = run_trials(plan, address=address, verbose=verbose, notify=notify)
     report = build_report(results, plan.cfg, plan.folds_info, plan.phases, len(plan.seeds))
     png = write_equity_plot(report, plan.out_dir / PLOT_FILE)
     report.pop("_plot")
@@ -761,49 +851,36 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def render_table(report: dict[str, Any], title: str = "Walk-forward (retrained)") -> Any:
-    """Rich table of :func:`table_rows` (the CLI and the benchmark print it)."""
-    from rich.table import Table
+    """Rich renderable of :func:`table_rows` (the CLI and the benchmark print it): one row per
+    strategy, columns packed into as many tables as the console width needs (no cut cells)."""
+    from rich.markup import escape
+
+    from rl_trading.evaluation.report import PackedTables
 
     def num(v: Any, fmt: str = "{:.2f}") -> str:
         return "-" if v is None or not math.isfinite(float(v)) else fmt.format(v)
 
     def ci(v: Any) -> str:
-        return "-" if v is None else f"[{num(v[0])}, {num(v[1])}]"
+        return "-" if v is None else escape(f"[{num(v[0])}, {num(v[1])}]")
 
     n = report["n_folds"]
-    table = Table(
-        title=f"{title}: {n} folds x {len(report['seeds'])} seeds, means over folds "
-        f"(95% CI, n = {n}); DSR {num(report['dsr'], '{:.3f}')} "
-        f"(n_trials {report['n_trials']}), PSR {num(report['psr'], '{:.3f}')}"
+    rows = table_rows(report)
+    cols = [
+        ("net Sharpe", [num(r["sharpe"]) for r in rows]),
+        ("95% CI", [ci(r["sharpe_ci95"]) for r in rows]),
+        ("policy - it", [num(r["policy_minus"]) for r in rows]),
+        ("its 95% CI", [ci(r["policy_minus_ci95"]) for r in rows]),
+        ("return", [num(r["total_return"], "{:+.2%}") for r in rows]),
+        ("max DD", [num(r["max_drawdown"], "{:.2%}") for r in rows]),
+        ("turnover", [num(r["turnover"], "{:.4f}") for r in rows]),
+        ("costs", [num(r["total_costs"], "{:,.0f}") for r in rows]),
+        ("gross exp.", [num(r["exposure"], "{:.2f}") for r in rows]),
+        ("IR", [num(r["information_ratio"]) for r in rows]),
+        ("TE", [num(r["tracking_error"], "{:.1%}") for r in rows]),
+    ]
+    head = (
+        f"{title}: {n} folds x {len(report['seeds'])} seeds, means over folds (95% CI, "
+        f"n = {n}); DSR {num(report['dsr'], '{:.3f}')} (n_trials {report['n_trials']}), "
+        f"PSR {num(report['psr'], '{:.3f}')}"
     )
-    for col in (
-        "strategy",
-        "net Sharpe",
-        "95% CI",
-        "policy - it",
-        "95% CI",
-        "return",
-        "max DD",
-        "turnover",
-        "costs",
-        "gross exp.",
-        "IR",
-        "TE",
-    ):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
-    for r in table_rows(report):
-        table.add_row(
-            r["strategy"],
-            num(r["sharpe"]),
-            ci(r["sharpe_ci95"]),
-            num(r["policy_minus"]),
-            ci(r["policy_minus_ci95"]),
-            num(r["total_return"], "{:+.2%}"),
-            num(r["max_drawdown"], "{:.2%}"),
-            num(r["turnover"], "{:.4f}"),
-            num(r["total_costs"], "{:,.0f}"),
-            num(r["exposure"], "{:.2f}"),
-            num(r["information_ratio"]),
-            num(r["tracking_error"], "{:.1%}"),
-        )
-    return table
+    return PackedTables(head, "strategy", [escape(r["strategy"]) for r in rows], cols)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -366,15 +367,19 @@ def train_supervised(
     models_dir: str | Path | None = None,
     tracking: bool = True,
     verbose: int = 1,
+    notify: Callable[[str], None] | None = None,
 ) -> SupervisedResults:
     """Train (and optionally search) the supervised models as parallel Tune trials.
+
+    Each trial takes one CPU; `notify` gets the line saying how many run at a time (a Ray
+    without a CPU is a one-line ConfigError, never a wait).
 
     `bars` defaults to `load_market(cfg)`; models go to `models_dir` (default
     ``<workspace>/models/supervised``); each trial is an MLflow run unless `tracking` is off.
     """
     from ray import tune
 
-    from rl_trading.ray_utils import init_ray
+    from rl_trading.ray_utils import fit_trial_runners, init_ray
     from rl_trading.supervised.storage import default_models_dir
 
     sup = cfg.supervised
@@ -416,7 +421,12 @@ def train_supervised(
         ensure_experiment(settings["experiment"])  # created once here, not racing in trials
 
     if jobs:
-        init_ray(cfg.resources.address, cfg.resources.num_cpus)
+        cluster = init_ray(cfg.resources.address, cfg.resources.num_cpus)
+        _, line = fit_trial_runners(
+            cluster, 0, 1.0, trial_cpus=1.0, n_trials=len(jobs), what="supervised trials"
+        )
+        if notify is not None:
+            notify(line)
         used = {tf for _, tf in jobs}
         trainable = tune.with_parameters(
             supervised_trial,

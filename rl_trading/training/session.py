@@ -211,9 +211,15 @@ def train(
         cluster = init_ray(
             addr, num_cpus=cfg.resources.num_cpus, notify=notify, dashboard=dashboard, **quiet
         )
+        res = cfg.resources
         if local:  # a cluster may add nodes; a local Ray cannot
-            res = cfg.resources
             check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)
+        if notify is not None:
+            notify(
+                f"training: {res.num_env_runners} env runner(s) x "
+                f"{res.num_cpus_per_env_runner:g} CPU beside the trial's own process "
+                f"(Ray has {float(cluster.get('CPU', 0.0)):g} CPUs)"
+            )
         results = {}
         for i, num in enumerate(phases):
             init = from_checkpoint if i == 0 else None
