@@ -45,6 +45,7 @@ __all__ = [
     "calmar_ratio",
     "conditional_value_at_risk",
     "deflated_sharpe_ratio",
+    "trials_sharpe_variance",
     "diversification",
     "downside_penalty",
     "drawdown_penalty",
@@ -701,6 +702,27 @@ def expected_max_sharpe(n_trials: int, sr_variance: float) -> float:
     return float(math.sqrt(sr_variance) * ((1.0 - _EULER_GAMMA) * z1 + _EULER_GAMMA * z2))
 
 
+def trials_sharpe_variance(
+    n_obs: int, trial_sharpes: Sequence[float] | np.ndarray | None = None
+) -> float:
+    """V[SR] of the trials for the DSR: the sample variance of the trials' per-period Sharpes,
+    never below the no-skill variance of the estimator, 1 / (T - 1), for `n_obs` = T returns.
+
+    Trials that are highly correlated (checkpoints of one run, seeds of one config) have a
+    tiny Sharpe spread that would hardly deflate anything; the floor makes such a set count at
+    least like independent no-skill strategies. Without two finite trial Sharpes it is the
+    floor itself. The one estimator of every DSR in the project (docs/architecture.md).
+    """
+    null = 1.0 / max(int(n_obs) - 1, 1)
+    if trial_sharpes is None:
+        return null
+    ts = _arr(trial_sharpes)
+    ts = ts[np.isfinite(ts)]
+    if ts.size < 2:
+        return null
+    return max(null, float(np.var(ts, ddof=1)))
+
+
 def deflated_sharpe_ratio(
     returns: Sequence[float] | np.ndarray,
     n_trials: int,
@@ -708,18 +730,16 @@ def deflated_sharpe_ratio(
 ) -> float:
     """PSR against the Sharpe the best of `n_trials` null strategies would show by luck.
 
-    `trial_sharpes` are the per-period Sharpes of the trials tried (their variance estimates
-    V[SR]); without at least two, V is the null variance of the estimator, 1 / (T - 1).
-    With one trial the DSR equals the PSR against 0.
+    The trials' Sharpe variance is :func:`trials_sharpe_variance` (the sample variance of
+    `trial_sharpes`, per period, floored at the no-skill 1 / (T - 1)). With one trial the DSR
+    equals the PSR against 0.
     """
     if n_trials < 1:
         raise ValueError(f"n_trials must be >= 1, got {n_trials}")
     r = _arr(returns)
     if r.size < 3:
         return 0.5
-    ts = None if trial_sharpes is None else _arr(trial_sharpes)
-    have_trials = ts is not None and ts.size >= 2
-    var = float(np.var(ts, ddof=1)) if have_trials else 1.0 / (r.size - 1)
+    var = trials_sharpe_variance(r.size, trial_sharpes)
     return probabilistic_sharpe_ratio(r, expected_max_sharpe(n_trials, var))
 
 

@@ -200,7 +200,7 @@ def test_psr_and_dsr_match_the_papers_formulas():
         sr * math.sqrt(r.size - 1) / math.sqrt(1 - g3 * sr + (g4 - 1) / 4 * sr**2)
     )
     assert m.probabilistic_sharpe_ratio(r) == pytest.approx(want, rel=1e-9)
-    var = 0.002
+    var = 0.01  # a wide spread of trial Sharpes: above the no-skill floor 1 / (T - 1)
     e = 0.5772156649015329
     sr0 = math.sqrt(var) * (
         (1 - e) * stats.norm.ppf(1 - 1 / 100) + e * stats.norm.ppf(1 - 1 / (100 * math.e))
@@ -215,6 +215,20 @@ def test_psr_and_dsr_match_the_papers_formulas():
     # a null strategy's DSR over many trials is far from significant
     null = rng.normal(0, 0.01, 500)
     assert m.deflated_sharpe_ratio(null, 50) < 0.95
+
+
+def test_correlated_trials_deflate_at_least_like_no_skill_trials():
+    """Checkpoints of one run have nearly equal Sharpes: their tiny spread must not make the
+    DSR lenient; the trials' variance is floored at the no-skill 1 / (T - 1)."""
+    rng = np.random.default_rng(3)
+    r = rng.normal(0.1 / math.sqrt(252), 0.01, 750)
+    correlated = 0.05 + rng.normal(0, 1e-4, 30)
+    assert m.trials_sharpe_variance(r.size, correlated) == pytest.approx(1 / 749)
+    assert m.trials_sharpe_variance(r.size) == pytest.approx(1 / 749)
+    assert m.trials_sharpe_variance(r.size, [0.1, 0.5, float("nan")]) > 1 / 749
+    assert m.deflated_sharpe_ratio(r, 30, correlated) == m.deflated_sharpe_ratio(r, 30)
+    wide = rng.normal(0, 0.2, 30)
+    assert m.deflated_sharpe_ratio(r, 30, wide) < m.deflated_sharpe_ratio(r, 30)
 
 
 def test_measure_periods_per_year_on_synthetic_timestamps():

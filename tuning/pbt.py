@@ -174,12 +174,15 @@ def run_pbt(
     mlflow: bool = True,
     verbose: int = 0,
     notify: Callable[[str], None] | None = None,
+    data_fingerprint: str | None = None,
 ) -> PBTResult:
     """Run (or resume) PBT for one phase and return the best config, checkpoint and reports.
 
     Each member samples in its own process (`tuning.phase_runner`) on `tuning.cpus_per_trial`
     CPUs; `notify` gets the line saying how many run at a time, and a member that could never
-    be placed is a one-line ConfigError before any work.
+    be placed is a one-line ConfigError before any work. With `data_fingerprint` (the market's,
+    `rl_trading.evaluation.ledger.market_fingerprint`) its members x rounds go into the trial
+    ledger, so every later DSR on that data counts them.
 
     `runner_factory(hparams, seed)` builds the phase runner; by default the RLlib phase from
     :mod:`rl_trading.training` on `train_bars`, validated on `val_bars`.
@@ -248,7 +251,21 @@ def run_pbt(
             f"({first[-1][:200] if first else 'unknown error'}); fix the cause and continue "
             f"with --resume --run-dir {run_dir}"
         )
-    return summarize(results, cfg, phase, run_dir, population, iterations)
+    result = summarize(results, cfg, phase, run_dir, population, iterations)
+    if data_fingerprint:
+        record_in_ledger(result, cfg, data_fingerprint, population)
+    return result
+
+
+def record_in_ledger(result: PBTResult, cfg: AppConfig, fingerprint: str, population: int) -> int:
+    """Record a PBT run's members x perturbation rounds in the trial ledger; rows added."""
+    from rl_trading.evaluation import ledger
+
+    rounds = max(1, result.n_trials // max(int(population), 1))
+    configs = [{"member": m, "round": r} for m in range(int(population)) for r in range(rounds)]
+    return ledger.record_trials(
+        fingerprint, "pbt", configs, str(result.run_dir), url=ledger.ledger_url(cfg)
+    )
 
 
 def _new_tuner(

@@ -9,7 +9,9 @@ import typer
 
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
 
-app = typer.Typer(help="Out-of-sample evaluation protocols: the retraining walk-forward.")
+app = typer.Typer(
+    help="Out-of-sample evaluation protocols: the retraining walk-forward, the trial ledger."
+)
 
 
 @app.callback()
@@ -42,6 +44,14 @@ def walk_forward_command(
     phases: Annotated[
         str, typer.Option("--phases", help="Phases trained per fold: 1, 1,2 or 1,2,3.")
     ] = "1,2,3",
+    extra_trials: Annotated[
+        int,
+        typer.Option(
+            "--extra-trials",
+            min=0,
+            help="Trials tried outside the tool on this data (the ledger counts the rest).",
+        ),
+    ] = 0,
     sets: SetOpt = None,
 ) -> None:
     """Retrain on every expanding-window fold x seed, test each fold once, report with CIs."""
@@ -66,6 +76,47 @@ def walk_forward_command(
         address=address,
         verbose=1 if logs.verbose_requested() else 0,  # Tune's status tables only when asked
         notify=console.print,
+        extra_trials=extra_trials,
     )
     console.print(render_table(report))
     console.print(f"report: {report['files']['json']}  plot: {report['files']['png']}")
+
+
+@app.command("trials")
+def trials_command(
+    data: Annotated[
+        str | None,
+        typer.Option("--data", help="Data fingerprint (or its first characters) to list."),
+    ] = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """The trial ledger: configurations evaluated per data fingerprint (what every DSR counts)."""
+    from rich.table import Table
+
+    from rl_trading.evaluation import ledger
+
+    cfg = cli_config(config, sets)
+    rows = ledger.summary(data, ledger.ledger_url(cfg))
+    if not rows:
+        console.print(f"trial ledger: no trials recorded{f' on {data}' if data else ''}")
+        return
+    table = Table(title="Trial ledger (every DSR on the data counts these)")
+    for col in ("data", "kind", "trials", "configs", "sources", "last"):
+        right = col in ("trials", "configs", "sources")
+        table.add_column(col, justify="right" if right else "left")
+    for r in rows:
+        table.add_row(
+            r["fingerprint"][:12],
+            r["kind"],
+            str(r["trials"]),
+            str(r["configs"]),
+            str(r["sources"]),
+            r["last"][:16],
+        )
+    console.print(table)
+    totals: dict[str, int] = {}
+    for r in rows:
+        totals[r["fingerprint"]] = totals.get(r["fingerprint"], 0) + r["trials"]
+    for fp, n in totals.items():
+        console.print(f"{fp[:12]}: {n} trials")

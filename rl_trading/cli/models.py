@@ -222,17 +222,20 @@ def compare_models(names: list[str], cfg, data: Path | None, split: str) -> dict
     import numpy as np
 
     from rl_trading import metrics
-    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation import ledger, select_bars
     from rl_trading.evaluation.backtest import backtest
     from rl_trading.registry import ModelRegistry
 
     bars, train, desc = select_bars(cfg, data, split)
-    out: dict = {"bars": desc, "metrics": {}, "passes": {}, "spans": {}, "n_trials": len(names)}
+    # comparing is a selection on these bars: recorded in the ledger, every trial on them counts
+    fp = ledger.market_fingerprint(cfg, bars if data is not None else None)
+    url = ledger.ledger_url(cfg)
+    ledger.record_trials(fp, "models_benchmark", names, source=f"models benchmark {desc}", url=url)
+    n_trials = max(1, len(names), ledger.count_trials(fp, url))
+    out: dict = {"bars": desc, "metrics": {}, "passes": {}, "spans": {}, "n_trials": n_trials}
     returns = {}
     for name in names:
-        res = backtest(
-            name, bars, cfg, seed=cfg.seed, scaler_bars=train, n_trials=max(1, len(names))
-        )
+        res = backtest(name, bars, cfg, seed=cfg.seed, scaler_bars=train, n_trials=n_trials)
         out["metrics"][name] = res.metrics["policy"]
         returns[name] = res.runs["policy"].returns
         checks = res.targets["policy"]

@@ -48,6 +48,7 @@ def pbt(
         raise ConfigError(f"--iterations must be at least 1 (got {iterations})")
     from rl_trading.cli import logs
     from rl_trading.data import split_for_env
+    from rl_trading.evaluation.ledger import market_fingerprint
     from rl_trading.supervised.signals import observed_market
     from tuning.pbt import run_pbt
     from tuning.results import render_table
@@ -77,6 +78,7 @@ def pbt(
         mlflow=mlflow,
         verbose=1 if logs.verbose_requested() else 0,
         notify=lambda line: console.print(line, soft_wrap=True),
+        data_fingerprint=market_fingerprint(cfg, bars),  # the trial ledger's key
     )
     log = logs.attach_run_dir(result.run_dir)
     console.print(render_table(result.table, result.metric))
@@ -86,7 +88,9 @@ def pbt(
     pbo = (
         f", probability of backtest overfitting {result.pbo:.2f}" if result.pbo is not None else ""
     )
-    console.print(f"trials tried: {result.n_trials} (members x perturbation rounds){pbo}")
+    console.print(
+        f"trials tried: {result.n_trials} (members x perturbation rounds, in the trial ledger){pbo}"
+    )
     console.print(f"run folder: {result.run_dir} (best.json, trials.csv, lineage.png)")
     if log is not None:
         console.print(f"library log: {log}", soft_wrap=True)

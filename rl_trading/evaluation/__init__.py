@@ -110,22 +110,23 @@ def selection_trials(run_dir: Path | None) -> list[float]:
     return [float(s) for s in RunState.load(run_dir).selection_trials()]
 
 
-def trial_count(
+def own_trials(
     source: Any, cfg: AppConfig, periods_per_year: float | None = None
-) -> tuple[int, list[float] | None]:
-    """(trials tried, their per-period Sharpes or None) behind a policy source, for its DSR:
-    a checkpoint in a run dir counts the run's selection passes, a registered model its
-    recorded `n_trials`; anything else counts as one trial. `periods_per_year` (the run's)
-    turns the recorded annualised validation Sharpes into per-period ones."""
+) -> tuple[int, list[float] | None, Path | None]:
+    """(trials behind a policy source by its own record, their per-period Sharpes or None, its
+    run dir): a checkpoint in a run dir counts the run's selection passes, a registered model
+    its recorded `n_trials`; anything else one trial. `periods_per_year` (the run's) turns the
+    recorded annualised validation Sharpes into per-period ones."""
     import math
 
     if isinstance(source, str | Path) and Path(str(source)).exists():
-        trials = selection_trials(_run_dir_of(Path(str(source))))
+        run_dir = _run_dir_of(Path(str(source)))
+        trials = selection_trials(run_dir)
         if not trials:
-            return 1, None
+            return 1, None, run_dir
         ppy = float(periods_per_year or cfg.data.periods_per_year or 0.0)
         per = [x / math.sqrt(ppy) for x in trials if math.isfinite(x)] if ppy > 0 else []
-        return len(trials), per if len(per) >= 2 else None
+        return len(trials), (per if len(per) >= 2 else None), run_dir
     if isinstance(source, str):
         from rl_trading.errors import RegistryError
         from rl_trading.registry import TAG, ModelRegistry
@@ -133,9 +134,37 @@ def trial_count(
         try:
             rec = ModelRegistry(cfg=cfg).resolve(source)
         except RegistryError:
-            return 1, None
-        return max(1, int(rec.tags.get(TAG + "n_trials") or 1)), None
-    return 1, None
+            return 1, None, None
+        return max(1, int(rec.tags.get(TAG + "n_trials") or 1)), None, None
+    return 1, None, None
+
+
+def record_selection_passes(fingerprint: str, run_dir: Path | None, cfg: AppConfig) -> None:
+    """Put a training run's checkpoint selection passes into the trial ledger (idempotent)."""
+    from rl_trading.evaluation import ledger
+
+    passes = selection_trials(run_dir)
+    if run_dir is None or not passes:
+        return
+    configs = [{"pass": i} for i in range(len(passes))]
+    source = str(Path(run_dir).resolve())
+    ledger.record_trials(fingerprint, "training", configs, source, url=ledger.ledger_url(cfg))
+
+
+def trial_count(
+    source: Any, cfg: AppConfig, periods_per_year: float | None = None, extra_trials: int = 0
+) -> tuple[int, list[float] | None]:
+    """(trials tried, their per-period Sharpes or None) behind a policy source, for its DSR:
+    its own record (:func:`own_trials`) or, when larger, every trial the ledger holds on the
+    configured market (a run's selection passes are recorded there first), plus
+    `extra_trials` (work done outside the tool)."""
+    from rl_trading.evaluation import ledger
+
+    n_own, sharpes, run_dir = own_trials(source, cfg, periods_per_year)
+    fp = ledger.market_fingerprint(cfg)
+    record_selection_passes(fp, run_dir, cfg)
+    n = max(n_own, ledger.count_trials(fp, ledger.ledger_url(cfg)))
+    return max(1, n + int(extra_trials)), sharpes
 
 
 def register_policy(
@@ -151,9 +180,11 @@ def register_policy(
 
     The grade comes from the test split by default: checkpoints were selected on validation,
     so the test split is data no selection step saw (grading on `val` caps the grade at C).
-    The trial count is every validation pass used for checkpoint selection in the run, the
-    tuning trials it records, `extra_trials`, and the family's earlier selections on the test
-    split; the DSR is deflated for it. Preprocessing (scalers fit on the training split), the
+    The trial count is every trial the ledger (:mod:`rl_trading.evaluation.ledger`) holds on
+    the market (the run's validation passes, recorded first; tuning runs, walk-forwards,
+    benchmarks, earlier test-split selections), plus `extra_trials`; the DSR is deflated for
+    it. A registration graded on the test split is itself recorded as a selection.
+    Preprocessing (scalers fit on the training split), the
     training-data fingerprint, the phase lineage and the config go with it. A checkpoint
     trained over a supervised CNN-LSTM encoder records it as `lineage["encoder"]` (name,
     version, sha256, frozen or fine-tuned); `model_type` None is `hybrid` for a fine-tuned
@@ -161,6 +192,7 @@ def register_policy(
     """
     import math
 
+    from rl_trading.evaluation import ledger
     from rl_trading.evaluation.backtest import backtest, load_policy
     from rl_trading.registry import ModelRegistry
     from rl_trading.training.checkpoints import read_metadata
@@ -177,8 +209,13 @@ def register_policy(
     state_dir = Path(run_dir) if run_dir else _run_dir_of(Path(checkpoint))
     registry = ModelRegistry(cfg=cfg)
     trials = selection_trials(state_dir)
-    test_trials = registry.test_split_trials(model_type) if split == "test" else 0
-    n_trials = max(1, len(trials) + int(extra_trials) + test_trials)
+    # the ledger: this run's selection passes, earlier test-split choices, tuning, benchmarks
+    fp, url = ledger.market_fingerprint(cfg), ledger.ledger_url(cfg)
+    record_selection_passes(fp, state_dir, cfg)
+    n_trials = max(1, max(len(trials), ledger.count_trials(fp, url)) + int(extra_trials))
+    if split == "test":  # a selection on the test split: counted for every later DSR
+        pick = {"checkpoint": str(Path(checkpoint).resolve()), "model_type": model_type}
+        ledger.record_trials(fp, "test_selection", [pick], source=model_type, url=url)
     ppy = float(pre["periods_per_year"])
     trial_sharpes = [s / math.sqrt(ppy) for s in trials if math.isfinite(s)]
     result = backtest(

@@ -232,7 +232,8 @@ def create_ensemble(
     grade it by that backtest and register it (kind `ensemble`, members as lineage).
 
     Graded like any policy (`register_policy`'s rules): on the test split by default, the DSR
-    deflated by every trial behind the members (their recorded `n_trials`, summed).
+    deflated by every trial behind the members (their recorded `n_trials`, summed) or, when
+    larger, every trial the ledger holds on the market; on the test split it is recorded there.
     """
     from rl_trading.evaluation import select_bars
     from rl_trading.evaluation.backtest import backtest, evaluate_runs
@@ -255,12 +256,18 @@ def create_ensemble(
     runs.update({k: v for k, v in result.runs.items() if k != "policy"})
     combined = evaluate_runs(runs, cfg, **{**result.meta, "bars": desc, "source": ens.describe()})
     from rl_trading import metrics as mx
-    from rl_trading.evaluation import graded_metrics, trial_count
+    from rl_trading.evaluation import graded_metrics, ledger, own_trials
 
-    n_trials = max(1, sum(trial_count(name, cfg)[0] for name in resolved))
+    # the members' own trials together, or every trial on the market when the ledger has more
+    fp, url = ledger.market_fingerprint(cfg), ledger.ledger_url(cfg)
+    own = sum(own_trials(name, cfg)[0] for name in resolved)
+    n_trials = max(1, own, ledger.count_trials(fp, url))
     combined.metrics["policy"]["dsr"] = mx.deflated_sharpe_ratio(
         combined.runs["policy"].returns, n_trials
     )
+    if split == "test":
+        pick = {"ensemble": method, "members": resolved, "weights": list(weights or [])}
+        ledger.record_trials(fp, "ensemble", [pick], source=model_type, url=url)
     combined.meta["n_trials"] = n_trials
     out = Path(out_dir) if out_dir is not None else cfg.resolved_run_dir() / "ensemble"
     paths = write_report(combined, out / "report", cfg)

@@ -348,7 +348,9 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
 
     folds = sorted({r["fold"] for r in results})
     seeds = sorted({r["seed"] for r in results})
-    ppy = float(results[0]["periods_per_year"])
+    fold_ppy = [
+        float(np.mean([r["periods_per_year"] for r in results if r["fold"] == k])) for k in folds
+    ]
     strategies = list(results[0]["strategies"])
     for r in results[1:]:  # a strategy missing in some run is reported only where complete
         strategies = [s for s in strategies if s in r["strategies"]]
@@ -381,6 +383,11 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
         for m in PAIRED_METRICS:
             diff = np.subtract(fold_values["policy"][m], fold_values[b][m])
             paired[b][m] = {**interval(diff.tolist()), "per_fold": diff.tolist()}
+    # each fold's bars in its own calendar: the stitched series' bars per year are its bars
+    # over the years its folds span (each fold's bars / its periods_per_year)
+    fold_bars = [len(x) for x in stitched_r[strategies[0]]] if strategies else []
+    years = sum(n / p for n, p in zip(fold_bars, fold_ppy, strict=True) if p > 0)
+    ppy = float(sum(fold_bars) / years) if years > 0 else fold_ppy[0]
     stitched = {}
     for s in strategies:
         r = np.concatenate(stitched_r[s]) if stitched_r[s] else np.zeros(0)
@@ -398,6 +405,7 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
         "folds": folds,
         "seeds": seeds,
         "periods_per_year": ppy,
+        "fold_periods_per_year": fold_ppy,
         "fold_values": fold_values,
         "summary": summary,
         "paired": paired,
@@ -431,16 +439,27 @@ def build_report(
     plans_info: list[dict[str, Any]],
     phases: tuple[int, ...],
     n_seeds: int,
+    ledger_trials: int = 0,
+    extra_trials: int = 0,
 ) -> dict[str, Any]:
-    """The `walk_forward.json` content from the per fold x seed results."""
+    """The `walk_forward.json` content from the per fold x seed results.
+
+    The DSR is deflated for this walk-forward's own trials (:func:`count_trials`) or, when
+    larger, `ledger_trials` (every trial the ledger holds on the data, this run's included),
+    plus `extra_trials` (work done outside the tool).
+    """
     from rl_trading import metrics
     from rl_trading.training.algo_config import phase_timesteps
 
     agg = aggregate(results, capital=cfg.env.initial_capital)
     trials = count_trials(results, n_seeds)
+    trials["this_run"] = trials["n_trials"]
+    trials["ledger"] = int(ledger_trials)
+    trials["extra"] = int(extra_trials)
+    trials["n_trials"] = max(1, max(trials["this_run"], int(ledger_trials)) + int(extra_trials))
     policy_r = agg["stitched"]["policy"]["returns"]
     psr = metrics.probabilistic_sharpe_ratio(policy_r)
-    dsr = metrics.deflated_sharpe_ratio(policy_r, max(1, trials["n_trials"]))
+    dsr = metrics.deflated_sharpe_ratio(policy_r, trials["n_trials"])
     st = agg["stitched"]["policy"]
     dd_matched = metrics.max_drawdown_at_volatility(
         policy_r, agg["periods_per_year"], cfg.evaluation.grade_volatility
@@ -481,8 +500,10 @@ def build_report(
         "n_trials": trials["n_trials"],
         "n_trials_rule": (
             "validation passes used for checkpoint selection over all folds x seeds x phases, "
-            "plus the number of seeds"
+            "plus the number of seeds; or, when larger, every trial in the ledger on this "
+            "data (this run included); plus --extra-trials"
         ),
+        "fold_periods_per_year": agg["fold_periods_per_year"],
         "psr": psr,
         "dsr": dsr,
         "policy": policy,
@@ -802,18 +823,49 @@ def run_trials(
     return out
 
 
+def record_in_ledger(plan: WalkForwardPlan, results: list[dict[str, Any]]) -> int:
+    """Record the walk-forward's trials in the ledger (one row per fold x seed: its validation
+    passes; one per seed) under the data's fingerprint; return every trial held on that data."""
+    from rl_trading.evaluation import ledger
+    from rl_trading.registry import config_hash
+
+    fp, url = ledger.market_fingerprint(plan.cfg, plan.bars), ledger.ledger_url(plan.cfg)
+    base = {"config_hash": config_hash(plan.cfg), "phases": list(plan.phases)}
+    configs: list[dict[str, Any]] = []
+    counts = []
+    for r in results:
+        configs.append({**base, "fold": r["fold"], "seed": r["seed"]})
+        counts.append(sum(int(p["validation_passes"]) for p in r["phases"]))
+    for seed in plan.seeds:
+        configs.append({**base, "seed": seed, "unit": "seed"})
+        counts.append(1)
+    ledger.record_trials(fp, "walk_forward", configs, str(plan.out_dir), counts, url=url)
+    return ledger.count_trials(fp, url)
+
+
 def walk_forward_retrain(
     plan: WalkForwardPlan,
     address: str | None = None,
     verbose: int = 0,
     notify: Callable[[str], None] | None = None,
+    extra_trials: int = 0,
 ) -> dict[str, Any]:
-    """Run (or resume) the trials, then write `walk_forward.json` and the equity PNG."""
+    """Run (or resume) the trials, record them in the trial ledger, then write
+    `walk_forward.json` and the equity PNG."""
     from rl_trading.evaluation.report import json_safe
 
     t0 = time.monotonic()
     results = run_trials(plan, address=address, verbose=verbose, notify=notify)
-    report = build_report(results, plan.cfg, plan.folds_info, plan.phases, len(plan.seeds))
+    ledger_trials = record_in_ledger(plan, results)
+    report = build_report(
+        results,
+        plan.cfg,
+        plan.folds_info,
+        plan.phases,
+        len(plan.seeds),
+        ledger_trials=ledger_trials,
+        extra_trials=extra_trials,
+    )
     png = write_equity_plot(report, plan.out_dir / PLOT_FILE)
     report.pop("_plot")
     report["wall_s"] = time.monotonic() - t0

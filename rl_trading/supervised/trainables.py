@@ -26,6 +26,7 @@ import pandas as pd
 
 from rl_trading.config import AppConfig
 from rl_trading.errors import DataError, RLTradingError
+from rl_trading.evaluation import ledger
 from rl_trading.supervised.dataset import TimeframeFrames, infer_timeframe, prepare_timeframes
 from rl_trading.supervised.models import MODEL_TYPES, default_params, search_space
 
@@ -448,6 +449,19 @@ def train_supervised(
                 installed = install_model_folder(res.checkpoint.path, model, tf, models_dir)
                 best.append((res, installed))
             records += _collect([r for r, _ in best], settings, [p for _, p in best])
+            # the search's configurations into the trial ledger, keyed by the market's bars
+            configs = [
+                {"model": model, "timeframe": tf, "trial": i}
+                for model, tf in jobs
+                for i in range(trials)
+            ]
+            ledger.record_trials(
+                ledger.market_fingerprint(cfg, bars),
+                "optuna",
+                configs,
+                str(run_dir),
+                url=ledger.ledger_url(cfg),
+            )
         else:
             job_cfgs = [
                 {"model_type": m, "timeframe": tf, "stage": "final", "hp": {}} for m, tf in jobs
