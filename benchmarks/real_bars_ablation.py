@@ -26,6 +26,7 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
     import ray
 
     from rl_trading.config import load_config
+    from rl_trading.evaluation import ledger
     from rl_trading.training.checkpoints import load_module
     from rl_trading.training.env_bridge import hierarchical_factory
     from rl_trading.training.runner import run_phase
@@ -46,6 +47,16 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
         best = {pid: load_module(p1.best_checkpoint, pid) for pid in specs}
         curve = RunState.load(tmp).phase("phase1").val_sharpes
     secs = time.monotonic() - t0
+    # this configuration was evaluated on the market's validation part: into the trial ledger,
+    # so every later DSR on the same data counts it (one trial per validation pass)
+    ledger.record_trials(
+        ledger.market_fingerprint(cfg),
+        "ablation",
+        [{"overrides": sorted(overrides), "seed": cfg.seed}],
+        source="benchmarks/real_bars_ablation.py",
+        trials_each=max(1, len(curve)),
+        url=ledger.ledger_url(cfg),
+    )
     trained = validate(factory, "specialists", best, seed=cfg.seed)
     expo = run_policies(factory, "specialists", best, seed=cfg.seed)["exposures"]
     stds = [  # Gaussian policies only (discrete actions have no log_std)

@@ -173,7 +173,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     console.print(f"config: {args.config.name} + {' '.join([*BUDGETS, *args.set])}")
     t0 = time.monotonic()
-    report = walk_forward_retrain(plan, address=args.address)
+    report = walk_forward_retrain(plan, address=args.address, notify=console.print)
     wall = time.monotonic() - t0
     console.print(render_table(report, title=f"{name} (retrained walk-forward)"))
     console.print(f"{name}: wall time {wall:.0f} s; report {report['files']['json']}")
@@ -194,6 +194,15 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "psr": report["psr"],
         "n_trials": report["n_trials"],
         "rows": table_rows(report),
+        # per-fold (seed-averaged) values of every strategy and the paired differences, so
+        # the intervals can be recomputed from this file alone
+        "fold_values": report["fold_values"],
+        "paired_per_fold": {
+            b: {m: v["per_fold"] for m, v in mets.items()}
+            for b, mets in report["paired_vs_policy"].items()
+        },
+        "fold_periods_per_year": report["fold_periods_per_year"],
+        "folds_info": report["folds"],
         "report": report["files"]["json"],
     }
 
