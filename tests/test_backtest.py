@@ -12,10 +12,14 @@ from rl_trading.config import load_config
 from rl_trading.data import synthetic_market
 from rl_trading.evaluation.backtest import backtest, check_targets
 from rl_trading.evaluation.baselines import (
+    VOL_TARGET,
     cost_rate,
+    policy_gross_limit,
     random_targets,
     run_baselines,
     simulate_weights,
+    trailing_vol_targets,
+    vol_matched,
 )
 from rl_trading.evaluation.report import report_dict, write_report
 from rl_trading.evaluation.walk_forward import mean_ci, walk_forward
@@ -45,7 +49,7 @@ def bars():
 
 def test_flat_is_zero_and_buy_and_hold_is_price_path_minus_costs(cfg, bars):
     runs = run_baselines(bars, cfg, seed=0, include_supervised=False)
-    assert set(runs) == {"buy_and_hold", "equal_weight", "flat", "random"}
+    assert set(runs) == {"buy_and_hold", "equal_weight", "flat", "random", VOL_TARGET}
     flat = runs["flat"]
     assert np.all(flat.equity == cfg.env.initial_capital)
     assert flat.costs.sum() == 0.0
@@ -128,7 +132,7 @@ def test_walk_forward_folds_x_seeds_and_report(cfg, bars, tmp_path):
     assert data["walk_forward"]["retrained"] is False
     assert "sub-periods" in data["walk_forward"]["label"]
     assert data["targets"]["sharpe_ratio"]["target"] == cfg.reward.sharpe_target
-    assert len(data["walk_forward"]["rows"]) == 3 * 2 * 4
+    assert len(data["walk_forward"]["rows"]) == 3 * 2 * 5  # 4 baselines + vol-targeted
     for name in ("buy_and_hold", "equal_weight", "flat", "random"):
         assert {
             "sharpe_ratio",
@@ -171,6 +175,7 @@ def test_policy_backtest_single_instrument(cfg, bars, tmp_path):
         "random",
         "buy_and_hold_vol_matched",
         "equal_weight_vol_matched",
+        VOL_TARGET,
     }
     # Risk-matched baselines: same realised volatility as the policy (within the gross limit)
     pol_vol = res.metrics["policy"]["volatility"]
@@ -281,3 +286,44 @@ def test_baselines_wait_for_a_real_bar_like_the_envs(bars):
     assert np.all(run.equity[:103] == 1000.0) and run.costs[:103].sum() == 0.0
     assert run.costs[103] == pytest.approx(1000.0 * 0.01)  # filled at bar 103's open
     assert run.weights[103, 0] > 0.9  # and it is held from there on
+
+
+def test_vol_targeted_buy_and_hold_is_causal_and_capped(cfg, bars):
+    """Each bar's weight uses trailing volatility only: recomputed on the series cut at any
+    bar, the weights up to the cut are the same; gross exposure stays within the limit."""
+    closes = np.column_stack([bars[s]["close"].to_numpy() for s in SYMS])
+    full = trailing_vol_targets(closes, 0.1, 252 * 24, 20, max_gross=0.8, rebalance_every=5)
+    for cut in (15, 97, 333):
+        part = trailing_vol_targets(closes[:cut], 0.1, 252 * 24, 20, 0.8, rebalance_every=5)
+        np.testing.assert_array_equal(part, full[:cut])
+    assert np.all(np.isnan(full[:10]))  # no position before 10 trailing returns
+    gross = np.nansum(np.abs(full), axis=1)
+    assert gross.max() <= 0.8 + 1e-12 and np.nanmax(full) > 0
+    # a calm instrument gets more weight than a volatile one (same target volatility)
+    calm = np.cumprod(1 + np.random.default_rng(0).normal(0, 0.001, (300, 1)), axis=0)
+    wild = np.cumprod(1 + np.random.default_rng(1).normal(0, 0.02, (300, 1)), axis=0)
+    w = trailing_vol_targets(np.hstack([calm, wild]), 0.1, 252, 20, max_gross=10.0)
+    assert np.nanmean(w[:, 0]) > 5 * np.nanmean(w[:, 1])
+    runs = run_baselines(bars, cfg, seed=0, include_supervised=False)
+    assert runs[VOL_TARGET].weights.std() > 0
+
+
+def test_vol_matched_baselines_are_capped_at_the_policys_own_limit(cfg, bars):
+    """Under vol targeting the policy may reach env.vol_target_max_leverage, not
+    env.max_position_size: the matched baselines may too, and say when the limit bound them."""
+    vt = cfg.model_copy(deep=True)
+    vt.env.vol_target, vt.env.vol_target_max_leverage, vt.env.max_position_size = 0.1, 1.5, 0.1
+    assert policy_gross_limit(vt) == 1.5 and policy_gross_limit(cfg) == cfg.env.max_position_size
+    one = {"AAA": bars["AAA"]}
+    bh = run_baselines(one, cfg, include_supervised=False)["buy_and_hold"]
+    big = 2.0 * float(np.std(bh.returns, ddof=1))  # twice buy-and-hold's volatility
+    runs = run_baselines(one, vt, include_supervised=False, target_vol=big)
+    matched = runs["buy_and_hold_vol_matched"]
+    assert matched.extra["limit_bound"] and matched.extra["vol_scale"] == pytest.approx(1.5)
+    assert np.abs(matched.weights[1:]).max() > 1.0  # above max_position_size (0.1)
+    small = runs["buy_and_hold_vol_matched"].extra
+    low = vol_matched("x", one, np.where(np.arange(len(bh.equity))[:, None] == 0, 1.0, np.nan),
+                      big / 8, 1.5, 1e5, cost_rate(cfg))  # fmt: skip
+    assert not low.extra["limit_bound"] and small["limit_bound"]
+    res = backtest(None, one, vt, include_supervised=False)
+    assert VOL_TARGET in res.metrics

@@ -95,7 +95,7 @@ def strategy_metrics(
     out["exposure"] = float(np.mean(np.abs(weights).sum(axis=1)))
     if benchmark is not None and len(benchmark.equity) == len(run.equity):
         out.update(metrics.active_metrics(run.returns, benchmark.returns, periods_per_year=ppy))
-    for key in ("risk_limit_compliance", "stop_losses", "trades", "vol_scale"):
+    for key in ("risk_limit_compliance", "stop_losses", "trades", "vol_scale", "limit_bound"):
         if key in run.extra:
             out[key] = float(run.extra[key])
     return out

@@ -20,12 +20,20 @@ Baselines (all on the same bars and cost model as the policy):
   proposal: the same sizing (vol targeting), benchmark and no-trade band
   (:func:`as_policy_would_trade`), so it measures the signal, not the churn; when there is
   none, every run's ``extra["supervised_baseline"]`` says why (the report shows it).
+* ``buy_and_hold_vol_target``: causal volatility targeting, what a practitioner would run:
+  every ``rebalance_every`` bars, after the close, each instrument gets 1/n of a book sized
+  to the target volatility (``env.vol_target``, else ``evaluation.grade_volatility``) from the
+  instrument's TRAILING volatility (the last ``env.risk_window`` returns up to that close, no
+  look-ahead), gross exposure capped at the policy's limit (:func:`policy_gross_limit`).
 * ``buy_and_hold_vol_matched`` / ``equal_weight_vol_matched`` (when a policy's realised
   volatility is given): the same schedules with every weight scaled by one factor so the
-  baseline's realised volatility equals the policy's, under the policy's limit (gross
-  exposure at most ``env.max_position_size``, as in the envs) and the same costs. The factor and
-  whether a limit bound it are in the run's ``extra``. A policy that sits mostly in cash is
-  thus compared with a baseline holding as little risk.
+  baseline's realised volatility equals the policy's, under the policy's own limit (gross
+  exposure at most :func:`policy_gross_limit`: ``env.vol_target_max_leverage`` when
+  ``env.vol_target`` is on, else ``env.max_position_size``, as in the envs) and the same costs.
+  They are scaled AFTER the fact (the factor uses the whole evaluated period's volatility of
+  the policy and of the baseline). The factor and whether the limit bound it (``limit_bound``)
+  are in the run's ``extra`` and metrics. A policy that sits mostly in cash is thus compared
+  with a baseline holding as little risk.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import pandas as pd
 from envs import engine
 from envs.execution import vol_target_size
 from envs.risk import rolling_covariance
+from rl_trading.config import periods_per_year_of
 from rl_trading.errors import DataError
 
 if TYPE_CHECKING:
@@ -46,6 +55,54 @@ if TYPE_CHECKING:
 
 BASELINES = ("buy_and_hold", "equal_weight", "flat", "random")
 VOL_MATCHED = ("buy_and_hold_vol_matched", "equal_weight_vol_matched")
+VOL_TARGET = "buy_and_hold_vol_target"
+
+
+def policy_gross_limit(cfg: AppConfig) -> float:
+    """The gross exposure a policy can reach (fraction of equity), as the envs size it:
+    `env.vol_target_max_leverage` under volatility targeting, else `env.max_position_size`."""
+    env = cfg.env
+    return float(env.vol_target_max_leverage if env.vol_target else env.max_position_size)
+
+
+def trailing_vol_targets(
+    closes: np.ndarray,
+    target_vol: float,
+    periods_per_year: float,
+    window: int,
+    max_gross: float,
+    rebalance_every: int = 20,
+) -> np.ndarray:
+    """Causal volatility-targeted buy-and-hold weights from `closes` ([T, n]).
+
+    At a rebalance bar t each instrument's weight is (1/n) x `target_vol` / its annualised
+    volatility over the last `window` close-to-close returns up to bar t (no position before
+    min(window, 10) of them), the book's gross then capped at `max_gross`. Bar t's weight uses bars
+    <= t only, so the weights on a truncated series are the same up to its end.
+    """
+    closes = np.asarray(closes, dtype=np.float64)
+    if closes.ndim == 1:
+        closes = closes[:, None]
+    t_len, n = closes.shape
+    out = _schedule(t_len, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rets = closes[1:] / closes[:-1] - 1.0
+    every = max(1, int(rebalance_every))
+    started = False
+    for t in range(t_len):
+        past = rets[max(0, t - window) : t]  # returns ending at bar t's close
+        if past.shape[0] < min(window, 10):
+            continue
+        if started and t % every:
+            continue
+        vol = np.nanstd(past, axis=0, ddof=1) * np.sqrt(periods_per_year)
+        w = np.where(vol > 0, target_vol / np.where(vol > 0, vol, 1.0), 0.0) / n
+        gross = float(np.abs(w).sum())
+        if gross > max_gross > 0:
+            w = w * (max_gross / gross)
+        out[t] = w
+        started = True
+    return out
 
 
 @dataclass
@@ -294,9 +351,9 @@ def vol_matched(
 ) -> StrategyRun:
     """`targets` scaled by one factor so the run's per-bar volatility is `target_vol`.
 
-    The factor is capped so the gross target exposure stays within `max_weight` (the envs'
-    `env.max_position_size` bounds a policy's gross exposure the same way); two passes (the
-    costs depend a little on the scale).
+    The factor is capped so the gross target exposure stays within `max_weight` (the policy's
+    own limit, :func:`policy_gross_limit`); two passes (the costs depend a little on the
+    scale). `extra["limit_bound"]`: the cap, not the volatility, set the factor.
     """
     base = simulate_weights(name, data, targets, capital, rate)
     finite = targets[~np.isnan(targets)]
@@ -360,16 +417,24 @@ def run_baselines(
     }
     for run in runs.values():
         run.extra["supervised_baseline"] = status
+    limit = policy_gross_limit(cfg)
+    ppy = float(cfg.data.periods_per_year or 0.0) or periods_per_year_of(cfg, data)
+    closes = np.column_stack([f["close"].to_numpy(np.float64) for f in data.values()])
+    vt = trailing_vol_targets(
+        closes,
+        float(cfg.env.vol_target or cfg.evaluation.grade_volatility),
+        ppy,
+        max(2, int(cfg.env.risk_window)),
+        limit,
+        rebalance_every,
+    )
+    runs[VOL_TARGET] = simulate_weights(VOL_TARGET, data, vt, capital, rate)
+    runs[VOL_TARGET].extra["supervised_baseline"] = status
     if target_vol is not None:
         for base in ("buy_and_hold", "equal_weight"):
             name = f"{base}_vol_matched"
             runs[name] = vol_matched(
-                name,
-                data,
-                schedules[base],
-                float(target_vol),
-                cfg.env.max_position_size,
-                capital,
-                rate,
+                name, data, schedules[base], float(target_vol), limit, capital, rate
             )
+            runs[name].extra["supervised_baseline"] = status
     return runs

@@ -271,6 +271,8 @@ def run_fold_seed(
     }
     for name, run in result.runs.items():  # the project's convention, whatever the backtest's rf
         mets[name]["sharpe_ratio"] = metrics.sharpe_ratio(run.returns, ppy, RISK_FREE_RATE)
+        if "limit_bound" in result.metrics[name]:  # a vol-matched baseline held at the limit
+            mets[name]["limit_bound"] = float(result.metrics[name]["limit_bound"])
     out = {
         "fold": plan.index,
         "seed": int(seed),
@@ -375,6 +377,16 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
             rets = np.mean([_returns(r["strategies"][s]["equity"][:n]) for r in runs], axis=0)
             stitched_r[s].append(rets)
     summary = {s: {m: interval(v) for m, v in fold_values[s].items()} for s in strategies}
+    # vol-matched baselines: in how many folds x seeds the policy's limit, not its volatility,
+    # set the scale (the baseline then holds less risk than the policy)
+    limit_bound = {
+        s: [
+            int(sum(r["strategies"][s]["metrics"].get("limit_bound", 0.0) > 0 for r in by_fold[k]))
+            for k in folds
+        ]
+        for s in strategies
+        if any("limit_bound" in r["strategies"][s]["metrics"] for r in results)
+    }
     paired = {}
     for b in strategies:
         if b == "policy" or "policy" not in strategies:
@@ -407,6 +419,7 @@ def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, 
         "periods_per_year": ppy,
         "fold_periods_per_year": fold_ppy,
         "fold_values": fold_values,
+        "limit_bound": limit_bound,
         "summary": summary,
         "paired": paired,
         "stitched": stitched,
@@ -509,6 +522,7 @@ def build_report(
         "policy": policy,
         "summary": agg["summary"],
         "fold_values": agg["fold_values"],
+        "limit_bound": agg["limit_bound"],
         "paired_vs_policy": agg["paired"],
         "stitched": {
             s: {k: v for k, v in st_.items() if k not in ("equity", "returns")}
@@ -897,6 +911,7 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                 "information_ratio": mets.get("information_ratio", {}).get("mean"),
                 "tracking_error": mets.get("tracking_error", {}).get("mean"),
                 "dsr": report["dsr"] if name == "policy" else None,
+                "limit_bound": (report.get("limit_bound") or {}).get(name),
             }
         )
     return rows
@@ -930,6 +945,17 @@ def render_table(report: dict[str, Any], title: str = "Walk-forward (retrained)"
         ("IR", [num(r["information_ratio"]) for r in rows]),
         ("TE", [num(r["tracking_error"], "{:.1%}") for r in rows]),
     ]
+    if any(r["limit_bound"] is not None for r in rows):
+        n_units = n * len(report["seeds"])
+        cols.append(
+            (
+                "at limit",
+                [
+                    "-" if r["limit_bound"] is None else f"{sum(r['limit_bound'])}/{n_units}"
+                    for r in rows
+                ],
+            )
+        )
     head = (
         f"{title}: {n} folds x {len(report['seeds'])} seeds, means over folds (95% CI, "
         f"n = {n}); DSR {num(report['dsr'], '{:.3f}')} (n_trials {report['n_trials']}), "
