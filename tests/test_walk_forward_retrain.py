@@ -286,6 +286,34 @@ def test_null_market_is_not_significant_and_planted_signal_is(ray_session, works
     assert again["summary"]["policy"] == planted["summary"]["policy"]
 
 
+def test_a_test_block_gets_its_warm_up_history_and_nothing_after_it():
+    index = pd.date_range("2024-01-01", periods=300, freq="1D", tz="UTC")
+    bars = {"AAA": pd.DataFrame({"close": np.arange(300.0)}, index=index)}
+    plan = wf.plan_folds(300, 2, embargo=5, val_share=0.3, min_bars=20)[1]
+    block = plan.take(bars, "test")["AAA"]
+    warm = plan.take(bars, "test", history=40)["AAA"]
+    assert len(warm) == len(block) + 40 and warm.index[-1] == block.index[-1]
+    assert warm.index[40] == block.index[0]
+    assert len(plan.take(bars, "test", history=10_000)["AAA"]) == plan.test.stop  # from bar 0
+
+
+def test_stitched_sharpe_uses_each_folds_own_calendar():
+    """Fold 0 on a 252-bar year, fold 1 on a 365-bar year: the stitched series spans
+    n0/252 + n1/365 years, so its bars per year are n / that, not fold 0's 252."""
+    rng = np.random.default_rng(4)
+    r0, r1 = rng.normal(0.001, 0.01, 4), rng.normal(0.002, 0.01, 4)
+    a = _fake_result(0, 0, {"policy": 1.0}, {"policy": r0.tolist()})
+    b = _fake_result(1, 0, {"policy": 1.0}, {"policy": r1.tolist()})
+    b["periods_per_year"] = 365.0
+    agg = wf.aggregate([a, b])
+    ppy = 8 / (4 / 252 + 4 / 365)
+    assert agg["periods_per_year"] == pytest.approx(ppy)
+    assert agg["fold_periods_per_year"] == [252.0, 365.0]
+    r = np.concatenate([r0, r1])
+    want = r.mean() / r.std(ddof=1) * math.sqrt(ppy)
+    assert agg["stitched"]["policy"]["sharpe_ratio"] == pytest.approx(want, rel=1e-9)
+
+
 def test_trials_are_sized_from_the_cpus_ray_has():
     """A trial keeps its env runners when they fit, samples in its own process when they do
     not, and a trial that could never be placed is a one-line error (never a PENDING wait)."""
@@ -332,6 +360,13 @@ def test_readme_walk_forward_runs_on_a_two_cpu_ray_with_the_shipped_resources(
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
     saved = json.loads((out / wf.REPORT_FILE).read_text())
     assert saved["n_folds"] == 2 and math.isfinite(saved["dsr"])
+    assert len(saved["fold_values"]["policy"]["sharpe_ratio"]) == 2  # per-fold values kept
+    for fold in saved["folds"]:  # warm-up before each test block: traded from its first bar
+        res = json.loads(
+            (out / "trials" / wf.trial_name(fold["fold"], 42) / wf.RESULT_FILE).read_text()
+        )
+        assert pd.Timestamp(res["index"][0]) == pd.Timestamp(fold["test_start"])
+        assert pd.Timestamp(res["index"][-1]) == pd.Timestamp(fold["test_end"])
 
 
 def test_supervised_signals_are_out_of_sample_and_traded_as_a_proposal():

@@ -8,17 +8,22 @@ Protocol (``rl-trading evaluate walk-forward``):
   part fits the feature scalers and trains the configured phases (budgets from the config),
   its tail (``val_frac / (train_frac + val_frac)`` of the window, after another embargo) is the
   fold's validation part, where the phases select their best checkpoint. The test block is
-  then traded once with that checkpoint, next to every baseline of
+  then traded once with that checkpoint, from its first bar (the bars before it are the
+  features' warm-up, ``data.decision_history``), next to every baseline of
   :func:`rl_trading.evaluation.backtest.backtest` (same bars, costs and capital).
 * **Seeds** vary the training seed (``seed + i``). Folds x seeds are Ray Tune trials; a
   finished trial leaves ``trials/fold<k>_seed<s>/result.json`` and is never recomputed.
 * **Intervals** are over the independent units: the folds. Seeds are averaged within a fold
   first, so ``n = K`` (never ``K x S``). Policy minus baseline is a paired per-fold difference.
 * **Significance.** The out-of-sample returns of the folds (seed-averaged per bar) are stitched
-  in time; PSR and DSR (:mod:`rl_trading.metrics`) are computed on them. ``n_trials`` counts
-  every validation pass that a checkpoint selection looked at, over all folds x seeds, plus the
-  number of seeds; the DSR's trial variance is the null variance of the estimator, 1 / (T - 1).
-* Sharpe convention: rf = 0, annualised with the backtest's ``periods_per_year``.
+  in time, each fold annualised with its own calendar (the stitched bars per year are its bars
+  over the years its folds span); PSR and DSR (:mod:`rl_trading.metrics`) are computed on
+  them. Per-fold values of every strategy are in ``walk_forward.json`` (``fold_values``).
+  ``n_trials`` counts every validation pass that a checkpoint selection looked at, over all
+  folds x seeds, plus the number of seeds, or every trial the ledger holds on the data when
+  that is more (:mod:`rl_trading.evaluation.ledger`); the DSR's trial variance is the null
+  variance of the estimator, 1 / (T - 1) (``metrics.trials_sharpe_variance``).
+* Sharpe convention: rf = 0, annualised with each fold's backtest ``periods_per_year``.
 """
 
 from __future__ import annotations
@@ -73,10 +78,15 @@ class FoldPlan:
     val: slice
     test: slice
 
-    def take(self, bars: dict[str, pd.DataFrame], part: str) -> dict[str, pd.DataFrame]:
-        """The `fit`, `val` or `test` bars of this fold."""
+    def take(
+        self, bars: dict[str, pd.DataFrame], part: str, history: int = 0
+    ) -> dict[str, pd.DataFrame]:
+        """The `fit`, `val` or `test` bars of this fold, with `history` earlier bars in front
+        (the causal warm-up the env needs before its first decision, see
+        `data.decision_history`), so the policy trades from the part's first bar."""
         sl = getattr(self, part)
-        return {k: v.iloc[sl] for k, v in bars.items()}
+        start = max(0, sl.start - int(history))
+        return {k: v.iloc[start : sl.stop] for k, v in bars.items()}
 
     def describe(self, index: pd.DatetimeIndex) -> dict[str, Any]:
         """Dates and sizes of the parts (`train_end` is the last bar any training saw)."""
@@ -221,8 +231,13 @@ def run_fold_seed(
     done = trial_dir / RESULT_FILE
     if done.is_file():
         return json.loads(done.read_text())
+    from rl_trading.data import decision_history
+
     cfg = cfg.model_copy(update={"seed": int(seed)})
-    fit, val, test = (plan.take(bars, p) for p in ("fit", "val", "test"))
+    fit, val = plan.take(bars, "fit"), plan.take(bars, "val")
+    # the test block with the bars before it as warm-up: traded from its first bar (past bars
+    # only feed the features; nothing after the block is added)
+    test = plan.take(bars, "test", decision_history(cfg.train.window_size, cfg.env.risk_window))
     factory = hierarchical_factory(cfg, fit, val)
     run_dir = trial_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
