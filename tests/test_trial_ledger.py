@@ -44,12 +44,17 @@ def test_ledger_records_once_counts_and_lists(workspace):
         ledger.record_trials(fp, "guess", ["x"])
 
 
-def test_evaluate_trials_lists_the_ledger(workspace, capsys):
+def test_evaluate_trials_lists_the_ledger(workspace, capsys, monkeypatch):
+    from rl_trading.cli.common import console
+
+    monkeypatch.setattr(console, "_width", 80)
     fp = "ab" * 32
     ledger.record_trials(fp, "walk_forward", [{"fold": k} for k in range(3)], "wf", 4)
+    ledger.record_trials(fp, "test_selection", [{"checkpoint": "x"}], "hierarchical_ppo")
     assert main(["evaluate", "trials", "--data", "abab"]) == 0
     out = capsys.readouterr().out
-    assert "walk_forward" in out and f"{fp[:12]}: 12 trials" in out
+    assert "walk_forward" in out and f"{fp[:12]}: 13 trials" in out
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert main(["evaluate", "trials", "--data", "cdcd"]) == 0
     assert "no trials recorded" in capsys.readouterr().out
 

@@ -112,7 +112,7 @@ def trials_command(
             str(r["trials"]),
             str(r["configs"]),
             str(r["sources"]),
-            r["last"][:16],
+            r["last"][:10],
         )
     console.print(table)
     totals: dict[str, int] = {}
