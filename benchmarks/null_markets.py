@@ -16,6 +16,7 @@ counts each walk-forward's own trials only. Writes JSON to `--out`.
 
     nice -n 19 .venv/bin/python benchmarks/null_markets.py --seeds 20
     .venv/bin/python benchmarks/null_markets.py --seeds 2 --folds 2 --timesteps 1000 --random 5
+    .venv/bin/python benchmarks/null_markets.py --seeds 20 --no-train   # random policies only
 
 The 20-seed run trains 20 x `--folds` phase-1 policies (about 20 x 1 min on 2 idle cores).
 """
@@ -109,8 +110,10 @@ def run_market(seed: int, args: argparse.Namespace, root: Path) -> dict[str, Any
         resume=True, supervised=False,
     )  # fmt: skip
     t0 = time.monotonic()
-    report = wf.walk_forward_retrain(plan, verbose=0)
     rnd = best_random(plan, args.random, seed)
+    if args.no_train:
+        return {"market_seed": seed, "random_best": rnd, "wall_s": time.monotonic() - t0}
+    report = wf.walk_forward_retrain(plan, verbose=0)
     return {
         "market_seed": seed,
         "dsr": report["dsr"],
@@ -139,19 +142,30 @@ def main() -> None:
     parser.add_argument("--n-bars", type=int, default=5000)
     parser.add_argument("--random", type=int, default=20, help="random policies per market")
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument(
+        "--no-train", action="store_true", help="only the best-of-N random policies (seconds)"
+    )
     parser.add_argument("--out", default="benchmarks/results/null_markets.json")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no Tune banners: one line per market
-    import ray
+    if not args.no_train:
+        import ray  # noqa: PLC0415 - only the training part needs Ray
 
-    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False
+        )
     rows = []
     with tempfile.TemporaryDirectory(prefix="null_markets_") as tmp:
         os.chdir(tmp)  # the trial ledger and MLflow store of this benchmark only
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             row = run_market(seed, args, Path(tmp))
             rows.append(row)
+            if args.no_train:
+                rnd = row["random_best"]
+                print(f"market {seed}: best of {args.random} random: DSR {rnd['dsr']:.3f} "
+                      f"PSR {rnd['psr']:.3f}", flush=True)  # fmt: skip
+                continue
             print(
                 f"market {seed}: policy DSR {row['dsr']:.3f} PSR {row['psr']:.3f} "
                 f"(n_trials {row['n_trials']}, stitched Sharpe {row['stitched_sharpe']:.2f}); "
@@ -159,19 +173,18 @@ def main() -> None:
                 f"PSR {row['random_best']['psr']:.3f} ({row['wall_s']:.0f} s)",
                 flush=True,
             )
-    summary = {
-        "markets": len(rows),
-        "costs": 0.0,
-        "policy_dsr": rate([r["dsr"] for r in rows]),
-        "policy_psr": rate([r["psr"] for r in rows]),
-        "random_best_dsr": rate([r["random_best"]["dsr"] for r in rows]),
-        "random_best_psr": rate([r["random_best"]["psr"] for r in rows]),
-    }
+    summary: dict[str, Any] = {"markets": len(rows), "costs": 0.0}
+    if not args.no_train:
+        summary["policy_dsr"] = rate([r["dsr"] for r in rows])
+        summary["policy_psr"] = rate([r["psr"] for r in rows])
+    summary["random_best_dsr"] = rate([r["random_best"]["dsr"] for r in rows])
+    summary["random_best_psr"] = rate([r["random_best"]["psr"] for r in rows])
     pct = {k: f"{v['rate']:.0%}" for k, v in summary.items() if isinstance(v, dict)}
+    policy = "" if args.no_train else f"policy DSR {pct['policy_dsr']} (PSR {pct['policy_psr']}); "
     print(
         f"false positives over {len(rows)} zero-cost driftless markets (>= {THRESHOLD}): "
-        f"policy DSR {pct['policy_dsr']} (PSR {pct['policy_psr']}); best of {args.random} "
-        f"random DSR {pct['random_best_dsr']} (PSR {pct['random_best_psr']})"
+        f"{policy}best of {args.random} random DSR {pct['random_best_dsr']} "
+        f"(PSR {pct['random_best_psr']})"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "summary": summary, "markets": rows}, indent=2))
