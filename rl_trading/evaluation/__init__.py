@@ -102,7 +102,7 @@ def graded_metrics(pm: dict[str, Any], n_trials: int) -> dict[str, float]:
 def selection_trials(run_dir: Path | None) -> list[float]:
     """Validation Sharpes of every checkpoint evaluated for selection in a run (all phases),
     read through `RunState` (the one state.json reader). Tuning trials (PBT, Optuna) are not in
-    a run dir: pass them as `extra_trials` / `--extra-trials`."""
+    a run dir: the trial ledger counts them (:mod:`rl_trading.evaluation.ledger`)."""
     from rl_trading.training.state import RunState
 
     if run_dir is None or not (run_dir / "state.json").is_file():
