@@ -161,6 +161,12 @@ def test_cli_supervised_optimize_with_cnn_lstm(ray_session, workspace) -> None:
     assert "cnn_lstm" in result.output and "results.json" in result.output
     payload = json.loads((workspace / "run" / "results.json").read_text())
     assert payload["optimize"] is True
+    assert "supervised trials: 1 CPU(s) each" in result.output  # the sizing, said once
+    from rl_trading.evaluation import ledger
+
+    # 2 models x 2 Optuna trials on this market, in the trial ledger without a flag
+    rows = [r for r in ledger.list_trials() if r.kind == "optuna"]
+    assert len(rows) == 4 and sum(r.trials for r in rows) == 4
     recs = {r["model_type"]: r for r in payload["records"]}
     assert recs["analyst"]["status"] == "ok" and recs["cnn_lstm"]["status"] == "ok"
     # The search explored hyperparameters and the final model uses the chosen ones.

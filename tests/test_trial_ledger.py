@@ -137,8 +137,10 @@ def test_every_dsr_counts_the_ledger_without_a_flag(workspace, monkeypatch):
     assert fp == ledger.market_fingerprint(cfg, load_market(cfg))
     ledger.record_trials(fp, "pbt", [{"member": m, "round": r} for m in range(4) for r in range(5)])
     ledger.record_trials(fp, "ablation", [f"config{i}" for i in range(8)], "real_bars_ablation")
-    assert trial_count("no-such-policy", cfg) == (28, None)
-    assert trial_count("no-such-policy", cfg, extra_trials=2)[0] == 30
+    assert trial_count(None, cfg) == (28, None)  # an in-memory policy: no record of its own
+    assert trial_count(None, cfg, extra_trials=2)[0] == 30
+    gone = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": "files"})})
+    assert trial_count(None, gone) == (1, None)  # no training market here: own record only
 
     seen = []
 

@@ -208,7 +208,7 @@ def register_cmd(
         typer.Option(
             "--extra-trials",
             min=0,
-            help="Trials tried before this run (e.g. PBT best.json n_trials), for the DSR.",
+            help="Trials tried outside the tool on this data (the ledger counts the rest).",
         ),
     ] = 0,
     config: ConfigOpt = None,

@@ -106,7 +106,7 @@ def graded_metrics(pm: dict[str, Any], n_trials: int) -> dict[str, float]:
 def selection_trials(run_dir: Path | None) -> list[float]:
     """Validation Sharpes of every checkpoint evaluated for selection in a run (all phases),
     read through `RunState` (the one state.json reader). Tuning trials (PBT, Optuna) are not in
-    a run dir: pass them as `extra_trials` / `--extra-trials`."""
+    a run dir: the trial ledger counts them (:mod:`rl_trading.evaluation.ledger`)."""
     from rl_trading.training.state import RunState
 
     if run_dir is None or not (run_dir / "state.json").is_file():
@@ -161,11 +161,16 @@ def trial_count(
     """(trials tried, their per-period Sharpes or None) behind a policy source, for its DSR:
     its own record (:func:`own_trials`) or, when larger, every trial the ledger holds on the
     configured market (a run's selection passes are recorded there first), plus
-    `extra_trials` (work done outside the tool)."""
+    `extra_trials` (work done outside the tool). When the configured market cannot be loaded
+    here, the source's own record alone."""
+    from rl_trading.errors import DataError
     from rl_trading.evaluation import ledger
 
     n_own, sharpes, run_dir = own_trials(source, cfg, periods_per_year)
-    fp = ledger.market_fingerprint(cfg)
+    try:
+        fp = ledger.market_fingerprint(cfg)
+    except DataError:  # the training market is not here (e.g. `backtest --data` elsewhere):
+        return max(1, n_own + int(extra_trials)), sharpes  # the source's own record only
     record_selection_passes(fp, run_dir, cfg)
     n = max(n_own, ledger.count_trials(fp, ledger.ledger_url(cfg)))
     return max(1, n + int(extra_trials)), sharpes
