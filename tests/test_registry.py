@@ -247,6 +247,10 @@ def test_register_list_info_promote_round_trip(workspace):
 
     with pytest.raises(RegistryError, match="unknown model"):
         reg.info("nope")
+    # a registered model made outside rl-trading with a family's name is adopted, not hidden
+    reg.client.create_registered_model("made_in_ui")
+    adopted = reg.register(src, model_type="made_in_ui", metrics={"sharpe": 1, "max_drawdown": 0})
+    assert adopted.name == "made_in_ui/1" and reg.resolve("made_in_ui").name == "made_in_ui/1"
     with pytest.raises(RegistryError, match="no version 9"):
         reg.info("hierarchical_ppo/9")
     with pytest.raises(RegistryError, match="alias 'gone'"):
