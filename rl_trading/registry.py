@@ -542,6 +542,9 @@ class ModelRegistry:
                 raise RegistryError(
                     f"cannot register into '{family}': an old-layout model has that name"
                 )
+            if TAG + "model_type" not in (rm.tags or {}):  # made outside rl-trading: adopt it
+                self.client.set_registered_model_tag(family, TAG + "model_type", model_type)
+                self.client.set_registered_model_tag(family, TAG + "layout", "family")
             return
         try:
             self.client.create_registered_model(

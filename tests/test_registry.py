@@ -247,6 +247,10 @@ def test_register_list_info_promote_round_trip(workspace):
 
     with pytest.raises(RegistryError, match="unknown model"):
         reg.info("nope")
+    # a registered model made outside rl-trading with a family's name is adopted, not hidden
+    reg.client.create_registered_model("made_in_ui")
+    adopted = reg.register(src, model_type="made_in_ui", metrics={"sharpe": 1, "max_drawdown": 0})
+    assert adopted.name == "made_in_ui/1" and reg.resolve("made_in_ui").name == "made_in_ui/1"
     with pytest.raises(RegistryError, match="no version 9"):
         reg.info("hierarchical_ppo/9")
     with pytest.raises(RegistryError, match="alias 'gone'"):
@@ -257,7 +261,7 @@ def test_register_list_info_promote_round_trip(workspace):
         )
 
 
-def test_old_layout_store_is_read_and_migrated(workspace):
+def test_old_layout_store_is_read_and_migrated(workspace, capsys):
     """A store written before families (one registered model per registration, tags on the
     registered model) is read as it is, then `migrate` adds each to its family."""
     import mlflow
@@ -306,14 +310,20 @@ def test_old_layout_store_is_read_and_migrated(workspace):
     assert (reg.load_path(olds[0]) / "module_state.pt").is_file()
     with pytest.raises(RegistryError, match="models migrate"):
         reg.promote(olds[1])
-    # a new registration continues the family's semantic versions
-    moved = reg.migrate()
-    assert moved == [(olds[0], "hierarchical_ppo/1"), (olds[1], "hierarchical_ppo/2")]
+    from rl_trading.cli.main import main
+
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "Old layout (read-only)" in out and "rl-trading models migrate" in out
+    assert main(["models", "migrate"]) == 0  # = reg.migrate(), oldest first
+    out = capsys.readouterr().out
+    assert f"{olds[0]} -> hierarchical_ppo/1" in out and f"{olds[1]} -> hierarchical_ppo/2" in out
     assert [r.name for r in reg.list()] == ["hierarchical_ppo/2", "hierarchical_ppo/1"]
     assert reg.resolve(olds[0]).name == "hierarchical_ppo/1"  # old names still work
     assert reg.resolve("hierarchical_ppo@production").name == "hierarchical_ppo/1"
     assert (reg.load_path("hierarchical_ppo/2") / "module_state.pt").is_file()
     assert reg.migrate() == []  # nothing left
+    # a new registration continues the family's semantic versions
     new = reg.register(
         src, model_type="hierarchical_ppo", metrics={"sharpe": 1.0, "max_drawdown": 0.1}
     )
