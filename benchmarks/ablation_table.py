@@ -68,6 +68,7 @@ def record(folders: list[Path]) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from real_markets import set_config  # the sets' files and timeframes
+
     from rl_trading.evaluation.ledger import market_fingerprint, record_trials
 
     for folder in folders:
