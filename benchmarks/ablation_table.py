@@ -19,6 +19,7 @@ the later walk-forward's DSR on those markets counts them without a flag.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 from pathlib import Path
@@ -66,10 +67,10 @@ def record(folders: list[Path]) -> None:
     """Each candidate run into the trial ledger, on its sets' market fingerprints."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from real_markets import set_config  # the sets' files and timeframes
-
     from rl_trading.evaluation.ledger import market_fingerprint, record_trials
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    set_config = importlib.import_module("real_markets").set_config  # the sets' files
 
     for folder in folders:
         summary = json.loads((folder / "real_markets.json").read_text())
