@@ -294,6 +294,13 @@ def test_bad_input_is_one_line_before_anything_trades(in_ws, tmp_path, capsys):
     finally:
         sleeper.kill()
         sleeper.wait()
+    # a session resumed on a replay that does not hold its recorded bars
+    assert main(["paper", "run", "--model", name, "--session", "e", "--db", db,
+                 "--max-bars", "45", "--no-report"]) == 0  # fmt: skip
+    err = _one_line_error(capsys, ["paper", "run", "--model", name, "--session", "e",
+                                   "--db", db, "--split", "val"])  # fmt: skip
+    assert "does not have" in err
+    assert Ledger(db).session("e")["bars_processed"] == 45
     for session in ("a", "b", "c", "d", "busy"):  # nothing traded
         row = Ledger(db).session(session)
         assert row is None or (row["bars_processed"] or 0) == 0
