@@ -188,22 +188,24 @@ def test_sigkill_mid_replay_then_restart_resumes_exactly(in_ws, tmp_path, capsys
     assert eq.index.is_unique and len(eq) == len(bt.equity)
 
 
-def _follow_sql(in_ws, db_url: str, capsys) -> None:
-    """`paper run --source sql` in a subprocess while this process appends the test split."""
+def _follow_sql(in_ws, db_url: str, n: int) -> None:
+    """`paper run --source sql` in a subprocess while this process appends the first `n` bars
+    of the test split; the session ends at the backtest of those bars."""
     from rl_trading.data.store import BarStore
+    from rl_trading.evaluation.backtest import run_policy
     from rl_trading.paper import Ledger
     from rl_trading.paper.loop import make_feed
 
     model = _resolved(in_ws["name"])
-    bars = make_feed(model, "replay").history
+    bars = {s: f.iloc[:n] for s, f in make_feed(model, "replay").history.items()}
+    expected, _ = run_policy(model.bundle, bars, model.cfg)
     store = BarStore(db_url)
     if store.dialect != "sqlite":  # a shared server: drop what an earlier run left
         for sym in bars:
             store.delete(sym, "1d")
-    head = 100
+    head = 60
     for sym, frame in bars.items():
         store.write(frame.iloc[:head], sym, "1d")
-    n = len(next(iter(bars.values())))
     session = f"sql{os.getpid()}_{int(time.time())}"
     args = ["paper", "run", "--model", in_ws["name"], "--session", session, "--source", "sql",
             "--db", db_url, "--poll", "0.1", "--stale-after", "60",
@@ -211,32 +213,37 @@ def _follow_sql(in_ws, db_url: str, capsys) -> None:
     proc = subprocess.Popen(CLI + args, cwd=in_ws["ws"], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        ledger = Ledger(db_url)
         pos = head
         while pos < n:
             time.sleep(0.05)
-            step = 37
+            step = 17
             for sym, frame in bars.items():  # one symbol after another: partial bars happen
                 store.write(frame.iloc[pos : pos + step], sym, "1d")
             pos += step
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    st = ledger.status(session)
-    assert st["bars_processed"] == n
-    assert st["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-6)
+    st = Ledger(db_url).status(session)
+    assert st["bars_processed"] == n and st["state"] == "stopped"
+    assert st["equity"] == pytest.approx(float(expected.equity[-1]), rel=1e-6)
+    assert Ledger(db_url).equity_of(session)["equity"].to_numpy() == pytest.approx(
+        expected.equity, rel=1e-9
+    )
 
 
 @pytest.mark.slow
-def test_sql_feed_followed_while_another_process_appends(in_ws, tmp_path, capsys):
-    _follow_sql(in_ws, f"sqlite:///{tmp_path / 'bars.db'}", capsys)
+def test_sql_feed_followed_while_another_process_appends(in_ws, tmp_path):
+    _follow_sql(in_ws, f"sqlite:///{tmp_path / 'bars.db'}", n=381)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
-def test_sql_feed_on_postgres(in_ws, pg_url, capsys):
-    _follow_sql(in_ws, pg_url, capsys)
+def test_sql_feed_on_postgres(in_ws, pg_url):
+    """The same on PostgreSQL (bars and ledger), over fewer bars (about 45 s on a loaded
+    2-core machine, mostly the subprocess's start)."""
+    _follow_sql(in_ws, pg_url, n=100)
 
 
 # ------------------------------------------------------------------------------- errors
