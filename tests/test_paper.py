@@ -368,6 +368,8 @@ def test_stop_of_a_session_not_running(in_ws, tmp_path, capsys):
           "--max-bars", "40", "--no-report"])  # fmt: skip
     assert _status(db, "st", capsys)["state"] == "stopped"
     assert main(["paper", "stop", "--session", "st", "--db", db]) == 0
+    err = _one_line_error(capsys, ["paper", "stop", "--session", "st", "--flatten", "--db", db])
+    assert "not running" in err
     err = _one_line_error(capsys, ["paper", "stop", "--session", "nope", "--db", db])
     assert "unknown paper session" in err
     # a stopped session resumes where it was
