@@ -151,7 +151,8 @@ class SimulatedBroker:
         """Signed exposures (fractions of equity) after the last bar."""
         if self.env is None or not self.env._steps:
             return [0.0] * len(self.symbols)
-        return [float(x) for x in self.env._k_hist[self.env._steps, 4 + len(self.symbols) :]]
+        n = len(self.symbols)
+        return [float(x) for x in self.env._k_hist[self.env._steps, 4 + n : 4 + 2 * n]]
 
     def flat_actions(self) -> dict[str, list[float]]:
         """A decision that takes every position to flat (kill switch, `paper stop --flatten`)."""
