@@ -134,7 +134,7 @@ def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path):
 
     model = _resolved(in_ws["name"])
     bars = make_feed(model, "replay").history
-    k = 60
+    k = first_decision_bar(model.cfg) + 20
     kw = {"mode": "joint", "eval_mode": True, "scalers": scalers_from(model.bundle.preprocessing)}
     full = HierarchicalTradingEnv(model.cfg, bars=bars, **kw)
     part = HierarchicalTradingEnv(model.cfg, bars={s: f.iloc[:k] for s, f in bars.items()}, **kw)
