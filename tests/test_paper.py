@@ -57,10 +57,11 @@ def paper_ws(tmp_path_factory):
                     p.normal_(0.0, 0.5)
             module.save_to_path(root / agent)
         rec, result = register_policy(ws / "ckpt", cfg, "hierarchical_ppo", split="test")
+        n_bars = len(next(iter(select_bars(cfg, None, "test")[0].values())))
     finally:
         os.chdir(old)
         os.environ.update(saved)
-    return {"ws": ws, "name": rec.name, "backtest": result.runs["policy"]}
+    return {"ws": ws, "name": rec.name, "backtest": result.runs["policy"], "n_bars": n_bars}
 
 
 @pytest.fixture()
@@ -170,13 +171,13 @@ def test_sigkill_mid_replay_then_restart_resumes_exactly(in_ws, tmp_path, capsys
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     killed_at = ledger.session("k")["bars_processed"]
-    assert 120 <= killed_at < 381
+    assert 120 <= killed_at < in_ws["n_bars"]
     out = subprocess.run(CLI + args, cwd=in_ws["ws"], env=_env(), capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr
     st = _status(db, "k", capsys)
     bt = in_ws["backtest"]
-    assert st["state"] == "finished" and st["bars_processed"] == 381
+    assert st["state"] == "finished" and st["bars_processed"] == in_ws["n_bars"]
     assert st["equity"] == pytest.approx(float(bt.equity[-1]), rel=1e-6)
     # the same orders as a run never interrupted
     main(["paper", "run", "--model", in_ws["name"], "--session", "ref", "--db", db, "--no-report"])
@@ -235,7 +236,7 @@ def _follow_sql(in_ws, db_url: str, n: int) -> None:
 
 @pytest.mark.slow
 def test_sql_feed_followed_while_another_process_appends(in_ws, tmp_path):
-    _follow_sql(in_ws, f"sqlite:///{tmp_path / 'bars.db'}", n=381)
+    _follow_sql(in_ws, f"sqlite:///{tmp_path / 'bars.db'}", n=in_ws["n_bars"])
 
 
 @pytest.mark.slow
@@ -317,6 +318,7 @@ def test_bad_input_is_one_line_before_anything_trades(in_ws, tmp_path, capsys):
 @pytest.mark.slow
 def test_a_failed_bar_leaves_nothing_and_the_rerun_continues(in_ws, tmp_path, monkeypatch):
     from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import first_decision_bar
     from rl_trading.paper.loop import make_feed
 
     model = _resolved(in_ws["name"])
@@ -331,7 +333,7 @@ def test_a_failed_bar_leaves_nothing_and_the_rerun_continues(in_ws, tmp_path, mo
         return real(self, *a, **k)
 
     monkeypatch.setattr(Ledger, "write_equity", flaky)
-    opts = PaperOptions(session="f", max_bars=80)
+    opts = PaperOptions(session="f", max_bars=first_decision_bar(model.cfg) + 40)
     with pytest.raises(RuntimeError):
         PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
     row = ledger.session("f")
@@ -356,7 +358,7 @@ def test_kill_switch_flattens_and_halts(in_ws, tmp_path):
     st = res.status
     assert st["state"] == "halted" and "drawdown" in st["reason"]
     assert all(abs(u) < 1e-9 for u in st["positions"].values())
-    assert st["bars_processed"] < 381
+    assert st["bars_processed"] < in_ws["n_bars"]
     kinds = [e["kind"] for e in ledger.events_of("ks")]
     assert "kill_switch" in kinds
 
