@@ -57,10 +57,11 @@ def paper_ws(tmp_path_factory):
                     p.normal_(0.0, 0.5)
             module.save_to_path(root / agent)
         rec, result = register_policy(ws / "ckpt", cfg, "hierarchical_ppo", split="test")
+        n_bars = len(next(iter(select_bars(cfg, None, "test")[0].values())))
     finally:
         os.chdir(old)
         os.environ.update(saved)
-    return {"ws": ws, "name": rec.name, "backtest": result.runs["policy"]}
+    return {"ws": ws, "name": rec.name, "backtest": result.runs["policy"], "n_bars": n_bars}
 
 
 @pytest.fixture()
@@ -134,7 +135,7 @@ def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path):
 
     model = _resolved(in_ws["name"])
     bars = make_feed(model, "replay").history
-    k = 60
+    k = first_decision_bar(model.cfg) + 20
     kw = {"mode": "joint", "eval_mode": True, "scalers": scalers_from(model.bundle.preprocessing)}
     full = HierarchicalTradingEnv(model.cfg, bars=bars, **kw)
     part = HierarchicalTradingEnv(model.cfg, bars={s: f.iloc[:k] for s, f in bars.items()}, **kw)
@@ -170,13 +171,13 @@ def test_sigkill_mid_replay_then_restart_resumes_exactly(in_ws, tmp_path, capsys
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     killed_at = ledger.session("k")["bars_processed"]
-    assert 120 <= killed_at < 381
+    assert 120 <= killed_at < in_ws["n_bars"]
     out = subprocess.run(CLI + args, cwd=in_ws["ws"], env=_env(), capture_output=True,
                          text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr
     st = _status(db, "k", capsys)
     bt = in_ws["backtest"]
-    assert st["state"] == "finished" and st["bars_processed"] == 381
+    assert st["state"] == "finished" and st["bars_processed"] == in_ws["n_bars"]
     assert st["equity"] == pytest.approx(float(bt.equity[-1]), rel=1e-6)
     # the same orders as a run never interrupted
     main(["paper", "run", "--model", in_ws["name"], "--session", "ref", "--db", db, "--no-report"])
@@ -188,22 +189,24 @@ def test_sigkill_mid_replay_then_restart_resumes_exactly(in_ws, tmp_path, capsys
     assert eq.index.is_unique and len(eq) == len(bt.equity)
 
 
-def _follow_sql(in_ws, db_url: str, capsys) -> None:
-    """`paper run --source sql` in a subprocess while this process appends the test split."""
+def _follow_sql(in_ws, db_url: str, n: int) -> None:
+    """`paper run --source sql` in a subprocess while this process appends the first `n` bars
+    of the test split; the session ends at the backtest of those bars."""
     from rl_trading.data.store import BarStore
+    from rl_trading.evaluation.backtest import run_policy
     from rl_trading.paper import Ledger
     from rl_trading.paper.loop import make_feed
 
     model = _resolved(in_ws["name"])
-    bars = make_feed(model, "replay").history
+    bars = {s: f.iloc[:n] for s, f in make_feed(model, "replay").history.items()}
+    expected, _ = run_policy(model.bundle, bars, model.cfg)
     store = BarStore(db_url)
     if store.dialect != "sqlite":  # a shared server: drop what an earlier run left
         for sym in bars:
             store.delete(sym, "1d")
-    head = 100
+    head = 60
     for sym, frame in bars.items():
         store.write(frame.iloc[:head], sym, "1d")
-    n = len(next(iter(bars.values())))
     session = f"sql{os.getpid()}_{int(time.time())}"
     args = ["paper", "run", "--model", in_ws["name"], "--session", session, "--source", "sql",
             "--db", db_url, "--poll", "0.1", "--stale-after", "60",
@@ -211,32 +214,37 @@ def _follow_sql(in_ws, db_url: str, capsys) -> None:
     proc = subprocess.Popen(CLI + args, cwd=in_ws["ws"], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        ledger = Ledger(db_url)
         pos = head
         while pos < n:
             time.sleep(0.05)
-            step = 37
+            step = 17
             for sym, frame in bars.items():  # one symbol after another: partial bars happen
                 store.write(frame.iloc[pos : pos + step], sym, "1d")
             pos += step
-        out, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, err
-    st = ledger.status(session)
-    assert st["bars_processed"] == n
-    assert st["equity"] == pytest.approx(float(in_ws["backtest"].equity[-1]), rel=1e-6)
+    st = Ledger(db_url).status(session)
+    assert st["bars_processed"] == n and st["state"] == "stopped"
+    assert st["equity"] == pytest.approx(float(expected.equity[-1]), rel=1e-6)
+    assert Ledger(db_url).equity_of(session)["equity"].to_numpy() == pytest.approx(
+        expected.equity, rel=1e-9
+    )
 
 
 @pytest.mark.slow
-def test_sql_feed_followed_while_another_process_appends(in_ws, tmp_path, capsys):
-    _follow_sql(in_ws, f"sqlite:///{tmp_path / 'bars.db'}", capsys)
+def test_sql_feed_followed_while_another_process_appends(in_ws, tmp_path):
+    _follow_sql(in_ws, f"sqlite:///{tmp_path / 'bars.db'}", n=in_ws["n_bars"])
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
-def test_sql_feed_on_postgres(in_ws, pg_url, capsys):
-    _follow_sql(in_ws, pg_url, capsys)
+def test_sql_feed_on_postgres(in_ws, pg_url):
+    """The same on PostgreSQL (bars and ledger), over fewer bars (about 45 s on a loaded
+    2-core machine, mostly the subprocess's start)."""
+    _follow_sql(in_ws, pg_url, n=100)
 
 
 # ------------------------------------------------------------------------------- errors
@@ -294,6 +302,13 @@ def test_bad_input_is_one_line_before_anything_trades(in_ws, tmp_path, capsys):
     finally:
         sleeper.kill()
         sleeper.wait()
+    # a session resumed on a replay that does not hold its recorded bars
+    assert main(["paper", "run", "--model", name, "--session", "e", "--db", db,
+                 "--max-bars", "45", "--no-report"]) == 0  # fmt: skip
+    err = _one_line_error(capsys, ["paper", "run", "--model", name, "--session", "e",
+                                   "--db", db, "--split", "val"])  # fmt: skip
+    assert "does not have" in err
+    assert Ledger(db).session("e")["bars_processed"] == 45
     for session in ("a", "b", "c", "d", "busy"):  # nothing traded
         row = Ledger(db).session(session)
         assert row is None or (row["bars_processed"] or 0) == 0
@@ -303,6 +318,7 @@ def test_bad_input_is_one_line_before_anything_trades(in_ws, tmp_path, capsys):
 @pytest.mark.slow
 def test_a_failed_bar_leaves_nothing_and_the_rerun_continues(in_ws, tmp_path, monkeypatch):
     from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import first_decision_bar
     from rl_trading.paper.loop import make_feed
 
     model = _resolved(in_ws["name"])
@@ -317,7 +333,7 @@ def test_a_failed_bar_leaves_nothing_and_the_rerun_continues(in_ws, tmp_path, mo
         return real(self, *a, **k)
 
     monkeypatch.setattr(Ledger, "write_equity", flaky)
-    opts = PaperOptions(session="f", max_bars=80)
+    opts = PaperOptions(session="f", max_bars=first_decision_bar(model.cfg) + 40)
     with pytest.raises(RuntimeError):
         PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
     row = ledger.session("f")
@@ -342,7 +358,7 @@ def test_kill_switch_flattens_and_halts(in_ws, tmp_path):
     st = res.status
     assert st["state"] == "halted" and "drawdown" in st["reason"]
     assert all(abs(u) < 1e-9 for u in st["positions"].values())
-    assert st["bars_processed"] < 381
+    assert st["bars_processed"] < in_ws["n_bars"]
     kinds = [e["kind"] for e in ledger.events_of("ks")]
     assert "kill_switch" in kinds
 
@@ -354,6 +370,8 @@ def test_stop_of_a_session_not_running(in_ws, tmp_path, capsys):
           "--max-bars", "40", "--no-report"])  # fmt: skip
     assert _status(db, "st", capsys)["state"] == "stopped"
     assert main(["paper", "stop", "--session", "st", "--db", db]) == 0
+    err = _one_line_error(capsys, ["paper", "stop", "--session", "st", "--flatten", "--db", db])
+    assert "not running" in err
     err = _one_line_error(capsys, ["paper", "stop", "--session", "nope", "--db", db])
     assert "unknown paper session" in err
     # a stopped session resumes where it was

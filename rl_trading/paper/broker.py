@@ -31,6 +31,10 @@ _EPISODE_STATE = (
 )  # fmt: skip
 
 
+# key of a recorded decision that flattens the book whatever the action semantics
+FLATTEN = "_flatten"
+
+
 @dataclass
 class OrderBatch:
     """One bar's decision: every agent's action, to fill at the next bar's open."""
@@ -151,15 +155,18 @@ class SimulatedBroker:
         """Signed exposures (fractions of equity) after the last bar."""
         if self.env is None or not self.env._steps:
             return [0.0] * len(self.symbols)
-        return [float(x) for x in self.env._k_hist[self.env._steps, 4 + len(self.symbols) :]]
+        n = len(self.symbols)
+        return [float(x) for x in self.env._k_hist[self.env._steps, 4 + n : 4 + 2 * n]]
 
     def flat_actions(self) -> dict[str, list[float]]:
-        """A decision that takes every position to flat (kill switch, `paper stop --flatten`)."""
+        """A decision that takes every position to flat (kill switch, `paper stop --flatten`):
+        no proposal, all cash, and the FLATTEN marker (see `execute`)."""
         env = self.env
         flat = [float(list(env._levels).index(0.0))] if env.discrete else [0.0]
         out = {a: list(flat) for a in env.specialists}
         if META in env.possible_agents:
             out[META] = [0.0] * len(self.symbols) + [1.0]
+        out[FLATTEN] = [1.0]
         return out
 
     def execute(self, ts: pd.Timestamp) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
@@ -171,7 +178,18 @@ class SimulatedBroker:
         stops = int(env._k_cnt[engine.C_STOP])
         t1 = env._t + 1
         batch, self._pending = self._pending, None
-        obs, *_ = env.step(batch.actions if batch is not None else {})
+        actions = dict(batch.actions) if batch is not None else {}
+        if actions.pop(FLATTEN, None) is None:
+            obs, *_ = env.step(actions)
+        else:
+            # targets = weight x proposal x size (+ the benchmark's exposure in benchmark-
+            # relative mode, where no action is flat): this one step targets absolute 0
+            relative = env._k_par[engine.P_RELATIVE]
+            env._k_par[engine.P_RELATIVE] = 0.0
+            try:
+                obs, *_ = env.step(actions)
+            finally:
+                env._k_par[engine.P_RELATIVE] = relative
         after = env._k_state[engine.R_UNITS]
         target = env._k_state[engine.R_TARGET]
         stopped = int(env._k_cnt[engine.C_STOP]) > stops

@@ -288,12 +288,17 @@ class Ledger:
             if self.owner_alive(row):
                 value = "flatten" if flatten else "stop"
                 conn.execute(tbl.update().where(tbl.c.name == name).values(stop_request=value))
+            elif flatten:
+                raise DataError(
+                    f"paper session '{name}' is not running, so there is no next open to "
+                    "flatten at: run it again and stop it with --flatten (nothing changed)"
+                )
             else:
                 conn.execute(
                     tbl.update()
                     .where(tbl.c.name == name)
                     .values(state="stopped", reason="stopped by `paper stop` (not running)",
-                            stop_request="flatten" if flatten else None, updated=_now())
+                            updated=_now())
                 )  # fmt: skip
         return self.session(name) or {}
 

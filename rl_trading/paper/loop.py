@@ -204,6 +204,14 @@ class PaperSession:
             return 0
         decisions = self.ledger.decisions_of(self.name)
         stamps = next(iter(bars.values())).index
+        if isinstance(self.feed, ReplayFeed) and self.opts.prebuild:
+            replay = next(iter(self.feed.history.values())).index
+            if len(stamps) > len(replay) or not replay[: len(stamps)].equals(stamps):
+                raise DataError(
+                    f"paper session '{self.name}' recorded bars this replay does not have "
+                    f"({stamps[0]} .. {stamps[-1]}): replay the same split or dates, or use "
+                    "another --session"
+                )
         records = {s: bars[s].loc[stamps].to_dict("records") for s in self.symbols}
         for i, ts in enumerate(stamps):
             row = {s: records[s][i] for s in self.symbols}
