@@ -51,14 +51,14 @@ def test_learners_share_the_rollout_and_minibatch_so_budget_and_update_stay_thos
 
     bars = split_by_time(synthetic_market(["AAA", "BBB"], n_bars=600, seed=1), 0.7, 0.15, 5)
     sets = ["data.symbols=[AAA, BBB]", "env.sectors={}"]
-    for n, per_learner, mb in ((0, 4000, 256), (1, 4000, 256), (2, 2000, 128), (4, 1000, 64)):
+    for n, per_learner, mb in ((0, 2000, 256), (1, 2000, 256), (2, 1000, 128), (4, 500, 64)):
         cfg = scale_out.load_cfg([*sets, f"resources.num_learners={n}"])
         config = build_phase_config(cfg, 1, hierarchical_factory(cfg, bars.train, bars.val))
-        assert config.total_train_batch_size == 4000  # env steps per iteration, any N
+        assert config.total_train_batch_size == 2000  # env steps per iteration, any N
         assert (config.train_batch_size_per_learner, config.minibatch_size) == (per_learner, mb)
         assert phase_iterations(cfg, 1) * config.total_train_batch_size == 500_000  # the budget
     with pytest.raises(ConfigError, match="multiples of resources.num_learners \\(3\\)"):
-        scale_out.load_cfg(["resources.num_learners=3"])  # 4000 / 3: refused at load time
+        scale_out.load_cfg(["resources.num_learners=3"])  # 2000 / 3: refused at load time
 
 
 def test_placement_check_fails_loudly_when_a_runner_is_elsewhere_or_missing() -> None:

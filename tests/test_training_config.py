@@ -21,7 +21,7 @@ from rl_trading.training.mapping import phase_number, policy_ids, policy_mapping
 SYMBOLS = ["AAA", "BBB"]
 # RLlib 2.60 itself builds a deprecated RLModuleConfig inside every RLModule.__init__
 # (ray/rllib/core/rl_module/rl_module.py), whatever the caller does: the one allowed record.
-RLLIB_INTERNAL = "RLModule(config=[RLModuleConfig object])"
+PROBE = "capture probe: this is deprecated"
 
 
 def small_cfg(**extra) -> AppConfig:
@@ -100,6 +100,8 @@ def test_phase_configs_build_without_deprecation_warnings(ray_session, bars):
                 algo.train()
             finally:
                 algo.stop()
+            # a record of our own through RLlib's deprecation logger: proves the capture works
+            logging.getLogger("ray._common.deprecation").warning(PROBE)
     finally:
         for lg, level in zip(loggers, old_levels, strict=True):
             lg.removeHandler(handler)
@@ -114,12 +116,13 @@ def test_phase_configs_build_without_deprecation_warnings(ray_session, bars):
     log_dep = [
         r.getMessage()
         for r in handler.records
-        if "deprecat" in r.getMessage().lower() and RLLIB_INTERNAL not in r.getMessage()
+        if "deprecat" in r.getMessage().lower() and PROBE not in r.getMessage()
     ]
     assert not py_dep, py_dep
     assert not log_dep, log_dep
-    # Proof the capture works: RLlib's own internal deprecation record was seen (and allowed).
-    assert any(RLLIB_INTERNAL in r.getMessage() for r in handler.records)
+    # Proof the capture works (RLlib's own internal RLModuleConfig notice is filtered at the
+    # logger by policies/base.py, so it never reaches a handler): the probe was seen.
+    assert any(PROBE in r.getMessage() for r in handler.records)
 
     p1, p2, p3 = configs[1], configs[2], configs[3]
     specs = ["specialist_AAA", "specialist_BBB"]
