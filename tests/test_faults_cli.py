@@ -218,8 +218,8 @@ def test_corrupt_checkpoint_fails_cleanly_and_damages_nothing(interrupted, tmp_p
 @pytest.mark.parametrize(
     ("args", "code", "needle"),
     [
-        (["--set", "data.source=files", "--set", "data.paths={AAA: gone.csv, BBB: gone.csv}"],
-         3, "gone.csv"),
+        (["--set", "data.source=files", "--set", "data.paths={AAA: gone.csv, BBB: gone.csv}",
+          "--allow-config-change"], 3, "gone.csv"),  # the change allowed: the data check
         (["--address", "127.0.0.1:{port}"], 5, "Ray cluster unreachable"),
         (["--tracking-uri", "http://127.0.0.1:{port}"], 5, "MLflow tracking server unreachable"),
         (["--set", "resources.num_env_runners=3"], 2, "need 3 CPUs, Ray has 1"),

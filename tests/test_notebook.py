@@ -112,13 +112,15 @@ def ray_version() -> str:
 
 
 @pytest.mark.rllib
-def test_dashboard_answers_and_notebook_runs_as_documented(tmp_path):
+def test_dashboard_answers_and_notebook_runs_as_documented(tmp_path, monkeypatch):
     """A tiny pipeline with --dashboard (its API answers while it trains), then the
     documented headless command `RL_TRADING_RUN_DIR=... jupyter execute
     notebooks/analysis.ipynb` (kernel in notebooks/, store found from the run's workspace)
     exits 0; every panel has data; a wrong run dir is a one-line error."""
     from rl_trading import analysis
 
+    # an earlier test's MLflow client may have exported its store to this process
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "tiny.yaml").write_text(TINY)

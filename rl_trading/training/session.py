@@ -425,10 +425,6 @@ def train(
             from rl_trading.tracking import check_tracking, resolve_tracking_uri
 
             check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
-        moved = move_aside(run_dir, replace)  # last: only once every check has passed
-        if moved is not None and notify is not None:
-            notify(f"--overwrite: the earlier {', '.join(replace)} moved to {moved}")
-        record_config(run_dir, cfg, changed=bool(changes))
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
         quiet = {"log_to_driver": not quiet_workers} if local else {}
@@ -438,6 +434,12 @@ def train(
         res = cfg.resources
         if local:  # a cluster may add nodes; a local Ray cannot
             check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)
+        # last, once every check (Ray's CPUs included) has passed: nothing saved is touched
+        # by a run that fails before it starts
+        moved = move_aside(run_dir, replace)
+        if moved is not None and notify is not None:
+            notify(f"--overwrite: the earlier {', '.join(replace)} moved to {moved}")
+        record_config(run_dir, cfg, changed=bool(changes))
         if notify is not None:
             notify(
                 f"training: {res.num_env_runners} env runner(s) x "
