@@ -11,18 +11,10 @@ import torch
 
 from rl_trading.config import load_config, resolve_calendar
 from rl_trading.data import synthetic_market
+from tests.conftest import HIERARCHY_SETS
 
 SYMS = ["AAA", "BBB"]
-SETS = [
-    "data.source=synthetic",
-    "data.symbols=[AAA, BBB]",
-    "data.timeframe=1h",
-    "data.synthetic.n_bars=1200",
-    "data.embargo_bars=5",
-    "train.window_size=8",
-    "env.risk_window=20",
-    "tracking.system_metrics=false",
-]
+SETS = HIERARCHY_SETS
 
 
 def _random_hierarchy(cfg, bars, root):

@@ -31,6 +31,14 @@ DataOpt = Annotated[
     Path | None, typer.Option("--data", help="Bars file or folder (default: --split).")
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="train, val or test split.")]
+ExtraTrialsOpt = Annotated[
+    int,
+    typer.Option(
+        "--extra-trials",
+        min=0,
+        help="Trials tried outside the tool on this data (the ledger counts the rest).",
+    ),
+]
 
 
 def cli_config(config: Path | None, sets: list[str] | None, **extra: object) -> AppConfig:

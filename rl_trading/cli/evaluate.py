@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.cli.common import ConfigOpt, ExtraTrialsOpt, SetOpt, cli_config, console
 
 app = typer.Typer(
     help="Out-of-sample evaluation protocols: the retraining walk-forward, the trial ledger."
@@ -44,14 +44,7 @@ def walk_forward_command(
     phases: Annotated[
         str, typer.Option("--phases", help="Phases trained per fold: 1, 1,2 or 1,2,3.")
     ] = "1,2,3",
-    extra_trials: Annotated[
-        int,
-        typer.Option(
-            "--extra-trials",
-            min=0,
-            help="Trials tried outside the tool on this data (the ledger counts the rest).",
-        ),
-    ] = 0,
+    extra_trials: ExtraTrialsOpt = 0,
     sets: SetOpt = None,
 ) -> None:
     """Retrain on every expanding-window fold x seed, test each fold once, report with CIs."""

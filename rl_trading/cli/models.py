@@ -13,6 +13,7 @@ from rl_trading.cli import logs
 from rl_trading.cli.common import (
     ConfigOpt,
     DataOpt,
+    ExtraTrialsOpt,
     SetOpt,
     SplitOpt,
     cli_config,
@@ -203,14 +204,7 @@ def register_cmd(
         Path | None, typer.Option("--run-dir", help="Run dir (lineage; default: found).")
     ] = None,
     bump: Annotated[str | None, typer.Option("--bump", help="Force major, minor or patch.")] = None,
-    extra_trials: Annotated[
-        int,
-        typer.Option(
-            "--extra-trials",
-            min=0,
-            help="Trials tried outside the tool on this data (the ledger counts the rest).",
-        ),
-    ] = 0,
+    extra_trials: ExtraTrialsOpt = 0,
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
