@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -88,8 +91,19 @@ def test_load_policy_acts_like_the_backtest_and_export_writes_every_policy(
     from rl_trading.registry import ModelRegistry
 
     cfg, ckpt = hierarchy_checkpoint
+    ray_before = ray.is_initialized()  # an earlier test's session Ray may be up already
     policy = rl_trading.load_policy(ckpt)
-    assert not ray.is_initialized()  # restoring for inference starts no actors
+    assert ray.is_initialized() == ray_before  # restoring for inference starts no Ray
+    # in a fresh process: restoring and acting leave Ray uninitialised (no actors)
+    code = (
+        "import sys, numpy as np, ray, rl_trading; p = rl_trading.load_policy(sys.argv[1]); "
+        "p.act(np.zeros(p.observation_space('meta').shape), 'meta'); "
+        "print('ray initialised' if ray.is_initialized() else 'no ray')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("no ray"), done.stderr[-2000:]
     assert "meta" in policy.policy_ids and len(policy.policy_ids) == 3
     rng = np.random.default_rng(0)
     for pid in policy.policy_ids:

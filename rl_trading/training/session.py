@@ -7,6 +7,7 @@ data, MLflow), each failure a one-line error; the run dir stays locked while pha
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -427,6 +428,15 @@ def train(
             check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
+        res = cfg.resources
+        if local:  # a local Ray gets these CPUs: too few for the env runners is refused now
+            have = {"CPU": float(res.num_cpus or os.cpu_count() or 1)}
+            check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, have)
+        # last, once every check has passed: nothing saved is touched by a refused run
+        moved = move_aside(run_dir, replace)
+        if moved is not None and notify is not None:
+            notify(f"--overwrite: the earlier {', '.join(replace)} moved to {moved}")
+        record_config(run_dir, cfg, changed=bool(changes))
         quiet = {"log_to_driver": not quiet_workers} if local else {}
         cluster = init_ray(
             addr, num_cpus=cfg.resources.num_cpus, notify=notify, dashboard=dashboard, **quiet
@@ -434,12 +444,6 @@ def train(
         res = cfg.resources
         if local:  # a cluster may add nodes; a local Ray cannot
             check_env_runner_cpus(res.num_env_runners, res.num_cpus_per_env_runner, cluster)
-        # last, once every check (Ray's CPUs included) has passed: nothing saved is touched
-        # by a run that fails before it starts
-        moved = move_aside(run_dir, replace)
-        if moved is not None and notify is not None:
-            notify(f"--overwrite: the earlier {', '.join(replace)} moved to {moved}")
-        record_config(run_dir, cfg, changed=bool(changes))
         if notify is not None:
             notify(
                 f"training: {res.num_env_runners} env runner(s) x "
