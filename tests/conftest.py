@@ -27,11 +27,11 @@ def pytest_configure(config):
 # What the tests cost: the RLlib runs of these files (training phases, learning checks, fault
 # injection, Tune / PBT, the demo and other end-to-end runs; each from ~20 s to a few minutes
 # on 2 cores) are `slow`: `make test` leaves them out, CI runs them next (`make test-slow`).
-# The default tier keeps a few short RLlib smoke tests (config, restore, local Ray).
+# The default tier keeps a few short RLlib smoke tests (config, local Ray, secrets).
 SLOW_RLLIB_FILES = frozenset(
     f"test_{name}.py"
     for name in (
-        "cluster", "demo", "faults_cli", "faults_env_runner", "notebook", "pretrained_encoder",
+        "checkpoint_restore", "cluster", "demo", "faults_cli", "faults_env_runner", "notebook", "pretrained_encoder",
         "registry_e2e", "scale_out", "supervised_tune", "training_cli", "training_curriculum",
         "training_determinism", "training_fast_paths", "training_grouped", "training_learning",
         "training_phases", "training_real_bars", "training_signals", "training_speedups",
