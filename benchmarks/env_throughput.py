@@ -4,7 +4,7 @@ Run: ``.venv/bin/python benchmarks/env_throughput.py [--bars 20000] [--steps 200
 Single thread (BLAS threads pinned to 1), actions pre-generated so only env code is timed.
 Prints steps/s for each env and the TradingEnv / StocksEnv ratio (target >= 1.0), and env
 steps/s and agent steps/s of the hierarchical env with 8 instruments (target >= 20,000 env
-steps/s) on its numba-kernel path and on its numpy path, timed alternately, with their ratio.
+steps/s), whose rules run in envs/engine.py (the one copy, numba-compiled).
 Each figure is given twice: per wall-clock second and per CPU second of this process
 (time.process_time); on a loaded machine the CPU figure is the one-core throughput, the wall
 figure what was left of it. The two single-instrument envs are timed alternately in the same
