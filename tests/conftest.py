@@ -32,10 +32,11 @@ SLOW_RLLIB_FILES = frozenset(
     f"test_{name}.py"
     for name in (
         "checkpoint_restore", "cluster", "demo", "faults_cli", "faults_env_runner", "notebook",
-        "pretrained_encoder", "registry_e2e", "scale_out", "supervised_tune", "training_cli", "training_curriculum",
-        "training_determinism", "training_fast_paths", "training_grouped", "training_learning",
-        "training_phases", "training_real_bars", "training_signals", "training_speedups",
-        "training_trainer", "training_tune", "tuning_pbt", "walk_forward_retrain",
+        "pretrained_encoder", "registry_e2e", "scale_out", "supervised_tune", "training_cli",
+        "training_curriculum", "training_determinism", "training_fast_paths", "training_grouped",
+        "training_learning", "training_phases", "training_real_bars", "training_signals",
+        "training_speedups", "training_trainer", "training_tune", "tuning_pbt",
+        "walk_forward_retrain",
     )
 )  # fmt: skip
 
