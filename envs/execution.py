@@ -8,6 +8,7 @@ Fills, stops, borrow, limits and rewards are applied by envs.engine with these n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,9 @@ import numpy as np
 
 __all__ = [
     "CostModel",
+    "benchmark_exposures",
     "borrow_rate",
+    "position_sizes",
     "vol_target_size",
 ]
 
@@ -57,6 +60,33 @@ def vol_target_size(ann_vol: np.ndarray, target: float, cap: float) -> np.ndarra
     volatility, capped at `cap` (vol_target_max_leverage), and `cap` where the vol is 0."""
     with np.errstate(divide="ignore"):
         return np.where(ann_vol > 0, np.minimum(target / ann_vol, cap), cap)
+
+
+def position_sizes(
+    vol: np.ndarray,
+    periods_per_year: float,
+    vol_target: float | None,
+    cap: float,
+    max_position: float,
+) -> np.ndarray:
+    """Full position size of each instrument at each bar (fraction of equity), from its causal
+    per-bar volatility `vol` ([T, n]): `vol_target_size` of the annualised volatility under
+    env.vol_target, else max_position_size."""
+    if vol_target is None:
+        return np.full(np.shape(vol), float(max_position))
+    return vol_target_size(vol * math.sqrt(periods_per_year), vol_target, cap)
+
+
+def benchmark_exposures(kind: str, sizes: np.ndarray) -> np.ndarray:
+    """Exposures of env.benchmark's portfolio at each bar ([T, n], fractions of equity) from the
+    full position sizes: `equal_weight` 1/n of equity each, `vol_target` 1/n of each full size,
+    `none` all 0."""
+    n = sizes.shape[-1]
+    if kind == "equal_weight":
+        return np.full_like(sizes, 1.0 / n, dtype=np.float64)
+    if kind == "vol_target":
+        return sizes / n
+    return np.zeros_like(sizes, dtype=np.float64)
 
 
 def borrow_rate(borrow_bps_per_year: float, periods_per_year: float) -> float:

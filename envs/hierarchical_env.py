@@ -64,7 +64,7 @@ from envs.common import (
     prepare_instrument,
     resolve_config,
 )
-from envs.execution import CostModel, borrow_rate, vol_target_size
+from envs.execution import CostModel, benchmark_exposures, borrow_rate, position_sizes
 from envs.risk import RiskModel, rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
@@ -182,15 +182,15 @@ class HierarchicalTradingEnv(ParallelEnv):
         ppy = self.periods_per_year
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, ppy)
         self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
-        # vol targeting (env.vol_target): full position size of i at bar t, fraction of equity
-        self._scale: np.ndarray | None = None
-        if ecfg.vol_target is not None:
-            ann = self.risk.vol * math.sqrt(ppy)
-            self._scale = vol_target_size(ann, ecfg.vol_target, ecfg.vol_target_max_leverage)
+        # full position size of i at bar t (fraction of equity): max_position_size, or under
+        # env.vol_target the target over the causal annualised volatility (capped)
+        self._sizes = position_sizes(self.risk.vol, ppy, ecfg.vol_target,
+                                     ecfg.vol_target_max_leverage, self.max_position)  # fmt: skip
         iu = np.triu_indices(n, 1)
         self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
         self._mean_vol = self.risk.vol.mean(axis=1)
         self._vol_floor = np.maximum(self.risk.vol, 1e-8)
+        self._mean_vol_floor = self._vol_floor.mean(axis=1)  # the meta's active-risk unit
         self._gap = np.zeros((t_len, n))
         self._gap[1:] = self._open[1:] / self._close[:-1] - 1.0
         self._intra = self._close / self._open - 1.0
@@ -232,13 +232,10 @@ class HierarchicalTradingEnv(ParallelEnv):
         ecfg = self.cfg.env
         n, risk = self.n, self.risk
         mean_vol = np.broadcast_to(self._mean_vol[:, None], (self.n_bars, n))
-        scale = (
-            self._scale if self._scale is not None else np.full_like(self._open, self.max_position)
-        )
-        bench = self.benchmark_exposures(scale)
         parts = (
             self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol,
-            self._lows, self._highs, self._real.astype(np.float64), scale, bench,
+            self._lows, self._highs, self._real.astype(np.float64), self._sizes,
+            self.benchmark_exposures(),
         )  # fmt: skip
         self._k_market = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
         self._k_cov = np.ascontiguousarray(risk.cov, dtype=np.float64)
@@ -276,17 +273,10 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
 
-    def benchmark_exposures(self, scale: np.ndarray | None = None) -> np.ndarray:
-        """(T, n) exposures of the benchmark portfolio at each bar, fractions of equity (all 0
-        without a benchmark): env.benchmark equal_weight 1/n of equity each, vol_target 1/n of
-        each instrument's vol-targeted full size (`scale`, causal)."""
-        if scale is None:
-            scale = self._k_market[:, engine.M_SCALE]
-        if self.benchmark == "equal_weight":
-            return np.full_like(scale, 1.0 / self.n)
-        if self.benchmark == "vol_target":
-            return scale / self.n
-        return np.zeros_like(scale)
+    def benchmark_exposures(self) -> np.ndarray:
+        """(T, n) exposures of the benchmark portfolio at each bar, fractions of equity
+        (envs.execution.benchmark_exposures of env.benchmark; all 0 without one)."""
+        return benchmark_exposures(self.benchmark, self._sizes)
 
     # ------------------------------------------------------------------------------- spaces
     def observation_space(self, agent: str) -> spaces.Space:
@@ -550,7 +540,7 @@ class HierarchicalTradingEnv(ParallelEnv):
                 bench = vals[engine.S_BENCH_RET]
                 meta_r -= math.log1p(bench) if bench > -1.0 else 0.0
                 if self.te_weight and eq_prev > 0:
-                    vol = self._vol_floor[t].mean()
+                    vol = self._mean_vol_floor[t]
                     z = (equity / eq_prev - 1.0 - bench) / vol
                     meta_r -= engine.active_penalty(z, self.te_weight) * vol
             elif self.risk_penalty:

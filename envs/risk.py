@@ -22,7 +22,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["RiskModel", "rolling_covariance"]
+__all__ = ["RiskModel", "causal_volatility", "rolling_covariance"]
 
 
 def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
@@ -47,6 +47,16 @@ def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
     idx = np.arange(n)
     cov[:, idx, idx] = np.maximum(cov[:, idx, idx], 0.0)
     return cov
+
+
+def causal_volatility(closes: np.ndarray, window: int) -> np.ndarray:
+    """(T, n) per-bar volatility of close-to-close returns over the last `window` bars up to t
+    (the diagonal of `rolling_covariance`), for callers that need no covariance."""
+    closes = np.asarray(closes, dtype=np.float64).reshape(len(closes), -1)
+    rets = np.zeros_like(closes)
+    rets[1:] = closes[1:] / closes[:-1] - 1.0
+    var = np.einsum("tii->ti", rolling_covariance(rets, window))
+    return np.sqrt(np.maximum(var, 0.0))
 
 
 class RiskModel:

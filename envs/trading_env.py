@@ -31,8 +31,8 @@ import pandas as pd
 
 from envs import engine
 from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
-from envs.execution import CostModel, borrow_rate, vol_target_size
-from envs.risk import rolling_covariance
+from envs.execution import CostModel, borrow_rate, position_sizes
+from envs.risk import causal_volatility
 from rl_trading import metrics
 from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler
@@ -97,14 +97,10 @@ class TradingEnv(gym.Env):
         self._close_l = data.close.tolist()
         # full position size per bar, fraction of equity: max_position_size, or under
         # env.vol_target the target over the causal annualised volatility (risk_window), capped
-        self._size_l: list[float] | None = None
-        if ecfg.vol_target is not None:
-            rets = np.zeros((len(data.close), 1))
-            rets[1:, 0] = data.close[1:] / data.close[:-1] - 1.0
-            var = rolling_covariance(rets, ecfg.risk_window)[:, 0, 0]
-            ann = np.sqrt(np.maximum(var, 0.0)) * math.sqrt(self.periods_per_year)
-            size = vol_target_size(ann, ecfg.vol_target, ecfg.vol_target_max_leverage)
-            self._size_l = size.tolist()
+        vol = causal_volatility(data.close, ecfg.risk_window)
+        sizes = position_sizes(vol, self.periods_per_year, ecfg.vol_target,
+                               ecfg.vol_target_max_leverage, self.max_position)[:, 0]  # fmt: skip
+        self._size_l = sizes.tolist()
         # the market rows and parameters of envs.engine (one instrument)
         t_len = len(data.close)
         mk = np.zeros((t_len, engine.N_MK, 1))
@@ -113,7 +109,7 @@ class TradingEnv(gym.Env):
         mk[:, engine.M_LOW, 0] = data.low
         mk[:, engine.M_HIGH, 0] = data.high
         mk[:, engine.M_REAL, 0] = data.real
-        mk[:, engine.M_SCALE, 0] = self.max_position if self._size_l is None else self._size_l
+        mk[:, engine.M_SCALE, 0] = sizes
         self._mk = mk
         par = np.zeros(engine.N_PAR)
         par[engine.P_RATE] = self._rate
@@ -219,7 +215,7 @@ class TradingEnv(gym.Env):
 
     def _size(self, t: int) -> float:
         """Full position size at bar t, fraction of equity (env.vol_target or max size)."""
-        return self.max_position if self._size_l is None else self._size_l[t]
+        return self._size_l[t]
 
     def _target_of(self, action: Any) -> float:
         if self.action_type == "discrete":

@@ -68,7 +68,7 @@ def test_vol_target_sizes_positions_to_the_target_risk_with_a_cap():
     expected = np.array([0.5 * 1.0, 0.5 * -0.5]) * 0.2 / ann  # weights 1/2 x proposal
     np.testing.assert_allclose(e.target_exposures, expected, rtol=1e-12)
     # the exposure observation is in units of the full (vol-targeted) size at that bar
-    expo = e._k_state[0] * e._close[t + 1] / (e._scale[t + 1] * e._equity)
+    expo = e._k_state[0] * e._close[t + 1] / (e._sizes[t + 1] * e._equity)
     np.testing.assert_allclose(obs["specialist_AAA"][-5], expo[0], rtol=1e-6)
     # the cap binds when the target needs more leverage than allowed
     capped = HierarchicalTradingEnv(bars=bars, vol_target=0.2, vol_target_max_leverage=0.01, **kw)

@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 
 from envs import engine
-from envs.execution import vol_target_size
-from envs.risk import rolling_covariance
+from envs.execution import benchmark_exposures, position_sizes
+from envs.risk import causal_volatility
 from rl_trading.config import periods_per_year_of
 from rl_trading.errors import DataError
 
@@ -232,35 +232,33 @@ def as_policy_would_trade(
     specialist's proposal at weight 1/n: full size max_position_size, or env.vol_target over
     the causal annualised volatility (capped); around env.benchmark's exposures in
     benchmark-relative mode; re-traded only beyond env.rebalance_band x full size (exits
-    always), with the env's own rule (envs.engine.trades). Returns a target schedule (NaN: no
-    new order)."""
+    always), with the env's own rules (envs.engine.targets_of, envs.engine.trades) and sizes
+    (envs.execution). Returns a target schedule (NaN: no new order)."""
     ecfg = cfg.env
     closes = np.column_stack([f["close"].to_numpy(np.float64) for f in bars.values()])
     t_len, n = closes.shape
-    if ecfg.vol_target is not None:
-        rets = np.zeros_like(closes)
-        rets[1:] = closes[1:] / closes[:-1] - 1.0
-        cov = rolling_covariance(rets, ecfg.risk_window)
-        vol = np.sqrt(np.maximum(np.einsum("tii->ti", cov), 0.0))
-        ppy = periods_per_year_of(cfg, bars)
-        size = vol_target_size(vol * np.sqrt(ppy), ecfg.vol_target, ecfg.vol_target_max_leverage)
-    else:
-        size = np.full((t_len, n), ecfg.max_position_size)
-    bench = np.zeros_like(size)
-    if ecfg.benchmark == "equal_weight":
-        bench[:] = 1.0 / n
-    elif ecfg.benchmark == "vol_target":
-        bench = size / n
-    x = bench + np.nan_to_num(signs) * size / n
-    if not ecfg.allow_short:
-        x = np.maximum(x, 0.0)
+    sizes = position_sizes(
+        causal_volatility(closes, ecfg.risk_window), periods_per_year_of(cfg, bars),
+        ecfg.vol_target, ecfg.vol_target_max_leverage, ecfg.max_position_size,
+    )  # fmt: skip
+    # the env's market rows and parameters that its target rule reads (envs.engine.targets_of)
+    mk = np.zeros((t_len, engine.N_MK, n))
+    mk[:, engine.M_SCALE] = sizes
+    mk[:, engine.M_BENCH] = benchmark_exposures(ecfg.benchmark, sizes)
+    par = np.zeros(engine.N_PAR)
+    par[engine.P_RELATIVE] = float(ecfg.benchmark != "none")
+    par[engine.P_LONG_ONLY] = float(not ecfg.allow_short)
+    weights = np.full(n + 1, 1.0 / n)  # a specialist's proposal at weight 1/n, as in phase 1
+    props = np.ascontiguousarray(np.nan_to_num(np.asarray(signs, dtype=np.float64)))
+    x = np.zeros(n)
     out = np.full((t_len, n), np.nan)
     last = np.zeros(n)
     band = ecfg.rebalance_band
     for t in range(t_len):
+        engine.targets_of(t, mk, weights, props[t], par, x)
         for i in range(n):
-            if engine.trades(x[t, i], last[i], band * size[t, i]):
-                out[t, i] = last[i] = x[t, i]
+            if engine.trades(x[i], last[i], band * sizes[t, i]):
+                out[t, i] = last[i] = x[i]
     return out
 
 
