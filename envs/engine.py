@@ -437,7 +437,7 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
 
     # fills at the next open: instruments whose target left the band, on real bars
     band = par[P_BAND]
-    want = tmp < 0.0  # a bool array of n (overwritten below)
+    want = np.zeros(n, dtype=np.bool_)
     n_want = 0
     for i in range(n):
         want[i] = mk[t1, M_REAL, i] != 0.0 and trades(x[i], target[i], band * mk[t, M_SCALE, i])
@@ -533,7 +533,7 @@ def step_single(t, mk, par, state, x, sc, cnt):
     units = state[R_UNITS]
     target = state[R_TARGET]
     before = units[0]
-    want = state[R_TMP] < 0.0
+    want = np.zeros(1, dtype=np.bool_)
     want[0] = mk[t1, M_REAL, 0] != 0.0 and trades(x[0], target[0],
                                                    par[P_BAND] * mk[t, M_SCALE, 0])  # fmt: skip
     cash = sc[S_CASH]
