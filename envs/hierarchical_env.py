@@ -68,7 +68,7 @@ from envs.execution import CostModel, benchmark_exposures, borrow_rate, position
 from envs.risk import RiskModel, rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
-from rl_trading.data.features import WARMUP_BARS, FeatureScaler
+from rl_trading.data.features import WARMUP_BARS, FeatureScaler, cross_sectional
 from rl_trading.errors import ConfigError
 
 __all__ = ["META", "MODES", "HierarchicalTradingEnv", "env", "parallel_env", "specialist_id"]
@@ -148,11 +148,15 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.te_weight = float(rcfg.tracking_error_weight)
         self.div_bonus = rcfg.diversification_bonus_weight
         self.reward_fn = RewardShaper(rcfg)
+        self.reward_scale = float(rcfg.scale)
 
         scalers = scalers or {}
         arrays = [prepare_instrument(bars[s], scalers.get(s), symbol=s) for s in self.symbols]
         self.scalers = {s: a.scaler for s, a in zip(self.symbols, arrays, strict=True)}
-        self._feat_all = np.ascontiguousarray(np.stack([a.features for a in arrays], axis=0))
+        feat_all = np.stack([a.features for a in arrays], axis=0)
+        if ecfg.cross_sectional:  # each instrument's features next to their cross-section mean
+            feat_all = np.concatenate([feat_all, cross_sectional(feat_all)], axis=2)
+        self._feat_all = np.ascontiguousarray(feat_all)
         # (n, T x F) view: the window of bar t is one 2-D slice, copied once into the obs
         self._feat_rows = self._feat_all.reshape(n, -1)
         self._open = np.ascontiguousarray(np.stack([a.open for a in arrays], axis=1))
@@ -502,7 +506,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         """The end of a step: deliver the meta's accumulated reward when it observes at a
         decision step, build infos and flags."""
         if (terminated or truncated) and self._amortize > 1:
-            self._meta_acc -= self.reward_fn.flush()  # the cost debt still owed
+            self._meta_acc -= self.reward_fn.flush() * self.reward_scale  # the cost debt owed
         if META in obs:
             rewards[META] = self._meta_acc if meta_next else 0.0
             if meta_next:
@@ -533,7 +537,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         _, equity, _, var_after, cost, _, div_term, breach = vals[:8]
         self._equity = equity
         self._var_est = var_after
-        rewards = dict(zip(self.specialists, vals[engine.N_SC :], strict=True))
+        scale = self.reward_scale
+        rewards = {a: r * scale for a, r in zip(self.specialists, vals[engine.N_SC :], strict=True)}
         meta_r = self.reward_fn(eq_prev, equity, cost)
         if self.mode != "specialists":
             if self.relative:  # active return over the benchmark, active-risk penalty
@@ -547,7 +552,7 @@ class HierarchicalTradingEnv(ParallelEnv):
                 meta_r -= self.risk_penalty * var_after
             if self.div_bonus:
                 meta_r += np.float64(div_term)
-            self._meta_acc += meta_r
+            self._meta_acc += meta_r * scale
 
         t1 = t + 1
         self._t = t1

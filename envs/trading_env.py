@@ -83,6 +83,7 @@ class TradingEnv(gym.Env):
         self.periods_per_year = env_periods_per_year(self.cfg, bars)
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, self.periods_per_year)
         self.reward_fn = RewardShaper(self.cfg.reward)
+        self.reward_scale = float(self.cfg.reward.scale)
 
         data = prepare_instrument(bars, scaler, symbol="bars")
         self.scaler = data.scaler
@@ -260,6 +261,7 @@ class TradingEnv(gym.Env):
         truncated = (not terminated) and t1 >= self._end
         if self.reward_fn.amortize > 1 and (terminated or truncated):
             reward -= self.reward_fn.flush()  # the cost debt still owed (reward.cost_...)
+        reward *= self.reward_scale
         info = {
             "equity": equity,
             "position": units,

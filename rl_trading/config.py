@@ -217,6 +217,10 @@ class EnvironmentConfig(Section):
     # equal_weight: 1/n of equity per instrument; vol_target: 1/n of each instrument's
     # vol-targeted full size (needs env.vol_target); none: absolute positions (cash neutral).
     benchmark: Literal["none", "equal_weight", "vol_target"] = "none"
+    # Cross-sectional observations (hierarchical env): each specialist also sees its features
+    # minus the mean of all instruments' features at the same bar (data.features
+    # .cross_sectional), so it can tell "my market moved" from "every market moved".
+    cross_sectional: bool = False
 
     @model_validator(mode="after")
     def _benchmark_needs_its_sizing(self) -> EnvironmentConfig:
@@ -243,6 +247,9 @@ class RewardConfig(Section):
     # Benchmark-relative mode (env.benchmark): the penalty on active risk, te_w x z^2 in risk
     # units (z = active return / per-bar volatility), which replaces the VaR penalty there.
     tracking_error_weight: float = Field(0.0, ge=0)
+    # Every agent's reward is multiplied by this (per-bar log returns are ~1e-3, so the
+    # value targets are tiny next to PPO's value clip and gradient clip).
+    scale: float = Field(1.0, gt=0)
     sharpe_target: float = 2.0
     max_drawdown_target: float = Field(0.15, gt=0)
 
@@ -262,9 +269,26 @@ class PPOSettings(Section):
     gamma: float = Field(0.99, gt=0, le=1)
     gae_lambda: float = Field(0.95, ge=0, le=1)
     clip_param: float = Field(0.2, gt=0)
-    entropy_coeff: float = Field(0.0, ge=0)
+    # A number, or a schedule [[env_step, value], ...] interpolated linearly (RLlib's form).
+    entropy_coeff: float | list[tuple[int, float]] = Field(0.0)
     vf_loss_coeff: float = Field(0.5, ge=0)
     grad_clip: float | None = Field(0.5, gt=0)
+
+    @field_validator("entropy_coeff")
+    @classmethod
+    def _entropy_schedule(
+        cls, v: float | list[tuple[int, float]]
+    ) -> float | list[tuple[int, float]]:
+        """A coefficient >= 0, or a schedule starting at step 0 with increasing steps."""
+        if isinstance(v, list):
+            steps = [s for s, _ in v]
+            if not v or steps[0] != 0 or steps != sorted(set(steps)):
+                raise ValueError("ppo.entropy_coeff schedule must start at step 0, steps rising")
+            if any(c < 0 for _, c in v):
+                raise ValueError("ppo.entropy_coeff values must be >= 0")
+        elif v < 0:
+            raise ValueError("ppo.entropy_coeff must be >= 0")
+        return v
 
     @model_validator(mode="after")
     def _minibatch_fits(self) -> PPOSettings:

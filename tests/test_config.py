@@ -168,6 +168,10 @@ def test_bad_files_and_overrides(tmp_path) -> None:
         ("policy.hidden_sizes=[]", "policy.hidden_sizes", "at least 1"),
         ("data.symbols=[MSFT,MSFT]", "data", "MSFT more than once"),
         ("evaluation.seeds=[]", "evaluation.seeds", "at least 1 item"),
+        ("ppo.entropy_coeff=-0.1", "ppo.entropy_coeff", ">= 0"),
+        ("ppo.entropy_coeff=[[100,0.01]]", "ppo.entropy_coeff", "start at step 0"),
+        ("ppo.entropy_coeff=[[0,0.01],[0,0]]", "ppo.entropy_coeff", "steps rising"),
+        ("reward.scale=0", "reward.scale", "greater than 0"),
     ],
 )
 def test_values_outside_their_sane_range_are_refused(override: str, key: str, why: str) -> None:

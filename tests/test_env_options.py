@@ -180,3 +180,47 @@ def test_single_env_vol_target_and_band():
         trades.append(info["target"])
     # 0.7 (0.2 <= 0.3) and 0.85 (0.35 > 0.3: trades), 0 exits, 0.2 stays out, -0.2 stays out
     assert trades == [0.5, 0.5, 0.85, 0.0, 0.0, 0.0]
+
+
+def test_cross_sectional_observations_add_each_features_gap_to_the_mean():
+    """env.cross_sectional appends, per specialist, its features minus the instruments' mean at
+    the same bar; the rest of the observation is unchanged, and a bar's values do not depend on
+    later bars (recomputed on truncated data)."""
+    bars = make_market(n=260, seed=1, vol=0.02)
+    kw = dict(BASE, window_size=1, random_start=False)
+    plain = HierarchicalTradingEnv(bars=bars, **kw)
+    cross = HierarchicalTradingEnv(bars=bars, cross_sectional=True, **kw)
+    f = plain.obs_layout()["n_features"]
+    assert cross.obs_layout()["n_features"] == 2 * f
+    o_plain, _ = plain.reset(seed=0)
+    o_cross, _ = cross.reset(seed=0)
+    own = np.stack([o_plain[a][:f] for a in plain.specialists])
+    gap = np.stack([o_cross[a][f : 2 * f] for a in cross.specialists])
+    np.testing.assert_allclose(gap, own - own.mean(axis=0), atol=1e-6)
+    for a in plain.specialists:
+        np.testing.assert_array_equal(o_cross[a][:f], o_plain[a][:f])
+        np.testing.assert_array_equal(o_cross[a][2 * f :], o_plain[a][f:])
+    cut = {s: b.iloc[:200] for s, b in bars.items()}
+    short = HierarchicalTradingEnv(bars=cut, cross_sectional=True, scalers=cross.scalers, **kw)
+    np.testing.assert_array_equal(short._feat_all[:, :200], cross._feat_all[:, :200])
+
+
+def test_reward_scale_multiplies_every_agents_reward():
+    """reward.scale: the same episode, every specialist's and the meta's reward x scale, in
+    both the hierarchical (relative mode, te penalty) and the single-instrument env."""
+    bars = make_market(n=260, seed=1, vol=0.02)
+    kw = dict(BASE, vol_target=0.2, benchmark="vol_target", tracking_error_weight=0.1)
+    one = _steps(HierarchicalTradingEnv(bars=bars, **kw))
+    ten = _steps(HierarchicalTradingEnv(bars=bars, scale=10.0, **kw))
+    assert len(one) == len(ten)
+    assert any(r[META] != 0.0 for *_, r in one)
+    for (e0, e1, _, r1), (f0, f1, _, r10) in zip(one, ten, strict=True):
+        assert (e0, e1) == (f0, f1)
+        for a in r1:
+            assert r10[a] == pytest.approx(10.0 * r1[a], rel=1e-9, abs=1e-15)
+    b = make_bars(300)
+    acts = [np.array([0.7]), np.array([-0.4]), np.array([0.0])]
+    _, r_one, _ = run(TradingEnv(bars=b, window_size=5, kind="sortino"), acts)
+    _, r_ten, _ = run(TradingEnv(bars=b, window_size=5, kind="sortino", scale=10.0), acts)
+    assert np.abs(r_one).max() > 0
+    np.testing.assert_allclose(r_ten, 10.0 * r_one, rtol=1e-9)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl_trading.config import AppConfig
+from rl_trading.config import AppConfig, load_config
 from rl_trading.data import split_by_time, synthetic_market
 from rl_trading.training.algo_config import build_phase_config, phase_iterations
 from rl_trading.training.env_bridge import hierarchical_factory
@@ -265,3 +265,15 @@ def test_learner_threads_use_the_env_runners_cpus_and_come_back():
             assert torch.get_num_threads() == 1  # the learners are elsewhere
     finally:
         torch.set_num_threads(before)
+
+
+def test_entropy_schedule_reaches_rllib_in_its_form(bars):
+    """ppo.entropy_coeff from --set as a schedule [[step, value], ...] is handed to RLlib in
+    its own schedule form (its learners interpolate it); a number stays a number."""
+    sched = load_config(None, ["ppo.entropy_coeff=[[0, 0.01], [30000, 0]]"]).ppo
+    assert sched.entropy_coeff == [(0, 0.01), (30000, 0.0)]
+    cfg = small_cfg(ppo={"entropy_coeff": sched.entropy_coeff})
+    factory = hierarchical_factory(cfg, bars.train, bars.val)
+    assert build_phase_config(cfg, 1, factory).entropy_coeff == [[0, 0.01], [30000, 0.0]]
+    cfg = small_cfg(ppo={"entropy_coeff": 0.02})
+    assert build_phase_config(cfg, 1, factory).entropy_coeff == 0.02

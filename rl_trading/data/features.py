@@ -47,6 +47,15 @@ def signal_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if str(c).startswith(SIGNAL_PREFIX)]
 
 
+def cross_sectional(features: np.ndarray) -> np.ndarray:
+    """Each instrument's features minus the instruments' mean at the same bar.
+
+    `features`: (n instruments, T bars, F) scaled features. Uses bar t of every instrument
+    only (no look-ahead); zeros for a single instrument.
+    """
+    return (features - features.mean(axis=0, keepdims=True)).astype(features.dtype, copy=False)
+
+
 def compute_features(bars: pd.DataFrame) -> pd.DataFrame:
     """Causal features of one instrument's bars: same index, float64, `FEATURE_COLUMNS` order.
 

@@ -239,7 +239,11 @@ def build_phase_config(
             gamma=gamma,
             lambda_=lam,
             clip_param=ppo.clip_param,
-            entropy_coeff=ppo.entropy_coeff,
+            entropy_coeff=(  # a float, or RLlib's schedule form [[step, value], ...]
+                [list(p) for p in ppo.entropy_coeff]
+                if isinstance(ppo.entropy_coeff, list)
+                else ppo.entropy_coeff
+            ),
             vf_loss_coeff=ppo.vf_loss_coeff,
             grad_clip=ppo.grad_clip,
             train_batch_size_per_learner=ppo.train_batch_size // shares,
