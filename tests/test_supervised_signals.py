@@ -8,10 +8,12 @@ import pytest
 
 from rl_trading.config import AppConfig
 from rl_trading.data import synthetic_market
+from rl_trading.errors import ConfigError
 from rl_trading.supervised.signals import (
     NO_OPINION,
     SignalProvider,
     add_signal_features,
+    observed_market,
     signal_columns,
 )
 
@@ -88,3 +90,19 @@ def test_add_signal_features_keeps_structure(bars: pd.DataFrame) -> None:
         "5m",
         "1m",
     ]
+
+
+def test_signals_enabled_without_a_usable_timeframe_is_an_error() -> None:
+    """Daily bars with the default 1h..1m signal timeframes give no signal at all: a one-line
+    ConfigError naming the fix, not a run that silently trains without the signals."""
+    daily = synthetic_market(["A", "B"], n_bars=300, seed=3, timeframe="1d")
+    cfg = AppConfig.model_validate(
+        {"supervised": {"signals_enabled": True, "timeframes": ["1h", "15m"]}}
+    )
+    with pytest.raises(ConfigError, match="no signal for these bars.*1h: finer than the bars"):
+        observed_market(cfg, daily)
+    cfg = AppConfig.model_validate(
+        {"supervised": {"signals_enabled": True, "timeframes": ["1d", "1h"]}}
+    )
+    out = observed_market(cfg, daily)
+    assert signal_columns(out["A"]) == ["sig_analyst_1d"]

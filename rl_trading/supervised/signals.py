@@ -25,6 +25,7 @@ import pandas as pd
 
 from rl_trading.config import AppConfig
 from rl_trading.data.features import SIGNAL_NEUTRAL, SIGNAL_PREFIX, signal_columns
+from rl_trading.errors import ConfigError
 from rl_trading.supervised.models import default_params, make_model
 from rl_trading.supervised.targets import direction_target
 
@@ -197,7 +198,16 @@ def observed_market(
         bars = load_market(cfg)
     if not cfg.supervised.signals_enabled:
         return bars
-    out = add_signal_features(bars, cfg)
+    provider = SignalProvider.from_config(cfg)
+    out = add_signal_features(bars, cfg, provider)
+    if not any(signal_columns(frame) for frame in out.values()):
+        # e.g. daily bars with the default 1h..1m timeframes: never train without the signals
+        # the config asked for and say nothing
+        raise ConfigError(
+            f"supervised.signals_enabled: no signal for these bars (supervised.timeframes "
+            f"{list(cfg.supervised.timeframes)}: {'; '.join(dict.fromkeys(provider.notes))}); "
+            "list the bars' own timeframe or a coarser one"
+        )
     for symbol, frame in out.items():  # keep the source marks (synthetic_symbols) of the bars
         frame.attrs.update(bars[symbol].attrs)
     return out  # type: ignore[return-value]
