@@ -22,6 +22,7 @@ from rl_trading.errors import CheckpointError
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
     from rl_trading.evaluation.backtest import PolicyBundle
+from rl_trading.evaluation.backtest import load_policy as _restore
 
 
 class Policy:
@@ -101,6 +102,4 @@ def load_policy(source: str | Path | Any, cfg: AppConfig | None = None) -> Polic
 
     No Algorithm is built and no sampling actors start. `cfg` only chooses the MLflow store
     (default: the workspace's)."""
-    from rl_trading.evaluation.backtest import load_policy as _restore
-
     return Policy(_restore(source, cfg))

@@ -128,7 +128,7 @@ def test_db_url_credentials_stay_out_of_env_config():
 
 
 def test_manifest_names_a_tampered_file(tmp_path):
-    from rl_trading.training.checkpoints import verify_checkpoint, write_manifest
+    from rl_trading.artifacts import verify_checkpoint, write_manifest
 
     ckpt = tmp_path / "ckpt"
     (ckpt / "learner_group").mkdir(parents=True)
@@ -200,7 +200,7 @@ def pipeline_run(ray_session, tmp_path_factory):
 
 @pytest.mark.rllib
 def test_fresh_process_restores_and_trains_a_pipeline_checkpoint(pipeline_run):
-    from rl_trading.training.checkpoints import read_metadata, verify_checkpoint
+    from rl_trading.artifacts import read_metadata, verify_checkpoint
 
     cfg, ckpts = pipeline_run
     train_bars, _, _ = _splits(cfg)

@@ -22,8 +22,12 @@ from typing import Any
 
 from ray.tune import Stopper
 
+from rl_trading import ray_utils
+from rl_trading.artifacts import verify_checkpoint
 from rl_trading.errors import RLTradingError
-from rl_trading.training.runner import (
+from rl_trading.ray_utils import driver_node_resource
+from rl_trading.training.checkpoints import check_checkpoint
+from rl_trading.training.phase_loop import (
     PhaseLoop,
     PhaseResult,
     PhaseSpec,
@@ -214,16 +218,15 @@ def run_phase_trial(
     Raises what the trial raised (e.g. CheckpointError), what the progress callback raised, or
     TrainingInterrupted after a requested stop (its checkpoint and state.json written).
     """
-    from ray import tune
+    from ray import tune  # heavy: ray
 
-    from rl_trading.ray_utils import driver_node_resource, init_ray
+    # heavy: ray, torch
     from rl_trading.training.algo_config import (
         build_phase_config,
         phase_iterations,
         trial_resources,
     )
-    from rl_trading.training.checkpoints import check_checkpoint, verify_checkpoint
-    from tuning.trainable import PhaseTrainable
+    from tuning.trainable import PhaseTrainable  # heavy: ray
 
     stop = stop if stop is not None else StopFlag()
     cfg, name = spec.cfg, spec.name
@@ -238,7 +241,7 @@ def run_phase_trial(
         verify_checkpoint(ps.last_checkpoint, action="cannot resume from")
     elif spec.phase > 1 and spec.init_checkpoint is None:
         previous_checkpoint(spec.run_dir, spec.phase)
-    init_ray(cfg.resources.address, cfg.resources.num_cpus)  # reuses a running Ray
+    ray_utils.init_ray(cfg.resources.address, cfg.resources.num_cpus)  # reuses a running Ray
     # on the driver's machine: the trial writes the run dir (state.json, checkpoints) there
     resources = trial_resources(
         build_phase_config(cfg, spec.phase, spec.factory, spec.callbacks), driver_node_resource()
