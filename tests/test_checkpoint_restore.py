@@ -104,6 +104,36 @@ def test_reference_reloads_and_verifies_the_bars(monkeypatch):
         registration.bars_from_config({**ec, "data_ref": changed})
 
 
+def _with_signal(cfg: AppConfig):
+    """A market loader that adds a signal column, as `supervised.signals.observed_market`
+    does (module level: an env_config carries it by reference)."""
+    from rl_trading.data import load_market
+
+    bars = load_market(cfg)
+    return {s: f.assign(sig_test_1h=0.5) for s, f in bars.items()}
+
+
+def test_signal_columns_reach_the_env_through_the_loader_handed_in(monkeypatch):
+    """Envs never import the supervised stage: a process reloading the bars of a reference
+    rebuilds the observed market with the loader the training layer handed in."""
+    from envs import registration
+
+    cfg = _cfg()
+    lo, hi = 100, 400
+    bars = {s: f.iloc[lo:hi] for s, f in _with_signal(cfg).items()}
+    ref = registration.data_reference(cfg, bars)
+    monkeypatch.setattr(registration, "_BARS_CACHE", {})  # like a fresh process
+    with_loader = registration.make_env_config(cfg, bars, data_ref=ref, observe=_with_signal)
+    plain = registration.make_env_config(cfg, bars, data_ref=ref)
+    assert "observe" not in plain
+    registration._BARS_CACHE.clear()
+    got = registration.bars_from_config(pickle.loads(pickle.dumps(with_loader)))
+    assert "sig_test_1h" in got["AAA"] and registration.bars_fingerprint(got) == ref["fingerprint"]
+    registration._BARS_CACHE.clear()  # without the loader the signal columns are missing
+    with pytest.raises(DataError, match="training data changed"):
+        registration.bars_from_config(plain)
+
+
 def test_db_url_credentials_stay_out_of_env_config():
     from envs import registration
 
