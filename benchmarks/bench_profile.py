@@ -6,7 +6,7 @@ times each call itself instead, by wrapping (for the length of a `with` block) t
 `training_step` makes: sampling (`synchronous_parallel_sample`, which includes the env-to-module
 connectors and the merge of runner metrics), the learner update (`LearnerGroup.update`, which
 includes the learner connectors and GAE) and the weight sync to the env runners, plus the
-pipeline's validation passes, checkpoint writes and restores (`rl_trading.training.phase_loop`), and
+pipeline's validation passes, checkpoint writes and restores (`rl_trading.training.runner`), and
 the algorithm's build (env runner actors, learner) and stop.
 """
 
@@ -62,7 +62,7 @@ class PhaseProfile:
         from ray.rllib.env.env_runner_group import EnvRunnerGroup
         from ray.tune import Trainable
 
-        from rl_trading.training import phase_loop as runner
+        from rl_trading.training import runner
 
         ppo = importlib.import_module("ray.rllib.algorithms.ppo.ppo")
         self._wrap(ppo, "synchronous_parallel_sample", "sampling")

@@ -18,7 +18,7 @@ def test_profile_times_the_wrapped_calls_and_restores_them() -> None:
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
     from ray.rllib.core.learner.learner_group import LearnerGroup
 
-    from rl_trading.training import phase_loop as runner
+    from rl_trading.training import runner
 
     ppo = importlib.import_module("ray.rllib.algorithms.ppo.ppo")
     build = AlgorithmConfig.build_algo

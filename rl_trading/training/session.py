@@ -32,7 +32,7 @@ from rl_trading.training.algo_config import phase_iterations
 from rl_trading.training.checkpoints import check_checkpoint
 from rl_trading.training.env_bridge import EnvFactory, hierarchical_factory
 from rl_trading.training.mapping import is_specialist
-from rl_trading.training.phase_loop import PhaseResult, ProgressFn, previous_checkpoint
+from rl_trading.training.phase_spec import PhaseResult, ProgressFn, previous_checkpoint
 from rl_trading.training.runner import run_phase
 from rl_trading.training.state import STATE_FILE, PhaseState, RunState, run_dir_lock
 

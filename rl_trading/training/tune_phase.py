@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +27,12 @@ from rl_trading.artifacts import verify_checkpoint
 from rl_trading.errors import RLTradingError
 from rl_trading.ray_utils import driver_node_resource
 from rl_trading.training.checkpoints import check_checkpoint
-from rl_trading.training.phase_loop import (
-    PhaseLoop,
+from rl_trading.training.phase_spec import (
     PhaseResult,
     PhaseSpec,
     ProgressFn,
-    _result,
     note_restarts,
+    phase_result,
     previous_checkpoint,
 )
 from rl_trading.training.signals import StopFlag, TrainingInterrupted, graceful_stop
@@ -85,12 +84,18 @@ class PhaseLoopFactory:
     so relative paths, the workspace and the tracking store resolve as in the driver.
     """
 
-    def __init__(self, spec: PhaseSpec, cwd: str, environ: Mapping[str, str]) -> None:
-        self.spec = spec
+    def __init__(
+        self,
+        spec: PhaseSpec,
+        loop: Callable[[PhaseSpec], Any],
+        cwd: str,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.spec, self.loop = spec, loop
         self.cwd = cwd
         self.environ = dict(environ)
 
-    def __call__(self, hparams: Mapping[str, float], seed: int) -> PhaseLoop:
+    def __call__(self, hparams: Mapping[str, float], seed: int) -> Any:
         """Build the phase loop (the trial's config carries no hyperparameters to apply)."""
         if hparams:
             raise ValueError(f"a phase trial takes no hyperparameters, got {sorted(hparams)}")
@@ -100,7 +105,7 @@ class PhaseLoopFactory:
                 del os.environ[key]
         os.environ.update(self.environ)
         try:
-            return PhaseLoop(self.spec)
+            return self.loop(self.spec)
         except RLTradingError as exc:  # reported by the first step: Ray keeps a step's error
             return _FailedLoop(exc)  # (the driver shows it as one line), not a setup's
 
@@ -211,9 +216,16 @@ def _original_error(error: BaseException) -> BaseException:
 
 
 def run_phase_trial(
-    spec: PhaseSpec, *, progress: ProgressFn | None = None, stop: StopFlag | None = None
+    spec: PhaseSpec,
+    loop: Callable[[PhaseSpec], Any],
+    *,
+    progress: ProgressFn | None = None,
+    stop: StopFlag | None = None,
 ) -> PhaseResult:
     """Run one phase as a one-trial `tune.Tuner` in `<run_dir>/tune/phaseN`; see `run_phase`.
+
+    `loop(spec)` builds the phase's loop in the trial process (`runner.PhaseLoop`, a class
+    importable there): one Tune iteration per `loop.step()`.
 
     Raises what the trial raised (e.g. CheckpointError), what the progress callback raised, or
     TrainingInterrupted after a requested stop (its checkpoint and state.json written).
@@ -233,7 +245,7 @@ def run_phase_trial(
     ps = RunState.load(spec.run_dir).phases.get(name)
     finished = ps is not None and ps.iteration >= phase_iterations(cfg, spec.phase)
     if spec.resume and ps is not None and ps.status == "done" and finished:
-        return _result(name, ps)
+        return phase_result(name, ps)
     from_last = spec.resume and ps is not None and ps.status != "pending" and ps.last_checkpoint
     # the checkpoint the phase starts from: a one-line CheckpointError before the trial starts
     if from_last:
@@ -246,7 +258,7 @@ def run_phase_trial(
     resources = trial_resources(
         build_phase_config(cfg, spec.phase, spec.factory, spec.callbacks), driver_node_resource()
     )
-    factory = PhaseLoopFactory(spec, os.getcwd(), project_environ())
+    factory = PhaseLoopFactory(spec, loop, os.getcwd(), project_environ())
     trainable = tune.with_resources(
         tune.with_parameters(PhaseTrainable, runner_factory=factory), resources
     )
@@ -286,4 +298,4 @@ def run_phase_trial(
     metrics = result_metrics(stopper.last) if stopper.last else None
     if ps.status != "done":
         raise TrainingInterrupted(name, ps.iteration, ps.last_checkpoint)
-    return _result(name, ps, metrics)
+    return phase_result(name, ps, metrics)
