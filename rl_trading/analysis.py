@@ -6,20 +6,13 @@ equity / drawdown against the baselines. Functions return data or figures; nothi
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-    from rl_trading.config import AppConfig
-    from rl_trading.evaluation.backtest import BacktestResult
-import os
-from dataclasses import asdict
-
 import yaml
 
 from rl_trading.config import AppConfig, load_config, periods_per_year_of
@@ -29,6 +22,11 @@ from rl_trading.evaluation.report import HEADLINE
 from rl_trading.evaluation.selection import select_bars, trial_count
 from rl_trading.tracking import DEFAULT_DB_NAME, configure_mlflow, expand_env_vars
 from rl_trading.training.state import RunState
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from rl_trading.evaluation.backtest import BacktestResult
 
 RETURN_SUFFIX = "/episode_return_mean"
 

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rl_trading.errors import CheckpointError
+from rl_trading.evaluation.backtest import load_policy as _restore
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
     from rl_trading.evaluation.backtest import PolicyBundle
-from rl_trading.evaluation.backtest import load_policy as _restore
 
 
 class Policy:

@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from rl_trading.data import fingerprint, load_market
+from rl_trading.data.store import default_db_url
 from rl_trading.errors import ConfigError, ConnectionFailure
+from rl_trading.tracking import expand_env_vars, redact
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from rl_trading.config import AppConfig
-from rl_trading.data import fingerprint, load_market
-from rl_trading.data.store import default_db_url
-from rl_trading.tracking import expand_env_vars, redact
 
 TABLE = "trial_ledger"
 KINDS = (

@@ -69,14 +69,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from rl_trading.artifacts import sha256_file
+from rl_trading.artifacts import sha256_file, stored_config, write_manifest
+from rl_trading.config import AppConfig
 from rl_trading.errors import RegistryError
+from rl_trading.tracking import configure_mlflow, ensure_experiment, redact
 
 if TYPE_CHECKING:
-    from rl_trading.config import AppConfig, EvaluationConfig
-from rl_trading.artifacts import stored_config, write_manifest
-from rl_trading.config import AppConfig
-from rl_trading.tracking import configure_mlflow, ensure_experiment, redact
+    from rl_trading.config import EvaluationConfig
 
 GRADES = ["S", "A+", "A", "A-", "B+", "B", "B-", "C", "D", "F"]
 # (minimum score, grade), best first; F is everything at score 0.

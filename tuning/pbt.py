@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rl_trading import ledger, ray_utils
 from rl_trading.config import AppConfig
 from rl_trading.errors import CheckpointError, ConfigError, RLTradingError
+from rl_trading.metrics import probability_of_backtest_overfitting
+from rl_trading.ray_utils import fit_trial_runners
+from rl_trading.tracking import configure_mlflow, ensure_experiment, standard_tags
 from tuning.trainable import HPARAM_FIELDS, PhaseTrainable, RunnerFactory, ppo_overrides
 
 if TYPE_CHECKING:
     import pandas as pd
-from rl_trading import ledger, ray_utils
-from rl_trading.metrics import probability_of_backtest_overfitting
-from rl_trading.ray_utils import fit_trial_runners
-from rl_trading.tracking import configure_mlflow, ensure_experiment, standard_tags
 
 logger = logging.getLogger(__name__)
 

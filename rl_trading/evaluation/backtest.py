@@ -22,6 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from envs import HierarchicalTradingEnv
+from envs.trading_env import TradingEnv
+from rl_trading import metrics
+from rl_trading.config import periods_per_year_of, resolve_calendar
+from rl_trading.data import decision_history, fingerprint
+from rl_trading.data.features import WARMUP_BARS, FeatureScaler, compute_features
 from rl_trading.errors import CheckpointError, DataError
 from rl_trading.evaluation.baselines import (
     StrategyRun,
@@ -30,16 +36,10 @@ from rl_trading.evaluation.baselines import (
     run_baselines,
     simulate_weights,
 )
+from rl_trading.evaluation.policy import PolicyBundle, load_policy
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
-from envs import HierarchicalTradingEnv
-from envs.trading_env import TradingEnv
-from rl_trading import metrics
-from rl_trading.config import periods_per_year_of, resolve_calendar
-from rl_trading.data import decision_history, fingerprint
-from rl_trading.data.features import WARMUP_BARS, FeatureScaler, compute_features
-from rl_trading.evaluation.policy import PolicyBundle, load_policy
 
 MODULE_COMPONENT = "learner_group/learner/rl_module"
 PREPROCESSING_FILE = "preprocessing.json"

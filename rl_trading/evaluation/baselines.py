@@ -45,17 +45,16 @@ import numpy as np
 import pandas as pd
 
 from envs import engine
-from envs.execution import benchmark_exposures, position_sizes
+from envs.execution import CostModel, benchmark_exposures, position_sizes
 from envs.risk import causal_volatility
 from rl_trading.config import periods_per_year_of
+from rl_trading.data.resample import FILLED_COLUMN
 from rl_trading.errors import DataError
+from rl_trading.supervised.api import predict_proba
+from rl_trading.supervised.storage import load_saved
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
-from envs.execution import CostModel
-from rl_trading.data.resample import FILLED_COLUMN
-from rl_trading.supervised.api import predict_proba
-from rl_trading.supervised.storage import load_saved
 
 BASELINES = ("buy_and_hold", "equal_weight", "flat", "random")
 VOL_MATCHED = ("buy_and_hold_vol_matched", "equal_weight_vol_matched")

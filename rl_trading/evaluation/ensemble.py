@@ -16,18 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rl_trading.errors import CheckpointError, ConfigError
-
-if TYPE_CHECKING:
-    from rl_trading.config import AppConfig
-    from rl_trading.registry import ModelRegistry
 from rl_trading import ledger
 from rl_trading import metrics as mx
+from rl_trading.errors import CheckpointError, ConfigError
 from rl_trading.evaluation.backtest import backtest, evaluate_runs
 from rl_trading.evaluation.policy import Ensemble, Method
 from rl_trading.evaluation.report import write_report
 from rl_trading.evaluation.selection import graded_metrics, own_trials, select_bars
 from rl_trading.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    from rl_trading.config import AppConfig
 
 
 @dataclass

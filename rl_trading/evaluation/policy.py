@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import gymnasium as gym
 import numpy as np
 
 from rl_trading.artifacts import verify_checkpoint
@@ -21,7 +22,6 @@ from rl_trading.registry import ModelRegistry
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
-import gymnasium as gym
 
 MODULE_COMPONENT = "learner_group/learner/rl_module"
 PREPROCESSING_FILE = "preprocessing.json"

@@ -3,9 +3,15 @@ their held-out accuracy, each with its preprocessing, lineage and trial count.""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rl_trading import ledger
+from rl_trading.artifacts import read_metadata
+from rl_trading.data import synthetic_symbols
+from rl_trading.evaluation.backtest import backtest, load_policy
 from rl_trading.evaluation.selection import (
     _run_dir_of,
     graded_metrics,
@@ -13,20 +19,13 @@ from rl_trading.evaluation.selection import (
     select_bars,
     selection_trials,
 )
+from rl_trading.registry import ModelRegistry
 from rl_trading.training.preprocessing import training_preprocessing
+from rl_trading.training.state import RunState
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
     from rl_trading.registry import ModelRecord
-import json
-import math
-
-from rl_trading import ledger
-from rl_trading.artifacts import read_metadata
-from rl_trading.data import synthetic_symbols
-from rl_trading.evaluation.backtest import backtest, load_policy
-from rl_trading.registry import ModelRegistry
-from rl_trading.training.state import RunState
 
 
 def register_policy(

@@ -21,17 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from rl_trading.evaluation.backtest import TARGETS, BacktestResult, _cfg_value
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from rl_trading.config import AppConfig
     from rl_trading.evaluation.walk_forward import WalkForwardResult
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 HEADLINE = [
     "total_return",

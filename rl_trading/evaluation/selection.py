@@ -4,14 +4,9 @@ registry grades."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import pandas as pd
-
-    from rl_trading.config import AppConfig
-import math
 
 from rl_trading import ledger
 from rl_trading.data import align, read_bars, split_for_env
@@ -20,6 +15,11 @@ from rl_trading.errors import DataError, RegistryError
 from rl_trading.registry import TAG, ModelRegistry
 from rl_trading.supervised.signals import observed_market
 from rl_trading.training.state import RunState
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from rl_trading.config import AppConfig
 
 
 def select_bars(

@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from rl_trading.evaluation.backtest import BacktestResult, backtest
+from rl_trading.data import walk_forward_splits
+from rl_trading.evaluation.backtest import BacktestResult, backtest, load_policy, pin_calendar
+from rl_trading.evaluation.baselines import as_bar_dict
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
-from rl_trading.data import walk_forward_splits
-from rl_trading.evaluation.backtest import load_policy, pin_calendar
-from rl_trading.evaluation.baselines import as_bar_dict
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:

@@ -39,17 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-
-from rl_trading.errors import CheckpointError, ConfigError, DataError, RLTradingError
-
-if TYPE_CHECKING:
-    from rl_trading.config import AppConfig
 from rich.markup import escape
 
 from rl_trading import ledger, metrics, ray_utils
 from rl_trading.config import AppConfig
 from rl_trading.data import decision_history, walk_forward_splits
 from rl_trading.data.features import WARMUP_BARS
+from rl_trading.errors import CheckpointError, ConfigError, DataError, RLTradingError
 from rl_trading.evaluation.backtest import backtest
 from rl_trading.evaluation.report import PackedTables, json_safe
 from rl_trading.evaluation.walk_forward import mean_ci
@@ -57,6 +53,9 @@ from rl_trading.metrics import simple_returns
 from rl_trading.ray_utils import fit_trial_runners, resolve_address
 from rl_trading.registry import config_hash, grade_rl
 from rl_trading.supervised.signals import SignalProvider, observed_market
+
+if TYPE_CHECKING:
+    pass
 
 RESULT_FILE = "result.json"
 PLAN_FILE = "plan.json"

@@ -19,15 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rl_trading.errors import CheckpointError, ConfigError, RegistryError
-
-if TYPE_CHECKING:
-    from rl_trading.config import AppConfig
-    from rl_trading.data.features import FeatureScaler
 from rl_trading.data.features import FEATURE_COLUMNS, FeatureScaler
+from rl_trading.errors import CheckpointError, ConfigError, RegistryError
 from rl_trading.registry import ModelRegistry
 from rl_trading.supervised.models import build_cnn_lstm_net
 from rl_trading.supervised.storage import METADATA_FILE, _check_files
+
+if TYPE_CHECKING:
+    from rl_trading.config import AppConfig
 
 ENCODER_PREFIXES = ("conv.", "lstm.")  # the supervised net's body (its `head` is dropped)
 
