@@ -25,6 +25,9 @@ from rl_trading.errors import CheckpointError, ConfigError, RLTradingError
 from rl_trading.metrics import probability_of_backtest_overfitting
 from rl_trading.ray_utils import fit_trial_runners
 from rl_trading.tracking import configure_mlflow, ensure_experiment, standard_tags
+from tuning.lineage import plot_lineage, read_exploits
+from tuning.phase_runner import PhaseRunnerFactory
+from tuning.results import trials_table
 from tuning.trainable import HPARAM_FIELDS, PhaseTrainable, RunnerFactory, ppo_overrides
 
 if TYPE_CHECKING:
@@ -194,8 +197,6 @@ def run_pbt(
     exp_path = run_dir / EXPERIMENT_DIR
 
     if runner_factory is None:
-        from tuning.phase_runner import PhaseRunnerFactory  # heavy: ray
-
         if train_bars is None or val_bars is None:
             raise ConfigError("run_pbt needs train_bars and val_bars for the RLlib phase runner")
         runner_factory = PhaseRunnerFactory(cfg, phase, train_bars, val_bars, init_checkpoint)
@@ -312,8 +313,6 @@ def summarize(
     iterations: int,
 ) -> PBTResult:
     """Best trial, table (CSV), lineage PNG and `best.json` from a finished ResultGrid."""
-    from tuning.lineage import plot_lineage, read_exploits  # heavy: ray
-    from tuning.results import trials_table  # heavy: ray
 
     metric, mode = cfg.tuning.metric, cfg.tuning.mode
     exp_path = Path(results.experiment_path)

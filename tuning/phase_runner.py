@@ -15,6 +15,7 @@ from typing import Any
 from rl_trading.config import AppConfig
 from rl_trading.errors import ConfigError
 from rl_trading.training.checkpoints import restore_policies
+from rl_trading.training.env_bridge import hierarchical_factory
 from rl_trading.training.mapping import PHASE_MODES, is_specialist
 from tuning.trainable import RLlibRunner, apply_hparams
 
@@ -64,7 +65,6 @@ class PhaseRunnerFactory:
         """Build the phase's algorithm for these hyperparameters, restore the start policies."""
         # heavy: ray, torch
         from rl_trading.training.algo_config import build_phase_config, phase_policies
-        from rl_trading.training.env_bridge import hierarchical_factory  # heavy: ray
 
         # heavy: ray, torch
         from rl_trading.training.runner import driver_modules, sync_driver_modules

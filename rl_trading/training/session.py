@@ -28,7 +28,7 @@ from rl_trading.ray_utils import (
 from rl_trading.supervised.encoder import encoder_lineage, resolve_encoder
 from rl_trading.supervised.signals import observed_market
 from rl_trading.tracking import check_tracking, resolve_tracking_uri
-from rl_trading.training.algo_config import phase_iterations
+from rl_trading.training.algo_config import phase_iterations, phase_policies
 from rl_trading.training.checkpoints import check_checkpoint
 from rl_trading.training.env_bridge import EnvFactory, hierarchical_factory
 from rl_trading.training.mapping import is_specialist
@@ -343,8 +343,6 @@ def check_checkpoint_policies(
     """The checkpoint a phase starts from holds every policy the phase loads from it."""
     if checkpoint is None:
         return
-    from rl_trading.training.algo_config import phase_policies  # heavy: ray, torch
-
     pids, _ = phase_policies(factory, phase)
     for pid in [p for p in pids if is_specialist(p)] if phase == 2 else pids:
         check_checkpoint(checkpoint, pid)

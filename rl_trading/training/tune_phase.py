@@ -37,6 +37,7 @@ from rl_trading.training.phase_spec import (
 )
 from rl_trading.training.signals import StopFlag, TrainingInterrupted, graceful_stop
 from rl_trading.training.state import RunState
+from tuning.trainable import PhaseTrainable
 
 EXPERIMENT_DIR = "tune"  # <run_dir>/tune/phaseN: one Tune experiment per phase
 OBJECTIVE = "val_sharpe"
@@ -238,7 +239,6 @@ def run_phase_trial(
         phase_iterations,
         trial_resources,
     )
-    from tuning.trainable import PhaseTrainable  # heavy: ray
 
     stop = stop if stop is not None else StopFlag()
     cfg, name = spec.cfg, spec.name
