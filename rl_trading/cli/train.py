@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -151,7 +151,22 @@ def add_phase_command(spec: PhaseCommand) -> Callable[..., None]:
         overwrite: OverwriteOpt = False,
         allow_config_change: AllowChangeOpt = False,
     ) -> None:
-        run_phases(spec.phases, **locals_of(command, locals()))
+        run_phases(
+            spec.phases,
+            config=config,
+            sets=sets,
+            resume=resume,
+            resume_or_start=resume_or_start,
+            run_dir=run_dir,
+            address=address,
+            tracking_uri=tracking_uri,
+            from_checkpoint=from_checkpoint,
+            cnn_lstm_model=cnn_lstm_model,
+            fine_tune_lr=fine_tune_lr,
+            dashboard=dashboard,
+            overwrite=overwrite,
+            allow_config_change=allow_config_change,
+        )
 
     command.__name__ = command.__qualname__ = spec.name
     command.__doc__ = spec.help
@@ -161,11 +176,6 @@ def add_phase_command(spec: PhaseCommand) -> Callable[..., None]:
         command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
     app.command(spec.name)(command)
     return command
-
-
-def locals_of(command: Callable[..., None], values: dict[str, Any]) -> dict[str, Any]:
-    """The command's own options out of its `locals()` (not `spec`, the closure)."""
-    return {name: values[name] for name in inspect.signature(command).parameters}
 
 
 def run_phases(
