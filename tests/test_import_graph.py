@@ -42,7 +42,7 @@ HEAVY_MODULES = {"envs.engine": "numba"}  # jit-compiles its kernels when import
 # function-level project imports are not checked yet, nor are those imports' edges in the
 # cycle check (algo_config -> callbacks -> curriculum -> algo_config is one: `phase_iterations`
 # belongs in a light module). Remove entries as they are fixed.
-PENDING = frozenset({"rl_trading.training.algo_config", "policies.stacked"})
+PENDING = frozenset({"rl_trading.training.algo_config"})
 PENDING_PREFIX = "rl_trading.training.fast"
 # the package users import (`rl_trading.load_policy`, `rl_trading.DistributedTrainer`): its
 # names load on first access (PEP 562) so that `import rl_trading.<anything>` stays light;
