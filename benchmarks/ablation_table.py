@@ -67,7 +67,7 @@ def record(folders: list[Path]) -> None:
     """Each candidate run into the trial ledger, on its sets' market fingerprints."""
     import sys
 
-    from rl_trading.evaluation.ledger import market_fingerprint, record_trials
+    from rl_trading.ledger import market_fingerprint, record_trials
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     set_config = importlib.import_module("real_markets").set_config  # the sets' files

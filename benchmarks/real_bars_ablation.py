@@ -25,8 +25,8 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
     """Phase 1 on the sample with `overrides`; validation metrics of trained / flat / random."""
     import ray
 
+    from rl_trading import ledger
     from rl_trading.config import load_config
-    from rl_trading.evaluation import ledger
     from rl_trading.training.checkpoints import load_module
     from rl_trading.training.env_bridge import hierarchical_factory
     from rl_trading.training.runner import run_phase

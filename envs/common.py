@@ -12,7 +12,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from rl_trading import metrics
-from rl_trading.config import AppConfig
+from rl_trading.config import AppConfig, periods_per_year_of
 from rl_trading.data.features import (
     FEATURE_COLUMNS,
     SIGNAL_NEUTRAL,
@@ -101,8 +101,6 @@ def env_periods_per_year(cfg: AppConfig, bars: pd.DataFrame | pd.Series | None =
     (`config.periods_per_year_of`: `data.periods_per_year`, pinned from the training bars when a
     run starts, else `data.calendar`, measuring `bars` for `auto`).
     """
-    from rl_trading.config import periods_per_year_of
-
     return periods_per_year_of(cfg, bars)
 
 

@@ -21,17 +21,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from ray.rllib.env.wrappers.pettingzoo_env import ParallelPettingZooEnv
 
+from envs.hierarchical_env import HierarchicalTradingEnv
+from envs.trading_env import TradingEnv
 from rl_trading.config import AppConfig
 from rl_trading.data.features import FeatureScaler, signal_columns
+from rl_trading.data.loader import load_market
 from rl_trading.data.resample import FILLED_COLUMN
+from rl_trading.data.store import default_db_url
 from rl_trading.errors import DataError
+from rl_trading.tracking import redact
 
 __all__ = [
     "HIERARCHICAL_ENV_NAME",
@@ -56,6 +61,8 @@ _COLUMNS = ["open", "high", "low", "close", "volume"]
 # fingerprint -> bars of this process (the driver's training data, or bars a worker reloaded)
 _BARS_CACHE: dict[str, dict[str, pd.DataFrame]] = {}
 _BARS_CACHE_MAX = 8
+# cfg -> {symbol: bars the agents observe}; the training layer's adds signal columns
+MarketLoader = Callable[[AppConfig], dict[str, pd.DataFrame]]
 
 
 def _pack_bars(frame: pd.DataFrame) -> dict[str, Any]:
@@ -110,8 +117,6 @@ def redact_db_url(url: str) -> str:
     """A database URL safe to store: `${VAR}` references kept (they expand again on reload),
     a literal password (whatever characters it holds) and secret query values as `***`; the one
     parser is `rl_trading.tracking.redact`."""
-    from rl_trading.tracking import redact
-
     return redact(url)
 
 
@@ -126,8 +131,6 @@ def data_reference(source_cfg: AppConfig, frames: Mapping[str, pd.DataFrame]) ->
         "paths": {s: os.path.abspath(os.path.expanduser(p)) for s, p in data.paths.items()}
     }
     if data.source == "sql" and not data.db_url:  # the workspace's DB, whatever the cwd later
-        from rl_trading.data.store import default_db_url
-
         update["db_url"] = default_db_url()
     cfg = source_cfg.model_copy(update={"data": data.model_copy(update=update)})
     return {
@@ -142,8 +145,6 @@ def data_reference(source_cfg: AppConfig, frames: Mapping[str, pd.DataFrame]) ->
 
 def describe_reference(ref: Mapping[str, Any]) -> str:
     """One line naming a data reference's source (credentials redacted)."""
-    from rl_trading.tracking import redact
-
     data = ref.get("cfg", {}).get("data", {})
     source = data.get("source", "?")
     where = {
@@ -155,11 +156,15 @@ def describe_reference(ref: Mapping[str, Any]) -> str:
     return f"{','.join(ref.get('symbols', []))} {data.get('timeframe', '')} from {where}"
 
 
-def load_reference(ref: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
+def load_reference(
+    ref: Mapping[str, Any], observe: MarketLoader | None = None
+) -> dict[str, pd.DataFrame]:
     """Reload the bars of a data reference through the data layer; DataError unless they match
-    its fingerprint (changed files, table or settings are never silently substituted)."""
-    from rl_trading.supervised.signals import observed_market
+    its fingerprint (changed files, table or settings are never silently substituted).
 
+    `observe(cfg)` loads the bars the agents observe (default `data.load_market`): the training
+    layer hands in the one that adds the supervised signal columns, so the envs never import
+    the supervised stage (see `make_env_config`)."""
     raw = dict(ref["cfg"])
     url = (raw.get("data") or {}).get("db_url")
     if url and "***" in url:
@@ -170,7 +175,7 @@ def load_reference(ref: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
             )
         raw["data"] = {**raw["data"], "db_url": env_url}
     cfg = AppConfig.model_validate(raw)
-    market = observed_market(cfg)
+    market = (observe or load_market)(cfg)
     lo, hi = pd.Timestamp(int(ref["start"]), tz="UTC"), pd.Timestamp(int(ref["end"]), tz="UTC")
     frames = {}
     for sym in ref["symbols"]:
@@ -207,6 +212,7 @@ def make_env_config(
     meta_obs_every_step: bool = False,
     seed: int | None = None,
     data_ref: Mapping[str, Any] | None = None,
+    observe: MarketLoader | None = None,
 ) -> dict[str, Any]:
     """Plain, picklable env_config for RLlib (`.environment(env=HierarchicalRLlibEnv, ...)`).
 
@@ -214,6 +220,8 @@ def make_env_config(
     training split's fitted scalers, so validation / test envs normalise like training. With
     `data_ref` (see `data_reference`, made for exactly these bars) the bars stay out of the
     env_config (cached in this process, reloaded elsewhere); without, they travel inline.
+    `observe` (a module-level function, pickled by reference) is how a process that reloads
+    the bars rebuilds what the agents observe from the reference (`load_reference`).
     """
     frames = {"bars": bars} if isinstance(bars, pd.DataFrame) else dict(bars)
     out: dict[str, Any] = {
@@ -231,6 +239,8 @@ def make_env_config(
             )
         _cache_bars(str(data_ref["fingerprint"]), frames)
         out["data_ref"] = dict(data_ref)
+        if observe is not None:
+            out["observe"] = observe
     else:
         out["bars"] = {str(sym): _pack_bars(frame) for sym, frame in frames.items()}
     return out
@@ -246,7 +256,7 @@ def bars_from_config(env_config: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
         raise DataError("env_config carries neither bars nor a data reference")
     fp = str(ref["fingerprint"])
     if fp not in _BARS_CACHE:
-        _cache_bars(fp, load_reference(ref))
+        _cache_bars(fp, load_reference(ref, env_config.get("observe")))
     return dict(_BARS_CACHE[fp])
 
 
@@ -265,8 +275,6 @@ def _common(env_config: Mapping[str, Any]) -> tuple[AppConfig, dict, dict, int |
 
 def make_hierarchical_env(env_config: Mapping[str, Any]) -> Any:
     """The bare PettingZoo HierarchicalTradingEnv described by `env_config`."""
-    from envs.hierarchical_env import HierarchicalTradingEnv
-
     cfg, bars, scalers, seed = _common(env_config)
     return HierarchicalTradingEnv(
         cfg,
@@ -305,8 +313,6 @@ def env_creator(env_config: Mapping[str, Any]) -> Any:
 def single_env_creator(env_config: Mapping[str, Any]) -> Any:
     """RLlib creator of the single-instrument TradingEnv (symbol `env_config["symbol"]` or the
     first one carried)."""
-    from envs.trading_env import TradingEnv
-
     cfg, bars, scalers, seed = _common(env_config)
     symbol = env_config.get("symbol") or next(iter(bars))
     return TradingEnv(
@@ -320,7 +326,7 @@ def single_env_creator(env_config: Mapping[str, Any]) -> Any:
 
 def register_envs() -> tuple[str, str]:
     """Register both envs with Ray Tune's registry (idempotent); returns their names."""
-    from ray.tune.registry import register_env
+    from ray.tune.registry import register_env  # heavy: ray
 
     register_env(HIERARCHICAL_ENV_NAME, env_creator)
     register_env(SINGLE_ENV_NAME, single_env_creator)

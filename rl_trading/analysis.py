@@ -6,34 +6,44 @@ equity / drawdown against the baselines. Functions return data or figures; nothi
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import yaml
+
+from rl_trading.config import AppConfig, load_config, periods_per_year_of
+from rl_trading.errors import CheckpointError, ConnectionFailure, RunDirError
+from rl_trading.evaluation.backtest import backtest
+from rl_trading.evaluation.report import HEADLINE
+from rl_trading.evaluation.selection import select_bars, trial_count
+from rl_trading.tracking import DEFAULT_DB_NAME, configure_mlflow, expand_env_vars
+from rl_trading.training.state import RunState
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from rl_trading.config import AppConfig
     from rl_trading.evaluation.backtest import BacktestResult
 
 RETURN_SUFFIX = "/episode_return_mean"
 
 
 def _plt() -> Any:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg",) and not _in_notebook():
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     return plt
 
 
 def _in_notebook() -> bool:
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # optional: IPython (notebooks)
 
         return get_ipython() is not None
     except ImportError:
@@ -42,11 +52,6 @@ def _in_notebook() -> bool:
 
 def load_state(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Phases of `run_dir/state.json` (status, iterations, checkpoints, MLflow run ids)."""
-    from dataclasses import asdict
-
-    from rl_trading.errors import CheckpointError
-    from rl_trading.training.state import RunState
-
     path = Path(run_dir) / "state.json"
     if not path.is_file():
         raise CheckpointError(f"no state.json in {run_dir} (not a training run directory)")
@@ -60,10 +65,6 @@ def load_run_config(run_dir: str | Path) -> AppConfig:
     `config.yaml` stores a literal database password as `***`: such a URL is dropped, so the
     data layer takes RL_TRADING_DB_URL (as a checkpoint's stored config does).
     """
-    import yaml
-
-    from rl_trading.config import AppConfig, load_config
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         return AppConfig()
@@ -79,8 +80,6 @@ def _search_roots() -> list[Path]:
     """Folders a relative path or the default store may be relative to, in order: the
     workspace (RL_TRADING_WORKSPACE), the directory the shell started Jupyter from ($PWD), the
     kernel's working directory (a notebook's kernel runs in `notebooks/`) and its parent."""
-    import os
-
     roots = [os.environ.get("RL_TRADING_WORKSPACE"), os.environ.get("PWD"), os.getcwd()]
     out: list[Path] = []
     for root in [*roots, str(Path.cwd().parent)]:
@@ -93,8 +92,6 @@ def resolve_run_dir(run_dir: str | Path | None = None) -> Path:
     """The absolute run directory: `run_dir` as given (absolute, or relative to one of the
     search roots), or with None the newest `runs/*` holding a state.json. RunDirError (one
     line) when there is none, so a notebook never analyses an empty folder."""
-    from rl_trading.errors import RunDirError
-
     roots = _search_roots()
     if run_dir is None or str(run_dir) == "":
         found = [
@@ -121,11 +118,6 @@ def run_tracking_uri(run_dir: str | Path, tracking_uri: str | None = None) -> st
     in (the run dir's parents), RL_TRADING_WORKSPACE, $PWD or the kernel's directory. A SQLite
     file that does not exist is an error (ConnectionFailure), never a new empty store.
     """
-    import os
-
-    from rl_trading.errors import ConnectionFailure
-    from rl_trading.tracking import DEFAULT_DB_NAME, expand_env_vars
-
     run_dir = Path(run_dir).resolve()
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     roots = [run_dir.parent.parent, run_dir.parent, run_dir, *_search_roots()]
@@ -157,11 +149,8 @@ def run_tracking_uri(run_dir: str | Path, tracking_uri: str | None = None) -> st
 def mlflow_runs(run_dir: str | Path, tracking_uri: str | None = None) -> pd.DataFrame:
     """One row per MLflow run of the phases in `run_dir` (ids from state.json, then the store
     found by :func:`run_tracking_uri`)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from rl_trading.errors import ConnectionFailure
-    from rl_trading.tracking import configure_mlflow
+    import mlflow  # heavy: mlflow
+    from mlflow.exceptions import MlflowException  # heavy: mlflow
 
     uri = configure_mlflow(run_tracking_uri(run_dir, tracking_uri))
     client = mlflow.MlflowClient()
@@ -193,7 +182,7 @@ def mlflow_runs(run_dir: str | Path, tracking_uri: str | None = None) -> pd.Data
 
 def learning_curves(run_dir: str | Path, tracking_uri: str | None = None) -> pd.DataFrame:
     """Long table (phase, policy, iteration, episode_return_mean) from the MLflow histories."""
-    import mlflow
+    import mlflow  # heavy: mlflow
 
     runs = mlflow_runs(run_dir, tracking_uri)
     client = mlflow.MlflowClient()
@@ -246,7 +235,7 @@ def find_pbt_runs(run_dir: str | Path) -> list[Path]:
 
 def tune_results(pbt_dir: str | Path) -> pd.DataFrame:
     """Every reported Tune row of every trial (the trials' progress.csv files) with `trial`."""
-    from tuning.trainable import trial_index
+    from tuning.trainable import trial_index  # heavy: ray
 
     frames = []
     for csv in sorted(Path(pbt_dir).rglob("progress.csv")):
@@ -262,7 +251,7 @@ def tune_results(pbt_dir: str | Path) -> pd.DataFrame:
 def plot_pbt_lineage(pbt_dir: str | Path, metric: str | None = None) -> Figure:
     """Objective and each mutated hyperparameter over iterations per trial; dots mark exploits
     (the trial took over another trial's weights and perturbed its hyperparameters)."""
-    from tuning.lineage import read_exploits
+    from tuning.lineage import read_exploits  # heavy: ray
 
     plt = _plt()
     pbt_dir = Path(pbt_dir)
@@ -301,8 +290,6 @@ def plot_pbt_lineage(pbt_dir: str | Path, metric: str | None = None) -> Figure:
 
 def best_checkpoint(run_dir: str | Path) -> Path:
     """Best checkpoint of the last finished phase in `run_dir` (paths as state.json has them)."""
-    from rl_trading.errors import CheckpointError
-
     done = {k: v for k, v in load_state(run_dir).items() if v.get("status") == "done"}
     if not done:
         raise CheckpointError(f"no finished phase in {run_dir}")
@@ -316,10 +303,6 @@ def best_checkpoint(run_dir: str | Path) -> Path:
 
 def backtest_run(run_dir: str | Path, split: str = "val", seed: int | None = None) -> Any:
     """Backtest the run's best checkpoint next to the baselines on `split` of its own data."""
-    from rl_trading.config import periods_per_year_of
-    from rl_trading.evaluation import select_bars, trial_count
-    from rl_trading.evaluation.backtest import backtest
-
     cfg = load_run_config(run_dir)
     bars, train, desc = select_bars(cfg, None, split)
     source = str(best_checkpoint(run_dir))
@@ -376,8 +359,6 @@ def plot_equity_drawdown(result: BacktestResult) -> Figure:
 
 def metrics_table(result: BacktestResult) -> pd.DataFrame:
     """Headline metrics (rows) of the policy and each baseline (columns)."""
-    from rl_trading.evaluation.report import HEADLINE
-
     return pd.DataFrame(
         {name: {k: m.get(k) for k in HEADLINE if k in m} for name, m in result.metrics.items()}
     )

@@ -13,6 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -25,13 +26,44 @@ from pydantic import (
     model_validator,
 )
 
-from rl_trading.errors import ConfigError
+from rl_trading import metrics
+from rl_trading.errors import ConfigError, DataError
+from rl_trading.tracking import redact
 
 DEFAULT_SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD", "WTIUSD", "SPX500", "NAS100", "US30"]
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Test / CI switch: `RL_TRADING_FAST_PATHS=0` runs everything on stock RLlib classes (it sets
 # `resources.rllib_fast_paths` over the config files; an explicit `--set` still wins).
 FAST_PATHS_ENV = "RL_TRADING_FAST_PATHS"
+
+
+# One symbol pattern for file names, SQLite and PostgreSQL: letters, digits and . _ - = ^
+# (e.g. 9988.HK, BRK-B, ES=F, ^GSPC), starting with a letter, digit or ^, at most 32
+# characters: no path separators, nothing empty, nothing that escapes a folder.
+SYMBOL_MAX_LEN = 32
+SYMBOL_RE = re.compile(rf"[A-Za-z0-9^][A-Za-z0-9._=^\-]{{0,{SYMBOL_MAX_LEN - 1}}}")
+
+
+def check_symbol(symbol: object) -> str:
+    """`symbol` if it matches the one symbol pattern (`SYMBOL_RE`), else DataError."""
+    text = str(symbol)
+    if not SYMBOL_RE.fullmatch(text):
+        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
+        raise DataError(
+            f"invalid symbol {shown!r}: use 1-{SYMBOL_MAX_LEN} letters, digits or . _ - = ^ "
+            "(starting with a letter, digit or ^; no path separators)"
+        )
+    return text
+
+
+def zone(tz: str) -> ZoneInfo:
+    """The IANA time zone `tz` (e.g. America/New_York), or DataError."""
+    try:
+        return ZoneInfo(str(tz))
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise DataError(
+            f"unknown time zone '{tz}' (use an IANA name, e.g. America/New_York)"
+        ) from None
 
 
 def fast_paths_from_env() -> bool | None:
@@ -106,10 +138,6 @@ class DataConfig(Section):
     def _check_names(self) -> DataConfig:
         """Symbols and `paths` keys match the one symbol pattern; every path key is a symbol
         (exact case); `tz` is a known zone. Checked at load time, before anything starts."""
-        from rl_trading.data.schema import check_symbol
-        from rl_trading.data.validation import zone
-        from rl_trading.errors import DataError
-
         try:
             for symbol in [*self.symbols, *self.paths]:
                 check_symbol(symbol)
@@ -532,8 +560,6 @@ def periods_per_year_of(cfg: AppConfig, bars: Mapping[str, Any] | Any | None = N
     `auto` measures it from `bars` (the training bars; one frame or `{symbol: frame}`) with
     `metrics.measure_periods_per_year`; ConfigError when there are no bars to measure.
     """
-    from rl_trading import metrics
-
     d = cfg.data
     if d.periods_per_year is not None:
         return float(d.periods_per_year)
@@ -746,7 +772,6 @@ def save_config(cfg: AppConfig, path: str | Path) -> Path:
 def config_dump(cfg: AppConfig) -> dict[str, Any]:
     """The config as plain JSON-able data with URL passwords masked (what `save_config`
     writes, so a saved config and a live one compare key by key)."""
-    from rl_trading.tracking import redact
 
     def clean(node: Any) -> Any:
         if isinstance(node, dict):

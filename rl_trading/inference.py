@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rl_trading.errors import CheckpointError
+from rl_trading.evaluation.backtest import load_policy as _restore
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
@@ -101,6 +102,4 @@ def load_policy(source: str | Path | Any, cfg: AppConfig | None = None) -> Polic
 
     No Algorithm is built and no sampling actors start. `cfg` only chooses the MLflow store
     (default: the workspace's)."""
-    from rl_trading.evaluation.backtest import load_policy as _restore
-
     return Policy(_restore(source, cfg))

@@ -27,9 +27,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from itertools import combinations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 __all__ = [
     "active_metrics",
@@ -134,8 +136,6 @@ def measure_periods_per_year(timestamps: Any) -> float:
     gives exactly the crypto calendar), hourly FX ~6,200 and 1-minute US equities ~97,000.
     ValueError for fewer than two distinct timestamps.
     """
-    import pandas as pd
-
     ns = pd.DatetimeIndex(timestamps).as_unit("ns").asi8
     if ns.size < 2:
         raise ValueError("need at least two bars to measure bars per year")
@@ -764,8 +764,6 @@ def probability_of_backtest_overfitting(
     `statistic="mean"` ranks by the mean instead of the Sharpe (rows that are already a score
     per period, e.g. a PBT member's validation objective per iteration).
     """
-    from itertools import combinations
-
     m = np.asarray(perf_matrix, dtype=np.float64)
     if m.ndim != 2 or m.shape[1] < 2:
         raise ValueError(f"perf_matrix must be [T, N >= 2], got shape {m.shape}")

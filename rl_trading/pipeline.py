@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rl_trading import ray_utils
 from rl_trading.config import AppConfig, save_config
+from rl_trading.data import fingerprint, split_by_time, synthetic_symbols
+from rl_trading.evaluation.registration import register_policy, register_supervised
+from rl_trading.evaluation.report import write_report
+from rl_trading.evaluation.selection import select_bars
+from rl_trading.evaluation.walk_forward import walk_forward
+from rl_trading.supervised.signals import observed_market
+from rl_trading.supervised.trainables import train_supervised
+from rl_trading.training.state import RunState
 
 StageFn = Callable[[str, dict[str, Any]], None]
 
@@ -46,19 +55,12 @@ def run_pipeline(
     validation pass of the run), and the report of that same test-split backtest next to the
     baselines, with the test split's sub-periods (not retrained) and their intervals.
     """
-    from rl_trading.data import fingerprint, split_by_time, synthetic_symbols
-    from rl_trading.evaluation import register_policy, register_supervised, select_bars
-    from rl_trading.evaluation.report import write_report
-    from rl_trading.evaluation.walk_forward import walk_forward
-    from rl_trading.supervised.signals import observed_market
-    from rl_trading.training.session import check_fresh_start, train
-    from rl_trading.training.state import RunState
+    from rl_trading.training.session import check_fresh_start, train  # heavy: ray, torch
 
     if tracking_uri:
         cfg = cfg.model_copy(
             update={"tracking": cfg.tracking.model_copy(update={"tracking_uri": tracking_uri})}
         )
-    from rl_trading.ray_utils import init_ray
 
     report = on_stage or (lambda name, info: None)
     out = PipelineResult(run_dir=Path(run_dir or cfg.resolved_run_dir()).resolve())
@@ -87,11 +89,9 @@ def run_pipeline(
     report("data", out.data)
 
     # one Ray for every stage; workers' own logs stay in Ray's log files, not the terminal
-    init_ray(cfg.resources.address, num_cpus=cfg.resources.num_cpus, log_to_driver=False)
+    ray_utils.init_ray(cfg.resources.address, num_cpus=cfg.resources.num_cpus, log_to_driver=False)
 
     if supervised and cfg.supervised.models:
-        from rl_trading.supervised.trainables import train_supervised
-
         out.supervised = train_supervised(cfg, run_dir=out.run_dir / "supervised", verbose=0)
         out.supervised_models = register_supervised(out.supervised, cfg)
         report("supervised", {"results": out.supervised, "registered": out.supervised_models})

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from typing import Any
 
 from rl_trading.errors import ConfigError, ConnectionFailure
+from rl_trading.tracking import redact, redact_text
 
 LOOPBACK = "127.0.0.1"
 
@@ -24,8 +27,6 @@ def resolve_address(address: str | None = None) -> str | None:
 
 def check_address(address: str, timeout: float = 5.0) -> None:
     """Fail fast with a one-line error when a `host:port` Ray address does not answer."""
-    from rl_trading.tracking import redact
-
     if address == "auto":
         return
     shown = redact(address)
@@ -99,8 +100,6 @@ def check_dashboard_available() -> None:
 
 
 def _ray_version() -> str:
-    from importlib.metadata import version
-
     return version("ray")
 
 
@@ -133,7 +132,7 @@ def init_ray(
     already-initialised Ray (e.g. the test suite's session fixture). `dashboard` starts the
     dashboard of a local Ray on 127.0.0.1 and tells `notify` its URL (a cluster's, if known).
     """
-    import ray
+    import ray  # heavy: ray
 
     say = notify or (lambda _msg: None)
     if ray.is_initialized():
@@ -150,8 +149,6 @@ def init_ray(
             kwargs.setdefault("log_to_driver", False)
             context = ray.init(address=addr, **kwargs)
         except (ConnectionError, RuntimeError, TimeoutError) as exc:
-            from rl_trading.tracking import redact, redact_text
-
             raise ConnectionFailure(
                 f"could not join Ray cluster at {redact(addr)}: {redact_text(str(exc))}"
             ) from None
@@ -178,7 +175,7 @@ def init_ray(
 
 def driver_node_resource() -> str | None:
     """`node:<ip>`, the resource Ray gives this process's node (pins work to this machine)."""
-    import ray
+    import ray  # heavy: ray
 
     node_id = ray.get_runtime_context().get_node_id()
     for node in ray.nodes():
@@ -190,7 +187,7 @@ def driver_node_resource() -> str | None:
 
 def _current_dashboard_url() -> str | None:
     """Dashboard URL of the Ray this process is connected to (None when it has none)."""
-    from ray._private.worker import get_dashboard_url
+    from ray._private.worker import get_dashboard_url  # heavy: ray
 
     try:
         return get_dashboard_url() or None
@@ -223,9 +220,7 @@ def reap_with_driver() -> None:
 
 def _watchdog() -> None:
     """Body of the watchdog process (argv[1]: the driver's pid)."""
-    import select
-
-    import psutil
+    import psutil  # optional: psutil (ships with ray[default])
 
     driver, me = int(sys.argv[1]), os.getpid()
     seen: dict[int, psutil.Process] = {}
@@ -256,7 +251,7 @@ def _loopback_only(node_ip: str) -> Iterator[None]:
     cluster mode is off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read once at import), so the
     flag is switched off while this process starts its node.
     """
-    from ray._private import ray_constants
+    from ray._private import ray_constants  # heavy: ray
 
     if node_ip != LOOPBACK:
         yield

@@ -69,10 +69,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from rl_trading.artifacts import sha256_file, stored_config, write_manifest
+from rl_trading.config import AppConfig
 from rl_trading.errors import RegistryError
+from rl_trading.tracking import configure_mlflow, ensure_experiment, redact
 
 if TYPE_CHECKING:
-    from rl_trading.config import AppConfig, EvaluationConfig
+    from rl_trading.config import EvaluationConfig
 
 GRADES = ["S", "A+", "A", "A-", "B+", "B", "B-", "C", "D", "F"]
 # (minimum score, grade), best first; F is everything at score 0.
@@ -239,15 +242,6 @@ def infer_bump(
     return "patch"
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of one file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def checksum_manifest(root: str | Path) -> dict[str, str]:
     """`{relative posix path: sha256}` of every file under `root` (sorted)."""
     root = Path(root)
@@ -373,10 +367,7 @@ class ModelRegistry:
     """
 
     def __init__(self, tracking_uri: str | None = None, cfg: AppConfig | None = None) -> None:
-        from mlflow import MlflowClient
-
-        from rl_trading.config import AppConfig
-        from rl_trading.tracking import configure_mlflow
+        from mlflow import MlflowClient  # heavy: mlflow
 
         self.cfg = cfg or AppConfig()
         self.uri = configure_mlflow(tracking_uri or self.cfg.tracking.tracking_uri)
@@ -487,7 +478,7 @@ class ModelRegistry:
 
     def load_path(self, name: str) -> Path:
         """Local directory of a model's files after verifying every sha256 (RegistryError)."""
-        import mlflow
+        import mlflow  # heavy: mlflow
 
         rec = self.resolve(name)
         raw = rec.tags.get(TAG + "sha256_manifest")
@@ -513,8 +504,6 @@ class ModelRegistry:
     def load_training_config(self, name: str) -> dict[str, Any] | None:
         """The training config stored with a model (verified files), None for a model
         registered without one; an ensemble uses its first member's."""
-        from rl_trading.training.checkpoints import stored_config
-
         local = self.load_path(name)
         found = stored_config(local)
         if found is None and (local / "ensemble.json").is_file():
@@ -531,7 +520,7 @@ class ModelRegistry:
     # -- writing -----------------------------------------------------------------------------
 
     def _ensure_family(self, family: str, model_type: str) -> None:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # heavy: mlflow
 
         try:
             rm = self.client.get_registered_model(family)
@@ -589,9 +578,7 @@ class ModelRegistry:
         selection step. `graded_split` (val/test) and `n_trials` are recorded as tags.
         `preprocessing` is stored next to the model files (and checksummed with them).
         """
-        import mlflow
-
-        from rl_trading.tracking import ensure_experiment
+        import mlflow  # heavy: mlflow
 
         src = Path(path)
         if not src.exists():
@@ -651,8 +638,6 @@ class ModelRegistry:
                     json.dumps({"config": _redacted(dict(raw))}, indent=1, default=str)
                 )
             if (staged / "checkpoint_manifest.json").is_file():  # files added above
-                from rl_trading.training.checkpoints import write_manifest
-
                 write_manifest(staged)
             manifest = checksum_manifest(staged)
             exp_id = ensure_experiment(EXPERIMENT)
@@ -700,7 +685,7 @@ class ModelRegistry:
             TAG + "sha256_manifest": json.dumps(manifest, sort_keys=True),
             TAG + "manifest_sha256": _manifest_digest(manifest),
         }
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # heavy: mlflow
 
         text = description or (
             f"v{version}, grade {grade}, {metric_name} {format_metric(metrics[metric_name])}"
@@ -814,9 +799,7 @@ class ModelRegistry:
 
 def _redacted(raw: dict[str, Any]) -> dict[str, Any]:
     """A config dict with a credential in `data.db_url` hidden (stored with the model)."""
-    from envs.registration import redact_db_url
-
     data = dict(raw.get("data") or {})
     if data.get("db_url"):
-        data["db_url"] = redact_db_url(str(data["db_url"]))
+        data["db_url"] = redact(str(data["db_url"]))
     return {**raw, "data": data}

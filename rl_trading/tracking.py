@@ -8,6 +8,7 @@ Model Registry works without a server.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import os
 import re
@@ -20,7 +21,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rl_trading.errors import ConnectionFailure
+import numpy
+
+from rl_trading.errors import ConfigError, ConnectionFailure
+from rl_trading.version import __version__
 
 DEFAULT_DB_NAME = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
@@ -66,7 +70,6 @@ def expand_env_vars(text: str) -> str:
 
     Configs keep the reference, so saved YAML, MLflow params and logs never hold the secret.
     """
-    from rl_trading.errors import ConfigError
 
     def sub(match: re.Match[str]) -> str:
         value = os.environ.get(match.group(1))
@@ -220,8 +223,6 @@ def check_tracking(uri: str, timeout: float = 5.0) -> str:
 
     Returns a short description of the store for reports.
     """
-    from rl_trading.errors import ConfigError
-
     parts = split_url(uri)
     scheme = parts[0].lower() if parts else ""
     if parts is not None and scheme.split("+", 1)[0] not in _TRACKING_SCHEMES:
@@ -320,7 +321,7 @@ def configure_mlflow(uri: str | None = None) -> str:
     """Point MLflow at the store with short HTTP timeouts; return the URI used."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-    import mlflow
+    import mlflow  # heavy: mlflow
 
     resolved = resolve_tracking_uri(uri)
     check_tracking(resolved)
@@ -340,9 +341,8 @@ def _init_sqlite_store(uri: str) -> None:
     """
     if uri in _INITIALISED:
         return
-    import fcntl
 
-    import mlflow
+    import mlflow  # heavy: mlflow
 
     db_path = Path(uri.split(":///", 1)[1].split("?", 1)[0])
     with open(db_path.with_name(db_path.name + ".lock"), "a") as lock:
@@ -359,7 +359,7 @@ _INITIALISED: set[str] = set()
 
 def ensure_experiment(name: str) -> str:
     """Experiment id for `name`, creating it (with a workspace artifact root) if needed."""
-    import mlflow
+    import mlflow  # heavy: mlflow
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
@@ -393,11 +393,8 @@ def git_commit() -> str:
 
 def standard_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Tags every run carries: git commit and library versions (+ `extra`)."""
-    import numpy
-    import ray
-    import torch
-
-    from rl_trading import __version__
+    import ray  # heavy: ray
+    import torch  # heavy: torch
 
     tags = {
         "git_commit": git_commit(),
@@ -426,7 +423,7 @@ def mlflow_run(
     `resume_run_id` continues that run (a resumed training phase) when the store has it;
     its params stay as first logged.
     """
-    import mlflow
+    import mlflow  # heavy: mlflow
 
     configure_mlflow(tracking_uri)
     exp_id = ensure_experiment(experiment)
@@ -451,7 +448,7 @@ def _resumable(run_id: str | None, experiment_id: str) -> bool:
     """Whether `run_id` is a live run of `experiment_id` in the current store."""
     if not run_id:
         return False
-    import mlflow
+    import mlflow  # heavy: mlflow
 
     try:
         run = mlflow.MlflowClient().get_run(run_id)
@@ -464,7 +461,7 @@ def close_orphan_run(run_id: str | None, tracking_uri: str | None = None) -> boo
     """Mark a run left RUNNING by a killed process as KILLED; True when one was closed."""
     if not run_id:
         return False
-    import mlflow
+    import mlflow  # heavy: mlflow
 
     configure_mlflow(tracking_uri)
     client = mlflow.MlflowClient()

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+from rl_trading import ray_utils
 from rl_trading.config import AppConfig
+from rl_trading.data import load_market, synthetic_symbols
+from rl_trading.ray_utils import resolve_address
+from rl_trading.tracking import check_tracking, redact_text, resolve_tracking_uri
 
 KEY_PACKAGES = [
     "ray",
@@ -37,8 +41,6 @@ def _guard(name: str, fn) -> Check:  # noqa: ANN001 - small internal helper
     try:
         return Check(name, True, fn())
     except Exception as exc:  # noqa: BLE001 - every failure becomes a table row
-        from rl_trading.tracking import redact_text
-
         first = str(exc).strip().splitlines()
         line = redact_text(first[0]) if first else exc.__class__.__name__
         return Check(name, False, line[:600])
@@ -54,7 +56,7 @@ def _package(name: str) -> str:
 
 
 def _torch_device() -> str:
-    import torch
+    import torch  # heavy: torch
 
     if torch.cuda.is_available():
         names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
@@ -64,12 +66,11 @@ def _torch_device() -> str:
 
 
 def _ray(address: str | None) -> str:
-    import ray
-
-    from rl_trading.ray_utils import init_ray, resolve_address
+    import ray  # heavy: ray
 
     was_up = ray.is_initialized()
-    resources = init_ray(address, num_cpus=1 if resolve_address(address) is None else None)
+    num_cpus = 1 if resolve_address(address) is None else None
+    resources = ray_utils.init_ray(address, num_cpus=num_cpus)
     try:
         where = resolve_address(address) or "local"
         return f"{where}: {resources.get('CPU', 0):g} CPU, {resources.get('GPU', 0):g} GPU"
@@ -79,8 +80,6 @@ def _ray(address: str | None) -> str:
 
 
 def _data(cfg: AppConfig) -> str:
-    from rl_trading.data import load_market, synthetic_symbols
-
     bars = load_market(cfg)
     n = min(len(df) for df in bars.values())
     synthetic = synthetic_symbols(bars)
@@ -89,8 +88,6 @@ def _data(cfg: AppConfig) -> str:
 
 
 def _mlflow(uri: str | None) -> str:
-    from rl_trading.tracking import check_tracking, resolve_tracking_uri
-
     return check_tracking(resolve_tracking_uri(uri))
 
 

@@ -112,7 +112,7 @@ def hierarchy_checkpoint(workspace):
     from envs import HierarchicalTradingEnv
     from policies import module_spec
     from rl_trading.config import load_config
-    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation.selection import select_bars
 
     cfg = load_config(overrides=HIERARCHY_SETS)
     _, train, _ = select_bars(cfg, None, "test")

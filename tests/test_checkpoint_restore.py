@@ -104,6 +104,36 @@ def test_reference_reloads_and_verifies_the_bars(monkeypatch):
         registration.bars_from_config({**ec, "data_ref": changed})
 
 
+def _with_signal(cfg: AppConfig):
+    """A market loader that adds a signal column, as `supervised.signals.observed_market`
+    does (module level: an env_config carries it by reference)."""
+    from rl_trading.data import load_market
+
+    bars = load_market(cfg)
+    return {s: f.assign(sig_test_1h=0.5) for s, f in bars.items()}
+
+
+def test_signal_columns_reach_the_env_through_the_loader_handed_in(monkeypatch):
+    """Envs never import the supervised stage: a process reloading the bars of a reference
+    rebuilds the observed market with the loader the training layer handed in."""
+    from envs import registration
+
+    cfg = _cfg()
+    lo, hi = 100, 400
+    bars = {s: f.iloc[lo:hi] for s, f in _with_signal(cfg).items()}
+    ref = registration.data_reference(cfg, bars)
+    monkeypatch.setattr(registration, "_BARS_CACHE", {})  # like a fresh process
+    with_loader = registration.make_env_config(cfg, bars, data_ref=ref, observe=_with_signal)
+    plain = registration.make_env_config(cfg, bars, data_ref=ref)
+    assert "observe" not in plain
+    registration._BARS_CACHE.clear()
+    got = registration.bars_from_config(pickle.loads(pickle.dumps(with_loader)))
+    assert "sig_test_1h" in got["AAA"] and registration.bars_fingerprint(got) == ref["fingerprint"]
+    registration._BARS_CACHE.clear()  # without the loader the signal columns are missing
+    with pytest.raises(DataError, match="training data changed"):
+        registration.bars_from_config(plain)
+
+
 def test_db_url_credentials_stay_out_of_env_config():
     from envs import registration
 
@@ -128,7 +158,7 @@ def test_db_url_credentials_stay_out_of_env_config():
 
 
 def test_manifest_names_a_tampered_file(tmp_path):
-    from rl_trading.training.checkpoints import verify_checkpoint, write_manifest
+    from rl_trading.artifacts import verify_checkpoint, write_manifest
 
     ckpt = tmp_path / "ckpt"
     (ckpt / "learner_group").mkdir(parents=True)
@@ -200,7 +230,7 @@ def pipeline_run(ray_session, tmp_path_factory):
 
 @pytest.mark.rllib
 def test_fresh_process_restores_and_trains_a_pipeline_checkpoint(pipeline_run):
-    from rl_trading.training.checkpoints import read_metadata, verify_checkpoint
+    from rl_trading.artifacts import read_metadata, verify_checkpoint
 
     cfg, ckpts = pipeline_run
     train_bars, _, _ = _splits(cfg)

@@ -27,7 +27,7 @@ def _register(reg, cfg, ws, tag, seed, window=8, scaler_bars=None, sym="MSFT", c
     (and `config` as its stored training config)."""
     from envs.trading_env import TradingEnv
     from policies import module_spec
-    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation.selection import select_bars
 
     _, train, _ = select_bars(cfg, None, "val")
     bars = scaler_bars if scaler_bars is not None else train[sym]
@@ -115,8 +115,8 @@ def test_ensemble_of_copies_backtests_like_the_model(members, capsys):
 
 def test_incompatible_members_are_refused(members, capsys):
     from rl_trading.errors import CheckpointError
-    from rl_trading.evaluation import select_bars
     from rl_trading.evaluation.ensemble import Ensemble
+    from rl_trading.evaluation.selection import select_bars
 
     ws, cfg, reg, name = members
     wider = _register(reg, cfg, ws, "w", 1, window=12)  # another observation space

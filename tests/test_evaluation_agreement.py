@@ -89,9 +89,10 @@ def test_one_equity_curve_through_every_path(monkeypatch):
 def test_registered_name_info_report_and_trainer_evaluate_agree(workspace):
     """Register on the test split, then the name, `models info`, the report written for that
     split and DistributedTrainer.evaluate on the same split show the same Sharpe."""
-    from rl_trading.evaluation import register_policy, select_bars
     from rl_trading.evaluation.backtest import backtest, load_policy
+    from rl_trading.evaluation.registration import register_policy
     from rl_trading.evaluation.report import write_report
+    from rl_trading.evaluation.selection import select_bars
     from rl_trading.registry import ModelRegistry, format_metric
     from rl_trading.training.trainer import DistributedTrainer
 

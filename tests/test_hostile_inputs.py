@@ -51,7 +51,7 @@ def _bars_csv(path: Path, index: pd.DatetimeIndex, close: np.ndarray | None = No
 
 def test_backtest_data_of_another_spacing_is_refused(tmp_path):
     """Weekly bars scored as daily overstated Sharpe ~2.2x (periods_per_year 251.6)."""
-    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation.selection import select_bars
 
     cfg = load_config(None, ["data.timeframe=1d", "data.periods_per_year=252"])
     weekly = pd.date_range("2020-01-06", periods=200, freq="7D", tz="UTC")
@@ -62,7 +62,7 @@ def test_backtest_data_of_another_spacing_is_refused(tmp_path):
 
 def test_backtest_data_on_another_calendar_is_refused_unless_said(tmp_path):
     """Hourly bars of a 7-hour session scored on a 24/7 hourly calendar (8,760 a year)."""
-    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation.selection import select_bars
 
     cfg = load_config(None, ["data.timeframe=1h", "data.periods_per_year=8760"])
     hours = pd.date_range("2025-01-01", periods=2000, freq="1h", tz="UTC")
@@ -76,7 +76,7 @@ def test_backtest_data_on_another_calendar_is_refused_unless_said(tmp_path):
 
 
 def test_backtest_data_that_fits_the_model_is_read(tmp_path):
-    from rl_trading.evaluation import select_bars
+    from rl_trading.evaluation.selection import select_bars
 
     cfg = load_config(None, ["data.timeframe=1h", "data.periods_per_year=8760"])
     path = _bars_csv(tmp_path / "AAA_1h.csv", pd.date_range("2025-01-01", periods=300, freq="1h"))
@@ -255,15 +255,14 @@ def test_data_validate_warns_on_a_spike_and_strict_refuses_it(tmp_path, capsys):
 def test_real_sample_bars_raise_no_outlier_warning():
     """Real moves (earnings gaps, session opens, crypto swings) stay below the threshold."""
     from rl_trading.data.loader import sample_files
-    from rl_trading.data.schema import read_bars
-    from rl_trading.data.validation import outlier_returns
+    from rl_trading.data.validation import outlier_returns, read_bars
 
     for path in sample_files().values():
         assert outlier_returns(read_bars(path)) == [], path
 
 
 def test_naive_parquet_timestamps_are_refused_like_naive_csv(tmp_path):
-    from rl_trading.data.schema import read_bars
+    from rl_trading.data.validation import read_bars
 
     days = pd.date_range("2025-01-01", periods=30, freq="1D")  # naive, midnight
     close = np.linspace(100.0, 110.0, 30)

@@ -32,7 +32,8 @@ def paper_ws(tmp_path_factory):
     weights: parity holds for any policy) and its backtest on the test split."""
     from envs import HierarchicalTradingEnv
     from policies import module_spec
-    from rl_trading.evaluation import register_policy, select_bars
+    from rl_trading.evaluation.registration import register_policy
+    from rl_trading.evaluation.selection import select_bars
 
     ws = tmp_path_factory.mktemp("paper_ws")
     old = Path.cwd()

@@ -303,11 +303,12 @@ def test_fine_tuned_phase1_registers_as_hybrid_with_lineage(ray_session, workspa
     """Quickstart phase 1 with a fine-tuned encoder: the checkpoint restores with plain
     `RLModule.from_checkpoint`, the encoder moved from the supervised weights, and the
     registry records type `hybrid` with the CNN-LSTM's name, sha256 and mode."""
+    from rl_trading.artifacts import read_metadata
     from rl_trading.cli.main import main
     from rl_trading.config import CONFIG_DIR
-    from rl_trading.evaluation import register_policy
+    from rl_trading.evaluation.registration import register_policy
     from rl_trading.supervised.encoder import load_encoder
-    from rl_trading.training.checkpoints import load_module, read_metadata
+    from rl_trading.training.checkpoints import load_module
     from rl_trading.training.session import train
 
     quick = CONFIG_DIR / "quickstart.yaml"

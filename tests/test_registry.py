@@ -358,9 +358,7 @@ def test_benchmark_on_test_split_counts_as_selection_and_reports_pbo(monkeypatch
     or more, and every compared model tagged as selected on the test split."""
     import types
 
-    import rl_trading.evaluation as ev_pkg
-    import rl_trading.evaluation.backtest as bt
-    import rl_trading.registry as reg_mod
+    import rl_trading.cli.models as models_cli
     from rl_trading.cli.models import compare_models
 
     rng = np.random.default_rng(0)
@@ -384,9 +382,12 @@ def test_benchmark_on_test_split_counts_as_selection_and_reports_pbo(monkeypatch
         def record_test_selection(self, names, pbo=None):
             seen["tagged"] = (list(names), pbo)
 
-    monkeypatch.setattr(bt, "backtest", fake_backtest)
-    monkeypatch.setattr(ev_pkg, "select_bars", lambda cfg, data, split: ({}, {}, "test split"))
-    monkeypatch.setattr(reg_mod, "ModelRegistry", FakeRegistry)
+    monkeypatch.setattr("rl_trading.evaluation.backtest.backtest", fake_backtest)
+    monkeypatch.setattr(
+        "rl_trading.evaluation.selection.select_bars",
+        lambda cfg, data, split: ({}, {}, "test split"),
+    )
+    monkeypatch.setattr(models_cli, "ModelRegistry", FakeRegistry)
     names = ["m1", "m2", "m3", "m4", "m5"]
     out = compare_models(names, AppConfig(), None, "test")
     assert seen["n_trials"] == [5] * 5 and out["n_trials"] == 5

@@ -28,7 +28,7 @@ TINY = [
 
 
 def test_phase1_register_backtest_list_benchmark(ray_session, workspace, capsys):
-    from rl_trading.evaluation import register_policy
+    from rl_trading.evaluation.registration import register_policy
     from rl_trading.registry import ModelRegistry
     from rl_trading.training.session import train
 

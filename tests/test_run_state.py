@@ -258,7 +258,7 @@ def test_unknown_bump_is_refused_before_any_backtest(workspace, monkeypatch, cap
     def no_register(*args, **kwargs):
         raise AssertionError("register_policy ran with a bad --bump")
 
-    monkeypatch.setattr("rl_trading.evaluation.register_policy", no_register)
+    monkeypatch.setattr("rl_trading.evaluation.registration.register_policy", no_register)
     rc = main(["models", "register", "--checkpoint", "ckpt", "--bump", "huge"])
     err = capsys.readouterr().err
     assert rc == 2

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from rl_trading.config import load_config
 from rl_trading.data import read_bars, synthetic_market
-from rl_trading.supervised import load_model, predict_proba
+from rl_trading.supervised.api import load_model, predict_proba
 from rl_trading.supervised.trainables import train_supervised
 
 pytestmark = pytest.mark.rllib
@@ -162,7 +162,7 @@ def test_cli_supervised_optimize_with_cnn_lstm(ray_session, workspace) -> None:
     payload = json.loads((workspace / "run" / "results.json").read_text())
     assert payload["optimize"] is True
     assert "supervised trials: 1 CPU(s) each" in result.output  # the sizing, said once
-    from rl_trading.evaluation import ledger
+    from rl_trading import ledger
 
     # 2 models x 2 Optuna trials on this market, in the trial ledger without a flag
     rows = [r for r in ledger.list_trials() if r.kind == "optuna"]

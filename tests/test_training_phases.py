@@ -17,7 +17,7 @@ from rl_trading.training.checkpoints import load_algorithm, load_module
 from rl_trading.training.runner import (
     driver_modules,
     run_phase,
-    run_pipeline,
+    run_phases,
     sync_driver_modules,
 )
 from rl_trading.training.signals import StopFlag, TrainingInterrupted
@@ -52,7 +52,7 @@ def _weights(ckpt, pid):
 def test_pipeline_runs_checkpoints_and_freezes_specialists(ray_session, tmp_path):
     cfg = tiny_cfg()
     factory = standin_factory(episode_length=32)
-    out = run_pipeline(cfg, factory, tmp_path, tracking=False)
+    out = run_phases(cfg, factory, tmp_path, tracking=False)
     assert [r.iterations for r in out.values()] == [3, 2, 2]
     assert out["phase1"].metrics["portfolio_equity"] > 0  # logged by TradingCallbacks
     state = RunState.load(tmp_path)

@@ -8,11 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rl_trading import metrics
+from rl_trading import ledger, metrics
 from rl_trading.cli.main import main
 from rl_trading.config import AppConfig
 from rl_trading.errors import ConfigError
-from rl_trading.evaluation import ledger
 from rl_trading.evaluation import walk_forward_retrain as wf
 
 
@@ -130,7 +129,7 @@ def test_every_dsr_counts_the_ledger_without_a_flag(workspace, monkeypatch):
     trial count, by `models benchmark` and by the walk-forward, with no --extra-trials."""
     from rl_trading.cli import models as models_cli
     from rl_trading.data import load_market
-    from rl_trading.evaluation import trial_count
+    from rl_trading.evaluation.selection import trial_count
 
     cfg = _cfg()
     fp = ledger.market_fingerprint(cfg)

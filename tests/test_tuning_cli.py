@@ -42,7 +42,6 @@ def test_bad_override_is_a_config_error(workspace, capsys):
 def test_pbt_trains_on_the_observed_market_with_val_history(workspace, capsys, monkeypatch):
     """`tune pbt` sees what training sees: `observed_market` (sig_* columns included), split
     like training (validation keeps its first bars)."""
-    import rl_trading.supervised.signals as signals
     import tuning.pbt as pbt
     from rl_trading.data import synthetic_market
     from rl_trading.errors import RLTradingError
@@ -50,7 +49,7 @@ def test_pbt_trains_on_the_observed_market_with_val_history(workspace, capsys, m
     bars = synthetic_market(["AAA"], n_bars=1500, seed=1, timeframe="1h")
     bars["AAA"]["sig_analyst_1h"] = 0.5
     seen = {}
-    monkeypatch.setattr(signals, "observed_market", lambda cfg, raw=None: bars)
+    monkeypatch.setattr("rl_trading.cli.tune.observed_market", lambda cfg, raw=None: bars)
 
     def fake_run_pbt(cfg, phase, train, val, **kwargs):
         seen["train"], seen["val"] = train, val

@@ -19,8 +19,8 @@ import pytest
 from rl_trading.config import load_config
 from rl_trading.errors import CheckpointError, ConfigError
 from tuning.lineage import read_exploits
-from tuning.pbt import ClipToRanges, apply_hparams, hparam_ranges, ppo_overrides
-from tuning.trainable import summarize_result, trial_index
+from tuning.pbt import ClipToRanges, hparam_ranges
+from tuning.trainable import apply_hparams, ppo_overrides, summarize_result, trial_index
 
 HIDDEN = [16]
 

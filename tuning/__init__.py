@@ -1,5 +1,1 @@
-"""Population-Based Training of the RL phases (`run_pbt`) and its reports."""
-
-from tuning.pbt import PBTResult, load_best, run_pbt
-
-__all__ = ["PBTResult", "load_best", "run_pbt"]
+"""Population-Based Training of the RL phases (`pbt.run_pbt`), its trainable and reports."""

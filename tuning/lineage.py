@@ -87,10 +87,10 @@ def lineage_figure(results: Any, exploits: pd.DataFrame, metric: str) -> Any | N
     objective panel also shows the starting population's mean (dashed) as the baseline the
     search has to beat. None when no trial reported anything.
     """
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     histories = trial_histories(results)
     if not histories:
@@ -146,7 +146,7 @@ def plot_lineage(
     results: Any, exploits: pd.DataFrame, metric: str, path: str | Path
 ) -> Path | None:
     """lineage.png: :func:`lineage_figure` saved at `path` (None when nothing was reported)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     fig = lineage_figure(results, exploits, metric)
     if fig is None:

@@ -19,9 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rl_trading import ledger, ray_utils
 from rl_trading.config import AppConfig
 from rl_trading.errors import CheckpointError, ConfigError, RLTradingError
-from tuning.trainable import HPARAM_FIELDS, PhaseTrainable, RunnerFactory
+from rl_trading.metrics import probability_of_backtest_overfitting
+from rl_trading.ray_utils import fit_trial_runners
+from rl_trading.tracking import configure_mlflow, ensure_experiment, standard_tags
+from tuning.lineage import plot_lineage, read_exploits
+from tuning.phase_runner import PhaseRunnerFactory
+from tuning.results import trials_table
+from tuning.trainable import HPARAM_FIELDS, PhaseTrainable, RunnerFactory, ppo_overrides
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,7 +81,7 @@ def hparam_ranges(cfg: AppConfig) -> dict[str, tuple[float, float]]:
 
 def search_space(ranges: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
     """Tune domains for the initial population and for PBT's resampling."""
-    from ray import tune
+    from ray import tune  # heavy: ray
 
     space: dict[str, Any] = {}
     for key, (low, high) in ranges.items():
@@ -106,7 +113,7 @@ class ClipToRanges:
 
 def make_scheduler(cfg: AppConfig) -> Any:
     """`PopulationBasedTraining` over the training iterations with the cfg.tuning knobs."""
-    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers import PopulationBasedTraining  # heavy: ray
 
     ranges = hparam_ranges(cfg)
     return PopulationBasedTraining(
@@ -122,26 +129,13 @@ def make_scheduler(cfg: AppConfig) -> Any:
     )
 
 
-def ppo_overrides(hparams: Mapping[str, float]) -> dict[str, float]:
-    """Trial hyperparameters as `cfg.ppo` field names (`lambda` -> `gae_lambda`)."""
-    return {HPARAM_FIELDS[k]: float(v) for k, v in hparams.items() if k in HPARAM_FIELDS}
-
-
-def apply_hparams(cfg: AppConfig, hparams: Mapping[str, float]) -> AppConfig:
-    """A copy of `cfg` whose `ppo` section carries the trial's hyperparameters."""
-    ppo = cfg.ppo.model_copy(update=ppo_overrides(hparams))
-    return cfg.model_copy(update={"ppo": ppo})
-
-
 def default_run_dir(cfg: AppConfig, phase: int) -> Path:
     """`<cfg.run_dir>/pbt_phase<N>` (timestamp filled in)."""
     return cfg.resolved_run_dir() / f"pbt_phase{phase}"
 
 
 def _mlflow_callback(cfg: AppConfig, phase: int) -> Any:
-    from ray.air.integrations.mlflow import MLflowLoggerCallback
-
-    from rl_trading.tracking import configure_mlflow, ensure_experiment, standard_tags
+    from ray.air.integrations.mlflow import MLflowLoggerCallback  # heavy: ray
 
     uri = configure_mlflow(cfg.tracking.tracking_uri)  # absolute (workspace SQLite by default)
     name = f"{cfg.train.experiment_name}_pbt_phase{phase}"
@@ -181,15 +175,13 @@ def run_pbt(
     Each member samples in its own process (`tuning.phase_runner`) on `tuning.cpus_per_trial`
     CPUs; `notify` gets the line saying how many run at a time, and a member that could never
     be placed is a one-line ConfigError before any work. With `data_fingerprint` (the market's,
-    `rl_trading.evaluation.ledger.market_fingerprint`) its members x rounds go into the trial
+    `rl_trading.ledger.market_fingerprint`) its members x rounds go into the trial
     ledger, so every later DSR on that data counts them.
 
     `runner_factory(hparams, seed)` builds the phase runner; by default the RLlib phase from
     :mod:`rl_trading.training` on `train_bars`, validated on `val_bars`.
     """
-    from ray import tune
-
-    from rl_trading.ray_utils import fit_trial_runners, init_ray
+    from ray import tune  # heavy: ray
 
     if phase not in (1, 2, 3):
         raise ConfigError(f"phase must be 1, 2 or 3 (got {phase})")
@@ -205,8 +197,6 @@ def run_pbt(
     exp_path = run_dir / EXPERIMENT_DIR
 
     if runner_factory is None:
-        from tuning.phase_runner import PhaseRunnerFactory
-
         if train_bars is None or val_bars is None:
             raise ConfigError("run_pbt needs train_bars and val_bars for the RLlib phase runner")
         runner_factory = PhaseRunnerFactory(cfg, phase, train_bars, val_bars, init_checkpoint)
@@ -216,7 +206,7 @@ def run_pbt(
     if not resume and exp_path.exists() and any(exp_path.iterdir()):
         raise ConfigError(f"{exp_path} already holds a PBT run; use --resume or a new run dir")
 
-    cluster = init_ray(cfg.resources.address, cfg.resources.num_cpus)
+    cluster = ray_utils.init_ray(cfg.resources.address, cfg.resources.num_cpus)
     _, line = fit_trial_runners(
         cluster,
         0,
@@ -259,8 +249,6 @@ def run_pbt(
 
 def record_in_ledger(result: PBTResult, cfg: AppConfig, fingerprint: str, population: int) -> int:
     """Record a PBT run's members x perturbation rounds in the trial ledger; rows added."""
-    from rl_trading.evaluation import ledger
-
     rounds = max(1, result.n_trials // max(int(population), 1))
     configs = [{"member": m, "round": r} for m in range(int(population)) for r in range(rounds)]
     return ledger.record_trials(
@@ -278,8 +266,8 @@ def _new_tuner(
     mlflow: bool,
     verbose: int,
 ) -> Any:
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator
+    from ray import tune  # heavy: ray
+    from ray.tune.search import BasicVariantGenerator  # heavy: ray
 
     interval = cfg.tuning.perturbation_interval
     param_space = {
@@ -325,8 +313,6 @@ def summarize(
     iterations: int,
 ) -> PBTResult:
     """Best trial, table (CSV), lineage PNG and `best.json` from a finished ResultGrid."""
-    from tuning.lineage import plot_lineage, read_exploits
-    from tuning.results import trials_table
 
     metric, mode = cfg.tuning.metric, cfg.tuning.mode
     exp_path = Path(results.experiment_path)
@@ -368,10 +354,6 @@ def selection_stats(
     """(trials tried, PBO): members x perturbation rounds, and with 4 or more members the
     CSCV probability of backtest overfitting over their per-iteration objective values
     (blocks of iterations; `metrics.probability_of_backtest_overfitting`)."""
-    import numpy as np
-
-    from rl_trading.metrics import probability_of_backtest_overfitting
-
     rounds = max(1, iterations // max(cfg.tuning.perturbation_interval, 1))
     n_trials = int(population) * rounds
     series = []

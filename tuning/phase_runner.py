@@ -14,8 +14,10 @@ from typing import Any
 
 from rl_trading.config import AppConfig
 from rl_trading.errors import ConfigError
-from tuning.pbt import apply_hparams
-from tuning.trainable import RLlibRunner
+from rl_trading.training.checkpoints import restore_policies
+from rl_trading.training.env_bridge import hierarchical_factory
+from rl_trading.training.mapping import PHASE_MODES, is_specialist
+from tuning.trainable import RLlibRunner, apply_hparams
 
 
 def phase_config_for_trial(
@@ -61,12 +63,12 @@ class PhaseRunnerFactory:
 
     def __call__(self, hparams: Mapping[str, float], seed: int) -> RLlibRunner:
         """Build the phase's algorithm for these hyperparameters, restore the start policies."""
+        # heavy: ray, torch
         from rl_trading.training.algo_config import build_phase_config, phase_policies
-        from rl_trading.training.checkpoints import restore_policies
-        from rl_trading.training.env_bridge import hierarchical_factory
-        from rl_trading.training.mapping import PHASE_MODES, is_specialist
+
+        # heavy: ray, torch
         from rl_trading.training.runner import driver_modules, sync_driver_modules
-        from rl_trading.training.validation import validate
+        from rl_trading.training.validation import validate  # heavy: ray, torch
 
         cfg = phase_config_for_trial(self.cfg, self.phase, hparams, seed)
         factory = hierarchical_factory(cfg, self.train_bars, self.val_bars)

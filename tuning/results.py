@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from rl_trading.evaluation.report import PackedTables
 from tuning.trainable import HPARAM_FIELDS, trial_index
 
 
@@ -56,8 +57,6 @@ _SHORT = {
 def render_table(table: pd.DataFrame, metric: str) -> Any:
     """The trials (best first), one row each; columns that do not fit the console width go into
     a further table that repeats the trial number, so no cell is cut at 80 columns."""
-    from rl_trading.evaluation.report import PackedTables
-
     hidden = {"trial_id", "checkpoint"}
     if "status" in table and (table["status"] == "done").all():
         hidden.add("status")

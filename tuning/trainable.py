@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from ray import tune
 
+from rl_trading.config import AppConfig
+
 logger = logging.getLogger(__name__)
 
 # Hyperparameters PBT mutates: trial-config key -> field of `cfg.ppo` (RLlib spells it `lambda`).
@@ -90,7 +92,7 @@ class RLlibRunner:
 
     def stop(self) -> None:
         """`algo.stop()` (its empty log folder removed)."""
-        from rl_trading.training.algo_config import release_algorithm
+        from rl_trading.training.algo_config import release_algorithm  # heavy: ray, torch
 
         release_algorithm(self.algo)
 
@@ -165,7 +167,7 @@ class PhaseTrainable(tune.Trainable):
     def _build(self, config: Mapping[str, Any]) -> PhaseRunner:
         """The runner for `config`; RLlib Algorithms built meanwhile log under the trial folder
         (not an empty `~/ray_results/<timestamp>`)."""
-        from rl_trading.training.algo_config import algo_logdir
+        from rl_trading.training.algo_config import algo_logdir  # heavy: ray, torch
 
         with algo_logdir(self.logdir):
             return self._factory(self.hparams(config), self._seed)
@@ -235,3 +237,14 @@ class PhaseTrainable(tune.Trainable):
         runner = getattr(self, "_runner", None)
         if runner is not None:
             runner.stop()
+
+
+def ppo_overrides(hparams: Mapping[str, float]) -> dict[str, float]:
+    """Trial hyperparameters as `cfg.ppo` field names (`lambda` -> `gae_lambda`)."""
+    return {HPARAM_FIELDS[k]: float(v) for k, v in hparams.items() if k in HPARAM_FIELDS}
+
+
+def apply_hparams(cfg: AppConfig, hparams: Mapping[str, float]) -> AppConfig:
+    """A copy of `cfg` whose `ppo` section carries the trial's hyperparameters."""
+    ppo = cfg.ppo.model_copy(update=ppo_overrides(hparams))
+    return cfg.model_copy(update={"ppo": ppo})

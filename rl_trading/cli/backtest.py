@@ -10,6 +10,8 @@ import typer
 from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, DataOpt, SetOpt, SplitOpt, console, policy_config
 from rl_trading.cli.output import JsonOpt, next_steps, print_json
+from rl_trading.config import periods_per_year_of
+from rl_trading.errors import ConfigError
 
 
 def backtest_command(
@@ -49,18 +51,16 @@ def backtest_command(
 
     The policy's stored training config and scalers are used unless -c/--set override them.
     """
-    from rl_trading.config import periods_per_year_of
-    from rl_trading.errors import ConfigError
-    from rl_trading.evaluation import select_bars, trial_count
-    from rl_trading.evaluation.backtest import backtest
-    from rl_trading.evaluation.report import (
+    from rl_trading.evaluation.backtest import backtest  # heavy: numba
+    from rl_trading.evaluation.report import (  # heavy: numba
         render_table,
         render_targets,
         render_walk_forward,
         report_dict,
         write_report,
     )
-    from rl_trading.evaluation.walk_forward import walk_forward
+    from rl_trading.evaluation.selection import select_bars, trial_count  # heavy: sqlalchemy
+    from rl_trading.evaluation.walk_forward import walk_forward  # heavy: numba
 
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --checkpoint PATH or --model NAME")
@@ -123,8 +123,6 @@ def backtest_command(
 
 def parse_seeds(text: str) -> list[int]:
     """`--seeds 1,2,3` as integers; ConfigError naming the bad item otherwise."""
-    from rl_trading.errors import ConfigError
-
     items = [t.strip() for t in text.split(",")]
     if not text.strip() or any(not t for t in items):
         raise ConfigError(f"--seeds must be comma-separated integers, e.g. 1,2,3 (got {text!r})")

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from rl_trading.artifacts import stored_config
 from rl_trading.config import AppConfig, load_config
+from rl_trading.registry import ModelRegistry
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # one error line, never hard-wrapped
@@ -60,8 +62,6 @@ def policy_config(
     timeframe, data source, env and reward settings), with `--set` on top; `-c` replaces it
     explicitly. Falls back to `-c`/defaults for policies saved without one.
     """
-    from rl_trading.training.checkpoints import stored_config
-
     base = cli_config(config, sets)
     if config is not None:
         return base, f"{config} (explicit -c)"
@@ -69,8 +69,6 @@ def policy_config(
     if checkpoint is not None:
         stored = stored_config(checkpoint)
     elif model is not None:
-        from rl_trading.registry import ModelRegistry
-
         stored = ModelRegistry(cfg=base).load_training_config(model)
     if not stored:
         return base, "defaults (no training config stored with the policy)"

@@ -5,11 +5,36 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
 from rl_trading.cli.output import JsonOpt, print_json
-from rl_trading.errors import DataError
+from rl_trading.config import zone
+from rl_trading.data import (
+    check_symbol,
+    fingerprint,
+    guess_timeframe,
+    load_market,
+    parse_timeframe,
+    read_bars,
+    synthetic_market,
+    synthetic_symbols,
+    timeframe_delta,
+    write_bars,
+)
+from rl_trading.data.schema import read_raw
+from rl_trading.data.validation import (
+    DEFAULT_MAX_PRICE,
+    check_bars,
+    check_spacing,
+    describe_outliers,
+    outlier_returns,
+    repair_bars,
+)
+from rl_trading.errors import ConfigError, DataError
 
 MAX_SYNTH_BARS = 10_000_000
 app = typer.Typer(
@@ -39,9 +64,6 @@ MaxPriceOpt = Annotated[
 
 def _time_options(assume_utc: bool, tz: str | None, max_price: float | None) -> float:
     """Check the time-zone and ceiling options; returns the price ceiling to use."""
-    from rl_trading.data.validation import DEFAULT_MAX_PRICE, zone
-    from rl_trading.errors import ConfigError
-
     if assume_utc and tz:
         raise ConfigError("give either --assume-utc or --tz, not both")
     if tz:
@@ -60,7 +82,6 @@ def _ts(value) -> str:  # noqa: ANN001 - a pandas Timestamp or None
 
 
 def _summary_table(title: str, rows: list[tuple[str, str]]):  # noqa: ANN202 - rich Table
-    from rich.table import Table
 
     table = Table(title=title, show_header=False)
     table.add_column("field", style="bold")
@@ -71,7 +92,6 @@ def _summary_table(title: str, rows: list[tuple[str, str]]):  # noqa: ANN202 - r
 
 
 def _describe(bars) -> list[tuple[str, str]]:  # noqa: ANN001 - a bars DataFrame
-    from rl_trading.data import guess_timeframe, timeframe_delta
 
     tf = guess_timeframe(bars.index)
     gaps = 0
@@ -110,16 +130,6 @@ def validate(
 
     Returns far outside the series' usual moves (a robust z-score above 50, e.g. a close x100
     spike) are warnings, errors with --strict."""
-    from rl_trading.data import parse_timeframe
-    from rl_trading.data.schema import read_raw, write_bars
-    from rl_trading.data.validation import (
-        check_bars,
-        check_spacing,
-        describe_outliers,
-        outlier_returns,
-        repair_bars,
-    )
-
     ceiling = _time_options(assume_utc, tz, max_price)
     if repair and out is None:
         raise DataError("--repair needs --out PATH for the repaired file")
@@ -169,9 +179,7 @@ def import_(
 ) -> None:
     """Validate a bars file and insert it into the SQL store (re-imports add nothing unless
     --replace, which overwrites the stored rows with the file's values)."""
-    from rl_trading.data import check_symbol, parse_timeframe, read_bars
-    from rl_trading.data.store import BarStore
-    from rl_trading.data.validation import check_spacing
+    from rl_trading.data.store import BarStore  # heavy: sqlalchemy
 
     ceiling = _time_options(assume_utc, tz, max_price)
     check_symbol(symbol)
@@ -197,8 +205,7 @@ def delete(
     db: DbOpt = None,
 ) -> None:
     """Remove one stored series (symbol and timeframe) from the SQL store."""
-    from rl_trading.data import check_symbol, parse_timeframe
-    from rl_trading.data.store import BarStore
+    from rl_trading.data.store import BarStore  # heavy: sqlalchemy
 
     check_symbol(symbol)
     parse_timeframe(timeframe)
@@ -216,10 +223,7 @@ def delete(
 @app.command()
 def info(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """List the stored series: symbol, timeframe, rows and time range."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from rl_trading.data.store import BarStore
+    from rl_trading.data.store import BarStore  # heavy: sqlalchemy
 
     store = BarStore(db)
     items = store.info()
@@ -259,16 +263,6 @@ def synth(
     start: Annotated[str, typer.Option(help="First timestamp (UTC).")] = "2024-01-01",
 ) -> None:
     """Write seeded synthetic bars (GBM, volatility regimes, optional planted signal)."""
-    import pandas as pd
-
-    from rl_trading.data import (
-        check_symbol,
-        parse_timeframe,
-        synthetic_market,
-        timeframe_delta,
-        write_bars,
-    )
-
     if not 0 < bars <= MAX_SYNTH_BARS:
         raise DataError(f"--bars must be between 1 and {MAX_SYNTH_BARS:,} (got {bars})")
     parse_timeframe(timeframe)
@@ -308,10 +302,6 @@ def synth(
 @app.command()
 def summary(config: ConfigOpt = None, sets: SetOpt = None, as_json: JsonOpt = False) -> None:
     """What `load_market` gives for a config: instruments, bars, range and fingerprint."""
-    from rich.table import Table
-
-    from rl_trading.data import fingerprint, load_market, synthetic_symbols
-
     cfg = cli_config(config, sets)
     market = load_market(cfg)
     synthetic = set(synthetic_symbols(market))

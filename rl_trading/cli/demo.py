@@ -10,10 +10,19 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.cli.progress import phase_progress
 
 
 def _print_stage(name: str, info: dict[str, Any]) -> None:
+    from rl_trading.evaluation.report import (  # heavy: numba
+        render_table,
+        render_targets,
+        render_walk_forward,
+    )
+    from rl_trading.supervised.report import results_table  # heavy: numba
+
     if name == "data":
         table = Table(title="Market data", show_header=False)
         table.add_column("field", no_wrap=True)
@@ -24,8 +33,6 @@ def _print_stage(name: str, info: dict[str, Any]) -> None:
         table.add_row("train / val / test", f"{info['train']} / {info['val']} / {info['test']}")
         console.print(table)
     elif name == "supervised":
-        from rl_trading.supervised.report import results_table
-
         console.print(results_table(info["results"].records))
         for rec in info["registered"]:
             console.print(f"registered supervised model [bold]{rec.display_name}[/]")
@@ -40,8 +47,6 @@ def _print_stage(name: str, info: dict[str, Any]) -> None:
         rec = info["model"]
         console.print(f"registered policy [bold]{rec.display_name}[/]")
     elif name == "backtest":
-        from rl_trading.evaluation.report import render_table, render_targets, render_walk_forward
-
         result = info["result"]
         console.print(render_table(result, title=f"Backtest on {result.meta.get('bars')}"))
         console.print(render_targets(result))
@@ -59,9 +64,7 @@ def demo(
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
 ) -> None:
     """Run the whole pipeline: data, supervised models, RL phases 1-3, registry, backtest."""
-    from rl_trading.cli import logs
-    from rl_trading.cli.progress import phase_progress
-    from rl_trading.pipeline import run_pipeline
+    from rl_trading.pipeline import run_pipeline  # heavy: numba, sqlalchemy
 
     cfg = cli_config(config, sets)
     run_dir = Path(run_dir or cfg.resolved_run_dir()).resolve()

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
+from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, ExtraTrialsOpt, SetOpt, cli_config, console
 
 app = typer.Typer(
@@ -48,7 +50,7 @@ def walk_forward_command(
     sets: SetOpt = None,
 ) -> None:
     """Retrain on every expanding-window fold x seed, test each fold once, report with CIs."""
-    from rl_trading.evaluation.walk_forward_retrain import (
+    from rl_trading.evaluation.walk_forward_retrain import (  # heavy: numba, sqlalchemy
         prepare,
         render_table,
         walk_forward_retrain,
@@ -62,7 +64,6 @@ def walk_forward_command(
         f"{','.join(map(str, plan.phases))}; {len(plan.units) - len(todo)} done, "
         f"{len(todo)} to run -> {plan.out_dir}"
     )
-    from rl_trading.cli import logs
 
     report = walk_forward_retrain(
         plan,
@@ -85,9 +86,7 @@ def trials_command(
     sets: SetOpt = None,
 ) -> None:
     """The trial ledger: configurations evaluated per data fingerprint (what every DSR counts)."""
-    from rich.table import Table
-
-    from rl_trading.evaluation import ledger
+    from rl_trading import ledger  # heavy: sqlalchemy
 
     cfg = cli_config(config, sets)
     rows = ledger.summary(data, ledger.ledger_url(cfg))

@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from rl_trading.cli.common import ConfigOpt, SetOpt, console, policy_config
+from rl_trading.errors import CheckpointError, ConfigError
+from rl_trading.evaluation.export import export_policies
+from rl_trading.registry import ModelRegistry
 
 app = typer.Typer(help="Export trained policies (ONNX).", no_args_is_help=True)
 
@@ -40,16 +43,12 @@ def onnx(
 ) -> None:
     """Export a policy as ONNX (obs [B, obs_dim] -> deterministic action); every policy of
     a hierarchy, one file each, plus a manifest."""
-    from rl_trading.errors import CheckpointError, ConfigError
-    from rl_trading.evaluation.export import export_policies
-    from rl_trading.inference import load_policy
+    from rl_trading.inference import load_policy  # heavy: numba
 
     if (checkpoint is None) == (model is None):
         raise ConfigError("give exactly one of --model NAME or --checkpoint PATH")
     cfg, _ = policy_config(config, sets, checkpoint=checkpoint, model=model)
     if model is not None:
-        from rl_trading.registry import ModelRegistry
-
         rec = ModelRegistry(cfg=cfg).resolve(model)
         if rec.kind == "ensemble":
             members = ", ".join(rec.lineage.get("members", [])) or "its members"

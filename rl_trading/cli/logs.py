@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from rl_trading.cli.common import err_console
+
 LOG_NAME = "library.log"
 
 
@@ -59,7 +61,6 @@ def start() -> None:
     global _active
     if _active is not None or verbose_requested():
         return
-    from rl_trading.cli.common import err_console
 
     # Tune's new console output prints its experiment banner and TensorBoard hints with print()
     # whatever the verbosity; the classic reporter prints nothing at verbose=0
@@ -113,7 +114,6 @@ def stop(failed: bool = False) -> Path | None:
     global _active
     if _active is None:
         return None
-    from rl_trading.cli.common import err_console
 
     state, _active = _active, None
     try:

@@ -9,15 +9,21 @@ from typing import Annotated
 import click
 import typer
 
-from rl_trading import __version__
 from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console, err_console
 from rl_trading.errors import RLTradingError
+from rl_trading.version import __version__
 
 try:  # typer >= 0.29 vendors click: its usage errors are not click.ClickException
     from typer._click.exceptions import ClickException as _TyperClickException
 except ImportError:  # pragma: no cover - older typer raises click's own exceptions
     _TyperClickException = click.ClickException
+import importlib
+
+from rich.markup import escape
+
+from rl_trading.tracking import redact_text
+from rl_trading.verify import render_checks, run_checks
 
 app = typer.Typer(
     name="rl-trading",
@@ -70,8 +76,6 @@ def verify(
     skip_ray: Annotated[bool, typer.Option(help="Skip starting Ray (faster).")] = False,
 ) -> None:
     """System check: versions, torch device/GPU, Ray, data source and MLflow store."""
-    from rl_trading.verify import render_checks, run_checks
-
     cfg = cli_config(config, sets)
     checks = run_checks(cfg, address=address, tracking_uri=tracking_uri, skip_ray=skip_ray)
     console.print(render_checks(checks))
@@ -82,8 +86,6 @@ def verify(
 
 def _register_subcommands() -> None:
     """Attach the sub-command groups (each module owns one group)."""
-    import importlib
-
     for module, name in [
         ("rl_trading.cli.data", "data"),
         ("rl_trading.cli.train", "train"),
@@ -112,10 +114,6 @@ MAX_MESSAGE_CHARS = 600  # every error line is capped (a YAML alias bomb must no
 
 def _one_line(exc: BaseException) -> str:
     """The first line of an error, credentials in URLs hidden, capped, rich markup escaped."""
-    from rich.markup import escape
-
-    from rl_trading.tracking import redact_text
-
     text = str(exc).strip()
     line = redact_text(text.splitlines()[0] if text else exc.__class__.__name__)
     if len(line) > MAX_MESSAGE_CHARS:

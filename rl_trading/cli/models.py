@@ -7,8 +7,12 @@ import re
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
+from rich import box
+from rich.table import Table
 
+from rl_trading import metrics
 from rl_trading.cli import logs
 from rl_trading.cli.common import (
     ConfigOpt,
@@ -21,6 +25,8 @@ from rl_trading.cli.common import (
     policy_config,
 )
 from rl_trading.cli.output import JsonOpt, next_steps, print_json
+from rl_trading.errors import CheckpointError, ConfigError, RegistryError
+from rl_trading.registry import ModelRegistry
 
 app = typer.Typer(
     help="Registered models: families, versions, aliases, grades, lineage.", no_args_is_help=True
@@ -32,8 +38,6 @@ TrackingOpt = Annotated[
 
 
 def _registry(config: Path | None, sets: list[str] | None, tracking_uri: str | None):
-    from rl_trading.registry import ModelRegistry
-
     cfg = cli_config(config, sets)
     return ModelRegistry(tracking_uri=tracking_uri, cfg=cfg), cfg
 
@@ -70,9 +74,6 @@ def list_models(
 def family_tables(records: list) -> list:
     """One rich table per family (versions, semver, grade, metric, aliases, date), each
     readable at 80 columns; old-layout records in a table of their own with full names."""
-    from rich import box
-    from rich.table import Table
-
     groups: dict[str, list] = {}
     for r in records:
         groups.setdefault("" if r.legacy else r.family, []).append(r)
@@ -130,8 +131,6 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Version, grade, metrics, lineage, data fingerprint and integrity of one model."""
-    from rich.table import Table
-
     registry, _ = _registry(config, sets, tracking_uri)
     r = registry.info(name)
     if as_json:
@@ -209,8 +208,7 @@ def register_cmd(
     sets: SetOpt = None,
 ) -> None:
     """Backtest a checkpoint on --split, grade it, and register it with its preprocessing."""
-    from rl_trading.errors import CheckpointError, ConfigError
-    from rl_trading.evaluation import register_policy
+    from rl_trading.evaluation.registration import register_policy  # heavy: numba, sqlalchemy
 
     if bump is not None and bump not in ("major", "minor", "patch"):  # before any backtest
         raise ConfigError(f"--bump must be major, minor or patch, not '{bump}'")
@@ -244,8 +242,7 @@ def benchmark(
     as_json: JsonOpt = False,
 ) -> None:
     """Backtest several models on the same bars; one comparison table (+ baselines)."""
-    from rl_trading.errors import ConfigError
-    from rl_trading.evaluation.report import metrics_grid
+    from rl_trading.evaluation.report import metrics_grid  # heavy: numba
 
     names = [m.strip() for m in models.split(",") if m.strip()]
     if len(names) < 1:
@@ -275,12 +272,9 @@ def compare_models(names: list[str], cfg, data: Path | None, split: str) -> dict
     with 4 or more the probability of backtest overfitting (CSCV) is reported, and on the
     test split every compared model is tagged in the registry (`test_selections`).
     """
-    import numpy as np
-
-    from rl_trading import metrics
-    from rl_trading.evaluation import ledger, select_bars
-    from rl_trading.evaluation.backtest import backtest
-    from rl_trading.registry import ModelRegistry
+    from rl_trading import ledger  # heavy: sqlalchemy
+    from rl_trading.evaluation.backtest import backtest  # heavy: numba
+    from rl_trading.evaluation.selection import select_bars  # heavy: sqlalchemy
 
     bars, train, desc = select_bars(cfg, data, split)
     # comparing is a selection on these bars: recorded in the ledger, every trial on them counts
@@ -341,9 +335,11 @@ def ensemble(
     as_json: JsonOpt = False,
 ) -> None:
     """Combine registered policies, backtest next to members and baselines, grade, register."""
-    from rl_trading.errors import ConfigError
-    from rl_trading.evaluation.ensemble import create_ensemble, parse_weights
-    from rl_trading.evaluation.report import render_table
+    from rl_trading.evaluation.ensemble import (  # heavy: numba, sqlalchemy
+        create_ensemble,
+        parse_weights,
+    )
+    from rl_trading.evaluation.report import render_table  # heavy: numba
 
     names = [m.strip() for m in members.split(",") if m.strip()]
     if len(names) < 2:
@@ -417,8 +413,6 @@ def promote(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Point an alias (default `champion`) of the family at this version."""
-    from rl_trading.errors import RegistryError
-
     if not ALIAS_RE.fullmatch(alias) or re.fullmatch(r"(?i)v\d+|latest", alias):
         raise RegistryError(
             f"invalid alias {alias[:64]!r}: use 1-64 letters, digits, _ or - "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -73,10 +74,14 @@ def run_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a policy on a feed; each bar's fills, decision and equity commit atomically."""
-    import tempfile
-
-    from rl_trading.paper import Ledger, PaperOptions, PaperSession, resolve_model
-    from rl_trading.paper.loop import make_feed
+    from rl_trading.paper import (  # heavy: numba, sqlalchemy
+        Ledger,
+        PaperOptions,
+        PaperSession,
+        resolve_model,
+    )
+    from rl_trading.paper.loop import make_feed  # heavy: numba, sqlalchemy
+    from rl_trading.paper.report import write_report  # heavy: numba, sqlalchemy
 
     resolved = resolve_model(model, config, sets, onnx=onnx)
     feed = make_feed(
@@ -96,8 +101,6 @@ def run_command(
     status = result.status
     info = {}
     if report and not dry_run:
-        from rl_trading.paper.report import write_report
-
         info = write_report(resolved, ledger, session, out or Path("paper") / session)
     if as_json:
         print_json({**status, "new_bars": result.new_bars, "dry_run": dry_run, "report": info})
@@ -119,7 +122,7 @@ def run_command(
 @app.command("status")
 def status_command(session: SessionOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """A session's state, equity, cash, positions and orders."""
-    from rl_trading.paper import Ledger
+    from rl_trading.paper import Ledger  # heavy: numba, sqlalchemy
 
     status = Ledger(db).status(session)
     if as_json:
@@ -140,7 +143,7 @@ def status_command(session: SessionOpt, db: DbOpt = None, as_json: JsonOpt = Fal
 @app.command("list")
 def list_command(db: DbOpt = None, as_json: JsonOpt = False) -> None:
     """Every paper session in the ledger."""
-    from rl_trading.paper import Ledger
+    from rl_trading.paper import Ledger  # heavy: numba, sqlalchemy
 
     ledger = Ledger(db)
     rows = [ledger.status(r["name"]) for r in ledger.list_sessions()]
@@ -167,7 +170,7 @@ def stop_command(
     db: DbOpt = None,
 ) -> None:
     """Stop a session: a running one at its next poll (flat first with --flatten)."""
-    from rl_trading.paper import Ledger
+    from rl_trading.paper import Ledger  # heavy: numba, sqlalchemy
 
     ledger = Ledger(db)
     row = ledger.request_stop(session, flatten)

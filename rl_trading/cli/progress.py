@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from rl_trading.cli import logs
+
 _NOISY = ("ray", "ray.rllib", "ray.tune", "ray.train", "ray.data", "mlflow", "alembic")
 
 
@@ -18,8 +20,6 @@ def quiet_libraries() -> None:
     progress and tables say what happens); RL_TRADING_DEBUG=1 or --verbose keeps everything.
     Under the CLI their output already goes to the library log (`cli/logs.py`), which keeps
     their warnings."""
-    from rl_trading.cli import logs
-
     if logs.verbose_requested() or logs.routed():
         return
     # both configure their loggers when first imported: import first, then set the levels

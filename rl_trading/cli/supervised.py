@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
 from rl_trading.errors import ConfigError
 
@@ -60,9 +61,9 @@ def supervised(
     ] = False,
 ) -> None:
     """Train the supervised models as Ray Tune trials and print them next to their baselines."""
-    from rl_trading.cli import logs
-    from rl_trading.supervised.report import results_table
-    from rl_trading.supervised.trainables import train_supervised
+    from rl_trading.evaluation.registration import register_supervised  # heavy: numba, sqlalchemy
+    from rl_trading.supervised.report import results_table  # heavy: numba
+    from rl_trading.supervised.trainables import train_supervised  # heavy: sqlalchemy
 
     model_list = _split(models)
     tf_list = _split(timeframes)
@@ -90,8 +91,6 @@ def supervised(
     log = logs.attach_run_dir(Path(results.results_path).parent)
     console.print(results_table(results.records))
     if register:
-        from rl_trading.evaluation import register_supervised
-
         for rec in register_supervised(results, cfg):
             console.print(f"registered [bold]{rec.display_name}[/]", soft_wrap=True)
     console.print(f"results: {results.results_path}", soft_wrap=True)

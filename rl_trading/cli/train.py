@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.cli.logs import attach_run_dir
+from rl_trading.cli.progress import phase_progress
+from rl_trading.cli.supervised import supervised
+from rl_trading.training.signals import TrainingInterrupted
 
 app = typer.Typer(
     help="Train the hierarchical agents (phases 1-3) with RLlib PPO.", no_args_is_help=True
@@ -80,25 +87,116 @@ FromCkptOpt = Annotated[
 ]
 
 
-def _run(
+@dataclass(frozen=True)
+class PhaseCommand:
+    """One `train` phase command: its name, the phases it runs, its help, and whether it takes
+    --from-checkpoint (phases 2 and 3 start from the previous phase's checkpoint)."""
+
+    name: str
+    phases: tuple[int, ...]
+    help: str
+    from_checkpoint: bool = False
+
+
+_SAME_ENCODER = (
+    "A run whose specialists use a CNN-LSTM encoder needs the same --cnn-lstm-model here."
+)
+PHASE_COMMANDS = (
+    PhaseCommand(
+        "phase1",
+        (1,),
+        "Phase 1: train the specialists (one per instrument, or one shared) on fixed equal "
+        "weights.\n\nWith --cnn-lstm-model the specialists encode their window with a registered "
+        "supervised\nCNN-LSTM: frozen (stage 2), or fine-tuned with --fine-tune-lr (stage 3, "
+        '"hybrid").',
+    ),
+    PhaseCommand(
+        "phase2",
+        (2,),
+        "Phase 2: train the meta allocator over the frozen phase-1 specialists.\n\n"
+        + _SAME_ENCODER,
+        from_checkpoint=True,
+    ),
+    PhaseCommand(
+        "phase3",
+        (3,),
+        "Phase 3: fine-tune everything jointly (separate specialist / meta learning rates).\n\n"
+        + _SAME_ENCODER,
+        from_checkpoint=True,
+    ),
+    PhaseCommand(
+        "pipeline",
+        (1, 2, 3),
+        "Phases 1, 2 and 3 in one run directory (resumable); --cnn-lstm-model as in phase1.",
+    ),
+)
+
+
+def add_phase_command(spec: PhaseCommand) -> Callable[..., None]:
+    """Register `train <spec.name>` with the one option signature all phase commands share
+    (--from-checkpoint only where `spec.from_checkpoint`); returns the command function."""
+
+    def command(
+        config: ConfigOpt = None,
+        sets: SetOpt = None,
+        resume: ResumeOpt = False,
+        resume_or_start: ResumeOrStartOpt = False,
+        run_dir: RunDirOpt = None,
+        address: AddressOpt = None,
+        tracking_uri: TrackingOpt = None,
+        from_checkpoint: FromCkptOpt = None,
+        cnn_lstm_model: CnnLstmOpt = None,
+        fine_tune_lr: FineTuneOpt = None,
+        dashboard: DashboardOpt = False,
+        overwrite: OverwriteOpt = False,
+        allow_config_change: AllowChangeOpt = False,
+    ) -> None:
+        run_phases(
+            spec.phases,
+            config=config,
+            sets=sets,
+            resume=resume,
+            resume_or_start=resume_or_start,
+            run_dir=run_dir,
+            address=address,
+            tracking_uri=tracking_uri,
+            from_checkpoint=from_checkpoint,
+            cnn_lstm_model=cnn_lstm_model,
+            fine_tune_lr=fine_tune_lr,
+            dashboard=dashboard,
+            overwrite=overwrite,
+            allow_config_change=allow_config_change,
+        )
+
+    command.__name__ = command.__qualname__ = spec.name
+    command.__doc__ = spec.help
+    if not spec.from_checkpoint:
+        sig = inspect.signature(command, eval_str=True)  # typer reads the evaluated types
+        params = [p for p in sig.parameters.values() if p.name != "from_checkpoint"]
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    app.command(spec.name)(command)
+    return command
+
+
+def run_phases(
     phases: tuple[int, ...],
-    config,
-    sets,
-    resume,
-    run_dir,
-    address,
-    tracking_uri,
-    from_ckpt,
+    *,
+    config: Path | None = None,
+    sets: list[str] | None = None,
+    resume: bool = False,
     resume_or_start: bool = False,
+    run_dir: Path | None = None,
+    address: str | None = None,
+    tracking_uri: str | None = None,
+    from_checkpoint: Path | None = None,
     cnn_lstm_model: str | None = None,
     fine_tune_lr: float | None = None,
     dashboard: bool = False,
     overwrite: bool = False,
     allow_config_change: bool = False,
 ) -> None:
-    from rl_trading.cli.progress import phase_progress
-    from rl_trading.training.session import check_resume_flags, train
-    from rl_trading.training.signals import TrainingInterrupted
+    """What every phase command does: check the flags, load the config, train, print."""
+    from rl_trading.training.session import check_resume_flags, train  # heavy: ray, torch
 
     check_resume_flags(resume, resume_or_start)
     encoder = {"policy.cnn_lstm_model": cnn_lstm_model, "policy.encoder_lr": fine_tune_lr}
@@ -118,7 +216,7 @@ def _run(
                 run_dir=run_dir,
                 resume=resume,
                 resume_or_start=resume_or_start,
-                from_checkpoint=from_ckpt,
+                from_checkpoint=from_checkpoint,
                 address=address,
                 tracking_uri=tracking_uri,
                 progress=progress,
@@ -130,8 +228,6 @@ def _run(
         except TrainingInterrupted as stop:
             console.print(f"[yellow]{stop}[/]")
             raise typer.Exit(130) from None
-    from rl_trading.cli.logs import attach_run_dir
-
     log = attach_run_dir(out_dir)
     for name, res in results.items():
         sharpe = "n/a" if res.best_val_sharpe is None else f"{res.best_val_sharpe:.3f}"
@@ -148,109 +244,8 @@ def _run(
         console.print(f"      rl-trading models register --checkpoint {best}", soft_wrap=True)
 
 
-@app.command()
-def phase1(
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    resume: ResumeOpt = False,
-    resume_or_start: ResumeOrStartOpt = False,
-    run_dir: RunDirOpt = None,
-    address: AddressOpt = None,
-    tracking_uri: TrackingOpt = None,
-    cnn_lstm_model: CnnLstmOpt = None,
-    fine_tune_lr: FineTuneOpt = None,
-    dashboard: DashboardOpt = False,
-    overwrite: OverwriteOpt = False,
-    allow_config_change: AllowChangeOpt = False,
-) -> None:
-    """Phase 1: train the specialists (one per instrument, or one shared) on fixed equal weights.
-
-    With --cnn-lstm-model the specialists encode their window with a registered supervised
-    CNN-LSTM: frozen (stage 2), or fine-tuned with --fine-tune-lr (stage 3, "hybrid").
-    """
-    _run(
-        (1,), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start,
-        cnn_lstm_model, fine_tune_lr, dashboard, overwrite, allow_config_change,
-    )  # fmt: skip
+for _spec in PHASE_COMMANDS:
+    add_phase_command(_spec)
 
 
-@app.command()
-def phase2(
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    resume: ResumeOpt = False,
-    resume_or_start: ResumeOrStartOpt = False,
-    run_dir: RunDirOpt = None,
-    address: AddressOpt = None,
-    tracking_uri: TrackingOpt = None,
-    from_checkpoint: FromCkptOpt = None,
-    cnn_lstm_model: CnnLstmOpt = None,
-    fine_tune_lr: FineTuneOpt = None,
-    dashboard: DashboardOpt = False,
-    overwrite: OverwriteOpt = False,
-    allow_config_change: AllowChangeOpt = False,
-) -> None:
-    """Phase 2: train the meta allocator over the frozen phase-1 specialists.
-
-    A run whose specialists use a CNN-LSTM encoder needs the same --cnn-lstm-model here.
-    """
-    _run(
-        (2,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
-        resume_or_start, cnn_lstm_model, fine_tune_lr, dashboard, overwrite, allow_config_change,
-    )  # fmt: skip
-
-
-@app.command()
-def phase3(
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    resume: ResumeOpt = False,
-    resume_or_start: ResumeOrStartOpt = False,
-    run_dir: RunDirOpt = None,
-    address: AddressOpt = None,
-    tracking_uri: TrackingOpt = None,
-    from_checkpoint: FromCkptOpt = None,
-    cnn_lstm_model: CnnLstmOpt = None,
-    fine_tune_lr: FineTuneOpt = None,
-    dashboard: DashboardOpt = False,
-    overwrite: OverwriteOpt = False,
-    allow_config_change: AllowChangeOpt = False,
-) -> None:
-    """Phase 3: fine-tune everything jointly (separate specialist / meta learning rates).
-
-    A run whose specialists use a CNN-LSTM encoder needs the same --cnn-lstm-model here.
-    """
-    _run(
-        (3,), config, sets, resume, run_dir, address, tracking_uri, from_checkpoint,
-        resume_or_start, cnn_lstm_model, fine_tune_lr, dashboard, overwrite, allow_config_change,
-    )  # fmt: skip
-
-
-@app.command()
-def pipeline(
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    resume: ResumeOpt = False,
-    resume_or_start: ResumeOrStartOpt = False,
-    run_dir: RunDirOpt = None,
-    address: AddressOpt = None,
-    tracking_uri: TrackingOpt = None,
-    cnn_lstm_model: CnnLstmOpt = None,
-    fine_tune_lr: FineTuneOpt = None,
-    dashboard: DashboardOpt = False,
-    overwrite: OverwriteOpt = False,
-    allow_config_change: AllowChangeOpt = False,
-) -> None:
-    """Phases 1, 2 and 3 in one run directory (resumable); --cnn-lstm-model as in phase1."""
-    _run(
-        (1, 2, 3), config, sets, resume, run_dir, address, tracking_uri, None, resume_or_start,
-        cnn_lstm_model, fine_tune_lr, dashboard, overwrite, allow_config_change,
-    )  # fmt: skip
-
-
-try:  # `train supervised` lives in its own module (written separately)
-    from rl_trading.cli.supervised import supervised as _supervised
-except ImportError:  # pragma: no cover - module not there yet
-    _supervised = None
-if _supervised is not None:
-    app.command("supervised")(_supervised)
+app.command("supervised")(supervised)

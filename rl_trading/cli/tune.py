@@ -7,8 +7,11 @@ from typing import Annotated
 
 import typer
 
+from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console
+from rl_trading.data import split_for_env
 from rl_trading.errors import ConfigError
+from rl_trading.supervised.signals import observed_market
 
 app = typer.Typer(help="Hyperparameter search: Population-Based Training of the RL phases.")
 
@@ -42,16 +45,14 @@ def pbt(
     mlflow: Annotated[bool, typer.Option(help="Log every trial to MLflow.")] = True,
 ) -> None:
     """Population-Based Training of one phase; writes best.json, trials.csv and lineage.png."""
+    from rl_trading.ledger import market_fingerprint  # heavy: sqlalchemy
+
     if population is not None and population < 2:  # checked before any data or Ray work
         raise ConfigError(f"--population must be at least 2 trials (got {population})")
     if iterations is not None and iterations < 1:
         raise ConfigError(f"--iterations must be at least 1 (got {iterations})")
-    from rl_trading.cli import logs
-    from rl_trading.data import split_for_env
-    from rl_trading.evaluation.ledger import market_fingerprint
-    from rl_trading.supervised.signals import observed_market
-    from tuning.pbt import run_pbt
-    from tuning.results import render_table
+    from tuning.pbt import run_pbt  # heavy: ray, sqlalchemy
+    from tuning.results import render_table  # heavy: ray
 
     cfg = cli_config(config, sets)
     if phase not in (1, 2, 3):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rl_trading.config import check_symbol
 from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS, FeatureScaler, compute_features
 from rl_trading.data.loader import (
     SAMPLE_DIR,
@@ -19,13 +20,11 @@ from rl_trading.data.resample import FILLED_COLUMN, AlignReport, align, resample
 from rl_trading.data.schema import (
     BAR_COLUMNS,
     as_bars,
-    check_symbol,
     empty_bars,
     fingerprint,
     guess_timeframe,
     pandas_freq,
     parse_timeframe,
-    read_bars,
     timeframe_delta,
     write_bars,
 )
@@ -38,7 +37,7 @@ from rl_trading.data.splits import (
     walk_forward_splits,
 )
 from rl_trading.data.synthetic import bars_per_year, synthetic_bars, synthetic_market
-from rl_trading.data.validation import Issue, check_bars, repair_bars, validate_bars
+from rl_trading.data.validation import Issue, check_bars, read_bars, repair_bars, validate_bars
 
 __all__ = [
     "BAR_COLUMNS",
@@ -84,7 +83,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """Lazy access to `BarStore` so importing the package does not import SQLAlchemy."""
     if name == "BarStore":
-        from rl_trading.data.store import BarStore
+        from rl_trading.data.store import BarStore  # heavy: sqlalchemy
 
         return BarStore
     raise AttributeError(f"module 'rl_trading.data' has no attribute {name!r}")

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from rl_trading.config import AppConfig
+from rl_trading.config import AppConfig, check_symbol
 from rl_trading.data.resample import align, resample
-from rl_trading.data.schema import check_symbol, guess_timeframe, read_bars, timeframe_delta
+from rl_trading.data.schema import guess_timeframe, timeframe_delta
 from rl_trading.data.synthetic import synthetic_market
+from rl_trading.data.validation import check_spacing, read_bars
 from rl_trading.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,7 @@ def load_market(cfg: AppConfig) -> dict[str, pd.DataFrame]:
             raise DataError(f"data.source is 'files' but data.paths has no file for {missing}")
         bars = {s: _file_bars(cfg, s, data.paths[s]) for s in symbols}
     elif source == "sql":
-        from rl_trading.data.store import BarStore
-        from rl_trading.data.validation import check_spacing
+        from rl_trading.data.store import BarStore  # heavy: sqlalchemy
 
         store = BarStore(data.db_url, table=data.table)
         for s in symbols:

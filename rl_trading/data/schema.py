@@ -41,25 +41,6 @@ COLUMN_ALIASES: dict[str, str] = {
     "v": "volume",
 }
 
-# One symbol pattern for file names, SQLite and PostgreSQL: letters, digits and . _ - = ^
-# (e.g. 9988.HK, BRK-B, ES=F, ^GSPC), starting with a letter, digit or ^, at most 32
-# characters: no path separators, nothing empty, nothing that escapes a folder.
-SYMBOL_MAX_LEN = 32
-SYMBOL_RE = re.compile(rf"[A-Za-z0-9^][A-Za-z0-9._=^\-]{{0,{SYMBOL_MAX_LEN - 1}}}")
-
-
-def check_symbol(symbol: object) -> str:
-    """`symbol` if it matches the one symbol pattern (`SYMBOL_RE`), else DataError."""
-    text = str(symbol)
-    if not SYMBOL_RE.fullmatch(text):
-        shown = text if len(text) <= 40 else f"{text[:40]}... ({len(text)} characters)"
-        raise DataError(
-            f"invalid symbol {shown!r}: use 1-{SYMBOL_MAX_LEN} letters, digits or . _ - = ^ "
-            "(starting with a letter, digit or ^; no path separators)"
-        )
-    return text
-
-
 _TF_RE = re.compile(r"^\s*(\d+)\s*(s|sec|m|min|t|h|hr|d|day|w|wk)\s*$", re.IGNORECASE)
 _TF_UNITS = {
     "s": "s",
@@ -177,34 +158,6 @@ def read_raw(path: str | Path) -> pd.DataFrame:
         first = str(exc).strip().splitlines()
         raise DataError(f"{path}: cannot read file ({first[0] if first else exc})") from None
     return raw
-
-
-def read_bars(
-    path: str | Path,
-    *,
-    assume_utc: bool = False,
-    repair: bool = False,
-    validate: bool = True,
-    tz: str | None = None,
-    max_price: float | None = None,
-) -> pd.DataFrame:
-    """Read and validate one bars file; `DataError` naming file, row and rule on a problem.
-
-    Time-zone-less timestamps with a time of day are an error unless `assume_utc` or `tz`
-    (exchange-local wall-clock times, DST-aware); plain dates (daily files) are read as UTC
-    days. With `repair`, safe fixes are applied first. `max_price`: the price ceiling.
-    """
-    from rl_trading.data.validation import DEFAULT_MAX_PRICE, check_bars, parse_bars, repair_bars
-
-    source = str(path)
-    raw = read_raw(path)
-    bars = parse_bars(raw, source=source, assume_utc=assume_utc, tz=tz)
-    if repair:
-        bars, _ = repair_bars(bars)
-    if validate:
-        ceiling = DEFAULT_MAX_PRICE if max_price is None else max_price
-        return check_bars(bars, source=source, max_price=ceiling)
-    return bars
 
 
 def write_bars(bars: pd.DataFrame, path: str | Path) -> Path:

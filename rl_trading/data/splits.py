@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from rl_trading.data.features import WARMUP_BARS
 from rl_trading.errors import DataError
 
 Bars = pd.DataFrame | dict[str, pd.DataFrame]
@@ -90,8 +91,6 @@ def split_by_time(
 def decision_history(window_size: int, risk_window: int) -> int:
     """Bars the hierarchical env needs before its first decision: feature warm-up, the
     observation window and the risk window (`HierarchicalTradingEnv.first_bar`)."""
-    from rl_trading.data.features import WARMUP_BARS
-
     return max(WARMUP_BARS, int(window_size) - 1, int(risk_window))
 
 

@@ -18,7 +18,8 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 
-from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, as_bars, check_symbol, empty_bars
+from rl_trading.config import check_symbol
+from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, as_bars, empty_bars
 from rl_trading.errors import ConfigError, ConnectionFailure, DataError, RLTradingError
 from rl_trading.tracking import (
     expand_env_vars,
@@ -196,9 +197,9 @@ class BarStore:
             raise DataError(f"refusing to store bars with NaN or infinite values for {symbol}")
         self._ensure()
         if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert  # heavy: sqlalchemy
         elif self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
+            from sqlalchemy.dialects.sqlite import insert  # heavy: sqlalchemy
         else:  # pragma: no cover - other dialects: plain insert after filtering known keys
             insert = None
         stamps = self._ts(frame.index)

@@ -18,17 +18,22 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from rl_trading import metrics
+from rl_trading.config import zone
 from rl_trading.data.schema import (
     BAR_COLUMNS,
     INDEX_NAME,
     PRICE_COLUMNS,
     as_bars,
     canonical_column,
+    guess_timeframe,
+    read_raw,
+    timeframe_delta,
 )
 from rl_trading.errors import DataError
 
@@ -97,16 +102,6 @@ def _timestamp_text(raw: pd.DataFrame, cols: dict[str, str]) -> pd.Series | None
     if isinstance(raw.index, pd.DatetimeIndex):
         return pd.Series(raw.index, index=raw.index)
     return None
-
-
-def zone(tz: str) -> ZoneInfo:
-    """The IANA time zone `tz` (e.g. America/New_York), or DataError."""
-    try:
-        return ZoneInfo(str(tz))
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise DataError(
-            f"unknown time zone '{tz}' (use an IANA name, e.g. America/New_York)"
-        ) from None
 
 
 def _to_datetime(text: pd.Series, utc: bool) -> pd.Series:
@@ -466,8 +461,6 @@ def check_spacing(bars: pd.DataFrame, timeframe: str, source: str = "<bars>") ->
     Gaps such as nights, weekends and holidays are allowed: only the most common spacing
     counts, so daily bars declared as 1m (or minute bars declared as 1d) are refused.
     """
-    from rl_trading.data.schema import guess_timeframe, timeframe_delta
-
     want = timeframe_delta(timeframe)
     have = guess_timeframe(bars.index)
     if have is None or timeframe_delta(have) == want:
@@ -553,9 +546,6 @@ def check_fits_model(
     bars per year measured from their timestamps within `tolerance` x the model's
     `periods_per_year` (None: not checked). Weekly bars scored as daily, or 24/7 bars scored on
     an equity calendar, would misstate every annualised number."""
-    from rl_trading import metrics
-    from rl_trading.data.schema import guess_timeframe, timeframe_delta
-
     have_tf = guess_timeframe(bars.index)
     if have_tf is not None and timeframe_delta(have_tf) != timeframe_delta(timeframe):
         raise DataError(
@@ -649,3 +639,29 @@ def repair_bars(
             f"widened high/low to contain open/close on {int((fix_h | fix_l).sum())} rows: {detail}"
         )
     return frame, changes
+
+
+def read_bars(
+    path: str | Path,
+    *,
+    assume_utc: bool = False,
+    repair: bool = False,
+    validate: bool = True,
+    tz: str | None = None,
+    max_price: float | None = None,
+) -> pd.DataFrame:
+    """Read and validate one bars file; `DataError` naming file, row and rule on a problem.
+
+    Time-zone-less timestamps with a time of day are an error unless `assume_utc` or `tz`
+    (exchange-local wall-clock times, DST-aware); plain dates (daily files) are read as UTC
+    days. With `repair`, safe fixes are applied first. `max_price`: the price ceiling.
+    """
+    source = str(path)
+    raw = read_raw(path)
+    bars = parse_bars(raw, source=source, assume_utc=assume_utc, tz=tz)
+    if repair:
+        bars, _ = repair_bars(bars)
+    if validate:
+        ceiling = DEFAULT_MAX_PRICE if max_price is None else max_price
+        return check_bars(bars, source=source, max_price=ceiling)
+    return bars

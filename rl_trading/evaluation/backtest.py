@@ -16,14 +16,18 @@ resort is it fit on the evaluated bars, and the report says so (``scaler_origin`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from envs import HierarchicalTradingEnv
+from envs.trading_env import TradingEnv
+from rl_trading import metrics
+from rl_trading.config import periods_per_year_of, resolve_calendar
+from rl_trading.data import decision_history, fingerprint
+from rl_trading.data.features import WARMUP_BARS, FeatureScaler, compute_features
 from rl_trading.errors import CheckpointError, DataError
 from rl_trading.evaluation.baselines import (
     StrategyRun,
@@ -32,6 +36,7 @@ from rl_trading.evaluation.baselines import (
     run_baselines,
     simulate_weights,
 )
+from rl_trading.evaluation.policy import PolicyBundle, load_policy
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
@@ -60,8 +65,6 @@ def rolling_var_compliance(returns: np.ndarray, window: int, confidence: float) 
     The estimate for bar t uses returns before t only (metrics.value_at_risk); bars without a
     full window are not scored.
     """
-    from rl_trading import metrics
-
     r = np.asarray(returns, dtype=np.float64)
     if r.size <= window:
         return metrics.var_compliance_rate(np.zeros(0, dtype=bool))
@@ -77,9 +80,6 @@ def strategy_metrics(
     """metrics.summarize of the run (rf 0, the run's bars per year) + VaR compliance, costs,
     average gross exposure and trades; with a `benchmark` run on the same bars, the
     information ratio, tracking error and active return against it."""
-    from rl_trading import metrics
-    from rl_trading.config import periods_per_year_of
-
     weights = run.weights if run.weights.ndim == 2 else run.weights[:, None]
     ppy = periods_per_year_of(cfg, pd.Series(0, index=run.index))
     out = metrics.summarize(
@@ -124,103 +124,8 @@ def check_targets(metrics_: dict[str, float], cfg: AppConfig) -> dict[str, dict[
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PolicyBundle:
-    """Restored modules keyed by policy id + the preprocessing they were trained with."""
-
-    modules: dict[str, Any]
-    preprocessing: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-
-    @property
-    def hierarchical(self) -> bool:
-        """Specialists (+ meta): run in the hierarchical env (phase 1 ids: specialists only)."""
-        return any(p == META or p.startswith("specialist") for p in self.modules)
-
-    @property
-    def shared_specialist(self) -> bool:
-        """One `specialist` policy for every instrument (obs carry a one-hot instrument id)."""
-        return "specialist" in self.modules
-
-    def act(self, policy_id: str, obs: np.ndarray) -> np.ndarray:
-        """Deterministic env actions of one policy for a `[B, obs_dim]` batch."""
-        from policies import compute_actions
-
-        module = self.modules[policy_id]
-        if hasattr(module, "act"):
-            return module.act(obs)
-        return compute_actions(module, obs)
-
-
-def _is_module_dir(path: Path) -> bool:
-    from rl_trading.evaluation.export import is_module_dir
-
-    return is_module_dir(path)
-
-
-def _read_preprocessing(*dirs: Path) -> dict[str, Any]:
-    for d in dirs:
-        for cand in (d / PREPROCESSING_FILE, d.parent / PREPROCESSING_FILE):
-            if cand.is_file():
-                return json.loads(cand.read_text())
-    return {}
-
-
-def load_policy(source: Any, cfg: AppConfig | None = None) -> PolicyBundle:
-    """Restore a policy source (see module docstring) into a PolicyBundle."""
-    from rl_trading.evaluation.export import load_module
-
-    if isinstance(source, PolicyBundle):
-        return source
-    if isinstance(source, dict):
-        return PolicyBundle(dict(source), source="modules")
-    if callable(getattr(source, "bundle", None)):  # an Ensemble
-        return source.bundle()
-    if hasattr(source, "forward_inference") or hasattr(source, "act"):
-        pid = getattr(source, "policy_id", None) or "default_policy"
-        pre = getattr(source, "preprocessing", None) or {}
-        return PolicyBundle({pid: source}, preprocessing=pre, source=type(source).__name__)
-    path = Path(str(source)).expanduser()
-    if not path.exists():
-        from rl_trading.registry import ModelRegistry
-
-        registry = ModelRegistry(cfg=cfg)
-        rec = registry.resolve(str(source))
-        if rec.kind == "ensemble":
-            from rl_trading.evaluation.ensemble import Ensemble
-
-            bundle = load_policy(Ensemble.from_registry(rec.name, registry), cfg)
-            bundle.source = rec.name
-            return bundle
-        bundle = load_policy(registry.load_path(rec.name), cfg)
-        bundle.source = rec.name
-        return bundle
-    if not path.is_dir():
-        raise CheckpointError(f"policy source is not a directory: {path}")
-    from rl_trading.training.checkpoints import verify_checkpoint
-
-    verify_checkpoint(path)  # sha256 manifest of a project checkpoint, before unpickling it
-    if (path / "ensemble.json").is_file():
-        from rl_trading.evaluation.ensemble import Ensemble
-
-        return load_policy(Ensemble.load(path, cfg), cfg)
-    if _is_module_dir(path):
-        return PolicyBundle(
-            {path.name: load_module(path)}, _read_preprocessing(path), source=str(path)
-        )
-    for root in (path / MODULE_COMPONENT, path / "rl_module", path):
-        if root.is_dir():
-            ids = sorted(p.name for p in root.iterdir() if p.is_dir() and _is_module_dir(p))
-            if ids:
-                modules = {pid: load_module(root / pid) for pid in ids}
-                return PolicyBundle(modules, _read_preprocessing(path, root), source=str(path))
-    raise CheckpointError(f"no RLModules found under {path}")
-
-
 def scalers_from(preprocessing: dict[str, Any]) -> dict[str, Any]:
     """FeatureScalers stored in a preprocessing spec: `{symbol: scaler}` (`*` = all)."""
-    from rl_trading.data.features import FeatureScaler
-
     raw = preprocessing.get("scalers") or {}
     if not raw and preprocessing.get("scaler"):
         raw = {"*": preprocessing["scaler"]}
@@ -272,8 +177,6 @@ def training_overlap(
 
 
 def _fit_scalers(bars: dict[str, pd.DataFrame]) -> dict[str, Any]:
-    from rl_trading.data.features import WARMUP_BARS, FeatureScaler, compute_features
-
     return {
         sym: FeatureScaler().fit(compute_features(frame).iloc[WARMUP_BARS:])
         for sym, frame in bars.items()
@@ -287,8 +190,6 @@ def _scaler_for(scalers: dict[str, Any], sym: str) -> Any:
 def _run_single(
     bundle: PolicyBundle, symbol: str, frame: pd.DataFrame, cfg: AppConfig, scaler: Any, seed: int
 ) -> StrategyRun:
-    from envs.trading_env import TradingEnv
-
     pid = next(iter(bundle.modules))
     env = TradingEnv(cfg, bars=frame, eval_mode=True, scaler=scaler)
     obs, _ = env.reset(seed=seed)
@@ -336,8 +237,6 @@ def _run_hierarchy(
     scalers: dict[str, Any],
     seed: int,
 ) -> StrategyRun:
-    from envs import HierarchicalTradingEnv
-
     mode = "joint" if META in bundle.modules else "specialists"
     kwargs: dict[str, Any] = {}
     if scalers:
@@ -370,8 +269,6 @@ def _run_hierarchy(
 def first_decision_bar(bundle: PolicyBundle, cfg: AppConfig) -> int:
     """Position of the first bar the env decides on (and so evaluates): the warm-up before it
     (features, observation window, risk window) is history, as the envs' `first_bar`."""
-    from rl_trading.data import WARMUP_BARS, decision_history
-
     window = int(bundle.preprocessing.get("window_size") or cfg.train.window_size)
     if bundle.hierarchical:
         return decision_history(window, cfg.env.risk_window)
@@ -487,8 +384,6 @@ def pin_calendar(
     In order: the config's own number, the policy's training preprocessing, the calendar
     measured on the training bars, and only for `auto` without either, the evaluated bars.
     """
-    from rl_trading.config import resolve_calendar
-
     if cfg.data.periods_per_year is not None:
         return cfg, "config"
     stored = (preprocessing or {}).get("periods_per_year")
@@ -525,9 +420,6 @@ def backtest(
     (the CLI's default). `supervised_signals`: out-of-sample P(up) per symbol for the
     supervised baseline (else a saved, date-checked model is looked up).
     """
-    from rl_trading import metrics
-    from rl_trading.data import fingerprint
-
     data = as_bar_dict(bars)
     bundle = load_policy(policy_source, cfg) if policy_source is not None else None
     train = as_bar_dict(scaler_bars) if scaler_bars is not None else None

@@ -45,10 +45,13 @@ import numpy as np
 import pandas as pd
 
 from envs import engine
-from envs.execution import benchmark_exposures, position_sizes
+from envs.execution import CostModel, benchmark_exposures, position_sizes
 from envs.risk import causal_volatility
 from rl_trading.config import periods_per_year_of
+from rl_trading.data.resample import FILLED_COLUMN
 from rl_trading.errors import DataError
+from rl_trading.supervised.api import predict_proba
+from rl_trading.supervised.storage import load_saved
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
@@ -144,8 +147,6 @@ def cost_rate(cfg: AppConfig, single: bool = False) -> float:
     Both envs charge `env.transaction_cost` plus slippage and half the spread (`single` is
     kept for callers that name the env; the rate is the same).
     """
-    from envs.execution import CostModel
-
     env = cfg.env
     fee = env.transaction_cost
     return CostModel(fee, env.slippage_bps, env.spread_bps).rate
@@ -164,8 +165,6 @@ def simulate_weights(
     As in the envs, nothing fills on a forward-filled bar (align's `filled` column): an
     instrument's latest target waits for its next real bar and fills at that bar's open.
     """
-    from rl_trading.data.resample import FILLED_COLUMN
-
     data = as_bar_dict(bars)
     symbols = list(data)
     real = np.column_stack(
@@ -271,11 +270,6 @@ def supervised_targets(
     was fitted on (`train_range` in its metadata); otherwise the next model is tried, and the
     reasons of every model tried are returned (the report shows them, never a silent gap).
     """
-    try:
-        from rl_trading.supervised.api import predict_proba
-        from rl_trading.supervised.storage import load_saved
-    except ImportError as exc:
-        return None, f"supervised models unavailable ({exc})"
     models = [model_type] if model_type else [m for m in cfg.supervised.models if m != "cnn_lstm"]
     if not models:
         return None, "no supervised model configured (supervised.models)"

@@ -14,8 +14,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
+from rl_trading.artifacts import sha256_file
 from rl_trading.errors import CheckpointError
 
 OPSET = 17
@@ -23,9 +25,8 @@ OPSET = 17
 
 def _deterministic_wrapper(module: Any) -> Any:
     """A torch.nn.Module computing deterministic env actions from observations."""
-    import gymnasium as gym
-    import torch
-    from ray.rllib.core.columns import Columns
+    import torch  # heavy: torch
+    from ray.rllib.core.columns import Columns  # heavy: ray
 
     space = module.action_space
 
@@ -60,7 +61,7 @@ def _deterministic_wrapper(module: Any) -> Any:
 
 def export_onnx(module: Any, out: str | Path, opset: int = OPSET) -> Path:
     """Write `module`'s deterministic policy as ONNX (input `obs`, output `action`)."""
-    import torch
+    import torch  # heavy: torch
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def _export(torch: Any, wrapper: Any, example: Any, out: Path, opset: int) -> No
 
 def export_torchscript(module: Any, out: str | Path) -> Path:
     """TorchScript (traced) fallback of the same deterministic policy."""
-    import torch
+    import torch  # heavy: torch
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -122,8 +123,6 @@ def export_policies(
     `check`: onnxruntime must match `policy.act` (the backtest's actions) within 1e-5 on 1,000
     random observations, else CheckpointError.
     """
-    from rl_trading.registry import sha256_file
-
     out = Path(out)
     ids = list(policy_ids or policy.policy_ids)
     several = len(ids) > 1
@@ -165,7 +164,7 @@ def export_policies(
 
 def onnx_actions(path: str | Path, obs: np.ndarray) -> np.ndarray:
     """Run an exported policy with onnxruntime on a `[B, obs_dim]` batch."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: onnxruntime
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
@@ -182,7 +181,7 @@ def is_module_dir(path: Path) -> bool:
 
 def load_module(path: str | Path, policy_id: str | None = None) -> Any:
     """An RLModule from an RLModule dir, or from an algorithm checkpoint plus `policy_id`."""
-    from ray.rllib.core.rl_module.rl_module import RLModule
+    from ray.rllib.core.rl_module.rl_module import RLModule  # heavy: ray
 
     path = Path(path)
     candidates = [path]

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from rl_trading.evaluation.backtest import TARGETS, BacktestResult, _cfg_value
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from rl_trading.config import AppConfig
     from rl_trading.evaluation.walk_forward import WalkForwardResult
 
@@ -142,8 +143,6 @@ class PackedTables:
 
     @staticmethod
     def _width(header: str, cells: list[str]) -> int:
-        from rich.text import Text
-
         texts = [Text.from_markup(c).cell_len for c in cells]
         return max([Text.from_markup(header).cell_len, *texts])
 
@@ -164,8 +163,6 @@ class PackedTables:
 
     def tables(self, max_width: int = 80) -> list[Table]:
         """The tables as they print at `max_width` columns."""
-        from rich.table import Table
-
         groups = self.groups(max_width)
         out = []
         for n, group in enumerate(groups):
@@ -191,8 +188,6 @@ def metrics_grid(
     caption: str | None = None,
 ) -> PackedTables:
     """One row per metric, one column per strategy (or model), split to fit the width."""
-    from rich.markup import escape
-
     order = metric_order(metrics)
     labels = [m.replace("_", " ") for m in order]
     columns = []
@@ -217,8 +212,6 @@ def render_table(result: BacktestResult, title: str = "Backtest") -> PackedTable
 
 def render_targets(result: BacktestResult, strategy: str = "policy") -> Table:
     """Rich table of one strategy's target checks (metric, value, target, PASS/FAIL)."""
-    from rich.table import Table
-
     table = Table(title=f"{strategy} vs targets", header_style="bold")
     for col in ("metric", "value", "target", "result"):
         table.add_column(col, justify="right" if col != "metric" else "left", overflow="fold")
@@ -239,7 +232,6 @@ def render_walk_forward(walk: WalkForwardResult, metrics: list[str] | None = Non
             f"{walk.meta.get('n_folds')} sub-periods"
         )
     title += f" x {len(walk.seeds)} seeds; 95% CI over {walk.meta.get('n_folds')} (seeds averaged)"
-    from rich.markup import escape
 
     labels = []
     for name in walk.summary:
@@ -264,10 +256,10 @@ DATE_LABEL = "date (UTC)"
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     return plt
 
@@ -377,7 +369,7 @@ def write_plots(result: BacktestResult, out_dir: str | Path) -> dict[str, Path]:
 def walk_forward_figure(walk: WalkForwardResult) -> Any:
     """Mean Sharpe per strategy with its 95% CI as error bars; policy and baselines coloured
     apart."""
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # heavy: matplotlib
 
     plt = _pyplot()
     names = list(walk.summary)

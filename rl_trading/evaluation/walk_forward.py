@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from rl_trading.evaluation.backtest import BacktestResult, backtest
+from rl_trading.data import walk_forward_splits
+from rl_trading.evaluation.backtest import BacktestResult, backtest, load_policy, pin_calendar
+from rl_trading.evaluation.baselines import as_bar_dict
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
@@ -36,7 +38,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict[str, floa
 
     With one value the interval is that value (n=1, std NaN); none gives NaNs.
     """
-    from scipy import stats
+    from scipy import stats  # heavy: scipy
 
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     n = int(v.size)
@@ -84,10 +86,6 @@ def walk_forward(
     confidence: float = 0.95,
 ) -> WalkForwardResult:
     """Backtest over walk-forward folds x seeds; aggregate each metric with a t-interval."""
-    from rl_trading.data import walk_forward_splits
-    from rl_trading.evaluation.backtest import load_policy, pin_calendar
-    from rl_trading.evaluation.baselines import as_bar_dict
-
     data = as_bar_dict(bars)
     if policy_source is not None and train_fn is None:
         policy_source = load_policy(policy_source, cfg)  # restored once for every block

@@ -21,7 +21,7 @@ Protocol (``rl-trading evaluate walk-forward``):
   them. Per-fold values of every strategy are in ``walk_forward.json`` (``fold_values``).
   ``n_trials`` counts every validation pass that a checkpoint selection looked at, over all
   folds x seeds, plus the number of seeds, or every trial the ledger holds on the data when
-  that is more (:mod:`rl_trading.evaluation.ledger`); the DSR's trial variance is the null
+  that is more (:mod:`rl_trading.ledger`); the DSR's trial variance is the null
   variance of the estimator, 1 / (T - 1) (``metrics.trials_sharpe_variance``).
 * Sharpe convention: rf = 0, annualised with each fold's backtest ``periods_per_year``.
 """
@@ -39,11 +39,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
+from rl_trading import ledger, metrics, ray_utils
+from rl_trading.config import AppConfig
+from rl_trading.data import decision_history, walk_forward_splits
+from rl_trading.data.features import WARMUP_BARS
 from rl_trading.errors import CheckpointError, ConfigError, DataError, RLTradingError
+from rl_trading.evaluation.backtest import backtest
+from rl_trading.evaluation.report import PackedTables, json_safe
+from rl_trading.evaluation.walk_forward import mean_ci
+from rl_trading.metrics import simple_returns
+from rl_trading.ray_utils import fit_trial_runners, resolve_address
+from rl_trading.registry import config_hash, grade_rl
+from rl_trading.supervised.signals import SignalProvider, observed_market
 
 if TYPE_CHECKING:
-    from rl_trading.config import AppConfig
+    pass
 
 RESULT_FILE = "result.json"
 PLAN_FILE = "plan.json"
@@ -118,8 +130,6 @@ def plan_folds(
     bars any part may have (feature warm-up + a few decisions); `min_train_frac` the first
     training block's share of the history (default 1 / (K + 1)). DataError when too short.
     """
-    from rl_trading.data import walk_forward_splits
-
     if n_folds < 1:
         raise ConfigError(f"--folds must be >= 1 (got {n_folds})")
     if not 0.0 < val_share < 1.0:
@@ -156,8 +166,6 @@ def plan_for(
     cfg: AppConfig, n_bars: int, n_folds: int, min_train_frac: float | None = None
 ) -> list[FoldPlan]:
     """The folds of `cfg` (embargo, train/val ratio) over `n_bars` bars."""
-    from rl_trading.data.features import WARMUP_BARS
-
     d = cfg.data
     return plan_folds(
         n_bars,
@@ -191,7 +199,7 @@ def parse_phases(text: str | Sequence[int]) -> tuple[int, ...]:
 def validation_passes(cfg: AppConfig, phase: int) -> int:
     """Validation passes (selection candidates) of one phase run: every `eval_interval`
     iterations and at the last one (as `training.runner.run_phase` does)."""
-    from rl_trading.training.algo_config import phase_iterations
+    from rl_trading.training.algo_config import phase_iterations  # heavy: ray, torch
 
     total = phase_iterations(cfg, phase)
     every = cfg.phases.eval_interval
@@ -223,15 +231,13 @@ def run_fold_seed(
 
     `signals` (see :func:`supervised_signals`) give the supervised-signal baseline.
     """
-    from rl_trading.evaluation.backtest import backtest
-    from rl_trading.training.env_bridge import hierarchical_factory
-    from rl_trading.training.runner import run_phase
+    from rl_trading.training.env_bridge import hierarchical_factory  # heavy: ray
+    from rl_trading.training.runner import run_phase  # heavy: ray, torch
 
     trial_dir = Path(trial_dir)
     done = trial_dir / RESULT_FILE
     if done.is_file():
         return json.loads(done.read_text())
-    from rl_trading.data import decision_history
 
     cfg = cfg.model_copy(update={"seed": int(seed)})
     fit, val = plan.take(bars, "fit"), plan.take(bars, "val")
@@ -277,7 +283,6 @@ def run_fold_seed(
         include_supervised=signals is not None,
         supervised_signals=signals,
     )
-    from rl_trading import metrics
 
     ppy = result.meta["periods_per_year"]  # the run's one calendar (backtest pins it)
     mets = {
@@ -321,9 +326,7 @@ def _tune_trial(
     signals: dict[str, pd.Series] | None = None,
 ) -> None:
     """Tune function trainable: one fold x seed (reports each phase, then the test Sharpe)."""
-    from ray import tune
-
-    from rl_trading.config import AppConfig
+    from ray import tune  # heavy: ray
 
     cfg = AppConfig.model_validate(cfg_dict)
     fold, seed = int(config["unit"]["fold"]), int(config["unit"]["seed"])
@@ -346,23 +349,17 @@ def _tune_trial(
 
 def interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
     """Mean and two-sided t-interval over independent units (`n` = number of values)."""
-    from rl_trading.evaluation.walk_forward import mean_ci
-
     s = mean_ci(list(values), confidence)
     return {"mean": s["mean"], "std": s["std"], "ci95": [s["ci_low"], s["ci_high"]], "n": s["n"]}
 
 
 def _returns(equity: Sequence[float]) -> np.ndarray:
-    from rl_trading.metrics import simple_returns
-
     return simple_returns(np.asarray(equity, dtype=np.float64))
 
 
 def aggregate(results: list[dict[str, Any]], capital: float = 1.0) -> dict[str, Any]:
     """Per-fold (seed-averaged) metrics, intervals over folds, paired differences and the
     stitched out-of-sample curves of every strategy."""
-    from rl_trading import metrics
-
     folds = sorted({r["fold"] for r in results})
     seeds = sorted({r["seed"] for r in results})
     fold_ppy = [
@@ -456,8 +453,6 @@ def count_trials(results: list[dict[str, Any]], n_seeds: int) -> dict[str, int]:
 def grade(sharpe: float, max_drawdown: float, dsr: float, cfg: AppConfig) -> str:
     """The registry's RL grade; `max_drawdown` is measured at `evaluation.grade_volatility`
     (so sitting in cash earns no drawdown credit), `dsr` caps it at C below the threshold."""
-    from rl_trading.registry import grade_rl
-
     return grade_rl(sharpe, max_drawdown, cfg.evaluation, dsr=dsr)
 
 
@@ -476,8 +471,7 @@ def build_report(
     larger, `ledger_trials` (every trial the ledger holds on the data, this run's included),
     plus `extra_trials` (work done outside the tool).
     """
-    from rl_trading import metrics
-    from rl_trading.training.algo_config import phase_timesteps
+    from rl_trading.training.algo_config import phase_timesteps  # heavy: ray, torch
 
     agg = aggregate(results, capital=cfg.env.initial_capital)
     trials = count_trials(results, n_seeds)
@@ -557,10 +551,10 @@ def build_report(
 
 def write_equity_plot(report: dict[str, Any], path: str | Path, title: str = "") -> Path:
     """PNG of the stitched out-of-sample equity of the policy beside every baseline."""
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     plot = report["_plot"]
     times = pd.to_datetime(plot["index"])
@@ -653,13 +647,10 @@ def prepare(
     out = Path(out_dir or "runs/walk_forward").resolve()
     plan_path = out / PLAN_FILE
     if bars is None:
-        from rl_trading.supervised.signals import observed_market
-
         bars = observed_market(cfg)
     index = next(iter(bars.values())).index
     plans = plan_for(cfg, len(index), n_folds, min_train_frac)
     info = [p.describe(index) for p in plans]
-    from rl_trading.registry import config_hash
 
     fingerprint = {
         "folds": info,
@@ -688,8 +679,6 @@ def supervised_signals(cfg: AppConfig, bars: dict[str, pd.DataFrame]) -> dict[st
     `refit_every` bars, only on labels known `data.embargo_bars` before), so the value at any
     test bar comes from a model fitted on earlier bars only, like the retrained policy.
     """
-    from rl_trading.supervised.signals import SignalProvider
-
     provider = SignalProvider.from_config(cfg, timeframes=None)
     out = {}
     for sym, frame in bars.items():
@@ -701,7 +690,7 @@ def supervised_signals(cfg: AppConfig, bars: dict[str, pd.DataFrame]) -> dict[st
 def trial_resources(cfg: AppConfig) -> Any:
     """One CPU for the trial (learner + validation) plus its env runners' CPUs (and their
     custom resources): RLlib places the runners in the trial's placement group."""
-    from ray import tune
+    from ray import tune  # heavy: ray
 
     res = cfg.resources
     runner = {"CPU": float(res.num_cpus_per_env_runner), **res.custom_resources_per_env_runner}
@@ -713,8 +702,6 @@ def fit_resources(cfg: AppConfig, cluster: dict[str, Any], n_trials: int) -> tup
     """`cfg` with the env runners per trial that Ray can place (`ray_utils.fit_trial_runners`:
     0, sampling in the trial's process, when a trial with all of them cannot be placed) and the
     one line saying what was chosen."""
-    from rl_trading.ray_utils import fit_trial_runners
-
     res = cfg.resources
     runners, line = fit_trial_runners(
         cluster,
@@ -765,7 +752,7 @@ class TrialProgress:
 
     def callback(self) -> Any:
         """The Tune `Callback` forwarding to this object."""
-        from ray.tune import Callback
+        from ray.tune import Callback  # heavy: ray
 
         owner = self
 
@@ -791,16 +778,14 @@ def run_trials(
     what was chosen, then one line per finished phase and trial). `verbose` > 0 shows Tune's
     own status tables too.
     """
-    from ray import tune
-
-    from rl_trading.ray_utils import init_ray, resolve_address
+    from ray import tune  # heavy: ray
 
     cfg = plan.cfg
     pending = plan.pending()
     if pending:
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
-        cluster = init_ray(
+        cluster = ray_utils.init_ray(
             addr, cfg.resources.num_cpus, **({"log_to_driver": False} if local else {})
         )
         cfg, line = fit_resources(cfg, cluster, len(pending))
@@ -855,9 +840,6 @@ def run_trials(
 def record_in_ledger(plan: WalkForwardPlan, results: list[dict[str, Any]]) -> int:
     """Record the walk-forward's trials in the ledger (one row per fold x seed: its validation
     passes; one per seed) under the data's fingerprint; return every trial held on that data."""
-    from rl_trading.evaluation import ledger
-    from rl_trading.registry import config_hash
-
     fp, url = ledger.market_fingerprint(plan.cfg, plan.bars), ledger.ledger_url(plan.cfg)
     base = {"config_hash": config_hash(plan.cfg), "phases": list(plan.phases)}
     configs: list[dict[str, Any]] = []
@@ -881,8 +863,6 @@ def walk_forward_retrain(
 ) -> dict[str, Any]:
     """Run (or resume) the trials, record them in the trial ledger, then write
     `walk_forward.json` and the equity PNG."""
-    from rl_trading.evaluation.report import json_safe
-
     t0 = time.monotonic()
     results = run_trials(plan, address=address, verbose=verbose, notify=notify)
     ledger_trials = record_in_ledger(plan, results)
@@ -935,9 +915,6 @@ def table_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
 def render_table(report: dict[str, Any], title: str = "Walk-forward (retrained)") -> Any:
     """Rich renderable of :func:`table_rows` (the CLI and the benchmark print it): one row per
     strategy, columns packed into as many tables as the console width needs (no cut cells)."""
-    from rich.markup import escape
-
-    from rl_trading.evaluation.report import PackedTables
 
     def num(v: Any, fmt: str = "{:.2f}") -> str:
         return "-" if v is None or not math.isfinite(float(v)) else fmt.format(v)

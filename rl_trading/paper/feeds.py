@@ -21,7 +21,9 @@ from typing import Protocol
 
 import pandas as pd
 
+from rl_trading.data import read_bars
 from rl_trading.data.schema import BAR_COLUMNS, timeframe_delta
+from rl_trading.data.store import BarStore
 from rl_trading.errors import DataError
 
 Bar = tuple[pd.Timestamp, dict[str, dict]]  # timestamp, {symbol: {column: value}}
@@ -120,8 +122,6 @@ class SqlFeed:
     name = "sql"
 
     def __init__(self, url: str | None, symbols: list[str], timeframe: str) -> None:
-        from rl_trading.data.store import BarStore
-
         self.store = BarStore(url)
         self.symbols, self.timeframe = symbols, timeframe
         self.exhausted = False
@@ -174,8 +174,6 @@ class FileFeed:
             )
 
     def poll(self, after: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
-        from rl_trading.data import read_bars
-
         out = {}
         for sym in self.symbols:
             try:

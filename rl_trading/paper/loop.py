@@ -20,23 +20,38 @@ at all, so nothing is doubled or lost.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from envs.common import prepare_instrument
 from envs.hierarchical_env import META
-from rl_trading.errors import DataError, RLTradingError
+from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS
+from rl_trading.errors import ConfigError, DataError, RLTradingError
 from rl_trading.evaluation.backtest import hierarchy_actions, scalers_from
-from rl_trading.paper.broker import OrderBatch, SimulatedBroker
-from rl_trading.paper.feeds import Feed, ReplayFeed, check_timeframe, complete_bars, is_gap
+from rl_trading.evaluation.selection import select_bars
+from rl_trading.paper.broker import OrderBatch, SimulatedBroker, first_decision_bar
+from rl_trading.paper.drift import drifted_features
+from rl_trading.paper.feeds import (
+    Feed,
+    FileFeed,
+    ReplayFeed,
+    SqlFeed,
+    check_timeframe,
+    complete_bars,
+    is_gap,
+)
 from rl_trading.paper.ledger import Ledger
 from rl_trading.paper.model import ResolvedModel
+from rl_trading.supervised.signals import observed_market
 
 log = logging.getLogger("rl_trading.paper")
 
@@ -301,9 +316,6 @@ class PaperSession:
     def _drift_check(self) -> list[tuple[str, str]]:
         """PSI / KS of the scaled features seen live against the training split's (pooled
         over instruments); an event naming the features past `paper.drift_psi`."""
-        from rl_trading.data.features import FEATURE_COLUMNS
-        from rl_trading.paper.drift import drifted_features
-
         env = self.broker.env
         if self._drift_ref is None:
             try:
@@ -324,10 +336,6 @@ class PaperSession:
         return [("drift", f"live features drift from training: {worst}")]
 
     def _training_features(self) -> np.ndarray:
-        from envs.common import prepare_instrument
-        from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS
-        from rl_trading.evaluation import select_bars
-
         train, _, _ = select_bars(self.model.cfg, None, "train")
         rows = [
             prepare_instrument(train[s], self.broker.scalers[s], s).features[
@@ -416,8 +424,6 @@ class PaperSession:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value)
 
 
@@ -429,10 +435,6 @@ def replay_bars(
 ) -> dict[str, pd.DataFrame]:
     """The model's own bars to replay: a split (with the causal history a backtest of it
     has), or `start`..`end` of its market preceded by the bars its first decision needs."""
-    from rl_trading.evaluation import select_bars
-    from rl_trading.paper.broker import first_decision_bar
-    from rl_trading.supervised.signals import observed_market
-
     if start is None and end is None:
         bars, _, _ = select_bars(model.cfg, None, split or "test")
         return bars
@@ -463,11 +465,6 @@ def make_feed(
     speed: float = 0.0,
 ) -> Feed:
     """The feed of `paper run --source replay|sql|file`."""
-    from pathlib import Path
-
-    from rl_trading.errors import ConfigError
-    from rl_trading.paper.feeds import FileFeed, SqlFeed
-
     if source == "replay":
         return ReplayFeed(replay_bars(model, split, start, end), speed=speed)
     if source == "sql":

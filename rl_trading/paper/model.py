@@ -12,9 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from rl_trading.artifacts import stored_config
 from rl_trading.config import AppConfig, load_config
 from rl_trading.errors import CheckpointError
 from rl_trading.evaluation.backtest import PolicyBundle, load_policy, pin_calendar
+from rl_trading.registry import ModelRegistry
 
 
 @dataclass
@@ -49,8 +53,6 @@ class OnnxPolicy:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def act(self, obs: Any) -> Any:
-        import numpy as np
-
         return self.session.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
 
 
@@ -82,12 +84,8 @@ def resolve_model(
     if config is None:
         stored: dict[str, Any] | None
         if Path(name).expanduser().exists():
-            from rl_trading.training.checkpoints import stored_config
-
             stored = stored_config(name)
         else:
-            from rl_trading.registry import ModelRegistry
-
             stored = ModelRegistry(cfg=base).load_training_config(name)
         if stored:
             stored = dict(stored)

@@ -4,6 +4,7 @@ curves, and an MLflow run (equity, drawdown, turnover, per-bar latency)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pandas as pd
 from rl_trading.evaluation.backtest import run_policy
 from rl_trading.paper.ledger import Ledger
 from rl_trading.paper.model import ResolvedModel
+from rl_trading.tracking import mlflow_run
 
 EXPERIMENT = "paper_trading"
 
@@ -35,10 +37,10 @@ def write_report(
 ) -> dict[str, Any]:
     """equity.png (live next to the backtest of the same bars) and report.json in `out_dir`;
     with `mlflow`, the session's metrics in an MLflow run of experiment `paper_trading`."""
-    import matplotlib
+    import matplotlib  # heavy: matplotlib
 
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # heavy: matplotlib
 
     out_dir.mkdir(parents=True, exist_ok=True)
     eq = ledger.equity_of(session)
@@ -78,12 +80,8 @@ def _log_mlflow(model: ResolvedModel, session: str, eq: pd.DataFrame, turnover: 
                 info: dict[str, Any], out_dir: Path) -> None:  # fmt: skip
     """One MLflow run per `paper run` of the session (run name = session): every bar's
     equity, drawdown, turnover and latency by bar number, the summary and the plot."""
-    import time
-
     import mlflow  # heavy, optional at this layer
-    from mlflow.entities import Metric
-
-    from rl_trading.tracking import mlflow_run
+    from mlflow.entities import Metric  # heavy: mlflow
 
     params = {"model": model.name, "session": session, "symbols": ",".join(model.symbols)}
     now = int(time.time() * 1000)

@@ -8,7 +8,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rl_trading.data.features import FEATURE_COLUMNS, compute_features
 from rl_trading.errors import DataError
+from rl_trading.supervised.dataset import bars_at_timeframe
+from rl_trading.supervised.models import make_windows
 from rl_trading.supervised.storage import load_saved
 
 
@@ -33,9 +36,6 @@ def feature_matrix(
     bars: pd.DataFrame, model_type: str, window: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs for every bar (2-D rows or 3-D windows) and the mask of bars past warm-up."""
-    from rl_trading.data.features import FEATURE_COLUMNS, compute_features
-    from rl_trading.supervised.models import make_windows
-
     feats = compute_features(bars)[list(FEATURE_COLUMNS)].astype("float64")
     feats = feats.replace([np.inf, -np.inf], np.nan)
     valid = feats.notna().all(axis=1).to_numpy()
@@ -60,8 +60,6 @@ def predict_proba(
     `bars` finer than `timeframe` are resampled first (the result is indexed by the coarser
     bars); bars still in the feature warm-up get NaN.
     """
-    from rl_trading.supervised.dataset import bars_at_timeframe
-
     saved = load_saved(model_type, timeframe, models_dir)
     tf_bars = bars_at_timeframe(bars, timeframe)
     if tf_bars is None:

@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from rl_trading.data import fingerprint, resample
+from rl_trading.data.features import FEATURE_COLUMNS, compute_features
+from rl_trading.data.schema import timeframe_delta
+from rl_trading.supervised.models import make_windows
 from rl_trading.supervised.targets import direction_target, previous_direction
 
 MIN_ROWS = 300  # fewer labelled rows than this and a timeframe is skipped
@@ -54,9 +58,6 @@ def bars_at_timeframe(
     bars: pd.DataFrame, timeframe: str, base_delta: pd.Timedelta | None = None
 ) -> pd.DataFrame | None:
     """`bars` at `timeframe` (resampled when coarser); None when finer than the base bars."""
-    from rl_trading.data import resample
-    from rl_trading.data.schema import timeframe_delta
-
     base = base_delta if base_delta is not None else infer_timeframe(bars)
     target = timeframe_delta(timeframe)
     if target < base:
@@ -72,8 +73,6 @@ def feature_frame(bars: pd.DataFrame, horizon: int, dead_zone: float) -> pd.Data
     Rows whose target is NaN (dead zone, last ``horizon`` bars) are *kept* here so windows stay
     contiguous; models drop them when they build their arrays.
     """
-    from rl_trading.data.features import FEATURE_COLUMNS, compute_features
-
     feats = compute_features(bars)[list(FEATURE_COLUMNS)].astype("float64")
     feats = feats.replace([np.inf, -np.inf], np.nan)
     valid = feats.notna().all(axis=1).to_numpy()
@@ -91,9 +90,6 @@ def prepare_timeframes(
     dead_zone: float,
 ) -> dict[str, TimeframeFrames]:
     """Feature frames for every timeframe; skipped ones carry a `note` and no frames."""
-    from rl_trading.data import fingerprint
-    from rl_trading.data.features import FEATURE_COLUMNS
-
     out: dict[str, TimeframeFrames] = {}
     for tf in timeframes:
         frames: dict[str, pd.DataFrame] = {}
@@ -120,8 +116,6 @@ def prepare_timeframes(
 
 def build_dataset(frames: TimeframeFrames, model_type: str, window: int = 1) -> Dataset:
     """Pool the symbols into arrays for `model_type` (3-D windows for ``cnn_lstm``)."""
-    from rl_trading.supervised.models import make_windows
-
     xs, ys, ts, prev = [], [], [], []
     for frame in frames.frames.values():
         feats = frame[frames.feature_names].to_numpy(dtype=np.float64)

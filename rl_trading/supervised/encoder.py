@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rl_trading.data.features import FEATURE_COLUMNS, FeatureScaler
 from rl_trading.errors import CheckpointError, ConfigError, RegistryError
+from rl_trading.registry import ModelRegistry
+from rl_trading.supervised.models import build_cnn_lstm_net
+from rl_trading.supervised.storage import METADATA_FILE, _check_files
 
 if TYPE_CHECKING:
     from rl_trading.config import AppConfig
-    from rl_trading.data.features import FeatureScaler
 
 ENCODER_PREFIXES = ("conv.", "lstm.")  # the supervised net's body (its `head` is dropped)
 
@@ -62,10 +65,7 @@ def encoder_lineage(source: EncoderSource, encoder_lr: float | None) -> dict[str
 
 def _load_files(folder: Path, name: str) -> tuple[dict, dict, FeatureScaler, dict]:
     """(metadata, net config, scaler, state dict) of a saved CNN-LSTM folder, sha256-checked."""
-    import torch
-
-    from rl_trading.data.features import FeatureScaler
-    from rl_trading.supervised.storage import METADATA_FILE, _check_files
+    import torch  # heavy: torch
 
     try:
         meta = json.loads((folder / METADATA_FILE).read_text())
@@ -87,9 +87,6 @@ def _load_files(folder: Path, name: str) -> tuple[dict, dict, FeatureScaler, dic
 
 def load_encoder(name: str, cfg: AppConfig, tracking_uri: str | None = None) -> EncoderSource:
     """The registered CNN-LSTM `name` (name, family or `@alias`), every file sha256-verified."""
-    from rl_trading.registry import ModelRegistry
-    from rl_trading.supervised.models import build_cnn_lstm_net
-
     registry = ModelRegistry(tracking_uri, cfg=cfg)
     rec = registry.resolve(name)  # RegistryError: unknown name
     if rec.kind != "supervised":
@@ -133,8 +130,6 @@ def load_encoder(name: str, cfg: AppConfig, tracking_uri: str | None = None) -> 
 
 def check_encoder(source: EncoderSource, cfg: AppConfig) -> None:
     """ConfigError unless the specialists observe what the CNN-LSTM was trained on."""
-    from rl_trading.data.features import FEATURE_COLUMNS
-
     what = f"--cnn-lstm-model {source.name}"
     env_features = list(FEATURE_COLUMNS)
     if source.features != env_features:

@@ -55,7 +55,7 @@ def default_params(model_type: str, cfg: AppConfig) -> dict[str, Any]:
 
 def search_space(model_type: str) -> dict[str, Any]:
     """Tune search space over the hyperparameters of `model_type` (used by --optimize)."""
-    from ray import tune
+    from ray import tune  # heavy: ray
 
     if model_type == "analyst":
         return {
@@ -82,16 +82,16 @@ def search_space(model_type: str) -> dict[str, Any]:
 
 def make_model(model_type: str, params: dict[str, Any], seed: int) -> Any:
     """A fresh, unfitted, seeded estimator of `model_type` with `params`."""
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+    from sklearn.pipeline import Pipeline  # heavy: sklearn
+    from sklearn.preprocessing import StandardScaler  # heavy: sklearn
 
     if model_type == "analyst":
-        from sklearn.ensemble import RandomForestClassifier
+        from sklearn.ensemble import RandomForestClassifier  # heavy: sklearn
 
         model = RandomForestClassifier(**params, random_state=seed, n_jobs=1)
         return Pipeline([("scaler", StandardScaler()), ("model", model)])
     if model_type == "tactician":
-        from sklearn.ensemble import GradientBoostingClassifier
+        from sklearn.ensemble import GradientBoostingClassifier  # heavy: sklearn
 
         model = GradientBoostingClassifier(**params, random_state=seed)
         return Pipeline([("scaler", StandardScaler()), ("model", model)])
@@ -107,8 +107,8 @@ def make_model(model_type: str, params: dict[str, Any], seed: int) -> Any:
 
 def build_cnn_lstm_net(n_features: int, channels: int, hidden: int) -> Any:
     """Conv1d over the time axis of the feature window, an LSTM, and a 2-class head."""
-    import torch
-    from torch import nn
+    import torch  # heavy: torch
+    from torch import nn  # heavy: torch
 
     class CNNLSTMNet(nn.Module):
         """(batch, window, features) -> logits (batch, 2)."""
@@ -173,7 +173,7 @@ class CNNLSTMClassifier:
         `on_epoch(epoch, val_loss)` runs after every epoch with the net as trained so far (a
         Tune trial reports each epoch with a checkpoint through it).
         """
-        import torch
+        import torch  # heavy: torch
 
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
@@ -223,7 +223,7 @@ class CNNLSTMClassifier:
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities (n, 2) for windows ``x``."""
-        import torch
+        import torch  # heavy: torch
 
         if self.net is None:
             raise RuntimeError("CNNLSTMClassifier is not fitted")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+
+from rl_trading.evaluation.report import PackedTables
+
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or value != value:  # None or NaN
@@ -15,10 +19,6 @@ def results_table(records: list[Any]) -> Any:
     """Each model (column) next to its baselines: accuracy, F1, CV mean±std, majority-class and
     previous-direction accuracy, and whether it beats the better baseline on the held-out
     test part. A renderable that splits into several tables to fit the console width."""
-    from rich.markup import escape
-
-    from rl_trading.evaluation.report import PackedTables
-
     rows = ["accuracy", "F1", "CV acc mean±std", "majority", "prev-direction", "beats baseline?"]
     columns = []
     notes = []

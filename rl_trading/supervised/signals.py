@@ -24,8 +24,11 @@ import numpy as np
 import pandas as pd
 
 from rl_trading.config import AppConfig
+from rl_trading.data import load_market, resample, timeframe_delta
 from rl_trading.data.features import SIGNAL_NEUTRAL, SIGNAL_PREFIX, signal_columns
 from rl_trading.errors import ConfigError
+from rl_trading.supervised.api import feature_matrix
+from rl_trading.supervised.dataset import infer_timeframe
 from rl_trading.supervised.models import default_params, make_model
 from rl_trading.supervised.targets import direction_target
 
@@ -86,8 +89,6 @@ class SignalProvider:
 
     def _walk_forward(self, bars: pd.DataFrame, model_type: str) -> pd.Series:
         """P(up) at every bar of `bars` (one timeframe) from walk-forward refits."""
-        from rl_trading.supervised.api import feature_matrix
-
         params = {**default_params(model_type, AppConfig()), **self.params.get(model_type, {})}
         x, valid = feature_matrix(bars, model_type, int(params.get("window", 1)))
         y = direction_target(bars["close"], self.horizon, self.dead_zone).to_numpy()
@@ -124,9 +125,6 @@ class SignalProvider:
 
     def compute(self, bars: pd.DataFrame) -> pd.DataFrame:
         """Signal columns for every bar of one instrument's `bars` (same index)."""
-        from rl_trading.data import resample, timeframe_delta
-        from rl_trading.supervised.dataset import infer_timeframe
-
         base = infer_timeframe(bars)
         out = pd.DataFrame(index=bars.index)
         base_end = bars.index + base
@@ -193,8 +191,6 @@ def observed_market(
     once on the whole series, before any train/validation/test split.
     """
     if bars is None:
-        from rl_trading.data import load_market
-
         bars = load_market(cfg)
     if not cfg.supervised.signals_enabled:
         return bars

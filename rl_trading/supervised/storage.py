@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy
+import pandas
+
+from rl_trading.artifacts import sha256_file as _sha256  # the one file hash
+from rl_trading.data.features import FeatureScaler
 from rl_trading.errors import CheckpointError
-from rl_trading.registry import sha256_file as _sha256  # the one file hash
+from rl_trading.supervised.models import CNNLSTMClassifier, build_cnn_lstm_net
+from rl_trading.tracking import workspace
+from rl_trading.version import __version__
 
 KEEP_VERSIONS = 3
 METADATA_FILE = "metadata.json"
@@ -28,8 +35,6 @@ CURRENT_FILE = "current.json"
 
 def default_models_dir() -> Path:
     """``<workspace>/models/supervised`` (the workspace is the current directory)."""
-    from rl_trading.tracking import workspace
-
     return workspace() / "models" / "supervised"
 
 
@@ -41,12 +46,8 @@ def model_dir(model_type: str, timeframe: str, models_dir: str | Path | None = N
 
 def package_versions() -> dict[str, str]:
     """Versions of the libraries a saved model depends on."""
-    import numpy
-    import pandas
-    import sklearn
-    import torch
-
-    from rl_trading import __version__
+    import sklearn  # heavy: sklearn
+    import torch  # heavy: torch
 
     return {
         "rl_trading": __version__,
@@ -65,14 +66,14 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def _write_model_files(model: Any, model_type: str, folder: Path) -> None:
     if model_type == "cnn_lstm":
-        import torch
+        import torch  # heavy: torch
 
         torch.save(model.net.state_dict(), folder / "model.pt")
         (folder / "scaler.json").write_text(json.dumps(model.scaler.to_dict()))
         net_cfg = {"params": model.params, "seed": model.seed, "n_features": model.n_features}
         (folder / "net_config.json").write_text(json.dumps(net_cfg))
     else:
-        import joblib
+        import joblib  # heavy: joblib (sklearn's model files)
 
         joblib.dump(model, folder / "model.joblib")
 
@@ -213,10 +214,7 @@ def load_saved(model_type: str, timeframe: str, models_dir: str | Path | None = 
     meta = json.loads((folder / METADATA_FILE).read_text())
     _check_files(folder, meta)
     if model_type == "cnn_lstm":
-        import torch
-
-        from rl_trading.data.features import FeatureScaler
-        from rl_trading.supervised.models import CNNLSTMClassifier, build_cnn_lstm_net
+        import torch  # heavy: torch
 
         net_cfg = json.loads((folder / "net_config.json").read_text())
         est = CNNLSTMClassifier(**net_cfg["params"], seed=net_cfg["seed"])
@@ -226,7 +224,7 @@ def load_saved(model_type: str, timeframe: str, models_dir: str | Path | None = 
         est.net.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
         est.net.eval()
     else:
-        import joblib
+        import joblib  # heavy: joblib (sklearn's model files)
 
         est = joblib.load(folder / "model.joblib")
     return SavedModel(est, meta, folder)

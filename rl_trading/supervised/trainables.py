@@ -16,6 +16,8 @@ held-out test score never takes part in any choice.
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +26,21 @@ from typing import Any
 
 import pandas as pd
 
+from rl_trading import ledger, ray_utils
 from rl_trading.config import AppConfig
+from rl_trading.data import load_market
+from rl_trading.data.schema import timeframe_delta
 from rl_trading.errors import DataError, RLTradingError
-from rl_trading.evaluation import ledger
+from rl_trading.ray_utils import fit_trial_runners
 from rl_trading.supervised.dataset import TimeframeFrames, infer_timeframe, prepare_timeframes
 from rl_trading.supervised.models import MODEL_TYPES, default_params, search_space
+from rl_trading.supervised.storage import (
+    default_models_dir,
+    install_model_folder,
+    save_model,
+    write_model_folder,
+)
+from rl_trading.tracking import configure_mlflow, ensure_experiment, mlflow_run
 
 SEARCH_METRIC = "cv_accuracy_mean"
 # Metrics shown while trials run and in the final table.
@@ -96,9 +108,7 @@ def _log_to_mlflow(
     stage: str,
 ) -> str:
     """One MLflow run per trial: params, metrics, importances, model folder; returns run id."""
-    import mlflow
-
-    from rl_trading.tracking import mlflow_run
+    import mlflow  # heavy: mlflow
 
     last_exc: Exception | None = None
     for attempt in range(4):  # SQLite may be briefly locked by a parallel trial
@@ -138,13 +148,10 @@ def supervised_trial(
     early and `result.checkpoint` is the trial's model (the last one: the finished model, in
     the layout `storage.load_saved` reads, with its `metadata.json`).
     """
-    import tempfile
+    import torch  # heavy: torch
+    from ray import tune  # heavy: ray
 
-    import torch
-    from ray import tune
-
-    from rl_trading.supervised.fitting import fit_and_score
-    from rl_trading.supervised.storage import save_model, write_model_folder
+    from rl_trading.supervised.fitting import fit_and_score  # heavy: sklearn
 
     torch.set_num_threads(1)
     job = config.get("job", config)  # final runs grid over "job"; searches are flat
@@ -217,8 +224,6 @@ def plan_jobs(
 
     Analyst: every usable timeframe. Tactician and CNN-LSTM: the finest usable timeframe.
     """
-    from rl_trading.data.schema import timeframe_delta
-
     usable = sorted((tf for tf, f in frames_by_tf.items() if f.frames), key=timeframe_delta)
     skipped = [
         SupervisedRecord(m, tf, "skipped", note=f.note)
@@ -253,7 +258,7 @@ def _run_tuner(
     tune_config: Any,
     verbose: int,
 ) -> Any:
-    from ray import tune
+    from ray import tune  # heavy: ray
 
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
@@ -279,9 +284,9 @@ def max_reports(model: str, cv_splits: int, max_epochs: int) -> int:
 def search_tune_config(model: str, n_trials: int, seed: int, max_t: int) -> Any:
     """Optuna proposes the hyperparameters, ASHA stops trials whose running CV accuracy (the
     search metric, reported per fold / epoch) trails the others at a rung."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+    from ray import tune  # heavy: ray
+    from ray.tune.schedulers import ASHAScheduler  # heavy: ray
+    from ray.tune.search.optuna import OptunaSearch  # heavy: ray
 
     return tune.TuneConfig(
         search_alg=OptunaSearch(metric=SEARCH_METRIC, mode="max", seed=seed),
@@ -303,8 +308,6 @@ def search_tune_config(model: str, n_trials: int, seed: int, max_t: int) -> Any:
 def best_finished(grid: Any, model: str, tf: str) -> Any:
     """The finished trial (final report, checkpoint) with the best CV accuracy; trials ASHA
     stopped early only carry a running CV mean and are not candidates."""
-    import math
-
     done = [
         r
         for r in grid
@@ -378,17 +381,12 @@ def train_supervised(
     `bars` defaults to `load_market(cfg)`; models go to `models_dir` (default
     ``<workspace>/models/supervised``); each trial is an MLflow run unless `tracking` is off.
     """
-    from ray import tune
-
-    from rl_trading.ray_utils import fit_trial_runners, init_ray
-    from rl_trading.supervised.storage import default_models_dir
+    from ray import tune  # heavy: ray
 
     sup = cfg.supervised
     models = list(models or sup.models)
     timeframes = list(timeframes or sup.timeframes)
     if bars is None:
-        from rl_trading.data import load_market
-
         bars = load_market(cfg)
     if not bars:
         raise DataError("no bars to train the supervised models on")
@@ -416,13 +414,11 @@ def train_supervised(
         "experiment": f"{cfg.train.experiment_name}-supervised",
     }
     if tracking:
-        from rl_trading.tracking import configure_mlflow, ensure_experiment
-
         settings["tracking_uri"] = configure_mlflow(cfg.tracking.tracking_uri)
         ensure_experiment(settings["experiment"])  # created once here, not racing in trials
 
     if jobs:
-        cluster = init_ray(cfg.resources.address, cfg.resources.num_cpus)
+        cluster = ray_utils.init_ray(cfg.resources.address, cfg.resources.num_cpus)
         _, line = fit_trial_runners(
             cluster, 0, 1.0, trial_cpus=1.0, n_trials=len(jobs), what="supervised trials"
         )
@@ -436,8 +432,6 @@ def train_supervised(
         )
         trials = 1
         if optimize:
-            from rl_trading.supervised.storage import install_model_folder
-
             trials = n_trials or cfg.tuning.n_trials
             max_epochs = int(settings["params"]["cnn_lstm"].get("max_epochs", 0))
             best = []

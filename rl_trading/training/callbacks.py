@@ -54,6 +54,7 @@ class TradingCallbacks(RLlibCallback):
         self._curriculum_step(algorithm, int(result.get("training_iteration", 0) or 0))
 
     def _curriculum_step(self, algorithm: Any, iteration: int) -> None:
+        # heavy: ray, torch
         from rl_trading.training.curriculum import apply_level, curriculum_level, schedule_of
 
         if not self._schedule_read:  # the algorithm's config, parsed once

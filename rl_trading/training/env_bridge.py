@@ -7,6 +7,7 @@ hierarchical env is built (tests use a tiny stand-in env through the same interf
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,14 +16,19 @@ import gymnasium as gym
 import numpy as np
 from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
+from envs.common import prepare_instrument
+from rl_trading.config import resolve_calendar
+from rl_trading.supervised.encoder import encoder_lineage, encoder_model_config, resolve_encoder
+from rl_trading.supervised.signals import observed_market
 from rl_trading.training.mapping import META, SPECIALIST_PREFIX
+from rl_trading.training.preprocessing import training_preprocessing
 
 SHARED_SUFFIX = "-shared-specialist"
 
 
 def env_creator(name: str) -> Callable[[dict], MultiAgentEnv]:
     """The creator registered under `name` with `ray.tune.register_env`."""
-    from ray.tune.registry import ENV_CREATOR, _global_registry
+    from ray.tune.registry import ENV_CREATOR, _global_registry  # heavy: ray
 
     try:
         return _global_registry.get(ENV_CREATOR, name)
@@ -115,14 +121,14 @@ class SharedSpecialistEnv(InstrumentOneHot):
     an env_config alone, like :class:`envs.registration.HierarchicalRLlibEnv`."""
 
     def __init__(self, config: dict | None = None):
-        from envs.registration import HierarchicalRLlibEnv
+        from envs.registration import HierarchicalRLlibEnv  # heavy: ray, sqlalchemy
 
         super().__init__(HierarchicalRLlibEnv(config or {}))
 
 
 def register_shared(base_name: str) -> str:
     """Register `<base>-shared-specialist` (one-hot instrument ids appended); return its name."""
-    from ray.tune.registry import register_env
+    from ray.tune.registry import register_env  # heavy: ray
 
     name = base_name + SHARED_SUFFIX
     base = env_creator(base_name)
@@ -209,8 +215,6 @@ def all_agent_spaces(factory: EnvFactory) -> tuple[dict[str, gym.Space], dict[st
 
 def fit_scalers(cfg: Any, bars: dict[str, Any]) -> dict[str, Any]:
     """Feature scalers per instrument, fit on the training bars only."""
-    from envs.common import prepare_instrument
-
     return {sym: prepare_instrument(frame, None, sym).scaler for sym, frame in bars.items()}
 
 
@@ -232,8 +236,8 @@ def hierarchical_factory(
     (`encoder`: the already resolved `supervised.encoder.EncoderSource`, else resolved here),
     mapped from each instrument's scaler, and the checkpoints record it (`metadata["encoder"]`).
     """
+    # heavy: ray, sqlalchemy
     from envs.registration import HierarchicalRLlibEnv, data_reference, make_env_config
-    from rl_trading.config import resolve_calendar
 
     cfg = resolve_calendar(cfg, train_bars)
     scalers = fit_scalers(cfg, train_bars)
@@ -243,17 +247,15 @@ def hierarchical_factory(
         source = source.model_copy(update={"data": source.data.model_copy(update={"db_url": None})})
     train_ref = data_reference(source, train_bars) if source is not None else None
     val_ref = data_reference(source, val_bars) if source is not None and val_bars else None
-    train = _ModeConfigs(make_env_config, cfg, train_bars, False, scalers, train_ref)
-    val = _ModeConfigs(make_env_config, cfg, val_bars, True, scalers, val_ref) if val_bars else None
+    # a process reloading the bars from a reference rebuilds the signal columns the same way
+    make = make_env_config
+    if cfg.supervised.signals_enabled:
+        make = functools.partial(make_env_config, observe=observed_market)
+    train = _ModeConfigs(make, cfg, train_bars, False, scalers, train_ref)
+    val = _ModeConfigs(make, cfg, val_bars, True, scalers, val_ref) if val_bars else None
     metadata = checkpoint_metadata(cfg, train_bars, scalers, train_ref)
     encoders: dict[str, dict[str, Any]] = {}
     if cfg.policy.cnn_lstm_model:
-        from rl_trading.supervised.encoder import (
-            encoder_lineage,
-            encoder_model_config,
-            resolve_encoder,
-        )
-
         encoder = encoder or resolve_encoder(cfg)
         lr = cfg.policy.encoder_lr
         encoders = {
@@ -279,8 +281,7 @@ def checkpoint_metadata(
 ) -> dict[str, Any]:
     """What travels with every checkpoint: the training config (credentials redacted), the
     preprocessing (features, window, fitted scalers, training range) and the data reference."""
-    from envs.registration import safe_config
-    from rl_trading.evaluation import training_preprocessing
+    from envs.registration import safe_config  # heavy: ray, sqlalchemy
 
     pre = training_preprocessing(cfg, train_bars, scalers)
     return {"config": safe_config(cfg), "preprocessing": pre, "data_ref": data_ref}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rl_trading.config import AppConfig, save_config
+from rl_trading.tracking import mlflow_run
 
 logger = logging.getLogger(__name__)
 _BAD = re.compile(r"[^0-9A-Za-z_\-. /]")
@@ -42,7 +43,7 @@ class PhaseTracker:
         """Log per-iteration metrics."""
         if self.run is None:
             return
-        import mlflow
+        import mlflow  # heavy: mlflow
 
         clean = clean_metrics(metrics)
         if clean:
@@ -52,14 +53,14 @@ class PhaseTracker:
         """Log a folder (e.g. the best checkpoint) as artifacts."""
         if self.run is None or not Path(path).exists():
             return
-        import mlflow
+        import mlflow  # heavy: mlflow
 
         mlflow.log_artifacts(str(path), artifact_path=artifact_path)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         """Add tags to the run."""
         if self.run is not None:
-            import mlflow
+            import mlflow  # heavy: mlflow
 
             mlflow.set_tags(dict(tags))
 
@@ -81,7 +82,6 @@ def phase_tracking(
     if not enabled:
         yield PhaseTracker(None)
         return
-    from rl_trading.tracking import mlflow_run
 
     all_tags = {"phase": phase_name, "run_dir": str(run_dir.resolve()), **(tags or {})}
     with mlflow_run(
@@ -94,7 +94,7 @@ def phase_tracking(
         system_metrics=cfg.tracking.system_metrics,
         resume_run_id=resume_run_id,
     ) as run:
-        import mlflow
+        import mlflow  # heavy: mlflow
 
         cfg_path = save_config(cfg, run_dir / "config.yaml")
         mlflow.log_artifact(str(cfg_path))

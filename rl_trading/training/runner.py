@@ -1,4 +1,8 @@
-"""Running phases 1-3: iterations, validation, checkpoints, best model, resume, MLflow."""
+"""Running phases 1-3: iterations, validation, checkpoints, best model, resume, MLflow.
+
+`run_phase` is the one entry for a phase: the phase's loop (`PhaseLoop`) runs in this process,
+or in a one-trial Tune experiment (`tune_phase.run_phase_trial`, handed this loop).
+"""
 
 from __future__ import annotations
 
@@ -10,13 +14,12 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from rl_trading.config import AppConfig
-from rl_trading.errors import CheckpointError
+from rl_trading.tracking import close_orphan_run
 from rl_trading.training.algo_config import (
     _module_specs,
     build_algorithm,
@@ -34,12 +37,20 @@ from rl_trading.training.checkpoints import (
 from rl_trading.training.env_bridge import EnvFactory
 from rl_trading.training.mapping import PHASE_MODES, is_specialist, phase_number
 from rl_trading.training.mlflow_log import phase_tracking
+from rl_trading.training.phase_spec import (
+    PhaseResult,
+    PhaseSpec,
+    ProgressFn,
+    note_restarts,
+    phase_result,
+    previous_checkpoint,
+)
 from rl_trading.training.signals import StopFlag, TrainingInterrupted, graceful_stop
 from rl_trading.training.state import PhaseState, RunState
+from rl_trading.training.tune_phase import run_phase_trial
 from rl_trading.training.validation import validate
 
 logger = logging.getLogger(__name__)
-ProgressFn = Callable[[dict[str, Any]], None]
 _LEARNER_KEYS = (
     "policy_loss",
     "vf_loss",
@@ -48,20 +59,6 @@ _LEARNER_KEYS = (
     "total_loss",
     "vf_explained_var",
 )
-
-
-@dataclass
-class PhaseResult:
-    """What a finished phase leaves behind."""
-
-    phase: str
-    iterations: int
-    env_steps: int
-    last_checkpoint: str
-    best_checkpoint: str
-    best_val_sharpe: float | None
-    metrics: dict[str, float]
-    mlflow_run_id: str | None = None
 
 
 def iteration_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -100,25 +97,9 @@ def iteration_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def note_restarts(name: str, iteration: int, metrics: Mapping[str, Any], seen: int) -> int:
-    """Log a warning when env runners were restarted since `seen`; return the new count."""
-    restarts = int(metrics.get("num_env_runner_restarts", 0) or 0)
-    if restarts > seen:
-        logger.warning(
-            "%s iteration %d: %d env runner(s) restarted, %d healthy; sampled %d "
-            "env steps this iteration",
-            name,
-            iteration,
-            restarts - seen,
-            int(metrics.get("num_healthy_env_runners", 0) or 0),
-            int(metrics.get("env_steps_this_iter", 0) or 0),
-        )
-    return max(restarts, seen)
-
-
 def driver_modules(cfg: AppConfig, factory: EnvFactory, phase: int) -> Any:
     """A MultiRLModule in the driver with the phase's policies (for validation)."""
-    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
+    from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec  # heavy: ray
 
     pids, _ = phase_policies(factory, phase)
     spec = MultiRLModuleSpec(
@@ -140,51 +121,7 @@ def _prune(ckpt_dir: Path, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def previous_checkpoint(run_dir: Path, phase: int) -> str:
-    """Best (else last) checkpoint of the phase before `phase` in this run dir."""
-    prev = RunState.load(run_dir).phases.get(f"phase{phase - 1}")
-    if prev is None or prev.status != "done":
-        raise CheckpointError(
-            f"phase{phase} needs phase{phase - 1} first: none completed in {run_dir} "
-            "(run it, or pass --from-checkpoint)"
-        )
-    ckpt = prev.best_checkpoint or prev.last_checkpoint
-    if not ckpt:
-        raise CheckpointError(f"phase{phase - 1} in {run_dir} left no checkpoint")
-    return ckpt
-
-
-STOP_FILE = ".stop_requested"  # in <run_dir>/phaseN/: the driver asks a phase trial to stop
 POINTER_FILE = "phase_checkpoint.json"  # in a Tune checkpoint of a phase trial
-
-
-@dataclass
-class PhaseSpec:
-    """Everything a phase run needs, picklable: what the driver hands to the phase trial."""
-
-    cfg: AppConfig
-    phase: int
-    factory: EnvFactory
-    run_dir: Path
-    resume: bool = False
-    init_checkpoint: str | None = None
-    tracking: bool = True
-    tracking_uri: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    callbacks: type | None = None
-    # (host, pid) of the driver process: a phase trial running elsewhere on that host stops
-    # dead, writing nothing more, once the driver is gone (killed with SIGKILL, say)
-    driver: tuple[str, int] | None = None
-
-    @property
-    def name(self) -> str:
-        """`phaseN`."""
-        return f"phase{self.phase}"
-
-    @property
-    def stop_file(self) -> Path:
-        """The file whose presence asks the phase (in whatever process it runs) to stop."""
-        return self.run_dir / self.name / STOP_FILE
 
 
 def driver_alive(driver: tuple[str, int] | None) -> bool:
@@ -195,7 +132,7 @@ def driver_alive(driver: tuple[str, int] | None) -> bool:
     host, pid = driver
     if host != socket.gethostname() or pid == os.getpid():
         return True
-    import psutil
+    import psutil  # optional: psutil (ships with ray[default])
 
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -254,8 +191,6 @@ class PhaseLoop:
         resume_run_id = ps.mlflow_run_id if from_last else None
         if not from_last and ps.mlflow_run_id:  # a restart: the earlier run's iterations are void
             if spec.tracking:
-                from rl_trading.tracking import close_orphan_run
-
                 close_orphan_run(ps.mlflow_run_id, spec.tracking_uri or cfg.tracking.tracking_uri)
             ps.mlflow_run_id = None
         init_checkpoint = spec.init_checkpoint
@@ -392,7 +327,7 @@ class PhaseLoop:
 
     def result(self) -> PhaseResult:
         """The phase's outcome as it stands."""
-        return _result(self.spec.name, self.ps, self.metrics or None)
+        return phase_result(self.spec.name, self.ps, self.metrics or None)
 
     def close(self, error: BaseException | None = None) -> None:
         """End the MLflow run (failed when `error`) and stop the algorithm; idempotent."""
@@ -451,7 +386,7 @@ class PhaseLoop:
 
 def inside_ray_worker() -> bool:
     """True in a Ray worker or actor process (e.g. a Tune trial), where phases run in-process."""
-    import ray
+    import ray  # heavy: ray
 
     if not ray.is_initialized():
         return False
@@ -502,9 +437,7 @@ def run_phase(
     if in_process is None:
         in_process = inside_ray_worker()
     if not in_process:
-        from rl_trading.training.tune_phase import run_phase_trial
-
-        return run_phase_trial(spec, progress=progress, stop=stop)
+        return run_phase_trial(spec, PhaseLoop, progress=progress, stop=stop)
     loop = PhaseLoop(spec, stop=stop, progress=progress)
     if loop.finished:
         return loop.result()
@@ -523,20 +456,7 @@ def run_phase(
     return loop.result()
 
 
-def _result(name: str, ps: PhaseState, metrics: dict[str, float] | None = None) -> PhaseResult:
-    return PhaseResult(
-        phase=name,
-        iterations=ps.iteration,
-        env_steps=ps.env_steps,
-        last_checkpoint=str(ps.last_checkpoint),
-        best_checkpoint=str(ps.best_checkpoint or ps.last_checkpoint),
-        best_val_sharpe=ps.best_val_sharpe,
-        metrics=dict(metrics or ps.last_val),
-        mlflow_run_id=ps.mlflow_run_id,
-    )
-
-
-def run_pipeline(
+def run_phases(
     cfg: AppConfig,
     factory: EnvFactory,
     run_dir: str | Path,

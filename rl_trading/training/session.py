@@ -15,11 +15,25 @@ from typing import Any
 
 import yaml
 
+from rl_trading import ray_utils
+from rl_trading.artifacts import read_metadata
 from rl_trading.config import AppConfig, config_dump, flatten, save_config
+from rl_trading.data import fingerprint, split_for_env, synthetic_symbols
 from rl_trading.errors import ConfigError, RunDirError
-from rl_trading.training.algo_config import phase_iterations
+from rl_trading.ray_utils import (
+    check_dashboard_available,
+    check_env_runner_cpus,
+    resolve_address,
+)
+from rl_trading.supervised.encoder import encoder_lineage, resolve_encoder
+from rl_trading.supervised.signals import observed_market
+from rl_trading.tracking import check_tracking, resolve_tracking_uri
+from rl_trading.training.algo_config import phase_iterations, phase_policies
+from rl_trading.training.checkpoints import check_checkpoint
 from rl_trading.training.env_bridge import EnvFactory, hierarchical_factory
-from rl_trading.training.runner import PhaseResult, ProgressFn, previous_checkpoint, run_phase
+from rl_trading.training.mapping import is_specialist
+from rl_trading.training.phase_spec import PhaseResult, ProgressFn, previous_checkpoint
+from rl_trading.training.runner import run_phase
 from rl_trading.training.state import STATE_FILE, PhaseState, RunState, run_dir_lock
 
 CONFIG_FILE = "config.yaml"  # in the run dir: the config the run trains with
@@ -39,9 +53,6 @@ RESUME_FREE_KEYS = (
 
 def load_splits(cfg: AppConfig) -> tuple[dict, dict, str]:
     """(train bars, validation bars, data fingerprint) from the configured source."""
-    from rl_trading.data import fingerprint, split_for_env
-    from rl_trading.supervised.signals import observed_market
-
     bars = observed_market(cfg)
     splits = split_for_env(bars, cfg)  # validation keeps its first bars (causal history)
     return splits.train, splits.val, fingerprint(bars)
@@ -268,8 +279,6 @@ def check_phase_inputs(
     cfg: AppConfig | None = None,
 ) -> None:
     """Before any expensive work: the first phase's starting checkpoint exists and is one."""
-    from rl_trading.training.checkpoints import check_checkpoint
-
     if from_checkpoint is not None:
         check_checkpoint(from_checkpoint)
     first = phases[0]
@@ -296,8 +305,6 @@ def check_encoder_continuity(
     Another encoder (or none) cannot take those weights; a resumed phase also keeps its mode
     (its optimizers are restored). A new phase may switch frozen <-> fine-tuned.
     """
-    from rl_trading.training.checkpoints import read_metadata
-
     first = phases[0]
     own = state.phases.get(f"phase{first}") if resume else None
     if phase_finished(own, cfg, first):
@@ -336,10 +343,6 @@ def check_checkpoint_policies(
     """The checkpoint a phase starts from holds every policy the phase loads from it."""
     if checkpoint is None:
         return
-    from rl_trading.training.algo_config import phase_policies
-    from rl_trading.training.checkpoints import check_checkpoint
-    from rl_trading.training.mapping import is_specialist
-
     pids, _ = phase_policies(factory, phase)
     for pid in [p for p in pids if is_specialist(p)] if phase == 2 else pids:
         check_checkpoint(checkpoint, pid)
@@ -377,14 +380,9 @@ def train(
     setting unless `allow_config_change` (both configs are kept) and a budget below what is
     trained; a larger budget extends the phases.
     """
-    from rl_trading.data import synthetic_symbols
-    from rl_trading.ray_utils import check_env_runner_cpus, init_ray, resolve_address
-
     check_resume_flags(resume, resume_or_start)
     resume = resume or resume_or_start
     if dashboard and resolve_address(address or cfg.resources.address) is None:
-        from rl_trading.ray_utils import check_dashboard_available
-
         check_dashboard_available()  # a local dashboard needs Ray's extras: say so before work
     run_dir = find_run_dir(cfg, run_dir, resume, resume_or_start)
     early = RunState.load(run_dir)
@@ -395,12 +393,8 @@ def train(
     check_phase_inputs(early, phases, resume, from_checkpoint, cfg)
     encoder = None
     if factory is None and cfg.policy.cnn_lstm_model:  # registry, sha256, preprocessing
-        from rl_trading.supervised.encoder import resolve_encoder
-
         encoder = resolve_encoder(cfg, tracking_uri)
     if factory is None:
-        from rl_trading.supervised.encoder import encoder_lineage
-
         want = encoder_lineage(encoder, cfg.policy.encoder_lr) if encoder else None
         check_encoder_continuity(RunState.load(run_dir), phases, resume, from_checkpoint, want, cfg)
     with run_dir_lock(run_dir):
@@ -423,8 +417,6 @@ def train(
         cfg = pin_periods_per_year(cfg, factory)
         check_checkpoint_policies(factory, phases[0], from_checkpoint)
         if tracking:  # an unreachable MLflow server fails here, before Ray starts or work begins
-            from rl_trading.tracking import check_tracking, resolve_tracking_uri
-
             check_tracking(resolve_tracking_uri(tracking_uri or cfg.tracking.tracking_uri))
         addr = address or cfg.resources.address
         local = resolve_address(addr) is None
@@ -438,7 +430,7 @@ def train(
             notify(f"--overwrite: the earlier {', '.join(replace)} moved to {moved}")
         record_config(run_dir, cfg, changed=bool(changes))
         quiet = {"log_to_driver": not quiet_workers} if local else {}
-        cluster = init_ray(
+        cluster = ray_utils.init_ray(
             addr, num_cpus=cfg.resources.num_cpus, notify=notify, dashboard=dashboard, **quiet
         )
         res = cfg.resources

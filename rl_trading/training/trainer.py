@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from rl_trading import ray_utils
 from rl_trading.config import AppConfig, TrainingConfig
 from rl_trading.errors import CheckpointError, ConfigError
+from rl_trading.training.checkpoints import checkpoint_policies, load_module
 from rl_trading.training.env_bridge import EnvFactory, hierarchical_factory
-from rl_trading.training.mapping import is_specialist
+from rl_trading.training.mapping import is_specialist, policy_mapping_fn
 
 __all__ = ["DistributedTrainer", "TrainingConfig"]
 
@@ -41,12 +43,12 @@ class DistributedTrainer:
 
     def create_agent(self, env: Any = None, phase: int = 1) -> Any:
         """A built RLlib Algorithm of `phase` for the env made by `create_env`."""
-        from rl_trading.ray_utils import init_ray
+        # heavy: ray, torch
         from rl_trading.training.algo_config import build_algorithm, build_phase_config
 
         if self.factory is None:
             raise ConfigError("call create_env(data) before create_agent()")
-        init_ray(self.cfg.resources.address, num_cpus=self.cfg.resources.num_cpus)
+        ray_utils.init_ray(self.cfg.resources.address, num_cpus=self.cfg.resources.num_cpus)
         config = build_phase_config(self.cfg, phase, self.factory)
         algo = build_algorithm(config, self.run_dir / "logs")
         self._algos.append(algo)
@@ -56,7 +58,7 @@ class DistributedTrainer:
         self, train_data: dict[str, Any], val_data: dict[str, Any], resume: bool = False
     ) -> dict[str, float]:
         """Run phases 1-3; returns `phaseN.<metric>` for each phase's last iteration."""
-        from rl_trading.training.session import train
+        from rl_trading.training.session import train  # heavy: ray, torch
 
         self._train_bars = train_data
         self.factory = hierarchical_factory(self.cfg, train_data, val_data)
@@ -73,7 +75,7 @@ class DistributedTrainer:
     def evaluate(self, agent: Any = None, env: Any = None) -> dict[str, float]:
         """Deterministic episode of `agent` (Algorithm, modules dict, checkpoint path or the
         trained/loaded model) on the validation bars, or `env` (bars dict or EnvFactory)."""
-        from rl_trading.training.validation import validate
+        from rl_trading.training.validation import validate  # heavy: ray, torch
 
         modules = self._as_modules(agent)
         factory = self.factory
@@ -96,7 +98,7 @@ class DistributedTrainer:
         The full result (best checkpoint, trials table, lineage plot) is kept in `last_tune`.
         """
         try:
-            from tuning.pbt import run_pbt
+            from tuning.pbt import run_pbt  # heavy: ray, sqlalchemy
         except ImportError:
             raise ConfigError("tuning is unavailable: the tuning.pbt module is missing") from None
         self.last_tune = run_pbt(self.cfg, phase, train_data, val_data, **kwargs)
@@ -114,15 +116,12 @@ class DistributedTrainer:
 
     def load_model(self, path: str | Path) -> dict[str, Any]:
         """Load every policy of an algorithm checkpoint as RLModules (for evaluate/inference)."""
-        from rl_trading.training.checkpoints import checkpoint_policies, load_module
-
         self.modules = {pid: load_module(path, pid) for pid in checkpoint_policies(path)}
         return self.modules
 
     def act(self, observations: dict[str, Any]) -> dict[str, np.ndarray]:
         """Deterministic actions of the loaded model for a dict of agent observations."""
-        from policies import act_one
-        from rl_trading.training.mapping import policy_mapping_fn
+        from policies import act_one  # heavy: ray, torch
 
         shared = "specialist" in self.modules
         return {
@@ -132,7 +131,7 @@ class DistributedTrainer:
 
     def cleanup(self) -> None:
         """Stop algorithms built by this trainer."""
-        from rl_trading.training.algo_config import release_algorithm
+        from rl_trading.training.algo_config import release_algorithm  # heavy: ray, torch
 
         for algo in self._algos:
             release_algorithm(algo)
@@ -148,6 +147,7 @@ class DistributedTrainer:
         if isinstance(agent, dict):
             return agent
         if hasattr(agent, "learner_group"):  # an RLlib Algorithm
+            # heavy: ray, torch
             from rl_trading.training.runner import driver_modules, sync_driver_modules
 
             pids = list(agent.learner_group.get_weights().keys())

@@ -16,24 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Stopper
 
+from rl_trading import ray_utils
+from rl_trading.artifacts import verify_checkpoint
 from rl_trading.errors import RLTradingError
-from rl_trading.training.runner import (
-    PhaseLoop,
+from rl_trading.ray_utils import driver_node_resource
+from rl_trading.training.checkpoints import check_checkpoint
+from rl_trading.training.phase_spec import (
     PhaseResult,
     PhaseSpec,
     ProgressFn,
-    _result,
     note_restarts,
+    phase_result,
     previous_checkpoint,
 )
 from rl_trading.training.signals import StopFlag, TrainingInterrupted, graceful_stop
 from rl_trading.training.state import RunState
+from tuning.trainable import PhaseTrainable
 
 EXPERIMENT_DIR = "tune"  # <run_dir>/tune/phaseN: one Tune experiment per phase
 OBJECTIVE = "val_sharpe"
@@ -81,12 +85,18 @@ class PhaseLoopFactory:
     so relative paths, the workspace and the tracking store resolve as in the driver.
     """
 
-    def __init__(self, spec: PhaseSpec, cwd: str, environ: Mapping[str, str]) -> None:
-        self.spec = spec
+    def __init__(
+        self,
+        spec: PhaseSpec,
+        loop: Callable[[PhaseSpec], Any],
+        cwd: str,
+        environ: Mapping[str, str],
+    ) -> None:
+        self.spec, self.loop = spec, loop
         self.cwd = cwd
         self.environ = dict(environ)
 
-    def __call__(self, hparams: Mapping[str, float], seed: int) -> PhaseLoop:
+    def __call__(self, hparams: Mapping[str, float], seed: int) -> Any:
         """Build the phase loop (the trial's config carries no hyperparameters to apply)."""
         if hparams:
             raise ValueError(f"a phase trial takes no hyperparameters, got {sorted(hparams)}")
@@ -96,7 +106,7 @@ class PhaseLoopFactory:
                 del os.environ[key]
         os.environ.update(self.environ)
         try:
-            return PhaseLoop(self.spec)
+            return self.loop(self.spec)
         except RLTradingError as exc:  # reported by the first step: Ray keeps a step's error
             return _FailedLoop(exc)  # (the driver shows it as one line), not a setup's
 
@@ -207,30 +217,35 @@ def _original_error(error: BaseException) -> BaseException:
 
 
 def run_phase_trial(
-    spec: PhaseSpec, *, progress: ProgressFn | None = None, stop: StopFlag | None = None
+    spec: PhaseSpec,
+    loop: Callable[[PhaseSpec], Any],
+    *,
+    progress: ProgressFn | None = None,
+    stop: StopFlag | None = None,
 ) -> PhaseResult:
     """Run one phase as a one-trial `tune.Tuner` in `<run_dir>/tune/phaseN`; see `run_phase`.
+
+    `loop(spec)` builds the phase's loop in the trial process (`runner.PhaseLoop`, a class
+    importable there): one Tune iteration per `loop.step()`.
 
     Raises what the trial raised (e.g. CheckpointError), what the progress callback raised, or
     TrainingInterrupted after a requested stop (its checkpoint and state.json written).
     """
-    from ray import tune
+    from ray import tune  # heavy: ray
 
-    from rl_trading.ray_utils import driver_node_resource, init_ray
+    # heavy: ray, torch
     from rl_trading.training.algo_config import (
         build_phase_config,
         phase_iterations,
         trial_resources,
     )
-    from rl_trading.training.checkpoints import check_checkpoint, verify_checkpoint
-    from tuning.trainable import PhaseTrainable
 
     stop = stop if stop is not None else StopFlag()
     cfg, name = spec.cfg, spec.name
     ps = RunState.load(spec.run_dir).phases.get(name)
     finished = ps is not None and ps.iteration >= phase_iterations(cfg, spec.phase)
     if spec.resume and ps is not None and ps.status == "done" and finished:
-        return _result(name, ps)
+        return phase_result(name, ps)
     from_last = spec.resume and ps is not None and ps.status != "pending" and ps.last_checkpoint
     # the checkpoint the phase starts from: a one-line CheckpointError before the trial starts
     if from_last:
@@ -238,12 +253,12 @@ def run_phase_trial(
         verify_checkpoint(ps.last_checkpoint, action="cannot resume from")
     elif spec.phase > 1 and spec.init_checkpoint is None:
         previous_checkpoint(spec.run_dir, spec.phase)
-    init_ray(cfg.resources.address, cfg.resources.num_cpus)  # reuses a running Ray
+    ray_utils.init_ray(cfg.resources.address, cfg.resources.num_cpus)  # reuses a running Ray
     # on the driver's machine: the trial writes the run dir (state.json, checkpoints) there
     resources = trial_resources(
         build_phase_config(cfg, spec.phase, spec.factory, spec.callbacks), driver_node_resource()
     )
-    factory = PhaseLoopFactory(spec, os.getcwd(), project_environ())
+    factory = PhaseLoopFactory(spec, loop, os.getcwd(), project_environ())
     trainable = tune.with_resources(
         tune.with_parameters(PhaseTrainable, runner_factory=factory), resources
     )
@@ -283,4 +298,4 @@ def run_phase_trial(
     metrics = result_metrics(stopper.last) if stopper.last else None
     if ps.status != "done":
         raise TrainingInterrupted(name, ps.iteration, ps.last_checkpoint)
-    return _result(name, ps, metrics)
+    return phase_result(name, ps, metrics)

@@ -14,6 +14,7 @@ from policies import compute_actions
 from policies.inference import to_env_action
 from policies.stacked import StackedActor, stack_groups
 from rl_trading.errors import ConfigError
+from rl_trading.metrics import active_metrics, summarize
 from rl_trading.training.env_bridge import EnvFactory, unwrap
 from rl_trading.training.mapping import policy_mapping_fn
 
@@ -190,8 +191,6 @@ def validate(
     `metrics.summarize` (rf 0) at the factory's resolved bars per year: the same numbers a
     backtest report gives for the same equity curve (`val_sharpe` = report `sharpe_ratio`).
     """
-    from rl_trading.metrics import active_metrics, summarize
-
     run = run_policies(factory, mode, modules, seed, meta_override, agent_override)
     if factory.periods_per_year is None:  # hierarchical_factory always resolves it
         raise ConfigError("validation needs the run's bars per year (config.resolve_calendar)")

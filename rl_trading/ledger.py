@@ -30,7 +30,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
+from rl_trading.data import fingerprint, load_market
+from rl_trading.data.store import default_db_url
 from rl_trading.errors import ConfigError, ConnectionFailure
+from rl_trading.tracking import expand_env_vars, redact
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -83,9 +86,6 @@ class LedgerRow:
 def ledger_url(cfg: AppConfig | None = None) -> str:
     """The SQL store's URL: `data.db_url` of `cfg`, else RL_TRADING_DB_URL, else the workspace's
     embedded SQLite file."""
-    from rl_trading.data.store import default_db_url
-    from rl_trading.tracking import expand_env_vars
-
     url = cfg.data.db_url if cfg is not None and cfg.data.db_url else default_db_url()
     return expand_env_vars(url)
 
@@ -101,8 +101,6 @@ def _engine(url: str) -> sa.Engine:
 
 def _connect(url: str | None, create: bool) -> tuple[sa.Engine, bool]:
     """(engine, table exists) for the ledger at `url`; ConnectionFailure in one line."""
-    from rl_trading.tracking import redact
-
     url = url or ledger_url()
     engine = _engine(url)
     db = engine.url.database if engine.url.get_backend_name() == "sqlite" else None
@@ -246,8 +244,6 @@ def market_fingerprint(cfg: AppConfig, bars: dict[str, pd.DataFrame] | None = No
     """The ledger's key: fingerprint of the OHLCV bars of `bars` or of the configured market
     (`load_market(cfg)`, once per data section and process; signal columns do not enter a
     fingerprint)."""
-    from rl_trading.data import fingerprint, load_market
-
     if bars is not None:
         return fingerprint(bars)
     key = cfg.data.model_dump_json()
