@@ -36,7 +36,7 @@ from rl_trading.evaluation.backtest import hierarchy_actions, scalers_from
 from rl_trading.paper.broker import OrderBatch, SimulatedBroker
 from rl_trading.paper.feeds import Feed, ReplayFeed, check_timeframe, complete_bars, is_gap
 from rl_trading.paper.ledger import Ledger
-from rl_trading.paper.model import ResolvedModel
+from rl_trading.paper.model import ResolvedModel, acting_bundle
 
 log = logging.getLogger("rl_trading.paper")
 
@@ -115,6 +115,7 @@ class PaperSession:
             )
         scalers = {s: scalers.get(s) or scalers.get("*") for s in self.symbols}
         self.broker = SimulatedBroker(model.cfg, mode, scalers, self.symbols)
+        self.policy = acting_bundle(model.bundle)
         self.history: dict[str, list[dict[str, Any]]] = {s: [] for s in self.symbols}
         self.stamps: list[pd.Timestamp] = []
         self.state = "running"
@@ -162,7 +163,7 @@ class PaperSession:
         if self.halt_after_fill is not None:
             actions = self.broker.flat_actions()
         else:
-            raw = hierarchy_actions(self.model.bundle, self.broker.env.possible_agents, obs)
+            raw = hierarchy_actions(self.policy, self.broker.env.possible_agents, obs)
             actions = _to_lists(raw)
         return OrderBatch(ts, actions)
 

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from policies import compute_actions
 from rl_trading.config import AppConfig, load_config
 from rl_trading.errors import CheckpointError
 from rl_trading.evaluation.backtest import PolicyBundle, load_policy, pin_calendar
@@ -49,9 +53,29 @@ class OnnxPolicy:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def act(self, obs: Any) -> Any:
-        import numpy as np
-
         return self.session.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
+
+
+class TorchPolicy:
+    """One RLModule acting by its own forward under `torch.inference_mode`, switched to eval
+    mode once (RLlib's `forward_inference` otherwise walks every submodule to eval and back on
+    each call): the same deterministic actions as the backtest's `compute_actions`, which it
+    calls, without an Algorithm or a connector pipeline."""
+
+    def __init__(self, module: Any) -> None:
+        module.eval()
+        self.module = module
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return compute_actions(self.module, obs)
+
+
+def acting_bundle(bundle: PolicyBundle) -> PolicyBundle:
+    """`bundle` with every torch module wrapped in `TorchPolicy` (ONNX policies and other
+    objects that `act` themselves are kept): what a paper session acts with."""
+    modules = {pid: m if hasattr(m, "act") else TorchPolicy(m) for pid, m in bundle.modules.items()}
+    return PolicyBundle(modules, bundle.preprocessing, bundle.source)
 
 
 def use_onnx(bundle: PolicyBundle, folder: Path) -> None:
