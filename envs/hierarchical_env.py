@@ -49,6 +49,7 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,11 +72,35 @@ from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler
 from rl_trading.errors import ConfigError
 
-__all__ = ["META", "MODES", "HierarchicalTradingEnv", "env", "parallel_env", "specialist_id"]
+__all__ = [
+    "META", "MODES", "Book", "HierarchicalTradingEnv", "env", "parallel_env", "specialist_id",
+]  # fmt: skip
 
 META = "meta"
 MODES = ("joint", "meta", "specialists")
 _SPEC_STATE = 5
+
+
+@dataclass(frozen=True)
+class Book:
+    """The running episode's book where the env stands (copies): what a broker reports."""
+
+    bar: int  # index of the bar the env stands at (its last step filled at its open)
+    units: np.ndarray  # (n,) units held
+    targets: np.ndarray  # (n,) target exposures of the last step, after the risk limits
+    exposures: np.ndarray  # (n,) signed exposures after the bar, fractions of equity
+    open: np.ndarray  # (n,) the bar's open prices
+    cash: float
+    equity: float
+    stop_losses: int  # stop-loss exits so far
+
+
+# the episode state `adopt_episode` carries over: what _clear_state sets (the history rows
+# and breach flags are copied row by row)
+_EPISODE_STATE = (
+    "_t", "_steps", "_equity", "_proposal", "_weights", "_var_est", "_meta_acc", "reward_fn",
+    "_k_state", "_k_sc", "_k_cnt", "_k_rs", "_np_random",
+)  # fmt: skip
 
 
 def specialist_id(symbol: str) -> str:
@@ -515,10 +540,19 @@ class HierarchicalTradingEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terms, truncs, infos
 
-    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        """Execute one bar for every agent: the rules of envs.engine.step (module docstring)."""
+    def step(
+        self, actions: dict[str, Any], *, absolute: bool = False
+    ) -> tuple[dict, dict, dict, dict, dict]:
+        """Execute one bar for every agent: the rules of envs.engine.step (module docstring).
+        `absolute`: this step's targets ignore env.benchmark (with `flat_actions`: flat)."""
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset()")
+        if absolute and self.relative:
+            self._k_par[engine.P_RELATIVE] = 0.0
+            try:
+                return self.step(actions)
+            finally:
+                self._k_par[engine.P_RELATIVE] = 1.0
         steps, prev_prop, prop = self._read_actions(actions)
         t = self._t
         eq_prev = self._equity
@@ -559,6 +593,37 @@ class HierarchicalTradingEnv(ParallelEnv):
         meta_next = terminated or truncated or (steps % self.meta_interval == 0)
         obs = self._obs_dict(spec, meta, meta_next)
         return self._finish_step(obs, rewards, cost, terminated, truncated, meta_next)
+
+    def book(self) -> Book:
+        """Units, targets, exposures, cash, equity and stop count where the env stands."""
+        n, st = self.n, self._steps
+        expo = self._k_hist[st, 4 + n : 4 + 2 * n] if st else np.zeros(n)
+        return Book(
+            bar=self._t, units=self._k_state[engine.R_UNITS].copy(),
+            targets=self._k_state[engine.R_TARGET].copy(), exposures=expo.copy(),
+            open=self._open[self._t].copy(), cash=float(self._k_sc[engine.S_CASH]),
+            equity=float(self._equity), stop_losses=int(self._k_cnt[engine.C_STOP]),
+        )  # fmt: skip
+
+    def flat_actions(self) -> dict[str, Any]:
+        """Actions proposing no position (and, with a meta, all cash): with `step(...,
+        absolute=True)` they take every target to 0 (a kill switch)."""
+        flat = [float(list(self._levels).index(0.0))] if self.discrete else [0.0]
+        out: dict[str, Any] = {a: list(flat) for a in self.specialists}
+        if META in self.possible_agents:
+            out[META] = [0.0] * self.n + [1.0]
+        return out
+
+    def adopt_episode(self, other: HierarchicalTradingEnv) -> None:
+        """Continue the running episode of `other`, an env over a prefix of this env's bars
+        (every array is causal, so the shared bars have the same rows): a growing feed."""
+        self._alloc_episode(other._start, self._episode_end(other._start))
+        rows = other._steps + 1
+        self._k_hist[:rows] = other._k_hist[:rows]
+        self._h_breach[:rows] = other._h_breach[:rows]
+        for name in _EPISODE_STATE:
+            setattr(self, name, getattr(other, name))
+        self.agents = list(self.possible_agents)
 
     @property
     def target_exposures(self) -> np.ndarray:

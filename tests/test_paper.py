@@ -492,3 +492,126 @@ def test_stop_flatten_of_a_running_session(in_ws, tmp_path, capsys):
     assert st["state"] == "stopped" and "flatten" in st["reason"]
     assert st["bars_processed"] == 121
     assert all(abs(u) < 1e-9 for u in st["positions"].values())
+
+
+# ------------------------------------------------------------------------ broker interface
+class RecordingBroker:
+    """A stand-in for a real broker adapter: takes the decisions, reports its own book."""
+
+    def __init__(self, shadow):
+        self.shadow, self.batches, self.cancels = shadow, [], 0
+
+    def submit(self, batch):
+        self.batches.append(batch)
+
+    def cancel(self):
+        self.cancels += 1
+
+    def positions(self):
+        return {s: 1.0 for s in self.shadow.symbols}
+
+    def cash(self):
+        return 123.0
+
+
+def test_an_injected_broker_gets_every_decision_and_reports_the_book(in_ws, tmp_path, capsys):
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import Broker, first_decision_bar
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    made = []
+
+    def factory(shadow):
+        made.append(RecordingBroker(shadow))
+        return made[0]
+
+    opts = PaperOptions(session="inj", max_bars=first_decision_bar(model.cfg) + 30)
+    res = PaperSession(model, make_feed(model, "replay"), ledger, opts, broker=factory).run()
+    broker = made[0]
+    assert isinstance(broker, Broker)
+    decisions = ledger.decisions_of("inj")
+    assert [b.bar for b in broker.batches] == sorted(decisions)
+    assert [b.actions for b in broker.batches] == [decisions[t] for t in sorted(decisions)]
+    # the session row reports the broker's book; equity and orders are the shadow's
+    assert res.status["positions"] == {s: 1.0 for s in model.symbols}
+    assert res.status["cash"] == 123.0
+    eq = ledger.equity_of("inj")["equity"].to_numpy()
+    np.testing.assert_allclose(eq, in_ws["backtest"].equity[: len(eq)], rtol=1e-9)
+    # a bad --broker path is one line before anything trades
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    args = ["paper", "run", "--model", in_ws["name"], "--db", db, "--session"]
+    for i, spec in enumerate(["no_such_module_xyz:make", "json:no_such_factory", "json",
+                              "json:dumps"]):  # fmt: skip
+        err = _one_line_error(capsys, [*args, f"bad{i}", "--broker", spec])
+        assert "broker" in err, err
+        assert ledger.session(f"bad{i}") is None or ledger.session(f"bad{i}")["bars_processed"] == 0
+
+
+def test_the_broker_reads_the_env_through_its_public_book(in_ws):
+    """The paper package uses no private env state: `book()`, `flat_actions()`,
+    `step(absolute=True)` and `adopt_episode` are the env's public face."""
+    import re
+
+    from envs import HierarchicalTradingEnv
+    from rl_trading.evaluation.backtest import scalers_from
+    from rl_trading.paper.loop import make_feed
+
+    for path in (REPO / "rl_trading" / "paper").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"env\._|_k_[a-z]", text), f"{path.name} reads private env state"
+    model = _resolved(in_ws["name"])
+    bars = make_feed(model, "replay").history
+    env = HierarchicalTradingEnv(model.cfg, bars=bars, mode="joint", eval_mode=True,
+                                 scalers=scalers_from(model.bundle.preprocessing))  # fmt: skip
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        env.step({a: rng.uniform(0, 1, env.action_space(a).shape) for a in env.possible_agents})
+    book, summary = env.book(), env.episode_summary()
+    assert book.equity == summary["equity"][-1]
+    np.testing.assert_array_equal(book.exposures, summary["exposures"][-1])
+    assert book.bar == env.first_bar + 15 and np.any(book.units != 0.0)
+    env.step(env.flat_actions(), absolute=True)
+    assert np.all(env.book().units == 0.0) and np.all(env.book().targets == 0.0)
+
+
+def test_action_matrix_layout():
+    from rl_trading.paper.drift import action_matrix
+
+    decisions = [{"a": [0.1], "meta": [0.2, 0.8]}, {"a": [-0.5], "meta": [1.0, 0.0]}]
+    names, rows = action_matrix(decisions, ["a", "meta"])
+    assert names == ["a", "meta[0]", "meta[1]"]
+    np.testing.assert_array_equal(rows, [[0.1, 0.2, 0.8], [-0.5, 1.0, 0.0]])
+
+
+@pytest.mark.slow
+def test_action_drift_warns_when_live_actions_part_from_validation(in_ws, tmp_path):
+    """The policy's own actions on its validation bars do not warn; a policy that acts
+    unlike its validation self (here: stuck at one action) does."""
+    from rl_trading.evaluation.backtest import PolicyBundle
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.loop import make_feed
+
+    class Stuck:
+        def act(self, obs):
+            return np.full((len(obs), 1), 0.9, dtype=np.float32)
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    same = PaperSession(model, make_feed(model, "replay", split="val"), ledger,
+                        PaperOptions("same"))  # fmt: skip
+    # one check, at the last bar: the live actions are the validation actions
+    model.cfg.paper.drift_every = len(same._validation_actions()) + 1
+    same.run()
+    kinds = [e["kind"] for e in same.ledger.events_of("same")]
+    assert "action_drift" not in kinds, ledger.events_of("same")
+    model.cfg.paper.drift_every = 30
+    session = PaperSession(model, make_feed(model, "replay"), ledger, PaperOptions("stuck"))
+    modules = dict(session.policy.modules)
+    modules.update({p: Stuck() for p in modules if p != "meta"})
+    session.policy = PolicyBundle(modules, session.policy.preprocessing)
+    session.run()
+    drift = [e for e in ledger.events_of("stuck") if e["kind"] == "action_drift"]
+    assert drift and "specialist_" in drift[0]["message"] and "PSI" in drift[0]["message"]

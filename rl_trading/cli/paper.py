@@ -58,6 +58,14 @@ def run_command(
         Path | None,
         typer.Option("--onnx", help="Act with exported policies: DIR/<policy id>.onnx each."),
     ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            help="A broker adapter: module:factory, called with the simulated book "
+            "(docs/paper_trading.md). Default: the simulated broker.",
+        ),
+    ] = None,
     report: Annotated[
         bool,
         typer.Option(
@@ -76,8 +84,10 @@ def run_command(
     import tempfile
 
     from rl_trading.paper import Ledger, PaperOptions, PaperSession, resolve_model
+    from rl_trading.paper.broker import load_broker_factory
     from rl_trading.paper.loop import make_feed
 
+    factory = load_broker_factory(broker) if broker else None  # a bad path: one line, now
     resolved = resolve_model(model, config, sets, onnx=onnx)
     feed = make_feed(
         resolved, source, split=split, start=start, end=end, path=data, db=db, speed=speed
@@ -92,7 +102,7 @@ def run_command(
         max_drawdown=max_drawdown,
         max_bars=max_bars,
     )
-    result = PaperSession(resolved, feed, ledger, opts).run()
+    result = PaperSession(resolved, feed, ledger, opts, broker=factory).run()
     status = result.status
     info = {}
     if report and not dry_run:

@@ -3,33 +3,29 @@
 `Broker` is what a session needs from any broker: take the bar's decision (`submit`), drop a
 decision not yet filled (`cancel`), and report `positions` and `cash`. `SimulatedBroker`
 fills by envs.engine through `HierarchicalTradingEnv` in eval_mode: the very code a backtest
-runs (next-open fills, costs, slippage, stops, borrow, risk limits), not a copy. It keeps an
-env over the bars seen so far (one padding row past the last, never stepped into) and grows
-it when bars arrive; every env array is causal, so an env built over more bars has the same
-rows for the bars it shares (tests/test_paper.py checks it). docs/paper_trading.md shows how a
-real broker adapter plugs in.
+runs (next-open fills, costs, slippage, stops, borrow, risk limits), not a copy; it reads the
+book through the env's public `book()`. It keeps an env over the bars seen so far (one
+padding row past the last, never stepped into) and grows it when bars arrive
+(`HierarchicalTradingEnv.adopt_episode`); every env array is causal, so an env built over
+more bars has the same rows for the bars it shares (tests/test_paper.py checks it).
+`load_broker_factory` resolves `paper run --broker module:factory`; docs/paper_trading.md
+shows how a real broker adapter plugs in.
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
 
-from envs import HierarchicalTradingEnv, engine
-from envs.hierarchical_env import META
+from envs import HierarchicalTradingEnv
 from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS
-
-# the env's episode state that a grown env takes over (HierarchicalTradingEnv._clear_state
-# sets exactly these); the history table and breach flags are copied row by row
-_EPISODE_STATE = (
-    "_t", "_steps", "_equity", "_proposal", "_weights", "_var_est", "_meta_acc", "reward_fn",
-    "_k_state", "_k_sc", "_k_cnt", "_k_rs", "_np_random",
-)  # fmt: skip
-
+from rl_trading.errors import ConfigError
 
 # key of a recorded decision that flattens the book whatever the action semantics
 FLATTEN = "_flatten"
@@ -43,6 +39,7 @@ class OrderBatch:
     actions: dict[str, list[float]]
 
 
+@runtime_checkable
 class Broker(Protocol):
     """What a paper (or live) session needs from a broker."""
 
@@ -106,20 +103,9 @@ class SimulatedBroker:
             scalers={s: self.scalers[s] for s in self.symbols} if self.scalers else None,
         )
         if self.env is not None and self.env.agents:
-            self._carry(self.env, env)
+            env.adopt_episode(self.env)
         self.env, self._covers = env, n
         self.rebuilds += 1
-
-    @staticmethod
-    def _carry(old: HierarchicalTradingEnv, new: HierarchicalTradingEnv) -> None:
-        """The running episode of `old` continued in `new` (the same bars and more)."""
-        new._alloc_episode(old._start, new._episode_end(old._start))
-        rows = old._steps + 1
-        new._k_hist[:rows] = old._k_hist[:rows]
-        new._h_breach[:rows] = old._h_breach[:rows]
-        for name in _EPISODE_STATE:
-            setattr(new, name, getattr(old, name))
-        new.agents = list(new.possible_agents)
 
     @property
     def first_bar(self) -> int:
@@ -129,6 +115,11 @@ class SimulatedBroker:
         """Open the book at the first decision bar: observations to act on."""
         obs, _ = self.env.reset(seed=self.cfg.seed)
         return obs
+
+    @property
+    def pending(self) -> OrderBatch | None:
+        """The decision submitted and not filled yet."""
+        return self._pending
 
     # ----------------------------------------------------------------------------- broker
     def submit(self, batch: OrderBatch) -> None:
@@ -140,74 +131,99 @@ class SimulatedBroker:
     def positions(self) -> dict[str, float]:
         if self.env is None:
             return dict.fromkeys(self.symbols, 0.0)
-        units = self.env._k_state[engine.R_UNITS]
+        units = self.env.book().units
         return {s: float(u) for s, u in zip(self.symbols, units, strict=True)}
 
     def cash(self) -> float:
         if self.env is None:
             return float(self.cfg.env.initial_capital)
-        return float(self.env._k_sc[engine.S_CASH])
+        return self.env.book().cash
 
     def equity(self) -> float:
-        return float(self.env._equity) if self.env is not None else self.cash()
+        return self.env.book().equity if self.env is not None else self.cash()
 
     def exposures(self) -> list[float]:
         """Signed exposures (fractions of equity) after the last bar."""
-        if self.env is None or not self.env._steps:
+        if self.env is None:
             return [0.0] * len(self.symbols)
-        n = len(self.symbols)
-        return [float(x) for x in self.env._k_hist[self.env._steps, 4 + n : 4 + 2 * n]]
+        return [float(x) for x in self.env.book().exposures]
 
     def flat_actions(self) -> dict[str, list[float]]:
         """A decision that takes every position to flat (kill switch, `paper stop --flatten`):
-        no proposal, all cash, and the FLATTEN marker (see `execute`)."""
-        env = self.env
-        flat = [float(list(env._levels).index(0.0))] if env.discrete else [0.0]
-        out = {a: list(flat) for a in env.specialists}
-        if META in env.possible_agents:
-            out[META] = [0.0] * len(self.symbols) + [1.0]
-        out[FLATTEN] = [1.0]
-        return out
+        the env's `flat_actions` and the FLATTEN marker (see `execute`)."""
+        return {**self.env.flat_actions(), FLATTEN: [1.0]}
 
     def execute(self, ts: pd.Timestamp) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
         """Fill the pending decision at this bar's open, mark at its close: the env's step.
         Returns the new observations and the orders filled (one per symbol whose units
         changed, stop-loss exits included)."""
         env = self.env
-        before = env._k_state[engine.R_UNITS].copy()
-        stops = int(env._k_cnt[engine.C_STOP])
-        t1 = env._t + 1
+        before = env.book()
         batch, self._pending = self._pending, None
         actions = dict(batch.actions) if batch is not None else {}
-        if actions.pop(FLATTEN, None) is None:
-            obs, *_ = env.step(actions)
-        else:
-            # targets = weight x proposal x size (+ the benchmark's exposure in benchmark-
-            # relative mode, where no action is flat): this one step targets absolute 0
-            relative = env._k_par[engine.P_RELATIVE]
-            env._k_par[engine.P_RELATIVE] = 0.0
-            try:
-                obs, *_ = env.step(actions)
-            finally:
-                env._k_par[engine.P_RELATIVE] = relative
-        after = env._k_state[engine.R_UNITS]
-        target = env._k_state[engine.R_TARGET]
-        stopped = int(env._k_cnt[engine.C_STOP]) > stops
+        # a flat decision targets absolute 0 for its one step (in benchmark-relative mode
+        # no action of the agents is flat)
+        flatten = actions.pop(FLATTEN, None) is not None
+        obs, *_ = env.step(actions, absolute=flatten)
+        after = env.book()
+        stopped = after.stop_losses > before.stop_losses
         fills = []
         for i, sym in enumerate(self.symbols):
-            if after[i] == before[i]:
+            if after.units[i] == before.units[i]:
                 continue
-            kind = "stop" if stopped and after[i] == 0.0 and target[i] != 0.0 else "rebalance"
+            target = after.targets[i]
+            kind = "stop" if stopped and after.units[i] == 0.0 and target != 0.0 else "rebalance"
             fills.append(
                 {
                     "fill_ts": ts,
                     "decision_ts": batch.bar if batch is not None else ts,
                     "symbol": sym,
                     "kind": kind,
-                    "units_before": float(before[i]),
-                    "units_after": float(after[i]),
-                    "price": float(env._open[t1, i]),
-                    "target": float(target[i]),
+                    "units_before": float(before.units[i]),
+                    "units_after": float(after.units[i]),
+                    "price": float(after.open[i]),
+                    "target": float(target),
                 }
             )
         return obs, fills
+
+
+def load_broker_factory(spec: str) -> Callable[[SimulatedBroker], Broker]:
+    """`module:factory` (an import path) -> the factory; ConfigError (one line) when the
+    module does not import or has no such callable. The session calls it with its
+    `SimulatedBroker` (the shadow book) and checks that what it returns is a `Broker`."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--broker '{spec}': expected an import path module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # any import failure is the user's path or module
+        raise ConfigError(f"--broker '{spec}': cannot import {module_name} ({exc})") from None
+    factory = module
+    for part in attr.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ConfigError(f"--broker '{spec}': {module_name} has no '{attr}'")
+    if not callable(factory):
+        raise ConfigError(f"--broker '{spec}': {attr} is not callable")
+    return factory
+
+
+def make_broker(factory: Any, shadow: SimulatedBroker) -> Broker:
+    """The session's broker: `factory(shadow)` (or `factory` itself when it already is a
+    `Broker`); ConfigError when the result lacks submit / cancel / positions / cash."""
+    if isinstance(factory, Broker):
+        broker = factory
+    else:
+        try:
+            broker = factory(shadow)
+        except Exception as exc:  # the adapter's own failure, reported before any trade
+            name = getattr(factory, "__name__", type(factory).__name__)
+            raise ConfigError(f"the broker factory {name} failed: {exc}") from None
+    if not isinstance(broker, Broker):
+        missing = [m for m in ("submit", "cancel", "positions", "cash") if not hasattr(broker, m)]
+        raise ConfigError(
+            f"the broker {type(broker).__name__} is not a paper Broker (missing "
+            f"{', '.join(missing)})"
+        )
+    return broker

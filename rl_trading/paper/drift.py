@@ -1,9 +1,11 @@
-"""Drift of live observations against the training distribution: PSI and KS.
+"""Drift of live observations and actions against reference distributions: PSI and KS.
 
 `psi` bins the reference into deciles and compares the live shares (0.1: some shift, 0.25:
-a large one, the usual reading); `ks` is the two-sample Kolmogorov-Smirnov statistic. The
-paper loop checks the scaled features every `paper.drift_every` bars and logs a warning
-event naming the features whose PSI passes `paper.drift_psi`.
+a large one, the usual reading); `ks` is the two-sample Kolmogorov-Smirnov statistic. Every
+`paper.drift_every` decisions the paper loop compares the scaled features seen live with the
+training split's, and the policy's live actions with its actions on the validation split
+(`action_matrix`), and logs a warning event naming the columns whose PSI passes
+`paper.drift_psi`.
 """
 
 from __future__ import annotations
@@ -48,3 +50,18 @@ def drifted_features(
         if value > limit:
             out.append((name, value, ks(reference[:, j], live[:, j])))
     return out
+
+
+def action_matrix(
+    decisions: list[dict[str, list[float]]], agents: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """(column names, rows = decisions) of the agents' actions: one column per agent and
+    action component (`meta[3]`; a one-component action is named by its agent)."""
+    names: list[str] = []
+    for agent in agents:
+        width = len(decisions[0][agent]) if decisions and agent in decisions[0] else 1
+        names += [agent] if width == 1 else [f"{agent}[{i}]" for i in range(width)]
+    rows = np.array(
+        [[x for agent in agents for x in d.get(agent, [])] for d in decisions], dtype=np.float64
+    )
+    return names, rows.reshape(len(decisions), len(names))
