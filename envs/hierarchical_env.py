@@ -256,12 +256,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         """Market arrays and parameters in the layouts of envs.engine (built once)."""
         ecfg = self.cfg.env
         n, risk = self.n, self.risk
-        mean_vol = np.broadcast_to(self._mean_vol[:, None], (self.n_bars, n))
-        parts = (
-            self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol,
-            self._lows, self._highs, self._real.astype(np.float64), self._sizes,
-            self.benchmark_exposures(),
-        )  # fmt: skip
+        parts = self._market_parts(slice(None))
         self._k_market = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
         self._k_cov = np.ascontiguousarray(risk.cov, dtype=np.float64)
         self._k_corr = np.ascontiguousarray(risk.corr, dtype=np.float64)
@@ -297,6 +292,51 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[engine.P_TE_WEIGHT] = self.te_weight
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
+
+    def _market_parts(self, rows: slice) -> tuple[np.ndarray, ...]:
+        """The rows `rows` of envs.engine's market layout, part by part (stacked on axis 1)."""
+        mean_vol = self._mean_vol[rows]
+        return (
+            self._open[rows], self._close[rows], self._gap[rows], self._intra[rows],
+            self._vol_floor[rows], np.broadcast_to(mean_vol[:, None], (len(mean_vol), self.n)),
+            self._lows[rows], self._highs[rows], self._real[rows].astype(np.float64),
+            self._sizes[rows], benchmark_exposures(self.benchmark, self._sizes[rows]),
+        )  # fmt: skip
+
+    def set_bar(
+        self, t: int, ohlc: np.ndarray, real: np.ndarray, features: np.ndarray, cov: np.ndarray
+    ) -> None:
+        """Write bar t of a live feed over a placeholder row (an env built over the bars so far
+        plus placeholder rows): prices (n, 4: open, high, low, close), real flags (n,), scaled
+        feature rows (n, F) and the bar's covariance (n, n; envs.risk.RollingCovariance).
+        Every derived row t is computed by the constructor's own functions on that one row;
+        rows before t are untouched (every array is causal), rows after t stay placeholders
+        until set. The env must not have stepped past t - 1."""
+        if not 0 < t < self.n_bars or self._t >= t:
+            raise ValueError(f"set_bar({t}): the env stands at bar {self._t} of {self.n_bars}")
+        ecfg, ppy = self.cfg.env, self.periods_per_year
+        o, h, lo, c = (np.asarray(ohlc[:, k], dtype=np.float64) for k in range(4))
+        self._open[t], self._highs[t], self._lows[t], self._close[t] = o, h, lo, c
+        self._real[t] = real
+        self._all_real = self._all_real and bool(np.all(real))
+        self._feat_all[:, t] = features
+        f = self._n_feat
+        self._k_feat[:, t * f : (t + 1) * f] = features  # (the same memory, as a rule)
+        one = RiskModel(np.asarray(cov, dtype=np.float64)[None], ecfg.var_confidence)
+        self.risk.cov[t], self.risk.vol[t], self.risk.corr[t] = one.cov[0], one.vol[0], one.corr[0]
+        self._k_cov[t], self._k_corr[t] = one.cov[0], one.corr[0]
+        self._ann_vol[t] = self._k_ann_vol[t] = (one.vol * math.sqrt(ppy)).astype(np.float32)[0]
+        sizes = position_sizes(one.vol, ppy, ecfg.vol_target, ecfg.vol_target_max_leverage,
+                               self.max_position)  # fmt: skip
+        self._sizes[t] = sizes[0]
+        iu = np.triu_indices(self.n, 1)
+        self._corr_ut[t] = one.corr[0, iu[0], iu[1]].astype(np.float32)
+        self._mean_vol[t] = one.vol.mean(axis=1)[0]
+        self._vol_floor[t] = np.maximum(one.vol[0], 1e-8)
+        self._mean_vol_floor[t] = self._vol_floor[t : t + 1].mean(axis=1)[0]
+        self._gap[t] = o / self._close[t - 1] - 1.0
+        self._intra[t] = c / o - 1.0
+        self._k_market[t] = np.stack(self._market_parts(slice(t, t + 1)), axis=1)[0]
 
     def benchmark_exposures(self) -> np.ndarray:
         """(T, n) exposures of the benchmark portfolio at each bar, fractions of equity

@@ -123,13 +123,14 @@ def test_replay_ends_at_the_backtests_equity_with_the_same_orders(in_ws, tmp_pat
     assert "s1" in capsys.readouterr().out
 
 
-def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path):
-    """The live path (the env rebuilt as each bar arrives, its episode carried over) trades
+def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path, monkeypatch):
+    """The live path (each bar's features and covariance streamed into the env's next
+    placeholder row, the env rebuilt with its episode carried over when they run out) trades
     exactly like the replay's env built once; and an env over a prefix of the bars has the
     same market, feature and risk rows as one over all of them (every array is causal)."""
     from envs import HierarchicalTradingEnv
     from rl_trading.evaluation.backtest import scalers_from
-    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession, SimulatedBroker
     from rl_trading.paper.broker import first_decision_bar
     from rl_trading.paper.loop import make_feed
 
@@ -144,12 +145,22 @@ def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path):
     np.testing.assert_array_equal(part._feat_all, full._feat_all[:, :k])
 
     n = 40
+    monkeypatch.setattr(SimulatedBroker, "LIVE_ROWS", 12)  # rebuilt now and then too
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
     opts = PaperOptions(session="live", max_bars=first_decision_bar(model.cfg) + n, prebuild=False)
-    res = PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
-    assert res.rebuilds == n  # really rebuilt bar by bar
+    session = PaperSession(model, make_feed(model, "replay"), ledger, opts)
+    res = session.run()
+    assert session.sim.streamed and 2 <= res.rebuilds <= 5  # streamed, not rebuilt per bar
     eq = ledger.equity_of("live")["equity"].to_numpy()
     np.testing.assert_array_equal(eq, in_ws["backtest"].equity[: len(eq)])
+    # the env's market, feature and risk rows written bar by bar are the batch rows
+    live = session.sim.env
+    t = live.book().bar
+    for name in ("_k_market", "_k_cov", "_k_corr", "_k_ann_vol", "_corr_ut"):
+        np.testing.assert_array_equal(
+            getattr(live, name)[: t + 1], getattr(full, name)[: t + 1], err_msg=name
+        )
+    np.testing.assert_array_equal(live._feat_all[:, : t + 1], full._feat_all[:, : t + 1])
 
 
 @pytest.mark.slow
@@ -615,3 +626,35 @@ def test_action_drift_warns_when_live_actions_part_from_validation(in_ws, tmp_pa
     session.run()
     drift = [e for e in ledger.events_of("stuck") if e["kind"] == "action_drift"]
     assert drift and "specialist_" in drift[0]["message"] and "PSI" in drift[0]["message"]
+
+
+# ----------------------------------------------------------------------- streamed arrays
+def test_streamed_features_and_covariance_equal_the_batch_bit_for_bit():
+    """The live path's O(1) twins: `MarketStream` rows are `prepare_instrument`'s (pandas
+    rolling / EMA kernels, the scaler), flat prices and zero volume included, and
+    `RollingCovariance` rows are `rolling_covariance`'s."""
+    from envs.common import prepare_instrument
+    from envs.risk import RollingCovariance, rolling_covariance
+    from rl_trading.data import synthetic_market
+    from rl_trading.paper.incremental import MarketStream
+
+    syms = ["A", "B", "C"]
+    market = synthetic_market(syms, n_bars=1500, seed=3, timeframe="1d")
+    flat = market["B"].copy()
+    flat.iloc[500:540, :4] = flat.iloc[500]["close"]  # a halted stretch
+    flat.iloc[600:700, 4] = 0.0  # no volume
+    market["B"] = flat
+    scalers = [prepare_instrument(market[s].iloc[:400], None, s).scaler for s in syms]
+    ohlcv = np.stack(
+        [market[s][["open", "high", "low", "close", "volume"]].to_numpy() for s in syms], axis=1
+    )
+    stream = MarketStream(scalers)
+    rows = np.stack([stream.push(bar) for bar in ohlcv], axis=1)
+    for i, (sym, scaler) in enumerate(zip(syms, scalers, strict=True)):
+        np.testing.assert_array_equal(rows[i], prepare_instrument(market[sym], scaler).features)
+    close = ohlcv[:, :, 3]
+    rets = np.zeros_like(close)
+    rets[1:] = close[1:] / close[:-1] - 1.0
+    cov = RollingCovariance(len(syms), 60)
+    np.testing.assert_array_equal(np.stack([cov.push(r) for r in rets]),
+                                  rolling_covariance(rets, 60))  # fmt: skip

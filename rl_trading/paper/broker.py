@@ -23,9 +23,14 @@ import numpy as np
 import pandas as pd
 
 from envs import HierarchicalTradingEnv
+from envs.risk import RollingCovariance
 from rl_trading.config import AppConfig
-from rl_trading.data.features import WARMUP_BARS
-from rl_trading.errors import ConfigError
+from rl_trading.data.features import SIGNAL_PREFIX, WARMUP_BARS
+from rl_trading.data.resample import FILLED_COLUMN
+from rl_trading.errors import ConfigError, DataError
+from rl_trading.paper.incremental import MarketStream
+
+_OHLCV = ("open", "high", "low", "close", "volume")
 
 # key of a recorded decision that flattens the book whatever the action semantics
 FLATTEN = "_flatten"
@@ -65,20 +70,31 @@ def first_decision_bar(cfg: AppConfig) -> int:
     return max(WARMUP_BARS, cfg.train.window_size - 1, cfg.env.risk_window)
 
 
-def _padded(bars: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
-    """The bars plus one copy of the last bar one step later (never traded on: it only lets
-    the env stand at the last real bar)."""
+def _padded(bars: dict[str, pd.DataFrame], rows: int = 1) -> dict[str, pd.DataFrame]:
+    """The bars plus `rows` copies of the last bar, one step apart (placeholders, never traded
+    on: they let the env stand at the last real bar, and a live feed's next bars are written
+    over them by `HierarchicalTradingEnv.set_bar`)."""
     out = {}
     for sym, frame in bars.items():
         step = frame.index[-1] - frame.index[-2] if len(frame) > 1 else pd.Timedelta(1, "s")
-        pad = frame.iloc[[-1]].copy()
-        pad.index = pd.DatetimeIndex([frame.index[-1] + step], name=frame.index.name)
+        pad = frame.iloc[[-1] * rows].copy()
+        stamps = [frame.index[-1] + step * (i + 1) for i in range(rows)]
+        pad.index = pd.DatetimeIndex(stamps, name=frame.index.name)
         out[sym] = pd.concat([frame, pad])
     return out
 
 
 class SimulatedBroker:
-    """Broker that fills with envs.engine, exactly as a backtest of the same policy."""
+    """Broker that fills with envs.engine, exactly as a backtest of the same policy.
+
+    Two ways to hold the bars: a replay builds its env once over the whole replay (`ensure(
+    bars, full=True)`); a live feed hands each bar to `add_bar` and the env is built over the
+    bars so far plus `LIVE_ROWS` placeholder rows, each new bar's features (`MarketStream`)
+    and covariance (`RollingCovariance`) computed in O(1) and written over the next
+    placeholder (`HierarchicalTradingEnv.set_bar`); only when the placeholders run out is it
+    rebuilt (the episode carried over by `adopt_episode`)."""
+
+    LIVE_ROWS = 256
 
     def __init__(
         self, cfg: AppConfig, mode: str, scalers: dict[str, Any], symbols: list[str]
@@ -88,16 +104,20 @@ class SimulatedBroker:
         self._pending: OrderBatch | None = None
         self._covers = 0  # bars the env holds that are real
         self.rebuilds = 0
+        # the live path: the bars so far (arrays) and the streams, advanced bar by bar
+        self._rows: list[dict[str, dict[str, Any]]] = []
+        self._stamps: list[pd.Timestamp] = []
+        self._features = MarketStream([scalers[s] for s in symbols]) if scalers else None
+        self._cov = RollingCovariance(len(symbols), cfg.env.risk_window)
+        self._prev_close: np.ndarray | None = None
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.streamed = self._features is not None  # False: rebuild at every bar (signals)
 
     # -------------------------------------------------------------------------------- env
-    def ensure(self, bars: dict[str, pd.DataFrame], full: bool = False) -> None:
-        """Make the env hold at least `bars` (all real when `full`: a whole replay)."""
-        n = len(next(iter(bars.values())))
-        if self.env is not None and self._covers >= n:
-            return
+    def _build(self, bars: dict[str, pd.DataFrame], n: int) -> None:
         env = HierarchicalTradingEnv(
             self.cfg,
-            bars=bars if full else _padded(bars),
+            bars=bars,
             mode=self.mode,
             eval_mode=True,
             scalers={s: self.scalers[s] for s in self.symbols} if self.scalers else None,
@@ -106,6 +126,55 @@ class SimulatedBroker:
             env.adopt_episode(self.env)
         self.env, self._covers = env, n
         self.rebuilds += 1
+
+    def ensure(self, bars: dict[str, pd.DataFrame], full: bool = False) -> None:
+        """Make the env hold at least `bars` (all real when `full`: a whole replay)."""
+        n = len(next(iter(bars.values())))
+        if self.env is not None and self._covers >= n:
+            return
+        self._build(bars if full else _padded(bars), n)
+
+    def add_bar(self, ts: pd.Timestamp, row: dict[str, dict[str, Any]]) -> None:
+        """A live bar (every symbol's open, high, low, close, volume): its features and
+        covariance advance in O(1); `ensure_live` puts it in the env."""
+        self._rows.append(row)
+        self._stamps.append(ts)
+        if not self.streamed:
+            return
+        if any(str(c).startswith(SIGNAL_PREFIX) for c in next(iter(row.values()))):
+            self.streamed = False  # supervised-signal columns: the batch path only
+            return
+        ohlcv = np.array([[float(row[s][c]) for c in _OHLCV] for s in self.symbols])
+        if not np.isfinite(ohlcv).all() or (ohlcv[:, :4] <= 0).any():
+            raise DataError(f"bar {ts}: prices must be finite and positive ({row})")
+        close = ohlcv[:, 3]
+        rets = close / self._prev_close - 1.0 if self._prev_close is not None else close * 0.0
+        self._prev_close = close
+        real = np.array([not bool(row[s].get(FILLED_COLUMN, False)) for s in self.symbols])
+        self._last = (ohlcv[:, :4], real, self._features.push(ohlcv), self._cov.push(rets))
+
+    def ensure_live(self) -> None:
+        """Make the env hold every bar given to `add_bar`: the newest written over its next
+        placeholder row, or (none left, or a first build) a build over them all."""
+        n = len(self._rows)
+        if self.env is not None and self._covers >= n:
+            return
+        if (
+            self.streamed
+            and self.env is not None
+            and n == self._covers + 1
+            and n < (self.env.n_bars - 1)
+        ):
+            ohlc, real, features, cov = self._last
+            self.env.set_bar(n - 1, ohlc[:, [0, 1, 2, 3]], real, features, cov)
+            self._covers = n
+            return
+        self._build(_padded(self._frames(), self.LIVE_ROWS if self.streamed else 1), n)
+
+    def _frames(self) -> dict[str, pd.DataFrame]:
+        """The live bars so far as frames (a build)."""
+        idx = pd.DatetimeIndex(self._stamps, name="timestamp")
+        return {s: pd.DataFrame([r[s] for r in self._rows], index=idx) for s in self.symbols}
 
     @property
     def first_bar(self) -> int:

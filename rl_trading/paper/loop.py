@@ -125,7 +125,6 @@ class PaperSession:
         self.sim = SimulatedBroker(model.cfg, mode, scalers, self.symbols)
         self.broker: Broker = self.sim if broker is None else make_broker(broker, self.sim)
         self.policy = acting_bundle(model.bundle)
-        self.history: dict[str, list[dict[str, Any]]] = {s: [] for s in self.symbols}
         self.stamps: list[pd.Timestamp] = []
         self.state = "running"
         self.peak = self.day_start = float(model.cfg.env.initial_capital)
@@ -156,20 +155,15 @@ class PaperSession:
                         self.model.timeframe, f"the {self.feed.name} feed")  # fmt: skip
 
     # -------------------------------------------------------------------------- history
-    def _bars(self) -> dict[str, pd.DataFrame]:
-        idx = pd.DatetimeIndex(self.stamps, name="timestamp")
-        out = {}
-        for s in self.symbols:
-            frame = pd.DataFrame(self.history[s])
-            frame.index = idx
-            out[s] = frame
-        return out
+    @property
+    def _prebuilt(self) -> bool:
+        return isinstance(self.feed, ReplayFeed) and self.opts.prebuild
 
     def _grow(self) -> None:
-        if isinstance(self.feed, ReplayFeed) and self.opts.prebuild:
+        if self._prebuilt:
             self.sim.ensure(self.feed.history, full=True)
         else:
-            self.sim.ensure(self._bars())
+            self.sim.ensure_live()
 
     def _act(self, obs: dict[str, np.ndarray], ts: pd.Timestamp) -> OrderBatch:
         if self.halt_after_fill is not None:
@@ -189,8 +183,8 @@ class PaperSession:
         (restart) instead of asking the policy."""
         k = len(self.stamps)
         self.stamps.append(ts)
-        for s in self.symbols:
-            self.history[s].append(row[s])
+        if not self._prebuilt:
+            self.sim.add_bar(ts, row)
         first = self.sim.first_bar
         if k < first:
             return [], None
