@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -60,8 +60,16 @@ def complete_bars(
     kept = set(full)
     dropped = [ts for ts in stamps if ts < last and ts not in kept]
     index = pd.DatetimeIndex(full)
-    records = {s: frames[s].loc[index].to_dict("records") for s in symbols}
+    records = {s: _records(frames[s].loc[index]) for s in symbols}
     return [(ts, {s: records[s][i] for s in symbols}) for i, ts in enumerate(full)], dropped
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """`frame.to_dict("records")` (Python scalars), column by column: several times faster
+    on a long replay."""
+    cols = list(frame.columns)
+    values = zip(*(frame[c].tolist() for c in cols), strict=True)
+    return [dict(zip(cols, row, strict=True)) for row in values]
 
 
 def check_timeframe(frames: dict[str, pd.DataFrame], timeframe: str, label: str) -> None:
