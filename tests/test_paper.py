@@ -658,3 +658,17 @@ def test_streamed_features_and_covariance_equal_the_batch_bit_for_bit():
     cov = RollingCovariance(len(syms), 60)
     np.testing.assert_array_equal(np.stack([cov.push(r) for r in rets]),
                                   rolling_covariance(rets, 60))  # fmt: skip
+
+
+def test_torch_policy_acts_like_the_backtest(in_ws):
+    """The paper path's direct forward gives the backtest's actions (compute_actions)."""
+    from policies import compute_actions
+    from rl_trading.paper.model import TorchPolicy
+
+    model = _resolved(in_ws["name"])
+    rng = np.random.default_rng(0)
+    for pid, module in model.bundle.modules.items():
+        policy = TorchPolicy(module)
+        obs = rng.normal(0.0, 3.0, (7, module.observation_space.shape[0])).astype(np.float32)
+        assert policy.direct, pid
+        np.testing.assert_array_equal(policy.act(obs), compute_actions(module, obs))

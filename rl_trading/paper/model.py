@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from policies import compute_actions
+from policies import compute_actions, to_env_action
+from policies.base import ActorCriticModule
 from rl_trading.config import AppConfig, load_config
 from rl_trading.errors import CheckpointError
 from rl_trading.evaluation.backtest import PolicyBundle, load_policy, pin_calendar
@@ -57,18 +58,29 @@ class OnnxPolicy:
 
 
 class TorchPolicy:
-    """One RLModule acting by its own forward under `torch.inference_mode`, switched to eval
-    mode once (RLlib's `forward_inference` otherwise walks every submodule to eval and back on
-    each call): the same deterministic actions as the backtest's `compute_actions`, which it
-    calls, without an Algorithm or a connector pipeline."""
+    """One RLModule acting under `torch.inference_mode`, switched to eval mode once (RLlib's
+    `forward_inference` otherwise walks every submodule to eval and back on each call), with
+    no Algorithm and no connector pipeline. The project's actor-critic modules act through
+    their `deterministic_actions` (the actor head on the actor embedding: the same values as
+    their `forward_inference`, without its dict plumbing); any other module through
+    `compute_actions`, as the backtest acts."""
 
     def __init__(self, module: Any) -> None:
         module.eval()
         self.module = module
+        self.space = module.action_space
+        self.direct = (
+            isinstance(module, ActorCriticModule)
+            and type(module)._forward is ActorCriticModule._forward
+            and module.fast_acting
+        )
 
     def act(self, obs: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return compute_actions(self.module, obs)
+            if not self.direct:
+                return compute_actions(self.module, obs)
+            actions = self.module.deterministic_actions(torch.from_numpy(obs))
+        return to_env_action(actions.numpy(), self.space)
 
 
 def acting_bundle(bundle: PolicyBundle) -> PolicyBundle:
