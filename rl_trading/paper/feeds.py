@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from rl_trading.data.schema import BAR_COLUMNS, timeframe_delta
@@ -51,15 +52,18 @@ def complete_bars(
     complete). A trailing incomplete timestamp is kept back: its other rows may still come."""
     if any(s not in frames or frames[s].empty for s in symbols):
         return [], []
-    stamps = sorted(set().union(*(frames[s].index for s in symbols)))
-    have = {s: set(frames[s].index) for s in symbols}
-    full = [ts for ts in stamps if all(ts in have[s] for s in symbols)]
-    if not full:
+    indexes = [frames[s].index.unique() for s in symbols]  # index operations: no per-row
+    stamps = indexes[0]  # Timestamp objects on a long replay
+    for other in indexes[1:]:
+        stamps = stamps.union(other)
+    stamps = stamps.sort_values()
+    whole = np.logical_and.reduce([stamps.isin(i) for i in indexes])
+    if not whole.any():
         return [], []
-    last = full[-1]
-    kept = set(full)
-    dropped = [ts for ts in stamps if ts < last and ts not in kept]
-    index = pd.DatetimeIndex(full)
+    index = stamps[whole]
+    last = index[-1]
+    dropped = list(stamps[~whole & (stamps < last)])
+    full = list(index)
     records = {s: _records(frames[s].loc[index]) for s in symbols}
     return [(ts, {s: records[s][i] for s in symbols}) for i, ts in enumerate(full)], dropped
 
