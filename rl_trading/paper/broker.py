@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from envs import HierarchicalTradingEnv
+from envs.hierarchical_env import Book
 from envs.risk import RollingCovariance
 from rl_trading.config import AppConfig
 from rl_trading.data.features import SIGNAL_PREFIX, WARMUP_BARS
@@ -102,6 +103,7 @@ class SimulatedBroker:
         self.cfg, self.mode, self.scalers, self.symbols = cfg, mode, scalers, symbols
         self.env: HierarchicalTradingEnv | None = None
         self._pending: OrderBatch | None = None
+        self._book: Book | None = None
         self._covers = 0  # bars the env holds that are real
         self.rebuilds = 0
         # the live path: the bars so far (arrays) and the streams, advanced bar by bar
@@ -183,7 +185,12 @@ class SimulatedBroker:
     def start(self) -> dict[str, np.ndarray]:
         """Open the book at the first decision bar: observations to act on."""
         obs, _ = self.env.reset(seed=self.cfg.seed)
+        self._book = self.env.book()
         return obs
+
+    def book(self) -> Book | None:
+        """The env's book after the last step (read once a step); None before the first."""
+        return self._book
 
     @property
     def pending(self) -> OrderBatch | None:
@@ -198,24 +205,21 @@ class SimulatedBroker:
         self._pending = None
 
     def positions(self) -> dict[str, float]:
-        if self.env is None:
+        if self._book is None:
             return dict.fromkeys(self.symbols, 0.0)
-        units = self.env.book().units
-        return {s: float(u) for s, u in zip(self.symbols, units, strict=True)}
+        return {s: float(u) for s, u in zip(self.symbols, self._book.units, strict=True)}
 
     def cash(self) -> float:
-        if self.env is None:
-            return float(self.cfg.env.initial_capital)
-        return self.env.book().cash
+        return self._book.cash if self._book is not None else float(self.cfg.env.initial_capital)
 
     def equity(self) -> float:
-        return self.env.book().equity if self.env is not None else self.cash()
+        return self._book.equity if self._book is not None else self.cash()
 
     def exposures(self) -> list[float]:
         """Signed exposures (fractions of equity) after the last bar."""
-        if self.env is None:
+        if self._book is None:
             return [0.0] * len(self.symbols)
-        return [float(x) for x in self.env.book().exposures]
+        return [float(x) for x in self._book.exposures]
 
     def flat_actions(self) -> dict[str, list[float]]:
         """A decision that takes every position to flat (kill switch, `paper stop --flatten`):
@@ -227,14 +231,14 @@ class SimulatedBroker:
         Returns the new observations and the orders filled (one per symbol whose units
         changed, stop-loss exits included)."""
         env = self.env
-        before = env.book()
+        before = self._book
         batch, self._pending = self._pending, None
         actions = dict(batch.actions) if batch is not None else {}
         # a flat decision targets absolute 0 for its one step (in benchmark-relative mode
         # no action of the agents is flat)
         flatten = actions.pop(FLATTEN, None) is not None
         obs, *_ = env.step(actions, absolute=flatten)
-        after = env.book()
+        after = self._book = env.book()
         stopped = after.stop_losses > before.stop_losses
         fills = []
         for i, sym in enumerate(self.symbols):

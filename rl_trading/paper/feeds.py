@@ -15,6 +15,7 @@ all the loop ever processes. How real-feed faults are handled (docs/paper_tradin
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,9 +93,13 @@ def check_timeframe(frames: dict[str, pd.DataFrame], timeframe: str, label: str)
 
 def is_gap(prev: pd.Timestamp, ts: pd.Timestamp, timeframe: str) -> bool:
     """More than one bar between `prev` and `ts` (daily bars: more than a long weekend)."""
+    return (ts - prev) > _gap_limit(timeframe)
+
+
+@functools.lru_cache(maxsize=16)
+def _gap_limit(timeframe: str) -> pd.Timedelta:
     delta = timeframe_delta(timeframe)
-    limit = delta * 4 if delta >= pd.Timedelta(days=1) else delta * 1.5
-    return (ts - prev) > limit
+    return delta * 4 if delta >= pd.Timedelta(days=1) else delta * 1.5
 
 
 class ReplayFeed:

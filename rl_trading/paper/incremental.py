@@ -192,6 +192,12 @@ class MarketStream:
         self.streams = [FeatureStream(s) for s in scalers]
         self.scalers = scalers
         self.count = 0
+        # each instrument's row in its scaler's column order (the batch's), scaled at once:
+        # FeatureScaler.transform's elementwise steps on the stacked statistics
+        self.columns = [list(s.columns or FEATURE_COLUMNS) for s in scalers]
+        self.mean = np.stack([np.asarray(s.mean_, dtype=np.float64) for s in scalers])
+        self.std = np.stack([np.asarray(s.std_, dtype=np.float64) for s in scalers])
+        self.clip = np.array([[s.clip] for s in scalers])
 
     def push(self, ohlcv: np.ndarray) -> np.ndarray:
         ohlcv = np.asarray(ohlcv, dtype=np.float64)
@@ -208,9 +214,13 @@ class MarketStream:
         self.count += 1
         if warm:
             return out
-        for i, (r, scaler) in enumerate(zip(raw, self.scalers, strict=True)):
+        for i, r in enumerate(raw):
             r["log_volume_ma20"] = float(log_vol[i])
-            columns = scaler.columns or FEATURE_COLUMNS  # the batch's column order
-            row = np.array([[r[c] for c in columns]], dtype=np.float64)
-            out[i] = scaler.transform(row)[0]
+        values = np.array(
+            [[r[c] for c in cols] for r, cols in zip(raw, self.columns, strict=True)],
+            dtype=np.float64,
+        )
+        z = (values - self.mean) / self.std
+        z = np.where(np.isfinite(z), z, 0.0)
+        out[:] = np.clip(z, -self.clip, self.clip).astype(np.float32)
         return out

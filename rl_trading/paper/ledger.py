@@ -149,6 +149,7 @@ class Ledger:
             sa.Column("message", sa.Text, nullable=False),
         )
         self._meta = meta
+        self._last_ts: tuple[Any, Any] | None = None
         # statements built once: a bar's writes bind parameters to them (the per-bar cost of
         # building and caching a statement is gone); SET columns come from the parameters
         self._update_session = self.sessions.update().where(
@@ -166,7 +167,16 @@ class Ledger:
 
     # ------------------------------------------------------------------------------ helpers
     def _ts(self, ts: pd.Timestamp) -> Any:
-        """A timestamp as the store keeps it (naive UTC in SQLite, aware elsewhere)."""
+        """A timestamp as the store keeps it (naive UTC in SQLite, aware elsewhere); the last
+        conversion is kept (a bar's writes convert its timestamp several times)."""
+        last = self._last_ts
+        if last is not None and last[0] is ts:
+            return last[1]
+        value = self._convert_ts(ts)
+        self._last_ts = (ts, value)
+        return value
+
+    def _convert_ts(self, ts: pd.Timestamp) -> Any:
         ts = pd.Timestamp(ts)
         utc = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
         return (utc.tz_localize(None) if self.dialect == "sqlite" else utc).to_pydatetime()
