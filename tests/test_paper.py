@@ -414,7 +414,7 @@ def test_complete_bars_handles_duplicates_out_of_order_and_partial_rows():
 
 
 def test_drift_statistics():
-    from rl_trading.paper.drift import drifted_features, ks, psi
+    from rl_trading.paper.drift import DriftMonitor, drifted_features, ks, psi
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=5000)
@@ -425,6 +425,13 @@ def test_drift_statistics():
     live = np.stack([rng.normal(size=500), rng.normal(2.0, 1.0, size=500)], axis=1)
     names = [f for f, _, _ in drifted_features(both, live, ["same", "moved"], 0.25)]
     assert names == ["moved"]
+    # the session's monitor: the same numbers, the live rows arriving in chunks
+    monitor = DriftMonitor(both, ["same", "moved"])
+    for chunk in np.array_split(live, 7):
+        monitor.add(chunk)
+        monitor.drifted(0.25)
+    assert monitor.drifted(0.0) == drifted_features(both, live, ["same", "moved"], 0.0)
+    assert [f for f, _, _ in monitor.drifted(0.25)] == ["moved"]
 
 
 @pytest.mark.slow

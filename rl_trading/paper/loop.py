@@ -38,7 +38,7 @@ from rl_trading.errors import DataError, RLTradingError
 from rl_trading.evaluation import select_bars
 from rl_trading.evaluation.backtest import hierarchy_actions, scalers_from
 from rl_trading.paper.broker import FLATTEN, Broker, OrderBatch, SimulatedBroker, make_broker
-from rl_trading.paper.drift import action_matrix, drifted_features
+from rl_trading.paper.drift import DriftMonitor, action_matrix
 from rl_trading.paper.feeds import Feed, ReplayFeed, check_timeframe, complete_bars, is_gap
 from rl_trading.paper.ledger import Ledger
 from rl_trading.paper.model import ResolvedModel, acting_bundle
@@ -130,10 +130,12 @@ class PaperSession:
         self.peak = self.day_start = float(model.cfg.env.initial_capital)
         self.day: str | None = None
         self.halt_after_fill: str | None = None  # reason: flatten, then halt / stop
-        self._drift_ref: np.ndarray | None = None  # scaled training features (lazy)
-        self._action_ref: np.ndarray | None = None  # the policy's validation actions (lazy)
+        # drift: live samples since the last check, and the monitors (built at the first)
         self._live_features: list[np.ndarray] = []  # (n, features) seen live, per bar
         self._live_actions: list[dict[str, list[float]]] = []  # the policy's decisions
+        self._feature_drift: DriftMonitor | None = None
+        self._action_drift: DriftMonitor | None = None
+        self._drift_off: set[str] = set()
         self._decisions = 0
 
     # ------------------------------------------------------------------------ validation
@@ -332,33 +334,41 @@ class PaperSession:
         """PSI / KS of the scaled features seen live against the training split's (pooled
         over instruments), and of the policy's live actions against its actions on the
         validation split (per agent and component): an event naming what passes
-        `paper.drift_psi` (`drift` for features, `action_drift` for actions)."""
+        `paper.drift_psi` (`drift` for features, `action_drift` for actions). The
+        references are read at the first check; a check costs the same however long the
+        session (`DriftMonitor`)."""
         limit = self.model.cfg.paper.drift_psi
         events: list[tuple[str, str]] = []
-        if self._drift_ref is None:
+        if self._feature_drift is None and "features" not in self._drift_off:
             try:
-                self._drift_ref = self._training_features()
+                ref = self._training_features()
+                self._feature_drift = DriftMonitor(ref, list(FEATURE_COLUMNS))
             except RLTradingError as exc:
-                self._drift_ref = np.zeros((0, 0))
+                self._drift_off.add("features")
                 events.append(("drift", f"drift check off: no training bars ({exc})"))
-        if self._drift_ref.size and self._live_features:
-            live = np.concatenate(self._live_features, axis=0)
-            found = drifted_features(self._drift_ref, live, list(FEATURE_COLUMNS), limit)
+        if self._feature_drift is not None:
+            for rows in self._live_features:
+                self._feature_drift.add(rows)
+            found = self._feature_drift.drifted(limit)
             if found:
                 worst = ", ".join(f"{f} (PSI {p:.2f}, KS {k:.2f})" for f, p, k in found[:4])
                 events.append(("drift", f"live features drift from training: {worst}"))
-        if self._action_ref is None:
+        self._live_features = []
+        agents = self.sim.env.possible_agents
+        if self._action_drift is None and "actions" not in self._drift_off:
             try:
-                self._action_ref = self._validation_actions()
+                names, ref = action_matrix(self._validation_actions(), agents)
+                self._action_drift = DriftMonitor(ref, names)
             except RLTradingError as exc:
-                self._action_ref = np.zeros((0, 0))
+                self._drift_off.add("actions")
                 events.append(("drift", f"action drift check off: no validation bars ({exc})"))
-        if self._action_ref.size and self._live_actions:
-            names, live = action_matrix(self._live_actions, self.sim.env.possible_agents)
-            found = drifted_features(self._action_ref, live, names, limit)
+        if self._action_drift is not None and self._live_actions:
+            self._action_drift.add(action_matrix(self._live_actions, agents)[1])
+            found = self._action_drift.drifted(limit)
             if found:
                 worst = ", ".join(f"{f} (PSI {p:.2f}, KS {k:.2f})" for f, p, k in found[:4])
                 events.append(("action_drift", f"live actions drift from validation: {worst}"))
+        self._live_actions = []
         return events
 
     def _training_features(self) -> np.ndarray:
@@ -372,9 +382,9 @@ class PaperSession:
         ]
         return np.concatenate(rows, axis=0)
 
-    def _validation_actions(self) -> np.ndarray:
-        """The registered policy's actions over the validation split, acted as its backtest
-        acts (`action_matrix` layout)."""
+    def _validation_actions(self) -> list[dict[str, list[float]]]:
+        """The registered policy's decisions over the validation split, acted as its
+        backtest acts."""
         cfg = self.model.cfg
         val, _, _ = select_bars(cfg, None, "val")
         env = HierarchicalTradingEnv(
@@ -388,7 +398,7 @@ class PaperSession:
             actions = _to_lists(hierarchy_actions(reference, env.possible_agents, obs))
             decisions.append(actions)
             obs, *_ = env.step(actions)
-        return action_matrix(decisions, env.possible_agents)[1]
+        return decisions
 
     def _flatten(self, reason: str, final: str) -> None:
         """Replace the pending decision by a flat one; halt after it fills."""
