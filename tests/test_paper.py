@@ -679,3 +679,24 @@ def test_torch_policy_acts_like_the_backtest(in_ws):
         obs = rng.normal(0.0, 3.0, (7, module.observation_space.shape[0])).astype(np.float32)
         assert policy.direct, pid
         np.testing.assert_array_equal(policy.act(obs), compute_actions(module, obs))
+
+
+def test_a_live_session_resumes_through_the_streams(in_ws, tmp_path):
+    """A live-feed session stopped and run again restores its bars through the streamed
+    path (the recorded decisions re-applied) and goes on exactly as the backtest."""
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import first_decision_bar
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    first = first_decision_bar(model.cfg)
+    opts = PaperOptions("lr", max_bars=first + 15, prebuild=False)
+    PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    again = PaperSession(model, make_feed(model, "replay"), ledger,
+                         PaperOptions("lr", max_bars=20, prebuild=False))  # fmt: skip
+    res = again.run()
+    assert again.sim.streamed and res.status["bars_processed"] == first + 35
+    eq = ledger.equity_of("lr")["equity"].to_numpy()
+    assert len(eq) == 35  # the first decision bar and 34 more
+    np.testing.assert_array_equal(eq, in_ws["backtest"].equity[: len(eq)])
