@@ -557,6 +557,13 @@ def test_an_injected_broker_gets_every_decision_and_reports_the_book(in_ws, tmp_
     assert res.status["cash"] == 123.0
     eq = ledger.equity_of("inj")["equity"].to_numpy()
     np.testing.assert_allclose(eq, in_ws["backtest"].equity[: len(eq)], rtol=1e-9)
+    # a class is a factory too; an object without the four methods is refused
+    made_by_class = PaperSession(model, make_feed(model, "replay"), ledger,
+                                 PaperOptions("cls"), broker=RecordingBroker)  # fmt: skip
+    assert isinstance(made_by_class.broker, RecordingBroker)
+    with pytest.raises(Exception, match="not a paper Broker"):
+        PaperSession(model, make_feed(model, "replay"), ledger, PaperOptions("no"),
+                     broker=lambda shadow: object())  # fmt: skip
     # a bad --broker path is one line before anything trades
     db = f"sqlite:///{tmp_path / 'l.db'}"
     args = ["paper", "run", "--model", in_ws["name"], "--db", db, "--session"]

@@ -4,12 +4,12 @@
 decision not yet filled (`cancel`), and report `positions` and `cash`. `SimulatedBroker`
 fills by envs.engine through `HierarchicalTradingEnv` in eval_mode: the very code a backtest
 runs (next-open fills, costs, slippage, stops, borrow, risk limits), not a copy; it reads the
-book through the env's public `book()`. It keeps an env over the bars seen so far (one
-padding row past the last, never stepped into) and grows it when bars arrive
-(`HierarchicalTradingEnv.adopt_episode`); every env array is causal, so an env built over
-more bars has the same rows for the bars it shares (tests/test_paper.py checks it).
-`load_broker_factory` resolves `paper run --broker module:factory`; docs/paper_trading.md
-shows how a real broker adapter plugs in.
+book through the env's public `book()`. A replay's env is built once over the whole replay; a
+live feed's holds the bars so far plus placeholder rows, each new bar streamed over the next
+one (see `SimulatedBroker`); every env array is causal, so an env built over more bars has
+the same rows for the bars it shares (tests/test_paper.py checks both). `load_broker_factory`
+resolves `paper run --broker module:factory` and `make_broker` checks what it makes;
+docs/paper_trading.md shows how a real broker adapter plugs in.
 """
 
 from __future__ import annotations
@@ -147,8 +147,10 @@ class SimulatedBroker:
             self.streamed = False  # supervised-signal columns: the batch path only
             return
         ohlcv = np.array([[float(row[s][c]) for c in _OHLCV] for s in self.symbols])
-        if not np.isfinite(ohlcv).all() or (ohlcv[:, :4] <= 0).any():
-            raise DataError(f"bar {ts}: prices must be finite and positive ({row})")
+        bad = ~np.isfinite(ohlcv).all(axis=1) | (ohlcv[:, :4] <= 0).any(axis=1)
+        if bad.any():
+            sym = self.symbols[int(np.argmax(bad))]
+            raise DataError(f"bar {ts} of {sym}: prices must be finite and positive")
         close = ohlcv[:, 3]
         rets = close / self._prev_close - 1.0 if self._prev_close is not None else close * 0.0
         self._prev_close = close
@@ -284,8 +286,9 @@ def load_broker_factory(spec: str) -> Callable[[SimulatedBroker], Broker]:
 
 def make_broker(factory: Any, shadow: SimulatedBroker) -> Broker:
     """The session's broker: `factory(shadow)` (or `factory` itself when it already is a
-    `Broker`); ConfigError when the result lacks submit / cancel / positions / cash."""
-    if isinstance(factory, Broker):
+    `Broker` instance; a class is a factory); ConfigError when the result lacks submit /
+    cancel / positions / cash."""
+    if isinstance(factory, Broker) and not isinstance(factory, type):
         broker = factory
     else:
         try:

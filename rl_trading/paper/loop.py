@@ -3,8 +3,9 @@ simulated broker fills with the env's own rules, the ledger records each bar ato
 
 Per new whole bar t (feeds.complete_bars), in order:
 
-1. the bar joins the history; the broker's env grows to hold it (features causal, the
-   model's stored scalers and window);
+1. the bar joins the broker's env (features causal, the model's stored scalers and window;
+   on a live feed streamed in O(1) into the env's next placeholder row, see
+   `SimulatedBroker`);
 2. the decision of bar t-1 fills at t's open and is marked at t's close (envs.engine via the
    env's step), unless t is the first decision bar (the book opens flat there);
 3. the policy acts on the observation of bar t, built by the env exactly as in training
@@ -12,10 +13,13 @@ Per new whole bar t (feeds.complete_bars), in order:
    to the broker, to fill at bar t+1;
 4. one transaction writes the bar, its fills, its decision, its equity and the session row.
 
-A restart reads the ledger, rebuilds the env over the recorded bars and re-applies the
-recorded decisions (no policy call, no write), checks it lands on the recorded equity, and
-goes on with the first bar after the last recorded one: a bar is in the ledger whole or not
-at all, so nothing is doubled or lost.
+An injected broker (`broker=`: any `Broker`) gets each decision too; the simulated broker
+stays the shadow book that builds the observations and fills by the env's rules.
+
+A restart reads the ledger, feeds the recorded bars through the same path and re-applies
+the recorded decisions (no policy call, no write, nothing to an injected broker), checks it
+lands on the recorded equity, and goes on with the first bar after the last recorded one: a
+bar is in the ledger whole or not at all, so nothing is doubled or lost.
 """
 
 from __future__ import annotations
