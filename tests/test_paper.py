@@ -707,3 +707,33 @@ def test_a_live_session_resumes_through_the_streams(in_ws, tmp_path):
     eq = ledger.equity_of("lr")["equity"].to_numpy()
     assert len(eq) == 35  # the first decision bar and 34 more
     np.testing.assert_array_equal(eq, in_ws["backtest"].equity[: len(eq)])
+
+
+@pytest.mark.parametrize("sets", [[], ["env.vol_target=0.15", "env.benchmark=vol_target"]])
+def test_set_bar_writes_the_rows_a_batch_env_has(sets):
+    """`HierarchicalTradingEnv.set_bar` over placeholder rows gives every kernel array the
+    rows an env built over the real bars has (vol-targeted sizes and a benchmark included)."""
+    from envs import HierarchicalTradingEnv
+    from rl_trading.data import synthetic_market
+    from rl_trading.paper.broker import _padded
+
+    cfg = load_config(CONFIG_DIR / "quickstart.yaml", ["data.symbols=[A, B, C]", *sets])
+    bars = synthetic_market(["A", "B", "C"], n_bars=400, seed=1, timeframe="1d")
+    full = HierarchicalTradingEnv(cfg, bars=bars, mode="joint", eval_mode=True)
+    k = 300
+    live = HierarchicalTradingEnv(cfg, bars=_padded({s: f.iloc[:k] for s, f in bars.items()}, 60),
+                                  mode="joint", eval_mode=True, scalers=full.scalers)  # fmt: skip
+    live.reset(seed=0)
+    for t in range(k, k + 50):
+        ohlc = np.stack([bars[s][["open", "high", "low", "close"]].to_numpy()[t] for s in bars])
+        live.set_bar(t, ohlc, np.ones(3, bool), full._feat_all[:, t], full._k_cov[t])
+    end = k + 50
+    for name in ("_k_market", "_k_cov", "_k_corr", "_k_ann_vol", "_corr_ut", "_k_feat"):
+        a, b = getattr(live, name), getattr(full, name)
+        if name == "_k_feat":
+            a, b = a.reshape(3, live.n_bars, -1)[:, :end], b.reshape(3, full.n_bars, -1)[:, :end]
+        else:
+            a, b = a[:end], b[:end]
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    with pytest.raises(ValueError):
+        live.set_bar(live.book().bar, ohlc, np.ones(3, bool), full._feat_all[:, 0], full._k_cov[0])

@@ -100,6 +100,12 @@ class SimulatedBroker:
     def __init__(
         self, cfg: AppConfig, mode: str, scalers: dict[str, Any], symbols: list[str]
     ) -> None:
+        if cfg.data.periods_per_year is None and cfg.data.calendar == "auto":
+            # an env over placeholder rows must not measure its calendar (resolve_model pins)
+            raise ConfigError(
+                "paper trading needs data.periods_per_year pinned (paper.model.resolve_model "
+                "pins it as a backtest does) or a data.calendar other than auto"
+            )
         self.cfg, self.mode, self.scalers, self.symbols = cfg, mode, scalers, symbols
         self.env: HierarchicalTradingEnv | None = None
         self._pending: OrderBatch | None = None
