@@ -90,10 +90,10 @@ class SimulatedBroker:
 
     Two ways to hold the bars: a replay builds its env once over the whole replay (`ensure(
     bars, full=True)`); a live feed hands each bar to `add_bar` and the env is built over the
-    bars so far plus `LIVE_ROWS` placeholder rows, each new bar's features (`MarketStream`)
-    and covariance (`RollingCovariance`) computed in O(1) and written over the next
-    placeholder (`HierarchicalTradingEnv.set_bar`); only when the placeholders run out is it
-    rebuilt (the episode carried over by `adopt_episode`)."""
+    bars so far plus `LIVE_ROWS` (or half the history) placeholder rows, each new bar's
+    features (`MarketStream`) and covariance (`RollingCovariance`) computed in O(1) and
+    written over the next placeholder (`HierarchicalTradingEnv.set_bar`); only when the
+    placeholders run out is it rebuilt (the episode carried over by `adopt_episode`)."""
 
     LIVE_ROWS = 256
 
@@ -179,7 +179,10 @@ class SimulatedBroker:
             self.env.set_bar(n - 1, ohlc[:, [0, 1, 2, 3]], real, features, cov)
             self._covers = n
             return
-        self._build(_padded(self._frames(), self.LIVE_ROWS if self.streamed else 1), n)
+        # placeholders: at least LIVE_ROWS, and half the history, so that builds get rarer
+        # as the session grows (O(log T) of them, each O(T))
+        rows = max(self.LIVE_ROWS, n // 2) if self.streamed else 1
+        self._build(_padded(self._frames(), rows), n)
 
     def _frames(self) -> dict[str, pd.DataFrame]:
         """The live bars so far as frames (a build)."""
