@@ -62,8 +62,8 @@ def run_command(
         str | None,
         typer.Option(
             "--broker",
-            help="A broker adapter: module:factory, called with the simulated book "
-            "(docs/paper_trading.md). Default: the simulated broker.",
+            help="Broker adapter module:factory, given the simulated book (default: "
+            "the simulated broker).",
         ),
     ] = None,
     report: Annotated[
