@@ -49,6 +49,7 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,11 +72,35 @@ from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler, cross_sectional
 from rl_trading.errors import ConfigError
 
-__all__ = ["META", "MODES", "HierarchicalTradingEnv", "env", "parallel_env", "specialist_id"]
+__all__ = [
+    "META", "MODES", "Book", "HierarchicalTradingEnv", "env", "parallel_env", "specialist_id",
+]  # fmt: skip
 
 META = "meta"
 MODES = ("joint", "meta", "specialists")
 _SPEC_STATE = 5
+
+
+@dataclass(frozen=True)
+class Book:
+    """The running episode's book where the env stands (copies): what a broker reports."""
+
+    bar: int  # index of the bar the env stands at (its last step filled at its open)
+    units: np.ndarray  # (n,) units held
+    targets: np.ndarray  # (n,) target exposures of the last step, after the risk limits
+    exposures: np.ndarray  # (n,) signed exposures after the bar, fractions of equity
+    open: np.ndarray  # (n,) the bar's open prices
+    cash: float
+    equity: float
+    stop_losses: int  # stop-loss exits so far
+
+
+# the episode state `adopt_episode` carries over: what _clear_state sets (the history rows
+# and breach flags are copied row by row)
+_EPISODE_STATE = (
+    "_t", "_steps", "_equity", "_proposal", "_weights", "_var_est", "_meta_acc", "reward_fn",
+    "_k_state", "_k_sc", "_k_cnt", "_k_rs", "_np_random",
+)  # fmt: skip
 
 
 def specialist_id(symbol: str) -> str:
@@ -235,12 +260,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         """Market arrays and parameters in the layouts of envs.engine (built once)."""
         ecfg = self.cfg.env
         n, risk = self.n, self.risk
-        mean_vol = np.broadcast_to(self._mean_vol[:, None], (self.n_bars, n))
-        parts = (
-            self._open, self._close, self._gap, self._intra, self._vol_floor, mean_vol,
-            self._lows, self._highs, self._real.astype(np.float64), self._sizes,
-            self.benchmark_exposures(),
-        )  # fmt: skip
+        parts = self._market_parts(slice(None))
         self._k_market = np.ascontiguousarray(np.stack(parts, axis=1), dtype=np.float64)
         self._k_cov = np.ascontiguousarray(risk.cov, dtype=np.float64)
         self._k_corr = np.ascontiguousarray(risk.corr, dtype=np.float64)
@@ -276,6 +296,54 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[engine.P_TE_WEIGHT] = self.te_weight
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
+
+    def _market_parts(self, rows: slice) -> tuple[np.ndarray, ...]:
+        """The rows `rows` of envs.engine's market layout, part by part (stacked on axis 1)."""
+        mean_vol = self._mean_vol[rows]
+        return (
+            self._open[rows], self._close[rows], self._gap[rows], self._intra[rows],
+            self._vol_floor[rows], np.broadcast_to(mean_vol[:, None], (len(mean_vol), self.n)),
+            self._lows[rows], self._highs[rows], self._real[rows].astype(np.float64),
+            self._sizes[rows], benchmark_exposures(self.benchmark, self._sizes[rows]),
+        )  # fmt: skip
+
+    def set_bar(
+        self, t: int, ohlc: np.ndarray, real: np.ndarray, features: np.ndarray, cov: np.ndarray
+    ) -> None:
+        """Write bar t of a live feed over a placeholder row (an env built over the bars so far
+        plus placeholder rows): prices (n, 4: open, high, low, close), real flags (n,), scaled
+        feature rows (n, F; the env.cross_sectional columns are added here) and the bar's
+        covariance (n, n; envs.risk.RollingCovariance). Every derived row t is computed by the
+        constructor's own functions on that one row; rows before t are untouched (every array
+        is causal), rows after t stay placeholders until set. The env must not have stepped
+        past t - 1."""
+        if not 0 < t < self.n_bars or self._t >= t:
+            raise ValueError(f"set_bar({t}): the env stands at bar {self._t} of {self.n_bars}")
+        ecfg, ppy = self.cfg.env, self.periods_per_year
+        o, h, lo, c = (np.asarray(ohlc[:, k], dtype=np.float64) for k in range(4))
+        self._open[t], self._highs[t], self._lows[t], self._close[t] = o, h, lo, c
+        self._real[t] = real
+        self._all_real = self._all_real and bool(np.all(real))
+        if self.cfg.env.cross_sectional:  # as the constructor: own rows, then their gaps
+            features = np.concatenate([features, cross_sectional(features)], axis=1)
+        self._feat_all[:, t] = features
+        f = self._n_feat
+        self._k_feat[:, t * f : (t + 1) * f] = features  # (the same memory, as a rule)
+        one = RiskModel(np.asarray(cov, dtype=np.float64)[None], ecfg.var_confidence)
+        self.risk.cov[t], self.risk.vol[t], self.risk.corr[t] = one.cov[0], one.vol[0], one.corr[0]
+        self._k_cov[t], self._k_corr[t] = one.cov[0], one.corr[0]
+        self._ann_vol[t] = self._k_ann_vol[t] = (one.vol * math.sqrt(ppy)).astype(np.float32)[0]
+        sizes = position_sizes(one.vol, ppy, ecfg.vol_target, ecfg.vol_target_max_leverage,
+                               self.max_position)  # fmt: skip
+        self._sizes[t] = sizes[0]
+        iu = np.triu_indices(self.n, 1)
+        self._corr_ut[t] = one.corr[0, iu[0], iu[1]].astype(np.float32)
+        self._mean_vol[t] = one.vol.mean(axis=1)[0]
+        self._vol_floor[t] = np.maximum(one.vol[0], 1e-8)
+        self._mean_vol_floor[t] = self._vol_floor[t : t + 1].mean(axis=1)[0]
+        self._gap[t] = o / self._close[t - 1] - 1.0
+        self._intra[t] = c / o - 1.0
+        self._k_market[t] = np.stack(self._market_parts(slice(t, t + 1)), axis=1)[0]
 
     def benchmark_exposures(self) -> np.ndarray:
         """(T, n) exposures of the benchmark portfolio at each bar, fractions of equity
@@ -519,10 +587,19 @@ class HierarchicalTradingEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terms, truncs, infos
 
-    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
-        """Execute one bar for every agent: the rules of envs.engine.step (module docstring)."""
+    def step(
+        self, actions: dict[str, Any], *, absolute: bool = False
+    ) -> tuple[dict, dict, dict, dict, dict]:
+        """Execute one bar for every agent: the rules of envs.engine.step (module docstring).
+        `absolute`: this step's targets ignore env.benchmark (with `flat_actions`: flat)."""
         if not self.agents:
             raise RuntimeError("step() called on a finished episode; call reset()")
+        if absolute and self.relative:
+            self._k_par[engine.P_RELATIVE] = 0.0
+            try:
+                return self.step(actions)
+            finally:
+                self._k_par[engine.P_RELATIVE] = 1.0
         steps, prev_prop, prop = self._read_actions(actions)
         t = self._t
         eq_prev = self._equity
@@ -564,6 +641,37 @@ class HierarchicalTradingEnv(ParallelEnv):
         meta_next = terminated or truncated or (steps % self.meta_interval == 0)
         obs = self._obs_dict(spec, meta, meta_next)
         return self._finish_step(obs, rewards, cost, terminated, truncated, meta_next)
+
+    def book(self) -> Book:
+        """Units, targets, exposures, cash, equity and stop count where the env stands."""
+        n, st = self.n, self._steps
+        expo = self._k_hist[st, 4 + n : 4 + 2 * n] if st else np.zeros(n)
+        return Book(
+            bar=self._t, units=self._k_state[engine.R_UNITS].copy(),
+            targets=self._k_state[engine.R_TARGET].copy(), exposures=expo.copy(),
+            open=self._open[self._t].copy(), cash=float(self._k_sc[engine.S_CASH]),
+            equity=float(self._equity), stop_losses=int(self._k_cnt[engine.C_STOP]),
+        )  # fmt: skip
+
+    def flat_actions(self) -> dict[str, Any]:
+        """Actions proposing no position (and, with a meta, all cash): with `step(...,
+        absolute=True)` they take every target to 0 (a kill switch)."""
+        flat = [float(list(self._levels).index(0.0))] if self.discrete else [0.0]
+        out: dict[str, Any] = {a: list(flat) for a in self.specialists}
+        if META in self.possible_agents:
+            out[META] = [0.0] * self.n + [1.0]
+        return out
+
+    def adopt_episode(self, other: HierarchicalTradingEnv) -> None:
+        """Continue the running episode of `other`, an env over a prefix of this env's bars
+        (every array is causal, so the shared bars have the same rows): a growing feed."""
+        self._alloc_episode(other._start, self._episode_end(other._start))
+        rows = other._steps + 1
+        self._k_hist[:rows] = other._k_hist[:rows]
+        self._h_breach[:rows] = other._h_breach[:rows]
+        for name in _EPISODE_STATE:
+            setattr(self, name, getattr(other, name))
+        self.agents = list(self.possible_agents)
 
     @property
     def target_exposures(self) -> np.ndarray:

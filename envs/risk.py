@@ -22,7 +22,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["RiskModel", "causal_volatility", "rolling_covariance"]
+__all__ = ["RiskModel", "RollingCovariance", "causal_volatility", "rolling_covariance"]
 
 
 def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
@@ -39,6 +39,14 @@ def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
     s[window:] -= cs[:-window]
     ss[window:] -= css[:-window]
     counts = np.minimum(np.arange(1, t_len + 1), window).astype(np.float64)[:, None, None]
+    return _covariance_of_sums(s, ss, counts)
+
+
+def _covariance_of_sums(s: np.ndarray, ss: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Covariances (ddof=1) from the windows' sums `s` (T, n), sums of outer products `ss`
+    (T, n, n) and row counts (T, 1, 1): the one formula of both `rolling_covariance` and
+    `RollingCovariance`."""
+    n = s.shape[1]
     mean_outer = (s[:, :, None] * s[:, None, :]) / counts
     with np.errstate(divide="ignore", invalid="ignore"):
         cov = (ss - mean_outer) / np.maximum(counts - 1.0, 1.0)
@@ -47,6 +55,35 @@ def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
     idx = np.arange(n)
     cov[:, idx, idx] = np.maximum(cov[:, idx, idx], 0.0)
     return cov
+
+
+class RollingCovariance:
+    """`rolling_covariance` one row at a time (a live feed): `push(returns_row)` gives the
+    covariance of that bar, equal bit for bit to the batch row (the same running sums, in the
+    same order, and the same formula)."""
+
+    def __init__(self, n: int, window: int) -> None:
+        self.window = window
+        self.count = 0
+        self.cs: list[np.ndarray] = []  # running sums of the last window + 1 bars
+        self.css: list[np.ndarray] = []
+        self._cs, self._css = np.zeros(n), np.zeros((n, n))
+
+    def push(self, returns: np.ndarray) -> np.ndarray:
+        r = np.asarray(returns, dtype=np.float64)
+        self._cs = self._cs + r if self.count else r.copy()
+        outer = r[:, None] * r[None, :]
+        self._css = self._css + outer if self.count else outer
+        self.count += 1
+        self.cs.append(self._cs)
+        self.css.append(self._css)
+        s, ss = self._cs.copy(), self._css.copy()
+        if len(self.cs) > self.window:
+            s -= self.cs[0]
+            ss -= self.css[0]
+            del self.cs[0], self.css[0]
+        counts = np.full((1, 1, 1), float(min(self.count, self.window)))
+        return _covariance_of_sums(s[None], ss[None], counts)[0]
 
 
 def causal_volatility(closes: np.ndarray, window: int) -> np.ndarray:

@@ -146,6 +146,14 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         pi_emb = self.encode_actor(self._flat_obs(batch))
         return {Columns.ACTION_DIST_INPUTS: self._dist_inputs(pi_emb)}
 
+    def deterministic_actions(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic actions of a `[B, ...]` obs batch before the env's action mapping
+        (the Gaussian mean, or the arg-max logit): the values `forward_inference` and RLlib's
+        deterministic `GetActions` give, without the batch dict and the log-std columns, for
+        a per-bar caller (paper trading). Call it without grad (e.g. `inference_mode`)."""
+        out = self._pi_head(self.encode_actor(self._flat_obs({Columns.OBS: obs})))
+        return out if self._continuous else out.argmax(dim=-1)
+
     @property
     def fast_acting(self) -> bool:
         """False with `STOCK_ACTING_KEY`: act through RLlib's stock code paths only."""

@@ -507,7 +507,7 @@ class PaperConfig(Section):
     # kill switch (fractions of equity; null = off): flatten the book and halt the session
     max_daily_loss: float | None = Field(None, gt=0, lt=1)
     max_drawdown: float | None = Field(None, gt=0, lt=1)
-    drift_psi: float = Field(0.25, gt=0)  # warn when a feature's PSI vs training exceeds it
+    drift_psi: float = Field(0.25, gt=0)  # warn: a live feature's or action's PSI passes it
     drift_every: int = Field(50, ge=1)  # bars between drift checks
 
 

@@ -20,6 +20,7 @@ import torch
 
 from rl_trading.cli.main import main
 from rl_trading.config import CONFIG_DIR, load_config
+from rl_trading.data.features import FEATURE_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "rl_trading"]
@@ -124,13 +125,14 @@ def test_replay_ends_at_the_backtests_equity_with_the_same_orders(in_ws, tmp_pat
     assert "s1" in capsys.readouterr().out
 
 
-def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path):
-    """The live path (the env rebuilt as each bar arrives, its episode carried over) trades
+def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path, monkeypatch):
+    """The live path (each bar's features and covariance streamed into the env's next
+    placeholder row, the env rebuilt with its episode carried over when they run out) trades
     exactly like the replay's env built once; and an env over a prefix of the bars has the
     same market, feature and risk rows as one over all of them (every array is causal)."""
     from envs import HierarchicalTradingEnv
     from rl_trading.evaluation.backtest import scalers_from
-    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession, SimulatedBroker
     from rl_trading.paper.broker import first_decision_bar
     from rl_trading.paper.loop import make_feed
 
@@ -145,12 +147,22 @@ def test_growing_env_equals_the_prebuilt_one(in_ws, tmp_path):
     np.testing.assert_array_equal(part._feat_all, full._feat_all[:, :k])
 
     n = 40
+    monkeypatch.setattr(SimulatedBroker, "LIVE_ROWS", 12)  # rebuilt now and then too
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
     opts = PaperOptions(session="live", max_bars=first_decision_bar(model.cfg) + n, prebuild=False)
-    res = PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
-    assert res.rebuilds == n  # really rebuilt bar by bar
+    session = PaperSession(model, make_feed(model, "replay"), ledger, opts)
+    res = session.run()
+    assert session.sim.streamed and 2 <= res.rebuilds <= 5  # streamed, not rebuilt per bar
     eq = ledger.equity_of("live")["equity"].to_numpy()
     np.testing.assert_array_equal(eq, in_ws["backtest"].equity[: len(eq)])
+    # the env's market, feature and risk rows written bar by bar are the batch rows
+    live = session.sim.env
+    t = live.book().bar
+    for name in ("_k_market", "_k_cov", "_k_corr", "_k_ann_vol", "_corr_ut"):
+        np.testing.assert_array_equal(
+            getattr(live, name)[: t + 1], getattr(full, name)[: t + 1], err_msg=name
+        )
+    np.testing.assert_array_equal(live._feat_all[:, : t + 1], full._feat_all[:, : t + 1])
 
 
 @pytest.mark.slow
@@ -404,7 +416,7 @@ def test_complete_bars_handles_duplicates_out_of_order_and_partial_rows():
 
 
 def test_drift_statistics():
-    from rl_trading.paper.drift import drifted_features, ks, psi
+    from rl_trading.paper.drift import DriftMonitor, drifted_features, ks, psi
 
     rng = np.random.default_rng(0)
     ref = rng.normal(size=5000)
@@ -415,6 +427,13 @@ def test_drift_statistics():
     live = np.stack([rng.normal(size=500), rng.normal(2.0, 1.0, size=500)], axis=1)
     names = [f for f, _, _ in drifted_features(both, live, ["same", "moved"], 0.25)]
     assert names == ["moved"]
+    # the session's monitor: the same numbers, the live rows arriving in chunks
+    monitor = DriftMonitor(both, ["same", "moved"])
+    for chunk in np.array_split(live, 7):
+        monitor.add(chunk)
+        monitor.drifted(0.25)
+    assert monitor.drifted(0.0) == drifted_features(both, live, ["same", "moved"], 0.0)
+    assert [f for f, _, _ in monitor.drifted(0.25)] == ["moved"]
 
 
 @pytest.mark.slow
@@ -493,3 +512,234 @@ def test_stop_flatten_of_a_running_session(in_ws, tmp_path, capsys):
     assert st["state"] == "stopped" and "flatten" in st["reason"]
     assert st["bars_processed"] == 121
     assert all(abs(u) < 1e-9 for u in st["positions"].values())
+
+
+# ------------------------------------------------------------------------ broker interface
+class RecordingBroker:
+    """A stand-in for a real broker adapter: takes the decisions, reports its own book."""
+
+    def __init__(self, shadow):
+        self.shadow, self.batches, self.cancels = shadow, [], 0
+
+    def submit(self, batch):
+        self.batches.append(batch)
+
+    def cancel(self):
+        self.cancels += 1
+
+    def positions(self):
+        return {s: 1.0 for s in self.shadow.symbols}
+
+    def cash(self):
+        return 123.0
+
+
+def test_an_injected_broker_gets_every_decision_and_reports_the_book(in_ws, tmp_path, capsys):
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import Broker, first_decision_bar
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    made = []
+
+    def factory(shadow):
+        made.append(RecordingBroker(shadow))
+        return made[0]
+
+    opts = PaperOptions(session="inj", max_bars=first_decision_bar(model.cfg) + 30)
+    res = PaperSession(model, make_feed(model, "replay"), ledger, opts, broker=factory).run()
+    broker = made[0]
+    assert isinstance(broker, Broker)
+    decisions = ledger.decisions_of("inj")
+    assert [b.bar for b in broker.batches] == sorted(decisions)
+    assert [b.actions for b in broker.batches] == [decisions[t] for t in sorted(decisions)]
+    # the session row reports the broker's book; equity and orders are the shadow's
+    assert res.status["positions"] == {s: 1.0 for s in model.symbols}
+    assert res.status["cash"] == 123.0
+    eq = ledger.equity_of("inj")["equity"].to_numpy()
+    np.testing.assert_allclose(eq, in_ws["backtest"].equity[: len(eq)], rtol=1e-9)
+    # a class is a factory too; an object without the four methods is refused
+    made_by_class = PaperSession(model, make_feed(model, "replay"), ledger,
+                                 PaperOptions("cls"), broker=RecordingBroker)  # fmt: skip
+    assert isinstance(made_by_class.broker, RecordingBroker)
+    with pytest.raises(Exception, match="not a paper Broker"):
+        PaperSession(model, make_feed(model, "replay"), ledger, PaperOptions("no"),
+                     broker=lambda shadow: object())  # fmt: skip
+    # a bad --broker path is one line before anything trades
+    db = f"sqlite:///{tmp_path / 'l.db'}"
+    args = ["paper", "run", "--model", in_ws["name"], "--db", db, "--session"]
+    for i, spec in enumerate(["no_such_module_xyz:make", "json:no_such_factory", "json",
+                              "json:dumps"]):  # fmt: skip
+        err = _one_line_error(capsys, [*args, f"bad{i}", "--broker", spec])
+        assert "broker" in err, err
+        assert ledger.session(f"bad{i}") is None or ledger.session(f"bad{i}")["bars_processed"] == 0
+
+
+def test_the_broker_reads_the_env_through_its_public_book(in_ws):
+    """The paper package uses no private env state: `book()`, `flat_actions()`,
+    `step(absolute=True)` and `adopt_episode` are the env's public face."""
+    import re
+
+    from envs import HierarchicalTradingEnv
+    from rl_trading.evaluation.backtest import scalers_from
+    from rl_trading.paper.loop import make_feed
+
+    for path in (REPO / "rl_trading" / "paper").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"env\._|_k_[a-z]", text), f"{path.name} reads private env state"
+    model = _resolved(in_ws["name"])
+    bars = make_feed(model, "replay").history
+    env = HierarchicalTradingEnv(model.cfg, bars=bars, mode="joint", eval_mode=True,
+                                 scalers=scalers_from(model.bundle.preprocessing))  # fmt: skip
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        env.step({a: rng.uniform(0, 1, env.action_space(a).shape) for a in env.possible_agents})
+    book, summary = env.book(), env.episode_summary()
+    assert book.equity == summary["equity"][-1]
+    np.testing.assert_array_equal(book.exposures, summary["exposures"][-1])
+    assert book.bar == env.first_bar + 15 and np.any(book.units != 0.0)
+    env.step(env.flat_actions(), absolute=True)
+    assert np.all(env.book().units == 0.0) and np.all(env.book().targets == 0.0)
+
+
+def test_action_matrix_layout():
+    from rl_trading.paper.drift import action_matrix
+
+    decisions = [{"a": [0.1], "meta": [0.2, 0.8]}, {"a": [-0.5], "meta": [1.0, 0.0]}]
+    names, rows = action_matrix(decisions, ["a", "meta"])
+    assert names == ["a", "meta[0]", "meta[1]"]
+    np.testing.assert_array_equal(rows, [[0.1, 0.2, 0.8], [-0.5, 1.0, 0.0]])
+
+
+@pytest.mark.slow
+def test_action_drift_warns_when_live_actions_part_from_validation(in_ws, tmp_path):
+    """The policy's own actions on its validation bars do not warn; a policy that acts
+    unlike its validation self (here: stuck at one action) does."""
+    from rl_trading.evaluation.backtest import PolicyBundle
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.loop import make_feed
+
+    class Stuck:
+        def act(self, obs):
+            return np.full((len(obs), 1), 0.9, dtype=np.float32)
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    same = PaperSession(model, make_feed(model, "replay", split="val"), ledger,
+                        PaperOptions("same"))  # fmt: skip
+    # one check, at the last bar: the live actions are the validation actions
+    model.cfg.paper.drift_every = len(same._validation_actions()) + 1
+    same.run()
+    kinds = [e["kind"] for e in same.ledger.events_of("same")]
+    assert "action_drift" not in kinds, ledger.events_of("same")
+    model.cfg.paper.drift_every = 30
+    session = PaperSession(model, make_feed(model, "replay"), ledger, PaperOptions("stuck"))
+    modules = dict(session.policy.modules)
+    modules.update({p: Stuck() for p in modules if p != "meta"})
+    session.policy = PolicyBundle(modules, session.policy.preprocessing)
+    session.run()
+    drift = [e for e in ledger.events_of("stuck") if e["kind"] == "action_drift"]
+    assert drift and "specialist_" in drift[0]["message"] and "PSI" in drift[0]["message"]
+
+
+# ----------------------------------------------------------------------- streamed arrays
+def test_streamed_features_and_covariance_equal_the_batch_bit_for_bit():
+    """The live path's O(1) twins: `MarketStream` rows are `prepare_instrument`'s (pandas
+    rolling / EMA kernels, the scaler), flat prices and zero volume included, and
+    `RollingCovariance` rows are `rolling_covariance`'s."""
+    from envs.common import prepare_instrument
+    from envs.risk import RollingCovariance, rolling_covariance
+    from rl_trading.data import synthetic_market
+    from rl_trading.paper.incremental import MarketStream
+
+    syms = ["A", "B", "C"]
+    market = synthetic_market(syms, n_bars=1500, seed=3, timeframe="1d")
+    flat = market["B"].copy()
+    flat.iloc[500:540, :4] = flat.iloc[500]["close"]  # a halted stretch
+    flat.iloc[600:700, 4] = 0.0  # no volume
+    market["B"] = flat
+    scalers = [prepare_instrument(market[s].iloc[:400], None, s).scaler for s in syms]
+    ohlcv = np.stack(
+        [market[s][["open", "high", "low", "close", "volume"]].to_numpy() for s in syms], axis=1
+    )
+    stream = MarketStream(scalers)
+    rows = np.stack([stream.push(bar) for bar in ohlcv], axis=1)
+    for i, (sym, scaler) in enumerate(zip(syms, scalers, strict=True)):
+        np.testing.assert_array_equal(rows[i], prepare_instrument(market[sym], scaler).features)
+    close = ohlcv[:, :, 3]
+    rets = np.zeros_like(close)
+    rets[1:] = close[1:] / close[:-1] - 1.0
+    cov = RollingCovariance(len(syms), 60)
+    np.testing.assert_array_equal(np.stack([cov.push(r) for r in rets]),
+                                  rolling_covariance(rets, 60))  # fmt: skip
+
+
+def test_torch_policy_acts_like_the_backtest(in_ws):
+    """The paper path's direct forward gives the backtest's actions (compute_actions)."""
+    from policies import compute_actions
+    from rl_trading.paper.model import TorchPolicy
+
+    model = _resolved(in_ws["name"])
+    rng = np.random.default_rng(0)
+    for pid, module in model.bundle.modules.items():
+        policy = TorchPolicy(module)
+        obs = rng.normal(0.0, 3.0, (7, module.observation_space.shape[0])).astype(np.float32)
+        assert policy.direct, pid
+        np.testing.assert_array_equal(policy.act(obs), compute_actions(module, obs))
+
+
+def test_a_live_session_resumes_through_the_streams(in_ws, tmp_path):
+    """A live-feed session stopped and run again restores its bars through the streamed
+    path (the recorded decisions re-applied) and goes on exactly as the backtest."""
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import first_decision_bar
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    first = first_decision_bar(model.cfg)
+    opts = PaperOptions("lr", max_bars=first + 15, prebuild=False)
+    PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    again = PaperSession(model, make_feed(model, "replay"), ledger,
+                         PaperOptions("lr", max_bars=20, prebuild=False))  # fmt: skip
+    res = again.run()
+    assert again.sim.streamed and res.status["bars_processed"] == first + 35
+    eq = ledger.equity_of("lr")["equity"].to_numpy()
+    assert len(eq) == 35  # the first decision bar and 34 more
+    np.testing.assert_array_equal(eq, in_ws["backtest"].equity[: len(eq)])
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [[], ["env.vol_target=0.15", "env.benchmark=vol_target"], ["env.cross_sectional=true"]],
+)
+def test_set_bar_writes_the_rows_a_batch_env_has(sets):
+    """`HierarchicalTradingEnv.set_bar` over placeholder rows gives every kernel array the
+    rows an env built over the real bars has (vol-targeted sizes and a benchmark included)."""
+    from envs import HierarchicalTradingEnv
+    from rl_trading.data import synthetic_market
+    from rl_trading.paper.broker import _padded
+
+    cfg = load_config(CONFIG_DIR / "quickstart.yaml", ["data.symbols=[A, B, C]", *sets])
+    bars = synthetic_market(["A", "B", "C"], n_bars=400, seed=1, timeframe="1d")
+    full = HierarchicalTradingEnv(cfg, bars=bars, mode="joint", eval_mode=True)
+    k = 300
+    live = HierarchicalTradingEnv(cfg, bars=_padded({s: f.iloc[:k] for s, f in bars.items()}, 60),
+                                  mode="joint", eval_mode=True, scalers=full.scalers)  # fmt: skip
+    live.reset(seed=0)
+    for t in range(k, k + 50):
+        ohlc = np.stack([bars[s][["open", "high", "low", "close"]].to_numpy()[t] for s in bars])
+        own = full._feat_all[:, t, : len(FEATURE_COLUMNS)]  # cross-sectional gaps: set_bar's
+        live.set_bar(t, ohlc, np.ones(3, bool), own, full._k_cov[t])
+    end = k + 50
+    for name in ("_k_market", "_k_cov", "_k_corr", "_k_ann_vol", "_corr_ut", "_k_feat"):
+        a, b = getattr(live, name), getattr(full, name)
+        if name == "_k_feat":
+            a, b = a.reshape(3, live.n_bars, -1)[:, :end], b.reshape(3, full.n_bars, -1)[:, :end]
+        else:
+            a, b = a[:end], b[:end]
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    with pytest.raises(ValueError):
+        live.set_bar(live.book().bar, ohlc, np.ones(3, bool), own, full._k_cov[0])

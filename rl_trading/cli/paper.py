@@ -59,6 +59,14 @@ def run_command(
         Path | None,
         typer.Option("--onnx", help="Act with exported policies: DIR/<policy id>.onnx each."),
     ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            help="Broker adapter module:factory, given the simulated book (default: "
+            "the simulated broker).",
+        ),
+    ] = None,
     report: Annotated[
         bool,
         typer.Option(
@@ -80,9 +88,11 @@ def run_command(
         PaperSession,
         resolve_model,
     )
+    from rl_trading.paper.broker import load_broker_factory  # heavy: numba, sqlalchemy
     from rl_trading.paper.loop import make_feed  # heavy: numba, sqlalchemy
     from rl_trading.paper.report import write_report  # heavy: numba, sqlalchemy
 
+    factory = load_broker_factory(broker) if broker else None  # a bad path: one line, now
     resolved = resolve_model(model, config, sets, onnx=onnx)
     feed = make_feed(
         resolved, source, split=split, start=start, end=end, path=data, db=db, speed=speed
@@ -97,7 +107,7 @@ def run_command(
         max_drawdown=max_drawdown,
         max_bars=max_bars,
     )
-    result = PaperSession(resolved, feed, ledger, opts).run()
+    result = PaperSession(resolved, feed, ledger, opts, broker=factory).run()
     status = result.status
     info = {}
     if report and not dry_run:

@@ -15,10 +15,12 @@ all the loop ever processes. How real-feed faults are handled (docs/paper_tradin
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
 from rl_trading.data import read_bars
@@ -53,17 +55,28 @@ def complete_bars(
     complete). A trailing incomplete timestamp is kept back: its other rows may still come."""
     if any(s not in frames or frames[s].empty for s in symbols):
         return [], []
-    stamps = sorted(set().union(*(frames[s].index for s in symbols)))
-    have = {s: set(frames[s].index) for s in symbols}
-    full = [ts for ts in stamps if all(ts in have[s] for s in symbols)]
-    if not full:
+    indexes = [frames[s].index.unique() for s in symbols]  # index operations: no per-row
+    stamps = indexes[0]  # Timestamp objects on a long replay
+    for other in indexes[1:]:
+        stamps = stamps.union(other)
+    stamps = stamps.sort_values()
+    whole = np.logical_and.reduce([stamps.isin(i) for i in indexes])
+    if not whole.any():
         return [], []
-    last = full[-1]
-    kept = set(full)
-    dropped = [ts for ts in stamps if ts < last and ts not in kept]
-    index = pd.DatetimeIndex(full)
-    records = {s: frames[s].loc[index].to_dict("records") for s in symbols}
+    index = stamps[whole]
+    last = index[-1]
+    dropped = list(stamps[~whole & (stamps < last)])
+    full = list(index)
+    records = {s: _records(frames[s].loc[index]) for s in symbols}
     return [(ts, {s: records[s][i] for s in symbols}) for i, ts in enumerate(full)], dropped
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """`frame.to_dict("records")` (Python scalars), column by column: several times faster
+    on a long replay."""
+    cols = list(frame.columns)
+    values = zip(*(frame[c].tolist() for c in cols), strict=True)
+    return [dict(zip(cols, row, strict=True)) for row in values]
 
 
 def check_timeframe(frames: dict[str, pd.DataFrame], timeframe: str, label: str) -> None:
@@ -82,9 +95,13 @@ def check_timeframe(frames: dict[str, pd.DataFrame], timeframe: str, label: str)
 
 def is_gap(prev: pd.Timestamp, ts: pd.Timestamp, timeframe: str) -> bool:
     """More than one bar between `prev` and `ts` (daily bars: more than a long weekend)."""
+    return (ts - prev) > _gap_limit(timeframe)
+
+
+@functools.lru_cache(maxsize=16)
+def _gap_limit(timeframe: str) -> pd.Timedelta:
     delta = timeframe_delta(timeframe)
-    limit = delta * 4 if delta >= pd.Timedelta(days=1) else delta * 1.5
-    return (ts - prev) > limit
+    return delta * 4 if delta >= pd.Timedelta(days=1) else delta * 1.5
 
 
 class ReplayFeed:

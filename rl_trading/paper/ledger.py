@@ -149,6 +149,15 @@ class Ledger:
             sa.Column("message", sa.Text, nullable=False),
         )
         self._meta = meta
+        self._last_ts: tuple[Any, Any] | None = None
+        # statements built once: a bar's writes bind parameters to them (the per-bar cost of
+        # building and caching a statement is gone); SET columns come from the parameters
+        self._update_session = self.sessions.update().where(
+            self.sessions.c.name == sa.bindparam("_name")
+        )
+        self._stop_request = sa.select(self.sessions.c.stop_request).where(
+            self.sessions.c.name == sa.bindparam("_name")
+        )
         if self.dialect == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_wal)
         try:
@@ -158,7 +167,16 @@ class Ledger:
 
     # ------------------------------------------------------------------------------ helpers
     def _ts(self, ts: pd.Timestamp) -> Any:
-        """A timestamp as the store keeps it (naive UTC in SQLite, aware elsewhere)."""
+        """A timestamp as the store keeps it (naive UTC in SQLite, aware elsewhere); the last
+        conversion is kept (a bar's writes convert its timestamp several times)."""
+        last = self._last_ts
+        if last is not None and last[0] is ts:
+            return last[1]
+        value = self._convert_ts(ts)
+        self._last_ts = (ts, value)
+        return value
+
+    def _convert_ts(self, ts: pd.Timestamp) -> Any:
         ts = pd.Timestamp(ts)
         utc = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
         return (utc.tz_localize(None) if self.dialect == "sqlite" else utc).to_pydatetime()
@@ -270,12 +288,9 @@ class Ledger:
 
     def heartbeat(self, name: str) -> str | None:
         """Touch the owner's heartbeat; returns a pending stop request ('stop' / 'flatten')."""
-        tbl = self.sessions
         with self.begin() as conn:
-            conn.execute(tbl.update().where(tbl.c.name == name).values(heartbeat=_now()))
-            return conn.execute(
-                sa.select(tbl.c.stop_request).where(tbl.c.name == name)
-            ).scalar_one_or_none()
+            conn.execute(self._update_session, {"_name": name, "heartbeat": _now()})
+            return conn.execute(self._stop_request, {"_name": name}).scalar_one_or_none()
 
     def request_stop(self, name: str, flatten: bool) -> dict[str, Any]:
         """Ask a running session to stop (its loop does it at the next poll); a session with
@@ -376,9 +391,9 @@ class Ledger:
         }  # fmt: skip
         if conn is None:
             with self.begin() as own:
-                own.execute(self.events.insert().values(**values))
+                own.execute(self.events.insert(), values)
         else:
-            conn.execute(self.events.insert().values(**values))
+            conn.execute(self.events.insert(), values)
 
     def write_bar(self, conn: sa.Connection, name: str, ts: pd.Timestamp,
                   bars: dict[str, dict[str, Any]]) -> None:  # fmt: skip
@@ -396,9 +411,8 @@ class Ledger:
     def write_decision(self, conn: sa.Connection, name: str, ts: pd.Timestamp,
                        actions: dict[str, list[float]]) -> None:  # fmt: skip
         conn.execute(
-            self.decisions.insert().values(
-                session=name, ts=self._ts(ts), actions=json.dumps(actions)
-            )
+            self.decisions.insert(),
+            {"session": name, "ts": self._ts(ts), "actions": json.dumps(actions)},
         )
 
     def replace_decision(
@@ -428,22 +442,17 @@ class Ledger:
                      cash: float, drawdown: float, exposures: list[float],
                      latency_ms: float) -> None:  # fmt: skip
         conn.execute(
-            self.equity.insert().values(
-                session=name,
-                ts=self._ts(ts),
-                equity=equity,
-                cash=cash,
-                drawdown=drawdown,
-                exposures=json.dumps(exposures),
-                latency_ms=latency_ms,
-            )  # fmt: skip
-        )
+            self.equity.insert(),
+            {"session": name, "ts": self._ts(ts), "equity": equity, "cash": cash,
+             "drawdown": drawdown, "exposures": json.dumps(exposures),
+             "latency_ms": latency_ms},
+        )  # fmt: skip
 
     def update_session(self, conn: sa.Connection, name: str, **values: Any) -> None:
         if "last_bar" in values and values["last_bar"] is not None:
             values["last_bar"] = self._ts(values["last_bar"])
         values["updated"] = values["heartbeat"] = _now()
-        conn.execute(self.sessions.update().where(self.sessions.c.name == name).values(**values))
+        conn.execute(self._update_session, {"_name": name, **values})
 
     def status(self, name: str) -> dict[str, Any]:
         """The session as one JSON-able dict: equity, cash, positions, orders, bars, state."""

@@ -3,8 +3,9 @@ simulated broker fills with the env's own rules, the ledger records each bar ato
 
 Per new whole bar t (feeds.complete_bars), in order:
 
-1. the bar joins the history; the broker's env grows to hold it (features causal, the
-   model's stored scalers and window);
+1. the bar joins the broker's env (features causal, the model's stored scalers and window;
+   on a live feed streamed in O(1) into the env's next placeholder row, see
+   `SimulatedBroker`);
 2. the decision of bar t-1 fills at t's open and is marked at t's close (envs.engine via the
    env's step), unless t is the first decision bar (the book opens flat there);
 3. the policy acts on the observation of bar t, built by the env exactly as in training
@@ -12,10 +13,13 @@ Per new whole bar t (feeds.complete_bars), in order:
    to the broker, to fill at bar t+1;
 4. one transaction writes the bar, its fills, its decision, its equity and the session row.
 
-A restart reads the ledger, rebuilds the env over the recorded bars and re-applies the
-recorded decisions (no policy call, no write), checks it lands on the recorded equity, and
-goes on with the first bar after the last recorded one: a bar is in the ledger whole or not
-at all, so nothing is doubled or lost.
+An injected broker (`broker=`: any `Broker`) gets each decision too; the simulated broker
+stays the shadow book that builds the observations and fills by the env's rules.
+
+A restart reads the ledger, feeds the recorded bars through the same path and re-applies
+the recorded decisions (no policy call, no write, nothing to an injected broker), checks it
+lands on the recorded equity, and goes on with the first bar after the last recorded one: a
+bar is in the ledger whole or not at all, so nothing is doubled or lost.
 """
 
 from __future__ import annotations
@@ -32,14 +36,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from envs import HierarchicalTradingEnv
 from envs.common import prepare_instrument
 from envs.hierarchical_env import META
 from rl_trading.data.features import FEATURE_COLUMNS, WARMUP_BARS
 from rl_trading.errors import ConfigError, DataError, RLTradingError
 from rl_trading.evaluation.backtest import hierarchy_actions, scalers_from
 from rl_trading.evaluation.selection import select_bars
-from rl_trading.paper.broker import OrderBatch, SimulatedBroker, first_decision_bar
-from rl_trading.paper.drift import drifted_features
+from rl_trading.paper.broker import (
+    FLATTEN,
+    Broker,
+    OrderBatch,
+    SimulatedBroker,
+    first_decision_bar,
+    make_broker,
+)
+from rl_trading.paper.drift import DriftMonitor, action_matrix
 from rl_trading.paper.feeds import (
     Feed,
     FileFeed,
@@ -50,7 +62,7 @@ from rl_trading.paper.feeds import (
     is_gap,
 )
 from rl_trading.paper.ledger import Ledger
-from rl_trading.paper.model import ResolvedModel
+from rl_trading.paper.model import ResolvedModel, acting_bundle
 from rl_trading.supervised.signals import observed_market
 
 log = logging.getLogger("rl_trading.paper")
@@ -109,6 +121,7 @@ class PaperSession:
         ledger: Ledger,
         options: PaperOptions,
         on_bar: Callable[[dict[str, Any]], None] | None = None,
+        broker: Broker | Callable[[SimulatedBroker], Broker] | None = None,
     ) -> None:
         self.model, self.feed, self.ledger, self.opts = model, feed, ledger, options
         pc = model.cfg.paper
@@ -129,14 +142,22 @@ class PaperSession:
                 "training scalers (register it with `rl-trading models register`)"
             )
         scalers = {s: scalers.get(s) or scalers.get("*") for s in self.symbols}
-        self.broker = SimulatedBroker(model.cfg, mode, scalers, self.symbols)
-        self.history: dict[str, list[dict[str, Any]]] = {s: [] for s in self.symbols}
+        # the simulated book always runs: it builds the observations and fills by the env's
+        # rules; an injected broker gets the same decisions (docs/paper_trading.md)
+        self.sim = SimulatedBroker(model.cfg, mode, scalers, self.symbols)
+        self.broker: Broker = self.sim if broker is None else make_broker(broker, self.sim)
+        self.policy = acting_bundle(model.bundle)
         self.stamps: list[pd.Timestamp] = []
         self.state = "running"
         self.peak = self.day_start = float(model.cfg.env.initial_capital)
         self.day: str | None = None
         self.halt_after_fill: str | None = None  # reason: flatten, then halt / stop
-        self._drift_ref: np.ndarray | None = None  # scaled training features (lazy)
+        # drift: live samples since the last check, and the monitors (built at the first)
+        self._live_features: list[np.ndarray] = []  # (n, features) seen live, per bar
+        self._live_actions: list[dict[str, list[float]]] = []  # the policy's decisions
+        self._feature_drift: DriftMonitor | None = None
+        self._action_drift: DriftMonitor | None = None
+        self._drift_off: set[str] = set()
         self._decisions = 0
 
     # ------------------------------------------------------------------------ validation
@@ -158,26 +179,21 @@ class PaperSession:
                         self.model.timeframe, f"the {self.feed.name} feed")  # fmt: skip
 
     # -------------------------------------------------------------------------- history
-    def _bars(self) -> dict[str, pd.DataFrame]:
-        idx = pd.DatetimeIndex(self.stamps, name="timestamp")
-        out = {}
-        for s in self.symbols:
-            frame = pd.DataFrame(self.history[s])
-            frame.index = idx
-            out[s] = frame
-        return out
+    @property
+    def _prebuilt(self) -> bool:
+        return isinstance(self.feed, ReplayFeed) and self.opts.prebuild
 
     def _grow(self) -> None:
-        if isinstance(self.feed, ReplayFeed) and self.opts.prebuild:
-            self.broker.ensure(self.feed.history, full=True)
+        if self._prebuilt:
+            self.sim.ensure(self.feed.history, full=True)
         else:
-            self.broker.ensure(self._bars())
+            self.sim.ensure_live()
 
     def _act(self, obs: dict[str, np.ndarray], ts: pd.Timestamp) -> OrderBatch:
         if self.halt_after_fill is not None:
-            actions = self.broker.flat_actions()
+            actions = self.sim.flat_actions()
         else:
-            raw = hierarchy_actions(self.model.bundle, self.broker.env.possible_agents, obs)
+            raw = hierarchy_actions(self.policy, self.sim.env.possible_agents, obs)
             actions = _to_lists(raw)
         return OrderBatch(ts, actions)
 
@@ -191,23 +207,46 @@ class PaperSession:
         (restart) instead of asking the policy."""
         k = len(self.stamps)
         self.stamps.append(ts)
-        for s in self.symbols:
-            self.history[s].append(row[s])
-        first = self.broker.first_bar
+        if not self._prebuilt:
+            self.sim.add_bar(ts, row)
+        first = self.sim.first_bar
         if k < first:
             return [], None
         self._grow()
-        if k != self.broker.env.first_bar and first != self.broker.env.first_bar:
+        if k != self.sim.env.first_bar and first != self.sim.env.first_bar:
             raise DataError("internal: first decision bar disagrees with the env")
         if k == first:
-            obs, fills = self.broker.start(), []
+            obs, fills = self.sim.start(), []
         else:
-            obs, fills = self.broker.execute(ts)
-        if not self.broker.env.agents:  # the end of a whole replay: nothing left to fill
+            obs, fills = self.sim.execute(ts)
+        if not self.sim.env.agents:  # the end of a whole replay: nothing left to fill
             return fills, None
-        batch = OrderBatch(ts, decision) if decision is not None else self._act(obs, ts)
-        self.broker.submit(batch)
+        if decision is not None:  # a restart: the broker had this decision already
+            batch = OrderBatch(ts, decision)
+            self.sim.submit(batch)
+        else:
+            batch = self._act(obs, ts)
+            self._submit(batch)
+        self._observe(obs, batch)
         return fills, batch
+
+    def _observe(self, obs: dict[str, np.ndarray], batch: OrderBatch) -> None:
+        """Keep the bar's scaled features (the last row of each specialist's window, as the
+        policy saw them) and the policy's decision (not a flat one) for the drift checks."""
+        layout = self.sim.env.obs_layout()
+        lo = (layout["window_size"] - 1) * layout["n_features"]
+        n_feat = len(FEATURE_COLUMNS)
+        self._live_features.append(
+            np.stack([obs[a][lo : lo + n_feat] for a in self.sim.env.specialists])
+        )
+        if FLATTEN not in batch.actions:
+            self._live_actions.append(batch.actions)
+
+    def _submit(self, batch: OrderBatch) -> None:
+        """The decision to the simulated book and, when one is injected, the broker."""
+        self.sim.submit(batch)
+        if self.broker is not self.sim:
+            self.broker.submit(batch)
 
     # --------------------------------------------------------------------------- restart
     def restore(self) -> int:
@@ -234,10 +273,10 @@ class PaperSession:
             if batch is not None and ts not in decisions:
                 raise LedgerMismatch(f"paper session '{self.name}': no decision recorded at {ts}")
         recorded = row.get("equity")
-        if recorded is not None and not math.isclose(self.broker.equity(), recorded, rel_tol=1e-9):
+        if recorded is not None and not math.isclose(self.sim.equity(), recorded, rel_tol=1e-9):
             raise LedgerMismatch(
                 f"paper session '{self.name}': the recorded bars replay to equity "
-                f"{self.broker.equity():.6f}, the ledger says {recorded:.6f}"
+                f"{self.sim.equity():.6f}, the ledger says {recorded:.6f}"
             )
         self.peak = float(row.get("peak") or self.peak)
         self.day = row.get("day")
@@ -252,8 +291,8 @@ class PaperSession:
         prev = self.stamps[-1] if self.stamps else None
         fills, batch = self._advance(ts, row, None)
         k = len(self.stamps) - 1
-        started = k >= self.broker.first_bar
-        equity = self.broker.equity()
+        started = k >= self.sim.first_bar
+        equity = self.sim.equity()
         events: list[tuple[str, str]] = []
         if prev is not None and is_gap(prev, ts, self.model.timeframe):
             events.append(("gap", f"gap: {prev} -> {ts}; processed as the next bar"))
@@ -268,7 +307,7 @@ class PaperSession:
                 events += self._drift_check()
         self._last_equity = equity
         if self.halt_after_fill is not None and batch is not None:
-            batch = self.broker._pending  # the flat decision that replaced the policy's
+            batch = self.sim.pending  # the flat decision that replaced the policy's
         latency = (time.perf_counter() - t0) * 1e3
         with self.ledger.begin() as conn:
             lg = self.ledger
@@ -278,8 +317,8 @@ class PaperSession:
                 lg.write_decision(conn, self.name, ts, batch.actions)
             drawdown = 1.0 - equity / self.peak if self.peak > 0 else 0.0
             if started:
-                lg.write_equity(conn, self.name, ts, equity, self.broker.cash(), drawdown,
-                                self.broker.exposures(), latency)  # fmt: skip
+                lg.write_equity(conn, self.name, ts, equity, self.sim.cash(), drawdown,
+                                self.sim.exposures(), latency)  # fmt: skip
             for kind, message in events:
                 lg.event(conn, self.name, kind, message, ts)
             lg.update_session(
@@ -315,42 +354,82 @@ class PaperSession:
 
     def _drift_check(self) -> list[tuple[str, str]]:
         """PSI / KS of the scaled features seen live against the training split's (pooled
-        over instruments); an event naming the features past `paper.drift_psi`."""
-        env = self.broker.env
-        if self._drift_ref is None:
+        over instruments), and of the policy's live actions against its actions on the
+        validation split (per agent and component): an event naming what passes
+        `paper.drift_psi` (`drift` for features, `action_drift` for actions). The
+        references are read at the first check; a check costs the same however long the
+        session (`DriftMonitor`)."""
+        limit = self.model.cfg.paper.drift_psi
+        events: list[tuple[str, str]] = []
+        if self._feature_drift is None and "features" not in self._drift_off:
             try:
-                self._drift_ref = self._training_features()
+                ref = self._training_features()
+                self._feature_drift = DriftMonitor(ref, list(FEATURE_COLUMNS))
             except RLTradingError as exc:
-                self._drift_ref = np.zeros((0, 0))
-                return [("drift", f"drift check off: no training bars ({exc})")]
-        if self._drift_ref.size == 0:
-            return []
-        n_feat = len(FEATURE_COLUMNS)
-        live = env._feat_all[:, env.first_bar : env._t + 1, :n_feat].reshape(-1, n_feat)
-        found = drifted_features(
-            self._drift_ref, live, list(FEATURE_COLUMNS), self.model.cfg.paper.drift_psi
-        )
-        if not found:
-            return []
-        worst = ", ".join(f"{f} (PSI {p:.2f}, KS {k:.2f})" for f, p, k in found[:4])
-        return [("drift", f"live features drift from training: {worst}")]
+                self._drift_off.add("features")
+                events.append(("drift", f"drift check off: no training bars ({exc})"))
+        if self._feature_drift is not None:
+            for rows in self._live_features:
+                self._feature_drift.add(rows)
+            found = self._feature_drift.drifted(limit)
+            if found:
+                worst = ", ".join(f"{f} (PSI {p:.2f}, KS {k:.2f})" for f, p, k in found[:4])
+                events.append(("drift", f"live features drift from training: {worst}"))
+        self._live_features = []
+        agents = self.sim.env.possible_agents
+        if self._action_drift is None and "actions" not in self._drift_off:
+            try:
+                names, ref = action_matrix(self._validation_actions(), agents)
+                self._action_drift = DriftMonitor(ref, names)
+            except RLTradingError as exc:
+                self._drift_off.add("actions")
+                events.append(("drift", f"action drift check off: no validation bars ({exc})"))
+        if self._action_drift is not None and self._live_actions:
+            self._action_drift.add(action_matrix(self._live_actions, agents)[1])
+            found = self._action_drift.drifted(limit)
+            if found:
+                worst = ", ".join(f"{f} (PSI {p:.2f}, KS {k:.2f})" for f, p, k in found[:4])
+                events.append(("action_drift", f"live actions drift from validation: {worst}"))
+        self._live_actions = []
+        return events
 
     def _training_features(self) -> np.ndarray:
+        """The training split's scaled features (every instrument, after the warm-up)."""
         train, _, _ = select_bars(self.model.cfg, None, "train")
         rows = [
-            prepare_instrument(train[s], self.broker.scalers[s], s).features[
+            prepare_instrument(train[s], self.sim.scalers[s], s).features[
                 WARMUP_BARS:, : len(FEATURE_COLUMNS)
             ]
             for s in self.symbols
         ]
         return np.concatenate(rows, axis=0)
 
+    def _validation_actions(self) -> list[dict[str, list[float]]]:
+        """The registered policy's decisions over the validation split, acted as its
+        backtest acts."""
+        cfg = self.model.cfg
+        val, _, _ = select_bars(cfg, None, "val")
+        env = HierarchicalTradingEnv(
+            cfg, bars={s: val[s] for s in self.symbols}, mode=self.sim.mode, eval_mode=True,
+            scalers=self.sim.scalers,
+        )  # fmt: skip
+        reference = acting_bundle(self.model.bundle)
+        obs, _ = env.reset(seed=cfg.seed)
+        decisions = []
+        while env.agents:
+            actions = _to_lists(hierarchy_actions(reference, env.possible_agents, obs))
+            decisions.append(actions)
+            obs, *_ = env.step(actions)
+        return decisions
+
     def _flatten(self, reason: str, final: str) -> None:
         """Replace the pending decision by a flat one; halt after it fills."""
         self.halt_after_fill = reason
         self.final_state = final
-        if self.broker.env is not None and self.broker.env.agents:
-            self.broker.submit(OrderBatch(self.stamps[-1], self.broker.flat_actions()))
+        if self.sim.env is not None and self.sim.env.agents:
+            if self.broker is not self.sim:
+                self.broker.cancel()
+            self._submit(OrderBatch(self.stamps[-1], self.sim.flat_actions()))
 
     # ------------------------------------------------------------------------------ run
     def run(self) -> SessionResult:
@@ -392,10 +471,10 @@ class PaperSession:
                 if request == "flatten" and self.halt_after_fill is None:
                     self._flatten("stopped by `paper stop --flatten`", "stopped")
                     flattening_bars = 0  # halt after the next bar (the flat fill)
-                    if self.broker.env is None or not self.broker.env.agents:
+                    if self.sim.env is None or not self.sim.env.agents:
                         return self._result("stopped", self.halt_after_fill, new, latencies)
                     # the recorded decision of the last bar is now the flat one
-                    lg.replace_decision(self.name, self.stamps[-1], self.broker._pending.actions)
+                    lg.replace_decision(self.name, self.stamps[-1], self.sim.pending.actions)
                     lg.event(None, self.name, "stop", "flatten requested: flat at the next open")
                 if not bars:
                     idle = time.monotonic() - last_new
@@ -420,7 +499,7 @@ class PaperSession:
     def _result(self, state: str, reason: str, new: int, lat: list[float]) -> SessionResult:
         self.ledger.release(self.name, state, reason)
         status = self.ledger.status(self.name)
-        return SessionResult(status, new, lat, self.broker.rebuilds)
+        return SessionResult(status, new, lat, self.sim.rebuilds)
 
 
 def _json(value: Any) -> str:

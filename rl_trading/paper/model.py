@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from policies import compute_actions, to_env_action
+from policies.base import ActorCriticModule
 from rl_trading.artifacts import stored_config
 from rl_trading.config import AppConfig, load_config
 from rl_trading.errors import CheckpointError
@@ -54,6 +57,39 @@ class OnnxPolicy:
 
     def act(self, obs: Any) -> Any:
         return self.session.run(["action"], {"obs": np.asarray(obs, dtype=np.float32)})[0]
+
+
+class TorchPolicy:
+    """One RLModule acting under `torch.inference_mode`, switched to eval mode once (RLlib's
+    `forward_inference` otherwise walks every submodule to eval and back on each call), with
+    no Algorithm and no connector pipeline. The project's actor-critic modules act through
+    their `deterministic_actions` (the actor head on the actor embedding: the same values as
+    their `forward_inference`, without its dict plumbing); any other module through
+    `compute_actions`, as the backtest acts."""
+
+    def __init__(self, module: Any) -> None:
+        module.eval()
+        self.module = module
+        self.space = module.action_space
+        self.direct = (
+            isinstance(module, ActorCriticModule)
+            and type(module)._forward is ActorCriticModule._forward
+            and module.fast_acting
+        )
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            if not self.direct:
+                return compute_actions(self.module, obs)
+            actions = self.module.deterministic_actions(torch.from_numpy(obs))
+        return to_env_action(actions.numpy(), self.space)
+
+
+def acting_bundle(bundle: PolicyBundle) -> PolicyBundle:
+    """`bundle` with every torch module wrapped in `TorchPolicy` (ONNX policies and other
+    objects that `act` themselves are kept): what a paper session acts with."""
+    modules = {pid: m if hasattr(m, "act") else TorchPolicy(m) for pid, m in bundle.modules.items()}
+    return PolicyBundle(modules, bundle.preprocessing, bundle.source)
 
 
 def use_onnx(bundle: PolicyBundle, folder: Path) -> None:
