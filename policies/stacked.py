@@ -107,23 +107,17 @@ def _tower(
     x: torch.Tensor,
     skip: int = 0,
     tanh=torch.tanh,
-    tape: list | None = None,
 ):
-    """Apply the stacked layers of tower `name` (from layer `skip` on) to `x` `[G, B, in]`;
-    `tape`: record each layer's input (linear) or output (tanh) for `stacked_backward`."""
+    """Apply the stacked layers of tower `name` (from layer `skip` on) to `x` `[G, B, in]`."""
     for i, layer in enumerate(getattr(module, name)):
         if i < skip:
             continue
         if isinstance(layer, nn.Linear):
             key = f"{name}.{i}"
             weight, bias = params[f"{key}.weight"], params[f"{key}.bias"]
-            if tape is not None:
-                tape.append((key, weight, x))
             x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
         else:
             x = tanh(x)
-            if tape is not None:
-                tape.append((None, None, x))
     return x
 
 
@@ -136,15 +130,14 @@ def stacked_forward_train(
     modules: Sequence[MLPModule],
     obs: torch.Tensor,
     params: dict[str, torch.Tensor] | None = None,
-    tape: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(action-distribution inputs `[G, B, 2A]`, values `[G, B]`) of G same-shape MLP modules.
 
     `obs` is `[G, B, obs_dim]`; `params` are stacked parameters by name (default: stacked from
     the modules now), optionally with the fused first layer as `"first.weight"` `[G, H, in]`
     and `"first.bias"`. Matches each module's `_forward_train` + `compute_values`: the actor and
-    critic first layers read the same input, so they run as one matmul. `tape` (an empty dict,
-    no autograd): keep the activations `stacked_backward` needs.
+    critic first layers read the same input, so they run as one matmul. The gradient is
+    autograd's.
     """
     p = stack_parameters(modules) if params is None else params
     shape = modules[0]
@@ -153,51 +146,17 @@ def stacked_forward_train(
     else:
         weight = torch.cat([p["_pi_enc.0.weight"], p["_vf_enc.0.weight"]], dim=1)
         bias = torch.cat([p["_pi_enc.0.bias"], p["_vf_enc.0.bias"]], dim=1)
-    tanh = sigmoid_tanh if tape is not None else train_tanh  # no autograd when recording
+    tanh = train_tanh
     hidden = tanh(torch.baddbmm(bias.unsqueeze(1), obs, weight.transpose(1, 2)))
     sizes = [shape._pi_enc[0].out_features, shape._vf_enc[0].out_features]
     pi_x, vf_x = hidden.split(sizes, -1)
-    actor = critic = None
-    if tape is not None:
-        actor, critic = [], []
-        tape.update(obs=obs, hidden=hidden, actor=actor, critic=critic)
-    act = _tower(shape, "_pi_enc", p, pi_x, skip=2, tanh=tanh, tape=actor)
-    mean = _tower(shape, "_pi_head", p, act, tanh=tanh, tape=actor)
-    crit = _tower(shape, "_vf_enc", p, vf_x, skip=2, tanh=tanh, tape=critic)
-    values = _tower(shape, "_vf_head", p, crit, tanh=tanh, tape=critic).squeeze(-1)
+    act = _tower(shape, "_pi_enc", p, pi_x, skip=2, tanh=tanh)
+    mean = _tower(shape, "_pi_head", p, act, tanh=tanh)
+    crit = _tower(shape, "_vf_enc", p, vf_x, skip=2, tanh=tanh)
+    values = _tower(shape, "_vf_head", p, crit, tanh=tanh).squeeze(-1)
     log_std = p["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
     dist_inputs = torch.cat([mean, log_std.unsqueeze(1).expand_as(mean)], dim=-1)
     return dist_inputs, values
-
-
-def _tower_backward(tape: list, grad: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Backward through one recorded tower: weight and bias gradients into `out` (by
-    parameter name), the gradient of the tower's input returned."""
-    for key, weight, saved in reversed(tape):
-        if key is None:  # tanh, `saved` its output
-            grad = torch.ops.aten.tanh_backward(grad, saved)
-            continue
-        out[f"{key}.weight"] = torch.bmm(grad.transpose(1, 2), saved)
-        out[f"{key}.bias"] = grad.sum(1)
-        grad = torch.bmm(grad, weight)
-    return grad
-
-
-def stacked_backward(
-    tape: dict, d_mean: torch.Tensor, d_values: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Gradients of the tower parameters of a `stacked_forward_train(..., tape=)` pass, given
-    the loss's gradients with respect to the action means `[G, B, A]` and the values `[G, B]`:
-    what autograd computes through the same layers (tanh's backward is 1 - y^2, as
-    `_SigmoidTanh`'s). By parameter name, with the fused first layer as `"first.weight"`
-    `[G, H, in]` and `"first.bias"`; `log_std` is the loss's own."""
-    out: dict[str, torch.Tensor] = {}
-    d_pi = _tower_backward(tape["actor"], d_mean, out)
-    d_vf = _tower_backward(tape["critic"], d_values.unsqueeze(-1), out)
-    d_hidden = torch.ops.aten.tanh_backward(torch.cat([d_pi, d_vf], dim=-1), tape["hidden"])
-    out["first.weight"] = torch.bmm(d_hidden.transpose(1, 2), tape["obs"])
-    out["first.bias"] = d_hidden.sum(1)
-    return out
 
 
 class StackedActor:
