@@ -16,14 +16,8 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from policies import model_config_for, module_spec
 from policies.base import GREEDY_KEY, STOCK_ACTING_KEY
 from rl_trading.config import AppConfig
+from rl_trading.training.agent_order import OrderedPPOConfig, OrderedSACConfig
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
-from rl_trading.training.fast.determinism import (
-    env_to_module_agent_order,
-    learner_agent_order,
-)
-from rl_trading.training.fast.determinism import (
-    install as install_agent_order,
-)
 from rl_trading.training.mapping import (
     META,
     PHASE_MODES,
@@ -162,7 +156,6 @@ def build_phase_config(
     Phase 3 gives specialists `phases.specialist_lr` and meta `phases.meta_lr` through
     per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`).
     """
-    install_agent_order()  # the driver's local env runner / learner (see fast/determinism.py)
     phase = phase_number(phase)
     mode = PHASE_MODES[phase]
     sac = cfg.phases.algorithm == "sac"
@@ -175,14 +168,9 @@ def build_phase_config(
     # (gradients are averaged over learners: the update is that of one learner)
     shares = max(1, res.num_learners)
 
-    if sac:
-        from ray.rllib.algorithms.sac import SACConfig
-
-        config: AlgorithmConfig = SACConfig()
-    else:
-        from ray.rllib.algorithms.ppo import PPOConfig
-
-        config = PPOConfig()
+    # RLlib's configs whose connector pipelines order agents independently of the hash seed
+    # (training/agent_order.py)
+    config: AlgorithmConfig = OrderedSACConfig() if sac else OrderedPPOConfig()
 
     config = (
         config.environment(factory.rllib_env_name, env_config=factory.train_config(mode))
@@ -192,13 +180,10 @@ def build_phase_config(
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
             custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
-            # hash-seed independent agent order in every env runner (fast/determinism.py)
-            env_to_module_connector=env_to_module_agent_order,
         )
         .learners(
             num_learners=res.num_learners,
             num_gpus_per_learner=res.num_gpus_per_learner,
-            learner_connector=learner_agent_order,  # ... and in every learner
         )
         # a list, not a set: module build order (torch init draws) must not depend on hash seeds
         .multi_agent(policies=list(pids), policy_mapping_fn=mapping, policies_to_train=trained)

@@ -18,9 +18,7 @@ float32 rounding of the stacked matmuls.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -57,10 +55,10 @@ from ray.rllib.utils.metrics import (
 
 from policies.base import ActorCriticModule
 from policies.stacked import StackedActor, stack_groups
-from rl_trading.training.fast.determinism import AgentOrder
+from rl_trading.training.agent_order import AgentOrder
 from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner, _item_fn
 
-# the connector pieces whose work the fused pass does (RLlib's defaults + our pass-through)
+# the connector pieces whose work the fused pass does (RLlib's defaults + our agent order)
 _ENV_TO_MODULE = (
     AgentOrder,
     AddObservationsFromEpisodesToBatch,
@@ -79,23 +77,6 @@ _MODULE_TO_ENV = (
     NormalizeAndClipActions,
     ListifyDataForVectorEnv,
 )
-
-
-def _skip_validation(self: MultiAgentEpisode) -> None:
-    """Stands in for `MultiAgentEpisode.validate` during one vector step's `add_env_step`s."""
-
-
-@contextlib.contextmanager
-def _deferred_validation() -> Iterator[None]:
-    """RLlib validates the whole episode after every `add_env_step`; within this block that
-    check is skipped (this process's sampling thread is the only user), and the runner
-    validates each episode chunk once when it is returned (`MultiAgentEpisode.validate`)."""
-    own = MultiAgentEpisode.__dict__["validate"]
-    MultiAgentEpisode.validate = _skip_validation
-    try:
-        yield
-    finally:
-        MultiAgentEpisode.validate = own
 
 
 def _pipeline_is(pipeline: Any, allowed: tuple[type, ...]) -> bool:
@@ -331,27 +312,26 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
             observations, rewards, terminateds, truncateds, infos = results
 
             call_on_episode_start = set()
-            with _deferred_validation():
-                for env_index in range(self.num_envs):
-                    episode = self._ongoing_episodes[env_index]
-                    if not episode.is_reset:
-                        episode.add_env_reset(
-                            observations=observations[env_index], infos=infos[env_index]
-                        )
-                        call_on_episode_start.add(env_index)
-                    else:
-                        episode.add_env_step(
-                            observations=observations[env_index],
-                            actions=actions[env_index],
-                            rewards=rewards[env_index],
-                            infos=infos[env_index],
-                            terminateds=terminateds[env_index],
-                            truncateds=truncateds[env_index],
-                            extra_model_outputs=extras[env_index],
-                        )
-                        env_ts += 1
-                        agent_ts += len(observations[env_index])
-                        self._count_step(observations[env_index], episode)
+            for env_index in range(self.num_envs):
+                episode = self._ongoing_episodes[env_index]
+                if not episode.is_reset:
+                    episode.add_env_reset(
+                        observations=observations[env_index], infos=infos[env_index]
+                    )
+                    call_on_episode_start.add(env_index)
+                else:
+                    episode.add_env_step(
+                        observations=observations[env_index],
+                        actions=actions[env_index],
+                        rewards=rewards[env_index],
+                        infos=infos[env_index],
+                        terminateds=terminateds[env_index],
+                        truncateds=truncateds[env_index],
+                        extra_model_outputs=extras[env_index],
+                    )
+                    env_ts += 1
+                    agent_ts += len(observations[env_index])
+                    self._count_step(observations[env_index], episode)
 
             for env_index in range(self.num_envs):
                 if env_index in call_on_episode_start:
