@@ -38,15 +38,14 @@ def stack_signature(module: object) -> Hashable | None:
     Only the project's MLP module with a Gaussian head qualifies: plain Linear/Tanh towers
     (actor, critic, both heads) and a state-independent `log_std`.
     """
-    if type(module) is not MLPModule or not getattr(module, "_continuous", False):
+    if type(module) is not MLPModule or not module.continuous:
         return None
-    towers = [module._pi_enc, module._pi_head, module._vf_enc, module._vf_head]
-    sigs = tuple(_tower_signature(t) for t in towers)
+    sigs = tuple(_tower_signature(t) for t in module.towers().values())
     if any(s is None for s in sigs) or not sigs[0] or not sigs[2]:
         return None
     if sigs[0][:2] != sigs[2][:2] or sigs[0][1:2] != (("tanh",),):
         return None  # the two first layers (Linear + Tanh) share their input: run as one
-    return (sigs, tuple(module.log_std.shape), module._obs_dim)
+    return (sigs, tuple(module.log_std.shape), module.obs_dim)
 
 
 def stack_groups(
@@ -109,7 +108,7 @@ def _tower(
     tanh=torch.tanh,
 ):
     """Apply the stacked layers of tower `name` (from layer `skip` on) to `x` `[G, B, in]`."""
-    for i, layer in enumerate(getattr(module, name)):
+    for i, layer in enumerate(module.towers()[name]):
         if i < skip:
             continue
         if isinstance(layer, nn.Linear):
@@ -148,7 +147,8 @@ def stacked_forward_train(
         bias = torch.cat([p["_pi_enc.0.bias"], p["_vf_enc.0.bias"]], dim=1)
     tanh = train_tanh
     hidden = tanh(torch.baddbmm(bias.unsqueeze(1), obs, weight.transpose(1, 2)))
-    sizes = [shape._pi_enc[0].out_features, shape._vf_enc[0].out_features]
+    towers = shape.towers()
+    sizes = [towers["_pi_enc"][0].out_features, towers["_vf_enc"][0].out_features]
     pi_x, vf_x = hidden.split(sizes, -1)
     act = _tower(shape, "_pi_enc", p, pi_x, skip=2, tanh=tanh)
     mean = _tower(shape, "_pi_head", p, act, tanh=tanh)
@@ -170,17 +170,17 @@ class StackedActor:
     def __init__(self, modules: Sequence[MLPModule]) -> None:
         self._shape = modules[0]
         with torch.no_grad():
-            self._params = stack_parameters(modules)
+            self._stacked = stack_parameters(modules)
 
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
         """Means `[G, B, A]` for observations `[G, B, obs_dim]`."""
         with torch.no_grad():
-            emb = _tower(self._shape, "_pi_enc", self._params, obs)
-            return _tower(self._shape, "_pi_head", self._params, emb)
+            emb = _tower(self._shape, "_pi_enc", self._stacked, obs)
+            return _tower(self._shape, "_pi_head", self._stacked, emb)
 
     def dist_inputs(self, obs: torch.Tensor) -> torch.Tensor:
         """Action-distribution inputs `[G, B, 2A]` (means, clamped log-stds), as each module's
         `_forward` computes them."""
         mean = self(obs)
-        log_std = self._params["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = self._stacked["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
         return torch.cat([mean, log_std.unsqueeze(1).expand_as(mean)], dim=-1)

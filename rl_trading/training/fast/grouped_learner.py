@@ -44,6 +44,7 @@ from ray.rllib.utils.metrics import (
 from ray.rllib.utils.numpy import SMALL_NUMBER
 
 from policies.stacked import FIRST_LAYER_NAMES, stack_signature, stacked_forward_train
+from rl_trading.rllib_adapter import foreach_mul_, foreach_norm
 from rl_trading.training.fast.learner import ADAM_SETTINGS, FastPPOTorchLearner, plain_adam
 
 logger = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         A group of one (the meta) takes the same path: its held weights, the loss on stacked
         tensors and one fused Adam cost less per step than RLlib's per-module update."""
         cfg = self.config
-        if cfg.num_learners > 1 or self._grad_scalers is not None or cfg.torch_compile_learner:
+        if cfg.num_learners > 1 or self.uses_grad_scalers or cfg.torch_compile_learner:
             return []  # DDP syncs through the wrapped forward; keep RLlib's path there
         # the grouping depends on the modules and the minibatch shapes only: found once
         shape = tuple(
@@ -322,11 +323,11 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             self._fixed_entropy_coeffs[key] = (values, coeffs)
         return coeffs
 
-    def _compute_off_policyness(self, batch: dict) -> None:
+    def log_off_policyness(self, batch: dict) -> None:
         """RLlib's off-policyness metric (window 1), computed for the update's last minibatch."""
         self._off_policy_batch = batch
 
-    def _log_steps_trained_metrics(self, batch: Any) -> None:
+    def log_steps_trained(self, batch: Any) -> None:
         """RLlib's per-minibatch step counters, summed over the update and logged once."""
         sizes = {mid: len(mb) for mid, mb in batch.policy_batches.items()}
         self._steps_trained.append((sizes, batch.env_steps()))
@@ -343,7 +344,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             for mid, n in sizes.items():
                 per_module.setdefault(mid, []).append(n)
         for mid, ns in per_module.items():
-            log((mid, WEIGHTS_SEQ_NO), self._weights_seq_no, window=1)
+            log((mid, WEIGHTS_SEQ_NO), self.weights_seq_no, window=1)
             for n in ns if len(set(ns)) > 1 else ns[:1]:
                 log(key=(mid, MODULE_TRAIN_BATCH_SIZE_MEAN), value=n, reduce="mean")
             total = sum(ns)
@@ -367,7 +368,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
 
     def _flush_window1(self) -> None:
         if self._off_policy_batch is not None:
-            super()._compute_off_policyness(self._off_policy_batch)
+            super().log_off_policyness(self._off_policy_batch)
             self._off_policy_batch = None
         for key, (values, i) in self._window1.items():
             self.metrics.log_value(key=key, value=values[i], window=1)
@@ -409,7 +410,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             not cfg.grad_clip
             or cfg.grad_clip_by != "global_norm"
             or self.config.torch_skip_nan_gradients
-            or self._lr_scheduler_classes is not None
+            or self.uses_lr_scheduler_classes
         ):
             return None
         named = [self.get_optimizers_for_module(mid) for mid in group]
@@ -425,13 +426,13 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
     def _held_mids(self) -> set[str]:
         return {mid for key in self._held for mid in key}
 
-    def _uncompiled_update(self, batch: dict, **kwargs: Any):
+    def update_step(self, batch: dict, **kwargs: Any) -> Any:
         """TorchLearner's update step, with stackable modules forwarded and scored together."""
         groups = self._stack_groups(batch)
         self._release_held(keep=groups)  # modules leaving a held group need their weights back
         if not groups:
-            return super()._uncompiled_update(batch, **kwargs)
-        self._compute_off_policyness(batch)
+            return super().update_step(batch, **kwargs)
+        self.log_off_policyness(batch)
         stacked = {mid for group in groups for mid in group}
         rest = {mid: mb for mid, mb in batch.items() if mid not in stacked}
         fwd_out: dict[str, Any] = {}
@@ -463,7 +464,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         parameters hold no gradient (held modules, whose gradient is their stack's; modules
         not trained this phase) are not zeroed, and only gradients that exist are returned
         (the rest are None there, which every consumer skips)."""
-        if not self._group_totals or self._grad_scalers is not None:
+        if not self._group_totals or self.uses_grad_scalers:
             return super().compute_gradients(loss_per_module, **kwargs)
         for optim in self._unheld_optimizers(trained_only=False):
             if _has_grads(optim):
@@ -475,7 +476,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         if isinstance(total_loss, int) or total_loss.grad_fn is None:
             return {}
         total_loss.backward()
-        return {pid: p.grad for pid, p in self._params.items() if p.grad is not None}
+        return {pid: p.grad for pid, p in self.params_by_ref.items() if p.grad is not None}
 
     def _optimizers_to_step(self) -> list:
         """Every optimizer but those of held modules (their stack's Adam stepped already) and
@@ -490,7 +491,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         untrained = self._untrained_modules() if trained_only else frozenset()
         return [
             self.get_optimizer(mid, name)
-            for mid, names in self._module_optimizers.items()
+            for mid, names in self.optimizer_names.items()
             if mid not in held and mid not in untrained
             for name in names
         ]
@@ -509,7 +510,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         def col(name: str) -> torch.Tensor:
             return torch.stack([batch[mid][name] for mid in mids])
 
-        obs = torch.stack([m._flat_obs(batch[mid]) for m, mid in zip(modules, mids, strict=True)])
+        obs = torch.stack([m.flat_obs(batch[mid]) for m, mid in zip(modules, mids, strict=True)])
         params = None if held is None else held.views()
         dist_inputs, values = stacked_forward_train(modules, obs, params)
 
@@ -604,7 +605,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             for name, opt in optimizers:
                 refs = [
                     ref
-                    for ref in self._optimizer_parameters[opt]
+                    for ref in self.optimizer_param_refs(opt)
                     if gradients_dict.get(ref) is not None
                 ]
                 entries.append((mid, name, float(mcfg.grad_clip), refs))
@@ -613,7 +614,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         if not grads:  # nothing to clip: RLlib logs a zero norm per optimizer
             self._defer(keys, torch.zeros(len(keys)))
             return {}
-        norms = _capped(torch.stack(torch._foreach_norm([g.detach() for g in grads])))
+        norms = _capped(torch.stack(foreach_norm([g.detach() for g in grads])))
         dev = norms.device
         counts = torch.tensor([len(refs) for *_, refs in entries], device=dev)
         owner = torch.repeat_interleave(torch.arange(len(entries), device=dev), counts)
@@ -622,6 +623,6 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         global_norms = _capped(squares.sqrt())
         clip = torch.tensor([e[2] for e in entries], dtype=norms.dtype, device=dev)
         coeff = _clip_coefficients(global_norms, clip)
-        torch._foreach_mul_([g.detach() for g in grads], list(coeff[owner].unbind()))
+        foreach_mul_([g.detach() for g in grads], list(coeff[owner].unbind()))
         self._defer(keys, global_norms)
         return {ref: gradients_dict[ref] for *_, refs in entries for ref in refs}
