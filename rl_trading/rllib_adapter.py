@@ -13,7 +13,8 @@ nowhere else, under public names:
 - `HookedMultiAgentEnvRunner`: the sampling loop (`sample_episodes`, `log_sampled_step`) and
   the runner state a re-written loop needs;
 - `CyclicIteratorState`: the state of RLlib's cyclic minibatch iterator;
-- small functions for connector, SampleBatch, torch optimizer and Ray-internal details.
+- small functions for connector, SampleBatch, torch optimizer and Ray-internal details
+  (the learner's lr schedules, Ray's dashboard URL, its GCS client, its cluster-mode flag).
 
 `tests/test_training_adapter.py` checks that every private name listed in `PRIVATE_NAMES`
 still exists on the installed Ray / torch, failing with the name that moved, and that no other
@@ -24,10 +25,13 @@ tests/test_training_speedups.py, tests/test_training_grouped.py.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import torch
+from ray._private import ray_constants
+from ray._private.worker import get_dashboard_url
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.module_to_env.normalize_and_clip_actions import (
     NormalizeAndClipActions,
@@ -45,6 +49,7 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "ray.rllib.core.learner.torch.torch_learner.TorchLearner": (
         "_uncompiled_update",
         "_compute_off_policyness",
+        "_set_optimizer_lr",
     ),
     "ray.rllib.core.learner.learner.Learner": (
         "_make_batch_if_necessary",
@@ -56,10 +61,12 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
         "_params",
         "_module_optimizers",
         "_optimizer_parameters",
-        "_lr_scheduler_classes",
         "_weights_seq_no",
     ),
-    "ray.rllib.core.learner.torch.torch_learner.TorchLearner()": ("_grad_scalers",),
+    "ray.rllib.core.learner.torch.torch_learner.TorchLearner()": (
+        "_grad_scalers",
+        "_lr_scheduler_classes",
+    ),
     "ray.rllib.env.multi_agent_env_runner.MultiAgentEnvRunner": (
         "_sample",
         "_increase_sampled_metrics",
@@ -100,7 +107,26 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "torch.optim.Adam()": ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks"),
     "torch.optim.optimizer": ("_global_optimizer_pre_hooks", "_global_optimizer_post_hooks"),
     "torch": ("_foreach_norm", "_foreach_mul_"),
+    "ray.rllib.core.learner.learner.Learner()#lr": ("_optimizer_lr_schedules",),
+    "ray": ("_private", "_raylet"),
+    "ray._private.worker": ("get_dashboard_url",),
+    "ray._private.ray_constants": ("ENABLE_RAY_CLUSTER",),
+    "ray._raylet": ("GcsClient",),
+    "ray.rllib.policy.sample_batch.SampleBatch(**)": (
+        "_time_major",
+        "_zero_padded",
+        "_max_seq_len",
+        "_num_grad_updates",
+    ),
 }
+
+# Python source run in a subprocess (`ray_utils.check_gcs`): asks the GCS at argv[1] for one
+# key, raising (non-zero exit) when it is not a live Ray head
+GCS_PROBE = (
+    "import sys\n"
+    "from ray._raylet import GcsClient\n"
+    "GcsClient(address=sys.argv[1]).internal_kv_get(b'rl_trading_probe', None, timeout=5)\n"
+)
 
 
 # -- learner ---------------------------------------------------------------------------------
@@ -367,3 +393,30 @@ def adam_init_group(optimizer: torch.optim.Adam, lists: tuple[list, ...]) -> boo
     (params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps), creating missing state as
     `step()` would; whether any tensor is complex."""
     return optimizer._init_group(optimizer.param_groups[0], *lists)
+
+
+def reapply_config_lr(learner: Any) -> None:
+    """Set each of a learner's optimizers to its configured (schedule's first) learning rate,
+    as RLlib does when it builds them (after an lr was changed in place, e.g. by PBT)."""
+    for optimizer, schedule in learner._optimizer_lr_schedules.items():
+        learner._set_optimizer_lr(optimizer, lr=float(schedule.update(timestep=0)))
+
+
+def dashboard_url() -> str | None:
+    """Dashboard URL of the Ray this process is connected to (None when it has none)."""
+    try:
+        return get_dashboard_url() or None
+    except Exception:  # noqa: BLE001 - an older or remote Ray without the attribute
+        return None
+
+
+@contextlib.contextmanager
+def ray_cluster_mode(enabled: bool) -> Iterator[None]:
+    """Ray's cluster-mode flag (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`, read once at import) set
+    to `enabled` for the length of the block (a node started inside keeps a loopback IP)."""
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = enabled
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
