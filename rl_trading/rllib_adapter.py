@@ -14,7 +14,8 @@ nowhere else, under public names:
   the runner state a re-written loop needs;
 - `CyclicIteratorState`: the state of RLlib's cyclic minibatch iterator;
 - small functions for connector, SampleBatch, torch optimizer and Ray-internal details
-  (the learner's lr schedules, Ray's dashboard URL, its GCS client, its cluster-mode flag).
+  (the learner's lr schedules, Ray's dashboard URL, its GCS client, its cluster-mode flag,
+  Tune's default storage path, a `shared_data` flag between two learner connector pieces).
 
 `tests/test_training_adapter.py` checks that every private name listed in `PRIVATE_NAMES`
 still exists on the installed Ray / torch, failing with the name that moved, and that no other
@@ -39,6 +40,7 @@ from ray.rllib.connectors.module_to_env.normalize_and_clip_actions import (
 from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 from ray.rllib.policy.sample_batch import SampleBatch
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
+from ray.tune.trainable import trainable as tune_trainable_module
 from torch.optim import optimizer as torch_optimizer
 
 RAY_VERSION = "2.60"  # the Ray minor version the names below were read from
@@ -112,6 +114,7 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
     "ray._private.worker": ("get_dashboard_url",),
     "ray._private.ray_constants": ("ENABLE_RAY_CLUSTER",),
     "ray._raylet": ("GcsClient",),
+    "ray.tune.trainable.trainable": ("DEFAULT_STORAGE_PATH",),
     "ray.rllib.policy.sample_batch.SampleBatch(**)": (
         "_time_major",
         "_zero_padded",
@@ -119,6 +122,10 @@ PRIVATE_NAMES: dict[str, tuple[str, ...]] = {
         "_num_grad_updates",
     ),
 }
+
+# the `shared_data` flag RLlib's `AddOneTsToEpisodesAndTruncate` sets for the pieces after it
+# (`AddTimeDimToBatchAndZeroPad` reads it); the project's twin of that piece sets it too
+LOSS_MASK_ADDED_KEY = "_added_loss_mask_for_valid_episode_ts"
 
 # Python source run in a subprocess (`ray_utils.check_gcs`): asks the GCS at argv[1] for one
 # key, raising (non-zero exit) when it is not a live Ray head
@@ -420,3 +427,16 @@ def ray_cluster_mode(enabled: bool) -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+@contextlib.contextmanager
+def tune_default_storage(path: str) -> Iterator[None]:
+    """Tune's default storage path (where a Trainable built outside a Tune trial makes its
+    log folder; RLlib 2.60 has no logger_creator argument any more) set to `path` for the
+    length of the block."""
+    before = tune_trainable_module.DEFAULT_STORAGE_PATH
+    tune_trainable_module.DEFAULT_STORAGE_PATH = path
+    try:
+        yield
+    finally:
+        tune_trainable_module.DEFAULT_STORAGE_PATH = before

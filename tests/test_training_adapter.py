@@ -14,6 +14,8 @@ import tokenize
 from pathlib import Path
 
 import pytest
+from ray.rllib.connectors.common import AddTimeDimToBatchAndZeroPad
+from ray.rllib.connectors.learner import AddOneTsToEpisodesAndTruncate
 
 from rl_trading import rllib_adapter
 
@@ -65,6 +67,13 @@ def test_every_private_name_the_adapter_uses_still_exists(owner):
         f"Ray/torch changed under rl_trading/rllib_adapter.py (read from Ray "
         f"{rllib_adapter.RAY_VERSION}): {owner} no longer has {missing}"
     )
+
+
+def test_the_shared_data_flag_is_still_rllibs():
+    for piece in (AddOneTsToEpisodesAndTruncate, AddTimeDimToBatchAndZeroPad):
+        assert rllib_adapter.LOSS_MASK_ADDED_KEY in inspect.getsource(piece), (
+            f"{piece.__name__} no longer uses shared_data[{rllib_adapter.LOSS_MASK_ADDED_KEY!r}]"
+        )
 
 
 def _private_uses(source: str) -> set[str]:

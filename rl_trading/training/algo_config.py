@@ -16,6 +16,7 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from policies import model_config_for, module_spec
 from policies.base import GREEDY_KEY, STOCK_ACTING_KEY
 from rl_trading.config import AppConfig
+from rl_trading.rllib_adapter import tune_default_storage
 from rl_trading.training.agent_order import OrderedPPOConfig, OrderedSACConfig
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
 from rl_trading.training.mapping import (
@@ -262,16 +263,10 @@ def algo_logdir(path: str | Path) -> Iterator[Path]:
     RLlib 2.60 has no logger_creator argument any more, so the default is pointed at `path`
     for the length of the build.
     """
-    from ray.tune.trainable import trainable as trainable_module
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    before = trainable_module.DEFAULT_STORAGE_PATH
-    trainable_module.DEFAULT_STORAGE_PATH = str(path)
-    try:
+    with tune_default_storage(str(path)):
         yield path
-    finally:
-        trainable_module.DEFAULT_STORAGE_PATH = before
 
 
 def build_algorithm(config: AlgorithmConfig, logdir: str | Path) -> Any:

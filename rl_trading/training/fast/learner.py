@@ -38,6 +38,7 @@ from torch.optim import adam as torch_adam
 
 from policies.pretrained import register_optimizers
 from rl_trading.rllib_adapter import (
+    LOSS_MASK_ADDED_KEY,
     CyclicIteratorState,
     HookedPPOTorchLearner,
     adam_init_group,
@@ -95,7 +96,7 @@ class FastAddOneTsToEpisodesAndTruncate(Twin, AddOneTsToEpisodesAndTruncate):
                 if len_ > 0:
                     values[len_ - 1] = bool(flag)
                 self.add_n_batch_items(batch, column, values, len_ + 1, sa_episode)
-        shared_data["_added_loss_mask_for_valid_episode_ts"] = True
+        shared_data[LOSS_MASK_ADDED_KEY] = True
         return batch
 
 
