@@ -130,8 +130,18 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         """The actor's embedding alone (acting needs no critic); subclasses may skip work."""
         return self.encode(obs)[0]
 
-    # -- RLModule API -----------------------------------------------------------------------
-    def _flat_obs(self, batch: dict[str, Any]) -> torch.Tensor:
+    @property
+    def continuous(self) -> bool:
+        """Whether the action space is a Box (a Gaussian head) rather than Discrete."""
+        return self._continuous
+
+    @property
+    def obs_dim(self) -> int:
+        """Size of the flattened observation."""
+        return self._obs_dim
+
+    def flat_obs(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The batch's observations as a float `[B, obs_dim]` tensor."""
         obs = batch[Columns.OBS]
         return obs.reshape(obs.shape[0], -1).float()
 
@@ -143,7 +153,7 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         return torch.cat([out, log_std], dim=-1)
 
     def _forward(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        pi_emb = self.encode_actor(self._flat_obs(batch))
+        pi_emb = self.encode_actor(self.flat_obs(batch))
         return {Columns.ACTION_DIST_INPUTS: self._dist_inputs(pi_emb)}
 
     def deterministic_actions(self, obs: torch.Tensor) -> torch.Tensor:
@@ -206,7 +216,7 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         return out
 
     def _forward_train(self, batch: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        pi_emb, vf_emb = self.encode(self._flat_obs(batch))
+        pi_emb, vf_emb = self.encode(self.flat_obs(batch))
         return {
             Columns.ACTION_DIST_INPUTS: self._dist_inputs(pi_emb),
             Columns.EMBEDDINGS: vf_emb,
@@ -217,7 +227,7 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
     ) -> torch.Tensor:
         """State values `[B]` (ValueFunctionAPI); reuses the critic embedding when given."""
         if embeddings is None:
-            _, embeddings = self.encode(self._flat_obs(batch))
+            _, embeddings = self.encode(self.flat_obs(batch))
         return self._vf_head(embeddings).squeeze(-1)
 
 

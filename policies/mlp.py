@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from policies.base import ActorCriticModule, mlp
 
@@ -25,3 +26,13 @@ class MLPModule(ActorCriticModule):
     def encode_actor(self, obs: torch.Tensor) -> torch.Tensor:
         """Actor embedding only: acting (sampling, inference) skips the critic tower."""
         return self._pi_enc(obs)
+
+    def towers(self) -> dict[str, nn.Sequential]:
+        """The actor's and critic's encoder and head stacks by their parameter-name prefix
+        (`policies/stacked.py` runs same-shape modules' towers as one batched network)."""
+        return {
+            "_pi_enc": self._pi_enc,
+            "_pi_head": self._pi_head,
+            "_vf_enc": self._vf_enc,
+            "_vf_head": self._vf_head,
+        }

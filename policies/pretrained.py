@@ -120,7 +120,7 @@ def register_optimizers(learner: Any, module_id: str, config: Any, **adam_kwargs
     `configure_optimizers_for_module`); a fine-tuned encoder its own Adam (`ENCODER_OPTIMIZER`)
     at its `encoder_lr`; a frozen encoder no optimizer at all.
     """
-    module = learner._module[module_id]
+    module = learner.module[module_id]
     module = module.unwrapped() if hasattr(module, "unwrapped") else module
     if not isinstance(module, PretrainedCNNLSTMModule):
         return False

@@ -38,15 +38,14 @@ def stack_signature(module: object) -> Hashable | None:
     Only the project's MLP module with a Gaussian head qualifies: plain Linear/Tanh towers
     (actor, critic, both heads) and a state-independent `log_std`.
     """
-    if type(module) is not MLPModule or not getattr(module, "_continuous", False):
+    if type(module) is not MLPModule or not module.continuous:
         return None
-    towers = [module._pi_enc, module._pi_head, module._vf_enc, module._vf_head]
-    sigs = tuple(_tower_signature(t) for t in towers)
+    sigs = tuple(_tower_signature(t) for t in module.towers().values())
     if any(s is None for s in sigs) or not sigs[0] or not sigs[2]:
         return None
     if sigs[0][:2] != sigs[2][:2] or sigs[0][1:2] != (("tanh",),):
         return None  # the two first layers (Linear + Tanh) share their input: run as one
-    return (sigs, tuple(module.log_std.shape), module._obs_dim)
+    return (sigs, tuple(module.log_std.shape), module.obs_dim)
 
 
 def stack_groups(
@@ -107,23 +106,17 @@ def _tower(
     x: torch.Tensor,
     skip: int = 0,
     tanh=torch.tanh,
-    tape: list | None = None,
 ):
-    """Apply the stacked layers of tower `name` (from layer `skip` on) to `x` `[G, B, in]`;
-    `tape`: record each layer's input (linear) or output (tanh) for `stacked_backward`."""
-    for i, layer in enumerate(getattr(module, name)):
+    """Apply the stacked layers of tower `name` (from layer `skip` on) to `x` `[G, B, in]`."""
+    for i, layer in enumerate(module.towers()[name]):
         if i < skip:
             continue
         if isinstance(layer, nn.Linear):
             key = f"{name}.{i}"
             weight, bias = params[f"{key}.weight"], params[f"{key}.bias"]
-            if tape is not None:
-                tape.append((key, weight, x))
             x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
         else:
             x = tanh(x)
-            if tape is not None:
-                tape.append((None, None, x))
     return x
 
 
@@ -136,15 +129,14 @@ def stacked_forward_train(
     modules: Sequence[MLPModule],
     obs: torch.Tensor,
     params: dict[str, torch.Tensor] | None = None,
-    tape: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(action-distribution inputs `[G, B, 2A]`, values `[G, B]`) of G same-shape MLP modules.
 
     `obs` is `[G, B, obs_dim]`; `params` are stacked parameters by name (default: stacked from
     the modules now), optionally with the fused first layer as `"first.weight"` `[G, H, in]`
     and `"first.bias"`. Matches each module's `_forward_train` + `compute_values`: the actor and
-    critic first layers read the same input, so they run as one matmul. `tape` (an empty dict,
-    no autograd): keep the activations `stacked_backward` needs.
+    critic first layers read the same input, so they run as one matmul. The gradient is
+    autograd's.
     """
     p = stack_parameters(modules) if params is None else params
     shape = modules[0]
@@ -153,51 +145,18 @@ def stacked_forward_train(
     else:
         weight = torch.cat([p["_pi_enc.0.weight"], p["_vf_enc.0.weight"]], dim=1)
         bias = torch.cat([p["_pi_enc.0.bias"], p["_vf_enc.0.bias"]], dim=1)
-    tanh = sigmoid_tanh if tape is not None else train_tanh  # no autograd when recording
+    tanh = train_tanh
     hidden = tanh(torch.baddbmm(bias.unsqueeze(1), obs, weight.transpose(1, 2)))
-    sizes = [shape._pi_enc[0].out_features, shape._vf_enc[0].out_features]
+    towers = shape.towers()
+    sizes = [towers["_pi_enc"][0].out_features, towers["_vf_enc"][0].out_features]
     pi_x, vf_x = hidden.split(sizes, -1)
-    actor = critic = None
-    if tape is not None:
-        actor, critic = [], []
-        tape.update(obs=obs, hidden=hidden, actor=actor, critic=critic)
-    act = _tower(shape, "_pi_enc", p, pi_x, skip=2, tanh=tanh, tape=actor)
-    mean = _tower(shape, "_pi_head", p, act, tanh=tanh, tape=actor)
-    crit = _tower(shape, "_vf_enc", p, vf_x, skip=2, tanh=tanh, tape=critic)
-    values = _tower(shape, "_vf_head", p, crit, tanh=tanh, tape=critic).squeeze(-1)
+    act = _tower(shape, "_pi_enc", p, pi_x, skip=2, tanh=tanh)
+    mean = _tower(shape, "_pi_head", p, act, tanh=tanh)
+    crit = _tower(shape, "_vf_enc", p, vf_x, skip=2, tanh=tanh)
+    values = _tower(shape, "_vf_head", p, crit, tanh=tanh).squeeze(-1)
     log_std = p["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
     dist_inputs = torch.cat([mean, log_std.unsqueeze(1).expand_as(mean)], dim=-1)
     return dist_inputs, values
-
-
-def _tower_backward(tape: list, grad: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Backward through one recorded tower: weight and bias gradients into `out` (by
-    parameter name), the gradient of the tower's input returned."""
-    for key, weight, saved in reversed(tape):
-        if key is None:  # tanh, `saved` its output
-            grad = torch.ops.aten.tanh_backward(grad, saved)
-            continue
-        out[f"{key}.weight"] = torch.bmm(grad.transpose(1, 2), saved)
-        out[f"{key}.bias"] = grad.sum(1)
-        grad = torch.bmm(grad, weight)
-    return grad
-
-
-def stacked_backward(
-    tape: dict, d_mean: torch.Tensor, d_values: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Gradients of the tower parameters of a `stacked_forward_train(..., tape=)` pass, given
-    the loss's gradients with respect to the action means `[G, B, A]` and the values `[G, B]`:
-    what autograd computes through the same layers (tanh's backward is 1 - y^2, as
-    `_SigmoidTanh`'s). By parameter name, with the fused first layer as `"first.weight"`
-    `[G, H, in]` and `"first.bias"`; `log_std` is the loss's own."""
-    out: dict[str, torch.Tensor] = {}
-    d_pi = _tower_backward(tape["actor"], d_mean, out)
-    d_vf = _tower_backward(tape["critic"], d_values.unsqueeze(-1), out)
-    d_hidden = torch.ops.aten.tanh_backward(torch.cat([d_pi, d_vf], dim=-1), tape["hidden"])
-    out["first.weight"] = torch.bmm(d_hidden.transpose(1, 2), tape["obs"])
-    out["first.bias"] = d_hidden.sum(1)
-    return out
 
 
 class StackedActor:
@@ -211,17 +170,17 @@ class StackedActor:
     def __init__(self, modules: Sequence[MLPModule]) -> None:
         self._shape = modules[0]
         with torch.no_grad():
-            self._params = stack_parameters(modules)
+            self._stacked = stack_parameters(modules)
 
     def __call__(self, obs: torch.Tensor) -> torch.Tensor:
         """Means `[G, B, A]` for observations `[G, B, obs_dim]`."""
         with torch.no_grad():
-            emb = _tower(self._shape, "_pi_enc", self._params, obs)
-            return _tower(self._shape, "_pi_head", self._params, emb)
+            emb = _tower(self._shape, "_pi_enc", self._stacked, obs)
+            return _tower(self._shape, "_pi_head", self._stacked, emb)
 
     def dist_inputs(self, obs: torch.Tensor) -> torch.Tensor:
         """Action-distribution inputs `[G, B, 2A]` (means, clamped log-stds), as each module's
         `_forward` computes them."""
         mean = self(obs)
-        log_std = self._params["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
+        log_std = self._stacked["log_std"].clamp(LOG_STD_MIN, LOG_STD_MAX)
         return torch.cat([mean, log_std.unsqueeze(1).expand_as(mean)], dim=-1)

@@ -43,13 +43,6 @@ def check_address(address: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-_GCS_PROBE = (
-    "import sys\n"
-    "from ray._raylet import GcsClient\n"
-    "GcsClient(address=sys.argv[1]).internal_kv_get(b'rl_trading_probe', None, timeout=5)\n"
-)
-
-
 def check_gcs(address: str, timeout: float = 30.0) -> None:
     """One-line error within `timeout` s when a `host:port` that accepts connections is not a
     live Ray head (a dying cluster, another server): Ray itself would wait a minute or more.
@@ -58,9 +51,12 @@ def check_gcs(address: str, timeout: float = 30.0) -> None:
     """
     if address == "auto" or "://" in address:
         return
+    # function-level: the adapter imports RLlib (seconds), this module stays light
+    from rl_trading.rllib_adapter import GCS_PROBE
+
     try:
         out = subprocess.run(
-            [sys.executable, "-c", _GCS_PROBE, address],
+            [sys.executable, "-c", GCS_PROBE, address],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -187,12 +183,9 @@ def driver_node_resource() -> str | None:
 
 def _current_dashboard_url() -> str | None:
     """Dashboard URL of the Ray this process is connected to (None when it has none)."""
-    from ray._private.worker import get_dashboard_url  # heavy: ray
+    from rl_trading.rllib_adapter import dashboard_url  # heavy: ray (the adapter imports RLlib)
 
-    try:
-        return get_dashboard_url() or None
-    except Exception:  # noqa: BLE001 - an older or remote Ray without the attribute
-        return None
+    return dashboard_url()
 
 
 _WATCHDOG: subprocess.Popen | None = None
@@ -251,17 +244,13 @@ def _loopback_only(node_ip: str) -> Iterator[None]:
     cluster mode is off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read once at import), so the
     flag is switched off while this process starts its node.
     """
-    from ray._private import ray_constants  # heavy: ray
+    from rl_trading.rllib_adapter import ray_cluster_mode  # heavy: ray (the adapter imports RLlib)
 
     if node_ip != LOOPBACK:
         yield
         return
-    before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with ray_cluster_mode(False):
         yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def check_env_runner_cpus(num_env_runners: int, cpus_per_runner: float, cluster: dict) -> None:

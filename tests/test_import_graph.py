@@ -38,12 +38,6 @@ HEAVY = frozenset(
 )
 # project modules heavy at import for a reason the import statements do not show
 HEAVY_MODULES = {"envs.engine": "numba"}  # jit-compiles its kernels when imported
-# modules another change owns right now (RLlib public-surface refactor, issue 28 item 2): their
-# function-level project imports are not checked yet, nor are those imports' edges in the
-# cycle check (algo_config -> callbacks -> curriculum -> algo_config is one: `phase_iterations`
-# belongs in a light module). Remove entries as they are fixed.
-PENDING = frozenset({"rl_trading.training.algo_config"})
-PENDING_PREFIX = "rl_trading.training.fast"
 # the package users import (`rl_trading.load_policy`, `rl_trading.DistributedTrainer`): its
 # names load on first access (PEP 562) so that `import rl_trading.<anything>` stays light;
 # nothing in the project imports them from it (the cycle check holds it to that)
@@ -223,16 +217,12 @@ def heavy_at_import(mods: dict[str, Module]) -> dict[str, set[str]]:
     return {name: of(name, frozenset()) for name in mods}
 
 
-def _pending(name: str) -> bool:
-    return name in PENDING or name.startswith(PENDING_PREFIX)
-
-
 def test_the_checks_can_fail() -> None:
     """The cycle finder names a circle; the pending list names modules that exist."""
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     mods = build()
-    assert not (PENDING | FACADES) - set(mods)
+    assert not FACADES - set(mods)
     assert "ray" in heavy_at_import(mods)["rl_trading.training.runner"]  # heavy, so lazy in cli
     assert not heavy_at_import(mods)["rl_trading.config"]  # a base module stays light
 
@@ -240,11 +230,6 @@ def test_the_checks_can_fail() -> None:
 def test_no_import_cycles() -> None:
     mods = build()
     graph = graph_of(mods)
-    for name in filter(_pending, graph):  # their lazy edges are the owner's to fix (see PENDING)
-        lazy = set().union(set(), *(i.targets for i in mods[name].imports if i.in_function))
-        graph[name] -= lazy - set().union(
-            set(), *(i.targets for i in mods[name].imports if not i.in_function)
-        )
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
 
@@ -256,7 +241,7 @@ def test_function_level_imports_only_for_heavy_dependencies() -> None:
     for m in mods.values():
         where = m.path.relative_to(ROOT)
         for imp in m.imports:
-            if not imp.in_function or _pending(m.name):
+            if not imp.in_function:
                 continue
             if imp.third_party is not None:
                 if imp.third_party in sys.stdlib_module_names:

@@ -1,12 +1,8 @@
 """`resources.rllib_fast_paths`: one switch between the project's RLlib speed-ups and RLlib's
 stock classes (same numbers, checkpoints interchangeable), the RL_TRADING_FAST_PATHS test
-switch, and the agent-order determinism applied only where the algorithm is built."""
+switch, and the agent order fixed by a connector piece (no RLlib class patched)."""
 
 from __future__ import annotations
-
-import subprocess
-import sys
-import textwrap
 
 import gymnasium as gym
 import numpy as np
@@ -20,9 +16,9 @@ from policies.base import STOCK_ACTING_KEY
 from rl_trading.config import CONFIG_DIR, FAST_PATHS_ENV, AppConfig, load_config
 from rl_trading.data import split_by_time, synthetic_market
 from rl_trading.errors import ConfigError
+from rl_trading.training.agent_order import AgentOrder, OrderedAgents
 from rl_trading.training.algo_config import build_phase_config
 from rl_trading.training.env_bridge import hierarchical_factory
-from rl_trading.training.fast.determinism import env_to_module_agent_order, learner_agent_order
 from rl_trading.training.fast.fused_runner import FusedActingEnvRunner
 from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
 
@@ -64,9 +60,8 @@ def test_switch_selects_fast_or_stock_classes(splits, phase):
             assert runner_cls is None and config.is_multi_agent
             assert learner_cls is PPOTorchLearner
             assert stock_acting == {True}
-        # the agent-order connector pieces are there in both modes
-        assert config._env_to_module_connector is env_to_module_agent_order
-        assert config._learner_connector is learner_agent_order
+        # the agent order is fixed in both modes (the config's pipelines)
+        assert isinstance(config, OrderedAgents)
 
 
 def test_env_var_flips_the_default_and_set_wins(monkeypatch):
@@ -111,31 +106,26 @@ def test_stock_acting_gives_the_same_actions():
     )
 
 
-def test_importing_the_project_patches_no_rllib_class():
-    """Only building the algorithm (config or its connector pieces) orders the agents."""
-    code = textwrap.dedent(
-        """
-        import envs.registration, policies, rl_trading.training.algo_config
-        import rl_trading.training.runner, rl_trading.training.checkpoints
-        from ray.rllib.env.multi_agent_episode import MultiAgentEpisode as E
-        from rl_trading.training.fast import determinism
+def test_agent_order_piece_orders_items_by_episode_then_agent():
+    """`AgentOrder` puts every multi-agent column's items in episode, then agent-id order,
+    whatever order (set order: the hash seed) they came in; other columns are untouched."""
 
-        def patched():
-            return any(
-                getattr(f, "_rl_trading_sorted", False)
-                for f in (E.get_agents_to_act, E.get_agents_that_stepped, E.agent_ids.fget)
-            )
+    class _Episode:
+        def __init__(self, id_: str) -> None:
+            self.id_ = id_
 
-        assert not patched() and not determinism.installed()
-        determinism.learner_agent_order()  # what every learner / env runner builds
-        assert patched() and determinism.installed()
-        print("ok")
-        """
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
-    )
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    episodes = [_Episode("e2"), _Episode("e1")]
+    keys = [("e1", "b", "m"), ("e2", "b", "m"), ("e1", "a", "m"), ("e2", "a", "n")]
+    batch = {
+        "obs": {key: [i] for i, key in enumerate(keys)},
+        "actions": {key: [i] for i, key in enumerate(reversed(keys))},
+        "meta_column": [1, 2],
+    }
+    out = AgentOrder()(rl_module=None, batch=batch, episodes=episodes)
+    want = [("e2", "a", "n"), ("e2", "b", "m"), ("e1", "a", "m"), ("e1", "b", "m")]
+    assert list(out["obs"]) == list(out["actions"]) == want
+    assert out["obs"][("e1", "a", "m")] == [2] and out["actions"][("e1", "a", "m")] == [1]
+    assert out["meta_column"] == [1, 2]
 
 
 @pytest.mark.rllib

@@ -151,23 +151,14 @@ class _CountingGrouped(GroupedPPOTorchLearner):
 
     held_calls = 0
 
-    manual_calls = 0
-
     groups: set = set()
 
     def _stacked_ppo_losses(self, mids, batch, held=None):
         counts = _CountingGrouped  # subclasses count here too
         counts.stacked_calls += 1
         counts.held_calls += held is not None
-        counts.manual_calls += held is not None and held.fused and self.manual_gradients
         counts.groups.add(tuple(sorted(mids)))
         return super()._stacked_ppo_losses(mids, batch, held)
-
-
-class _TracedGrouped(_CountingGrouped):
-    """The grouped learner with its gradient traced by autograd (`manual_gradients` off)."""
-
-    manual_gradients = False
 
 
 def _assert_same_training(grouped: dict, g_stats: dict, stock: dict, s_stats: dict) -> None:
@@ -186,22 +177,18 @@ def _assert_same_training(grouped: dict, g_stats: dict, stock: dict, s_stats: di
 
 
 @pytest.mark.rllib
-@pytest.mark.parametrize("learner", [_CountingGrouped, _TracedGrouped])
-def test_grouped_learner_matches_rllib_ppo_learner(ray_session, learner):
+def test_grouped_learner_matches_rllib_ppo_learner(ray_session):
     """Same weights (float32 rounding) and the same per-module learner stats as RLlib's
-    PPOTorchLearner after two iterations of minibatch updates, all of them stacked, with the
-    gradient written out (the default) and traced by autograd."""
+    PPOTorchLearner after two iterations of minibatch updates, all of them stacked (the
+    stacked forward, the gradient through autograd)."""
     _CountingGrouped.stacked_calls = _CountingGrouped.held_calls = 0
     _CountingGrouped.groups = set()
-    _CountingGrouped.manual_calls = 0
-    grouped, g_stats = _phase1(learner, iterations=2)
+    grouped, g_stats = _phase1(_CountingGrouped, iterations=2)
     stock, s_stats = _phase1(PPOTorchLearner, iterations=2)
     # >= 2 x 192 steps / 64 x 3 epochs (PPO adds one bootstrap step per episode chunk); the
     # second update starts from the Adam state the first one wrote back into the optimizers
     assert _CountingGrouped.stacked_calls >= 18
     assert _CountingGrouped.held_calls == _CountingGrouped.stacked_calls  # held stacks
-    written_out = _CountingGrouped.stacked_calls if learner.manual_gradients else 0
-    assert _CountingGrouped.manual_calls == written_out
     assert _CountingGrouped.groups == {tuple(f"specialist_{s}" for s in SYMBOLS)}
     assert grouped.keys() == stock.keys() and len(grouped) == len(SYMBOLS)
     _assert_same_training(grouped, g_stats, stock, s_stats)
@@ -259,13 +246,24 @@ def test_stacked_validation_matches_per_policy_validation(monkeypatch, mode):
 
 
 def _backward_through_views(held, grads: list, module) -> None:
-    """Give the held stack exactly `grads` (per module, per parameter in `module`'s own order;
-    the held layout puts the first layers first) through its views."""
-    views = held.views()
+    """Give the held stack exactly `grads` (per module, per parameter in `module`'s own order)
+    through its views (the fused first layer's gradient is the two first layers' in turn)."""
+    from policies.stacked import FIRST_LAYER_NAMES
+
     own_order = [name for name, _ in module.named_parameters()]
+
+    def stacked(name: str) -> torch.Tensor:
+        return torch.stack([gs[own_order.index(name)] for gs in grads])
+
+    pi_w, vf_w, pi_b, vf_b = FIRST_LAYER_NAMES
+    fused = {
+        "first.weight": lambda: torch.cat([stacked(pi_w), stacked(vf_w)], dim=1),
+        "first.bias": lambda: torch.cat([stacked(pi_b), stacked(vf_b)], dim=1),
+    }
+    views = held.views()
     loss = sum(
-        (views[name] * torch.stack([gs[own_order.index(name)] for gs in grads])).sum()
-        for name in views
+        (view * (fused[name]() if name in fused else stacked(name))).sum()
+        for name, view in views.items()
     )
     loss.backward()
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from ray import tune
 
 from rl_trading.config import AppConfig
+from rl_trading.rllib_adapter import reapply_config_lr
 
 logger = logging.getLogger(__name__)
 
@@ -88,18 +89,13 @@ class RLlibRunner:
         lr); the config of this runner is the explored one, so its lr must win at once.
         """
         self.algo.restore_from_path(path)
-        self.algo.learner_group.foreach_learner(_reapply_config_lr)
+        self.algo.learner_group.foreach_learner(reapply_config_lr)
 
     def stop(self) -> None:
         """`algo.stop()` (its empty log folder removed)."""
         from rl_trading.training.algo_config import release_algorithm  # heavy: ray, torch
 
         release_algorithm(self.algo)
-
-
-def _reapply_config_lr(learner: Any) -> None:
-    for optimizer, schedule in getattr(learner, "_optimizer_lr_schedules", {}).items():
-        learner._set_optimizer_lr(optimizer, lr=float(schedule.update(timestep=0)))
 
 
 def flatten_result(result: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

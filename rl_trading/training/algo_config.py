@@ -4,49 +4,38 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
 from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.tune import PlacementGroupFactory
 
 from policies import model_config_for, module_spec
 from policies.base import GREEDY_KEY, STOCK_ACTING_KEY
+from policies.pretrained import ENCODER_KEY, PretrainedCNNLSTMModule
 from rl_trading.config import AppConfig
+from rl_trading.rllib_adapter import tune_default_storage
+from rl_trading.training.agent_order import OrderedPPOConfig, OrderedSACConfig
+from rl_trading.training.callbacks import TradingCallbacks
+from rl_trading.training.encoder_learner import EncoderPPOTorchLearner
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
-from rl_trading.training.fast.determinism import (
-    env_to_module_agent_order,
-    learner_agent_order,
-)
-from rl_trading.training.fast.determinism import (
-    install as install_agent_order,
-)
-from rl_trading.training.mapping import (
+from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
+from rl_trading.training.fast.fused_runner import FusedActingEnvRunner
+from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
+from rl_trading.training.mapping import (  # noqa: F401 (phase budgets: re-exported)
     META,
     PHASE_MODES,
     is_specialist,
+    phase_iterations,
     phase_number,
+    phase_timesteps,
     policy_ids,
     policy_mapping_fn,
 )
-
-
-def phase_timesteps(cfg: AppConfig, phase: int) -> int:
-    """Env-step budget of a phase."""
-    return {
-        1: cfg.phases.phase1_timesteps,
-        2: cfg.phases.phase2_timesteps,
-        3: cfg.phases.phase3_timesteps,
-    }[phase]
-
-
-def phase_iterations(cfg: AppConfig, phase: int | str) -> int:
-    """Training iterations of a phase: its budget over the train batch (at least 1)."""
-    phase = phase_number(phase)
-    return max(1, math.ceil(phase_timesteps(cfg, phase) / cfg.ppo.train_batch_size))
 
 
 def phase_policies(factory: EnvFactory, phase: int) -> tuple[list[str], list[str]]:
@@ -98,8 +87,6 @@ def pretrained_spec(
     cfg: AppConfig, obs_space: Any, act_space: Any, extra: dict[str, Any], encoder: dict
 ) -> RLModuleSpec:
     """Spec of a specialist over a supervised CNN-LSTM encoder (`policy.cnn_lstm_model`)."""
-    from policies.pretrained import ENCODER_KEY, PretrainedCNNLSTMModule
-
     return RLModuleSpec(
         module_class=PretrainedCNNLSTMModule,
         observation_space=obs_space,
@@ -110,20 +97,14 @@ def pretrained_spec(
 
 def _fast_paths(config: AlgorithmConfig, precision: str, sac: bool) -> AlgorithmConfig:
     """The project's env runner and PPO learner in place of RLlib's stock classes."""
-    from rl_trading.training.fast.fused_runner import FusedActingEnvRunner
-
     # RLlib's runner with batched step counters and fused acting (same episodes within float32
     # rounding, see fast/fused_runner.py)
     config = config.env_runners(env_runner_cls=FusedActingEnvRunner)
     if sac:
         return config
     if precision == "bf16":
-        from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
-
         return config.learners(learner_class=BF16PPOTorchLearner)
     # RLlib's PPO loss; same-shape MLP policies updated as one stacked network
-    from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
-
     return config.learners(learner_class=GroupedPPOTorchLearner)
 
 
@@ -140,8 +121,6 @@ def learner_threads(res: Any) -> int:
 def learner_thread_count(res: Any) -> Iterator[None]:
     """Within the block, torch runs on `learner_threads(res)` threads when the learner lives
     in this process (`num_learners` 0); the process's own count comes back after it."""
-    import torch
-
     before = torch.get_num_threads()
     if res.num_learners == 0:
         torch.set_num_threads(learner_threads(res))
@@ -162,7 +141,6 @@ def build_phase_config(
     Phase 3 gives specialists `phases.specialist_lr` and meta `phases.meta_lr` through
     per-module config overrides; phase 2 trains only `meta` (at `phases.meta_lr`).
     """
-    install_agent_order()  # the driver's local env runner / learner (see fast/determinism.py)
     phase = phase_number(phase)
     mode = PHASE_MODES[phase]
     sac = cfg.phases.algorithm == "sac"
@@ -175,14 +153,9 @@ def build_phase_config(
     # (gradients are averaged over learners: the update is that of one learner)
     shares = max(1, res.num_learners)
 
-    if sac:
-        from ray.rllib.algorithms.sac import SACConfig
-
-        config: AlgorithmConfig = SACConfig()
-    else:
-        from ray.rllib.algorithms.ppo import PPOConfig
-
-        config = PPOConfig()
+    # RLlib's configs whose connector pipelines order agents independently of the hash seed
+    # (training/agent_order.py)
+    config: AlgorithmConfig = OrderedSACConfig() if sac else OrderedPPOConfig()
 
     config = (
         config.environment(factory.rllib_env_name, env_config=factory.train_config(mode))
@@ -192,13 +165,10 @@ def build_phase_config(
             num_envs_per_env_runner=res.num_envs_per_env_runner,
             num_cpus_per_env_runner=res.num_cpus_per_env_runner,
             custom_resources_per_env_runner=dict(res.custom_resources_per_env_runner),
-            # hash-seed independent agent order in every env runner (fast/determinism.py)
-            env_to_module_connector=env_to_module_agent_order,
         )
         .learners(
             num_learners=res.num_learners,
             num_gpus_per_learner=res.num_gpus_per_learner,
-            learner_connector=learner_agent_order,  # ... and in every learner
         )
         # a list, not a set: module build order (torch init draws) must not depend on hash seeds
         .multi_agent(policies=list(pids), policy_mapping_fn=mapping, policies_to_train=trained)
@@ -253,8 +223,6 @@ def build_phase_config(
     if res.rllib_fast_paths:  # the departures from stock RLlib (rl_trading/training/fast/)
         config = _fast_paths(config, precision=res.precision, sac=sac)
     elif factory.encoders and not sac:  # stock PPO learner + the encoder's optimizers
-        from rl_trading.training.encoder_learner import EncoderPPOTorchLearner
-
         config = config.learners(learner_class=EncoderPPOTorchLearner)
     if phase == 3:
         overrides: dict[str, Any] = {}
@@ -265,8 +233,6 @@ def build_phase_config(
             )
         config = config.rl_module(algorithm_config_overrides_per_module=overrides)
     if callbacks is None:
-        from rl_trading.training.callbacks import TradingCallbacks
-
         callbacks = TradingCallbacks
     config = config.callbacks(callbacks)
     return config
@@ -281,16 +247,10 @@ def algo_logdir(path: str | Path) -> Iterator[Path]:
     RLlib 2.60 has no logger_creator argument any more, so the default is pointed at `path`
     for the length of the build.
     """
-    from ray.tune.trainable import trainable as trainable_module
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    before = trainable_module.DEFAULT_STORAGE_PATH
-    trainable_module.DEFAULT_STORAGE_PATH = str(path)
-    try:
+    with tune_default_storage(str(path)):
         yield path
-    finally:
-        trainable_module.DEFAULT_STORAGE_PATH = before
 
 
 def build_algorithm(config: AlgorithmConfig, logdir: str | Path) -> Any:
@@ -321,8 +281,6 @@ def trial_resources(config: AlgorithmConfig, node_resource: str | None = None) -
     run dir is. RLlib puts env runner i in bundle i, so bundle 0 must not be empty: without a
     pin it holds a token byte of memory.
     """
-    from ray.tune import PlacementGroupFactory
-
     request = config.algo_class.default_resource_request(config)
     bundles = [dict(b) for b in request.bundles]
     if request.head_bundle_is_empty:

@@ -7,6 +7,8 @@ from typing import Any
 
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
+from rl_trading.training.curriculum import apply_level, curriculum_level, schedule_of
+
 _KEYS = {
     "equity": "portfolio_equity",
     "costs": "portfolio_costs",
@@ -55,8 +57,6 @@ class TradingCallbacks(RLlibCallback):
 
     def _curriculum_step(self, algorithm: Any, iteration: int) -> None:
         # heavy: ray, torch
-        from rl_trading.training.curriculum import apply_level, curriculum_level, schedule_of
-
         if not self._schedule_read:  # the algorithm's config, parsed once
             env_config = getattr(getattr(algorithm, "config", None), "env_config", None) or {}
             self._schedule, self._schedule_read = schedule_of(env_config), True

@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from rl_trading.config import AppConfig
-from rl_trading.training.algo_config import phase_iterations
 from rl_trading.training.env_bridge import unwrap
-from rl_trading.training.mapping import PHASE_MODES
+from rl_trading.training.mapping import PHASE_MODES, phase_iterations
 
 _PHASE_OF_MODE = {mode: phase for phase, mode in PHASE_MODES.items()}
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
+
+from rl_trading.config import AppConfig
 
 META = "meta"
 SPECIALIST_PREFIX = "specialist_"
@@ -47,3 +50,18 @@ def phase_number(phase: int | str) -> int:
     if text not in {"1", "2", "3"}:
         raise ValueError(f"unknown phase {phase!r} (phase1, phase2 or phase3)")
     return int(text)
+
+
+def phase_timesteps(cfg: AppConfig, phase: int) -> int:
+    """Env-step budget of a phase."""
+    return {
+        1: cfg.phases.phase1_timesteps,
+        2: cfg.phases.phase2_timesteps,
+        3: cfg.phases.phase3_timesteps,
+    }[phase]
+
+
+def phase_iterations(cfg: AppConfig, phase: int | str) -> int:
+    """Training iterations of a phase: its budget over the train batch (at least 1)."""
+    phase = phase_number(phase)
+    return max(1, math.ceil(phase_timesteps(cfg, phase) / cfg.ppo.train_batch_size))

@@ -1,6 +1,6 @@
 """PPO torch learner that runs forward + loss under bfloat16 autocast (`resources.precision`).
 
-Departs from RLlib's `TorchLearner._uncompiled_update` (re-written here with the forward pass
+Departs from RLlib's update step (`update_step`, re-written here with the forward pass
 and loss inside `torch.autocast`) because RLlib has no mixed-precision switch for its learners;
 built on `FastPPOTorchLearner`, so it needs `resources.rllib_fast_paths: true`. Without
 autocast (CPU, the default) its update is bit-identical to `PPOTorchLearner`'s
@@ -33,7 +33,7 @@ class BF16PPOTorchLearner(FastPPOTorchLearner):
     last_forward_dtype: torch.dtype | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        device = getattr(self, "_device", None)
+        device = self.device
         if device is not None and torch.device(device).type == "cuda":
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         if self.cpu_autocast:
@@ -43,9 +43,9 @@ class BF16PPOTorchLearner(FastPPOTorchLearner):
             BF16PPOTorchLearner._warned = True
         return contextlib.nullcontext()
 
-    def _uncompiled_update(self, batch: dict, **kwargs: Any):
+    def update_step(self, batch: dict, **kwargs: Any) -> Any:
         """Same steps as TorchLearner's update, with forward + loss inside autocast."""
-        self._compute_off_policyness(batch)
+        self.log_off_policyness(batch)
         with self._autocast():
             fwd_out = self.module.forward_train(batch)
             loss_per_module = self.compute_losses(fwd_out=fwd_out, batch=batch)

@@ -27,7 +27,6 @@ from ray.rllib.connectors.module_to_env.unbatch_to_individual_items import (
     UnBatchToIndividualItems,
 )
 from ray.rllib.core.columns import Columns
-from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
 from ray.rllib.utils.metrics import (
     NUM_AGENT_STEPS_SAMPLED,
     NUM_AGENT_STEPS_SAMPLED_LIFETIME,
@@ -36,10 +35,12 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.spaces.space_utils import unbatch as unbatch_fn
 
+from rl_trading.rllib_adapter import HookedMultiAgentEnvRunner, action_space_struct
+
 ItemFn = Callable[[Any], Any]
 
 
-def _item_fn(space: Any, normalize: bool) -> ItemFn | None:
+def item_fn(space: Any, normalize: bool) -> ItemFn | None:
     """Per-item equivalent of RLlib's `unsquash_action` / `clip_action` for one flat space.
 
     None for nested (Dict / Tuple) spaces, which keep RLlib's own path.
@@ -63,7 +64,7 @@ def _item_fn(space: Any, normalize: bool) -> ItemFn | None:
     return None
 
 
-class _Twin:
+class Twin:
     """A drop-in twin of a stock connector, built from a built one by `like()`."""
 
     twin_settings: tuple[str, ...] = ()  # constructor kwargs besides the two spaces
@@ -78,7 +79,7 @@ class _Twin:
         )
 
 
-class FastNormalizeAndClipActions(_Twin, NormalizeAndClipActions):
+class FastNormalizeAndClipActions(Twin, NormalizeAndClipActions):
     """`NormalizeAndClipActions` for flat per-agent action spaces without tree mapping."""
 
     twin_settings = ("normalize_actions", "clip_actions")
@@ -92,7 +93,7 @@ class FastNormalizeAndClipActions(_Twin, NormalizeAndClipActions):
         if not (self.normalize_actions or self.clip_actions):
             return batch
         actions = batch.get(Columns.ACTIONS)
-        struct = self._action_space_struct
+        struct = action_space_struct(self)
         if not isinstance(actions, dict) or not isinstance(struct, dict):
             return super().__call__(batch=batch, **kwargs)
         out = {}
@@ -100,7 +101,7 @@ class FastNormalizeAndClipActions(_Twin, NormalizeAndClipActions):
             agent = key[1] if isinstance(key, tuple) and len(key) == 3 else None
             if agent not in self._fns:
                 self._fns[agent] = (
-                    _item_fn(struct[agent], self.normalize_actions) if agent in struct else None
+                    item_fn(struct[agent], self.normalize_actions) if agent in struct else None
                 )
             fn = self._fns[agent]
             if fn is None or not isinstance(items, list):
@@ -110,7 +111,7 @@ class FastNormalizeAndClipActions(_Twin, NormalizeAndClipActions):
         return batch
 
 
-class FastUnBatchToIndividualItems(_Twin, UnBatchToIndividualItems):
+class FastUnBatchToIndividualItems(Twin, UnBatchToIndividualItems):
     """`UnBatchToIndividualItems` with one episode lookup and live-agent check per item.
 
     RLlib searches the episode list and re-checks the agent for every item of every column;
@@ -184,14 +185,14 @@ def _fresh_observations(env: Any) -> bool:
     return bool(getattr(getattr(inner, "par_env", inner), "fresh_observations", False))
 
 
-class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
+class FastMultiAgentEnvRunner(HookedMultiAgentEnvRunner):
     """`MultiAgentEnvRunner` with batched step counters and the fast action connector."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._agent_steps: Counter = Counter()
         self._module_steps: Counter = Counter()
-        install_twins(getattr(self, "_module_to_env", None), _FAST_TWINS)
+        install_twins(self.module_to_env_pipeline, _FAST_TWINS)
 
     def make_env(self) -> None:
         """RLlib's vector env; for envs whose observations are always fresh arrays
@@ -202,10 +203,10 @@ class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
         if envs and getattr(self.env, "copy", False) and all(map(_fresh_observations, envs)):
             self.env.copy = False
 
-    def _increase_sampled_metrics(self, num_steps: int, next_obs: dict, episode: Any) -> int:
-        # RLlib logs the env-step and episode counters (no agents passed); agent / module
-        # counts are deferred to one log per sample() call
-        super()._increase_sampled_metrics(num_steps, {}, episode)
+    def log_sampled_step(self, num_steps: int, next_obs: dict, episode: Any) -> int:
+        """RLlib logs the env-step and episode counters (no agents passed); agent / module
+        counts are deferred to one log per sample() call."""
+        super().log_sampled_step(num_steps, {}, episode)
         self._count_agent_steps(next_obs, episode)
         return num_steps
 
@@ -229,8 +230,9 @@ class FastMultiAgentEnvRunner(MultiAgentEnvRunner):
         self._agent_steps.clear()
         self._module_steps.clear()
 
-    def _sample(self, *args: Any, **kwargs: Any) -> Any:
+    def sample_episodes(self, **kwargs: Any) -> Any:
+        """RLlib's sampling loop, the deferred agent / module counters logged at its end."""
         try:
-            return super()._sample(*args, **kwargs)
+            return super().sample_episodes(**kwargs)
         finally:
             self._flush_step_counts()

@@ -5,22 +5,20 @@ Per env step RLlib's `MultiAgentEnvRunner` runs two connector pipelines of seven
 per-agent items -> per-env dicts -> unsquashed actions) and one forward per policy. With 8
 specialists x 8 envs that per-item Python is most of the sampling time. When both pipelines
 are RLlib's defaults (nothing to preserve in them) and every policy is a Gaussian
-`ActorCriticModule` that samples its own actions, `FusedActingEnvRunner._sample` builds the
+`ActorCriticModule` that samples its own actions, `FusedActingEnvRunner.sample_episodes` builds the
 per-module observation batches straight from the observations just stepped, runs same-shape
 MLP policies as one stacked network (`policies.stacked.StackedActor`, other modules through
 their own forward), draws each module's actions with the module's own `explore_outputs`
 (same torch RNG draws in the same module order as RLlib) and writes the same per-agent
 actions, extra model outputs, env actions, episodes, metrics and callbacks as RLlib's loop,
-of which the rest is kept line for line. Anything else falls back to RLlib's `_sample`.
+of which the rest is kept line for line. Anything else falls back to RLlib's loop.
 Tested against the stock runner (tests/test_training_speedups.py): same episodes within
 float32 rounding of the stacked matmuls.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -57,10 +55,11 @@ from ray.rllib.utils.metrics import (
 
 from policies.base import ActorCriticModule
 from policies.stacked import StackedActor, stack_groups
-from rl_trading.training.fast.determinism import AgentOrder
-from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner, _item_fn
+from rl_trading.rllib_adapter import action_space_struct
+from rl_trading.training.agent_order import AgentOrder
+from rl_trading.training.fast.env_runner import FastMultiAgentEnvRunner, item_fn
 
-# the connector pieces whose work the fused pass does (RLlib's defaults + our pass-through)
+# the connector pieces whose work the fused pass does (RLlib's defaults + our agent order)
 _ENV_TO_MODULE = (
     AgentOrder,
     AddObservationsFromEpisodesToBatch,
@@ -81,23 +80,6 @@ _MODULE_TO_ENV = (
 )
 
 
-def _skip_validation(self: MultiAgentEpisode) -> None:
-    """Stands in for `MultiAgentEpisode.validate` during one vector step's `add_env_step`s."""
-
-
-@contextlib.contextmanager
-def _deferred_validation() -> Iterator[None]:
-    """RLlib validates the whole episode after every `add_env_step`; within this block that
-    check is skipped (this process's sampling thread is the only user), and the runner
-    validates each episode chunk once when it is returned (`MultiAgentEpisode.validate`)."""
-    own = MultiAgentEpisode.__dict__["validate"]
-    MultiAgentEpisode.validate = _skip_validation
-    try:
-        yield
-    finally:
-        MultiAgentEpisode.validate = own
-
-
 def _pipeline_is(pipeline: Any, allowed: tuple[type, ...]) -> bool:
     conns = getattr(pipeline, "connectors", None)
     return conns is not None and all(isinstance(c, allowed) for c in conns)
@@ -115,12 +97,12 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         # (normalize, clip, per-agent action spaces) of the NormalizeAndClipActions piece
         self._action_settings: tuple[bool, bool, Any] = (False, False, None)
         if self._fused:
-            for conn in self._module_to_env.connectors:
+            for conn in self.module_to_env_pipeline.connectors:
                 if isinstance(conn, NormalizeAndClipActions):
                     self._action_settings = (
                         conn.normalize_actions,
                         conn.clip_actions,
-                        conn._action_space_struct,
+                        action_space_struct(conn),
                     )
         self._to_module_stale = False
 
@@ -130,12 +112,12 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         if module is None or not hasattr(module, "items"):
             return False
         for sub in module.values():
-            if not isinstance(sub, ActorCriticModule) or not sub._continuous:
+            if not isinstance(sub, ActorCriticModule) or not sub.continuous:
                 return False
             if not sub.fast_acting or sub.is_stateful():
                 return False
-        return _pipeline_is(self._env_to_module, _ENV_TO_MODULE) and _pipeline_is(
-            self._module_to_env, _MODULE_TO_ENV
+        return _pipeline_is(self.env_to_module_pipeline, _ENV_TO_MODULE) and _pipeline_is(
+            self.module_to_env_pipeline, _MODULE_TO_ENV
         )
 
     # -- acting -------------------------------------------------------------------------------
@@ -151,7 +133,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         """
         rows: dict[str, list[tuple[int, Any]]] = {}
         obs_items: dict[str, list[Any]] = {}
-        for i, episode in enumerate(self._ongoing_episodes):
+        for i, episode in enumerate(self.ongoing_episodes):
             if not episode.is_reset or episode.is_done:
                 continue
             for aid in sorted(last_obs[i]):
@@ -187,7 +169,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                     out = sub.forward_exploration({Columns.OBS: x})
                 outputs[mid] = {k: v.numpy() for k, v in out.items()}
         normalize, clip, spaces = self._action_settings
-        seq = self._weights_seq_no
+        seq = self.weights_seq_no
         for mid, out in outputs.items():
             acts = out.pop(Columns.ACTIONS)
             for_env = acts
@@ -202,7 +184,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                 else:
                     fn = self._action_fns.get(aid)
                     if fn is None:
-                        fn = self._action_fns[aid] = _item_fn(spaces[aid], normalize)
+                        fn = self._action_fns[aid] = item_fn(spaces[aid], normalize)
                     env_actions[i][aid] = fn(a)
                 extras[i][aid] = {**{col: values[r] for col, values in out.items()},
                                   WEIGHTS_SEQ_NO: seq}  # fmt: skip
@@ -225,12 +207,12 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
                 and np.array_equal(spaces[a].high, first.high)
                 for a in agents
             )
-            fn = _item_fn(first, normalize) if same else None
+            fn = item_fn(first, normalize) if same else None
             self._action_fns[key] = None if fn is copy.deepcopy else fn
         return self._action_fns[key]
 
-    # -- the sampling loop (RLlib 2.60's MultiAgentEnvRunner._sample, acting fused) -------------
-    def _sample(
+    # -- the sampling loop (RLlib 2.60's MultiAgentEnvRunner loop, acting fused) ---------------
+    def sample_episodes(
         self,
         *,
         num_timesteps: int | None = None,
@@ -241,18 +223,20 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
     ) -> list[MultiAgentEpisode]:
         if not (self._fused and explore and not random_actions):
             if self._to_module_stale and not (
-                force_reset or num_episodes is not None or self._needs_initial_reset
+                force_reset or num_episodes is not None or self.needs_initial_reset
             ):  # RLlib's loop acts on the cached env-to-module output of the last step
-                self._cached_to_module = self._env_to_module(
-                    episodes=self._ongoing_episodes,
-                    batch={},
-                    explore=explore,
-                    rl_module=self.module,
-                    shared_data=self._shared_data,
-                    metrics=None,
+                self.set_cached_to_module(
+                    self.env_to_module_pipeline(
+                        episodes=self.ongoing_episodes,
+                        batch={},
+                        explore=explore,
+                        rl_module=self.module,
+                        shared_data=self.shared_data,
+                        metrics=None,
+                    )
                 )
             self._to_module_stale = False
-            return super()._sample(
+            return super().sample_episodes(
                 num_timesteps=num_timesteps,
                 num_episodes=num_episodes,
                 explore=explore,
@@ -278,7 +262,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         steps, episodes = self._env_steps, self._episodes_done
         self._env_steps = self._episodes_done = 0
         if steps:
-            self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=steps)
+            self.log_env_steps_sampled(steps)
             self.metrics.log_value(NUM_ENV_STEPS_SAMPLED, steps, reduce="sum")
             self.metrics.log_value(
                 NUM_ENV_STEPS_SAMPLED_LIFETIME, steps, reduce="lifetime_sum", with_throughput=True
@@ -290,7 +274,7 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
     def _last_observations(self) -> tuple[list[dict], list[set]]:
         """Each ongoing episode's latest observations of its agents to act (none done)."""
         obs, done = [], []
-        for episode in self._ongoing_episodes:
+        for episode in self.ongoing_episodes:
             if episode.is_reset and not episode.is_done:
                 latest = episode.get_observations(-1)
                 obs.append({a: latest[a] for a in episode.get_agents_to_act()})
@@ -306,10 +290,10 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         env_ts = 0
         agent_ts = 0
         eps = 0
-        if force_reset or num_episodes is not None or self._needs_initial_reset:
-            self._reset_envs_and_episodes(True)
+        if force_reset or num_episodes is not None or self.needs_initial_reset:
+            self.reset_envs_and_episodes(True)
         if num_episodes is not None:
-            self._needs_initial_reset = True
+            self.needs_initial_reset = True
         last_obs, last_done = self._last_observations()
         stacks: dict = {}  # stacked actors by batch layout, for this call's fixed weights
         by_steps = self.config.count_steps_by == "env_steps"
@@ -320,62 +304,55 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
         ):
             with self.metrics.log_time(RLMODULE_INFERENCE_TIMER):
                 actions, actions_for_env, extras = self._act(last_obs, last_done, stacks)
-            self._shared_data["vector_env_episodes_map"] = {}
-            results = self._try_env_step(actions_for_env)
+            self.shared_data["vector_env_episodes_map"] = {}
+            results = self.try_env_step(actions_for_env)
             if results == ENV_STEP_FAILURE:
                 env_ts = 0
                 agent_ts = 0
-                self._reset_envs_and_episodes(True)
+                self.reset_envs_and_episodes(True)
                 last_obs, last_done = self._last_observations()
                 continue
             observations, rewards, terminateds, truncateds, infos = results
 
             call_on_episode_start = set()
-            with _deferred_validation():
-                for env_index in range(self.num_envs):
-                    episode = self._ongoing_episodes[env_index]
-                    if not episode.is_reset:
-                        episode.add_env_reset(
-                            observations=observations[env_index], infos=infos[env_index]
-                        )
-                        call_on_episode_start.add(env_index)
-                    else:
-                        episode.add_env_step(
-                            observations=observations[env_index],
-                            actions=actions[env_index],
-                            rewards=rewards[env_index],
-                            infos=infos[env_index],
-                            terminateds=terminateds[env_index],
-                            truncateds=truncateds[env_index],
-                            extra_model_outputs=extras[env_index],
-                        )
-                        env_ts += 1
-                        agent_ts += len(observations[env_index])
-                        self._count_step(observations[env_index], episode)
+            for env_index in range(self.num_envs):
+                episode = self.ongoing_episodes[env_index]
+                if not episode.is_reset:
+                    episode.add_env_reset(
+                        observations=observations[env_index], infos=infos[env_index]
+                    )
+                    call_on_episode_start.add(env_index)
+                else:
+                    episode.add_env_step(
+                        observations=observations[env_index],
+                        actions=actions[env_index],
+                        rewards=rewards[env_index],
+                        infos=infos[env_index],
+                        terminateds=terminateds[env_index],
+                        truncateds=truncateds[env_index],
+                        extra_model_outputs=extras[env_index],
+                    )
+                    env_ts += 1
+                    agent_ts += len(observations[env_index])
+                    self._count_step(observations[env_index], episode)
 
             for env_index in range(self.num_envs):
                 if env_index in call_on_episode_start:
-                    self._make_on_episode_callback(
-                        "on_episode_start", env_index, self._ongoing_episodes
-                    )
+                    self.episode_callback("on_episode_start", env_index, self.ongoing_episodes)
                 else:
-                    self._make_on_episode_callback(
-                        "on_episode_step", env_index, self._ongoing_episodes
-                    )
-                if self._ongoing_episodes[env_index].is_done:
+                    self.episode_callback("on_episode_step", env_index, self.ongoing_episodes)
+                if self.ongoing_episodes[env_index].is_done:
                     eps += 1
-                    self._make_on_episode_callback(
-                        "on_episode_end", env_index, self._ongoing_episodes
-                    )
-                    self._ongoing_episodes[env_index].validate()
-                    self._prune_zero_len_sa_episodes(self._ongoing_episodes[env_index])
-                    done_episodes_to_return.append(self._ongoing_episodes[env_index])
+                    self.episode_callback("on_episode_end", env_index, self.ongoing_episodes)
+                    self.ongoing_episodes[env_index].validate()
+                    self.prune_empty_agent_episodes(self.ongoing_episodes[env_index])
+                    done_episodes_to_return.append(self.ongoing_episodes[env_index])
                     if self.episodes_to_numpy:
-                        self._ongoing_episodes[env_index].to_numpy()
-                    old_episode_id = self._ongoing_episodes[env_index].id_
-                    self._new_episode(env_index, self._ongoing_episodes)
-                    self._shared_data["vector_env_episodes_map"].update(
-                        {old_episode_id: self._ongoing_episodes[env_index].id_}
+                        self.ongoing_episodes[env_index].to_numpy()
+                    old_episode_id = self.ongoing_episodes[env_index].id_
+                    self.new_episode(env_index, self.ongoing_episodes)
+                    self.shared_data["vector_env_episodes_map"].update(
+                        {old_episode_id: self.ongoing_episodes[env_index].id_}
                     )
                     if num_episodes is not None and eps >= num_episodes:
                         break
@@ -387,22 +364,22 @@ class FusedActingEnvRunner(FastMultiAgentEnvRunner):
             ]
 
         # RLlib's tail, unchanged: done episodes for metrics, ongoing ones cut and returned
-        self._done_episodes_for_metrics.extend(done_episodes_to_return)
+        self.done_episodes_for_metrics.extend(done_episodes_to_return)
         ongoing_episodes_to_return = []
         if num_timesteps is not None:
             continuations = [
                 eps.cut(len_lookback_buffer=self.config.episode_lookback_horizon)
-                for eps in self._ongoing_episodes
+                for eps in self.ongoing_episodes
             ]
-            for eps in self._ongoing_episodes:
+            for eps in self.ongoing_episodes:
                 if eps.env_t == 0:
                     continue
                 eps.validate()
-                self._ongoing_episodes_for_metrics[eps.id_].append(eps)
-                self._prune_zero_len_sa_episodes(eps)
+                self.ongoing_episodes_for_metrics[eps.id_].append(eps)
+                self.prune_empty_agent_episodes(eps)
                 if self.episodes_to_numpy:
                     ongoing_episodes_to_return.append(eps.to_numpy())
                 else:
                     ongoing_episodes_to_return.append(eps)
-            self._ongoing_episodes = continuations
+            self.ongoing_episodes = continuations
         return done_episodes_to_return + ongoing_episodes_to_return

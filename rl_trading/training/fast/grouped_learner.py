@@ -43,14 +43,9 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.numpy import SMALL_NUMBER
 
-from policies.stacked import (
-    FIRST_LAYER_NAMES,
-    stack_signature,
-    stacked_backward,
-    stacked_forward_train,
-)
+from policies.stacked import FIRST_LAYER_NAMES, stack_signature, stacked_forward_train
+from rl_trading.rllib_adapter import foreach_mul_, foreach_norm
 from rl_trading.training.fast.learner import ADAM_SETTINGS, FastPPOTorchLearner, plain_adam
-from rl_trading.training.fast.ppo_gradients import KLTerms, ppo_loss_gradients, row_weights
 
 logger = logging.getLogger(__name__)
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))  # as torch.distributions.Normal
@@ -72,40 +67,15 @@ def _clip_coefficients(global_norms: torch.Tensor, clip: torch.Tensor | float) -
     return torch.clamp(clip / torch.clamp(global_norms + 1e-6, min=clip), max=1.0)
 
 
-class _Unflatten(torch.autograd.Function):
-    """Views `[G, *shape]` of one flat `[G, P]` leaf; their gradients come back as one `[G, P]`
-    tensor (written into `buffer`, reused every step), so clipping and Adam see one tensor
-    instead of a dozen small ones."""
-
-    @staticmethod
-    def forward(
-        ctx: Any, flat: torch.Tensor, layout: tuple, buffer: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        ctx.layout, ctx.buffer = layout, buffer
-        g = flat.shape[0]
-        return tuple(flat[:, off : off + n].view(g, *shape) for off, n, shape in layout)
-
-    @staticmethod
-    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor, None, None]:
-        out = ctx.buffer
-        g = out.shape[0]
-        for grad, (off, n, shape) in zip(grads, ctx.layout, strict=True):
-            part = out[:, off : off + n].view(g, *shape)
-            if grad is None:
-                part.zero_()
-            else:
-                part.copy_(grad)
-        return out, None, None
-
-
 class HeldStack:
     """One group's parameters and Adam state held as one flat `[G, P]` tensor for one update.
 
     Stacking per minibatch copies every weight in and every gradient out again, and clipping
     and Adam then run on G x 13 small tensors. Held, the group trains as one leaf: the forward
-    reads per-name views of it (`views()`), the gradient arrives as one `[G, P]` tensor, so
-    each module's global norm is one row norm, the clip one multiply, and Adam one fused step
-    whose state was gathered from the modules' own optimizers (the same element-wise update).
+    reads per-name views of it (`views()`, one `torch.split`), autograd brings the gradient
+    back as one `[G, P]` tensor (the split's backward is one concatenation), so each module's
+    global norm is one row norm, the clip one multiply, and Adam one fused step whose state
+    was gathered from the modules' own optimizers (the same element-wise update).
     At the end of the update (or before any other use of these modules) `release()` writes the
     weights and Adam state back into the modules and their optimizers.
     """
@@ -141,10 +111,18 @@ class HeldStack:
 
         with torch.no_grad():
             self.flat = flat_of(list(self.members.values())).requires_grad_()
-        self._grad_buffer = torch.empty_like(self.flat)  # the flat gradient, every step
-        # detached per-name views of the weights and of the gradient buffer (manual gradients)
-        self._weights = self._named_views(self.flat.detach())
-        self._grads = self._named_views(self._grad_buffer)
+        # the pieces `views()` splits the flat tensor into: with the actor's and critic's
+        # first layers adjacent, each pair as one piece (the fused first layer)
+        self._pieces: list[tuple[str, int, tuple]] = []
+        rest = list(zip(self.names, self.layout, strict=True))
+        if self.names[:4] == FIRST_LAYER_NAMES:
+            (_, w_n, w_shape), (_, v_n, v_shape), (_, b_n, _), (_, c_n, _) = self.layout[:4]
+            self._pieces += [
+                ("first.weight", w_n + v_n, (w_shape[0] + v_shape[0], w_shape[1])),
+                ("first.bias", b_n + c_n, (b_n + c_n,)),
+            ]
+            rest = rest[4:]
+        self._pieces += [(name, n, shape) for name, (_, n, shape) in rest]
         group = optimizers[0].param_groups[0]
         self.optimizer = torch.optim.Adam(
             [self.flat], **{k: group[k] for k in ADAM_SETTINGS}, fused=True
@@ -161,41 +139,14 @@ class HeldStack:
             }
 
     def views(self) -> dict[str, torch.Tensor]:
-        """`{parameter name: [G, ...]}` views of the held weights, for one forward pass."""
-        views = _Unflatten.apply(self.flat, self.layout, self._grad_buffer)
-        return dict(zip(self.names, views, strict=True))
-
-    def _named_views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`{name: [G, ...]}` views of a `[G, P]` tensor in this layout; with the actor's and
-        critic's first layers adjacent, also the fused layer as `first.weight`/`first.bias`."""
-        g = flat.shape[0]
-        views = {
-            name: flat[:, off : off + n].view(g, *shape)
-            for name, (off, n, shape) in zip(self.names, self.layout, strict=True)
+        """`{parameter name: [G, ...]}` views of the held weights, for one forward pass (with
+        the first layers adjacent, the fused layer as `first.weight` / `first.bias`)."""
+        g = self.flat.shape[0]
+        parts = self.flat.split([n for _, n, _ in self._pieces], dim=1)
+        return {
+            name: part.view(g, *shape)
+            for (name, _, shape), part in zip(self._pieces, parts, strict=True)
         }
-        if self.names[:4] == FIRST_LAYER_NAMES:
-            (w_off, w_n, w_shape), (_, v_n, v_shape), (b_off, b_n, _), (_, c_n, _) = self.layout[:4]
-            rows = w_shape[0] + v_shape[0]
-            views["first.weight"] = flat[:, w_off : w_off + w_n + v_n].view(g, rows, w_shape[1])
-            views["first.bias"] = flat[:, b_off : b_off + b_n + c_n]
-        return views
-
-    def weights(self) -> dict[str, torch.Tensor]:
-        """Detached `{name: [G, ...]}` views of the held weights (see `_named_views`)."""
-        return self._weights
-
-    def set_gradients(self, grads: dict[str, torch.Tensor]) -> None:
-        """Write a step's gradients (by name, the fused first layer as one) into the flat
-        gradient buffer and make it the held tensor's gradient."""
-        for name, view in self._grads.items():
-            if name not in FIRST_LAYER_NAMES:  # written through the fused views
-                view.copy_(grads[name])
-        self.flat.grad = self._grad_buffer
-
-    @property
-    def fused(self) -> bool:
-        """Whether the first layers are held adjacent (`first.weight` views exist)."""
-        return "first.weight" in self._weights
 
     @staticmethod
     def can_hold(optimizers: list, params_of: list) -> bool:
@@ -280,17 +231,14 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
     # Adam as torch's fused kernel: one kernel per tensor instead of a dozen element-wise ops,
     # the same update within float32 rounding, ~3x faster on these small CPU tensors
     adam_kwargs = {"fused": True}
-    # held groups' gradients written out (fast/ppo_gradients.py) instead of traced by autograd:
-    # the same gradients within float32 rounding, a fraction of the small ops (tests compare)
-    manual_gradients = True
 
     def _stack_groups(self, batch: dict[str, Any]) -> list[list[str]]:
         """Module ids of this minibatch that can run stacked, in groups of same-shape modules.
 
-        A group of one (the meta) takes the same path: its held weights, the loss written out
-        on tensors and one fused Adam cost less per step than RLlib's per-module update."""
+        A group of one (the meta) takes the same path: its held weights, the loss on stacked
+        tensors and one fused Adam cost less per step than RLlib's per-module update."""
         cfg = self.config
-        if cfg.num_learners > 1 or self._grad_scalers is not None or cfg.torch_compile_learner:
+        if cfg.num_learners > 1 or self.uses_grad_scalers or cfg.torch_compile_learner:
             return []  # DDP syncs through the wrapped forward; keep RLlib's path there
         # the grouping depends on the modules and the minibatch shapes only: found once
         shape = tuple(
@@ -344,7 +292,6 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         self._groups_of: dict[tuple, list[list[str]]] = {}
         self._steps_trained: list[tuple[dict[str, int], int]] = []
         self._group_totals: list[tuple[tuple[str, ...], torch.Tensor]] = []
-        self._manual_mids: set[str] = set()  # this step's modules with written-out gradients
         self._fixed_entropy_coeffs: dict[tuple, tuple[list, torch.Tensor]] = {}
 
     # -- window-1 metrics: only the update's last minibatch counts, so log that one ------------
@@ -376,11 +323,11 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             self._fixed_entropy_coeffs[key] = (values, coeffs)
         return coeffs
 
-    def _compute_off_policyness(self, batch: dict) -> None:
+    def log_off_policyness(self, batch: dict) -> None:
         """RLlib's off-policyness metric (window 1), computed for the update's last minibatch."""
         self._off_policy_batch = batch
 
-    def _log_steps_trained_metrics(self, batch: Any) -> None:
+    def log_steps_trained(self, batch: Any) -> None:
         """RLlib's per-minibatch step counters, summed over the update and logged once."""
         sizes = {mid: len(mb) for mid, mb in batch.policy_batches.items()}
         self._steps_trained.append((sizes, batch.env_steps()))
@@ -397,7 +344,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             for mid, n in sizes.items():
                 per_module.setdefault(mid, []).append(n)
         for mid, ns in per_module.items():
-            log((mid, WEIGHTS_SEQ_NO), self._weights_seq_no, window=1)
+            log((mid, WEIGHTS_SEQ_NO), self.weights_seq_no, window=1)
             for n in ns if len(set(ns)) > 1 else ns[:1]:
                 log(key=(mid, MODULE_TRAIN_BATCH_SIZE_MEAN), value=n, reduce="mean")
             total = sum(ns)
@@ -421,7 +368,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
 
     def _flush_window1(self) -> None:
         if self._off_policy_batch is not None:
-            super()._compute_off_policyness(self._off_policy_batch)
+            super().log_off_policyness(self._off_policy_batch)
             self._off_policy_batch = None
         for key, (values, i) in self._window1.items():
             self.metrics.log_value(key=key, value=values[i], window=1)
@@ -463,7 +410,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             not cfg.grad_clip
             or cfg.grad_clip_by != "global_norm"
             or self.config.torch_skip_nan_gradients
-            or self._lr_scheduler_classes is not None
+            or self.uses_lr_scheduler_classes
         ):
             return None
         named = [self.get_optimizers_for_module(mid) for mid in group]
@@ -479,13 +426,13 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
     def _held_mids(self) -> set[str]:
         return {mid for key in self._held for mid in key}
 
-    def _uncompiled_update(self, batch: dict, **kwargs: Any):
+    def update_step(self, batch: dict, **kwargs: Any) -> Any:
         """TorchLearner's update step, with stackable modules forwarded and scored together."""
         groups = self._stack_groups(batch)
         self._release_held(keep=groups)  # modules leaving a held group need their weights back
         if not groups:
-            return super()._uncompiled_update(batch, **kwargs)
-        self._compute_off_policyness(batch)
+            return super().update_step(batch, **kwargs)
+        self.log_off_policyness(batch)
         stacked = {mid for group in groups for mid in group}
         rest = {mid: mb for mid, mb in batch.items() if mid not in stacked}
         fwd_out: dict[str, Any] = {}
@@ -494,7 +441,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             fwd_out = self.module.forward_train(rest)
             loss_per_module = self.compute_losses(fwd_out=fwd_out, batch=rest)
         stepping = []
-        self._group_totals, self._manual_mids = [], set()
+        self._group_totals = []
         for group in groups:
             held = self._hold(group)
             out, losses = self._stacked_ppo_losses(group, batch, held)
@@ -505,7 +452,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         try:
             gradients = self.compute_gradients(loss_per_module)
         finally:
-            self._group_totals, self._manual_mids = [], set()
+            self._group_totals = []
         for held in stepping:
             held.step(self._defer)
         self.apply_gradients(self.postprocess_gradients(gradients))
@@ -513,23 +460,23 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
 
     def compute_gradients(self, loss_per_module: dict, **kwargs: Any) -> dict:
         """TorchLearner.compute_gradients, with a stacked group's loss summed as one `[G]`
-        tensor and the losses of groups with written-out gradients left out. Optimizers whose
+        tensor. Optimizers whose
         parameters hold no gradient (held modules, whose gradient is their stack's; modules
         not trained this phase) are not zeroed, and only gradients that exist are returned
         (the rest are None there, which every consumer skips)."""
-        if (not self._group_totals and not self._manual_mids) or self._grad_scalers is not None:
+        if not self._group_totals or self.uses_grad_scalers:
             return super().compute_gradients(loss_per_module, **kwargs)
         for optim in self._unheld_optimizers(trained_only=False):
             if _has_grads(optim):
                 optim.zero_grad(set_to_none=True)
-        grouped = {mid for mids, _ in self._group_totals for mid in mids} | self._manual_mids
+        grouped = {mid for mids, _ in self._group_totals for mid in mids}
         parts = [total.sum() for _, total in self._group_totals]
         parts += [loss for mid, loss in loss_per_module.items() if mid not in grouped]
         total_loss = sum(parts)
         if isinstance(total_loss, int) or total_loss.grad_fn is None:
             return {}
         total_loss.backward()
-        return {pid: p.grad for pid, p in self._params.items() if p.grad is not None}
+        return {pid: p.grad for pid, p in self.params_by_ref.items() if p.grad is not None}
 
     def _optimizers_to_step(self) -> list:
         """Every optimizer but those of held modules (their stack's Adam stepped already) and
@@ -544,7 +491,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         untrained = self._untrained_modules() if trained_only else frozenset()
         return [
             self.get_optimizer(mid, name)
-            for mid, names in self._module_optimizers.items()
+            for mid, names in self.optimizer_names.items()
             if mid not in held and mid not in untrained
             for name in names
         ]
@@ -554,32 +501,18 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """PPOTorchLearner.compute_loss_for_module for each of `mids`, on `[G, B]` tensors.
 
-        `held`: the group's held stack. With `manual_gradients` (and the first layers held
-        fused) the forward runs without autograd and the gradient is written out
-        (`ppo_gradients`, `stacked_backward`) into the stack; else the loss is left for one
-        backward pass (the group's total in `_group_totals`)."""
+        `held`: the group's held stack (the forward reads its views; else the modules' own
+        parameters, stacked). The group's total loss is left for one backward pass through
+        autograd (`_group_totals`)."""
         modules = [self.module[mid].unwrapped() for mid in mids]
         cfg = self.config.get_config_for_module(mids[0])
-        manual = held is not None and self.manual_gradients and held.fused
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not manual):
-            out, losses, grads = self._ppo_forward(mids, modules, cfg, batch, held, manual)
-        if manual:
-            held.set_gradients(grads)
-            self._manual_mids.update(mids)
-        return out, losses
-
-    def _ppo_forward(
-        self, mids: list[str], modules: list, cfg: Any, batch: dict, held: Any, manual: bool
-    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-        """The stacked forward and PPO loss (and, `manual`, its gradient by name)."""
 
         def col(name: str) -> torch.Tensor:
             return torch.stack([batch[mid][name] for mid in mids])
 
-        obs = torch.stack([m._flat_obs(batch[mid]) for m, mid in zip(modules, mids, strict=True)])
-        tape: dict | None = {} if manual else None
-        params = None if held is None else held.weights() if manual else held.views()
-        dist_inputs, values = stacked_forward_train(modules, obs, params, tape=tape)
+        obs = torch.stack([m.flat_obs(batch[mid]) for m, mid in zip(modules, mids, strict=True)])
+        params = None if held is None else held.views()
+        dist_inputs, values = stacked_forward_train(modules, obs, params)
 
         # Normal(loc, exp(log_std)) as TorchDiagGaussian.from_logits, summed over action dims
         loc, log_std = dist_inputs.chunk(2, dim=-1)
@@ -589,7 +522,6 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         logp = (-((actions - loc) ** 2) / (2 * scale**2) - log_scale - _LOG_SQRT_2PI).sum(-1)
         logp_ratio = torch.exp(logp - col(Columns.ACTION_LOGP))
 
-        mask = None
         if Columns.LOSS_MASK in batch[mids[0]]:
             mask = col(Columns.LOSS_MASK).bool()
             num_valid = mask.sum(-1)
@@ -603,7 +535,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             def masked_mean(x: torch.Tensor) -> torch.Tensor:
                 return x.mean(-1)
 
-        kl = None
+        kl_coeff = None
         if cfg.use_kl_loss:  # KL(previous || current) of the two Gaussians
             prev_loc, prev_log_std = col(Columns.ACTION_DIST_INPUTS).chunk(2, dim=-1)
             var_ratio = (prev_log_std.exp() / scale).pow(2)
@@ -611,7 +543,6 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             action_kl = (0.5 * (var_ratio + t1 - 1 - var_ratio.log())).sum(-1)
             mean_kl = masked_mean(action_kl)
             kl_coeff = torch.stack([self.curr_kl_coeffs_per_module[mid] for mid in mids])
-            kl = KLTerms(kl_coeff, prev_loc, var_ratio, t1)
         else:
             mean_kl = torch.zeros(len(mids), device=logp.device)
 
@@ -630,32 +561,9 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         total = masked_mean(
             -surrogate + cfg.vf_loss_coeff * vf_loss_clipped - entropy_coeff * entropy
         )
-        if kl is not None:
-            total = total + kl.coeff.to(total.dtype) * mean_kl
-
-        grads = None
-        if manual:
-            d_loc, d_log_std, d_values = ppo_loss_gradients(
-                weights=row_weights(mask, advantages),
-                advantages=advantages,
-                ratio=logp_ratio,
-                clip_param=cfg.clip_param,
-                actions=actions,
-                loc=loc,
-                scale=scale,
-                log_std=held.weights()["log_std"],
-                values=values,
-                targets=targets,
-                vf_loss=vf_loss,
-                vf_clip_param=cfg.vf_clip_param,
-                vf_loss_coeff=cfg.vf_loss_coeff,
-                entropy_coeff=entropy_coeff,
-                kl=kl,
-            )
-            grads = stacked_backward(tape, d_loc, d_values)
-            grads["log_std"] = d_log_std
-        else:
-            self._group_totals.append((tuple(mids), total))
+        if kl_coeff is not None:
+            total = total + kl_coeff.to(total.dtype) * mean_kl
+        self._group_totals.append((tuple(mids), total))
 
         kept = [t.detach() for t in (targets, values, surrogate, vf_loss_clipped, vf_loss)]
         kept_means = mean_entropy.detach(), mean_kl.detach()
@@ -679,7 +587,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
 
         self._defer_stats(mids, stats)
         fwd_out = {mid: {Columns.ACTION_DIST_INPUTS: dist_inputs[i]} for i, mid in enumerate(mids)}
-        return fwd_out, {mid: total[i] for i, mid in enumerate(mids)}, grads
+        return fwd_out, {mid: total[i] for i, mid in enumerate(mids)}
 
     def postprocess_gradients(self, gradients_dict: dict) -> dict:
         """Per-module global-norm clipping as RLlib's, from one multi-tensor norm call."""
@@ -697,7 +605,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
             for name, opt in optimizers:
                 refs = [
                     ref
-                    for ref in self._optimizer_parameters[opt]
+                    for ref in self.optimizer_param_refs(opt)
                     if gradients_dict.get(ref) is not None
                 ]
                 entries.append((mid, name, float(mcfg.grad_clip), refs))
@@ -706,7 +614,7 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         if not grads:  # nothing to clip: RLlib logs a zero norm per optimizer
             self._defer(keys, torch.zeros(len(keys)))
             return {}
-        norms = _capped(torch.stack(torch._foreach_norm([g.detach() for g in grads])))
+        norms = _capped(torch.stack(foreach_norm([g.detach() for g in grads])))
         dev = norms.device
         counts = torch.tensor([len(refs) for *_, refs in entries], device=dev)
         owner = torch.repeat_interleave(torch.arange(len(entries), device=dev), counts)
@@ -715,6 +623,6 @@ class GroupedPPOTorchLearner(FastPPOTorchLearner):
         global_norms = _capped(squares.sqrt())
         clip = torch.tensor([e[2] for e in entries], dtype=norms.dtype, device=dev)
         coeff = _clip_coefficients(global_norms, clip)
-        torch._foreach_mul_([g.detach() for g in grads], list(coeff[owner].unbind()))
+        foreach_mul_([g.detach() for g in grads], list(coeff[owner].unbind()))
         self._defer(keys, global_norms)
         return {ref: gradients_dict[ref] for *_, refs in entries for ref in refs}

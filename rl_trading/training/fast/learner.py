@@ -3,7 +3,7 @@
 RLlib's ``TorchLearner.apply_gradients`` runs ``torch.isfinite(grad).all()`` twice for every
 parameter tensor (8 specialists x 13 tensors = 208 small kernels + Python per minibatch), about
 a fifth of the learner's time with these small MLPs on CPU. Here all gradient norms come from
-one ``torch._foreach_norm``: when they are all finite, every gradient entry is finite and the
+one multi-tensor norm: when they are all finite, every gradient entry is finite and the
 stock path would set the grads and step every optimizer, which is what we do. Otherwise
 (NaN/inf, or a norm overflowing) the stock ``apply_gradients`` runs unchanged, so the results
 are identical to RLlib's in every case. Its Adam optimizers use torch's multi-tensor
@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.connectors.learner.add_one_ts_to_episodes_and_truncate import (
     AddOneTsToEpisodesAndTruncate,
 )
@@ -36,10 +35,20 @@ from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch, concat_s
 from ray.rllib.utils.minibatch_utils import MiniBatchCyclicIterator
 from ray.rllib.utils.postprocessing.episodes import add_one_ts_to_episodes_and_truncate
 from torch.optim import adam as torch_adam
-from torch.optim import optimizer as torch_optimizer
 
 from policies.pretrained import register_optimizers
-from rl_trading.training.fast.env_runner import _Twin, install_twins
+from rl_trading.rllib_adapter import (
+    LOSS_MASK_ADDED_KEY,
+    CyclicIteratorState,
+    HookedPPOTorchLearner,
+    adam_init_group,
+    foreach_norm,
+    global_optimizer_hooks,
+    has_step_hooks,
+    sample_batch_rows,
+    slices_sequences,
+)
+from rl_trading.training.fast.env_runner import Twin, install_twins
 
 # Adam param-group settings that must agree for optimizers to step in one call
 ADAM_SETTINGS = (
@@ -47,7 +56,7 @@ ADAM_SETTINGS = (
 )  # fmt: skip
 
 
-class FastAddOneTsToEpisodesAndTruncate(_Twin, AddOneTsToEpisodesAndTruncate):
+class FastAddOneTsToEpisodesAndTruncate(Twin, AddOneTsToEpisodesAndTruncate):
     """RLlib's `AddOneTsToEpisodesAndTruncate` with its three per-step flag columns (loss
     mask, terminateds, truncateds) added as one bool array per episode chunk instead of one
     Python bool at a time (~100k `add_batch_item` calls per phase-3 update). The next pieces
@@ -87,7 +96,7 @@ class FastAddOneTsToEpisodesAndTruncate(_Twin, AddOneTsToEpisodesAndTruncate):
                 if len_ > 0:
                     values[len_ - 1] = bool(flag)
                 self.add_n_batch_items(batch, column, values, len_ + 1, sa_episode)
-        shared_data["_added_loss_mask_for_valid_episode_ts"] = True
+        shared_data[LOSS_MASK_ADDED_KEY] = True
         return batch
 
 
@@ -104,8 +113,7 @@ def plain_adam(opt: torch.optim.Optimizer) -> bool:
         not group.get("capturable")
         and not group.get("differentiable")
         and not isinstance(group["lr"], torch.Tensor)
-        and not opt._optimizer_step_pre_hooks
-        and not opt._optimizer_step_post_hooks
+        and not has_step_hooks(opt)
     )
 
 
@@ -117,7 +125,7 @@ def _joinable(opt: torch.optim.Optimizer) -> bool:
 
 def step_jointly(optimizers: list[torch.optim.Optimizer]) -> None:
     """`opt.step()` for each optimizer, with same-setting Adams in one multi-tensor call."""
-    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
+    if global_optimizer_hooks():
         for opt in optimizers:
             opt.step()
         return
@@ -137,7 +145,7 @@ def step_jointly(optimizers: list[torch.optim.Optimizer]) -> None:
         has_complex = False
         with torch.no_grad():
             for opt in opts:  # creates missing state exactly as step() would
-                has_complex |= opt._init_group(opt.param_groups[0], *lists)
+                has_complex |= adam_init_group(opt, lists)
             beta1, beta2 = settings.pop("betas")
             torch_adam.adam(
                 *lists,
@@ -151,20 +159,9 @@ def step_jointly(optimizers: list[torch.optim.Optimizer]) -> None:
 
 def _plain(batch: SampleBatch) -> bool:
     """A batch of flat tensor / array columns, no sequences or infos (safe to slice directly)."""
-    if batch._slice_seq_lens_in_B or SampleBatch.SEQ_LENS in batch or SampleBatch.INFOS in batch:
+    if slices_sequences(batch) or SampleBatch.SEQ_LENS in batch or SampleBatch.INFOS in batch:
         return False
     return all(isinstance(v, torch.Tensor | np.ndarray) for v in batch.values())
-
-
-def _rows(batch: SampleBatch, start: int, end: int) -> SampleBatch:
-    """Rows [start, end) of a plain batch, as `concat_samples([batch[start:end]])` gives."""
-    return SampleBatch(
-        {k: v[start:end] for k, v in batch.items()},
-        _time_major=batch.time_major,
-        _zero_padded=batch.zero_padded,
-        _max_seq_len=batch.max_seq_len,
-        _num_grad_updates=float(batch.num_grad_updates or 0.0),
-    )
 
 
 def shuffle_rows(batch: SampleBatch) -> None:
@@ -183,33 +180,32 @@ def shuffle_rows(batch: SampleBatch) -> None:
     batch.intercepted_values = {}
 
 
-class FastMiniBatchCyclicIterator(MiniBatchCyclicIterator):
+class FastMiniBatchCyclicIterator(CyclicIteratorState):
     """RLlib's cyclic minibatch iterator; contiguous minibatches skip the slice + concat copy."""
 
     def __iter__(self):
         """Same loop as `MiniBatchCyclicIterator.__iter__` (same rows, epochs and shuffles)."""
-        batches = self._batch.policy_batches.values()
+        source = self.source_batch
+        batches = source.policy_batches.values()
         if not all(len(b) > 0 and _plain(b) for b in batches):  # sequences, infos, empty
-            yield from MiniBatchCyclicIterator.__iter__(self)
+            yield from self.stock_iter()
             return
-        while (
-            self._num_total_minibatches == 0
-            and min(self._num_covered_epochs.values()) < self._num_epochs
-        ) or (
-            self._num_total_minibatches > 0 and self._minibatch_count < self._num_total_minibatches
+        starts, covered, total = self.starts, self.covered_epochs, self.total_minibatches
+        while (total == 0 and min(covered.values()) < self.num_epochs) or (
+            total > 0 and self.minibatch_count < total
         ):
             minibatch = {}
-            for module_id, module_batch in self._batch.policy_batches.items():
-                start = self._start[module_id]
-                n_steps = self._minibatch_size
+            for module_id, module_batch in source.policy_batches.items():
+                start = starts[module_id]
+                n_steps = self.minibatch_rows
                 parts = []
                 while start + n_steps >= len(module_batch):
                     part = module_batch[start:]
                     parts.append(part)
                     n_steps -= len(part)
                     start = 0
-                    self._num_covered_epochs[module_id] += 1
-                    if self._shuffle_batch_per_epoch:
+                    covered[module_id] += 1
+                    if self.shuffle_per_epoch:
                         shuffle_rows(module_batch)
                 end = start + n_steps
                 if parts:
@@ -217,13 +213,13 @@ class FastMiniBatchCyclicIterator(MiniBatchCyclicIterator):
                         parts.append(module_batch[start:end])
                     minibatch[module_id] = concat_samples(parts)
                 else:
-                    minibatch[module_id] = _rows(module_batch, start, end)
-                self._start[module_id] = end
-            yield MultiAgentBatch(minibatch, len(self._batch))
-            self._minibatch_count += 1
+                    minibatch[module_id] = sample_batch_rows(module_batch, start, end)
+                starts[module_id] = end
+            yield MultiAgentBatch(minibatch, len(source))
+            self.minibatch_count += 1
 
 
-class FastPPOTorchLearner(PPOTorchLearner):
+class FastPPOTorchLearner(HookedPPOTorchLearner):
     """PPOTorchLearner with one fused finiteness check, joint multi-tensor Adam steps and
     copy-free contiguous minibatches (bit-identical updates)."""
 
@@ -233,9 +229,9 @@ class FastPPOTorchLearner(PPOTorchLearner):
     def build(self) -> None:
         """RLlib's build, with the learner connector's pieces swapped for their fast twins."""
         super().build()
-        install_twins(self._learner_connector, _LEARNER_TWINS)
+        install_twins(self.learner_connector, _LEARNER_TWINS)
 
-    def _make_batch_if_necessary(self, training_data: Any) -> Any:
+    def make_train_batch(self, training_data: Any) -> Any:
         """RLlib's, with the agents of modules this learner does not train (phase 2's frozen
         specialists) hidden from the learner connector: RLlib batches their episodes, runs
         their value networks and GAE, then drops their batches before the first minibatch.
@@ -244,7 +240,7 @@ class FastPPOTorchLearner(PPOTorchLearner):
         untrained = self._untrained_modules()
         episodes = training_data.episodes
         if not untrained or not episodes or not isinstance(episodes[0], MultiAgentEpisode):
-            return self._note_modules(super()._make_batch_if_necessary(training_data))
+            return self._note_modules(super().make_train_batch(training_data))
         kept = [episode.agent_episodes for episode in episodes]
         try:
             for episode in episodes:
@@ -253,7 +249,7 @@ class FastPPOTorchLearner(PPOTorchLearner):
                     for aid, sa in episode.agent_episodes.items()
                     if episode.module_for(aid) not in untrained
                 }
-            return self._note_modules(super()._make_batch_if_necessary(training_data))
+            return self._note_modules(super().make_train_batch(training_data))
         finally:
             for episode, agent_episodes in zip(episodes, kept, strict=True):
                 episode.agent_episodes = agent_episodes
@@ -271,9 +267,9 @@ class FastPPOTorchLearner(PPOTorchLearner):
             return frozenset()
         return frozenset(self.module.keys()) - frozenset(chosen)
 
-    def _create_iterator_if_necessary(self, **kwargs: Any):
+    def make_minibatch_iterator(self, **kwargs: Any) -> Any:
         """RLlib's minibatch iterator; its cyclic one as `FastMiniBatchCyclicIterator`."""
-        batch_iter = super()._create_iterator_if_necessary(**kwargs)
+        batch_iter = super().make_minibatch_iterator(**kwargs)
         if type(batch_iter) is MiniBatchCyclicIterator:
             batch_iter.__class__ = FastMiniBatchCyclicIterator
         return batch_iter
@@ -283,7 +279,7 @@ class FastPPOTorchLearner(PPOTorchLearner):
         pretrained-encoder module's encoder frozen or in its own optimizer (policies/pretrained)."""
         if register_optimizers(self, module_id, config, **self.adam_kwargs):
             return
-        params = self.get_parameters(self._module[module_id])
+        params = self.get_parameters(self.module[module_id])
         self.register_optimizer(
             module_id=module_id,
             optimizer=torch.optim.Adam(params, **self.adam_kwargs),
@@ -295,17 +291,17 @@ class FastPPOTorchLearner(PPOTorchLearner):
         """Set the grads and step the optimizers; stock RLlib path when anything is not finite."""
         if (
             self.config.torch_skip_nan_gradients
-            or self._grad_scalers is not None
-            or self._lr_scheduler_classes is not None
+            or self.uses_grad_scalers
+            or self.uses_lr_scheduler_classes
         ):
             return super().apply_gradients(gradients_dict)
         grads = list(gradients_dict.values())
         if any(g is None for g in grads):
             return super().apply_gradients(gradients_dict)
-        if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        if grads and not bool(torch.isfinite(torch.stack(foreach_norm(grads))).all()):
             return super().apply_gradients(gradients_dict)
         for pid, grad in gradients_dict.items():
-            self._params[pid].grad = grad
+            self.params_by_ref[pid].grad = grad
         step_jointly(self._optimizers_to_step())
         return None
 
@@ -313,6 +309,6 @@ class FastPPOTorchLearner(PPOTorchLearner):
         """The optimizers `apply_gradients` steps: all of them."""
         return [
             self.get_optimizer(module_id, name)
-            for module_id, names in self._module_optimizers.items()
+            for module_id, names in self.optimizer_names.items()
             for name in names
         ]
