@@ -161,7 +161,7 @@ class ActorCriticModule(TorchRLModule, ValueFunctionAPI):
         (the Gaussian mean, or the arg-max logit): the values `forward_inference` and RLlib's
         deterministic `GetActions` give, without the batch dict and the log-std columns, for
         a per-bar caller (paper trading). Call it without grad (e.g. `inference_mode`)."""
-        out = self._pi_head(self.encode_actor(self._flat_obs({Columns.OBS: obs})))
+        out = self._pi_head(self.encode_actor(self.flat_obs({Columns.OBS: obs})))
         return out if self._continuous else out.argmax(dim=-1)
 
     @property
