@@ -29,6 +29,7 @@ def test_default_yaml_equals_schema_defaults() -> None:
         ("ppo", "gamma"): (0.5, 0.99),
         ("ppo", "train_batch_size"): (2000, 4000),
         ("ppo", "num_epochs"): (4, 10),
+        ("ppo", "entropy_coeff"): ([(0, 0.01), (30000, 0.0)], 0.0),
     }
     for (section, key), values in chosen.items():
         assert (from_yaml[section].pop(key), schema[section].pop(key)) == values
