@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Annotated
 
 import click
 import typer
+from rich.markup import escape
 
 from rl_trading.cli import logs
 from rl_trading.cli.common import ConfigOpt, SetOpt, cli_config, console, err_console
 from rl_trading.errors import RLTradingError
-from rl_trading.version import __version__
-
-try:  # typer >= 0.29 vendors click: its usage errors are not click.ClickException
-    from typer._click.exceptions import ClickException as _TyperClickException
-except ImportError:  # pragma: no cover - older typer raises click's own exceptions
-    _TyperClickException = click.ClickException
-import importlib
-
-from rich.markup import escape
-
 from rl_trading.tracking import redact_text
 from rl_trading.verify import render_checks, run_checks
+from rl_trading.version import __version__
+
+# typer >= 0.29 vendors click: its usage errors are not click.ClickException but derive from
+# the public typer.TyperException (and carry click's show / exit_code)
+_TyperClickException = getattr(typer, "TyperException", click.ClickException)
 
 app = typer.Typer(
     name="rl-trading",
@@ -153,6 +150,8 @@ def _dispatch(argv: list[str] | None) -> int:
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except (click.ClickException, _TyperClickException) as exc:
+        if not hasattr(exc, "show"):
+            raise
         exc.show(file=err_console.file)
         return exc.exit_code
     except click.exceptions.Abort:
