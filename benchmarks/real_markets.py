@@ -145,7 +145,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
         table_rows,
         walk_forward_retrain,
     )
-    from rl_trading.training.algo_config import phase_timesteps
+    from rl_trading.training.mapping import phase_timesteps
 
     console = Console(width=max(150, Console().width))  # the table stays readable in logs
     spec = SETS[name]

@@ -428,9 +428,9 @@ def default_phase1(args) -> None:
     import sys
 
     from rl_trading.data import load_market
-    from rl_trading.training.algo_config import phase_iterations
     from rl_trading.training.env_bridge import hierarchical_factory
     from rl_trading.training.fast.learner import FastPPOTorchLearner
+    from rl_trading.training.mapping import phase_iterations
 
     quick = [f"ppo.{k}={v}" for k, v in QUICK_PPO.items()] if args.quick else []
     quick += ["phases.phase1_timesteps=4000"] if args.quick else []

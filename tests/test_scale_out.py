@@ -46,8 +46,9 @@ def test_worker_node_fits_exactly_the_env_runners_and_the_config_pins_them_there
 
 def test_learners_share_the_rollout_and_minibatch_so_budget_and_update_stay_those_of_one() -> None:
     from rl_trading.data import split_by_time, synthetic_market
-    from rl_trading.training.algo_config import build_phase_config, phase_iterations
+    from rl_trading.training.algo_config import build_phase_config
     from rl_trading.training.env_bridge import hierarchical_factory
+    from rl_trading.training.mapping import phase_iterations
 
     bars = split_by_time(synthetic_market(["AAA", "BBB"], n_bars=600, seed=1), 0.7, 0.15, 5)
     sets = ["data.symbols=[AAA, BBB]", "env.sectors={}"]

@@ -15,9 +15,14 @@ from ray.rllib.algorithms.sac import SACConfig
 
 from rl_trading.config import AppConfig, load_config
 from rl_trading.data import split_by_time, synthetic_market
-from rl_trading.training.algo_config import build_phase_config, phase_iterations
+from rl_trading.training.algo_config import build_phase_config
 from rl_trading.training.env_bridge import hierarchical_factory
-from rl_trading.training.mapping import phase_number, policy_ids, policy_mapping_fn
+from rl_trading.training.mapping import (
+    phase_iterations,
+    phase_number,
+    policy_ids,
+    policy_mapping_fn,
+)
 
 SYMBOLS = ["AAA", "BBB"]
 # RLlib 2.60 itself builds a deprecated RLModuleConfig inside every RLModule.__init__

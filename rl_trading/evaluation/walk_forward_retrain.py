@@ -53,6 +53,7 @@ from rl_trading.metrics import simple_returns
 from rl_trading.ray_utils import fit_trial_runners, resolve_address
 from rl_trading.registry import config_hash, grade_rl
 from rl_trading.supervised.signals import SignalProvider, observed_market
+from rl_trading.training.mapping import phase_iterations, phase_timesteps
 
 if TYPE_CHECKING:
     pass
@@ -199,7 +200,6 @@ def parse_phases(text: str | Sequence[int]) -> tuple[int, ...]:
 def validation_passes(cfg: AppConfig, phase: int) -> int:
     """Validation passes (selection candidates) of one phase run: every `eval_interval`
     iterations and at the last one (as `training.runner.run_phase` does)."""
-    from rl_trading.training.algo_config import phase_iterations  # heavy: ray, torch
 
     total = phase_iterations(cfg, phase)
     every = cfg.phases.eval_interval
@@ -471,7 +471,6 @@ def build_report(
     larger, `ledger_trials` (every trial the ledger holds on the data, this run's included),
     plus `extra_trials` (work done outside the tool).
     """
-    from rl_trading.training.algo_config import phase_timesteps  # heavy: ray, torch
 
     agg = aggregate(results, capital=cfg.env.initial_capital)
     trials = count_trials(results, n_seeds)

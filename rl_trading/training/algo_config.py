@@ -26,13 +26,11 @@ from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
 from rl_trading.training.fast.bf16_learner import BF16PPOTorchLearner
 from rl_trading.training.fast.fused_runner import FusedActingEnvRunner
 from rl_trading.training.fast.grouped_learner import GroupedPPOTorchLearner
-from rl_trading.training.mapping import (  # noqa: F401 (phase budgets: re-exported)
+from rl_trading.training.mapping import (
     META,
     PHASE_MODES,
     is_specialist,
-    phase_iterations,
     phase_number,
-    phase_timesteps,
     policy_ids,
     policy_mapping_fn,
 )

@@ -25,7 +25,6 @@ from rl_trading.training.algo_config import (
     build_algorithm,
     build_phase_config,
     learner_thread_count,
-    phase_iterations,
     phase_policies,
     release_algorithm,
 )
@@ -35,7 +34,7 @@ from rl_trading.training.checkpoints import (
     save_algorithm,
 )
 from rl_trading.training.env_bridge import EnvFactory
-from rl_trading.training.mapping import PHASE_MODES, is_specialist, phase_number
+from rl_trading.training.mapping import PHASE_MODES, is_specialist, phase_iterations, phase_number
 from rl_trading.training.mlflow_log import phase_tracking
 from rl_trading.training.phase_spec import (
     PhaseResult,

@@ -28,10 +28,10 @@ from rl_trading.ray_utils import (
 from rl_trading.supervised.encoder import encoder_lineage, resolve_encoder
 from rl_trading.supervised.signals import observed_market
 from rl_trading.tracking import check_tracking, resolve_tracking_uri
-from rl_trading.training.algo_config import phase_iterations, phase_policies
+from rl_trading.training.algo_config import phase_policies
 from rl_trading.training.checkpoints import check_checkpoint
 from rl_trading.training.env_bridge import EnvFactory, hierarchical_factory
-from rl_trading.training.mapping import is_specialist
+from rl_trading.training.mapping import is_specialist, phase_iterations
 from rl_trading.training.phase_spec import PhaseResult, ProgressFn, previous_checkpoint
 from rl_trading.training.runner import run_phase
 from rl_trading.training.state import STATE_FILE, PhaseState, RunState, run_dir_lock

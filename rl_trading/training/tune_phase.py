@@ -27,6 +27,7 @@ from rl_trading.artifacts import verify_checkpoint
 from rl_trading.errors import RLTradingError
 from rl_trading.ray_utils import driver_node_resource
 from rl_trading.training.checkpoints import check_checkpoint
+from rl_trading.training.mapping import phase_iterations
 from rl_trading.training.phase_spec import (
     PhaseResult,
     PhaseSpec,
@@ -234,11 +235,7 @@ def run_phase_trial(
     from ray import tune  # heavy: ray
 
     # heavy: ray, torch
-    from rl_trading.training.algo_config import (
-        build_phase_config,
-        phase_iterations,
-        trial_resources,
-    )
+    from rl_trading.training.algo_config import build_phase_config, trial_resources
 
     stop = stop if stop is not None else StopFlag()
     cfg, name = spec.cfg, spec.name
