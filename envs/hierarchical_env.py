@@ -178,9 +178,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         scalers = scalers or {}
         arrays = [prepare_instrument(bars[s], scalers.get(s), symbol=s) for s in self.symbols]
         self.scalers = {s: a.scaler for s, a in zip(self.symbols, arrays, strict=True)}
-        feat_all = np.stack([a.features for a in arrays], axis=0)
-        if ecfg.cross_sectional:  # each instrument's features next to their cross-section mean
-            feat_all = np.concatenate([feat_all, cross_sectional(feat_all)], axis=2)
+        feat_all = self._observed_features(np.stack([a.features for a in arrays], axis=0))
         self._feat_all = np.ascontiguousarray(feat_all)
         # (n, T x F) view: the window of bar t is one 2-D slice, copied once into the obs
         self._feat_rows = self._feat_all.reshape(n, -1)
@@ -307,6 +305,14 @@ class HierarchicalTradingEnv(ParallelEnv):
             self._sizes[rows], benchmark_exposures(self.benchmark, self._sizes[rows]),
         )  # fmt: skip
 
+    def _observed_features(self, features: np.ndarray) -> np.ndarray:
+        """Scaled feature rows (n instruments first, features last) as the specialists observe
+        them: with env.cross_sectional, each instrument's rows next to their gap to the
+        cross-section's mean (the constructor's (n, T, F) and `set_bar`'s (n, F) alike)."""
+        if not self.cfg.env.cross_sectional:
+            return features
+        return np.concatenate([features, cross_sectional(features)], axis=-1)
+
     def set_bar(
         self, t: int, ohlc: np.ndarray, real: np.ndarray, features: np.ndarray, cov: np.ndarray
     ) -> None:
@@ -324,8 +330,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._open[t], self._highs[t], self._lows[t], self._close[t] = o, h, lo, c
         self._real[t] = real
         self._all_real = self._all_real and bool(np.all(real))
-        if self.cfg.env.cross_sectional:  # as the constructor: own rows, then their gaps
-            features = np.concatenate([features, cross_sectional(features)], axis=1)
+        features = self._observed_features(features)
         self._feat_all[:, t] = features
         f = self._n_feat
         self._k_feat[:, t * f : (t + 1) * f] = features  # (the same memory, as a rule)
