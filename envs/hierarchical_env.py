@@ -577,13 +577,15 @@ class HierarchicalTradingEnv(ParallelEnv):
         meta_next: bool,
     ) -> tuple[dict, dict, dict, dict, dict]:
         """The end of a step: deliver the meta's accumulated reward when it observes at a
-        decision step, build infos and flags."""
+        decision step, scale every reward by reward.scale, build infos and flags."""
         if (terminated or truncated) and self._amortize > 1:
-            self._meta_acc -= self.reward_fn.flush() * self.reward_scale  # the cost debt owed
+            self._meta_acc -= self.reward_fn.flush()  # the cost debt still owed
         if META in obs:
             rewards[META] = self._meta_acc if meta_next else 0.0
             if meta_next:
                 self._meta_acc = 0.0
+        if self.reward_scale != 1.0:  # reward.scale: every agent's reward, once, here
+            rewards = {a: r * self.reward_scale for a, r in rewards.items()}
         info = self._portfolio_info(cost)
         infos = dict.fromkeys(obs, info)
         terms = dict.fromkeys(obs, terminated)
@@ -619,8 +621,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         _, equity, _, var_after, cost, _, div_term, breach = vals[:8]
         self._equity = equity
         self._var_est = var_after
-        scale = self.reward_scale
-        rewards = {a: r * scale for a, r in zip(self.specialists, vals[engine.N_SC :], strict=True)}
+        rewards = dict(zip(self.specialists, vals[engine.N_SC :], strict=True))
         meta_r = self.reward_fn(eq_prev, equity, cost)
         if self.mode != "specialists":
             if self.relative:  # active return over the benchmark, active-risk penalty
@@ -634,7 +635,7 @@ class HierarchicalTradingEnv(ParallelEnv):
                 meta_r -= self.risk_penalty * var_after
             if self.div_bonus:
                 meta_r += np.float64(div_term)
-            self._meta_acc += meta_r * scale
+            self._meta_acc += meta_r
 
         t1 = t + 1
         self._t = t1
