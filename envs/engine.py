@@ -61,7 +61,8 @@ P_BAND = 16  # env.rebalance_band (fraction of the full position size)
 P_RELATIVE = 17  # 1: actions are active weights around the benchmark (env.benchmark)
 P_LONG_ONLY = 18  # 1: no short exposure (env.allow_short false)
 P_TE_WEIGHT = 19  # reward.tracking_error_weight (benchmark-relative rewards)
-N_PAR = 20
+P_ACTIVE_LIMITS = 20  # 1: sector / correlation limits on the active weights (env.risk_limits)
+N_PAR = 21
 # sc: float64 scalars, then the n specialist rewards of the last step
 S_CASH, S_EQUITY, S_PEAK, S_VAR, S_COST, S_COSTS, S_DIV, S_BREACH = 0, 1, 2, 3, 4, 5, 6, 7
 S_BORROW, S_BORROWS, S_BENCH_RET = 8, 9, 10
@@ -184,15 +185,22 @@ def stop_losses(opn, low, high, real, units, entry, bars, target, stop, rate, fl
     return value - cost, cost, n_hit
 
 
-def risk_limits(x, scale, cov, corr, sector_ids, par, alloc, tmp, cnt):
+def risk_limits(x, scale, bench, cov, corr, sector_ids, par, alloc, tmp, cnt):
     """Scale target exposures x down to the sector, correlation and VaR limits (in place).
 
+    With env.risk_limits active in benchmark-relative mode the sector and correlation limits
+    scale the active weights x - bench (the agents' bets; the neutral action then holds the
+    benchmark whole), else the whole book; VaR always caps the whole book.
     Allocations are |x| / full size. Sector: a sector's allocations sum to at most
     max_sector_allocation (scaled pro rata). Correlation: the correlated allocation
     ``c_i = sum_j max(0, rho_ij sign(x_i) sign(x_j)) a_j`` is at most max_correlation_exposure.
     VaR: ``z sqrt(x' Sigma x)`` at most max_portfolio_var. Returns the VaR after the limits.
     """
     n = x.shape[0]
+    active = par[P_ACTIVE_LIMITS] != 0.0 and par[P_RELATIVE] != 0.0
+    if active:
+        for i in range(n):
+            x[i] -= bench[i]
     total = 0.0
     for i in range(n):
         alloc[i] = abs(x[i]) / scale[i]
@@ -227,6 +235,9 @@ def risk_limits(x, scale, cov, corr, sector_ids, par, alloc, tmp, cnt):
             if tmp[i] > max_corr + 1e-12:
                 x[i] *= max_corr / tmp[i]
                 cnt[C_CORR] += 1
+    if active:
+        for i in range(n):
+            x[i] += bench[i]
     v = 0.0
     for j in range(n):
         acc = 0.0
@@ -432,8 +443,8 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
             tcost[i] = 0.0
 
     targets_of(t, mk, weights, prop, par, x)
-    var_after = risk_limits(x, mk[t, M_SCALE], cov[t], corr[t], sector_ids, par, state[R_ALLOC],
-                            tmp, cnt)  # fmt: skip
+    var_after = risk_limits(x, mk[t, M_SCALE], mk[t, M_BENCH], cov[t], corr[t], sector_ids, par,
+                            state[R_ALLOC], tmp, cnt)  # fmt: skip
 
     # fills at the next open: instruments whose target left the band, on real bars
     band = par[P_BAND]

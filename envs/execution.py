@@ -77,15 +77,26 @@ def position_sizes(
     return vol_target_size(vol * math.sqrt(periods_per_year), vol_target, cap)
 
 
-def benchmark_exposures(kind: str, sizes: np.ndarray) -> np.ndarray:
+def benchmark_exposures(
+    kind: str, sizes: np.ndarray, growth: np.ndarray | None = None
+) -> np.ndarray:
     """Exposures of env.benchmark's portfolio at each bar ([T, n], fractions of equity) from the
     full position sizes: `equal_weight` 1/n of equity each, `vol_target` 1/n of each full size,
-    `none` all 0."""
+    `buy_and_hold` 1/n of equity bought at the first bar and never rebalanced (each weight
+    drifts with `growth`, the close over the first bar's close, [T, n]: causal, and the
+    benchmark never trades), `none` all 0."""
     n = sizes.shape[-1]
     if kind == "equal_weight":
         return np.full_like(sizes, 1.0 / n, dtype=np.float64)
     if kind == "vol_target":
         return sizes / n
+    if kind == "buy_and_hold":
+        if growth is None:
+            raise ValueError("the buy_and_hold benchmark needs the prices' growth")
+        g = np.asarray(growth, dtype=np.float64)
+        total = g.sum(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(total > 0, g / total, 1.0 / n)
     return np.zeros_like(sizes, dtype=np.float64)
 
 

@@ -292,6 +292,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[engine.P_RELATIVE] = float(self.relative)
         par[engine.P_LONG_ONLY] = float(not self.allow_short)
         par[engine.P_TE_WEIGHT] = self.te_weight
+        par[engine.P_ACTIVE_LIMITS] = float(self.relative and ecfg.risk_limits == "active")
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
 
@@ -302,8 +303,13 @@ class HierarchicalTradingEnv(ParallelEnv):
             self._open[rows], self._close[rows], self._gap[rows], self._intra[rows],
             self._vol_floor[rows], np.broadcast_to(mean_vol[:, None], (len(mean_vol), self.n)),
             self._lows[rows], self._highs[rows], self._real[rows].astype(np.float64),
-            self._sizes[rows], benchmark_exposures(self.benchmark, self._sizes[rows]),
+            self._sizes[rows], self._benchmark_rows(rows),
         )  # fmt: skip
+
+    def _benchmark_rows(self, rows: slice) -> np.ndarray:
+        """env.benchmark's exposures at the bars `rows` (buy_and_hold drifts from bar 0)."""
+        growth = self._close[rows] / self._close[0]
+        return benchmark_exposures(self.benchmark, self._sizes[rows], growth)
 
     def _observed_features(self, features: np.ndarray) -> np.ndarray:
         """Scaled feature rows (n instruments first, features last) as the specialists observe
@@ -353,7 +359,7 @@ class HierarchicalTradingEnv(ParallelEnv):
     def benchmark_exposures(self) -> np.ndarray:
         """(T, n) exposures of the benchmark portfolio at each bar, fractions of equity
         (envs.execution.benchmark_exposures of env.benchmark; all 0 without one)."""
-        return benchmark_exposures(self.benchmark, self._sizes)
+        return self._benchmark_rows(slice(None))
 
     # ------------------------------------------------------------------------------- spaces
     def observation_space(self, agent: str) -> spaces.Space:

@@ -243,8 +243,13 @@ class EnvironmentConfig(Section):
     # weights become active tilts around a benchmark portfolio, so the neutral action holds
     # the benchmark, not cash; rewards are active returns (reward.tracking_error_weight).
     # equal_weight: 1/n of equity per instrument; vol_target: 1/n of each instrument's
-    # vol-targeted full size (needs env.vol_target); none: absolute positions (cash neutral).
-    benchmark: Literal["none", "equal_weight", "vol_target"] = "none"
+    # vol-targeted full size (needs env.vol_target); buy_and_hold: 1/n of equity bought at the
+    # env's first bar and left to drift (never traded); none: absolute positions (cash neutral).
+    benchmark: Literal["none", "equal_weight", "vol_target", "buy_and_hold"] = "none"
+    # What the sector and correlation limits cap in benchmark-relative mode: the whole book
+    # (the benchmark's own positions included), or only the active weights around the
+    # benchmark, so that the neutral action holds the benchmark whole. VaR caps the book.
+    risk_limits: Literal["book", "active"] = "book"
     # Cross-sectional observations (hierarchical env): each specialist also sees its features
     # minus the mean of all instruments' features at the same bar (data.features
     # .cross_sectional), so it can tell "my market moved" from "every market moved".

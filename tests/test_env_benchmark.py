@@ -102,3 +102,49 @@ def test_config_and_single_env_guards():
     cfg.env.benchmark = "equal_weight"
     with pytest.raises(ConfigError, match="hierarchical env"):
         TradingEnv(cfg, bars=make_bars(n=300))
+
+
+def test_the_buy_and_hold_benchmark_drifts_and_is_never_traded():
+    """env.benchmark buy_and_hold: 1/n of equity at the env's first bar, each weight drifting
+    with its price; held by the neutral action with one entry and (the band keeping drift
+    trades out) no rebalancing, so the book tracks the benchmark."""
+    bars = make_market(n=300, seed=4)
+    closes = np.column_stack([f["close"].to_numpy() for f in bars.values()])
+    e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark="buy_and_hold",
+                               rebalance_band=0.2, **dict(OPEN, random_start=False))  # fmt: skip
+    growth = closes / closes[0]
+    np.testing.assert_allclose(e.benchmark_exposures(), growth / growth.sum(axis=1, keepdims=True))
+    play(e, neutral)
+    s = e.episode_summary()
+    held = s["exposures"][1:]
+    np.testing.assert_allclose(held.sum(axis=1), 1.0, atol=0.02)  # fully invested throughout
+    np.testing.assert_allclose(held, s["benchmark_exposures"][1:], atol=0.02)
+    assert s["metrics"]["tracking_error"] < 0.05 * s["metrics"]["volatility"]
+
+
+@pytest.mark.parametrize("benchmark", ["vol_target", "buy_and_hold"])
+def test_active_risk_limits_cap_the_bets_not_the_benchmark(benchmark):
+    """env.risk_limits active: a tight correlation limit leaves the neutral book at the
+    benchmark (book: it cuts the benchmark itself), and still cuts a large tilt."""
+    bars = make_market(n=300, seed=2)
+    kw = dict(OPEN, **VOL, max_correlation_exposure=0.2, random_start=False)
+    gross = {}
+    for limits in ("book", "active"):
+        e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark=benchmark,
+                                   risk_limits=limits, **kw)  # fmt: skip
+        play(e, neutral)
+        s = e.episode_summary()
+        gross[limits] = np.abs(s["exposures"][1:]).sum(axis=1).mean()
+        bench = np.abs(s["benchmark_exposures"][1:]).sum(axis=1).mean()
+        if limits == "active":
+            assert gross[limits] == pytest.approx(bench, rel=0.05)
+            assert e._current_totals()["correlation_scaledowns"] == 0
+    assert gross["book"] < 0.5 * gross["active"]
+    e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark=benchmark,
+                               risk_limits="active", **kw)  # fmt: skip
+    e.reset(seed=0)
+    e.step({a: [1.0] for a in e.agents})
+    b = e.benchmark_exposures()[e._t - 1]
+    tilt = e.target_exposures - b
+    full = e._sizes[e._t - 1] / 3.0  # an uncut tilt of p = 1 at weight 1/n
+    assert np.all(tilt > 0) and np.all(tilt < 0.75 * full)
