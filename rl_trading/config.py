@@ -283,6 +283,10 @@ class RewardConfig(Section):
     # Every agent's reward is multiplied by this (per-bar log returns are ~1e-3, so the
     # value targets are tiny next to PPO's value clip and gradient clip).
     scale: float = Field(1.0, gt=0)
+    # Every policy's rewards divided by their running standard deviation in the learner
+    # (RLlib learner connector, training/reward_norm.py): the value targets at unit scale on any
+    # market; the env's rewards and their reconciliation with P&L are unchanged.
+    normalize: bool = False
     sharpe_target: float = 2.0
     max_drawdown_target: float = Field(0.15, gt=0)
 

@@ -283,3 +283,51 @@ def test_entropy_schedule_reaches_rllib_in_its_form(bars):
     assert build_phase_config(cfg, 1, factory).entropy_coeff == [[0, 0.01], [30000, 0.0]]
     cfg = small_cfg(ppo={"entropy_coeff": 0.02})
     assert build_phase_config(cfg, 1, factory).entropy_coeff == 0.02
+
+
+def test_reward_normalizer_divides_by_the_running_std_and_keeps_its_moments():
+    from ray.rllib.core.columns import Columns
+
+    from rl_trading.training.reward_norm import RewardNormalizer
+
+    rng = np.random.default_rng(0)
+    piece = RewardNormalizer(clip=10.0)
+    seen = []
+    for k in range(3):
+        r = rng.normal(0.001, 0.01 * (k + 1), 500).astype(np.float32)
+        seen.append(r.astype(np.float64))
+        out = piece(rl_module=None, batch={"m": {Columns.REWARDS: r.copy()}}, episodes=[])
+        std = np.concatenate(seen).std()
+        np.testing.assert_allclose(out["m"][Columns.REWARDS], np.clip(r / std, -10, 10),
+                                   rtol=1e-5)  # fmt: skip
+        assert out["m"][Columns.REWARDS].dtype == np.float32
+    fresh = RewardNormalizer()
+    fresh.set_state(piece.get_state())
+    assert fresh.update("m", np.zeros(0)) == pytest.approx(np.concatenate(seen).std())
+    big = piece(rl_module=None, batch={"m": {Columns.REWARDS: np.array([1e3])}}, episodes=[])
+    assert big["m"][Columns.REWARDS][0] == 10.0  # clipped
+
+
+@pytest.mark.rllib
+def test_reward_normalize_puts_the_piece_before_the_advantages(ray_session, bars):
+    from ray.rllib.connectors.learner import GeneralAdvantageEstimation
+
+    from rl_trading.training.reward_norm import RewardNormalizer
+
+    for normalize in (False, True):
+        cfg = small_cfg(reward={"normalize": normalize})
+        algo = build_phase_config(cfg, 1, hierarchical_factory(cfg, bars.train, bars.val))
+        algo = algo.build_algo()
+        try:
+            algo.train()
+            pipeline = algo.learner_group._learner._learner_connector
+            kinds = [type(c) for c in pipeline.connectors]
+            assert (RewardNormalizer in kinds) is normalize
+            if normalize:
+                assert kinds.index(RewardNormalizer) < kinds.index(GeneralAdvantageEstimation)
+                piece = pipeline.connectors[kinds.index(RewardNormalizer)]
+                counts = {m: int(s[0]) for m, s in piece.stats.items()}
+                assert set(counts) == {"specialist_AAA", "specialist_BBB"}
+                assert all(c >= 128 for c in counts.values())  # every trained row
+        finally:
+            algo.stop()

@@ -12,7 +12,8 @@ order (the episodes' order, then the agent id) just before `AgentToModuleMapping
 order and the row order within a module no longer depend on the hash seed. `OrderedAgents`
 is an `AlgorithmConfig` mixin whose public `build_env_to_module_connector` and
 `build_learner_connector` insert the piece there, so every env runner and learner that builds
-its pipelines from the config (local or remote, stock or the project's classes) gets it.
+its pipelines from the config (local or remote, stock or the project's classes) gets it. The
+learner pipeline also gets reward.normalize's piece there (training/reward_norm.py).
 Nothing in RLlib is patched.
 """
 
@@ -24,6 +25,11 @@ from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.connectors.common import AgentToModuleMapping
 from ray.rllib.connectors.connector_v2 import ConnectorV2
+
+from rl_trading.training.reward_norm import with_reward_normalizer
+
+#: learner_config_dict key: divide rewards by their running std in the learner (reward.normalize)
+REWARD_NORMALIZE = "reward_normalize"
 
 
 class AgentOrder(ConnectorV2):
@@ -78,8 +84,12 @@ class OrderedAgents:
         return with_agent_order(super().build_env_to_module_connector(*args, **kwargs))
 
     def build_learner_connector(self, *args: Any, **kwargs: Any) -> Any:
-        """RLlib's learner pipeline, with the agent order fixed (`with_agent_order`)."""
-        return with_agent_order(super().build_learner_connector(*args, **kwargs))
+        """RLlib's learner pipeline, with the agent order fixed (`with_agent_order`) and, when
+        `learner_config_dict[REWARD_NORMALIZE]`, the rewards normalised (training/reward_norm)."""
+        pipeline = with_agent_order(super().build_learner_connector(*args, **kwargs))
+        if self.learner_config_dict.get(REWARD_NORMALIZE):
+            pipeline = with_reward_normalizer(pipeline)
+        return pipeline
 
 
 class OrderedPPOConfig(OrderedAgents, PPOConfig):

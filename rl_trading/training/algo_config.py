@@ -19,7 +19,7 @@ from policies.base import GREEDY_KEY, STOCK_ACTING_KEY
 from policies.pretrained import ENCODER_KEY, PretrainedCNNLSTMModule
 from rl_trading.config import AppConfig
 from rl_trading.rllib_adapter import tune_default_storage
-from rl_trading.training.agent_order import OrderedPPOConfig, OrderedSACConfig
+from rl_trading.training.agent_order import REWARD_NORMALIZE, OrderedPPOConfig, OrderedSACConfig
 from rl_trading.training.callbacks import TradingCallbacks
 from rl_trading.training.encoder_learner import EncoderPPOTorchLearner
 from rl_trading.training.env_bridge import EnvFactory, all_agent_spaces
@@ -167,6 +167,7 @@ def build_phase_config(
         .learners(
             num_learners=res.num_learners,
             num_gpus_per_learner=res.num_gpus_per_learner,
+            learner_config_dict={REWARD_NORMALIZE: cfg.reward.normalize},
         )
         # a list, not a set: module build order (torch init draws) must not depend on hash seeds
         .multi_agent(policies=list(pids), policy_mapping_fn=mapping, policies_to_train=trained)
