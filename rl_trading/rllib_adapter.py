@@ -219,6 +219,18 @@ class HookedPPOTorchLearner(PPOTorchLearner):
 class CyclicIteratorState(MiniBatchCyclicIterator):
     """RLlib's cyclic minibatch iterator with its loop state under public names."""
 
+    @classmethod
+    def like(cls, stock: MiniBatchCyclicIterator) -> CyclicIteratorState:
+        """A new iterator of this class over the same batch, with the same settings as the
+        not yet started `stock` one (RLlib's constructor has no side effects)."""
+        return cls(
+            stock._batch,
+            num_epochs=stock._num_epochs,
+            minibatch_size=stock._minibatch_size,
+            shuffle_batch_per_epoch=stock._shuffle_batch_per_epoch,
+            num_total_minibatches=stock._num_total_minibatches,
+        )
+
     @property
     def source_batch(self) -> Any:
         """The MultiAgentBatch the minibatches are cut from."""

@@ -159,4 +159,7 @@ def test_no_module_patches_a_ray_or_torch_class():
         for name in names:
             if name[:1].isupper() and re.search(rf"^\s*{name}\.\w+\s*=[^=]", source, re.M):
                 offences.append(f"{path.relative_to(ROOT)}: {name}.<attr> = ...")
+        # nor re-classing an instance of one (an object turned into a class it was not built as)
+        for hit in re.findall(r"^\s*([\w.]+)\.__class__\s*=[^=]", source, re.M):
+            offences.append(f"{path.relative_to(ROOT)}: {hit}.__class__ = ...")
     assert not offences, "\n".join(offences)

@@ -271,7 +271,7 @@ class FastPPOTorchLearner(HookedPPOTorchLearner):
         """RLlib's minibatch iterator; its cyclic one as `FastMiniBatchCyclicIterator`."""
         batch_iter = super().make_minibatch_iterator(**kwargs)
         if type(batch_iter) is MiniBatchCyclicIterator:
-            batch_iter.__class__ = FastMiniBatchCyclicIterator
+            return FastMiniBatchCyclicIterator.like(batch_iter)
         return batch_iter
 
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:
