@@ -713,7 +713,12 @@ def test_a_live_session_resumes_through_the_streams(in_ws, tmp_path):
 
 @pytest.mark.parametrize(
     "sets",
-    [[], ["env.vol_target=0.15", "env.benchmark=vol_target"], ["env.cross_sectional=true"]],
+    [
+        [],
+        ["env.vol_target=0.15", "env.benchmark=vol_target"],
+        ["env.benchmark=buy_and_hold", "env.risk_limits=active"],
+        ["env.cross_sectional=true"],
+    ],
 )
 def test_set_bar_writes_the_rows_a_batch_env_has(sets):
     """`HierarchicalTradingEnv.set_bar` over placeholder rows gives every kernel array the
