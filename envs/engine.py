@@ -21,7 +21,8 @@ The rules (`docs/architecture.md` has the prose):
 * **Stops** (`stop_losses`): a position whose bar trades through ``entry x (1 -/+ s)`` is closed
   at that level or at the open when it gapped through it (the worse price), paying the rate.
 * **Risk limits** (`risk_limits`): sector, correlation and VaR caps, each only scaling orders
-  down and each counted.
+  down and each counted (env.risk_limits active: the sector and correlation caps scale the
+  active weights around the benchmark instead, in both directions).
 * **Rewards**: the specialists' proposal reward (`proposal_rewards`, rolling Sharpe of the
   proposal's own return) or executed reward (`executed_rewards`, the held position's P&L in
   risk units), optionally relative to a benchmark position; costs optionally amortised.
@@ -190,7 +191,9 @@ def risk_limits(x, scale, bench, cov, corr, sector_ids, par, alloc, tmp, cnt):
 
     With env.risk_limits active in benchmark-relative mode the sector and correlation limits
     scale the active weights x - bench (the agents' bets; the neutral action then holds the
-    benchmark whole), else the whole book; VaR always caps the whole book.
+    benchmark whole), else the whole book; VaR always caps the whole book. Scaling an active
+    underweight moves it back toward the benchmark, so in that mode a cap can raise an
+    exposure (a bet against the benchmark is a bet like any other).
     Allocations are |x| / full size. Sector: a sector's allocations sum to at most
     max_sector_allocation (scaled pro rata). Correlation: the correlated allocation
     ``c_i = sum_j max(0, rho_ij sign(x_i) sign(x_j)) a_j`` is at most max_correlation_exposure.

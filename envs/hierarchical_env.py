@@ -16,7 +16,9 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
   the env clips to [0, 1] and normalises to sum 1 (all ~0 -> all cash). Acting simultaneously,
   it sees the proposals of the previous step.
 * Target exposure on i = w_i x p_i x max_position_size x equity, then the risk limits of
-  envs.risk (sector, correlation, VaR) scale orders down; every scale-down is counted.
+  envs.risk (sector, correlation, VaR) scale orders down; every scale-down is counted
+  (env.risk_limits active: sector and correlation scale the active weights around
+  env.benchmark, in both directions).
 * Rewards: specialist i gets a Sharpe-style instrument-level reward: its per-unit-capital
   return ``p_prev (open/close_prev - 1) + p (close/open - 1) - cost rate |p - p_prev|`` divided
   by max(rolling std of its own returns, the instrument's causal rolling volatility)
@@ -307,8 +309,12 @@ class HierarchicalTradingEnv(ParallelEnv):
         )  # fmt: skip
 
     def _benchmark_rows(self, rows: slice) -> np.ndarray:
-        """env.benchmark's exposures at the bars `rows` (buy_and_hold drifts from bar 0)."""
-        growth = self._close[rows] / self._close[0]
+        """env.benchmark's exposures at the bars `rows`. buy_and_hold is bought at `first_bar`,
+        where every episode of an evaluation (and so a backtest's baselines) starts, and drifts
+        from there; before it, 1/n (no later price is read: causal)."""
+        base = self._close[self.first_bar]
+        growth = self._close[rows] / base
+        growth[np.arange(self.n_bars)[rows] < self.first_bar] = 1.0
         return benchmark_exposures(self.benchmark, self._sizes[rows], growth)
 
     def _observed_features(self, features: np.ndarray) -> np.ndarray:

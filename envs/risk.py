@@ -4,7 +4,9 @@ The limits are applied by envs.engine.risk_limits (the one copy of the trading r
 these estimates. Exposures are fractions of equity (signed). Allocations are |exposure| / full
 position size, i.e. shares of the deployable capital. Limits, applied in this order to the
 target exposures before execution, each only scaling orders down (never up) and each counted
-when it binds:
+when it binds (with env.risk_limits active in benchmark-relative mode, the sector and
+correlation limits scale the active weights x - b instead: an underweight bet is cut back
+toward the benchmark too, which can raise an exposure; VaR still scales the book down):
 
 1. sector: the allocations of one sector (cfg.env.sectors; unmapped symbols are unconstrained)
    sum to at most ``max_sector_allocation``; the sector's orders are scaled pro rata.

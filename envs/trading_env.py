@@ -84,6 +84,7 @@ class TradingEnv(gym.Env):
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, self.periods_per_year)
         self.reward_fn = RewardShaper(self.cfg.reward)
         self.reward_scale = float(self.cfg.reward.scale)
+        self._amortized = self.reward_fn.amortize > 1  # a cost debt to flush at the end
 
         data = prepare_instrument(bars, scaler, symbol="bars")
         self.scaler = data.scaler
@@ -194,7 +195,7 @@ class TradingEnv(gym.Env):
         units = self._units
         price = self._close_l[t]
         eq = self._equity
-        out[-3] = units * price / (self._size(t) * eq) if eq > 0 else 0.0
+        out[-3] = units * price / (self._size_l[t] * eq) if eq > 0 else 0.0
         out[-2] = (price / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
         out[-1] = self._bars_in_pos * 0.01
         return out
@@ -214,10 +215,6 @@ class TradingEnv(gym.Env):
             "bar": self._t,
         }
 
-    def _size(self, t: int) -> float:
-        """Full position size at bar t, fraction of equity (env.vol_target or max size)."""
-        return self._size_l[t]
-
     def _target_of(self, action: Any) -> float:
         if self.action_type == "discrete":
             return self._levels[int(action)]
@@ -233,7 +230,8 @@ class TradingEnv(gym.Env):
         t = self._t
         t1 = t + 1
         eq_prev = self._equity
-        self._x[0] = target * self._size(t)
+        size_l = self._size_l  # full position size per bar (env.vol_target or max size)
+        self._x[0] = target * size_l[t]
         (fill, traded, stopped, units, self._entry, bars_in, cost, borrow,
          equity) = engine.step_single(t, self._mk, self._par, self._state, self._x, self._sc,
                                       self._cnt)  # fmt: skip
@@ -259,7 +257,7 @@ class TradingEnv(gym.Env):
             reward = self.reward_fn(eq_prev, equity, cost)
         terminated = equity <= 0.0
         truncated = (not terminated) and t1 >= self._end
-        if self.reward_fn.amortize > 1 and (terminated or truncated):
+        if self._amortized and (terminated or truncated):
             reward -= self.reward_fn.flush()  # the cost debt still owed (reward.cost_...)
         reward *= self.reward_scale
         info = {
@@ -278,7 +276,7 @@ class TradingEnv(gym.Env):
         # observation of bar t1 (as _obs(), inlined)
         stop = (t1 + 1) * self._n_feat
         obs = self._flat[stop - self._obs_dim + _STATE_DIM : stop + _STATE_DIM].copy()
-        obs[-3] = units * price_close / (self._size(t1) * equity) if equity > 0 else 0.0
+        obs[-3] = units * price_close / (size_l[t1] * equity) if equity > 0 else 0.0
         obs[-2] = (price_close / self._entry - 1.0) * (1.0 if units > 0 else -1.0) if units else 0.0
         obs[-1] = self._bars_in_pos * 0.01
         return obs, reward, terminated, truncated, info

@@ -244,11 +244,13 @@ class EnvironmentConfig(Section):
     # the benchmark, not cash; rewards are active returns (reward.tracking_error_weight).
     # equal_weight: 1/n of equity per instrument; vol_target: 1/n of each instrument's
     # vol-targeted full size (needs env.vol_target); buy_and_hold: 1/n of equity bought at the
-    # env's first bar and left to drift (never traded); none: absolute positions (cash neutral).
+    # env's first tradable bar and left to drift (never traded); none: absolute positions.
     benchmark: Literal["none", "equal_weight", "vol_target", "buy_and_hold"] = "none"
     # What the sector and correlation limits cap in benchmark-relative mode: the whole book
     # (the benchmark's own positions included), or only the active weights around the
-    # benchmark, so that the neutral action holds the benchmark whole. VaR caps the book.
+    # benchmark (over- and underweights alike: cutting an underweight buys toward the
+    # benchmark), so that the neutral action holds the benchmark whole. VaR caps the book.
+    # Needs env.benchmark (without one there are no active weights).
     risk_limits: Literal["book", "active"] = "book"
     # Cross-sectional observations (hierarchical env): each specialist also sees its features
     # minus the mean of all instruments' features at the same bar (data.features
@@ -257,9 +259,12 @@ class EnvironmentConfig(Section):
 
     @model_validator(mode="after")
     def _benchmark_needs_its_sizing(self) -> EnvironmentConfig:
-        """The vol_target benchmark sizes each instrument by env.vol_target."""
+        """The vol_target benchmark sizes each instrument by env.vol_target; active risk
+        limits need a benchmark to be active against (else they would silently do nothing)."""
         if self.benchmark == "vol_target" and self.vol_target is None:
             raise ValueError("env.benchmark vol_target needs env.vol_target (e.g. 0.1)")
+        if self.risk_limits == "active" and self.benchmark == "none":
+            raise ValueError("env.risk_limits active needs an env.benchmark (active weights)")
         return self
 
 

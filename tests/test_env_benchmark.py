@@ -98,6 +98,8 @@ def test_active_rewards_and_penalty():
 def test_config_and_single_env_guards():
     with pytest.raises(ConfigError, match="env.vol_target"):
         load_config(None, ["env.benchmark=vol_target", "env.vol_target=null"])
+    with pytest.raises(ConfigError, match="env.risk_limits active needs an env.benchmark"):
+        load_config(None, ["env.benchmark=none", "env.risk_limits=active"])
     cfg = AppConfig()
     cfg.env.benchmark = "equal_weight"
     with pytest.raises(ConfigError, match="hierarchical env"):
@@ -105,15 +107,18 @@ def test_config_and_single_env_guards():
 
 
 def test_the_buy_and_hold_benchmark_drifts_and_is_never_traded():
-    """env.benchmark buy_and_hold: 1/n of equity at the env's first bar, each weight drifting
-    with its price; held by the neutral action with one entry and (the band keeping drift
+    """env.benchmark buy_and_hold: 1/n of equity at the env's first tradable bar, each weight
+    drifting with its price; held by the neutral action with one entry and (the band keeping drift
     trades out) no rebalancing, so the book tracks the benchmark."""
     bars = make_market(n=300, seed=4)
     closes = np.column_stack([f["close"].to_numpy() for f in bars.values()])
     e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark="buy_and_hold",
                                rebalance_band=0.2, **dict(OPEN, random_start=False))  # fmt: skip
-    growth = closes / closes[0]
+    f = e.first_bar  # bought where evaluation episodes (and a backtest's baselines) start
+    growth = closes / closes[f]
+    growth[:f] = 1.0  # before it: 1/n, no later price read
     np.testing.assert_allclose(e.benchmark_exposures(), growth / growth.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(e.benchmark_exposures()[f], 1.0 / 3.0)
     play(e, neutral)
     s = e.episode_summary()
     held = s["exposures"][1:]
