@@ -312,9 +312,10 @@ class HierarchicalTradingEnv(ParallelEnv):
         """env.benchmark's exposures at the bars `rows`. buy_and_hold is bought at `first_bar`,
         where every episode of an evaluation (and so a backtest's baselines) starts, and drifts
         from there; before it, 1/n (no later price is read: causal)."""
-        base = self._close[self.first_bar]
-        growth = self._close[rows] / base
-        growth[np.arange(self.n_bars)[rows] < self.first_bar] = 1.0
+        growth = None
+        if self.benchmark == "buy_and_hold":  # (set_bar: one row, O(1))
+            growth = self._close[rows] / self._close[self.first_bar]
+            growth[: max(0, self.first_bar - rows.indices(self.n_bars)[0])] = 1.0
         return benchmark_exposures(self.benchmark, self._sizes[rows], growth)
 
     def _observed_features(self, features: np.ndarray) -> np.ndarray:

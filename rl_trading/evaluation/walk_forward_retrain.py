@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,9 +54,6 @@ from rl_trading.ray_utils import fit_trial_runners, resolve_address
 from rl_trading.registry import config_hash, grade_rl
 from rl_trading.supervised.signals import SignalProvider, observed_market
 from rl_trading.training.mapping import phase_iterations, phase_timesteps
-
-if TYPE_CHECKING:
-    pass
 
 RESULT_FILE = "result.json"
 PLAN_FILE = "plan.json"
@@ -200,7 +197,6 @@ def parse_phases(text: str | Sequence[int]) -> tuple[int, ...]:
 def validation_passes(cfg: AppConfig, phase: int) -> int:
     """Validation passes (selection candidates) of one phase run: every `eval_interval`
     iterations and at the last one (as `training.runner.run_phase` does)."""
-
     total = phase_iterations(cfg, phase)
     every = cfg.phases.eval_interval
     return len({it for it in range(1, total + 1) if it % every == 0 or it == total})
@@ -471,7 +467,6 @@ def build_report(
     larger, `ledger_trials` (every trial the ledger holds on the data, this run's included),
     plus `extra_trials` (work done outside the tool).
     """
-
     agg = aggregate(results, capital=cfg.env.initial_capital)
     trials = count_trials(results, n_seeds)
     trials["this_run"] = trials["n_trials"]

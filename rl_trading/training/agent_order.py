@@ -23,10 +23,10 @@ from typing import Any
 
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.algorithms.sac import SACConfig
-from ray.rllib.connectors.common import AgentToModuleMapping
+from ray.rllib.connectors.common import AgentToModuleMapping, NumpyToTensor
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 
-from rl_trading.training.reward_norm import with_reward_normalizer
+from rl_trading.training.reward_norm import RewardNormalizer
 
 #: learner_config_dict key: divide rewards by their running std in the learner (reward.normalize)
 REWARD_NORMALIZE = "reward_normalize"
@@ -66,14 +66,20 @@ def _agent_keyed(items: dict) -> bool:
     return all(isinstance(key, tuple) and len(key) == 3 for key in items)
 
 
+def insert_once(pipeline: Any, before: type, piece: ConnectorV2) -> Any:
+    """`pipeline` with `piece` just before its `before` piece, when it has one and holds no
+    piece of `piece`'s type yet."""
+    connectors = getattr(pipeline, "connectors", None) or []
+    if any(isinstance(c, before) for c in connectors) and not any(
+        isinstance(c, type(piece)) for c in connectors
+    ):
+        pipeline.insert_before(before, piece)
+    return pipeline
+
+
 def with_agent_order(pipeline: Any) -> Any:
     """`pipeline` with an `AgentOrder` piece just before its `AgentToModuleMapping` (if any)."""
-    connectors = getattr(pipeline, "connectors", None) or []
-    if any(isinstance(c, AgentToModuleMapping) for c in connectors) and not any(
-        isinstance(c, AgentOrder) for c in connectors
-    ):
-        pipeline.insert_before(AgentToModuleMapping, AgentOrder())
-    return pipeline
+    return insert_once(pipeline, AgentToModuleMapping, AgentOrder())
 
 
 class OrderedAgents:
@@ -85,10 +91,11 @@ class OrderedAgents:
 
     def build_learner_connector(self, *args: Any, **kwargs: Any) -> Any:
         """RLlib's learner pipeline, with the agent order fixed (`with_agent_order`) and, when
-        `learner_config_dict[REWARD_NORMALIZE]`, the rewards normalised (training/reward_norm)."""
+        `learner_config_dict[REWARD_NORMALIZE]`, the rewards normalised before they become
+        tensors, so before PPO's advantages (training/reward_norm)."""
         pipeline = with_agent_order(super().build_learner_connector(*args, **kwargs))
         if self.learner_config_dict.get(REWARD_NORMALIZE):
-            pipeline = with_reward_normalizer(pipeline)
+            pipeline = insert_once(pipeline, NumpyToTensor, RewardNormalizer())
         return pipeline
 
 

@@ -16,11 +16,10 @@ import math
 from typing import Any
 
 import numpy as np
-from ray.rllib.connectors.common import NumpyToTensor
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 
-__all__ = ["RewardNormalizer", "with_reward_normalizer"]
+__all__ = ["RewardNormalizer"]
 
 
 class RewardNormalizer(ConnectorV2):
@@ -83,16 +82,3 @@ class RewardNormalizer(ConnectorV2):
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore `get_state`'s moments."""
         self.stats = {k: list(v) for k, v in state.get("stats", {}).items()}
-
-
-def with_reward_normalizer(pipeline: Any) -> Any:
-    """`pipeline` with a `RewardNormalizer` just before its `NumpyToTensor` (appended when it
-    has none), once."""
-    connectors = getattr(pipeline, "connectors", None) or []
-    if any(isinstance(c, RewardNormalizer) for c in connectors):
-        return pipeline
-    if any(isinstance(c, NumpyToTensor) for c in connectors):
-        pipeline.insert_before(NumpyToTensor, RewardNormalizer())
-    else:
-        pipeline.append(RewardNormalizer())
-    return pipeline
