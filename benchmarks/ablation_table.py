@@ -63,11 +63,21 @@ def score(c: dict[str, Any]) -> float:
     return sum(diffs) / len(diffs) if diffs else -math.inf
 
 
+def own_trials(report: dict[str, Any]) -> int:
+    """A candidate's own trials on one set: its walk-forward's validation passes (every fold x
+    seed x phase) plus one per seed, as the walk-forward itself records them. Not the report's
+    `n_trials`: that is the DSR's count, the whole ledger on the market included."""
+    passes = sum(len(v) for unit in report["validation_sharpes"].values() for v in unit.values())
+    return passes + len(report["seeds"])
+
+
 def record(folders: list[Path]) -> None:
-    """Each candidate run into the trial ledger, on its sets' market fingerprints."""
+    """Each candidate run into the trial ledger, on its sets' market fingerprints, unless the
+    ledger already holds its walk-forward rows (a run made in this workspace records itself:
+    recording it again would count its passes twice)."""
     import sys
 
-    from rl_trading.ledger import market_fingerprint, record_trials
+    from rl_trading.ledger import list_trials, market_fingerprint, record_trials
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     set_config = importlib.import_module("real_markets").set_config  # the sets' files
@@ -75,15 +85,27 @@ def record(folders: list[Path]) -> None:
     for folder in folders:
         summary = json.loads((folder / "real_markets.json").read_text())
         for res in summary["sets"]:
-            ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=[],
-                                    config=Path(res["config"]))  # fmt: skip
-            fp = market_fingerprint(set_config(res["set"], ns))
+            # the set's bars are what the fingerprint hashes; a run made in a worktree that is
+            # gone since reads them through this checkout's shipped config
+            config = Path(res["config"])
+            if not config.is_file():
+                config = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+            ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=[], config=config)
+            cfg_set = set_config(res["set"], ns)
+            fp = market_fingerprint(cfg_set)
+            report_path = Path(res["report"])
+            run_dir = str(report_path.parent)
+            if any(r.kind == "walk_forward" and r.source == run_dir
+                   for r in list_trials(fp)):  # fmt: skip
+                print(f"ledger: {folder.name} on {res['set']} ({fp[:12]}): already recorded "
+                      "by its walk-forward")  # fmt: skip
+                continue
+            n = own_trials(json.loads(report_path.read_text()))
             cfg = {"candidate": folder.name, "overrides": res["overrides"]}
             added = record_trials(fp, "ablation", [cfg], source="benchmarks/ablation_table.py",
-                                  trials_each=int(res["n_trials"]))  # fmt: skip
+                                  trials_each=n)  # fmt: skip
             state = "recorded" if added else "already recorded"
-            print(f"ledger: {folder.name} on {res['set']} ({fp[:12]}): {state}, "
-                  f"{res['n_trials']} trials")  # fmt: skip
+            print(f"ledger: {folder.name} on {res['set']} ({fp[:12]}): {state}, {n} trials")
 
 
 def main() -> None:

@@ -1,0 +1,73 @@
+"""The selection table's trial recording (benchmarks/ablation_table.py --record): a candidate
+counts its own validation passes, once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ablation_table  # noqa: E402
+
+from rl_trading import ledger  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _report(seeds: list[int]) -> dict:
+    passes = {"phase1": [0.1, 0.2, 0.3], "phase2": [0.4], "phase3": [0.5, 0.6]}
+    return {
+        "seeds": seeds,
+        "n_trials": 5000,  # the DSR's count: the whole ledger on the market, not the run's
+        "validation_sharpes": {f"fold{k}_seed{s}": passes for k in (0, 1) for s in seeds},
+    }
+
+
+def test_own_trials_are_the_runs_passes_plus_its_seeds() -> None:
+    assert ablation_table.own_trials(_report([42, 43])) == 2 * 2 * 6 + 2
+
+
+def _candidate(root: Path, name: str) -> Path:
+    """A candidate folder as real_markets.py writes it, on us_daily, with its report."""
+    folder = root / name
+    run_dir = folder / "us_daily"
+    run_dir.mkdir(parents=True)
+    (run_dir / "walk_forward.json").write_text(json.dumps(_report([42, 43])))
+    summary = {
+        "sets": [
+            {
+                "set": "us_daily",
+                "config": str(root / "gone" / "default.yaml"),  # a removed worktree's config
+                "overrides": ["env.vol_target=0.1"],
+                "report": str(run_dir / "walk_forward.json"),
+            }
+        ]
+    }
+    (folder / "real_markets.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_record_counts_own_passes_once(workspace, market_dir) -> None:
+    """A candidate from elsewhere is recorded with its own passes (not the DSR's n_trials); one
+    whose walk-forward already recorded itself in this ledger is not counted again."""
+    import argparse
+    import importlib
+
+    real_markets = importlib.import_module("real_markets")
+    ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=[],
+                            config=REPO / "configs" / "default.yaml")  # fmt: skip
+    fp = ledger.market_fingerprint(real_markets.set_config("us_daily", ns))
+
+    elsewhere = _candidate(workspace, "R_elsewhere")
+    ablation_table.record([elsewhere])
+    assert ledger.count_trials(fp) == 26
+    ablation_table.record([elsewhere])  # recording it again adds nothing
+    assert ledger.count_trials(fp) == 26
+
+    here = _candidate(workspace, "R_here")
+    run_dir = str(here / "us_daily")
+    ledger.record_trials(fp, "walk_forward", [{"fold": 0, "seed": 42}], run_dir, 7)
+    ablation_table.record([here])
+    assert ledger.count_trials(fp) == 26 + 7
