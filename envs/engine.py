@@ -537,18 +537,20 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
             out_meta)  # fmt: skip
 
 
-def step_single(t, mk, par, state, x, sc, cnt):
+def step_single(t, exposure, mk, par, state, sc):
     """One bar of the single-instrument env (one instrument, no portfolio limits): the target
-    exposure x[0] (fraction of equity) fills at bar t + 1's open when it left the band, then
+    `exposure` (fraction of equity) fills at bar t + 1's open when it left the band, then
     borrow, the stop-loss and the mark at the close. Returns (units traded, traded, stopped,
-    units, entry price, bars in position, cost, borrow, equity)."""
+    units, entry price, bars in position, cost, borrow, equity); the env counts its stops."""
     t1 = t + 1
     rate = par[P_RATE]
     units = state[R_UNITS]
     target = state[R_TARGET]
+    x = state[R_X]
+    x[0] = exposure
     before = units[0]
     want = np.zeros(1, dtype=np.bool_)
-    want[0] = mk[t1, M_REAL, 0] != 0.0 and trades(x[0], target[0],
+    want[0] = mk[t1, M_REAL, 0] != 0.0 and trades(exposure, target[0],
                                                    par[P_BAND] * mk[t, M_SCALE, 0])  # fmt: skip
     cash = sc[S_CASH]
     cost = 0.0
@@ -566,7 +568,6 @@ def step_single(t, mk, par, state, x, sc, cnt):
                                         False)  # fmt: skip
     cash += dcash
     cost += sl_cost
-    cnt[C_STOP] += n_hit
     if units[0] != 0.0:
         state[R_BARS, 0] += 1.0
     equity = cash + mark(units, mk[t1, M_CLOSE], state[R_TMP])

@@ -154,8 +154,6 @@ class TradingEnv(gym.Env):
         self._state = np.zeros((engine.N_STATE, 1))  # units, entry, bars, last traded target
         self._sc = np.zeros(engine.N_SC + 1)
         self._sc[engine.S_CASH] = self._sc[engine.S_EQUITY] = self.initial_balance
-        self._cnt = np.zeros(engine.N_CNT, dtype=np.int64)
-        self._x = np.zeros(1)
         self._units = 0.0
         self._entry = 0.0
         self._target = 0.0
@@ -231,10 +229,9 @@ class TradingEnv(gym.Env):
         t1 = t + 1
         eq_prev = self._equity
         size_l = self._size_l  # full position size per bar (env.vol_target or max size)
-        self._x[0] = target * size_l[t]
         (fill, traded, stopped, units, self._entry, bars_in, cost, borrow,
-         equity) = engine.step_single(t, self._mk, self._par, self._state, self._x, self._sc,
-                                      self._cnt)  # fmt: skip
+         equity) = engine.step_single(t, target * size_l[t], self._mk, self._par, self._state,
+                                      self._sc)  # fmt: skip
         if traded:
             self._target = target
             self._n_trades += 1
