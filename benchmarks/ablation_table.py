@@ -12,8 +12,10 @@ candidate counts as a trial.
     .venv/bin/python benchmarks/ablation_table.py --record runs/abl/*   # into the trial ledger
 
 `--record` writes every candidate into the trial ledger of the current workspace, on each
-selection set's market fingerprint (kind `ablation`, its selection passes as its trials), so
-the later walk-forward's DSR on those markets counts them without a flag.
+selection set's market fingerprint (kind `ablation`, its own validation passes plus one per
+seed as its trials), so the later walk-forward's DSR on those markets counts them without a
+flag; a candidate run in this workspace recorded itself already (its walk-forward rows) and
+is skipped.
 """
 
 from __future__ import annotations
@@ -64,11 +66,11 @@ def score(c: dict[str, Any]) -> float:
 
 
 def own_trials(report: dict[str, Any]) -> int:
-    """A candidate's own trials on one set: its walk-forward's validation passes (every fold x
-    seed x phase) plus one per seed, as the walk-forward itself records them. Not the report's
+    """A candidate's own trials on one set, as its walk-forward records them in the ledger:
+    its validation passes (every fold x seed x phase) plus one per seed. Not the report's
     `n_trials`: that is the DSR's count, the whole ledger on the market included."""
-    passes = sum(len(v) for unit in report["validation_sharpes"].values() for v in unit.values())
-    return passes + len(report["seeds"])
+    detail = report["policy"]["n_trials_detail"]
+    return int(detail["validation_passes"]) + int(detail["seeds"])
 
 
 def record(folders: list[Path]) -> None:
@@ -77,7 +79,7 @@ def record(folders: list[Path]) -> None:
     recording it again would count its passes twice)."""
     import sys
 
-    from rl_trading.ledger import list_trials, market_fingerprint, record_trials
+    from rl_trading.ledger import ledger_url, list_trials, market_fingerprint, record_trials
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     set_config = importlib.import_module("real_markets").set_config  # the sets' files
@@ -92,18 +94,21 @@ def record(folders: list[Path]) -> None:
                 config = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
             ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=[], config=config)
             cfg_set = set_config(res["set"], ns)
-            fp = market_fingerprint(cfg_set)
+            fp, url = market_fingerprint(cfg_set), ledger_url(cfg_set)  # the walk-forward's
             report_path = Path(res["report"])
             run_dir = str(report_path.parent)
             if any(r.kind == "walk_forward" and r.source == run_dir
-                   for r in list_trials(fp)):  # fmt: skip
+                   for r in list_trials(fp, url)):  # fmt: skip
                 print(f"ledger: {folder.name} on {res['set']} ({fp[:12]}): already recorded "
                       "by its walk-forward")  # fmt: skip
                 continue
+            if not report_path.is_file():
+                raise SystemExit(f"{folder.name}: its {res['set']} report {report_path} is "
+                                 "gone, so its own trial count is unknown")  # fmt: skip
             n = own_trials(json.loads(report_path.read_text()))
             cfg = {"candidate": folder.name, "overrides": res["overrides"]}
             added = record_trials(fp, "ablation", [cfg], source="benchmarks/ablation_table.py",
-                                  trials_each=n)  # fmt: skip
+                                  trials_each=n, url=url)  # fmt: skip
             state = "recorded" if added else "already recorded"
             print(f"ledger: {folder.name} on {res['set']} ({fp[:12]}): {state}, {n} trials")
 

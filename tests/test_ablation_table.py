@@ -17,16 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _report(seeds: list[int]) -> dict:
-    passes = {"phase1": [0.1, 0.2, 0.3], "phase2": [0.4], "phase3": [0.5, 0.6]}
-    return {
-        "seeds": seeds,
-        "n_trials": 5000,  # the DSR's count: the whole ledger on the market, not the run's
-        "validation_sharpes": {f"fold{k}_seed{s}": passes for k in (0, 1) for s in seeds},
-    }
+    """A walk-forward report's trial counts: 2 folds x 2 seeds x 6 passes, plus the seeds; its
+    n_trials is the DSR's count (the whole ledger on the market), not the run's."""
+    detail = {"validation_passes": 24, "seeds": len(seeds), "this_run": 26, "ledger": 5000}
+    return {"seeds": seeds, "policy": {"n_trials": 5000, "n_trials_detail": detail}}
 
 
 def test_own_trials_are_the_runs_passes_plus_its_seeds() -> None:
-    assert ablation_table.own_trials(_report([42, 43])) == 2 * 2 * 6 + 2
+    assert ablation_table.own_trials(_report([42, 43])) == 24 + 2
 
 
 def _candidate(root: Path, name: str) -> Path:
