@@ -79,6 +79,7 @@ def record(folders: list[Path]) -> None:
     recording it again would count its passes twice)."""
     import sys
 
+    from rl_trading.config import CONFIG_DIR
     from rl_trading.ledger import ledger_url, list_trials, market_fingerprint, record_trials
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -91,7 +92,7 @@ def record(folders: list[Path]) -> None:
             # gone since reads them through this checkout's shipped config
             config = Path(res["config"])
             if not config.is_file():
-                config = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+                config = CONFIG_DIR / "default.yaml"
             ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=[], config=config)
             cfg_set = set_config(res["set"], ns)
             fp, url = market_fingerprint(cfg_set), ledger_url(cfg_set)  # the walk-forward's
