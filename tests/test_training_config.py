@@ -309,6 +309,27 @@ def test_reward_normalizer_divides_by_the_running_std_and_keeps_its_moments():
 
 
 @pytest.mark.rllib
+def test_reward_normalize_refuses_a_pipeline_it_cannot_join():
+    """reward.normalize never trains silently without its piece: a learner pipeline with no
+    NumpyToTensor to place it before is an error, not a skipped normaliser."""
+    from types import SimpleNamespace
+
+    from rl_trading.errors import RLTradingError
+    from rl_trading.training.agent_order import REWARD_NORMALIZE, OrderedAgents
+
+    class Stock:
+        def build_learner_connector(self, *args, **kwargs):
+            return SimpleNamespace(connectors=[])
+
+    class Config(OrderedAgents, Stock):
+        learner_config_dict = {REWARD_NORMALIZE: True}
+
+    with pytest.raises(RLTradingError, match="reward.normalize"):
+        Config().build_learner_connector()
+    Config.learner_config_dict = {}
+    assert Config().build_learner_connector().connectors == []
+
+
 def test_reward_normalize_puts_the_piece_before_the_advantages(ray_session, bars):
     from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 

@@ -26,6 +26,7 @@ from ray.rllib.algorithms.sac import SACConfig
 from ray.rllib.connectors.common import AgentToModuleMapping, NumpyToTensor
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 
+from rl_trading.errors import RLTradingError
 from rl_trading.training.reward_norm import RewardNormalizer
 
 #: learner_config_dict key: divide rewards by their running std in the learner (reward.normalize)
@@ -96,6 +97,12 @@ class OrderedAgents:
         pipeline = with_agent_order(super().build_learner_connector(*args, **kwargs))
         if self.learner_config_dict.get(REWARD_NORMALIZE):
             pipeline = insert_once(pipeline, NumpyToTensor, RewardNormalizer())
+            if not any(isinstance(c, RewardNormalizer) for c in pipeline.connectors):
+                # never train silently without it: RLlib's learner pipeline had NumpyToTensor
+                raise RLTradingError(
+                    "reward.normalize: RLlib's learner pipeline has no NumpyToTensor to "
+                    "place the reward normaliser before"
+                )
         return pipeline
 
 
