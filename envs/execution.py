@@ -19,6 +19,7 @@ __all__ = [
     "benchmark_exposures",
     "borrow_rate",
     "position_sizes",
+    "sizing_window",
     "vol_target_size",
 ]
 
@@ -53,6 +54,14 @@ class CostModel:
     def fill_price(self, price: Any, delta_units: Any) -> Any:
         """Effective fill price including slippage and half spread (for reporting only)."""
         return price * (1.0 + np.sign(delta_units) * self.price_impact)
+
+
+def sizing_window(risk_window: int, horizon_years: float | None, periods_per_year: float) -> int:
+    """Bars of the causal volatility that sizes positions: env.vol_horizon_years x periods a
+    year (at least `risk_window`), or `risk_window` without a horizon."""
+    if horizon_years is None:
+        return int(risk_window)
+    return max(int(risk_window), round(float(horizon_years) * float(periods_per_year)))
 
 
 def vol_target_size(ann_vol: np.ndarray, target: float, cap: float) -> np.ndarray:

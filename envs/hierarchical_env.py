@@ -67,8 +67,14 @@ from envs.common import (
     prepare_instrument,
     resolve_config,
 )
-from envs.execution import CostModel, benchmark_exposures, borrow_rate, position_sizes
-from envs.risk import RiskModel, rolling_covariance
+from envs.execution import (
+    CostModel,
+    benchmark_exposures,
+    borrow_rate,
+    position_sizes,
+    sizing_window,
+)
+from envs.risk import RiskModel, causal_volatility, rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler, cross_sectional
@@ -212,8 +218,15 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._borrow = borrow_rate(ecfg.borrow_bps_per_year, ppy)
         self._ann_vol = (self.risk.vol * math.sqrt(ppy)).astype(np.float32)
         # full position size of i at bar t (fraction of equity): max_position_size, or under
-        # env.vol_target the target over the causal annualised volatility (capped)
-        self._sizes = position_sizes(self.risk.vol, ppy, ecfg.vol_target,
+        # env.vol_target the target over the causal annualised volatility (capped) of the last
+        # size_window bars (env.vol_horizon_years; else the risk model's risk_window)
+        self.size_window = sizing_window(risk_window, ecfg.vol_horizon_years, ppy)
+        size_vol = (
+            self.risk.vol
+            if self.size_window == risk_window
+            else causal_volatility(self._close, self.size_window)
+        )
+        self._sizes = position_sizes(size_vol, ppy, ecfg.vol_target,
                                      ecfg.vol_target_max_leverage, self.max_position)  # fmt: skip
         iu = np.triu_indices(n, 1)
         self._corr_ut = np.ascontiguousarray(self.risk.corr[:, iu[0], iu[1]], dtype=np.float32)
@@ -327,14 +340,22 @@ class HierarchicalTradingEnv(ParallelEnv):
         return np.concatenate([features, cross_sectional(features)], axis=-1)
 
     def set_bar(
-        self, t: int, ohlc: np.ndarray, real: np.ndarray, features: np.ndarray, cov: np.ndarray
+        self,
+        t: int,
+        ohlc: np.ndarray,
+        real: np.ndarray,
+        features: np.ndarray,
+        cov: np.ndarray,
+        size_cov: np.ndarray | None = None,
     ) -> None:
         """Write bar t of a live feed over a placeholder row (an env built over the bars so far
         plus placeholder rows): prices (n, 4: open, high, low, close), real flags (n,), scaled
         feature rows (n, F; the env.cross_sectional columns are added here) and the bar's
-        covariance (n, n; envs.risk.RollingCovariance). Every derived row t is computed by the
-        constructor's own functions on that one row; rows before t are untouched (every array
-        is causal), rows after t stay placeholders until set. The env must not have stepped
+        covariance (n, n; envs.risk.RollingCovariance), and with env.vol_horizon_years its
+        covariance over `size_window` bars (`size_cov`: the volatility that sizes). Every
+        derived row t is computed by the constructor's own functions on that one row; rows
+        before t are untouched (every array is causal), rows after t stay placeholders until
+        set. The env must not have stepped
         past t - 1."""
         if not 0 < t < self.n_bars or self._t >= t:
             raise ValueError(f"set_bar({t}): the env stands at bar {self._t} of {self.n_bars}")
@@ -351,7 +372,14 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.risk.cov[t], self.risk.vol[t], self.risk.corr[t] = one.cov[0], one.vol[0], one.corr[0]
         self._k_cov[t], self._k_corr[t] = one.cov[0], one.corr[0]
         self._ann_vol[t] = self._k_ann_vol[t] = (one.vol * math.sqrt(ppy)).astype(np.float32)[0]
-        sizes = position_sizes(one.vol, ppy, ecfg.vol_target, ecfg.vol_target_max_leverage,
+        if self.size_window != ecfg.risk_window and size_cov is None:
+            raise ValueError(f"set_bar({t}): size_cov ({self.size_window}-bar covariance) missing")
+        size_vol = (
+            one.vol
+            if size_cov is None
+            else np.sqrt(np.maximum(np.diagonal(np.asarray(size_cov, dtype=np.float64)), 0.0))[None]
+        )
+        sizes = position_sizes(size_vol, ppy, ecfg.vol_target, ecfg.vol_target_max_leverage,
                                self.max_position)  # fmt: skip
         self._sizes[t] = sizes[0]
         iu = np.triu_indices(self.n, 1)

@@ -31,7 +31,7 @@ import pandas as pd
 
 from envs import engine
 from envs.common import RewardShaper, env_periods_per_year, prepare_instrument, resolve_config
-from envs.execution import CostModel, borrow_rate, position_sizes
+from envs.execution import CostModel, borrow_rate, position_sizes, sizing_window
 from envs.risk import causal_volatility
 from rl_trading import metrics
 from rl_trading.config import AppConfig
@@ -98,8 +98,10 @@ class TradingEnv(gym.Env):
         self._n_feat = n_feat
         self._close_l = data.close.tolist()
         # full position size per bar, fraction of equity: max_position_size, or under
-        # env.vol_target the target over the causal annualised volatility (risk_window), capped
-        vol = causal_volatility(data.close, ecfg.risk_window)
+        # env.vol_target the target over the causal annualised volatility, capped, of the last
+        # env.vol_horizon_years of bars (else risk_window)
+        window = sizing_window(ecfg.risk_window, ecfg.vol_horizon_years, self.periods_per_year)
+        vol = causal_volatility(data.close, window)
         sizes = position_sizes(vol, self.periods_per_year, ecfg.vol_target,
                                ecfg.vol_target_max_leverage, self.max_position)[:, 0]  # fmt: skip
         self._size_l = sizes.tolist()

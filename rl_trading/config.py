@@ -235,6 +235,13 @@ class EnvironmentConfig(Section):
     # max_position_size of equity; the position is capped at vol_target_max_leverage x equity.
     vol_target: float | None = Field(None, gt=0)
     vol_target_max_leverage: float = Field(1.0, gt=0)
+    # Horizon of the volatility that sizes positions under vol_target, in years of bars
+    # (x periods per year; at least risk_window bars, fewer at a block's start): the same
+    # time on every bar size (0.25: 63 daily bars, 4,380 30-minute crypto bars). null: the
+    # last risk_window bars (60 bars: a quarter on daily bars, an hour on minute bars, where
+    # the size swings with the intraday volatility and re-trades at every swing). The risk
+    # limits (VaR, correlation) keep risk_window.
+    vol_horizon_years: float | None = Field(None, gt=0, le=10)
     # No-trade band (hierarchical env): an instrument is re-traded only when its target
     # exposure moved by more than this fraction of its full position size since its last
     # trade, or when the target is flat (exits always fill). 0 = trade on every change.

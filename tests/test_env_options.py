@@ -224,3 +224,43 @@ def test_reward_scale_multiplies_every_agents_reward():
     _, r_ten, _ = run(TradingEnv(bars=b, window_size=5, kind="sortino", scale=10.0), acts)
     assert np.abs(r_one).max() > 0
     np.testing.assert_allclose(r_ten, 10.0 * r_one, rtol=1e-9)
+
+
+def test_vol_horizon_sizes_from_years_of_bars_in_every_copy():
+    """env.vol_horizon_years sizes positions from the causal volatility of that many years of
+    bars (at least risk_window; fewer at the block's start), in both envs and in the baselines
+    that trade as the policy would; the risk model keeps risk_window; a bar's size does not
+    depend on later bars."""
+    from envs.execution import position_sizes, sizing_window
+    from envs.risk import causal_volatility
+    from rl_trading.evaluation.baselines import as_policy_would_trade
+
+    assert sizing_window(60, None, 17_520) == 60
+    assert sizing_window(60, 0.25, 17_520) == 4380 and sizing_window(60, 0.1, 252) == 60
+    bars = make_market(n=400, seed=2, vol=0.02)
+    kw = dict(BASE, vol_target=0.1, benchmark="vol_target", random_start=False)
+    env = HierarchicalTradingEnv(bars=bars, vol_horizon_years=0.5, **kw)
+    short = HierarchicalTradingEnv(bars=bars, **kw)
+    window = round(0.5 * env.periods_per_year)
+    assert env.size_window == window > short.size_window == 10
+    closes = np.stack([f["close"].to_numpy() for f in bars.values()], axis=1)
+    vol = causal_volatility(closes, window)
+    want = position_sizes(vol, env.periods_per_year, 0.1, 1.0, 0.1)
+    np.testing.assert_array_equal(env._sizes, want)
+    assert not np.allclose(env._sizes[200:], short._sizes[200:])
+    np.testing.assert_array_equal(env.risk.cov, short.risk.cov)  # the limits keep risk_window
+    part = HierarchicalTradingEnv(bars={s: f.iloc[:250] for s, f in bars.items()},
+                                  vol_horizon_years=0.5, **kw)  # fmt: skip
+    np.testing.assert_array_equal(part._sizes, env._sizes[:250])
+    # the baseline that trades a signal as the env would: the same sizes
+    cfg = env.cfg
+    assert cfg.env.rebalance_band == 0.0  # every change of the benchmark is an order
+    zero = as_policy_would_trade(np.zeros((400, len(bars))), bars, cfg)
+    np.testing.assert_allclose(zero[300], want[300] / len(bars))
+    # the single env: the same window over its one instrument
+    one = next(iter(bars.values()))
+    single = TradingEnv(bars=one, vol_target=0.1, vol_horizon_years=0.5, window_size=5,
+                        risk_window=10, episode_length=100, random_start=False)  # fmt: skip
+    sv = position_sizes(causal_volatility(one["close"].to_numpy(), window),
+                        single.periods_per_year, 0.1, 1.0, 0.1)[:, 0]  # fmt: skip
+    assert single._size_l == pytest.approx(sv.tolist(), rel=0, abs=0)

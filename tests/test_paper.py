@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
+from envs.risk import rolling_covariance
 from rl_trading.cli.main import main
 from rl_trading.config import CONFIG_DIR, load_config
 from rl_trading.data.features import FEATURE_COLUMNS
@@ -718,6 +719,7 @@ def test_a_live_session_resumes_through_the_streams(in_ws, tmp_path):
         ["env.vol_target=0.15", "env.benchmark=vol_target"],
         ["env.benchmark=buy_and_hold", "env.risk_limits=active"],
         ["env.cross_sectional=true"],
+        ["env.vol_target=0.05", "env.benchmark=vol_target", "env.vol_horizon_years=0.5"],
     ],
 )
 def test_set_bar_writes_the_rows_a_batch_env_has(sets):
@@ -734,10 +736,21 @@ def test_set_bar_writes_the_rows_a_batch_env_has(sets):
     live = HierarchicalTradingEnv(cfg, bars=_padded({s: f.iloc[:k] for s, f in bars.items()}, 60),
                                   mode="joint", eval_mode=True, scalers=full.scalers)  # fmt: skip
     live.reset(seed=0)
+    sized = None  # env.vol_horizon_years: the sizing window's covariance, as the broker streams
+    if full.size_window != cfg.env.risk_window:
+        closes = np.stack([bars[s]["close"].to_numpy() for s in bars], axis=1)
+        rets = np.zeros_like(closes)
+        rets[1:] = closes[1:] / closes[:-1] - 1.0
+        sized = rolling_covariance(rets, full.size_window)
+        assert full.size_window == round(0.5 * full.periods_per_year) > cfg.env.risk_window
+        with pytest.raises(ValueError, match="size_cov"):
+            own = full._feat_all[:, k, : len(FEATURE_COLUMNS)]
+            live.set_bar(k, np.ones((3, 4)), np.ones(3, bool), own, full._k_cov[k])
     for t in range(k, k + 50):
         ohlc = np.stack([bars[s][["open", "high", "low", "close"]].to_numpy()[t] for s in bars])
         own = full._feat_all[:, t, : len(FEATURE_COLUMNS)]  # cross-sectional gaps: set_bar's
-        live.set_bar(t, ohlc, np.ones(3, bool), own, full._k_cov[t])
+        size_cov = sized[t] if sized is not None else None
+        live.set_bar(t, ohlc, np.ones(3, bool), own, full._k_cov[t], size_cov)
     end = k + 50
     for name in ("_k_market", "_k_cov", "_k_corr", "_k_ann_vol", "_corr_ut", "_k_feat"):
         a, b = getattr(live, name), getattr(full, name)
@@ -748,3 +761,29 @@ def test_set_bar_writes_the_rows_a_batch_env_has(sets):
         np.testing.assert_array_equal(a, b, err_msg=name)
     with pytest.raises(ValueError):
         live.set_bar(live.book().bar, ohlc, np.ones(3, bool), own, full._k_cov[0])
+
+
+def test_the_live_broker_sizes_from_the_horizon_volatility():
+    """With env.vol_horizon_years the simulated broker streams the sizing window's covariance
+    too: the env it grows bar by bar has the sizes and benchmark of one built over all bars."""
+    from envs import HierarchicalTradingEnv
+    from rl_trading.data import synthetic_market
+    from rl_trading.paper import SimulatedBroker
+
+    sets = ["data.symbols=[A, B]", "data.periods_per_year=252", "env.vol_target=0.05",
+            "env.benchmark=vol_target", "env.vol_horizon_years=0.5"]  # fmt: skip
+    cfg = load_config(CONFIG_DIR / "quickstart.yaml", sets)
+    bars = synthetic_market(["A", "B"], n_bars=300, seed=3, timeframe="1d")
+    full = HierarchicalTradingEnv(cfg, bars=bars, mode="joint", eval_mode=True)
+    assert full.size_window == 126 > cfg.env.risk_window
+    sim = SimulatedBroker(cfg, "joint", full.scalers, ["A", "B"])
+    for t, ts in enumerate(bars["A"].index):
+        sim.add_bar(ts, {s: bars[s].iloc[t].to_dict() for s in bars})
+        if t >= 150:  # a history first (as a session starts), then bar by bar
+            sim.ensure_live()
+    assert sim.streamed and sim.rebuilds < 5
+    np.testing.assert_array_equal(sim.env._k_market[:300], full._k_market)
+    # the horizon changed the sizes (a 60-bar window gives others)
+    short = HierarchicalTradingEnv(cfg.model_copy(update={"env": cfg.env.model_copy(
+        update={"vol_horizon_years": None})}), bars=bars, mode="joint", eval_mode=True)  # fmt: skip
+    assert not np.array_equal(short._sizes[200:], full._sizes[200:])

@@ -23,8 +23,9 @@ Baselines (all on the same bars and cost model as the policy):
 * ``buy_and_hold_vol_target``: causal volatility targeting, what a practitioner would run:
   every ``rebalance_every`` bars, after the close, each instrument gets 1/n of a book sized
   to the target volatility (``env.vol_target``, else ``evaluation.grade_volatility``) from the
-  instrument's TRAILING volatility (the last ``env.risk_window`` returns up to that close, no
-  look-ahead), gross exposure capped at the policy's limit (:func:`policy_gross_limit`).
+  instrument's TRAILING volatility (the returns of the policy's sizing window up to that
+  close, ``envs.execution.sizing_window``: ``env.vol_horizon_years``, else ``env.risk_window``;
+  no look-ahead), gross exposure capped at the policy's limit (:func:`policy_gross_limit`).
 * ``buy_and_hold_vol_matched`` / ``equal_weight_vol_matched`` (when a policy's realised
   volatility is given): the same schedules with every weight scaled by one factor so the
   baseline's realised volatility equals the policy's, under the policy's own limit (gross
@@ -45,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from envs import engine
-from envs.execution import CostModel, benchmark_exposures, position_sizes
+from envs.execution import CostModel, benchmark_exposures, position_sizes, sizing_window
 from envs.risk import causal_volatility
 from rl_trading.config import periods_per_year_of
 from rl_trading.data.resample import FILLED_COLUMN
@@ -236,8 +237,10 @@ def as_policy_would_trade(
     ecfg = cfg.env
     closes = np.column_stack([f["close"].to_numpy(np.float64) for f in bars.values()])
     t_len, n = closes.shape
+    ppy = periods_per_year_of(cfg, bars)
+    window = sizing_window(ecfg.risk_window, ecfg.vol_horizon_years, ppy)
     sizes = position_sizes(
-        causal_volatility(closes, ecfg.risk_window), periods_per_year_of(cfg, bars),
+        causal_volatility(closes, window), ppy,
         ecfg.vol_target, ecfg.vol_target_max_leverage, ecfg.max_position_size,
     )  # fmt: skip
     # the env's market rows and parameters that its target rule reads (envs.engine.targets_of)
@@ -414,7 +417,7 @@ def run_baselines(
         closes,
         float(cfg.env.vol_target or cfg.evaluation.grade_volatility),
         ppy,
-        max(2, int(cfg.env.risk_window)),
+        max(2, sizing_window(cfg.env.risk_window, cfg.env.vol_horizon_years, ppy)),
         limit,
         rebalance_every,
     )
