@@ -137,7 +137,46 @@ GCS_PROBE = (
 
 
 # -- learner ---------------------------------------------------------------------------------
-class HookedPPOTorchLearner(PPOTorchLearner):
+LEARNER_CONNECTOR_STATE = "learner_connector"  # key of the pipeline's state in a learner's
+
+
+class LearnerConnectorState:
+    """Learner mixin: the learner connector pipeline's state (reward.normalize's running
+    moments) is part of the learner's state, so a checkpoint keeps it and a restore or resume
+    goes on with it (RLlib 2.60's `Learner.get_state` leaves the pipeline out)."""
+
+    def get_state(
+        self, components: Any = None, *, not_components: Any = None, **kwargs: Any
+    ) -> dict:
+        """`Learner.get_state`, plus the pipeline's state when the whole state or this key
+        is asked for (weight syncs ask for the module only)."""
+        state = super().get_state(components, not_components=not_components, **kwargs)
+        wanted = components is None or LEARNER_CONNECTOR_STATE in component_names(components)
+        wanted = wanted and LEARNER_CONNECTOR_STATE not in component_names(not_components)
+        if wanted and self._learner_connector is not None:
+            state[LEARNER_CONNECTOR_STATE] = self._learner_connector.get_state()
+        return state
+
+    def set_state(self, state: dict) -> None:
+        """`Learner.set_state`, then the pipeline's state when `state` carries it."""
+        super().set_state(state)
+        if LEARNER_CONNECTOR_STATE in state and self._learner_connector is not None:
+            self._learner_connector.set_state(state[LEARNER_CONNECTOR_STATE])
+
+
+def component_names(components: Any) -> tuple[str, ...]:
+    """`components` of a `get_state` call as a tuple of names (None: none)."""
+    if components is None:
+        return ()
+    return (components,) if isinstance(components, str) else tuple(components)
+
+
+class StatefulPPOTorchLearner(LearnerConnectorState, PPOTorchLearner):
+    """RLlib's stock `PPOTorchLearner` whose checkpoints keep the learner connector's state
+    (the stock path's learner under reward.normalize)."""
+
+
+class HookedPPOTorchLearner(LearnerConnectorState, PPOTorchLearner):
     """`PPOTorchLearner` whose private update steps are public, overridable methods.
 
     Each hook's default is RLlib's own step; a subclass overrides the public name and calls

@@ -306,6 +306,15 @@ def test_reward_normalizer_divides_by_the_running_std_and_keeps_its_moments():
     assert fresh.update("m", np.zeros(0)) == pytest.approx(np.concatenate(seen).std())
     big = piece(rl_module=None, batch={"m": {Columns.REWARDS: np.array([1e3])}}, episodes=[])
     assert big["m"][Columns.REWARDS][0] == 10.0  # clipped
+    # only the loss mask's timesteps count (not PPO's bootstrap step, not zero padding)
+    masked = RewardNormalizer()
+    batch = {"m": {Columns.REWARDS: np.array([1.0, 2.0, 3.0, 0.0, 0.0]),
+                   Columns.LOSS_MASK: np.array([True, True, True, False, False])}}  # fmt: skip
+    out = masked(rl_module=None, batch=batch, episodes=[])
+    assert masked.stats["m"][0] == 3
+    np.testing.assert_allclose(
+        out["m"][Columns.REWARDS][:3], np.array([1, 2, 3]) / np.std([1, 2, 3])
+    )
 
 
 @pytest.mark.rllib
@@ -330,7 +339,10 @@ def test_reward_normalize_refuses_a_pipeline_it_cannot_join():
     assert Config().build_learner_connector().connectors == []
 
 
-def test_reward_normalize_puts_the_piece_before_the_advantages(ray_session, bars):
+def test_reward_normalize_puts_the_piece_before_the_advantages(ray_session, bars, tmp_path):
+    """The normaliser sits before PPO's advantages, counts each module's real timesteps, and
+    its moments survive a checkpoint (restored with the algorithm)."""
+    from ray.rllib.algorithms.algorithm import Algorithm
     from ray.rllib.connectors.learner import GeneralAdvantageEstimation
 
     from rl_trading.training.reward_norm import RewardNormalizer
@@ -350,5 +362,13 @@ def test_reward_normalize_puts_the_piece_before_the_advantages(ray_session, bars
                 counts = {m: int(s[0]) for m, s in piece.stats.items()}
                 assert set(counts) == {"specialist_AAA", "specialist_BBB"}
                 assert all(c >= 128 for c in counts.values())  # every trained row
+                algo.save_to_path(tmp_path / "ckpt")
+                back = Algorithm.from_checkpoint(tmp_path / "ckpt")
+                try:
+                    again = back.learner_group._learner._learner_connector
+                    moved = [c for c in again.connectors if isinstance(c, RewardNormalizer)]
+                    assert moved[0].stats == piece.stats
+                finally:
+                    back.stop()
         finally:
             algo.stop()

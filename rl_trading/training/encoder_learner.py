@@ -13,9 +13,10 @@ from typing import Any
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 
 from policies.pretrained import register_optimizers
+from rl_trading.rllib_adapter import LearnerConnectorState
 
 
-class EncoderPPOTorchLearner(PPOTorchLearner):
+class EncoderPPOTorchLearner(LearnerConnectorState, PPOTorchLearner):
     """`PPOTorchLearner` with the pretrained encoder's optimizers (frozen: none)."""
 
     def configure_optimizers_for_module(self, module_id: Any, config: Any = None) -> None:

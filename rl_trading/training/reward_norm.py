@@ -3,11 +3,14 @@
 `RewardNormalizer` is a `ConnectorV2` piece of the learner pipeline, placed after the batch's
 columns are gathered and before they become tensors (so before PPO's advantage estimation,
 which the learner appends later): each module's rewards are divided by a running estimate of
-their standard deviation (all the batches that module has trained on so far, this one
-included), then clipped at +-`clip`. The env's rewards, and so their reconciliation with net
-P&L, are unchanged: only what the value function regresses on and the advantages are built
-from is rescaled. The statistics live in the learner: RLlib does not checkpoint learner
-connectors, so a resumed run starts them afresh.
+their standard deviation, then clipped at +-`clip`. The estimate covers all the batches that
+module has trained on so far, this one included, and only timesteps in the loss mask: not the
+bootstrap step PPO appends to each episode chunk, nor a recurrent module's zero padding. The
+env's rewards, and so their reconciliation with net P&L, are unchanged: only what the value
+function regresses on and the advantages are built from is rescaled. The statistics live in
+the learner and in its checkpoints (`rllib_adapter.LearnerConnectorState`), so a resumed or
+restored run goes on with them; with several learners (resources.num_learners > 1) each
+keeps its own, from its share of the batch.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ class RewardNormalizer(ConnectorV2):
             if not isinstance(columns, dict) or Columns.REWARDS not in columns:
                 continue
             rewards = np.asarray(columns[Columns.REWARDS])
-            std = self.update(str(mid), rewards.astype(np.float64).ravel())
+            real = rewards.astype(np.float64)
+            if Columns.LOSS_MASK in columns:  # not the bootstrap / zero-padding timesteps
+                real = real[np.asarray(columns[Columns.LOSS_MASK], dtype=bool)]
+            std = self.update(str(mid), real.ravel())
             scaled = np.clip(rewards / max(std, self.eps), -self.clip, self.clip)
             columns[Columns.REWARDS] = scaled.astype(rewards.dtype, copy=False)
         return batch
