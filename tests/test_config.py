@@ -20,7 +20,8 @@ def test_default_yaml_equals_schema_defaults() -> None:
     assert from_yaml["env"].pop("sectors")["SPX500"] == "equity_index"
     assert schema["env"].pop("sectors") == {}
     chosen = {
-        ("env", "vol_target"): (0.3, None),
+        ("env", "vol_target"): (0.5, None),
+        ("env", "vol_horizon_years"): (1.0, None),
         ("env", "rebalance_band"): (0.2, 0.0),
         ("env", "benchmark"): ("vol_target", "none"),
         ("env", "stop_loss_pct"): (0.0, 0.02),
