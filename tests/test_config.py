@@ -25,7 +25,7 @@ def test_default_yaml_equals_schema_defaults() -> None:
         ("env", "rebalance_band"): (0.2, 0.0),
         ("env", "benchmark"): ("vol_target", "none"),
         ("env", "stop_loss_pct"): (0.0, 0.02),
-        ("reward", "tracking_error_weight"): (0.1, 0.0),
+        ("reward", "tracking_error_weight"): (1.0, 0.0),
         ("train", "window_size"): (1, 20),
         ("ppo", "gamma"): (0.5, 0.99),
         ("ppo", "train_batch_size"): (2000, 4000),
