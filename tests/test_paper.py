@@ -720,6 +720,7 @@ def test_a_live_session_resumes_through_the_streams(in_ws, tmp_path):
         ["env.benchmark=buy_and_hold", "env.risk_limits=active"],
         ["env.cross_sectional=true"],
         ["env.vol_target=0.05", "env.benchmark=vol_target", "env.vol_horizon_years=0.5"],
+        ["env.vol_horizon_years=null"],  # sized over risk_window: no size_cov
     ],
 )
 def test_set_bar_writes_the_rows_a_batch_env_has(sets):
@@ -742,7 +743,7 @@ def test_set_bar_writes_the_rows_a_batch_env_has(sets):
         rets = np.zeros_like(closes)
         rets[1:] = closes[1:] / closes[:-1] - 1.0
         sized = rolling_covariance(rets, full.size_window)
-        assert full.size_window == round(0.5 * full.periods_per_year) > cfg.env.risk_window
+        assert full.size_window == round(cfg.env.vol_horizon_years * full.periods_per_year)
         with pytest.raises(ValueError, match="size_cov"):
             own = full._feat_all[:, k, : len(FEATURE_COLUMNS)]
             live.set_bar(k, np.ones((3, 4)), np.ones(3, bool), own, full._k_cov[k])
