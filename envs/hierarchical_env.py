@@ -346,13 +346,13 @@ class HierarchicalTradingEnv(ParallelEnv):
         real: np.ndarray,
         features: np.ndarray,
         cov: np.ndarray,
-        size_cov: np.ndarray | None = None,
+        size_var: np.ndarray | None = None,
     ) -> None:
         """Write bar t of a live feed over a placeholder row (an env built over the bars so far
         plus placeholder rows): prices (n, 4: open, high, low, close), real flags (n,), scaled
         feature rows (n, F; the env.cross_sectional columns are added here) and the bar's
         covariance (n, n; envs.risk.RollingCovariance), and with env.vol_horizon_years its
-        covariance over `size_window` bars (`size_cov`: the volatility that sizes). Every
+        variances over `size_window` bars (`size_var`, n: the volatility that sizes). Every
         derived row t is computed by the constructor's own functions on that one row; rows
         before t are untouched (every array is causal), rows after t stay placeholders until
         set. The env must not have stepped
@@ -372,12 +372,12 @@ class HierarchicalTradingEnv(ParallelEnv):
         self.risk.cov[t], self.risk.vol[t], self.risk.corr[t] = one.cov[0], one.vol[0], one.corr[0]
         self._k_cov[t], self._k_corr[t] = one.cov[0], one.corr[0]
         self._ann_vol[t] = self._k_ann_vol[t] = (one.vol * math.sqrt(ppy)).astype(np.float32)[0]
-        if self.size_window != ecfg.risk_window and size_cov is None:
-            raise ValueError(f"set_bar({t}): size_cov ({self.size_window}-bar covariance) missing")
+        if self.size_window != ecfg.risk_window and size_var is None:
+            raise ValueError(f"set_bar({t}): size_var ({self.size_window}-bar variances) missing")
         size_vol = (
             one.vol
-            if size_cov is None
-            else np.sqrt(np.maximum(np.diagonal(np.asarray(size_cov, dtype=np.float64)), 0.0))[None]
+            if size_var is None
+            else np.sqrt(np.maximum(np.asarray(size_var, dtype=np.float64), 0.0))[None]
         )
         sizes = position_sizes(size_vol, ppy, ecfg.vol_target, ecfg.vol_target_max_leverage,
                                self.max_position)  # fmt: skip

@@ -20,11 +20,19 @@ toward the benchmark too, which can raise an exposure; VaR still scales the book
 
 from __future__ import annotations
 
+from collections import deque
 from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["RiskModel", "RollingCovariance", "causal_volatility", "rolling_covariance"]
+__all__ = [
+    "RiskModel",
+    "RollingCovariance",
+    "RollingVariance",
+    "causal_volatility",
+    "rolling_covariance",
+    "rolling_variance",
+]
 
 
 def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
@@ -42,6 +50,31 @@ def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
     ss[window:] -= css[:-window]
     counts = np.minimum(np.arange(1, t_len + 1), window).astype(np.float64)[:, None, None]
     return _covariance_of_sums(s, ss, counts)
+
+
+def rolling_variance(returns: np.ndarray, window: int) -> np.ndarray:
+    """(T, n) variances of the rows t-window+1..t of `returns` (T, n), ddof=1, causal: the
+    diagonal of `rolling_covariance` bit for bit (the same sums and formula per element),
+    without its (T, n, n) arrays (a year of minute bars is ~10^5 rows)."""
+    t_len = returns.shape[0]
+    cs = np.cumsum(returns, axis=0)
+    css = np.cumsum(returns * returns, axis=0)
+    s = cs.copy()
+    ss = css.copy()
+    s[window:] -= cs[:-window]
+    ss[window:] -= css[:-window]
+    counts = np.minimum(np.arange(1, t_len + 1), window).astype(np.float64)[:, None]
+    return _variance_of_sums(s, ss, counts)
+
+
+def _variance_of_sums(s: np.ndarray, ss: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """`_covariance_of_sums`' diagonal from the windows' sums `s`, sums of squares `ss` (T, n)
+    and row counts (T, 1): element for element the same operations."""
+    mean_sq = (s * s) / counts
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = (ss - mean_sq) / np.maximum(counts - 1.0, 1.0)
+    var[counts[:, 0] < 2] = 0.0
+    return np.maximum(var, 0.0)
 
 
 def _covariance_of_sums(s: np.ndarray, ss: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -90,12 +123,40 @@ class RollingCovariance:
 
 def causal_volatility(closes: np.ndarray, window: int) -> np.ndarray:
     """(T, n) per-bar volatility of close-to-close returns over the last `window` bars up to t
-    (the diagonal of `rolling_covariance`), for callers that need no covariance."""
+    (the diagonal of `rolling_covariance`, via `rolling_variance`), for callers that need no
+    covariance."""
     closes = np.asarray(closes, dtype=np.float64).reshape(len(closes), -1)
     rets = np.zeros_like(closes)
     rets[1:] = closes[1:] / closes[:-1] - 1.0
-    var = np.einsum("tii->ti", rolling_covariance(rets, window))
-    return np.sqrt(np.maximum(var, 0.0))
+    return np.sqrt(rolling_variance(rets, window))
+
+
+class RollingVariance:
+    """`rolling_variance` one row at a time (a live feed): `push(returns_row)` gives that bar's
+    variances, equal bit for bit to the batch row (the same running sums and formula); it
+    keeps 2 x n numbers a bar of its window, not `RollingCovariance`'s n x n."""
+
+    def __init__(self, n: int, window: int) -> None:
+        self.window = window
+        self.count = 0
+        self.cs: deque[np.ndarray] = deque()  # running sums of the last window + 1 bars
+        self.css: deque[np.ndarray] = deque()
+        self._cs, self._css = np.zeros(n), np.zeros(n)
+
+    def push(self, returns: np.ndarray) -> np.ndarray:
+        r = np.asarray(returns, dtype=np.float64)
+        self._cs = self._cs + r if self.count else r.copy()
+        sq = r * r
+        self._css = self._css + sq if self.count else sq
+        self.count += 1
+        self.cs.append(self._cs)
+        self.css.append(self._css)
+        s, ss = self._cs.copy(), self._css.copy()
+        if len(self.cs) > self.window:
+            s -= self.cs.popleft()
+            ss -= self.css.popleft()
+        counts = np.full((1, 1), float(min(self.count, self.window)))
+        return _variance_of_sums(s[None], ss[None], counts)[0]
 
 
 class RiskModel:

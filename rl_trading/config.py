@@ -272,6 +272,9 @@ class EnvironmentConfig(Section):
             raise ValueError("env.benchmark vol_target needs env.vol_target (e.g. 0.1)")
         if self.risk_limits == "active" and self.benchmark == "none":
             raise ValueError("env.risk_limits active needs an env.benchmark (active weights)")
+        if self.vol_horizon_years is not None and self.vol_target is None:
+            # it sizes nothing without a target: never a silently ignored setting
+            raise ValueError("env.vol_horizon_years needs env.vol_target (the sizes it measures)")
         return self
 
 

@@ -34,6 +34,7 @@ import torch
 from ray._private import ray_constants
 from ray._private.worker import get_dashboard_url
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.algorithms.sac.torch.sac_torch_learner import SACTorchLearner
 from ray.rllib.connectors.module_to_env.normalize_and_clip_actions import (
     NormalizeAndClipActions,
 )
@@ -174,6 +175,11 @@ def component_names(components: Any) -> tuple[str, ...]:
 class StatefulPPOTorchLearner(LearnerConnectorState, PPOTorchLearner):
     """RLlib's stock `PPOTorchLearner` whose checkpoints keep the learner connector's state
     (the stock path's learner under reward.normalize)."""
+
+
+class StatefulSACTorchLearner(LearnerConnectorState, SACTorchLearner):
+    """RLlib's `SACTorchLearner` whose checkpoints keep the learner connector's state (SAC's
+    learner under reward.normalize)."""
 
 
 class HookedPPOTorchLearner(LearnerConnectorState, PPOTorchLearner):

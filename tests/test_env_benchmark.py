@@ -100,6 +100,9 @@ def test_config_and_single_env_guards():
         load_config(None, ["env.benchmark=vol_target", "env.vol_target=null"])
     with pytest.raises(ConfigError, match="env.risk_limits active needs an env.benchmark"):
         load_config(None, ["env.benchmark=none", "env.risk_limits=active"])
+    with pytest.raises(ConfigError, match="env.vol_horizon_years needs env.vol_target"):
+        load_config(None, ["env.vol_horizon_years=1.0"])  # the schema: no vol_target
+    assert load_config(None, ["env.vol_horizon_years=1.0", "env.vol_target=0.3"]).env.vol_target
     cfg = AppConfig()
     cfg.env.benchmark = "equal_weight"
     with pytest.raises(ConfigError, match="hierarchical env"):

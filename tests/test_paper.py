@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import torch
 
-from envs.risk import rolling_covariance
+from envs.risk import rolling_variance
 from rl_trading.cli.main import main
 from rl_trading.config import CONFIG_DIR, load_config
 from rl_trading.data.features import FEATURE_COLUMNS
@@ -649,9 +649,9 @@ def test_action_drift_warns_when_live_actions_part_from_validation(in_ws, tmp_pa
 def test_streamed_features_and_covariance_equal_the_batch_bit_for_bit():
     """The live path's O(1) twins: `MarketStream` rows are `prepare_instrument`'s (pandas
     rolling / EMA kernels, the scaler), flat prices and zero volume included, and
-    `RollingCovariance` rows are `rolling_covariance`'s."""
+    `RollingCovariance` rows are `rolling_covariance`'s (`RollingVariance` rows its diagonal)."""
     from envs.common import prepare_instrument
-    from envs.risk import RollingCovariance, rolling_covariance
+    from envs.risk import RollingCovariance, RollingVariance, rolling_covariance
     from rl_trading.data import synthetic_market
     from rl_trading.paper.incremental import MarketStream
 
@@ -675,6 +675,11 @@ def test_streamed_features_and_covariance_equal_the_batch_bit_for_bit():
     cov = RollingCovariance(len(syms), 60)
     np.testing.assert_array_equal(np.stack([cov.push(r) for r in rets]),
                                   rolling_covariance(rets, 60))  # fmt: skip
+    # the sizing window's variances (env.vol_horizon_years): the covariance's diagonal
+    batch = rolling_variance(rets, 365)
+    np.testing.assert_array_equal(batch, np.einsum("tii->ti", rolling_covariance(rets, 365)))
+    var = RollingVariance(len(syms), 365)
+    np.testing.assert_array_equal(np.stack([var.push(r) for r in rets]), batch)
 
 
 def test_torch_policy_acts_like_the_backtest(in_ws):
@@ -720,7 +725,7 @@ def test_a_live_session_resumes_through_the_streams(in_ws, tmp_path):
         ["env.benchmark=buy_and_hold", "env.risk_limits=active"],
         ["env.cross_sectional=true"],
         ["env.vol_target=0.05", "env.benchmark=vol_target", "env.vol_horizon_years=0.5"],
-        ["env.vol_horizon_years=null"],  # sized over risk_window: no size_cov
+        ["env.vol_horizon_years=null"],  # sized over risk_window: no size_var
     ],
 )
 def test_set_bar_writes_the_rows_a_batch_env_has(sets):
@@ -742,16 +747,16 @@ def test_set_bar_writes_the_rows_a_batch_env_has(sets):
         closes = np.stack([bars[s]["close"].to_numpy() for s in bars], axis=1)
         rets = np.zeros_like(closes)
         rets[1:] = closes[1:] / closes[:-1] - 1.0
-        sized = rolling_covariance(rets, full.size_window)
+        sized = rolling_variance(rets, full.size_window)
         assert full.size_window == round(cfg.env.vol_horizon_years * full.periods_per_year)
-        with pytest.raises(ValueError, match="size_cov"):
+        with pytest.raises(ValueError, match="size_var"):
             own = full._feat_all[:, k, : len(FEATURE_COLUMNS)]
             live.set_bar(k, np.ones((3, 4)), np.ones(3, bool), own, full._k_cov[k])
     for t in range(k, k + 50):
         ohlc = np.stack([bars[s][["open", "high", "low", "close"]].to_numpy()[t] for s in bars])
         own = full._feat_all[:, t, : len(FEATURE_COLUMNS)]  # cross-sectional gaps: set_bar's
-        size_cov = sized[t] if sized is not None else None
-        live.set_bar(t, ohlc, np.ones(3, bool), own, full._k_cov[t], size_cov)
+        size_var = sized[t] if sized is not None else None
+        live.set_bar(t, ohlc, np.ones(3, bool), own, full._k_cov[t], size_var)
     end = k + 50
     for name in ("_k_market", "_k_cov", "_k_corr", "_k_ann_vol", "_corr_ut", "_k_feat"):
         a, b = getattr(live, name), getattr(full, name)

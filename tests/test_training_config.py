@@ -372,3 +372,23 @@ def test_reward_normalize_puts_the_piece_before_the_advantages(ray_session, bars
                     back.stop()
         finally:
             algo.stop()
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_reward_normalize_learners_keep_the_normaliser_in_their_state(bars, fast):
+    """Under reward.normalize every learner the project configures carries the learner
+    connector's state into its checkpoints (PPO on both paths, SAC); without it the stock
+    path keeps RLlib's own learner."""
+    from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+
+    from rl_trading.rllib_adapter import LearnerConnectorState
+
+    res = {"rllib_fast_paths": fast}
+    for algorithm in ("ppo", "sac"):
+        cfg = small_cfg(reward={"normalize": True}, phases={"algorithm": algorithm},
+                        resources=res)  # fmt: skip
+        config = build_phase_config(cfg, 1, hierarchical_factory(cfg, bars.train, bars.val))
+        assert issubclass(config.learner_class, LearnerConnectorState), (algorithm, fast)
+    plain = small_cfg(resources={"rllib_fast_paths": False})
+    config = build_phase_config(plain, 1, hierarchical_factory(plain, bars.train, bars.val))
+    assert config.learner_class is PPOTorchLearner

@@ -47,7 +47,7 @@ import pandas as pd
 
 from envs import engine
 from envs.execution import CostModel, benchmark_exposures, position_sizes, sizing_window
-from envs.risk import causal_volatility
+from envs.risk import causal_volatility, rolling_variance
 from rl_trading.config import periods_per_year_of
 from rl_trading.data.resample import FILLED_COLUMN
 from rl_trading.errors import DataError
@@ -91,15 +91,17 @@ def trailing_vol_targets(
     out = _schedule(t_len, n)
     with np.errstate(divide="ignore", invalid="ignore"):
         rets = closes[1:] / closes[:-1] - 1.0
+    # row t - 1: the variance of the last `window` returns ending at bar t's close (running
+    # sums: O(T) for a year of minute bars, where a std per rebalance was O(T x window))
+    var = rolling_variance(rets, window) if t_len > 1 else np.zeros((0, n))
     every = max(1, int(rebalance_every))
     started = False
     for t in range(t_len):
-        past = rets[max(0, t - window) : t]  # returns ending at bar t's close
-        if past.shape[0] < min(window, 10):
+        if min(t, window) < min(window, 10):
             continue
         if started and t % every:
             continue
-        vol = np.nanstd(past, axis=0, ddof=1) * np.sqrt(periods_per_year)
+        vol = np.sqrt(var[t - 1]) * np.sqrt(periods_per_year)
         w = np.where(vol > 0, target_vol / np.where(vol > 0, vol, 1.0), 0.0) / n
         gross = float(np.abs(w).sum())
         if gross > max_gross > 0:

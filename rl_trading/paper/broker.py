@@ -25,7 +25,7 @@ import pandas as pd
 from envs import HierarchicalTradingEnv
 from envs.execution import sizing_window
 from envs.hierarchical_env import Book
-from envs.risk import RollingCovariance
+from envs.risk import RollingCovariance, RollingVariance
 from rl_trading.config import AppConfig, periods_per_year_of
 from rl_trading.data.features import SIGNAL_PREFIX, WARMUP_BARS
 from rl_trading.data.resample import FILLED_COLUMN
@@ -122,8 +122,8 @@ class SimulatedBroker:
         window = sizing_window(
             cfg.env.risk_window, cfg.env.vol_horizon_years, float(periods_per_year_of(cfg))
         )
-        self._size_cov = (
-            RollingCovariance(len(symbols), window) if window != cfg.env.risk_window else None
+        self._size_var = (
+            RollingVariance(len(symbols), window) if window != cfg.env.risk_window else None
         )
         self._prev_close: np.ndarray | None = None
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -169,9 +169,9 @@ class SimulatedBroker:
         rets = close / self._prev_close - 1.0 if self._prev_close is not None else close * 0.0
         self._prev_close = close
         real = np.array([not bool(row[s].get(FILLED_COLUMN, False)) for s in self.symbols])
-        size_cov = self._size_cov.push(rets) if self._size_cov is not None else None
+        size_var = self._size_var.push(rets) if self._size_var is not None else None
         self._last = (
-            ohlcv[:, :4], real, self._features.push(ohlcv), self._cov.push(rets), size_cov
+            ohlcv[:, :4], real, self._features.push(ohlcv), self._cov.push(rets), size_var
         )  # fmt: skip
 
     def ensure_live(self) -> None:
@@ -186,8 +186,8 @@ class SimulatedBroker:
             and n == self._covers + 1
             and n < (self.env.n_bars - 1)
         ):
-            ohlc, real, features, cov, size_cov = self._last
-            self.env.set_bar(n - 1, ohlc[:, [0, 1, 2, 3]], real, features, cov, size_cov)
+            ohlc, real, features, cov, size_var = self._last
+            self.env.set_bar(n - 1, ohlc[:, [0, 1, 2, 3]], real, features, cov, size_var)
             self._covers = n
             return
         # placeholders: at least LIVE_ROWS, and half the history, so that builds get rarer

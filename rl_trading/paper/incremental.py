@@ -6,9 +6,10 @@ order, as pandas' rolling / exponential kernels run over the whole series (Kahan
 running sums, Welford variance, the `adjust=False` EMA recursion), so its row of bar t equals
 the batch row bit for bit: features at bar t use bars up to t only and are not recomputed
 over a window that would round differently. `envs.risk.RollingCovariance` is the same for the
-risk model's covariance. tests/test_paper.py checks both against the batch functions on
-thousands of bars (flat stretches included); `PaperSession` also checks the streamed rows of
-the bars it restores against a batch build (`SimulatedBroker.check_stream`).
+risk model's covariance, and `envs.risk.RollingVariance` for the sizing volatility
+(env.vol_horizon_years). tests/test_paper.py checks them against the batch functions on
+thousands of bars (flat stretches included), and that an env grown bar by bar (a restored
+session replays its bars through the same streams) has the rows of one built over all bars.
 """
 
 from __future__ import annotations

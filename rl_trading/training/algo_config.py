@@ -18,7 +18,11 @@ from policies import model_config_for, module_spec
 from policies.base import GREEDY_KEY, STOCK_ACTING_KEY
 from policies.pretrained import ENCODER_KEY, PretrainedCNNLSTMModule
 from rl_trading.config import AppConfig
-from rl_trading.rllib_adapter import StatefulPPOTorchLearner, tune_default_storage
+from rl_trading.rllib_adapter import (
+    StatefulPPOTorchLearner,
+    StatefulSACTorchLearner,
+    tune_default_storage,
+)
 from rl_trading.training.agent_order import REWARD_NORMALIZE, OrderedPPOConfig, OrderedSACConfig
 from rl_trading.training.callbacks import TradingCallbacks
 from rl_trading.training.encoder_learner import EncoderPPOTorchLearner
@@ -225,6 +229,8 @@ def build_phase_config(
         config = config.learners(learner_class=EncoderPPOTorchLearner)
     elif cfg.reward.normalize and not sac:  # stock PPO learner whose checkpoints keep the
         config = config.learners(learner_class=StatefulPPOTorchLearner)  # normaliser's moments
+    if sac and cfg.reward.normalize:  # RLlib's SAC learner, the same (on either path)
+        config = config.learners(learner_class=StatefulSACTorchLearner)
     if phase == 3:
         overrides: dict[str, Any] = {}
         for pid in pids:

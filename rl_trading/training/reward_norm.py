@@ -9,8 +9,9 @@ bootstrap step PPO appends to each episode chunk, nor a recurrent module's zero 
 env's rewards, and so their reconciliation with net P&L, are unchanged: only what the value
 function regresses on and the advantages are built from is rescaled. The statistics live in
 the learner and in its checkpoints (`rllib_adapter.LearnerConnectorState`), so a resumed or
-restored run goes on with them; with several learners (resources.num_learners > 1) each
-keeps its own, from its share of the batch.
+restored run goes on with them. With several learners (resources.num_learners > 1) each
+keeps its own while it trains, from its share of the batch; a checkpoint holds the first
+learner's and a restore gives them to all (RLlib's `LearnerGroup` state is learner 0's).
 """
 
 from __future__ import annotations
