@@ -35,20 +35,28 @@ __all__ = [
 ]
 
 
+def _window_sums(rows: np.ndarray, window: int) -> np.ndarray:
+    """Sums of the rows t-window+1..t of `rows` (T, ...) along axis 0: the cumulative sum minus
+    the one `window` rows back (the running sums `WindowSums` streams, in the same order)."""
+    cs = np.cumsum(rows, axis=0)
+    s = cs.copy()
+    s[window:] -= cs[:-window]
+    return s
+
+
+def _window_counts(t_len: int, window: int) -> np.ndarray:
+    """Rows in each bar's window (T,): min(t + 1, window)."""
+    return np.minimum(np.arange(1, t_len + 1), window).astype(np.float64)
+
+
 def rolling_covariance(returns: np.ndarray, window: int) -> np.ndarray:
     """(T, n, n) covariance of the rows t-window+1..t of `returns` (T, n), ddof=1, causal.
 
     Rows before a full window use the rows available (zeros before two rows).
     """
-    t_len, n = returns.shape
-    cs = np.cumsum(returns, axis=0)
-    outer = returns[:, :, None] * returns[:, None, :]
-    css = np.cumsum(outer, axis=0)
-    s = cs.copy()
-    ss = css.copy()
-    s[window:] -= cs[:-window]
-    ss[window:] -= css[:-window]
-    counts = np.minimum(np.arange(1, t_len + 1), window).astype(np.float64)[:, None, None]
+    s = _window_sums(returns, window)
+    ss = _window_sums(returns[:, :, None] * returns[:, None, :], window)
+    counts = _window_counts(len(returns), window)[:, None, None]
     return _covariance_of_sums(s, ss, counts)
 
 
@@ -56,14 +64,9 @@ def rolling_variance(returns: np.ndarray, window: int) -> np.ndarray:
     """(T, n) variances of the rows t-window+1..t of `returns` (T, n), ddof=1, causal: the
     diagonal of `rolling_covariance` bit for bit (the same sums and formula per element),
     without its (T, n, n) arrays (a year of minute bars is ~10^5 rows)."""
-    t_len = returns.shape[0]
-    cs = np.cumsum(returns, axis=0)
-    css = np.cumsum(returns * returns, axis=0)
-    s = cs.copy()
-    ss = css.copy()
-    s[window:] -= cs[:-window]
-    ss[window:] -= css[:-window]
-    counts = np.minimum(np.arange(1, t_len + 1), window).astype(np.float64)[:, None]
+    s = _window_sums(returns, window)
+    ss = _window_sums(returns * returns, window)
+    counts = _window_counts(len(returns), window)[:, None]
     return _variance_of_sums(s, ss, counts)
 
 
@@ -92,6 +95,27 @@ def _covariance_of_sums(s: np.ndarray, ss: np.ndarray, counts: np.ndarray) -> np
     return cov
 
 
+class WindowSums:
+    """`_window_sums` one row at a time: `push(row)` gives the sum of the last `window` rows
+    pushed, as the running (cumulative) sum minus the one `window` rows back, so the value
+    equals the batch row bit for bit. Keeps the last window + 1 cumulative sums."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.count = 0
+        self._cum: deque[np.ndarray] = deque()
+        self._last: np.ndarray | None = None
+
+    def push(self, row: np.ndarray) -> np.ndarray:
+        self._last = row.copy() if self._last is None else self._last + row
+        self.count += 1
+        self._cum.append(self._last)
+        s = self._last.copy()
+        if len(self._cum) > self.window:
+            s -= self._cum.popleft()
+        return s
+
+
 class RollingCovariance:
     """`rolling_covariance` one row at a time (a live feed): `push(returns_row)` gives the
     covariance of that bar, equal bit for bit to the batch row (the same running sums, in the
@@ -99,25 +123,12 @@ class RollingCovariance:
 
     def __init__(self, n: int, window: int) -> None:
         self.window = window
-        self.count = 0
-        self.cs: list[np.ndarray] = []  # running sums of the last window + 1 bars
-        self.css: list[np.ndarray] = []
-        self._cs, self._css = np.zeros(n), np.zeros((n, n))
+        self._s, self._ss = WindowSums(window), WindowSums(window)
 
     def push(self, returns: np.ndarray) -> np.ndarray:
         r = np.asarray(returns, dtype=np.float64)
-        self._cs = self._cs + r if self.count else r.copy()
-        outer = r[:, None] * r[None, :]
-        self._css = self._css + outer if self.count else outer
-        self.count += 1
-        self.cs.append(self._cs)
-        self.css.append(self._css)
-        s, ss = self._cs.copy(), self._css.copy()
-        if len(self.cs) > self.window:
-            s -= self.cs[0]
-            ss -= self.css[0]
-            del self.cs[0], self.css[0]
-        counts = np.full((1, 1, 1), float(min(self.count, self.window)))
+        s, ss = self._s.push(r), self._ss.push(r[:, None] * r[None, :])
+        counts = np.full((1, 1, 1), float(min(self._s.count, self.window)))
         return _covariance_of_sums(s[None], ss[None], counts)[0]
 
 
@@ -138,24 +149,12 @@ class RollingVariance:
 
     def __init__(self, n: int, window: int) -> None:
         self.window = window
-        self.count = 0
-        self.cs: deque[np.ndarray] = deque()  # running sums of the last window + 1 bars
-        self.css: deque[np.ndarray] = deque()
-        self._cs, self._css = np.zeros(n), np.zeros(n)
+        self._s, self._ss = WindowSums(window), WindowSums(window)
 
     def push(self, returns: np.ndarray) -> np.ndarray:
         r = np.asarray(returns, dtype=np.float64)
-        self._cs = self._cs + r if self.count else r.copy()
-        sq = r * r
-        self._css = self._css + sq if self.count else sq
-        self.count += 1
-        self.cs.append(self._cs)
-        self.css.append(self._css)
-        s, ss = self._cs.copy(), self._css.copy()
-        if len(self.cs) > self.window:
-            s -= self.cs.popleft()
-            ss -= self.css.popleft()
-        counts = np.full((1, 1), float(min(self.count, self.window)))
+        s, ss = self._s.push(r), self._ss.push(r * r)
+        counts = np.full((1, 1), float(min(self._s.count, self.window)))
         return _variance_of_sums(s[None], ss[None], counts)[0]
 
 
