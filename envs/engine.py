@@ -63,7 +63,8 @@ P_RELATIVE = 17  # 1: actions are active weights around the benchmark (env.bench
 P_LONG_ONLY = 18  # 1: no short exposure (env.allow_short false)
 P_TE_WEIGHT = 19  # reward.tracking_error_weight (benchmark-relative rewards)
 P_ACTIVE_LIMITS = 20  # 1: sector / correlation limits on the active weights (env.risk_limits)
-N_PAR = 21
+P_ACTIVE_SCALE = 21  # env.active_scale: tilts are this fraction of weight x proposal x full size
+N_PAR = 22
 # sc: float64 scalars, then the n specialist rewards of the last step
 S_CASH, S_EQUITY, S_PEAK, S_VAR, S_COST, S_COSTS, S_DIV, S_BREACH = 0, 1, 2, 3, 4, 5, 6, 7
 S_BORROW, S_BORROWS, S_BENCH_RET = 8, 9, 10
@@ -342,15 +343,16 @@ def mark(units, close, out):
 
 
 def targets_of(t, mk, weights, prop, par, x):
-    """Target exposures of bar t before the risk limits: weight x proposal x full size, plus
-    the benchmark's exposure in benchmark-relative mode (the neutral action holds it), never
-    short when the env is long-only."""
+    """Target exposures of bar t before the risk limits: weight x proposal x full size; in
+    benchmark-relative mode that tilt x env.active_scale, plus the benchmark's exposure (the
+    neutral action holds it); never short when the env is long-only."""
     relative = par[P_RELATIVE] != 0.0
     long_only = par[P_LONG_ONLY] != 0.0
+    active = par[P_ACTIVE_SCALE]
     for i in range(x.shape[0]):
         xi = weights[i] * prop[i] * mk[t, M_SCALE, i]
         if relative:
-            xi += mk[t, M_BENCH, i]
+            xi = active * xi + mk[t, M_BENCH, i]
         if long_only and xi < 0.0:
             xi = 0.0
         x[i] = xi

@@ -308,6 +308,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         par[engine.P_LONG_ONLY] = float(not self.allow_short)
         par[engine.P_TE_WEIGHT] = self.te_weight
         par[engine.P_ACTIVE_LIMITS] = float(self.relative and ecfg.risk_limits == "active")
+        par[engine.P_ACTIVE_SCALE] = ecfg.active_scale
         self._k_par = par
         self._k_no_meta = np.empty(0, dtype=np.float32)
 

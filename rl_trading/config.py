@@ -259,6 +259,11 @@ class EnvironmentConfig(Section):
     # benchmark), so that the neutral action holds the benchmark whole. VaR caps the book.
     # Needs env.benchmark (without one there are no active weights).
     risk_limits: Literal["book", "active"] = "book"
+    # The active-risk budget of benchmark-relative mode: a tilt is this fraction of meta
+    # weight x proposal x full size (1: a full-weight proposal of 1 adds a full position). The
+    # tilts are what the agents learn; a smaller budget keeps unskilled tilts, and the costs
+    # of trading them, small next to the benchmark they tilt. Needs env.benchmark.
+    active_scale: float = Field(1.0, gt=0, le=1)
     # Cross-sectional observations (hierarchical env): each specialist also sees its features
     # minus the mean of all instruments' features at the same bar (data.features
     # .cross_sectional), so it can tell "my market moved" from "every market moved".
@@ -267,11 +272,14 @@ class EnvironmentConfig(Section):
     @model_validator(mode="after")
     def _benchmark_needs_its_sizing(self) -> EnvironmentConfig:
         """The vol_target benchmark sizes each instrument by env.vol_target; active risk
-        limits need a benchmark to be active against (else they would silently do nothing)."""
+        limits and an active scale need a benchmark to be active against (else they would
+        silently do nothing)."""
         if self.benchmark == "vol_target" and self.vol_target is None:
             raise ValueError("env.benchmark vol_target needs env.vol_target (e.g. 0.1)")
         if self.risk_limits == "active" and self.benchmark == "none":
             raise ValueError("env.risk_limits active needs an env.benchmark (active weights)")
+        if self.active_scale != 1.0 and self.benchmark == "none":
+            raise ValueError("env.active_scale needs an env.benchmark (the tilts it scales)")
         if self.vol_horizon_years is not None and self.vol_target is None:
             # it sizes nothing without a target: never a silently ignored setting
             raise ValueError("env.vol_horizon_years needs env.vol_target (the sizes it measures)")

@@ -68,6 +68,28 @@ def test_tilts_move_around_the_benchmark_and_long_only_never_shorts():
         assert bars_["exposures"][-1][0] == pytest.approx(1 / 3 - 0.2)
 
 
+def test_active_scale_shrinks_the_tilts_in_the_env_and_in_the_baseline():
+    """env.active_scale: x = b + scale x p x full size / n (the benchmark untouched), in the
+    env and in the baseline that trades a signal as the env would (one rule, targets_of)."""
+    from rl_trading.evaluation.baselines import as_policy_would_trade
+
+    bars = make_market(n=200, seed=3, flat=True)
+    kw = dict(OPEN, max_position_size=0.6, transaction_cost=0.0, slippage_bps=0.0)
+    act = {"specialist_AAA": [-1.0], "specialist_BBB": [0.5], "specialist_CCC": [1.0]}
+    got = {}
+    for scale in (1.0, 0.25):
+        e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark="equal_weight",
+                                   active_scale=scale, **kw)  # fmt: skip
+        e.reset(seed=0)
+        e.step(act)
+        got[scale] = e.target_exposures - 1 / 3
+        signs = np.tile([-1.0, 0.5, 1.0], (len(next(iter(bars.values()))), 1))
+        base = as_policy_would_trade(signs, bars, e.cfg)
+        np.testing.assert_allclose(base[0] - 1 / 3, got[scale], atol=1e-12)
+    np.testing.assert_allclose(got[1.0], [-0.2, 0.1, 0.2], atol=1e-12)
+    np.testing.assert_allclose(got[0.25], 0.25 * got[1.0], atol=1e-12)
+
+
 def test_active_rewards_and_penalty():
     """Executed specialist rewards are the instrument's P&L minus the benchmark position's, in
     risk units, minus te_w z^2; the meta's log-return reward nets out the benchmark's return."""
@@ -103,6 +125,10 @@ def test_config_and_single_env_guards():
     with pytest.raises(ConfigError, match="env.vol_horizon_years needs env.vol_target"):
         load_config(None, ["env.vol_horizon_years=1.0"])  # the schema: no vol_target
     assert load_config(None, ["env.vol_horizon_years=1.0", "env.vol_target=0.3"]).env.vol_target
+    with pytest.raises(ConfigError, match="env.active_scale needs an env.benchmark"):
+        load_config(None, ["env.benchmark=none", "env.active_scale=0.5"])
+    with pytest.raises(ConfigError, match="active_scale"):
+        load_config(None, ["env.active_scale=1.5"])
     cfg = AppConfig()
     cfg.env.benchmark = "equal_weight"
     with pytest.raises(ConfigError, match="hierarchical env"):

@@ -233,9 +233,10 @@ def as_policy_would_trade(
     """Per-bar directions in [-1, 1] ([T, n]) sized and banded as the hierarchical env trades a
     specialist's proposal at weight 1/n: full size max_position_size, or env.vol_target over
     the causal annualised volatility (capped); around env.benchmark's exposures in
-    benchmark-relative mode; re-traded only beyond env.rebalance_band x full size (exits
-    always), with the env's own rules (envs.engine.targets_of, envs.engine.trades) and sizes
-    (envs.execution). Returns a target schedule (NaN: no new order)."""
+    benchmark-relative mode (tilts x env.active_scale); re-traded only beyond
+    env.rebalance_band x full size (exits always), with the env's own rules
+    (envs.engine.targets_of, envs.engine.trades) and sizes (envs.execution). Returns a
+    target schedule (NaN: no new order)."""
     ecfg = cfg.env
     closes = np.column_stack([f["close"].to_numpy(np.float64) for f in bars.values()])
     t_len, n = closes.shape
@@ -252,6 +253,7 @@ def as_policy_would_trade(
     par = np.zeros(engine.N_PAR)
     par[engine.P_RELATIVE] = float(ecfg.benchmark != "none")
     par[engine.P_LONG_ONLY] = float(not ecfg.allow_short)
+    par[engine.P_ACTIVE_SCALE] = ecfg.active_scale
     weights = np.full(n + 1, 1.0 / n)  # a specialist's proposal at weight 1/n, as in phase 1
     props = np.ascontiguousarray(np.nan_to_num(np.asarray(signs, dtype=np.float64)))
     x = np.zeros(n)
