@@ -308,6 +308,34 @@ def test_vol_targeted_buy_and_hold_is_causal_and_capped(cfg, bars):
     assert runs[VOL_TARGET].weights.std() > 0
 
 
+def test_baselines_size_from_the_policys_warm_up_and_trade_only_the_evaluated_bars(cfg, bars):
+    """`warmup` (the bars before the evaluated ones) feeds the vol-targeted baseline's trailing
+    volatility, as the env's sizes start on its warm-up: its schedule is the one computed on
+    warm-up + bars, sliced, so it holds a position from the first evaluated bar (without it:
+    cash for 10 bars); the baselines that do not size are unchanged."""
+    closes = np.column_stack([bars[s]["close"].to_numpy() for s in SYMS])
+    k = 80
+    late = trailing_vol_targets(closes, 0.1, 252 * 24, 20, 0.8, rebalance_every=5, start=k)
+    cold = trailing_vol_targets(closes[k:], 0.1, 252 * 24, 20, 0.8, rebalance_every=5)
+    assert late.shape == cold.shape == (len(closes) - k, len(SYMS))
+    assert np.all(np.isfinite(late[0])) and np.all(np.isnan(cold[:10]))
+    # the weight at the first evaluated bar: from the 20 returns up to bar k, as by hand
+    rets = closes[k - 20 : k + 1][1:] / closes[k - 20 : k + 1][:-1] - 1.0
+    w = 0.1 / (rets.std(axis=0, ddof=1) * np.sqrt(252 * 24)) / len(SYMS)
+    w = w * min(1.0, 0.8 / np.abs(w).sum())
+    np.testing.assert_allclose(late[0], w, rtol=1e-9)
+    rebalanced = np.flatnonzero(np.isfinite(late[:, 0]))
+    assert rebalanced[:3].tolist() == [0, 5, 10]  # every 5 bars from the first evaluated one
+    head = {s: f.iloc[:k] for s, f in bars.items()}
+    tail = {s: f.iloc[k:] for s, f in bars.items()}
+    warm = run_baselines(tail, cfg, seed=0, include_supervised=False, warmup=head)
+    plain = run_baselines(tail, cfg, seed=0, include_supervised=False)
+    np.testing.assert_array_equal(warm["buy_and_hold"].equity, plain["buy_and_hold"].equity)
+    assert (
+        np.abs(warm[VOL_TARGET].weights[1]).sum() > 0 == np.abs(plain[VOL_TARGET].weights[1]).sum()
+    )
+
+
 def test_vol_matched_baselines_are_capped_at_the_policys_own_limit(cfg, bars):
     """Under vol targeting the policy may reach env.vol_target_max_leverage, not
     env.max_position_size: the matched baselines may too, and say when the limit bound them."""

@@ -90,6 +90,28 @@ def test_active_scale_shrinks_the_tilts_in_the_env_and_in_the_baseline():
     np.testing.assert_allclose(got[0.25], 0.25 * got[1.0], atol=1e-12)
 
 
+def test_the_baseline_sizes_from_the_envs_warm_up_as_the_env_does():
+    """as_policy_would_trade(start=first_bar): sizes measured from the env's whole bars, its
+    warm-up included, so the first evaluated targets are the env's; from the trimmed bars
+    alone (the baseline before this fix) the sizes, and so the targets, differ."""
+    from rl_trading.evaluation.baselines import as_policy_would_trade
+
+    bars = make_market(n=300, seed=4, vol=0.02)
+    e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark="vol_target",
+                               random_start=False, vol_horizon_years=1.0,
+                               **dict(OPEN, **VOL))  # fmt: skip
+    e.reset(seed=0)
+    p = np.array([0.5, -0.25, 1.0])
+    e.step({a: [v] for a, v in zip(sorted(x for x in e.agents if x != META), p, strict=True)})
+    signs = np.tile(p, (300, 1))
+    k = e.first_bar
+    warm = as_policy_would_trade(signs, bars, e.cfg, start=k)
+    assert warm.shape == (300 - k, 3)
+    np.testing.assert_allclose(warm[0], e.target_exposures, rtol=1e-12)
+    cold = as_policy_would_trade(signs[k:], {s: f.iloc[k:] for s, f in bars.items()}, e.cfg)
+    assert not np.allclose(cold[0], e.target_exposures)
+
+
 def test_active_rewards_and_penalty():
     """Executed specialist rewards are the instrument's P&L minus the benchmark position's, in
     risk units, minus te_w z^2; the meta's log-return reward nets out the benchmark's return."""

@@ -413,7 +413,8 @@ def backtest(
     """Deterministic pass of the policy (None: baselines only) next to every baseline.
 
     Baselines run on exactly the bars the policy traded (from its first decision bar, after
-    the feature warm-up) with the same costs and starting capital, plus buy-and-hold and
+    the feature warm-up; the warm-up feeds the causal sizes of the vol-targeted and supervised
+    baselines, as it does the env's) with the same costs and starting capital, plus buy-and-hold and
     equal-weight scaled to the policy's realised volatility. The policy's metrics carry its
     PSR and its DSR deflated for `n_trials` (`trial_sharpes`: their per-period Sharpes).
     With `allow_overlap=False` bars inside the policy's stored training range are refused
@@ -433,12 +434,13 @@ def backtest(
         runs["policy"] = run
         meta.update(info)
         start = data[next(iter(data))].index.get_loc(run.index[0])
+        warmup = {s: f.iloc[:start] for s, f in data.items()}  # the policy's warm-up
         data = {s: f.iloc[start : start + len(run.equity)] for s, f in data.items()}
         capital = float(run.equity[0])
         single = info["env"] == "single"
         target_vol = float(np.std(run.returns, ddof=1)) if run.returns.size > 1 else 0.0
     else:
-        capital, single = None, False
+        capital, single, warmup = None, False, None
     if bundle is not None and "benchmark_exposures" in runs["policy"].extra:
         runs["benchmark"] = benchmark_baseline(runs["policy"], data, capital, cost_rate(cfg))
     runs.update(
@@ -451,6 +453,7 @@ def backtest(
             rate=cost_rate(cfg, single=single),
             target_vol=target_vol,
             supervised_signals=supervised_signals,
+            warmup=warmup,
         )
     )
     meta["cost_rate"] = cost_rate(cfg, single=single)

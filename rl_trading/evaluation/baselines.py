@@ -76,13 +76,16 @@ def trailing_vol_targets(
     window: int,
     max_gross: float,
     rebalance_every: int = 20,
+    start: int = 0,
 ) -> np.ndarray:
     """Causal volatility-targeted buy-and-hold weights from `closes` ([T, n]).
 
     At a rebalance bar t each instrument's weight is (1/n) x `target_vol` / its annualised
     volatility over the last `window` close-to-close returns up to bar t (no position before
     min(window, 10) of them), the book's gross then capped at `max_gross`. Bar t's weight uses bars
-    <= t only, so the weights on a truncated series are the same up to its end.
+    <= t only, so the weights on a truncated series are the same up to its end. The bars
+    before `start` are history (a policy's warm-up): they only feed the volatility, and the
+    schedule returned is that of bars `start`.. (rebalanced every `rebalance_every` from there).
     """
     closes = np.asarray(closes, dtype=np.float64)
     if closes.ndim == 1:
@@ -96,10 +99,10 @@ def trailing_vol_targets(
     var = rolling_variance(rets, window) if t_len > 1 else np.zeros((0, n))
     every = max(1, int(rebalance_every))
     started = False
-    for t in range(t_len):
+    for t in range(int(start), t_len):
         if min(t, window) < min(window, 10):
             continue
-        if started and t % every:
+        if started and (t - start) % every:
             continue
         vol = np.sqrt(var[t - 1]) * np.sqrt(periods_per_year)
         w = np.where(vol > 0, target_vol / np.where(vol > 0, vol, 1.0), 0.0) / n
@@ -108,7 +111,7 @@ def trailing_vol_targets(
             w = w * (max_gross / gross)
         out[t] = w
         started = True
-    return out
+    return out[int(start) :]
 
 
 @dataclass
@@ -228,15 +231,17 @@ def random_targets(
 
 
 def as_policy_would_trade(
-    signs: np.ndarray, bars: dict[str, pd.DataFrame], cfg: AppConfig
+    signs: np.ndarray, bars: dict[str, pd.DataFrame], cfg: AppConfig, start: int = 0
 ) -> np.ndarray:
     """Per-bar directions in [-1, 1] ([T, n]) sized and banded as the hierarchical env trades a
     specialist's proposal at weight 1/n: full size max_position_size, or env.vol_target over
     the causal annualised volatility (capped); around env.benchmark's exposures in
     benchmark-relative mode (tilts x env.active_scale); re-traded only beyond
     env.rebalance_band x full size (exits always), with the env's own rules
-    (envs.engine.targets_of, envs.engine.trades) and sizes (envs.execution). Returns a
-    target schedule (NaN: no new order)."""
+    (envs.engine.targets_of, envs.engine.trades) and sizes (envs.execution). The bars before
+    `start` are the env's warm-up: they feed the sizing volatility, as in the env, and the
+    book starts flat at `start`. Returns the target schedule of bars `start`.. (NaN: no new
+    order)."""
     ecfg = cfg.env
     closes = np.column_stack([f["close"].to_numpy(np.float64) for f in bars.values()])
     t_len, n = closes.shape
@@ -260,20 +265,24 @@ def as_policy_would_trade(
     out = np.full((t_len, n), np.nan)
     last = np.zeros(n)
     band = ecfg.rebalance_band
-    for t in range(t_len):
+    for t in range(int(start), t_len):
         engine.targets_of(t, mk, weights, props[t], par, x)
         for i in range(n):
             if engine.trades(x[i], last[i], band * sizes[t, i]):
                 out[t, i] = last[i] = x[i]
-    return out
+    return out[int(start) :]
 
 
 def supervised_targets(
-    bars: dict[str, pd.DataFrame], cfg: AppConfig, model_type: str | None = None
+    bars: dict[str, pd.DataFrame],
+    cfg: AppConfig,
+    model_type: str | None = None,
+    start: int = 0,
 ) -> tuple[np.ndarray | None, str]:
     """Weights from a saved supervised model's P(up), or None and the reason there are none.
 
-    Date-checked: a model is used only when every evaluated bar comes after the last bar it
+    Date-checked: a model is used only when every evaluated bar (from `start`; the bars
+    before it are warm-up history for its features and the sizing) comes after the last bar it
     was fitted on (`train_range` in its metadata); otherwise the next model is tried, and the
     reasons of every model tried are returned (the report shows them, never a silent gap).
     """
@@ -281,7 +290,7 @@ def supervised_targets(
     if not models:
         return None, "no supervised model configured (supervised.models)"
     timeframe = cfg.data.timeframe
-    first_bar = min(frame.index[0] for frame in bars.values())
+    first_bar = min(frame.index[int(start)] for frame in bars.values())
     reasons = []
     for mtype in models:
         try:
@@ -310,17 +319,21 @@ def supervised_targets(
         except Exception as exc:  # noqa: BLE001 - incompatible bars: reported, not hidden
             reasons.append(f"{mtype}_{timeframe}: cannot predict on these bars ({_one_line(exc)})")
             continue
-        targets = as_policy_would_trade(np.column_stack(cols), bars, cfg)
+        targets = as_policy_would_trade(np.column_stack(cols), bars, cfg, start)
         return targets, f"{mtype}_{timeframe} (fitted up to {fitted_to})"
     return None, "; ".join(reasons)
 
 
 def signal_targets(
-    bars: dict[str, pd.DataFrame], signals: dict[str, pd.Series], cfg: AppConfig
+    bars: dict[str, pd.DataFrame],
+    signals: dict[str, pd.Series],
+    cfg: AppConfig,
+    start: int = 0,
 ) -> tuple[np.ndarray | None, str]:
     """Targets from given out-of-sample P(up) series: the proposal 2 P(up) - 1 (long above 0.5,
     short or flat below, neutral at exactly 0.5, 'no opinion', or where a bar has no signal),
-    sized and banded as the policy's proposals (:func:`as_policy_would_trade`)."""
+    sized and banded as the policy's proposals (:func:`as_policy_would_trade`; the bars before
+    `start` are warm-up history)."""
     missing = [sym for sym in bars if sym not in signals]
     if missing:
         return None, f"no supervised signal for {', '.join(missing)}"
@@ -329,7 +342,7 @@ def signal_targets(
         p = signals[sym].reindex(frame.index).to_numpy(np.float64)
         cols.append(np.where(np.isnan(p), 0.0, 2.0 * p - 1.0))
     name = getattr(next(iter(signals.values())), "name", None) or "signal"
-    targets = as_policy_would_trade(np.column_stack(cols), bars, cfg)
+    targets = as_policy_would_trade(np.column_stack(cols), bars, cfg, start)
     return targets, f"{name} (walk-forward refits, out of sample)"
 
 
@@ -382,15 +395,26 @@ def run_baselines(
     rate: float | None = None,
     target_vol: float | None = None,
     supervised_signals: dict[str, pd.Series] | None = None,
+    warmup: dict[str, pd.DataFrame] | None = None,
 ) -> dict[str, StrategyRun]:
     """Every baseline on the same bars and cost model (random seeded with `seed`).
 
     `capital` / `rate` default to the hierarchical env's (env.initial_capital, cost_rate).
     `target_vol` (the policy's per-bar return std) adds the volatility-matched buy-and-hold
     and equal-weight baselines. `supervised_signals` (out-of-sample P(up) per symbol, e.g. the
-    walk-forward's) replace the saved-model lookup of the supervised baseline.
+    walk-forward's) replace the saved-model lookup of the supervised baseline. `warmup`: the
+    bars just before `bars` (a policy's warm-up); the causal volatility of the vol-targeted and
+    supervised baselines, and the supervised model's features, start on them as the env's
+    sizes do, while every baseline trades `bars` only.
     """
     data = as_bar_dict(bars)
+    start = 0
+    sized = data  # the bars the causal sizes are measured on: the warm-up, then `data`
+    if warmup and len(next(iter(warmup.values()))):
+        if set(warmup) != set(data):
+            raise ValueError("warm-up bars must have the evaluated bars' symbols")
+        start = len(next(iter(warmup.values())))
+        sized = {s: pd.concat([warmup[s], f]) for s, f in data.items()}
     t_len, n = len(next(iter(data.values()))), len(data)
     capital = cfg.env.initial_capital if capital is None else capital
     rate = cost_rate(cfg) if rate is None else rate
@@ -403,9 +427,9 @@ def run_baselines(
     status = "not requested"
     if include_supervised:
         if supervised_signals is not None:
-            sup, status = signal_targets(data, supervised_signals, cfg)
+            sup, status = signal_targets(sized, supervised_signals, cfg, start)
         else:
-            sup, status = supervised_targets(data, cfg)
+            sup, status = supervised_targets(sized, cfg, start=start)
         if sup is not None:
             schedules["supervised"] = sup
     runs = {
@@ -416,7 +440,7 @@ def run_baselines(
         run.extra["supervised_baseline"] = status
     limit = policy_gross_limit(cfg)
     ppy = float(cfg.data.periods_per_year or 0.0) or periods_per_year_of(cfg, data)
-    closes = np.column_stack([f["close"].to_numpy(np.float64) for f in data.values()])
+    closes = np.column_stack([f["close"].to_numpy(np.float64) for f in sized.values()])
     vt = trailing_vol_targets(
         closes,
         float(cfg.env.vol_target or cfg.evaluation.grade_volatility),
@@ -424,6 +448,7 @@ def run_baselines(
         max(2, sizing_window(cfg.env.risk_window, cfg.env.vol_horizon_years, ppy)),
         limit,
         rebalance_every,
+        start,
     )
     runs[VOL_TARGET] = simulate_weights(VOL_TARGET, data, vt, capital, rate)
     runs[VOL_TARGET].extra["supervised_baseline"] = status
