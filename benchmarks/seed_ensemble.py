@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from rl_trading.data.splits import decision_history  # noqa: E402
 from rl_trading.evaluation.backtest import backtest  # noqa: E402
 from rl_trading.evaluation.policy import Ensemble  # noqa: E402
 from rl_trading.evaluation.walk_forward_retrain import RISK_FREE_RATE, prepare  # noqa: E402
+from rl_trading.registry import config_hash  # noqa: E402
 
 
 def main() -> None:
@@ -43,9 +45,13 @@ def main() -> None:
                                 config=CONFIG_DIR / "default.yaml")  # fmt: skip
         cfg = rm.set_config(name, ns)
         spec = rm.SETS[name]
-        plan = prepare(cfg, n_folds=spec["folds"], n_seeds=2,
-                       out_dir=Path("/tmp/seed_ensemble") / args.run.name / name,
-                       resume=True, min_train_frac=spec["min_train_frac"])  # fmt: skip
+        ran = json.loads((args.run / name / "plan.json").read_text())
+        if ran["config_hash"] != config_hash(cfg):
+            raise SystemExit(f"{args.run / name}: ran with another config than default.yaml + "
+                             f"{args.overrides} (give the run's overrides)")  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:  # the plan only: the run's own stays as is
+            plan = prepare(cfg, n_folds=spec["folds"], n_seeds=2, out_dir=Path(tmp),
+                           min_train_frac=spec["min_train_frac"], supervised=False)  # fmt: skip
         ens, one = [], []
         for p in plan.plans:
             if p.index not in folds:
@@ -54,6 +60,8 @@ def main() -> None:
                 (args.run / name / "trials").glob(f"fold{p.index:02d}_seed*/result.json")
             )
             results = [json.loads(f.read_text()) for f in files]
+            if len(results) < 2:
+                raise SystemExit(f"{name} fold {p.index}: {len(results)} seed result(s), need 2+")
             fit = p.take(plan.bars, "fit")
             warm = decision_history(cfg.train.window_size, cfg.env.risk_window)
             test = p.take(plan.bars, "test", warm)

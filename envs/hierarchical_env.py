@@ -15,7 +15,9 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
   triangle), the specialists' current proposals (n)]`` and acts with Box(0, 1, (n + 1,)):
   the env clips to [0, 1] and normalises to sum 1 (all ~0 -> all cash). Acting simultaneously,
   it sees the proposals of the previous step.
-* Target exposure on i = w_i x p_i x max_position_size x equity, then the risk limits of
+* Target exposure on i = w_i x p_i x full size x equity (full size: max_position_size, or
+  env.vol_target's volatility-targeted size); with env.benchmark, b_i + env.active_scale x
+  that (b: the benchmark's exposure); then the risk limits of
   envs.risk (sector, correlation, VaR) scale orders down; every scale-down is counted
   (env.risk_limits active: sector and correlation scale the active weights around
   env.benchmark, in both directions).

@@ -226,6 +226,10 @@ def test_policy_backtest_hierarchy(cfg, bars, tmp_path):
     assert 0.0 <= res.metrics["policy"]["risk_limit_compliance"] <= 1.0
     assert res.runs["buy_and_hold"].equity[0] == pol.equity[0] == cfg.env.initial_capital
     assert len(res.runs["equal_weight"].equity) == len(pol.equity)
+    # the policy's warm-up feeds the vol-targeted baseline's volatility (as the env's sizes):
+    # it holds its position from the first evaluated bar, not after 10 bars of cash
+    assert len(res.runs[VOL_TARGET].equity) == len(pol.equity)
+    assert np.abs(res.runs[VOL_TARGET].weights[1]).sum() > 0
     # Phase-1 checkpoints (specialists only) run in "specialists" mode.
     (root / "meta").rename(tmp_path / "meta_aside")
     res1 = backtest(tmp_path / "ckpt", bars, cfg, seed=0, include_supervised=False)
@@ -265,6 +269,10 @@ def test_supervised_signal_baseline_when_a_model_exists(workspace):
     assert "overlap" in overlap["flat"].extra["supervised_baseline"]
     runs = run_baselines(test, cfg, seed=0)
     assert runs["flat"].extra["supervised_baseline"].startswith("analyst_1h")
+    # a warm-up inside the fitted range is history, not evaluated: the model is still used
+    warm = run_baselines(test, cfg, seed=0, warmup={"AAA": train["AAA"].iloc[-60:]})
+    assert warm["flat"].extra["supervised_baseline"].startswith("analyst_1h")
+    assert len(warm["supervised"].equity) == len(runs["supervised"].equity)
     sup = runs["supervised"]
     # traded as the policy trades a proposal 2 P(up) - 1: around the benchmark, vol-targeted,
     # within the position cap (drifting a little between orders)
@@ -331,9 +339,8 @@ def test_baselines_size_from_the_policys_warm_up_and_trade_only_the_evaluated_ba
     warm = run_baselines(tail, cfg, seed=0, include_supervised=False, warmup=head)
     plain = run_baselines(tail, cfg, seed=0, include_supervised=False)
     np.testing.assert_array_equal(warm["buy_and_hold"].equity, plain["buy_and_hold"].equity)
-    assert (
-        np.abs(warm[VOL_TARGET].weights[1]).sum() > 0 == np.abs(plain[VOL_TARGET].weights[1]).sum()
-    )
+    assert np.abs(warm[VOL_TARGET].weights[1]).sum() > 0  # held from the first bar
+    assert np.abs(plain[VOL_TARGET].weights[1]).sum() == 0  # without: cash for 10 bars
 
 
 def test_vol_matched_baselines_are_capped_at_the_policys_own_limit(cfg, bars):

@@ -90,16 +90,19 @@ def test_active_scale_shrinks_the_tilts_in_the_env_and_in_the_baseline():
     np.testing.assert_allclose(got[0.25], 0.25 * got[1.0], atol=1e-12)
 
 
-def test_the_baseline_sizes_from_the_envs_warm_up_as_the_env_does():
+@pytest.mark.parametrize("benchmark", ["vol_target", "buy_and_hold"])
+def test_the_baseline_sizes_from_the_envs_warm_up_as_the_env_does(benchmark):
     """as_policy_would_trade(start=first_bar): sizes measured from the env's whole bars, its
-    warm-up included, so the first evaluated targets are the env's; from the trimmed bars
-    alone (the baseline before this fix) the sizes, and so the targets, differ."""
+    warm-up included, and a buy-and-hold benchmark drifting from first_bar (1/n before), so
+    the first evaluated targets are the env's; from the trimmed bars alone (the baseline
+    before this fix) the sizes, and so the targets, differ. (The baseline has no risk limits:
+    here none binds.)"""
     from rl_trading.evaluation.baselines import as_policy_would_trade
 
     bars = make_market(n=300, seed=4, vol=0.02)
-    e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark="vol_target",
+    e = HierarchicalTradingEnv(bars=bars, mode="specialists", benchmark=benchmark,
                                random_start=False, vol_horizon_years=1.0,
-                               **dict(OPEN, **VOL))  # fmt: skip
+                               **dict(OPEN, **VOL, max_correlation_exposure=1e9))  # fmt: skip
     e.reset(seed=0)
     p = np.array([0.5, -0.25, 1.0])
     e.step({a: [v] for a, v in zip(sorted(x for x in e.agents if x != META), p, strict=True)})

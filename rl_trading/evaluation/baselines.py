@@ -254,7 +254,10 @@ def as_policy_would_trade(
     # the env's market rows and parameters that its target rule reads (envs.engine.targets_of)
     mk = np.zeros((t_len, engine.N_MK, n))
     mk[:, engine.M_SCALE] = sizes
-    mk[:, engine.M_BENCH] = benchmark_exposures(ecfg.benchmark, sizes, closes / closes[0])
+    # buy_and_hold drifts from the first evaluated bar and is 1/n before it, as in the env
+    growth = closes / closes[int(start)]
+    growth[: int(start)] = 1.0
+    mk[:, engine.M_BENCH] = benchmark_exposures(ecfg.benchmark, sizes, growth)
     par = np.zeros(engine.N_PAR)
     par[engine.P_RELATIVE] = float(ecfg.benchmark != "none")
     par[engine.P_LONG_ONLY] = float(not ecfg.allow_short)
