@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from rl_trading.cli.main import main
-from rl_trading.config import AppConfig
+from rl_trading.config import AppConfig, load_config
 from rl_trading.errors import ConfigError, DataError
 from rl_trading.evaluation import walk_forward_retrain as wf
 from rl_trading.registry import GRADES
@@ -197,7 +197,17 @@ def test_cli_refuses_to_overwrite_a_started_walk_forward(workspace, monkeypatch,
     assert rc != 0 and "use --resume" in capsys.readouterr().err
     assert (out / wf.PLAN_FILE).read_text() == "{}"  # nothing already saved is lost
     rc = main(["evaluate", "walk-forward", *sets, "--folds", "2", "--out", str(out), "--resume"])
-    assert rc != 0 and "started with other folds" in capsys.readouterr().err
+    assert rc != 0 and "started with other folds, seeds, phases, config" in capsys.readouterr().err
+    # the message names what differs: here only the seeds
+    base = ["data.source=synthetic", "data.synthetic.n_bars=2000"]
+    cfg = load_config(overrides=base)
+    plan = wf.prepare(cfg, n_folds=2, n_seeds=1, out_dir=workspace / "wf2")
+    with pytest.raises(ConfigError, match=r"started with other seeds; use another --out"):
+        wf.prepare(cfg, n_folds=2, n_seeds=2, out_dir=plan.out_dir, resume=True)
+    costly = load_config(overrides=[*base, "env.transaction_cost=0.002"])
+    with pytest.raises(ConfigError, match=r"started with other config \(a setting"):
+        wf.prepare(costly, n_folds=2, n_seeds=1, out_dir=plan.out_dir, resume=True)
+    assert wf.prepare(cfg, n_folds=2, n_seeds=1, out_dir=plan.out_dir, resume=True).plans
 
 
 # --------------------------------------------------------------------------------------------

@@ -655,9 +655,16 @@ def prepare(
     if plan_path.is_file():
         if not resume:
             raise ConfigError(f"{out} already holds a walk-forward; use --resume or another --out")
-        if json.loads(plan_path.read_text()) != json.loads(json.dumps(fingerprint)):
+        started = json.loads(plan_path.read_text())
+        now = json.loads(json.dumps(fingerprint))
+        if started != now:
+            what = [k for k in ("folds", "seeds", "phases") if started.get(k) != now[k]]
+            if started.get("config_hash") != now["config_hash"]:
+                # a hash only: the keys that differ are unknown (an upgrade that added a
+                # setting changes it too, whatever the setting's value)
+                what.append("config (a setting, or this version's settings, differ)")
             raise ConfigError(
-                f"--resume: {out} was started with other folds, seeds, phases or config; "
+                f"--resume: {out} was started with other {', '.join(what) or 'settings'}; "
                 "use another --out"
             )
     signals = supervised_signals(cfg, bars) if supervised else None
