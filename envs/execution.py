@@ -109,6 +109,15 @@ def benchmark_exposures(
     return np.zeros_like(sizes, dtype=np.float64)
 
 
+def growth_since(closes: np.ndarray, bought_at: np.ndarray, before: int) -> np.ndarray:
+    """The buy_and_hold benchmark's `growth` ([T, n]): each close over the close of the bar it
+    was bought at (`bought_at`, [n]); 1 on the first `before` rows, the bars before that one
+    (no later price is read: causal)."""
+    growth = closes / bought_at
+    growth[:before] = 1.0
+    return growth
+
+
 def borrow_rate(borrow_bps_per_year: float, periods_per_year: float) -> float:
     """Borrow cost per bar as a fraction of the short notional: bps / 10_000 / bars per year."""
     if borrow_bps_per_year < 0:

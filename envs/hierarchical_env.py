@@ -73,6 +73,7 @@ from envs.execution import (
     CostModel,
     benchmark_exposures,
     borrow_rate,
+    growth_since,
     position_sizes,
     sizing_window,
 )
@@ -330,8 +331,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         from there; before it, 1/n (no later price is read: causal)."""
         growth = None
         if self.benchmark == "buy_and_hold":  # (set_bar: one row, O(1))
-            growth = self._close[rows] / self._close[self.first_bar]
-            growth[: max(0, self.first_bar - rows.indices(self.n_bars)[0])] = 1.0
+            before = max(0, self.first_bar - rows.indices(self.n_bars)[0])
+            growth = growth_since(self._close[rows], self._close[self.first_bar], before)
         return benchmark_exposures(self.benchmark, self._sizes[rows], growth)
 
     def _observed_features(self, features: np.ndarray) -> np.ndarray:

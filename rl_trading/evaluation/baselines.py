@@ -46,7 +46,13 @@ import numpy as np
 import pandas as pd
 
 from envs import engine
-from envs.execution import CostModel, benchmark_exposures, position_sizes, sizing_window
+from envs.execution import (
+    CostModel,
+    benchmark_exposures,
+    growth_since,
+    position_sizes,
+    sizing_window,
+)
 from envs.risk import causal_volatility, rolling_variance
 from rl_trading.config import periods_per_year_of
 from rl_trading.data.resample import FILLED_COLUMN
@@ -98,8 +104,9 @@ def trailing_vol_targets(
     # sums: O(T) for a year of minute bars, where a std per rebalance was O(T x window))
     var = rolling_variance(rets, window) if t_len > 1 else np.zeros((0, n))
     every = max(1, int(rebalance_every))
+    start = int(start)
     started = False
-    for t in range(int(start), t_len):
+    for t in range(start, t_len):
         if min(t, window) < min(window, 10):
             continue
         if started and (t - start) % every:
@@ -111,7 +118,7 @@ def trailing_vol_targets(
             w = w * (max_gross / gross)
         out[t] = w
         started = True
-    return out[int(start) :]
+    return out[start:]
 
 
 @dataclass
@@ -243,6 +250,7 @@ def as_policy_would_trade(
     book starts flat at `start`. Returns the target schedule of bars `start`.. (NaN: no new
     order)."""
     ecfg = cfg.env
+    start = int(start)
     closes = np.column_stack([f["close"].to_numpy(np.float64) for f in bars.values()])
     t_len, n = closes.shape
     ppy = periods_per_year_of(cfg, bars)
@@ -254,9 +262,10 @@ def as_policy_would_trade(
     # the env's market rows and parameters that its target rule reads (envs.engine.targets_of)
     mk = np.zeros((t_len, engine.N_MK, n))
     mk[:, engine.M_SCALE] = sizes
-    # buy_and_hold drifts from the first evaluated bar and is 1/n before it, as in the env
-    growth = closes / closes[int(start)]
-    growth[: int(start)] = 1.0
+    # buy_and_hold is bought at the first evaluated bar (1/n before it), as in the env
+    growth = None
+    if ecfg.benchmark == "buy_and_hold":
+        growth = growth_since(closes, closes[start], start)
     mk[:, engine.M_BENCH] = benchmark_exposures(ecfg.benchmark, sizes, growth)
     par = np.zeros(engine.N_PAR)
     par[engine.P_RELATIVE] = float(ecfg.benchmark != "none")
@@ -268,12 +277,12 @@ def as_policy_would_trade(
     out = np.full((t_len, n), np.nan)
     last = np.zeros(n)
     band = ecfg.rebalance_band
-    for t in range(int(start), t_len):
+    for t in range(start, t_len):
         engine.targets_of(t, mk, weights, props[t], par, x)
         for i in range(n):
             if engine.trades(x[i], last[i], band * sizes[t, i]):
                 out[t, i] = last[i] = x[i]
-    return out[int(start) :]
+    return out[start:]
 
 
 def supervised_targets(
