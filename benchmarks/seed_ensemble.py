@@ -24,10 +24,13 @@ import real_markets as rm  # noqa: E402
 
 from rl_trading import metrics  # noqa: E402
 from rl_trading.config import CONFIG_DIR  # noqa: E402
-from rl_trading.data.splits import decision_history  # noqa: E402
 from rl_trading.evaluation.backtest import backtest  # noqa: E402
 from rl_trading.evaluation.policy import Ensemble  # noqa: E402
-from rl_trading.evaluation.walk_forward_retrain import RISK_FREE_RATE, prepare  # noqa: E402
+from rl_trading.evaluation.walk_forward_retrain import (  # noqa: E402
+    RISK_FREE_RATE,
+    fold_blocks,
+    prepare,
+)
 from rl_trading.registry import config_hash  # noqa: E402
 
 
@@ -62,9 +65,7 @@ def main() -> None:
             results = [json.loads(f.read_text()) for f in files]
             if len(results) < 2:
                 raise SystemExit(f"{name} fold {p.index}: {len(results)} seed result(s), need 2+")
-            fit = p.take(plan.bars, "fit")
-            warm = decision_history(cfg.train.window_size, cfg.env.risk_window)
-            test = p.take(plan.bars, "test", warm)
+            fit, _, test = fold_blocks(cfg, plan.bars, p)
             members = Ensemble([r["checkpoint"] for r in results], cfg=cfg)
             out = backtest(members, test, cfg, seed=42, scaler_bars=fit, include_supervised=False)
             ppy = out.meta["periods_per_year"]

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from envs.hierarchical_env import HierarchicalTradingEnv
 from rl_trading.cli.main import main
 from rl_trading.config import AppConfig, load_config
+from rl_trading.data.synthetic import synthetic_market
 from rl_trading.errors import ConfigError, DataError
 from rl_trading.evaluation import walk_forward_retrain as wf
 from rl_trading.registry import GRADES
@@ -309,6 +311,21 @@ def test_a_test_block_gets_its_warm_up_history_and_nothing_after_it():
     assert len(warm) == len(block) + 40 and warm.index[-1] == block.index[-1]
     assert warm.index[40] == block.index[0]
     assert len(plan.take(bars, "test", history=10_000)["AAA"]) == plan.test.stop  # from bar 0
+
+
+def test_a_fold_decides_from_the_first_bar_of_its_validation_and_test_blocks():
+    """Checkpoints are selected on the whole validation block: its env's first decision is
+    the block's first bar (the warm-up comes from the bars before it), as the test's is."""
+    bars = synthetic_market(["AAA", "BBB"], n_bars=900, seed=3, start="2024-01-01")
+    cfg = load_config(None)
+    plan = wf.plan_folds(900, 2, embargo=5, val_share=0.3, min_bars=80)[0]
+    fit, val, test = wf.fold_blocks(cfg, bars, plan)
+    index = bars["AAA"].index
+    assert fit["AAA"].index.equals(index[plan.fit])
+    for block, part in ((val, plan.val), (test, plan.test)):
+        env = HierarchicalTradingEnv(cfg, bars=block, mode="joint", eval_mode=True)
+        assert env.index[env.first_bar] == index[part.start]
+        assert block["AAA"].index[-1] == index[part.stop - 1]  # nothing after the block
 
 
 def test_stitched_sharpe_uses_each_folds_own_calendar():

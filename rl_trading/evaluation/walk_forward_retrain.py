@@ -207,6 +207,18 @@ def validation_passes(cfg: AppConfig, phase: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def fold_blocks(
+    cfg: AppConfig, bars: dict[str, pd.DataFrame], plan: FoldPlan
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """(fit, val, test) bars of one fold. Validation and test carry the bars before them as
+    warm-up (`data.decision_history`), so the env decides from each block's first bar, as
+    `data.split_for_env` gives a training session's validation: checkpoints are selected on
+    the whole validation block. Past bars only feed features and windows; nothing after a
+    block is added."""
+    history = decision_history(cfg.train.window_size, cfg.env.risk_window)
+    return plan.take(bars, "fit"), plan.take(bars, "val", history), plan.take(bars, "test", history)
+
+
 def trial_name(fold: int, seed: int) -> str:
     """Folder name of one fold x seed under `trials/`."""
     return f"fold{fold:02d}_seed{seed}"
@@ -236,10 +248,7 @@ def run_fold_seed(
         return json.loads(done.read_text())
 
     cfg = cfg.model_copy(update={"seed": int(seed)})
-    fit, val = plan.take(bars, "fit"), plan.take(bars, "val")
-    # the test block with the bars before it as warm-up: traded from its first bar (past bars
-    # only feed the features; nothing after the block is added)
-    test = plan.take(bars, "test", decision_history(cfg.train.window_size, cfg.env.risk_window))
+    fit, val, test = fold_blocks(cfg, bars, plan)
     factory = hierarchical_factory(cfg, fit, val)
     run_dir = trial_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
