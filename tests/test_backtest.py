@@ -236,6 +236,18 @@ def test_policy_backtest_hierarchy(cfg, bars, tmp_path):
     assert res1.runs["policy"].extra["mode"] == "specialists"
 
 
+def test_sub_periods_trade_every_bar_of_each_block(cfg, bars, tmp_path):
+    """A policy's sub-period blocks carry its warm-up in front (the bars before the block):
+    it decides from each block's first bar, and the baselines trade the same bars."""
+    path, _ = _policy_dir(cfg, bars, tmp_path)
+    one = {"AAA": bars["AAA"]}
+    walk = walk_forward(path, one, cfg, n_folds=3, seeds=[0], embargo=5, include_supervised=False)
+    last, block = walk.last, walk.folds[-1]
+    for run in last.runs.values():
+        assert str(run.index[0]) == block["test_start"] and str(run.index[-1]) == block["test_end"]
+        assert len(run.equity) == block["test_bars"]
+
+
 def test_supervised_signal_baseline_when_a_model_exists(workspace):
     from rl_trading.supervised.dataset import prepare_timeframes
     from rl_trading.supervised.fitting import fit_and_score

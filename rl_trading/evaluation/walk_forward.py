@@ -3,7 +3,8 @@
 Blocks come from :func:`rl_trading.data.walk_forward_splits` over the bars given (in the demo
 and ``rl-trading backtest --folds``: the test split). For every block and seed the policy is
 backtested on the block next to the baselines; the feature scaler is fit on the bars before
-the block unless the policy carries its own.
+the block unless the policy carries its own. The bars just before a block are the policy's
+warm-up (features, observation and risk windows), so it decides on every bar of the block.
 
 Without ``train_fn`` one fixed policy is scored on every block: this is **not** a walk-forward
 (nothing is retrained), only sub-periods of one test split, and it is labelled so
@@ -26,7 +27,13 @@ import numpy as np
 import pandas as pd
 
 from rl_trading.data import walk_forward_splits
-from rl_trading.evaluation.backtest import BacktestResult, backtest, load_policy, pin_calendar
+from rl_trading.evaluation.backtest import (
+    BacktestResult,
+    backtest,
+    first_decision_bar,
+    load_policy,
+    pin_calendar,
+)
 from rl_trading.evaluation.baselines import as_bar_dict
 
 if TYPE_CHECKING:
@@ -70,8 +77,9 @@ class WalkForwardResult:
         return len({(r["fold"], r["seed"]) for r in self.rows})
 
 
-def _take(bars: dict[str, pd.DataFrame], part: slice) -> dict[str, pd.DataFrame]:
-    return {k: v.iloc[part] for k, v in bars.items()}
+def _take(bars: dict[str, pd.DataFrame], part: slice, history: int = 0) -> dict[str, pd.DataFrame]:
+    """`part` of the bars with up to `history` earlier bars in front (the policy's warm-up)."""
+    return {k: v.iloc[max(0, part.start - history) : part.stop] for k, v in bars.items()}
 
 
 def walk_forward(
@@ -100,8 +108,8 @@ def walk_forward(
     fold_info = []
     last = None
     for fold in folds:
-        train, test = _take(data, fold.train), _take(data, fold.test)
-        first = next(iter(test.values())).index
+        train, block = _take(data, fold.train), _take(data, fold.test)
+        first = next(iter(block.values())).index
         fold_info.append(
             {
                 "fold": fold.index,
@@ -113,6 +121,13 @@ def walk_forward(
         )
         for seed in seeds:
             source = train_fn(train, fold, seed) if train_fn is not None else policy_source
+            # the block with the policy's warm-up in front: it decides on every bar of the
+            # block (the bars before only feed its features and windows); baselines alone
+            # trade the block as it is
+            test = block
+            if source is not None:
+                source = load_policy(source, cfg)
+                test = _take(data, fold.test, first_decision_bar(source, cfg))
             res = backtest(
                 source,
                 test,
