@@ -24,6 +24,7 @@ import argparse
 import importlib
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,27 @@ def candidate(folder: Path) -> dict[str, Any]:
             "folds": res.get("test_folds"),
             "wall_s": res["wall_s"],
         }
+        out["protocol"] = res.get("protocol", 1)  # runs before the protocol was recorded: 1
     return out
+
+
+def comparable(cands: list[dict[str, Any]], sets: tuple[str, ...], folds: tuple[int, ...]) -> str:
+    """'' or a line saying why these candidates cannot be ranked by the rule: each must be
+    measured on exactly the selection sets and folds (no untouched fold, no missing set), and
+    all by one walk-forward protocol (results of another are not comparable)."""
+    for c in cands:
+        if tuple(sorted(c["sets"])) != tuple(sorted(sets)):
+            return f"{c['name']} ran on {sorted(c['sets'])}, not the selection sets {list(sets)}"
+        for name, s in c["sets"].items():
+            if tuple(s["folds"] or ()) != tuple(folds):
+                return f"{c['name']} ran {name} on folds {s['folds']}, not {list(folds)}"
+    protocols = {c["protocol"] for c in cands}
+    if len(protocols) > 1:
+        by = {p: [c["name"] for c in cands if c["protocol"] == p] for p in sorted(protocols)}
+        return "candidates measured by different walk-forward protocols: " + "; ".join(
+            f"{p}: {', '.join(names)}" for p, names in by.items()
+        )
+    return ""
 
 
 def score(c: dict[str, Any]) -> float:
@@ -73,17 +94,23 @@ def own_trials(report: dict[str, Any]) -> int:
     return int(detail["validation_passes"]) + int(detail["seeds"])
 
 
+def _real_markets() -> Any:
+    """benchmarks/real_markets.py as a module (the sets, their roles and files)."""
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module("real_markets")
+
+
 def record(folders: list[Path]) -> None:
     """Each candidate run into the trial ledger, on its sets' market fingerprints, unless the
     ledger already holds its walk-forward rows (a run made in this workspace records itself:
     recording it again would count its passes twice)."""
-    import sys
 
     from rl_trading.config import CONFIG_DIR
     from rl_trading.ledger import ledger_url, list_trials, market_fingerprint, record_trials
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    set_config = importlib.import_module("real_markets").set_config  # the sets' files
+    set_config = _real_markets().set_config  # the sets' files
 
     for folder in folders:
         summary = json.loads((folder / "real_markets.json").read_text())
@@ -123,6 +150,10 @@ def main() -> None:
     cands = [candidate(f) for f in args.folders if (f / "real_markets.json").is_file()]
     if args.record:
         record(args.folders)
+    rm = _real_markets()
+    why = comparable(cands, rm.SELECTION_SETS, rm.SELECTION_FOLDS)
+    if why:
+        raise SystemExit(f"error: {why}")
 
     def f(v: Any, fmt: str = "{:.2f}") -> str:
         return "-" if v is None or v != v else fmt.format(v)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from rl_trading.config import load_config
-from rl_trading.data import load_market, split_by_time
+from rl_trading.data import load_market, split_for_env
 from tuning.pbt import EXPERIMENT_DIR, run_pbt
 
 
@@ -64,7 +64,7 @@ def main() -> None:
         ],
     )
     bars = load_market(cfg)
-    splits = split_by_time(bars, cfg.data.train_frac, cfg.data.val_frac, cfg.data.embargo_bars)
+    splits = split_for_env(bars, cfg)  # validation keeps its first bars (causal history)
     t0 = time.monotonic()
     result = run_pbt(
         cfg,

@@ -140,6 +140,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     from rich.console import Console
 
     from rl_trading.evaluation.walk_forward_retrain import (
+        PROTOCOL,
         prepare,
         render_table,
         table_rows,
@@ -180,6 +181,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "set": name,
         "role": "selection" if name in SELECTION_SETS else "confirmation",
+        "protocol": PROTOCOL,  # how folds were measured (walk_forward_retrain.PROTOCOL)
         "test_folds": [p.index for p in plan.plans],
         "symbols": list(plan.bars),
         "timeframe": cfg.data.timeframe,

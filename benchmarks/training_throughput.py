@@ -467,11 +467,9 @@ def default_phase1(args) -> None:
         return
 
     bars = load_market(default)
-    from rl_trading.data import split_by_time
+    from rl_trading.data import split_for_env
 
-    splits = split_by_time(
-        bars, default.data.train_frac, default.data.val_frac, default.data.embargo_bars
-    )
+    splits = split_for_env(bars, default)  # validation keeps its first bars (causal history)
     factory = hierarchical_factory(default, splits.train, splits.val)
     n_runs = 1 if args.quick else max(args.iterations, 3)
     load_before = _load()

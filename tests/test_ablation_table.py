@@ -69,3 +69,29 @@ def test_record_counts_own_passes_once(workspace, market_dir) -> None:
     ledger.record_trials(fp, "walk_forward", [{"fold": 0, "seed": 42}], run_dir, 7)
     ablation_table.record([here])
     assert ledger.count_trials(fp) == 26 + 7
+
+
+def _scored(name: str, sets: dict[str, list[int]], protocol: int = 2) -> dict:
+    """A candidate as `ablation_table.candidate` reads it: per set its folds, and its protocol."""
+    rows = {"minus_vm": 0.1, "exposure": 0.5}
+    return {
+        "name": name,
+        "protocol": protocol,
+        "sets": {s: {**rows, "folds": folds} for s, folds in sets.items()},
+    }
+
+
+def test_only_candidates_measured_alike_are_ranked() -> None:
+    """The rule ranks candidates on exactly the selection sets and folds, all measured by one
+    walk-forward protocol; anything else is refused with the reason."""
+    sets, folds = ("us_daily", "crypto_30m"), (0, 1)
+    ok = {"us_daily": [0, 1], "crypto_30m": [0, 1]}
+    assert ablation_table.comparable([_scored("a", ok), _scored("b", ok)], sets, folds) == ""
+    untouched = {"us_daily": [0, 1, 2, 3], "crypto_30m": [0, 1]}
+    why = ablation_table.comparable([_scored("a", untouched)], sets, folds)
+    assert why == "a ran us_daily on folds [0, 1, 2, 3], not [0, 1]"
+    why = ablation_table.comparable([_scored("a", {"us_daily": [0, 1]})], sets, folds)
+    assert why.startswith("a ran on ['us_daily'], not the selection sets")
+    mixed = [_scored("old", ok, protocol=1), _scored("new", ok)]
+    why = ablation_table.comparable(mixed, sets, folds)
+    assert why == "candidates measured by different walk-forward protocols: 1: old; 2: new"

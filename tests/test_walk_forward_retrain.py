@@ -51,6 +51,11 @@ def test_too_little_data_and_bad_counts_are_input_errors():
         wf.plan_folds(600, 8, 10, val_share=0.2, min_bars=50)
     with pytest.raises(ConfigError, match="--folds"):
         wf.plan_folds(600, 0, 10, val_share=0.2, min_bars=50)
+    # the fit part warms its env up on its own bars: it needs more than the blocks after it
+    # (fold 0 of 2 on 600 bars: a 190-bar window, 142 fit bars before a 10-bar embargo)
+    assert wf.plan_folds(600, 2, 10, val_share=0.2, min_bars=20, min_fit=142)
+    with pytest.raises(DataError, match=r"fold 0 has 142 fit bars \(need >= 143"):
+        wf.plan_folds(600, 2, 10, val_share=0.2, min_bars=20, min_fit=143)
     with pytest.raises(ConfigError, match="--seeds"):
         wf.seeds_for(AppConfig(), 0)
     assert wf.seeds_for(AppConfig.model_validate({"seed": 5}), 3) == [5, 6, 7]
@@ -199,7 +204,9 @@ def test_cli_refuses_to_overwrite_a_started_walk_forward(workspace, monkeypatch,
     assert rc != 0 and "use --resume" in capsys.readouterr().err
     assert (out / wf.PLAN_FILE).read_text() == "{}"  # nothing already saved is lost
     rc = main(["evaluate", "walk-forward", *sets, "--folds", "2", "--out", str(out), "--resume"])
-    assert rc != 0 and "started with other folds, seeds, phases, config" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc != 0 and "started with other protocol (version 1; " in err
+    assert "), folds, seeds, phases, config" in err
     # the message names what differs: here only the seeds
     base = ["data.source=synthetic", "data.synthetic.n_bars=2000"]
     cfg = load_config(overrides=base)
@@ -210,6 +217,12 @@ def test_cli_refuses_to_overwrite_a_started_walk_forward(workspace, monkeypatch,
     with pytest.raises(ConfigError, match=r"started with other config \(a setting"):
         wf.prepare(costly, n_folds=2, n_seeds=1, out_dir=plan.out_dir, resume=True)
     assert wf.prepare(cfg, n_folds=2, n_seeds=1, out_dir=plan.out_dir, resume=True).plans
+    # a run started by a version that measured folds otherwise (no protocol recorded: 1)
+    started = json.loads((plan.out_dir / wf.PLAN_FILE).read_text())
+    del started["protocol"]
+    (plan.out_dir / wf.PLAN_FILE).write_text(json.dumps(started))
+    with pytest.raises(ConfigError, match=r"started with other protocol \(version 1; this"):
+        wf.prepare(cfg, n_folds=2, n_seeds=1, out_dir=plan.out_dir, resume=True)
 
 
 # --------------------------------------------------------------------------------------------

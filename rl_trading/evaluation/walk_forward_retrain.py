@@ -8,9 +8,10 @@ Protocol (``rl-trading evaluate walk-forward``):
   part fits the feature scalers and trains the configured phases (budgets from the config),
   its tail (``val_frac / (train_frac + val_frac)`` of the window, after another embargo) is the
   fold's validation part, where the phases select their best checkpoint. The test block is
-  then traded once with that checkpoint, from its first bar (the bars before it are the
-  features' warm-up, ``data.decision_history``), next to every baseline of
-  :func:`rl_trading.evaluation.backtest.backtest` (same bars, costs and capital).
+  then traded once with that checkpoint, next to every baseline of
+  :func:`rl_trading.evaluation.backtest.backtest` (same bars, costs and capital). Validation
+  and test blocks are decided on from their first bar (the bars before them are the
+  features' and windows' warm-up, ``data.decision_history``; :func:`fold_blocks`).
 * **Seeds** vary the training seed (``seed + i``). Folds x seeds are Ray Tune trials; a
   finished trial leaves ``trials/fold<k>_seed<s>/result.json`` and is never recomputed.
 * **Intervals** are over the independent units: the folds. Seeds are averaged within a fold
@@ -59,6 +60,11 @@ RESULT_FILE = "result.json"
 PLAN_FILE = "plan.json"
 REPORT_FILE = "walk_forward.json"
 PLOT_FILE = "walk_forward_equity.png"
+# How a fold x seed is measured, recorded in plan.json: a run measured otherwise cannot be
+# resumed (its results would mix with this version's). 1: validation blocks without their
+# warm-up (the env decided on their last bars only); 2: every block carries its warm-up.
+PROTOCOL = 2
+PROTOCOL_NOTE = "this version selects checkpoints on whole validation blocks"
 # Metrics reported per fold x seed and strategy (keys of backtest.strategy_metrics).
 METRICS = (
     "sharpe_ratio",
@@ -121,13 +127,17 @@ def plan_folds(
     val_share: float,
     min_bars: int,
     min_train_frac: float | None = None,
+    min_fit: int | None = None,
 ) -> list[FoldPlan]:
     """Expanding-window folds, each training window split into fit + validation tail.
 
     `val_share` is the validation tail's share of the training window; `min_bars` the fewest
-    bars any part may have (feature warm-up + a few decisions); `min_train_frac` the first
-    training block's share of the history (default 1 / (K + 1)). DataError when too short.
+    bars a validation or test block may have (they carry their warm-up in front); `min_fit`
+    the fewest the fit part may have (its env warms up on its own first bars; default
+    `min_bars`); `min_train_frac` the first training block's share of the history (default
+    1 / (K + 1)). DataError when too short.
     """
+    min_fit = min_bars if min_fit is None else int(min_fit)
     if n_folds < 1:
         raise ConfigError(f"--folds must be >= 1 (got {n_folds})")
     if not 0.0 < val_share < 1.0:
@@ -149,12 +159,13 @@ def plan_folds(
             "val": n_val,
             "test": fold.test.stop - fold.test.start,
         }
-        short = {k: v for k, v in sizes.items() if v < min_bars}
+        need = {"fit": min_fit, "val": min_bars, "test": min_bars}
+        short = {k: v for k, v in sizes.items() if v < need[k]}
         if short:
             part, got = next(iter(short.items()))
             raise DataError(
                 f"too little data for {n_folds} walk-forward folds: fold {fold.index} has "
-                f"{got} {part} bars (need >= {min_bars}; {n_bars} bars, embargo {embargo}); "
+                f"{got} {part} bars (need >= {need[part]}; {n_bars} bars, embargo {embargo}); "
                 "use fewer folds or more data"
             )
     return plans
@@ -172,6 +183,8 @@ def plan_for(
         d.val_frac / (d.train_frac + d.val_frac),
         min_bars=WARMUP_BARS + 10,
         min_train_frac=min_train_frac,
+        # the fit part's env decides after its own warm-up: a few decisions past it
+        min_fit=decision_history(cfg.train.window_size, cfg.env.risk_window) + 10,
     )
 
 
@@ -511,7 +524,9 @@ def build_report(
         "protocol": (
             "expanding-window folds; per fold x seed: scalers fit and phases trained on the "
             "fit part, best checkpoint selected on the validation tail of the training window, "
-            "one test pass; intervals over folds (seeds averaged within a fold)"
+            "one test pass; validation and test decided on from their first bar (warm-up "
+            f"from the bars before; protocol {PROTOCOL}); intervals over folds (seeds averaged "
+            "within a fold)"
         ),
         "periods_per_year": agg["periods_per_year"],
         "risk_free_rate": RISK_FREE_RATE,
@@ -656,6 +671,7 @@ def prepare(
     info = [p.describe(index) for p in plans]
 
     fingerprint = {
+        "protocol": PROTOCOL,
         "folds": info,
         "seeds": seeds,
         "phases": list(phase_tuple),
@@ -668,6 +684,8 @@ def prepare(
         now = json.loads(json.dumps(fingerprint))
         if started != now:
             what = [k for k in ("folds", "seeds", "phases") if started.get(k) != now[k]]
+            if started.get("protocol", 1) != PROTOCOL:
+                what.insert(0, f"protocol (version {started.get('protocol', 1)}; {PROTOCOL_NOTE})")
             if started.get("config_hash") != now["config_hash"]:
                 # a hash only: the keys that differ are unknown (an upgrade that added a
                 # setting changes it too, whatever the setting's value)
