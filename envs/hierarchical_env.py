@@ -80,7 +80,13 @@ from envs.execution import (
 from envs.risk import RiskModel, causal_volatility, rolling_covariance
 from rl_trading import metrics
 from rl_trading.config import AppConfig
-from rl_trading.data.features import WARMUP_BARS, FeatureScaler, cross_sectional
+from rl_trading.data.features import (
+    WARMUP_BARS,
+    FeatureScaler,
+    cross_sectional,
+    trend_strength,
+)
+from rl_trading.data.splits import decision_history
 from rl_trading.errors import ConfigError
 
 __all__ = [
@@ -189,14 +195,15 @@ class HierarchicalTradingEnv(ParallelEnv):
         scalers = scalers or {}
         arrays = [prepare_instrument(bars[s], scalers.get(s), symbol=s) for s in self.symbols]
         self.scalers = {s: a.scaler for s, a in zip(self.symbols, arrays, strict=True)}
-        feat_all = self._observed_features(np.stack([a.features for a in arrays], axis=0))
-        self._feat_all = np.ascontiguousarray(feat_all)
-        # (n, T x F) view: the window of bar t is one 2-D slice, copied once into the obs
-        self._feat_rows = self._feat_all.reshape(n, -1)
         self._open = np.ascontiguousarray(np.stack([a.open for a in arrays], axis=1))
         self._close = np.ascontiguousarray(np.stack([a.close for a in arrays], axis=1))
         self._lows = np.ascontiguousarray(np.stack([a.low for a in arrays], axis=1))
         self._highs = np.ascontiguousarray(np.stack([a.high for a in arrays], axis=1))
+        self._trend_windows = [int(k) for k in ecfg.trend_windows]
+        feat_all = self._observed_features(np.stack([a.features for a in arrays], axis=0))
+        self._feat_all = np.ascontiguousarray(feat_all)
+        # (n, T x F) view: the window of bar t is one 2-D slice, copied once into the obs
+        self._feat_rows = self._feat_all.reshape(n, -1)
         # (T, n) bool: False on forward-filled bars (no fills, no stops there)
         self._real = np.ascontiguousarray(np.stack([a.real for a in arrays], axis=1))
         self._all_real = bool(self._real.all())
@@ -204,11 +211,12 @@ class HierarchicalTradingEnv(ParallelEnv):
         rets = np.zeros((t_len, n))
         rets[1:] = self._close[1:] / self._close[:-1] - 1.0
         risk_window = ecfg.risk_window
-        self.first_bar = max(WARMUP_BARS, self.window - 1, risk_window)
+        self.first_bar = decision_history(self.window, risk_window, self._trend_windows)
         if self.first_bar >= t_len - 1:
+            trend = f" / trend_windows {self._trend_windows}" if self._trend_windows else ""
             raise ConfigError(
-                f"window_size {self.window} / risk_window {risk_window} (+ {WARMUP_BARS} "
-                f"warm-up bars) need more than the {t_len} bars given"
+                f"window_size {self.window} / risk_window {risk_window}{trend} (+ "
+                f"{WARMUP_BARS} warm-up bars) need more than the {t_len} bars given"
             )
         sector_ids = None
         if ecfg.sectors and ecfg.max_sector_allocation is not None:
@@ -335,13 +343,22 @@ class HierarchicalTradingEnv(ParallelEnv):
             growth = growth_since(self._close[rows], self._close[self.first_bar], before)
         return benchmark_exposures(self.benchmark, self._sizes[rows], growth)
 
-    def _observed_features(self, features: np.ndarray) -> np.ndarray:
+    def _observed_features(self, features: np.ndarray, t: int | None = None) -> np.ndarray:
         """Scaled feature rows (n instruments first, features last) as the specialists observe
         them: with env.cross_sectional, each instrument's rows next to their gap to the
-        cross-section's mean (the constructor's (n, T, F) and `set_bar`'s (n, F) alike)."""
-        if not self.cfg.env.cross_sectional:
+        cross-section's mean; with env.trend_windows, then its trend t-statistics from the
+        closes (the constructor's (n, T, F) for every bar, `set_bar`'s (n, F) for bar `t`)."""
+        parts = [features]
+        if self.cfg.env.cross_sectional:
+            parts.append(cross_sectional(features))
+        if self._trend_windows:
+            if t is None:
+                parts.append(trend_strength(self._close, self._trend_windows))
+            else:  # the closes up to t: the very row the whole series gives (running sums)
+                parts.append(trend_strength(self._close[: t + 1], self._trend_windows)[:, -1])
+        if len(parts) == 1:
             return features
-        return np.concatenate([features, cross_sectional(features)], axis=-1)
+        return np.concatenate([p.astype(features.dtype, copy=False) for p in parts], axis=-1)
 
     def set_bar(
         self,
@@ -368,7 +385,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._open[t], self._highs[t], self._lows[t], self._close[t] = o, h, lo, c
         self._real[t] = real
         self._all_real = self._all_real and bool(np.all(real))
-        features = self._observed_features(features)
+        features = self._observed_features(features, t)
         self._feat_all[:, t] = features
         f = self._n_feat
         self._k_feat[:, t * f : (t + 1) * f] = features  # (the same memory, as a rule)

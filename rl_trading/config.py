@@ -268,6 +268,20 @@ class EnvironmentConfig(Section):
     # minus the mean of all instruments' features at the same bar (data.features
     # .cross_sectional), so it can tell "my market moved" from "every market moved".
     cross_sectional: bool = False
+    # Trend observations (hierarchical env): each specialist also sees, for each k here, its
+    # log return over the last k bars over their volatility x sqrt(k), a t-statistic of the
+    # drift clipped to +-5 (data.features.trend_strength): momentum over longer memories than
+    # the features' 20-26 bars. The env decides after the longest (validation and test blocks
+    # carry that much warm-up). []: off.
+    trend_windows: list[int] = Field(default_factory=list)
+
+    @field_validator("trend_windows")
+    @classmethod
+    def _trend_windows_are_lengths(cls, v: list[int]) -> list[int]:
+        """Distinct windows of 2 or more bars (a 1-bar trend is the feature log_ret_1)."""
+        if any(k < 2 for k in v) or len(set(v)) != len(v):
+            raise ValueError(f"env.trend_windows must be distinct bar counts >= 2, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _benchmark_needs_its_sizing(self) -> EnvironmentConfig:

@@ -52,22 +52,27 @@ def test_walk_forward_folds(expanding: bool) -> None:
     assert train["A"].index[-1] < test["A"].index[0]
 
 
-def test_val_and_test_keep_their_first_bars_without_look_ahead() -> None:
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [([], 40), (["env.trend_windows=[10, 100]"], 100)],  # warm-up / the longest trend window
+)
+def test_val_and_test_keep_their_first_bars_without_look_ahead(extra, expected) -> None:
     """`split_for_env` prepends only past bars to val / test, so the env's first decision is
     the split's own first bar; features there use causal history only (truncation test)."""
     import numpy as np
 
     from envs import HierarchicalTradingEnv
     from rl_trading.config import load_config
-    from rl_trading.data import compute_features, decision_history, split_for_env
+    from rl_trading.data import compute_features, env_history, split_for_env
 
-    cfg = load_config(overrides=["data.timeframe=1h", "train.window_size=8", "env.risk_window=20"])
+    sets = ["data.timeframe=1h", "train.window_size=8", "env.risk_window=20", *extra]
+    cfg = load_config(overrides=sets)
     bars = synthetic_market(["AAA", "BBB"], n_bars=1500, seed=2, timeframe="1h")
     d = cfg.data
     plain = split_by_time(bars, d.train_frac, d.val_frac, d.embargo_bars)
     parts = split_for_env(bars, cfg)
-    history = decision_history(cfg.train.window_size, cfg.env.risk_window)
-    assert history == 40  # warm-up dominates window 8 and risk window 20
+    history = env_history(cfg)
+    assert history == expected  # not window 8 or risk window 20
     full = bars["AAA"]
     for name in ("val", "test"):
         mine, ref = getattr(parts, name)["AAA"], getattr(plain, name)["AAA"]

@@ -154,6 +154,10 @@ def test_config_and_single_env_guards():
         load_config(None, ["env.benchmark=none", "env.active_scale=0.5"])
     with pytest.raises(ConfigError, match="active_scale"):
         load_config(None, ["env.active_scale=1.5"])
+    for bad in ("[1, 20]", "[20, 20]"):
+        with pytest.raises(ConfigError, match="env.trend_windows must be distinct bar counts"):
+            load_config(None, [f"env.trend_windows={bad}"])
+    assert load_config(None, ["env.trend_windows=[20, 120]"]).env.trend_windows == [20, 120]
     cfg = AppConfig()
     cfg.env.benchmark = "equal_weight"
     with pytest.raises(ConfigError, match="hierarchical env"):

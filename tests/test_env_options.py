@@ -10,6 +10,7 @@ import pytest
 
 from envs import HierarchicalTradingEnv, TradingEnv
 from envs.hierarchical_env import META
+from rl_trading.data.features import WARMUP_BARS, trend_strength
 from rl_trading.errors import ConfigError
 from tests.test_env_hierarchical import make_market, play, random_policy, with_gaps
 from tests.test_env_single import make_bars, run
@@ -203,6 +204,34 @@ def test_cross_sectional_observations_add_each_features_gap_to_the_mean():
     cut = {s: b.iloc[:200] for s, b in bars.items()}
     short = HierarchicalTradingEnv(bars=cut, cross_sectional=True, scalers=cross.scalers, **kw)
     np.testing.assert_array_equal(short._feat_all[:, :200], cross._feat_all[:, :200])
+
+
+def test_trend_observations_follow_the_features_and_push_the_first_decision():
+    """env.trend_windows appends each specialist's trend t-statistics after its features (the
+    rest unchanged), the env decides after the longest window, and a bar's values do not
+    depend on later bars; a window longer than the bars is a one-line config error."""
+    bars = make_market(n=260, seed=1, vol=0.02)
+    kw = dict(BASE, window_size=1, random_start=False)
+    plain = HierarchicalTradingEnv(bars=bars, **kw)
+    trend = HierarchicalTradingEnv(bars=bars, trend_windows=[5, 30], **kw)
+    f = plain.obs_layout()["n_features"]
+    assert trend.obs_layout()["n_features"] == f + 2
+    assert plain.first_bar == WARMUP_BARS and trend.first_bar == WARMUP_BARS  # 30 < 40
+    o_plain, _ = plain.reset(seed=0)
+    o_trend, _ = trend.reset(seed=0)
+    closes = np.stack([b["close"].to_numpy() for b in bars.values()], axis=1)
+    want = trend_strength(closes, [5, 30])[:, trend.first_bar]
+    for i, a in enumerate(plain.specialists):
+        np.testing.assert_array_equal(o_trend[a][:f], o_plain[a][:f])
+        np.testing.assert_array_equal(o_trend[a][f : f + 2], want[i])
+        np.testing.assert_array_equal(o_trend[a][f + 2 :], o_plain[a][f:])
+    longer = HierarchicalTradingEnv(bars=bars, trend_windows=[120], **kw)
+    assert longer.first_bar == 120
+    cut = {s: b.iloc[:200] for s, b in bars.items()}
+    short = HierarchicalTradingEnv(bars=cut, trend_windows=[5, 30], scalers=trend.scalers, **kw)
+    np.testing.assert_array_equal(short._feat_all[:, :200], trend._feat_all[:, :200])
+    with pytest.raises(ConfigError, match=r"trend_windows \[300\]"):
+        HierarchicalTradingEnv(bars=bars, trend_windows=[300], **kw)
 
 
 def test_reward_scale_multiplies_every_agents_reward():

@@ -15,6 +15,7 @@ from rl_trading.data import (
     split_by_time,
     synthetic_bars,
 )
+from rl_trading.data.features import TREND_CLIP, trend_strength
 
 
 def _assert_causal(bars: pd.DataFrame, cut_points: list[int]) -> None:
@@ -91,3 +92,25 @@ def test_scaler_fit_on_train_only_and_roundtrip() -> None:
 def test_scaler_requires_fit() -> None:
     with pytest.raises(ValueError):
         FeatureScaler().transform(np.zeros((2, 3)))
+
+
+def test_trend_strength_is_the_drifts_t_statistic_and_causal() -> None:
+    """trend_strength: log return over k bars / (std of its k one-bar returns x sqrt(k)),
+    clipped, 0 before bar k; a truncated series gives the same rows bit for bit."""
+    rng = np.random.default_rng(3)
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.001, 0.01, size=(300, 2)), axis=0))
+    close[100:110, 1] = close[99, 1]  # a flat stretch: a 5-bar window of zero returns
+    out = trend_strength(close, [5, 60])
+    assert out.shape == (2, 300, 2) and out.dtype == np.float32
+    assert not out[:, :5, 0].any() and not out[:, :60, 1].any()
+    r = np.diff(np.log(close), axis=0)
+    for i, t, j, k in ((0, 200, 1, 60), (1, 250, 0, 5), (0, 60, 1, 60)):
+        window = r[t - k : t, i]  # the k returns ending at bar t
+        want = window.sum() / (window.std() * np.sqrt(k))
+        assert out[i, t, j] == pytest.approx(np.clip(want, -TREND_CLIP, TREND_CLIP), rel=1e-5)
+    assert out[1, 109, 0] == 0.0  # flat window: no drift to measure
+    drift = np.zeros((300, 1))
+    drift[:, 0] = np.exp(np.linspace(0.0, 0.1, 300))  # a straight line: clipped at +5
+    assert trend_strength(drift, [20])[0, 100, 0] == TREND_CLIP
+    for cut in (61, 150, 299):
+        np.testing.assert_array_equal(trend_strength(close[:cut], [5, 60]), out[:, :cut])

@@ -724,6 +724,7 @@ def test_a_live_session_resumes_through_the_streams(in_ws, tmp_path):
         ["env.vol_target=0.15", "env.benchmark=vol_target"],
         ["env.benchmark=buy_and_hold", "env.risk_limits=active"],
         ["env.cross_sectional=true"],
+        ["env.trend_windows=[5, 120]", "env.cross_sectional=true"],
         ["env.vol_target=0.05", "env.benchmark=vol_target", "env.vol_horizon_years=0.5"],
         ["env.vol_horizon_years=null"],  # sized over risk_window: no size_var
     ],

@@ -7,7 +7,7 @@ exponential averages, backward shifts; nothing centred, nothing shifted forward)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,39 @@ def cross_sectional(features: np.ndarray) -> np.ndarray:
     only (no look-ahead); zeros for a single instrument.
     """
     return (features - features.mean(axis=0, keepdims=True)).astype(features.dtype, copy=False)
+
+
+TREND_CLIP = 5.0
+
+
+def trend_strength(close: np.ndarray, windows: Sequence[int]) -> np.ndarray:
+    """Each instrument's drift over the last k bars as a t-statistic, for each k in `windows`.
+
+    `close`: (T, n) closes. Row t, window k: log(close_t / close_{t-k}) over (the standard
+    deviation of the last k one-bar log returns x sqrt(k)), clipped to +-`TREND_CLIP` (a
+    drift without noise is the clip); 0 before bar k and on a flat window. Returns
+    (n, T, len(windows)) float32. Bar t uses closes up to t only, and the running sums run
+    from the first bar, so the rows of a truncated series are the rows of the whole one bit
+    for bit (a live feed's rows equal a backtest's).
+    """
+    logc = np.log(np.asarray(close, dtype=np.float64))
+    if logc.ndim == 1:
+        logc = logc[:, None]
+    t_len, n = logc.shape
+    r = np.zeros_like(logc)
+    r[1:] = logc[1:] - logc[:-1]
+    sq = np.cumsum(r * r, axis=0)
+    out = np.zeros((n, t_len, len(windows)), dtype=np.float32)
+    for j, k in enumerate(int(w) for w in windows):
+        if k >= t_len:
+            continue
+        drift = logc[k:] - logc[:-k]  # sum of the last k returns
+        var = (sq[k:] - sq[:-k]) / k - (drift / k) ** 2
+        sd = np.sqrt(np.maximum(var, 0.0)) * np.sqrt(k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stat = np.where(sd > 0, drift / np.where(sd > 0, sd, 1.0), np.sign(drift) * TREND_CLIP)
+        out[:, k:, j] = np.clip(stat, -TREND_CLIP, TREND_CLIP).T
+    return out
 
 
 def compute_features(bars: pd.DataFrame) -> pd.DataFrame:

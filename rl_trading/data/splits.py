@@ -6,6 +6,7 @@ back (or forward, for labels) across the boundary cannot leak information betwee
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -88,10 +89,16 @@ def split_by_time(
     return Splits(*(_take(bars, part) for part in (train, val, test)))
 
 
-def decision_history(window_size: int, risk_window: int) -> int:
+def decision_history(window_size: int, risk_window: int, trend_windows: Sequence[int] = ()) -> int:
     """Bars the hierarchical env needs before its first decision: feature warm-up, the
-    observation window and the risk window (`HierarchicalTradingEnv.first_bar`)."""
-    return max(WARMUP_BARS, int(window_size) - 1, int(risk_window))
+    observation window, the risk window and the longest trend observation
+    (`HierarchicalTradingEnv.first_bar`, env.trend_windows)."""
+    return max(WARMUP_BARS, int(window_size) - 1, int(risk_window), *map(int, trend_windows))
+
+
+def env_history(cfg: Any) -> int:
+    """`decision_history` of a config (train.window_size, env.risk_window, env.trend_windows)."""
+    return decision_history(cfg.train.window_size, cfg.env.risk_window, cfg.env.trend_windows)
 
 
 def split_for_env(bars: Bars, cfg: Any) -> Splits:
@@ -99,7 +106,7 @@ def split_for_env(bars: Bars, cfg: Any) -> Splits:
     the history the env needs so that they keep their first bars (training, validation and
     backtests all split this way)."""
     d = cfg.data
-    history = decision_history(cfg.train.window_size, cfg.env.risk_window)
+    history = env_history(cfg)
     return split_by_time(bars, d.train_frac, d.val_frac, d.embargo_bars, history=history)
 
 

@@ -271,7 +271,7 @@ def first_decision_bar(bundle: PolicyBundle, cfg: AppConfig) -> int:
     (features, observation window, risk window) is history, as the envs' `first_bar`."""
     window = int(bundle.preprocessing.get("window_size") or cfg.train.window_size)
     if bundle.hierarchical:
-        return decision_history(window, cfg.env.risk_window)
+        return decision_history(window, cfg.env.risk_window, cfg.env.trend_windows)
     return max(WARMUP_BARS, window - 1)
 
 

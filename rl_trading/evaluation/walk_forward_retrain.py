@@ -44,7 +44,7 @@ from rich.markup import escape
 
 from rl_trading import ledger, metrics, ray_utils
 from rl_trading.config import AppConfig
-from rl_trading.data import decision_history, walk_forward_splits
+from rl_trading.data import env_history, walk_forward_splits
 from rl_trading.data.features import WARMUP_BARS
 from rl_trading.errors import CheckpointError, ConfigError, DataError, RLTradingError
 from rl_trading.evaluation.backtest import backtest
@@ -184,7 +184,7 @@ def plan_for(
         min_bars=WARMUP_BARS + 10,
         min_train_frac=min_train_frac,
         # the fit part's env decides after its own warm-up: a few decisions past it
-        min_fit=decision_history(cfg.train.window_size, cfg.env.risk_window) + 10,
+        min_fit=env_history(cfg) + 10,
     )
 
 
@@ -224,11 +224,11 @@ def fold_blocks(
     cfg: AppConfig, bars: dict[str, pd.DataFrame], plan: FoldPlan
 ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
     """(fit, val, test) bars of one fold. Validation and test carry the bars before them as
-    warm-up (`data.decision_history`), so the env decides from each block's first bar, as
+    warm-up (`data.env_history`), so the env decides from each block's first bar, as
     `data.split_for_env` gives a training session's validation: checkpoints are selected on
     the whole validation block. Past bars only feed features and windows; nothing after a
     block is added."""
-    history = decision_history(cfg.train.window_size, cfg.env.risk_window)
+    history = env_history(cfg)
     return plan.take(bars, "fit"), plan.take(bars, "val", history), plan.take(bars, "test", history)
 
 

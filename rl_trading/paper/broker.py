@@ -27,8 +27,9 @@ from envs.execution import sizing_window
 from envs.hierarchical_env import Book
 from envs.risk import RollingCovariance, RollingVariance
 from rl_trading.config import AppConfig, periods_per_year_of
-from rl_trading.data.features import SIGNAL_PREFIX, WARMUP_BARS
+from rl_trading.data.features import SIGNAL_PREFIX
 from rl_trading.data.resample import FILLED_COLUMN
+from rl_trading.data.splits import env_history
 from rl_trading.errors import ConfigError, DataError
 from rl_trading.paper.incremental import MarketStream
 
@@ -69,7 +70,7 @@ class Broker(Protocol):
 
 def first_decision_bar(cfg: AppConfig) -> int:
     """Index of the first bar a policy decides on (HierarchicalTradingEnv.first_bar)."""
-    return max(WARMUP_BARS, cfg.train.window_size - 1, cfg.env.risk_window)
+    return env_history(cfg)
 
 
 def _padded(bars: dict[str, pd.DataFrame], rows: int = 1) -> dict[str, pd.DataFrame]:
