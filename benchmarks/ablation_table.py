@@ -53,8 +53,8 @@ def candidate(folder: Path) -> dict[str, Any]:
             "dsr": pol.get("dsr"),
             "folds": res.get("test_folds"),
             "wall_s": res["wall_s"],
+            "protocol": res.get("protocol", 1),  # runs before the protocol was recorded: 1
         }
-        out["protocol"] = res.get("protocol", 1)  # runs before the protocol was recorded: 1
     return out
 
 
@@ -68,9 +68,10 @@ def comparable(cands: list[dict[str, Any]], sets: tuple[str, ...], folds: tuple[
         for name, s in c["sets"].items():
             if tuple(s["folds"] or ()) != tuple(folds):
                 return f"{c['name']} ran {name} on folds {s['folds']}, not {list(folds)}"
-    protocols = {c["protocol"] for c in cands}
+    seen = {(c["name"], s["protocol"]) for c in cands for s in c["sets"].values()}
+    protocols = {p for _, p in seen}
     if len(protocols) > 1:
-        by = {p: [c["name"] for c in cands if c["protocol"] == p] for p in sorted(protocols)}
+        by = {p: sorted({n for n, q in seen if q == p}) for p in sorted(protocols)}
         return "candidates measured by different walk-forward protocols: " + "; ".join(
             f"{p}: {', '.join(names)}" for p, names in by.items()
         )

@@ -84,7 +84,8 @@ from rl_trading.data.features import (
     WARMUP_BARS,
     FeatureScaler,
     cross_sectional,
-    trend_strength,
+    trend_rows,
+    trend_sums,
 )
 from rl_trading.data.splits import decision_history
 from rl_trading.errors import ConfigError
@@ -200,6 +201,9 @@ class HierarchicalTradingEnv(ParallelEnv):
         self._lows = np.ascontiguousarray(np.stack([a.low for a in arrays], axis=1))
         self._highs = np.ascontiguousarray(np.stack([a.high for a in arrays], axis=1))
         self._trend_windows = [int(k) for k in ecfg.trend_windows]
+        # running sums of returns and squared returns (data.features.trend_sums): the trend
+        # rows of the constructor, and set_bar's one row per live bar in O(windows)
+        self._trend_sums = trend_sums(self._close) if self._trend_windows else None
         feat_all = self._observed_features(np.stack([a.features for a in arrays], axis=0))
         self._feat_all = np.ascontiguousarray(feat_all)
         # (n, T x F) view: the window of bar t is one 2-D slice, copied once into the obs
@@ -351,11 +355,13 @@ class HierarchicalTradingEnv(ParallelEnv):
         parts = [features]
         if self.cfg.env.cross_sectional:
             parts.append(cross_sectional(features))
-        if self._trend_windows:
-            if t is None:
-                parts.append(trend_strength(self._close, self._trend_windows))
-            else:  # the closes up to t: the very row the whole series gives (running sums)
-                parts.append(trend_strength(self._close[: t + 1], self._trend_windows)[:, -1])
+        if self._trend_sums is not None:
+            sums, squares = self._trend_sums
+            if t is not None:  # bar t's return extends the sums as their cumsum did
+                r = self._close[t] / self._close[t - 1] - 1.0
+                sums[t] = sums[t - 1] + r
+                squares[t] = squares[t - 1] + r * r
+            parts.append(trend_rows(sums, squares, self._trend_windows, t))
         if len(parts) == 1:
             return features
         return np.concatenate([p.astype(features.dtype, copy=False) for p in parts], axis=-1)

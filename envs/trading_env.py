@@ -77,6 +77,11 @@ class TradingEnv(gym.Env):
                 "env.benchmark (benchmark-relative agents) is for the hierarchical env; "
                 "TradingEnv trades absolute positions: use env.benchmark=none"
             )
+        if ecfg.cross_sectional or ecfg.trend_windows:
+            raise ConfigError(
+                "env.cross_sectional / env.trend_windows are observations of the hierarchical "
+                "env; TradingEnv observes its features only: turn them off"
+            )
         self.costs = CostModel(ecfg.transaction_cost, ecfg.slippage_bps, ecfg.spread_bps)
         self._rate = self.costs.rate
         # the run's one annualisation (cfg.data.periods_per_year, else its calendar)

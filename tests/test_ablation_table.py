@@ -73,12 +73,8 @@ def test_record_counts_own_passes_once(workspace, market_dir) -> None:
 
 def _scored(name: str, sets: dict[str, list[int]], protocol: int = 2) -> dict:
     """A candidate as `ablation_table.candidate` reads it: per set its folds, and its protocol."""
-    rows = {"minus_vm": 0.1, "exposure": 0.5}
-    return {
-        "name": name,
-        "protocol": protocol,
-        "sets": {s: {**rows, "folds": folds} for s, folds in sets.items()},
-    }
+    rows = {"minus_vm": 0.1, "exposure": 0.5, "protocol": protocol}
+    return {"name": name, "sets": {s: {**rows, "folds": folds} for s, folds in sets.items()}}
 
 
 def test_only_candidates_measured_alike_are_ranked() -> None:
@@ -95,3 +91,7 @@ def test_only_candidates_measured_alike_are_ranked() -> None:
     mixed = [_scored("old", ok, protocol=1), _scored("new", ok)]
     why = ablation_table.comparable(mixed, sets, folds)
     assert why == "candidates measured by different walk-forward protocols: 1: old; 2: new"
+    half = _scored("half", ok)
+    half["sets"]["crypto_30m"]["protocol"] = 1  # one set measured the old way
+    why = ablation_table.comparable([half], sets, folds)
+    assert why == "candidates measured by different walk-forward protocols: 1: half; 2: half"

@@ -10,6 +10,7 @@ import torch
 
 from rl_trading.config import load_config
 from rl_trading.data import synthetic_market
+from rl_trading.errors import CheckpointError
 from rl_trading.evaluation.backtest import backtest, check_targets
 from rl_trading.evaluation.baselines import (
     VOL_TARGET,
@@ -230,6 +231,11 @@ def test_policy_backtest_hierarchy(cfg, bars, tmp_path):
     # it holds its position from the first evaluated bar, not after 10 bars of cash
     assert len(res.runs[VOL_TARGET].equity) == len(pol.equity)
     assert np.abs(res.runs[VOL_TARGET].weights[1]).sum() > 0
+    # a config that observes more (trend columns) than the model was built for: one line
+    wider = cfg.model_copy(deep=True)
+    wider.env.trend_windows = [5]
+    with pytest.raises(CheckpointError, match=r"policy 'specialist_AAA' observes \d+ values"):
+        backtest(tmp_path / "ckpt", bars, wider, seed=0, include_supervised=False)
     # Phase-1 checkpoints (specialists only) run in "specialists" mode.
     (root / "meta").rename(tmp_path / "meta_aside")
     res1 = backtest(tmp_path / "ckpt", bars, cfg, seed=0, include_supervised=False)

@@ -162,3 +162,25 @@ def test_ensemble_uses_stored_configs_and_refuses_duplicates(members, capsys):
     made = json.loads(out.out)
     assert made["model"]["name"] == "ensemble/1"
     assert made["model"]["lineage"]["members"] == ["ppo_x/1", "ppo_y/1"]
+
+
+def test_members_must_observe_the_same_columns():
+    """Members whose stored configs differ in what they observe (trend windows of the same
+    count, cross-sectional columns) would silently read each other's columns: refused."""
+    from rl_trading.errors import ConfigError
+    from rl_trading.evaluation.ensemble import check_member_configs
+
+    base = {"data": {"symbols": ["A"], "timeframe": "1d"}, "train": {"window_size": 1}}
+
+    class Stored:
+        def __init__(self, env: dict) -> None:
+            self.configs = {"a": {**base, "env": {"trend_windows": [20, 60]}}, "b": env}
+
+        def load_training_config(self, name: str) -> dict:
+            return self.configs[name] if name == "a" else {**base, "env": self.configs["b"]}
+
+    check_member_configs(["a", "b"], Stored({"trend_windows": [20, 60]}))
+    with pytest.raises(ConfigError, match=r"env.trend_windows=\[20, 60\], b has \[60, 250\]"):
+        check_member_configs(["a", "b"], Stored({"trend_windows": [60, 250]}))
+    with pytest.raises(ConfigError, match="env.cross_sectional"):
+        check_member_configs(["a", "b"], Stored({"trend_windows": [20, 60], "cross_sectional": 1}))

@@ -162,6 +162,11 @@ def test_config_and_single_env_guards():
     cfg.env.benchmark = "equal_weight"
     with pytest.raises(ConfigError, match="hierarchical env"):
         TradingEnv(cfg, bars=make_bars(n=300))
+    for key, value in (("cross_sectional", True), ("trend_windows", [20])):
+        cfg = AppConfig()
+        setattr(cfg.env, key, value)
+        with pytest.raises(ConfigError, match="observations of the hierarchical env"):
+            TradingEnv(cfg, bars=make_bars(n=300))
 
 
 def test_the_buy_and_hold_benchmark_drifts_and_is_never_traded():

@@ -15,7 +15,7 @@ from rl_trading.data import (
     split_by_time,
     synthetic_bars,
 )
-from rl_trading.data.features import TREND_CLIP, trend_strength
+from rl_trading.data.features import TREND_CLIP, trend_rows, trend_strength, trend_sums
 
 
 def _assert_causal(bars: pd.DataFrame, cut_points: list[int]) -> None:
@@ -95,15 +95,16 @@ def test_scaler_requires_fit() -> None:
 
 
 def test_trend_strength_is_the_drifts_t_statistic_and_causal() -> None:
-    """trend_strength: log return over k bars / (std of its k one-bar returns x sqrt(k)),
-    clipped, 0 before bar k; a truncated series gives the same rows bit for bit."""
+    """trend_strength: the sum of the last k one-bar returns / (their std x sqrt(k)), clipped,
+    0 before bar k; a truncated series, and bar t alone from the running sums, give the same
+    rows bit for bit."""
     rng = np.random.default_rng(3)
     close = 100.0 * np.exp(np.cumsum(rng.normal(0.001, 0.01, size=(300, 2)), axis=0))
     close[100:110, 1] = close[99, 1]  # a flat stretch: a 5-bar window of zero returns
     out = trend_strength(close, [5, 60])
     assert out.shape == (2, 300, 2) and out.dtype == np.float32
     assert not out[:, :5, 0].any() and not out[:, :60, 1].any()
-    r = np.diff(np.log(close), axis=0)
+    r = close[1:] / close[:-1] - 1.0
     for i, t, j, k in ((0, 200, 1, 60), (1, 250, 0, 5), (0, 60, 1, 60)):
         window = r[t - k : t, i]  # the k returns ending at bar t
         want = window.sum() / (window.std() * np.sqrt(k))
@@ -112,5 +113,7 @@ def test_trend_strength_is_the_drifts_t_statistic_and_causal() -> None:
     drift = np.zeros((300, 1))
     drift[:, 0] = np.exp(np.linspace(0.0, 0.1, 300))  # a straight line: clipped at +5
     assert trend_strength(drift, [20])[0, 100, 0] == TREND_CLIP
+    sums = trend_sums(close)
     for cut in (61, 150, 299):
         np.testing.assert_array_equal(trend_strength(close[:cut], [5, 60]), out[:, :cut])
+        np.testing.assert_array_equal(trend_rows(*sums, [5, 60], cut - 1), out[:, cut - 1])

@@ -59,34 +59,59 @@ def cross_sectional(features: np.ndarray) -> np.ndarray:
 TREND_CLIP = 5.0
 
 
+def trend_sums(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Running sums from the first bar of the one-bar simple returns and of their squares,
+    each (T, n) float64 (0 at bar 0): what `trend_rows` reads. A live feed extends them one
+    bar at a time with the same additions (`sum[t] = sum[t-1] + r_t`)."""
+    c = np.asarray(close, dtype=np.float64)
+    if c.ndim == 1:
+        c = c[:, None]
+    r = np.zeros_like(c)
+    r[1:] = c[1:] / c[:-1] - 1.0
+    return np.cumsum(r, axis=0), np.cumsum(r * r, axis=0)
+
+
+def _tstat(drift: np.ndarray, dsq: np.ndarray, k: int) -> np.ndarray:
+    """t-statistic of k returns summing to `drift` with squares summing to `dsq` (elementwise
+    arithmetic only, so a row and a whole array give the same bits)."""
+    var = dsq / k - (drift / k) ** 2
+    sd = np.sqrt(np.maximum(var, 0.0)) * np.sqrt(k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stat = np.where(sd > 0, drift / np.where(sd > 0, sd, 1.0), np.sign(drift) * TREND_CLIP)
+    return np.clip(stat, -TREND_CLIP, TREND_CLIP)
+
+
+def trend_rows(
+    sums: np.ndarray, squares: np.ndarray, windows: Sequence[int], t: int | None = None
+) -> np.ndarray:
+    """`trend_strength` from `trend_sums`: every row (n, T, len(windows)), or only bar `t`'s
+    (n, len(windows)), the same bits either way."""
+    t_len, n = sums.shape
+    if t is not None:
+        row = np.zeros((n, len(windows)), dtype=np.float32)
+        for j, k in enumerate(int(w) for w in windows):
+            if t >= k:
+                row[:, j] = _tstat(sums[t] - sums[t - k], squares[t] - squares[t - k], k)
+        return row
+    out = np.zeros((n, t_len, len(windows)), dtype=np.float32)
+    for j, k in enumerate(int(w) for w in windows):
+        if k < t_len:
+            out[:, k:, j] = _tstat(sums[k:] - sums[:-k], squares[k:] - squares[:-k], k).T
+    return out
+
+
 def trend_strength(close: np.ndarray, windows: Sequence[int]) -> np.ndarray:
     """Each instrument's drift over the last k bars as a t-statistic, for each k in `windows`.
 
-    `close`: (T, n) closes. Row t, window k: log(close_t / close_{t-k}) over (the standard
-    deviation of the last k one-bar log returns x sqrt(k)), clipped to +-`TREND_CLIP` (a
-    drift without noise is the clip); 0 before bar k and on a flat window. Returns
-    (n, T, len(windows)) float32. Bar t uses closes up to t only, and the running sums run
-    from the first bar, so the rows of a truncated series are the rows of the whole one bit
-    for bit (a live feed's rows equal a backtest's).
+    `close`: (T, n) closes. Row t, window k: the sum of the last k one-bar simple returns over
+    (their standard deviation x sqrt(k)), clipped to +-`TREND_CLIP` (a drift without noise is
+    the clip); 0 before bar k and on a flat window. A forward-filled bar is a zero return
+    (its move lands on the next real bar). Returns (n, T, len(windows)) float32. Bar t uses
+    closes up to t only, and the running sums run from the first bar, so the rows of a
+    truncated series are the rows of the whole one bit for bit (a live feed's rows equal a
+    backtest's).
     """
-    logc = np.log(np.asarray(close, dtype=np.float64))
-    if logc.ndim == 1:
-        logc = logc[:, None]
-    t_len, n = logc.shape
-    r = np.zeros_like(logc)
-    r[1:] = logc[1:] - logc[:-1]
-    sq = np.cumsum(r * r, axis=0)
-    out = np.zeros((n, t_len, len(windows)), dtype=np.float32)
-    for j, k in enumerate(int(w) for w in windows):
-        if k >= t_len:
-            continue
-        drift = logc[k:] - logc[:-k]  # sum of the last k returns
-        var = (sq[k:] - sq[:-k]) / k - (drift / k) ** 2
-        sd = np.sqrt(np.maximum(var, 0.0)) * np.sqrt(k)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            stat = np.where(sd > 0, drift / np.where(sd > 0, sd, 1.0), np.sign(drift) * TREND_CLIP)
-        out[:, k:, j] = np.clip(stat, -TREND_CLIP, TREND_CLIP).T
-    return out
+    return trend_rows(*trend_sums(close), windows)
 
 
 def compute_features(bars: pd.DataFrame) -> pd.DataFrame:

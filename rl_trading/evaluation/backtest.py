@@ -230,6 +230,26 @@ def hierarchy_actions(
     return actions
 
 
+def check_observation_sizes(bundle: PolicyBundle, env: HierarchicalTradingEnv) -> None:
+    """CheckpointError (one line) when a policy module expects another observation size than
+    the env gives its agent: the config's observation settings are not the model's (a torch
+    shape error deep in the first forward pass otherwise)."""
+    shared = bundle.shared_specialist
+    for agent in env.possible_agents:
+        pid = agent if agent == META or not shared else "specialist"
+        space = getattr(bundle.modules.get(pid), "observation_space", None)
+        want = getattr(space, "shape", None)
+        if not want:
+            continue
+        have = env.observation_space(agent).shape[0] + (len(env.specialists) if pid != agent else 0)
+        if int(want[0]) != have:
+            raise CheckpointError(
+                f"policy '{pid}' observes {int(want[0])} values but this config's env gives "
+                f"{have}: its observation settings (train.window_size, env.cross_sectional, "
+                "env.trend_windows) are not the model's; evaluate it with its stored config"
+            )
+
+
 def _run_hierarchy(
     bundle: PolicyBundle,
     bars: dict[str, pd.DataFrame],
@@ -242,6 +262,7 @@ def _run_hierarchy(
     if scalers:
         kwargs["scalers"] = {sym: _scaler_for(scalers, sym) for sym in bars}
     env = HierarchicalTradingEnv(cfg, bars=bars, mode=mode, eval_mode=True, **kwargs)
+    check_observation_sizes(bundle, env)
     obs, _ = env.reset(seed=seed)
     while env.agents:
         actions = hierarchy_actions(bundle, env.possible_agents, obs)

@@ -55,14 +55,21 @@ def parse_weights(text: str | None, n: int) -> list[float] | None:
     return weights
 
 
-#: Training-config keys every member must share (the bars and observations they act on).
-SHARED_KEYS = (("data", "symbols"), ("data", "timeframe"), ("train", "window_size"))
+#: Training-config keys every member must share (the bars and observations they act on:
+#: members with other observation columns of the same width would read each other's).
+SHARED_KEYS = (
+    ("data", "symbols"),
+    ("data", "timeframe"),
+    ("train", "window_size"),
+    ("env", "cross_sectional"),
+    ("env", "trend_windows"),
+)
 
 
 def check_member_configs(names: Sequence[str], registry: ModelRegistry) -> None:
     """ConfigError unless every member stored with a training config was trained on the same
-    instruments, timeframe and window as the first such member (the config the ensemble is
-    evaluated with, `policy_config(model=first)`)."""
+    instruments, timeframe, window and observation columns (`SHARED_KEYS`) as the first such
+    member (the config the ensemble is evaluated with, `policy_config(model=first)`)."""
     first: tuple[str, dict[str, Any]] | None = None
     for name in names:
         stored = registry.load_training_config(name)

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from rl_trading.evaluation.backtest import run_policy
+from rl_trading.paper.broker import first_decision_bar
 from rl_trading.paper.ledger import Ledger
 from rl_trading.paper.model import ResolvedModel
 from rl_trading.tracking import mlflow_run
@@ -23,7 +24,7 @@ def session_backtest(model: ResolvedModel, ledger: Ledger, session: str) -> pd.S
     """The backtest's equity over the bars the session recorded (None before a decision):
     what the session should have made, bar for bar."""
     bars = ledger.bar_rows(session)
-    if not bars or len(next(iter(bars.values()))) < model.cfg.env.risk_window + 42:
+    if not bars or len(next(iter(bars.values()))) < first_decision_bar(model.cfg) + 2:
         return None
     try:
         run, _ = run_policy(model.bundle, bars, model.cfg, seed=model.cfg.seed)
