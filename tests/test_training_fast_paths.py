@@ -4,6 +4,8 @@ switch, and the agent order fixed by a connector piece (no RLlib class patched).
 
 from __future__ import annotations
 
+import time
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -165,3 +167,45 @@ def test_checkpoint_restores_in_the_other_mode(ray_session, splits, tmp_path, sa
         )
     finally:
         other.stop()
+
+
+@pytest.mark.rllib
+def test_a_restore_reaches_every_env_runner_before_it_samples(ray_session, splits, tmp_path):
+    """A phase restores its policies one by one; RLlib pushes each restore to the env runners
+    fire-and-forget, one request in flight per runner, and drops a push sent while the last
+    one is in flight. `restore_policies` then syncs once more and waits: every remote runner
+    holds every restored policy's weights before the phase samples."""
+    from rl_trading.training.checkpoints import restore_policies
+
+    class SlowStateRunner(FusedActingEnvRunner):  # local: pickled by value for the workers
+        """An env runner that takes 0.5 s to set its state, so a restore's pushes overlap."""
+
+        def set_state(self, state):
+            time.sleep(0.5)
+            super().set_state(state)
+
+    cfg = _cfg(True)
+    factory = hierarchical_factory(cfg, splits.train, splits.val)
+    src = build_phase_config(cfg, 3, factory).build_algo()
+    try:
+        src.train()  # weights that differ from a fresh build's
+        saved = src.learner_group.get_weights()
+        src.save_to_path(str(tmp_path / "ckpt"))
+    finally:
+        src.stop()
+    config = build_phase_config(cfg, 3, factory).env_runners(
+        num_env_runners=2, num_cpus_per_env_runner=0.5, env_runner_cls=SlowStateRunner
+    )
+    dst = config.build_algo()
+    try:
+        restore_policies(dst, tmp_path / "ckpt", sorted(saved))
+        held = dst.env_runner_group.foreach_env_runner(
+            lambda r: r.module.get_state(), local_env_runner=False
+        )
+        assert len(held) == 2
+        for state in held:
+            for pid in saved:
+                for key, value in state[pid].items():
+                    np.testing.assert_array_equal(value, saved[pid][key], err_msg=f"{pid} {key}")
+    finally:
+        dst.stop()

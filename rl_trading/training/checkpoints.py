@@ -26,6 +26,11 @@ from rl_trading.artifacts import (
 from rl_trading.errors import CheckpointError
 
 MODULE_COMPONENT = "learner_group/learner/rl_module"
+# Seconds to wait for the env runners to take the weights of a restore. RLlib's restore
+# pushes them fire-and-forget, one request in flight per runner: a restore's push sent while
+# the previous one is still in flight is dropped, and the runners would sample the next
+# iteration with older weights (a timing-dependent phase start).
+RESTORE_SYNC_TIMEOUT_S = 120.0
 
 
 def check_checkpoint(path: str | Path, policy_id: str | None = None) -> Path:
@@ -107,6 +112,24 @@ def load_module(path: str | Path, policy_id: str) -> Any:
         ) from None
 
 
+def sync_env_runners(algo: Any) -> None:
+    """Give every remote env runner the learners' current weights before the next sample.
+
+    `EnvRunnerGroup.sync_weights` first waits (up to `RESTORE_SYNC_TIMEOUT_S`) for the pushes
+    still in flight, then sends this one; twice, so the second waits for the first. Actor
+    calls run in order, so the next sample runs on these weights.
+    """
+    group = getattr(algo, "env_runner_group", None)
+    if group is None or not group.num_remote_env_runners():
+        return  # a local env runner takes a restore's weights synchronously
+    for _ in range(2):
+        group.sync_weights(
+            from_worker_or_learner_group=algo.learner_group,
+            inference_only=True,
+            timeout_seconds=RESTORE_SYNC_TIMEOUT_S,
+        )
+
+
 def restore_policies(algo: Any, path: str | Path, policy_ids: list[str]) -> None:
     """Load these policies' weights from a checkpoint into `algo` (learners and env runners)."""
     verify_checkpoint(check_checkpoint(path))
@@ -119,6 +142,7 @@ def restore_policies(algo: Any, path: str | Path, policy_ids: list[str]) -> None
             raise CheckpointError(
                 f"cannot load policy '{pid}' from {path}: {_short(exc)}"
             ) from None
+    sync_env_runners(algo)
 
 
 def restore_algorithm_state(algo: Any, path: str | Path) -> None:
@@ -129,6 +153,7 @@ def restore_algorithm_state(algo: Any, path: str | Path) -> None:
         algo.restore_from_path(str(path.resolve()))
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"cannot resume from {path}: {_short(exc)}") from None
+    sync_env_runners(algo)
 
 
 def _short(exc: BaseException) -> str:
