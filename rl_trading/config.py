@@ -268,8 +268,8 @@ class EnvironmentConfig(Section):
     # minus the mean of all instruments' features at the same bar (data.features
     # .cross_sectional), so it can tell "my market moved" from "every market moved".
     cross_sectional: bool = False
-    # Trend observations (hierarchical env): each specialist also sees, for each k here, its
-    # log return over the last k bars over their volatility x sqrt(k), a t-statistic of the
+    # Trend observations (hierarchical env): each specialist also sees, for each k here, the
+    # sum of its last k one-bar returns over their volatility x sqrt(k), a t-statistic of the
     # drift clipped to +-5 (data.features.trend_strength): momentum over longer memories than
     # the features' 20-26 bars. The env decides after the longest (validation and test blocks
     # carry that much warm-up). []: off.

@@ -35,6 +35,7 @@ from rl_trading.data.splits import (
     env_history,
     split_by_time,
     split_for_env,
+    take_part,
     walk_forward_splits,
 )
 from rl_trading.data.synthetic import bars_per_year, synthetic_bars, synthetic_market
@@ -69,6 +70,7 @@ __all__ = [
     "sample_files",
     "split_by_time",
     "split_for_env",
+    "take_part",
     "decision_history",
     "env_history",
     "synthetic_bars",

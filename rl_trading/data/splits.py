@@ -45,6 +45,12 @@ def _take(bars: Bars, part: slice) -> Bars:
     return bars.iloc[part]
 
 
+def take_part(bars: Bars, part: slice, history: int = 0) -> Bars:
+    """Positional `part` of the bars with up to `history` earlier bars in front (the causal
+    warm-up an env needs before the part's first bar; fewer at the start of the data)."""
+    return _take(bars, slice(max(0, part.start - int(history)), part.stop))
+
+
 def split_bounds(
     n_bars: int, train_frac: float = 0.7, val_frac: float = 0.15, embargo_bars: int = 0
 ) -> tuple[slice, slice, slice]:
@@ -83,10 +89,7 @@ def split_by_time(
     if history < 0:
         raise DataError("history must be >= 0")
     train, val, test = split_bounds(_length(bars), train_frac, val_frac, embargo_bars)
-    if history:
-        val = slice(max(0, val.start - history), val.stop)
-        test = slice(max(0, test.start - history), test.stop)
-    return Splits(*(_take(bars, part) for part in (train, val, test)))
+    return Splits(_take(bars, train), take_part(bars, val, history), take_part(bars, test, history))
 
 
 def decision_history(window_size: int, risk_window: int, trend_windows: Sequence[int] = ()) -> int:

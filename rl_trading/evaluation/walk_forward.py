@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from rl_trading.data import walk_forward_splits
+from rl_trading.data import take_part, walk_forward_splits
 from rl_trading.evaluation.backtest import (
     BacktestResult,
     backtest,
@@ -77,11 +77,6 @@ class WalkForwardResult:
         return len({(r["fold"], r["seed"]) for r in self.rows})
 
 
-def _take(bars: dict[str, pd.DataFrame], part: slice, history: int = 0) -> dict[str, pd.DataFrame]:
-    """`part` of the bars with up to `history` earlier bars in front (the policy's warm-up)."""
-    return {k: v.iloc[max(0, part.start - history) : part.stop] for k, v in bars.items()}
-
-
 def walk_forward(
     policy_source: Any,
     bars: pd.DataFrame | dict[str, pd.DataFrame],
@@ -108,7 +103,7 @@ def walk_forward(
     fold_info = []
     last = None
     for fold in folds:
-        train, block = _take(data, fold.train), _take(data, fold.test)
+        train, block = take_part(data, fold.train), take_part(data, fold.test)
         first = next(iter(block.values())).index
         fold_info.append(
             {
@@ -127,7 +122,7 @@ def walk_forward(
             test = block
             if source is not None:
                 source = load_policy(source, cfg)
-                test = _take(data, fold.test, first_decision_bar(source, cfg))
+                test = take_part(data, fold.test, first_decision_bar(source, cfg))
             res = backtest(
                 source,
                 test,

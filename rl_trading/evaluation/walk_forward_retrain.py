@@ -11,7 +11,7 @@ Protocol (``rl-trading evaluate walk-forward``):
   then traded once with that checkpoint, next to every baseline of
   :func:`rl_trading.evaluation.backtest.backtest` (same bars, costs and capital). Validation
   and test blocks are decided on from their first bar (the bars before them are the
-  features' and windows' warm-up, ``data.decision_history``; :func:`fold_blocks`).
+  features' and windows' warm-up, ``data.env_history``; :func:`fold_blocks`).
 * **Seeds** vary the training seed (``seed + i``). Folds x seeds are Ray Tune trials; a
   finished trial leaves ``trials/fold<k>_seed<s>/result.json`` and is never recomputed.
 * **Intervals** are over the independent units: the folds. Seeds are averaged within a fold
@@ -44,7 +44,7 @@ from rich.markup import escape
 
 from rl_trading import ledger, metrics, ray_utils
 from rl_trading.config import AppConfig
-from rl_trading.data import env_history, walk_forward_splits
+from rl_trading.data import env_history, take_part, walk_forward_splits
 from rl_trading.data.features import WARMUP_BARS
 from rl_trading.errors import CheckpointError, ConfigError, DataError, RLTradingError
 from rl_trading.evaluation.backtest import backtest
@@ -99,10 +99,8 @@ class FoldPlan:
     ) -> dict[str, pd.DataFrame]:
         """The `fit`, `val` or `test` bars of this fold, with `history` earlier bars in front
         (the causal warm-up the env needs before its first decision, see
-        `data.decision_history`), so the policy trades from the part's first bar."""
-        sl = getattr(self, part)
-        start = max(0, sl.start - int(history))
-        return {k: v.iloc[start : sl.stop] for k, v in bars.items()}
+        `data.env_history`), so the policy trades from the part's first bar."""
+        return take_part(bars, getattr(self, part), history)
 
     def describe(self, index: pd.DatetimeIndex) -> dict[str, Any]:
         """Dates and sizes of the parts (`train_end` is the last bar any training saw)."""
