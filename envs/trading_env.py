@@ -36,6 +36,7 @@ from envs.risk import causal_volatility
 from rl_trading import metrics
 from rl_trading.config import AppConfig
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler
+from rl_trading.data.splits import single_decision_history
 from rl_trading.errors import ConfigError
 
 __all__ = ["TradingEnv"]
@@ -135,7 +136,7 @@ class TradingEnv(gym.Env):
         )
         self.index = bars.index
         self.n_bars = len(bars)
-        self.first_bar = max(WARMUP_BARS, self.window - 1)
+        self.first_bar = single_decision_history(self.window)
         if self.first_bar >= self.n_bars - 1:
             raise ConfigError(
                 f"window_size {self.window} (+ {WARMUP_BARS} warm-up bars) needs more than "

@@ -92,11 +92,17 @@ def split_by_time(
     return Splits(_take(bars, train), take_part(bars, val, history), take_part(bars, test, history))
 
 
+def single_decision_history(window_size: int) -> int:
+    """Bars the single-instrument env needs before its first decision: feature warm-up and
+    the observation window (`TradingEnv.first_bar`)."""
+    return max(WARMUP_BARS, int(window_size) - 1)
+
+
 def decision_history(window_size: int, risk_window: int, trend_windows: Sequence[int] = ()) -> int:
     """Bars the hierarchical env needs before its first decision: feature warm-up, the
     observation window, the risk window and the longest trend observation
     (`HierarchicalTradingEnv.first_bar`, env.trend_windows)."""
-    return max(WARMUP_BARS, int(window_size) - 1, int(risk_window), *map(int, trend_windows))
+    return max(single_decision_history(window_size), int(risk_window), *map(int, trend_windows))
 
 
 def env_history(cfg: Any) -> int:

@@ -26,7 +26,7 @@ from envs import HierarchicalTradingEnv
 from envs.trading_env import TradingEnv
 from rl_trading import metrics
 from rl_trading.config import periods_per_year_of, resolve_calendar
-from rl_trading.data import decision_history, fingerprint
+from rl_trading.data import decision_history, fingerprint, single_decision_history
 from rl_trading.data.features import WARMUP_BARS, FeatureScaler, compute_features
 from rl_trading.errors import CheckpointError, DataError
 from rl_trading.evaluation.baselines import (
@@ -293,7 +293,7 @@ def first_decision_bar(bundle: PolicyBundle, cfg: AppConfig) -> int:
     window = int(bundle.preprocessing.get("window_size") or cfg.train.window_size)
     if bundle.hierarchical:
         return decision_history(window, cfg.env.risk_window, cfg.env.trend_windows)
-    return max(WARMUP_BARS, window - 1)
+    return single_decision_history(window)
 
 
 def run_policy(
