@@ -101,8 +101,8 @@ def fill_orders(opn, want, x, cash, units, entry, bars, new_units, rate, flow, t
 
     Units = x x max(equity at the open, 0) / open; costs ``|delta| x open x rate``; the entry
     price averages in when a position grows on the same side, resets when it flips or opens;
-    bars in position reset on a flip or a close. Returns (cash, cost); `executed`: per
-    instrument cash flows and costs are added to `flow` / `tcost`.
+    bars in position reset on a flip or a close. Returns (cash, cost, traded notional);
+    `executed`: per instrument cash flows and costs are added to `flow` / `tcost`.
     """
     n = units.shape[0]
     acc = 0.0
@@ -131,7 +131,7 @@ def fill_orders(opn, want, x, cash, units, entry, bars, new_units, rate, flow, t
             entry[i] = opn[i] if nu != 0.0 else 0.0
             bars[i] = 0.0
         units[i] = nu
-    return cash, cost
+    return cash, cost, traded
 
 
 def charge_borrow(opn, units, borrow, flow, executed):
@@ -149,14 +149,14 @@ def charge_borrow(opn, units, borrow, flow, executed):
 
 def stop_losses(opn, low, high, real, units, entry, bars, target, stop, rate, flow, tcost,
                 executed):  # fmt: skip
-    """Stop-losses within the bar: returns (cash change, cost, stops fired).
+    """Stop-losses within the bar: returns (cash change, cost, stops fired, traded notional).
 
     A long is hit when the low reaches entry x (1 - s) and fills at min(level, open); a short
     when the high reaches entry x (1 + s), at max(level, open); never on a forward-filled bar.
     A stopped instrument is flat with its last traded target reset to 0.
     """
     if stop <= 0.0:
-        return 0.0, 0.0, 0
+        return 0.0, 0.0, 0, 0.0
     n_hit = 0
     traded = 0.0
     value = 0.0
@@ -184,7 +184,7 @@ def stop_losses(opn, low, high, real, units, entry, bars, target, stop, rate, fl
             bars[i] = 0.0
             target[i] = 0.0
     cost = traded * rate
-    return value - cost, cost, n_hit
+    return value - cost, cost, n_hit, traded
 
 
 def risk_limits(x, scale, bench, cov, corr, sector_ids, par, alloc, tmp, cnt):
@@ -460,9 +460,10 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
         if want[i]:
             n_want += 1
     cost = 0.0
+    traded = 0.0
     if n_want:
-        cash, cost = fill_orders(mk[t1, M_OPEN], want, x, cash, units, entry, bars,
-                                 state[R_NEW], rate, flow, tcost, executed)  # fmt: skip
+        cash, cost, traded = fill_orders(mk[t1, M_OPEN], want, x, cash, units, entry, bars,
+                                         state[R_NEW], rate, flow, tcost, executed)  # fmt: skip
         for i in range(n):
             if want[i]:
                 target[i] = x[i]
@@ -471,11 +472,12 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
     sc[S_BORROWS] += borrow
     sc[S_BORROW] = borrow
     real = mk[t1, M_REAL] != 0.0
-    dcash, sl_cost, n_hit = stop_losses(mk[t1, M_OPEN], mk[t1, M_LOW], mk[t1, M_HIGH], real,
-                                        units, entry, bars, target, par[P_STOP], rate, flow,
-                                        tcost, executed)  # fmt: skip
+    dcash, sl_cost, n_hit, sl_traded = stop_losses(mk[t1, M_OPEN], mk[t1, M_LOW], mk[t1, M_HIGH],
+                                                   real, units, entry, bars, target, par[P_STOP],
+                                                   rate, flow, tcost, executed)  # fmt: skip
     cash += dcash
     cost += sl_cost
+    traded += sl_traded
     cnt[C_STOP] += n_hit
     for i in range(n):
         if units[i] != 0.0:
@@ -509,6 +511,7 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
     for i in range(n):
         hist[row, 4 + n + i] = tmp[i] / equity if equity > 0 else 0.0
     hist[row, 4 + 2 * n] = bench_ret
+    hist[row, 5 + 2 * n] = traded
 
     last = equity <= 0.0 or t1 >= par[P_END]
     k = par[P_AMORTIZE]
@@ -543,7 +546,8 @@ def step_single(t, exposure, mk, par, state, sc):
     """One bar of the single-instrument env (one instrument, no portfolio limits): the target
     `exposure` (fraction of equity) fills at bar t + 1's open when it left the band, then
     borrow, the stop-loss and the mark at the close. Returns (units traded, traded, stopped,
-    units, entry price, bars in position, cost, borrow, equity); the env counts its stops."""
+    units, entry price, bars in position, cost, borrow, equity, traded notional); the env
+    counts its stops."""
     t1 = t + 1
     rate = par[P_RATE]
     units = state[R_UNITS]
@@ -556,20 +560,22 @@ def step_single(t, exposure, mk, par, state, sc):
                                                    par[P_BAND] * mk[t, M_SCALE, 0])  # fmt: skip
     cash = sc[S_CASH]
     cost = 0.0
+    traded = 0.0
     if want[0]:
-        cash, cost = fill_orders(mk[t1, M_OPEN], want, x, cash, units, state[R_ENTRY],
-                                 state[R_BARS], state[R_NEW], rate, state[R_FLOW],
-                                 state[R_TCOST], False)  # fmt: skip
+        cash, cost, traded = fill_orders(mk[t1, M_OPEN], want, x, cash, units, state[R_ENTRY],
+                                         state[R_BARS], state[R_NEW], rate, state[R_FLOW],
+                                         state[R_TCOST], False)  # fmt: skip
         target[0] = x[0]
     borrow = charge_borrow(mk[t1, M_OPEN], units, par[P_BORROW], state[R_FLOW], False)
     cash -= borrow
     real = mk[t1, M_REAL] != 0.0
-    dcash, sl_cost, n_hit = stop_losses(mk[t1, M_OPEN], mk[t1, M_LOW], mk[t1, M_HIGH], real,
-                                        units, state[R_ENTRY], state[R_BARS], target,
-                                        par[P_STOP], rate, state[R_FLOW], state[R_TCOST],
-                                        False)  # fmt: skip
+    dcash, sl_cost, n_hit, sl_traded = stop_losses(mk[t1, M_OPEN], mk[t1, M_LOW], mk[t1, M_HIGH],
+                                                   real, units, state[R_ENTRY], state[R_BARS],
+                                                   target, par[P_STOP], rate, state[R_FLOW],
+                                                   state[R_TCOST], False)  # fmt: skip
     cash += dcash
     cost += sl_cost
+    traded += sl_traded
     if units[0] != 0.0:
         state[R_BARS, 0] += 1.0
     equity = cash + mark(units, mk[t1, M_CLOSE], state[R_TMP])
@@ -580,13 +586,13 @@ def step_single(t, exposure, mk, par, state, sc):
     sc[S_BORROW] = borrow
     sc[S_BORROWS] += borrow
     return (units[0] - before, want[0], n_hit > 0, units[0], state[R_ENTRY, 0],
-            state[R_BARS, 0], cost, borrow, equity)  # fmt: skip
+            state[R_BARS, 0], cost, borrow, equity, traded)  # fmt: skip
 
 
 def simulate_targets(opens, closes, real, targets, capital, rate):
     """A target-weight schedule ([T, n], decided at close t; NaN: no new order) through the
     same fills and costs: the latest order of an instrument fills at its next real bar's open.
-    Returns (equity [T], weights [T, n], costs [T])."""
+    Returns (equity [T], weights [T, n], costs [T], traded notional [T])."""
     t_len, n = closes.shape
     units = np.zeros(n)
     entry = np.zeros(n)
@@ -600,6 +606,7 @@ def simulate_targets(opens, closes, real, targets, capital, rate):
     equity = np.empty(t_len)
     weights = np.zeros((t_len, n))
     costs = np.zeros(t_len)
+    traded = np.zeros(t_len)
     equity[0] = cash
     for t in range(1, t_len):
         n_want = 0
@@ -611,8 +618,9 @@ def simulate_targets(opens, closes, real, targets, capital, rate):
             if want[i]:
                 n_want += 1
         if n_want:
-            cash, costs[t] = fill_orders(opens[t], want, x, cash, units, entry, bars, new_units,
-                                         rate, scratch, scratch, False)  # fmt: skip
+            cash, costs[t], traded[t] = fill_orders(opens[t], want, x, cash, units, entry, bars,
+                                                    new_units, rate, scratch, scratch,
+                                                    False)  # fmt: skip
             for i in range(n):
                 if want[i]:
                     pending[i] = np.nan
@@ -620,7 +628,7 @@ def simulate_targets(opens, closes, real, targets, capital, rate):
         if equity[t] > 0:
             for i in range(n):
                 weights[t, i] = scratch[i] / equity[t]
-    return equity, weights, costs
+    return equity, weights, costs, traded
 
 
 # ------------------------------------------------------------------------------ compilation

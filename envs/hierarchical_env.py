@@ -443,9 +443,9 @@ class HierarchicalTradingEnv(ParallelEnv):
         steps = end - start
         n = self.n
         self._h_breach = np.zeros(steps + 1, dtype=bool)
-        # one (steps + 1, 3 + (n + 1) + n + 1) table, see _history()
+        # one (steps + 1, 3 + (n + 1) + n + 2) table, see _history()
         self._k_par[engine.P_END] = float(end)
-        self._k_hist = np.zeros((steps + 1, 5 + 2 * n))
+        self._k_hist = np.zeros((steps + 1, 6 + 2 * n))
 
     def _clear_state(self) -> None:
         n = self.n
@@ -559,11 +559,12 @@ class HierarchicalTradingEnv(ParallelEnv):
         }
 
     def _history(self, s: int) -> tuple[np.ndarray, ...]:
-        """Copies of the first `s` rows of equity, weights, exposures, costs, VaR estimates."""
+        """Copies of the first `s` rows of equity, weights, exposures, costs, VaR estimates,
+        benchmark returns and traded notional."""
         h, n = self._k_hist[:s], self.n
         return (
             h[:, 0].copy(), h[:, 3 : 4 + n].copy(), h[:, 4 + n : 4 + 2 * n].copy(),
-            h[:, 1].copy(), h[:, 2].copy(), h[:, 4 + 2 * n].copy(),
+            h[:, 1].copy(), h[:, 2].copy(), h[:, 4 + 2 * n].copy(), h[:, 5 + 2 * n].copy(),
         )  # fmt: skip
 
     def _portfolio_info(self, cost: float) -> dict[str, Any]:
@@ -766,7 +767,8 @@ class HierarchicalTradingEnv(ParallelEnv):
         """The finished (or running) episode as arrays, plus metrics.summarize of its equity.
 
         Keys: equity (steps+1,), weights (steps+1, n+1; last column cash), exposures
-        (steps+1, n; signed fractions of equity after each bar), costs (per step), var_estimates
+        (steps+1, n; signed fractions of equity after each bar), costs and traded (notional,
+        per step; row 0 is the start), var_estimates
         and var_breaches (per step), timestamps, symbols, totals (costs, stop-losses,
         scale-downs, breaches, borrow costs), var_compliance, metrics (periods_per_year
         defaults to the run's resolved bars per year; with env.benchmark also the information
@@ -775,7 +777,7 @@ class HierarchicalTradingEnv(ParallelEnv):
         bar's close).
         """
         s = self._steps + 1
-        equity, weights, expo, costs, var_est, bench_ret = self._history(s)
+        equity, weights, expo, costs, var_est, bench_ret, traded = self._history(s)
         totals = self._current_totals()
         ppy = self.periods_per_year if periods_per_year is None else periods_per_year
         return {
@@ -783,6 +785,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             "weights": weights,
             "exposures": expo,
             "costs": costs,
+            "traded": traded,
             "var_estimates": var_est,
             "var_breaches": self._h_breach[:s].copy(),
             "timestamps": self.index[self._start : self._start + s],
@@ -792,18 +795,18 @@ class HierarchicalTradingEnv(ParallelEnv):
             "borrow_costs": float(totals["borrow_costs"]),
             "stop_losses": int(totals["stop_losses"]),
             "var_compliance": metrics.var_compliance_rate(self._h_breach[1:s]),
-            "metrics": self._summary_metrics(equity, expo, bench_ret, ppy),
+            "metrics": self._summary_metrics(equity, traded, bench_ret, ppy),
             "benchmark": self.benchmark,
             "benchmark_returns": bench_ret[1:],
             "benchmark_exposures": self.benchmark_exposures()[self._start : self._start + s],
         }
 
     def _summary_metrics(
-        self, equity: np.ndarray, expo: np.ndarray, bench_ret: np.ndarray, ppy: Any
+        self, equity: np.ndarray, traded: np.ndarray, bench_ret: np.ndarray, ppy: Any
     ) -> dict[str, float]:
         """metrics.summarize of the equity curve, plus the information ratio and tracking error
         against the env's benchmark (held without costs) in benchmark-relative mode."""
-        out = metrics.summarize(equity, expo, periods_per_year=ppy)
+        out = metrics.summarize(equity, traded, periods_per_year=ppy)
         if self.relative and len(equity) > 2:
             rets = equity[1:] / equity[:-1] - 1.0
             out.update(metrics.active_metrics(rets, bench_ret[1:], periods_per_year=ppy))

@@ -174,6 +174,7 @@ class TradingEnv(gym.Env):
         self._n_trades = 0
         self._equity_hist = [self.initial_balance]
         self._pos_hist = [0.0]
+        self._traded_hist = [0.0]
         self.reward_fn.reset(self.initial_balance)
 
     def reset(
@@ -237,9 +238,9 @@ class TradingEnv(gym.Env):
         t1 = t + 1
         eq_prev = self._equity
         size_l = self._size_l  # full position size per bar (env.vol_target or max size)
-        (fill, traded, stopped, units, self._entry, bars_in, cost, borrow,
-         equity) = engine.step_single(t, target * size_l[t], self._mk, self._par, self._state,
-                                      self._sc)  # fmt: skip
+        (fill, traded, stopped, units, self._entry, bars_in, cost, borrow, equity,
+         notional) = engine.step_single(t, target * size_l[t], self._mk, self._par, self._state,
+                                        self._sc)  # fmt: skip
         if traded:
             self._target = target
             self._n_trades += 1
@@ -256,6 +257,7 @@ class TradingEnv(gym.Env):
         self._steps += 1
         self._equity_hist.append(equity)
         self._pos_hist.append(units * price_close / equity if equity > 0 else 0.0)
+        self._traded_hist.append(notional)
         if self._plain_log and equity > 0.0:
             reward = math.log(equity / eq_prev)
         else:
@@ -302,14 +304,16 @@ class TradingEnv(gym.Env):
         """
         equity = np.asarray(self._equity_hist)
         positions = np.asarray(self._pos_hist)
+        traded = np.asarray(self._traded_hist)
         ppy = self.periods_per_year if periods_per_year is None else periods_per_year
         return {
             "equity": equity,
             "positions": positions,
+            "traded": traded,
             "timestamps": self.index[self._start : self._start + len(equity)],
             "total_costs": self._total_costs,
             "borrow_costs": self._total_borrow,
             "stop_losses": self._stop_losses,
             "trades": self._n_trades,
-            "metrics": metrics.summarize(equity, positions, periods_per_year=ppy),
+            "metrics": metrics.summarize(equity, traded, periods_per_year=ppy),
         }

@@ -159,6 +159,17 @@ def _arr(values: Any) -> np.ndarray:
     return arr
 
 
+def _active(returns: Any, benchmark_returns: Any) -> np.ndarray:
+    """r - r_benchmark bar by bar, over the bars where both are finite (dropping them from
+    each side separately would pair the rest with the wrong bars)."""
+    r = np.asarray(returns, dtype=np.float64).reshape(-1)
+    b = np.asarray(benchmark_returns, dtype=np.float64).reshape(-1)
+    if r.shape != b.shape:
+        raise ValueError(f"returns ({r.size}) and benchmark returns ({b.size}) differ in length")
+    keep = np.isfinite(r) & np.isfinite(b)
+    return r[keep] - b[keep]
+
+
 # --------------------------------------------------------------------------------------------
 # Returns
 # --------------------------------------------------------------------------------------------
@@ -246,7 +257,7 @@ def tracking_error(
     periods_per_year: float | str,
 ) -> float:
     """Annualised tracking error: std(r - r_benchmark, ddof=1) x sqrt(ppy) (0 for < 2 bars)."""
-    active = _arr(returns) - _arr(benchmark_returns)
+    active = _active(returns, benchmark_returns)
     if active.size < 2:
         return 0.0
     return float(np.std(active, ddof=1) * math.sqrt(_ppy(periods_per_year)))
@@ -259,7 +270,7 @@ def information_ratio(
 ) -> float:
     """Annualised information ratio: the Sharpe ratio of the active returns r - r_benchmark
     (0 when they never differ)."""
-    return sharpe_ratio(_arr(returns) - _arr(benchmark_returns), periods_per_year)
+    return sharpe_ratio(_active(returns, benchmark_returns), periods_per_year)
 
 
 def active_metrics(
@@ -269,13 +280,10 @@ def active_metrics(
 ) -> dict[str, float]:
     """information_ratio, tracking_error and the annualised mean active return of per-bar
     returns against a benchmark's over the same bars."""
-    r, b = _arr(returns), _arr(benchmark_returns)
-    if r.shape != b.shape:
-        raise ValueError(f"returns ({r.size}) and benchmark returns ({b.size}) differ in length")
-    active = r - b
+    active = _active(returns, benchmark_returns)
     return {
-        "information_ratio": information_ratio(r, b, periods_per_year),
-        "tracking_error": tracking_error(r, b, periods_per_year),
+        "information_ratio": information_ratio(returns, benchmark_returns, periods_per_year),
+        "tracking_error": tracking_error(returns, benchmark_returns, periods_per_year),
         "active_return": float(np.mean(active) * _ppy(periods_per_year)) if active.size else 0.0,
     }
 
@@ -348,20 +356,24 @@ def profit_factor(returns: Sequence[float] | np.ndarray) -> float:
     return float(min(gains / losses, PROFIT_FACTOR_CAP))
 
 
-def turnover(positions: Sequence[float] | np.ndarray) -> float:
-    """Mean per-period traded amount: mean of sum_i |pos_t,i - pos_t-1,i|, starting flat.
+def turnover(traded: Sequence[float] | np.ndarray, equity: Sequence[float] | np.ndarray) -> float:
+    """Mean per-period traded amount as a fraction of equity: the mean over periods t >= 1 of
+    traded_t / equity_t-1, where traded_t is the notional bought plus sold during period t
+    (currency, aligned with `equity`; row 0 is the start).
 
-    `positions` is 1-D (one instrument) or 2-D (time x instruments); units are those of the
-    positions (e.g. fractions of equity). 0.0 for an empty array.
+    Measured on the trades, not on changes of the held weights: a held position's weight
+    moves with its price, which is no trade (buy-and-hold turns over once). 0.0 with fewer
+    than two rows.
     """
-    pos = np.asarray(positions, dtype=np.float64)
-    if pos.size == 0:
+    tr = np.nan_to_num(np.asarray(traded, dtype=np.float64).reshape(-1))
+    eq = np.asarray(equity, dtype=np.float64).reshape(-1)
+    if tr.shape != eq.shape:
+        raise ValueError(f"turnover: {tr.size} traded values for {eq.size} equity values")
+    if eq.size < 2:
         return 0.0
-    if pos.ndim == 1:
-        pos = pos[:, None]
-    pos = np.nan_to_num(pos)
-    changes = np.abs(np.diff(pos, axis=0, prepend=np.zeros((1, pos.shape[1]))))
-    return float(changes.sum(axis=1).mean())
+    prev = eq[:-1]
+    frac = np.where(prev > 0, tr[1:] / np.where(prev > 0, prev, 1.0), 0.0)
+    return float(frac.mean())
 
 
 def max_drawdown_at_volatility(
@@ -814,18 +826,18 @@ def probability_of_backtest_overfitting(
 
 def summarize(
     equity: Sequence[float] | np.ndarray,
-    positions: Sequence[float] | np.ndarray | None = None,
+    traded: Sequence[float] | np.ndarray | None = None,
     periods_per_year: float | str = "1m",
     confidence: float = 0.95,
 ) -> dict[str, float]:
-    """All headline metrics of an equity curve (and optional positions) as finite floats.
+    """All headline metrics of an equity curve (and its traded notional) as finite floats.
 
     The one Sharpe of the project: rf = :data:`RISK_FREE_RATE` (0, see the module docstring).
     `periods_per_year` is the run's resolved number (a timeframe string is read on the crypto
     calendar). Keys: total_return, annualized_return, volatility, sharpe_ratio, sortino_ratio,
     calmar_ratio, max_drawdown, win_rate, profit_factor, value_at_risk,
     conditional_value_at_risk, psr (probabilistic Sharpe ratio vs 0), n_periods, final_equity
-    (and turnover with positions).
+    (and turnover with `traded`, see :func:`turnover`).
     """
     eq = _arr(equity)
     ppy = _ppy(periods_per_year)
@@ -846,6 +858,6 @@ def summarize(
         "n_periods": float(r.size),
         "final_equity": float(eq[-1]) if eq.size else 0.0,
     }
-    if positions is not None:
-        out["turnover"] = turnover(positions)
+    if traded is not None:
+        out["turnover"] = turnover(traded, equity)
     return out

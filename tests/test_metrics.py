@@ -74,11 +74,13 @@ def test_volatility_win_rate_profit_factor():
     assert m.win_rate([0.0, 0.0]) == 0.0
 
 
-def test_turnover():
-    assert m.turnover([0.0, 1.0, 1.0, -1.0]) == pytest.approx((0 + 1 + 0 + 2) / 4)
-    two = np.array([[0.5, 0.5], [0.0, 1.0]])
-    assert m.turnover(two) == pytest.approx((1.0 + 1.0) / 2)
-    assert m.turnover([]) == 0.0
+def test_turnover_is_traded_notional_over_the_equity_before_it():
+    # bar 1 trades the whole book, bar 2 nothing, bar 3 half of bar 2's equity
+    traded, equity = [0.0, 100.0, 0.0, 55.0], [100.0, 100.0, 110.0, 100.0]
+    assert m.turnover(traded, equity) == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+    assert m.turnover([0.0], [100.0]) == 0.0 and m.turnover([], []) == 0.0
+    with pytest.raises(ValueError, match="traded values"):
+        m.turnover([0.0, 1.0], [100.0])
 
 
 def test_var_cvar_and_compliance():
@@ -161,7 +163,7 @@ def test_edge_cases_are_finite():
         "with nan": np.array([100.0, np.nan, 101.0, 102.0]),
     }
     for name, eq in cases.items():
-        summary = m.summarize(eq, positions=np.ones(max(eq.size, 1)), periods_per_year="1m")
+        summary = m.summarize(eq, traded=np.ones(eq.size), periods_per_year="1m")
         for key, value in summary.items():
             assert math.isfinite(value), (name, key, value)
     flat = m.summarize(cases["flat"], periods_per_year=252)
@@ -177,12 +179,12 @@ def test_edge_cases_are_finite():
 
 def test_summarize_keys_and_values():
     eq = np.array([100.0, 102.0, 101.0, 104.0])
-    s = m.summarize(eq, positions=[0, 1, 1, 0], periods_per_year=252)
+    s = m.summarize(eq, traded=[0, 102.0, 0, 52.0], periods_per_year=252)
     r = m.simple_returns(eq)
     assert s["sharpe_ratio"] == pytest.approx(m.sharpe_ratio(r, 252, 0.0))
     assert s["psr"] == pytest.approx(m.probabilistic_sharpe_ratio(r))
     assert s["total_return"] == pytest.approx(0.04)
-    assert s["turnover"] == pytest.approx(0.5)
+    assert s["turnover"] == pytest.approx((102.0 / 100.0 + 0.0 + 52.0 / 101.0) / 3)
     assert s["n_periods"] == 3 and s["final_equity"] == 104.0
 
 
@@ -277,3 +279,14 @@ def test_a_flat_policy_has_psr_one_half_and_no_deflated_sharpe():
     assert m.probabilistic_sharpe_ratio(flat, sr_benchmark=-0.1) == 1.0
     assert m.deflated_sharpe_ratio(flat, n_trials=1) == 0.5
     assert m.deflated_sharpe_ratio(flat, n_trials=99) == 0.0
+
+
+def test_active_metrics_pair_the_bars_where_both_returns_are_finite():
+    r = np.array([0.01, np.nan, 0.02, 0.03, -0.01])
+    b = np.array([0.0, 0.01, np.nan, 0.02, 0.0])
+    keep = [0, 3, 4]  # a bar missing on either side is dropped from both
+    want = m.active_metrics(r[keep], b[keep], 252)
+    got = m.active_metrics(r, b, 252)
+    assert got == pytest.approx(want)
+    with pytest.raises(ValueError, match="differ in length"):
+        m.active_metrics(r, b[:-1], 252)

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from envs.risk import rolling_variance
+from rl_trading import metrics
 from rl_trading.cli.main import main
 from rl_trading.config import CONFIG_DIR, load_config
 from rl_trading.data.features import FEATURE_COLUMNS
@@ -121,6 +122,9 @@ def test_replay_ends_at_the_backtests_equity_with_the_same_orders(in_ws, tmp_pat
     changed = int((np.abs(np.diff(expo, axis=0)) > 0).sum())
     assert 0 < len(st["orders"]) <= changed
     assert {"equity", "cash", "positions", "orders", "bars_processed", "last_bar"} <= set(st)
+    # the report's turnover is the backtest's, from the orders' traded notional
+    assert report["turnover"] > 0
+    assert report["turnover"] == pytest.approx(metrics.turnover(bt.traded, bt.equity), rel=1e-6)
     # session list, and the finished session is not "in use"
     assert main(["paper", "list", "--db", db]) == 0
     assert "s1" in capsys.readouterr().out

@@ -77,13 +77,14 @@ def rolling_var_compliance(returns: np.ndarray, window: int, confidence: float) 
 def strategy_metrics(
     run: StrategyRun, cfg: AppConfig, benchmark: StrategyRun | None = None
 ) -> dict[str, float]:
-    """metrics.summarize of the run (rf 0, the run's bars per year) + VaR compliance, costs,
-    average gross exposure and trades; with a `benchmark` run on the same bars, the
+    """metrics.summarize of the run (rf 0, the run's bars per year; turnover from its traded
+    notional when known) + VaR compliance, costs, average gross exposure and trades; with a
+    `benchmark` run on the same bars, the
     information ratio, tracking error and active return against it."""
     weights = run.weights if run.weights.ndim == 2 else run.weights[:, None]
     ppy = periods_per_year_of(cfg, pd.Series(0, index=run.index))
     out = metrics.summarize(
-        run.equity, weights, periods_per_year=ppy, confidence=cfg.env.var_confidence
+        run.equity, run.traded, periods_per_year=ppy, confidence=cfg.env.var_confidence
     )
     out["max_drawdown_vol_matched"] = metrics.max_drawdown_at_volatility(
         run.returns, ppy, cfg.evaluation.grade_volatility
@@ -205,7 +206,8 @@ def _run_single(
     costs = np.zeros(len(equity))
     costs[-1] = float(summ.get("total_costs", 0.0))
     extra = {k: summ[k] for k in ("stop_losses", "trades") if k in summ}
-    return StrategyRun("policy", index, [symbol], equity, weights, costs, extra)
+    traded = np.asarray(summ["traded"], dtype=np.float64)
+    return StrategyRun("policy", index, [symbol], equity, weights, costs, extra, traded)
 
 
 def hierarchy_actions(
@@ -284,7 +286,8 @@ def _run_hierarchy(
         extra["benchmark"] = env.benchmark
         extra["benchmark_exposures"] = summ["benchmark_exposures"]
     symbols = list(summ.get("symbols", list(bars)))
-    return StrategyRun("policy", index, symbols, equity, weights, costs, extra)
+    traded = np.asarray(summ["traded"], dtype=np.float64)
+    return StrategyRun("policy", index, symbols, equity, weights, costs, extra, traded)
 
 
 def first_decision_bar(bundle: PolicyBundle, cfg: AppConfig) -> int:

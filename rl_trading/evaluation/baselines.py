@@ -132,6 +132,7 @@ class StrategyRun:
     weights: np.ndarray  # [T, n], weights held at each bar's close
     costs: np.ndarray  # [T], trading costs paid during each bar
     extra: dict[str, Any] = field(default_factory=dict)
+    traded: np.ndarray | None = None  # [T], notional bought + sold during each bar
 
     @property
     def returns(self) -> np.ndarray:
@@ -194,11 +195,12 @@ def simulate_weights(
     targets = np.ascontiguousarray(np.asarray(targets, dtype=np.float64).reshape(t_len, -1))
     if targets.shape[1] != n:
         raise DataError(f"{name}: {targets.shape[1]} target columns for {n} instruments")
-    equity, weights, costs = engine.simulate_targets(
+    equity, weights, costs, traded = engine.simulate_targets(
         np.ascontiguousarray(opens), np.ascontiguousarray(closes), np.ascontiguousarray(real),
         targets, float(capital), float(rate),
     )  # fmt: skip
-    return StrategyRun(name, data[symbols[0]].index, symbols, equity, weights, costs)
+    return StrategyRun(name, data[symbols[0]].index, symbols, equity, weights, costs,
+                       traded=traded)  # fmt: skip
 
 
 def _schedule(t_len: int, n: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rl_trading import metrics
 from rl_trading.evaluation.backtest import run_policy
 from rl_trading.paper.broker import first_decision_bar
 from rl_trading.paper.ledger import Ledger
@@ -33,6 +34,17 @@ def session_backtest(model: ResolvedModel, ledger: Ledger, session: str) -> pd.S
     return pd.Series(run.equity, index=run.index)
 
 
+def traded_per_bar(eq: pd.DataFrame, orders: list[dict[str, Any]]) -> np.ndarray:
+    """Notional bought + sold at each equity row's bar (|units after - units before| x fill
+    price, summed over the session's orders filled on that bar)."""
+    out = pd.Series(0.0, index=eq.index)
+    for o in orders:
+        ts = pd.Timestamp(o["fill_ts"])
+        if ts in out.index:
+            out[ts] += abs(float(o["units_after"]) - float(o["units_before"])) * float(o["price"])
+    return out.to_numpy(np.float64)
+
+
 def write_report(
     model: ResolvedModel, ledger: Ledger, session: str, out_dir: Path, mlflow: bool = True
 ) -> dict[str, Any]:
@@ -48,12 +60,15 @@ def write_report(
     back = session_backtest(model, ledger, session)
     info: dict[str, Any] = {"session": session, "bars": int(len(eq))}
     if not eq.empty:
-        expo = np.array([json.loads(x) for x in eq["exposures"]])
-        turnover = np.concatenate([[0.0], np.abs(np.diff(expo, axis=0)).sum(axis=1)])
+        traded = traded_per_bar(eq, ledger.orders_of(session))
+        equity = eq["equity"].to_numpy(np.float64)
+        # each bar's traded notional over the equity before it (metrics.turnover's terms)
+        prev = np.where(equity[:-1] > 0, equity[:-1], np.inf)
+        turnover = np.concatenate([[0.0], traded[1:] / prev])
         info.update(
             final_equity=float(eq["equity"].iloc[-1]),
             max_drawdown=float(eq["drawdown"].max()),
-            turnover=float(turnover.sum()),
+            turnover=metrics.turnover(traded, equity),
             latency_p50_ms=float(np.percentile(eq["latency_ms"], 50)),
             latency_p99_ms=float(np.percentile(eq["latency_ms"], 99)),
         )
