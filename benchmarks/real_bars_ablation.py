@@ -25,7 +25,7 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
     """Phase 1 on the sample with `overrides`; validation metrics of trained / flat / random."""
     import ray
 
-    from rl_trading import ledger
+    from rl_trading import ledger, metrics
     from rl_trading.config import load_config
     from rl_trading.training.checkpoints import load_module
     from rl_trading.training.env_bridge import hierarchical_factory
@@ -58,7 +58,8 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
         url=ledger.ledger_url(cfg),
     )
     trained = validate(factory, "specialists", best, seed=cfg.seed)
-    expo = run_policies(factory, "specialists", best, seed=cfg.seed)["exposures"]
+    episode = run_policies(factory, "specialists", best, seed=cfg.seed)
+    expo = episode["exposures"]
     stds = [  # Gaussian policies only (discrete actions have no log_std)
         float(np.exp(best[p].log_std.detach().numpy()).mean())
         for p in specs
@@ -79,7 +80,7 @@ def run(overrides: list[str], n_random: int = 3) -> dict[str, float]:
         "val_sharpe": trained["val_sharpe"],
         "val_gross_exposure": trained.get("val_gross_exposure", float("nan")),
         "val_total_return": trained["val_total_return"],
-        "val_turnover": float(np.mean(np.abs(np.diff(expo, axis=0)).sum(axis=1))),
+        "val_turnover": metrics.turnover(episode["traded"], episode["equity"]),
         "val_net_exposure": float(np.mean(expo.sum(axis=1))),
         "action_std": [round(v, 3) for v in stds],
         "flat_sharpe": flat_m["val_sharpe"],

@@ -111,6 +111,7 @@ class Book:
     cash: float
     equity: float
     stop_losses: int  # stop-loss exits so far
+    traded: float = 0.0  # notional bought + sold at the last step (fills and stop exits)
 
 
 # the episode state `adopt_episode` carries over: what _clear_state sets (the history rows
@@ -726,6 +727,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             targets=self._k_state[engine.R_TARGET].copy(), exposures=expo.copy(),
             open=self._open[self._t].copy(), cash=float(self._k_sc[engine.S_CASH]),
             equity=float(self._equity), stop_losses=int(self._k_cnt[engine.C_STOP]),
+            traded=float(self._k_hist[st, 5 + 2 * n]) if st else 0.0,
         )  # fmt: skip
 
     def flat_actions(self) -> dict[str, Any]:

@@ -381,6 +381,95 @@ def test_kill_switch_flattens_and_halts(in_ws, tmp_path):
     assert "kill_switch" in kinds
 
 
+def test_an_older_ledger_gains_the_traded_column_and_keeps_its_rows(tmp_path):
+    import sqlalchemy as sa
+
+    from rl_trading.paper import Ledger
+    from rl_trading.paper.report import traded_per_bar
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with sa.create_engine(url).begin() as conn:  # paper_equity as ledgers created it before
+        conn.execute(
+            sa.text(
+                "CREATE TABLE paper_equity (session VARCHAR(128) NOT NULL, ts DATETIME NOT NULL, "
+                "equity FLOAT NOT NULL, cash FLOAT NOT NULL, drawdown FLOAT NOT NULL, "
+                "exposures TEXT NOT NULL, latency_ms FLOAT NOT NULL, PRIMARY KEY (session, ts))"
+            )
+        )
+        conn.execute(sa.text(
+            "INSERT INTO paper_equity VALUES ('s', '2024-01-02 00:00:00', 100.0, 100.0, 0.0, "
+            "'[0.0]', 1.0)"))  # fmt: skip
+    ledger = Ledger(url)
+    ts = pd.Timestamp("2024-01-03", tz="UTC")
+    with ledger.begin() as conn:
+        ledger.write_equity(conn, "s", ts, 101.0, 50.0, 0.0, [0.5], 1.0, traded=50.0)
+    eq = ledger.equity_of("s")
+    assert np.isnan(eq["traded"].iloc[0]) and eq["traded"].iloc[1] == 50.0
+    order = {"fill_ts": str(eq.index[0]), "units_before": 0.0, "units_after": 2.0, "price": 3.0}
+    # the old row falls back to its orders, the new one is the recorded notional
+    np.testing.assert_array_equal(traded_per_bar(eq, [order]), [6.0, 50.0])
+    Ledger(url)  # opened again: nothing to add
+
+
+def test_restore_brings_back_the_risk_state_and_checks_the_equity(in_ws, tmp_path):
+    """A resumed session takes its peak, day and day-start equity from its row (the kill
+    switch measures from them) and refuses a ledger whose bars replay to another equity."""
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.loop import LedgerMismatch, make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    PaperSession(model, make_feed(model, "replay"), ledger, PaperOptions("r", max_bars=90)).run()
+    row = ledger.session("r")
+    assert row["peak"] > model.cfg.env.initial_capital and row["day"]
+    again = PaperSession(model, make_feed(model, "replay"), ledger, PaperOptions("r"))
+    assert again.restore() == 90
+    assert again.peak == row["peak"] and again.day == row["day"]
+    assert again.day_start == row["day_start_equity"]
+    with ledger.begin() as conn:
+        ledger.update_session(conn, "r", equity=123.0)
+    with pytest.raises(LedgerMismatch, match="123"):
+        PaperSession(model, make_feed(model, "replay"), ledger, PaperOptions("r")).restore()
+
+
+@pytest.mark.slow
+def test_a_kill_switch_outlives_the_process_and_holds_until_cleared(in_ws, tmp_path):
+    """The process dies right after the bar its kill switch fired on: the restart fills the
+    recorded flat decision and halts; the halted session refuses to trade again until
+    --clear-halt."""
+    from rl_trading.errors import DataError
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.ledger import HALTING
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    opts = PaperOptions(session="kc", max_drawdown=0.002)
+    ref = PaperSession(model, make_feed(model, "replay"), ledger,
+                       PaperOptions(session="ref", max_drawdown=0.002)).run()  # fmt: skip
+    assert ref.status["state"] == "halted"
+
+    def die_after_the_kill_switch(_info):
+        if ledger.session("kc")["state"] == HALTING:
+            raise RuntimeError("process died")
+
+    with pytest.raises(RuntimeError, match="died"):
+        PaperSession(model, make_feed(model, "replay"), ledger, opts,
+                     on_bar=die_after_the_kill_switch).run()  # fmt: skip
+    assert ledger.session("kc")["state"] == HALTING  # kept through the error's release
+    res = PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    st = res.status
+    assert st["state"] == "halted" and "drawdown" in st["reason"]
+    assert all(abs(u) < 1e-9 for u in st["positions"].values())
+    assert st["bars_processed"] == ref.status["bars_processed"]
+    assert st["orders"] == [{**o} for o in ref.status["orders"]]
+    with pytest.raises(DataError, match="--clear-halt"):
+        PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    cleared = PaperSession(model, make_feed(model, "replay"), ledger,
+                           PaperOptions(session="kc", clear_halt=True)).run()  # fmt: skip
+    assert cleared.status["state"] == "finished"
+
+
 @pytest.mark.slow
 def test_stop_of_a_session_not_running(in_ws, tmp_path, capsys):
     db = f"sqlite:///{tmp_path / 'l.db'}"

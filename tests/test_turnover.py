@@ -55,3 +55,16 @@ def test_single_env_reports_its_traded_notional():
     assert traded.shape == np.asarray(s["equity"]).shape and traded.sum() > 0
     assert traded.sum() * RATE == pytest.approx(s["total_costs"], rel=1e-12)
     assert s["metrics"]["turnover"] == pytest.approx(metrics.turnover(traded, s["equity"]))
+
+
+def test_the_book_carries_each_steps_traded_notional_stops_included():
+    e = HierarchicalTradingEnv(bars=make_market(seed=5), **SMALL, **COSTS, stop_loss_pct=0.01)
+    policy = random_policy(e, 3)
+    obs, _ = e.reset(seed=0)
+    seen = []
+    while e.agents:
+        obs, *_ = e.step({a: policy(a, 0) for a in obs})
+        seen.append(e.book().traded)
+    s = e.episode_summary()
+    assert s["stop_losses"] > 0
+    np.testing.assert_array_equal(seen, s["traded"][1:])

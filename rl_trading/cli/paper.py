@@ -55,6 +55,10 @@ def run_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Trade in a throw-away ledger (nothing kept).")
     ] = False,
+    clear_halt: Annotated[
+        bool,
+        typer.Option("--clear-halt", help="Trade a session its kill switch halted again."),
+    ] = False,
     onnx: Annotated[
         Path | None,
         typer.Option("--onnx", help="Act with exported policies: DIR/<policy id>.onnx each."),
@@ -106,6 +110,7 @@ def run_command(
         max_daily_loss=max_daily_loss,
         max_drawdown=max_drawdown,
         max_bars=max_bars,
+        clear_halt=clear_halt,
     )
     result = PaperSession(resolved, feed, ledger, opts, broker=factory).run()
     status = result.status

@@ -238,6 +238,10 @@ class SimulatedBroker:
     def equity(self) -> float:
         return self._book.equity if self._book is not None else self.cash()
 
+    def traded(self) -> float:
+        """Notional bought + sold at the last bar (its fills and stop-loss exits)."""
+        return self._book.traded if self._book is not None else 0.0
+
     def exposures(self) -> list[float]:
         """Signed exposures (fractions of equity) after the last bar."""
         if self._book is None:

@@ -28,7 +28,15 @@ from rl_trading.errors import DataError, RLTradingError
 
 # a session whose owner has not written for this long (another host) counts as abandoned
 HEARTBEAT_STALE_S = 120.0
-STATES = ("new", "running", "stopped", "halted", "finished")
+# halting: a kill switch fired and its flat decision is recorded but not yet filled
+HALTING = "halting"
+STATES = ("new", "running", "stopped", HALTING, "halted", "finished")
+KILL_SWITCH = "kill switch"  # the reason's prefix of a risk-limit halt
+
+
+def halted_by_kill_switch(row: dict[str, Any]) -> bool:
+    """The session halted on a risk limit (not on a stale feed or a stop)."""
+    return row.get("state") == "halted" and str(row.get("reason") or "").startswith(KILL_SWITCH)
 
 
 class SessionInUse(RLTradingError):
@@ -137,6 +145,8 @@ class Ledger:
             sa.Column("drawdown", sa.Double, nullable=False),
             sa.Column("exposures", sa.Text, nullable=False),
             sa.Column("latency_ms", sa.Double, nullable=False),
+            # notional bought + sold at the bar (NULL in rows written before it was kept)
+            sa.Column("traded", sa.Double, nullable=True),
         )
         self.events = sa.Table(
             "paper_events",
@@ -162,10 +172,25 @@ class Ledger:
             sa.event.listen(self.engine, "connect", _sqlite_wal)
         try:
             meta.create_all(self.engine, checkfirst=True)
+            self._add_new_columns()
         except (OperationalError, DBAPIError) as exc:
             raise self._store._connect_error(exc) from None
 
     # ------------------------------------------------------------------------------ helpers
+    def _add_new_columns(self) -> None:
+        """Columns added to the paper tables since a ledger was created (nullable, so its
+        rows stay as they were): ALTER TABLE ... ADD COLUMN, once."""
+        inspector = sa.inspect(self.engine)
+        for table in (self.equity,):
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for col in table.columns:
+                if col.name not in have and col.nullable:
+                    kind = col.type.compile(dialect=self.engine.dialect)
+                    with self.engine.begin() as conn:
+                        conn.execute(
+                            sa.text(f"ALTER TABLE {table.name} ADD COLUMN {col.name} {kind}")
+                        )
+
     def _ts(self, ts: pd.Timestamp) -> Any:
         """A timestamp as the store keeps it (naive UTC in SQLite, aware elsewhere); the last
         conversion is kept (a bar's writes convert its timestamp several times)."""
@@ -221,10 +246,19 @@ class Ledger:
         return (_now() - float(row.get("heartbeat") or 0.0)) < HEARTBEAT_STALE_S
 
     def acquire(
-        self, name: str, model: str, source: str, symbols: list[str], timeframe: str
+        self,
+        name: str,
+        model: str,
+        source: str,
+        symbols: list[str],
+        timeframe: str,
+        clear_halt: bool = False,
     ) -> dict[str, Any]:
         """Create or take over the session for this process; SessionInUse if another live
-        process owns it, DataError if it exists for another model or symbols."""
+        process owns it, DataError if it exists for another model or symbols, or if a kill
+        switch halted it (unless `clear_halt`: the user resumes it on purpose). A session
+        whose kill switch fired before its flat fill keeps that state (`halting`): the run
+        fills the flat decision, then halts again."""
         tbl = self.sessions
         with self.begin() as conn:
             row = conn.execute(sa.select(tbl).where(tbl.c.name == name)).mappings().first()
@@ -260,13 +294,19 @@ class Ledger:
                     f"paper session '{name}' trades {row['model']} on {json.loads(row['symbols'])}"
                     f", not {model} on {symbols}: pick another --session"
                 )
+            if halted_by_kill_switch(row) and not clear_halt:
+                raise DataError(
+                    f"paper session '{name}' was halted by its {row['reason']}: pass "
+                    "--clear-halt to trade it again"
+                )
+            state = {"state": HALTING, "reason": row["reason"]} if row["state"] == HALTING else {
+                "state": "running", "reason": ""}  # fmt: skip
             # compare-and-set on the previous owner: of two processes racing, one wins
             free = tbl.c.owner_pid.is_(None) | (tbl.c.owner_pid == row["owner_pid"])
             res = conn.execute(
                 tbl.update()
                 .where(tbl.c.name == name, free)
-                .values(state="running", reason="", updated=now, heartbeat=now,
-                        stop_request=None, **mine)
+                .values(**state, updated=now, heartbeat=now, stop_request=None, **mine)
             )  # fmt: skip
             if res.rowcount != 1:
                 raise SessionInUse(f"paper session '{name}' was taken by another process")
@@ -277,9 +317,15 @@ class Ledger:
         return dict(conn.execute(sa.select(tbl).where(tbl.c.name == name)).mappings().one())
 
     def release(self, name: str, state: str, reason: str = "") -> None:
-        """Give the session up (its owner exits) with its final state."""
+        """Give the session up (its owner exits) with its final state. A recorded kill switch
+        (`halting`) stays unless the session halted: an error before the flat fill must not
+        turn it back into a session that trades on."""
         tbl = self.sessions
         with self.begin() as conn:
+            row = conn.execute(sa.select(tbl.c.state, tbl.c.reason).where(tbl.c.name == name))
+            current = row.first()
+            if current is not None and current.state == HALTING and state != "halted":
+                state, reason = HALTING, current.reason
             conn.execute(
                 tbl.update()
                 .where(tbl.c.name == name, tbl.c.owner_pid == os.getpid())
@@ -362,7 +408,7 @@ class Ledger:
         return out
 
     def equity_of(self, name: str) -> pd.DataFrame:
-        """The session's equity rows (equity, cash, drawdown, exposures, latency_ms)."""
+        """The session's equity rows (equity, cash, drawdown, exposures, latency_ms, traded)."""
         t = self.equity
         with self.begin() as conn:
             rows = conn.execute(sa.select(t).where(t.c.session == name).order_by(t.c.ts)).mappings()
@@ -440,12 +486,12 @@ class Ledger:
 
     def write_equity(self, conn: sa.Connection, name: str, ts: pd.Timestamp, equity: float,
                      cash: float, drawdown: float, exposures: list[float],
-                     latency_ms: float) -> None:  # fmt: skip
+                     latency_ms: float, traded: float | None = None) -> None:  # fmt: skip
         conn.execute(
             self.equity.insert(),
             {"session": name, "ts": self._ts(ts), "equity": equity, "cash": cash,
              "drawdown": drawdown, "exposures": json.dumps(exposures),
-             "latency_ms": latency_ms},
+             "latency_ms": latency_ms, "traded": traded},
         )  # fmt: skip
 
     def update_session(self, conn: sa.Connection, name: str, **values: Any) -> None:

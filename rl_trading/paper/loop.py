@@ -61,7 +61,7 @@ from rl_trading.paper.feeds import (
     complete_bars,
     is_gap,
 )
-from rl_trading.paper.ledger import Ledger
+from rl_trading.paper.ledger import HALTING, KILL_SWITCH, Ledger
 from rl_trading.paper.model import ResolvedModel, acting_bundle
 from rl_trading.supervised.signals import observed_market
 
@@ -91,6 +91,7 @@ class PaperOptions:
     max_drawdown: float | None = None
     max_bars: int | None = None  # stop after processing this many new bars (tests, demos)
     prebuild: bool = True  # a replay builds its env once (identical rows, tested)
+    clear_halt: bool = False  # trade a session its kill switch halted again (on purpose)
 
 
 @dataclass
@@ -251,8 +252,11 @@ class PaperSession:
     # --------------------------------------------------------------------------- restart
     def restore(self) -> int:
         """Replay the ledger's bars and decisions into the broker; returns bars restored.
-        LedgerMismatch when that does not reproduce the recorded equity."""
-        row = self.ledger.session(self.name) or {}
+        LedgerMismatch when that does not reproduce the recorded equity. The session's peak,
+        day and day-start equity come back from its row; a kill switch that fired before the
+        process died is armed again (its flat decision is recorded: it fills, then the session
+        halts)."""
+        session = self.ledger.session(self.name) or {}
         bars = self.ledger.bar_rows(self.name)
         if not bars:
             return 0
@@ -272,15 +276,19 @@ class PaperSession:
             _, batch = self._advance(ts, row, decisions.get(ts))
             if batch is not None and ts not in decisions:
                 raise LedgerMismatch(f"paper session '{self.name}': no decision recorded at {ts}")
-        recorded = row.get("equity")
+        recorded = session.get("equity")
         if recorded is not None and not math.isclose(self.sim.equity(), recorded, rel_tol=1e-9):
             raise LedgerMismatch(
                 f"paper session '{self.name}': the recorded bars replay to equity "
                 f"{self.sim.equity():.6f}, the ledger says {recorded:.6f}"
             )
-        self.peak = float(row.get("peak") or self.peak)
-        self.day = row.get("day")
-        self.day_start = float(row.get("day_start_equity") or self.day_start)
+        self.peak = float(session.get("peak") or self.peak)
+        self.day = session.get("day")
+        self.day_start = float(session.get("day_start_equity") or self.day_start)
+        self._last_equity = self.sim.equity()
+        if session.get("state") == HALTING:  # the kill switch fired; its flat fill is pending
+            self.halt_after_fill = str(session.get("reason") or KILL_SWITCH)
+            self.final_state = "halted"
         return len(stamps)
 
     # ----------------------------------------------------------------------------- a bar
@@ -318,13 +326,21 @@ class PaperSession:
             drawdown = 1.0 - equity / self.peak if self.peak > 0 else 0.0
             if started:
                 lg.write_equity(conn, self.name, ts, equity, self.sim.cash(), drawdown,
-                                self.sim.exposures(), latency)  # fmt: skip
+                                self.sim.exposures(), latency, self.sim.traded())  # fmt: skip
             for kind, message in events:
                 lg.event(conn, self.name, kind, message, ts)
+            # a kill switch is kept with the bar it fired on: a restart fills its flat
+            # decision and halts, whenever the process dies
+            halting = (
+                {"state": HALTING, "reason": self.halt_after_fill}
+                if any(kind == "kill_switch" for kind, _ in events)
+                else {}
+            )
             lg.update_session(
                 conn, self.name, last_bar=ts, bars_processed=len(self.stamps), equity=equity,
                 cash=self.broker.cash(), peak=self.peak, day=self.day,
                 day_start_equity=self.day_start, positions=_json(self.broker.positions()),
+                **halting,
             )  # fmt: skip
         latency = (time.perf_counter() - t0) * 1e3  # + the ledger commit
         for _kind, message in events:
@@ -344,9 +360,9 @@ class PaperSession:
         loss = 1.0 - equity / self.day_start if self.day_start > 0 else 0.0
         dd = 1.0 - equity / self.peak if self.peak > 0 else 0.0
         if self.max_daily_loss is not None and loss > self.max_daily_loss:
-            reason = f"kill switch: daily loss {loss:.2%} > {self.max_daily_loss:.2%}"
+            reason = f"{KILL_SWITCH}: daily loss {loss:.2%} > {self.max_daily_loss:.2%}"
         elif self.max_drawdown is not None and dd > self.max_drawdown:
-            reason = f"kill switch: drawdown {dd:.2%} > {self.max_drawdown:.2%}"
+            reason = f"{KILL_SWITCH}: drawdown {dd:.2%} > {self.max_drawdown:.2%}"
         if reason is None:
             return []
         self._flatten(reason, "halted")
@@ -437,14 +453,17 @@ class PaperSession:
         request; the session is released with its final state whatever happens."""
         self.check_feed()
         lg = self.ledger
-        lg.acquire(self.name, self.model.name, self.feed.name, self.symbols, self.model.timeframe)
+        lg.acquire(self.name, self.model.name, self.feed.name, self.symbols, self.model.timeframe,
+                   clear_halt=self.opts.clear_halt)  # fmt: skip
         state, reason = "stopped", ""
         latencies: list[float] = []
         new = 0
         try:
             self.restore()
             last_new = time.monotonic()
-            flattening_bars = -1
+            # -1: no flatten pending; 0: the flat decision fills at the next bar (a kill
+            # switch armed again by restore)
+            flattening_bars = 0 if self.halt_after_fill is not None else -1
             while True:
                 after = self.stamps[-1] if self.stamps else None
                 frames = self.feed.poll(after)

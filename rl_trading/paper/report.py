@@ -35,13 +35,18 @@ def session_backtest(model: ResolvedModel, ledger: Ledger, session: str) -> pd.S
 
 
 def traded_per_bar(eq: pd.DataFrame, orders: list[dict[str, Any]]) -> np.ndarray:
-    """Notional bought + sold at each equity row's bar (|units after - units before| x fill
-    price, summed over the session's orders filled on that bar)."""
+    """Notional bought + sold at each equity row's bar: the row's `traded` (the env's fills
+    and stop exits). Rows written before the ledger kept it fall back to the orders (|units
+    after - units before| x open per symbol: a stop exit counted at the open, net of a fill
+    on the same bar)."""
+    recorded = eq["traded"] if "traded" in eq.columns else pd.Series(np.nan, index=eq.index)
     out = pd.Series(0.0, index=eq.index)
     for o in orders:
         ts = pd.Timestamp(o["fill_ts"])
         if ts in out.index:
             out[ts] += abs(float(o["units_after"]) - float(o["units_before"])) * float(o["price"])
+    known = recorded.notna()
+    out[known] = recorded[known].astype(float)
     return out.to_numpy(np.float64)
 
 

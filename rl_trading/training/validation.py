@@ -42,6 +42,16 @@ def episode_exposures(env: Any) -> np.ndarray | None:
     return None if expo is None else np.asarray(expo, dtype=float)
 
 
+def episode_traded(env: Any) -> np.ndarray | None:
+    """Notional traded at each bar of the episode (row 0 the start), from the env's summary;
+    None when the env reports none."""
+    summary_fn = getattr(unwrap(env), "episode_summary", None)
+    if not callable(summary_fn):
+        return None
+    traded = (summary_fn() or {}).get("traded")
+    return None if traded is None else np.asarray(traded, dtype=float)
+
+
 def episode_benchmark_returns(env: Any) -> np.ndarray | None:
     """Per-bar returns of the env's benchmark (env.benchmark) over the episode; None when the
     env has no benchmark."""
@@ -138,7 +148,8 @@ def run_policies(
     max_steps: int = 10_000_000,
 ) -> dict[str, Any]:
     """One deterministic validation episode; returns the equity curve, step count and, when
-    the env reports them, the per-bar exposures (`exposures`, `[bars, instruments]`)."""
+    the env reports them, the per-bar exposures (`exposures`, `[bars, instruments]`) and
+    traded notional (`traded`, aligned with the equity)."""
     env = factory.make(mode, validation=True)
     obs, infos = env.reset(seed=seed)
     overrides = dict(agent_override or {})
@@ -166,11 +177,14 @@ def run_policies(
             break
     equity = episode_equity(env, equity_seen)
     exposures = episode_exposures(env)
+    traded = episode_traded(env)
     bench = episode_benchmark_returns(env)
     env.close()
     out: dict[str, Any] = {"equity": equity, "steps": steps}
     if exposures is not None:
         out["exposures"] = exposures
+    if traded is not None and len(traded) == len(equity):
+        out["traded"] = traded
     if bench is not None and len(bench) == len(equity) - 1:
         out["benchmark_returns"] = bench
     return out
