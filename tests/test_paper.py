@@ -887,3 +887,64 @@ def test_the_live_broker_sizes_from_the_horizon_volatility():
     short = HierarchicalTradingEnv(cfg.model_copy(update={"env": cfg.env.model_copy(
         update={"vol_horizon_years": None})}), bars=bars, mode="joint", eval_mode=True)  # fmt: skip
     assert not np.array_equal(short._sizes[200:], full._sizes[200:])
+
+
+def test_file_feed_waits_for_a_half_written_line_and_stops_on_a_broken_file(tmp_path):
+    from rl_trading.errors import DataError
+    from rl_trading.paper.feeds import FileFeed
+
+    index = pd.date_range("2024-01-01", periods=6, freq="1D", tz="UTC", name="timestamp")
+    close = np.linspace(100.0, 105.0, 6)
+    frame = pd.DataFrame({"open": close, "high": close + 1, "low": close - 1, "close": close,
+                          "volume": 1e3}, index=index)  # fmt: skip
+    path = tmp_path / "MSFT_1d.csv"
+    text = frame.to_csv()
+    path.write_text(text + "2024-01-07T00:00:00+00:00,106.0,10")  # a writer mid-append
+    feed = FileFeed(path, ["MSFT"])
+    got = feed.poll(None)["MSFT"]
+    assert list(got.index) == list(index)  # the whole rows, the partial one waits
+    path.write_text(text + "2024-01-07T00:00:00+00:00,106.0,107.0,105.0,106.0,1000.0\n")
+    assert len(feed.poll(index[-1])["MSFT"]) == 1
+    lines = text.splitlines()
+    path.write_text("\n".join([*lines[:3], lines[2], *lines[3:]]) + "\n")  # a duplicated row
+    for _ in range(FileFeed.FAIL_POLLS - 1):  # a file being rewritten gets a few polls
+        assert feed.poll(None)["MSFT"].empty
+    with pytest.raises(DataError, match="MSFT_1d.csv") as err:
+        feed.poll(None)
+    assert "\n" not in str(err.value)
+
+
+def test_an_injected_broker_gets_a_decision_only_once_its_bar_committed(
+    in_ws, tmp_path, monkeypatch
+):
+    """A bar whose commit fails sends nothing to the broker; the rerun asks the policy again
+    and sends that decision: every recorded decision reaches the broker exactly once."""
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.broker import first_decision_bar
+    from rl_trading.paper.loop import make_feed
+
+    model = _resolved(in_ws["name"])
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    broker = {}
+    real = Ledger.write_equity
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 30:
+            raise RuntimeError("disk full")
+        return real(self, *a, **k)
+
+    def factory(shadow):
+        broker.setdefault("it", RecordingBroker(shadow)).shadow = shadow
+        return broker["it"]
+
+    monkeypatch.setattr(Ledger, "write_equity", flaky)
+    opts = PaperOptions(session="once", max_bars=first_decision_bar(model.cfg) + 40)
+    with pytest.raises(RuntimeError):
+        PaperSession(model, make_feed(model, "replay"), ledger, opts, broker=factory).run()
+    monkeypatch.setattr(Ledger, "write_equity", real)
+    PaperSession(model, make_feed(model, "replay"), ledger, opts, broker=factory).run()
+    sent = [b.bar for b in broker["it"].batches]
+    decisions = ledger.decisions_of("once")
+    assert sent == sorted(decisions)  # each once, in order, none of the failed bar's twice

@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from rl_trading.data import read_bars
-from rl_trading.data.schema import BAR_COLUMNS, timeframe_delta
+from rl_trading.data.schema import BAR_COLUMNS, read_raw, timeframe_delta
 from rl_trading.data.store import BarStore
+from rl_trading.data.validation import DEFAULT_MAX_PRICE, check_bars, parse_bars
 from rl_trading.errors import DataError
 
 Bar = tuple[pd.Timestamp, dict[str, dict]]  # timestamp, {symbol: {column: value}}
@@ -165,13 +166,29 @@ class SqlFeed:
 
 
 class FileFeed:
-    """A CSV / Parquet bars file per symbol (a folder of `SYMBOL_*.csv`), re-read as it grows."""
+    """A CSV / Parquet bars file per symbol (a folder of `SYMBOL_*.csv`), re-read as it grows.
+
+    Each file is validated whole at every poll, as the training loader reads it (`data.tz`,
+    `data.max_price`). A half-written last line (a writer mid-append) waits for the next poll
+    when the rows before it are whole; a file that breaks a rule otherwise (a duplicated or
+    out-of-order row, a NaN price) stops the session with its one-line error once it has
+    failed `FAIL_POLLS` polls in a row (a file being rewritten gets that long)."""
 
     name = "file"
+    FAIL_POLLS = 3
 
-    def __init__(self, path: Path, symbols: list[str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        symbols: list[str],
+        tz: str | None = None,
+        max_price: float | None = None,
+    ) -> None:
         self.path = Path(path)
         self.symbols = symbols
+        self.tz = tz
+        self.max_price = DEFAULT_MAX_PRICE if max_price is None else max_price
+        self.failures: dict[str, int] = {}
         self.exhausted = False
         files = (
             sorted(p for p in self.path.iterdir() if p.is_file())
@@ -190,12 +207,30 @@ class FileFeed:
                 "one file per symbol, named SYMBOL_*.csv or .parquet)"
             )
 
+    def _read(self, sym: str) -> pd.DataFrame:
+        """The symbol's whole bars; without a half-written last line; DataError otherwise."""
+        path = self.files[sym]
+        try:
+            return read_bars(path, tz=self.tz, max_price=self.max_price)
+        except DataError as exc:
+            first = exc
+        try:  # the rows before the last one, whole: the last one is being written
+            raw = read_raw(path)
+            bars = parse_bars(raw.iloc[:-1], source=str(path), tz=self.tz)
+            return check_bars(bars, source=str(path), tz=self.tz, max_price=self.max_price)
+        except DataError:
+            raise first from None
+
     def poll(self, after: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
         out = {}
         for sym in self.symbols:
             try:
-                frame = read_bars(self.files[sym])
-            except DataError:  # a half-written last line: try again at the next poll
+                frame = self._read(sym)
+                self.failures[sym] = 0
+            except DataError as exc:
+                self.failures[sym] = self.failures.get(sym, 0) + 1
+                if self.failures[sym] >= self.FAIL_POLLS:
+                    raise DataError(f"paper file feed: {str(exc).splitlines()[0]}") from None
                 frame = pd.DataFrame(columns=BAR_COLUMNS, index=pd.DatetimeIndex([], tz="UTC"))
             out[sym] = _after(frame, after)
         return out

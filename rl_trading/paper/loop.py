@@ -153,6 +153,8 @@ class PaperSession:
         self.peak = self.day_start = float(model.cfg.env.initial_capital)
         self.day: str | None = None
         self.halt_after_fill: str | None = None  # reason: flatten, then halt / stop
+        # decisions for an injected broker, sent once their bar has committed
+        self._outbox: list[OrderBatch] = []
         # drift: live samples since the last check, and the monitors (built at the first)
         self._live_features: list[np.ndarray] = []  # (n, features) seen live, per bar
         self._live_actions: list[dict[str, list[float]]] = []  # the policy's decisions
@@ -244,10 +246,18 @@ class PaperSession:
             self._live_actions.append(batch.actions)
 
     def _submit(self, batch: OrderBatch) -> None:
-        """The decision to the simulated book and, when one is injected, the broker."""
+        """The decision to the simulated book now and, when one is injected, to the broker
+        once it is recorded (:meth:`_send`)."""
         self.sim.submit(batch)
         if self.broker is not self.sim:
-            self.broker.submit(batch)
+            self._outbox.append(batch)
+
+    def _send(self) -> None:
+        """The recorded decisions to the injected broker: a decision reaches it only after
+        its bar committed, so a process that dies in between sends it never rather than
+        twice (a restart re-applies recorded decisions to the shadow only)."""
+        while self._outbox:
+            self.broker.submit(self._outbox.pop(0))
 
     # --------------------------------------------------------------------------- restart
     def restore(self) -> int:
@@ -343,6 +353,7 @@ class PaperSession:
                 **halting,
             )  # fmt: skip
         latency = (time.perf_counter() - t0) * 1e3  # + the ledger commit
+        self._send()
         for _kind, message in events:
             log.warning("%s: %s", self.name, message)
         if self.on_bar is not None:
@@ -444,6 +455,7 @@ class PaperSession:
         self.final_state = final
         if self.sim.env is not None and self.sim.env.agents:
             if self.broker is not self.sim:
+                self._outbox.clear()  # the policy's decision of this bar is never sent
                 self.broker.cancel()
             self._submit(OrderBatch(self.stamps[-1], self.sim.flat_actions()))
 
@@ -494,6 +506,7 @@ class PaperSession:
                         return self._result("stopped", self.halt_after_fill, new, latencies)
                     # the recorded decision of the last bar is now the flat one
                     lg.replace_decision(self.name, self.stamps[-1], self.sim.pending.actions)
+                    self._send()
                     lg.event(None, self.name, "stop", "flatten requested: flat at the next open")
                 if not bars:
                     idle = time.monotonic() - last_new
@@ -572,5 +585,6 @@ def make_feed(
             raise ConfigError("--source file needs --data PATH (a bars file or folder)")
         if not Path(path).exists():
             raise DataError(f"no bars file or folder at {path}")
-        return FileFeed(Path(path), model.symbols)
+        data = model.cfg.data
+        return FileFeed(Path(path), model.symbols, tz=data.tz, max_price=data.max_price)
     raise ConfigError(f"unknown --source '{source}' (replay, sql or file)")
