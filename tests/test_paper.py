@@ -23,6 +23,7 @@ from rl_trading import metrics
 from rl_trading.cli.main import main
 from rl_trading.config import CONFIG_DIR, load_config
 from rl_trading.data.features import FEATURE_COLUMNS
+from rl_trading.data.schema import BAR_COLUMNS
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "rl_trading"]
@@ -399,7 +400,19 @@ def test_an_older_ledger_gains_the_traded_column_and_keeps_its_rows(tmp_path):
         conn.execute(sa.text(
             "INSERT INTO paper_equity VALUES ('s', '2024-01-02 00:00:00', 100.0, 100.0, 0.0, "
             "'[0.0]', 1.0)"))  # fmt: skip
+        conn.execute(
+            sa.text(
+                "CREATE TABLE paper_bars (session VARCHAR(128) NOT NULL, ts DATETIME NOT NULL, "
+                "symbol VARCHAR(64) NOT NULL, open FLOAT NOT NULL, high FLOAT NOT NULL, "
+                "low FLOAT NOT NULL, close FLOAT NOT NULL, volume FLOAT NOT NULL, "
+                "PRIMARY KEY (session, ts, symbol))"
+            )
+        )
+        conn.execute(sa.text(
+            "INSERT INTO paper_bars VALUES ('s', '2024-01-02 00:00:00', 'MSFT', 1, 2, 0.5, 1.5, "
+            "10)"))  # fmt: skip
     ledger = Ledger(url)
+    assert list(ledger.bar_rows("s")["MSFT"].columns) == BAR_COLUMNS  # old rows: real bars
     ts = pd.Timestamp("2024-01-03", tz="UTC")
     with ledger.begin() as conn:
         ledger.write_equity(conn, "s", ts, 101.0, 50.0, 0.0, [0.5], 1.0, traded=50.0)
@@ -948,3 +961,32 @@ def test_an_injected_broker_gets_a_decision_only_once_its_bar_committed(
     sent = [b.bar for b in broker["it"].batches]
     decisions = ledger.decisions_of("once")
     assert sent == sorted(decisions)  # each once, in order, none of the failed bar's twice
+
+
+def test_forward_filled_bars_keep_their_flag_in_the_ledger_and_the_report(in_ws, tmp_path):
+    """align's forward-filled bars (nothing fills on them) are stored with their flag, so the
+    report's backtest of the recorded bars and a rebuilt history trade as the session did."""
+    from rl_trading.evaluation.backtest import run_policy
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.loop import ReplayFeed, make_feed
+    from rl_trading.paper.report import write_report
+
+    model = _resolved(in_ws["name"])
+    hist = {s: f.copy() for s, f in make_feed(model, "replay").history.items()}
+    for f in hist.values():
+        f["filled"] = False
+    g = hist["GOOGL"]
+    for i in range(150, len(g), 7):  # GOOGL closed on these days: the previous close, held
+        g.iloc[i, [g.columns.get_loc(k) for k in ("open", "high", "low", "close")]] = g[
+            "close"].iloc[i - 1]  # fmt: skip
+        g.iloc[i, g.columns.get_loc("volume")] = 0.0
+        g.iloc[i, g.columns.get_loc("filled")] = True
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    res = PaperSession(model, ReplayFeed(hist), ledger, PaperOptions("ff")).run()
+    bt, _ = run_policy(model.bundle, hist, model.cfg, seed=model.cfg.seed)
+    assert res.status["equity"] == pytest.approx(float(bt.equity[-1]), rel=1e-9)
+    stored = ledger.bar_rows("ff")
+    assert stored["GOOGL"]["filled"].sum() == g["filled"].sum() > 0
+    assert not stored["MSFT"]["filled"].any()
+    info = write_report(model, ledger, "ff", tmp_path / "rep", mlflow=False)
+    assert info["parity_rel_diff"] < 1e-9

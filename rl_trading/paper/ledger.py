@@ -22,6 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from rl_trading.data.resample import FILLED_COLUMN
 from rl_trading.data.schema import BAR_COLUMNS
 from rl_trading.data.store import BarStore
 from rl_trading.errors import DataError, RLTradingError
@@ -114,6 +115,8 @@ class Ledger:
             sa.Column("ts", ts, primary_key=True),
             sa.Column("symbol", sa.String(64), primary_key=True),
             *(sa.Column(c, sa.Double, nullable=False) for c in BAR_COLUMNS),
+            # align's forward-filled bar (nothing fills on it); NULL in older rows: real
+            sa.Column(FILLED_COLUMN, sa.Boolean, nullable=True),
         )
         self.decisions = sa.Table(
             "paper_decisions",
@@ -181,7 +184,7 @@ class Ledger:
         """Columns added to the paper tables since a ledger was created (nullable, so its
         rows stay as they were): ALTER TABLE ... ADD COLUMN, once."""
         inspector = sa.inspect(self.engine)
-        for table in (self.equity,):
+        for table in (self.equity, self.bars):
             have = {c["name"] for c in inspector.get_columns(table.name)}
             for col in table.columns:
                 if col.name not in have and col.nullable:
@@ -365,16 +368,22 @@ class Ledger:
 
     # --------------------------------------------------------------------------------- bars
     def bar_rows(self, name: str) -> dict[str, pd.DataFrame]:
-        """The bars the session processed, per symbol (the history a restart rebuilds)."""
+        """The bars the session processed, per symbol (the history a restart rebuilds and the
+        report backtests), with align's `filled` flag when a bar of the session had it."""
         t = self.bars
         with self.begin() as conn:
             rows = conn.execute(
-                sa.select(t.c.symbol, t.c.ts, *(t.c[c] for c in BAR_COLUMNS))
+                sa.select(t.c.symbol, t.c.ts, *(t.c[c] for c in BAR_COLUMNS), t.c[FILLED_COLUMN])
                 .where(t.c.session == name)
                 .order_by(t.c.ts)
             ).all()
-        frame = pd.DataFrame(rows, columns=["symbol", "timestamp", *BAR_COLUMNS])
+        frame = pd.DataFrame(rows, columns=["symbol", "timestamp", *BAR_COLUMNS, FILLED_COLUMN])
         frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+        filled = frame[FILLED_COLUMN].fillna(False).astype(bool)
+        if filled.any():
+            frame[FILLED_COLUMN] = filled
+        else:
+            frame = frame.drop(columns=FILLED_COLUMN)
         groups = {
             str(sym): g.drop(columns="symbol").set_index("timestamp")
             for sym, g in frame.groupby("symbol", sort=False)
@@ -449,7 +458,8 @@ class Ledger:
             self.bars.insert(),
             [
                 {"session": name, "ts": stamp, "symbol": sym,
-                 **{c: float(row[c]) for c in BAR_COLUMNS}}
+                 **{c: float(row[c]) for c in BAR_COLUMNS},
+                 FILLED_COLUMN: bool(row.get(FILLED_COLUMN, False))}
                 for sym, row in bars.items()
             ],
         )  # fmt: skip
