@@ -478,6 +478,9 @@ def test_a_kill_switch_outlives_the_process_and_holds_until_cleared(in_ws, tmp_p
     assert st["orders"] == [{**o} for o in ref.status["orders"]]
     with pytest.raises(DataError, match="--clear-halt"):
         PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
+    assert ledger.request_stop("kc", flatten=False)["state"] == "halted"  # not a way around
+    with pytest.raises(DataError, match="--clear-halt"):
+        PaperSession(model, make_feed(model, "replay"), ledger, opts).run()
     cleared = PaperSession(model, make_feed(model, "replay"), ledger,
                            PaperOptions(session="kc", clear_halt=True)).run()  # fmt: skip
     assert cleared.status["state"] == "finished"

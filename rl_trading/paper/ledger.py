@@ -357,6 +357,8 @@ class Ledger:
                     f"paper session '{name}' is not running, so there is no next open to "
                     "flatten at: run it again and stop it with --flatten (nothing changed)"
                 )
+            elif row["state"] == HALTING or halted_by_kill_switch(row):
+                pass  # a kill switch's halt stays: only `paper run --clear-halt` lifts it
             else:
                 conn.execute(
                     tbl.update()
