@@ -20,33 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_markets as rm  # noqa: E402
-from ablation_table import own_trials  # noqa: E402
+from ablation_table import MIN_EXPOSURE, own_trials  # noqa: E402
 
-from rl_trading import metrics  # noqa: E402
-from rl_trading.config import CONFIG_DIR  # noqa: E402
 from rl_trading.evaluation.backtest import backtest  # noqa: E402
-from rl_trading.evaluation.walk_forward_retrain import (  # noqa: E402
-    RISK_FREE_RATE,
-    fold_blocks,
-    prepare,
-)
+from rl_trading.evaluation.walk_forward_retrain import fold_blocks  # noqa: E402
 from rl_trading.ledger import ledger_url, market_fingerprint, record_trials  # noqa: E402
-from rl_trading.registry import config_hash  # noqa: E402
-
-
-def paired(out) -> tuple[float, float, float]:  # noqa: ANN001
-    """(policy net Sharpe, policy - B&H vol-matched, policy gross) of one backtest."""
-    ppy = out.meta["periods_per_year"]
-    sh = {k: metrics.sharpe_ratio(v.returns, ppy, RISK_FREE_RATE) for k, v in out.runs.items()}
-    gross = float(out.metrics["policy"]["exposure"])
-    return sh["policy"], sh["policy"] - sh["buy_and_hold_vol_matched"], gross
 
 
 def main() -> None:
@@ -61,50 +45,32 @@ def main() -> None:
     folds = {int(f) for f in args.folds.split(",")}
     scores = []
     for name in args.sets.split(","):
-        ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=args.overrides,
-                                config=CONFIG_DIR / "default.yaml")  # fmt: skip
-        cfg = rm.set_config(name, ns)
+        cfg, bars, trained = rm.trained_folds(args.run, name, args.overrides, folds)
         if cfg.env.benchmark == "none":
             raise SystemExit("the gate needs an env.benchmark (the tilts it switches off)")
         # the tilts off: the env holds its benchmark (a copy, not validated: 0 is not a
         # training setting)
         off = cfg.model_copy(update={"env": cfg.env.model_copy(update={"active_scale": 0.0})})
-        spec = rm.SETS[name]
-        ran = json.loads((args.run / name / "plan.json").read_text())
-        if ran["config_hash"] != config_hash(cfg):
-            raise SystemExit(f"{args.run / name}: ran with another config than default.yaml + "
-                             f"{args.overrides} (give the run's overrides)")  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:  # the plan only: the run's own stays as is
-            plan = prepare(cfg, n_folds=spec["folds"], n_seeds=2, out_dir=Path(tmp),
-                           min_train_frac=spec["min_train_frac"], supervised=False)  # fmt: skip
         gated_means, policy_means, gross_means, kept = [], [], [], 0
         n_units = 0
-        for p in plan.plans:
-            if p.index not in folds:
-                continue
-            files = sorted(
-                (args.run / name / "trials").glob(f"fold{p.index:02d}_seed*/result.json")
-            )
-            if not files:
+        for p, results in trained:
+            if not results:
                 raise SystemExit(f"{name} fold {p.index}: no trial results in {args.run}")
-            fit, val, test = fold_blocks(cfg, plan.bars, p)
+            fit, val, test = fold_blocks(cfg, bars, p)
             gated, as_selected, gross = [], [], []
-            for f in files:
-                r = json.loads(f.read_text())
+            for r in results:
                 ckpt, seed = r["checkpoint"], int(r["seed"])
                 kw = {"seed": seed, "scaler_bars": fit, "include_supervised": False}
-                v_on, _, _ = paired(backtest(ckpt, val, cfg, **kw))
-                v_off, _, _ = paired(backtest(ckpt, val, off, **kw))
-                pol = r["strategies"]["policy"]["metrics"]["sharpe_ratio"]
-                bhm = r["strategies"]["buy_and_hold_vol_matched"]["metrics"]["sharpe_ratio"]
-                as_selected.append(pol - bhm)
+                v_on, _, _ = rm.backtest_paired(backtest(ckpt, val, cfg, **kw))
+                v_off, _, _ = rm.backtest_paired(backtest(ckpt, val, off, **kw))
+                as_selected.append(rm.minus_vol_matched(r["strategies"]))
                 tilts = bool(v_on > v_off)
                 if tilts:
                     kept += 1
-                    gated.append(pol - bhm)
+                    gated.append(as_selected[-1])
                     gross.append(r["strategies"]["policy"]["metrics"]["exposure"])
                 else:
-                    _, diff, g = paired(backtest(ckpt, test, off, **kw))
+                    _, diff, g = rm.backtest_paired(backtest(ckpt, test, off, **kw))
                     gated.append(diff)
                     gross.append(g)
                 n_units += 1
@@ -116,7 +82,7 @@ def main() -> None:
             policy_means.append(float(np.mean(as_selected)))
             gross_means.append(float(np.mean(gross)))
         score = float(np.mean(gated_means))
-        scores.append(score if np.mean(gross_means) >= 0.3 else -np.inf)
+        scores.append(score if np.mean(gross_means) >= MIN_EXPOSURE else -np.inf)
         if args.record:
             report = json.loads((args.run / name / "walk_forward.json").read_text())
             n = own_trials(report) + n_units

@@ -135,6 +135,57 @@ def set_config(name: str, args: argparse.Namespace) -> Any:
     return load_config(args.config, overrides)
 
 
+def trained_folds(
+    run: Path, name: str, overrides: list[str], folds: set[int]
+) -> tuple[Any, dict[str, Any], list[tuple[Any, list[dict[str, Any]]]]]:
+    """An ablation run's set, for scripts that evaluate its checkpoints without training: the
+    set's config (default.yaml + `overrides`, refused unless it is the one the run hashed),
+    its bars, and for each fold in `folds` its plan and its seeds' `result.json`."""
+    import tempfile
+
+    from rl_trading.config import CONFIG_DIR
+    from rl_trading.evaluation.walk_forward_retrain import prepare
+    from rl_trading.registry import config_hash
+
+    ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=overrides,
+                            config=CONFIG_DIR / "default.yaml")  # fmt: skip
+    cfg = set_config(name, ns)
+    ran = json.loads((run / name / "plan.json").read_text())
+    if ran["config_hash"] != config_hash(cfg):
+        raise SystemExit(f"{run / name}: ran with another config than default.yaml + "
+                         f"{overrides} (give the run's overrides)")  # fmt: skip
+    spec = SETS[name]
+    with tempfile.TemporaryDirectory() as tmp:  # the plan only: the run's own stays as is
+        plan = prepare(cfg, n_folds=spec["folds"], n_seeds=2, out_dir=Path(tmp),
+                       min_train_frac=spec["min_train_frac"], supervised=False)  # fmt: skip
+    out = []
+    for p in plan.plans:
+        if p.index in folds:
+            files = sorted((run / name / "trials").glob(f"fold{p.index:02d}_seed*/result.json"))
+            out.append((p, [json.loads(f.read_text()) for f in files]))
+    return cfg, plan.bars, out
+
+
+def minus_vol_matched(strategies: dict[str, Any]) -> float:
+    """policy - volatility-matched buy-and-hold, net Sharpe, of one result's strategies."""
+    return float(
+        strategies["policy"]["metrics"]["sharpe_ratio"]
+        - strategies["buy_and_hold_vol_matched"]["metrics"]["sharpe_ratio"]
+    )
+
+
+def backtest_paired(out: Any) -> tuple[float, float, float]:
+    """(policy net Sharpe, policy - volatility-matched buy-and-hold, policy gross exposure) of
+    one `backtest` result, on the walk-forward's Sharpe convention (rf 0)."""
+    from rl_trading import metrics
+    from rl_trading.evaluation.walk_forward_retrain import RISK_FREE_RATE
+
+    ppy = out.meta["periods_per_year"]
+    sh = {k: metrics.sharpe_ratio(v.returns, ppy, RISK_FREE_RATE) for k, v in out.runs.items()}
+    gross = float(out.metrics["policy"]["exposure"])
+    return sh["policy"], sh["policy"] - sh["buy_and_hold_vol_matched"], gross
+
+
 def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Walk-forward of one set; prints its table, returns the rows for the combined table."""
     from rich.console import Console

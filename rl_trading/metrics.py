@@ -356,24 +356,30 @@ def profit_factor(returns: Sequence[float] | np.ndarray) -> float:
     return float(min(gains / losses, PROFIT_FACTOR_CAP))
 
 
+def turnover_per_period(
+    traded: Sequence[float] | np.ndarray, equity: Sequence[float] | np.ndarray
+) -> np.ndarray:
+    """traded_t / equity_t-1 for periods t >= 1, where traded_t is the notional bought plus
+    sold during period t (currency, aligned with `equity`; row 0 is the start); 0 where the
+    equity before it is not positive."""
+    tr = np.nan_to_num(np.asarray(traded, dtype=np.float64).reshape(-1))
+    eq = np.asarray(equity, dtype=np.float64).reshape(-1)
+    if tr.shape != eq.shape:
+        raise ValueError(f"turnover: {tr.size} traded values for {eq.size} equity values")
+    prev = eq[:-1]
+    return np.where(prev > 0, tr[1:] / np.where(prev > 0, prev, 1.0), 0.0)
+
+
 def turnover(traded: Sequence[float] | np.ndarray, equity: Sequence[float] | np.ndarray) -> float:
-    """Mean per-period traded amount as a fraction of equity: the mean over periods t >= 1 of
-    traded_t / equity_t-1, where traded_t is the notional bought plus sold during period t
-    (currency, aligned with `equity`; row 0 is the start).
+    """Mean per-period traded amount as a fraction of equity: the mean of
+    :func:`turnover_per_period`.
 
     Measured on the trades, not on changes of the held weights: a held position's weight
     moves with its price, which is no trade (buy-and-hold turns over once). 0.0 with fewer
     than two rows.
     """
-    tr = np.nan_to_num(np.asarray(traded, dtype=np.float64).reshape(-1))
-    eq = np.asarray(equity, dtype=np.float64).reshape(-1)
-    if tr.shape != eq.shape:
-        raise ValueError(f"turnover: {tr.size} traded values for {eq.size} equity values")
-    if eq.size < 2:
-        return 0.0
-    prev = eq[:-1]
-    frac = np.where(prev > 0, tr[1:] / np.where(prev > 0, prev, 1.0), 0.0)
-    return float(frac.mean())
+    frac = turnover_per_period(traded, equity)
+    return float(frac.mean()) if frac.size else 0.0
 
 
 def max_drawdown_at_volatility(

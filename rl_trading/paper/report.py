@@ -67,9 +67,8 @@ def write_report(
     if not eq.empty:
         traded = traded_per_bar(eq, ledger.orders_of(session))
         equity = eq["equity"].to_numpy(np.float64)
-        # each bar's traded notional over the equity before it (metrics.turnover's terms)
-        prev = np.where(equity[:-1] > 0, equity[:-1], np.inf)
-        turnover = np.concatenate([[0.0], traded[1:] / prev])
+        # each bar's traded notional over the equity before it (row 0: the start)
+        turnover = np.concatenate([[0.0], metrics.turnover_per_period(traded, equity)])
         info.update(
             final_equity=float(eq["equity"].iloc[-1]),
             max_drawdown=float(eq["drawdown"].max()),
