@@ -14,6 +14,12 @@ table of all sets run as `<out>/real_markets.json` + `real_markets.png`.
 
 Finished fold x seed trials are kept on disk: rerun with `--resume` to continue. The real
 files live in ../shared/data/market (RL_TRADING_MARKET_DIR overrides).
+
+The DSR counts every trial on a market in the workspace's trial ledger. The benchmark's own
+ledger (every candidate and confirmation run on these markets so far) is committed as
+`benchmarks/results/trial_ledger.json` and merged into the workspace's ledger before any set
+runs, so a rerun from a fresh clone deflates by the same trials; `--save-ledger` writes the
+ledger's rows on these markets back to it after the run.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 MARKET_DIR = Path(os.environ.get("RL_TRADING_MARKET_DIR", REPO.parent / "shared/data/market"))
+LEDGER_FILE = REPO / "benchmarks/results/trial_ledger.json"
 
 # name -> symbols (file stems), timeframe, folds, first training block's share of the history,
 # embargo (bars), validation share of each training window (as data.val_frac / (train + val)).
@@ -197,6 +204,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
         table_rows,
         walk_forward_retrain,
     )
+    from rl_trading.ledger import market_fingerprint
     from rl_trading.training.mapping import phase_timesteps
 
     console = Console(width=max(150, Console().width))  # the table stays readable in logs
@@ -232,6 +240,7 @@ def run_set(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "set": name,
         "role": "selection" if name in SELECTION_SETS else "confirmation",
+        "fingerprint": market_fingerprint(cfg, plan.bars),  # the trial ledger key
         "protocol": PROTOCOL,  # how folds were measured (walk_forward_retrain.PROTOCOL)
         "test_folds": [p.index for p in plan.plans],
         "symbols": list(plan.bars),
@@ -331,10 +340,22 @@ def main() -> None:
     parser.add_argument("--address", default=None, help="Ray cluster (default: local Ray)")
     parser.add_argument("--tiny", action="store_true", help="smoke-run budgets (1k steps/phase)")
     parser.add_argument("--set", action="append", default=[], help="config override k=v")
+    parser.add_argument(
+        "--ledger-file",
+        type=Path,
+        default=LEDGER_FILE,
+        help="exported trial ledger merged into the workspace's before the run",
+    )
+    parser.add_argument(
+        "--save-ledger",
+        action="store_true",
+        help="after the run, write the ledger's rows on these markets to --ledger-file",
+    )
     args = parser.parse_args()
     if args.seeds < 3 and not args.tiny:
         print(f"note: {args.seeds} seed(s); the benchmark protocol uses 3 or more")
     names = args.set_name or list(SETS)
+    url = merge_ledger(args.ledger_file, names, args)
     t0 = time.monotonic()
     results = [run_set(name, args) for name in names]
     out = Path(args.out)
@@ -344,6 +365,27 @@ def main() -> None:
     write_summary_plot(results, out / "real_markets.png")
     (out / "real_markets.md").write_text(markdown_table(results) + "\n")
     print(f"total wall time {summary['wall_s']:.0f} s; {out / 'real_markets.json'}")
+    if args.save_ledger:
+        from rl_trading import ledger
+
+        fps = [res["fingerprint"] for res in results]
+        rows, trials = ledger.export_rows(args.ledger_file, fps, url, overwrite=True)
+        print(f"trial ledger: {rows} rows, {trials} trials on these markets -> {args.ledger_file}")
+
+
+def merge_ledger(path: Path, names: list[str], args: argparse.Namespace) -> str:
+    """Merge the committed benchmark ledger into the workspace's (before any set runs, so
+    every DSR counts it); returns the ledger's URL. A missing file is said, not skipped
+    silently."""
+    from rl_trading import ledger
+
+    url = ledger.ledger_url(set_config(names[0], args))
+    if not path.is_file():
+        print(f"trial ledger: no {path}: the DSRs count this workspace's trials only")
+        return url
+    added, trials = ledger.import_rows(path, url)
+    print(f"trial ledger: {added} rows, {trials} trials merged from {path}")
+    return url
 
 
 if __name__ == "__main__":

@@ -146,38 +146,48 @@ def record_trials(
     counts = [int(trials_each)] * len(configs) if isinstance(trials_each, int) else trials_each
     if len(counts) != len(configs):
         raise ConfigError("trial ledger: one trial count per configuration")
-    engine, _ = _connect(url, create=True)
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    added = 0
+    rows = []
+    for config, n in zip(configs, counts, strict=True):
+        body = {"name": config} if isinstance(config, str) else dict(config)
+        rows.append(
+            LedgerRow(fingerprint, kind, str(source), config_key(config), max(0, int(n)), body, now)
+        )
+    return len(_insert(rows, url, "record"))
+
+
+def _insert(rows: Sequence[LedgerRow], url: str | None, what: str) -> list[LedgerRow]:
+    """Insert the rows not yet in the ledger (same fingerprint, kind, source and configuration
+    key), in one transaction; returns the rows added."""
+    engine, _ = _connect(url, create=True)
+    added = []
     try:
         with engine.begin() as conn:
-            for config, n in zip(configs, counts, strict=True):
-                key = config_key(config)
+            for row in rows:
                 where = (
-                    (_LEDGER.c.fingerprint == fingerprint)
-                    & (_LEDGER.c.kind == kind)
-                    & (_LEDGER.c.source == str(source))
-                    & (_LEDGER.c.config_key == key)
+                    (_LEDGER.c.fingerprint == row.fingerprint)
+                    & (_LEDGER.c.kind == row.kind)
+                    & (_LEDGER.c.source == row.source)
+                    & (_LEDGER.c.config_key == row.config_key)
                 )
                 if conn.execute(sa.select(_LEDGER.c.id).where(where)).first() is not None:
                     continue
-                body = {"name": config} if isinstance(config, str) else dict(config)
                 conn.execute(
                     _LEDGER.insert().values(
-                        fingerprint=fingerprint,
-                        kind=kind,
-                        source=str(source),
-                        config_key=key,
-                        trials=max(0, int(n)),
-                        config=json.dumps(body, sort_keys=True, default=str),
-                        created=now,
+                        fingerprint=row.fingerprint,
+                        kind=row.kind,
+                        source=row.source,
+                        config_key=row.config_key,
+                        trials=row.trials,
+                        config=json.dumps(row.config, sort_keys=True, default=str),
+                        created=row.created,
                     )
                 )
-                added += 1
+                added.append(row)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()
         raise ConnectionFailure(
-            f"trial ledger: could not record ({reason[0] if reason else exc})"
+            f"trial ledger: could not {what} ({reason[0] if reason else exc})"
         ) from None
     return added
 
@@ -235,6 +245,92 @@ def summary(fingerprint: str | None = None, url: str | None = None) -> list[dict
         item.setdefault("sources", set()).add(row.source)
         item["last"] = row.created
     return [{**v, "sources": len(v["sources"])} for v in out.values()]
+
+
+EXPORT_FORMAT = "rl-trading trial ledger 1"
+
+
+def export_rows(
+    path: str | Path,
+    fingerprints: Sequence[str] | None = None,
+    url: str | None = None,
+    overwrite: bool = False,
+) -> tuple[int, int]:
+    """Write the ledger's rows (of `fingerprints`, or all) to a JSON file; returns (rows,
+    trials). The file carries the ledger to another workspace or a fresh clone
+    (:func:`import_rows`), so a DSR computed there counts the same trials. An existing file is
+    replaced only with `overwrite` (atomically: never half written)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ConfigError(f"trial ledger: {path} exists; not replaced (--overwrite replaces it)")
+    rows = list_trials(None, url)
+    if fingerprints is not None:
+        keep = set(fingerprints)
+        rows = [r for r in rows if r.fingerprint in keep]
+    body = {
+        "format": EXPORT_FORMAT,
+        "rows": [
+            {
+                "fingerprint": r.fingerprint,
+                "kind": r.kind,
+                "source": r.source,
+                "config_key": r.config_key,
+                "trials": r.trials,
+                "config": r.config,
+                "created": r.created,
+            }
+            for r in rows
+        ],
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+    return len(rows), sum(r.trials for r in rows)
+
+
+def read_export(path: str | Path) -> list[LedgerRow]:
+    """The rows of an :func:`export_rows` file, each checked; a malformed file is a one-line
+    ConfigError naming the file and the row."""
+    path = Path(path)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"trial ledger file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"trial ledger file {path}: not JSON ({exc})") from None
+    if not isinstance(body, dict) or body.get("format") != EXPORT_FORMAT:
+        raise ConfigError(f"trial ledger file {path}: not an exported ledger ({EXPORT_FORMAT!r})")
+    rows = body.get("rows")
+    if not isinstance(rows, list):
+        raise ConfigError(f"trial ledger file {path}: 'rows' must be a list")
+    out = []
+    for i, r in enumerate(rows):
+        try:
+            row = LedgerRow(
+                str(r["fingerprint"]),
+                str(r["kind"]),
+                str(r["source"]),
+                str(r["config_key"]),
+                int(r["trials"]),
+                dict(r["config"]),
+                str(r["created"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"trial ledger file {path}: row {i} is malformed ({exc})") from None
+        if row.kind not in KINDS or not row.fingerprint or row.trials < 0:
+            raise ConfigError(
+                f"trial ledger file {path}: row {i} has a bad kind, fingerprint or trial count"
+            )
+        out.append(row)
+    return out
+
+
+def import_rows(path: str | Path, url: str | None = None) -> tuple[int, int]:
+    """Merge an :func:`export_rows` file into the ledger; returns (rows added, trials added).
+    Rows already there are kept as they are, so importing the same file twice adds nothing.
+    The whole file is checked before anything is written."""
+    added = _insert(read_export(path), url, "import")
+    return len(added), sum(r.trials for r in added)
 
 
 _MARKET_FINGERPRINTS: dict[str, str] = {}

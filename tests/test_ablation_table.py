@@ -95,3 +95,27 @@ def test_only_candidates_measured_alike_are_ranked() -> None:
     half["sets"]["crypto_30m"]["protocol"] = 1  # one set measured the old way
     why = ablation_table.comparable([half], sets, folds)
     assert why == "candidates measured by different walk-forward protocols: 1: half; 2: half"
+
+
+def test_the_committed_ledger_gives_the_published_dsr_trial_counts(market_dir, workspace) -> None:
+    """A rerun from a fresh clone merges benchmarks/results/trial_ledger.json first
+    (real_markets.merge_ledger), so its DSRs deflate by the trials the published table did:
+    on every set of benchmarks/results/real_markets.json, the file holds exactly that run's
+    count on the set's market."""
+    import argparse
+
+    import real_markets  # noqa: E402 - benchmarks/ is on sys.path above
+
+    published = json.loads((REPO / "benchmarks/results/real_markets.json").read_text())
+    ns = argparse.Namespace(seed=42, num_cpus=2, tiny=False, set=[],
+                            config=REPO / "configs/default.yaml")  # fmt: skip
+    url = real_markets.merge_ledger(real_markets.LEDGER_FILE, ["us_daily"], ns)
+    assert url.endswith("rl_trading.db") and (workspace / "rl_trading.db").is_file()
+    for res in published["sets"]:
+        fp = ledger.market_fingerprint(real_markets.set_config(res["set"], ns))
+        assert ledger.count_trials(fp, url) == res["n_trials"], res["set"]
+    # merged once: a second merge adds nothing
+    real_markets.merge_ledger(real_markets.LEDGER_FILE, ["us_daily"], ns)
+    us = next(r for r in published["sets"] if r["set"] == "us_daily")
+    fp = ledger.market_fingerprint(real_markets.set_config("us_daily", ns))
+    assert ledger.count_trials(fp, url) == us["n_trials"]

@@ -4,6 +4,8 @@ the trials the ledger holds on the data."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -56,6 +58,59 @@ def test_evaluate_trials_lists_the_ledger(workspace, capsys, monkeypatch):
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
     assert main(["evaluate", "trials", "--data", "cdcd"]) == 0
     assert "no trials recorded" in capsys.readouterr().out
+
+
+def test_ledger_export_and_import_carry_the_counts_to_another_workspace(
+    workspace, tmp_path, capsys
+):
+    fp, other = "ab" * 32, "cd" * 32
+    ledger.record_trials(fp, "walk_forward", [{"fold": k} for k in range(3)], "wf", 4)
+    ledger.record_trials(fp, "ablation", ["cand"], "bench", 7)
+    ledger.record_trials(other, "pbt", [{"member": 0}], "pbt", 2)
+    path = tmp_path / "ledger.json"
+    assert main(["evaluate", "trials", "--data", "abab", "--export", str(path)]) == 0
+    assert "4 row(s), 19 trial(s) written" in capsys.readouterr().out
+    # never overwritten silently
+    assert main(["evaluate", "trials", "--export", str(path)]) != 0
+    assert "exists" in capsys.readouterr().err
+    assert [r.trials for r in ledger.read_export(path)] == [4, 4, 4, 7]
+    # a fresh workspace counts the same trials after the import, and once after two imports
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    assert ledger.import_rows(path, url) == (4, 19)
+    assert ledger.import_rows(path, url) == (0, 0)
+    assert ledger.count_trials(fp, url) == ledger.count_trials(fp) == 19
+    assert ledger.count_trials(other, url) == 0
+    # the same rows: a walk-forward recording the same fold again adds nothing
+    assert ledger.record_trials(fp, "walk_forward", [{"fold": 0}], "wf", 4, url=url) == 0
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("{not json", "not JSON"),
+        ('{"rows": []}', "not an exported ledger"),
+        ('{"format": "rl-trading trial ledger 1", "rows": [{"kind": "pbt"}]}', "row 0"),
+        (
+            '{"format": "rl-trading trial ledger 1", "rows": [{"fingerprint": "f", "kind": '
+            '"guess", "source": "", "config_key": "k", "trials": 1, "config": {}, '
+            '"created": ""}]}',
+            "bad kind",
+        ),
+    ],
+)
+def test_a_malformed_ledger_file_is_one_line_and_writes_nothing(workspace, tmp_path, text, why):
+    good = {"fingerprint": "e" * 64, "kind": "pbt", "source": "s", "config_key": "k",
+            "trials": 3, "config": {}, "created": ""}  # fmt: skip
+    body = json.loads(text) if text.startswith('{"') else None
+    if body and body.get("rows"):
+        body["rows"].insert(0, good)  # a good row first: nothing of the file is written
+        text = json.dumps(body)
+        why = why.replace("row 0", "row 1")
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=why):
+        ledger.import_rows(path)
+    assert ledger.count_trials("e" * 64) == 0
 
 
 def _run_from(returns: np.ndarray, index: pd.DatetimeIndex, symbols: list[str]):

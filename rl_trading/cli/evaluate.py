@@ -82,14 +82,44 @@ def trials_command(
         str | None,
         typer.Option("--data", help="Data fingerprint (or its first characters) to list."),
     ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="Write the ledger's rows (those of --data, or all) to this JSON file.",
+        ),
+    ] = None,
+    import_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--import",
+            help="Merge an exported ledger file into this workspace's ledger (rows already "
+            "there are kept once).",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Let --export replace an existing file.")
+    ] = False,
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """The trial ledger: configurations evaluated per data fingerprint (what every DSR counts)."""
+    """The trial ledger: configurations evaluated per data fingerprint (what every DSR counts).
+    `--export` / `--import` carry it to another workspace or a fresh clone."""
     from rl_trading import ledger  # heavy: sqlalchemy
 
     cfg = cli_config(config, sets)
-    rows = ledger.summary(data, ledger.ledger_url(cfg))
+    url = ledger.ledger_url(cfg)
+    if import_file is not None:
+        added, trials = ledger.import_rows(import_file, url)
+        console.print(f"trial ledger: {added} row(s), {trials} trial(s) added from {import_file}")
+    if export is not None:
+        keep = None
+        if data:
+            keep = sorted({r.fingerprint for r in ledger.list_trials(data, url)})
+        n, trials = ledger.export_rows(export, keep, url, overwrite=overwrite)
+        console.print(f"trial ledger: {n} row(s), {trials} trial(s) written to {export}")
+        return
+    rows = ledger.summary(data, url)
     if not rows:
         console.print(f"trial ledger: no trials recorded{f' on {data}' if data else ''}")
         return
