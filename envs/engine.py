@@ -79,21 +79,31 @@ N_MK = 11
 C_STOP, C_SECTOR, C_CORR, C_VAR, C_BREACH, C_RS_I, C_RS_N = 0, 1, 2, 3, 4, 5, 6
 N_CNT = 7
 # state rows: units, entry prices, bars in position, executed target exposures, targets x,
-# allocations, scratch, new units, the specialists' cost debts, executed-P&L scratch (3 rows)
+# allocations, scratch, new units, the specialists' cost debts, executed-P&L scratch (3 rows),
+# the price each stop-loss of the last step filled at (0: none)
 R_UNITS, R_ENTRY, R_BARS, R_TARGET, R_X, R_ALLOC, R_TMP, R_NEW = 0, 1, 2, 3, 4, 5, 6, 7
-R_DEBT, R_VALUE0, R_FLOW, R_TCOST = 8, 9, 10, 11
-N_STATE = 12
+R_DEBT, R_VALUE0, R_FLOW, R_TCOST, R_STOP_PX = 8, 9, 10, 11, 12
+N_STATE = 13
 SPEC_STATE = 5
 
 
 # ------------------------------------------------------------------------------------ rules
-def trades(x, target, band):
-    """Whether an instrument with new target exposure x (last traded target `target`) trades:
-    any change without a band; with one (band = env.rebalance_band x full size, > 0) a move
-    beyond it, or an exit to flat."""
+def trades(x, held, band):
+    """Whether an instrument with new target exposure x trades, given the exposure `held` at
+    the decision's close (units x close / equity: the book as it drifted, not the last
+    order): any difference without a band; with one (band = env.rebalance_band x full size,
+    > 0) a difference beyond it, or an exit to flat. So a target held still is rebalanced
+    once the book drifts out of the band, and the neutral action holds the benchmark."""
     if band <= 0.0:
-        return x != target
-    return abs(x - target) > band or (x == 0.0 and target != 0.0)
+        return x != held
+    return abs(x - held) > band or (x == 0.0 and held != 0.0)
+
+
+def held_exposure(units, close, equity):
+    """Exposure of `units` at `close` as a fraction of `equity` (0 when equity is not > 0)."""
+    if equity > 0.0:
+        return units * close / equity
+    return 0.0
 
 
 def fill_orders(opn, want, x, cash, units, entry, bars, new_units, rate, flow, tcost, executed):
@@ -148,13 +158,16 @@ def charge_borrow(opn, units, borrow, flow, executed):
 
 
 def stop_losses(opn, low, high, real, units, entry, bars, target, stop, rate, flow, tcost,
-                executed):  # fmt: skip
+                executed, fill_px):  # fmt: skip
     """Stop-losses within the bar: returns (cash change, cost, stops fired, traded notional).
 
     A long is hit when the low reaches entry x (1 - s) and fills at min(level, open); a short
     when the high reaches entry x (1 + s), at max(level, open); never on a forward-filled bar.
-    A stopped instrument is flat with its last traded target reset to 0.
+    A stopped instrument is flat with its last traded target reset to 0; `fill_px` gets the
+    price each stop filled at (0 where none fired), for the paper ledger's fills.
     """
+    for i in range(units.shape[0]):
+        fill_px[i] = 0.0
     if stop <= 0.0:
         return 0.0, 0.0, 0, 0.0
     n_hit = 0
@@ -174,6 +187,7 @@ def stop_losses(opn, low, high, real, units, entry, bars, target, stop, rate, fl
             px = level if level >= opn[i] else opn[i]
         if hit:
             n_hit += 1
+            fill_px[i] = px
             traded += abs(u) * px
             value += u * px
             if executed:
@@ -456,7 +470,8 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
     want = np.zeros(n, dtype=np.bool_)
     n_want = 0
     for i in range(n):
-        want[i] = mk[t1, M_REAL, i] != 0.0 and trades(x[i], target[i], band * mk[t, M_SCALE, i])
+        held = held_exposure(units[i], mk[t, M_CLOSE, i], eq_prev)
+        want[i] = mk[t1, M_REAL, i] != 0.0 and trades(x[i], held, band * mk[t, M_SCALE, i])
         if want[i]:
             n_want += 1
     cost = 0.0
@@ -474,7 +489,8 @@ def step(t, steps, mk, cov, corr, ann_vol, corr_ut, feat_rows, sector_ids, par, 
     real = mk[t1, M_REAL] != 0.0
     dcash, sl_cost, n_hit, sl_traded = stop_losses(mk[t1, M_OPEN], mk[t1, M_LOW], mk[t1, M_HIGH],
                                                    real, units, entry, bars, target, par[P_STOP],
-                                                   rate, flow, tcost, executed)  # fmt: skip
+                                                   rate, flow, tcost, executed,
+                                                   state[R_STOP_PX])  # fmt: skip
     cash += dcash
     cost += sl_cost
     traded += sl_traded
@@ -556,7 +572,8 @@ def step_single(t, exposure, mk, par, state, sc):
     x[0] = exposure
     before = units[0]
     want = np.zeros(1, dtype=np.bool_)
-    want[0] = mk[t1, M_REAL, 0] != 0.0 and trades(exposure, target[0],
+    held = held_exposure(units[0], mk[t, M_CLOSE, 0], sc[S_EQUITY])
+    want[0] = mk[t1, M_REAL, 0] != 0.0 and trades(exposure, held,
                                                    par[P_BAND] * mk[t, M_SCALE, 0])  # fmt: skip
     cash = sc[S_CASH]
     cost = 0.0
@@ -572,7 +589,8 @@ def step_single(t, exposure, mk, par, state, sc):
     dcash, sl_cost, n_hit, sl_traded = stop_losses(mk[t1, M_OPEN], mk[t1, M_LOW], mk[t1, M_HIGH],
                                                    real, units, state[R_ENTRY], state[R_BARS],
                                                    target, par[P_STOP], rate, state[R_FLOW],
-                                                   state[R_TCOST], False)  # fmt: skip
+                                                   state[R_TCOST], False,
+                                                   state[R_STOP_PX])  # fmt: skip
     cash += dcash
     cost += sl_cost
     traded += sl_traded
@@ -589,10 +607,13 @@ def step_single(t, exposure, mk, par, state, sc):
             state[R_BARS, 0], cost, borrow, equity, traded)  # fmt: skip
 
 
-def simulate_targets(opens, closes, real, targets, capital, rate):
-    """A target-weight schedule ([T, n], decided at close t; NaN: no new order) through the
-    same fills and costs: the latest order of an instrument fills at its next real bar's open.
-    Returns (equity [T], weights [T, n], costs [T], traded notional [T])."""
+def simulate_targets(opens, closes, real, targets, capital, rate, bands):
+    """A target-weight schedule ([T, n], decided at close t) through the same fills and costs.
+    Where `bands` ([T, n]) is < 0, NaN is "no new order" and an instrument's latest order fills
+    at its next real bar's open. Where it is >= 0, the target is re-decided every bar as in the
+    envs: it fills at the next open, if that bar is real, when it differs from the exposure
+    held at the close by more than the band (:func:`trades`). Returns (equity [T], weights
+    [T, n], costs [T], traded notional [T])."""
     t_len, n = closes.shape
     units = np.zeros(n)
     entry = np.zeros(n)
@@ -611,10 +632,17 @@ def simulate_targets(opens, closes, real, targets, capital, rate):
     for t in range(1, t_len):
         n_want = 0
         for i in range(n):
-            if not np.isnan(targets[t - 1, i]):
-                pending[i] = targets[t - 1, i]
-            want[i] = not np.isnan(pending[i]) and real[t, i]
-            x[i] = pending[i] if want[i] else 0.0
+            if bands[t - 1, i] >= 0.0:  # re-decided every bar, banded around the held book
+                pending[i] = np.nan
+                order = targets[t - 1, i]
+                want[i] = (real[t, i] and not np.isnan(order)
+                           and trades(order, weights[t - 1, i], bands[t - 1, i]))  # fmt: skip
+                x[i] = order if want[i] else 0.0
+            else:
+                if not np.isnan(targets[t - 1, i]):
+                    pending[i] = targets[t - 1, i]
+                want[i] = not np.isnan(pending[i]) and real[t, i]
+                x[i] = pending[i] if want[i] else 0.0
             if want[i]:
                 n_want += 1
         if n_want:
@@ -651,7 +679,7 @@ def _compile() -> bool:
     g = globals()
     # callees first: a jitted caller binds the jitted callee it finds at compile time
     for name in (
-        "trades", "active_penalty", "fill_orders", "charge_borrow", "stop_losses",
+        "trades", "held_exposure", "active_penalty", "fill_orders", "charge_borrow", "stop_losses",
         "risk_limits", "amortize",
         "proposal_rewards", "executed_rewards", "mark", "targets_of", "observe", "step",
         "step_single", "simulate_targets",

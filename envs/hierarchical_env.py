@@ -33,7 +33,8 @@ the bar's low / high filled at the level or the gap open; shorts pay borrow_bps_
   position size = target annualised volatility / the instrument's, capped at
   ``vol_target_max_leverage``, instead of max_position_size), ``reward.cost_amortization_bars``
   (costs charged in the rewards over time, same sums), ``env.rebalance_band`` (no-trade band:
-  re-trade an instrument only when its target moved by more than the band x full size).
+  re-trade an instrument only when its target differs from the held exposure by more than
+  the band x full size).
 * Modes: ``specialists`` (phase 1): fixed equal weights 1/n, the meta is not an agent at all;
   ``meta`` and ``joint`` (phases 2/3): full hierarchy (what trains is the trainer's choice).
 * meta_interval k: the meta acts on steps 0, k, 2k, ... of an episode and its weights are held
@@ -112,6 +113,7 @@ class Book:
     equity: float
     stop_losses: int  # stop-loss exits so far
     traded: float = 0.0  # notional bought + sold at the last step (fills and stop exits)
+    stop_prices: np.ndarray | None = None  # (n,) where a stop filled at the last step, else 0
 
 
 # the episode state `adopt_episode` carries over: what _clear_state sets (the history rows
@@ -728,6 +730,7 @@ class HierarchicalTradingEnv(ParallelEnv):
             open=self._open[self._t].copy(), cash=float(self._k_sc[engine.S_CASH]),
             equity=float(self._equity), stop_losses=int(self._k_cnt[engine.C_STOP]),
             traded=float(self._k_hist[st, 5 + 2 * n]) if st else 0.0,
+            stop_prices=self._k_state[engine.R_STOP_PX].copy(),
         )  # fmt: skip
 
     def flat_actions(self) -> dict[str, Any]:

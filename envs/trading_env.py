@@ -8,8 +8,9 @@ Action: discrete {short, flat, long} ({flat, long} without shorting) or a contin
 in [-1, 1] ([0, 1] without shorting). The target is filled at bar t+1's open (envs.execution):
 units = target x full size x equity / open, the full size being max_position_size, or with
 ``env.vol_target`` the target over the causal annualised volatility (capped at
-vol_target_max_leverage). The position is only traded when the target exposure changes (with
-``env.rebalance_band`` b: by more than b x full size, or to flat) or a stop-loss fired, and
+vol_target_max_leverage). The position is only traded when the target differs from the
+exposure held at the close (with ``env.rebalance_band`` b: by more than b x full size, or to
+flat; without a band it is rebalanced every bar) or a stop-loss fired, and
 never on a forward-filled bar (the order waits for
 the next real bar). A stop-loss (`stop_loss_pct` of the entry price) fires when bar t+1's low
 (high for a short) reaches its level and fills at the level or the gap open, whichever is worse

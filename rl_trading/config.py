@@ -242,9 +242,10 @@ class EnvironmentConfig(Section):
     # the size swings with the intraday volatility and re-trades at every swing). The risk
     # limits (VaR, correlation) keep risk_window.
     vol_horizon_years: float | None = Field(None, gt=0, le=10)
-    # No-trade band (hierarchical env): an instrument is re-traded only when its target
-    # exposure moved by more than this fraction of its full position size since its last
-    # trade, or when the target is flat (exits always fill). 0 = trade on every change.
+    # No-trade band (both envs): an instrument is re-traded only when its target exposure
+    # differs from the exposure it holds at the close (as prices moved it) by more than this
+    # fraction of its full position size, or when the target is flat (exits always fill).
+    # 0 = rebalance to the target every bar.
     rebalance_band: float = Field(0.0, ge=0, lt=1)
     # Benchmark-relative agents (hierarchical env): the specialists' proposals and the meta's
     # weights become active tilts around a benchmark portfolio, so the neutral action holds
@@ -294,6 +295,13 @@ class EnvironmentConfig(Section):
             raise ValueError("env.risk_limits active needs an env.benchmark (active weights)")
         if self.active_scale != 1.0 and self.benchmark == "none":
             raise ValueError("env.active_scale needs an env.benchmark (the tilts it scales)")
+        if self.benchmark != "none" and self.stop_loss_pct > 0:
+            # a stop sells the whole position, the benchmark's part included, and the target
+            # buys it back at the next bar: round trips the neutral action cannot avoid
+            raise ValueError(
+                f"env.stop_loss_pct {self.stop_loss_pct:g} would sell the benchmark on every "
+                "dip: set env.stop_loss_pct 0 with an env.benchmark"
+            )
         if self.vol_horizon_years is not None and self.vol_target is None:
             # it sizes nothing without a target: never a silently ignored setting
             raise ValueError("env.vol_horizon_years needs env.vol_target (the sizes it measures)")

@@ -51,6 +51,27 @@ def test_the_neutral_action_holds_the_benchmark_not_cash(benchmark, mode):
     assert np.abs(flat.episode_summary()["exposures"]).max() == 0.0
 
 
+@pytest.mark.parametrize("band", [0.0, 0.2])
+def test_the_neutral_book_tracks_an_equal_weight_benchmark_as_prices_drift(band):
+    """The no-trade band is measured from the held book: the neutral action's book is
+    rebalanced to 1/n once it drifts out of the band, so over 950 bars it ends near the
+    benchmark and its reward (active log return) is small. Before, the band was measured from
+    the last order, the constant 1/n target never traded again and the book drifted like
+    buy-and-hold: with no band it ended at [0.05, 0.45, 0.50] with a meta reward of +0.31."""
+    bars = make_market(n=1000, seed=2, vol=0.02)
+    kw = dict(OPEN, episode_length=950, eval_mode=True, rebalance_band=band,
+              transaction_cost=0.001, slippage_bps=0.0,
+              diversification_bonus_weight=0.0)  # fmt: skip
+    e = HierarchicalTradingEnv(bars=bars, mode="joint", benchmark="equal_weight", **kw)
+    recs = play(e, lambda a, _s: np.array([0.0, 0.0, 0.0, 1.0]) if a == META else np.zeros(1))
+    s = e.episode_summary()
+    held = np.asarray(s["exposures"])[1:]
+    assert np.abs(held - 1.0 / 3.0).max() <= band + 0.04  # one bar of drift past the band
+    if band == 0.0:  # rebalanced every bar: the active return is the rebalancing's costs
+        meta = sum(r.get(META, 0.0) for _, r, _ in recs[1:])
+        assert -0.05 < meta < 0.0
+
+
 def test_tilts_move_around_the_benchmark_and_long_only_never_shorts():
     """Specialists mode, weights 1/n: x = b + p x full size / n, so p = -1 leaves the
     instrument, p = 1 doubles it; without shorting the tilt still goes down to 0, not below."""
@@ -84,7 +105,7 @@ def test_active_scale_shrinks_the_tilts_in_the_env_and_in_the_baseline():
         e.step(act)
         got[scale] = e.target_exposures - 1 / 3
         signs = np.tile([-1.0, 0.5, 1.0], (len(next(iter(bars.values()))), 1))
-        base = as_policy_would_trade(signs, bars, e.cfg)
+        base = as_policy_would_trade(signs, bars, e.cfg).targets
         np.testing.assert_allclose(base[0] - 1 / 3, got[scale], atol=1e-12)
     np.testing.assert_allclose(got[1.0], [-0.2, 0.1, 0.2], atol=1e-12)
     np.testing.assert_allclose(got[0.25], 0.25 * got[1.0], atol=1e-12)
@@ -108,10 +129,11 @@ def test_the_baseline_sizes_from_the_envs_warm_up_as_the_env_does(benchmark):
     e.step({a: [v] for a, v in zip(sorted(x for x in e.agents if x != META), p, strict=True)})
     signs = np.tile(p, (300, 1))
     k = e.first_bar
-    warm = as_policy_would_trade(signs, bars, e.cfg, start=k)
+    warm = as_policy_would_trade(signs, bars, e.cfg, start=k).targets
     assert warm.shape == (300 - k, 3)
     np.testing.assert_allclose(warm[0], e.target_exposures, rtol=1e-12)
     cold = as_policy_would_trade(signs[k:], {s: f.iloc[k:] for s, f in bars.items()}, e.cfg)
+    cold = cold.targets
     assert not np.allclose(cold[0], e.target_exposures)
 
 
@@ -158,7 +180,13 @@ def test_config_and_single_env_guards():
         with pytest.raises(ConfigError, match="env.trend_windows must be distinct bar counts"):
             load_config(None, [f"env.trend_windows={bad}"])
     assert load_config(None, ["env.trend_windows=[20, 120]"]).env.trend_windows == [20, 120]
+    # a stop would sell the benchmark on a dip and buy it back next bar (a helper's audit: 18x
+    # the costs of the neutral book on 260 bars); the schema's default stop needs an explicit 0
+    with pytest.raises(ConfigError, match="env.stop_loss_pct 0.02 would sell the benchmark"):
+        load_config(None, ["env.benchmark=equal_weight"])
+    assert load_config(None, ["env.benchmark=equal_weight", "env.stop_loss_pct=0"]).env.benchmark
     cfg = AppConfig()
+    cfg.env.stop_loss_pct = 0.0
     cfg.env.benchmark = "equal_weight"
     with pytest.raises(ConfigError, match="hierarchical env"):
         TradingEnv(cfg, bars=make_bars(n=300))

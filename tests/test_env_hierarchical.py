@@ -175,10 +175,20 @@ def test_fills_stops_and_borrow():
     a.iloc[140, col("low")] = 49.0  # touches AAA's stop level 52 x 0.95 = 49.4
     b, colb = bars["BBB"], bars["BBB"].columns.get_loc
     b.iloc[120:, [colb("open"), colb("high"), colb("low"), colb("close")]] = 66.0  # gap up
-    kw = dict(mode="specialists", window_size=5, risk_window=10, eval_mode=True,
-              stop_loss_pct=0.05, transaction_cost=0.0, slippage_bps=0.0,
-              max_correlation_exposure=10.0, max_portfolio_var=10.0, max_position_size=0.5,
-              borrow_bps_per_year=1e4)  # fmt: skip
+    kw = dict(
+        mode="specialists",
+        window_size=5,
+        risk_window=10,
+        eval_mode=True,
+        stop_loss_pct=0.05,
+        transaction_cost=0.0,
+        slippage_bps=0.0,
+        max_correlation_exposure=10.0,
+        max_portfolio_var=10.0,
+        max_position_size=0.5,
+        borrow_bps_per_year=1e4,
+        rebalance_band=0.05,
+    )  # fmt: skip  (held weights drift with P&L: within it)
     e = HierarchicalTradingEnv(bars=bars, **kw)
     e.reset()
     acts = {"specialist_AAA": np.array([0.0]), "specialist_BBB": np.array([-1.0])}

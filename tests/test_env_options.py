@@ -238,7 +238,8 @@ def test_reward_scale_multiplies_every_agents_reward():
     """reward.scale: the same episode, every specialist's and the meta's reward x scale, in
     both the hierarchical (relative mode, te penalty) and the single-instrument env."""
     bars = make_market(n=260, seed=1, vol=0.02)
-    kw = dict(BASE, vol_target=0.2, benchmark="vol_target", tracking_error_weight=0.1)
+    kw = dict(BASE, vol_target=0.2, benchmark="vol_target", tracking_error_weight=0.1,
+              stop_loss_pct=0.0)  # fmt: skip
     one = _steps(HierarchicalTradingEnv(bars=bars, **kw))
     ten = _steps(HierarchicalTradingEnv(bars=bars, scale=10.0, **kw))
     assert len(one) == len(ten)
@@ -267,7 +268,8 @@ def test_vol_horizon_sizes_from_years_of_bars_in_every_copy():
     assert sizing_window(60, None, 17_520) == 60
     assert sizing_window(60, 0.25, 17_520) == 4380 and sizing_window(60, 0.1, 252) == 60
     bars = make_market(n=400, seed=2, vol=0.02)
-    kw = dict(BASE, vol_target=0.1, benchmark="vol_target", random_start=False)
+    kw = dict(BASE, vol_target=0.1, benchmark="vol_target", random_start=False,
+              stop_loss_pct=0.0)  # fmt: skip
     env = HierarchicalTradingEnv(bars=bars, vol_horizon_years=0.5, **kw)
     short = HierarchicalTradingEnv(bars=bars, **kw)
     window = round(0.5 * env.periods_per_year)
@@ -284,7 +286,7 @@ def test_vol_horizon_sizes_from_years_of_bars_in_every_copy():
     # the baseline that trades a signal as the env would: the same sizes
     cfg = env.cfg
     assert cfg.env.rebalance_band == 0.0  # every change of the benchmark is an order
-    zero = as_policy_would_trade(np.zeros((400, len(bars))), bars, cfg)
+    zero = as_policy_would_trade(np.zeros((400, len(bars))), bars, cfg).targets
     np.testing.assert_allclose(zero[300], want[300] / len(bars))
     # the single env: the same window over its one instrument
     one = next(iter(bars.values()))

@@ -131,6 +131,7 @@ def test_flat_prices_trading_costs_exactly_the_fees():
         stop_loss_pct=0.0,
         random_start=False,
         episode_length=50,
+        rebalance_band=0.01,  # the fill's cost moves the held weight by less than the band
     )
     rate = fee + (slip + spread / 2) * 1e-4
     # long, hold, flat, short, flat: four fills
@@ -142,7 +143,7 @@ def test_flat_prices_trading_costs_exactly_the_fees():
     assert env.initial_balance - equity == pytest.approx(costs, rel=1e-12, abs=1e-9)
     # first fill: 0.5 x 10,000 notional
     assert infos[1]["cost"] == pytest.approx(0.5 * 10_000 * rate, rel=1e-12)
-    assert infos[2]["cost"] == 0.0  # unchanged target: no trade
+    assert infos[2]["cost"] == 0.0  # unchanged target, held within the band: no trade
     # doing nothing costs nothing
     _, _, idle = run(env, [np.array([0.0])])
     assert idle[-1]["equity"] == env.initial_balance
@@ -230,8 +231,9 @@ def test_forward_filled_bars_get_no_fills_and_no_stops():
 def test_borrow_cost_charged_on_shorts_per_bar():
     bars = make_bars(200, flat=True)
     kw = dict(
-        window_size=5, eval_mode=True, transaction_cost=0.0, slippage_bps=0.0, stop_loss_pct=0
-    )
+        window_size=5, eval_mode=True, transaction_cost=0.0, slippage_bps=0.0, stop_loss_pct=0,
+        rebalance_band=0.01,  # the short is not re-sized as borrow moves its weight
+    )  # fmt: skip
     daily = AppConfig()
     daily.data.timeframe = "1d"
     daily.data.calendar = "crypto"  # 365 bars a year, whatever the test bars' own spacing

@@ -416,7 +416,7 @@ def test_readme_walk_forward_runs_on_a_two_cpu_ray_with_the_shipped_resources(
 def test_supervised_signals_are_out_of_sample_and_traded_as_a_proposal():
     """The walk-forward's supervised baseline: P(up) at bar t from models fitted on earlier
     bars only (recomputing on bars cut after t gives the same value), traded as a proposal."""
-    from rl_trading.evaluation.baselines import signal_targets
+    from rl_trading.evaluation.baselines import signal_targets, simulate_weights
 
     cfg = AppConfig.model_validate({"data": {"timeframe": "1d", "embargo_bars": 2}})
     idx = pd.date_range("2015-01-01", periods=900, freq="B", tz="UTC")
@@ -434,8 +434,7 @@ def test_supervised_signals_are_out_of_sample_and_traded_as_a_proposal():
     w, status = signal_targets(test, {"AAA": full}, cfg)
     p = full.iloc[600:700].to_numpy()
     size = cfg.env.max_position_size
-    held = pd.Series(w[:, 0]).ffill().fillna(0.0).to_numpy()  # NaN: no new order, keep
-    np.testing.assert_allclose(held, (2.0 * p - 1.0) * size)  # the proposal 2 P(up) - 1
+    np.testing.assert_allclose(w.targets[:, 0], (2.0 * p - 1.0) * size)  # 2 P(up) - 1
     assert "out of sample" in status
     assert signal_targets(test, {}, cfg)[0] is None
     # traded as the policy trades: vol-targeted size and the no-trade band cut its orders
@@ -445,5 +444,7 @@ def test_supervised_signals_are_out_of_sample_and_traded_as_a_proposal():
     banded.env.rebalance_band = 0.05
     ws, _ = signal_targets(test, {"AAA": full}, sized)  # re-sized every bar as its vol moves
     wb, _ = signal_targets(test, {"AAA": full}, banded)
-    assert 0 < np.isfinite(wb).sum() < np.isfinite(ws).sum()
-    assert np.nanmax(np.abs(wb)) <= banded.env.vol_target_max_leverage + 1e-12
+    assert (ws.bands == 0).all() and (wb.bands > 0).all()  # 0.05 x the vol-targeted size
+    fills = [int((simulate_weights("s", test, x, 1e5, 0.001).traded > 0).sum()) for x in (ws, wb)]
+    assert 0 < fills[1] < fills[0]
+    assert np.abs(wb.targets).max() <= banded.env.vol_target_max_leverage + 1e-12

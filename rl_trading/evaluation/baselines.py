@@ -18,8 +18,11 @@ Baselines (all on the same bars and cost model as the policy):
 * ``supervised``: the proposal 2 P(up) - 1 from a saved supervised model fitted only on bars
   before the evaluated ones (:func:`supervised_targets`), traded as the policy trades a
   proposal: the same sizing (vol targeting), benchmark and no-trade band
-  (:func:`as_policy_would_trade`), so it measures the signal, not the churn; when there is
-  none, every run's ``extra["supervised_baseline"]`` says why (the report shows it).
+  (:func:`as_policy_would_trade`, a :class:`Banded` schedule: re-decided every bar, traded
+  where it leaves the band around the held book), so it measures the signal, not the churn.
+  It takes no stop-loss, borrow cost or portfolio risk limit (the shipped recipe has stops
+  and borrow off; a binding VaR or correlation cap is the env's alone). When there is no
+  model, every run's ``extra["supervised_baseline"]`` says why (the report shows it).
 * ``buy_and_hold_vol_target``: causal volatility targeting, what a practitioner would run:
   every ``rebalance_every`` bars, after the close, each instrument gets 1/n of a book sized
   to the target volatility (``env.vol_target``, else ``evaluation.grade_volatility``) from the
@@ -141,6 +144,16 @@ class StrategyRun:
         return eq[1:] / eq[:-1] - 1.0
 
 
+@dataclass
+class Banded:
+    """A target schedule re-decided every bar ([T, n], fractions of equity) that trades as the
+    envs trade: an order only where a target differs from the exposure held at that close by
+    more than its band ([T, n], :func:`envs.engine.trades`), filled at the next real open."""
+
+    targets: np.ndarray
+    bands: np.ndarray
+
+
 def as_bar_dict(bars: pd.DataFrame | dict[str, pd.DataFrame], name: str = "ASSET") -> dict:
     """A dict of aligned frames from one frame or a dict (DataError if not aligned)."""
     out = {name: bars} if isinstance(bars, pd.DataFrame) else dict(bars)
@@ -169,7 +182,7 @@ def cost_rate(cfg: AppConfig, single: bool = False) -> float:
 def simulate_weights(
     name: str,
     bars: pd.DataFrame | dict[str, pd.DataFrame],
-    targets: np.ndarray,
+    targets: np.ndarray | Banded,
     capital: float,
     rate: float,
 ) -> StrategyRun:
@@ -177,8 +190,13 @@ def simulate_weights(
     through the envs' own fill and cost rules (envs.engine.simulate_targets).
 
     As in the envs, nothing fills on a forward-filled bar (align's `filled` column): an
-    instrument's latest target waits for its next real bar and fills at that bar's open.
+    instrument's latest target (NaN: no new order) waits for its next real bar and fills at
+    that bar's open; a :class:`Banded` schedule is instead re-decided every bar and banded
+    around the held book, as the envs do.
     """
+    bands = None
+    if isinstance(targets, Banded):
+        targets, bands = targets.targets, targets.bands
     data = as_bar_dict(bars)
     symbols = list(data)
     real = np.column_stack(
@@ -195,9 +213,12 @@ def simulate_weights(
     targets = np.ascontiguousarray(np.asarray(targets, dtype=np.float64).reshape(t_len, -1))
     if targets.shape[1] != n:
         raise DataError(f"{name}: {targets.shape[1]} target columns for {n} instruments")
+    if bands is None:
+        bands = np.full((t_len, n), -1.0)  # a schedule: NaN is "no new order"
+    bands = np.ascontiguousarray(np.asarray(bands, dtype=np.float64).reshape(t_len, n))
     equity, weights, costs, traded = engine.simulate_targets(
         np.ascontiguousarray(opens), np.ascontiguousarray(closes), np.ascontiguousarray(real),
-        targets, float(capital), float(rate),
+        targets, float(capital), float(rate), bands,
     )  # fmt: skip
     return StrategyRun(name, data[symbols[0]].index, symbols, equity, weights, costs,
                        traded=traded)  # fmt: skip
@@ -241,16 +262,16 @@ def random_targets(
 
 def as_policy_would_trade(
     signs: np.ndarray, bars: dict[str, pd.DataFrame], cfg: AppConfig, start: int = 0
-) -> np.ndarray:
+) -> Banded:
     """Per-bar directions in [-1, 1] ([T, n]) sized and banded as the hierarchical env trades a
     specialist's proposal at weight 1/n: full size max_position_size, or env.vol_target over
     the causal annualised volatility (capped); around env.benchmark's exposures in
-    benchmark-relative mode (tilts x env.active_scale); re-traded only beyond
-    env.rebalance_band x full size (exits always), with the env's own rules
-    (envs.engine.targets_of, envs.engine.trades) and sizes (envs.execution). The bars before
-    `start` are the env's warm-up: they feed the sizing volatility, as in the env, and the
-    book starts flat at `start`. Returns the target schedule of bars `start`.. (NaN: no new
-    order)."""
+    benchmark-relative mode (tilts x env.active_scale); traded only where a target leaves
+    env.rebalance_band x full size around the held book (exits always), with the env's own
+    rules (envs.engine.targets_of; envs.engine.trades in the simulation) and sizes
+    (envs.execution). The bars before `start` are the env's warm-up: they feed the sizing
+    volatility, as in the env, and the book starts flat at `start`. Returns the targets and
+    bands of bars `start`.."""
     ecfg = cfg.env
     start = int(start)
     closes = np.column_stack([f["close"].to_numpy(np.float64) for f in bars.values()])
@@ -276,15 +297,11 @@ def as_policy_would_trade(
     weights = np.full(n + 1, 1.0 / n)  # a specialist's proposal at weight 1/n, as in phase 1
     props = np.ascontiguousarray(np.nan_to_num(np.asarray(signs, dtype=np.float64)))
     x = np.zeros(n)
-    out = np.full((t_len, n), np.nan)
-    last = np.zeros(n)
-    band = ecfg.rebalance_band
+    out = np.zeros((t_len, n))
     for t in range(start, t_len):
         engine.targets_of(t, mk, weights, props[t], par, x)
-        for i in range(n):
-            if engine.trades(x[i], last[i], band * sizes[t, i]):
-                out[t, i] = last[i] = x[i]
-    return out[start:]
+        out[t] = x
+    return Banded(out[start:], ecfg.rebalance_band * sizes[start:])
 
 
 def supervised_targets(
@@ -292,7 +309,7 @@ def supervised_targets(
     cfg: AppConfig,
     model_type: str | None = None,
     start: int = 0,
-) -> tuple[np.ndarray | None, str]:
+) -> tuple[Banded | None, str]:
     """Weights from a saved supervised model's P(up), or None and the reason there are none.
 
     Date-checked: a model is used only when every evaluated bar (from `start`; the bars
@@ -343,7 +360,7 @@ def signal_targets(
     signals: dict[str, pd.Series],
     cfg: AppConfig,
     start: int = 0,
-) -> tuple[np.ndarray | None, str]:
+) -> tuple[Banded | None, str]:
     """Targets from given out-of-sample P(up) series: the proposal 2 P(up) - 1 (long above 0.5,
     short or flat below, neutral at exactly 0.5, 'no opinion', or where a bar has no signal),
     sized and banded as the policy's proposals (:func:`as_policy_would_trade`; the bars before
