@@ -21,7 +21,7 @@ import torch
 from envs.risk import rolling_variance
 from rl_trading import metrics
 from rl_trading.cli.main import main
-from rl_trading.config import CONFIG_DIR, load_config
+from rl_trading.config import CONFIG_DIR, AppConfig, load_config
 from rl_trading.data.features import FEATURE_COLUMNS
 from rl_trading.data.schema import BAR_COLUMNS
 
@@ -380,6 +380,63 @@ def test_kill_switch_flattens_and_halts(in_ws, tmp_path):
     assert st["bars_processed"] < in_ws["n_bars"]
     kinds = [e["kind"] for e in ledger.events_of("ks")]
     assert "kill_switch" in kinds
+
+
+def test_the_kill_switch_halts_only_once_its_flat_order_has_filled(in_ws, tmp_path):
+    """A flat order that meets a forward-filled bar does not fill there (the env's rule): the
+    session keeps deciding flat and halts once the book is flat. Before, it halted after one
+    bar with that position open (a helper's audit)."""
+    from rl_trading.paper import Ledger, PaperOptions, PaperSession
+    from rl_trading.paper.loop import ReplayFeed, make_feed
+
+    model = _resolved(in_ws["name"])
+    hist = {s: f.copy() for s, f in make_feed(model, "replay").history.items()}
+    for f in hist.values():
+        f["filled"] = False
+    opts = dict(max_drawdown=0.002)
+    first = Ledger(f"sqlite:///{tmp_path / 'a.db'}")
+    PaperSession(model, ReplayFeed(hist), first, PaperOptions("ks", **opts)).run()
+    fired = next(e["bar"] for e in first.events_of("ks") if e["kind"] == "kill_switch")
+    g = hist["GOOGL"]
+    k = g.index.get_loc(pd.Timestamp(fired).tz_localize("UTC"))  # the ledger stores UTC, naive
+    for i in range(k + 1, k + 4):  # GOOGL closed for the three bars after the kill switch
+        g.iloc[i, [g.columns.get_loc(c) for c in ("open", "high", "low", "close")]] = g[
+            "close"].iloc[k]  # fmt: skip
+        g.iloc[i, g.columns.get_loc("volume")] = 0.0
+        g.iloc[i, g.columns.get_loc("filled")] = True
+    ledger = Ledger(f"sqlite:///{tmp_path / 'b.db'}")
+    st = PaperSession(model, ReplayFeed(hist), ledger, PaperOptions("ks", **opts)).run().status
+    assert st["state"] == "halted" and "drawdown" in st["reason"]
+    assert all(abs(u) < 1e-9 for u in st["positions"].values()), st["positions"]
+    assert pd.Timestamp(st["last_bar"]) == g.index[k + 4]  # GOOGL's first real bar after
+
+
+def test_a_stop_loss_exit_is_recorded_as_a_stop_at_its_fill_price():
+    """The broker's fills name a stop-loss exit `stop` at the price the engine filled it at
+    (the stop level inside the bar), not `rebalance` at the open."""
+    from rl_trading.paper.broker import OrderBatch, SimulatedBroker
+    from tests.test_env_hierarchical import make_market
+
+    bars = make_market(("AAA", "BBB"), n=200, flat=True)
+    a = bars["AAA"]
+    a.iloc[120:, [a.columns.get_loc("close"), a.columns.get_loc("low")]] = 45.0
+    a.iloc[121:, a.columns.get_loc("open")] = 45.0  # bar 120: open 50, low 45
+    cfg = AppConfig()
+    cfg.train.window_size, cfg.env.risk_window = 5, 10
+    cfg.env.stop_loss_pct, cfg.env.max_correlation_exposure = 0.05, 10.0
+    cfg.data.periods_per_year = 252 * 390
+    b = SimulatedBroker(cfg, "specialists", {}, ["AAA", "BBB"])
+    b.ensure(bars, full=True)
+    b.start()
+    t, fills = b.env._t, []
+    while b.book().stop_losses == 0:
+        b.submit(OrderBatch(a.index[t], {x: [1.0] for x in b.env.specialists}))
+        t += 1
+        _, fills = b.execute(a.index[t])
+    assert t == 120
+    (stop,) = [f for f in fills if f["symbol"] == "AAA"]
+    assert stop["kind"] == "stop" and stop["units_after"] == 0.0
+    assert stop["price"] == pytest.approx(50.0 * 0.95)  # at the level, not the 50 open
 
 
 def test_an_older_ledger_gains_the_traded_column_and_keeps_its_rows(tmp_path):

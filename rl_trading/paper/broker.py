@@ -266,22 +266,23 @@ class SimulatedBroker:
         flatten = actions.pop(FLATTEN, None) is not None
         obs, *_ = env.step(actions, absolute=flatten)
         after = self._book = env.book()
-        stopped = after.stop_losses > before.stop_losses
+        stops = after.stop_prices if after.stop_prices is not None else np.zeros(len(after.units))
         fills = []
         for i, sym in enumerate(self.symbols):
             if after.units[i] == before.units[i]:
                 continue
             target = after.targets[i]
-            kind = "stop" if stopped and after.units[i] == 0.0 and target != 0.0 else "rebalance"
+            # a stop-loss exit fills at its stop price (the engine's), not at the open
+            stopped = stops[i] != 0.0
             fills.append(
                 {
                     "fill_ts": ts,
                     "decision_ts": batch.bar if batch is not None else ts,
                     "symbol": sym,
-                    "kind": kind,
+                    "kind": "stop" if stopped else "rebalance",
                     "units_before": float(before.units[i]),
                     "units_after": float(after.units[i]),
-                    "price": float(after.open[i]),
+                    "price": float(stops[i] if stopped else after.open[i]),
                     "target": float(target),
                 }
             )

@@ -449,6 +449,10 @@ class PaperSession:
             obs, *_ = env.step(actions)
         return decisions
 
+    def _flat(self) -> bool:
+        """Whether the shadow book holds no position (the broker's fills follow it)."""
+        return all(u == 0.0 for u in self.sim.positions().values())
+
     def _flatten(self, reason: str, final: str) -> None:
         """Replace the pending decision by a flat one; halt after it fills."""
         self.halt_after_fill = reason
@@ -489,7 +493,9 @@ class PaperSession:
                     last_new = time.monotonic()
                     if self.halt_after_fill is not None:
                         flattening_bars += 1
-                        if flattening_bars >= 1:  # the flat decision has filled
+                        # halted once the book is flat: a flat order that met a forward-filled
+                        # bar has not filled, and is decided again (_act) until it does
+                        if flattening_bars >= 1 and self._flat():
                             state, reason = self.final_state, self.halt_after_fill
                             return self._result(state, reason, new, latencies)
                     if self.opts.max_bars is not None and new >= self.opts.max_bars:
