@@ -252,7 +252,9 @@ class EnvironmentConfig(Section):
     # the benchmark, not cash; rewards are active returns (reward.tracking_error_weight).
     # equal_weight: 1/n of equity per instrument; vol_target: 1/n of each instrument's
     # vol-targeted full size (needs env.vol_target); buy_and_hold: 1/n of equity bought at the
-    # env's first tradable bar and left to drift (never traded); none: absolute positions.
+    # env's first tradable bar and left to drift (the benchmark never trades; the book holding
+    # it re-trades its small drift from the benchmark's weights unless env.rebalance_band > 0,
+    # as default.yaml's 0.2); none: absolute positions.
     benchmark: Literal["none", "equal_weight", "vol_target", "buy_and_hold"] = "none"
     # What the sector and correlation limits cap in benchmark-relative mode: the whole book
     # (the benchmark's own positions included), or only the active weights around the
