@@ -69,6 +69,41 @@ def test_mixed_timezones(tmp_path) -> None:
         read_bars(path)
 
 
+@pytest.mark.parametrize(
+    ("header", "rows"),
+    [
+        ("date,open,high,low,close,volume", ["01/03/2024,10,11,9,10,1", "13/03/2024,10,11,9,10,1"]),
+        (
+            "Date,Time,open,high,low,close,volume",
+            ["01/03/2024,09:00,10,11,9,10,1", "04/03/2024,09:00,10,11,9,10,1"],
+        ),
+        ("timestamp,open,high,low,close,volume", ["1.3.24 09:00Z,10,11,9,10,1"]),
+    ],
+    ids=["day-first-daily", "date-and-time-columns", "dotted"],
+)
+def test_day_month_order_is_never_guessed(tmp_path, header, rows) -> None:
+    """01/03/2024 is 1 March or 3 January: refused with the value, never parsed row by row
+    (pandas' mixed formats read 01/03 as 3 January and 13/03 as 13 March in one file)."""
+    path = _write(tmp_path, rows, header=header)
+    for kwargs in ({}, {"assume_utc": True}, {"tz": "Europe/Paris"}, {"repair": True}):
+        with pytest.raises(DataError) as info:
+            read_bars(path, **kwargs)
+        msg = str(info.value)
+        assert "\n" not in msg and str(path) in msg, msg
+        assert "ambiguous day/month order" in msg and rows[0].split(",")[0] in msg, msg
+        assert "ISO 8601" in msg
+
+
+def test_one_non_iso_format_for_the_column(tmp_path) -> None:
+    """A non-ISO format is guessed once (from the first value) and held for every row."""
+    path = _write(tmp_path, ["Jan 02 2024,10,11,9,10,1", "Jan 03 2024,10,11,9,10,1"])
+    bars = read_bars(path, assume_utc=True)
+    assert list(bars.index.strftime("%Y-%m-%d")) == ["2024-01-02", "2024-01-03"]
+    bad = _write(tmp_path, ["Jan 02 2024,10,11,9,10,1", "03 Jan 2024,10,11,9,10,1"])
+    with pytest.raises(DataError, match=r"row 2: unparseable_timestamp"):
+        read_bars(bad, assume_utc=True)
+
+
 def test_missing_columns(tmp_path) -> None:
     path = _write(
         tmp_path, [r.rsplit(",", 1)[0] for r in GOOD], header="timestamp,open,high,low,close"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from rl_trading import metrics
 from rl_trading.config import zone
@@ -59,6 +60,8 @@ RULES = [
 ]
 _TZ_RE = re.compile(r"(?:Z|UTC|GMT|[+-]\d{2}(?::?\d{2})?)$", re.IGNORECASE)
 _DATE_ONLY_RE = re.compile(r"^\d{4}[-/.]\d{1,2}[-/.]\d{1,2}$|^\d{8}$")
+# Numeric dates led by day and month in either order (01/03/2024, 1.3.24, 01-03-2024)
+_DAY_MONTH_RE = re.compile(r"^\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}(?!\d)")
 
 
 @dataclass(frozen=True)
@@ -105,11 +108,16 @@ def _timestamp_text(raw: pd.DataFrame, cols: dict[str, str]) -> pd.Series | None
 
 
 def _to_datetime(text: pd.Series, utc: bool) -> pd.Series:
-    """ISO-8601 first, then pandas' mixed formats for the rows that failed (NaT when neither)."""
+    """ISO 8601 first, then one format guessed from the first other value for the rest (NaT
+    where neither fits). Never guessed row by row, and numeric day/month forms (01/03/2024:
+    1 March or 3 January?) are never parsed: they stay NaT and are refused as ambiguous."""
     parsed = pd.to_datetime(text, utc=utc, errors="coerce", format="ISO8601")
     retry = parsed.isna() & text.notna() & (text != "")
+    retry &= ~text.str.match(_DAY_MONTH_RE, na=False)
     if retry.any():
-        parsed[retry] = pd.to_datetime(text[retry], utc=utc, errors="coerce", format="mixed")
+        fmt = guess_datetime_format(str(text[retry].iloc[0]))
+        if fmt is not None:
+            parsed[retry] = pd.to_datetime(text[retry], utc=utc, errors="coerce", format=fmt)
     return parsed
 
 
@@ -119,7 +127,13 @@ def _unparseable(idx: pd.DatetimeIndex, text: pd.Series, source: str) -> list[Is
     if not len(bad):
         return []
     first = int(bad[0])
-    msg = f"cannot parse timestamp {str(text.iloc[first])!r}"
+    shown = str(text.iloc[first])
+    msg = f"cannot parse timestamp {shown!r}"
+    if _DAY_MONTH_RE.match(shown):
+        msg = (
+            f"ambiguous day/month order in timestamp {shown!r} (d/m/Y or m/d/Y?): "
+            "write the timestamps as ISO 8601 (YYYY-MM-DD)"
+        )
     return [Issue("unparseable_timestamp", first + 1, msg, len(bad), None, source)]
 
 
