@@ -478,6 +478,36 @@ def test_fixed_offset_across_dst_warns_and_tz_reads_wall_clock(workspace, capsys
     assert "fixed offset" not in caplog.text
 
 
+@pytest.mark.parametrize("mark", ["Z", " UTC", "+00:00", "+08:00"])
+def test_tz_keeps_explicit_utc_and_foreign_offsets(workspace, capsys, mark) -> None:
+    """data.tz reads wall-clock times; a written UTC marker (or an offset the zone never uses)
+    is an instant and is kept as written, as tz-aware Parquet is (it was dropped: 16:00Z under
+    America/New_York became 20:00Z)."""
+    path = _bars_file(workspace / "marked.csv", _ny_rows(mark))
+    as_written = read_bars(path)
+    bars = read_bars(path, tz="America/New_York")
+    assert bars.index.equals(as_written.index)
+    if mark != "+08:00":
+        assert bars.index[2] == pd.Timestamp("2024-07-02 09:30", tz="UTC")
+    parquet = write_bars(as_written, workspace / "marked.parquet")
+    assert read_bars(parquet, tz="America/New_York").index.equals(bars.index)
+    code, text = _run(["data", "validate", str(path), "--tz", "America/New_York"], capsys)
+    assert code == 0, text
+
+
+def test_tz_wall_clock_and_utc_rows_in_one_file(workspace) -> None:
+    """Each row by its own marker: naive and zone-offset rows wall-clock, Z rows as written."""
+    rows = [
+        "2024-01-03T09:30:00,10,11,9,10.5,100",
+        "2024-01-04T09:30:00-05:00,10,11,9,10.5,100",
+        "2024-07-02T13:30:00Z,10,11,9,10.5,100",
+        "2024-07-03T09:30:00-05:00,10,11,9,10.5,100",
+    ]
+    bars = read_bars(_bars_file(workspace / "rows.csv", rows), tz="America/New_York")
+    want = ["2024-01-03 14:30", "2024-01-04 14:30", "2024-07-02 13:30", "2024-07-03 13:30"]
+    assert bars.index.equals(pd.DatetimeIndex(want, tz="UTC", name="timestamp"))
+
+
 def test_write_bars_roundtrip_still_fine(workspace) -> None:
     bars = synthetic_bars("X", n_bars=50)
     bars.index.freq = None

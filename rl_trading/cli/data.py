@@ -52,8 +52,8 @@ TzOpt = Annotated[
     str | None,
     typer.Option(
         "--tz",
-        help="Exchange time zone (e.g. America/New_York): read naive or fixed-offset timestamps "
-        "as wall-clock times there, DST-aware.",
+        help="Exchange time zone (e.g. America/New_York): read naive timestamps, or those "
+        "with the zone's own offsets, as wall-clock times there, DST-aware (Z/UTC kept).",
     ),
 ]
 MaxPriceOpt = Annotated[

@@ -8,9 +8,14 @@ duplicate_timestamp, unsorted_timestamp, non_positive_price, high_below_low,
 high_low_range (high/low do not contain open/close), negative_volume.
 Rows are 1-based data rows (the header is not counted), as in the file.
 
-Exchange-local timestamps: with `tz` (an IANA zone such as America/New_York), naive and
-fixed-offset timestamps are read as wall-clock times in that zone (DST-aware). Without it, a
-single fixed offset kept across a DST change of a zone using it logs a warning.
+Timestamps are ISO 8601 or one other format held for the whole column; numeric day/month
+dates (01/03/2024) are refused as ambiguous, never guessed row by row.
+
+Exchange-local timestamps: with `tz` (an IANA zone such as America/New_York), naive timestamps
+and those written with one of the zone's own offsets are read as wall-clock times in that zone
+(DST-aware); explicit UTC (Z, UTC, GMT) and offsets the zone never uses are instants, kept as
+written (as tz-aware Parquet is). Without `tz`, a single fixed offset kept across a DST change
+of a zone using it logs a warning.
 """
 
 from __future__ import annotations
@@ -215,6 +220,39 @@ def _fixed_offset_warning(text: pd.Series, idx: pd.DatetimeIndex, source: str) -
             return
 
 
+def _zone_offsets(tz: str, years: range) -> set[int]:
+    """The UTC offsets (minutes) `tz` uses in `years` (mid-January and mid-July probes)."""
+    probes = [pd.Timestamp(f"{y}-{m}-15", tz="UTC") for y in years for m in (1, 7)]
+    return {int(p.tz_convert(tz).utcoffset().total_seconds() // 60) for p in probes}
+
+
+def _parse_in_zone(text: pd.Series, tz: str, source: str) -> tuple[pd.DatetimeIndex, list[Issue]]:
+    """Exchange-local wall-clock times in `tz` -> UTC. Naive times, and times whose written
+    offset is one of the zone's own (standard or DST: a file keeping -05:00 all year in New
+    York), are wall-clock; explicit UTC (Z, UTC, GMT) and other offsets are instants and are
+    kept as written, as tz-aware Parquet timestamps are (dropping them would move the bars)."""
+    zone(tz)
+    absolute = _to_datetime(text, utc=True)
+    offsets = text.str.extract(_OFFSET_RE)
+    sign = offsets[0].map({"+": 1.0, "-": -1.0}).astype("float64")
+    minutes = sign * (offsets[1].astype("float64") * 60 + offsets[2].astype("float64"))
+    has_tz = text.str.contains(_TZ_RE, na=False).to_numpy()
+    valid = absolute.dropna()
+    years = range(valid.min().year - 1, valid.max().year + 2) if len(valid) else range(0)
+    own = _zone_offsets(tz, years) if len(years) else set()
+    instant = has_tz & ~minutes.isin(own).to_numpy()
+    wall = text.str.replace(_TZ_RE, "", regex=True).str.strip().mask(instant)
+    naive = _to_datetime(wall, utc=False)
+    idx, issues = _localize(pd.DatetimeIndex(naive).as_unit("ns"), tz, text, source)
+    if instant.any() and not issues:
+        kept = pd.DatetimeIndex(_to_datetime(text[instant], utc=True)).as_unit("ns")
+        values = idx.to_numpy().copy()
+        values[instant] = kept.to_numpy()
+        idx = pd.DatetimeIndex(values, tz="UTC").as_unit("ns")
+    issues += _unparseable(idx if not issues else pd.DatetimeIndex(naive), text, source)
+    return idx, issues
+
+
 def _parse_timestamps(
     col: pd.Series, source: str, assume_utc: bool, tz: str | None = None
 ) -> tuple[pd.DatetimeIndex, list[Issue]]:
@@ -248,12 +286,8 @@ def _parse_timestamps(
         return pd.DatetimeIndex(pd.to_datetime(values, unit=unit, utc=True)).as_unit("ns"), issues
 
     text = col.astype("string").str.strip()
-    if tz is not None:  # exchange-local wall-clock times: any written offset is replaced
-        wall = text.str.replace(_TZ_RE, "", regex=True).str.strip()
-        naive = _to_datetime(wall, utc=False)
-        idx, issues = _localize(pd.DatetimeIndex(naive).as_unit("ns"), tz, text, source)
-        issues += _unparseable(pd.DatetimeIndex(naive), text, source)
-        return idx, issues
+    if tz is not None:
+        return _parse_in_zone(text, tz, source)
     idx = pd.DatetimeIndex(_to_datetime(text, utc=True)).as_unit("ns")
     _fixed_offset_warning(text, idx, source)
     issues += _unparseable(idx, text, source)
