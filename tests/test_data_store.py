@@ -9,7 +9,7 @@ import pytest
 
 from rl_trading.data import read_bars, synthetic_bars
 from rl_trading.data.store import BarStore
-from rl_trading.errors import ConnectionFailure
+from rl_trading.errors import ConnectionFailure, DataError
 
 
 def _bars(n: int = 3000) -> pd.DataFrame:
@@ -69,3 +69,62 @@ def test_unreachable_database_redacts_password() -> None:
 def test_bad_url_is_a_connection_failure() -> None:
     with pytest.raises(ConnectionFailure, match="cannot use database URL"):
         BarStore("nosuchdb://x:pw@host/db")
+
+
+@pytest.mark.parametrize(
+    ("change", "rule"),
+    [
+        ({"low": 0.0}, "non_positive_price"),
+        ({"open": -1.0, "low": -2.0}, "non_positive_price"),
+        ({"high": 1.0, "low": 2.0}, "high_below_low"),
+        ({"open": 5e9, "high": 5e9}, "absurd_value"),
+    ],
+    ids=["zero", "negative", "high-below-low", "above-ceiling"],
+)
+def test_sql_bars_pass_the_file_row_rules(workspace, change, rule) -> None:
+    """Rows another tool wrote into historical_bars are checked like a file's rows on every
+    read path (loader, paper SqlFeed); write refuses them before storing anything."""
+    import sqlalchemy as sa
+
+    from rl_trading.config import load_config
+    from rl_trading.data import load_market
+    from rl_trading.paper.feeds import SqlFeed
+
+    bars = _bars(50)
+    bad = bars.copy()
+    for col, value in change.items():
+        bad.iloc[10, bad.columns.get_loc(col)] = value
+    store = BarStore()
+    with pytest.raises(DataError, match=rf"refusing to store X 1m: row 11 .*{rule}"):
+        store.write(bad, "X", "1m")
+    assert not (workspace / "rl_trading.db").exists()  # refused before anything is written
+    store.write(bars, "X", "1m")
+    with store.engine.begin() as conn:  # as another tool would
+        t = store.table
+        stamp = bars.index[10].tz_localize(None).to_pydatetime()
+        conn.execute(sa.update(t).where(t.c.timestamp == stamp).values(**change))
+    want = rf"stored X 1m in table historical_bars at .*: row 11 \(.*\): {rule}"
+    cfg = load_config(None, ["data.source=sql", "data.symbols=[X]", "data.timeframe=1m"])
+    for read in (
+        lambda: store.read("X", "1m"),
+        lambda: load_market(cfg),
+        lambda: SqlFeed(None, ["X"], "1m").poll(None),
+    ):
+        with pytest.raises(DataError, match=want) as info:
+            read()
+        assert "\n" not in str(info.value)
+
+
+def test_sql_read_uses_the_configured_price_ceiling(workspace) -> None:
+    """data.max_price applies to SQL bars as to files (it was ignored on the SQL path)."""
+    from rl_trading.config import load_config
+    from rl_trading.data import load_market
+
+    bars = _bars(50) * 1000  # prices around 1e5; volume x1000 is fine
+    BarStore().write(bars, "X", "1m")
+    sql = ["data.source=sql", "data.symbols=[X]", "data.timeframe=1m"]
+    assert len(load_market(load_config(None, sql))["X"]) == 50
+    with pytest.raises(DataError, match="absurd_value"):
+        load_market(load_config(None, [*sql, "data.max_price=1000"]))
+    with pytest.raises(DataError, match="absurd_value"):
+        BarStore().write(bars, "Y", "1m", max_price=1000)

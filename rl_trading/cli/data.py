@@ -187,7 +187,7 @@ def import_(
     bars = read_bars(path, assume_utc=assume_utc, tz=tz, max_price=ceiling)
     check_spacing(bars, timeframe, str(path))
     store = BarStore(db)
-    new = store.write(bars, symbol, timeframe, replace=replace)
+    new = store.write(bars, symbol, timeframe, replace=replace, max_price=ceiling)
     replaced = store.last_write.replaced if store.last_write else 0
     what = f"{new:,} new, {replaced:,} replaced" if replace else f"{new:,} new"
     console.print(

@@ -114,7 +114,7 @@ def load_market(cfg: AppConfig) -> dict[str, pd.DataFrame]:
 
         store = BarStore(data.db_url, table=data.table)
         for s in symbols:
-            frame = store.read(s, data.timeframe)
+            frame = store.read(s, data.timeframe, max_price=data.max_price)
             if frame.empty:
                 rest.append(s)
                 continue

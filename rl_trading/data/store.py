@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 
 from rl_trading.config import check_symbol
 from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, as_bars, empty_bars
+from rl_trading.data.validation import DEFAULT_MAX_PRICE, check_bars
 from rl_trading.errors import ConfigError, ConnectionFailure, DataError, RLTradingError
 from rl_trading.tracking import (
     expand_env_vars,
@@ -186,15 +187,25 @@ class BarStore:
         query = sa.select(sa.func.count()).where(t.c.symbol == symbol, t.c.timeframe == timeframe)
         return int(conn.execute(query).scalar_one())
 
-    def write(self, bars: pd.DataFrame, symbol: str, timeframe: str, replace: bool = False) -> int:
+    def write(
+        self,
+        bars: pd.DataFrame,
+        symbol: str,
+        timeframe: str,
+        replace: bool = False,
+        max_price: float = DEFAULT_MAX_PRICE,
+    ) -> int:
         """Insert bars; rows already stored are skipped (or overwritten with `replace`).
 
-        Returns the number of new rows; `last_write` has the full `WriteResult`."""
+        Bars breaking a row rule of the file loader (price <= 0, high < low, above
+        `max_price` ...) are refused before anything is written. Returns the number of new
+        rows; `last_write` has the full `WriteResult`."""
         check_symbol(symbol)
         frame = as_bars(bars)
         values_arr = frame[BAR_COLUMNS].to_numpy(dtype="float64")
         if not np.isfinite(values_arr).all():
             raise DataError(f"refusing to store bars with NaN or infinite values for {symbol}")
+        check_bars(frame, source=f"refusing to store {symbol} {timeframe}", max_price=max_price)
         self._ensure()
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert  # heavy: sqlalchemy
@@ -257,8 +268,12 @@ class BarStore:
         timeframe: str,
         start: str | pd.Timestamp | None = None,
         end: str | pd.Timestamp | None = None,
+        max_price: float = DEFAULT_MAX_PRICE,
     ) -> pd.DataFrame:
-        """Stored bars of one series (inclusive `start`/`end`), in the canonical bars schema."""
+        """Stored bars of one series (inclusive `start`/`end`), in the canonical bars schema.
+
+        They pass the file loader's row rules (`max_price`: the price ceiling) or DataError
+        naming the table, series and row: another tool may have written the table."""
         check_symbol(symbol)
         if not self._ensure(create=False):
             return empty_bars()
@@ -285,7 +300,8 @@ class BarStore:
         frame[INDEX_NAME] = pd.to_datetime(frame[INDEX_NAME], utc=True)
         bars = as_bars(frame.set_index(INDEX_NAME))
         self._check_finite(bars, symbol, timeframe)
-        return bars
+        where = f"stored {symbol} {timeframe} in table {self.table.name} at {self.safe_url}"
+        return check_bars(bars, source=where, max_price=max_price)
 
     def _check_finite(self, bars: pd.DataFrame, symbol: str, timeframe: str) -> None:
         """DataError naming the rows when stored bars hold NaN or inf (written by another tool

@@ -139,9 +139,16 @@ class SqlFeed:
 
     name = "sql"
 
-    def __init__(self, url: str | None, symbols: list[str], timeframe: str) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        symbols: list[str],
+        timeframe: str,
+        max_price: float | None = None,
+    ) -> None:
         self.store = BarStore(url)
         self.symbols, self.timeframe = symbols, timeframe
+        self.max_price = DEFAULT_MAX_PRICE if max_price is None else max_price
         self.exhausted = False
 
     def check(self) -> None:
@@ -160,7 +167,7 @@ class SqlFeed:
     def poll(self, after: pd.Timestamp | None) -> dict[str, pd.DataFrame]:
         out = {}
         for sym in self.symbols:
-            frame = self.store.read(sym, self.timeframe, start=after)
+            frame = self.store.read(sym, self.timeframe, start=after, max_price=self.max_price)
             out[sym] = _after(frame, after)
         return out
 

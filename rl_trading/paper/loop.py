@@ -585,7 +585,7 @@ def make_feed(
     if source == "replay":
         return ReplayFeed(replay_bars(model, split, start, end), speed=speed)
     if source == "sql":
-        return SqlFeed(db, model.symbols, model.timeframe)
+        return SqlFeed(db, model.symbols, model.timeframe, max_price=model.cfg.data.max_price)
     if source == "file":
         if not path:
             raise ConfigError("--source file needs --data PATH (a bars file or folder)")
