@@ -89,6 +89,34 @@ def _pair():
     return a, b
 
 
+def _minute_bars(start: str, n: int, freq: str) -> pd.DataFrame:
+    idx = pd.date_range(start, periods=n, freq=freq, tz="UTC", name="timestamp")
+    close = 100 + np.arange(n, dtype="float64")
+    return pd.DataFrame(
+        {"open": close, "high": close + 1, "low": close - 1, "close": close, "volume": 1.0},
+        index=idx,
+    )
+
+
+def test_resample_refuses_bins_that_would_look_ahead() -> None:
+    """2m -> 5m put the 04:00 bar (running to 06:00) in the 00:00-05:00 bin: its close is
+    seen before the bin ends. Refused, as are bars off the target grid; whole multiples on
+    the grid (or with the matching offset) still resample."""
+    two = _minute_bars("2024-01-02 00:00", 30, "2min")
+    with pytest.raises(DataError, match="5m is not a whole multiple of 2m") as info:
+        resample(two, "5m")
+    assert "\n" not in str(info.value)
+    assert len(resample(two, "10m")) == 6
+    half = _minute_bars("2024-01-02 00:00:30", 30, "1min")  # each bar runs to :30 past
+    with pytest.raises(DataError, match="runs past the end of its 5m bin"):
+        resample(half, "5m")
+    hourly = _minute_bars("2024-01-02 00:30", 8, "1h")
+    with pytest.raises(DataError, match="runs past the end of its 2h bin"):
+        resample(hourly, "2h")
+    assert len(resample(hourly, "2h", offset="30min")) == 4
+    assert len(resample(_minute_bars("2024-01-02", 30, "1min"), "5m")) == 6
+
+
 def test_align_ffill_fills_up_to_limit_then_drops() -> None:
     a, b = _pair()
     out, rep = align({"A": a, "B": b}, policy="ffill", max_ffill=5, report=True)

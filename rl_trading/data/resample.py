@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from rl_trading.data.schema import BAR_COLUMNS, INDEX_NAME, pandas_freq, timeframe_delta
+from rl_trading.data.schema import (
+    BAR_COLUMNS,
+    INDEX_NAME,
+    guess_timeframe,
+    pandas_freq,
+    timeframe_delta,
+)
 from rl_trading.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -25,13 +31,16 @@ def resample(bars: pd.DataFrame, timeframe: str, offset: str | None = None) -> p
 
     Open is the first, high the max, low the min, close the last, volume the sum; bins with no
     source bar are dropped. `offset` shifts the bin edges (e.g. "30min" for sessions that open
-    at half past the hour).
+    at half past the hour). DataError unless `timeframe` is a whole multiple of the bars'
+    (modal) spacing and every bar ends within its bin: a bin must never hold a bar that runs
+    past its end (2m -> 5m bars would look ahead).
     """
     freq = pandas_freq(timeframe)
     if len(bars) >= 2:
         step = pd.Series(np.diff(bars.index.as_unit("ns").asi8)).min()
         if pd.Timedelta(int(step), unit="ns") > timeframe_delta(timeframe):
             raise DataError(f"cannot resample to {timeframe}: the bars are coarser already")
+        _check_bins(bars.index, timeframe, freq, offset)
     out = (
         bars[BAR_COLUMNS]
         .resample(freq, label="left", closed="left", offset=offset)
@@ -40,6 +49,31 @@ def resample(bars: pd.DataFrame, timeframe: str, offset: str | None = None) -> p
     )
     out.index = out.index.rename(INDEX_NAME)
     return out.astype("float64")
+
+
+def _check_bins(index: pd.DatetimeIndex, timeframe: str, freq: str, offset: str | None) -> None:
+    """DataError unless the source spacing divides `timeframe` and each bar [t, t + spacing)
+    lies inside its left-closed bin."""
+    have = guess_timeframe(index)
+    if have is None:
+        return
+    src, want = timeframe_delta(have), timeframe_delta(timeframe)
+    if want % src:
+        raise DataError(
+            f"cannot resample {have} bars to {timeframe}: {timeframe} is not a whole multiple "
+            f"of {have} (bins would hold bars running past their end); resample from a "
+            "timeframe that divides it"
+        )
+    stamps = pd.Series(0, index=index)
+    starts = stamps.resample(freq, label="left", closed="left", offset=offset).sum().index
+    start = starts[np.searchsorted(starts.asi8, index.asi8, side="right") - 1]
+    late = np.flatnonzero(index + src > start + want)
+    if late.size:
+        raise DataError(
+            f"cannot resample {have} bars to {timeframe}: the bar at {index[late[0]]} runs past "
+            f"the end of its {timeframe} bin ({late.size} such bars; the bars are not on the "
+            f"{timeframe} grid{'' if offset else ', give an offset'})"
+        )
 
 
 @dataclass
