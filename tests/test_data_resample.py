@@ -147,6 +147,22 @@ def test_align_keeps_the_marks_of_already_aligned_bars() -> None:
     assert FILLED_COLUMN not in inner["C"].columns
 
 
+@pytest.mark.parametrize("n_late", [99, 100, 101])
+def test_align_refuses_interleaved_offset_grids(n_late: int) -> None:
+    """Hourly bars at :30 and at :00 share no timestamp: ffill interleaved them and made up
+    half of each symbol's bars. Refused, naming the symbols; a weekday market aligned with a
+    7-day one (5 of 7 days its own) still aligns."""
+    early = _minute_bars("2024-01-02 00:00", 100, "1h")
+    late = _minute_bars("2024-01-02 00:30", n_late, "1h")
+    with pytest.raises(DataError, match=r"own bars on only .*(ON|OFF) .*grids are offset") as info:
+        align({"ON": early, "OFF": late}, policy="ffill", max_ffill=5)
+    assert "\n" not in str(info.value) and "ON 00:00, OFF 00:30" in str(info.value)
+    week = _minute_bars("2024-01-01", 70, "1D")
+    weekdays = week[week.index.day_of_week < 5]
+    out = align({"C": week, "E": weekdays}, policy="ffill", max_ffill=5)
+    assert len(out["E"]) == 70 and out["E"][FILLED_COLUMN].sum() == 20
+
+
 @pytest.mark.parametrize("policy", ["inner", "drop"])
 def test_align_inner_and_drop(policy: str) -> None:
     a, b = _pair()

@@ -134,6 +134,7 @@ def align(
             out[symbol] = frame
             fills[symbol] = fill
             marks[symbol] = fill | marked
+        _check_interleaved({s: fills[s][keep] for s in out}, bars_by_symbol)
         for symbol, frame in out.items():
             rep.filled[symbol] = int((fills[symbol] & keep).sum())
             out[symbol] = frame[keep].astype("float64")
@@ -156,6 +157,33 @@ def align(
         raise DataError(f"no common bars left after aligning {', '.join(bars_by_symbol)}")
     log.info("%s", rep)
     return (out, rep) if report else out
+
+
+MIN_OWN_SHARE = 0.5
+
+
+def _check_interleaved(
+    fills: dict[str, np.ndarray], bars_by_symbol: dict[str, pd.DataFrame]
+) -> None:
+    """DataError when forward fill makes up half or more of a symbol's aligned bars: its own
+    bars are at most MIN_OWN_SHARE of the common index. Two grids that share no timestamp
+    (one stamped at :30, one at :00) interleave, their own shares sum to 100%, so one of them
+    is always at most half."""
+    low = {
+        s: 1 - float(f.mean()) for s, f in fills.items() if len(f) and 1 - f.mean() <= MIN_OWN_SHARE
+    }
+    if not low:
+        return
+    shares = ", ".join(f"{s} {share:.0%}" for s, share in low.items())
+    stamps = ", ".join(
+        f"{s} {df.index[0].strftime('%H:%M')}" for s, df in bars_by_symbol.items() if len(df)
+    )
+    raise DataError(
+        f"align: forward fill would make up most bars: own bars on only {shares} of the "
+        f"common index (needs over {MIN_OWN_SHARE:.0%}); the grids are offset or the sessions "
+        f"barely overlap (first bars at {stamps}): resample them onto one grid (resample "
+        "offset=) or use gap_policy inner"
+    )
 
 
 def _filled_mask(df: pd.DataFrame, index: pd.Index) -> np.ndarray:
