@@ -55,3 +55,37 @@ def test_validate_repair_writes_fixed_file(workspace) -> None:
     assert main(["data", "validate", str(path), "--repair"]) == 3  # --out missing
     assert main(["data", "import", str(path), "--symbol", "X", "--timeframe", "1m"]) == 3
     assert main(["data", "import", "fixed.csv", "--symbol", "X", "--timeframe", "7q"]) == 3
+
+
+def test_outputs_never_overwritten_silently(workspace, capsys) -> None:
+    """synth and validate --repair refused to write over an existing file (they replaced it,
+    the input file included); --overwrite replaces, the input never; nothing half-written."""
+    _ok(["data", "synth", "--out", "syn.csv", "--bars", "50"])
+    before = (workspace / "syn.csv").read_bytes()
+    assert main(["data", "synth", "--out", "syn.csv", "--bars", "60", "--seed", "9"]) == 3
+    err = capsys.readouterr().err
+    assert "syn.csv exists already (--overwrite replaces it)" in err and err.count("\n") == 1
+    assert (workspace / "syn.csv").read_bytes() == before
+    _ok(["data", "synth", "--out", "many", "--bars", "50", "--symbols", "A,B"])
+    assert main(["data", "synth", "--out", "many", "--bars", "50", "--symbols", "C,B"]) == 3
+    assert not (workspace / "many" / "c_1m.csv.gz").exists()  # refused before writing any
+    _ok(["data", "synth", "--out", "syn.csv", "--bars", "60", "--overwrite"])
+    assert len(read_bars(workspace / "syn.csv")) == 60
+
+    messy = workspace / "messy.csv"
+    messy.write_text(
+        "timestamp,open,high,low,close,volume\n"
+        "2024-01-02T00:01:00Z,10.5,11,10,10.8,120\n"
+        "2024-01-02T00:00:00Z,10,10.2,9,10.5,100\n"
+    )
+    text = messy.read_text()
+    for extra in ([], ["--overwrite"]):
+        args = ["data", "validate", str(messy), "--repair", "--out", "./messy.csv", *extra]
+        assert main(args) == 3
+        assert "is the input file" in capsys.readouterr().err
+        assert messy.read_text() == text
+    assert main(["data", "validate", str(messy), "--repair", "--out", "syn.csv"]) == 3
+    assert len(read_bars(workspace / "syn.csv")) == 60
+    _ok(["data", "validate", str(messy), "--repair", "--out", "syn.csv", "--overwrite"])
+    assert len(read_bars(workspace / "syn.csv")) == 2
+    assert sorted(p.name for p in workspace.iterdir() if p.name.startswith(".tmp-")) == []

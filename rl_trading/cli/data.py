@@ -56,6 +56,9 @@ TzOpt = Annotated[
         "with the zone's own offsets, as wall-clock times there, DST-aware (Z/UTC kept).",
     ),
 ]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing output file (never the input).")
+]
 MaxPriceOpt = Annotated[
     float | None,
     typer.Option("--max-price", help="Refuse prices above this (default data.max_price, 1e9)."),
@@ -71,6 +74,16 @@ def _time_options(assume_utc: bool, tz: str | None, max_price: float | None) -> 
     if max_price is not None and not max_price > 0:
         raise ConfigError(f"--max-price must be > 0 (got {max_price:g})")
     return DEFAULT_MAX_PRICE if max_price is None else max_price
+
+
+def _check_out(paths: list[Path], overwrite: bool, source: Path | None = None) -> None:
+    """Before any work: refuse an output that is the input file, or that exists already
+    unless `overwrite` (a silent overwrite loses the data it held)."""
+    for path in paths:
+        if source is not None and path.exists() and path.resolve() == source.resolve():
+            raise DataError(f"--out {path} is the input file: write the result elsewhere")
+        if path.exists() and not overwrite:
+            raise DataError(f"{path} exists already (--overwrite replaces it)")
 
 
 def _ts(value) -> str:  # noqa: ANN001 - a pandas Timestamp or None
@@ -121,6 +134,7 @@ def validate(
         str | None, typer.Option(help="Check the bars' typical spacing is this timeframe.")
     ] = None,
     max_price: MaxPriceOpt = None,
+    overwrite: OverwriteOpt = False,
     strict: Annotated[
         bool,
         typer.Option(help="Treat warnings (outlier returns) as errors: exit non-zero."),
@@ -133,6 +147,8 @@ def validate(
     ceiling = _time_options(assume_utc, tz, max_price)
     if repair and out is None:
         raise DataError("--repair needs --out PATH for the repaired file")
+    if repair and out is not None:
+        _check_out([out], overwrite, source=path)
     if timeframe is not None:
         parse_timeframe(timeframe)
     source = str(path)
@@ -261,6 +277,7 @@ def synth(
         float, typer.Option(help="Planted trend drift in units of per-bar volatility (0 = none).")
     ] = 0.0,
     start: Annotated[str, typer.Option(help="First timestamp (UTC).")] = "2024-01-01",
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write seeded synthetic bars (GBM, volatility regimes, optional planted signal)."""
     if not 0 < bars <= MAX_SYNTH_BARS:
@@ -283,6 +300,9 @@ def synth(
         end = None
     if end is None or end.year > 2200:
         raise DataError(f"--start {start} + {bars:,} {timeframe} bars runs past the year 2200")
+    one = len(names) == 1 and bool(out.suffix)
+    targets = [out] if one else [out / f"{s.lower()}_{timeframe}.csv.gz" for s in names]
+    _check_out(targets, overwrite)
     market = synthetic_market(
         names,
         n_bars=bars,
@@ -291,10 +311,7 @@ def synth(
         start=start_ts,
         signal_strength=signal_strength,
     )
-    if len(names) == 1 and out.suffix:
-        paths = [write_bars(market[names[0]], out)]
-    else:
-        paths = [write_bars(market[s], out / f"{s.lower()}_{timeframe}.csv.gz") for s in names]
+    paths = [write_bars(market[s], target) for s, target in zip(names, targets, strict=True)]
     for p in paths:
         console.print(f"wrote {p} ({bars:,} bars, seed {seed})")
 

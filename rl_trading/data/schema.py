@@ -7,6 +7,7 @@ float64 columns ``open, high, low, close, volume``.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -161,17 +162,25 @@ def read_raw(path: str | Path) -> pd.DataFrame:
 
 
 def write_bars(bars: pd.DataFrame, path: str | Path) -> Path:
-    """Write bars as CSV (``.csv``/``.csv.gz``, ISO-8601 UTC timestamps) or Parquet."""
+    """Write bars as CSV (``.csv``/``.csv.gz``, ISO-8601 UTC timestamps) or Parquet.
+
+    Written to a temporary file beside `path`, then renamed: an interrupted write never
+    leaves a half-written file where `path` (maybe the data it came from) was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     out = as_bars(bars)
-    if path.name.lower().endswith((".parquet", ".pq")):
-        out.to_parquet(path)
-    else:
-        text = out.copy()
-        text.index = out.index.strftime("%Y-%m-%dT%H:%M:%SZ")
-        text.index.name = INDEX_NAME
-        text.to_csv(path, float_format="%.10g")
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # same suffix: same format
+    try:
+        if path.name.lower().endswith((".parquet", ".pq")):
+            out.to_parquet(tmp)
+        else:
+            text = out.copy()
+            text.index = out.index.strftime("%Y-%m-%dT%H:%M:%SZ")
+            text.index.name = INDEX_NAME
+            text.to_csv(tmp, float_format="%.10g")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
