@@ -90,8 +90,18 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 # Keys of configs stored by earlier versions, and what replaced them: dropped on reading a
 # stored config (the replacement is already in it), refused with a one-line error in a user's
 # config (rl_trading.config).
-MOVED_KEYS = {("train", "initial_balance"): "env.initial_capital",
-              ("train", "trading_fee"): "env.transaction_cost"}  # fmt: skip
+# Keys that nothing ever read name the key that does the job (None: no such key).
+MOVED_KEYS: dict[tuple[str, str], str | None] = {
+    ("train", "initial_balance"): "env.initial_capital",
+    ("train", "trading_fee"): "env.transaction_cost",
+    ("train", "gamma"): "ppo.gamma",
+    ("train", "hidden_size"): "policy.hidden_sizes",
+    ("train", "num_parallel"): "resources.num_env_runners",
+    ("train", "tune_trials"): "tuning.n_trials",
+    ("tracking", "artifact_location"): None,
+    ("evaluation", "accuracy_excellent"): "evaluation.accuracy_edge_excellent",
+    ("evaluation", "accuracy_poor"): "evaluation.accuracy_edge_excellent",
+}
 
 
 def migrate_stored_config(raw: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from rl_trading import metrics
+from rl_trading.artifacts import MOVED_KEYS
 from rl_trading.errors import ConfigError, DataError
 from rl_trading.tracking import redact
 
@@ -83,6 +84,9 @@ def _fast_paths_default() -> bool:
     return True if env is None else env
 
 
+_NUMBERS = (int, float, int | None, float | None)
+
+
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated, and
     no float is inf or nan (`--set ppo.lr=inf` would otherwise train on nonsense)."""
@@ -90,6 +94,16 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """A bool for a number field is an error, not 1 or 0 (`seed: true` is a typo)."""
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if field.annotation in _NUMBERS and isinstance(data.get(name), bool):
+                    raise ValueError(f"{name}: expected a number, got {data[name]}")
+        return data
 
 
 class SyntheticConfig(Section):
@@ -167,29 +181,36 @@ class DataConfig(Section):
         return self
 
 
+def _refuse_moved(section: str, data: Any) -> Any:
+    """ValueError naming the key that does the job when `data` holds a moved or never-read key
+    of `section` (artifacts.MOVED_KEYS): accepting it would silently change nothing."""
+    if isinstance(data, dict):
+        for (sec, old), new in MOVED_KEYS.items():
+            if sec != section or old not in data:
+                continue
+            if new is None:
+                raise ValueError(
+                    f"{section}.{old} is not supported (nothing reads it): remove it; MLflow "
+                    "keeps artifacts at the tracking store's default location"
+                )
+            raise ValueError(f"{section}.{old} is now {new} (one key per concept)")
+    return data
+
+
 class TrainingConfig(Section):
     """Reference-design training knobs (single-instrument env, supervised NN, parallelism)."""
 
     num_epochs: int = Field(100, gt=0)
     batch_size: int = Field(64, gt=0)
     learning_rate: float = Field(3e-4, gt=0, validation_alias=AliasChoices("learning_rate", "lr"))
-    gamma: float = Field(0.99, gt=0, le=1)
-    hidden_size: int = Field(256, gt=0)
-    num_parallel: int = Field(4, gt=0)
     window_size: int = Field(20, gt=0)
-    tune_trials: int = Field(10, gt=0)
     experiment_name: str = "trading_bot"
 
     @model_validator(mode="before")
     @classmethod
     def _moved_keys(cls, data: Any) -> Any:
-        """One key per concept: the single-instrument env's capital and fee are the env's."""
-        moved = {"initial_balance": "env.initial_capital", "trading_fee": "env.transaction_cost"}
-        if isinstance(data, dict):
-            for old, new in moved.items():
-                if old in data:
-                    raise ValueError(f"train.{old} is now {new} (one key per concept)")
-        return data
+        """One key per concept: capital and fee are the env's, gamma the PPO's ..."""
+        return _refuse_moved("train", data)
 
     @model_validator(mode="before")
     @classmethod
@@ -490,8 +511,12 @@ class TrackingConfig(Section):
     """MLflow tracking: embedded SQLite store in the workspace unless a URI is given."""
 
     tracking_uri: str | None = None  # None -> MLFLOW_TRACKING_URI or sqlite:///mlflow.db
-    artifact_location: str | None = None
     system_metrics: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        return _refuse_moved("tracking", data)
 
 
 class SupervisedConfig(Section):
@@ -541,8 +566,6 @@ class EvaluationConfig(Section):
     sharpe_poor: float = 0.5
     max_drawdown_excellent: float = 0.05
     max_drawdown_poor: float = 0.30
-    accuracy_excellent: float = 0.95
-    accuracy_poor: float = 0.50
     win_rate_target: float = 0.5
     var_compliance_target: float = 0.95
     # Grading compares drawdowns at this annualised volatility (a policy in cash gets no credit)
@@ -552,6 +575,11 @@ class EvaluationConfig(Section):
     # Supervised score: accuracy edge over the best own baseline (majority / previous
     # direction) that counts as excellent (0 edge or less is poor).
     accuracy_edge_excellent: float = Field(0.10, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        return _refuse_moved("evaluation", data)
 
 
 class PaperConfig(Section):
@@ -655,13 +683,29 @@ def resolve_calendar(cfg: AppConfig, train_bars: Mapping[str, Any] | Any | None)
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-4` as a float (PyYAML's YAML 1.1 reads it as a string)."""
+    """SafeLoader with YAML 1.2 core typing instead of PyYAML's YAML 1.1: only true/false are
+    bools (yes/no/on/off stay strings), `0042` is not octal 34 nor `1:30` base-60 90 (both
+    stay strings, so a ticker `0700` survives), and `1e-4` is a float."""
 
 
+_TYPED = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _TYPED]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*)(?:\.\d*)?[eE][-+]?\d+$"),
-    list("-+0123456789"),
+    re.compile(
+        r"^[-+]?(?:(?:0|[1-9][0-9_]*)(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$"
+        r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
 )
 
 

@@ -40,10 +40,9 @@ def test_default_yaml_equals_schema_defaults() -> None:
 def test_default_yaml_reference_numbers() -> None:
     cfg = load_config(DEFAULT)
     t = cfg.train
-    assert (t.num_epochs, t.batch_size, t.learning_rate, t.gamma) == (100, 64, 3e-4, 0.99)
+    assert (t.num_epochs, t.batch_size, t.learning_rate) == (100, 64, 3e-4)
     # the RL recipe (docs/ablations.md): 1-bar observations, gamma 0.5, benchmark-relative
     assert (t.window_size, cfg.ppo.gamma, cfg.env.benchmark) == (1, 0.5, "vol_target")
-    assert (t.hidden_size, t.num_parallel, t.tune_trials) == (256, 4, 10)
     assert t.experiment_name == "trading_bot"
     e = cfg.env
     assert (e.initial_capital, e.transaction_cost, e.max_position_size) == (100_000.0, 0.003, 0.1)
@@ -195,3 +194,68 @@ def test_config_file_that_is_not_utf8_is_one_line_error(tmp_path) -> None:
     bad.write_bytes("ppo:\n  lr: 1e-4  # r\xe9glage\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8 text"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.gamma=0.9", "train.gamma is now ppo.gamma"),
+        ("train.hidden_size=128", "train.hidden_size is now policy.hidden_sizes"),
+        ("train.num_parallel=8", "train.num_parallel is now resources.num_env_runners"),
+        ("train.tune_trials=50", "train.tune_trials is now tuning.n_trials"),
+        ("tracking.artifact_location=/tmp/a", "tracking.artifact_location is not supported"),
+        ("evaluation.accuracy_excellent=0.9", "is now evaluation.accuracy_edge_excellent"),
+        ("evaluation.accuracy_poor=0.4", "is now evaluation.accuracy_edge_excellent"),
+    ],
+)
+def test_keys_nothing_reads_are_refused(tmp_path, override: str, named: str) -> None:
+    """These keys were accepted and changed nothing (train.gamma 0.99 while PPO used
+    ppo.gamma 0.5): a one-line error names the key that does the job, in --set and files."""
+    with pytest.raises(ConfigError, match=named) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+    section, rest = override.split(".", 1)
+    key, value = rest.split("=")
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=named):
+        load_config(path)
+
+
+def test_stored_configs_with_the_removed_keys_still_load() -> None:
+    """Configs saved with a model before the keys went are migrated (the keys dropped)."""
+    from rl_trading.artifacts import migrate_stored_config
+
+    stored = AppConfig().model_dump(mode="json")
+    stored["train"].update(gamma=0.99, hidden_size=256, num_parallel=4, tune_trials=10)
+    stored["tracking"]["artifact_location"] = None
+    stored["evaluation"].update(accuracy_excellent=0.95, accuracy_poor=0.5)
+    assert load_config(None, extra=migrate_stored_config(stored)).ppo.gamma == AppConfig().ppo.gamma
+
+
+@pytest.mark.parametrize(
+    ("override", "check"),
+    [
+        ("data.synthetic.seed=0042", lambda c: c.data.synthetic.seed == 42),  # not octal 34
+        ("data.symbols=[0700]", lambda c: c.data.symbols == ["0700"]),  # not 448
+        ("train.experiment_name=1:30", lambda c: c.train.experiment_name == "1:30"),  # not 90
+        ("data.symbols=[yes, NO, on, off]", lambda c: c.data.symbols == ["yes", "NO", "on", "off"]),
+        ("ppo.lr=1e-4", lambda c: c.ppo.lr == 1e-4),
+        ("data.synthetic_fallback=true", lambda c: c.data.synthetic_fallback is True),
+    ],
+)
+def test_yaml_values_are_typed_as_yaml_1_2(tmp_path, override: str, check) -> None:
+    """PyYAML's YAML 1.1 read 0042 as octal 34, 1:30 as base-60 90 and yes/no/on/off as
+    bools; only true/false are bools now, and the rest keep their text."""
+    assert check(load_config(None, [override]))
+    section, rest = override.split(".", 1)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{section}:\n  " + ":\n    ".join(rest.split("=")[0].split(".")) + ": "
+                    + rest.split("=", 1)[1] + "\n")  # fmt: skip
+    assert check(load_config(path))
+
+
+@pytest.mark.parametrize("override", ["data.synthetic.seed=true", "ppo.lr=yes", "ppo.gamma=on"])
+def test_bools_are_not_numbers(override: str) -> None:
+    with pytest.raises(ConfigError, match=override.split("=")[0].rsplit(".", 1)[1]):
+        load_config(None, [override])
