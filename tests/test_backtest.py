@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from rl_trading.config import load_config
-from rl_trading.data import synthetic_market
-from rl_trading.errors import CheckpointError
+from rl_trading.data import read_bars, synthetic_market
+from rl_trading.errors import CheckpointError, DataError
 from rl_trading.evaluation.backtest import backtest, check_targets
 from rl_trading.evaluation.baselines import (
     VOL_TARGET,
@@ -23,6 +24,7 @@ from rl_trading.evaluation.baselines import (
     vol_matched,
 )
 from rl_trading.evaluation.report import report_dict, write_report
+from rl_trading.evaluation.selection import select_bars
 from rl_trading.evaluation.walk_forward import mean_ci, walk_forward
 
 SYMS = ["AAA", "BBB"]
@@ -380,3 +382,29 @@ def test_vol_matched_baselines_are_capped_at_the_policys_own_limit(cfg, bars):
     assert not low.extra["limit_bound"] and small["limit_bound"]
     res = backtest(None, one, vt, include_supervised=False)
     assert VOL_TARGET in res.metrics
+
+
+def test_backtest_data_folder_refuses_two_files_of_one_symbol_and_reads_with_the_config(
+    market_dir, tmp_path
+):
+    """`backtest --data FOLDER` kept one of two files mapping to one symbol (silently) and
+    read without data.tz / data.max_price; now both files are named and the config applies."""
+    daily = read_bars(market_dir / "googl_1d.csv.gz").iloc[-300:]
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    naive = daily.copy()
+    naive.index = (naive.index + pd.Timedelta(hours=16)).strftime("%Y-%m-%d %H:%M:%S")
+    naive.index.name = "timestamp"
+    naive.to_csv(folder / "googl_close.csv")  # New York wall-clock closes, no zone
+    cfg = load_config(None, ["data.timeframe=1d", "data.tz=America/New_York"])
+    bars, _, _ = select_bars(cfg, folder)
+    local = (daily.index.tz_localize(None) + pd.Timedelta(hours=16)).tz_localize("America/New_York")
+    assert bars["GOOGL"].index[0] == local.tz_convert("UTC")[0]
+    with pytest.raises(DataError, match="absurd_value"):
+        select_bars(load_config(None, ["data.timeframe=1d", "data.tz=America/New_York",
+                                       "data.max_price=10"]), folder)  # fmt: skip
+    daily.to_csv(folder / "googl_1d.csv")
+    with pytest.raises(DataError, match=r"googl_1d\.csv and .*googl_close\.csv are both bars "
+                       "of GOOGL") as info:  # fmt: skip
+        select_bars(cfg, folder)
+    assert "\n" not in str(info.value)

@@ -1050,3 +1050,14 @@ def test_forward_filled_bars_keep_their_flag_in_the_ledger_and_the_report(in_ws,
     assert not stored["MSFT"]["filled"].any()
     info = write_report(model, ledger, "ff", tmp_path / "rep", mlflow=False)
     assert info["parity_rel_diff"] < 1e-9
+
+
+def test_file_feed_refuses_two_files_of_one_symbol(tmp_path) -> None:
+    """A folder with msft_1d.csv and msft_1m.csv fed whichever sorted last; now both named."""
+    from rl_trading.errors import DataError
+    from rl_trading.paper.feeds import FileFeed
+
+    for name in ("msft_1d.csv", "msft_1m.csv", "googl_1d.csv"):
+        (tmp_path / name).write_text("timestamp,open,high,low,close,volume\n")
+    with pytest.raises(DataError, match=r"msft_1d\.csv and .*msft_1m\.csv are both bars of MSFT"):
+        FileFeed(tmp_path, ["MSFT", "GOOGL"])

@@ -161,6 +161,21 @@ def read_raw(path: str | Path) -> pd.DataFrame:
     return raw
 
 
+def symbol_files(files: list[Path]) -> dict[str, Path]:
+    """SYMBOL (file name up to the first `_` or `.`, upper case) -> file; DataError naming
+    both files when two map to one symbol (keeping either would be a guess)."""
+    out: dict[str, Path] = {}
+    for f in files:
+        sym = f.name.split(".")[0].split("_")[0].upper()
+        if sym in out:
+            raise DataError(
+                f"{out[sym]} and {f} are both bars of {sym} (symbol = file name up to the "
+                "first _ or .): keep one of them in the folder"
+            )
+        out[sym] = f
+    return out
+
+
 def write_bars(bars: pd.DataFrame, path: str | Path) -> Path:
     """Write bars as CSV (``.csv``/``.csv.gz``, ISO-8601 UTC timestamps) or Parquet.
 

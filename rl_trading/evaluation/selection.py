@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from rl_trading import ledger
 from rl_trading.data import align, read_bars, split_for_env
+from rl_trading.data.schema import symbol_files
 from rl_trading.data.validation import check_fits_model
 from rl_trading.errors import DataError, RegistryError
 from rl_trading.registry import TAG, ModelRegistry
@@ -38,9 +39,10 @@ def select_bars(
         files = [f for f in files if f.name.endswith((".csv", ".csv.gz", ".parquet"))]
         if not files:
             raise DataError(f"no bars files (.csv, .csv.gz, .parquet) at {path}")
+        by_symbol = symbol_files(files)
         bars = {}
-        for f in files:  # each file spaced and on the calendar of the model's bars
-            bars[f.name.split(".")[0].split("_")[0].upper()] = frame = read_bars(f)
+        for sym, f in by_symbol.items():  # each file spaced and on the model's calendar
+            bars[sym] = frame = read_bars(f, tz=cfg.data.tz, max_price=cfg.data.max_price)
             check_fits_model(frame, cfg.data.timeframe, cfg.data.periods_per_year, str(f))
         if len(bars) > 1:
             bars = align(bars, policy=cfg.data.gap_policy, max_ffill=cfg.data.max_ffill_bars)

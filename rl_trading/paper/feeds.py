@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from rl_trading.data import read_bars
-from rl_trading.data.schema import BAR_COLUMNS, read_raw, timeframe_delta
+from rl_trading.data.schema import BAR_COLUMNS, read_raw, symbol_files, timeframe_delta
 from rl_trading.data.store import BarStore
 from rl_trading.data.validation import DEFAULT_MAX_PRICE, check_bars, parse_bars
 from rl_trading.errors import DataError
@@ -202,11 +202,9 @@ class FileFeed:
             if self.path.is_dir()
             else [self.path]
         )
-        self.files = {
-            f.name.split(".")[0].split("_")[0].upper(): f
-            for f in files
-            if f.name.endswith((".csv", ".csv.gz", ".parquet"))
-        }
+        self.files = symbol_files(
+            [f for f in files if f.name.endswith((".csv", ".csv.gz", ".parquet"))]
+        )
         missing = [s for s in symbols if s not in self.files]
         if missing:
             raise DataError(
