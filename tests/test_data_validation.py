@@ -186,3 +186,17 @@ def test_cli_validate_broken_file_one_line_no_traceback(tmp_path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert "broken.csv" in lines[0] and "row 4" in lines[0] and "negative_volume" in lines[0]
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_epoch_timestamps_in_any_unit(tmp_path, unit) -> None:
+    """Integer epoch timestamps: the unit follows the magnitude (us and ns were read as ms
+    and ended in an 'internal error')."""
+    idx = pd.date_range("2024-01-01", periods=3, freq="1D", tz="UTC")
+    scale = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[unit]
+    frame = pd.DataFrame(
+        {"timestamp": idx.as_unit("ns").asi8 // scale, "open": 10.0, "high": 11.0, "low": 9.0,
+         "close": 10.0, "volume": 1.0}
+    )  # fmt: skip
+    frame.to_parquet(tmp_path / "epoch.parquet")
+    assert read_bars(tmp_path / "epoch.parquet").index.equals(idx.rename("timestamp"))

@@ -253,6 +253,10 @@ def _parse_in_zone(text: pd.Series, tz: str, source: str) -> tuple[pd.DatetimeIn
     return idx, issues
 
 
+# Epoch timestamp unit by magnitude: seconds below 1e11 (year 5138), then ms, us, ns.
+_EPOCH_UNITS = (("s", 1e11), ("ms", 1e14), ("us", 1e17), ("ns", 1e20))
+
+
 def _parse_timestamps(
     col: pd.Series, source: str, assume_utc: bool, tz: str | None = None
 ) -> tuple[pd.DatetimeIndex, list[Issue]]:
@@ -282,7 +286,10 @@ def _parse_timestamps(
         return idx.tz_localize("UTC"), issues
     if pd.api.types.is_numeric_dtype(col.dtype):
         values = pd.to_numeric(col, errors="coerce")
-        unit = "ms" if values.abs().max() > 1e11 else "s"
+        top = float(values.abs().max()) if values.notna().any() else 0.0  # s < 1e11: year 5138
+        unit = next((u for u, limit in _EPOCH_UNITS if top < limit), None)
+        if unit is None:
+            raise DataError(f"{source}: epoch timestamp {top:g} is too large for any unit")
         return pd.DatetimeIndex(pd.to_datetime(values, unit=unit, utc=True)).as_unit("ns"), issues
 
     text = col.astype("string").str.strip()
