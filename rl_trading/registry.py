@@ -629,9 +629,7 @@ class ModelRegistry:
                 staged.mkdir()
                 shutil.copy2(src, staged / src.name)
             if preprocessing is not None:
-                (staged / PREPROCESSING_FILE).write_text(
-                    json.dumps(dict(preprocessing), indent=2, sort_keys=True, default=str)
-                )
+                _stage_preprocessing(staged / PREPROCESSING_FILE, preprocessing, src)
             if config is not None and staged.is_dir() and not (staged / CONFIG_FILE).is_file():
                 raw = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
                 (staged / CONFIG_FILE).write_text(
@@ -795,6 +793,21 @@ class ModelRegistry:
             self._set_tag(rec, TAG + "test_selections", str(count))
             if pbo is not None:
                 self._set_tag(rec, TAG + "benchmark_pbo", f"{pbo:.4f}")
+
+
+def _stage_preprocessing(target: Path, preprocessing: Mapping[str, Any], src: Path) -> None:
+    """Write `preprocessing` next to the staged model files, never over the one a checkpoint
+    carries: the stored spec is what it was trained with (equal: kept byte for byte; different:
+    one-line RegistryError)."""
+    text = json.dumps(dict(preprocessing), indent=2, sort_keys=True, default=str)
+    if target.is_file():
+        if json.loads(target.read_text()) != json.loads(text):
+            raise RegistryError(
+                f"{src} carries its own {PREPROCESSING_FILE}, different from the preprocessing "
+                "given to register it; register it with its stored preprocessing"
+            )
+        return
+    target.write_text(text)
 
 
 def _redacted(raw: dict[str, Any]) -> dict[str, Any]:

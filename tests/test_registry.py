@@ -393,3 +393,44 @@ def test_benchmark_on_test_split_counts_as_selection_and_reports_pbo(monkeypatch
     assert seen["n_trials"] == [5] * 5 and out["n_trials"] == 5
     assert 0.0 <= out["pbo"] <= 1.0 and out["selection_on_test"] is True
     assert seen["tagged"] == (names, out["pbo"])
+
+
+def test_register_policy_keeps_the_checkpoints_stored_preprocessing(hierarchy_checkpoint):
+    """A checkpoint registered after bars were appended to its market keeps the scalers,
+    training range and fingerprint it was trained with (not ones refit on today's training
+    split); the lineage notes the change, and a preprocessing.json already in the folder is
+    never overwritten."""
+    from rl_trading.artifacts import CONFIG_FILE, PREPROCESSING_FILE, write_manifest
+    from rl_trading.data import fingerprint
+    from rl_trading.evaluation.registration import register_policy
+    from rl_trading.evaluation.selection import select_bars
+    from rl_trading.training.preprocessing import training_preprocessing
+
+    cfg, ckpt = hierarchy_checkpoint
+    _, train, _ = select_bars(cfg, None, "test")
+    stored = json.loads(json.dumps(training_preprocessing(cfg, train), default=str))
+    (ckpt / CONFIG_FILE).write_text(json.dumps({"config": {}}))
+    (ckpt / PREPROCESSING_FILE).write_text(json.dumps(stored, indent=1, sort_keys=True))
+    write_manifest(ckpt)
+    before = (ckpt / PREPROCESSING_FILE).read_bytes()
+
+    grown = cfg.model_copy(deep=True)
+    grown.data.synthetic.n_bars = 1500  # the market has more bars today
+    _, train_now, _ = select_bars(grown, None, "test")
+    assert fingerprint(train_now) != stored["train_fingerprint"]
+    rec, _ = register_policy(ckpt, grown, split="test")
+
+    reg = ModelRegistry(cfg=grown)
+    assert reg.load_preprocessing(rec.name) == stored
+    assert rec.data_fingerprint == stored["train_fingerprint"]
+    assert rec.lineage["train_split_now"] == fingerprint(train_now)
+    assert (ckpt / PREPROCESSING_FILE).read_bytes() == before
+
+    other = {**stored, "train_end": "2099-01-01"}
+    with pytest.raises(RegistryError, match="carries its own preprocessing.json"):
+        reg.register(
+            ckpt,
+            model_type="x",
+            metrics={"sharpe": 1.0, "max_drawdown": 0.1},
+            preprocessing=other,
+        )

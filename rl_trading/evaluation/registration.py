@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from rl_trading import ledger
 from rl_trading.artifacts import read_metadata
-from rl_trading.data import synthetic_symbols
+from rl_trading.data import fingerprint, synthetic_symbols
 from rl_trading.evaluation.backtest import backtest, load_policy
 from rl_trading.evaluation.selection import (
     _run_dir_of,
@@ -45,21 +45,29 @@ def register_policy(
     the market (the run's validation passes, recorded first; tuning runs, walk-forwards,
     benchmarks, earlier test-split selections), plus `extra_trials`; the DSR is deflated for
     it. A registration graded on the test split is itself recorded as a selection.
-    Preprocessing (scalers fit on the training split), the
-    training-data fingerprint, the phase lineage and the config go with it. A checkpoint
+    The checkpoint's own stored preprocessing (scalers fit on its training split) grades it
+    and is registered with its training-data fingerprint: the market may have grown since, and
+    refitting would describe data the policy never saw. When today's training split differs
+    from the stored one, the current `split` is still graded (the stored training range must
+    not overlap it: one-line DataError before the backtest) and the lineage notes the change.
+    Only a checkpoint without stored preprocessing gets it computed from today's training
+    split. The phase lineage and the config go with it. A checkpoint
     trained over a supervised CNN-LSTM encoder records it as `lineage["encoder"]` (name,
     version, sha256, frozen or fine-tuned); `model_type` None is `hybrid` for a fine-tuned
     encoder, else `hierarchical_ppo`.
     """
-    encoder = read_metadata(checkpoint).get("encoder")
+    meta = read_metadata(checkpoint)
+    encoder = meta.get("encoder")
     if model_type is None:
         fine_tuned = bool(encoder) and encoder.get("mode") == "fine_tuned"
         model_type = "hybrid" if fine_tuned else "hierarchical_ppo"
 
     bars, train, _ = select_bars(cfg, None, split)
-    pre = training_preprocessing(cfg, train)
     bundle = load_policy(checkpoint, cfg)
+    stored = bundle.preprocessing or meta.get("preprocessing")
+    pre = stored or training_preprocessing(cfg, train)  # recomputed only when none was stored
     bundle.preprocessing = pre
+    train_now = fingerprint(train) if train else None
     state_dir = Path(run_dir) if run_dir else _run_dir_of(Path(checkpoint))
     registry = ModelRegistry(cfg=cfg)
     trials = selection_trials(state_dir)
@@ -79,6 +87,7 @@ def register_policy(
         seed=cfg.seed,
         n_trials=n_trials,
         trial_sharpes=trial_sharpes if len(trial_sharpes) >= 2 else None,
+        allow_overlap=False,  # a grade on bars the policy was trained on is no grade
     )
     pm = result.metrics["policy"]
     lineage: dict[str, Any] = {"checkpoint": str(Path(checkpoint).resolve()), "eval_split": split}
@@ -89,6 +98,8 @@ def register_policy(
             if ps.mlflow_run_id:
                 lineage[f"{name}_mlflow_run"] = ps.mlflow_run_id
 
+    if train_now and pre.get("train_fingerprint") != train_now:
+        lineage["train_split_now"] = train_now  # the market changed since training
     lineage["synthetic_symbols"] = synthetic_symbols(bars)  # [] when every bar is real
     if encoder:
         lineage["encoder"] = encoder
