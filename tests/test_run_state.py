@@ -108,6 +108,31 @@ def test_rewind_matches_counters_to_the_restored_weights():
     assert ps.rewind() is True and (ps.iteration, ps.env_steps) == (5, 5000)
 
 
+def test_rewind_restores_the_selection_state_of_the_last_checkpoint():
+    """Validations and a best after the last checkpoint belong to the discarded timeline: a
+    resume redoes those iterations, so they must not stay counted (or chosen) twice."""
+    ps = PhaseState(status="running", last_checkpoint="/x/iter_000002", checkpoint_iteration=2)
+    ps.val_sharpes = [1.0, 2.0]
+    ps.best_val_sharpe, ps.best_checkpoint, ps.last_val = 2.0, "/x/best", {"val_sharpe": 2.0}
+    ps.commit_selection()
+    ps.iteration = 3
+    ps.val_sharpes.append(5.0)
+    ps.best_val_sharpe, ps.best_checkpoint, ps.last_val = (
+        5.0,
+        "/x/best.pending",
+        {"val_sharpe": 5.0},
+    )
+    assert ps.rewind() is True
+    assert ps.val_sharpes == [1.0, 2.0] and ps.best_val_sharpe == 2.0
+    assert ps.best_checkpoint == "/x/best" and ps.last_val == {"val_sharpe": 2.0}
+
+    fresh = PhaseState(status="running", iteration=2, val_sharpes=[1.0, 3.0])
+    fresh.best_val_sharpe, fresh.best_checkpoint = 3.0, "/x/best.pending"
+    assert fresh.rewind() is False
+    assert fresh.val_sharpes == [] and fresh.best_val_sharpe is None
+    assert fresh.best_checkpoint is None and fresh.last_val == {}
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [

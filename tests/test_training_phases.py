@@ -149,6 +149,38 @@ def test_fault_before_the_first_checkpoint_then_resume_runs_the_whole_budget(
     assert (ps.status, ps.checkpoint_iteration, ps.checkpoint_env_steps) == ("done", 4, 512)
 
 
+@pytest.mark.parametrize(("crash_at", "checkpoint_interval"), [(3, 4), (4, 2)])
+def test_crash_and_resume_counts_the_same_selection_trials_as_uninterrupted(
+    ray_session, tmp_path, crash_at, checkpoint_interval
+):
+    """A resume redoes the iterations after the last checkpoint (or all, without one); their
+    validations count once, so the trials (for the DSR) and the best are those of an
+    uninterrupted run, and no best of the discarded timeline survives."""
+    cfg = tiny_cfg(phase1_timesteps=640, eval_interval=1, checkpoint_interval=checkpoint_interval)
+    factory = standin_factory(episode_length=32)
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    run_phase(cfg, 1, factory, whole, tracking=False, in_process=True)
+
+    def crash(info):
+        if info["iteration"] == crash_at:
+            raise RuntimeError("process died")
+
+    with pytest.raises(RuntimeError):
+        run_phase(cfg, 1, factory, broken, progress=crash, tracking=False, in_process=True)
+    run_phase(cfg, 1, factory, broken, resume=True, tracking=False, in_process=True)
+    a, b = RunState.load(whole), RunState.load(broken)
+    pa, pb = a.phases["phase1"], b.phases["phase1"]
+    assert len(pb.val_sharpes) == len(pa.val_sharpes) == 5
+    assert len(b.selection_trials()) == len(a.selection_trials())
+    # a fresh restart reproduces every validation; a resume from a checkpoint reproduces the
+    # ones it kept (later weights are not bit-identical after a restore)
+    same = 5 if crash_at < checkpoint_interval else checkpoint_interval
+    assert pb.val_sharpes[:same] == pytest.approx(pa.val_sharpes[:same])
+    assert pb.best_val_sharpe == max(pb.val_sharpes)
+    assert pb.best_checkpoint == str(broken.resolve() / "phase1" / "best")
+    assert not (broken / "phase1" / "best.pending").exists()
+
+
 def test_sigterm_checkpoints_and_stops_cleanly(ray_session, tmp_path):
     cfg = tiny_cfg(phase1_timesteps=384, checkpoint_interval=5)
     factory = standin_factory(episode_length=32)

@@ -121,6 +121,7 @@ def _prune(ckpt_dir: Path, keep: Path) -> None:
 
 
 POINTER_FILE = "phase_checkpoint.json"  # in a Tune checkpoint of a phase trial
+PENDING_BEST = "best.pending"  # a best not yet covered by a checkpoint (see PhaseLoop.step)
 
 
 def driver_alive(driver: tuple[str, int] | None) -> bool:
@@ -197,6 +198,8 @@ class PhaseLoop:
             init_checkpoint = previous_checkpoint(self.run_dir, num)
         self.phase_dir = self.run_dir / name
         self.ckpt_dir = self.phase_dir / "checkpoints"
+        # a best saved after the last checkpoint belongs to a timeline the rewind discarded
+        shutil.rmtree(self.phase_dir / PENDING_BEST, ignore_errors=True)
         spec.stop_file.unlink(missing_ok=True)  # a request of an earlier run is void
 
         config = build_phase_config(cfg, num, spec.factory, callbacks=spec.callbacks)
@@ -259,8 +262,10 @@ class PhaseLoop:
             ps.val_sharpes.append(float(ps.last_val["val_sharpe"]))
             if ps.best_val_sharpe is None or ps.last_val["val_sharpe"] > ps.best_val_sharpe:
                 ps.best_val_sharpe = ps.last_val["val_sharpe"]
+                # pending until the next checkpoint commits it: a resume from an earlier
+                # checkpoint discards this timeline, and its best with it
                 best = save_algorithm(
-                    self.algo, self.phase_dir / "best", self.spec.factory.metadata
+                    self.algo, self.phase_dir / PENDING_BEST, self.spec.factory.metadata
                 )
                 ps.best_checkpoint = str(best)
         metrics.update(ps.last_val)  # carried forward between validations
@@ -299,12 +304,24 @@ class PhaseLoop:
         last = save_algorithm(
             self.algo, self.ckpt_dir / f"iter_{it:06d}", self.spec.factory.metadata
         )
+        self._commit_best()
         ps.last_checkpoint = str(last)
         ps.checkpoint_iteration = it
         ps.checkpoint_env_steps = ps.env_steps
+        ps.commit_selection()
         self.state.save()  # before pruning: state.json never names a deleted checkpoint
         _prune(self.ckpt_dir, last)
         return str(last)
+
+    def _commit_best(self) -> None:
+        """A best saved since the last checkpoint becomes `best` (this checkpoint keeps it)."""
+        ps, pending = self.ps, self.phase_dir / PENDING_BEST
+        if ps.best_checkpoint != str(pending) or not pending.is_dir():
+            return
+        best = self.phase_dir / "best"
+        shutil.rmtree(best, ignore_errors=True)
+        pending.rename(best)
+        ps.best_checkpoint = str(best)
 
     def _finish(self) -> None:
         ps = self.ps

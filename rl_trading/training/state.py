@@ -23,7 +23,7 @@ from rl_trading.errors import RunDirError
 
 STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
-_PATH_KEYS = ("last_checkpoint", "best_checkpoint")
+_PATH_KEYS = ("last_checkpoint", "best_checkpoint", "checkpoint_best_checkpoint")
 _STATUSES = ("pending", "running", "done")
 
 
@@ -44,16 +44,39 @@ class PhaseState:
     val_sharpes: list[float] = field(default_factory=list)
     last_val: dict[str, float] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    # the selection state as of the last checkpoint (None: a state file from before it was
+    # kept), restored by `rewind` so redone iterations are not validated and counted twice
+    checkpoint_val_count: int | None = None
+    checkpoint_best_checkpoint: str | None = None
+    checkpoint_best_val_sharpe: float | None = None
+    checkpoint_last_val: dict[str, float] = field(default_factory=dict)
+
+    def commit_selection(self) -> None:
+        """Remember the selection state (validation Sharpes, best) as of this checkpoint."""
+        self.checkpoint_val_count = len(self.val_sharpes)
+        self.checkpoint_best_checkpoint = self.best_checkpoint
+        self.checkpoint_best_val_sharpe = self.best_val_sharpe
+        self.checkpoint_last_val = dict(self.last_val)
 
     def rewind(self) -> bool:
-        """Set the counters back to what the last checkpoint holds (0 without one), so a resume
-        redoes every unsaved iteration; True when there is a checkpoint to restore."""
+        """Set the counters and the selection state back to what the last checkpoint holds
+        (a fresh start without one), so a resume redoes every unsaved iteration and counts
+        its validations once; True when there is a checkpoint to restore."""
         if self.last_checkpoint:
             self.iteration = self.checkpoint_iteration
             self.env_steps = self.checkpoint_env_steps
+            if self.checkpoint_val_count is not None:
+                del self.val_sharpes[self.checkpoint_val_count :]
+                self.best_checkpoint = self.checkpoint_best_checkpoint
+                self.best_val_sharpe = self.checkpoint_best_val_sharpe
+                self.last_val = dict(self.checkpoint_last_val)
             return True
         self.iteration = self.env_steps = self.checkpoint_iteration = 0
         self.checkpoint_env_steps = 0
+        self.val_sharpes = []
+        self.best_checkpoint = self.best_val_sharpe = None
+        self.last_val = {}
+        self.commit_selection()
         return False
 
 
@@ -143,6 +166,13 @@ def _parse_phases(raw: Any, path: Path, run_dir: Path) -> dict[str, PhaseState]:
             value = getattr(ps, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise bad(f"{name}.{key} must be a non-negative integer, not {value!r}")
+        count = ps.checkpoint_val_count
+        if count is not None and (
+            not isinstance(count, int) or not 0 <= count <= len(ps.val_sharpes)
+        ):
+            raise bad(
+                f"{name}.checkpoint_val_count must be 0..{len(ps.val_sharpes)}, not {count!r}"
+            )
         if ps.status not in _STATUSES:
             raise bad(f"{name}.status must be one of {', '.join(_STATUSES)}, not {ps.status!r}")
         for key in _PATH_KEYS:
