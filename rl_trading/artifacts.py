@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from rl_trading.errors import CheckpointError
 MANIFEST_FILE = "checkpoint_manifest.json"
 CONFIG_FILE = "training_config.json"
 PREPROCESSING_FILE = "preprocessing.json"
+logger = logging.getLogger(__name__)
 
 
 def _files(root: Path) -> list[str]:
@@ -45,17 +47,37 @@ def find_checkpoint_root(path: str | Path) -> Path | None:
     return None
 
 
+def project_metadata_file(path: str | Path) -> Path | None:
+    """The `training_config.json` / `preprocessing.json` of the project checkpoint holding
+    `path` (itself or a parent, like the manifest), None for a folder without them."""
+    path = Path(path).expanduser().resolve()
+    for cand in (path, *list(path.parents)[:5]):
+        for name in (CONFIG_FILE, PREPROCESSING_FILE):
+            if (cand / name).is_file():
+                return cand / name
+    return None
+
+
 def verify_checkpoint(
-    path: str | Path, required: bool = False, action: str = "checkpoint"
+    path: str | Path, required: bool | None = None, action: str = "checkpoint"
 ) -> Path | None:
     """Check the files of the checkpoint holding `path` against its manifest; one-line
     CheckpointError (`"<action> <root>: file changed since it was saved: <file>"`, likewise
-    missing or added). Without a manifest: CheckpointError when `required`, else None
-    (checkpoints saved by other tools). Returns the checkpoint root."""
+    missing or added). Returns the checkpoint root.
+
+    Without a manifest: `required` None (the default) refuses a folder carrying the project's
+    metadata (a project checkpoint always has a manifest, so it was deleted) and loads any
+    other (an RLlib checkpoint saved by another tool) with a one-line warning; True always
+    refuses; False loads it silently (files already verified otherwise, e.g. by the registry).
+    """
     root = find_checkpoint_root(path)
     if root is None:
-        if required:
-            raise CheckpointError(f"{action} {path}: no {MANIFEST_FILE}, cannot verify it")
+        meta = project_metadata_file(path)
+        if required or (required is None and meta is not None):
+            why = f" although it carries {meta.name}" if meta is not None else ""
+            raise CheckpointError(f"{action} {path}: no {MANIFEST_FILE}{why}, cannot verify it")
+        if required is None:
+            logger.warning("%s: no %s (not saved by rl-trading), unverified", path, MANIFEST_FILE)
         return None
     try:
         expected = json.loads((root / MANIFEST_FILE).read_text())["files"]

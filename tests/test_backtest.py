@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from rl_trading.artifacts import write_manifest
 from rl_trading.config import load_config
 from rl_trading.data import read_bars, synthetic_market
 from rl_trading.errors import CheckpointError, DataError
@@ -161,6 +162,7 @@ def _policy_dir(cfg, bars, tmp_path):
     module.save_to_path(tmp_path / "default_policy")
     scaler = env.scaler.to_dict()
     (tmp_path / "default_policy" / "preprocessing.json").write_text(json.dumps({"scaler": scaler}))
+    write_manifest(tmp_path / "default_policy")  # project metadata needs its manifest
     return tmp_path / "default_policy", module
 
 

@@ -184,6 +184,29 @@ def test_manifest_names_a_tampered_file(tmp_path):
         verify_checkpoint(bare, required=True)
 
 
+def test_a_project_checkpoint_without_its_manifest_is_refused(hierarchy_checkpoint, caplog):
+    """Deleting the manifest does not turn off the checksum check: a folder carrying the
+    project's metadata needs it (one line, before anything is unpickled); a foreign RLlib
+    checkpoint (no metadata) still loads, with a one-line warning."""
+    from rl_trading.artifacts import CONFIG_FILE, MANIFEST_FILE, write_manifest
+    from rl_trading.evaluation.policy import load_policy
+
+    cfg, ckpt = hierarchy_checkpoint
+    with caplog.at_level("WARNING", logger="rl_trading.artifacts"):
+        assert set(load_policy(ckpt, cfg).modules) >= {"meta"}  # foreign: loads, warned
+    assert any("no checkpoint_manifest.json" in r.getMessage() for r in caplog.records)
+
+    (ckpt / CONFIG_FILE).write_text(json.dumps({"config": {}}))
+    write_manifest(ckpt)
+    assert set(load_policy(ckpt, cfg).modules) >= {"meta"}
+    (ckpt / MANIFEST_FILE).unlink()
+    for source in (ckpt, ckpt / "learner_group" / "learner" / "rl_module" / "meta"):
+        with pytest.raises(CheckpointError, match="no checkpoint_manifest.json although it "
+                           "carries training_config.json") as err:  # fmt: skip
+            load_policy(source, cfg)
+        assert "\n" not in str(err.value)
+
+
 def _restore_in_fresh_process(ckpt: Path, extra: str = "", **names: Path) -> str:
     head = "".join(f"{k} = {str(v)!r}\n" for k, v in {"CKPT": ckpt, **names}.items())
     code = head + SNIPPET + textwrap.dedent(extra)

@@ -90,13 +90,19 @@ def load_policy(source: Any, cfg: AppConfig | None = None) -> PolicyBundle:
             bundle = load_policy(Ensemble.from_registry(rec.name, registry), cfg)
             bundle.source = rec.name
             return bundle
-        bundle = load_policy(registry.load_path(rec.name), cfg)
+        # the registry verified every file against its own manifest
+        bundle = _load_dir(registry.load_path(rec.name), cfg, verified=True)
         bundle.source = rec.name
         return bundle
+    return _load_dir(path, cfg)
+
+
+def _load_dir(path: Path, cfg: AppConfig | None, verified: bool = False) -> PolicyBundle:
+    """A policy folder (checkpoint, module dir, saved ensemble), its sha256 manifest checked
+    before anything is unpickled (required when it carries project metadata)."""
     if not path.is_dir():
         raise CheckpointError(f"policy source is not a directory: {path}")
-
-    verify_checkpoint(path)  # sha256 manifest of a project checkpoint, before unpickling it
+    verify_checkpoint(path, required=False if verified else None)
     if (path / "ensemble.json").is_file():
         return load_policy(Ensemble.load(path, cfg), cfg)
     if _is_module_dir(path):
