@@ -701,14 +701,15 @@ class ModelRegistry:
         return json.loads((rm.tags or {}).get(f"{TAG}alias_history.{alias}", "[]"))
 
     def _point_alias(self, rec: ModelRecord, alias: str) -> None:
-        """Move `alias` to `rec` (stage tags: the new holder gets the alias, an old holder
-        left without any alias is `archived`)."""
-        for other in self.list(model_type=rec.model_type):
-            same = not other.legacy and other.family == rec.family
-            if same and other.aliases == [alias] and other.mlflow_version != rec.mlflow_version:
-                self._set_tag(other, TAG + "stage", "archived")
+        """Move `alias` to `rec`, then recompute every version's stage tag from the aliases it
+        holds now (see `stage_of`): a version can hold two aliases and lose one."""
         self.client.set_registered_model_alias(rec.family, alias, rec.mlflow_version)
-        self._set_tag(rec, TAG + "stage", alias)
+        for other in self.list(model_type=rec.model_type):
+            if other.legacy or other.family != rec.family:
+                continue
+            stage = stage_of(other.aliases, other.stage)
+            if stage != other.stage:
+                self._set_tag(other, TAG + "stage", stage)
 
     def promote(self, name: str, alias: str = "champion") -> ModelRecord:
         """Point `alias` of the model's family at this version (MLflow moves it off the
@@ -793,6 +794,18 @@ class ModelRegistry:
             self._set_tag(rec, TAG + "test_selections", str(count))
             if pbo is not None:
                 self._set_tag(rec, TAG + "benchmark_pbo", f"{pbo:.4f}")
+
+
+STAGE_ORDER = ("champion", "challenger")
+
+
+def stage_of(aliases: list[str], previous: str) -> str:
+    """A version's stage from the aliases it holds: champion before challenger (then any
+    other alias, alphabetically); none held: `archived` if it held one before, else as was."""
+    held = [a for a in STAGE_ORDER if a in aliases] + sorted(set(aliases) - set(STAGE_ORDER))
+    if held:
+        return held[0]
+    return "archived" if previous not in ("none", "") else previous
 
 
 def _stage_preprocessing(target: Path, preprocessing: Mapping[str, Any], src: Path) -> None:

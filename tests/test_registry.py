@@ -434,3 +434,30 @@ def test_register_policy_keeps_the_checkpoints_stored_preprocessing(hierarchy_ch
             metrics={"sharpe": 1.0, "max_drawdown": 0.1},
             preprocessing=other,
         )
+
+
+def test_stage_tags_follow_the_aliases_when_a_version_holds_two(workspace):
+    """Every alias move recomputes each version's stage from the aliases it holds now
+    (champion before challenger; archived once it holds none)."""
+    reg = ModelRegistry()
+    for i in range(3):
+        reg.register(
+            _fake_model(workspace / "m", f"weights {i}".encode()),
+            model_type="fam",
+            metrics={"sharpe": 1.0 + i, "max_drawdown": 0.1},
+        )
+
+    def stages() -> dict[str, str]:
+        return {r.name: r.stage for r in reg.list(model_type="fam")}
+
+    reg.promote("fam/1", "champion")
+    reg.promote("fam/2", "challenger")
+    reg.promote("fam/2", "champion")  # 2 holds both
+    assert stages() == {"fam/1": "archived", "fam/2": "champion", "fam/3": "none"}
+    reg.rollback("fam", "champion")  # 2 keeps challenger only
+    assert stages() == {"fam/1": "champion", "fam/2": "challenger", "fam/3": "none"}
+    reg.promote("fam/3", "champion")
+    reg.promote("fam/3", "challenger")  # 3 holds both, 2 holds none
+    assert stages() == {"fam/1": "archived", "fam/2": "archived", "fam/3": "champion"}
+    reg.promote("fam/1", "challenger")
+    assert stages() == {"fam/1": "challenger", "fam/2": "archived", "fam/3": "champion"}
