@@ -43,6 +43,25 @@ def test_ranges_clip_and_mapping():
         hparam_ranges(load_config(None, ["tuning.gamma=[0.9,1.2]"]))
 
 
+@pytest.mark.parametrize("pinned", [True, False])
+def test_phase2_trial_gamma_and_lambda_reach_the_meta_policy(pinned):
+    """Phase 2 trains the meta with phases.meta_gamma / meta_gae_lambda when they are set: a
+    trial's gamma / lambda must land there (like lr -> meta_lr), or PBT mutates nothing."""
+    from training_standin import standin_factory
+
+    from rl_trading.training.algo_config import build_phase_config
+    from tuning.phase_runner import phase_config_for_trial
+
+    sets = ["phases.meta_gamma=0.9", "phases.meta_gae_lambda=0.9"] if pinned else []
+    cfg = load_config(None, sets)
+    factory = standin_factory(episode_length=32)
+    for hp in ({"gamma": 0.95, "lambda": 0.92}, {"gamma": 0.999, "lambda": 0.99}):
+        rllib = build_phase_config(phase_config_for_trial(cfg, 2, hp, 0), 2, factory)
+        assert (rllib.gamma, rllib.lambda_) == pytest.approx((hp["gamma"], hp["lambda"]))
+    trial = phase_config_for_trial(cfg, 1, {"gamma": 0.95}, 0)  # phase 1: ppo.gamma only
+    assert trial.ppo.gamma == 0.95 and trial.phases.meta_gamma == cfg.phases.meta_gamma
+
+
 def test_summarize_result_and_trial_index():
     result = {
         "env_runners": {

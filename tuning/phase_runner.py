@@ -27,15 +27,23 @@ def phase_config_for_trial(
 
     The mutated `lr` is the learning rate of the policies the phase trains: `ppo.lr` in
     phase 1, `phases.meta_lr` in phase 2, and in phase 3 `meta_lr` with `specialist_lr`
-    scaled by the same factor (their configured ratio is kept).
+    scaled by the same factor (their configured ratio is kept). Likewise `gamma` / `lambda`
+    in phase 2 set `phases.meta_gamma` / `meta_gae_lambda` when those are pinned (phase 2
+    trains with them instead of `ppo.gamma` / `gae_lambda`, so the mutation would do nothing).
     """
     tuned = apply_hparams(cfg, hparams)
     phases = tuned.phases
+    update: dict[str, float] = {}
     if "lr" in hparams and phase in (2, 3):
         lr = float(hparams["lr"])
-        update: dict[str, float] = {"meta_lr": lr}
+        update["meta_lr"] = lr
         if phase == 3:
             update["specialist_lr"] = phases.specialist_lr * lr / phases.meta_lr
+    if phase == 2:
+        for key, field in (("gamma", "meta_gamma"), ("lambda", "meta_gae_lambda")):
+            if key in hparams and getattr(phases, field) is not None:
+                update[field] = float(hparams[key])
+    if update:
         phases = phases.model_copy(update=update)
     resources = tuned.resources.model_copy(update={"num_env_runners": 0, "num_learners": 0})
     return tuned.model_copy(update={"phases": phases, "resources": resources, "seed": seed})
