@@ -118,7 +118,7 @@ def main() -> None:
     base_s, base_cpu = time.perf_counter() - t0, time.thread_time() - c0
     base_ms = base_s / (len(run.equity) - 1) * 1e3
 
-    from rl_trading.evaluation.export import export_onnx
+    from rl_trading.evaluation.export import export_onnx, stamp_export
     from rl_trading.paper.broker import first_decision_bar
     from rl_trading.paper.model import ResolvedModel, use_onnx
 
@@ -132,10 +132,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ledger = Ledger(f"sqlite:///{tmp}/ledger.db")
         # the same replay acting with the exported policies (--onnx)
+        identity = {"source": "benchmark", "model_manifest_sha256": "in-memory"}
         for pid, module in model.bundle.modules.items():
-            export_onnx(module, Path(tmp) / "onnx" / f"{pid}.onnx")
+            stamp_export(export_onnx(module, Path(tmp) / "onnx" / f"{pid}.onnx"), identity, pid)
         onnx_bundle = type(model.bundle)(dict(model.bundle.modules), model.bundle.preprocessing)
-        use_onnx(onnx_bundle, Path(tmp) / "onnx")
+        use_onnx(onnx_bundle, Path(tmp) / "onnx", identity)
         onnx_model = ResolvedModel("benchmark-onnx", onnx_bundle, model.cfg)
         first = first_decision_bar(model.cfg) + 1  # live: after the first build
         runs = (

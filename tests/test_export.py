@@ -150,3 +150,61 @@ def test_load_policy_acts_like_the_backtest_and_export_writes_every_policy(
         ["export", "onnx", "--checkpoint", str(ckpt), "--policy", "meta", "--out", str(one)]
     )
     assert code == 0 and one.is_file()
+
+
+def test_export_never_overwrites_and_paper_onnx_checks_the_source(
+    hierarchy_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """Each exported file's sidecar names its model and checksums: `paper run --onnx` refuses
+    files of another model, an edited file or a missing sidecar (one line each). `export onnx`
+    refuses an existing output unless --overwrite, and a failed parity check writes nothing."""
+    import json
+    import shutil
+
+    import rl_trading
+    from rl_trading.cli.main import main
+    from rl_trading.evaluation import export
+    from rl_trading.evaluation.backtest import load_policy
+    from rl_trading.paper.model import use_onnx
+
+    cfg, ckpt = hierarchy_checkpoint
+    folder = tmp_path / "onnx"
+    pids = sorted(load_policy(ckpt, cfg).modules)
+    for pid in pids:
+        args = ["export", "onnx", "--checkpoint", str(ckpt), "--policy", pid]
+        assert main([*args, "--out", str(folder / f"{pid}.onnx")]) == 0
+    side = json.loads((folder / "meta.onnx.json").read_text())
+    assert side["source"] == str(ckpt.resolve())
+    assert side["sha256"] == export.sha256_file(folder / "meta.onnx")
+    identity = export.model_identity(ckpt)
+    assert side["model_manifest_sha256"] == identity["model_manifest_sha256"]
+    use_onnx(load_policy(ckpt, cfg), folder, identity)  # the model it came from: accepted
+
+    other = tmp_path / "other"  # another model: same layout, other files
+    shutil.copytree(ckpt, other)
+    (other / "note.txt").write_text("retrained")
+    with pytest.raises(CheckpointError, match="was exported from .*not .*other"):
+        use_onnx(load_policy(other, cfg), folder, export.model_identity(other))
+
+    before = (folder / "meta.onnx").read_bytes()
+    capsys.readouterr()
+    args = ["export", "onnx", "--checkpoint", str(ckpt), "--policy", "meta"]
+    assert main([*args, "--out", str(folder / "meta.onnx")]) != 0
+    assert "would overwrite" in capsys.readouterr().err
+    assert (folder / "meta.onnx").read_bytes() == before
+    assert main([*args, "--out", str(folder / "meta.onnx"), "--overwrite"]) == 0
+
+    real = export.onnx_actions
+    monkeypatch.setattr(export, "onnx_actions", lambda path, obs: real(path, obs) + 1.0)
+    with pytest.raises(CheckpointError, match="parity check failed"):
+        export.export_policies(rl_trading.load_policy(ckpt), tmp_path / "bad" / "p.onnx")
+    assert list((tmp_path / "bad").iterdir()) == []  # nothing written, no temp files left
+    monkeypatch.undo()
+
+    with (folder / "meta.onnx").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(CheckpointError, match="meta.onnx: file changed since it was exported"):
+        use_onnx(load_policy(ckpt, cfg), folder, identity)
+    (folder / "meta.onnx.json").unlink()
+    with pytest.raises(CheckpointError, match="meta.onnx.json is missing"):
+        use_onnx(load_policy(ckpt, cfg), folder, identity)

@@ -621,14 +621,17 @@ def test_drift_warning_is_logged_when_live_features_move(in_ws, tmp_path):
 
 @pytest.mark.slow
 def test_onnx_policies_trade_like_the_modules(in_ws, tmp_path):
-    from rl_trading.evaluation.export import export_onnx
     from rl_trading.paper import Ledger, PaperOptions, PaperSession, resolve_model
     from rl_trading.paper.loop import make_feed
 
     model = _resolved(in_ws["name"])
     folder = tmp_path / "onnx"
-    for pid, module in model.bundle.modules.items():
-        export_onnx(module, folder / f"{pid}.onnx")
+    for pid in model.bundle.modules:
+        out = folder / f"{pid}.onnx"
+        assert (
+            main(["export", "onnx", "--model", in_ws["name"], "--policy", pid, "--out", str(out)])
+            == 0
+        )
     onnx_model = resolve_model(in_ws["name"], onnx=folder)
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
     res = PaperSession(onnx_model, make_feed(onnx_model, "replay"), ledger, PaperOptions("o")).run()

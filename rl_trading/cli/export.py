@@ -9,7 +9,7 @@ import typer
 
 from rl_trading.cli.common import ConfigOpt, SetOpt, console, policy_config
 from rl_trading.errors import CheckpointError, ConfigError
-from rl_trading.evaluation.export import export_policies
+from rl_trading.evaluation.export import export_policies, model_identity
 from rl_trading.registry import ModelRegistry
 
 app = typer.Typer(help="Export trained policies (ONNX).", no_args_is_help=True)
@@ -40,9 +40,14 @@ def onnx(
     check: Annotated[
         bool, typer.Option(help="Compare onnxruntime with the module on 1,000 observations.")
     ] = True,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing output files.")
+    ] = False,
 ) -> None:
     """Export a policy as ONNX (obs [B, obs_dim] -> deterministic action); every policy of
-    a hierarchy, one file each, plus a manifest."""
+    a hierarchy, one file each, plus a manifest. Each file's .json sidecar names the source
+    model and its checksums (what `paper run --onnx` checks); existing files are refused
+    unless --overwrite, and nothing is written unless every parity check passes."""
     from rl_trading.inference import load_policy  # heavy: numba
 
     if (checkpoint is None) == (model is None):
@@ -65,7 +70,8 @@ def onnx(
     for pid in ids:
         if not hasattr(loaded.module(pid), "forward_inference"):
             raise CheckpointError(f"policy '{pid}' is not an RLModule (ensembles cannot export)")
-    written = export_policies(loaded, out, ids, check=check)
+    identity = model_identity(str(checkpoint) if checkpoint else str(model), cfg)
+    written = export_policies(loaded, out, ids, check=check, identity=identity, overwrite=overwrite)
     for pid, info in written["policies"].items():
         line = f"wrote {info['file']} ({info['bytes']:,} bytes)"
         if "parity_max_abs_diff" in info:

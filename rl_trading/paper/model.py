@@ -21,6 +21,7 @@ from rl_trading.artifacts import stored_config
 from rl_trading.config import AppConfig, load_config
 from rl_trading.errors import CheckpointError
 from rl_trading.evaluation.backtest import PolicyBundle, load_policy, pin_calendar
+from rl_trading.evaluation.export import check_onnx_file, model_identity
 from rl_trading.registry import ModelRegistry
 
 
@@ -92,9 +93,11 @@ def acting_bundle(bundle: PolicyBundle) -> PolicyBundle:
     return PolicyBundle(modules, bundle.preprocessing, bundle.source)
 
 
-def use_onnx(bundle: PolicyBundle, folder: Path) -> None:
-    """Swap every module of `bundle` for `<folder>/<policy id>.onnx` (CheckpointError naming
-    the files missing)."""
+def use_onnx(bundle: PolicyBundle, folder: Path, identity: dict[str, str]) -> None:
+    """Swap every module of `bundle` for `<folder>/<policy id>.onnx`, each checked against
+    the model it stands for (`identity`, :func:`model_identity`: source and manifest digest
+    in its sidecar, its own sha256): one-line CheckpointError for a missing file, one
+    exported from another model or edited since."""
     folder = Path(folder)
     missing = [p for p in bundle.modules if not (folder / f"{p}.onnx").is_file()]
     if missing:
@@ -102,6 +105,8 @@ def use_onnx(bundle: PolicyBundle, folder: Path) -> None:
             f"--onnx {folder}: no {', '.join(f'{p}.onnx' for p in missing)} (export each policy "
             "with `rl-trading export onnx --policy ID --out DIR/ID.onnx`)"
         )
+    for p in bundle.modules:
+        check_onnx_file(folder / f"{p}.onnx", identity)
     bundle.modules = {p: OnnxPolicy(folder / f"{p}.onnx") for p in bundle.modules}
 
 
@@ -135,6 +140,6 @@ def resolve_model(
             "policies (specialists + meta)"
         )
     if onnx is not None:
-        use_onnx(bundle, onnx)
+        use_onnx(bundle, onnx, model_identity(name, cfg))
     cfg, _ = pin_calendar(cfg, bundle.preprocessing)  # bars per year as its backtest has them
     return ResolvedModel(name=bundle.source or name, bundle=bundle, cfg=cfg)
