@@ -112,8 +112,8 @@ class Book:
     cash: float
     equity: float
     stop_losses: int  # stop-loss exits so far
+    stop_prices: np.ndarray  # (n,) the price a stop filled at in the last step, else 0
     traded: float = 0.0  # notional bought + sold at the last step (fills and stop exits)
-    stop_prices: np.ndarray | None = None  # (n,) where a stop filled at the last step, else 0
 
 
 # the episode state `adopt_episode` carries over: what _clear_state sets (the history rows

@@ -23,7 +23,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -267,21 +267,7 @@ def export_rows(
     if fingerprints is not None:
         keep = set(fingerprints)
         rows = [r for r in rows if r.fingerprint in keep]
-    body = {
-        "format": EXPORT_FORMAT,
-        "rows": [
-            {
-                "fingerprint": r.fingerprint,
-                "kind": r.kind,
-                "source": r.source,
-                "config_key": r.config_key,
-                "trials": r.trials,
-                "config": r.config,
-                "created": r.created,
-            }
-            for r in rows
-        ],
-    }
+    body = {"format": EXPORT_FORMAT, "rows": [asdict(r) for r in rows]}
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(body, indent=1, sort_keys=True, default=str) + "\n")
     tmp.replace(path)

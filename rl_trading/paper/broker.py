@@ -266,7 +266,7 @@ class SimulatedBroker:
         flatten = actions.pop(FLATTEN, None) is not None
         obs, *_ = env.step(actions, absolute=flatten)
         after = self._book = env.book()
-        stops = after.stop_prices if after.stop_prices is not None else np.zeros(len(after.units))
+        stops = after.stop_prices
         fills = []
         for i, sym in enumerate(self.symbols):
             if after.units[i] == before.units[i]:
